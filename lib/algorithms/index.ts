@@ -1,0 +1,3 @@
+export * from './token-bucket.js';
+export * from './sliding-log.js';
+export * from './sliding-counter.js';

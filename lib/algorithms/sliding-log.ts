@@ -1,0 +1,80 @@
+/**
+ * Sliding-window log (exact): at most `limit` events in any window of `windowMs`. An event
+ * at time `t` counts while `now - t < windowMs`. Only the last `limit` timestamps can ever
+ * matter, so the log is a ring of `limit` entries: memory is bounded by the limit, not by
+ * the traffic.
+ *
+ * The ring is kept oldest first: `ring[(head + i) % limit]` for `i < count`.
+ */
+export interface SlidingLogState {
+  /** Timestamps (ms) of the last `count` admitted events, a ring of `limit` slots. */
+  readonly ring: Float64Array;
+  /** Index of the oldest entry. */
+  head: number;
+  /** Entries held, at most `limit`. */
+  count: number;
+}
+
+/** A fresh log for a window that admits `limit` events. */
+export function createSlidingLog(limit: number): SlidingLogState {
+  return { ring: new Float64Array(limit), head: 0, count: 0 };
+}
+
+/**
+ * The timestamp that must have left the window before `cost` more events fit, or
+ * `-Infinity` when they fit whatever the timestamps. `cost` must be at most the limit.
+ */
+function blocker(log: SlidingLogState, cost: number): number {
+  const limit = log.ring.length;
+  const over = log.count + cost - limit;
+  if (over <= 0) return -Infinity;
+  return log.ring[(log.head + over - 1) % limit]!;
+}
+
+/** True when `cost` more events fit in the window ending at `now`. */
+export function logAllows(log: SlidingLogState, now: number, windowMs: number, cost: number): boolean {
+  return blocker(log, cost) <= now - windowMs;
+}
+
+/** Records `cost` events at `now` (call only after `logAllows`). */
+export function logRecord(log: SlidingLogState, now: number, cost: number): void {
+  const limit = log.ring.length;
+  for (let i = 0; i < cost; i++) {
+    if (log.count < limit) {
+      log.ring[(log.head + log.count) % limit] = now;
+      log.count++;
+    } else {
+      log.ring[log.head] = now;
+      log.head = (log.head + 1) % limit;
+    }
+  }
+}
+
+/** Whole ms until `cost` events fit, 0 if they fit now; waiting that long always suffices. */
+export function logWait(log: SlidingLogState, now: number, windowMs: number, cost: number): number {
+  const oldest = blocker(log, cost);
+  if (oldest <= now - windowMs) return 0;
+  let wait = Math.ceil(oldest + windowMs - now);
+  if (wait < 1) wait = 1;
+  while (oldest > now + wait - windowMs) wait++;
+  return wait;
+}
+
+/** Events of the log still inside the window ending at `now`. */
+export function logCount(log: SlidingLogState, now: number, windowMs: number): number {
+  const limit = log.ring.length;
+  const edge = now - windowMs;
+  let live = 0;
+  for (let i = log.count - 1; i >= 0; i--) {
+    if (log.ring[(log.head + i) % limit]! <= edge) break;
+    live++;
+  }
+  return live;
+}
+
+/** Time at which every entry has left the window: from then on the log equals a fresh one. */
+export function logFreshAt(log: SlidingLogState, windowMs: number): number {
+  if (log.count === 0) return -Infinity;
+  const limit = log.ring.length;
+  return log.ring[(log.head + log.count - 1) % limit]! + windowMs;
+}

@@ -1,0 +1,208 @@
+/** Prefix of every environment variable the module reads. */
+export const ENV_PREFIX = 'WS_RATE_LIMIT_';
+
+/** How a variable's text is read. */
+export type EnvKind =
+  | 'positive-number'
+  | 'positive-integer'
+  | 'non-negative-integer'
+  | 'enum'
+  | 'string'
+  | 'json'
+  | 'trust-proxy'
+  | 'redis-url'
+  | 'close-code';
+
+/** One environment variable and the option it sets. */
+export interface EnvVariable {
+  /** Full variable name. */
+  readonly name: string;
+  /** Dotted path of the option in `WsRateLimitModuleOptions`. */
+  readonly option: string;
+  readonly kind: EnvKind;
+  /** Accepted values of an `enum`. */
+  readonly values?: readonly string[];
+  /** Default, as written in the README (`none` when unset). */
+  readonly default: string;
+  /** One sentence for the README's table. */
+  readonly description: string;
+}
+
+/**
+ * Every variable the module reads. The README's table is checked against this list by a
+ * test, so the two cannot drift.
+ */
+export const ENV_VARIABLES: readonly EnvVariable[] = [
+  {
+    name: 'WS_RATE_LIMIT_STORE',
+    option: 'store',
+    kind: 'enum',
+    values: ['memory', 'redis'],
+    default: 'memory',
+    description: 'Where shared limits live: `memory` or `redis`.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_REDIS_URL',
+    option: 'redis.url',
+    kind: 'redis-url',
+    default: 'none',
+    description: '`redis://` or `rediss://` URL of a standalone Redis.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_TRACKER',
+    option: 'tracker',
+    kind: 'enum',
+    values: ['connection', 'ip'],
+    default: 'connection',
+    description: 'Whose budget a message spends: `connection` or `ip` (a function in code).',
+  },
+  {
+    name: 'WS_RATE_LIMIT_GLOBAL_CAPACITY',
+    option: 'global.capacity',
+    kind: 'positive-number',
+    default: '100',
+    description: 'All messages of a tracker: burst.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_GLOBAL_REFILL_RATE',
+    option: 'global.refillRate',
+    kind: 'positive-number',
+    default: '50',
+    description: 'All messages of a tracker: tokens per second.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_TYPE_CAPACITY',
+    option: 'type.capacity',
+    kind: 'positive-number',
+    default: '20',
+    description: 'A message type without figures of its own: burst.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_TYPE_REFILL_RATE',
+    option: 'type.refillRate',
+    kind: 'positive-number',
+    default: '10',
+    description: 'A message type without figures of its own: tokens per second.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_TYPES',
+    option: 'types',
+    kind: 'json',
+    default: '{}',
+    description: 'Figures per message type as JSON, e.g. `{"chat":{"capacity":30,"refillRate":15}}`; `@Throttle` wins.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_EXPENSIVE_MAX',
+    option: 'expensive.max',
+    kind: 'positive-integer',
+    default: '5',
+    description: 'Expensive operations allowed per window.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_EXPENSIVE_WINDOW_MS',
+    option: 'expensive.windowMs',
+    kind: 'positive-integer',
+    default: '60000',
+    description: 'Expensive-operations window, in milliseconds.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_EXPENSIVE_ALGORITHM',
+    option: 'expensive.algorithm',
+    kind: 'enum',
+    values: ['sliding-log', 'sliding-counter'],
+    default: 'sliding-log',
+    description: '`sliding-log` (exact, one entry per allowed operation) or `sliding-counter` (O(1), approximate).',
+  },
+  {
+    name: 'WS_RATE_LIMIT_CONNECTION_CAPACITY',
+    option: 'connection.capacity',
+    kind: 'positive-number',
+    default: '5',
+    description: 'New connections per client IP: burst.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_CONNECTION_REFILL_RATE',
+    option: 'connection.refillRate',
+    kind: 'positive-number',
+    default: '1',
+    description: 'New connections per client IP: per second.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_MAX_CONNECTIONS_PER_IP',
+    option: 'maxConnectionsPerIp',
+    kind: 'non-negative-integer',
+    default: '0',
+    description: 'Open connections per client IP; 0 = no cap.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_MAX_VIOLATIONS',
+    option: 'violations.max',
+    kind: 'positive-integer',
+    default: '10',
+    description: 'Violations before close 1008, counted in the window below.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_VIOLATION_WINDOW_MS',
+    option: 'violations.windowMs',
+    kind: 'positive-integer',
+    default: '60000',
+    description: 'Window in which violations are counted, in milliseconds.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_VIOLATION_CLOSE_CODE',
+    option: 'violations.closeCode',
+    kind: 'close-code',
+    default: '1008',
+    description: 'Close code for repeat offenders: 1000-1003, 1007-1014 or 3000-4999.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_VIOLATION_CLOSE_REASON',
+    option: 'violations.closeReason',
+    kind: 'string',
+    default: 'Rate limit violations',
+    description: 'Close reason for repeat offenders, cut to 123 bytes.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_MAX_PAYLOAD',
+    option: 'maxPayload',
+    kind: 'positive-integer',
+    default: '65536',
+    description: 'Largest inbound frame in bytes.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_TRUST_PROXY',
+    option: 'trustProxy',
+    kind: 'trust-proxy',
+    default: 'none',
+    description: 'Proxies whose forwarding headers are believed: addresses/CIDRs, comma-separated, or a hop count.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_FAIL_MODE',
+    option: 'failMode',
+    kind: 'enum',
+    values: ['open', 'closed'],
+    default: 'open',
+    description: 'When the store is unreachable: `open` (local fallback limits) or `closed`.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_KEY_PREFIX',
+    option: 'keyPrefix',
+    kind: 'string',
+    default: 'wsrl:',
+    description: 'Prefix of every key the store writes.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_MAX_KEYS',
+    option: 'maxKeys',
+    kind: 'positive-integer',
+    default: '100000',
+    description: 'Most keys the memory store holds; idle keys are dropped first, then the least recently used.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_MAX_BUFFERED_BYTES',
+    option: 'maxBufferedBytes',
+    kind: 'positive-integer',
+    default: '1048576',
+    description: 'Unread bytes a client may leave before it is closed (1008, `Slow consumer`).',
+  },
+];

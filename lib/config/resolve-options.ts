@@ -1,0 +1,372 @@
+import { BlockList, isIP } from 'node:net';
+import type { TrackerOption, TypeLimitOptions, WsRateLimitModuleOptions } from '../interfaces/options.interface.js';
+import type { RateLimitFrameBuilder } from '../interfaces/frame.interface.js';
+import { WsRateLimitConfigError } from '../exceptions/ws-rate-limit-config.error.js';
+import { RateLimitStore } from '../storage/rate-limit-store.js';
+import { isSendableCloseCode, truncateCloseReason } from '../utils/close-reason.js';
+import { ENV_VARIABLES, type EnvKind, type EnvVariable } from './env-variables.js';
+
+/** A bucket's figures, resolved. */
+export interface ResolvedBucket {
+  readonly capacity: number;
+  readonly refillRate: number;
+}
+
+/** The figures of one message type given in options, resolved. */
+export interface ResolvedTypeLimit {
+  readonly capacity?: number;
+  readonly refillRate?: number;
+  readonly expensive?: boolean;
+  readonly cost?: number;
+}
+
+/** Trusted proxies: none, a hop count, or a list of addresses and networks. */
+export type ResolvedTrustProxy =
+  | { readonly kind: 'none' }
+  | { readonly kind: 'hops'; readonly hops: number }
+  | { readonly kind: 'list'; readonly list: BlockList; readonly entries: readonly string[] };
+
+/** Every option with its final value, after code, environment and defaults. */
+export interface ResolvedWsRateLimitOptions {
+  readonly store: 'memory' | 'redis' | RateLimitStore;
+  readonly redis: { readonly url: string | undefined };
+  readonly tracker: TrackerOption;
+  readonly global: ResolvedBucket;
+  readonly type: ResolvedBucket;
+  readonly types: Readonly<Record<string, ResolvedTypeLimit>>;
+  readonly expensive: {
+    readonly max: number;
+    readonly windowMs: number;
+    readonly algorithm: 'sliding-log' | 'sliding-counter';
+  };
+  readonly connection: ResolvedBucket;
+  readonly maxConnectionsPerIp: number;
+  readonly violations: {
+    readonly max: number;
+    readonly windowMs: number;
+    readonly closeCode: number;
+    readonly closeReason: string;
+  };
+  readonly maxPayload: number;
+  readonly trustProxy: ResolvedTrustProxy;
+  readonly failMode: 'open' | 'closed';
+  readonly frameBuilder: RateLimitFrameBuilder | undefined;
+  readonly keyPrefix: string;
+  readonly maxKeys: number;
+  readonly maxBufferedBytes: number;
+}
+
+/** Reads one environment variable; `undefined` when unset. */
+export type EnvReader = (name: string) => string | undefined;
+
+const NUMBER = /^\s*\+?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$/;
+
+/**
+ * Resolves module options: a field given in code wins, then its `WS_RATE_LIMIT_*`
+ * variable, then its default. Every value is validated; the first invalid one throws a
+ * `WsRateLimitConfigError` naming the variable or option.
+ */
+export function resolveOptions(
+  options: WsRateLimitModuleOptions = {},
+  readEnv: EnvReader = (name) => process.env[name],
+): ResolvedWsRateLimitOptions {
+  const useEnv = options.useEnv ?? true;
+  const values = new Map<string, unknown>();
+  const labels = new Map<string, string>();
+  for (const variable of ENV_VARIABLES) {
+    const fromCode = getPath(options, variable.option);
+    if (fromCode !== undefined) {
+      labels.set(variable.option, `option ${variable.option}`);
+      values.set(variable.option, checkCodeValue(variable, fromCode));
+      continue;
+    }
+    const text = useEnv ? readEnv(variable.name) : undefined;
+    if (text !== undefined && text.trim() !== '') {
+      labels.set(variable.option, variable.name);
+      values.set(variable.option, parseEnvValue(variable, text));
+      continue;
+    }
+    labels.set(variable.option, `option ${variable.option} (default)`);
+    values.set(variable.option, variable.default === 'none' ? undefined : parseEnvValue(variable, variable.default));
+  }
+  const value = <T>(path: string): T => values.get(path) as T;
+  const label = (path: string): string => labels.get(path)!;
+
+  const global = { capacity: value<number>('global.capacity'), refillRate: value<number>('global.refillRate') };
+  const type = { capacity: value<number>('type.capacity'), refillRate: value<number>('type.refillRate') };
+  const connection = {
+    capacity: value<number>('connection.capacity'),
+    refillRate: value<number>('connection.refillRate'),
+  };
+  const types = value<Record<string, ResolvedTypeLimit>>('types');
+
+  // One message costs at least one token, so a bucket must hold one.
+  requireCapacity(global.capacity, 1, label('global.capacity'), 'the cost of one message (1)');
+  requireCapacity(type.capacity, 1, label('type.capacity'), 'the cost of one message (1)');
+  requireCapacity(connection.capacity, 1, label('connection.capacity'), 'one connection');
+  for (const [name, limit] of Object.entries(types)) {
+    const where = `${label('types')} (type "${name}")`;
+    const capacity = limit.capacity ?? type.capacity;
+    const cost = limit.cost ?? 1;
+    requireCapacity(capacity, cost, where, `its cost (${cost})`);
+    if (cost > global.capacity) {
+      throw new WsRateLimitConfigError(
+        `${where}: cost ${cost} exceeds ${label('global.capacity')} = ${global.capacity}; such a message could never pass`,
+      );
+    }
+  }
+
+  const store = value<'memory' | 'redis' | RateLimitStore>('store');
+  const redisUrl = value<string | undefined>('redis.url');
+  if (store === 'redis' && redisUrl === undefined) {
+    throw new WsRateLimitConfigError(
+      `${label('store')} is "redis" but no Redis is configured: set WS_RATE_LIMIT_REDIS_URL or option redis.url`,
+    );
+  }
+  if (options.frameBuilder !== undefined && typeof options.frameBuilder !== 'function') {
+    throw new WsRateLimitConfigError('option frameBuilder must be a function');
+  }
+
+  return {
+    store,
+    redis: { url: redisUrl },
+    tracker: value<TrackerOption>('tracker'),
+    global,
+    type,
+    types,
+    expensive: {
+      max: value<number>('expensive.max'),
+      windowMs: value<number>('expensive.windowMs'),
+      algorithm: value<'sliding-log' | 'sliding-counter'>('expensive.algorithm'),
+    },
+    connection,
+    maxConnectionsPerIp: value<number>('maxConnectionsPerIp'),
+    violations: {
+      max: value<number>('violations.max'),
+      windowMs: value<number>('violations.windowMs'),
+      closeCode: value<number>('violations.closeCode'),
+      closeReason: truncateCloseReason(value<string>('violations.closeReason')),
+    },
+    maxPayload: value<number>('maxPayload'),
+    trustProxy: value<ResolvedTrustProxy | undefined>('trustProxy') ?? { kind: 'none' },
+    failMode: value<'open' | 'closed'>('failMode'),
+    frameBuilder: options.frameBuilder,
+    keyPrefix: value<string>('keyPrefix'),
+    maxKeys: value<number>('maxKeys'),
+    maxBufferedBytes: value<number>('maxBufferedBytes'),
+  };
+}
+
+function requireCapacity(capacity: number, cost: number, where: string, what: string): void {
+  if (capacity < cost) {
+    throw new WsRateLimitConfigError(
+      `${where}: capacity ${capacity} is smaller than ${what}; such a message could never pass`,
+    );
+  }
+}
+
+function getPath(source: object, path: string): unknown {
+  let current: unknown = source;
+  for (const part of path.split('.')) {
+    if (current === null || typeof current !== 'object') return undefined;
+    current = (current as Record<string, unknown>)[part];
+  }
+  return current;
+}
+
+function fail(where: string, expected: string, got: unknown): never {
+  const shown = typeof got === 'string' ? JSON.stringify(got) : String(got);
+  throw new WsRateLimitConfigError(`${where} must be ${expected}, got ${shown}`);
+}
+
+/** Parses a variable's text (or a default written as text). */
+function parseEnvValue(variable: EnvVariable, text: string): unknown {
+  const where = variable.name;
+  switch (variable.kind) {
+    case 'positive-number':
+    case 'positive-integer':
+    case 'non-negative-integer':
+    case 'close-code': {
+      if (!NUMBER.test(text)) fail(where, expectation(variable.kind), text);
+      return checkNumber(variable.kind, Number(text), where, text);
+    }
+    case 'enum': {
+      const choice = text.trim();
+      if (!variable.values!.includes(choice)) fail(where, `one of ${variable.values!.join(', ')}`, text);
+      return choice;
+    }
+    case 'string':
+      return text;
+    case 'json': {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(text);
+      } catch (error) {
+        throw new WsRateLimitConfigError(`${where} is not valid JSON: ${(error as Error).message}`);
+      }
+      return checkTypes(parsed, where);
+    }
+    case 'trust-proxy': {
+      const trimmed = text.trim();
+      if (/^\d+$/.test(trimmed)) return checkTrustProxy(Number(trimmed), where);
+      return checkTrustProxy(trimmed.split(','), where);
+    }
+    case 'redis-url':
+      return checkRedisUrl(text.trim(), where);
+  }
+}
+
+/** Checks a value given in code. */
+function checkCodeValue(variable: EnvVariable, value: unknown): unknown {
+  const where = `option ${variable.option}`;
+  switch (variable.kind) {
+    case 'positive-number':
+    case 'positive-integer':
+    case 'non-negative-integer':
+    case 'close-code':
+      if (typeof value !== 'number') fail(where, expectation(variable.kind), value);
+      return checkNumber(variable.kind, value, where, value);
+    case 'enum':
+      if (variable.option === 'store' && value instanceof RateLimitStore) return value;
+      if (variable.option === 'tracker' && typeof value === 'function') return value;
+      if (typeof value !== 'string' || !variable.values!.includes(value)) {
+        const extra =
+          variable.option === 'store' ? ' or a RateLimitStore' : variable.option === 'tracker' ? ' or a function' : '';
+        fail(where, `one of ${variable.values!.join(', ')}${extra}`, value);
+      }
+      return value;
+    case 'string':
+      if (typeof value !== 'string') fail(where, 'a string', value);
+      return value;
+    case 'json':
+      return checkTypes(value, where);
+    case 'trust-proxy':
+      return checkTrustProxy(value, where);
+    case 'redis-url':
+      if (typeof value !== 'string') fail(where, 'a redis:// or rediss:// URL', value);
+      return checkRedisUrl(value, where);
+  }
+}
+
+function expectation(kind: EnvKind): string {
+  switch (kind) {
+    case 'positive-number':
+      return 'a number greater than 0';
+    case 'positive-integer':
+      return 'a whole number greater than 0';
+    case 'non-negative-integer':
+      return 'a whole number, 0 or more';
+    case 'close-code':
+      return 'a close code in 1000-1003, 1007-1014 or 3000-4999';
+    default:
+      return kind;
+  }
+}
+
+function checkNumber(kind: EnvKind, value: number, where: string, shown: unknown): number {
+  const ok =
+    kind === 'positive-number'
+      ? Number.isFinite(value) && value > 0
+      : kind === 'positive-integer'
+        ? Number.isSafeInteger(value) && value > 0
+        : kind === 'non-negative-integer'
+          ? Number.isSafeInteger(value) && value >= 0
+          : isSendableCloseCode(value);
+  if (!ok) fail(where, expectation(kind), shown);
+  return value;
+}
+
+const TYPE_FIELDS = new Set(['capacity', 'refillRate', 'expensive', 'cost']);
+
+function checkTypes(value: unknown, where: string): Record<string, ResolvedTypeLimit> {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    fail(where, 'an object of per-type figures', Array.isArray(value) ? 'an array' : value);
+  }
+  const result: Record<string, ResolvedTypeLimit> = Object.create(null);
+  for (const [name, figures] of Object.entries(value as Record<string, unknown>)) {
+    const at = `${where} (type "${name}")`;
+    if (name === '') fail(where, 'keyed by non-empty type names', '""');
+    if (figures === null || typeof figures !== 'object' || Array.isArray(figures)) {
+      fail(at, 'an object like {"capacity":30,"refillRate":15}', figures);
+    }
+    const limit = figures as TypeLimitOptions & Record<string, unknown>;
+    for (const field of Object.keys(limit)) {
+      if (!TYPE_FIELDS.has(field)) fail(at, 'made of capacity, refillRate, expensive and cost', `field "${field}"`);
+    }
+    for (const field of ['capacity', 'refillRate', 'cost'] as const) {
+      const figure = limit[field];
+      if (figure !== undefined && (typeof figure !== 'number' || !(Number.isFinite(figure) && figure > 0))) {
+        fail(`${at} ${field}`, 'a number greater than 0', figure);
+      }
+    }
+    if (limit.expensive !== undefined && typeof limit.expensive !== 'boolean') {
+      fail(`${at} expensive`, 'true or false', limit.expensive);
+    }
+    result[name] = { ...limit };
+  }
+  return result;
+}
+
+function checkTrustProxy(value: unknown, where: string): ResolvedTrustProxy {
+  if (typeof value === 'number') {
+    if (!Number.isSafeInteger(value) || value < 0) fail(where, 'a hop count (0 or more) or addresses/CIDRs', value);
+    return value === 0 ? { kind: 'none' } : { kind: 'hops', hops: value };
+  }
+  if (value === true) {
+    // Trusting every hop lets any client pick its own address.
+    fail(where, 'a hop count or addresses/CIDRs (true would let any client choose its address)', value);
+  }
+  const entries = typeof value === 'string' ? value.split(',') : value;
+  if (!Array.isArray(entries)) fail(where, 'a hop count or addresses/CIDRs', value);
+  const list = new BlockList();
+  const kept: string[] = [];
+  for (const raw of entries as unknown[]) {
+    if (typeof raw !== 'string') fail(where, 'addresses or CIDRs', raw);
+    const entry = raw.trim();
+    if (entry === '') continue;
+    addTrusted(list, entry, where);
+    kept.push(entry);
+  }
+  return kept.length === 0 ? { kind: 'none' } : { kind: 'list', list, entries: kept };
+}
+
+/** Named ranges, as Express's `trust proxy` accepts them. */
+const NAMED_RANGES: Record<string, readonly string[]> = {
+  loopback: ['127.0.0.1/8', '::1/128'],
+  linklocal: ['169.254.0.0/16', 'fe80::/10'],
+  uniquelocal: ['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', 'fc00::/7'],
+};
+
+function addTrusted(list: BlockList, entry: string, where: string): void {
+  const named = NAMED_RANGES[entry];
+  if (named) {
+    for (const range of named) addTrusted(list, range, where);
+    return;
+  }
+  const slash = entry.indexOf('/');
+  const address = slash < 0 ? entry : entry.slice(0, slash);
+  const family = isIP(address);
+  if (family === 0) fail(where, 'addresses or CIDRs (or loopback, linklocal, uniquelocal)', entry);
+  const type = family === 4 ? 'ipv4' : 'ipv6';
+  if (slash < 0) {
+    list.addAddress(address, type);
+    return;
+  }
+  const bits = entry.slice(slash + 1);
+  const prefix = Number(bits);
+  if (!/^\d+$/.test(bits) || prefix > (family === 4 ? 32 : 128)) fail(where, 'a valid CIDR', entry);
+  list.addSubnet(address, prefix, type);
+}
+
+function checkRedisUrl(value: string, where: string): string {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    fail(where, 'a redis:// or rediss:// URL', value.replace(/\/\/[^@/]*@/, '//***@'));
+  }
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') {
+    fail(where, 'a redis:// or rediss:// URL', `${url.protocol}//...`);
+  }
+  return value;
+}

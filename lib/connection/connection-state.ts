@@ -1,0 +1,48 @@
+import type { IncomingMessage } from 'node:http';
+import type { SlidingLogState } from '../algorithms/sliding-log.js';
+import type { RateLimitPlan } from '../interfaces/plan.interface.js';
+import type { Route } from '../plans/route-resolver.js';
+
+/** The parts of a `ws` WebSocket the limiter uses. */
+export interface WsClientLike {
+  readonly readyState: number;
+  readonly bufferedAmount: number;
+  send(data: string, callback?: (error?: Error) => void): void;
+  close(code?: number, reason?: string): void;
+  once(event: 'close', listener: () => void): unknown;
+}
+
+/** Where the limiter keeps its per-connection state on a socket. */
+export const CONNECTION_STATE: unique symbol = Symbol('nestjs-ws-rate-limit.connection');
+
+/** A socket carrying its limiter state. */
+export type TrackedClient = WsClientLike & { [CONNECTION_STATE]?: ConnectionState };
+
+/**
+ * What the limiter knows about one connection: its identity, the plans built for it (one
+ * per handler, so a decision builds nothing), and its recent violations.
+ */
+export class ConnectionState {
+  /** Plans built for this connection, by route. */
+  readonly plans = new Map<Route, RateLimitPlan>();
+  /** Timestamps of recent violations (created on the first). */
+  violations: SlidingLogState | undefined;
+  /** Set once the limiter has started closing the socket. */
+  closing = false;
+  /** The plan whose concurrency lease this connection holds, if any. */
+  lease: RateLimitPlan | undefined;
+
+  constructor(
+    /** Unique within the process. */
+    readonly id: number,
+    /** The client address key (see `clientAddressKey`), if known. */
+    readonly ip: string | undefined,
+    /** The upgrade request, when the adapter saw it. */
+    readonly request: IncomingMessage | undefined,
+  ) {}
+
+  /** The tracker of tiers keyed by this connection. */
+  get connectionTracker(): string {
+    return `conn:${this.id}`;
+  }
+}

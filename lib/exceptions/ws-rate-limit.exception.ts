@@ -1,0 +1,20 @@
+import { WsException } from '@nestjs/websockets';
+import type { RateLimitRejected } from '../interfaces/plan.interface.js';
+
+/**
+ * A message refused by the limiter. `WsRateLimitFilter` turns it into a `rate_limit` frame
+ * and counts the violation. It carries the decision, never the message's payload.
+ */
+export class WsRateLimitException extends WsException {
+  constructor(
+    /** The decision that refused the message. */
+    readonly decision: RateLimitRejected,
+    /** The message type that was refused. */
+    readonly messageType: string,
+    /** Whose budget it was. */
+    readonly tracker: string,
+  ) {
+    super('Rate limit exceeded');
+    this.name = 'WsRateLimitException';
+  }
+}

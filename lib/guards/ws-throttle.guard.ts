@@ -1,0 +1,62 @@
+import { Injectable, type CanActivate, type ExecutionContext } from '@nestjs/common';
+import type { ConnectionState } from '../connection/connection-state.js';
+import { WsRateLimitException } from '../exceptions/ws-rate-limit.exception.js';
+import type { RateLimitDecision, RateLimitPlan } from '../interfaces/plan.interface.js';
+import type { Route } from '../plans/route-resolver.js';
+import { WsRateLimitService } from '../services/ws-rate-limit.service.js';
+
+/**
+ * Limits the messages NestJS routes to a gateway's handlers: for each, the plan of tiers
+ * (global, type, and the expensive window when marked) is decided in one step, every tier
+ * consuming or none. A refused message raises `WsRateLimitException`, which
+ * `WsRateLimitFilter` answers. Other execution contexts (HTTP, RPC) pass untouched.
+ *
+ * Each step is a protected method to override: `getRoute`, `getTracker`, `getPlan`,
+ * `onRejected`.
+ */
+@Injectable()
+export class WsThrottleGuard implements CanActivate {
+  /** Lets the module recognise this guard (and subclasses) in `@UseGuards` metadata. */
+  static readonly isWsThrottleGuard = true;
+
+  constructor(protected readonly limiter: WsRateLimitService) {}
+
+  canActivate(context: ExecutionContext): boolean | Promise<boolean> {
+    if (context.getType() !== 'ws') return true;
+    const route = this.getRoute(context);
+    if (route === null) return true;
+    const client = context.switchToWs().getClient<object>();
+    const connection = this.limiter.connectionOf(client);
+    const tracker = this.getTracker(client, connection);
+    if (connection.closing) throw this.limiter.closingRejection(route, tracker);
+    const plan = this.getPlan(connection, route, tracker);
+    const decision = this.limiter.decide(plan);
+    if (decision instanceof Promise) return decision.then((settled) => this.settle(settled, route, plan));
+    return this.settle(decision, route, plan);
+  }
+
+  /** The limits of the handler, or `null` to let the message through unlimited. */
+  protected getRoute(context: ExecutionContext): Route | null {
+    return this.limiter.routeOf(context.getHandler(), context.getClass());
+  }
+
+  /** Whose budget the message spends (the `tracker` option by default). */
+  protected getTracker(client: object, connection: ConnectionState): string {
+    return this.limiter.trackerOf(client, connection);
+  }
+
+  /** The tiers to decide (cached per connection and handler by default). */
+  protected getPlan(connection: ConnectionState, route: Route, tracker: string): RateLimitPlan {
+    return this.limiter.planFor(connection, route, tracker);
+  }
+
+  /** Called for a refused message; throws the exception the filter answers. */
+  protected onRejected(decision: RateLimitDecision & { allowed: false }, route: Route, plan: RateLimitPlan): never {
+    throw new WsRateLimitException(decision, route.type, plan.tracker);
+  }
+
+  private settle(decision: RateLimitDecision, route: Route, plan: RateLimitPlan): true {
+    if (decision.allowed) return true;
+    return this.onRejected(decision, route, plan);
+  }
+}

@@ -1,0 +1,26 @@
+export { WsRateLimitModule } from './ws-rate-limit.module.js';
+export { WsRateLimitService, frameCode } from './services/ws-rate-limit.service.js';
+export type { ConsumeRequest, BudgetStatus, ClientLimitsStatus } from './services/ws-rate-limit.service.js';
+export * from './decorators/index.js';
+export * from './guards/index.js';
+export * from './filters/index.js';
+export * from './exceptions/index.js';
+export * from './interfaces/index.js';
+export * from './storage/index.js';
+export * from './algorithms/index.js';
+export { tokenBucketSpec, windowSpec, concurrencySpec } from './plans/tier-specs.js';
+export type { Route } from './plans/route-resolver.js';
+export { ConnectionState, CONNECTION_STATE } from './connection/connection-state.js';
+export type { WsClientLike } from './connection/connection-state.js';
+export { resolveOptions } from './config/resolve-options.js';
+export type { ResolvedWsRateLimitOptions, ResolvedBucket, ResolvedTrustProxy } from './config/resolve-options.js';
+export { ENV_VARIABLES, ENV_PREFIX } from './config/env-variables.js';
+export type { EnvVariable } from './config/env-variables.js';
+export { clientAddressKey } from './utils/client-ip.js';
+export { truncateCloseReason } from './utils/close-reason.js';
+export {
+  WS_RATE_LIMIT_OPTIONS,
+  THROTTLE_METADATA,
+  SKIP_THROTTLE_METADATA,
+  RATE_LIMIT_EVENT,
+} from './ws-rate-limit.constants.js';

@@ -1,0 +1,175 @@
+import type { IncomingMessage } from 'node:http';
+import type { RateLimitStore } from '../storage/rate-limit-store.js';
+import type { RateLimitFrameBuilder } from './frame.interface.js';
+
+/** A token bucket's figures. */
+export interface BucketLimitOptions {
+  /** Burst: the most tokens the bucket holds (and starts with). */
+  capacity?: number;
+  /** Tokens added per second, fractions allowed. */
+  refillRate?: number;
+}
+
+/** The figures of one message type, set in module options instead of `@Throttle`. */
+export interface TypeLimitOptions extends BucketLimitOptions {
+  /** Also count the type in the expensive-operations window. */
+  expensive?: boolean;
+  /** Tokens one message of this type costs in the global and type buckets. */
+  cost?: number;
+}
+
+/** What a tracker function is told about a connection. */
+export interface TrackerContext {
+  /** The client address the adapter resolved (trusted proxies only), if known. */
+  readonly ip: string | undefined;
+  /** A number unique to the connection within this process. */
+  readonly connectionId: number;
+  /** The upgrade request, when the connection came through `WsRateLimitAdapter`. */
+  readonly request: IncomingMessage | undefined;
+}
+
+/**
+ * Names whose budget a message spends, e.g. a user id an auth step put on the socket.
+ * Returning `undefined` falls back to the connection.
+ * @example
+ * tracker: (client) => (client as { user?: { id: string } }).user?.id
+ */
+export type TrackerFn = (client: unknown, context: TrackerContext) => string | undefined;
+
+/** Whose budget a message spends. */
+export type TrackerOption = 'connection' | 'ip' | TrackerFn;
+
+/** The sliding window of expensive operations. */
+export interface ExpensiveLimitOptions {
+  /**
+   * Expensive operations allowed per window.
+   * @default 5
+   */
+  max?: number;
+  /**
+   * Window length in milliseconds.
+   * @default 60000
+   */
+  windowMs?: number;
+  /**
+   * `sliding-log` is exact and keeps one timestamp per allowed operation (at most `max`);
+   * `sliding-counter` keeps three numbers whatever `max` is, and approximates.
+   * @default 'sliding-log'
+   */
+  algorithm?: 'sliding-log' | 'sliding-counter';
+}
+
+/** Repeat offenders: violations counted in a sliding window, then a close. */
+export interface ViolationOptions {
+  /**
+   * Violations within `windowMs` that close the connection (that violation's frame is
+   * still sent first).
+   * @default 10
+   */
+  max?: number;
+  /**
+   * Window in which violations are counted, in milliseconds.
+   * @default 60000
+   */
+  windowMs?: number;
+  /**
+   * Close code: 1000-1003, 1007-1014 or 3000-4999.
+   * @default 1008
+   */
+  closeCode?: number;
+  /**
+   * Close reason; cut to 123 bytes on a UTF-8 boundary.
+   * @default 'Rate limit violations'
+   */
+  closeReason?: string;
+}
+
+/**
+ * Options of `WsRateLimitModule.forRoot`. Every field is optional: a field left out is read
+ * from its `WS_RATE_LIMIT_*` environment variable (see the README's table), else from its
+ * default. A field given in code wins over the environment.
+ */
+export interface WsRateLimitModuleOptions {
+  /**
+   * Where shared limits live: `memory` (embedded), `redis`, or a store instance.
+   * @default 'memory'
+   */
+  store?: 'memory' | 'redis' | RateLimitStore;
+  /**
+   * Whose budget a message spends: each `connection`, each client `ip`, or a function.
+   * @default 'connection'
+   */
+  tracker?: TrackerOption;
+  /**
+   * All messages of a tracker.
+   * @default { capacity: 100, refillRate: 50 }
+   */
+  global?: BucketLimitOptions;
+  /**
+   * A message type with no figures of its own (from `@Throttle` or `types`).
+   * @default { capacity: 20, refillRate: 10 }
+   */
+  type?: BucketLimitOptions;
+  /**
+   * Figures per message type; `@Throttle` on a handler wins over these.
+   * @default {}
+   */
+  types?: Record<string, TypeLimitOptions>;
+  /** The expensive-operations window. */
+  expensive?: ExpensiveLimitOptions;
+  /**
+   * New connections per client IP, decided before the upgrade by `WsRateLimitAdapter`.
+   * @default { capacity: 5, refillRate: 1 }
+   */
+  connection?: BucketLimitOptions;
+  /**
+   * Open connections per client IP; 0 means no cap.
+   * @default 0
+   */
+  maxConnectionsPerIp?: number;
+  /** Repeat offenders. */
+  violations?: ViolationOptions;
+  /**
+   * Largest inbound frame in bytes (after decompression), enforced by `WsRateLimitAdapter`.
+   * @default 65536
+   */
+  maxPayload?: number;
+  /**
+   * Proxies whose `X-Forwarded-For`/`Forwarded` headers are believed: addresses and CIDRs
+   * (an array or a comma-separated string), or the number of proxy hops in front of the app.
+   * @default none: the socket address is the client
+   */
+  trustProxy?: string | readonly string[] | number;
+  /**
+   * When the store cannot answer: `open` decides with a local in-memory limiter of the same
+   * figures, `closed` refuses with `STORE_UNAVAILABLE`.
+   * @default 'open'
+   */
+  failMode?: 'open' | 'closed';
+  /**
+   * Builds the frame sent for a rejected message.
+   * @default `{ event: 'rate_limit', data: info }`
+   */
+  frameBuilder?: RateLimitFrameBuilder;
+  /**
+   * Prefix of every key the store writes.
+   * @default 'wsrl:'
+   */
+  keyPrefix?: string;
+  /**
+   * Most keys the memory store holds (idle keys go first, then the least recently used).
+   * @default 100000
+   */
+  maxKeys?: number;
+  /**
+   * Bytes a client may leave unread before the limiter stops writing to it and closes it
+   * (1008, `Slow consumer`); frames are never queued without bound.
+   * @default 1048576
+   */
+  maxBufferedBytes?: number;
+  /**
+   * Read `WS_RATE_LIMIT_*` variables for the fields left out.
+   * @default true
+   */
+  useEnv?: boolean;
+}

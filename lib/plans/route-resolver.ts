@@ -1,0 +1,159 @@
+import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
+import type { ThrottleOptions } from '../decorators/throttle.decorator.js';
+import { WsRateLimitConfigError } from '../exceptions/ws-rate-limit-config.error.js';
+import type { TierSpec, TokenBucketSpec } from '../interfaces/plan.interface.js';
+import { SKIP_THROTTLE_METADATA, THROTTLE_METADATA } from '../ws-rate-limit.constants.js';
+import { tokenBucketSpec, windowSpec } from './tier-specs.js';
+
+/** NestJS's metadata key for `@SubscribeMessage`'s event. */
+const MESSAGE_METADATA = 'message';
+
+/** The limits of one handler, resolved once from decorators and options. */
+export interface Route {
+  /** The type bucket the handler spends (its `@Throttle` type, else its event). */
+  readonly type: string;
+  /** The tiers every message of this handler passes, in order: global, type, expensive. */
+  readonly specs: readonly TierSpec[];
+  /** `Gateway.method`, for messages. */
+  readonly where: string;
+}
+
+interface TypeFigures {
+  readonly capacity: number;
+  readonly refillRate: number;
+  readonly where: string;
+}
+
+/**
+ * Turns `@Throttle`/`@SkipThrottle` metadata and module options into routes, validating
+ * the figures (the first invalid one throws, naming the handler). Results are cached per
+ * handler, and specs are shared between routes that share a type or a cost.
+ */
+export class RouteResolver {
+  private readonly routes = new Map<object, Route | null>();
+  private readonly figures = new Map<string, TypeFigures>();
+  private readonly typeSpecs = new Map<string, TokenBucketSpec>();
+  private readonly globalSpecs = new Map<number, TokenBucketSpec>();
+  private readonly expensiveSpec: TierSpec;
+
+  constructor(private readonly options: ResolvedWsRateLimitOptions) {
+    const { expensive } = options;
+    this.expensiveSpec = windowSpec('expensive', 'x', expensive.algorithm, expensive.max, expensive.windowMs);
+  }
+
+  /** The route of a handler, or `null` when `@SkipThrottle` exempts it. */
+  resolve(handler: object, gateway: object): Route | null {
+    let route = this.routes.get(handler);
+    if (route === undefined) {
+      route = this.build(handler as (...args: unknown[]) => unknown, gateway as new (...args: unknown[]) => unknown);
+      this.routes.set(handler, route);
+    }
+    return route;
+  }
+
+  /** The global tier for a message of the given cost. */
+  globalSpec(cost: number): TokenBucketSpec {
+    let spec = this.globalSpecs.get(cost);
+    if (!spec) {
+      spec = tokenBucketSpec('global', 'g', this.options.global.capacity, this.options.global.refillRate, cost);
+      this.globalSpecs.set(cost, spec);
+    }
+    return spec;
+  }
+
+  /** The type tier of a type, for a message of the given cost. */
+  typeSpec(type: string, cost: number, where = `type "${type}"`, throttle: ThrottleOptions = {}): TokenBucketSpec {
+    const configured = this.options.types[type];
+    const capacity = throttle.capacity ?? configured?.capacity ?? this.options.type.capacity;
+    const refillRate = throttle.refillRate ?? configured?.refillRate ?? this.options.type.refillRate;
+    const known = this.figures.get(type);
+    if (known && (known.capacity !== capacity || known.refillRate !== refillRate)) {
+      throw new WsRateLimitConfigError(
+        `${where}: type "${type}" is limited to ${capacity} burst, ${refillRate}/s here but to ` +
+          `${known.capacity} burst, ${known.refillRate}/s at ${known.where}; one type has one bucket`,
+      );
+    }
+    if (!known) this.figures.set(type, { capacity, refillRate, where });
+    const cacheKey = `${cost}|${type}`;
+    let spec = this.typeSpecs.get(cacheKey);
+    if (!spec) {
+      spec = tokenBucketSpec('type', `t:${type}`, capacity, refillRate, cost);
+      this.typeSpecs.set(cacheKey, spec);
+    }
+    return spec;
+  }
+
+  /** Every type a route or a request has used so far. */
+  knownTypes(): string[] {
+    return [...this.figures.keys()];
+  }
+
+  /** The expensive-operations window. */
+  get expensive(): TierSpec {
+    return this.expensiveSpec;
+  }
+
+  /** The tiers for a type requested from code (`WsRateLimitService.consume`). */
+  specsFor(type: string, expensive: boolean | undefined, cost: number | undefined): TierSpec[] {
+    const configured = this.options.types[type];
+    const charge = cost ?? configured?.cost ?? 1;
+    const where = `type "${type}"`;
+    checkFigure(where, 'cost', charge);
+    const typeSpec = this.typeSpec(type, charge, where);
+    this.checkCost(where, charge, typeSpec.limit);
+    const specs: TierSpec[] = [this.globalSpec(charge), typeSpec];
+    if (expensive ?? configured?.expensive ?? false) specs.push(this.expensiveSpec);
+    return specs;
+  }
+
+  private build(handler: (...args: unknown[]) => unknown, gateway: new (...args: unknown[]) => unknown): Route | null {
+    const skip =
+      (Reflect.getMetadata(SKIP_THROTTLE_METADATA, handler) as boolean | undefined) ??
+      (Reflect.getMetadata(SKIP_THROTTLE_METADATA, gateway) as boolean | undefined) ??
+      false;
+    if (skip) return null;
+    const where = `@Throttle on ${gateway.name}.${handler.name}`;
+    const throttle: ThrottleOptions = {
+      ...(Reflect.getMetadata(THROTTLE_METADATA, gateway) as ThrottleOptions | undefined),
+      ...(Reflect.getMetadata(THROTTLE_METADATA, handler) as ThrottleOptions | undefined),
+    };
+    const event = Reflect.getMetadata(MESSAGE_METADATA, handler) as unknown;
+    const type = throttle.type ?? (typeof event === 'string' ? event : handler.name);
+    if (typeof type !== 'string' || type === '') {
+      throw new WsRateLimitConfigError(`${where}: type must be a non-empty string`);
+    }
+    checkFigure(where, 'capacity', throttle.capacity);
+    checkFigure(where, 'refillRate', throttle.refillRate);
+    checkFigure(where, 'cost', throttle.cost);
+    if (throttle.expensive !== undefined && typeof throttle.expensive !== 'boolean') {
+      throw new WsRateLimitConfigError(`${where}: expensive must be true or false`);
+    }
+    const configured = this.options.types[type];
+    const cost = throttle.cost ?? configured?.cost ?? 1;
+    const typeSpec = this.typeSpec(type, cost, where, throttle);
+    this.checkCost(where, cost, typeSpec.limit);
+    const specs: TierSpec[] = [this.globalSpec(cost), typeSpec];
+    if (throttle.expensive ?? configured?.expensive ?? false) specs.push(this.expensiveSpec);
+    return Object.freeze({ type, specs: Object.freeze(specs), where: `${gateway.name}.${handler.name}` });
+  }
+
+  private checkCost(where: string, cost: number, typeCapacity: number): void {
+    if (cost > typeCapacity) {
+      throw new WsRateLimitConfigError(
+        `${where}: cost ${cost} exceeds the type capacity ${typeCapacity}; such a message could never pass`,
+      );
+    }
+    if (cost > this.options.global.capacity) {
+      throw new WsRateLimitConfigError(
+        `${where}: cost ${cost} exceeds the global capacity ${this.options.global.capacity}; such a message could never pass`,
+      );
+    }
+  }
+}
+
+function checkFigure(where: string, field: string, value: unknown): void {
+  if (value === undefined) return;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
+    throw new WsRateLimitConfigError(`${where}: ${field} must be a number greater than 0, got ${String(value)}`);
+  }
+}

@@ -1,0 +1,2 @@
+export * from './rate-limit-store.js';
+export * from './memory/memory-store.js';

@@ -1,0 +1,245 @@
+import { performance } from 'node:perf_hooks';
+import { bucketAfter, bucketTokens, bucketWait } from '../../algorithms/token-bucket.js';
+import {
+  createSlidingLog,
+  logAllows,
+  logCount,
+  logFreshAt,
+  logRecord,
+  logWait,
+  type SlidingLogState,
+} from '../../algorithms/sliding-log.js';
+import {
+  counterAllows,
+  counterCount,
+  counterFreshAt,
+  counterRecord,
+  counterWait,
+  createSlidingCounter,
+  type SlidingCounterState,
+} from '../../algorithms/sliding-counter.js';
+import {
+  ALLOWED,
+  AlgorithmKind,
+  type RateLimitDecision,
+  type RateLimitPlan,
+  type RateLimitRejected,
+  type TierSpec,
+  type TierStatus,
+} from '../../interfaces/plan.interface.js';
+import { RateLimitStore } from '../rate-limit-store.js';
+import { KeyTable } from './key-table.js';
+
+/** Options of the embedded memory store. */
+export interface MemoryStoreOptions {
+  /**
+   * Most keys held; past it, idle keys are dropped first, then the least recently used.
+   * @default 100000
+   */
+  maxKeys?: number;
+  /**
+   * The clock, in milliseconds. Must never run backwards.
+   * @default performance.now (monotonic: wall-clock steps do not affect limits)
+   */
+  clock?: () => number;
+}
+
+/** Default bound on the keys the memory store holds. */
+export const DEFAULT_MAX_KEYS = 100_000;
+
+/**
+ * The embedded store: every decision is synchronous, O(1) per tier, and allocates nothing
+ * when it allows. Memory is bounded by `maxKeys`; no timer is used.
+ */
+export class MemoryRateLimitStore extends RateLimitStore {
+  private readonly table: KeyTable;
+  private readonly clock: () => number;
+  private slots = new Int32Array(8);
+
+  constructor(options: MemoryStoreOptions = {}) {
+    super();
+    this.table = new KeyTable(options.maxKeys ?? DEFAULT_MAX_KEYS);
+    this.clock = options.clock ?? (() => performance.now());
+  }
+
+  /** Keys held now. */
+  get size(): number {
+    return this.table.size;
+  }
+
+  /** Keys dropped to respect `maxKeys` while their state still mattered. */
+  get evictions(): number {
+    return this.table.evictions;
+  }
+
+  consume(plan: RateLimitPlan): RateLimitDecision {
+    const now = this.clock();
+    const tiers = plan.tiers;
+    const count = tiers.length;
+    const table = this.table;
+    if (table.size + count > table.maxKeys) table.reserve(count, now);
+    if (this.slots.length < count) this.slots = new Int32Array(count);
+    const slots = this.slots;
+    const freshAt = table.freshAt;
+    for (let i = 0; i < count; i++) {
+      const tier = tiers[i]!;
+      const spec = tier.spec;
+      const slot = table.find(tier.key);
+      slots[i] = slot;
+      if (slot < 0) continue;
+      switch (spec.kind) {
+        case AlgorithmKind.TokenBucket:
+          if (freshAt[slot]! - now > spec.slack) return this.reject(plan, now);
+          break;
+        case AlgorithmKind.SlidingLog:
+          if (!logAllows(table.objects[slot] as SlidingLogState, now, spec.windowMs, spec.cost)) {
+            return this.reject(plan, now);
+          }
+          break;
+        case AlgorithmKind.SlidingCounter:
+          if (!counterAllows(table.objects[slot] as SlidingCounterState, now, spec.windowMs, spec.limit, spec.cost)) {
+            return this.reject(plan, now);
+          }
+          break;
+        case AlgorithmKind.Concurrency:
+          if (concurrencyHeld(table.objects[slot]) + spec.cost > spec.limit) return this.reject(plan, now);
+          break;
+      }
+    }
+    for (let i = 0; i < count; i++) {
+      const tier = tiers[i]!;
+      const spec = tier.spec;
+      let slot = slots[i]!;
+      if (slot < 0) {
+        // A key absent from the table is fresh, and a fresh tier admits any cost up to its
+        // limit, which option validation guarantees.
+        slot = table.insert(tier.key);
+      }
+      switch (spec.kind) {
+        case AlgorithmKind.TokenBucket:
+          freshAt[slot] = bucketAfter(freshAt[slot]!, now, spec.span);
+          break;
+        case AlgorithmKind.SlidingLog: {
+          const log = (table.objects[slot] ??= createSlidingLog(spec.limit)) as SlidingLogState;
+          logRecord(log, now, spec.cost);
+          freshAt[slot] = logFreshAt(log, spec.windowMs);
+          break;
+        }
+        case AlgorithmKind.SlidingCounter: {
+          const counter = (table.objects[slot] ??= createSlidingCounter()) as SlidingCounterState;
+          counterRecord(counter, now, spec.windowMs, spec.cost);
+          freshAt[slot] = counterFreshAt(counter, spec.windowMs);
+          break;
+        }
+        case AlgorithmKind.Concurrency: {
+          const leases = (table.objects[slot] ??= new Map<string, number>()) as Map<string, number>;
+          const lease = plan.lease ?? '';
+          leases.set(lease, (leases.get(lease) ?? 0) + spec.cost);
+          freshAt[slot] = Infinity;
+          break;
+        }
+      }
+    }
+    return ALLOWED;
+  }
+
+  /** The rejected path: every tier's wait, the longest one decides. Changes no state. */
+  private reject(plan: RateLimitPlan, now: number): RateLimitRejected {
+    let worst = -1;
+    let worstWait = 0;
+    const tiers = plan.tiers;
+    for (let i = 0; i < tiers.length; i++) {
+      const wait = this.wait(tiers[i]!.key, tiers[i]!.spec, now);
+      if (wait > worstWait) {
+        worstWait = wait;
+        worst = i;
+      }
+    }
+    const spec = tiers[worst]!.spec;
+    return {
+      allowed: false,
+      tier: spec.tier,
+      index: worst,
+      retryAfter: worstWait,
+      limit: spec.limit,
+      remaining: this.remaining(tiers[worst]!.key, spec, now),
+    };
+  }
+
+  private wait(key: string, spec: TierSpec, now: number): number {
+    const slot = this.table.peek(key);
+    if (slot < 0) return 0;
+    switch (spec.kind) {
+      case AlgorithmKind.TokenBucket:
+        return bucketWait(this.table.freshAt[slot]!, now, spec.slack);
+      case AlgorithmKind.SlidingLog:
+        return logWait(this.table.objects[slot] as SlidingLogState, now, spec.windowMs, spec.cost);
+      case AlgorithmKind.SlidingCounter:
+        return counterWait(this.table.objects[slot] as SlidingCounterState, now, spec.windowMs, spec.limit, spec.cost);
+      case AlgorithmKind.Concurrency:
+        // A lease is given back by a close, not by time; a retry in a second is a fair guess.
+        return concurrencyHeld(this.table.objects[slot]) + spec.cost > spec.limit ? 1000 : 0;
+    }
+  }
+
+  private remaining(key: string, spec: TierSpec, now: number): number {
+    const slot = this.table.peek(key);
+    if (slot < 0) return spec.limit;
+    switch (spec.kind) {
+      case AlgorithmKind.TokenBucket:
+        return Math.floor(bucketTokens(this.table.freshAt[slot]!, now, spec.limit, spec.intervalMs));
+      case AlgorithmKind.SlidingLog:
+        return Math.max(0, spec.limit - logCount(this.table.objects[slot] as SlidingLogState, now, spec.windowMs));
+      case AlgorithmKind.SlidingCounter:
+        return Math.max(
+          0,
+          Math.floor(spec.limit - counterCount(this.table.objects[slot] as SlidingCounterState, now, spec.windowMs)),
+        );
+      case AlgorithmKind.Concurrency:
+        return Math.max(0, spec.limit - concurrencyHeld(this.table.objects[slot]));
+    }
+  }
+
+  peek(plan: RateLimitPlan): TierStatus[] {
+    const now = this.clock();
+    return plan.tiers.map(({ key, spec }) => {
+      const slot = this.table.peek(key);
+      const fresh = slot < 0 ? -Infinity : this.table.freshAt[slot]!;
+      return {
+        tier: spec.tier,
+        limit: spec.limit,
+        remaining: this.remaining(key, spec, now),
+        resetIn: fresh === Infinity || fresh <= now ? 0 : Math.ceil(fresh - now),
+      };
+    });
+  }
+
+  release(plan: RateLimitPlan): void {
+    const lease = plan.lease ?? '';
+    for (const { key, spec } of plan.tiers) {
+      if (spec.kind !== AlgorithmKind.Concurrency) continue;
+      const slot = this.table.peek(key);
+      if (slot < 0) continue;
+      const leases = this.table.objects[slot] as Map<string, number>;
+      const held = (leases.get(lease) ?? 0) - spec.cost;
+      if (held > 0) leases.set(lease, held);
+      else leases.delete(lease);
+      if (leases.size === 0) this.table.delete(key);
+    }
+  }
+
+  delete(keys: readonly string[]): void {
+    for (const key of keys) this.table.delete(key);
+  }
+
+  async close(): Promise<void> {
+    this.table.clear();
+  }
+}
+
+/** Units held by the leases of a concurrency key. */
+function concurrencyHeld(leases: unknown): number {
+  let held = 0;
+  for (const units of (leases as Map<string, number>).values()) held += units;
+  return held;
+}

@@ -1,0 +1,38 @@
+import type { RateLimitDecision, RateLimitPlan, TierStatus } from '../interfaces/plan.interface.js';
+
+/** A value, or a promise of it: stores that can answer synchronously do. */
+export type MaybePromise<T> = T | Promise<T>;
+
+/**
+ * The contract every store keeps; also the injection token of the store in use
+ * (`@Inject(RateLimitStore)` or by type). The store reports, the guard decides what to do:
+ * a rejection is a returned value, never a thrown one. A store that cannot decide throws
+ * or rejects, and the fail mode applies.
+ */
+export abstract class RateLimitStore {
+  /**
+   * Decides a plan atomically: every tier consumes its cost, or none does and the decision
+   * says which tier refused and when the plan would pass.
+   */
+  abstract consume(plan: RateLimitPlan): MaybePromise<RateLimitDecision>;
+
+  /** The state of every tier of a plan, consuming nothing. */
+  abstract peek(plan: RateLimitPlan): MaybePromise<readonly TierStatus[]>;
+
+  /** Gives back the lease a plan's concurrency tiers took (an open connection ended). */
+  abstract release(plan: RateLimitPlan): MaybePromise<void>;
+
+  /** Forgets the given keys, as if they had never been used. */
+  abstract delete(keys: readonly string[]): MaybePromise<void>;
+
+  /** Releases what the store opened (connections, memory). */
+  abstract close(): Promise<void>;
+
+  /**
+   * The key of one tier of one tracker. The tracker is length-prefixed, so no tracker text
+   * (which may come from a client) can make two trackers' keys equal.
+   */
+  key(tracker: string, suffix: string): string {
+    return `${suffix}|${tracker.length}:${tracker}`;
+  }
+}

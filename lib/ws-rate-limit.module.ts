@@ -1,0 +1,65 @@
+import { Global, Module, type DynamicModule } from '@nestjs/common';
+import { ConfigModule, ConfigService } from '@nestjs/config';
+import { DiscoveryModule } from '@nestjs/core';
+import { resolveOptions, type ResolvedWsRateLimitOptions } from './config/resolve-options.js';
+import { WsRateLimitFilter } from './filters/ws-rate-limit.filter.js';
+import { WsThrottleGuard } from './guards/ws-throttle.guard.js';
+import type { WsRateLimitModuleOptions } from './interfaces/options.interface.js';
+import { WsRateLimitService } from './services/ws-rate-limit.service.js';
+import { createStore } from './storage/create-store.js';
+import { RateLimitStore } from './storage/rate-limit-store.js';
+import { WS_RATE_LIMIT_OPTIONS } from './ws-rate-limit.constants.js';
+import {
+  WS_RATE_LIMIT_ASYNC_OPTIONS_TYPE,
+  WS_RATE_LIMIT_MODULE_OPTIONS,
+  WsRateLimitConfigurableModule,
+} from './ws-rate-limit.module-definition.js';
+
+/**
+ * Rate limiting for WebSocket gateways. Global: import it once, in the root module.
+ * @example
+ * @Module({ imports: [ConfigModule.forRoot(), WsRateLimitModule.forRoot()] })
+ * export class AppModule {}
+ */
+@Global()
+@Module({
+  imports: [ConfigModule, DiscoveryModule],
+  providers: [
+    {
+      provide: WS_RATE_LIMIT_OPTIONS,
+      useFactory: (options: WsRateLimitModuleOptions | undefined, config: ConfigService): ResolvedWsRateLimitOptions =>
+        resolveOptions(options ?? {}, (name) => {
+          const value = config.get<unknown>(name);
+          return value === undefined || value === null ? undefined : String(value);
+        }),
+      inject: [WS_RATE_LIMIT_MODULE_OPTIONS, ConfigService],
+    },
+    { provide: RateLimitStore, useFactory: createStore, inject: [WS_RATE_LIMIT_OPTIONS] },
+    WsRateLimitService,
+    WsThrottleGuard,
+    WsRateLimitFilter,
+  ],
+  exports: [WS_RATE_LIMIT_OPTIONS, RateLimitStore, WsRateLimitService, WsThrottleGuard, WsRateLimitFilter],
+})
+export class WsRateLimitModule extends WsRateLimitConfigurableModule {
+  /**
+   * Configures the module in code; fields left out come from `WS_RATE_LIMIT_*` variables
+   * (read through @nestjs/config), then defaults. No argument: environment only.
+   */
+  static override forRoot(options: WsRateLimitModuleOptions = {}): DynamicModule {
+    return super.forRoot(options);
+  }
+
+  /**
+   * Configures the module from a factory, e.g. one reading a config service.
+   * @example
+   * WsRateLimitModule.forRootAsync({
+   *   imports: [ConfigModule],
+   *   inject: [ConfigService],
+   *   useFactory: (config: ConfigService) => ({ tracker: config.get('TRACKER') }),
+   * })
+   */
+  static override forRootAsync(options: typeof WS_RATE_LIMIT_ASYNC_OPTIONS_TYPE): DynamicModule {
+    return super.forRootAsync(options);
+  }
+}
