@@ -24,3 +24,4 @@ export {
   SKIP_THROTTLE_METADATA,
   RATE_LIMIT_EVENT,
 } from './ws-rate-limit.constants.js';
+export * from './adapters/index.js';

@@ -11,7 +11,9 @@ export type EnvKind =
   | 'json'
   | 'trust-proxy'
   | 'redis-url'
-  | 'close-code';
+  | 'close-code'
+  | 'ipv6-prefix'
+  | 'boolean';
 
 /** One environment variable and the option it sets. */
 export interface EnvVariable {
@@ -133,6 +135,57 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     kind: 'non-negative-integer',
     default: '0',
     description: 'Open connections per client IP; 0 = no cap.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_CONNECTION_REFUSAL',
+    option: 'connectionRefusal',
+    kind: 'enum',
+    values: ['http', 'close'],
+    default: 'http',
+    description:
+      'How a refused connection is told: `http` (429 + `Retry-After`, no upgrade) or `close` (upgrade, then close 1008; browsers can read that).',
+  },
+  {
+    name: 'WS_RATE_LIMIT_IPV6_PREFIX',
+    option: 'ipv6Prefix',
+    kind: 'ipv6-prefix',
+    default: '64',
+    description: 'IPv6 clients are grouped by this many leading bits (32-128).',
+  },
+  {
+    name: 'WS_RATE_LIMIT_HANDSHAKE_TIMEOUT_MS',
+    option: 'handshakeTimeoutMs',
+    kind: 'non-negative-integer',
+    default: '10000',
+    description: 'A TCP connection that has not sent a complete request (or upgrade) by then is dropped; 0 = off.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_MAX_PENDING_HANDSHAKES_PER_IP',
+    option: 'maxPendingHandshakesPerIp',
+    kind: 'non-negative-integer',
+    default: '10',
+    description: 'TCP connections per client IP still waiting to send their request; 0 = no cap.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_PING_INTERVAL_MS',
+    option: 'pingIntervalMs',
+    kind: 'non-negative-integer',
+    default: '30000',
+    description: 'How often each connection is pinged; 0 = no heartbeat.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_PONG_TIMEOUT_MS',
+    option: 'pongTimeoutMs',
+    kind: 'positive-integer',
+    default: '10000',
+    description: 'A connection that has not answered a ping within this time is terminated.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_PER_MESSAGE_DEFLATE',
+    option: 'perMessageDeflate',
+    kind: 'boolean',
+    default: 'false',
+    description: 'Accept permessage-deflate; frames are limited by `MAX_PAYLOAD` after decompression.',
   },
   {
     name: 'WS_RATE_LIMIT_MAX_VIOLATIONS',

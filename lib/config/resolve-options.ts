@@ -47,6 +47,13 @@ export interface ResolvedWsRateLimitOptions {
     readonly closeCode: number;
     readonly closeReason: string;
   };
+  readonly connectionRefusal: 'http' | 'close';
+  readonly ipv6Prefix: number;
+  readonly handshakeTimeoutMs: number;
+  readonly maxPendingHandshakesPerIp: number;
+  readonly pingIntervalMs: number;
+  readonly pongTimeoutMs: number;
+  readonly perMessageDeflate: boolean;
   readonly maxPayload: number;
   readonly trustProxy: ResolvedTrustProxy;
   readonly failMode: 'open' | 'closed';
@@ -147,6 +154,13 @@ export function resolveOptions(
       closeCode: value<number>('violations.closeCode'),
       closeReason: truncateCloseReason(value<string>('violations.closeReason')),
     },
+    connectionRefusal: value<'http' | 'close'>('connectionRefusal'),
+    ipv6Prefix: value<number>('ipv6Prefix'),
+    handshakeTimeoutMs: value<number>('handshakeTimeoutMs'),
+    maxPendingHandshakesPerIp: value<number>('maxPendingHandshakesPerIp'),
+    pingIntervalMs: value<number>('pingIntervalMs'),
+    pongTimeoutMs: value<number>('pongTimeoutMs'),
+    perMessageDeflate: value<boolean>('perMessageDeflate'),
     maxPayload: value<number>('maxPayload'),
     trustProxy: value<ResolvedTrustProxy | undefined>('trustProxy') ?? { kind: 'none' },
     failMode: value<'open' | 'closed'>('failMode'),
@@ -186,9 +200,15 @@ function parseEnvValue(variable: EnvVariable, text: string): unknown {
     case 'positive-number':
     case 'positive-integer':
     case 'non-negative-integer':
-    case 'close-code': {
+    case 'close-code':
+    case 'ipv6-prefix': {
       if (!NUMBER.test(text)) fail(where, expectation(variable.kind), text);
       return checkNumber(variable.kind, Number(text), where, text);
+    }
+    case 'boolean': {
+      const choice = text.trim().toLowerCase();
+      if (choice !== 'true' && choice !== 'false') fail(where, 'true or false', text);
+      return choice === 'true';
     }
     case 'enum': {
       const choice = text.trim();
@@ -224,8 +244,12 @@ function checkCodeValue(variable: EnvVariable, value: unknown): unknown {
     case 'positive-integer':
     case 'non-negative-integer':
     case 'close-code':
+    case 'ipv6-prefix':
       if (typeof value !== 'number') fail(where, expectation(variable.kind), value);
       return checkNumber(variable.kind, value, where, value);
+    case 'boolean':
+      if (typeof value !== 'boolean') fail(where, 'true or false', value);
+      return value;
     case 'enum':
       if (variable.option === 'store' && value instanceof RateLimitStore) return value;
       if (variable.option === 'tracker' && typeof value === 'function') return value;
@@ -258,6 +282,8 @@ function expectation(kind: EnvKind): string {
       return 'a whole number, 0 or more';
     case 'close-code':
       return 'a close code in 1000-1003, 1007-1014 or 3000-4999';
+    case 'ipv6-prefix':
+      return 'a prefix length from 32 to 128';
     default:
       return kind;
   }
@@ -271,7 +297,9 @@ function checkNumber(kind: EnvKind, value: number, where: string, shown: unknown
         ? Number.isSafeInteger(value) && value > 0
         : kind === 'non-negative-integer'
           ? Number.isSafeInteger(value) && value >= 0
-          : isSendableCloseCode(value);
+          : kind === 'ipv6-prefix'
+            ? Number.isInteger(value) && value >= 32 && value <= 128
+            : isSendableCloseCode(value);
   if (!ok) fail(where, expectation(kind), shown);
   return value;
 }

@@ -29,8 +29,10 @@ export class ConnectionState {
   violations: SlidingLogState | undefined;
   /** Set once the limiter has started closing the socket. */
   closing = false;
-  /** The plan whose concurrency lease this connection holds, if any. */
-  lease: RateLimitPlan | undefined;
+  /** When the heartbeat's unanswered ping was sent (monotonic ms); 0 when none is pending. */
+  pingSentAt = 0;
+  /** When the heartbeat last pinged this connection (monotonic ms). */
+  lastPingAt = 0;
 
   constructor(
     /** Unique within the process. */

@@ -127,6 +127,47 @@ export interface WsRateLimitModuleOptions {
    * @default 0
    */
   maxConnectionsPerIp?: number;
+  /**
+   * How `WsRateLimitAdapter` tells a client its connection is refused: `http` answers the
+   * upgrade with 429 and `Retry-After` (no WebSocket is created); `close` upgrades, then
+   * closes at once with 1008 and a reason, which browsers (blind to a refused handshake's
+   * status) can read. Gateway code runs for neither.
+   * @default 'http'
+   */
+  connectionRefusal?: 'http' | 'close';
+  /**
+   * IPv6 clients are grouped by this many leading bits: one host usually holds a whole /64.
+   * @default 64
+   */
+  ipv6Prefix?: number;
+  /**
+   * Milliseconds a TCP connection may take to send its complete request or upgrade
+   * (slowloris defence); 0 turns the check off.
+   * @default 10000
+   */
+  handshakeTimeoutMs?: number;
+  /**
+   * TCP connections per client IP that have not yet sent their request; more are
+   * dropped at once. 0 means no cap.
+   * @default 10
+   */
+  maxPendingHandshakesPerIp?: number;
+  /**
+   * How often `WsRateLimitAdapter` pings each connection; 0 turns the heartbeat off.
+   * @default 30000
+   */
+  pingIntervalMs?: number;
+  /**
+   * A connection that has not answered a ping within this many milliseconds is terminated
+   * (and its open-connection slot freed).
+   * @default 10000
+   */
+  pongTimeoutMs?: number;
+  /**
+   * Accept permessage-deflate. Frames are still limited by `maxPayload` after inflation.
+   * @default false
+   */
+  perMessageDeflate?: boolean;
   /** Repeat offenders. */
   violations?: ViolationOptions;
   /**

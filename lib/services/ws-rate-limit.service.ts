@@ -24,6 +24,7 @@ import type {
   TierStatus,
 } from '../interfaces/plan.interface.js';
 import { RouteResolver, type Route } from '../plans/route-resolver.js';
+import { concurrencySpec, tokenBucketSpec } from '../plans/tier-specs.js';
 import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
 import { RateLimitStore, type MaybePromise } from '../storage/rate-limit-store.js';
 import { clientAddressKey } from '../utils/client-ip.js';
@@ -34,6 +35,13 @@ import {
   SLOW_CONSUMER_REASON,
   WS_RATE_LIMIT_OPTIONS,
 } from '../ws-rate-limit.constants.js';
+
+/** The outcome of a connection attempt at the upgrade, and how to give its slot back. */
+export interface ConnectionAdmission {
+  readonly decision: RateLimitDecision;
+  /** Gives back the open-connection slot (no-op when refused or uncapped); call once. */
+  readonly release: () => void;
+}
 
 /** What a message asks of the limiter when it is checked from code. */
 export interface ConsumeRequest {
@@ -106,6 +114,11 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   private readonly subject = new Subject<RateLimitEvent>();
   private readonly frameBuilder: RateLimitFrameBuilder;
   private nextConnectionId = 1;
+  /** Names this process's open-connection leases in a shared store. */
+  private readonly instanceId = `${process.pid}-${Math.random().toString(36).slice(2, 10)}`;
+  private readonly connectionSpecs: readonly TierSpec[];
+  private readonly invalidRoute: Route;
+  private readonly unknownRoute: Route;
 
   /** Every decision (when observed), violation and limiter-initiated disconnect. */
   readonly events$: Observable<RateLimitEvent> = this.subject.asObservable();
@@ -119,6 +132,14 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   ) {
     this.routes = new RouteResolver(options);
     this.frameBuilder = options.frameBuilder ?? defaultFrameBuilder;
+    const { connection, maxConnectionsPerIp } = options;
+    const rate = tokenBucketSpec('connection', 'cr', connection.capacity, connection.refillRate);
+    this.connectionSpecs = Object.freeze(
+      maxConnectionsPerIp > 0 ? [rate, concurrencySpec('concurrency', 'cc', maxConnectionsPerIp)] : [rate],
+    );
+    const global = Object.freeze([this.routes.globalSpec(1)]);
+    this.invalidRoute = Object.freeze({ type: 'invalid', specs: global, where: 'malformed frames' });
+    this.unknownRoute = Object.freeze({ type: 'unknown', specs: global, where: 'frames for no handler' });
   }
 
   /** Validates the limits of every guarded gateway handler, so mistakes stop start-up. */
@@ -185,6 +206,16 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     return { tracker, global: budget(statuses[0]!), types: byType, expensive: budget(statuses[1]!) };
   }
 
+  /**
+   * The connection tiers of a client address: its connection-rate bucket and, when capped,
+   * its open connections (`remaining` = slots left). `ip` is an address as the adapter keys
+   * it (IPv4 dotted, IPv6 grouped as `prefix::/64`).
+   */
+  async connectionStatus(ip: string): Promise<readonly TierStatus[]> {
+    const plan = this.buildPlan(`ip:${ip}`, this.connectionSpecs, this.instanceId);
+    return this.storeFor(plan).peek(plan);
+  }
+
   /** Gives a tracker (or a socket's tracker) its full budget back in every message tier. */
   async reset(target: string | object): Promise<void> {
     const tracker = this.trackerOfTarget(target);
@@ -216,6 +247,60 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     client[CONNECTION_STATE] = state;
     client.once('close', () => this.forget(state));
     return state;
+  }
+
+  /**
+   * Decides a new connection from a client address: the connection-rate bucket and, when
+   * capped, the open-connection count, together. The slot, if taken, is given back by
+   * `release` in whichever store took it.
+   */
+  admitConnection(ip: string): MaybePromise<ConnectionAdmission> {
+    const plan = this.buildPlan(`ip:${ip}`, this.connectionSpecs, this.instanceId);
+    const capped = this.options.maxConnectionsPerIp > 0;
+    const admitted = (decision: RateLimitDecision, store: RateLimitStore | undefined): ConnectionAdmission => ({
+      decision,
+      release:
+        decision.allowed && capped && store
+          ? once(() => {
+              try {
+                const released = store.release(plan);
+                if (isPromise(released)) released.catch((error) => this.releaseFailed(error));
+              } catch (error) {
+                this.releaseFailed(error);
+              }
+            })
+          : noop,
+    });
+    let decision: MaybePromise<RateLimitDecision>;
+    try {
+      decision = this.store.consume(plan);
+    } catch (error) {
+      const fallback = this.storeFailed(plan, error);
+      return admitted(fallback, this.options.failMode === 'open' ? this.fallback : undefined);
+    }
+    if (!isPromise(decision)) return admitted(this.storeAnswered(decision), this.store);
+    return decision.then(
+      (settled) => admitted(this.storeAnswered(settled), this.store),
+      (error: unknown) =>
+        admitted(this.storeFailed(plan, error), this.options.failMode === 'open' ? this.fallback : undefined),
+    );
+  }
+
+  /**
+   * Charges a frame that reached no handler (malformed, binary, or an unknown event) to its
+   * connection's global budget: within it, the client gets a small `error` frame; over it,
+   * a `rate_limit` frame and a violation, like any rejected message.
+   */
+  chargeUnrouted(client: object, state: ConnectionState, code: 'INVALID_MESSAGE' | 'UNKNOWN_EVENT'): void {
+    const route = code === 'INVALID_MESSAGE' ? this.invalidRoute : this.unknownRoute;
+    const tracker = this.trackerOf(client, state);
+    const decision = this.decide(this.planFor(state, route, tracker));
+    const settle = (settled: RateLimitDecision): void => {
+      if (settled.allowed) this.send(client as TrackedClient, state, { event: 'error', data: { code } });
+      else this.reject(client, new WsRateLimitException(settled, route.type, tracker));
+    };
+    if (isPromise(decision)) decision.then(settle, noop);
+    else settle(decision);
   }
 
   /** Whose budget a message from this socket spends, per the `tracker` option. */
@@ -331,12 +416,14 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     state.plans.clear();
   }
 
-  private buildPlan(tracker: string, specs: readonly TierSpec[]): RateLimitPlan {
+  private buildPlan(tracker: string, specs: readonly TierSpec[], lease?: string): RateLimitPlan {
     const store = tracker.startsWith(CONNECTION_TRACKER) ? this.local : this.store;
-    return Object.freeze({
-      tracker,
-      tiers: Object.freeze(specs.map((spec) => Object.freeze({ key: store.key(tracker, spec.suffix), spec }))),
-    });
+    const tiers = Object.freeze(specs.map((spec) => Object.freeze({ key: store.key(tracker, spec.suffix), spec })));
+    return Object.freeze(lease === undefined ? { tracker, tiers } : { tracker, tiers, lease });
+  }
+
+  private releaseFailed(error: unknown): void {
+    this.logger.warn(`Giving back an open-connection slot failed: ${(error as Error)?.message ?? String(error)}`);
   }
 
   private codePlan(target: string | object, request: ConsumeRequest): RateLimitPlan {
@@ -424,6 +511,15 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
           },
     );
   }
+}
+
+function once(run: () => void): () => void {
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    run();
+  };
 }
 
 function isPromise<T>(value: MaybePromise<T>): value is Promise<T> {

@@ -1,0 +1,343 @@
+import type { INestApplicationContext } from '@nestjs/common';
+import type { MessageMappingProperties } from '@nestjs/websockets';
+import { WsAdapter } from '@nestjs/platform-ws';
+import type { IncomingMessage, Server as HttpServer } from 'node:http';
+import type { Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { EMPTY, type Observable } from 'rxjs';
+import { catchError, filter } from 'rxjs/operators';
+import { WebSocketServer, type WebSocket } from 'ws';
+import type { ConnectionState, TrackedClient } from '../connection/connection-state.js';
+import type { RateLimitRejected } from '../interfaces/plan.interface.js';
+import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
+import { resolveClientAddress } from '../utils/client-address.js';
+import { clientAddressKey } from '../utils/client-ip.js';
+import { CLOSE_POLICY_VIOLATION, OPEN } from '../ws-rate-limit.constants.js';
+
+/** The port NestJS uses for "share the application's HTTP server". */
+const APP_SERVER_PORT = 0;
+
+/** What the adapter learned about an upgrade before the WebSocket existed. */
+interface Upgrade {
+  readonly ip: string;
+  readonly admission: ConnectionAdmission | undefined;
+  /** Set in `close` refusal mode: the connection is upgraded only to be closed. */
+  readonly refusal?: string;
+}
+
+type VerifyCallback = (result: boolean, code?: number, message?: string, headers?: Record<string, string>) => void;
+interface VerifyInfo {
+  origin: string;
+  secure: boolean;
+  req: IncomingMessage;
+}
+type UserVerifyClient = ((info: VerifyInfo) => boolean) | ((info: VerifyInfo, done: VerifyCallback) => void);
+
+/**
+ * The platform-ws adapter with the limiter at every level a WebSocket server is exposed:
+ *
+ * - before the handshake completes: the per-IP connection rate and open-connection cap
+ *   (HTTP 429 + `Retry-After`, no WebSocket allocated, no gateway code run), client
+ *   addresses from trusted proxies only, a cap on TCP connections per IP still sending
+ *   their request, and a handshake timeout;
+ * - on every frame: the payload limit (1009, after inflation), and frames NestJS would
+ *   drop silently (malformed JSON, binary, events with no handler) charged to the
+ *   connection's global budget;
+ * - for the connection's life: a ping heartbeat that ends dead peers, and open-connection
+ *   slots given back on every kind of end.
+ *
+ * Its settings are the module's options (`WS_RATE_LIMIT_*` variables).
+ * @example
+ * const app = await NestFactory.create(AppModule);
+ * app.useWebSocketAdapter(new WsRateLimitAdapter(app));
+ */
+export class WsRateLimitAdapter extends WsAdapter {
+  protected readonly limiter: WsRateLimitService;
+  private readonly upgrades = new WeakMap<IncomingMessage, Upgrade>();
+  private readonly guardedServers = new WeakSet<object>();
+  private readonly heartbeats = new Map<WebSocketServer, NodeJS.Timeout>();
+
+  constructor(app: INestApplicationContext) {
+    super(app);
+    let limiter: WsRateLimitService;
+    try {
+      limiter = app.get(WsRateLimitService, { strict: false });
+    } catch {
+      throw new Error(
+        'nestjs-ws-rate-limit: WsRateLimitAdapter needs WsRateLimitModule: import WsRateLimitModule.forRoot() in the root module',
+      );
+    }
+    this.limiter = limiter;
+    if (!('maxFragments' in new WebSocketServer({ noServer: true }).options)) {
+      throw new Error(
+        'nestjs-ws-rate-limit: the installed "ws" predates 8.21.0 and lacks its fragment-flood limits; install ws@^8.21.0',
+      );
+    }
+  }
+
+  override create(
+    port: number,
+    options: Record<string, unknown> & { namespace?: string; server?: unknown; path?: string } = {},
+  ): WebSocketServer {
+    const { server, path, namespace, ...gatewayOptions } = options;
+    if (namespace) return super.create(port, options) as WebSocketServer;
+    if (server) return server as WebSocketServer;
+    const { maxPayload, perMessageDeflate } = this.limiter.options;
+    const userVerify = gatewayOptions.verifyClient as UserVerifyClient | undefined;
+    const wsOptions = {
+      maxPayload,
+      perMessageDeflate,
+      ...gatewayOptions,
+      verifyClient: (info: VerifyInfo, done: VerifyCallback) =>
+        this.verifyUpgrade(info.req, (allowed, ...refusal) => {
+          // Ours runs first; a gateway's own verifyClient then has its say. A slot taken
+          // here is given back by the socket's close whichever of the two refuses.
+          if (!allowed || !userVerify) return done(allowed, ...refusal);
+          if (userVerify.length >= 2) return userVerify(info, done);
+          done((userVerify as (info: VerifyInfo) => boolean)(info));
+        }),
+    };
+    let wsServer: WebSocketServer;
+    if (port === APP_SERVER_PORT && this.httpServer) {
+      this.ensureHttpServerExists(port, this.httpServer);
+      this.guardHttpServer(this.httpServer as HttpServer);
+      wsServer = this.bindErrorHandler(new WebSocketServer({ noServer: true, ...wsOptions }));
+      this.addWsServerToRegistry(wsServer, port, path as string);
+    } else if (path && port !== APP_SERVER_PORT) {
+      const httpServer = this.ensureHttpServerExists(port);
+      if (httpServer) {
+        this.guardHttpServer(httpServer);
+        httpServer.listen(port);
+      } else {
+        this.guardHttpServer(this.httpServersRegistry.get(port) as HttpServer);
+      }
+      wsServer = this.bindErrorHandler(new WebSocketServer({ noServer: true, ...wsOptions }));
+      this.addWsServerToRegistry(wsServer, port, path);
+    } else {
+      wsServer = this.bindErrorHandler(new WebSocketServer({ port, path: path as string, ...wsOptions }));
+      const own = (wsServer as unknown as { _server?: HttpServer })._server;
+      if (own) this.guardHttpServer(own);
+    }
+    this.instrument(wsServer);
+    return wsServer;
+  }
+
+  /**
+   * Routes frames like platform-ws does, except that frames it would drop without a word
+   * (invalid JSON, binary, no handler) are charged and answered.
+   */
+  override bindMessageHandlers(
+    client: WebSocket,
+    handlers: MessageMappingProperties[],
+    transform: (data: unknown) => Observable<unknown>,
+  ): void {
+    const byEvent = new Map<string, MessageMappingProperties>();
+    for (const handler of handlers) byEvent.set(handler.message as string, handler);
+    const state = this.limiter.connectionOf(client);
+    client.on('message', (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => {
+      if (state.closing) return;
+      if (isBinary) return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE');
+      let message: { event?: unknown; data?: unknown } | void;
+      try {
+        message = this.messageParser(data) as typeof message;
+      } catch {
+        return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE');
+      }
+      if (message === null || typeof message !== 'object' || typeof message.event !== 'string') {
+        return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE');
+      }
+      const handler = byEvent.get(message.event);
+      if (!handler) return this.limiter.chargeUnrouted(client, state, 'UNKNOWN_EVENT');
+      let response$: Observable<unknown>;
+      try {
+        response$ = transform(handler.callback(message.data, message.event));
+      } catch {
+        // As platform-ws: a synchronous throw must not stop this client's later messages.
+        return;
+      }
+      response$
+        .pipe(
+          filter((response) => response !== undefined && response !== null),
+          catchError((error: unknown) => {
+            this.logger.error(error);
+            return EMPTY;
+          }),
+        )
+        .subscribe((response) => {
+          if (client.readyState === OPEN) client.send(JSON.stringify(response));
+        });
+    });
+  }
+
+  override async close(server: WebSocketServer): Promise<void> {
+    this.stopHeartbeat(server);
+    await super.close(server);
+  }
+
+  /** Decides an upgrade before the WebSocket exists. */
+  private verifyUpgrade(request: IncomingMessage, done: VerifyCallback): void {
+    const { options } = this.limiter;
+    const ip = resolveClientAddress(request, options.trustProxy, options.ipv6Prefix);
+    if (ip === undefined) {
+      // The socket is gone or has no address: no shared "unknown" budget, no upgrade.
+      done(false, 400, 'Client address unknown');
+      return;
+    }
+    let admission: ReturnType<WsRateLimitService['admitConnection']>;
+    try {
+      admission = this.limiter.admitConnection(ip);
+    } catch (error) {
+      this.logger.error(error);
+      done(false, 503, 'Service Unavailable');
+      return;
+    }
+    const settle = (settled: ConnectionAdmission): void => {
+      if (request.socket.destroyed) {
+        // Gone while the store decided: give the slot back now, its close has passed.
+        settled.release();
+        done(false, 400, 'Bad Request');
+        return;
+      }
+      if (settled.decision.allowed) {
+        this.upgrades.set(request, { ip, admission: settled });
+        // The TCP socket's end is the one event every path reaches: clean close, error,
+        // reset, ping timeout, server shutdown, or a handshake that never completed.
+        request.socket.once('close', settled.release);
+        done(true);
+        return;
+      }
+      this.refuse(request, ip, settled.decision, done);
+    };
+    if (admission instanceof Promise) {
+      admission.then(settle, (error: unknown) => {
+        this.logger.error(error);
+        done(false, 503, 'Service Unavailable');
+      });
+    } else {
+      settle(admission);
+    }
+  }
+
+  private refuse(
+    request: IncomingMessage,
+    ip: string,
+    decision: RateLimitDecisionRejected,
+    done: VerifyCallback,
+  ): void {
+    const seconds = String(Math.max(1, Math.ceil(decision.retryAfter / 1000)));
+    const reason = decision.storeUnavailable
+      ? 'Rate limit store unavailable'
+      : decision.tier === 'concurrency'
+        ? 'Too many connections'
+        : 'Connection rate limit exceeded';
+    if (this.limiter.options.connectionRefusal === 'close') {
+      this.upgrades.set(request, { ip, admission: undefined, refusal: reason });
+      done(true);
+      return;
+    }
+    const status = decision.storeUnavailable ? 503 : 429;
+    done(false, status, status === 503 ? 'Service Unavailable' : 'Too Many Requests', { 'Retry-After': seconds });
+  }
+
+  /** Hooks a server's `connection` event ahead of NestJS, and starts its heartbeat. */
+  private instrument(server: WebSocketServer): void {
+    const emit = server.emit.bind(server);
+    server.emit = ((event: string | symbol, ...args: unknown[]): boolean => {
+      if (event !== 'connection') return emit(event, ...args);
+      const [client, request] = args as [WebSocket, IncomingMessage];
+      const upgrade = this.upgrades.get(request);
+      this.upgrades.delete(request);
+      if (upgrade?.refusal !== undefined) {
+        // `close` refusal mode: the client learns why, the gateway never hears of it.
+        client.on('error', () => undefined);
+        client.close(CLOSE_POLICY_VIOLATION, upgrade.refusal);
+        return true;
+      }
+      const state = this.limiter.track(
+        client as unknown as TrackedClient,
+        upgrade?.ip ?? this.addressOf(request),
+        request,
+      );
+      client.on('pong', () => (state.pingSentAt = 0));
+      return emit(event, ...args);
+    }) as typeof server.emit;
+    this.startHeartbeat(server);
+  }
+
+  private addressOf(request: IncomingMessage): string | undefined {
+    return clientAddressKey(request.socket.remoteAddress, this.limiter.options.ipv6Prefix);
+  }
+
+  /**
+   * One timer per server (unref'd, stopped with the server) pings each connection every
+   * `pingIntervalMs` and terminates those silent for `pongTimeoutMs` after a ping.
+   */
+  private startHeartbeat(server: WebSocketServer): void {
+    const { pingIntervalMs, pongTimeoutMs } = this.limiter.options;
+    if (pingIntervalMs === 0) return;
+    const tick = Math.max(10, Math.min(pingIntervalMs, pongTimeoutMs) / 2);
+    const timer = setInterval(() => {
+      const now = performance.now();
+      for (const client of server.clients) {
+        const state: ConnectionState = this.limiter.connectionOf(client);
+        if (state.pingSentAt !== 0) {
+          if (now - state.pingSentAt >= pongTimeoutMs) client.terminate();
+        } else if (now - state.lastPingAt >= pingIntervalMs && client.readyState === OPEN) {
+          state.pingSentAt = state.lastPingAt = now;
+          client.ping();
+        }
+      }
+    }, tick);
+    timer.unref();
+    this.heartbeats.set(server, timer);
+    server.once('close', () => this.stopHeartbeat(server));
+  }
+
+  private stopHeartbeat(server: WebSocketServer): void {
+    const timer = this.heartbeats.get(server);
+    if (timer) clearInterval(timer);
+    this.heartbeats.delete(server);
+  }
+
+  /**
+   * Handshake hygiene on an HTTP server: a TCP connection must send its request within
+   * `handshakeTimeoutMs`, and at most `maxPendingHandshakesPerIp` per client IP may be
+   * waiting to do so; others are dropped at once.
+   */
+  private guardHttpServer(server: HttpServer | undefined): void {
+    if (!server || this.guardedServers.has(server)) return;
+    this.guardedServers.add(server);
+    const { handshakeTimeoutMs, maxPendingHandshakesPerIp, ipv6Prefix } = this.limiter.options;
+    if (handshakeTimeoutMs === 0 && maxPendingHandshakesPerIp === 0) return;
+    const pending = new Map<string, number>();
+    const waiting = new WeakMap<Socket, () => void>();
+    // Over TLS, requests arrive on the TLS socket, so count from the end of the TLS handshake.
+    const accepted =
+      typeof (server as { addContext?: unknown }).addContext === 'function' ? 'secureConnection' : 'connection';
+    server.on(accepted, (socket: Socket) => {
+      const ip = clientAddressKey(socket.remoteAddress, ipv6Prefix) ?? '';
+      const count = (pending.get(ip) ?? 0) + 1;
+      if (maxPendingHandshakesPerIp > 0 && count > maxPendingHandshakesPerIp) {
+        socket.destroy();
+        return;
+      }
+      pending.set(ip, count);
+      const timer = handshakeTimeoutMs > 0 ? setTimeout(() => socket.destroy(), handshakeTimeoutMs).unref() : undefined;
+      const settle = (): void => {
+        if (!waiting.has(socket)) return;
+        waiting.delete(socket);
+        clearTimeout(timer);
+        const left = (pending.get(ip) ?? 1) - 1;
+        if (left > 0) pending.set(ip, left);
+        else pending.delete(ip);
+      };
+      waiting.set(socket, settle);
+      socket.once('close', settle);
+    });
+    const started = (request: IncomingMessage): void => waiting.get(request.socket)?.();
+    server.prependListener('request', started);
+    server.prependListener('upgrade', started);
+  }
+}
+
+type RateLimitDecisionRejected = RateLimitRejected;

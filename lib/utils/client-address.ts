@@ -1,0 +1,86 @@
+import type { IncomingMessage } from 'node:http';
+import { isIP } from 'node:net';
+import type { ResolvedTrustProxy } from '../config/resolve-options.js';
+import { clientAddressKey } from './client-ip.js';
+
+/** Most forwarding entries walked; beyond it the chain is not believed any further. */
+const MAX_HOPS = 64;
+
+/**
+ * The client's address for an upgrade request: the socket's peer unless that peer is a
+ * trusted proxy, in which case the forwarding chain (`X-Forwarded-For`, else `Forwarded`)
+ * is walked from the right, skipping trusted hops, to the right-most untrusted entry
+ * (Express's `trust proxy` semantics). An entry that is not an IP address stops the walk at
+ * the nearest trusted hop. Headers are split, never matched with regular expressions.
+ * Returns the grouping key of the address (`clientAddressKey`), or `undefined` when the
+ * peer address is unknown (the socket is already gone).
+ */
+export function resolveClientAddress(
+  request: IncomingMessage,
+  trust: ResolvedTrustProxy,
+  ipv6Prefix: number,
+): string | undefined {
+  const peer = plainAddress(request.socket.remoteAddress);
+  if (peer === undefined) return undefined;
+  if (trust.kind === 'none') return clientAddressKey(peer, ipv6Prefix);
+  const chain = forwardedChain(request);
+  let address = peer;
+  for (let hop = 0; hop < chain.length && hop < MAX_HOPS; hop++) {
+    if (!isTrusted(address, hop, trust)) break;
+    const next = plainAddress(stripPort(chain[chain.length - 1 - hop]!));
+    if (next === undefined) break;
+    address = next;
+  }
+  return clientAddressKey(address, ipv6Prefix);
+}
+
+function isTrusted(address: string, hop: number, trust: ResolvedTrustProxy): boolean {
+  if (trust.kind === 'hops') return hop < trust.hops;
+  if (trust.kind === 'none') return false;
+  return trust.list.check(address, isIP(address) === 4 ? 'ipv4' : 'ipv6');
+}
+
+/** The forwarded addresses, left (client) to right (nearest proxy). */
+function forwardedChain(request: IncomingMessage): string[] {
+  const xff = request.headers['x-forwarded-for'];
+  if (xff !== undefined) {
+    // Node joins repeated X-Forwarded-For headers with ", ".
+    return (Array.isArray(xff) ? xff.join(',') : xff).split(',').map((entry) => entry.trim());
+  }
+  const forwarded = request.headers.forwarded;
+  if (forwarded === undefined) return [];
+  const chain: string[] = [];
+  for (const element of forwarded.split(',')) {
+    let found = '';
+    for (const pair of element.split(';')) {
+      const eq = pair.indexOf('=');
+      if (eq < 0 || pair.slice(0, eq).trim().toLowerCase() !== 'for') continue;
+      found = pair.slice(eq + 1).trim();
+      if (found.startsWith('"') && found.endsWith('"') && found.length >= 2) found = found.slice(1, -1);
+    }
+    chain.push(found);
+  }
+  return chain;
+}
+
+/** `1.2.3.4:5678` and `[2001:db8::1]:443` without their ports; anything else unchanged. */
+function stripPort(entry: string): string {
+  if (entry.startsWith('[')) {
+    const end = entry.indexOf(']');
+    return end < 0 ? entry : entry.slice(1, end);
+  }
+  const colon = entry.indexOf(':');
+  if (colon >= 0 && colon === entry.lastIndexOf(':') && entry.includes('.')) return entry.slice(0, colon);
+  return entry;
+}
+
+/** A valid IP address without zone or IPv4 mapping, or `undefined`. */
+function plainAddress(address: string | undefined): string | undefined {
+  if (address === undefined) return undefined;
+  const zone = address.indexOf('%');
+  const text = zone >= 0 ? address.slice(0, zone) : address;
+  const family = isIP(text);
+  if (family === 0) return undefined;
+  if (family === 6 && text.toLowerCase().startsWith('::ffff:') && isIP(text.slice(7)) === 4) return text.slice(7);
+  return text;
+}
