@@ -45,7 +45,7 @@ export class RouteResolver {
   resolve(handler: object, gateway: object): Route | null {
     let route = this.routes.get(handler);
     if (route === undefined) {
-      route = this.build(handler as (...args: unknown[]) => unknown, gateway as new (...args: unknown[]) => unknown);
+      route = this.build(handler, gateway);
       this.routes.set(handler, route);
     }
     return route;
@@ -61,23 +61,51 @@ export class RouteResolver {
     return spec;
   }
 
-  /** The type tier of a type, for a message of the given cost. */
-  typeSpec(type: string, cost: number, where = `type "${type}"`, throttle: ThrottleOptions = {}): TokenBucketSpec {
+  /**
+   * Records the figures a `@Throttle` sets for its type, before any route is built, so that
+   * handlers sharing a type agree whatever order they are resolved in. Throws if two
+   * handlers give one type different figures.
+   */
+  declare(handler: object, gateway: object): void {
+    const { type, throttle, where } = this.describe(handler, gateway);
+    if (throttle === null || (throttle.capacity === undefined && throttle.refillRate === undefined)) return;
+    checkFigure(where, 'capacity', throttle.capacity);
+    checkFigure(where, 'refillRate', throttle.refillRate);
     const configured = this.options.types[type];
-    const capacity = throttle.capacity ?? configured?.capacity ?? this.options.type.capacity;
-    const refillRate = throttle.refillRate ?? configured?.refillRate ?? this.options.type.refillRate;
+    const figures = {
+      capacity: throttle.capacity ?? configured?.capacity ?? this.options.type.capacity,
+      refillRate: throttle.refillRate ?? configured?.refillRate ?? this.options.type.refillRate,
+      where,
+    };
     const known = this.figures.get(type);
-    if (known && (known.capacity !== capacity || known.refillRate !== refillRate)) {
+    if (known && (known.capacity !== figures.capacity || known.refillRate !== figures.refillRate)) {
       throw new WsRateLimitConfigError(
-        `${where}: type "${type}" is limited to ${capacity} burst, ${refillRate}/s here but to ` +
+        `${where}: type "${type}" is limited to ${figures.capacity} burst, ${figures.refillRate}/s here but to ` +
           `${known.capacity} burst, ${known.refillRate}/s at ${known.where}; one type has one bucket`,
       );
     }
-    if (!known) this.figures.set(type, { capacity, refillRate, where });
+    this.figures.set(type, figures);
+  }
+
+  /**
+   * The type tier of a type, for a message of the given cost: figures declared by a
+   * `@Throttle`, else the module's `types`, else the module's `type` defaults.
+   */
+  typeSpec(type: string, cost: number): TokenBucketSpec {
+    let figures = this.figures.get(type);
+    if (!figures) {
+      const configured = this.options.types[type];
+      figures = {
+        capacity: configured?.capacity ?? this.options.type.capacity,
+        refillRate: configured?.refillRate ?? this.options.type.refillRate,
+        where: configured ? `option types.${type}` : 'option type',
+      };
+      this.figures.set(type, figures);
+    }
     const cacheKey = `${cost}|${type}`;
     let spec = this.typeSpecs.get(cacheKey);
     if (!spec) {
-      spec = tokenBucketSpec('type', `t:${type}`, capacity, refillRate, cost);
+      spec = tokenBucketSpec('type', `t:${type}`, figures.capacity, figures.refillRate, cost);
       this.typeSpecs.set(cacheKey, spec);
     }
     return spec;
@@ -99,42 +127,51 @@ export class RouteResolver {
     const charge = cost ?? configured?.cost ?? 1;
     const where = `type "${type}"`;
     checkFigure(where, 'cost', charge);
-    const typeSpec = this.typeSpec(type, charge, where);
+    const typeSpec = this.typeSpec(type, charge);
     this.checkCost(where, charge, typeSpec.limit);
     const specs: TierSpec[] = [this.globalSpec(charge), typeSpec];
     if (expensive ?? configured?.expensive ?? false) specs.push(this.expensiveSpec);
     return specs;
   }
 
-  private build(handler: (...args: unknown[]) => unknown, gateway: new (...args: unknown[]) => unknown): Route | null {
+  private describe(
+    handler: object,
+    gateway: object,
+  ): { type: string; throttle: ThrottleOptions | null; where: string } {
+    const method = handler as (...args: unknown[]) => unknown;
+    const owner = gateway as new (...args: unknown[]) => unknown;
+    const where = `@Throttle on ${owner.name}.${method.name}`;
     const skip =
       (Reflect.getMetadata(SKIP_THROTTLE_METADATA, handler) as boolean | undefined) ??
       (Reflect.getMetadata(SKIP_THROTTLE_METADATA, gateway) as boolean | undefined) ??
       false;
-    if (skip) return null;
-    const where = `@Throttle on ${gateway.name}.${handler.name}`;
     const throttle: ThrottleOptions = {
       ...(Reflect.getMetadata(THROTTLE_METADATA, gateway) as ThrottleOptions | undefined),
       ...(Reflect.getMetadata(THROTTLE_METADATA, handler) as ThrottleOptions | undefined),
     };
     const event = Reflect.getMetadata(MESSAGE_METADATA, handler) as unknown;
-    const type = throttle.type ?? (typeof event === 'string' ? event : handler.name);
+    const type = throttle.type ?? (typeof event === 'string' ? event : method.name);
     if (typeof type !== 'string' || type === '') {
       throw new WsRateLimitConfigError(`${where}: type must be a non-empty string`);
     }
-    checkFigure(where, 'capacity', throttle.capacity);
-    checkFigure(where, 'refillRate', throttle.refillRate);
+    return { type, throttle: skip ? null : throttle, where };
+  }
+
+  private build(handler: object, gateway: object): Route | null {
+    this.declare(handler, gateway);
+    const { type, throttle, where } = this.describe(handler, gateway);
+    if (throttle === null) return null;
     checkFigure(where, 'cost', throttle.cost);
     if (throttle.expensive !== undefined && typeof throttle.expensive !== 'boolean') {
       throw new WsRateLimitConfigError(`${where}: expensive must be true or false`);
     }
     const configured = this.options.types[type];
     const cost = throttle.cost ?? configured?.cost ?? 1;
-    const typeSpec = this.typeSpec(type, cost, where, throttle);
+    const typeSpec = this.typeSpec(type, cost);
     this.checkCost(where, cost, typeSpec.limit);
     const specs: TierSpec[] = [this.globalSpec(cost), typeSpec];
     if (throttle.expensive ?? configured?.expensive ?? false) specs.push(this.expensiveSpec);
-    return Object.freeze({ type, specs: Object.freeze(specs), where: `${gateway.name}.${handler.name}` });
+    return Object.freeze({ type, specs: Object.freeze(specs), where: where.slice('@Throttle on '.length) });
   }
 
   private checkCost(where: string, cost: number, typeCapacity: number): void {

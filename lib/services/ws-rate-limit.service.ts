@@ -144,6 +144,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
 
   /** Validates the limits of every guarded gateway handler, so mistakes stop start-up. */
   onModuleInit(): void {
+    const handlers: Array<[object, object]> = [];
     for (const wrapper of this.discovery.getProviders()) {
       const gateway = wrapper.metatype as (new (...args: unknown[]) => unknown) | undefined;
       if (!gateway || !wrapper.instance || !Reflect.getMetadata('websockets:is_gateway', gateway)) continue;
@@ -152,9 +153,12 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
       for (const name of this.metadataScanner.getAllMethodNames(prototype)) {
         const handler = prototype[name] as object;
         if (Reflect.getMetadata('message', handler) === undefined) continue;
-        if (guarded || usesGuard(handler)) this.routes.resolve(handler, gateway);
+        if (guarded || usesGuard(handler)) handlers.push([handler, gateway]);
       }
     }
+    // Declared figures first, so that handlers sharing a type agree in any order.
+    for (const [handler, gateway] of handlers) this.routes.declare(handler, gateway);
+    for (const [handler, gateway] of handlers) this.routes.resolve(handler, gateway);
   }
 
   /**

@@ -1,0 +1,123 @@
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { ConfigModule } from '@nestjs/config';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { WsRateLimitAdapter } from 'nestjs-ws-rate-limit';
+import { AppModule } from '../../sample/app.module.js';
+import { startApp, withEnv, type RunningApp } from '../support/app.js';
+import { ensureBuilt, ROOT } from '../support/build.js';
+import { TestClient } from '../support/ws-client.js';
+
+describe('the sample chat server (in process)', () => {
+  let running: RunningApp;
+
+  beforeAll(async () => {
+    running = await withEnv({ WS_RATE_LIMIT_STORE: undefined }, () =>
+      startApp({ imports: [AppModule] }, (app) => new WsRateLimitAdapter(app)),
+    );
+  });
+  afterAll(() => running.close());
+
+  it('welcomes a client with its limits', async () => {
+    const client = await TestClient.connect(running.url);
+    const [welcome] = await client.waitForEvent('welcome');
+    expect(welcome!.data.limits.global).toEqual({ capacity: 100, refillRate: 50 });
+    expect(welcome!.data.status.types).toMatchObject({
+      chat: { remaining: 30, capacity: 30 },
+      typing: { remaining: 10, capacity: 10 },
+      presence: { remaining: 5, capacity: 5 },
+      search: { remaining: 5, capacity: 5 },
+    });
+    await client.close();
+  });
+
+  it('limits chat at the reference article figures and reports it in get_limits', async () => {
+    const client = await TestClient.connect(running.url);
+    const listener = await TestClient.connect(running.url);
+    for (let i = 0; i < 31; i++) client.send('chat', { content: `hi ${i}` });
+    await client.waitFor((frame) => frame.event === 'ack' || frame.event === 'rate_limit', 31);
+    expect(client.events('ack')).toHaveLength(30);
+    expect(client.events('rate_limit')[0]!.data).toMatchObject({ code: 'TYPE_LIMIT', messageType: 'chat', limit: 30 });
+    await listener.waitForEvent('chat', 30);
+    client.send('get_limits');
+    const [status] = await client.waitForEvent('limits_status');
+    expect(status!.data.types.chat.remaining).toBeLessThan(2);
+    expect(status!.data.types.typing.remaining).toBe(10);
+    await client.close();
+    await listener.close();
+  });
+
+  it('marks search as expensive: five per minute', async () => {
+    const client = await TestClient.connect(running.url);
+    for (let i = 0; i < 6; i++) client.send('search', { query: `q${i}` });
+    await client.waitFor((frame) => frame.event === 'search_results' || frame.event === 'rate_limit', 6);
+    expect(client.events('search_results')).toHaveLength(5);
+    const [limited] = client.events('rate_limit');
+    expect(limited!.data).toMatchObject({ code: 'EXPENSIVE_LIMIT', messageType: 'search', limit: 5 });
+    expect(limited!.data.retryAfter).toBeGreaterThan(55_000);
+    await client.close();
+  });
+});
+
+describe('the sample as `npm start` runs it', () => {
+  let child: ChildProcess | undefined;
+
+  afterAll(() => {
+    child?.kill('SIGKILL');
+  });
+
+  it('starts from the build on PORT and serves the gateway', async () => {
+    ensureBuilt('package');
+    ensureBuilt('sample');
+    const port = await freePort();
+    child = spawn(process.execPath, [join(ROOT, 'dist/sample/main.js')], {
+      env: { ...process.env, PORT: String(port), NODE_OPTIONS: '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const deadline = Date.now() + 20_000;
+    while (!output.includes('Chat sample: ws://localhost:')) {
+      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`sample did not start:\n${output}`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    const client = await TestClient.connect(`ws://127.0.0.1:${port}`);
+    await client.waitForEvent('welcome');
+    await client.close();
+    const exited = new Promise((resolve) => child!.once('exit', resolve));
+    child.kill('SIGTERM');
+    await exited;
+    child = undefined;
+  });
+});
+
+describe('the README', () => {
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+
+  it.each([
+    ['sample/app.module.ts', 'module'],
+    ['sample/chat.gateway.ts', 'gateway'],
+    ['sample/main.ts', 'main'],
+  ])('quotes %s (region %s) as it is', (file, region) => {
+    const source = readFileSync(join(ROOT, file), 'utf8');
+    const start = source.indexOf(`// #region ${region}\n`);
+    const end = source.indexOf(`// #endregion ${region}`);
+    expect(start).toBeGreaterThanOrEqual(0);
+    const snippet = source.slice(start + `// #region ${region}\n`.length, end).trim();
+    expect(readme).toContain(snippet);
+  });
+});
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
