@@ -12,3 +12,5 @@ export const OPEN = 1;
 export const CLOSE_POLICY_VIOLATION = 1008;
 /** Close reason when a client leaves more than `maxBufferedBytes` unread. */
 export const SLOW_CONSUMER_REASON = 'Slow consumer';
+/** Longest message id (in characters) echoed in `rate_limit` and `error` frames. */
+export const MAX_MESSAGE_ID_LENGTH = 64;

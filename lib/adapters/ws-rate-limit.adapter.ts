@@ -12,7 +12,8 @@ import type { RateLimitRejected } from '../interfaces/plan.interface.js';
 import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
 import { resolveClientAddress } from '../utils/client-address.js';
 import { clientAddressKey } from '../utils/client-ip.js';
-import { CLOSE_POLICY_VIOLATION, OPEN } from '../ws-rate-limit.constants.js';
+import { messageIdOf, messageMeta } from '../utils/message-id.js';
+import { CLOSE_POLICY_VIOLATION, OPEN, SLOW_CONSUMER_REASON } from '../ws-rate-limit.constants.js';
 
 /** The port NestJS uses for "share the application's HTTP server". */
 const APP_SERVER_PORT = 0;
@@ -136,21 +137,28 @@ export class WsRateLimitAdapter extends WsAdapter {
     const state = this.limiter.connectionOf(client);
     client.on('message', (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => {
       if (state.closing) return;
-      if (isBinary) return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE');
-      let message: { event?: unknown; data?: unknown } | void;
+      if (isBinary) return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE', undefined);
+      let message: { event?: unknown; data?: unknown; id?: unknown } | void;
       try {
         message = this.messageParser(data) as typeof message;
       } catch {
-        return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE');
+        return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE', undefined);
       }
-      if (message === null || typeof message !== 'object' || typeof message.event !== 'string') {
-        return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE');
+      if (message === null || typeof message !== 'object') {
+        return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE', undefined);
       }
+      const id = messageIdOf(message);
+      if (typeof message.event !== 'string') return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE', id);
       const handler = byEvent.get(message.event);
-      if (!handler) return this.limiter.chargeUnrouted(client, state, 'UNKNOWN_EVENT');
+      if (!handler) return this.limiter.chargeUnrouted(client, state, 'UNKNOWN_EVENT', id);
       let response$: Observable<unknown>;
       try {
-        response$ = transform(handler.callback(message.data, message.event));
+        // The id rides as an extra argument (after the event), where WsThrottleGuard finds it.
+        response$ = transform(
+          id === undefined
+            ? handler.callback(message.data, message.event)
+            : handler.callback(message.data, message.event, messageMeta(id)),
+        );
       } catch {
         // As platform-ws: a synchronous throw must not stop this client's later messages.
         return;
@@ -270,17 +278,21 @@ export class WsRateLimitAdapter extends WsAdapter {
 
   /**
    * One timer per server (unref'd, stopped with the server) pings each connection every
-   * `pingIntervalMs` and terminates those silent for `pongTimeoutMs` after a ping.
+   * `pingIntervalMs`, terminates those silent for `pongTimeoutMs` after a ping, and cuts off
+   * slow consumers (more than `maxBufferedBytes` unread) within a second.
    */
   private startHeartbeat(server: WebSocketServer): void {
-    const { pingIntervalMs, pongTimeoutMs } = this.limiter.options;
-    if (pingIntervalMs === 0) return;
-    const tick = Math.max(10, Math.min(pingIntervalMs, pongTimeoutMs) / 2);
+    const { pingIntervalMs, pongTimeoutMs, maxBufferedBytes } = this.limiter.options;
+    const tick = Math.max(10, pingIntervalMs === 0 ? 1000 : Math.min(1000, pingIntervalMs / 2, pongTimeoutMs / 2));
     const timer = setInterval(() => {
       const now = performance.now();
       for (const client of server.clients) {
         const state: ConnectionState = this.limiter.connectionOf(client);
-        if (state.pingSentAt !== 0) {
+        if (client.bufferedAmount > maxBufferedBytes) {
+          this.limiter.disconnect(client, state, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON, state.connectionTracker);
+        } else if (pingIntervalMs === 0) {
+          continue;
+        } else if (state.pingSentAt !== 0) {
           if (now - state.pingSentAt >= pongTimeoutMs) client.terminate();
         } else if (now - state.lastPingAt >= pingIntervalMs && client.readyState === OPEN) {
           state.pingSentAt = state.lastPingAt = now;

@@ -13,6 +13,8 @@ export class WsRateLimitException extends WsException {
     readonly messageType: string,
     /** Whose budget it was. */
     readonly tracker: string,
+    /** The id the client gave the message, echoed in the frame so it knows which one. */
+    readonly messageId?: string | number,
   ) {
     super('Rate limit exceeded');
     this.name = 'WsRateLimitException';

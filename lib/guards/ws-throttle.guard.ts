@@ -4,6 +4,7 @@ import { WsRateLimitException } from '../exceptions/ws-rate-limit.exception.js';
 import type { RateLimitDecision, RateLimitPlan } from '../interfaces/plan.interface.js';
 import type { Route } from '../plans/route-resolver.js';
 import { WsRateLimitService } from '../services/ws-rate-limit.service.js';
+import { messageIdFromArgs } from '../utils/message-id.js';
 
 /**
  * Limits the messages NestJS routes to a gateway's handlers: for each, the plan of tiers
@@ -31,8 +32,8 @@ export class WsThrottleGuard implements CanActivate {
     if (connection.closing) throw this.limiter.closingRejection(route, tracker);
     const plan = this.getPlan(connection, route, tracker);
     const decision = this.limiter.decide(plan);
-    if (decision instanceof Promise) return decision.then((settled) => this.settle(settled, route, plan));
-    return this.settle(decision, route, plan);
+    if (decision instanceof Promise) return decision.then((settled) => this.settle(settled, route, plan, context));
+    return this.settle(decision, route, plan, context);
   }
 
   /** The limits of the handler, or `null` to let the message through unlimited. */
@@ -51,12 +52,17 @@ export class WsThrottleGuard implements CanActivate {
   }
 
   /** Called for a refused message; throws the exception the filter answers. */
-  protected onRejected(decision: RateLimitDecision & { allowed: false }, route: Route, plan: RateLimitPlan): never {
-    throw new WsRateLimitException(decision, route.type, plan.tracker);
+  protected onRejected(
+    decision: RateLimitDecision & { allowed: false },
+    route: Route,
+    plan: RateLimitPlan,
+    context: ExecutionContext,
+  ): never {
+    throw new WsRateLimitException(decision, route.type, plan.tracker, messageIdFromArgs(context.getArgs()));
   }
 
-  private settle(decision: RateLimitDecision, route: Route, plan: RateLimitPlan): true {
+  private settle(decision: RateLimitDecision, route: Route, plan: RateLimitPlan, context: ExecutionContext): true {
     if (decision.allowed) return true;
-    return this.onRejected(decision, route, plan);
+    return this.onRejected(decision, route, plan, context);
   }
 }

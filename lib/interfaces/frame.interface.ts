@@ -14,6 +14,12 @@ export interface RateLimitFrameInfo {
   readonly limit: number;
   /** What that limit has left now. */
   readonly remaining: number;
+  /**
+   * The `id` of the refused message, when the client gave one (`{ event, data, id }`: a
+   * safe integer or a string of at most 64 characters) and the adapter is
+   * `WsRateLimitAdapter`. Lets a client re-send exactly the refused message.
+   */
+  readonly id?: string | number;
 }
 
 /** The default frame: `{ event: 'rate_limit', data: {...} }`, NestJS's message convention. */

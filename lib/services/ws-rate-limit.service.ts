@@ -28,6 +28,7 @@ import { concurrencySpec, tokenBucketSpec } from '../plans/tier-specs.js';
 import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
 import { RateLimitStore, type MaybePromise } from '../storage/rate-limit-store.js';
 import { clientAddressKey } from '../utils/client-ip.js';
+import type { MessageId } from '../utils/message-id.js';
 import {
   CLOSE_POLICY_VIOLATION,
   OPEN,
@@ -114,6 +115,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   private readonly subject = new Subject<RateLimitEvent>();
   private readonly frameBuilder: RateLimitFrameBuilder;
   private nextConnectionId = 1;
+  private openConnections = 0;
   /** Names this process's open-connection leases in a shared store. */
   private readonly instanceId = `${process.pid}-${Math.random().toString(36).slice(2, 10)}`;
   private readonly connectionSpecs: readonly TierSpec[];
@@ -220,6 +222,16 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     return this.storeFor(plan).peek(plan);
   }
 
+  /**
+   * Counts for health checks and tests: sockets tracked and not yet closed, keys held for
+   * per-connection tiers, and, with the memory store, its keys and evictions.
+   */
+  stats(): { connections: number; localKeys: number; storeKeys?: number; evictions?: number } {
+    const shared =
+      this.store instanceof MemoryRateLimitStore ? { storeKeys: this.store.size, evictions: this.store.evictions } : {};
+    return { connections: this.openConnections, localKeys: this.local.size, ...shared };
+  }
+
   /** Gives a tracker (or a socket's tracker) its full budget back in every message tier. */
   async reset(target: string | object): Promise<void> {
     const tracker = this.trackerOfTarget(target);
@@ -249,6 +261,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     const address = ip ?? clientAddressKey((client as { _socket?: { remoteAddress?: string } })._socket?.remoteAddress);
     const state = new ConnectionState(this.nextConnectionId++, address, request);
     client[CONNECTION_STATE] = state;
+    this.openConnections++;
     client.once('close', () => this.forget(state));
     return state;
   }
@@ -295,13 +308,21 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    * connection's global budget: within it, the client gets a small `error` frame; over it,
    * a `rate_limit` frame and a violation, like any rejected message.
    */
-  chargeUnrouted(client: object, state: ConnectionState, code: 'INVALID_MESSAGE' | 'UNKNOWN_EVENT'): void {
+  chargeUnrouted(
+    client: object,
+    state: ConnectionState,
+    code: 'INVALID_MESSAGE' | 'UNKNOWN_EVENT',
+    id: MessageId | undefined,
+  ): void {
     const route = code === 'INVALID_MESSAGE' ? this.invalidRoute : this.unknownRoute;
     const tracker = this.trackerOf(client, state);
     const decision = this.decide(this.planFor(state, route, tracker));
     const settle = (settled: RateLimitDecision): void => {
-      if (settled.allowed) this.send(client as TrackedClient, state, { event: 'error', data: { code } });
-      else this.reject(client, new WsRateLimitException(settled, route.type, tracker));
+      if (settled.allowed) {
+        this.send(client as TrackedClient, state, { event: 'error', data: id === undefined ? { code } : { code, id } });
+      } else {
+        this.reject(client, new WsRateLimitException(settled, route.type, tracker, id));
+      }
     };
     if (isPromise(decision)) decision.then(settle, noop);
     else settle(decision);
@@ -337,7 +358,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
 
   /** The rejection raised for a message that arrives while its socket is being closed. */
   closingRejection(route: Route, tracker: string): WsRateLimitException {
-    return new WsRateLimitException(CLOSING, route.type, tracker);
+    return new WsRateLimitException(CLOSING, route.type, tracker, undefined);
   }
 
   /**
@@ -361,6 +382,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
       warningCount,
       limit: decision.limit,
       remaining: decision.remaining,
+      ...(exception.messageId === undefined ? {} : { id: exception.messageId }),
     };
     if (!this.send(socket, state, this.frameBuilder(info))) return;
     if (this.subject.observed) {
@@ -411,6 +433,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   // --- Internals ---------------------------------------------------------------------
 
   private forget(state: ConnectionState): void {
+    this.openConnections--;
     const keys: string[] = [];
     for (const plan of state.plans.values()) {
       if (!plan.tracker.startsWith(CONNECTION_TRACKER)) continue;

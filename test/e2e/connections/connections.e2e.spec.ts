@@ -157,4 +157,20 @@ describe('connection limits at the upgrade (WsRateLimitAdapter)', () => {
     await bystander.waitForEvent('echo', 5);
     expect(bystander.events('rate_limit')).toHaveLength(0);
   });
+
+  it('echoes a message id in the frame answering it, so a client knows which message was refused', async () => {
+    await start({ type: { capacity: 1, refillRate: 0.1 } });
+    const client = await connect();
+    const send = (frame: object) => client.sendRaw(JSON.stringify(frame));
+    send({ event: 'echo', data: 1, id: 'first' });
+    send({ event: 'echo', data: 2, id: 'second' });
+    send({ event: 'echo', data: 3, id: 42 });
+    send({ event: 'echo', data: 4, id: 'x'.repeat(65) });
+    send({ event: 'echo', data: 5, id: { not: 'an id' } });
+    send({ event: 'missing', id: 7 });
+    await client.waitFor((frame) => frame.event === 'rate_limit' || frame.event === 'error', 5);
+    expect(client.events('echo')).toHaveLength(1);
+    expect(client.events('rate_limit').map((frame) => frame.data.id)).toEqual(['second', 42, undefined, undefined]);
+    expect(client.events('error')[0]!.data).toEqual({ code: 'UNKNOWN_EVENT', id: 7 });
+  });
 });

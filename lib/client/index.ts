@@ -1,0 +1,26 @@
+/**
+ * `nestjs-ws-rate-limit/client`: a dependency-free WebSocket client for browsers and Node
+ * that understands the server's `rate_limit` frames.
+ */
+export { RateLimitedClient } from './rate-limited-client.js';
+export { parseRateLimitFrame } from './rate-limit-frame.js';
+export type { Listener } from './typed-emitter.js';
+export type {
+  ClientState,
+  DeclaredLimits,
+  DropEvent,
+  DropReason,
+  LimitSpec,
+  OutboundMessage,
+  OverflowPolicy,
+  RateLimitCode,
+  RateLimitInfo,
+  RateLimitedClientEvents,
+  RateLimitedClientOptions,
+  ReconnectEvent,
+  SocketCloseEvent,
+  SocketMessageEvent,
+  WebSocketConstructorLike,
+  WebSocketFactory,
+  WebSocketLike,
+} from './types.js';

@@ -1,0 +1,653 @@
+import { fullJitterDelay } from './backoff.js';
+import { Budget, MAX_PACE_MS } from './budget.js';
+import { Outbox, type OutboxEntry } from './outbox.js';
+import { parseRateLimitFrame } from './rate-limit-frame.js';
+import { TypedEmitter, type Listener } from './typed-emitter.js';
+import type {
+  ClientState,
+  DropReason,
+  OverflowPolicy,
+  RateLimitInfo,
+  RateLimitedClientEvents,
+  RateLimitedClientOptions,
+  SocketCloseEvent,
+  WebSocketConstructorLike,
+  WebSocketFactory,
+  WebSocketLike,
+} from './types.js';
+
+/** `WebSocket.OPEN`, read from no class so that any implementation fits. */
+const OPEN = 1;
+/** `WebSocket.CLOSING`. */
+const CLOSING = 2;
+/** Close code of a connection lost without a close frame (also: handshake failed). */
+const ABNORMAL_CLOSURE = 1006;
+/** Close code the server uses for rate-limit violations. */
+const POLICY_VIOLATION = 1008;
+/** Longest the time-based confirmation delay grows to by itself, in ms. */
+const MAX_ADAPTIVE_CONFIRM_MS = 5000;
+
+type Timer = ReturnType<typeof setTimeout>;
+
+/** Monotonic milliseconds: the wall clock can jump, which would shorten or stretch a wait. */
+function now(): number {
+  return typeof performance === 'undefined' ? Date.now() : performance.now();
+}
+
+interface ResolvedOptions {
+  createSocket: WebSocketFactory;
+  protocols: string | string[] | undefined;
+  autoConnect: boolean;
+  maxQueue: number;
+  overflow: OverflowPolicy;
+  minPaceMs: number;
+  maxUnconfirmed: number;
+  isAck: ((message: unknown) => boolean) | undefined;
+  confirmMs: number;
+  reconnect: boolean;
+  backoffBaseMs: number;
+  backoffCapMs: number;
+  maxReconnectAttempts: number;
+  policyDelayMs: number;
+  stableMs: number;
+  random: () => number;
+}
+
+function fail(name: string, expected: string, value: unknown): never {
+  throw new RangeError(`RateLimitedClient: options.${name} must be ${expected}, got ${String(value)}`);
+}
+
+function numberOption(
+  options: RateLimitedClientOptions,
+  name: keyof RateLimitedClientOptions,
+  fallback: number,
+  min: number,
+  kind: 'number' | 'finite' | 'integer' = 'number',
+): number {
+  const value = options[name] ?? fallback;
+  if (
+    typeof value !== 'number' ||
+    Number.isNaN(value) ||
+    value < min ||
+    (kind === 'finite' && !Number.isFinite(value)) ||
+    (kind === 'integer' && Number.isFinite(value) && !Number.isInteger(value))
+  ) {
+    const what = { number: 'a number', finite: 'a finite number', integer: 'an integer' }[kind];
+    fail(name, `${what} >= ${min}`, value);
+  }
+  return value;
+}
+
+function socketFactory(options: RateLimitedClientOptions): WebSocketFactory {
+  if (options.createSocket !== undefined) {
+    if (typeof options.createSocket !== 'function') {
+      fail('createSocket', 'a function', options.createSocket);
+    }
+    return options.createSocket;
+  }
+  const Ctor = options.WebSocket ?? (globalThis as unknown as { WebSocket?: WebSocketConstructorLike }).WebSocket;
+  if (typeof Ctor !== 'function') {
+    throw new TypeError(
+      'RateLimitedClient: no WebSocket implementation found; pass options.WebSocket ' +
+        "(for example `WebSocket` from the 'ws' package) or options.createSocket",
+    );
+  }
+  return (url, protocols) => (protocols === undefined ? new Ctor(url) : new Ctor(url, protocols));
+}
+
+function resolveOptions(options: RateLimitedClientOptions): ResolvedOptions {
+  const overflow = options.overflow ?? 'drop-oldest';
+  if (!['drop-oldest', 'drop-newest', 'reject'].includes(overflow)) {
+    fail('overflow', "'drop-oldest', 'drop-newest' or 'reject'", overflow);
+  }
+  if (options.isAck !== undefined && typeof options.isAck !== 'function') {
+    fail('isAck', 'a function', options.isAck);
+  }
+  const random = options.random ?? Math.random;
+  if (typeof random !== 'function') fail('random', 'a function', random);
+  return {
+    createSocket: socketFactory(options),
+    protocols: options.protocols,
+    autoConnect: options.autoConnect ?? true,
+    maxQueue: numberOption(options, 'maxQueue', 1000, 0, 'integer'),
+    overflow,
+    minPaceMs: numberOption(options, 'minPaceMs', 125, 1, 'finite'),
+    maxUnconfirmed: numberOption(options, 'maxUnconfirmed', 1, 1, 'integer'),
+    isAck: options.isAck,
+    confirmMs: numberOption(options, 'confirmMs', options.isAck ? 10_000 : 250, 0),
+    reconnect: options.reconnect ?? true,
+    backoffBaseMs: numberOption(options, 'backoffBaseMs', 1000, 0, 'finite'),
+    backoffCapMs: numberOption(options, 'backoffCapMs', 30_000, 0, 'finite'),
+    maxReconnectAttempts: numberOption(options, 'maxReconnectAttempts', Infinity, 0, 'integer'),
+    policyDelayMs: numberOption(options, 'policyDelayMs', 30_000, 0, 'finite'),
+    stableMs: numberOption(options, 'stableMs', 10_000, 0),
+    random,
+  };
+}
+
+function declaredBudgets(
+  options: RateLimitedClientOptions,
+  at: number,
+): { global: Budget | undefined; types: Map<string, Budget> } {
+  const build = (name: string, spec: { capacity: number; refillPerSecond: number }): Budget => {
+    if (!(spec.capacity >= 1)) fail(`${name}.capacity`, 'a number >= 1', spec.capacity);
+    if (!(spec.refillPerSecond > 0 && Number.isFinite(spec.refillPerSecond))) {
+      fail(`${name}.refillPerSecond`, 'a finite number > 0', spec.refillPerSecond);
+    }
+    return Budget.declared(spec.capacity, spec.refillPerSecond, at);
+  };
+  const limits = options.limits ?? {};
+  const types = new Map<string, Budget>();
+  for (const [event, spec] of Object.entries(limits.types ?? {})) {
+    types.set(event, build(`limits.types.${event}`, spec));
+  }
+  return { global: limits.global && build('limits.global', limits.global), types };
+}
+
+/** Reads a frame's payload as text: strings as they are, bytes as UTF-8. */
+function frameText(data: unknown): string | undefined {
+  if (typeof data === 'string') return data;
+  // Tag checks rather than instanceof: the bytes may come from another realm.
+  if (ArrayBuffer.isView(data)) {
+    return new TextDecoder().decode(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  }
+  if (Object.prototype.toString.call(data) === '[object ArrayBuffer]') {
+    return new TextDecoder().decode(new Uint8Array(data as ArrayBuffer));
+  }
+  return undefined;
+}
+
+/**
+ * A WebSocket client that understands the server's `rate_limit` frames: it queues while
+ * rate-limited, releases the queue paced so as not to trip the limit again, and
+ * reconnects politely.
+ *
+ * **Sending.** `send(event, data)` writes NestJS's `{ event, data }` at once when nothing
+ * holds it back, else queues it (bounded by `maxQueue`, see `overflow`). The queue is FIFO
+ * across all events; `sendPriority` skips it.
+ *
+ * **Confirmation.** The server's frame does not say which message it rejected, so each sent
+ * message stays *unconfirmed* until its fate is known: an inbound frame recognised by
+ * `isAck` confirms the oldest unconfirmed message; otherwise a message is presumed accepted
+ * `confirmMs` after it was sent. A `rate_limit` frame marks one unconfirmed message of the
+ * frame's `messageType` (else of any event) as rejected: the oldest with `isAck` (exact),
+ * the newest without it (exact while one is unconfirmed, as by default; with more, it
+ * assumes a burst is rejected from some message on). That message goes back to its place
+ * at the front of the queue and is sent again (a rejected priority message is reported as
+ * a drop instead). For an event whose limit is unknown, at most `maxUnconfirmed` messages
+ * are unconfirmed at once, so a burst against an unknown limit is rejected once, not once
+ * per message. Messages still unconfirmed when a connection ends are presumed delivered.
+ *
+ * **Pacing rule.** No message is sent inside a retry window: after a frame, nothing of its
+ * event (code `TYPE_LIMIT`, `EXPENSIVE_LIMIT`) or nothing at all (`GLOBAL_LIMIT`,
+ * `STORE_UNAVAILABLE`, other codes) is sent until `retryAfter` ms after the frame arrived.
+ * The frame also (re)builds a model of that server bucket (per event, or global): capacity
+ * = the frame's `limit` (1 if absent), first token at frame + `retryAfter`, then one token
+ * per `max(retryAfter, minPaceMs)` ms. A message is sent only when every model that applies
+ * holds a token, so the queue drains one message per interval and, once idle, the client
+ * may burst up to `limit` again. Against a token bucket, provided `minPaceMs` >= 1000 /
+ * (the server's refill rate per second), the model never holds more tokens than the server,
+ * so the client causes no further rejection. A limit the model misjudges (a sliding window,
+ * a slower refill) may reject a paced message once more: the interval then doubles, up to
+ * 60 s. Limits declared in `limits` are modelled the same way from the start.
+ *
+ * **Reconnecting.** After a connection ends other than by `close()`, the client reconnects
+ * after a full-jitter exponential back-off, random in [0, min(backoffCapMs,
+ * backoffBaseMs * 2^attempt)). After a close 1008 (rate-limit violations) or a handshake
+ * that never opened (HTTP 429, but also a server that is down), it waits at least
+ * `policyDelayMs`. The attempt counter resets once a connection stays open `stableMs`.
+ *
+ * @example
+ * ```ts
+ * import { RateLimitedClient } from 'nestjs-ws-rate-limit/client';
+ * const client = new RateLimitedClient('ws://localhost:8080');
+ * client.on('message', (msg) => console.log(msg));
+ * client.on('rateLimit', (info) => console.warn(`slowing down for ${info.retryAfter} ms`));
+ * client.send('chat', { text: 'hello' });
+ * ```
+ */
+export class RateLimitedClient {
+  /** The server URL. */
+  readonly url: string;
+  private readonly options: ResolvedOptions;
+  private readonly emitter: TypedEmitter<RateLimitedClientEvents>;
+  private readonly outbox: Outbox;
+  /** Sent messages whose fate is unknown, in send order. */
+  private unconfirmed: OutboxEntry[] = [];
+  private socket: WebSocketLike | undefined;
+  private currentState: ClientState = 'closed';
+  private confirmMs: number;
+  private droppedCount = 0;
+  private nextSeq = 0;
+  /** Messages written to sockets so far. */
+  private sends = 0;
+  private globalBudget: Budget | undefined;
+  private readonly typeBudgets: Map<string, Budget>;
+  private globalBlockedUntil = -Infinity;
+  private readonly typeBlockedUntil = new Map<string, number>();
+  private pumpTimer: Timer | undefined;
+  private reconnectTimer: Timer | undefined;
+  private attempt = 0;
+  private openedAt: number | undefined;
+  private pumping = false;
+  private pumpRequested = false;
+
+  /** Creates the client and, unless `autoConnect` is false, starts connecting. */
+  constructor(url: string, options: RateLimitedClientOptions = {}) {
+    this.url = url;
+    this.options = resolveOptions(options);
+    this.confirmMs = this.options.confirmMs;
+    this.outbox = new Outbox(this.options.maxQueue, this.options.overflow);
+    const declared = declaredBudgets(options, now());
+    this.globalBudget = declared.global;
+    this.typeBudgets = declared.types;
+    this.emitter = new TypedEmitter((error, event) => {
+      // A bug in the caller's own listener must not vanish: report it, or rethrow it.
+      if (event !== 'error' && this.emitter.listenerCount('error') > 0) {
+        this.emitter.emit('error', error);
+      } else {
+        queueMicrotask(() => {
+          throw error;
+        });
+      }
+    });
+    if (this.options.autoConnect) this.connect();
+  }
+
+  /** The current state. */
+  get state(): ClientState {
+    return this.currentState;
+  }
+
+  /** Number of messages waiting in the queue. */
+  get queued(): number {
+    return this.outbox.length;
+  }
+
+  /** Number of messages dropped since the client was created. */
+  get dropped(): number {
+    return this.droppedCount;
+  }
+
+  /** Adds a listener; returns a function that removes it. */
+  on<K extends keyof RateLimitedClientEvents>(event: K, listener: Listener<RateLimitedClientEvents[K]>): () => void {
+    return this.emitter.on(event, listener);
+  }
+
+  /** Adds a listener called at most once; returns a function that removes it. */
+  once<K extends keyof RateLimitedClientEvents>(event: K, listener: Listener<RateLimitedClientEvents[K]>): () => void {
+    return this.emitter.once(event, listener);
+  }
+
+  /** Removes a listener added with `on`. */
+  off<K extends keyof RateLimitedClientEvents>(event: K, listener: Listener<RateLimitedClientEvents[K]>): void {
+    this.emitter.off(event, listener);
+  }
+
+  /**
+   * Connects, if the client is closed (does nothing otherwise); throws if the socket
+   * cannot even be created (for example an invalid URL).
+   */
+  connect(): void {
+    if (this.currentState !== 'closed') return;
+    this.attempt = 0;
+    this.openSocket();
+  }
+
+  /**
+   * Sends a message, or queues it while it may not be sent yet; returns true if it was
+   * sent or queued, false if the client is closed or the overflow policy refused it.
+   * Throws if `data` cannot be serialised to JSON.
+   */
+  send(event: string, data?: unknown): boolean {
+    if (this.currentState === 'closed') return false;
+    const entry = this.createEntry(event, data, false);
+    if (this.outbox.length === 0 && this.isOpen()) {
+      const t = now();
+      this.expireUnconfirmed(t);
+      if (this.waitMs(entry, t) === 0 && this.transmit(entry, t)) return true;
+    }
+    const result = this.outbox.push(entry);
+    if (result.dropped) this.drop(result.dropped, 'queue_full');
+    if (!result.accepted) return false;
+    this.pump();
+    return true;
+  }
+
+  /**
+   * Sends a message at once, skipping the queue and any retry window; returns false (and
+   * sends nothing) unless the connection is open. The server may reject it.
+   */
+  sendPriority(event: string, data?: unknown): boolean {
+    if (!this.isOpen()) return false;
+    const entry = this.createEntry(event, data, true);
+    const t = now();
+    this.expireUnconfirmed(t);
+    return this.transmit(entry, t);
+  }
+
+  /**
+   * Closes the connection for good: stops every timer and reconnect, drops queued messages
+   * (reason `closed`); `connect()` starts again.
+   */
+  close(code = 1000, reason?: string): void {
+    const socket = this.socket;
+    this.stop();
+    this.setState('closed');
+    this.dropQueued();
+    if (socket && socket.readyState < CLOSING) {
+      try {
+        if (reason === undefined) socket.close(code);
+        else socket.close(code, reason);
+      } catch (error) {
+        this.emitter.emit('error', error);
+      }
+    }
+  }
+
+  private createEntry(event: string, data: unknown, priority: boolean): OutboxEntry {
+    if (typeof event !== 'string' || event === '') {
+      throw new TypeError('RateLimitedClient: the event must be a non-empty string');
+    }
+    return {
+      seq: this.nextSeq++,
+      event,
+      data,
+      frame: JSON.stringify({ event, data }),
+      priority,
+      sentAt: Number.NaN,
+      sendNo: 0,
+    };
+  }
+
+  private isOpen(): boolean {
+    return this.socket !== undefined && this.socket.readyState === OPEN;
+  }
+
+  private setState(state: ClientState): void {
+    if (state === this.currentState) return;
+    this.currentState = state;
+    this.emitter.emit('state', state);
+  }
+
+  private openSocket(): void {
+    this.setState('connecting');
+    let socket: WebSocketLike;
+    try {
+      socket = this.options.createSocket(this.url, this.options.protocols);
+    } catch (error) {
+      this.setState('closed');
+      throw error;
+    }
+    this.socket = socket;
+    // Handlers stay attached for the socket's whole life (a `ws` socket without an error
+    // listener crashes the process); each ignores a socket that is no longer current.
+    socket.onopen = () => {
+      if (this.socket === socket) this.handleOpen();
+    };
+    socket.onmessage = (event) => {
+      if (this.socket === socket) this.handleFrame(event.data);
+    };
+    socket.onclose = (event) => {
+      if (this.socket === socket) this.handleClose(event);
+    };
+    socket.onerror = (event) => {
+      if (this.socket === socket) this.emitter.emit('error', event);
+    };
+  }
+
+  private handleOpen(): void {
+    this.openedAt = now();
+    this.pump();
+  }
+
+  private handleClose(event: SocketCloseEvent): void {
+    const opened = this.openedAt !== undefined;
+    if (opened && now() - (this.openedAt as number) >= this.options.stableMs) this.attempt = 0;
+    this.stop();
+    const code = typeof event.code === 'number' ? event.code : ABNORMAL_CLOSURE;
+    const policy = code === POLICY_VIOLATION || !opened;
+    if (!this.options.reconnect) {
+      this.giveUp(undefined);
+      return;
+    }
+    if (this.attempt >= this.options.maxReconnectAttempts) {
+      this.giveUp(new Error(`RateLimitedClient: gave up after ${this.attempt} reconnect attempts`));
+      return;
+    }
+    const backoff = fullJitterDelay(
+      this.attempt,
+      this.options.backoffBaseMs,
+      this.options.backoffCapMs,
+      this.options.random,
+    );
+    const delayMs = policy ? Math.max(backoff, this.options.policyDelayMs) : backoff;
+    const attempt = this.attempt++;
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = undefined;
+      try {
+        this.openSocket();
+      } catch (error) {
+        this.giveUp(error);
+      }
+    }, delayMs);
+    this.setState('reconnecting');
+    this.emitter.emit('reconnect', { attempt, delayMs, code, policy });
+  }
+
+  /** Forgets the connection and cancels every timer; the queue is kept. */
+  private stop(): void {
+    if (this.pumpTimer !== undefined) clearTimeout(this.pumpTimer);
+    if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
+    this.pumpTimer = undefined;
+    this.reconnectTimer = undefined;
+    this.socket = undefined;
+    this.openedAt = undefined;
+    this.unconfirmed = [];
+  }
+
+  private giveUp(error: unknown): void {
+    this.stop();
+    this.setState('closed');
+    this.dropQueued();
+    if (error !== undefined) this.emitter.emit('error', error);
+  }
+
+  private dropQueued(): void {
+    for (const entry of this.outbox.clear()) this.drop(entry, 'closed');
+  }
+
+  private drop(entry: OutboxEntry, reason: DropReason): void {
+    this.droppedCount++;
+    this.emitter.emit('drop', { reason, message: { event: entry.event, data: entry.data } });
+  }
+
+  private handleFrame(data: unknown): void {
+    const text = frameText(data);
+    if (text === undefined) {
+      this.emitter.emit('error', new TypeError('RateLimitedClient: unreadable frame payload'));
+      return;
+    }
+    let message: unknown;
+    try {
+      message = JSON.parse(text);
+    } catch {
+      this.emitter.emit('error', new SyntaxError(`RateLimitedClient: frame is not JSON: ${text.slice(0, 80)}`));
+      return;
+    }
+    const info = parseRateLimitFrame(message);
+    if (info) {
+      this.handleRateLimit(info);
+      return;
+    }
+    let acked = false;
+    try {
+      acked = this.options.isAck?.(message) === true;
+    } catch (error) {
+      this.emitter.emit('error', error);
+    }
+    if (acked) this.unconfirmed.shift();
+    this.emitter.emit('message', message);
+    if (acked) this.pump();
+  }
+
+  private handleRateLimit(info: RateLimitInfo): void {
+    const t = now();
+    this.expireUnconfirmed(t);
+    const rejected = this.takeRejected(info);
+    if (!this.options.isAck) {
+      // Time-based confirmation is only right if frames come back within confirmMs.
+      const cap = Math.max(MAX_ADAPTIVE_CONFIRM_MS, this.options.confirmMs);
+      const wanted = rejected ? 2 * (t - rejected.sentAt) : 2 * this.confirmMs;
+      this.confirmMs = Math.min(cap, Math.max(this.confirmMs, wanted));
+    }
+    const until = t + info.retryAfter;
+    const key = rejected?.event ?? info.messageType;
+    if ((info.code === 'TYPE_LIMIT' || info.code === 'EXPENSIVE_LIMIT') && key !== undefined) {
+      this.typeBlockedUntil.set(key, Math.max(this.typeBlockedUntil.get(key) ?? -Infinity, until));
+      this.typeBudgets.set(key, this.relearn(this.typeBudgets.get(key), info, rejected, t));
+    } else {
+      this.globalBlockedUntil = Math.max(this.globalBlockedUntil, until);
+      if (info.code === 'GLOBAL_LIMIT') {
+        this.globalBudget = this.relearn(this.globalBudget, info, rejected, t);
+      }
+    }
+    if (rejected?.priority) this.drop(rejected, 'rejected');
+    else if (rejected) this.outbox.requeue(rejected);
+    this.emitter.emit('rateLimit', info);
+    this.pump();
+  }
+
+  /** Removes and returns the unconfirmed message a frame refers to. */
+  private takeRejected(info: RateLimitInfo): OutboxEntry | undefined {
+    const candidates = this.unconfirmed;
+    let index: number;
+    if (this.options.isAck) {
+      // Acks arrive in order: whatever was sent before the rejected message has been
+      // acknowledged (and removed) by now, so the rejected one is the oldest left.
+      index = candidates.findIndex((entry) => entry.event === info.messageType);
+      if (index < 0 && candidates.length > 0) index = 0;
+    } else {
+      // Without acks, accepted messages linger until confirmMs passes. A burst that
+      // exhausts a bucket is rejected from some message on, so take the newest.
+      index = candidates.findLastIndex((entry) => entry.event === info.messageType);
+      if (index < 0) index = candidates.length - 1;
+    }
+    return index < 0 ? undefined : candidates.splice(index, 1)[0];
+  }
+
+  /** Rebuilds a bucket model from a frame (see the pacing rule on the class). */
+  private relearn(old: Budget | undefined, info: RateLimitInfo, rejected: OutboxEntry | undefined, t: number): Budget {
+    let interval = Math.max(info.retryAfter, this.options.minPaceMs);
+    if (old) {
+      interval = Math.max(interval, old.intervalMs);
+      // A queued message the model had admitted was rejected: the model was too generous.
+      if (rejected && !rejected.priority && rejected.sendNo > old.builtAtSend) {
+        interval = Math.max(interval, Math.min(MAX_PACE_MS, old.intervalMs * 2));
+      }
+    }
+    const capacity = info.limit !== undefined && info.limit >= 1 ? Math.floor(info.limit) : (old?.capacity ?? 1);
+    return Budget.afterRejection(capacity, interval, info.retryAfter, t, this.sends);
+  }
+
+  private expireUnconfirmed(t: number): void {
+    const confirmMs = this.confirmMs;
+    let expired = 0;
+    while (expired < this.unconfirmed.length && this.unconfirmed[expired].sentAt + confirmMs <= t) {
+      expired++;
+    }
+    if (expired > 0) this.unconfirmed.splice(0, expired);
+  }
+
+  /** Milliseconds before `entry` may be sent (0: now), ignoring whether the socket is open. */
+  private waitMs(entry: OutboxEntry, t: number): number {
+    let wait = Math.max(0, this.globalBlockedUntil - t, (this.typeBlockedUntil.get(entry.event) ?? -Infinity) - t);
+    if (this.globalBudget) wait = Math.max(wait, this.globalBudget.waitMs(t));
+    const budget = this.typeBudgets.get(entry.event);
+    if (budget) return Math.max(wait, budget.waitMs(t));
+    let count = 0;
+    let oldest: OutboxEntry | undefined;
+    for (const pending of this.unconfirmed) {
+      if (pending.event !== entry.event) continue;
+      count++;
+      oldest ??= pending;
+    }
+    if (oldest && count >= this.options.maxUnconfirmed) {
+      wait = Math.max(wait, oldest.sentAt + this.confirmMs - t);
+    }
+    return wait;
+  }
+
+  /** Writes a message to the socket and books it; false if the socket refused it. */
+  private transmit(entry: OutboxEntry, t: number): boolean {
+    try {
+      (this.socket as WebSocketLike).send(entry.frame);
+    } catch (error) {
+      this.emitter.emit('error', error);
+      return false;
+    }
+    entry.sentAt = t;
+    entry.sendNo = ++this.sends;
+    this.globalBudget?.take(t);
+    this.typeBudgets.get(entry.event)?.take(t);
+    this.unconfirmed.push(entry);
+    return true;
+  }
+
+  /** Sends what may be sent now and schedules the next look; re-entrant calls are merged. */
+  private pump(): void {
+    if (this.pumping) {
+      this.pumpRequested = true;
+      return;
+    }
+    this.pumping = true;
+    try {
+      do {
+        this.pumpRequested = false;
+        this.pumpOnce();
+      } while (this.pumpRequested);
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private pumpOnce(): void {
+    if (this.pumpTimer !== undefined) clearTimeout(this.pumpTimer);
+    this.pumpTimer = undefined;
+    if (!this.isOpen()) return;
+    const t = now();
+    this.expireUnconfirmed(t);
+    let wake = Infinity;
+    for (let head = this.outbox.peek(); head; head = this.outbox.peek()) {
+      const wait = this.waitMs(head, t);
+      if (wait > 0) {
+        wake = wait;
+        break;
+      }
+      if (!this.transmit(head, t)) break;
+      this.outbox.shift();
+    }
+    const blockedFor = this.pruneBlocks(t);
+    wake = Math.min(wake, blockedFor);
+    if (wake < Infinity) {
+      this.pumpTimer = setTimeout(
+        () => {
+          this.pumpTimer = undefined;
+          this.pump();
+        },
+        Math.max(1, Math.ceil(wake)),
+      );
+    }
+    this.setState(blockedFor < Infinity ? 'rate_limited' : 'open');
+  }
+
+  /** Forgets retry windows that have passed; returns ms until the next one ends. */
+  private pruneBlocks(t: number): number {
+    let next = this.globalBlockedUntil > t ? this.globalBlockedUntil - t : Infinity;
+    for (const [event, until] of this.typeBlockedUntil) {
+      if (until <= t) this.typeBlockedUntil.delete(event);
+      else next = Math.min(next, until - t);
+    }
+    return next;
+  }
+}

@@ -1,0 +1,254 @@
+/**
+ * Public types of the rate-limit-aware WebSocket client.
+ *
+ * This folder is bundled for browsers: it must not import `ws`, Node built-ins or
+ * anything outside `lib/client`.
+ */
+
+/**
+ * A handler type checked bivariantly, so that the `ws` package's, the browser's and
+ * Node's own socket classes (whose handlers take their own event classes) all fit.
+ */
+type Handler<E> = { bivarianceHack(event: E): void }['bivarianceHack'];
+
+/** The part of a message event the client reads. */
+export interface SocketMessageEvent {
+  /** Frame payload: a string for text frames, bytes for binary ones. */
+  readonly data: unknown;
+}
+
+/** The part of a close event the client reads. */
+export interface SocketCloseEvent {
+  /** Close code (1000 normal, 1006 abnormal, 1008 policy violation, ...). */
+  readonly code: number;
+  /** Close reason sent by the peer, if any. */
+  readonly reason?: string;
+}
+
+/**
+ * The minimal WebSocket shape the client needs; the browser's `WebSocket`, Node's global
+ * `WebSocket` and the `ws` package's `WebSocket` all satisfy it.
+ */
+export interface WebSocketLike {
+  /** 0 connecting, 1 open, 2 closing, 3 closed. */
+  readonly readyState: number;
+  /** Sends one text frame. */
+  send(data: string): void;
+  /** Starts the closing handshake. */
+  close(code?: number, reason?: string): void;
+  /** Called once the handshake has completed. */
+  onopen: Handler<unknown> | null;
+  /** Called for every frame received. */
+  onmessage: Handler<SocketMessageEvent> | null;
+  /** Called once the socket is closed, including when the handshake failed. */
+  onclose: Handler<SocketCloseEvent> | null;
+  /** Called on a transport error; a close follows. */
+  onerror: Handler<unknown> | null;
+}
+
+/** A WebSocket class, such as `globalThis.WebSocket` or `import { WebSocket } from 'ws'`. */
+export type WebSocketConstructorLike = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** A function that opens a socket, for set-ups a plain constructor cannot express. */
+export type WebSocketFactory = (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** Lifecycle state of a {@link RateLimitedClient}. */
+export type ClientState = 'connecting' | 'open' | 'rate_limited' | 'closed' | 'reconnecting';
+
+/** Codes the server puts in a `rate_limit` frame; other strings are accepted too. */
+export type RateLimitCode =
+  'GLOBAL_LIMIT' | 'TYPE_LIMIT' | 'EXPENSIVE_LIMIT' | 'STORE_UNAVAILABLE' | (string & Record<never, never>);
+
+/** The content of a `rate_limit` frame, normalised from either frame form. */
+export interface RateLimitInfo {
+  /** Which limit was hit. */
+  code: RateLimitCode;
+  /** The limited message type (usually the message's event), when the server names it. */
+  messageType?: string;
+  /** Milliseconds until the same message would be allowed (a missing or invalid value reads as 1000). */
+  retryAfter: number;
+  /** Violations counted in the server's current window, this one included. */
+  warningCount?: number;
+  /** Capacity of the limit that was hit. */
+  limit?: number;
+  /** Budget left in that limit when the message was rejected. */
+  remaining?: number;
+}
+
+/** A message as the client sends it: NestJS's `{ event, data }`. */
+export interface OutboundMessage {
+  /** The NestJS message event (the `@SubscribeMessage` name). */
+  event: string;
+  /** The message payload. */
+  data: unknown;
+}
+
+/** Why a message was dropped. */
+export type DropReason =
+  /** The queue was full (`drop-oldest` or `drop-newest`). */
+  | 'queue_full'
+  /** The server rejected a priority message, which is never re-sent. */
+  | 'rejected'
+  /** The client was closed, or gave up reconnecting, with the message still queued. */
+  | 'closed';
+
+/** Payload of the `drop` event. */
+export interface DropEvent {
+  /** Why the message was dropped. */
+  reason: DropReason;
+  /** The message that was dropped. */
+  message: OutboundMessage;
+}
+
+/** Payload of the `reconnect` event, emitted when a reconnect is scheduled. */
+export interface ReconnectEvent {
+  /** 0 for the first reconnect after a stable connection, then 1, 2, ... */
+  attempt: number;
+  /** Milliseconds until the next connection attempt. */
+  delayMs: number;
+  /** Close code of the connection that ended (1006 when the handshake was refused). */
+  code: number;
+  /** True when the policy delay applied (close 1008, or a handshake that never opened). */
+  policy: boolean;
+}
+
+/** Events of a {@link RateLimitedClient} and their payloads. */
+export interface RateLimitedClientEvents {
+  /** Every frame that is not a `rate_limit` frame, parsed from JSON. */
+  message: unknown;
+  /** Every `rate_limit` frame, normalised. */
+  rateLimit: RateLimitInfo;
+  /** The new state, on every change. */
+  state: ClientState;
+  /** A message the client had accepted and then lost. */
+  drop: DropEvent;
+  /** A reconnect was scheduled. */
+  reconnect: ReconnectEvent;
+  /** A transport error, an unreadable frame, a failed send, or a listener that threw. */
+  error: unknown;
+}
+
+/** What to do with a message sent while the queue already holds `maxQueue` messages. */
+export type OverflowPolicy =
+  /** Evict the oldest queued message (reported as a drop); `send` returns true. */
+  | 'drop-oldest'
+  /** Discard the new message (reported as a drop); `send` returns false. */
+  | 'drop-newest'
+  /** Refuse the new message without reporting a drop; `send` returns false and the caller keeps it. */
+  | 'reject';
+
+/** A server limit declared up front, so the client paces without having to hit it first. */
+export interface LimitSpec {
+  /** Burst size (token bucket capacity). */
+  capacity: number;
+  /** Tokens added per second. */
+  refillPerSecond: number;
+}
+
+/** Server limits known in advance; limits learned from frames are added to these. */
+export interface DeclaredLimits {
+  /** The limit on all messages of the connection. */
+  global?: LimitSpec;
+  /** Limits per message event. */
+  types?: Record<string, LimitSpec>;
+}
+
+/** Options of a {@link RateLimitedClient}. */
+export interface RateLimitedClientOptions {
+  /**
+   * WebSocket class used to open connections.
+   * @default globalThis.WebSocket
+   */
+  WebSocket?: WebSocketConstructorLike;
+  /**
+   * Opens a connection; takes precedence over `WebSocket` when set.
+   * @default undefined
+   */
+  createSocket?: WebSocketFactory;
+  /**
+   * Sub-protocols passed to the socket.
+   * @default undefined
+   */
+  protocols?: string | string[];
+  /**
+   * Connect from the constructor; otherwise call `connect()`.
+   * @default true
+   */
+  autoConnect?: boolean;
+  /**
+   * Largest number of messages waiting in the queue.
+   * @default 1000
+   */
+  maxQueue?: number;
+  /**
+   * What `send` does when the queue is full.
+   * @default 'drop-oldest'
+   */
+  overflow?: OverflowPolicy;
+  /**
+   * Server limits known in advance (token buckets); the client never exceeds them.
+   * @default undefined (limits are learned from rate_limit frames)
+   */
+  limits?: DeclaredLimits;
+  /**
+   * Slowest refill interval assumed for a limit learned from a frame, in ms per message;
+   * set it to at least 1000 / (the server's slowest refill rate per second).
+   * @default 125
+   */
+  minPaceMs?: number;
+  /**
+   * Messages of an event with no known limit that may await confirmation at once; 1 means a
+   * burst against an unknown limit provokes at most one rate_limit frame.
+   * @default 1
+   */
+  maxUnconfirmed?: number;
+  /**
+   * Recognises the server's acknowledgement of a message; when set, each such frame
+   * confirms the oldest unconfirmed message. Set it only if the server answers every
+   * message, in order, with either such a frame or a rate_limit frame.
+   * @default undefined (messages are confirmed by time, see `confirmMs`)
+   */
+  isAck?: (message: unknown) => boolean;
+  /**
+   * Milliseconds after which a sent message with no rate_limit frame is presumed accepted;
+   * without `isAck` it grows by itself when frames arrive later than it.
+   * @default 250 without isAck, 10000 (a safety net for a missing ack) with it
+   */
+  confirmMs?: number;
+  /**
+   * Reconnect after a connection the client did not close itself has ended.
+   * @default true
+   */
+  reconnect?: boolean;
+  /**
+   * Base of the exponential back-off, in ms.
+   * @default 1000
+   */
+  backoffBaseMs?: number;
+  /**
+   * Cap of the exponential back-off, in ms.
+   * @default 30000
+   */
+  backoffCapMs?: number;
+  /**
+   * Consecutive reconnect attempts before giving up (state `closed`).
+   * @default Infinity
+   */
+  maxReconnectAttempts?: number;
+  /**
+   * Least delay before reconnecting after a close 1008 (rate-limit violations) or a
+   * handshake that never opened (for example HTTP 429); the back-off applies if larger.
+   * @default 30000
+   */
+  policyDelayMs?: number;
+  /**
+   * A connection that stayed open this long resets the back-off attempt counter.
+   * @default 10000
+   */
+  stableMs?: number;
+  /**
+   * Random source in [0, 1) for the back-off jitter.
+   * @default Math.random
+   */
+  random?: () => number;
+}
