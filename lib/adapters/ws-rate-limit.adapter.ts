@@ -55,6 +55,8 @@ type UserVerifyClient = ((info: VerifyInfo) => boolean) | ((info: VerifyInfo, do
 export class WsRateLimitAdapter extends WsAdapter {
   protected readonly limiter: WsRateLimitService;
   private readonly upgrades = new WeakMap<IncomingMessage, Upgrade>();
+  /** Listeners this adapter put on HTTP servers, taken off again by `dispose`. */
+  private readonly httpListeners: Array<[HttpServer, string, (...args: never[]) => void]> = [];
   private readonly guardedServers = new WeakSet<object>();
   private readonly heartbeats = new Map<WebSocketServer, NodeJS.Timeout>();
 
@@ -180,6 +182,16 @@ export class WsRateLimitAdapter extends WsAdapter {
   override async close(server: WebSocketServer): Promise<void> {
     this.stopHeartbeat(server);
     await super.close(server);
+  }
+
+  /**
+   * Also takes this adapter's listeners off the HTTP servers: an `upgrade` listener left
+   * behind would keep Node from destroying upgrades that arrive during shutdown, and such
+   * sockets would hold `server.close()` open.
+   */
+  override async dispose(): Promise<void> {
+    for (const [server, event, listener] of this.httpListeners.splice(0)) server.off(event, listener);
+    await super.dispose();
   }
 
   /** Decides an upgrade before the WebSocket exists. */
@@ -326,7 +338,7 @@ export class WsRateLimitAdapter extends WsAdapter {
     // Over TLS, requests arrive on the TLS socket, so count from the end of the TLS handshake.
     const accepted =
       typeof (server as { addContext?: unknown }).addContext === 'function' ? 'secureConnection' : 'connection';
-    server.on(accepted, (socket: Socket) => {
+    const onAccepted = (socket: Socket): void => {
       const ip = clientAddressKey(socket.remoteAddress, ipv6Prefix) ?? '';
       const count = (pending.get(ip) ?? 0) + 1;
       if (maxPendingHandshakesPerIp > 0 && count > maxPendingHandshakesPerIp) {
@@ -345,10 +357,12 @@ export class WsRateLimitAdapter extends WsAdapter {
       };
       waiting.set(socket, settle);
       socket.once('close', settle);
-    });
+    };
     const started = (request: IncomingMessage): void => waiting.get(request.socket)?.();
+    server.on(accepted, onAccepted);
     server.prependListener('request', started);
     server.prependListener('upgrade', started);
+    this.httpListeners.push([server, accepted, onAccepted], [server, 'request', started], [server, 'upgrade', started]);
   }
 }
 

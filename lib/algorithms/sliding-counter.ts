@@ -62,7 +62,7 @@ export function counterCount(state: SlidingCounterState, now: number, windowMs: 
 /**
  * Whole ms until `cost` events fit, 0 if they fit now. The estimate solves the weighting
  * for the earliest time; the loop then checks it with `counterAllows` itself, so rounding
- * never makes it a lie. `cost` must be at most the limit.
+ * never makes it a lie. `Infinity` when `cost` exceeds the limit.
  */
 export function counterWait(
   state: SlidingCounterState,
@@ -71,6 +71,7 @@ export function counterWait(
   limit: number,
   cost: number,
 ): number {
+  if (cost > limit) return Infinity;
   if (counterAllows(state, now, windowMs, limit, cost)) return 0;
   const [start, prev, curr] = rolled(state, now, windowMs);
   let at: number;

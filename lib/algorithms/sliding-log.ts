@@ -31,9 +31,9 @@ function blocker(log: SlidingLogState, cost: number): number {
   return log.ring[(log.head + over - 1) % limit]!;
 }
 
-/** True when `cost` more events fit in the window ending at `now`. */
+/** True when `cost` more events fit in the window ending at `now` (never if cost > limit). */
 export function logAllows(log: SlidingLogState, now: number, windowMs: number, cost: number): boolean {
-  return blocker(log, cost) <= now - windowMs;
+  return cost <= log.ring.length && blocker(log, cost) <= now - windowMs;
 }
 
 /** Records `cost` events at `now` (call only after `logAllows`). */
@@ -50,8 +50,12 @@ export function logRecord(log: SlidingLogState, now: number, cost: number): void
   }
 }
 
-/** Whole ms until `cost` events fit, 0 if they fit now; waiting that long always suffices. */
+/**
+ * Whole ms until `cost` events fit, 0 if they fit now, `Infinity` if they never can;
+ * waiting that long always suffices.
+ */
 export function logWait(log: SlidingLogState, now: number, windowMs: number, cost: number): number {
+  if (cost > log.ring.length) return Infinity;
   const oldest = blocker(log, cost);
   if (oldest <= now - windowMs) return 0;
   let wait = Math.ceil(oldest + windowMs - now);

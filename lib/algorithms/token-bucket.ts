@@ -21,9 +21,12 @@ export function bucketSlack(capacity: number, cost: number, interval: number): n
   return (capacity - cost) * interval;
 }
 
-/** True when a bucket at `fullAt` can pay the cost whose slack is given, at `now`. */
+/**
+ * True when a bucket at `fullAt` can pay the cost whose slack is given, at `now`. A
+ * negative slack (a cost above the capacity) can never be paid.
+ */
 export function bucketAllows(fullAt: number, now: number, slack: number): boolean {
-  return fullAt - now <= slack;
+  return slack >= 0 && fullAt - now <= slack;
 }
 
 /** The new `fullAt` after paying a cost of `span` (= cost * interval) ms at `now`. */
@@ -35,9 +38,10 @@ export function bucketAfter(fullAt: number, now: number, span: number): number {
  * Whole milliseconds until a bucket at `fullAt`, left alone, can pay the cost: never 0 when
  * the cost cannot be paid now, and waiting that long always suffices (the result is checked
  * with the very comparison `bucketAllows` makes, so rounding cannot make it a lie).
- * Returns 0 when the cost can be paid now.
+ * Returns 0 when the cost can be paid now, `Infinity` when it never can.
  */
 export function bucketWait(fullAt: number, now: number, slack: number): number {
+  if (slack < 0) return Infinity;
   if (fullAt - now <= slack) return 0;
   let wait = Math.ceil(fullAt - now - slack);
   if (wait < 1) wait = 1;

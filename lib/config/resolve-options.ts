@@ -355,7 +355,9 @@ function checkTrustProxy(value: unknown, where: string): ResolvedTrustProxy {
     addTrusted(list, entry, where);
     kept.push(entry);
   }
-  return kept.length === 0 ? { kind: 'none' } : { kind: 'list', list, entries: kept };
+  if (kept.length === 0)
+    fail(where, 'a hop count or addresses/CIDRs (an empty list trusts nobody: leave it unset)', value);
+  return { kind: 'list', list, entries: kept };
 }
 
 /** Named ranges, as Express's `trust proxy` accepts them. */

@@ -1,4 +1,14 @@
 import { bucketSlack, intervalMs } from '../algorithms/token-bucket.js';
+
+/** Refuses figures no decision could ever satisfy, or that make no sense. */
+function check(tier: string, limit: number, cost: number, rateOrWindow: number): void {
+  if (!(limit > 0) || !Number.isFinite(limit)) throw new RangeError(`${tier} tier: limit must be a positive number`);
+  if (!(cost > 0) || !Number.isFinite(cost)) throw new RangeError(`${tier} tier: cost must be a positive number`);
+  if (cost > limit) throw new RangeError(`${tier} tier: cost ${cost} exceeds limit ${limit} and could never be paid`);
+  if (!(rateOrWindow > 0) || !Number.isFinite(rateOrWindow)) {
+    throw new RangeError(`${tier} tier: refill rate or window must be a positive number`);
+  }
+}
 import {
   AlgorithmKind,
   type ConcurrencySpec,
@@ -16,6 +26,7 @@ export function tokenBucketSpec(
   refillRate: number,
   cost = 1,
 ): TokenBucketSpec {
+  check(tier, capacity, cost, refillRate);
   const interval = intervalMs(refillRate);
   return Object.freeze({
     tier,
@@ -40,6 +51,9 @@ export function windowSpec(
   windowMs: number,
   cost = 1,
 ): SlidingLogSpec | SlidingCounterSpec {
+  check(tier, limit, cost, windowMs);
+  if (algorithm === 'sliding-log' && !Number.isInteger(limit))
+    throw new RangeError(`${tier} tier: a log's limit must be whole`);
   return algorithm === 'sliding-log'
     ? Object.freeze({ tier, suffix, algorithm, kind: AlgorithmKind.SlidingLog, limit, cost, windowMs })
     : Object.freeze({ tier, suffix, algorithm, kind: AlgorithmKind.SlidingCounter, limit, cost, windowMs });
@@ -47,5 +61,6 @@ export function windowSpec(
 
 /** A concurrency tier: at most `limit` leases held at once. */
 export function concurrencySpec(tier: TierName, suffix: string, limit: number): ConcurrencySpec {
+  check(tier, limit, 1, 1);
   return Object.freeze({ tier, suffix, algorithm: 'concurrency', kind: AlgorithmKind.Concurrency, limit, cost: 1 });
 }

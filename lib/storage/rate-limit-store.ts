@@ -29,10 +29,11 @@ export abstract class RateLimitStore {
   abstract close(): Promise<void>;
 
   /**
-   * The key of one tier of one tracker. The tracker is length-prefixed, so no tracker text
-   * (which may come from a client) can make two trackers' keys equal.
+   * The key of one tier of one tracker. The tracker is length-prefixed, so the key reads
+   * back into exactly one (tracker, suffix) pair: no tracker text (which may come from a
+   * client) and no type name can make two keys equal.
    */
   key(tracker: string, suffix: string): string {
-    return `${suffix}|${tracker.length}:${tracker}`;
+    return `${tracker.length}:${tracker}|${suffix}`;
   }
 }

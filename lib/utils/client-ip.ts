@@ -11,12 +11,12 @@ export const DEFAULT_IPV6_PREFIX = 64;
  */
 export function clientAddressKey(address: string | undefined, ipv6Prefix = DEFAULT_IPV6_PREFIX): string | undefined {
   if (address === undefined) return undefined;
-  let text = address;
-  const zone = text.indexOf('%');
-  if (zone >= 0) text = text.slice(0, zone);
-  const family = isIP(text);
-  if (family === 4) return text;
+  const family = isIP(address);
+  if (family === 4) return address;
   if (family !== 6) return undefined;
+  // A zone id (fe80::1%eth0) names the interface, not the host.
+  const zone = address.indexOf('%');
+  const text = zone >= 0 ? address.slice(0, zone) : address;
   const groups = expandIPv6(text);
   // IPv4-mapped (::ffff:a.b.c.d, in either notation) is the IPv4 client itself.
   if (

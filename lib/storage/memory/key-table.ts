@@ -5,9 +5,12 @@
  *
  * `freshAt[slot]` is the time from which the key's state equals a fresh key's: such a key
  * is idle and can be dropped without changing any decision. The table holds at most
- * `maxKeys` keys: idle keys are dropped first (a sweep over the table, at most once per
- * `maxKeys / 8` insertions), then the least recently used by the CLOCK approximation. A key
- * whose `freshAt` is `Infinity` (a held lease) is never evicted. No timer is used.
+ * `maxKeys` keys. When it is full, idle keys go first: `minFreshAt`, a lower bound of every
+ * key's `freshAt`, tells when some key may have become idle, and a sweep then drops every
+ * idle key at once (sweeps are spaced at least `maxKeys / 64` insertions apart, so their
+ * cost stays under 64 slot reads per insertion whatever the traffic). Otherwise the least
+ * recently used key goes, by the CLOCK approximation. A key whose `freshAt` is `Infinity`
+ * (a held lease) is never evicted. No timer is used.
  */
 export class KeyTable {
   private readonly index = new Map<string, number>();
@@ -21,6 +24,11 @@ export class KeyTable {
   private used = 0;
   private hand = 0;
   private insertsSinceSweep = 0;
+  /**
+   * No key is idle before this time. Writers of `freshAt` lower it (`noteFresh`); a sweep
+   * sets it exactly.
+   */
+  minFreshAt = Infinity;
   /** Keys dropped to stay within `maxKeys` while their state still mattered. */
   evictions = 0;
 
@@ -53,17 +61,26 @@ export class KeyTable {
   }
 
   /**
-   * Makes room for `count` new keys, evicting if the table is full. Call it before
-   * looking keys up for a decision, so that inserting them never evicts a slot in use.
+   * Makes room for `count` new keys, evicting if the table is full, but never one of the
+   * `keep` slots (the ones the decision at hand uses). If nothing can go, the table grows
+   * past `maxKeys` by at most `count`.
    */
-  reserve(count: number, now: number): void {
+  reserve(count: number, now: number, keep: Int32Array, kept: number): void {
     while (this.index.size + count > this.maxKeys && this.index.size > 0) {
-      if (!this.evictOne(now)) return;
+      if (!this.evictOne(now, keep, kept)) return;
     }
+  }
+
+  /** Records that a slot's `freshAt` was set to `value`. */
+  noteFresh(value: number): void {
+    if (value < this.minFreshAt) this.minFreshAt = value;
   }
 
   /** Adds a key (absent, room reserved) and returns its slot; its state starts fresh. */
   insert(key: string): number {
+    // Keys built by concatenation are rope strings in V8; flattening one now keeps it at
+    // its plain size for the rest of its life in the table.
+    key.charCodeAt(0);
     let slot = this.free.pop();
     if (slot === undefined) {
       if (this.used === this.freshAt.length) this.grow();
@@ -91,6 +108,7 @@ export class KeyTable {
     this.free.length = 0;
     this.used = 0;
     this.hand = 0;
+    this.minFreshAt = Infinity;
   }
 
   private release(slot: number): void {
@@ -111,13 +129,15 @@ export class KeyTable {
     this.referenced = referenced;
   }
 
-  private evictOne(now: number): boolean {
-    if (this.insertsSinceSweep * 8 >= this.maxKeys && this.sweepIdle(now) > 0) return true;
-    // CLOCK: a referenced key gets a second chance; pinned keys are skipped.
+  private evictOne(now: number, keep: Int32Array, kept: number): boolean {
+    if (now >= this.minFreshAt && this.insertsSinceSweep * 64 >= this.maxKeys && this.sweepIdle(now, keep, kept) > 0) {
+      return true;
+    }
+    // CLOCK: a referenced key gets a second chance; pinned and kept keys are skipped.
     for (let steps = 0; steps < 2 * this.used + 2; steps++) {
       const slot = this.hand;
       this.hand = this.hand + 1 >= this.used ? 0 : this.hand + 1;
-      if (this.keys[slot] === undefined) continue;
+      if (this.keys[slot] === undefined || isKept(slot, keep, kept)) continue;
       const fresh = this.freshAt[slot]!;
       if (fresh === Infinity) continue;
       if (fresh <= now) {
@@ -135,16 +155,27 @@ export class KeyTable {
     return false;
   }
 
-  /** Drops every idle key; returns how many. */
-  private sweepIdle(now: number): number {
+  /** Drops every idle key (but the kept ones); returns how many. Sets `minFreshAt` exactly. */
+  private sweepIdle(now: number, keep: Int32Array, kept: number): number {
     this.insertsSinceSweep = 0;
     let dropped = 0;
+    let min = Infinity;
     for (let slot = 0; slot < this.used; slot++) {
-      if (this.keys[slot] !== undefined && this.freshAt[slot]! <= now) {
+      if (this.keys[slot] === undefined) continue;
+      const fresh = this.freshAt[slot]!;
+      if (fresh <= now && !isKept(slot, keep, kept)) {
         this.release(slot);
         dropped++;
+      } else if (fresh < min) {
+        min = fresh;
       }
     }
+    this.minFreshAt = min;
     return dropped;
   }
+}
+
+function isKept(slot: number, keep: Int32Array, kept: number): boolean {
+  for (let i = 0; i < kept; i++) if (keep[i] === slot) return true;
+  return false;
 }

@@ -77,19 +77,23 @@ export class MemoryRateLimitStore extends RateLimitStore {
     const tiers = plan.tiers;
     const count = tiers.length;
     const table = this.table;
-    if (table.size + count > table.maxKeys) table.reserve(count, now);
     if (this.slots.length < count) this.slots = new Int32Array(count);
     const slots = this.slots;
-    const freshAt = table.freshAt;
+    let missing = 0;
     for (let i = 0; i < count; i++) {
       const tier = tiers[i]!;
       const spec = tier.spec;
       const slot = table.find(tier.key);
       slots[i] = slot;
-      if (slot < 0) continue;
+      if (slot < 0) {
+        // A fresh key admits any cost up to its limit, and nothing above it.
+        if (spec.cost > spec.limit) return this.reject(plan, now);
+        missing++;
+        continue;
+      }
       switch (spec.kind) {
         case AlgorithmKind.TokenBucket:
-          if (freshAt[slot]! - now > spec.slack) return this.reject(plan, now);
+          if (table.freshAt[slot]! - now > spec.slack) return this.reject(plan, now);
           break;
         case AlgorithmKind.SlidingLog:
           if (!logAllows(table.objects[slot] as SlidingLogState, now, spec.windowMs, spec.cost)) {
@@ -106,15 +110,14 @@ export class MemoryRateLimitStore extends RateLimitStore {
           break;
       }
     }
+    // Room for new keys is made only on the allowed path, never at the expense of this plan's.
+    if (missing > 0 && table.size + missing > table.maxKeys) table.reserve(missing, now, slots, count);
     for (let i = 0; i < count; i++) {
       const tier = tiers[i]!;
       const spec = tier.spec;
-      let slot = slots[i]!;
-      if (slot < 0) {
-        // A key absent from the table is fresh, and a fresh tier admits any cost up to its
-        // limit, which option validation guarantees.
-        slot = table.insert(tier.key);
-      }
+      const slot = slots[i]! >= 0 ? slots[i]! : table.insert(tier.key);
+      // Read the column after inserting: an insertion may have grown (replaced) it.
+      const freshAt = table.freshAt;
       switch (spec.kind) {
         case AlgorithmKind.TokenBucket:
           freshAt[slot] = bucketAfter(freshAt[slot]!, now, spec.span);
@@ -139,6 +142,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
           break;
         }
       }
+      table.noteFresh(freshAt[slot]!);
     }
     return ALLOWED;
   }
@@ -168,7 +172,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
 
   private wait(key: string, spec: TierSpec, now: number): number {
     const slot = this.table.peek(key);
-    if (slot < 0) return 0;
+    if (slot < 0) return spec.cost > spec.limit ? Infinity : 0;
     switch (spec.kind) {
       case AlgorithmKind.TokenBucket:
         return bucketWait(this.table.freshAt[slot]!, now, spec.slack);
