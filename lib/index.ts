@@ -1,6 +1,12 @@
 export { WsRateLimitModule } from './ws-rate-limit.module.js';
-export { WsRateLimitService, frameCode } from './services/ws-rate-limit.service.js';
-export type { ConsumeRequest, BudgetStatus, ClientLimitsStatus } from './services/ws-rate-limit.service.js';
+export { WsRateLimitService, frameCode, DEFAULT_PLAN } from './services/ws-rate-limit.service.js';
+export type {
+  ConsumeRequest,
+  BudgetStatus,
+  ClientLimitsStatus,
+  ConnectionAdmission,
+} from './services/ws-rate-limit.service.js';
+export { METRICS } from './metrics/ws-rate-limit.metrics.js';
 export * from './decorators/index.js';
 export * from './guards/index.js';
 export * from './filters/index.js';
@@ -13,10 +19,17 @@ export type { Route } from './plans/route-resolver.js';
 export { ConnectionState, CONNECTION_STATE } from './connection/connection-state.js';
 export type { WsClientLike } from './connection/connection-state.js';
 export { resolveOptions } from './config/resolve-options.js';
-export type { ResolvedWsRateLimitOptions, ResolvedBucket, ResolvedTrustProxy } from './config/resolve-options.js';
+export type {
+  ResolvedWsRateLimitOptions,
+  ResolvedBucket,
+  ResolvedTrustProxy,
+  ResolvedPlan,
+  ResolvedAccessList,
+} from './config/resolve-options.js';
 export { ENV_VARIABLES, ENV_PREFIX } from './config/env-variables.js';
 export type { EnvVariable } from './config/env-variables.js';
 export { clientAddressKey } from './utils/client-ip.js';
+export type { MessageId } from './utils/message-id.js';
 export { truncateCloseReason } from './utils/close-reason.js';
 export {
   WS_RATE_LIMIT_OPTIONS,

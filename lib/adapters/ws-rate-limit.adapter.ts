@@ -1,17 +1,17 @@
 import type { INestApplicationContext } from '@nestjs/common';
 import type { MessageMappingProperties } from '@nestjs/websockets';
 import { WsAdapter } from '@nestjs/platform-ws';
-import type { IncomingMessage, Server as HttpServer } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type Server as HttpServer } from 'node:http';
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { EMPTY, type Observable } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { ConnectionState, TrackedClient } from '../connection/connection-state.js';
-import type { RateLimitRejected } from '../interfaces/plan.interface.js';
+import type { ConnectionRefusalReason } from '../interfaces/event.interface.js';
 import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
 import { resolveClientAddress } from '../utils/client-address.js';
-import { clientAddressKey } from '../utils/client-ip.js';
+import { clientAddressKey, plainAddress } from '../utils/client-ip.js';
 import { messageIdOf, messageMeta } from '../utils/message-id.js';
 import { CLOSE_POLICY_VIOLATION, OPEN, SLOW_CONSUMER_REASON } from '../ws-rate-limit.constants.js';
 
@@ -20,11 +20,19 @@ const APP_SERVER_PORT = 0;
 
 /** What the adapter learned about an upgrade before the WebSocket existed. */
 interface Upgrade {
-  readonly ip: string;
-  readonly admission: ConnectionAdmission | undefined;
+  readonly address: string;
   /** Set in `close` refusal mode: the connection is upgraded only to be closed. */
   readonly refusal?: string;
 }
+
+/** How each refusal is answered: HTTP status, and the close reason in `close` mode. */
+const REFUSALS: Record<ConnectionRefusalReason, { status: number; reason: string }> = {
+  rate: { status: 429, reason: 'Connection rate limit exceeded' },
+  concurrency: { status: 429, reason: 'Too many connections' },
+  denied: { status: 403, reason: 'Denied' },
+  blocked: { status: 403, reason: 'Blocked' },
+  store: { status: 503, reason: 'Rate limit store unavailable' },
+};
 
 type VerifyCallback = (result: boolean, code?: number, message?: string, headers?: Record<string, string>) => void;
 interface VerifyInfo {
@@ -56,7 +64,8 @@ export class WsRateLimitAdapter extends WsAdapter {
   protected readonly limiter: WsRateLimitService;
   private readonly upgrades = new WeakMap<IncomingMessage, Upgrade>();
   /** Listeners this adapter put on HTTP servers, taken off again by `dispose`. */
-  private readonly httpListeners: Array<[HttpServer, string, (...args: never[]) => void]> = [];
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- listeners of several events
+  private readonly httpListeners: Array<[HttpServer, string, (...args: any[]) => void]> = [];
   private readonly guardedServers = new WeakSet<object>();
   private readonly heartbeats = new Map<WebSocketServer, NodeJS.Timeout>();
 
@@ -196,16 +205,15 @@ export class WsRateLimitAdapter extends WsAdapter {
 
   /** Decides an upgrade before the WebSocket exists. */
   private verifyUpgrade(request: IncomingMessage, done: VerifyCallback): void {
-    const { options } = this.limiter;
-    const ip = resolveClientAddress(request, options.trustProxy, options.ipv6Prefix);
-    if (ip === undefined) {
+    const address = resolveClientAddress(request, this.limiter.options.trustProxy);
+    if (address === undefined) {
       // The socket is gone or has no address: no shared "unknown" budget, no upgrade.
       done(false, 400, 'Client address unknown');
       return;
     }
     let admission: ReturnType<WsRateLimitService['admitConnection']>;
     try {
-      admission = this.limiter.admitConnection(ip);
+      admission = this.limiter.admitConnection(address);
     } catch (error) {
       this.logger.error(error);
       done(false, 503, 'Service Unavailable');
@@ -218,15 +226,15 @@ export class WsRateLimitAdapter extends WsAdapter {
         done(false, 400, 'Bad Request');
         return;
       }
-      if (settled.decision.allowed) {
-        this.upgrades.set(request, { ip, admission: settled });
+      if (settled.accepted) {
+        this.upgrades.set(request, { address });
         // The TCP socket's end is the one event every path reaches: clean close, error,
         // reset, ping timeout, server shutdown, or a handshake that never completed.
         request.socket.once('close', settled.release);
         done(true);
         return;
       }
-      this.refuse(request, ip, settled.decision, done);
+      this.refuse(request, address, settled, done);
     };
     if (admission instanceof Promise) {
       admission.then(settle, (error: unknown) => {
@@ -240,23 +248,19 @@ export class WsRateLimitAdapter extends WsAdapter {
 
   private refuse(
     request: IncomingMessage,
-    ip: string,
-    decision: RateLimitDecisionRejected,
+    address: string,
+    admission: ConnectionAdmission,
     done: VerifyCallback,
   ): void {
-    const seconds = String(Math.max(1, Math.ceil(decision.retryAfter / 1000)));
-    const reason = decision.storeUnavailable
-      ? 'Rate limit store unavailable'
-      : decision.tier === 'concurrency'
-        ? 'Too many connections'
-        : 'Connection rate limit exceeded';
+    const { status, reason } = REFUSALS[admission.reason!];
     if (this.limiter.options.connectionRefusal === 'close') {
-      this.upgrades.set(request, { ip, admission: undefined, refusal: reason });
+      this.upgrades.set(request, { address, refusal: reason });
       done(true);
       return;
     }
-    const status = decision.storeUnavailable ? 503 : 429;
-    done(false, status, status === 503 ? 'Service Unavailable' : 'Too Many Requests', { 'Retry-After': seconds });
+    const headers: Record<string, string> =
+      admission.retryAfter > 0 ? { 'Retry-After': String(Math.max(1, Math.ceil(admission.retryAfter / 1000))) } : {};
+    done(false, status, STATUS_CODES[status], headers);
   }
 
   /** Hooks a server's `connection` event ahead of NestJS, and starts its heartbeat. */
@@ -273,19 +277,12 @@ export class WsRateLimitAdapter extends WsAdapter {
         client.close(CLOSE_POLICY_VIOLATION, upgrade.refusal);
         return true;
       }
-      const state = this.limiter.track(
-        client as unknown as TrackedClient,
-        upgrade?.ip ?? this.addressOf(request),
-        request,
-      );
+      const address = upgrade?.address ?? plainAddress(request.socket.remoteAddress);
+      const state = this.limiter.track(client as unknown as TrackedClient, address, request);
       client.on('pong', () => (state.pingSentAt = 0));
       return emit(event, ...args);
     }) as typeof server.emit;
     this.startHeartbeat(server);
-  }
-
-  private addressOf(request: IncomingMessage): string | undefined {
-    return clientAddressKey(request.socket.remoteAddress, this.limiter.options.ipv6Prefix);
   }
 
   /**
@@ -365,5 +362,3 @@ export class WsRateLimitAdapter extends WsAdapter {
     this.httpListeners.push([server, accepted, onAccepted], [server, 'request', started], [server, 'upgrade', started]);
   }
 }
-
-type RateLimitDecisionRejected = RateLimitRejected;

@@ -13,7 +13,9 @@ export type EnvKind =
   | 'redis-url'
   | 'close-code'
   | 'ipv6-prefix'
-  | 'boolean';
+  | 'boolean'
+  | 'plans'
+  | 'access-list';
 
 /** One environment variable and the option it sets. */
 export interface EnvVariable {
@@ -257,5 +259,57 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     kind: 'positive-integer',
     default: '1048576',
     description: 'Unread bytes a client may leave before it is closed (1008, `Slow consumer`).',
+  },
+  {
+    name: 'WS_RATE_LIMIT_PLANS',
+    option: 'plans',
+    kind: 'plans',
+    default: '{}',
+    description:
+      'Per-plan limits as JSON, e.g. `{"premium":{"global":{"capacity":500,"refillRate":200}}}`; a plan may set `global`, `type`, `types`, `expensive`.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_SHADOW',
+    option: 'shadow',
+    kind: 'boolean',
+    default: 'false',
+    description: 'Decide, count, stream and log everything, but reject and close nothing.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_DEGRADE_COOLDOWN_MS',
+    option: 'degradeCooldownMs',
+    kind: 'non-negative-integer',
+    default: '0',
+    description:
+      'At the violation threshold, allow only `essential` types for this long (code `DEGRADED`) instead of closing; 0 = close at once.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_ALLOW_LIST',
+    option: 'allowList',
+    kind: 'access-list',
+    default: 'none',
+    description: 'Addresses, CIDRs or tracker names that skip every limit, comma-separated.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_DENY_LIST',
+    option: 'denyList',
+    kind: 'access-list',
+    default: 'none',
+    description:
+      'Addresses or CIDRs refused at the handshake (403), and tracker names whose connections are closed (1008), comma-separated.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_METRICS',
+    option: 'metrics',
+    kind: 'boolean',
+    default: 'true',
+    description: 'Publish Prometheus metrics through `prom-client` when it is installed.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_METRICS_PREFIX',
+    option: 'metricsPrefix',
+    kind: 'string',
+    default: 'ws_rate_limit_',
+    description: 'Prefix of every metric name.',
   },
 ];

@@ -1,5 +1,12 @@
 import { BlockList, isIP } from 'node:net';
-import type { TrackerOption, TypeLimitOptions, WsRateLimitModuleOptions } from '../interfaces/options.interface.js';
+import type {
+  MetricsRegistry,
+  PlanLimitsOptions,
+  PlanResolver,
+  TrackerOption,
+  TypeLimitOptions,
+  WsRateLimitModuleOptions,
+} from '../interfaces/options.interface.js';
 import type { RateLimitFrameBuilder } from '../interfaces/frame.interface.js';
 import { WsRateLimitConfigError } from '../exceptions/ws-rate-limit-config.error.js';
 import { RateLimitStore } from '../storage/rate-limit-store.js';
@@ -18,6 +25,27 @@ export interface ResolvedTypeLimit {
   readonly refillRate?: number;
   readonly expensive?: boolean;
   readonly cost?: number;
+  readonly essential?: boolean;
+}
+
+/** The limits of one plan, resolved: the module's, overridden. */
+export interface ResolvedPlan {
+  readonly global: ResolvedBucket;
+  readonly type: ResolvedBucket;
+  readonly types: Readonly<Record<string, ResolvedTypeLimit>>;
+  readonly expensive: ResolvedWsRateLimitOptions['expensive'];
+  /** The plan's own per-type figures, which win over `@Throttle`'s. */
+  readonly overrides?: Readonly<Record<string, ResolvedTypeLimit>>;
+}
+
+/** An allow or deny list: addresses and networks, and tracker names. */
+export interface ResolvedAccessList {
+  /** Addresses and networks; `undefined` when the list has none. */
+  readonly addresses: BlockList | undefined;
+  /** Tracker names, as a `tracker` function returns them. */
+  readonly trackers: ReadonlySet<string>;
+  /** The entries as given. */
+  readonly entries: readonly string[];
 }
 
 /** Trusted proxies: none, a hop count, or a list of addresses and networks. */
@@ -61,6 +89,16 @@ export interface ResolvedWsRateLimitOptions {
   readonly keyPrefix: string;
   readonly maxKeys: number;
   readonly maxBufferedBytes: number;
+  /** Plans by name; the module's own limits are not among them. */
+  readonly plans: Readonly<Record<string, ResolvedPlan>>;
+  readonly planResolver: PlanResolver | undefined;
+  readonly shadow: boolean;
+  readonly degradeCooldownMs: number;
+  readonly allowList: ResolvedAccessList;
+  readonly denyList: ResolvedAccessList;
+  readonly metrics: boolean;
+  readonly metricsPrefix: string;
+  readonly metricsRegistry: MetricsRegistry | undefined;
 }
 
 /** Reads one environment variable; `undefined` when unset. */
@@ -82,7 +120,7 @@ export function resolveOptions(
   const labels = new Map<string, string>();
   for (const variable of ENV_VARIABLES) {
     const fromCode = getPath(options, variable.option);
-    if (fromCode !== undefined) {
+    if (fromCode !== undefined && !(variable.kind === 'access-list' && fromCode === '')) {
       labels.set(variable.option, `option ${variable.option}`);
       values.set(variable.option, checkCodeValue(variable, fromCode));
       continue;
@@ -96,7 +134,16 @@ export function resolveOptions(
     labels.set(variable.option, `option ${variable.option} (default)`);
     values.set(variable.option, variable.default === 'none' ? undefined : parseEnvValue(variable, variable.default));
   }
-  const value = <T>(path: string): T => values.get(path) as T;
+  const value = <T>(path: string): T => {
+    if (path === 'expensive') {
+      return {
+        max: values.get('expensive.max'),
+        windowMs: values.get('expensive.windowMs'),
+        algorithm: values.get('expensive.algorithm'),
+      } as T;
+    }
+    return values.get(path) as T;
+  };
   const label = (path: string): string => labels.get(path)!;
 
   const global = { capacity: value<number>('global.capacity'), refillRate: value<number>('global.refillRate') };
@@ -130,8 +177,21 @@ export function resolveOptions(
       `${label('store')} is "redis" but no Redis is configured: set WS_RATE_LIMIT_REDIS_URL or option redis.url`,
     );
   }
-  if (options.frameBuilder !== undefined && typeof options.frameBuilder !== 'function') {
-    throw new WsRateLimitConfigError('option frameBuilder must be a function');
+  for (const name of ['frameBuilder', 'planResolver'] as const) {
+    if (options[name] !== undefined && typeof options[name] !== 'function') {
+      throw new WsRateLimitConfigError(`option ${name} must be a function`);
+    }
+  }
+  if (
+    options.metricsRegistry !== undefined &&
+    typeof (options.metricsRegistry as { registerMetric?: unknown })?.registerMetric !== 'function'
+  ) {
+    throw new WsRateLimitConfigError('option metricsRegistry must be a prom-client Registry');
+  }
+  const base = { global, type, types, expensive: value<ResolvedPlan['expensive']>('expensive') };
+  const plans: Record<string, ResolvedPlan> = Object.create(null);
+  for (const [name, overrides] of Object.entries(value<Record<string, PlanLimitsOptions>>('plans'))) {
+    plans[name] = resolvePlan(name, overrides, base, label('plans'));
   }
 
   return {
@@ -141,11 +201,7 @@ export function resolveOptions(
     global,
     type,
     types,
-    expensive: {
-      max: value<number>('expensive.max'),
-      windowMs: value<number>('expensive.windowMs'),
-      algorithm: value<'sliding-log' | 'sliding-counter'>('expensive.algorithm'),
-    },
+    expensive: base.expensive,
     connection,
     maxConnectionsPerIp: value<number>('maxConnectionsPerIp'),
     violations: {
@@ -168,7 +224,61 @@ export function resolveOptions(
     keyPrefix: value<string>('keyPrefix'),
     maxKeys: value<number>('maxKeys'),
     maxBufferedBytes: value<number>('maxBufferedBytes'),
+    plans,
+    planResolver: options.planResolver,
+    shadow: value<boolean>('shadow'),
+    degradeCooldownMs: value<number>('degradeCooldownMs'),
+    allowList: value<ResolvedAccessList | undefined>('allowList') ?? EMPTY_LIST,
+    denyList: value<ResolvedAccessList | undefined>('denyList') ?? EMPTY_LIST,
+    metrics: value<boolean>('metrics'),
+    metricsPrefix: value<string>('metricsPrefix'),
+    metricsRegistry: options.metricsRegistry,
   };
+}
+
+const EMPTY_LIST: ResolvedAccessList = Object.freeze({
+  addresses: undefined,
+  trackers: new Set<string>(),
+  entries: [],
+});
+
+const PLAN_FIELDS = new Set(['global', 'type', 'types', 'expensive']);
+
+/**
+ * A plan's limits: the module's, with the plan's overrides, validated as module options
+ * are (an error names the plan).
+ */
+function resolvePlan(name: string, overrides: PlanLimitsOptions, base: ResolvedPlan, where: string): ResolvedPlan {
+  const at = `${where} (plan "${name}")`;
+  if (name === '') throw new WsRateLimitConfigError(`${where}: a plan needs a non-empty name`);
+  if (overrides === null || typeof overrides !== 'object' || Array.isArray(overrides)) {
+    fail(at, 'an object like {"global":{"capacity":500,"refillRate":200}}', overrides);
+  }
+  for (const field of Object.keys(overrides)) {
+    if (!PLAN_FIELDS.has(field)) fail(at, 'made of global, type, types and expensive', `field "${field}"`);
+  }
+  try {
+    const resolved = resolveOptions(
+      {
+        useEnv: false,
+        global: { ...base.global, ...overrides.global },
+        type: { ...base.type, ...overrides.type },
+        types: { ...base.types, ...overrides.types },
+        expensive: { ...base.expensive, ...overrides.expensive },
+      },
+      () => undefined,
+    );
+    return {
+      global: resolved.global,
+      type: resolved.type,
+      types: resolved.types,
+      expensive: resolved.expensive,
+      overrides: Object.fromEntries(Object.keys(overrides.types ?? {}).map((type) => [type, resolved.types[type]!])),
+    };
+  } catch (error) {
+    if (!(error instanceof WsRateLimitConfigError)) throw error;
+    throw new WsRateLimitConfigError(`${at}: ${error.message.replace(/^nestjs-ws-rate-limit: /, '')}`);
+  }
 }
 
 function requireCapacity(capacity: number, cost: number, where: string, what: string): void {
@@ -233,6 +343,17 @@ function parseEnvValue(variable: EnvVariable, text: string): unknown {
     }
     case 'redis-url':
       return checkRedisUrl(text.trim(), where);
+    case 'plans': {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(text);
+      } catch (error) {
+        throw new WsRateLimitConfigError(`${where} is not valid JSON: ${(error as Error).message}`);
+      }
+      return checkPlans(parsed, where);
+    }
+    case 'access-list':
+      return checkAccessList(text, where);
   }
 }
 
@@ -269,7 +390,41 @@ function checkCodeValue(variable: EnvVariable, value: unknown): unknown {
     case 'redis-url':
       if (typeof value !== 'string') fail(where, 'a redis:// or rediss:// URL', value);
       return checkRedisUrl(value, where);
+    case 'plans':
+      return checkPlans(value, where);
+    case 'access-list':
+      return checkAccessList(value, where);
   }
+}
+
+function checkPlans(value: unknown, where: string): Record<string, PlanLimitsOptions> {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    fail(where, 'an object of plans by name', Array.isArray(value) ? 'an array' : value);
+  }
+  return value as Record<string, PlanLimitsOptions>;
+}
+
+/** Addresses and CIDRs go to a BlockList; any other entry is a tracker name. */
+function checkAccessList(value: unknown, where: string): ResolvedAccessList {
+  const entries = typeof value === 'string' ? value.split(',') : value;
+  if (!Array.isArray(entries)) fail(where, 'addresses, CIDRs or tracker names', value);
+  let addresses: BlockList | undefined;
+  const trackers = new Set<string>();
+  const kept: string[] = [];
+  for (const raw of entries as unknown[]) {
+    if (typeof raw !== 'string') fail(where, 'addresses, CIDRs or tracker names', raw);
+    const entry = raw.trim();
+    if (entry === '') continue;
+    kept.push(entry);
+    const slash = entry.indexOf('/');
+    if (isIP(entry) !== 0 || (slash > 0 && isIP(entry.slice(0, slash)) !== 0)) {
+      addresses ??= new BlockList();
+      addTrusted(addresses, entry, where);
+    } else {
+      trackers.add(entry);
+    }
+  }
+  return { addresses, trackers, entries: kept };
 }
 
 function expectation(kind: EnvKind): string {
@@ -304,7 +459,7 @@ function checkNumber(kind: EnvKind, value: number, where: string, shown: unknown
   return value;
 }
 
-const TYPE_FIELDS = new Set(['capacity', 'refillRate', 'expensive', 'cost']);
+const TYPE_FIELDS = new Set(['capacity', 'refillRate', 'expensive', 'cost', 'essential']);
 
 function checkTypes(value: unknown, where: string): Record<string, ResolvedTypeLimit> {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
@@ -327,8 +482,9 @@ function checkTypes(value: unknown, where: string): Record<string, ResolvedTypeL
         fail(`${at} ${field}`, 'a number greater than 0', figure);
       }
     }
-    if (limit.expensive !== undefined && typeof limit.expensive !== 'boolean') {
-      fail(`${at} expensive`, 'true or false', limit.expensive);
+    for (const flag of ['expensive', 'essential'] as const) {
+      if (limit[flag] !== undefined && typeof limit[flag] !== 'boolean')
+        fail(`${at} ${flag}`, 'true or false', limit[flag]);
     }
     result[name] = { ...limit };
   }

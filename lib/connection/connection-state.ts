@@ -29,6 +29,8 @@ export class ConnectionState {
   violations: SlidingLogState | undefined;
   /** Set once the limiter has started closing the socket. */
   closing = false;
+  /** Until when (monotonic ms) only essential types are allowed; 0 when not degraded. */
+  degradedUntil = 0;
   /** When the heartbeat's unanswered ping was sent (monotonic ms); 0 when none is pending. */
   pingSentAt = 0;
   /** When the heartbeat last pinged this connection (monotonic ms). */
@@ -37,10 +39,14 @@ export class ConnectionState {
   constructor(
     /** Unique within the process. */
     readonly id: number,
-    /** The client address key (see `clientAddressKey`), if known. */
+    /** The client address (trusted proxies applied), if known. */
+    readonly address: string | undefined,
+    /** The client address key (see `clientAddressKey`): IPv6 grouped by prefix. */
     readonly ip: string | undefined,
     /** The upgrade request, when the adapter saw it. */
     readonly request: IncomingMessage | undefined,
+    /** The address is on the allow list: no limit applies. */
+    readonly allowed: boolean,
   ) {}
 
   /** The tracker of tiers keyed by this connection. */

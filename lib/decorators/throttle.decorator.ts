@@ -29,6 +29,12 @@ export interface ThrottleOptions {
    * @default 1
    */
   cost?: number;
+  /**
+   * Still allowed while the connection is degraded (module option `degradeCooldownMs`),
+   * e.g. a logout, an acknowledgement or a heartbeat.
+   * @default false
+   */
+  essential?: boolean;
 }
 
 /**

@@ -10,7 +10,9 @@ import { messageIdFromArgs } from '../utils/message-id.js';
  * Limits the messages NestJS routes to a gateway's handlers: for each, the plan of tiers
  * (global, type, and the expensive window when marked) is decided in one step, every tier
  * consuming or none. A refused message raises `WsRateLimitException`, which
- * `WsRateLimitFilter` answers. Other execution contexts (HTTP, RPC) pass untouched.
+ * `WsRateLimitFilter` answers (in shadow mode the message passes and the rejection is only
+ * recorded). Allow/deny lists, operator blocks and degradation are checked first. Other
+ * execution contexts (HTTP, RPC) pass untouched.
  *
  * Each step is a protected method to override: `getRoute`, `getTracker`, `getPlan`,
  * `onRejected`.
@@ -24,21 +26,23 @@ export class WsThrottleGuard implements CanActivate {
 
   canActivate(context: ExecutionContext): boolean | Promise<boolean> {
     if (context.getType() !== 'ws') return true;
-    const route = this.getRoute(context);
-    if (route === null) return true;
     const client = context.switchToWs().getClient<object>();
     const connection = this.limiter.connectionOf(client);
+    const route = this.getRoute(context, connection, client);
+    if (route === null) return true;
     const tracker = this.getTracker(client, connection);
-    if (connection.closing) throw this.limiter.closingRejection(route, tracker);
+    const screened = this.limiter.screen(client, connection, route, tracker);
+    if (screened === true) return true;
+    if (screened !== undefined) return this.refuse(client, screened);
     const plan = this.getPlan(connection, route, tracker);
-    const decision = this.limiter.decide(plan);
+    const decision = this.limiter.decide(plan, route);
     if (decision instanceof Promise) return decision.then((settled) => this.settle(settled, route, plan, context));
     return this.settle(decision, route, plan, context);
   }
 
-  /** The limits of the handler, or `null` to let the message through unlimited. */
-  protected getRoute(context: ExecutionContext): Route | null {
-    return this.limiter.routeOf(context.getHandler(), context.getClass());
+  /** The limits of the handler under the connection's plan, or `null` to let it through unlimited. */
+  protected getRoute(context: ExecutionContext, connection: ConnectionState, client: object): Route | null {
+    return this.limiter.routeOf(context.getHandler(), context.getClass(), connection, client);
   }
 
   /** Whose budget the message spends (the `tracker` option by default). */
@@ -51,14 +55,27 @@ export class WsThrottleGuard implements CanActivate {
     return this.limiter.planFor(connection, route, tracker);
   }
 
-  /** Called for a refused message; throws the exception the filter answers. */
+  /**
+   * Called for a refused message; throws the exception the filter answers (in shadow mode,
+   * records it and lets the message through).
+   */
   protected onRejected(
     decision: RateLimitDecision & { allowed: false },
     route: Route,
     plan: RateLimitPlan,
     context: ExecutionContext,
-  ): never {
-    throw new WsRateLimitException(decision, route.type, plan.tracker, messageIdFromArgs(context.getArgs()));
+  ): true {
+    const client = context.switchToWs().getClient<object>();
+    return this.refuse(
+      client,
+      new WsRateLimitException(decision, route.type, plan.tracker, messageIdFromArgs(context.getArgs())),
+    );
+  }
+
+  private refuse(client: object, exception: WsRateLimitException): true {
+    if (!this.limiter.options.shadow) throw exception;
+    this.limiter.shadowReject(client, exception);
+    return true;
   }
 
   private settle(decision: RateLimitDecision, route: Route, plan: RateLimitPlan, context: ExecutionContext): true {

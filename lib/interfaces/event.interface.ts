@@ -4,6 +4,8 @@ import type { RateLimitCode, TierName } from './plan.interface.js';
 export interface RateLimitDecisionEvent {
   readonly kind: 'decision';
   readonly allowed: boolean;
+  /** False in shadow mode: a rejection that was let through. */
+  readonly enforced: boolean;
   /** Whose budget was spent. */
   readonly tracker: string;
   /** The message type. */
@@ -12,6 +14,8 @@ export interface RateLimitDecisionEvent {
   readonly tier?: TierName;
   readonly code?: RateLimitCode;
   readonly retryAfter?: number;
+  /** The tier left below 20% of its capacity, for allowed decisions. */
+  readonly nearLimit?: TierName;
 }
 
 /** A violation: a rejected message counted against its connection. */
@@ -22,15 +26,56 @@ export interface RateLimitViolationEvent {
   readonly code: RateLimitCode;
   /** Violations in the current window, this one included. */
   readonly warningCount: number;
+  /** False in shadow mode. */
+  readonly enforced: boolean;
 }
 
-/** A connection closed by the limiter. */
+/** A connection closed (or, in shadow mode, that would have been) by the limiter. */
 export interface RateLimitDisconnectEvent {
   readonly kind: 'disconnect';
   readonly tracker: string;
   readonly closeCode: number;
   readonly reason: string;
+  /** False in shadow mode. */
+  readonly enforced: boolean;
+}
+
+/** A connection was restricted to essential message types. */
+export interface RateLimitDegradedEvent {
+  readonly kind: 'degraded';
+  readonly tracker: string;
+  /** Milliseconds the restriction lasts. */
+  readonly cooldownMs: number;
+}
+
+/** A connection attempt decided at the upgrade. */
+export interface RateLimitConnectionEvent {
+  readonly kind: 'connection';
+  readonly accepted: boolean;
+  /** The client address key. */
+  readonly ip: string;
+  /** Why it was refused (or, in shadow mode, would have been). */
+  readonly reason?: ConnectionRefusalReason;
+  /** False in shadow mode. */
+  readonly enforced: boolean;
+}
+
+/** Why a connection was refused. */
+export type ConnectionRefusalReason = 'rate' | 'concurrency' | 'denied' | 'blocked' | 'store';
+
+/** The store became unreachable, or reachable again. */
+export interface RateLimitStoreEvent {
+  readonly kind: 'store';
+  readonly state: 'down' | 'up';
+  /** What failed, when it went down. */
+  readonly error?: string;
 }
 
 /** Everything published on `WsRateLimitService.events$`. */
-export type RateLimitEvent = RateLimitDecisionEvent | RateLimitViolationEvent | RateLimitDisconnectEvent;
+export type RateLimitEvent =
+  | RateLimitDecisionEvent
+  | RateLimitViolationEvent
+  | RateLimitDisconnectEvent
+  | RateLimitDegradedEvent
+  | RateLimitConnectionEvent
+  | RateLimitStoreEvent;

@@ -16,6 +16,8 @@ export interface TypeLimitOptions extends BucketLimitOptions {
   expensive?: boolean;
   /** Tokens one message of this type costs in the global and type buckets. */
   cost?: number;
+  /** Still allowed while the connection is degraded (see `degradeCooldownMs`). */
+  essential?: boolean;
 }
 
 /** What a tracker function is told about a connection. */
@@ -38,6 +40,30 @@ export type TrackerFn = (client: unknown, context: TrackerContext) => string | u
 
 /** Whose budget a message spends. */
 export type TrackerOption = 'connection' | 'ip' | TrackerFn;
+
+/**
+ * Names the plan a connection's messages are limited by (e.g. from a header a gateway
+ * set, the query string, or the user an auth step put on the socket). `undefined`, or a
+ * name with no plan, means the module's own limits.
+ * @example
+ * planResolver: (client) => ((client as { user?: { tier?: string } }).user?.tier === 'pro' ? 'premium' : 'free')
+ */
+export type PlanResolver = (client: unknown, context: TrackerContext) => string | undefined;
+
+/** The limits a plan overrides; anything left out is the module's. */
+export interface PlanLimitsOptions {
+  global?: BucketLimitOptions;
+  /** Figures of types without their own (in the plan, in `@Throttle`, or in `types`). */
+  type?: BucketLimitOptions;
+  /** Figures per type: these win over `@Throttle`'s for connections on this plan. */
+  types?: Record<string, TypeLimitOptions>;
+  expensive?: ExpensiveLimitOptions;
+}
+
+/** A prom-client `Registry`, or anything with its `registerMetric`. */
+export interface MetricsRegistry {
+  registerMetric(metric: unknown): void;
+}
 
 /** The sliding window of expensive operations. */
 export interface ExpensiveLimitOptions {
@@ -208,6 +234,52 @@ export interface WsRateLimitModuleOptions {
    * @default 1048576
    */
   maxBufferedBytes?: number;
+  /**
+   * Limits per plan, by name; `planResolver` picks a connection's plan.
+   * @default {}
+   */
+  plans?: Record<string, PlanLimitsOptions>;
+  /** Picks the plan of a connection's messages (code only). */
+  planResolver?: PlanResolver;
+  /**
+   * Shadow mode: decide, count, stream and log everything, but reject and close nothing,
+   * so that limits can be tried against real traffic.
+   * @default false
+   */
+  shadow?: boolean;
+  /**
+   * At the violation threshold, instead of closing, allow only handlers marked
+   * `@Throttle({ essential: true })` for this many milliseconds (other messages get
+   * `DEGRADED` frames); reaching the threshold again while degraded closes with 1008.
+   * 0 closes at once.
+   * @default 0
+   */
+  degradeCooldownMs?: number;
+  /**
+   * Client addresses, CIDRs or tracker names that skip every limit: an array, or a
+   * comma-separated string.
+   * @default none
+   */
+  allowList?: string | readonly string[];
+  /**
+   * Client addresses or CIDRs refused at the handshake (403), and tracker names whose
+   * connections are closed (1008) at their first message.
+   * @default none
+   */
+  denyList?: string | readonly string[];
+  /**
+   * Publish Prometheus metrics through `prom-client` (an optional peer dependency): without
+   * it the module works and says once how to turn metrics on.
+   * @default true
+   */
+  metrics?: boolean;
+  /**
+   * Prefix of every metric name.
+   * @default 'ws_rate_limit_'
+   */
+  metricsPrefix?: string;
+  /** The prom-client registry to register metrics in (code only). @default prom-client's global registry */
+  metricsRegistry?: MetricsRegistry;
   /**
    * Read `WS_RATE_LIMIT_*` variables for the fields left out.
    * @default true

@@ -1,8 +1,13 @@
 /** The levels at which a limit can apply. */
 export type TierName = 'global' | 'type' | 'expensive' | 'connection' | 'concurrency';
 
-/** The `code` of a `rate_limit` frame. */
-export type RateLimitCode = 'GLOBAL_LIMIT' | 'TYPE_LIMIT' | 'EXPENSIVE_LIMIT' | 'STORE_UNAVAILABLE';
+/**
+ * The `code` of a `rate_limit` frame: a tier's limit, the store being unreachable with
+ * fail mode `closed`, a connection restricted to essential types (`DEGRADED`), or a tracker
+ * blocked by an operator (`BLOCKED`).
+ */
+export type RateLimitCode =
+  'GLOBAL_LIMIT' | 'TYPE_LIMIT' | 'EXPENSIVE_LIMIT' | 'STORE_UNAVAILABLE' | 'DEGRADED' | 'BLOCKED';
 
 /** The algorithms a tier can use. */
 export type TierAlgorithm = 'token-bucket' | 'sliding-log' | 'sliding-counter' | 'concurrency';
@@ -29,6 +34,11 @@ export interface TokenBucketSpec extends TierSpecBase {
   readonly refillRate: number;
   /** Milliseconds per token. */
   readonly intervalMs: number;
+  /**
+   * `4 * limit * intervalMs`: when `5 * (fullAt - now)` exceeds it, less than 20% of the
+   * bucket is left (both sides exact products, so the test has no rounding edge).
+   */
+  readonly nearBound: number;
   /** `(limit - cost) * intervalMs`, see `bucketSlack`. */
   readonly slack: number;
   /** `cost * intervalMs`, see `bucketAfter`. */
@@ -79,6 +89,8 @@ export interface RateLimitPlan {
 /** A decision that let the message through. */
 export interface RateLimitAllowed {
   readonly allowed: true;
+  /** Set when a token bucket is left with less than 20% of its capacity. */
+  readonly nearLimit?: TierName;
 }
 
 /** A decision that refused it, and when the same message would be allowed. */
@@ -96,6 +108,10 @@ export interface RateLimitRejected {
   readonly remaining: number;
   /** Set when the store could not decide and the fail mode refused. */
   readonly storeUnavailable?: true;
+  /** Set when the tracker or address is blocked by an operator. */
+  readonly blocked?: true;
+  /** Set when the connection is restricted to essential types. */
+  readonly degraded?: true;
 }
 
 /** The outcome of one decision. */
@@ -103,6 +119,15 @@ export type RateLimitDecision = RateLimitAllowed | RateLimitRejected;
 
 /** The one allowed decision, shared so the allowed path allocates nothing. */
 export const ALLOWED: RateLimitAllowed = Object.freeze({ allowed: true });
+
+/** Allowed decisions that left a tier near its limit, one shared object per tier. */
+export const ALLOWED_NEAR_LIMIT: Readonly<Record<TierName, RateLimitAllowed>> = Object.freeze({
+  global: Object.freeze({ allowed: true, nearLimit: 'global' }),
+  type: Object.freeze({ allowed: true, nearLimit: 'type' }),
+  expensive: Object.freeze({ allowed: true, nearLimit: 'expensive' }),
+  connection: Object.freeze({ allowed: true, nearLimit: 'connection' }),
+  concurrency: Object.freeze({ allowed: true, nearLimit: 'concurrency' }),
+});
 
 /** The state of one tier as seen by `peek`. */
 export interface TierStatus {

@@ -1,4 +1,4 @@
-import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
+import type { ResolvedPlan, ResolvedTypeLimit } from '../config/resolve-options.js';
 import type { ThrottleOptions } from '../decorators/throttle.decorator.js';
 import { WsRateLimitConfigError } from '../exceptions/ws-rate-limit-config.error.js';
 import type { TierSpec, TokenBucketSpec } from '../interfaces/plan.interface.js';
@@ -16,6 +16,14 @@ export interface Route {
   readonly specs: readonly TierSpec[];
   /** `Gateway.method`, for messages. */
   readonly where: string;
+  /** Allowed while the connection is degraded. */
+  readonly essential: boolean;
+}
+
+/** The limits a resolver works from: the module's, or a plan's. */
+export interface RouteLimits extends ResolvedPlan {
+  /** Per-type figures that win over `@Throttle`'s (a plan's own `types`). */
+  readonly overrides?: Readonly<Record<string, ResolvedTypeLimit>>;
 }
 
 interface TypeFigures {
@@ -36,7 +44,7 @@ export class RouteResolver {
   private readonly globalSpecs = new Map<number, TokenBucketSpec>();
   private readonly expensiveSpec: TierSpec;
 
-  constructor(private readonly options: ResolvedWsRateLimitOptions) {
+  constructor(private readonly options: RouteLimits) {
     const { expensive } = options;
     this.expensiveSpec = windowSpec('expensive', 'x', expensive.algorithm, expensive.max, expensive.windowMs);
   }
@@ -72,9 +80,10 @@ export class RouteResolver {
     checkFigure(where, 'capacity', throttle.capacity);
     checkFigure(where, 'refillRate', throttle.refillRate);
     const configured = this.options.types[type];
+    const override = this.options.overrides?.[type];
     const figures = {
-      capacity: throttle.capacity ?? configured?.capacity ?? this.options.type.capacity,
-      refillRate: throttle.refillRate ?? configured?.refillRate ?? this.options.type.refillRate,
+      capacity: override?.capacity ?? throttle.capacity ?? configured?.capacity ?? this.options.type.capacity,
+      refillRate: override?.refillRate ?? throttle.refillRate ?? configured?.refillRate ?? this.options.type.refillRate,
       where,
     };
     const known = this.figures.get(type);
@@ -92,16 +101,7 @@ export class RouteResolver {
    * `@Throttle`, else the module's `types`, else the module's `type` defaults.
    */
   typeSpec(type: string, cost: number): TokenBucketSpec {
-    let figures = this.figures.get(type);
-    if (!figures) {
-      const configured = this.options.types[type];
-      figures = {
-        capacity: configured?.capacity ?? this.options.type.capacity,
-        refillRate: configured?.refillRate ?? this.options.type.refillRate,
-        where: configured ? `option types.${type}` : 'option type',
-      };
-      this.figures.set(type, figures);
-    }
+    const figures = this.figuresOf(type);
     const cacheKey = `${cost}|${type}`;
     let spec = this.typeSpecs.get(cacheKey);
     if (!spec) {
@@ -109,6 +109,21 @@ export class RouteResolver {
       this.typeSpecs.set(cacheKey, spec);
     }
     return spec;
+  }
+
+  /** A type's figures: declared by a `@Throttle`, else the options' (recorded on first use). */
+  private figuresOf(type: string): TypeFigures {
+    let figures = this.figures.get(type);
+    if (!figures) {
+      const configured = this.options.overrides?.[type] ?? this.options.types[type];
+      figures = {
+        capacity: configured?.capacity ?? this.options.type.capacity,
+        refillRate: configured?.refillRate ?? this.options.type.refillRate,
+        where: configured ? `option types.${type}` : 'option type',
+      };
+      this.figures.set(type, figures);
+    }
+    return figures;
   }
 
   /** Every type a route or a request has used so far. */
@@ -127,8 +142,8 @@ export class RouteResolver {
     const charge = cost ?? configured?.cost ?? 1;
     const where = `type "${type}"`;
     checkFigure(where, 'cost', charge);
+    this.checkCost(where, charge, this.figuresOf(type).capacity);
     const typeSpec = this.typeSpec(type, charge);
-    this.checkCost(where, charge, typeSpec.limit);
     const specs: TierSpec[] = [this.globalSpec(charge), typeSpec];
     if (expensive ?? configured?.expensive ?? false) specs.push(this.expensiveSpec);
     return specs;
@@ -162,16 +177,20 @@ export class RouteResolver {
     const { type, throttle, where } = this.describe(handler, gateway);
     if (throttle === null) return null;
     checkFigure(where, 'cost', throttle.cost);
-    if (throttle.expensive !== undefined && typeof throttle.expensive !== 'boolean') {
-      throw new WsRateLimitConfigError(`${where}: expensive must be true or false`);
+    for (const flag of ['expensive', 'essential'] as const) {
+      if (throttle[flag] !== undefined && typeof throttle[flag] !== 'boolean') {
+        throw new WsRateLimitConfigError(`${where}: ${flag} must be true or false`);
+      }
     }
     const configured = this.options.types[type];
-    const cost = throttle.cost ?? configured?.cost ?? 1;
+    const override = this.options.overrides?.[type];
+    const cost = override?.cost ?? throttle.cost ?? configured?.cost ?? 1;
+    this.checkCost(where, cost, this.figuresOf(type).capacity);
     const typeSpec = this.typeSpec(type, cost);
-    this.checkCost(where, cost, typeSpec.limit);
     const specs: TierSpec[] = [this.globalSpec(cost), typeSpec];
-    if (throttle.expensive ?? configured?.expensive ?? false) specs.push(this.expensiveSpec);
-    return Object.freeze({ type, specs: Object.freeze(specs), where: where.slice('@Throttle on '.length) });
+    if (override?.expensive ?? throttle.expensive ?? configured?.expensive ?? false) specs.push(this.expensiveSpec);
+    const essential = override?.essential ?? throttle.essential ?? configured?.essential ?? false;
+    return Object.freeze({ type, specs: Object.freeze(specs), where: where.slice('@Throttle on '.length), essential });
   }
 
   private checkCost(where: string, cost: number, typeCapacity: number): void {

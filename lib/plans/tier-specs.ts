@@ -39,6 +39,7 @@ export function tokenBucketSpec(
     intervalMs: interval,
     slack: bucketSlack(capacity, cost, interval),
     span: cost * interval,
+    nearBound: 4 * capacity * interval,
   });
 }
 

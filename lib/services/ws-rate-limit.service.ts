@@ -1,6 +1,7 @@
 import { Inject, Injectable, Logger, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
 import { DiscoveryService, MetadataScanner } from '@nestjs/core';
 import type { IncomingMessage } from 'node:http';
+import { isIP } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { Observable, Subject } from 'rxjs';
 import { createSlidingLog, logCount, logRecord } from '../algorithms/sliding-log.js';
@@ -12,7 +13,7 @@ import {
   type WsClientLike,
 } from '../connection/connection-state.js';
 import { WsRateLimitException } from '../exceptions/ws-rate-limit.exception.js';
-import type { RateLimitEvent } from '../interfaces/event.interface.js';
+import type { ConnectionRefusalReason, RateLimitEvent } from '../interfaces/event.interface.js';
 import type { RateLimitFrameBuilder, RateLimitFrameInfo } from '../interfaces/frame.interface.js';
 import type {
   RateLimitCode,
@@ -23,11 +24,12 @@ import type {
   TierSpec,
   TierStatus,
 } from '../interfaces/plan.interface.js';
+import { createMetrics, NO_METRICS, type LimiterMetrics } from '../metrics/ws-rate-limit.metrics.js';
 import { RouteResolver, type Route } from '../plans/route-resolver.js';
 import { concurrencySpec, tokenBucketSpec } from '../plans/tier-specs.js';
 import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
 import { RateLimitStore, type MaybePromise } from '../storage/rate-limit-store.js';
-import { clientAddressKey } from '../utils/client-ip.js';
+import { clientAddressKey, plainAddress } from '../utils/client-ip.js';
 import type { MessageId } from '../utils/message-id.js';
 import {
   CLOSE_POLICY_VIOLATION,
@@ -36,11 +38,18 @@ import {
   SLOW_CONSUMER_REASON,
   WS_RATE_LIMIT_OPTIONS,
 } from '../ws-rate-limit.constants.js';
+import { AccessRules } from './access-rules.js';
+import { Blocks } from './blocks.js';
 
 /** The outcome of a connection attempt at the upgrade, and how to give its slot back. */
 export interface ConnectionAdmission {
-  readonly decision: RateLimitDecision;
-  /** Gives back the open-connection slot (no-op when refused or uncapped); call once. */
+  /** Whether the handshake may complete (always, in shadow mode). */
+  readonly accepted: boolean;
+  /** Why it was refused (or, in shadow mode, would have been). */
+  readonly reason?: ConnectionRefusalReason;
+  /** Whole milliseconds until a retry could succeed, for refusals. */
+  readonly retryAfter: number;
+  /** Gives back the open-connection slot (no-op when none was taken); call once. */
   readonly release: () => void;
 }
 
@@ -65,6 +74,8 @@ export interface BudgetStatus {
 /** A client's budgets in every message tier. */
 export interface ClientLimitsStatus {
   readonly tracker: string;
+  /** The plan the client's messages are limited by (`default`: the module's own limits). */
+  readonly plan: string;
   readonly global: BudgetStatus;
   readonly types: Readonly<Record<string, BudgetStatus>>;
   readonly expensive: BudgetStatus;
@@ -80,15 +91,23 @@ const FRAME_CODES: Record<TierName, RateLimitCode> = {
 
 /** The frame code for a rejection. */
 export function frameCode(decision: RateLimitRejected): RateLimitCode {
-  return decision.storeUnavailable ? 'STORE_UNAVAILABLE' : FRAME_CODES[decision.tier];
+  if (decision.storeUnavailable) return 'STORE_UNAVAILABLE';
+  if (decision.blocked) return 'BLOCKED';
+  if (decision.degraded) return 'DEGRADED';
+  return FRAME_CODES[decision.tier];
 }
 
 const defaultFrameBuilder: RateLimitFrameBuilder = (info) => ({ event: RATE_LIMIT_EVENT, data: info });
 
+/** The name of the module's own limits among plans. */
+export const DEFAULT_PLAN = 'default';
+/** How often blocks set on other instances are fetched from a shared store. */
+const BLOCK_SYNC_MS = 1000;
 const CONNECTION_TRACKER = 'conn:';
+const DENIED_REASON = 'Denied';
 const noop = (): void => undefined;
 
-/** The rejection the guard raises for messages that arrive while the limiter is closing the socket. */
+/** The rejection the guard raises for messages that arrive while the limiter closes the socket. */
 const CLOSING: RateLimitRejected = Object.freeze({
   allowed: false,
   tier: 'global',
@@ -100,8 +119,10 @@ const CLOSING: RateLimitRejected = Object.freeze({
 
 /**
  * The limiter: decides plans against the store, keeps per-connection state, sends
- * `rate_limit` frames, counts violations and closes repeat offenders. Inject it to check
- * budgets from code (`consume`, `peek`, `status`, `reset`) or to watch `events$`.
+ * `rate_limit` frames, counts violations, degrades or closes repeat offenders, applies
+ * allow/deny lists and operator blocks, and reports metrics and events. Inject it to
+ * check budgets from code (`consume`, `peek`, `status`, `reset`, `block`) or to watch
+ * `events$`.
  */
 @Injectable()
 export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
@@ -111,9 +132,15 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   /** Decides shared tiers while the store is unreachable and the fail mode is `open`. */
   private fallback: MemoryRateLimitStore | undefined;
   private storeDown = false;
+  /** Routes per plan; the module's own limits are `DEFAULT_PLAN`. */
+  private readonly plans = new Map<string, RouteResolver>();
   private readonly routes: RouteResolver;
   private readonly subject = new Subject<RateLimitEvent>();
   private readonly frameBuilder: RateLimitFrameBuilder;
+  private readonly access: AccessRules;
+  private readonly blocks = new Blocks();
+  private blockSync: NodeJS.Timeout | undefined;
+  private metrics: LimiterMetrics = NO_METRICS;
   private nextConnectionId = 1;
   private openConnections = 0;
   /** Names this process's open-connection leases in a shared store. */
@@ -122,7 +149,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   private readonly invalidRoute: Route;
   private readonly unknownRoute: Route;
 
-  /** Every decision (when observed), violation and limiter-initiated disconnect. */
+  /** Every decision (when observed), violation, disconnect, connection and store outage. */
   readonly events$: Observable<RateLimitEvent> = this.subject.asObservable();
 
   constructor(
@@ -133,19 +160,30 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     private readonly metadataScanner: MetadataScanner,
   ) {
     this.routes = new RouteResolver(options);
+    this.plans.set(DEFAULT_PLAN, this.routes);
+    for (const [name, limits] of Object.entries(options.plans)) this.plans.set(name, new RouteResolver(limits));
     this.frameBuilder = options.frameBuilder ?? defaultFrameBuilder;
+    this.access = new AccessRules(options.allowList, options.denyList);
     const { connection, maxConnectionsPerIp } = options;
     const rate = tokenBucketSpec('connection', 'cr', connection.capacity, connection.refillRate);
     this.connectionSpecs = Object.freeze(
       maxConnectionsPerIp > 0 ? [rate, concurrencySpec('concurrency', 'cc', maxConnectionsPerIp)] : [rate],
     );
     const global = Object.freeze([this.routes.globalSpec(1)]);
-    this.invalidRoute = Object.freeze({ type: 'invalid', specs: global, where: 'malformed frames' });
-    this.unknownRoute = Object.freeze({ type: 'unknown', specs: global, where: 'frames for no handler' });
+    this.invalidRoute = Object.freeze({ type: 'invalid', specs: global, where: 'malformed frames', essential: false });
+    this.unknownRoute = Object.freeze({
+      type: 'unknown',
+      specs: global,
+      where: 'frames for no handler',
+      essential: false,
+    });
   }
 
-  /** Validates the limits of every guarded gateway handler, so mistakes stop start-up. */
-  onModuleInit(): void {
+  /**
+   * Validates the limits of every guarded gateway handler under every plan, so mistakes
+   * stop start-up; sets up metrics, and the sharing of blocks when the store shares them.
+   */
+  async onModuleInit(): Promise<void> {
     const handlers: Array<[object, object]> = [];
     for (const wrapper of this.discovery.getProviders()) {
       const gateway = wrapper.metatype as (new (...args: unknown[]) => unknown) | undefined;
@@ -158,9 +196,18 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
         if (guarded || usesGuard(handler)) handlers.push([handler, gateway]);
       }
     }
-    // Declared figures first, so that handlers sharing a type agree in any order.
-    for (const [handler, gateway] of handlers) this.routes.declare(handler, gateway);
-    for (const [handler, gateway] of handlers) this.routes.resolve(handler, gateway);
+    for (const [name, routes] of this.plans) {
+      try {
+        // Declared figures first, so that handlers sharing a type agree in any order.
+        for (const [handler, gateway] of handlers) routes.declare(handler, gateway);
+        for (const [handler, gateway] of handlers) routes.resolve(handler, gateway);
+      } catch (error) {
+        if (name !== DEFAULT_PLAN) (error as Error).message += ` (under plan "${name}")`;
+        throw error;
+      }
+    }
+    this.metrics = await createMetrics(this.options, () => this.openConnections, this.logger);
+    await this.syncBlocks(true);
   }
 
   /**
@@ -168,6 +215,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    * this module created it (a store instance given in options belongs to its creator).
    */
   async onApplicationShutdown(): Promise<void> {
+    clearInterval(this.blockSync);
     this.subject.complete();
     await this.local.close();
     await this.fallback?.close();
@@ -193,15 +241,17 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   /**
    * A client's remaining budget in every tier (the reference article's `get_limits`): the
    * global bucket, each known type (every handler's, plus the module's `types`, plus any
-   * asked for), and the expensive window.
+   * asked for), and the expensive window, under the client's plan.
    */
   async status(target: string | object, types: readonly string[] = []): Promise<ClientLimitsStatus> {
     const tracker = this.trackerOfTarget(target);
-    const names = [...new Set([...this.routes.knownTypes(), ...Object.keys(this.options.types), ...types])];
-    const specs: TierSpec[] = [this.routes.globalSpec(1), this.routes.expensive];
-    for (const name of names) specs.push(this.routes.typeSpec(name, 1));
-    const plan = this.buildPlan(tracker, specs);
-    const statuses = await this.storeFor(plan).peek(plan);
+    const plan = typeof target === 'string' ? DEFAULT_PLAN : this.planNameOf(target, this.connectionOf(target));
+    const routes = this.plans.get(plan)!;
+    const names = [...new Set([...routes.knownTypes(), ...Object.keys(this.options.types), ...types])];
+    const specs: TierSpec[] = [routes.globalSpec(1), routes.expensive];
+    for (const name of names) specs.push(routes.typeSpec(name, 1));
+    const built = this.buildPlan(tracker, specs);
+    const statuses = await this.storeFor(built).peek(built);
     const budget = (status: TierStatus): BudgetStatus => ({
       remaining: status.remaining,
       capacity: status.limit,
@@ -209,7 +259,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     });
     const byType: Record<string, BudgetStatus> = {};
     names.forEach((name, i) => (byType[name] = budget(statuses[i + 2]!)));
-    return { tracker, global: budget(statuses[0]!), types: byType, expensive: budget(statuses[1]!) };
+    return { tracker, plan, global: budget(statuses[0]!), types: byType, expensive: budget(statuses[1]!) };
   }
 
   /**
@@ -235,17 +285,52 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   /** Gives a tracker (or a socket's tracker) its full budget back in every message tier. */
   async reset(target: string | object): Promise<void> {
     const tracker = this.trackerOfTarget(target);
-    const suffixes = ['g', 'x', ...this.routes.knownTypes().map((type) => `t:${type}`)];
+    const types = new Set<string>();
+    for (const routes of this.plans.values()) for (const type of routes.knownTypes()) types.add(type);
+    const suffixes = ['g', 'x', ...[...types].map((type) => `t:${type}`)];
     const store = tracker.startsWith(CONNECTION_TRACKER) ? this.local : this.store;
-    await store.delete(suffixes.map((suffix) => store.key(tracker, suffix)));
-    if (store !== this.local) this.fallback?.delete(suffixes.map((suffix) => store.key(tracker, suffix)));
+    const keys = suffixes.map((suffix) => store.key(tracker, suffix));
+    await store.delete(keys);
+    if (store !== this.local) this.fallback?.delete(keys);
+  }
+
+  /**
+   * Blocks a client for `durationMs`: an IP address (its handshakes are refused with 403
+   * and its connections' messages rejected with `BLOCKED`), a tracker name as a `tracker`
+   * function returns it, or a connected socket (its address). With a shared store, every
+   * instance enforces it within a second.
+   */
+  async block(target: string | object, durationMs: number): Promise<void> {
+    if (!(durationMs > 0) || !Number.isFinite(durationMs)) {
+      throw new RangeError('nestjs-ws-rate-limit: block needs a positive, finite duration in ms');
+    }
+    const name = this.blockName(target);
+    const until = Date.now() + Math.ceil(durationMs);
+    this.blocks.set(name, until);
+    await this.store.setBlock(name, until);
+  }
+
+  /** Lifts a block set with `block` (on every instance, with a shared store). */
+  async unblock(target: string | object): Promise<void> {
+    const name = this.blockName(target);
+    this.blocks.delete(name);
+    await this.store.deleteBlock(name);
+  }
+
+  /** The blocks in force, as name (`ip:<address>` or `key:<tracker>`) -> until (ms since the epoch). */
+  listBlocks(): Readonly<Record<string, number>> {
+    return this.blocks.list();
   }
 
   // --- Used by the guard, filter and adapter -------------------------------------------
 
-  /** The route of a handler (cached), or `null` for `@SkipThrottle`. */
-  routeOf(handler: object, gateway: object): Route | null {
-    return this.routes.resolve(handler, gateway);
+  /** The route of a handler (cached) under a connection's plan, or `null` for `@SkipThrottle`. */
+  routeOf(handler: object, gateway: object, state?: ConnectionState, client?: object): Route | null {
+    const routes =
+      state === undefined || this.options.planResolver === undefined
+        ? this.routes
+        : this.plans.get(this.planNameOf(client ?? {}, state))!;
+    return routes.resolve(handler, gateway);
   }
 
   /** The limiter state of a socket, created on first use. */
@@ -257,9 +342,10 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    * Starts tracking a socket (the adapter calls this at the upgrade with the client address
    * it resolved). Its per-connection state is dropped when the socket closes.
    */
-  track(client: TrackedClient, ip: string | undefined, request: IncomingMessage | undefined): ConnectionState {
-    const address = ip ?? clientAddressKey((client as { _socket?: { remoteAddress?: string } })._socket?.remoteAddress);
-    const state = new ConnectionState(this.nextConnectionId++, address, request);
+  track(client: TrackedClient, address: string | undefined, request: IncomingMessage | undefined): ConnectionState {
+    const peer = address ?? plainAddress((client as { _socket?: { remoteAddress?: string } })._socket?.remoteAddress);
+    const ip = clientAddressKey(peer, this.options.ipv6Prefix);
+    const state = new ConnectionState(this.nextConnectionId++, peer, ip, request, this.access.allowsAddress(peer));
     client[CONNECTION_STATE] = state;
     this.openConnections++;
     client.once('close', () => this.forget(state));
@@ -267,16 +353,20 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   }
 
   /**
-   * Decides a new connection from a client address: the connection-rate bucket and, when
-   * capped, the open-connection count, together. The slot, if taken, is given back by
-   * `release` in whichever store took it.
+   * Decides a new connection from a client address: deny list, blocks, allow list, then
+   * the connection-rate bucket and, when capped, the open-connection count, together. The
+   * slot, if taken, is given back by `release` in whichever store took it.
    */
-  admitConnection(ip: string): MaybePromise<ConnectionAdmission> {
+  admitConnection(address: string): MaybePromise<ConnectionAdmission> {
+    const ip = clientAddressKey(address, this.options.ipv6Prefix)!;
+    if (this.access.deniesAddress(address)) return this.admitted(ip, 'denied', 0, noop);
+    const blocked = this.blocks.size === 0 ? 0 : this.blocks.remaining(`ip:${ip}`);
+    if (blocked > 0) return this.admitted(ip, 'blocked', blocked, noop);
+    if (this.access.allowsAddress(address)) return this.admitted(ip, undefined, 0, noop);
     const plan = this.buildPlan(`ip:${ip}`, this.connectionSpecs, this.instanceId);
     const capped = this.options.maxConnectionsPerIp > 0;
-    const admitted = (decision: RateLimitDecision, store: RateLimitStore | undefined): ConnectionAdmission => ({
-      decision,
-      release:
+    const settle = (decision: RateLimitDecision, store: RateLimitStore | undefined): ConnectionAdmission => {
+      const release =
         decision.allowed && capped && store
           ? once(() => {
               try {
@@ -286,21 +376,57 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
                 this.releaseFailed(error);
               }
             })
-          : noop,
-    });
+          : noop;
+      if (decision.allowed) return this.admitted(ip, undefined, 0, release);
+      const reason = decision.storeUnavailable ? 'store' : decision.tier === 'concurrency' ? 'concurrency' : 'rate';
+      return this.admitted(ip, reason, decision.retryAfter, release);
+    };
+    const fallbackStore = (): RateLimitStore | undefined =>
+      this.options.failMode === 'open' ? this.fallback : undefined;
     let decision: MaybePromise<RateLimitDecision>;
+    const started = performance.now();
     try {
       decision = this.store.consume(plan);
     } catch (error) {
-      const fallback = this.storeFailed(plan, error);
-      return admitted(fallback, this.options.failMode === 'open' ? this.fallback : undefined);
+      return settle(this.storeFailed(plan, error), fallbackStore());
     }
-    if (!isPromise(decision)) return admitted(this.storeAnswered(decision), this.store);
+    if (!isPromise(decision)) return settle(this.storeAnswered(decision, started), this.store);
     return decision.then(
-      (settled) => admitted(this.storeAnswered(settled), this.store),
-      (error: unknown) =>
-        admitted(this.storeFailed(plan, error), this.options.failMode === 'open' ? this.fallback : undefined),
+      (answered) => settle(this.storeAnswered(answered, started), this.store),
+      (error: unknown) => settle(this.storeFailed(plan, error), fallbackStore()),
     );
+  }
+
+  /**
+   * Checks that come before a message's decision: allow and deny lists, operator blocks,
+   * degradation. Returns `true` to let the message through undecided, an exception to
+   * reject it with, or `undefined` to decide it.
+   */
+  screen(
+    client: object,
+    state: ConnectionState,
+    route: Route,
+    tracker: string,
+  ): true | WsRateLimitException | undefined {
+    if (state.closing) return new WsRateLimitException(CLOSING, route.type, tracker, undefined);
+    if (state.allowed) return true;
+    if (this.access.hasTrackerRules) {
+      if (this.access.allowsTracker(tracker)) return true;
+      if (this.access.deniesTracker(tracker)) {
+        this.disconnect(client as WsClientLike, state, CLOSE_POLICY_VIOLATION, DENIED_REASON, tracker);
+        return new WsRateLimitException(CLOSING, route.type, tracker, undefined);
+      }
+    }
+    if (this.blocks.size !== 0) {
+      const left = Math.max(this.blocks.remaining(tracker), state.ip ? this.blocks.remaining(`ip:${state.ip}`) : 0);
+      if (left > 0) return new WsRateLimitException(restriction('blocked', left), route.type, tracker, undefined);
+    }
+    if (state.degradedUntil !== 0 && !route.essential) {
+      const left = Math.ceil(state.degradedUntil - performance.now());
+      if (left > 0) return new WsRateLimitException(restriction('degraded', left), route.type, tracker, undefined);
+      state.degradedUntil = 0;
+    }
+    return undefined;
   }
 
   /**
@@ -316,13 +442,19 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   ): void {
     const route = code === 'INVALID_MESSAGE' ? this.invalidRoute : this.unknownRoute;
     const tracker = this.trackerOf(client, state);
-    const decision = this.decide(this.planFor(state, route, tracker));
+    const answer = (): void => {
+      this.send(client as TrackedClient, state, { event: 'error', data: id === undefined ? { code } : { code, id } });
+    };
+    if (state.allowed || (this.access.hasTrackerRules && this.access.allowsTracker(tracker))) return answer();
+    const decision = this.decide(this.planFor(state, route, tracker), route);
     const settle = (settled: RateLimitDecision): void => {
-      if (settled.allowed) {
-        this.send(client as TrackedClient, state, { event: 'error', data: id === undefined ? { code } : { code, id } });
-      } else {
-        this.reject(client, new WsRateLimitException(settled, route.type, tracker, id));
+      if (settled.allowed) return answer();
+      const exception = new WsRateLimitException(settled, route.type, tracker, id);
+      if (this.options.shadow) {
+        this.shadowReject(client, exception);
+        return answer();
       }
+      this.reject(client, exception);
     };
     if (isPromise(decision)) decision.then(settle, noop);
     else settle(decision);
@@ -346,55 +478,85 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     return plan;
   }
 
-  /** Decides a plan: connection-keyed plans in process memory, the rest in the store. */
-  decide(plan: RateLimitPlan): MaybePromise<RateLimitDecision> {
+  /**
+   * Decides a plan: connection-keyed plans in process memory, the rest in the store (the
+   * fail mode deciding when it cannot). Counted in metrics and, when observed, streamed.
+   */
+  decide(plan: RateLimitPlan, route?: Route): MaybePromise<RateLimitDecision> {
     const decision = plan.tracker.startsWith(CONNECTION_TRACKER) ? this.local.consume(plan) : this.consumeShared(plan);
-    if (this.subject.observed) {
-      if (isPromise(decision)) decision.then((settled) => this.publishDecision(plan, settled), noop);
-      else this.publishDecision(plan, decision);
+    if (this.metrics !== NO_METRICS || this.subject.observed) {
+      const type = route?.type ?? typeOfPlan(plan);
+      if (isPromise(decision)) decision.then((settled) => this.report(plan.tracker, type, settled), noop);
+      else this.report(plan.tracker, type, decision);
     }
     return decision;
   }
 
-  /** The rejection raised for a message that arrives while its socket is being closed. */
-  closingRejection(route: Route, tracker: string): WsRateLimitException {
-    return new WsRateLimitException(CLOSING, route.type, tracker, undefined);
-  }
-
   /**
    * Answers a rejected message: counts the violation, sends the `rate_limit` frame, and at
-   * the threshold closes the socket after that frame.
+   * the threshold degrades the connection (with `degradeCooldownMs`) or closes it after
+   * that frame.
    */
   reject(client: object, exception: WsRateLimitException): void {
     const socket = client as TrackedClient;
     const state = this.connectionOf(socket);
     if (state.closing || socket.readyState !== OPEN) return;
-    const { max, windowMs, closeCode, closeReason } = this.options.violations;
-    const now = performance.now();
-    const log = (state.violations ??= createSlidingLog(max));
-    logRecord(log, now, 1);
-    const warningCount = logCount(log, now, windowMs);
+    const { max, closeCode, closeReason } = this.options.violations;
+    const warningCount = this.countViolation(state, exception, true);
     const { decision } = exception;
-    const info: RateLimitFrameInfo = {
-      code: frameCode(decision),
-      messageType: exception.messageType,
-      retryAfter: decision.retryAfter,
-      warningCount,
-      limit: decision.limit,
-      remaining: decision.remaining,
-      ...(exception.messageId === undefined ? {} : { id: exception.messageId }),
-    };
+    const degrade = warningCount >= max && this.options.degradeCooldownMs > 0 && state.degradedUntil === 0;
+    const info: RateLimitFrameInfo = degrade
+      ? {
+          code: 'DEGRADED',
+          messageType: exception.messageType,
+          retryAfter: this.options.degradeCooldownMs,
+          warningCount,
+          limit: 0,
+          remaining: 0,
+          ...(exception.messageId === undefined ? {} : { id: exception.messageId }),
+        }
+      : {
+          code: frameCode(decision),
+          messageType: exception.messageType,
+          retryAfter: decision.retryAfter,
+          warningCount,
+          limit: decision.limit,
+          remaining: decision.remaining,
+          ...(exception.messageId === undefined ? {} : { id: exception.messageId }),
+        };
     if (!this.send(socket, state, this.frameBuilder(info))) return;
-    if (this.subject.observed) {
-      this.subject.next({
-        kind: 'violation',
-        tracker: exception.tracker,
-        type: exception.messageType,
-        code: info.code,
-        warningCount,
-      });
+    if (degrade) {
+      state.degradedUntil = performance.now() + this.options.degradeCooldownMs;
+      // Violations start over: the same number again, while degraded, closes the socket.
+      state.violations = undefined;
+      if (this.subject.observed) {
+        this.subject.next({ kind: 'degraded', tracker: exception.tracker, cooldownMs: this.options.degradeCooldownMs });
+      }
+    } else if (warningCount >= max) {
+      this.disconnect(socket, state, closeCode, closeReason, exception.tracker);
     }
-    if (warningCount >= max) this.disconnect(socket, state, closeCode, closeReason, exception.tracker);
+  }
+
+  /**
+   * Shadow mode's answer to a rejected message: the violation is counted, streamed and
+   * measured, and nothing is sent or closed.
+   */
+  shadowReject(client: object, exception: WsRateLimitException): void {
+    const state = this.connectionOf(client);
+    const warningCount = this.countViolation(state, exception, false);
+    if (warningCount >= this.options.violations.max) {
+      this.metrics.disconnect('shadow_violations');
+      if (this.subject.observed) {
+        this.subject.next({
+          kind: 'disconnect',
+          tracker: exception.tracker,
+          closeCode: this.options.violations.closeCode,
+          reason: this.options.violations.closeReason,
+          enforced: false,
+        });
+      }
+      state.violations = undefined;
+    }
   }
 
   /**
@@ -413,10 +575,15 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
 
   /**
    * Closes a socket for a policy reason. A slow consumer is terminated at once, since a
-   * close frame would wait behind the data it does not read.
+   * close frame would wait behind the data it does not read. Nothing is closed in shadow
+   * mode (the event still says what would have happened).
    */
   disconnect(client: WsClientLike, state: ConnectionState, code: number, reason: string, tracker: string): void {
     if (state.closing) return;
+    const enforced = !this.options.shadow;
+    this.metrics.disconnect(disconnectLabel(reason, enforced));
+    if (this.subject.observed) this.subject.next({ kind: 'disconnect', tracker, closeCode: code, reason, enforced });
+    if (!enforced) return;
     state.closing = true;
     try {
       if (reason === SLOW_CONSUMER_REASON && typeof (client as { terminate?: unknown }).terminate === 'function') {
@@ -427,10 +594,119 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     } catch (error) {
       this.logger.warn(`Closing a socket failed: ${(error as Error).message}`);
     }
-    if (this.subject.observed) this.subject.next({ kind: 'disconnect', tracker, closeCode: code, reason });
+    this.logger.debug(`Closed ${tracker}: ${reason}`);
   }
 
   // --- Internals ---------------------------------------------------------------------
+
+  private admitted(
+    ip: string,
+    reason: ConnectionRefusalReason | undefined,
+    retryAfter: number,
+    release: () => void,
+  ): ConnectionAdmission {
+    const enforced = !this.options.shadow;
+    const accepted = reason === undefined || !enforced;
+    this.metrics.connection(reason === undefined ? 'accepted' : enforced ? 'refused' : 'shadow_refused', reason ?? '');
+    if (this.subject.observed) {
+      this.subject.next(
+        reason === undefined
+          ? { kind: 'connection', accepted: true, ip, enforced }
+          : { kind: 'connection', accepted, ip, reason, enforced },
+      );
+    }
+    return { accepted, ...(reason === undefined ? {} : { reason }), retryAfter, release };
+  }
+
+  /** Records a violation in the connection's window; returns the count in the window. */
+  private countViolation(state: ConnectionState, exception: WsRateLimitException, enforced: boolean): number {
+    const { max, windowMs } = this.options.violations;
+    const now = performance.now();
+    const log = (state.violations ??= createSlidingLog(max));
+    logRecord(log, now, 1);
+    const warningCount = logCount(log, now, windowMs);
+    const code = frameCode(exception.decision);
+    this.metrics.violation(code, exception.messageType);
+    if (this.subject.observed) {
+      this.subject.next({
+        kind: 'violation',
+        tracker: exception.tracker,
+        type: exception.messageType,
+        code,
+        warningCount,
+        enforced,
+      });
+    }
+    this.logger.debug(`Violation ${warningCount}/${max} by ${exception.tracker} (${code}, ${exception.messageType})`);
+    return warningCount;
+  }
+
+  private report(tracker: string, type: string, decision: RateLimitDecision): void {
+    if (decision.allowed) {
+      this.metrics.decision(type, 'allowed', '', '');
+      if (decision.nearLimit !== undefined) this.metrics.nearLimit(decision.nearLimit, type);
+    } else {
+      const result = this.options.shadow ? 'shadow_rejected' : 'rejected';
+      this.metrics.decision(type, result, decision.tier, frameCode(decision));
+    }
+    if (!this.subject.observed) return;
+    this.subject.next(
+      decision.allowed
+        ? {
+            kind: 'decision',
+            allowed: true,
+            enforced: true,
+            tracker,
+            type,
+            ...(decision.nearLimit === undefined ? {} : { nearLimit: decision.nearLimit }),
+          }
+        : {
+            kind: 'decision',
+            allowed: false,
+            enforced: !this.options.shadow,
+            tracker,
+            type,
+            tier: decision.tier,
+            code: frameCode(decision),
+            retryAfter: decision.retryAfter,
+          },
+    );
+  }
+
+  private planNameOf(client: object, state: ConnectionState): string {
+    const resolver = this.options.planResolver;
+    if (resolver === undefined) return DEFAULT_PLAN;
+    const name = resolver(client, { ip: state.ip, connectionId: state.id, request: state.request });
+    return name !== undefined && this.plans.has(name) ? name : DEFAULT_PLAN;
+  }
+
+  private blockName(target: string | object): string {
+    if (typeof target !== 'string') {
+      const state = this.connectionOf(target);
+      if (state.ip === undefined) throw new TypeError('nestjs-ws-rate-limit: this socket has no known address');
+      return `ip:${state.ip}`;
+    }
+    if (isIP(target) !== 0) return `ip:${clientAddressKey(target, this.options.ipv6Prefix)}`;
+    if (target === '') throw new TypeError('nestjs-ws-rate-limit: block needs an address, a tracker name or a socket');
+    return `key:${target}`;
+  }
+
+  /** Fetches blocks set on other instances; starts doing so every second if the store shares them. */
+  private async syncBlocks(first: boolean): Promise<void> {
+    let shared: Readonly<Record<string, number>> | undefined;
+    try {
+      shared = await this.store.listBlocks();
+    } catch (error) {
+      if (first) this.logger.warn(`Could not read blocks from the store: ${(error as Error).message}`);
+      if (!first) return;
+    }
+    if (shared !== undefined) this.blocks.replace(shared);
+    if (first && (shared !== undefined || !(this.store instanceof MemoryRateLimitStore))) {
+      const timer = setInterval(() => void this.syncBlocks(false), BLOCK_SYNC_MS);
+      timer.unref();
+      this.blockSync = timer;
+    }
+  }
 
   private forget(state: ConnectionState): void {
     this.openConnections--;
@@ -476,35 +752,44 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   /** Decides in the store; if it cannot answer, the fail mode decides. */
   private consumeShared(plan: RateLimitPlan): MaybePromise<RateLimitDecision> {
     let decision: MaybePromise<RateLimitDecision>;
+    const started = performance.now();
     try {
       decision = this.store.consume(plan);
     } catch (error) {
       return this.storeFailed(plan, error);
     }
-    if (!isPromise(decision)) return this.storeAnswered(decision);
+    if (!isPromise(decision)) return this.storeAnswered(decision, started);
     return decision.then(
-      (settled) => this.storeAnswered(settled),
+      (settled) => this.storeAnswered(settled, started),
       (error: unknown) => this.storeFailed(plan, error),
     );
   }
 
-  private storeAnswered(decision: RateLimitDecision): RateLimitDecision {
+  private storeAnswered(decision: RateLimitDecision, started: number): RateLimitDecision {
+    if (this.metrics !== NO_METRICS && !(this.store instanceof MemoryRateLimitStore)) {
+      this.metrics.storeLatency((performance.now() - started) / 1000);
+    }
     if (this.storeDown) {
       this.storeDown = false;
       this.logger.log('The rate-limit store answers again; shared limits are back in use');
+      if (this.subject.observed) this.subject.next({ kind: 'store', state: 'up' });
     }
     return decision;
   }
 
   private storeFailed(plan: RateLimitPlan, error: unknown): RateLimitDecision {
+    this.metrics.storeError();
     if (!this.storeDown) {
       this.storeDown = true;
+      const message = (error as Error)?.message ?? String(error);
+      this.metrics.storeOutage();
       this.logger.warn(
-        `The rate-limit store cannot decide (${(error as Error)?.message ?? String(error)}); ` +
+        `The rate-limit store cannot decide (${message}); ` +
           (this.options.failMode === 'open'
             ? 'deciding with local in-memory limits until it answers again'
-            : 'refusing messages with STORE_UNAVAILABLE until it answers again'),
+            : 'refusing with STORE_UNAVAILABLE until it answers again'),
       );
+      if (this.subject.observed) this.subject.next({ kind: 'store', state: 'down', error: message });
     }
     if (this.options.failMode === 'closed') {
       const spec = plan.tiers[0]!.spec;
@@ -521,23 +806,28 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     this.fallback ??= new MemoryRateLimitStore({ maxKeys: this.options.maxKeys });
     return this.fallback.consume(plan);
   }
+}
 
-  private publishDecision(plan: RateLimitPlan, decision: RateLimitDecision): void {
-    const type = plan.tiers.find((tier) => tier.spec.tier === 'type')?.spec.suffix.slice(2) ?? '';
-    this.subject.next(
-      decision.allowed
-        ? { kind: 'decision', allowed: true, tracker: plan.tracker, type }
-        : {
-            kind: 'decision',
-            allowed: false,
-            tracker: plan.tracker,
-            type,
-            tier: decision.tier,
-            code: frameCode(decision),
-            retryAfter: decision.retryAfter,
-          },
-    );
-  }
+/** A rejection by an operator's block or by degradation, lasting `ms`. */
+function restriction(kind: 'blocked' | 'degraded', ms: number): RateLimitRejected {
+  return {
+    allowed: false,
+    tier: 'global',
+    index: 0,
+    retryAfter: Math.max(1, Math.ceil(ms)),
+    limit: 0,
+    remaining: 0,
+    ...(kind === 'blocked' ? { blocked: true as const } : { degraded: true as const }),
+  };
+}
+
+function disconnectLabel(reason: string, enforced: boolean): string {
+  const label = reason === SLOW_CONSUMER_REASON ? 'slow_consumer' : reason === DENIED_REASON ? 'denied' : 'violations';
+  return enforced ? label : `shadow_${label}`;
+}
+
+function typeOfPlan(plan: RateLimitPlan): string {
+  return plan.tiers.find((tier) => tier.spec.tier === 'type')?.spec.suffix.slice(2) ?? '';
 }
 
 function once(run: () => void): () => void {

@@ -29,6 +29,28 @@ export abstract class RateLimitStore {
   abstract close(): Promise<void>;
 
   /**
+   * Records an operator's block (`WsRateLimitService.block`) where other instances see it.
+   * Stores that share state across instances override this and the two methods below; the
+   * default keeps blocks in this process only.
+   */
+  setBlock(_name: string, _until: number): MaybePromise<void> {
+    return undefined;
+  }
+
+  /** Lifts a block set with `setBlock`. */
+  deleteBlock(_name: string): MaybePromise<void> {
+    return undefined;
+  }
+
+  /**
+   * Every block any instance set, as name -> until (ms since the epoch), or `undefined` for
+   * a store that does not share blocks.
+   */
+  listBlocks(): MaybePromise<Readonly<Record<string, number>> | undefined> {
+    return undefined;
+  }
+
+  /**
    * The key of one tier of one tracker. The tracker is length-prefixed, so the key reads
    * back into exactly one (tracker, suffix) pair: no tracker text (which may come from a
    * client) and no type name can make two keys equal.

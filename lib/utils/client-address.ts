@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { isIP } from 'node:net';
 import type { ResolvedTrustProxy } from '../config/resolve-options.js';
-import { clientAddressKey } from './client-ip.js';
+import { plainAddress } from './client-ip.js';
 
 /** Most forwarding entries walked; beyond it the chain is not believed any further. */
 const MAX_HOPS = 64;
@@ -12,17 +12,13 @@ const MAX_HOPS = 64;
  * is walked from the right, skipping trusted hops, to the right-most untrusted entry
  * (Express's `trust proxy` semantics). An entry that is not an IP address stops the walk at
  * the nearest trusted hop. Headers are split, never matched with regular expressions.
- * Returns the grouping key of the address (`clientAddressKey`), or `undefined` when the
- * peer address is unknown (the socket is already gone).
+ * Returns the address (without port, zone or IPv4 mapping), or `undefined` when the peer
+ * address is unknown (the socket is already gone).
  */
-export function resolveClientAddress(
-  request: IncomingMessage,
-  trust: ResolvedTrustProxy,
-  ipv6Prefix: number,
-): string | undefined {
+export function resolveClientAddress(request: IncomingMessage, trust: ResolvedTrustProxy): string | undefined {
   const peer = plainAddress(request.socket.remoteAddress);
   if (peer === undefined) return undefined;
-  if (trust.kind === 'none') return clientAddressKey(peer, ipv6Prefix);
+  if (trust.kind === 'none') return peer;
   const chain = forwardedChain(request);
   let address = peer;
   for (let hop = 0; hop < chain.length && hop < MAX_HOPS; hop++) {
@@ -31,7 +27,7 @@ export function resolveClientAddress(
     if (next === undefined) break;
     address = next;
   }
-  return clientAddressKey(address, ipv6Prefix);
+  return address;
 }
 
 function isTrusted(address: string, hop: number, trust: ResolvedTrustProxy): boolean {
@@ -72,15 +68,4 @@ function stripPort(entry: string): string {
   const colon = entry.indexOf(':');
   if (colon >= 0 && colon === entry.lastIndexOf(':') && entry.includes('.')) return entry.slice(0, colon);
   return entry;
-}
-
-/** A valid IP address without zone or IPv4 mapping, or `undefined`. */
-function plainAddress(address: string | undefined): string | undefined {
-  if (address === undefined) return undefined;
-  const zone = address.indexOf('%');
-  const text = zone >= 0 ? address.slice(0, zone) : address;
-  const family = isIP(text);
-  if (family === 0) return undefined;
-  if (family === 6 && text.toLowerCase().startsWith('::ffff:') && isIP(text.slice(7)) === 4) return text.slice(7);
-  return text;
 }

@@ -1,5 +1,16 @@
 import { isIP } from 'node:net';
 
+/** A valid IP address without zone id or IPv4 mapping (`::ffff:1.2.3.4` is `1.2.3.4`), or `undefined`. */
+export function plainAddress(address: string | undefined): string | undefined {
+  if (address === undefined) return undefined;
+  const zone = address.indexOf('%');
+  const text = zone >= 0 ? address.slice(0, zone) : address;
+  const family = isIP(text);
+  if (family === 0) return undefined;
+  if (family === 6 && text.toLowerCase().startsWith('::ffff:') && isIP(text.slice(7)) === 4) return text.slice(7);
+  return text;
+}
+
 /** Default IPv6 grouping: one /64 is one client (a single host is usually given a /64). */
 export const DEFAULT_IPV6_PREFIX = 64;
 

@@ -9,11 +9,16 @@ export interface UpgradeAnswer {
 }
 
 /** Sends a WebSocket upgrade request and reports the status (101 when upgraded). */
-export function upgrade(port: number, headers: Record<string, string> = {}): Promise<UpgradeAnswer> {
+export function upgrade(
+  port: number,
+  headers: Record<string, string> = {},
+  localAddress = '127.0.0.1',
+): Promise<UpgradeAnswer> {
   return new Promise((resolve, reject) => {
     const req = request({
       host: '127.0.0.1',
       port,
+      localAddress,
       path: '/',
       headers: {
         Connection: 'Upgrade',

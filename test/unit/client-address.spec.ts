@@ -2,6 +2,7 @@ import { describe, expect, it } from '@jest/globals';
 import type { IncomingMessage } from 'node:http';
 import { resolveOptions } from '../../lib/config/resolve-options.js';
 import { resolveClientAddress } from '../../lib/utils/client-address.js';
+import { clientAddressKey } from '../../lib/utils/client-ip.js';
 
 /** A request as the adapter sees it: a peer address and headers. */
 function request(remoteAddress: string | undefined, headers: Record<string, string | string[]> = {}): IncomingMessage {
@@ -35,14 +36,14 @@ describe('C-17 client address behind proxies', () => {
     ['127.0.0.1', 'loopback', { forwarded: 'for=192.0.2.43, for=127.0.0.1' }, '192.0.2.43'],
     ['127.0.0.1', 'loopback', { 'x-forwarded-for': '7.7.7.7', forwarded: 'for=192.0.2.43' }, '7.7.7.7'],
   ])('peer %s, trust %p, %j -> %s', (peer, trusted, headers, expected) => {
-    expect(resolveClientAddress(request(peer, headers), trust(trusted), 64)).toBe(expected);
+    expect(clientAddressKey(resolveClientAddress(request(peer, headers), trust(trusted)), 64)).toBe(expected);
   });
 
   it('stops after 64 trusted hops of a long chain, at a trusted address, never at client text', () => {
     const chain = ['6.6.6.6', ...Array<string>(999).fill('127.0.0.1')].join(', ');
-    expect(resolveClientAddress(request('127.0.0.1', { 'x-forwarded-for': chain }), trust('loopback'), 64)).toBe(
-      '127.0.0.1',
-    );
+    expect(
+      clientAddressKey(resolveClientAddress(request('127.0.0.1', { 'x-forwarded-for': chain }), trust('loopback')), 64),
+    ).toBe('127.0.0.1');
   });
 
   it('walks an 8 KB header quickly and without regular expressions', () => {
@@ -50,7 +51,10 @@ describe('C-17 client address behind proxies', () => {
     expect(chain.length).toBeGreaterThan(8000);
     const started = performance.now();
     for (let i = 0; i < 100; i++) {
-      resolveClientAddress(request('127.0.0.1', { 'x-forwarded-for': chain }), trust('127.0.0.1'), 64);
+      clientAddressKey(
+        resolveClientAddress(request('127.0.0.1', { 'x-forwarded-for': chain }), trust('127.0.0.1')),
+        64,
+      );
     }
     // The target is under 1 ms per header; the loop of 100 gets slack for a loaded machine.
     expect((performance.now() - started) / 100).toBeLessThan(5);
@@ -59,7 +63,9 @@ describe('C-17 client address behind proxies', () => {
 
 describe('C-19 missing address data', () => {
   it('has no address for a socket that is already gone, so no shared "undefined" budget exists', () => {
-    expect(resolveClientAddress(request(undefined), trust(undefined), 64)).toBeUndefined();
-    expect(resolveClientAddress(request(undefined, { 'x-forwarded-for': '1.2.3.4' }), trust(1), 64)).toBeUndefined();
+    expect(clientAddressKey(resolveClientAddress(request(undefined), trust(undefined)), 64)).toBeUndefined();
+    expect(
+      clientAddressKey(resolveClientAddress(request(undefined, { 'x-forwarded-for': '1.2.3.4' }), trust(1)), 64),
+    ).toBeUndefined();
   });
 });

@@ -51,6 +51,18 @@ const INVALID_ENV: Record<EnvKind, readonly string[]> = {
   'close-code': ['1004', '1005', '1006', '1015', '999', '2000', '5000', '1000.5', 'abc', '-1008'],
   'ipv6-prefix': ['0', '31', '129', '64.5', 'abc', '-64'],
   boolean: ['yes', '1', '0', 'abc', 'truthy'],
+  plans: [
+    '{bad',
+    '[]',
+    '"premium"',
+    '{"premium":5}',
+    '{"premium":{"bogus":{}}}',
+    '{"premium":{"global":{"capacity":0}}}',
+    '{"premium":{"types":{"chat":{"capacity":1,"cost":2}}}}',
+    '{"premium":{"expensive":{"max":1.5}}}',
+    '{"":{}}',
+  ],
+  'access-list': ['10.0.0.0/33', '::1/129', '1.2.3.4/abc'],
 };
 
 /** Extra invalid text for single variables, where the kind alone allows it. */
@@ -74,6 +86,8 @@ const INVALID_CODE: Record<EnvKind, readonly unknown[]> = {
   'close-code': [1004, 1005, 1006, 1015, 999, 5000, '1008', 1000.5],
   'ipv6-prefix': [31, 129, 64.5, '64'],
   boolean: ['true', 1, null],
+  plans: [[], 'premium', 42, { premium: 5 }, { premium: { global: { capacity: -1 } } }, { premium: { bogus: 1 } }],
+  'access-list': [42, [42], '10.0.0.0/33', {}],
 };
 
 /** A valid value from the environment and a different one from code, per kind. */
@@ -89,7 +103,9 @@ const VALID: Record<EnvKind, (v: EnvVariable) => { env: string; code: unknown }>
   'redis-url': () => ({ env: 'redis://from-env:6379', code: 'redis://from-code:6379' }),
   'close-code': () => ({ env: '4001', code: 4002 }),
   'ipv6-prefix': () => ({ env: '48', code: 56 }),
-  boolean: () => ({ env: 'true', code: false }),
+  boolean: (v) => (v.default === 'true' ? { env: 'false', code: true } : { env: 'true', code: false }),
+  plans: () => ({ env: '{"free":{"global":{"capacity":10}}}', code: { pro: { type: { capacity: 40 } } } }),
+  'access-list': () => ({ env: '10.0.0.0/8, user-1', code: ['192.168.0.0/16', 'user-2'] }),
 };
 
 /** Options with `value` at a dotted path. */
@@ -121,6 +137,8 @@ function resolvedAt(resolved: ResolvedWsRateLimitOptions, variable: EnvVariable)
     const trust = value as ResolvedWsRateLimitOptions['trustProxy'];
     return trust.kind === 'list' ? trust.entries : trust;
   }
+  if (variable.kind === 'access-list') return (value as ResolvedWsRateLimitOptions['allowList']).entries;
+  if (variable.kind === 'plans') return Object.keys(value as object);
   return variable.kind === 'json' ? JSON.parse(JSON.stringify(value)) : value;
 }
 

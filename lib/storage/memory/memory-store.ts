@@ -20,6 +20,7 @@ import {
 } from '../../algorithms/sliding-counter.js';
 import {
   ALLOWED,
+  ALLOWED_NEAR_LIMIT,
   AlgorithmKind,
   type RateLimitDecision,
   type RateLimitPlan,
@@ -112,6 +113,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
     }
     // Room for new keys is made only on the allowed path, never at the expense of this plan's.
     if (missing > 0 && table.size + missing > table.maxKeys) table.reserve(missing, now, slots, count);
+    let decision: RateLimitDecision = ALLOWED;
     for (let i = 0; i < count; i++) {
       const tier = tiers[i]!;
       const spec = tier.spec;
@@ -121,6 +123,9 @@ export class MemoryRateLimitStore extends RateLimitStore {
       switch (spec.kind) {
         case AlgorithmKind.TokenBucket:
           freshAt[slot] = bucketAfter(freshAt[slot]!, now, spec.span);
+          if ((freshAt[slot]! - now) * 5 > spec.nearBound && decision === ALLOWED) {
+            decision = ALLOWED_NEAR_LIMIT[spec.tier];
+          }
           break;
         case AlgorithmKind.SlidingLog: {
           const log = (table.objects[slot] ??= createSlidingLog(spec.limit)) as SlidingLogState;
@@ -144,7 +149,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
       }
       table.noteFresh(freshAt[slot]!);
     }
-    return ALLOWED;
+    return decision;
   }
 
   /** The rejected path: every tier's wait, the longest one decides. Changes no state. */

@@ -45,7 +45,7 @@ export const advanceTicks: fc.Arbitrary<number> = fc.oneof(
 );
 
 /** Token scale of the reference bucket: one token is 16000 units. */
-const UNITS = 16_000;
+export const UNITS = 16_000;
 
 /**
  * The textbook token bucket: a token count and the time it was last brought up to date.

@@ -6,7 +6,7 @@ import fc from 'fast-check';
 import type { RateLimitDecision, RateLimitPlan, TierSpec, TierStatus } from '../../../lib/interfaces/plan.interface.js';
 import { tokenBucketSpec, windowSpec } from '../../../lib/plans/tier-specs.js';
 import { MemoryRateLimitStore } from '../../../lib/storage/memory/memory-store.js';
-import { EXACT_RATES, RefBucket, RefCounter, RefLog, type RefLimiter } from './exact-model.js';
+import { EXACT_RATES, RefBucket, RefCounter, RefLog, type RefLimiter, UNITS } from './exact-model.js';
 import { costOf } from './schedules.js';
 
 /** What a random plan set is made of: a global bucket, 1-3 types, an expensive window. */
@@ -117,7 +117,11 @@ export class RefStore {
     const worstWait = Math.max(...waits);
     if (worstWait === 0) {
       limiters.forEach((limiter, i) => limiter.consume(now, plan.tiers[i]!.spec.cost));
-      return { allowed: true };
+      // The first token bucket left below 20% of its capacity is reported (a metrics hint).
+      const near = limiters.findIndex(
+        (limiter, i) => limiter instanceof RefBucket && 5 * limiter.tokenUnits(now) < plan.tiers[i]!.spec.limit * UNITS,
+      );
+      return near < 0 ? { allowed: true } : { allowed: true, nearLimit: plan.tiers[near]!.spec.tier };
     }
     const index = waits.indexOf(worstWait);
     const spec = plan.tiers[index]!.spec;

@@ -1,0 +1,157 @@
+import { Logger } from '@nestjs/common';
+import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
+import type { MetricsRegistry } from '../interfaces/options.interface.js';
+import type { RateLimitCode, TierName } from '../interfaces/plan.interface.js';
+
+/** The counters a child of a labelled prom-client metric offers. */
+interface CounterChild {
+  inc(value?: number): void;
+}
+interface LabelledCounter {
+  labels(...values: string[]): CounterChild;
+}
+interface Histogram {
+  observe(value: number): void;
+}
+
+/** What the limiter reports; a no-op when metrics are off. */
+export interface LimiterMetrics {
+  /** A message decision (`shadow`: rejected but let through). */
+  decision(type: string, result: 'allowed' | 'rejected' | 'shadow_rejected', tier: string, code: string): void;
+  /** A decision left a tier below 20% of its capacity. */
+  nearLimit(tier: TierName, type: string): void;
+  /** A connection attempt at the upgrade. */
+  connection(result: 'accepted' | 'refused' | 'shadow_refused', reason: string): void;
+  /** A connection the limiter closed. */
+  disconnect(reason: string): void;
+  /** A violation counted against a connection. */
+  violation(code: RateLimitCode, type: string): void;
+  /** A store call that failed or timed out. */
+  storeError(): void;
+  /** The store became unreachable. */
+  storeOutage(): void;
+  /** How long a store decision took. */
+  storeLatency(seconds: number): void;
+}
+
+const noop = (): void => undefined;
+
+/** Metrics that record nothing. */
+export const NO_METRICS: LimiterMetrics = Object.freeze({
+  decision: noop,
+  nearLimit: noop,
+  connection: noop,
+  disconnect: noop,
+  violation: noop,
+  storeError: noop,
+  storeOutage: noop,
+  storeLatency: noop,
+});
+
+/** The names and labels published, for the README (a test checks the two agree). */
+export const METRICS = [
+  [
+    'decisions_total',
+    'counter',
+    'result, tier, code, type',
+    'Message decisions by result (allowed, rejected, shadow_rejected).',
+  ],
+  ['near_limit_total', 'counter', 'tier, type', 'Allowed messages that left a tier below 20% of its capacity.'],
+  [
+    'connections_total',
+    'counter',
+    'result, reason',
+    'Connection attempts at the upgrade, accepted or refused, and why.',
+  ],
+  ['disconnects_total', 'counter', 'reason', 'Connections the limiter closed, and why.'],
+  ['violations_total', 'counter', 'code, type', 'Rejected messages counted against their connection.'],
+  ['store_errors_total', 'counter', '', 'Store calls that failed or timed out (the fail mode decided).'],
+  ['store_outages_total', 'counter', '', 'Times the store became unreachable.'],
+  ['store_decision_seconds', 'histogram', '', 'Time a shared-store decision took.'],
+  ['open_connections', 'gauge', '', 'Connections the limiter tracks now.'],
+] as const;
+
+/**
+ * Creates the metrics through prom-client when it is installed and metrics are on;
+ * otherwise says once, at start-up, how to turn them on, and records nothing.
+ */
+export async function createMetrics(
+  options: ResolvedWsRateLimitOptions,
+  openConnections: () => number,
+  logger: Logger,
+): Promise<LimiterMetrics> {
+  if (!options.metrics) return NO_METRICS;
+  let prom: PromClient;
+  try {
+    const loaded = (await import('prom-client')) as unknown as PromClient & { default?: PromClient };
+    prom = loaded.Counter ? loaded : loaded.default!;
+  } catch {
+    logger.log(
+      'Metrics are off: install prom-client (npm install prom-client) to publish them, ' +
+        'or set WS_RATE_LIMIT_METRICS=false to silence this line',
+    );
+    return NO_METRICS;
+  }
+  const registry = (options.metricsRegistry ?? prom.register) as MetricsRegistry & {
+    getSingleMetric(name: string): unknown;
+  };
+  const prefix = options.metricsPrefix;
+  /** One metric per name per registry: a second app in the process shares the first's. */
+  const metric = <T>(Kind: new (config: object) => T, name: string, help: string, config: object = {}): T => {
+    const fullName = `${prefix}${name}`;
+    const existing = registry.getSingleMetric(fullName) as T | undefined;
+    if (existing) return existing;
+    return new Kind({ name: fullName, help, registers: [registry], ...config });
+  };
+  const help = Object.fromEntries(METRICS.map(([name, , , text]) => [name, text])) as Record<string, string>;
+  const labels = (name: string): string[] =>
+    METRICS.find(([metricName]) => metricName === name)![2]
+      .split(', ')
+      .filter(Boolean);
+  const counter = (name: string): LabelledCounter & CounterChild =>
+    metric(prom.Counter, name, help[name]!, { labelNames: labels(name) }) as LabelledCounter & CounterChild;
+  const decisions = counter('decisions_total');
+  const nearLimit = counter('near_limit_total');
+  const connections = counter('connections_total');
+  const disconnects = counter('disconnects_total');
+  const violations = counter('violations_total');
+  const storeErrors = counter('store_errors_total');
+  const storeOutages = counter('store_outages_total');
+  const storeLatency = metric(prom.Histogram, 'store_decision_seconds', help.store_decision_seconds!, {
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25],
+  }) as Histogram;
+  metric(prom.Gauge, 'open_connections', help.open_connections!, {
+    collect(this: { set(value: number): void }) {
+      this.set(openConnections());
+    },
+  });
+  // Label children are cached: on the hot path a decision costs a Map lookup and an add.
+  const children = new Map<string, CounterChild>();
+  const child = (metricOf: LabelledCounter, key: string, values: string[]): CounterChild => {
+    let found = children.get(key);
+    if (!found) {
+      found = metricOf.labels(...values);
+      children.set(key, found);
+    }
+    return found;
+  };
+  return {
+    decision: (type, result, tier, code) =>
+      child(decisions, `d|${result}|${tier}|${code}|${type}`, [result, tier, code, type]).inc(),
+    nearLimit: (tier, type) => child(nearLimit, `n|${tier}|${type}`, [tier, type]).inc(),
+    connection: (result, reason) => child(connections, `c|${result}|${reason}`, [result, reason]).inc(),
+    disconnect: (reason) => child(disconnects, `x|${reason}`, [reason]).inc(),
+    violation: (code, type) => child(violations, `v|${code}|${type}`, [code, type]).inc(),
+    storeError: () => storeErrors.inc(),
+    storeOutage: () => storeOutages.inc(),
+    storeLatency: (seconds) => storeLatency.observe(seconds),
+  };
+}
+
+/** The parts of prom-client used here. */
+interface PromClient {
+  Counter: new (config: object) => unknown;
+  Gauge: new (config: object) => unknown;
+  Histogram: new (config: object) => unknown;
+  register: unknown;
+}
