@@ -1,0 +1,68 @@
+import type { RateLimitRejected } from '../../interfaces/plan.interface.js';
+
+interface Blocked {
+  /** Local time (ms) until which the plan is known to be refused. */
+  readonly until: number;
+  readonly decision: RateLimitRejected;
+}
+
+/**
+ * Plans known to be refused until a local time: a refusal with `retryAfter` R received at
+ * t stays true until t + R whatever other instances do (they only spend more), so it can be
+ * answered again from memory. Refusals decided by a concurrency tier are not kept, since a
+ * closing connection frees its slot at any moment.
+ *
+ * Bounded by `maxEntries` without timers: a full cache first drops expired entries, then
+ * the oldest ones, down to seven eighths of the bound, so the sweep is paid once per
+ * `maxEntries / 8` insertions at most.
+ */
+export class BlockCache {
+  private readonly entries = new Map<string, Blocked>();
+
+  constructor(readonly maxEntries: number) {}
+
+  /** Entries held now (expired ones included until swept). */
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /**
+   * The cached refusal of a plan at `now`, its `retryAfter` the time still left (whole ms,
+   * rounded up, at least 1); undefined when none holds.
+   */
+  get(key: string, now: number): RateLimitRejected | undefined {
+    const blocked = this.entries.get(key);
+    if (blocked === undefined) return undefined;
+    const left = blocked.until - now;
+    if (left <= 0) {
+      this.entries.delete(key);
+      return undefined;
+    }
+    const retryAfter = Math.ceil(left);
+    const decision = blocked.decision;
+    return retryAfter >= decision.retryAfter ? decision : { ...decision, retryAfter };
+  }
+
+  /** Remembers a refusal received at `now`. */
+  set(key: string, decision: RateLimitRejected, now: number): void {
+    if (this.entries.size >= this.maxEntries && !this.entries.has(key)) this.prune(now);
+    this.entries.delete(key);
+    this.entries.set(key, { until: now + decision.retryAfter, decision });
+  }
+
+  /** Forgets every refusal (after keys were deleted). */
+  clear(): void {
+    this.entries.clear();
+  }
+
+  private prune(now: number): void {
+    const target = this.maxEntries - Math.max(1, this.maxEntries >> 3);
+    for (const [key, blocked] of this.entries) {
+      if (blocked.until <= now) this.entries.delete(key);
+    }
+    for (const key of this.entries.keys()) {
+      if (this.entries.size <= target) break;
+      this.entries.delete(key);
+    }
+  }
+}

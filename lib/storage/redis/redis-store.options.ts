@@ -1,0 +1,138 @@
+import type { Cluster, ClusterOptions, Redis, RedisOptions } from 'ioredis';
+
+/** A Redis Sentinel deployment: the store connects to the master that the sentinels name. */
+export interface RedisSentinelOptions {
+  /** The sentinels to ask, e.g. `[{ host: '10.0.0.5', port: 26379 }]`. */
+  sentinels: { host: string; port: number }[];
+  /** The monitored master's name (`sentinel monitor <name> ...`). */
+  name: string;
+  /** ACL user and password of the Redis servers. */
+  username?: string;
+  password?: string;
+  /** ACL user and password of the sentinels themselves. */
+  sentinelUsername?: string;
+  sentinelPassword?: string;
+  /** Database index. @default 0 */
+  db?: number;
+  /** Connect to the servers with TLS (`true` for the system's CAs). */
+  tls?: boolean | NonNullable<RedisOptions['tls']>;
+}
+
+/** A Redis Cluster: a few of its nodes to discover the rest from. */
+export interface RedisClusterOptions {
+  /** Start-up nodes, as `host:port` strings or objects. */
+  nodes: (string | { host: string; port: number })[];
+  /** ACL user and password of every node. */
+  username?: string;
+  password?: string;
+  /** Connect to the nodes with TLS (`true` for the system's CAs). */
+  tls?: boolean | NonNullable<RedisOptions['tls']>;
+  /**
+   * Further ioredis Cluster options, applied under the store's own safety settings (no
+   * offline queue, reconnect delay capped at 1 s), which cannot be overridden.
+   */
+  options?: ClusterOptions;
+}
+
+/**
+ * Options of the Redis store. Give exactly one of `client`, `url`, `sentinel` or `cluster`.
+ * @example
+ * const store = await createRedisStore({ url: 'redis://redis.internal:6379' });
+ * WsRateLimitModule.forRoot({ store });
+ */
+export interface RedisStoreOptions {
+  /**
+   * An ioredis client (standalone, Sentinel or Cluster) you created and own: the store
+   * registers its scripts on it and never closes it. For the deadline to hold, give it
+   * `enableOfflineQueue: false`; the store's own breaker refuses to send while it is not
+   * `ready` either way. A client made with `lazyConnect` is connected by the store.
+   */
+  client?: Redis | Cluster;
+  /** `redis://` or `rediss://` URL of a standalone Redis; the store creates and closes the client. */
+  url?: string;
+  /** A Sentinel deployment; the store creates and closes the client. */
+  sentinel?: RedisSentinelOptions;
+  /** A Cluster; the store creates and closes the client. */
+  cluster?: RedisClusterOptions;
+  /**
+   * Further ioredis options for the standalone or Sentinel client the store creates (TLS,
+   * ACL, timeouts), applied under its safety settings, which cannot be overridden:
+   * `enableOfflineQueue: false`, `maxRetriesPerRequest: 0`,
+   * `autoResendUnfulfilledCommands: false` (a decision is never retried, so never counted
+   * twice), reconnect delay capped at 1 s, reconnect on `READONLY`.
+   */
+  redisOptions?: RedisOptions;
+  /**
+   * Prefix of every key. Keys are `<prefix>{<sha1(tracker), base64url>}:<tier suffix>`.
+   * When `client` already has its own ioredis `keyPrefix`, that one wins: the store adds
+   * none of its own (so no prefix is applied twice) and this option is ignored. Must not
+   * contain `{` or `}` (they would change the Cluster hash tag).
+   * @default 'wsrl:'
+   */
+  keyPrefix?: string;
+  /**
+   * The deadline of one store call, in ms: past it the call rejects and the fail mode
+   * decides. On loopback or one LAN, p99 of a decision is well under 1 ms serially and about
+   * 5 ms with 64 in flight on 2 cores, so 50 ms is ten times that and still short enough
+   * that a Redis outage never stalls a message noticeably (Envoy uses 20 ms).
+   * @default 50
+   */
+  commandTimeoutMs?: number;
+  /**
+   * Whose clock decides: `redis` reads `TIME` inside the script, so instances with skewed
+   * clocks agree; `app` passes this process's time (`now`) instead, for managed Redis that
+   * refuses `TIME` in scripts. App time is clamped per tracker so that it never runs
+   * backwards, but skewed instances then share limits less exactly.
+   * @default 'redis'
+   */
+  clock?: 'redis' | 'app';
+  /**
+   * The app clock in ms, used with `clock: 'app'`. When given, it is also the clock of the
+   * block cache and must never run backwards.
+   * @default Date.now
+   */
+  now?: () => number;
+  /**
+   * How long an open-connection lease outlives its instance, in ms: each store instance
+   * refreshes its leases every third of this, so the slots of an instance that died without
+   * closing come back within `leaseTtlMs` (plus at most one refresh period after the last
+   * successful refresh).
+   * @default 30000
+   */
+  leaseTtlMs?: number;
+  /**
+   * The local block cache: a plan refused until time T is refused again before T without a
+   * Redis call, so a flooding client costs Redis nothing. `false` turns it off.
+   * @default { maxEntries: 10000 }
+   */
+  blockCache?: boolean | { maxEntries?: number };
+  /**
+   * The circuit breaker: it opens when the client reports `close`/`end` or not ready, or
+   * after `failureThreshold` consecutive failed calls; while open, calls reject at once with
+   * no Redis traffic. A `PING` probe every `probeIntervalMs` (and on `ready`) closes it.
+   * @default { failureThreshold: 3, probeIntervalMs: 250 }
+   */
+  breaker?: { failureThreshold?: number; probeIntervalMs?: number };
+  /**
+   * How long `createRedisStore` waits for the first `ready` before returning the store
+   * anyway (it then answers by the fail mode until Redis is reachable).
+   * @default 2000
+   */
+  readyTimeoutMs?: number;
+  /**
+   * Names this store instance in lease keys; letters, digits, `_`, `-` and `.` only.
+   * @default a random id
+   */
+  instanceId?: string;
+  /** Told when Redis becomes unavailable (`false`, with the cause) and available again (`true`). */
+  onAvailabilityChange?: (available: boolean, cause?: unknown) => void;
+}
+
+/** Default key prefix. */
+export const DEFAULT_REDIS_KEY_PREFIX = 'wsrl:';
+/** Default deadline of one store call, ms. */
+export const DEFAULT_REDIS_COMMAND_TIMEOUT_MS = 50;
+/** Default open-connection lease TTL, ms. */
+export const DEFAULT_REDIS_LEASE_TTL_MS = 30_000;
+/** Default size of the block cache. */
+export const DEFAULT_BLOCK_CACHE_ENTRIES = 10_000;
