@@ -34,7 +34,11 @@ import {
         }),
       inject: [WS_RATE_LIMIT_MODULE_OPTIONS, ConfigService],
     },
-    { provide: RateLimitStore, useFactory: createStore, inject: [WS_RATE_LIMIT_OPTIONS] },
+    {
+      provide: RateLimitStore,
+      useFactory: (options: ResolvedWsRateLimitOptions) => createStore(options),
+      inject: [WS_RATE_LIMIT_OPTIONS],
+    },
     WsRateLimitService,
     WsThrottleGuard,
     WsRateLimitFilter,

@@ -1,4 +1,4 @@
-import type { OverflowPolicy } from './types.js';
+import type { MessageId, OverflowPolicy } from './types.js';
 
 /** A message on its way out: in the queue, or sent and awaiting confirmation. */
 export interface OutboxEntry {
@@ -8,6 +8,8 @@ export interface OutboxEntry {
   readonly event: string;
   /** The message payload as given to `send`. */
   readonly data: unknown;
+  /** The id sent with the message (`messageIds`), the same on every send of it. */
+  readonly id: MessageId | undefined;
   /** The serialised frame. */
   readonly frame: string;
   /** Sent with `sendPriority`: never queued, never re-sent. */

@@ -1,4 +1,4 @@
-import type { RateLimitInfo } from './types.js';
+import type { MessageId, RateLimitInfo } from './types.js';
 
 /** The `retryAfter` assumed when a frame carries none, or one that is not a finite number >= 0. */
 export const DEFAULT_RETRY_AFTER_MS = 1000;
@@ -9,6 +9,25 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 
 function finite(value: unknown): number | undefined {
   return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
+}
+
+/** Longest string id a server echoes (`WsRateLimitAdapter` ignores longer ones). */
+const MAX_ID_LENGTH = 64;
+
+/** A message id in one of the forms a server echoes, or undefined. */
+export function messageIdOf(value: unknown): MessageId | undefined {
+  if (typeof value === 'number') return Number.isSafeInteger(value) ? value : undefined;
+  if (typeof value === 'string') return value.length <= MAX_ID_LENGTH ? value : undefined;
+  return undefined;
+}
+
+/**
+ * The message id an `error` frame (`{ event: 'error', data: { code, id } }`, the answer of
+ * `WsRateLimitAdapter` to a message it could not route) echoes, or undefined.
+ */
+export function errorFrameId(frame: unknown): MessageId | undefined {
+  if (!isRecord(frame) || frame.event !== 'error' || !isRecord(frame.data)) return undefined;
+  return messageIdOf(frame.data.id);
 }
 
 /**
@@ -36,5 +55,7 @@ export function parseRateLimitFrame(frame: unknown): RateLimitInfo | undefined {
   if (limit !== undefined) info.limit = limit;
   const remaining = finite(body.remaining);
   if (remaining !== undefined) info.remaining = remaining;
+  const id = messageIdOf(body.id);
+  if (id !== undefined) info.id = id;
   return info;
 }

@@ -1,13 +1,16 @@
 import { fullJitterDelay } from './backoff.js';
 import { Budget, MAX_PACE_MS } from './budget.js';
 import { Outbox, type OutboxEntry } from './outbox.js';
-import { parseRateLimitFrame } from './rate-limit-frame.js';
+import { errorFrameId, parseRateLimitFrame } from './rate-limit-frame.js';
 import { TypedEmitter, type Listener } from './typed-emitter.js';
 import type {
   ClientState,
   DropReason,
+  MessageId,
+  OutboundMessage,
   OverflowPolicy,
   RateLimitInfo,
+  RateLimitNotice,
   RateLimitedClientEvents,
   RateLimitedClientOptions,
   SocketCloseEvent,
@@ -26,6 +29,8 @@ const ABNORMAL_CLOSURE = 1006;
 const POLICY_VIOLATION = 1008;
 /** Longest the time-based confirmation delay grows to by itself, in ms. */
 const MAX_ADAPTIVE_CONFIRM_MS = 5000;
+/** Sent messages per connection whose ids a frame can still name (the most recent ones). */
+const MAX_TRACKED_IDS = 1024;
 
 type Timer = ReturnType<typeof setTimeout>;
 
@@ -40,6 +45,7 @@ interface ResolvedOptions {
   autoConnect: boolean;
   maxQueue: number;
   overflow: OverflowPolicy;
+  messageIds: boolean;
   minPaceMs: number;
   maxUnconfirmed: number;
   isAck: ((message: unknown) => boolean) | undefined;
@@ -105,12 +111,15 @@ function resolveOptions(options: RateLimitedClientOptions): ResolvedOptions {
   }
   const random = options.random ?? Math.random;
   if (typeof random !== 'function') fail('random', 'a function', random);
+  const messageIds = options.messageIds ?? true;
+  if (typeof messageIds !== 'boolean') fail('messageIds', 'a boolean', messageIds);
   return {
     createSocket: socketFactory(options),
     protocols: options.protocols,
     autoConnect: options.autoConnect ?? true,
     maxQueue: numberOption(options, 'maxQueue', 1000, 0, 'integer'),
     overflow,
+    messageIds,
     minPaceMs: numberOption(options, 'minPaceMs', 125, 1, 'finite'),
     maxUnconfirmed: numberOption(options, 'maxUnconfirmed', 1, 1, 'integer'),
     isAck: options.isAck,
@@ -144,6 +153,13 @@ function declaredBudgets(
   return { global: limits.global && build('limits.global', limits.global), types };
 }
 
+/** A message as events report it. */
+function outbound(entry: OutboxEntry): OutboundMessage {
+  return entry.id === undefined
+    ? { event: entry.event, data: entry.data }
+    : { event: entry.event, data: entry.data, id: entry.id };
+}
+
 /** Reads a frame's payload as text: strings as they are, bytes as UTF-8. */
 function frameText(data: unknown): string | undefined {
   if (typeof data === 'string') return data;
@@ -166,17 +182,24 @@ function frameText(data: unknown): string | undefined {
  * holds it back, else queues it (bounded by `maxQueue`, see `overflow`). The queue is FIFO
  * across all events; `sendPriority` skips it.
  *
- * **Confirmation.** The server's frame does not say which message it rejected, so each sent
- * message stays *unconfirmed* until its fate is known: an inbound frame recognised by
- * `isAck` confirms the oldest unconfirmed message; otherwise a message is presumed accepted
- * `confirmMs` after it was sent. A `rate_limit` frame marks one unconfirmed message of the
- * frame's `messageType` (else of any event) as rejected: the oldest with `isAck` (exact),
- * the newest without it (exact while one is unconfirmed, as by default; with more, it
- * assumes a burst is rejected from some message on). That message goes back to its place
- * at the front of the queue and is sent again (a rejected priority message is reported as
- * a drop instead). For an event whose limit is unknown, at most `maxUnconfirmed` messages
- * are unconfirmed at once, so a burst against an unknown limit is rejected once, not once
- * per message. Messages still unconfirmed when a connection ends are presumed delivered.
+ * **Confirmation.** Each sent message stays *unconfirmed* until its fate is known: an
+ * inbound frame recognised by `isAck` confirms the oldest unconfirmed message, an `error`
+ * frame echoing a message's id confirms that message (the server answered it), and
+ * otherwise a message is presumed accepted `confirmMs` after it was sent. For an event
+ * whose limit is unknown, at most `maxUnconfirmed` messages are unconfirmed at once, so a
+ * burst against an unknown limit is rejected once, not once per message. Messages still
+ * unconfirmed when a connection ends are presumed delivered.
+ *
+ * **Which message was refused.** Each message carries an `id` (option `messageIds`), which
+ * a server using `WsRateLimitAdapter` echoes in its `rate_limit` frame: the frame then
+ * names the refused message exactly, even one already presumed accepted, and a frame whose
+ * id the client does not know refuses none of its messages. A frame without an id falls
+ * back to inference: it refuses one unconfirmed message of the frame's `messageType` (else
+ * of any event), the oldest with `isAck` (exact), the newest without it (exact while one
+ * is unconfirmed, as by default; with more, it assumes a burst is rejected from some
+ * message on). The refused message goes back to its place at the front of the queue and
+ * is sent again with the same id (a refused priority message is reported as a drop
+ * instead); the `rateLimit` event names it.
  *
  * **Pacing rule.** No message is sent inside a retry window: after a frame, nothing of its
  * event (code `TYPE_LIMIT`, `EXPENSIVE_LIMIT`) or nothing at all (`GLOBAL_LIMIT`,
@@ -214,6 +237,8 @@ export class RateLimitedClient {
   private readonly outbox: Outbox;
   /** Sent messages whose fate is unknown, in send order. */
   private unconfirmed: OutboxEntry[] = [];
+  /** Messages written to the current socket by id, oldest first (bounded): frames may name them. */
+  private readonly sentById = new Map<MessageId, OutboxEntry>();
   private socket: WebSocketLike | undefined;
   private currentState: ClientState = 'closed';
   private confirmMs: number;
@@ -349,11 +374,15 @@ export class RateLimitedClient {
     if (typeof event !== 'string' || event === '') {
       throw new TypeError('RateLimitedClient: the event must be a non-empty string');
     }
+    const seq = this.nextSeq++;
+    // The sequence number is a safe integer, unique for this client: what the server echoes.
+    const id = this.options.messageIds ? seq : undefined;
     return {
-      seq: this.nextSeq++,
+      seq,
       event,
       data,
-      frame: JSON.stringify({ event, data }),
+      id,
+      frame: JSON.stringify(id === undefined ? { event, data } : { event, data, id }),
       priority,
       sentAt: Number.NaN,
       sendNo: 0,
@@ -444,6 +473,7 @@ export class RateLimitedClient {
     this.socket = undefined;
     this.openedAt = undefined;
     this.unconfirmed = [];
+    this.sentById.clear();
   }
 
   private giveUp(error: unknown): void {
@@ -459,7 +489,7 @@ export class RateLimitedClient {
 
   private drop(entry: OutboxEntry, reason: DropReason): void {
     this.droppedCount++;
-    this.emitter.emit('drop', { reason, message: { event: entry.event, data: entry.data } });
+    this.emitter.emit('drop', { reason, message: outbound(entry) });
   }
 
   private handleFrame(data: unknown): void {
@@ -480,15 +510,18 @@ export class RateLimitedClient {
       this.handleRateLimit(info);
       return;
     }
+    // An error frame naming one of this client's messages answers exactly that message.
+    const errorId = this.options.messageIds ? errorFrameId(message) : undefined;
+    const answered = errorId === undefined ? undefined : this.takeSent(errorId);
     let acked = false;
     try {
       acked = this.options.isAck?.(message) === true;
     } catch (error) {
       this.emitter.emit('error', error);
     }
-    if (acked) this.unconfirmed.shift();
+    if (acked && !answered) this.unconfirmed.shift();
     this.emitter.emit('message', message);
-    if (acked) this.pump();
+    if (acked || answered) this.pump();
   }
 
   private handleRateLimit(info: RateLimitInfo): void {
@@ -514,12 +547,15 @@ export class RateLimitedClient {
     }
     if (rejected?.priority) this.drop(rejected, 'rejected');
     else if (rejected) this.outbox.requeue(rejected);
-    this.emitter.emit('rateLimit', info);
+    const notice: RateLimitNotice = rejected ? { ...info, message: outbound(rejected) } : info;
+    this.emitter.emit('rateLimit', notice);
     this.pump();
   }
 
-  /** Removes and returns the unconfirmed message a frame refers to. */
+  /** Removes and returns the sent message a frame refers to. */
   private takeRejected(info: RateLimitInfo): OutboxEntry | undefined {
+    // An echoed id is exact: a message that is not (or no longer) ours is no one's to blame.
+    if (this.options.messageIds && info.id !== undefined) return this.takeSent(info.id);
     const candidates = this.unconfirmed;
     let index: number;
     if (this.options.isAck) {
@@ -533,7 +569,20 @@ export class RateLimitedClient {
       index = candidates.findLastIndex((entry) => entry.event === info.messageType);
       if (index < 0) index = candidates.length - 1;
     }
-    return index < 0 ? undefined : candidates.splice(index, 1)[0];
+    if (index < 0) return undefined;
+    const [entry] = candidates.splice(index, 1);
+    if (entry.id !== undefined) this.sentById.delete(entry.id);
+    return entry;
+  }
+
+  /** Removes and returns the message sent on this connection with this id, confirmed or not. */
+  private takeSent(id: MessageId): OutboxEntry | undefined {
+    const entry = this.sentById.get(id);
+    if (!entry) return undefined;
+    this.sentById.delete(id);
+    const index = this.unconfirmed.indexOf(entry);
+    if (index >= 0) this.unconfirmed.splice(index, 1);
+    return entry;
   }
 
   /** Rebuilds a bucket model from a frame (see the pacing rule on the class). */
@@ -591,6 +640,10 @@ export class RateLimitedClient {
     this.globalBudget?.take(t);
     this.typeBudgets.get(entry.event)?.take(t);
     this.unconfirmed.push(entry);
+    if (entry.id !== undefined) {
+      this.sentById.set(entry.id, entry);
+      if (this.sentById.size > MAX_TRACKED_IDS) this.sentById.delete(this.sentById.keys().next().value as MessageId);
+    }
     return true;
   }
 

@@ -59,6 +59,13 @@ export type ClientState = 'connecting' | 'open' | 'rate_limited' | 'closed' | 'r
 export type RateLimitCode =
   'GLOBAL_LIMIT' | 'TYPE_LIMIT' | 'EXPENSIVE_LIMIT' | 'STORE_UNAVAILABLE' | (string & Record<never, never>);
 
+/**
+ * A message id: a safe integer or a string of at most 64 characters, the forms a server
+ * using `WsRateLimitAdapter` echoes in the `rate_limit` and `error` frames that answer
+ * a message.
+ */
+export type MessageId = string | number;
+
 /** The content of a `rate_limit` frame, normalised from either frame form. */
 export interface RateLimitInfo {
   /** Which limit was hit. */
@@ -73,6 +80,19 @@ export interface RateLimitInfo {
   limit?: number;
   /** Budget left in that limit when the message was rejected. */
   remaining?: number;
+  /** The id of the refused message, when the server echoed one (a safe integer or a string). */
+  id?: MessageId;
+}
+
+/** Payload of the `rateLimit` event: the frame, and the message it refused when known. */
+export interface RateLimitNotice extends RateLimitInfo {
+  /**
+   * The message the frame refused, when the client knows which: the one whose id the
+   * frame echoes, or, for a frame without an id, the one the confirmation rules point to
+   * (see {@link RateLimitedClient}). It is sent again after the retry window; a priority
+   * message is dropped instead.
+   */
+  message?: OutboundMessage;
 }
 
 /** A message as the client sends it: NestJS's `{ event, data }`. */
@@ -81,6 +101,8 @@ export interface OutboundMessage {
   event: string;
   /** The message payload. */
   data: unknown;
+  /** The id the client gave the message (see the `messageIds` option). */
+  id?: MessageId;
 }
 
 /** Why a message was dropped. */
@@ -116,8 +138,8 @@ export interface ReconnectEvent {
 export interface RateLimitedClientEvents {
   /** Every frame that is not a `rate_limit` frame, parsed from JSON. */
   message: unknown;
-  /** Every `rate_limit` frame, normalised. */
-  rateLimit: RateLimitInfo;
+  /** Every `rate_limit` frame, normalised, with the message it refused when known. */
+  rateLimit: RateLimitNotice;
   /** The new state, on every change. */
   state: ClientState;
   /** A message the client had accepted and then lost. */
@@ -186,7 +208,11 @@ export interface RateLimitedClientOptions {
    */
   overflow?: OverflowPolicy;
   /**
-   * Server limits known in advance (token buckets); the client never exceeds them.
+   * Server limits known in advance (token buckets); the client paces to them from the
+   * start. The model counts from when the client sends, the server from when the first
+   * message arrives, so a burst that spends a whole declared capacity can still be refused
+   * once if that first message was slower than a later one; the frame then re-anchors the
+   * model (see the pacing rule).
    * @default undefined (limits are learned from rate_limit frames)
    */
   limits?: DeclaredLimits;
@@ -196,6 +222,17 @@ export interface RateLimitedClientOptions {
    * @default 125
    */
   minPaceMs?: number;
+  /**
+   * Give each message an `id`, a number unique for this client, sent as
+   * `{ event, data, id }`. A server using `WsRateLimitAdapter` echoes it in the
+   * `rate_limit` frame (and the `error` frame) that answers the message, so the client
+   * knows exactly which message was refused, even when the frame comes late; frames
+   * without an id fall back to the confirmation rules. The client remembers the ids of
+   * the last 1024 messages sent on the current connection. Turn it off for a server that
+   * refuses fields it does not know.
+   * @default true
+   */
+  messageIds?: boolean;
   /**
    * Messages of an event with no known limit that may await confirmation at once; 1 means a
    * burst against an unknown limit provokes at most one rate_limit frame.

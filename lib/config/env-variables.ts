@@ -15,7 +15,8 @@ export type EnvKind =
   | 'ipv6-prefix'
   | 'boolean'
   | 'plans'
-  | 'access-list';
+  | 'access-list'
+  | 'host-list';
 
 /** One environment variable and the option it sets. */
 export interface EnvVariable {
@@ -51,6 +52,64 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     kind: 'redis-url',
     default: 'none',
     description: '`redis://` or `rediss://` URL of a standalone Redis.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_REDIS_SENTINELS',
+    option: 'redis.sentinels',
+    kind: 'host-list',
+    default: 'none',
+    description: 'Redis Sentinels as `host:port`, comma-separated (with `REDIS_SENTINEL_NAME`).',
+  },
+  {
+    name: 'WS_RATE_LIMIT_REDIS_SENTINEL_NAME',
+    option: 'redis.sentinelName',
+    kind: 'string',
+    default: 'none',
+    description: 'The master name the sentinels monitor.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_REDIS_PASSWORD',
+    option: 'redis.password',
+    kind: 'string',
+    default: 'none',
+    description: 'Password of the Redis servers, for Sentinel or Cluster (a URL carries its own).',
+  },
+  {
+    name: 'WS_RATE_LIMIT_REDIS_CLUSTER_NODES',
+    option: 'redis.clusterNodes',
+    kind: 'host-list',
+    default: 'none',
+    description: 'Redis Cluster start-up nodes as `host:port`, comma-separated.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_REDIS_TIMEOUT_MS',
+    option: 'redis.commandTimeoutMs',
+    kind: 'positive-integer',
+    default: '50',
+    description: 'Deadline of one Redis decision; past it the fail mode decides.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_REDIS_CLOCK',
+    option: 'redis.clock',
+    kind: 'enum',
+    values: ['redis', 'app'],
+    default: 'redis',
+    description:
+      "Whose clock decides: Redis's `TIME` (instances may be skewed), or the app's (for Redis that forbids `TIME` in scripts).",
+  },
+  {
+    name: 'WS_RATE_LIMIT_REDIS_LEASE_TTL_MS',
+    option: 'redis.leaseTtlMs',
+    kind: 'positive-integer',
+    default: '30000',
+    description: 'Open-connection slots of an instance that died come back within this time.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_REDIS_BLOCK_CACHE',
+    option: 'redis.blockCache',
+    kind: 'non-negative-integer',
+    default: '10000',
+    description: 'Refused plans remembered locally until their retry time (no Redis call for them); 0 = off.',
   },
   {
     name: 'WS_RATE_LIMIT_TRACKER',

@@ -1,6 +1,7 @@
 import { BlockList, isIP } from 'node:net';
 import type {
   MetricsRegistry,
+  RedisModuleOptions,
   PlanLimitsOptions,
   PlanResolver,
   TrackerOption,
@@ -48,6 +49,23 @@ export interface ResolvedAccessList {
   readonly entries: readonly string[];
 }
 
+/** Redis settings, resolved. */
+export interface ResolvedRedisOptions {
+  readonly url: string | undefined;
+  readonly sentinels: readonly { host: string; port: number }[] | undefined;
+  readonly sentinelName: string | undefined;
+  readonly password: string | undefined;
+  readonly clusterNodes: readonly { host: string; port: number }[] | undefined;
+  readonly client: RedisModuleOptions['client'];
+  readonly commandTimeoutMs: number;
+  readonly clock: 'redis' | 'app';
+  readonly leaseTtlMs: number;
+  /** Entries of the block cache; 0 = off. */
+  readonly blockCache: number;
+  /** Further options for the clients the store creates (code only). */
+  readonly redisOptions: RedisModuleOptions['redisOptions'];
+}
+
 /** Trusted proxies: none, a hop count, or a list of addresses and networks. */
 export type ResolvedTrustProxy =
   | { readonly kind: 'none' }
@@ -57,7 +75,8 @@ export type ResolvedTrustProxy =
 /** Every option with its final value, after code, environment and defaults. */
 export interface ResolvedWsRateLimitOptions {
   readonly store: 'memory' | 'redis' | RateLimitStore;
-  readonly redis: { readonly url: string | undefined };
+  /** How to reach Redis when `store` is `redis`: exactly one of url, sentinel, cluster, client. */
+  readonly redis: ResolvedRedisOptions;
   readonly tracker: TrackerOption;
   readonly global: ResolvedBucket;
   readonly type: ResolvedBucket;
@@ -171,12 +190,20 @@ export function resolveOptions(
   }
 
   const store = value<'memory' | 'redis' | RateLimitStore>('store');
-  const redisUrl = value<string | undefined>('redis.url');
-  if (store === 'redis' && redisUrl === undefined) {
-    throw new WsRateLimitConfigError(
-      `${label('store')} is "redis" but no Redis is configured: set WS_RATE_LIMIT_REDIS_URL or option redis.url`,
-    );
-  }
+  const redis: ResolvedRedisOptions = {
+    url: value<string | undefined>('redis.url'),
+    sentinels: value<ResolvedRedisOptions['sentinels']>('redis.sentinels'),
+    sentinelName: value<string | undefined>('redis.sentinelName'),
+    password: value<string | undefined>('redis.password'),
+    clusterNodes: value<ResolvedRedisOptions['clusterNodes']>('redis.clusterNodes'),
+    client: options.redis?.client,
+    commandTimeoutMs: value<number>('redis.commandTimeoutMs'),
+    clock: value<'redis' | 'app'>('redis.clock'),
+    leaseTtlMs: value<number>('redis.leaseTtlMs'),
+    blockCache: value<number>('redis.blockCache'),
+    redisOptions: options.redis?.redisOptions,
+  };
+  if (store === 'redis') checkRedisChoice(redis, label);
   for (const name of ['frameBuilder', 'planResolver'] as const) {
     if (options[name] !== undefined && typeof options[name] !== 'function') {
       throw new WsRateLimitConfigError(`option ${name} must be a function`);
@@ -196,7 +223,7 @@ export function resolveOptions(
 
   return {
     store,
-    redis: { url: redisUrl },
+    redis,
     tracker: value<TrackerOption>('tracker'),
     global,
     type,
@@ -281,6 +308,30 @@ function resolvePlan(name: string, overrides: PlanLimitsOptions, base: ResolvedP
   }
 }
 
+/** With the Redis store, exactly one way to reach Redis, complete. */
+function checkRedisChoice(redis: ResolvedRedisOptions, label: (path: string) => string): void {
+  const ways = [
+    redis.url !== undefined && label('redis.url'),
+    redis.sentinels !== undefined && label('redis.sentinels'),
+    redis.clusterNodes !== undefined && label('redis.clusterNodes'),
+    redis.client !== undefined && 'option redis.client',
+  ].filter((way): way is string => way !== false);
+  if (ways.length === 0) {
+    throw new WsRateLimitConfigError(
+      `${label('store')} is "redis" but no Redis is configured: set WS_RATE_LIMIT_REDIS_URL ` +
+        '(or WS_RATE_LIMIT_REDIS_SENTINELS, WS_RATE_LIMIT_REDIS_CLUSTER_NODES, or option redis.client)',
+    );
+  }
+  if (ways.length > 1) {
+    throw new WsRateLimitConfigError(`only one way to reach Redis may be given, got ${ways.join(' and ')}`);
+  }
+  if (redis.sentinels !== undefined && redis.sentinelName === undefined) {
+    throw new WsRateLimitConfigError(
+      `${label('redis.sentinels')} needs the master's name: set WS_RATE_LIMIT_REDIS_SENTINEL_NAME or option redis.sentinelName`,
+    );
+  }
+}
+
 function requireCapacity(capacity: number, cost: number, where: string, what: string): void {
   if (capacity < cost) {
     throw new WsRateLimitConfigError(
@@ -354,6 +405,8 @@ function parseEnvValue(variable: EnvVariable, text: string): unknown {
     }
     case 'access-list':
       return checkAccessList(text, where);
+    case 'host-list':
+      return checkHostList(text.split(','), where);
   }
 }
 
@@ -394,7 +447,41 @@ function checkCodeValue(variable: EnvVariable, value: unknown): unknown {
       return checkPlans(value, where);
     case 'access-list':
       return checkAccessList(value, where);
+    case 'host-list':
+      return checkHostList(value, where);
   }
+}
+
+/** `host:port` entries (or `{ host, port }` objects in code), at least one. */
+function checkHostList(value: unknown, where: string): { host: string; port: number }[] {
+  if (!Array.isArray(value)) fail(where, 'host:port entries', value);
+  const hosts: { host: string; port: number }[] = [];
+  for (const entry of value as unknown[]) {
+    let host: unknown;
+    let port: unknown;
+    if (typeof entry === 'string') {
+      const text = entry.trim();
+      if (text === '') continue;
+      const colon = text.lastIndexOf(':');
+      host = colon > 0 ? text.slice(0, colon).replace(/^\[(.*)\]$/, '$1') : '';
+      port = colon > 0 && /^\d+$/.test(text.slice(colon + 1)) ? Number(text.slice(colon + 1)) : NaN;
+    } else if (entry !== null && typeof entry === 'object') {
+      ({ host, port } = entry as { host?: unknown; port?: unknown });
+    }
+    if (
+      typeof host !== 'string' ||
+      host === '' ||
+      typeof port !== 'number' ||
+      !Number.isInteger(port) ||
+      port < 1 ||
+      port > 65535
+    ) {
+      fail(where, 'host:port entries', entry);
+    }
+    hosts.push({ host, port });
+  }
+  if (hosts.length === 0) fail(where, 'at least one host:port', value);
+  return hosts;
 }
 
 function checkPlans(value: unknown, where: string): Record<string, PlanLimitsOptions> {

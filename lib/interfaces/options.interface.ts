@@ -1,6 +1,51 @@
 import type { IncomingMessage } from 'node:http';
+import type { Cluster, Redis, RedisOptions } from 'ioredis';
 import type { RateLimitStore } from '../storage/rate-limit-store.js';
 import type { RateLimitFrameBuilder } from './frame.interface.js';
+
+/**
+ * How the Redis store reaches Redis (with `store: 'redis'`): exactly one of `url`,
+ * `sentinels` (with `sentinelName`), `clusterNodes` or `client`. Every field but `client`
+ * and `redisOptions` has a `WS_RATE_LIMIT_REDIS_*` variable.
+ */
+export interface RedisModuleOptions {
+  /** `redis://` or `rediss://` URL of a standalone Redis. */
+  url?: string;
+  /** Redis Sentinels, as `host:port` strings or objects. */
+  sentinels?: readonly (string | { host: string; port: number })[];
+  /** The master name the sentinels monitor. */
+  sentinelName?: string;
+  /** Password of the Redis servers, for Sentinel or Cluster. */
+  password?: string;
+  /** Cluster start-up nodes, as `host:port` strings or objects. */
+  clusterNodes?: readonly (string | { host: string; port: number })[];
+  /** An ioredis client (standalone, Sentinel or Cluster) you own: used, never closed. */
+  client?: Redis | Cluster;
+  /**
+   * Deadline of one store call in ms; past it the fail mode decides.
+   * @default 50
+   */
+  commandTimeoutMs?: number;
+  /**
+   * `redis`: Redis's `TIME` decides (instances may disagree on time); `app`: this process's
+   * clock, clamped never to run backwards, for Redis services that forbid `TIME` in scripts.
+   * @default 'redis'
+   */
+  clock?: 'redis' | 'app';
+  /**
+   * Open-connection slots of an instance that died come back within this time (ms).
+   * @default 30000
+   */
+  leaseTtlMs?: number;
+  /**
+   * Refused plans remembered in this process until their retry time, so that a flooding
+   * client costs Redis nothing; 0 turns it off.
+   * @default 10000
+   */
+  blockCache?: number;
+  /** Further ioredis options for the clients the store creates (TLS, ACL user...). */
+  redisOptions?: RedisOptions;
+}
 
 /** A token bucket's figures. */
 export interface BucketLimitOptions {
@@ -121,6 +166,8 @@ export interface WsRateLimitModuleOptions {
    * @default 'memory'
    */
   store?: 'memory' | 'redis' | RateLimitStore;
+  /** How the Redis store reaches Redis. */
+  redis?: RedisModuleOptions;
   /**
    * Whose budget a message spends: each `connection`, each client `ip`, or a function.
    * @default 'connection'

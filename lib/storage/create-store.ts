@@ -1,9 +1,41 @@
 import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
 import { MemoryRateLimitStore } from './memory/memory-store.js';
 import { RateLimitStore } from './rate-limit-store.js';
+import { createRedisStore } from './redis/redis-store.js';
 
-/** The store the options ask for: an instance given in code, or one this module owns. */
-export function createStore(options: ResolvedWsRateLimitOptions): RateLimitStore {
+/**
+ * The store the options ask for: an instance given in code (its creator's to close), or
+ * one this module creates and closes. The Redis store loads ioredis only when chosen.
+ */
+export async function createStore(options: ResolvedWsRateLimitOptions): Promise<RateLimitStore> {
   if (options.store instanceof RateLimitStore) return options.store;
-  return new MemoryRateLimitStore({ maxKeys: options.maxKeys });
+  if (options.store === 'memory') return new MemoryRateLimitStore({ maxKeys: options.maxKeys });
+  const { redis } = options;
+  const common = {
+    keyPrefix: options.keyPrefix,
+    commandTimeoutMs: redis.commandTimeoutMs,
+    clock: redis.clock,
+    leaseTtlMs: redis.leaseTtlMs,
+    blockCache: redis.blockCache === 0 ? (false as const) : { maxEntries: redis.blockCache },
+    ...(redis.redisOptions ? { redisOptions: redis.redisOptions } : {}),
+  };
+  if (redis.client) return createRedisStore({ ...common, client: redis.client });
+  if (redis.url) return createRedisStore({ ...common, url: redis.url });
+  if (redis.sentinels) {
+    return createRedisStore({
+      ...common,
+      sentinel: {
+        sentinels: [...redis.sentinels],
+        name: redis.sentinelName!,
+        ...(redis.password === undefined ? {} : { password: redis.password }),
+      },
+    });
+  }
+  return createRedisStore({
+    ...common,
+    cluster: {
+      nodes: [...redis.clusterNodes!],
+      ...(redis.password === undefined ? {} : { password: redis.password }),
+    },
+  });
 }

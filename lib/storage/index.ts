@@ -1,2 +1,11 @@
 export * from './rate-limit-store.js';
 export * from './memory/memory-store.js';
+export {
+  RedisRateLimitStore,
+  createRedisStore,
+  RedisStoreUnavailableError,
+  type RedisStoreClient,
+  type RedisStoreOptions,
+  type RedisSentinelOptions,
+  type RedisClusterOptions,
+} from './redis/index.js';

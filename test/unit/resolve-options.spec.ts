@@ -63,6 +63,7 @@ const INVALID_ENV: Record<EnvKind, readonly string[]> = {
     '{"":{}}',
   ],
   'access-list': ['10.0.0.0/33', '::1/129', '1.2.3.4/abc'],
+  'host-list': ['localhost', 'localhost:', ':6379', 'localhost:0', 'localhost:70000', 'localhost:port', ' , '],
 };
 
 /** Extra invalid text for single variables, where the kind alone allows it. */
@@ -88,6 +89,7 @@ const INVALID_CODE: Record<EnvKind, readonly unknown[]> = {
   boolean: ['true', 1, null],
   plans: [[], 'premium', 42, { premium: 5 }, { premium: { global: { capacity: -1 } } }, { premium: { bogus: 1 } }],
   'access-list': [42, [42], '10.0.0.0/33', {}],
+  'host-list': ['localhost:6379', [], ['localhost'], [{ host: 'localhost' }], [{ host: '', port: 1 }], 42],
 };
 
 /** A valid value from the environment and a different one from code, per kind. */
@@ -106,6 +108,7 @@ const VALID: Record<EnvKind, (v: EnvVariable) => { env: string; code: unknown }>
   boolean: (v) => (v.default === 'true' ? { env: 'false', code: true } : { env: 'true', code: false }),
   plans: () => ({ env: '{"free":{"global":{"capacity":10}}}', code: { pro: { type: { capacity: 40 } } } }),
   'access-list': () => ({ env: '10.0.0.0/8, user-1', code: ['192.168.0.0/16', 'user-2'] }),
+  'host-list': () => ({ env: 'a.example:26379, [::1]:26380', code: [{ host: 'b.example', port: 7000 }] }),
 };
 
 /** Options with `value` at a dotted path. */

@@ -2,8 +2,14 @@
  * The source of a small app run in its own process: an echo gateway behind
  * WsRateLimitAdapter, configured from WS_RATE_LIMIT_* variables. It answers IPC requests:
  * `memory` (process.memoryUsage()) and `stats` (WsRateLimitService.stats()).
+ * CLOCK_OFFSET_MS skews its wall clock (Date.now), as a badly synchronised host would be.
  */
 export const ECHO_APP = `
+const offset = Number(process.env.CLOCK_OFFSET_MS ?? 0);
+if (offset !== 0) {
+  const real = Date.now;
+  Date.now = () => real() + offset;
+}
 import { Module } from '@nestjs/common';
 import { ConfigModule } from '@nestjs/config';
 import { NestFactory } from '@nestjs/core';
