@@ -86,6 +86,54 @@ describe('app instances in separate processes sharing one Redis', () => {
     });
   });
 
+  describe('C-10 per-IP connection flood across two instances', () => {
+    it('lets exactly the cap open, refuses the rest before the upgrade, and counts back to zero', async () => {
+      const env = {
+        WS_RATE_LIMIT_MAX_CONNECTIONS_PER_IP: '20',
+        WS_RATE_LIMIT_CONNECTION_CAPACITY: '100000',
+        WS_RATE_LIMIT_CONNECTION_REFILL_RATE: '100000',
+        WS_RATE_LIMIT_REDIS_TIMEOUT_MS: '5000',
+      };
+      const pair = await Promise.all([start(env), start(env)]);
+      const attempts = await Promise.allSettled(
+        Array.from({ length: 500 }, (_, i) => TestClient.connect(pair[i % 2]!.url, { localAddress: '127.0.0.6' })),
+      );
+      const open = attempts.flatMap((attempt) => (attempt.status === 'fulfilled' ? [attempt.value] : []));
+      const refused = attempts.flatMap((attempt) => (attempt.status === 'rejected' ? [String(attempt.reason)] : []));
+      expect(open).toHaveLength(20);
+      expect(refused).toHaveLength(480);
+      expect(refused.every((reason) => reason.includes('HTTP 429'))).toBe(true);
+      await Promise.all(open.map((client) => client.close()));
+      // Once all are closed, the shared count is back to zero (the leases hold no units).
+      const closedAt = performance.now();
+      let held = -1;
+      while (held !== 0 && performance.now() - closedAt < 5_000) {
+        await sleep(50);
+        held = await heldLeaseUnits(redis);
+      }
+      expect(held).toBe(0);
+      expect(performance.now() - closedAt).toBeLessThan(1_000 + 500);
+    });
+  });
+
+  describe('operator blocks', () => {
+    it('are enforced by every instance sharing the Redis', async () => {
+      const [one, other] = await Promise.all([start({}), start({})]);
+      expect((await upgrade(other!.port, {}, '127.0.0.7')).status).toBe(101);
+      await one!.request('block', { target: '127.0.0.7', ms: 60_000 });
+      expect((await upgrade(one!.port, {}, '127.0.0.7')).status).toBe(403);
+      // The other instance reads blocks from Redis every second.
+      const blockedAt = performance.now();
+      let status = 101;
+      while (status !== 403 && performance.now() - blockedAt < 5_000) {
+        await sleep(100);
+        status = (await upgrade(other!.port, {}, '127.0.0.7')).status;
+      }
+      expect(status).toBe(403);
+      expect((await upgrade(other!.port, {}, '127.0.0.8')).status).toBe(101);
+    });
+  });
+
   describe('an instance that dies without closing its sockets', () => {
     it('gives its open-connection slots back within the lease time', async () => {
       const env = {
@@ -153,3 +201,14 @@ describe('app instances in separate processes sharing one Redis', () => {
     });
   });
 });
+
+/** Units held by every open-connection lease in Redis (fields `l:<instance>|<lease>`). */
+async function heldLeaseUnits(redis: RedisServer): Promise<number> {
+  const keys = (await redis.command('KEYS', '*:cc')) as string[];
+  let held = 0;
+  for (const key of keys) {
+    const flat = (await redis.command('HGETALL', key)) as string[];
+    for (let i = 0; i < flat.length; i += 2) if (flat[i]!.startsWith('l:')) held += Number(flat[i + 1]);
+  }
+  return held;
+}

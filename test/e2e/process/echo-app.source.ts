@@ -1,7 +1,8 @@
 /**
  * The source of a small app run in its own process: an echo gateway behind
  * WsRateLimitAdapter, configured from WS_RATE_LIMIT_* variables. It answers IPC requests:
- * `memory` (process.memoryUsage()) and `stats` (WsRateLimitService.stats()).
+ * `memory` (process.memoryUsage()), `stats` (WsRateLimitService.stats()) and `block`
+ * (WsRateLimitService.block(target, ms)).
  * CLOCK_OFFSET_MS skews its wall clock (Date.now), as a badly synchronised host would be.
  */
 export const ECHO_APP = `
@@ -35,9 +36,12 @@ async function main(): Promise<void> {
   app.enableShutdownHooks();
   await app.listen(0, '127.0.0.1');
   const limiter = app.get(WsRateLimitService);
-  process.on('message', (message: { id: number; type: string }) => {
+  process.on('message', (message: { id: number; type: string; target?: string; ms?: number }) => {
     if (message.type === 'memory') process.send!({ id: message.id, ...process.memoryUsage() });
     if (message.type === 'stats') process.send!({ id: message.id, ...limiter.stats() });
+    if (message.type === 'block') {
+      void limiter.block(message.target!, message.ms!).then(() => process.send!({ id: message.id }));
+    }
   });
   process.send!({ type: 'listening', port: (app.getHttpServer().address() as AddressInfo).port });
 }
