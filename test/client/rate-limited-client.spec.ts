@@ -21,6 +21,10 @@ import {
 interface SentFrame {
   event: string;
   data: unknown;
+  /** The message id, if the frame carried one. */
+  id?: unknown;
+  /** The frame as written. */
+  raw: string;
   /** performance.now() when it was written (fake timers move it). */
   at: number;
 }
@@ -42,8 +46,8 @@ class FakeSocket implements WebSocketLike {
 
   send(data: string): void {
     if (this.readyState !== 1) throw new Error('FakeSocket: send while not open');
-    const parsed = JSON.parse(data) as { event: string; data: unknown };
-    this.sent.push({ event: parsed.event, data: parsed.data, at: performance.now() });
+    const parsed = JSON.parse(data) as { event: string; data: unknown; id?: unknown };
+    this.sent.push({ event: parsed.event, data: parsed.data, id: parsed.id, raw: data, at: performance.now() });
   }
 
   close(code?: number, reason?: string): void {
@@ -78,6 +82,11 @@ class FakeSocket implements WebSocketLike {
   /** Payloads of the frames sent, in order. */
   payloads(): unknown[] {
     return this.sent.map((frame) => frame.data);
+  }
+
+  /** Ids of the frames sent, in order. */
+  ids(): unknown[] {
+    return this.sent.map((frame) => frame.id);
   }
 }
 
@@ -486,10 +495,12 @@ describe('RateLimitedClient: retry windows and pacing', () => {
           burst: fc.integer({ min: 1, max: 40 }),
           latencyMs: fc.integer({ min: 0, max: 20 }),
           acks: fc.boolean(),
+          messageIds: fc.boolean(),
+          echoIds: fc.boolean(),
         }),
-        ({ capacity, refillPerSecond, burst, latencyMs, acks }) => {
-          const h = harness(acks ? { isAck } : {});
-          const server = simulatedServer(h.socket(), capacity, refillPerSecond, latencyMs);
+        ({ capacity, refillPerSecond, burst, latencyMs, acks, messageIds, echoIds }) => {
+          const h = harness(acks ? { isAck, messageIds } : { messageIds });
+          const server = simulatedServer(h.socket(), capacity, refillPerSecond, latencyMs, echoIds);
           h.socket().open();
           for (let i = 0; i < burst; i++) h.client.send('chat', i);
           advance(60_000);
@@ -510,13 +521,15 @@ describe('RateLimitedClient: retry windows and pacing', () => {
 
 /**
  * Plays a server with one token bucket per connection that processes frames in order
- * after `latencyMs`, answers accepted ones with an ack and rejected ones with a frame.
+ * after `latencyMs`, answers accepted ones with an ack and rejected ones with a frame,
+ * which echoes the message's id when `echoIds` is set (as WsRateLimitAdapter does).
  */
 function simulatedServer(
   socket: FakeSocket,
   capacity: number,
   refillPerSecond: number,
   latencyMs: number,
+  echoIds = false,
 ): { accepted: unknown[]; arrivals: number[]; rejections: { at: number; retryAfter: number }[] } {
   const accepted: unknown[] = [];
   const arrivals: number[] = [];
@@ -526,7 +539,7 @@ function simulatedServer(
   const send = socket.send.bind(socket);
   socket.send = (data: string) => {
     send(data);
-    const { data: payload } = JSON.parse(data) as { data: unknown };
+    const { data: payload, id } = JSON.parse(data) as { data: unknown; id?: unknown };
     setTimeout(() => {
       const t = performance.now();
       arrivals.push(t);
@@ -540,7 +553,7 @@ function simulatedServer(
       } else {
         const retryAfter = Math.ceil(((1 - tokens) / refillPerSecond) * 1000);
         rejections.push({ at: t, retryAfter });
-        reply = rateLimitFrame(retryAfter, { limit: capacity });
+        reply = rateLimitFrame(retryAfter, echoIds && id !== undefined ? { limit: capacity, id } : { limit: capacity });
       }
       setTimeout(() => {
         if (socket.readyState === 1) socket.receive(reply);
@@ -549,6 +562,173 @@ function simulatedServer(
   };
   return { accepted, arrivals, rejections };
 }
+
+describe('RateLimitedClient: message ids', () => {
+  it('sends { event, data, id } with an id unique per message, and the same id when it sends a message again', () => {
+    const h = harness({ maxUnconfirmed: Infinity });
+    h.socket().open();
+    for (let i = 0; i < 3; i++) h.client.send('chat', i);
+    h.client.sendPriority('get_limits');
+    expect(h.socket().sent[0].raw).toBe('{"event":"chat","data":0,"id":0}');
+    expect(h.socket().ids()).toEqual([0, 1, 2, 3]);
+
+    h.socket().receive(rateLimitFrame(100, { id: 1 }));
+    advance(100);
+    expect(h.socket().payloads()).toEqual([0, 1, 2, undefined, 1]);
+    expect(h.socket().ids()).toEqual([0, 1, 2, 3, 1]);
+    h.client.close();
+  });
+
+  it('sends plain { event, data } when messageIds is false', () => {
+    const h = harness({ messageIds: false });
+    h.socket().open();
+    h.client.send('chat', 'hi');
+    h.client.sendPriority('ping');
+    expect(h.socket().sent.map((frame) => frame.raw)).toEqual(['{"event":"chat","data":"hi"}', '{"event":"ping"}']);
+    expect(() => harness({ messageIds: 'yes' as unknown as boolean })).toThrow(/options\.messageIds/);
+    h.client.close();
+  });
+
+  it('reads the id a rate_limit frame echoes, in either form, ignoring ids the server would not echo', () => {
+    expect(parseRateLimitFrame(rateLimitFrame(100, { id: 7 }))?.id).toBe(7);
+    expect(parseRateLimitFrame({ type: 'rate_limit', code: 'TYPE_LIMIT', retryAfter: 1, id: 'm-1' })?.id).toBe('m-1');
+    for (const id of ['x'.repeat(65), 1.5, 2 ** 53, { n: 1 }, null]) {
+      expect(parseRateLimitFrame(rateLimitFrame(100, { id }))).not.toHaveProperty('id');
+    }
+  });
+
+  it('re-sends exactly the message a frame names, where inference would blame another', () => {
+    const run = (messageIds: boolean): { payloads: unknown[]; refused: unknown } => {
+      const h = harness({ maxUnconfirmed: Infinity, messageIds });
+      let refused: unknown;
+      h.client.on('rateLimit', (notice) => (refused = notice.message));
+      h.socket().open();
+      for (let i = 0; i < 5; i++) h.client.send('chat', i);
+      // The server refused message 1 only (a token came back before 2 arrived).
+      h.socket().receive(rateLimitFrame(100, messageIds ? { id: 1 } : {}));
+      advance(10_000);
+      const payloads = h.socket().payloads();
+      h.client.close();
+      return { payloads, refused };
+    };
+
+    expect(run(true)).toEqual({ payloads: [0, 1, 2, 3, 4, 1], refused: { event: 'chat', data: 1, id: 1 } });
+    // Without ids the client can only infer, and takes the newest unconfirmed message.
+    expect(run(false)).toEqual({ payloads: [0, 1, 2, 3, 4, 4], refused: { event: 'chat', data: 4 } });
+  });
+
+  it('re-sends a refused message whose frame came after it was presumed accepted', () => {
+    const h = harness();
+    const notices: RateLimitInfo[] = [];
+    h.client.on('rateLimit', (notice) => notices.push(notice));
+    h.socket().open();
+    h.client.send('chat', 0);
+    h.client.send('chat', 1);
+    advance(250);
+    expect(h.socket().payloads()).toEqual([0, 1]);
+
+    // A slow server: the frame refusing 0 arrives after confirmMs, once 1 is on its way.
+    advance(50);
+    h.socket().receive(rateLimitFrame(100, { id: 0 }));
+    expect(h.client.queued).toBe(1);
+    advance(99);
+    expect(h.socket().payloads()).toEqual([0, 1]);
+    advance(1);
+    expect(h.socket().payloads()).toEqual([0, 1, 0]);
+    advance(10_000);
+    expect(h.socket().payloads()).toEqual([0, 1, 0]);
+    expect(notices).toEqual([expect.objectContaining({ id: 0, message: { event: 'chat', data: 0, id: 0 } })]);
+    h.client.close();
+  });
+
+  it('blames none of its messages for a frame naming an id it does not know, but keeps the retry window', () => {
+    const h = harness();
+    const notices: RateLimitInfo[] = [];
+    h.client.on('rateLimit', (notice) => notices.push(notice));
+    h.socket().open();
+    h.client.send('chat', 0);
+    h.socket().receive(rateLimitFrame(300, { id: 'not-mine' }));
+    h.client.send('chat', 1);
+    expect(h.client.queued).toBe(1);
+
+    advance(299);
+    expect(h.socket().payloads()).toEqual([0]);
+    advance(1);
+    expect(h.socket().payloads()).toEqual([0, 1]);
+    expect(notices).toHaveLength(1);
+    expect(notices[0]).not.toHaveProperty('message');
+    h.client.close();
+  });
+
+  it('treats an error frame echoing an id as the answer to that message', () => {
+    const h = harness();
+    const messages: unknown[] = [];
+    h.client.on('message', (message) => messages.push(message));
+    h.socket().open();
+    h.client.send('nope', 0);
+    h.client.send('nope', 1);
+    expect(h.socket().payloads()).toEqual([0]);
+
+    // Answered: the next message of the event needs no confirmMs wait.
+    h.socket().receive({ event: 'error', data: { code: 'UNKNOWN_EVENT', id: 0 } });
+    expect(h.socket().payloads()).toEqual([0, 1]);
+    // An error frame naming no message of this client confirms nothing.
+    h.client.send('nope', 2);
+    h.socket().receive({ event: 'error', data: { code: 'UNKNOWN_EVENT', id: 99 } });
+    expect(h.socket().payloads()).toEqual([0, 1]);
+    expect(messages).toHaveLength(2);
+    h.client.close();
+  });
+
+  it('finds a refused message by its id after an ack confirmed another one in its place', () => {
+    // The server answers get_limits late (an async handler), so the chat's ack comes first
+    // and, by position, confirms get_limits; the frame refusing the chat must still find it.
+    const h = harness({ isAck: (message) => isAck(message) || (message as { event?: unknown }).event === 'status' });
+    h.socket().open();
+    h.client.sendPriority('get_limits');
+    h.client.send('chat', 'a');
+    h.client.send('chat', 'b');
+    h.socket().receive({ event: 'ack' });
+    h.socket().receive(rateLimitFrame(100, { id: 1 }));
+    h.socket().receive({ event: 'status' });
+    advance(100);
+    expect(h.socket().payloads()).toEqual([undefined, 'a', 'a']);
+    h.socket().receive({ event: 'ack' });
+    // Then paced by the bucket learned from the frame (one message per 125 ms).
+    advance(125);
+    expect(h.socket().payloads()).toEqual([undefined, 'a', 'a', 'b']);
+    h.client.close();
+  });
+
+  it('delivers every message of a burst sent all at once exactly once, given ids', () => {
+    fc.assert(
+      fc.property(
+        fc.record({
+          capacity: fc.integer({ min: 1, max: 10 }),
+          refillPerSecond: fc.integer({ min: 8, max: 50 }),
+          burst: fc.integer({ min: 1, max: 40 }),
+          latencyMs: fc.integer({ min: 0, max: 20 }),
+        }),
+        ({ capacity, refillPerSecond, burst, latencyMs }) => {
+          // No confirmation gate: the whole burst is in flight before the first frame.
+          const h = harness({ maxUnconfirmed: Infinity });
+          const server = simulatedServer(h.socket(), capacity, refillPerSecond, latencyMs, true);
+          h.socket().open();
+          for (let i = 0; i < burst; i++) h.client.send('chat', i);
+          advance(120_000);
+
+          expect([...server.accepted].sort((a, b) => (a as number) - (b as number))).toEqual(
+            Array.from({ length: burst }, (_, i) => i),
+          );
+          expect(h.client.queued).toBe(0);
+          h.client.close();
+          expect(jest.getTimerCount()).toBe(0);
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
+});
 
 describe('RateLimitedClient: priority sends', () => {
   it('skips the queue and any retry window, but only while open', () => {
@@ -576,7 +756,7 @@ describe('RateLimitedClient: priority sends', () => {
 
     advance(1000);
     expect(h.socket().sent).toHaveLength(1);
-    expect(drops).toEqual([{ reason: 'rejected', message: { event: 'search', data: { q: 'x' } } }]);
+    expect(drops).toEqual([{ reason: 'rejected', message: { event: 'search', data: { q: 'x' }, id: 0 } }]);
     expect(h.client.dropped).toBe(1);
     h.client.close();
   });
@@ -598,7 +778,7 @@ describe('RateLimitedClient: bounded queue', () => {
   it("'drop-oldest' (the default) evicts the oldest queued message", () => {
     const { h, results, drops } = fill('drop-oldest');
     expect(results).toEqual([true, true, true]);
-    expect(drops).toEqual([{ reason: 'queue_full', message: { event: 'chat', data: 'a' } }]);
+    expect(drops).toEqual([{ reason: 'queue_full', message: { event: 'chat', data: 'a', id: 0 } }]);
     expect(h.client.dropped).toBe(1);
     h.socket().open();
     expect(h.socket().payloads()).toEqual(['b', 'c']);
@@ -608,7 +788,7 @@ describe('RateLimitedClient: bounded queue', () => {
   it("'drop-newest' discards the new message and reports it", () => {
     const { h, results, drops } = fill('drop-newest');
     expect(results).toEqual([true, true, false]);
-    expect(drops).toEqual([{ reason: 'queue_full', message: { event: 'chat', data: 'c' } }]);
+    expect(drops).toEqual([{ reason: 'queue_full', message: { event: 'chat', data: 'c', id: 2 } }]);
     expect(h.client.dropped).toBe(1);
     h.socket().open();
     expect(h.socket().payloads()).toEqual(['a', 'b']);
@@ -757,6 +937,63 @@ describe('RateLimitedClient: reconnecting', () => {
     expect(jest.getTimerCount()).toBe(0);
   });
 
+  it('waits max(policyDelayMs, back-off) after each refused handshake, the back-off still growing', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }), { minLength: 1, maxLength: 10 }),
+        fc.integer({ min: 0, max: 5000 }),
+        (draws, policyDelayMs) => {
+          let draw = 0;
+          const h = harness({ backoffBaseMs: 500, backoffCapMs: 8000, policyDelayMs, random: () => draws[draw++] });
+          const scheduled: ReconnectEvent[] = [];
+          h.client.on('reconnect', (event) => scheduled.push(event));
+
+          for (let attempt = 0; attempt < draws.length; attempt++) {
+            h.socket().refuse();
+            const backoff = Math.floor(draws[attempt] * Math.min(8000, 500 * 2 ** attempt));
+            expect(scheduled[attempt]).toEqual({
+              attempt,
+              delayMs: Math.max(policyDelayMs, backoff),
+              code: 1006,
+              policy: true,
+            });
+            const before = h.sockets.length;
+            const { delayMs } = scheduled[attempt];
+            if (delayMs >= 1) {
+              advance(delayMs - 1);
+              expect(h.sockets).toHaveLength(before);
+            }
+            advance(1);
+            expect(h.sockets).toHaveLength(before + 1);
+          }
+          h.client.close();
+          expect(jest.getTimerCount()).toBe(0);
+        },
+      ),
+      { numRuns: 40 },
+    );
+  });
+
+  it('keeps the back-off under its cap however many attempts fail', () => {
+    const h = harness({ backoffBaseMs: 1000, backoffCapMs: 30_000, random: () => 1 - Number.EPSILON });
+    const scheduled: ReconnectEvent[] = [];
+    h.client.on('reconnect', (event) => scheduled.push(event));
+    for (let i = 0; i < 1100; i++) {
+      h.socket().open();
+      h.socket().serverClose(1006);
+      advance(scheduled[i].delayMs);
+    }
+    expect(scheduled.map((event) => event.attempt)).toEqual(Array.from({ length: 1100 }, (_, i) => i));
+    for (const { delayMs } of scheduled) {
+      expect(Number.isInteger(delayMs)).toBe(true);
+      expect(delayMs).toBeGreaterThanOrEqual(0);
+      expect(delayMs).toBeLessThan(30_000);
+    }
+    // From attempt 5 on, base * 2^attempt is past the cap: the ceiling is the cap itself.
+    expect(scheduled.slice(5).every((event) => event.delayMs === 29_999)).toBe(true);
+    h.client.close();
+  });
+
   it('resets the back-off once a connection has stayed open for stableMs', () => {
     const h = harness({ random: () => 0.5, backoffBaseMs: 1000, stableMs: 5000 });
     const scheduled: ReconnectEvent[] = [];
@@ -796,7 +1033,7 @@ describe('RateLimitedClient: reconnecting', () => {
     expect(h.sockets).toHaveLength(3);
     expect(h.client.state).toBe('closed');
     expect(String(errors[errors.length - 1])).toMatch(/gave up after 2 reconnect attempts/);
-    expect(drops).toEqual([{ reason: 'closed', message: { event: 'chat', data: 'pending' } }]);
+    expect(drops).toEqual([{ reason: 'closed', message: { event: 'chat', data: 'pending', id: 0 } }]);
     expect(jest.getTimerCount()).toBe(0);
   });
 
