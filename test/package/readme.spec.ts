@@ -1,7 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ENV_VARIABLES } from '../../lib/index.js';
+import { ENV_VARIABLES, METRICS } from '../../lib/index.js';
 import { ROOT } from '../support/build.js';
 
 describe("the README's configuration table", () => {
@@ -24,5 +24,33 @@ describe("the README's configuration table", () => {
 
   it('states what each variable means as the code documents it', () => {
     expect(rows.map((row) => row[3])).toEqual(ENV_VARIABLES.map((variable) => variable.description));
+  });
+});
+
+describe("the README's metrics table", () => {
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+  const rows = readme
+    .split('\n')
+    .filter((line) => line.startsWith('| `ws_rate_limit_'))
+    .map((line) =>
+      line
+        .split('|')
+        .slice(1, -1)
+        .map((cell) => cell.trim()),
+    );
+
+  it('lists every metric the code publishes, with its type, labels and meaning', () => {
+    expect(rows).toEqual(
+      METRICS.map(([name, type, labels, help]) => [
+        `\`ws_rate_limit_${name}\``,
+        type,
+        labels
+          .split(', ')
+          .filter(Boolean)
+          .map((label) => `\`${label}\``)
+          .join(', '),
+        help,
+      ]),
+    );
   });
 });

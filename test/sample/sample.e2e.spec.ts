@@ -48,6 +48,36 @@ describe('the sample chat server (in process)', () => {
     await listener.close();
   });
 
+  it('serves /metrics, whose counters move by exactly what a scripted flood caused', async () => {
+    const scrape = async (): Promise<string> => {
+      const response = await fetch(`http://127.0.0.1:${running.port}/metrics`);
+      expect(response.headers.get('content-type')).toContain('text/plain');
+      return response.text();
+    };
+    const value = (text: string, series: string): number => {
+      const line = text.split('\n').find((entry) => entry.startsWith(`${series} `));
+      return line === undefined ? 0 : Number(line.slice(series.length + 1));
+    };
+    const before = await scrape();
+    const flooder = await TestClient.connect(running.url);
+    for (let i = 0; i < 40; i++) flooder.send('typing', { isTyping: i % 2 === 0 });
+    for (let i = 0; i < 3; i++) flooder.send('presence', { status: 'online' });
+    await flooder.waitForEvent('rate_limit', 10);
+    await flooder.waitClose();
+    const after = await scrape();
+    const delta = (series: string) => value(after, series) - value(before, series);
+    // typing: 10 burst, then 10 violations close the socket (1008) before anything else.
+    expect(delta('ws_rate_limit_decisions_total{result="allowed",tier="",code="",type="typing"}')).toBe(10);
+    expect(
+      delta('ws_rate_limit_decisions_total{result="rejected",tier="type",code="TYPE_LIMIT",type="typing"}'),
+    ).toBeGreaterThanOrEqual(10);
+    expect(delta('ws_rate_limit_violations_total{code="TYPE_LIMIT",type="typing"}')).toBe(10);
+    expect(delta('ws_rate_limit_disconnects_total{reason="violations"}')).toBe(1);
+    expect(delta('ws_rate_limit_connections_total{result="accepted",reason=""}')).toBe(1);
+    expect(delta('ws_rate_limit_near_limit_total{tier="type",type="typing"}')).toBe(2);
+    await flooder.close();
+  });
+
   it('marks search as expensive: five per minute', async () => {
     const client = await TestClient.connect(running.url);
     for (let i = 0; i < 6; i++) client.send('search', { query: `q${i}` });
