@@ -26,7 +26,9 @@ export class WsThrottleGuard implements CanActivate {
 
   canActivate(context: ExecutionContext): boolean | Promise<boolean> {
     if (context.getType() !== 'ws') return true;
-    const client = context.switchToWs().getClient<object>();
+    // A WebSocket handler's arguments are [client, data, ...]: read the client directly
+    // (switchToWs() builds a new object on every call).
+    const client = context.getArgByIndex<object>(0);
     const connection = this.limiter.connectionOf(client);
     const route = this.getRoute(context, connection, client);
     if (route === null) return true;
@@ -65,7 +67,7 @@ export class WsThrottleGuard implements CanActivate {
     plan: RateLimitPlan,
     context: ExecutionContext,
   ): true {
-    const client = context.switchToWs().getClient<object>();
+    const client = context.getArgByIndex<object>(0);
     return this.refuse(
       client,
       new WsRateLimitException(decision, route.type, plan.tracker, messageIdFromArgs(context.getArgs())),

@@ -16,8 +16,10 @@ interface Histogram {
 
 /** What the limiter reports; a no-op when metrics are off. */
 export interface LimiterMetrics {
-  /** A message decision (`shadow`: rejected but let through). */
-  decision(type: string, result: 'allowed' | 'rejected' | 'shadow_rejected', tier: string, code: string): void;
+  /** An allowed message (the hot path: no string is built). */
+  allowed(type: string): void;
+  /** A rejected message (`shadow_rejected`: rejected but let through in shadow mode). */
+  rejected(type: string, result: 'rejected' | 'shadow_rejected', tier: string, code: string): void;
   /** A decision left a tier below 20% of its capacity. */
   nearLimit(tier: TierName, type: string): void;
   /** A connection attempt at the upgrade. */
@@ -38,7 +40,8 @@ const noop = (): void => undefined;
 
 /** Metrics that record nothing. */
 export const NO_METRICS: LimiterMetrics = Object.freeze({
-  decision: noop,
+  allowed: noop,
+  rejected: noop,
   nearLimit: noop,
   connection: noop,
   disconnect: noop,
@@ -135,8 +138,17 @@ export async function createMetrics(
     }
     return found;
   };
+  const allowedByType = new Map<string, CounterChild>();
   return {
-    decision: (type, result, tier, code) =>
+    allowed: (type) => {
+      let found = allowedByType.get(type);
+      if (!found) {
+        found = decisions.labels('allowed', '', '', type);
+        allowedByType.set(type, found);
+      }
+      found.inc();
+    },
+    rejected: (type, result, tier, code) =>
       child(decisions, `d|${result}|${tier}|${code}|${type}`, [result, tier, code, type]).inc(),
     nearLimit: (tier, type) => child(nearLimit, `n|${tier}|${type}`, [tier, type]).inc(),
     connection: (result, reason) => child(connections, `c|${result}|${reason}`, [result, reason]).inc(),

@@ -643,11 +643,11 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
 
   private report(tracker: string, type: string, decision: RateLimitDecision): void {
     if (decision.allowed) {
-      this.metrics.decision(type, 'allowed', '', '');
+      this.metrics.allowed(type);
       if (decision.nearLimit !== undefined) this.metrics.nearLimit(decision.nearLimit, type);
     } else {
       const result = this.options.shadow ? 'shadow_rejected' : 'rejected';
-      this.metrics.decision(type, result, decision.tier, frameCode(decision));
+      this.metrics.rejected(type, result, decision.tier, frameCode(decision));
     }
     if (!this.subject.observed) return;
     this.subject.next(
