@@ -28,7 +28,7 @@ function blocker(log: SlidingLogState, cost: number): number {
   const limit = log.ring.length;
   const over = log.count + cost - limit;
   if (over <= 0) return -Infinity;
-  return log.ring[(log.head + over - 1) % limit]!;
+  return log.ring[wrap(log.head + over - 1, limit)]!;
 }
 
 /** True when `cost` more events fit in the window ending at `now` (never if cost > limit). */
@@ -41,11 +41,11 @@ export function logRecord(log: SlidingLogState, now: number, cost: number): void
   const limit = log.ring.length;
   for (let i = 0; i < cost; i++) {
     if (log.count < limit) {
-      log.ring[(log.head + log.count) % limit] = now;
+      log.ring[wrap(log.head + log.count, limit)] = now;
       log.count++;
     } else {
       log.ring[log.head] = now;
-      log.head = (log.head + 1) % limit;
+      log.head = wrap(log.head + 1, limit);
     }
   }
 }
@@ -64,21 +64,28 @@ export function logWait(log: SlidingLogState, now: number, windowMs: number, cos
   return wait;
 }
 
-/** Events of the log still inside the window ending at `now`. */
+/** Events of the log still inside the window ending at `now` (a binary search: O(log limit)). */
 export function logCount(log: SlidingLogState, now: number, windowMs: number): number {
   const limit = log.ring.length;
   const edge = now - windowMs;
-  let live = 0;
-  for (let i = log.count - 1; i >= 0; i--) {
-    if (log.ring[(log.head + i) % limit]! <= edge) break;
-    live++;
+  // Entries are oldest first; find the first one after the edge.
+  let low = 0;
+  let high = log.count;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (log.ring[wrap(log.head + middle, limit)]! <= edge) low = middle + 1;
+    else high = middle;
   }
-  return live;
+  return log.count - low;
 }
 
 /** Time at which every entry has left the window: from then on the log equals a fresh one. */
 export function logFreshAt(log: SlidingLogState, windowMs: number): number {
   if (log.count === 0) return -Infinity;
-  const limit = log.ring.length;
-  return log.ring[(log.head + log.count - 1) % limit]! + windowMs;
+  return log.ring[wrap(log.head + log.count - 1, log.ring.length)]! + windowMs;
+}
+
+/** `index % limit` for `0 <= index < 2 * limit`, without a division. */
+function wrap(index: number, limit: number): number {
+  return index >= limit ? index - limit : index;
 }

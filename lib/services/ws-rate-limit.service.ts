@@ -26,6 +26,7 @@ import type {
 } from '../interfaces/plan.interface.js';
 import { createMetrics, NO_METRICS, type LimiterMetrics } from '../metrics/ws-rate-limit.metrics.js';
 import { RouteResolver, type Route } from '../plans/route-resolver.js';
+import { createPlan } from '../plans/create-plan.js';
 import { concurrencySpec, tokenBucketSpec } from '../plans/tier-specs.js';
 import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
 import { RateLimitStore, type MaybePromise } from '../storage/rate-limit-store.js';
@@ -720,9 +721,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   }
 
   private buildPlan(tracker: string, specs: readonly TierSpec[], lease?: string): RateLimitPlan {
-    const store = tracker.startsWith(CONNECTION_TRACKER) ? this.local : this.store;
-    const tiers = Object.freeze(specs.map((spec) => Object.freeze({ key: store.key(tracker, spec.suffix), spec })));
-    return Object.freeze(lease === undefined ? { tracker, tiers } : { tracker, tiers, lease });
+    return createPlan(tracker.startsWith(CONNECTION_TRACKER) ? this.local : this.store, tracker, specs, lease);
   }
 
   private releaseFailed(error: unknown): void {

@@ -54,6 +54,16 @@ export class KeyTable {
     return slot;
   }
 
+  /** Whether a slot still holds a key (a remembered slot may have been given to another). */
+  holds(slot: number, key: string): boolean {
+    return this.keys[slot] === key;
+  }
+
+  /** Marks a slot as recently used. */
+  touch(slot: number): void {
+    this.referenced[slot] = 1;
+  }
+
   /** The slot of a key, without marking it used; -1 if absent. */
   peek(key: string): number {
     const slot = this.index.get(key);
@@ -65,7 +75,7 @@ export class KeyTable {
    * `keep` slots (the ones the decision at hand uses). If nothing can go, the table grows
    * past `maxKeys` by at most `count`.
    */
-  reserve(count: number, now: number, keep: Int32Array, kept: number): void {
+  reserve(count: number, now: number, keep: ArrayLike<number>, kept: number): void {
     while (this.index.size + count > this.maxKeys && this.index.size > 0) {
       if (!this.evictOne(now, keep, kept)) return;
     }
@@ -129,7 +139,7 @@ export class KeyTable {
     this.referenced = referenced;
   }
 
-  private evictOne(now: number, keep: Int32Array, kept: number): boolean {
+  private evictOne(now: number, keep: ArrayLike<number>, kept: number): boolean {
     if (now >= this.minFreshAt && this.insertsSinceSweep * 64 >= this.maxKeys && this.sweepIdle(now, keep, kept) > 0) {
       return true;
     }
@@ -156,7 +166,7 @@ export class KeyTable {
   }
 
   /** Drops every idle key (but the kept ones); returns how many. Sets `minFreshAt` exactly. */
-  private sweepIdle(now: number, keep: Int32Array, kept: number): number {
+  private sweepIdle(now: number, keep: ArrayLike<number>, kept: number): number {
     this.insertsSinceSweep = 0;
     let dropped = 0;
     let min = Infinity;
@@ -175,7 +185,7 @@ export class KeyTable {
   }
 }
 
-function isKept(slot: number, keep: Int32Array, kept: number): boolean {
+function isKept(slot: number, keep: ArrayLike<number>, kept: number): boolean {
   for (let i = 0; i < kept; i++) if (keep[i] === slot) return true;
   return false;
 }

@@ -28,6 +28,7 @@ import {
   type TierSpec,
   type TierStatus,
 } from '../../interfaces/plan.interface.js';
+import { PLAN_CACHE } from '../../plans/create-plan.js';
 import { RateLimitStore } from '../rate-limit-store.js';
 import { KeyTable } from './key-table.js';
 
@@ -49,13 +50,24 @@ export interface MemoryStoreOptions {
 export const DEFAULT_MAX_KEYS = 100_000;
 
 /**
+ * A plan as the memory store sees it: it remembers the slots of the plan's keys in the
+ * plan's cache (`createPlan` makes room for it). The next decision on that plan checks
+ * that each slot still holds its key (one array read) instead of hashing and probing the
+ * key table once per tier; the guard reuses a plan for every message of a connection and
+ * handler. The check is by key, so a slot remembered by another store (or since given to
+ * another key) is simply looked up again. (A remembered refusal would make a flood cheaper
+ * still, but its `retryAfter` and `remaining` would drift from the exact figures a fresh
+ * decision gives.)
+ */
+type BoundPlan = RateLimitPlan & { [PLAN_CACHE]?: number[] };
+
+/**
  * The embedded store: every decision is synchronous, O(1) per tier, and allocates nothing
  * when it allows. Memory is bounded by `maxKeys`; no timer is used.
  */
 export class MemoryRateLimitStore extends RateLimitStore {
   private readonly table: KeyTable;
   private readonly clock: () => number;
-  private slots = new Int32Array(8);
 
   constructor(options: MemoryStoreOptions = {}) {
     super();
@@ -78,36 +90,36 @@ export class MemoryRateLimitStore extends RateLimitStore {
     const tiers = plan.tiers;
     const count = tiers.length;
     const table = this.table;
-    if (this.slots.length < count) this.slots = new Int32Array(count);
-    const slots = this.slots;
+    const slots = this.slotsOf(plan as BoundPlan);
     let missing = 0;
     for (let i = 0; i < count; i++) {
       const tier = tiers[i]!;
       const spec = tier.spec;
-      const slot = table.find(tier.key);
-      slots[i] = slot;
+      let slot = slots[i]!;
+      if (slot >= 0 && table.holds(slot, tier.key)) table.touch(slot);
+      else slots[i] = slot = table.find(tier.key);
       if (slot < 0) {
         // A fresh key admits any cost up to its limit, and nothing above it.
-        if (spec.cost > spec.limit) return this.reject(plan, now);
+        if (spec.cost > spec.limit) return this.reject(plan, now, slots, i);
         missing++;
         continue;
       }
       switch (spec.kind) {
         case AlgorithmKind.TokenBucket:
-          if (table.freshAt[slot]! - now > spec.slack) return this.reject(plan, now);
+          if (table.freshAt[slot]! - now > spec.slack) return this.reject(plan, now, slots, i);
           break;
         case AlgorithmKind.SlidingLog:
           if (!logAllows(table.objects[slot] as SlidingLogState, now, spec.windowMs, spec.cost)) {
-            return this.reject(plan, now);
+            return this.reject(plan, now, slots, i);
           }
           break;
         case AlgorithmKind.SlidingCounter:
           if (!counterAllows(table.objects[slot] as SlidingCounterState, now, spec.windowMs, spec.limit, spec.cost)) {
-            return this.reject(plan, now);
+            return this.reject(plan, now, slots, i);
           }
           break;
         case AlgorithmKind.Concurrency:
-          if (concurrencyHeld(table.objects[slot]) + spec.cost > spec.limit) return this.reject(plan, now);
+          if (concurrencyHeld(table.objects[slot]) + spec.cost > spec.limit) return this.reject(plan, now, slots, i);
           break;
       }
     }
@@ -117,7 +129,8 @@ export class MemoryRateLimitStore extends RateLimitStore {
     for (let i = 0; i < count; i++) {
       const tier = tiers[i]!;
       const spec = tier.spec;
-      const slot = slots[i]! >= 0 ? slots[i]! : table.insert(tier.key);
+      let slot = slots[i]!;
+      if (slot < 0) slots[i] = slot = table.insert(tier.key);
       // Read the column after inserting: an insertion may have grown (replaced) it.
       const freshAt = table.freshAt;
       switch (spec.kind) {
@@ -152,16 +165,37 @@ export class MemoryRateLimitStore extends RateLimitStore {
     return decision;
   }
 
-  /** The rejected path: every tier's wait, the longest one decides. Changes no state. */
-  private reject(plan: RateLimitPlan, now: number): RateLimitRejected {
+  /**
+   * The remembered slots of a plan's keys (-1: not known), kept in the plan's cache. A plan
+   * made without `createPlan` gets the cache added (a frozen one, slots for one decision).
+   */
+  private slotsOf(plan: BoundPlan): number[] {
+    const cached = plan[PLAN_CACHE];
+    if (cached !== undefined) return cached;
+    // Sized exactly (an array grown by push would reserve 17 slots).
+    const slots = new Array<number>(plan.tiers.length).fill(-1);
+    if (Object.isExtensible(plan)) plan[PLAN_CACHE] = slots;
+    return slots;
+  }
+
+  /**
+   * The rejected path: the longest wait of the tiers from `first` on (the tiers before it
+   * allowed, so their wait is 0) decides. Changes no state.
+   */
+  private reject(plan: RateLimitPlan, now: number, slots: readonly number[], first: number): RateLimitRejected {
     let worst = -1;
     let worstWait = 0;
+    let worstSlot = -1;
     const tiers = plan.tiers;
-    for (let i = 0; i < tiers.length; i++) {
-      const wait = this.wait(tiers[i]!.key, tiers[i]!.spec, now);
+    const table = this.table;
+    for (let i = first; i < tiers.length; i++) {
+      const { key, spec } = tiers[i]!;
+      const slot = slots[i]! >= 0 && table.holds(slots[i]!, key) ? slots[i]! : table.peek(key);
+      const wait = this.wait(slot, spec, now);
       if (wait > worstWait) {
         worstWait = wait;
         worst = i;
+        worstSlot = slot;
       }
     }
     const spec = tiers[worst]!.spec;
@@ -171,12 +205,11 @@ export class MemoryRateLimitStore extends RateLimitStore {
       index: worst,
       retryAfter: worstWait,
       limit: spec.limit,
-      remaining: this.remaining(tiers[worst]!.key, spec, now),
+      remaining: this.remaining(worstSlot, spec, now),
     };
   }
 
-  private wait(key: string, spec: TierSpec, now: number): number {
-    const slot = this.table.peek(key);
+  private wait(slot: number, spec: TierSpec, now: number): number {
     if (slot < 0) return spec.cost > spec.limit ? Infinity : 0;
     switch (spec.kind) {
       case AlgorithmKind.TokenBucket:
@@ -191,8 +224,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
     }
   }
 
-  private remaining(key: string, spec: TierSpec, now: number): number {
-    const slot = this.table.peek(key);
+  private remaining(slot: number, spec: TierSpec, now: number): number {
     if (slot < 0) return spec.limit;
     switch (spec.kind) {
       case AlgorithmKind.TokenBucket:
@@ -217,7 +249,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
       return {
         tier: spec.tier,
         limit: spec.limit,
-        remaining: this.remaining(key, spec, now),
+        remaining: this.remaining(slot, spec, now),
         resetIn: fresh === Infinity || fresh <= now ? 0 : Math.ceil(fresh - now),
       };
     });
