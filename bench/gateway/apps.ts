@@ -1,0 +1,154 @@
+import { Injectable, Module, UseGuards, type CanActivate, type DynamicModule, type Type } from '@nestjs/common';
+import { ThrottlerGuard, ThrottlerModule, type ThrottlerRequest } from '@nestjs/throttler';
+import { MessageBody, SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
+import { WsRateLimit, WsRateLimitModule } from 'nestjs-ws-rate-limit';
+import { createRequire } from 'node:module';
+
+/** Whether prom-client resolves: the module's metrics are on by default when it does. */
+const metricsOn = ((): boolean => {
+  try {
+    createRequire(import.meta.url).resolve('prom-client');
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+/** The stock echo gateway: what every variant does, without a limiter. */
+@WebSocketGateway()
+export class EchoGateway {
+  @SubscribeMessage('echo')
+  echo(@MessageBody() data: unknown) {
+    return { event: 'echo', data };
+  }
+}
+
+/** A guard that lets everything through: what NestJS's guard machinery costs by itself. */
+@Injectable()
+export class AllowAllGuard implements CanActivate {
+  canActivate(): boolean {
+    return true;
+  }
+}
+
+/** The echo gateway behind a guard that does nothing: the control for the guards below. */
+@WebSocketGateway()
+@UseGuards(AllowAllGuard)
+export class NoopGuardedEchoGateway {
+  @SubscribeMessage('echo')
+  echo(@MessageBody() data: unknown) {
+    return { event: 'echo', data };
+  }
+}
+
+/** The same gateway behind this library, as its README puts it on a gateway. */
+@WebSocketGateway()
+@WsRateLimit()
+export class RateLimitedEchoGateway {
+  @SubscribeMessage('echo')
+  echo(@MessageBody() data: unknown) {
+    return { event: 'echo', data };
+  }
+}
+
+/**
+ * @nestjs/throttler's documented WebSocket guard, as its docs give it: ThrottlerGuard with
+ * `handleRequest` keyed by the client address from `client._socket.remoteAddress`.
+ */
+@Injectable()
+export class WsThrottlerGuard extends ThrottlerGuard {
+  override async handleRequest(requestProps: ThrottlerRequest): Promise<boolean> {
+    const { context, limit, ttl, throttler, blockDuration, generateKey } = requestProps;
+    const client = context.switchToWs().getClient<{ _socket: { remoteAddress: string } }>();
+    const tracker = client._socket.remoteAddress;
+    const key = generateKey(context, tracker, throttler.name!);
+    const { totalHits, timeToExpire, isBlocked, timeToBlockExpire } = await this.storageService.increment(
+      key,
+      ttl,
+      limit,
+      blockDuration,
+      throttler.name!,
+    );
+    if (isBlocked) {
+      await this.throwThrottlingException(context, {
+        limit,
+        ttl,
+        key,
+        tracker,
+        totalHits,
+        timeToExpire,
+        isBlocked,
+        timeToBlockExpire,
+      });
+    }
+    return true;
+  }
+}
+
+/** The same gateway behind @nestjs/throttler's documented WebSocket guard. */
+@WebSocketGateway()
+@UseGuards(WsThrottlerGuard)
+export class ThrottledEchoGateway {
+  @SubscribeMessage('echo')
+  echo(@MessageBody() data: unknown) {
+    return { event: 'echo', data };
+  }
+}
+
+/** Limits nothing reaches at these rates, so every message is allowed: only the guard's cost shows. */
+const HUGE = 1e9;
+
+/** The variants of the gateway benchmark, by id. */
+export const VARIANTS = {
+  unguarded: {
+    label: 'unguarded echo gateway',
+    clientAddresses: 1,
+  },
+  noop: {
+    label: 'control: a guard that returns true',
+    clientAddresses: 1,
+  },
+  ours: {
+    label: `ours: @WsRateLimit(), defaults (memory store, tracker connection, metrics ${metricsOn ? 'on' : 'off'})`,
+    clientAddresses: 1,
+  },
+  throttler: {
+    label: '@nestjs/throttler WsThrottlerGuard (docs), 1 client address',
+    clientAddresses: 1,
+  },
+  throttler64: {
+    label: '@nestjs/throttler WsThrottlerGuard (docs), 64 client addresses',
+    clientAddresses: 64,
+  },
+};
+
+export type VariantId = keyof typeof VARIANTS;
+
+/** The root module of a variant's server. */
+export function appModule(variant: VariantId): DynamicModule {
+  const gateways: Record<VariantId, Type> = {
+    unguarded: EchoGateway,
+    noop: NoopGuardedEchoGateway,
+    ours: RateLimitedEchoGateway,
+    throttler: ThrottledEchoGateway,
+    throttler64: ThrottledEchoGateway,
+  };
+  const imports: Record<VariantId, DynamicModule[]> = {
+    unguarded: [],
+    noop: [],
+    ours: [
+      WsRateLimitModule.forRoot({
+        useEnv: false,
+        global: { capacity: HUGE, refillRate: HUGE },
+        type: { capacity: HUGE, refillRate: HUGE },
+      }),
+    ],
+    // The docs' figures are `ttl: 60000, limit: 10`; the limit is raised so nothing is refused.
+    throttler: [ThrottlerModule.forRoot({ throttlers: [{ ttl: 60_000, limit: HUGE }] })],
+    throttler64: [ThrottlerModule.forRoot({ throttlers: [{ ttl: 60_000, limit: HUGE }] })],
+  };
+  return { module: BenchAppModule, imports: imports[variant], providers: [gateways[variant]] };
+}
+
+@Module({})
+class BenchAppModule {}

@@ -1,0 +1,130 @@
+import { nextMessage, profileFlags, startChild, stopChild } from '../support/child.js';
+import { formatRate, formatRatio, median, spread, table, verdict } from '../support/stats.js';
+import type { Target } from '../store/report.js';
+import { VARIANTS, type VariantId } from './apps.js';
+import type { LoadResult } from './load.js';
+
+/** One measured run of one variant. */
+export interface GatewayRun extends LoadResult {
+  variant: VariantId;
+  round: number;
+  /** Server CPU time per echoed message in the measured window, in microseconds. */
+  serverCpuMicrosPerMessage: number;
+}
+
+export interface GatewayReport {
+  load: { clients: number; inFlight: number; warmupMs: number; durationMs: number; rounds: number };
+  runs: GatewayRun[];
+  medians: Record<VariantId, number>;
+  targets: Target[];
+  markdown: string;
+}
+
+const SERVER = new URL('./server.js', import.meta.url);
+const LOAD = new URL('./load.js', import.meta.url);
+const CLIENTS = 64;
+const IN_FLIGHT = 32;
+
+/**
+ * Echo throughput of each gateway variant: a fresh server process per run, the load from a
+ * separate process; variants alternate within a round, the order rotates between rounds.
+ */
+export async function runGateway(quick: boolean, profileDir?: string): Promise<GatewayReport> {
+  const load = quick
+    ? { clients: CLIENTS, inFlight: IN_FLIGHT, warmupMs: 500, durationMs: 2000, rounds: 1 }
+    : { clients: CLIENTS, inFlight: IN_FLIGHT, warmupMs: 1000, durationMs: 5000, rounds: 3 };
+  const variants = Object.keys(VARIANTS) as VariantId[];
+  console.log(
+    `== Echo gateway throughput (${load.clients} clients x ${load.inFlight} in flight, ` +
+      `${load.warmupMs} ms warm-up + ${load.durationMs} ms, ${load.rounds} rounds)`,
+  );
+  const runs: GatewayRun[] = [];
+  for (let round = 0; round < load.rounds; round++) {
+    const order = variants.map((_, i) => variants[(i + round) % variants.length]!);
+    for (const variant of order) {
+      const run = await measure(variant, round, load, profileDir);
+      runs.push(run);
+      console.log(
+        `  round ${round + 1} ${variant.padEnd(12)} ${formatRate(run.echoesPerSecond).padStart(10)}  ` +
+          `server ${run.serverCpuMicrosPerMessage.toFixed(1)} µs CPU/msg, load process ${(run.loadCpuShare * 100).toFixed(0)} % of a core` +
+          (run.otherFrames > 0 ? `, ${run.otherFrames} non-echo frames!` : '') +
+          (run.closedEarly > 0 ? `, ${run.closedEarly} sockets closed early!` : ''),
+      );
+    }
+  }
+  const of = (variant: VariantId): GatewayRun[] => runs.filter((run) => run.variant === variant);
+  const medians = Object.fromEntries(
+    variants.map((variant) => [variant, median(of(variant).map((run) => run.echoesPerSecond))]),
+  ) as Record<VariantId, number>;
+  const text = table(
+    ['variant', 'echoes/s (median)', 'spread', 'server µs CPU/msg', 'vs unguarded', 'vs no-op guard'],
+    variants.map((variant) => [
+      VARIANTS[variant].label,
+      formatRate(medians[variant]),
+      spread(of(variant).map((run) => run.echoesPerSecond)),
+      median(of(variant).map((run) => run.serverCpuMicrosPerMessage)).toFixed(1),
+      formatRatio(medians[variant] / medians.unguarded),
+      formatRatio(medians[variant] / medians.noop),
+    ]),
+  );
+  const ratio = medians.ours / medians.unguarded;
+  const rejected = of('ours').reduce((sum, run) => sum + run.otherFrames, 0);
+  const targets: Target[] = [
+    { target: 'guarded / unguarded >= 0.85', measured: ratio.toFixed(2), pass: ratio >= 0.85 },
+    { target: 'guarded / unguarded >= 0.95 (aim)', measured: ratio.toFixed(2), pass: ratio >= 0.95 },
+    { target: 'no message refused in the guarded runs', measured: `${rejected} refused`, pass: rejected === 0 },
+  ];
+  const targetTable = table(
+    ['target', 'measured', 'result'],
+    targets.map((t) => [t.target, t.measured, verdict(t.pass)]),
+  );
+  console.log(`\n${text}\n\n${targetTable}\n`);
+  const markdown = [
+    '## Guarded vs unguarded echo gateway',
+    '',
+    `NestJS (platform-express + platform-ws \`WsAdapter\`) echo gateway on 127.0.0.1; load from a separate ` +
+      `process: ${load.clients} \`ws\` clients, ${load.inFlight} messages in flight each, ${load.warmupMs} ms ` +
+      `warm-up then ${load.durationMs} ms counted. A fresh server process per run; ${load.rounds} rounds, ` +
+      'variants alternating (order rotated each round); medians. Limits are high enough that nothing is ' +
+      'refused, so the difference is the cost of the guard. Two cores: server and load get about one each.',
+    '',
+    text,
+    '',
+    targetTable,
+    '',
+  ].join('\n');
+  return { load, runs, medians, targets, markdown };
+}
+
+async function measure(
+  variant: VariantId,
+  round: number,
+  load: { clients: number; inFlight: number; warmupMs: number; durationMs: number },
+  profileDir: string | undefined,
+): Promise<GatewayRun> {
+  const server = startChild(SERVER, [variant], profileFlags(profileDir, `gateway-${variant}-round${round + 1}`));
+  const loader = { child: undefined as ReturnType<typeof startChild> | undefined };
+  try {
+    const { port } = await nextMessage<{ port: number }>(server, 'ready', 30_000);
+    const child = startChild(LOAD, [
+      `ws://127.0.0.1:${port}`,
+      String(load.clients),
+      String(load.inFlight),
+      String(load.warmupMs),
+      String(load.durationMs),
+      String(VARIANTS[variant].clientAddresses),
+    ]);
+    loader.child = child;
+    const resultPromise = nextMessage<LoadResult>(child, 'result', 30_000 + load.warmupMs + load.durationMs);
+    await nextMessage(child, 'measuring', 30_000 + load.warmupMs);
+    server.send({ kind: 'mark-start' });
+    const result = await resultPromise;
+    const cpuPromise = nextMessage<{ cpuMicros: number }>(server, 'cpu', 10_000);
+    server.send({ kind: 'mark-end' });
+    const { cpuMicros } = await cpuPromise;
+    return { ...result, variant, round, serverCpuMicrosPerMessage: cpuMicros / Math.max(1, result.echoes) };
+  } finally {
+    if (server.connected) server.send({ kind: 'stop' });
+    await Promise.all([stopChild(server), loader.child ? stopChild(loader.child) : Promise.resolve()]);
+  }
+}
