@@ -19,7 +19,8 @@ export class ChatGateway implements OnGatewayConnection {
 
   async handleConnection(client: WebSocket): Promise<void> {
     const { global, expensive } = this.limiter.options;
-    const status = await this.limiter.status(client);
+    // A rejection here would be unhandled (NestJS does not await this hook): catch it.
+    const status = await this.limiter.status(client).catch(() => undefined);
     client.send(JSON.stringify({ event: 'welcome', data: { limits: { global, expensive }, status } }));
   }
 

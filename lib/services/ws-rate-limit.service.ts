@@ -236,7 +236,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   /** The budgets a message would spend, consuming nothing. */
   async peek(target: string | object, request: ConsumeRequest): Promise<readonly TierStatus[]> {
     const plan = this.codePlan(target, request);
-    return this.storeFor(plan).peek(plan);
+    return this.peekPlan(plan);
   }
 
   /**
@@ -252,7 +252,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     const specs: TierSpec[] = [routes.globalSpec(1), routes.expensive];
     for (const name of names) specs.push(routes.typeSpec(name, 1));
     const built = this.buildPlan(tracker, specs);
-    const statuses = await this.storeFor(built).peek(built);
+    const statuses = await this.peekPlan(built);
     const budget = (status: TierStatus): BudgetStatus => ({
       remaining: status.remaining,
       capacity: status.limit,
@@ -270,7 +270,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    */
   async connectionStatus(ip: string): Promise<readonly TierStatus[]> {
     const plan = this.buildPlan(`ip:${ip}`, this.connectionSpecs, this.instanceId);
-    return this.storeFor(plan).peek(plan);
+    return this.peekPlan(plan);
   }
 
   /**
@@ -503,8 +503,11 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     const state = this.connectionOf(socket);
     if (state.closing || socket.readyState !== OPEN) return;
     const { max, closeCode, closeReason } = this.options.violations;
-    const warningCount = this.countViolation(state, exception, true);
     const { decision } = exception;
+    // Our store being unreachable is not the client's fault: answered, never counted.
+    const warningCount = decision.storeUnavailable
+      ? currentViolations(state, this.options.violations.windowMs)
+      : this.countViolation(state, exception, true);
     const degrade = warningCount >= max && this.options.degradeCooldownMs > 0 && state.degradedUntil === 0;
     const info: RateLimitFrameInfo = degrade
       ? {
@@ -743,9 +746,27 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     return this.trackerOf(target, this.connectionOf(target));
   }
 
-  private storeFor(plan: RateLimitPlan): RateLimitStore {
-    if (plan.tracker.startsWith(CONNECTION_TRACKER)) return this.local;
-    return this.storeDown && this.fallback ? this.fallback : this.store;
+  /**
+   * The state of a plan's tiers: from process memory for connection-keyed plans, else from
+   * the store; while the store cannot answer, from the local fallback (fail mode `open`),
+   * whose figures are the ones deciding meanwhile.
+   */
+  private async peekPlan(plan: RateLimitPlan): Promise<readonly TierStatus[]> {
+    if (plan.tracker.startsWith(CONNECTION_TRACKER)) return this.local.peek(plan);
+    if (!this.storeDown) {
+      try {
+        return await this.store.peek(plan);
+      } catch (error) {
+        if (this.options.failMode === 'closed') throw error;
+        this.storeFailedToPeek(error);
+      }
+    }
+    this.fallback ??= new MemoryRateLimitStore({ maxKeys: this.options.maxKeys });
+    return this.fallback.peek(plan);
+  }
+
+  private storeFailedToPeek(error: unknown): void {
+    this.logger.debug(`The rate-limit store could not report budgets: ${(error as Error)?.message ?? String(error)}`);
   }
 
   /** Decides in the store; if it cannot answer, the fail mode decides. */
@@ -805,6 +826,11 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     this.fallback ??= new MemoryRateLimitStore({ maxKeys: this.options.maxKeys });
     return this.fallback.consume(plan);
   }
+}
+
+/** Violations of a connection in the current window, without counting a new one. */
+function currentViolations(state: ConnectionState, windowMs: number): number {
+  return state.violations === undefined ? 0 : logCount(state.violations, performance.now(), windowMs);
 }
 
 /** A rejection by an operator's block or by degradation, lasting `ms`. */

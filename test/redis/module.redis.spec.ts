@@ -1,0 +1,105 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
+import { ConfigModule } from '@nestjs/config';
+import {
+  RedisRateLimitStore,
+  WsRateLimitAdapter,
+  WsRateLimitModule,
+  WsRateLimitService,
+  type WsRateLimitModuleOptions,
+} from '../../lib/index.js';
+import { ConnectionsGateway } from '../e2e/connections/connections.gateway.js';
+import { startApp, withEnv, type RunningApp } from '../support/app.js';
+import { upgrade } from '../support/http.js';
+import { startRedis, type RedisServer } from '../support/redis-server.js';
+import { TestClient } from '../support/ws-client.js';
+import { sleep } from './helpers.js';
+
+/** The module on the Redis store, in process: configuration, outages, shutdown. */
+describe('WsRateLimitModule on Redis', () => {
+  let redis: RedisServer;
+  let running: RunningApp | undefined;
+  const clients: TestClient[] = [];
+
+  const start = async (options: WsRateLimitModuleOptions = {}) => {
+    running = await startApp(
+      {
+        imports: [ConfigModule.forRoot({ ignoreEnvFile: true }), WsRateLimitModule.forRoot(options)],
+        providers: [ConnectionsGateway],
+      },
+      (app) => new WsRateLimitAdapter(app),
+    );
+    return running.app.get(WsRateLimitService);
+  };
+
+  beforeAll(async () => {
+    redis = await startRedis();
+  });
+  afterEach(async () => {
+    await Promise.all(clients.splice(0).map((client) => client.close()));
+    await running?.close();
+    running = undefined;
+    if (!redis.process.killed && redis.process.exitCode === null) await redis.command('FLUSHALL');
+  });
+  afterAll(() => redis.stop());
+
+  it('is chosen by WS_RATE_LIMIT_STORE=redis and WS_RATE_LIMIT_REDIS_URL, and closed with the app', async () => {
+    const limiter = await withEnv(
+      { WS_RATE_LIMIT_STORE: 'redis', WS_RATE_LIMIT_REDIS_URL: redis.url, WS_RATE_LIMIT_TRACKER: 'ip' },
+      () => start(),
+    );
+    expect(limiter.store).toBeInstanceOf(RedisRateLimitStore);
+    const client = await TestClient.connect(running!.url);
+    clients.push(client);
+    client.send('echo', 1);
+    await client.waitForEvent('echo');
+    // Shared tiers were decided in Redis: their keys are there, each with a TTL.
+    const keys = (await redis.command('KEYS', 'wsrl:*')) as string[];
+    expect(keys.length).toBeGreaterThanOrEqual(2);
+    for (const key of keys) expect(Number(await redis.command('PTTL', key))).toBeGreaterThan(0);
+    const store = limiter.store as RedisRateLimitStore;
+    await clients.pop()!.close();
+    await running!.close();
+    running = undefined;
+    expect(store.client.status).toBe('end');
+  });
+
+  it('reports budgets from the local fallback while Redis is down (fail mode open)', async () => {
+    const limiter = await start({ store: 'redis', redis: { url: redis.url }, tracker: 'ip' });
+    expect((await limiter.status('someone')).global.remaining).toBe(100);
+    redis.pause();
+    try {
+      const status = await limiter.status('someone');
+      expect(status.global.capacity).toBe(100);
+    } finally {
+      redis.resume();
+    }
+  });
+
+  it('refuses with STORE_UNAVAILABLE and 503 while Redis is down in fail mode closed, then recovers', async () => {
+    await start({ store: 'redis', redis: { url: redis.url }, tracker: 'ip', failMode: 'closed' });
+    const client = await TestClient.connect(running!.url);
+    clients.push(client);
+    redis.pause();
+    try {
+      // An outage is not the client's fault: frames, but no violations, so no 1008.
+      for (let i = 0; i < 12; i++) client.send('echo', i);
+      const frames = await client.waitForEvent('rate_limit', 12);
+      expect(frames[0]!.data).toMatchObject({ code: 'STORE_UNAVAILABLE', retryAfter: 1000, warningCount: 0 });
+      expect(client.socket.readyState).toBe(client.socket.OPEN);
+      const refused = await upgrade(running!.port);
+      expect(refused.status).toBe(503);
+      expect(refused.headers['retry-after']).toBe('1');
+    } finally {
+      redis.resume();
+    }
+    // Back by itself: the breaker's probe finds Redis again.
+    let echoed = 0;
+    for (let i = 0; i < 50 && echoed === 0; i++) {
+      await sleep(100);
+      client.send('echo', i);
+      await sleep(50);
+      echoed = client.events('echo').length;
+    }
+    expect(echoed).toBeGreaterThan(0);
+  });
+});
