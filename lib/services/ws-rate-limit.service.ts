@@ -40,6 +40,7 @@ import {
   WS_RATE_LIMIT_OPTIONS,
 } from '../ws-rate-limit.constants.js';
 import { AccessRules } from './access-rules.js';
+import { isPromise, SharedStore } from './shared-store.js';
 import { Blocks } from './blocks.js';
 
 /** The outcome of a connection attempt at the upgrade, and how to give its slot back. */
@@ -130,9 +131,8 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   private readonly logger = new Logger('WsRateLimit');
   /** Tiers keyed by a connection: exact, in this process, whatever the store. */
   private readonly local = new MemoryRateLimitStore({ maxKeys: Number.MAX_SAFE_INTEGER });
-  /** Decides shared tiers while the store is unreachable and the fail mode is `open`. */
-  private fallback: MemoryRateLimitStore | undefined;
-  private storeDown = false;
+  /** The store behind its fail mode. */
+  private readonly shared: SharedStore;
   /** Routes per plan; the module's own limits are `DEFAULT_PLAN`. */
   private readonly plans = new Map<string, RouteResolver>();
   private readonly routes: RouteResolver;
@@ -160,6 +160,13 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     private readonly discovery: DiscoveryService,
     private readonly metadataScanner: MetadataScanner,
   ) {
+    this.shared = new SharedStore(store, options.failMode, options.maxKeys, {
+      // The embedded store answers in nanoseconds: timing it would cost more than it tells.
+      answered: store instanceof MemoryRateLimitStore ? noop : (ms) => this.metrics.storeLatency(ms / 1000),
+      failed: () => this.metrics.storeError(),
+      down: (error) => this.storeWentDown(error),
+      up: () => this.storeCameBack(),
+    });
     this.routes = new RouteResolver(options);
     this.plans.set(DEFAULT_PLAN, this.routes);
     for (const [name, limits] of Object.entries(options.plans)) this.plans.set(name, new RouteResolver(limits));
@@ -219,7 +226,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     clearInterval(this.blockSync);
     this.subject.complete();
     await this.local.close();
-    await this.fallback?.close();
+    await this.shared.close();
     if (!(this.options.store instanceof RateLimitStore)) await this.store.close();
   }
 
@@ -289,10 +296,11 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     const types = new Set<string>();
     for (const routes of this.plans.values()) for (const type of routes.knownTypes()) types.add(type);
     const suffixes = ['g', 'x', ...[...types].map((type) => `t:${type}`)];
-    const store = tracker.startsWith(CONNECTION_TRACKER) ? this.local : this.store;
-    const keys = suffixes.map((suffix) => store.key(tracker, suffix));
-    await store.delete(keys);
-    if (store !== this.local) this.fallback?.delete(keys);
+    if (tracker.startsWith(CONNECTION_TRACKER)) {
+      this.local.delete(suffixes.map((suffix) => this.local.key(tracker, suffix)));
+    } else {
+      await this.shared.delete(suffixes.map((suffix) => this.store.key(tracker, suffix)));
+    }
   }
 
   /**
@@ -366,7 +374,10 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     if (this.access.allowsAddress(address)) return this.admitted(ip, undefined, 0, noop);
     const plan = this.buildPlan(`ip:${ip}`, this.connectionSpecs, this.instanceId);
     const capped = this.options.maxConnectionsPerIp > 0;
-    const settle = (decision: RateLimitDecision, store: RateLimitStore | undefined): ConnectionAdmission => {
+    // The slot is given back to whichever store took it: the store, or the fallback.
+    let taker: RateLimitStore | undefined;
+    const settle = (decision: RateLimitDecision): ConnectionAdmission => {
+      const store = taker;
       const release =
         decision.allowed && capped && store
           ? once(() => {
@@ -382,20 +393,8 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
       const reason = decision.storeUnavailable ? 'store' : decision.tier === 'concurrency' ? 'concurrency' : 'rate';
       return this.admitted(ip, reason, decision.retryAfter, release);
     };
-    const fallbackStore = (): RateLimitStore | undefined =>
-      this.options.failMode === 'open' ? this.fallback : undefined;
-    let decision: MaybePromise<RateLimitDecision>;
-    const started = performance.now();
-    try {
-      decision = this.store.consume(plan);
-    } catch (error) {
-      return settle(this.storeFailed(plan, error), fallbackStore());
-    }
-    if (!isPromise(decision)) return settle(this.storeAnswered(decision, started), this.store);
-    return decision.then(
-      (answered) => settle(this.storeAnswered(answered, started), this.store),
-      (error: unknown) => settle(this.storeFailed(plan, error), fallbackStore()),
-    );
+    const decision = this.shared.consume(plan, (store) => (taker = store));
+    return isPromise(decision) ? decision.then(settle) : settle(decision);
   }
 
   /**
@@ -484,7 +483,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    * fail mode deciding when it cannot). Counted in metrics and, when observed, streamed.
    */
   decide(plan: RateLimitPlan, route?: Route): MaybePromise<RateLimitDecision> {
-    const decision = plan.tracker.startsWith(CONNECTION_TRACKER) ? this.local.consume(plan) : this.consumeShared(plan);
+    const decision = plan.tracker.startsWith(CONNECTION_TRACKER) ? this.local.consume(plan) : this.shared.consume(plan);
     if (this.metrics !== NO_METRICS || this.subject.observed) {
       const type = route?.type ?? typeOfPlan(plan);
       if (isPromise(decision)) decision.then((settled) => this.report(plan.tracker, type, settled), noop);
@@ -727,6 +726,23 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     return createPlan(tracker.startsWith(CONNECTION_TRACKER) ? this.local : this.store, tracker, specs, lease);
   }
 
+  private storeWentDown(error: unknown): void {
+    const message = (error as Error)?.message ?? String(error);
+    this.metrics.storeOutage();
+    this.logger.warn(
+      `The rate-limit store cannot decide (${message}); ` +
+        (this.options.failMode === 'open'
+          ? 'deciding with local in-memory limits until it answers again'
+          : 'refusing with STORE_UNAVAILABLE until it answers again'),
+    );
+    if (this.subject.observed) this.subject.next({ kind: 'store', state: 'down', error: message });
+  }
+
+  private storeCameBack(): void {
+    this.logger.log('The rate-limit store answers again; shared limits are back in use');
+    if (this.subject.observed) this.subject.next({ kind: 'store', state: 'up' });
+  }
+
   private releaseFailed(error: unknown): void {
     this.logger.warn(`Giving back an open-connection slot failed: ${(error as Error)?.message ?? String(error)}`);
   }
@@ -746,86 +762,11 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     return this.trackerOf(target, this.connectionOf(target));
   }
 
-  /**
-   * The state of a plan's tiers: from process memory for connection-keyed plans, else from
-   * the store; while the store cannot answer, from the local fallback (fail mode `open`),
-   * whose figures are the ones deciding meanwhile.
-   */
+  /** The state of a plan's tiers: connection-keyed plans in process memory, others in the store. */
   private async peekPlan(plan: RateLimitPlan): Promise<readonly TierStatus[]> {
-    if (plan.tracker.startsWith(CONNECTION_TRACKER)) return this.local.peek(plan);
-    if (!this.storeDown) {
-      try {
-        return await this.store.peek(plan);
-      } catch (error) {
-        if (this.options.failMode === 'closed') throw error;
-        this.storeFailedToPeek(error);
-      }
-    }
-    this.fallback ??= new MemoryRateLimitStore({ maxKeys: this.options.maxKeys });
-    return this.fallback.peek(plan);
+    return plan.tracker.startsWith(CONNECTION_TRACKER) ? this.local.peek(plan) : this.shared.peek(plan);
   }
 
-  private storeFailedToPeek(error: unknown): void {
-    this.logger.debug(`The rate-limit store could not report budgets: ${(error as Error)?.message ?? String(error)}`);
-  }
-
-  /** Decides in the store; if it cannot answer, the fail mode decides. */
-  private consumeShared(plan: RateLimitPlan): MaybePromise<RateLimitDecision> {
-    let decision: MaybePromise<RateLimitDecision>;
-    const started = performance.now();
-    try {
-      decision = this.store.consume(plan);
-    } catch (error) {
-      return this.storeFailed(plan, error);
-    }
-    if (!isPromise(decision)) return this.storeAnswered(decision, started);
-    return decision.then(
-      (settled) => this.storeAnswered(settled, started),
-      (error: unknown) => this.storeFailed(plan, error),
-    );
-  }
-
-  private storeAnswered(decision: RateLimitDecision, started: number): RateLimitDecision {
-    if (this.metrics !== NO_METRICS && !(this.store instanceof MemoryRateLimitStore)) {
-      this.metrics.storeLatency((performance.now() - started) / 1000);
-    }
-    if (this.storeDown) {
-      this.storeDown = false;
-      this.logger.log('The rate-limit store answers again; shared limits are back in use');
-      if (this.subject.observed) this.subject.next({ kind: 'store', state: 'up' });
-    }
-    return decision;
-  }
-
-  private storeFailed(plan: RateLimitPlan, error: unknown): RateLimitDecision {
-    this.metrics.storeError();
-    if (!this.storeDown) {
-      this.storeDown = true;
-      const message = (error as Error)?.message ?? String(error);
-      this.metrics.storeOutage();
-      this.logger.warn(
-        `The rate-limit store cannot decide (${message}); ` +
-          (this.options.failMode === 'open'
-            ? 'deciding with local in-memory limits until it answers again'
-            : 'refusing with STORE_UNAVAILABLE until it answers again'),
-      );
-      if (this.subject.observed) this.subject.next({ kind: 'store', state: 'down', error: message });
-    }
-    if (this.options.failMode === 'closed') {
-      const spec = plan.tiers[0]!.spec;
-      return {
-        allowed: false,
-        tier: spec.tier,
-        index: 0,
-        retryAfter: 1000,
-        limit: spec.limit,
-        remaining: 0,
-        storeUnavailable: true,
-      };
-    }
-    this.fallback ??= new MemoryRateLimitStore({ maxKeys: this.options.maxKeys });
-    return this.fallback.consume(plan);
-  }
 }
 
 /** Violations of a connection in the current window, without counting a new one. */
@@ -864,9 +805,6 @@ function once(run: () => void): () => void {
   };
 }
 
-function isPromise<T>(value: MaybePromise<T>): value is Promise<T> {
-  return typeof (value as { then?: unknown })?.then === 'function';
-}
 
 /** Whether a class or handler lists `WsThrottleGuard` (or a subclass) in `@UseGuards`. */
 function usesGuard(target: object): boolean {

@@ -28,8 +28,12 @@ export interface RedisClusterOptions {
   /** Connect to the nodes with TLS (`true` for the system's CAs). */
   tls?: boolean | NonNullable<RedisOptions['tls']>;
   /**
-   * Further ioredis Cluster options, applied under the store's own safety settings (no
-   * offline queue, reconnect delay capped at 1 s), which cannot be overridden.
+   * Further ioredis Cluster options, applied under the store's own safety settings, which
+   * cannot be overridden: no offline queue, reconnect delay capped at 1 s, and
+   * `retryDelayOnFailover: 0` and `retryDelayOnClusterDown: 0`, so that a command whose node
+   * connection closed is never resent (it may have run, and would be counted twice) and a
+   * Cluster that is down fails at once rather than retrying past the deadline. MOVED and ASK
+   * redirections are still followed, and TRYAGAIN (a slot being migrated) still retried.
    */
   options?: ClusterOptions;
 }
@@ -109,7 +113,19 @@ export interface RedisStoreOptions {
   /**
    * The circuit breaker: it opens when the client reports `close`/`end` or not ready, or
    * after `failureThreshold` consecutive failed calls; while open, calls reject at once with
-   * no Redis traffic. A `PING` probe every `probeIntervalMs` (and on `ready`) closes it.
+   * no Redis traffic. A probe every `probeIntervalMs` (and on `ready`) closes it: `PING`, or
+   * on a Cluster `CLUSTER INFO` of a random node, which must report `cluster_state:ok`.
+   *
+   * The breaker is one for the whole store, also on a Cluster. When a Cluster master dies
+   * and no replica takes over, decisions on its slots fail at once (its connection is
+   * closed; nothing is resent) while the other slots still answer, so the breaker opens only
+   * when `failureThreshold` decisions in a row land on the dead master, and then sends every
+   * decision, on any slot, to the fail mode until its next probe (`probeIntervalMs`) finds the
+   * Cluster state ok. Once the Cluster marks the master failed (after its
+   * `cluster-node-timeout`), a Cluster with `cluster-require-full-coverage yes` (Redis's
+   * default) refuses every key with CLUSTERDOWN and reports `cluster_state:fail`: the breaker
+   * then stays open, every decision going to the fail mode at once, until the master (or a
+   * replica promoted in its place) serves its slots again.
    * @default { failureThreshold: 3, probeIntervalMs: 250 }
    */
   breaker?: { failureThreshold?: number; probeIntervalMs?: number };
@@ -126,6 +142,16 @@ export interface RedisStoreOptions {
   instanceId?: string;
   /** Told when Redis becomes unavailable (`false`, with the cause) and available again (`true`). */
   onAvailabilityChange?: (available: boolean, cause?: unknown) => void;
+  /**
+   * Told about a Redis set up in a way that undermines the limits. At start-up (the
+   * client's first `ready`) the store reads `CONFIG GET maxmemory-policy` (of every master on
+   * a Cluster) and warns once when it is anything but `noeviction`: every limiter key
+   * carries a TTL, so `allkeys-*` and `volatile-*` policies alike may evict it at maxmemory,
+   * and its limit silently starts over. A Redis that refuses CONFIG (as managed services do)
+   * is not checked, and nothing is said.
+   * @default a warning through Nest's `Logger` named `WsRateLimit`
+   */
+  onWarning?: (message: string) => void;
 }
 
 /** Default key prefix. */

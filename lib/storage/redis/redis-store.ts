@@ -1,3 +1,4 @@
+import { Logger } from '@nestjs/common';
 import { createHash, randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { Cluster, ClusterOptions, Redis, RedisOptions } from 'ioredis';
@@ -105,6 +106,8 @@ export class RedisRateLimitStore extends RateLimitStore {
       cluster: undefined,
     });
     await store.whenReady(options.readyTimeoutMs ?? 2000);
+    // Ready: the eviction-policy check has started; its warning (if any) comes before the store.
+    await store.evictionPolicyChecked;
     return store;
   }
 
@@ -124,6 +127,9 @@ export class RedisRateLimitStore extends RateLimitStore {
   private readonly failureThreshold: number;
   private readonly probeIntervalMs: number;
   private readonly onAvailabilityChange: RedisStoreOptions['onAvailabilityChange'];
+  private readonly onWarning: (message: string) => void;
+  /** The start-up check of `maxmemory-policy`, once the client is first ready. */
+  private policyCheck: Promise<void> | undefined;
   private readonly scripts: Scripts;
   private readonly compiled = new WeakMap<RateLimitPlan, CompiledPlan>();
   private readonly leases = new Map<string, LeaseEntry>();
@@ -167,6 +173,7 @@ export class RedisRateLimitStore extends RateLimitStore {
     this.failureThreshold = options.breaker?.failureThreshold ?? 3;
     this.probeIntervalMs = options.breaker?.probeIntervalMs ?? 250;
     this.onAvailabilityChange = options.onAvailabilityChange;
+    this.onWarning = options.onWarning ?? defaultWarn;
     this.instanceId = options.instanceId ?? randomBytes(9).toString('base64url');
     this.scripts = registerScripts(client);
 
@@ -174,12 +181,28 @@ export class RedisRateLimitStore extends RateLimitStore {
     this.listeners = [
       ['close', lost],
       ['end', lost],
-      ['ready', () => this.probe()],
+      [
+        'ready',
+        () => {
+          this.checkEvictionPolicy();
+          this.probe();
+        },
+      ],
       // Without a listener ioredis prints every connection error; the breaker reports outages.
       ['error', noop],
     ];
     for (const [event, listener] of this.listeners) client.on(event, listener);
     if (client.status === 'wait') client.connect().catch(noop);
+    if (client.status === 'ready') this.checkEvictionPolicy();
+  }
+
+  /**
+   * Settles once the start-up check of Redis's `maxmemory-policy` is over: within about a
+   * second of the client's first `ready`, and at once before it. The check runs once, and
+   * warns through `onWarning` when Redis may evict limiter keys.
+   */
+  get evictionPolicyChecked(): Promise<void> {
+    return this.policyCheck ?? Promise.resolve();
   }
 
   /** False while the circuit breaker is open (Redis unreachable, frozen or failing). */
@@ -198,7 +221,7 @@ export class RedisRateLimitStore extends RateLimitStore {
    * trackers' keys equal, and every tier of one tracker shares the slot.
    */
   override key(tracker: string, suffix: string): string {
-    return `${this.prefix}{${createHash('sha1').update(tracker).digest('base64url')}}:${suffix}`;
+    return `${this.prefix}{${trackerHash(tracker)}}:${suffix}`;
   }
 
   consume(plan: RateLimitPlan): MaybePromise<RateLimitDecision> {
@@ -483,10 +506,15 @@ export class RedisRateLimitStore extends RateLimitStore {
     return new Promise<T>((resolve, reject) => {
       let done = false;
       const timer = setTimeout(() => {
-        done = true;
-        const error = new RedisStoreUnavailableError(`Redis did not answer within ${this.deadlineMs} ms`);
-        this.failed(error);
-        reject(error);
+        // When this process itself was busy past the deadline, the reply may be waiting in the
+        // socket already: let the next I/O phase deliver it before calling Redis late.
+        setImmediate(() => {
+          if (done) return;
+          done = true;
+          const error = new RedisStoreUnavailableError(`Redis did not answer within ${this.deadlineMs} ms`);
+          this.failed(error);
+          reject(error);
+        });
       }, this.deadlineMs);
       // The socket keeps the process alive while a call is in flight; the timer need not.
       timer.unref();
@@ -503,10 +531,11 @@ export class RedisRateLimitStore extends RateLimitStore {
               this.failed(error);
               reject(new RedisStoreUnavailableError(`Redis answered unexpectedly`, { cause: error }));
             }
-          } else {
-            // A late answer still shows that Redis answers again.
-            this.succeeded();
           }
+          // A late answer counts for nothing: a Redis slower than the deadline is no use to a
+          // decision, and resetting the failure count on it would keep the breaker from ever
+          // opening under steady latency above the deadline. Only an answer in time (a
+          // decision's, or the probe's) closes the breaker.
           settled?.(reply, delivered);
         },
         (error: unknown) => {
@@ -559,7 +588,11 @@ export class RedisRateLimitStore extends RateLimitStore {
     this.probeTimer.unref();
   }
 
-  /** Half-open: one PING within the deadline decides whether the breaker closes. */
+  /**
+   * Half-open: one call within the deadline decides whether the breaker closes: `PING`, or on
+   * a Cluster `CLUSTER INFO` of a random node, which must say `cluster_state:ok` (a Cluster
+   * that lost a master refuses every key with CLUSTERDOWN but still answers PING).
+   */
   private probe(): void {
     if (this.openError === undefined || this.probing || this.closed) return;
     if (this.client.status !== 'ready') {
@@ -567,7 +600,12 @@ export class RedisRateLimitStore extends RateLimitStore {
       return;
     }
     this.probing = true;
-    this.within(this.client.ping(), noop).then(
+    const probe = this.client.isCluster
+      ? this.within(this.client.call('CLUSTER', 'INFO'), (reply) => {
+          if (!String(reply).includes('cluster_state:ok')) throw new Error('the Cluster state is not ok');
+        })
+      : this.within(this.client.ping(), noop);
+    probe.then(
       () => {
         this.probing = false;
       },
@@ -576,6 +614,31 @@ export class RedisRateLimitStore extends RateLimitStore {
         this.scheduleProbe();
       },
     );
+  }
+
+  /** Starts the check of `maxmemory-policy`, once per store (at start-up: the first `ready`). */
+  private checkEvictionPolicy(): void {
+    if (this.policyCheck !== undefined || this.closed) return;
+    this.policyCheck = readEvictionPolicies(this.client).then((policies) => {
+      if (this.closed) return;
+      const evicting = policies.filter(({ policy }) => policy !== 'noeviction');
+      if (evicting.length === 0) return;
+      const named = [...new Set(evicting.map(({ policy }) => policy))].join(', ');
+      const where = this.client.isCluster ? ` on ${evicting.map(({ node }) => node).join(', ')}` : '';
+      this.warn(
+        `Redis maxmemory-policy is ${named}${where}: at maxmemory, Redis may evict rate-limit keys (every one ` +
+          "carries a TTL), and an evicted key's limit silently starts over. Set maxmemory-policy noeviction " +
+          'on the Redis that holds the limits.',
+      );
+    });
+  }
+
+  private warn(message: string): void {
+    try {
+      this.onWarning(message);
+    } catch {
+      // A listener's failure must not break start-up.
+    }
   }
 
   private notify(available: boolean, cause?: unknown): void {
@@ -722,6 +785,10 @@ function buildClient(loaded: unknown, options: RedisStoreOptions): RedisStoreCli
     enableOfflineQueue: false,
     enableAutoPipelining: false,
     clusterRetryStrategy: retryStrategy,
+    // ioredis would resend a command whose node connection closed 100 ms later (it may have
+    // run: counted twice), and retry CLUSTERDOWN for up to 1.6 s, long past the deadline.
+    retryDelayOnFailover: 0,
+    retryDelayOnClusterDown: 0,
     redisOptions: {
       connectTimeout: 2000,
       ...extra.redisOptions,
@@ -778,9 +845,30 @@ function validateOptions(options: RedisStoreOptions): void {
     fail("clock: expected 'redis' or 'app'");
   }
   if (options.now !== undefined && typeof options.now !== 'function') fail('now: expected a function');
+  if (options.onWarning !== undefined && typeof options.onWarning !== 'function') {
+    fail('onWarning: expected a function');
+  }
   if (options.instanceId !== undefined && !/^[A-Za-z0-9_.-]{1,64}$/.test(options.instanceId)) {
     fail('instanceId: expected 1-64 letters, digits, _, - or .');
   }
+}
+
+/** A lone UTF-16 surrogate, which UTF-8 cannot carry. */
+const LONE_SURROGATE = /\p{Cs}/u;
+/** Starts the hashed bytes of text with lone surrogates: 0xFF never occurs in UTF-8. */
+const ILL_FORMED = Buffer.from([0xff]);
+
+/**
+ * SHA-1 (base64url) of the tracker's UTF-8 bytes. UTF-8 turns every lone surrogate into
+ * U+FFFD, so `'a\uD800'`, `'a\uDBFF'` and `'a\uFFFD'` would share a hash: text with a lone
+ * surrogate is hashed as 0xFF and its UTF-16 code units instead, which no UTF-8 text can
+ * equal. Well-formed text (every tracker the library itself builds) keeps its UTF-8 hash.
+ */
+function trackerHash(tracker: string): string {
+  const hash = createHash('sha1');
+  if (LONE_SURROGATE.test(tracker)) hash.update(ILL_FORMED).update(tracker, 'utf16le');
+  else hash.update(tracker);
+  return hash.digest('base64url');
 }
 
 /** The hash tag of a key (what Redis Cluster hashes), or the whole key without one. */
@@ -798,6 +886,50 @@ function clockKeyOf(key: string): string {
   const open = key.indexOf('{');
   const close = open >= 0 ? key.indexOf('}', open + 1) : -1;
   return close > open + 1 ? `${key.slice(0, close + 1)}:~clock` : `${key}:~clock`;
+}
+
+let logger: Logger | undefined;
+
+function defaultWarn(message: string): void {
+  (logger ??= new Logger('WsRateLimit')).warn(message);
+}
+
+/** How long the start-up read of `maxmemory-policy` may take. */
+const POLICY_CHECK_MS = 1000;
+
+/**
+ * `CONFIG GET maxmemory-policy` of the server, or of every master of a Cluster. Servers that
+ * refuse CONFIG (managed services, ACLs) or do not answer within a second are left out.
+ */
+async function readEvictionPolicies(client: RedisStoreClient): Promise<{ node: string; policy: string }[]> {
+  const servers: Redis[] = client.isCluster ? (client as Cluster).nodes('master') : [client as Redis];
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<undefined>((resolve) => {
+    timer = setTimeout(resolve, POLICY_CHECK_MS, undefined);
+    timer.unref();
+  });
+  try {
+    const replies = await Promise.all(
+      servers.map((server) =>
+        Promise.race([server.call('CONFIG', 'GET', 'maxmemory-policy').catch(noop), late]).then((reply) => ({
+          node: `${server.options.host ?? ''}:${server.options.port ?? ''}`,
+          policy: policyOf(reply),
+        })),
+      ),
+    );
+    return replies.filter((reply): reply is { node: string; policy: string } => reply.policy !== undefined);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The value of a `CONFIG GET maxmemory-policy` reply: RESP2 `[name, value]`, or a RESP3 map. */
+function policyOf(reply: unknown): string | undefined {
+  let value: unknown;
+  if (Array.isArray(reply)) value = reply[1];
+  else if (reply instanceof Map) value = reply.get('maxmemory-policy');
+  else if (reply !== null && typeof reply === 'object') value = (reply as Record<string, unknown>)['maxmemory-policy'];
+  return typeof value === 'string' && value !== '' ? value.toLowerCase() : undefined;
 }
 
 function toNumber(value: unknown): number {

@@ -1,0 +1,131 @@
+import { performance } from 'node:perf_hooks';
+import type { RateLimitDecision, RateLimitPlan, TierStatus } from '../interfaces/plan.interface.js';
+import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
+import type { MaybePromise, RateLimitStore } from '../storage/rate-limit-store.js';
+
+/** What the shared store reports to the limiter about its health. */
+export interface SharedStoreEvents {
+  /** A decision the store answered, and how long it took (ms). */
+  answered(durationMs: number): void;
+  /** A call the store could not answer (the fail mode decided it). */
+  failed(error: unknown): void;
+  /** The store stopped answering (once per outage). */
+  down(error: unknown): void;
+  /** The store answers again (once per outage). */
+  up(): void;
+}
+
+/**
+ * The shared store behind its failure policy: a decision the store cannot make (it throws,
+ * rejects or times out) is made by the fail mode: `open`, a local in-memory limiter with
+ * the same figures (`fallback`); `closed`, a `STORE_UNAVAILABLE` refusal. Outages are
+ * reported once when they start and once when they end.
+ */
+export class SharedStore {
+  private down = false;
+  private fallbackStore: MemoryRateLimitStore | undefined;
+
+  constructor(
+    readonly store: RateLimitStore,
+    private readonly failMode: 'open' | 'closed',
+    private readonly maxKeys: number,
+    private readonly events: SharedStoreEvents,
+  ) {}
+
+  /** The local limiter of fail mode `open`, created on the first outage. */
+  get fallback(): MemoryRateLimitStore | undefined {
+    return this.fallbackStore;
+  }
+
+  /** Decides a plan; `decided` is told which store did (to give a lease back to it). */
+  consume(plan: RateLimitPlan, decided?: (store: RateLimitStore | undefined) => void): MaybePromise<RateLimitDecision> {
+    let decision: MaybePromise<RateLimitDecision>;
+    const started = performance.now();
+    try {
+      decision = this.store.consume(plan);
+    } catch (error) {
+      return this.failed(plan, error, decided);
+    }
+    if (!isPromise(decision)) return this.answered(decision, started, decided);
+    return decision.then(
+      (settled) => this.answered(settled, started, decided),
+      (error: unknown) => this.failed(plan, error, decided),
+    );
+  }
+
+  /**
+   * The state of a plan's tiers; while the store cannot answer (fail mode `open`), from the
+   * fallback, whose figures are the ones deciding meanwhile.
+   */
+  async peek(plan: RateLimitPlan): Promise<readonly TierStatus[]> {
+    if (!this.down) {
+      try {
+        return await this.store.peek(plan);
+      } catch (error) {
+        if (this.failMode === 'closed') throw error;
+      }
+    }
+    return this.localFallback().peek(plan);
+  }
+
+  /** Forgets keys in the store and in the fallback. */
+  async delete(keys: readonly string[]): Promise<void> {
+    this.fallbackStore?.delete(keys);
+    await this.store.delete(keys);
+  }
+
+  async close(): Promise<void> {
+    await this.fallbackStore?.close();
+  }
+
+  private answered(
+    decision: RateLimitDecision,
+    started: number,
+    decided: ((store: RateLimitStore | undefined) => void) | undefined,
+  ): RateLimitDecision {
+    this.events.answered(performance.now() - started);
+    if (this.down) {
+      this.down = false;
+      this.events.up();
+    }
+    decided?.(this.store);
+    return decision;
+  }
+
+  private failed(
+    plan: RateLimitPlan,
+    error: unknown,
+    decided: ((store: RateLimitStore | undefined) => void) | undefined,
+  ): RateLimitDecision {
+    this.events.failed(error);
+    if (!this.down) {
+      this.down = true;
+      this.events.down(error);
+    }
+    if (this.failMode === 'closed') {
+      decided?.(undefined);
+      const spec = plan.tiers[0]!.spec;
+      return {
+        allowed: false,
+        tier: spec.tier,
+        index: 0,
+        retryAfter: 1000,
+        limit: spec.limit,
+        remaining: 0,
+        storeUnavailable: true,
+      };
+    }
+    const fallback = this.localFallback();
+    decided?.(fallback);
+    return fallback.consume(plan);
+  }
+
+  private localFallback(): MemoryRateLimitStore {
+    return (this.fallbackStore ??= new MemoryRateLimitStore({ maxKeys: this.maxKeys }));
+  }
+}
+
+/** Whether a store's answer is a promise. */
+export function isPromise<T>(value: MaybePromise<T>): value is Promise<T> {
+  return typeof (value as { then?: unknown })?.then === 'function';
+}
