@@ -766,7 +766,6 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   private async peekPlan(plan: RateLimitPlan): Promise<readonly TierStatus[]> {
     return plan.tracker.startsWith(CONNECTION_TRACKER) ? this.local.peek(plan) : this.shared.peek(plan);
   }
-
 }
 
 /** Violations of a connection in the current window, without counting a new one. */
@@ -804,7 +803,6 @@ function once(run: () => void): () => void {
     run();
   };
 }
-
 
 /** Whether a class or handler lists `WsThrottleGuard` (or a subclass) in `@UseGuards`. */
 function usesGuard(target: object): boolean {
