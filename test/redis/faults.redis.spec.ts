@@ -1,4 +1,5 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
+import { afterAll, afterEach, beforeAll, describe, expect, it, jest } from '@jest/globals';
+import { Logger } from '@nestjs/common';
 import type { Redis } from 'ioredis';
 import { performance } from 'node:perf_hooks';
 import type { RateLimitPlan } from '../../lib/interfaces/plan.interface.js';
@@ -27,11 +28,12 @@ interface Outcome {
 }
 
 /**
- * C-21, C-22, C-23, C-25 on one standalone server: the store's own client (created from a
- * URL) under kill, restart, freeze and slowness. Every decision settles within the deadline
- * plus slop, no rejection goes unhandled, and the store comes back to Redis by itself.
+ * C-21, C-22, C-23, C-25, C-26 on one standalone server: the store's own client (created
+ * from a URL) under kill, restart, freeze, slowness, memory pressure, a write pause and a
+ * demotion to replica. Every decision settles within the deadline plus slop, no rejection
+ * goes unhandled, and the store comes back to Redis by itself.
  */
-describe('Redis faults: kill, restart, freeze, slow, out of memory', () => {
+describe('Redis faults: kill, restart, freeze, slow, out of memory, write pause, demotion', () => {
   let server: RedisServer;
   let admin: Redis;
   let store: RedisRateLimitStore;
@@ -78,14 +80,18 @@ describe('Redis faults: kill, restart, freeze, slow, out of memory', () => {
   });
 
   /** One decision, timed from the call to its settling (a synchronous throw counts too). */
-  function decide(): Promise<Outcome> {
+  function decide(on = store): Promise<Outcome> {
     const at = performance.now();
-    const plan = trackers[n++ % trackers.length]!;
+    const tracker = trackers[n++ % trackers.length]!;
+    const plan =
+      on === store
+        ? tracker
+        : { tracker: tracker.tracker, tiers: [{ key: on.key(tracker.tracker, 'g'), spec: bucket }] };
     const settle = (result: Outcome['result']): Outcome => ({ at, latency: performance.now() - at, result });
     const classify = (error: unknown) =>
       settle(error instanceof RedisStoreUnavailableError ? 'unavailable' : 'other-error');
     try {
-      return Promise.resolve(store.consume(plan)).then(
+      return Promise.resolve(on.consume(plan)).then(
         (decision) => settle(decision.allowed ? 'allowed' : 'refused'),
         classify,
       );
@@ -107,10 +113,10 @@ describe('Redis faults: kill, restart, freeze, slow, out of memory', () => {
   }
 
   /** Decisions until one is answered by Redis again; returns the time that took. */
-  async function untilRecovered(limitMs: number): Promise<number> {
+  async function untilRecovered(limitMs: number, on = store): Promise<number> {
     const start = performance.now();
     while (performance.now() - start < limitMs) {
-      if ((await decide()).result === 'allowed') return performance.now() - start;
+      if ((await decide(on)).result === 'allowed') return performance.now() - start;
       await sleep(5);
     }
     throw new Error(`not back on Redis within ${limitMs} ms`);
@@ -209,6 +215,121 @@ describe('Redis faults: kill, restart, freeze, slow, out of memory', () => {
       await admin.config('SET', 'maxmemory', '0');
     }
     expect(await untilRecovered(3000)).toBeLessThan(3000);
+  });
+
+  it('start-up warns once when maxmemory-policy may evict limiter keys; not for noeviction; not when CONFIG is refused', async () => {
+    const warnings: string[] = [];
+    const open = (url: string) => createRedisStore({ url, keyPrefix: 'fault:', onWarning: (m) => warnings.push(m) });
+    try {
+      await admin.config('SET', 'maxmemory-policy', 'noeviction');
+      await (await open(server.url)).close();
+      expect(warnings).toEqual([]);
+
+      await admin.config('SET', 'maxmemory-policy', 'allkeys-lru');
+      const evicting = await open(server.url);
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]).toContain('maxmemory-policy is allkeys-lru');
+      // Once: a reconnect (another `ready`) says nothing more.
+      await admin.call('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
+      await untilRecovered(3000, evicting);
+      await evicting.close();
+      expect(warnings).toHaveLength(1);
+
+      // Every limiter key has a TTL, so volatile-* policies evict them too.
+      await admin.config('SET', 'maxmemory-policy', 'volatile-ttl');
+      await (await open(server.url)).close();
+      expect(warnings).toHaveLength(2);
+      expect(warnings[1]).toContain('maxmemory-policy is volatile-ttl');
+
+      // A managed Redis that refuses CONFIG (here: an ACL user without it): nothing said, decisions work.
+      await admin.config('SET', 'maxmemory-policy', 'allkeys-lru');
+      await admin.call('ACL', 'SETUSER', 'limited', 'on', '>secret', '~*', '&*', '+@all', '-config');
+      const managed = await open(`redis://limited:secret@127.0.0.1:${server.port}`);
+      expect(warnings).toHaveLength(2);
+      expect(await untilRecovered(3000, managed)).toBeLessThan(3000);
+      await managed.close();
+
+      // Without onWarning: once through Nest's Logger named WsRateLimit.
+      const warn = jest.spyOn(Logger.prototype, 'warn').mockImplementation(() => undefined);
+      try {
+        await (await createRedisStore({ url: server.url, keyPrefix: 'fault:' })).close();
+        expect(warn).toHaveBeenCalledTimes(1);
+        expect(String(warn.mock.calls[0]![0])).toContain('maxmemory-policy is allkeys-lru');
+        expect((warn.mock.contexts[0] as unknown as { context?: string }).context).toBe('WsRateLimit');
+      } finally {
+        warn.mockRestore();
+      }
+    } finally {
+      await admin.config('SET', 'maxmemory-policy', 'noeviction');
+      await admin.call('ACL', 'DELUSER', 'limited');
+    }
+    figures['eviction-policy warning'] = `allkeys-lru: "${warnings[0]}"`;
+  });
+
+  it('CLIENT PAUSE 2000 WRITE: no decision waits past the deadline, the store refuses fast during the pause, Redis is used again after it', async () => {
+    availability.length = 0;
+    let pausedAt = NaN;
+    const outcomes = await traffic(2600, (elapsed) => {
+      if (Number.isNaN(pausedAt) && elapsed >= 300) {
+        pausedAt = performance.now();
+        admin.call('CLIENT', 'PAUSE', '2000', 'WRITE').catch(() => undefined);
+      }
+    });
+    const pauseEnds = pausedAt + 2000;
+    expect(outcomes.filter((outcome) => outcome.result === 'other-error')).toEqual([]);
+    expect(Math.max(...outcomes.map((outcome) => outcome.latency))).toBeLessThanOrEqual(MAX_LATENCY_MS);
+    const during = outcomes.filter(
+      (outcome) => outcome.at >= pausedAt + 10 && outcome.at + outcome.latency < pauseEnds,
+    );
+    expect(during.length).toBeGreaterThan(100);
+    expect(during.filter((outcome) => outcome.result !== 'unavailable')).toEqual([]);
+    // Blocked scripts hold the connection, so the probe's PING waits behind them: the breaker
+    // stays open the whole pause and refuses at once; only the calls in flight waited.
+    const waited = during.filter((outcome) => outcome.latency > 10);
+    expect(waited.length).toBeLessThan(30);
+    const back = outcomes.find((outcome) => outcome.at > pauseEnds && outcome.result === 'allowed');
+    expect(back).toBeDefined();
+    const recovery = back!.at + back!.latency - pauseEnds;
+    expect(recovery).toBeLessThan(2000);
+    expect(availability).toEqual([false, true]);
+    expect(processErrors.errors).toEqual([]);
+    figures['CLIENT PAUSE 2000 WRITE'] =
+      `${summary(during)} during the pause (${waited.length} waited for the deadline); ` +
+      `back on Redis ${recovery.toFixed(0)} ms after the pause ended`;
+  });
+
+  it('demoted to a replica (READONLY): decisions fail within the deadline and the client reconnects; promoted again, Redis is used', async () => {
+    const other = await startRedis();
+    const reconnects: number[] = [];
+    const onReconnecting = () => reconnects.push(performance.now());
+    store.client.on('reconnecting', onReconnecting);
+    availability.length = 0;
+    try {
+      await admin.call('REPLICAOF', '127.0.0.1', String(other.port));
+      const outcomes = await traffic(800);
+      expect(outcomes.filter((outcome) => outcome.result === 'other-error')).toEqual([]);
+      expect(Math.max(...outcomes.map((outcome) => outcome.latency))).toBeLessThanOrEqual(MAX_LATENCY_MS);
+      // Never admitted or refused by a replica (it only answers READONLY to the script's writes).
+      const settled = outcomes.slice(outcomes.findIndex((outcome) => outcome.result === 'unavailable'));
+      expect(settled.filter((outcome) => outcome.result !== 'unavailable')).toEqual([]);
+      expect(settled.length).toBeGreaterThan(40);
+      // reconnectOnError: READONLY made ioredis drop the connection and connect again.
+      expect(reconnects.length).toBeGreaterThanOrEqual(1);
+      expect(availability[0]).toBe(false);
+
+      const promoted = performance.now();
+      await admin.call('REPLICAOF', 'NO', 'ONE');
+      const recovery = await untilRecovered(3000);
+      expect(recovery).toBeLessThan(2000);
+      expect(availability.at(-1)).toBe(true);
+      expect(processErrors.errors).toEqual([]);
+      figures['demoted to replica (READONLY)'] =
+        `${summary(settled)}, ${reconnects.length} reconnect(s); back on Redis ${(performance.now() - promoted).toFixed(0)} ms after REPLICAOF NO ONE`;
+    } finally {
+      store.client.off('reconnecting', onReconnecting);
+      await admin.call('REPLICAOF', 'NO', 'ONE');
+      await other.stop();
+    }
   });
 
   it('leaves every key with a bounded TTL after the faults (I-2)', async () => {

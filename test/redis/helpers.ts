@@ -86,3 +86,34 @@ export function percentile(values: readonly number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 }
+
+/** The Cluster slot of each key, as the node on `port` computes it (`CLUSTER KEYSLOT`, pipelined). */
+export async function keySlots(port: number, keys: readonly string[]): Promise<number[]> {
+  const client = adminClient(port);
+  try {
+    await ready(client);
+    const pipeline = client.pipeline();
+    for (const key of keys) pipeline.call('CLUSTER', 'KEYSLOT', key);
+    const replies = (await pipeline.exec()) ?? [];
+    return replies.map(([error, slot]) => {
+      if (error) throw error;
+      return Number(slot);
+    });
+  } finally {
+    await closeClient(client);
+  }
+}
+
+/** The port of the master that serves each of the 16,384 slots, as the node on `port` sees it. */
+export async function slotOwners(port: number): Promise<number[]> {
+  const client = adminClient(port);
+  try {
+    await ready(client);
+    const owners = new Array<number>(16_384).fill(-1);
+    const ranges = (await client.call('CLUSTER', 'SLOTS')) as [number, number, [string, number, ...unknown[]]][];
+    for (const [from, to, [, owner]] of ranges) owners.fill(Number(owner), from, to + 1);
+    return owners;
+  } finally {
+    await closeClient(client);
+  }
+}

@@ -299,9 +299,10 @@ export async function startRedis(args: readonly string[] = []): Promise<RedisSer
  * Starts three masters with `--cluster-enabled yes` (each with an explicit free bus port),
  * joins them with `redis-cli --cluster create ... --cluster-replicas 0 --cluster-yes`, and
  * waits until every node reports `cluster_state:ok`. The nodes' cluster config files live
- * in one temporary directory that `stop()` removes.
+ * in one temporary directory that `stop()` removes, so a node `restart()`ed rejoins with its
+ * slots. `nodeTimeoutMs` is `cluster-node-timeout` (how soon a dead master is marked failed).
  */
-export async function startCluster(): Promise<RedisCluster> {
+export async function startCluster({ nodeTimeoutMs = 2000 }: { nodeTimeoutMs?: number } = {}): Promise<RedisCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'wsrl-cluster-'));
   const nodes: RedisServer[] = [];
   const stop = async () => {
@@ -325,33 +326,19 @@ export async function startCluster(): Promise<RedisCluster> {
             '--cluster-config-file',
             join(dir, `nodes-${port}.conf`),
             '--cluster-node-timeout',
-            '2000',
+            String(nodeTimeoutMs),
           ],
           false,
         ),
       );
     }
-    await new Promise<void>((resolve, reject) => {
-      const child = spawn(
-        'redis-cli',
-        [
-          '--cluster',
-          'create',
-          ...nodes.map((node) => `${HOST}:${node.port}`),
-          '--cluster-replicas',
-          '0',
-          '--cluster-yes',
-        ],
-        { stdio: ['ignore', 'pipe', 'pipe'] },
-      );
-      let output = '';
-      child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-      child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-      child.once('error', reject);
-      child.once('exit', (code) =>
-        code === 0 ? resolve() : reject(new Error(`redis-cli --cluster create failed: ${output.slice(-500)}`)),
-      );
-    });
+    await clusterCli([
+      'create',
+      ...nodes.map((node) => `${HOST}:${node.port}`),
+      '--cluster-replicas',
+      '0',
+      '--cluster-yes',
+    ]);
     await waitFor(
       'cluster_state:ok on every node',
       async () => {
@@ -368,6 +355,26 @@ export async function startCluster(): Promise<RedisCluster> {
     throw error;
   }
   return { nodes, startupNodes: nodes.map((node) => ({ host: HOST, port: node.port })), stop };
+}
+
+/** Runs `redis-cli --cluster <args>` and resolves with its output; rejects on a non-zero exit. */
+export function clusterCli(args: readonly string[], timeoutMs = 30_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('redis-cli', ['--cluster', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.once('error', (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      if (code === 0) resolve(output);
+      else reject(new Error(`redis-cli --cluster ${args[0]} failed (${code}): ${output.slice(-500)}`));
+    });
+  });
 }
 
 /** H-sentinel: a master, one replica and one sentinel (quorum 1) watching them. */

@@ -49,7 +49,9 @@ export interface RedisStoreOptions {
    * An ioredis client (standalone, Sentinel or Cluster) you created and own: the store
    * registers its scripts on it and never closes it. For the deadline to hold, give it
    * `enableOfflineQueue: false`; the store's own breaker refuses to send while it is not
-   * `ready` either way. A client made with `lazyConnect` is connected by the store.
+   * `ready` either way. A Cluster client should also have `retryDelayOnFailover: 0` (else
+   * ioredis resends a decision whose connection closed, which may count it twice) and
+   * `retryDelayOnClusterDown: 0`. A client made with `lazyConnect` is connected by the store.
    */
   client?: Redis | Cluster;
   /** `redis://` or `rediss://` URL of a standalone Redis; the store creates and closes the client. */
@@ -119,13 +121,15 @@ export interface RedisStoreOptions {
    * The breaker is one for the whole store, also on a Cluster. When a Cluster master dies
    * and no replica takes over, decisions on its slots fail at once (its connection is
    * closed; nothing is resent) while the other slots still answer, so the breaker opens only
-   * when `failureThreshold` decisions in a row land on the dead master, and then sends every
+   * when `failureThreshold` decisions in a row fail on the dead master, and then sends every
    * decision, on any slot, to the fail mode until its next probe (`probeIntervalMs`) finds the
-   * Cluster state ok. Once the Cluster marks the master failed (after its
-   * `cluster-node-timeout`), a Cluster with `cluster-require-full-coverage yes` (Redis's
-   * default) refuses every key with CLUSTERDOWN and reports `cluster_state:fail`: the breaker
-   * then stays open, every decision going to the fail mode at once, until the master (or a
-   * replica promoted in its place) serves its slots again.
+   * Cluster state ok; this repeats for as long as the master is gone. Once the Cluster marks
+   * the master failed (after about its `cluster-node-timeout`), a Cluster with
+   * `cluster-require-full-coverage yes` (Redis's default) refuses every key with CLUSTERDOWN
+   * and reports `cluster_state:fail`: the breaker then stays open, every decision going to
+   * the fail mode at once, until the master (or a replica promoted in its place) serves its
+   * slots again and the Cluster reports ok. (With `cluster-require-full-coverage no` the state
+   * stays ok, and the first behaviour lasts until the master is back.)
    * @default { failureThreshold: 3, probeIntervalMs: 250 }
    */
   breaker?: { failureThreshold?: number; probeIntervalMs?: number };
