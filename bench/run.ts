@@ -1,11 +1,11 @@
 /**
  * `npm run bench`: every benchmark, each measurement in its own child process, baselines
  * measured in the same run. Prints tables with ratios and pass/fail against the targets of
- * issue 2, writes `bench/results/<date>.json` and `bench/results/latest.md`.
+ * issues 2, 3, 4 and 6, writes `bench/results/<date>.json` and `bench/results/latest.md`.
  *
- *   node dist/bench/run.js [store] [memory] [gateway] [--quick] [--cpu-prof]
+ *   node dist/bench/run.js [store] [memory] [gateway] [redis] [connections] [figure] [--quick] [--cpu-prof]
  *
- * No part named: all three. `--quick` shortens every timing, for trying changes (its
+ * No part named: all six (`figure` also writes docs/flood.svg). `--quick` shortens every timing, for trying changes (its
  * figures are noisier and are not the ones to quote). `--cpu-prof` writes a V8 CPU profile
  * of every store worker and gateway server to `.tmp/bench-profiles/` (profiling slows them).
  */
@@ -17,8 +17,11 @@ import { fileURLToPath } from 'node:url';
 import { runStore, type StoreReport } from './store/report.js';
 import { runMemory, type MemoryReport } from './memory/report.js';
 import { runGateway, type GatewayReport } from './gateway/report.js';
+import { runRedis, type RedisReport } from './redis/report.js';
+import { runConnections, type ConnectionsReport } from './connections/report.js';
+import { runFigure, type FigureReport } from './figure/report.js';
 
-const PARTS = ['store', 'memory', 'gateway'] as const;
+const PARTS = ['store', 'memory', 'gateway', 'redis', 'connections', 'figure'] as const;
 type Part = (typeof PARTS)[number];
 
 const args = process.argv.slice(2);
@@ -53,20 +56,28 @@ console.log(
 
 const started = performance.now();
 const sections: string[] = [];
-const results: { store?: StoreReport; memory?: MemoryReport; gateway?: GatewayReport } = {};
+const results: {
+  store?: StoreReport;
+  memory?: MemoryReport;
+  gateway?: GatewayReport;
+  redis?: RedisReport;
+  connections?: ConnectionsReport;
+  figure?: FigureReport;
+} = {};
+/** Seconds each part took. */
+const partSeconds: Partial<Record<Part, number>> = {};
 for (const part of parts) {
   const partStarted = performance.now();
-  if (part === 'store') {
-    results.store = await runStore(quick, profileDir);
-    sections.push(results.store.markdown);
-  } else if (part === 'memory') {
-    results.memory = await runMemory(quick);
-    sections.push(results.memory.markdown);
-  } else {
-    results.gateway = await runGateway(quick, profileDir);
-    sections.push(results.gateway.markdown);
-  }
-  console.log(`(${part}: ${((performance.now() - partStarted) / 1000).toFixed(0)} s)\n`);
+  let report: { markdown: string };
+  if (part === 'store') report = results.store = await runStore(quick, profileDir);
+  else if (part === 'memory') report = results.memory = await runMemory(quick);
+  else if (part === 'gateway') report = results.gateway = await runGateway(quick, profileDir);
+  else if (part === 'redis') report = results.redis = await runRedis(quick, profileDir);
+  else if (part === 'connections') report = results.connections = await runConnections(quick, profileDir);
+  else report = results.figure = await runFigure(quick);
+  sections.push(report.markdown);
+  partSeconds[part] = (performance.now() - partStarted) / 1000;
+  console.log(`(${part}: ${partSeconds[part].toFixed(0)} s)\n`);
 }
 const seconds = (performance.now() - started) / 1000;
 const loadAtEnd = loadavg()[0]!;
@@ -88,6 +99,7 @@ writeFileSync(
       parts,
       quick,
       seconds,
+      partSeconds,
       machine,
       loadAverage: { start: loadAtStart, end: loadAtEnd },
       ...strip(results),
@@ -100,7 +112,7 @@ const header = [
   '# Benchmark results (latest run)',
   '',
   `Run ${date.toISOString()}, parts: ${parts.join(', ')}${quick ? ' (--quick: shortened timings, noisy)' : ''}; ` +
-    `took ${seconds.toFixed(0)} s. Raw figures: \`${jsonName}\`. How each benchmark works: \`bench/README.md\`.`,
+    `took ${seconds.toFixed(0)} s (${parts.map((part) => `${part} ${partSeconds[part]!.toFixed(0)} s`).join(', ')}). Raw figures: \`${jsonName}\`. How each benchmark works: \`bench/README.md\`.`,
   '',
   '| machine | |',
   '|---|---|',
@@ -156,9 +168,15 @@ function machineInfo() {
     os: `${platform()} ${release()}`,
     commit,
     versions: Object.fromEntries(
-      ['rate-limiter-flexible', '@nestjs/throttler', '@nestjs/core', '@nestjs/platform-ws', 'ws', 'prom-client'].map(
-        (name) => [name, version(name)],
-      ),
+      [
+        'rate-limiter-flexible',
+        '@nestjs/throttler',
+        '@nestjs/core',
+        '@nestjs/platform-ws',
+        'ws',
+        'prom-client',
+        'ioredis',
+      ].map((name) => [name, version(name)]),
     ),
   };
 }

@@ -89,7 +89,13 @@ export async function startRedis(): Promise<RedisServer> {
     { stdio: ['ignore', 'ignore', 'inherit'] },
   );
   let exited = false;
+  let spawnError: Error | undefined;
   child.once('exit', () => (exited = true));
+  child.once('error', (error) => {
+    // ENOENT: redis-server is not installed (the benchmark needs it on the PATH).
+    spawnError = error;
+    exited = true;
+  });
   // Whatever happens to this process, the server goes with it.
   const kill = (): void => {
     if (!exited) child.kill('SIGKILL');
@@ -97,7 +103,7 @@ export async function startRedis(): Promise<RedisServer> {
   process.once('exit', kill);
   const stop = async (): Promise<void> => {
     process.off('exit', kill);
-    if (exited) return;
+    if (exited || child.exitCode !== null) return;
     const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()));
     child.kill('SIGTERM');
     const timer = setTimeout(() => child.kill('SIGKILL'), 3000);
@@ -107,6 +113,7 @@ export async function startRedis(): Promise<RedisServer> {
   try {
     const deadline = Date.now() + 10_000;
     for (;;) {
+      if (spawnError) throw new Error(`cannot start redis-server: ${spawnError.message}`, { cause: spawnError });
       if (exited) throw new Error(`redis-server on port ${port} exited at start`);
       try {
         if ((await rawCommand(port, 'PING', 500)).startsWith('+PONG')) break;
@@ -129,6 +136,8 @@ export async function startRedis(): Promise<RedisServer> {
 export interface RedisCounters {
   /** Calls per command, from `INFO commandstats`. */
   calls: Record<string, number>;
+  /** Microseconds Redis spent executing each command, from `INFO commandstats` (a script's own calls included in its EVALSHA). */
+  usec: Record<string, number>;
   /** used_cpu_user + used_cpu_sys of the server, in microseconds. */
   cpuMicros: number;
 }
@@ -136,10 +145,14 @@ export interface RedisCounters {
 /** Parses `INFO commandstats` and `INFO cpu` (one reply holding both, or two). */
 export function parseCounters(info: string): RedisCounters {
   const calls: Record<string, number> = {};
-  for (const match of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) calls[match[1]!] = Number(match[2]);
+  const usec: Record<string, number> = {};
+  for (const match of info.matchAll(/^cmdstat_([^:]+):calls=(\d+),usec=(\d+)/gm)) {
+    calls[match[1]!] = Number(match[2]);
+    usec[match[1]!] = Number(match[3]);
+  }
   const user = Number(/^used_cpu_user:([\d.]+)/m.exec(info)?.[1] ?? NaN);
   const sys = Number(/^used_cpu_sys:([\d.]+)/m.exec(info)?.[1] ?? NaN);
-  return { calls, cpuMicros: (user + sys) * 1e6 };
+  return { calls, usec, cpuMicros: (user + sys) * 1e6 };
 }
 
 /**
@@ -149,7 +162,7 @@ export function parseCounters(info: string): RedisCounters {
 export function counterDelta(
   before: RedisCounters,
   after: RedisCounters,
-): { commands: number; byCommand: Record<string, number>; cpuMicros: number } {
+): { commands: number; byCommand: Record<string, number>; cpuMicros: number; scriptMicros: number } {
   const byCommand: Record<string, number> = {};
   let commands = 0;
   for (const [name, count] of Object.entries(after.calls)) {
@@ -160,5 +173,12 @@ export function counterDelta(
       commands += delta;
     }
   }
-  return { commands, byCommand, cpuMicros: after.cpuMicros - before.cpuMicros };
+  const scripts = (after.calls.evalsha ?? 0) - (before.calls.evalsha ?? 0);
+  const scriptUsec = (after.usec.evalsha ?? 0) - (before.usec.evalsha ?? 0);
+  return {
+    commands,
+    byCommand,
+    cpuMicros: after.cpuMicros - before.cpuMicros,
+    scriptMicros: scripts > 0 ? scriptUsec / scripts : Number.NaN,
+  };
 }

@@ -37,11 +37,16 @@ export interface Phase {
   redisByCommand: Record<string, number>;
   /** Redis server CPU time per decision, µs. */
   redisCpuMicrosPerDecision: number;
+  /** Time Redis spent executing one script (EVALSHA, its own calls included), µs, from INFO commandstats. */
+  scriptMicros: number;
   /** This worker's CPU time over wall time (1 = one core). */
   workerCpuShare: number;
-  /** Latency percentiles in µs (1 in flight only). */
+  /** Latency percentiles in µs (of the first `MAX_SAMPLES` decisions). */
   p50Micros?: number;
   p99Micros?: number;
+  maxMicros?: number;
+  /** Decisions that took longer than ours' default deadline (50 ms). */
+  overDefaultDeadline?: number;
   /** Decisions answered synchronously (the block cache), and sent to Redis. */
   synchronous?: number;
   sentToRedis?: number;
@@ -77,6 +82,8 @@ const MAX_DECISIONS = 50_000_000;
 /** Latency samples kept per timed part (1 in flight: about 10^4 per second). */
 const MAX_SAMPLES = 1 << 18;
 const ORDER_LENGTH = 1 << 16;
+/** Ours' default `commandTimeoutMs`. */
+const DEFAULT_DEADLINE_MS = 50;
 const ORDER_MASK = ORDER_LENGTH - 1;
 
 const order = trackerOrder(ORDER_LENGTH, TRACKERS);
@@ -96,16 +103,16 @@ interface Run {
   errors: number;
   elapsedMs: number;
   cpuShare: number;
-  latencies?: Float64Array;
-  samples?: number;
+  latencies: Float64Array;
+  samples: number;
 }
 
 /**
- * Keeps `lanes` decisions in flight (each settled decision starts the next) for `ms`; with
- * one lane, also records each decision's latency.
+ * Keeps `lanes` decisions in flight (each settled decision starts the next) for `ms`, and
+ * records each decision's latency. Decisions that fail are counted apart, not as decisions.
  */
-async function inFlight(target: Decider, lanes: number, ms: number, record: boolean): Promise<Run> {
-  const latencies = record ? new Float64Array(MAX_SAMPLES) : undefined;
+async function inFlight(target: Decider, lanes: number, ms: number): Promise<Run> {
+  const latencies = new Float64Array(MAX_SAMPLES);
   let samples = 0;
   let decisions = 0;
   let allowed = 0;
@@ -118,17 +125,22 @@ async function inFlight(target: Decider, lanes: number, ms: number, record: bool
     let now = performance.now();
     while (now < end && decisions < MAX_DECISIONS) {
       const index = order[position++ & ORDER_MASK]!;
+      let failed = false;
       try {
         const settled = await target.decide(index);
         if (target.allowed(settled)) allowed++;
         else refused++;
       } catch (error) {
         if (target.isRefusal(error)) refused++;
-        else errors++;
+        else failed = true;
       }
-      decisions++;
       const after = performance.now();
-      if (latencies !== undefined && samples < MAX_SAMPLES) latencies[samples++] = after - now;
+      if (failed) {
+        errors++;
+      } else {
+        decisions++;
+        if (samples < MAX_SAMPLES) latencies[samples++] = after - now;
+      }
       now = after;
       // A call refused synchronously (breaker open) must not starve the event loop.
       if (errors > 0 && errors % 1024 === 0) await new Promise((resolve) => setImmediate(resolve));
@@ -144,7 +156,8 @@ async function inFlight(target: Decider, lanes: number, ms: number, record: bool
     errors,
     elapsedMs,
     cpuShare: (cpu.user + cpu.system) / 1000 / elapsedMs,
-    ...(latencies ? { latencies, samples } : {}),
+    latencies,
+    samples,
   };
 }
 
@@ -166,13 +179,16 @@ async function measured(run: () => Promise<Run>): Promise<Phase> {
     redisCommands: delta.commands,
     redisByCommand: delta.byCommand,
     redisCpuMicrosPerDecision: delta.cpuMicros / Math.max(1, result.decisions),
+    scriptMicros: delta.scriptMicros,
     workerCpuShare: result.cpuShare,
   };
-  if (result.latencies !== undefined) {
-    const sorted = result.latencies.subarray(0, result.samples).sort();
-    phase.p50Micros = percentile(sorted, 0.5) * 1000;
-    phase.p99Micros = percentile(sorted, 0.99) * 1000;
-  }
+  const sorted = result.latencies.subarray(0, result.samples).sort();
+  phase.p50Micros = percentile(sorted, 0.5) * 1000;
+  phase.p99Micros = percentile(sorted, 0.99) * 1000;
+  phase.maxMicros = (sorted[sorted.length - 1] ?? Number.NaN) * 1000;
+  let over = 0;
+  for (let i = sorted.length - 1; i >= 0 && sorted[i]! > DEFAULT_DEADLINE_MS; i--) over++;
+  phase.overDefaultDeadline = over;
   return phase;
 }
 
@@ -209,6 +225,7 @@ async function floodCached(target: FloodDecider, command: TurnCommand): Promise<
     redisCommands: delta.commands,
     redisByCommand: delta.byCommand,
     redisCpuMicrosPerDecision: delta.cpuMicros / Math.max(1, round.total),
+    scriptMicros: delta.scriptMicros,
     workerCpuShare: round.cpuShare,
     synchronous,
     sentToRedis,
@@ -218,18 +235,18 @@ async function floodCached(target: FloodDecider, command: TurnCommand): Promise<
 async function turn(command: TurnCommand): Promise<TurnResult> {
   await observer.flushall();
   if (contender.mode === 'allowed') {
-    await inFlight(decider, command.inFlight, command.warmMs, false);
-    const many = await measured(() => inFlight(decider, command.inFlight, command.manyMs, false));
-    await inFlight(decider, 1, command.oneWarmMs, false);
-    const one = await measured(() => inFlight(decider, 1, command.oneMs, true));
+    await inFlight(decider, command.inFlight, command.warmMs);
+    const many = await measured(() => inFlight(decider, command.inFlight, command.manyMs));
+    await inFlight(decider, 1, command.oneWarmMs);
+    const one = await measured(() => inFlight(decider, 1, command.oneMs));
     return { many, one };
   }
   const flooder = decider as FloodDecider;
   const floodWarmup = await flooder.exhaust();
   if (contenderId === 'oursFloodCached') return { flood: await floodCached(flooder, command), floodWarmup };
   // Block cache off: Redis decides every refusal, at the same concurrency as the allowed runs.
-  await inFlight(decider, command.inFlight, command.warmMs, false);
-  const flood = await measured(() => inFlight(decider, command.inFlight, command.manyMs, false));
+  await inFlight(decider, command.inFlight, command.warmMs);
+  const flood = await measured(() => inFlight(decider, command.inFlight, command.manyMs));
   return { flood, floodWarmup };
 }
 

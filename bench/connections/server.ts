@@ -1,0 +1,33 @@
+/**
+ * Child process: serves one variant of the connection benchmark on 127.0.0.1 (a free port)
+ * and reports it. The parent then sends `mark-start`/`mark-end` around the measured window
+ * (this process answers with the CPU time it used in between) and `stop`.
+ * Usage (from run.js): server.js <variant>
+ */
+import { NestFactory } from '@nestjs/core';
+import { WsAdapter } from '@nestjs/platform-ws';
+import { WsRateLimitAdapter } from 'nestjs-ws-rate-limit';
+import type { AddressInfo } from 'node:net';
+import { sendToParent } from '../support/child.js';
+import { appModule, VARIANTS, type VariantId } from './apps.js';
+
+const variant = process.argv[2] as VariantId;
+if (!(variant in VARIANTS)) throw new Error(`unknown variant: ${variant}`);
+
+const app = await NestFactory.create(appModule(variant), { logger: ['error', 'warn'] });
+app.useWebSocketAdapter(VARIANTS[variant].adapter === 'plain' ? new WsAdapter(app) : new WsRateLimitAdapter(app));
+await app.listen(0, '127.0.0.1');
+const { port } = app.getHttpServer().address() as AddressInfo;
+
+let cpuAtStart = process.cpuUsage();
+process.on('message', (message: { kind?: string }) => {
+  if (message.kind === 'mark-start') {
+    cpuAtStart = process.cpuUsage();
+  } else if (message.kind === 'mark-end') {
+    const used = process.cpuUsage(cpuAtStart);
+    void sendToParent('cpu', { cpuMicros: used.user + used.system });
+  } else if (message.kind === 'stop') {
+    void app.close().then(() => process.disconnect());
+  }
+});
+await sendToParent('ready', { port });
