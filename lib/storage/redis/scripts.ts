@@ -175,7 +175,7 @@ end
 -- the window before the cost fits (NEG when it fits whatever the timestamps). Counter:
 -- {start, prev, curr}. Concurrency: {held, latest expiry, dead fields}.
 -- fresh[i]: the key does not exist (its state is a fresh one's).
-local S, fresh = {}, {}
+local S, fresh, count = {}, {}, {}
 for i = 1, n do
   local key, k = KEYS[i], kind[i]
   if k == 0 then
@@ -183,9 +183,9 @@ for i = 1, n do
     fresh[i] = S[i] == nil
     if fresh[i] then S[i] = NEG end
   elseif k == 1 then
-    local count = redis.call('ZCARD', key)
-    local over = count + cost[i] - limit[i]
-    fresh[i] = count == 0
+    count[i] = redis.call('ZCARD', key)
+    local over = count[i] + cost[i] - limit[i]
+    fresh[i] = count[i] == 0
     S[i] = NEG
     if over > 0 and not fresh[i] then
       S[i] = tonumber(redis.call('ZRANGE', key, over - 1, over - 1, 'WITHSCORES')[2])
@@ -318,13 +318,19 @@ for i = 1, n do
         args[#args + 1] = nonce .. '#' .. j
       end
       redis.call('ZADD', key, unpack(args))
-      redis.call('ZREMRANGEBYRANK', key, 0, -(limit[i] + 1))
+      -- Only the newest limit entries can ever matter; below that there is nothing to trim.
+      if count[i] + cost[i] > limit[i] then redis.call('ZREMRANGEBYRANK', key, 0, -(limit[i] + 1)) end
     end
-    -- Entries at least a window old never count again (time does not run backwards).
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now - w))
-    local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-    if newest[2] then ttl = math.ceil(tonumber(newest[2]) + w - now) end
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('DEL', key) end
+    if fresh[i] then
+      -- The key held nothing: the entries just added, at now, are its newest.
+      if cost[i] > 0 then ttl = math.ceil(w) end
+    else
+      -- Entries at least a window old never count again (time does not run backwards).
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now - w))
+      local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+      if newest[2] then ttl = math.ceil(tonumber(newest[2]) + w - now) end
+    end
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) elseif not fresh[i] then redis.call('DEL', key) end
   elseif k == 2 then
     local w, st = pa[i], S[i]
     local start, p, c = rolled(st[1], st[2], st[3], now, w)
