@@ -1,17 +1,7 @@
 import { Module, type DynamicModule } from '@nestjs/common';
 import { WebSocketGateway } from '@nestjs/websockets';
 import { WsRateLimitModule } from 'nestjs-ws-rate-limit';
-import { createRequire } from 'node:module';
-
-/** Whether prom-client resolves: the module's metrics are on by default when it does. */
-const metricsOn = ((): boolean => {
-  try {
-    createRequire(import.meta.url).resolve('prom-client');
-    return true;
-  } catch {
-    return false;
-  }
-})();
+import { metricsOn } from '../support/prom.js';
 
 /** A gateway with no handlers: connections are accepted and closed, nothing else runs. */
 @WebSocketGateway()

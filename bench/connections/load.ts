@@ -14,7 +14,7 @@
 import { connect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { sendToParent } from '../support/child.js';
+import { measuredWindow, sendToParent } from '../support/child.js';
 
 /** What the load saw in the measured window. */
 export interface ConnectionLoadResult {
@@ -132,16 +132,10 @@ async function lane(): Promise<void> {
 }
 
 const lanes = Array.from({ length: inFlight }, lane);
-await sleep(Number(warmupArg));
-counting = true;
-const cpuAtStart = process.cpuUsage();
-const start = performance.now();
-await sendToParent('measuring', {});
-await sleep(Number(durationArg));
-const elapsed = performance.now() - start;
-const cpu = process.cpuUsage(cpuAtStart);
-counting = false;
-running = false;
+const { elapsedMs: elapsed, cpuMicros } = await measuredWindow(Number(warmupArg), Number(durationArg), (on) => {
+  counting = on;
+  if (!on) running = false;
+});
 const sorted = responseTimes.subarray(0, responses).sort();
 const at = (share: number): number => sorted[Math.min(sorted.length - 1, Math.floor(share * sorted.length))] ?? NaN;
 let slowResponses = 0;
@@ -155,7 +149,7 @@ const result: ConnectionLoadResult = {
   other,
   errors,
   ...(firstProblem === undefined ? {} : { firstProblem }),
-  loadCpuShare: (cpu.user + cpu.system) / 1000 / elapsed,
+  loadCpuShare: cpuMicros / 1000 / elapsed,
   responseP50Ms: at(0.5),
   responseP99Ms: at(0.99),
   responseMaxMs: sorted[sorted.length - 1] ?? NaN,

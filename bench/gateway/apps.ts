@@ -2,17 +2,7 @@ import { Injectable, Module, UseGuards, type CanActivate, type DynamicModule, ty
 import { ThrottlerGuard, ThrottlerModule, type ThrottlerRequest } from '@nestjs/throttler';
 import { MessageBody, SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
 import { WsRateLimit, WsRateLimitModule } from 'nestjs-ws-rate-limit';
-import { createRequire } from 'node:module';
-
-/** Whether prom-client resolves: the module's metrics are on by default when it does. */
-const metricsOn = ((): boolean => {
-  try {
-    createRequire(import.meta.url).resolve('prom-client');
-    return true;
-  } catch {
-    return false;
-  }
-})();
+import { metricsOn } from '../support/prom.js';
 
 /** The stock echo gateway: what every variant does, without a limiter. */
 @WebSocketGateway()

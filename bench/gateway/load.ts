@@ -5,10 +5,8 @@
  * echoes for `durationMs`. Sends `measuring` when the count starts and `result` at the end.
  * Usage (from run.js): load.js <url> <clients> <inFlight> <warmupMs> <durationMs> <addresses>
  */
-import { performance } from 'node:perf_hooks';
-import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
-import { sendToParent } from '../support/child.js';
+import { measuredWindow, sendToParent } from '../support/child.js';
 
 /** What the load saw in the measured window. */
 export interface LoadResult {
@@ -62,23 +60,17 @@ for (const socket of sockets) {
 }
 for (const socket of sockets) for (let i = 0; i < inFlight; i++) socket.send(MESSAGE);
 
-await sleep(Number(warmupArg));
-counting = true;
-const cpuAtStart = process.cpuUsage();
-const start = performance.now();
-await sendToParent('measuring', {});
-await sleep(Number(durationArg));
-const elapsed = performance.now() - start;
-const cpu = process.cpuUsage(cpuAtStart);
-counting = false;
-running = false;
+const { elapsedMs: elapsed, cpuMicros } = await measuredWindow(Number(warmupArg), Number(durationArg), (on) => {
+  counting = on;
+  if (!on) running = false;
+});
 const counted = echoes;
 
 const result: LoadResult = {
   echoesPerSecond: (counted / elapsed) * 1000,
   echoes: counted,
   otherFrames,
-  loadCpuShare: (cpu.user + cpu.system) / 1000 / elapsed,
+  loadCpuShare: cpuMicros / 1000 / elapsed,
   closedEarly,
 };
 await sendToParent('result', result);

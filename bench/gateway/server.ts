@@ -7,7 +7,7 @@
 import { NestFactory } from '@nestjs/core';
 import { WsAdapter } from '@nestjs/platform-ws';
 import type { AddressInfo } from 'node:net';
-import { sendToParent } from '../support/child.js';
+import { serveMeasured } from '../support/child.js';
 import { appModule, VARIANTS, type VariantId } from './apps.js';
 
 const variant = process.argv[2] as VariantId;
@@ -18,15 +18,4 @@ app.useWebSocketAdapter(new WsAdapter(app));
 await app.listen(0, '127.0.0.1');
 const { port } = app.getHttpServer().address() as AddressInfo;
 
-let cpuAtStart = process.cpuUsage();
-process.on('message', (message: { kind?: string }) => {
-  if (message.kind === 'mark-start') {
-    cpuAtStart = process.cpuUsage();
-  } else if (message.kind === 'mark-end') {
-    const used = process.cpuUsage(cpuAtStart);
-    void sendToParent('cpu', { cpuMicros: used.user + used.system });
-  } else if (message.kind === 'stop') {
-    void app.close().then(() => process.disconnect());
-  }
-});
-await sendToParent('ready', { port });
+await serveMeasured(app, port);

@@ -1,4 +1,6 @@
 import { fork, type ChildProcess } from 'node:child_process';
+import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 /** Options of a benchmark child process. */
 export interface ChildOptions {
@@ -87,4 +89,46 @@ export function sendToParent(kind: string, payload: unknown): Promise<void> {
     }
     process.send({ kind, payload }, undefined, {}, (error) => (error ? reject(error) : resolve()));
   });
+}
+
+/**
+ * A server child's side of the parent's protocol: reports `ready` with the app's port, then
+ * answers `mark-end` with the CPU time used since the last `mark-start`, and on `stop` closes
+ * the app and disconnects (which lets the child exit).
+ */
+export async function serveMeasured(app: { close(): Promise<void> }, port: number): Promise<void> {
+  let cpuAtStart = process.cpuUsage();
+  process.on('message', (message: { kind?: string }) => {
+    if (message.kind === 'mark-start') {
+      cpuAtStart = process.cpuUsage();
+    } else if (message.kind === 'mark-end') {
+      const used = process.cpuUsage(cpuAtStart);
+      void sendToParent('cpu', { cpuMicros: used.user + used.system });
+    } else if (message.kind === 'stop') {
+      void app.close().then(() => process.disconnect());
+    }
+  });
+  await sendToParent('ready', { port });
+}
+
+/**
+ * A load child's measured window: waits out the warm-up, calls `count(true)`, tells the
+ * parent it is `measuring`, waits `durationMs`, then calls `count(false)`. Resolves with the
+ * window's length and this process's CPU time in it (µs).
+ */
+export async function measuredWindow(
+  warmupMs: number,
+  durationMs: number,
+  count: (on: boolean) => void,
+): Promise<{ elapsedMs: number; cpuMicros: number }> {
+  await sleep(warmupMs);
+  count(true);
+  const cpuAtStart = process.cpuUsage();
+  const start = performance.now();
+  await sendToParent('measuring', {});
+  await sleep(durationMs);
+  const elapsedMs = performance.now() - start;
+  const cpu = process.cpuUsage(cpuAtStart);
+  count(false);
+  return { elapsedMs, cpuMicros: cpu.user + cpu.system };
 }

@@ -111,8 +111,18 @@ export async function createMetrics(
     METRICS.find(([metricName]) => metricName === name)![2]
       .split(', ')
       .filter(Boolean);
-  const counter = (name: string): LabelledCounter & CounterChild =>
-    metric(prom.Counter, name, help[name]!, { labelNames: labels(name) }) as LabelledCounter & CounterChild;
+  const counter = (name: string): LabelledCounter & CounterChild => {
+    const existed = registry.getSingleMetric(`${prefix}${name}`) !== undefined;
+    const made = metric(prom.Counter, name, help[name]!, {
+      labelNames: labels(name),
+      // A scrape (or any read of the metric) first adds what the tallies counted since the last one.
+      collect(this: object) {
+        for (const tally of TALLIES.get(this)?.values() ?? []) tally.flush();
+      },
+    }) as LabelledCounter & CounterChild;
+    if (!existed) TALLIES.set(made, new Map());
+    return made;
+  };
   const decisions = counter('decisions_total');
   const nearLimit = counter('near_limit_total');
   const connections = counter('connections_total');
@@ -128,37 +138,64 @@ export async function createMetrics(
       this.set(openConnections());
     },
   });
-  // Label children are cached: on the hot path a decision costs a Map lookup and an add.
-  const children = new Map<string, CounterChild>();
-  const child = (metricOf: LabelledCounter, key: string, values: string[]): CounterChild => {
-    let found = children.get(key);
-    if (!found) {
-      found = metricOf.labels(...values);
-      children.set(key, found);
+  // On the hot path a decision costs a Map lookup and an add to a plain number: prom-client's
+  // own inc() hashes and validates the labels on every call.
+  const foreign = new WeakMap<object, Map<string, Tally>>();
+  const tally = (metricOf: LabelledCounter, key: string, values: string[]): Tally => {
+    let table = TALLIES.get(metricOf);
+    const deferred = table !== undefined;
+    if (!table) {
+      table = foreign.get(metricOf);
+      if (!table) foreign.set(metricOf, (table = new Map()));
     }
+    let found = table.get(key);
+    if (!found) table.set(key, (found = new Tally(metricOf.labels(...values), deferred)));
     return found;
   };
-  const allowedByType = new Map<string, CounterChild>();
+  const allowedByType = new Map<string, Tally>();
   return {
     allowed: (type) => {
       let found = allowedByType.get(type);
-      if (!found) {
-        found = decisions.labels('allowed', '', '', type);
-        allowedByType.set(type, found);
-      }
-      found.inc();
+      if (!found) allowedByType.set(type, (found = tally(decisions, `allowed|||${type}`, ['allowed', '', '', type])));
+      found.add();
     },
     rejected: (type, result, tier, code) =>
-      child(decisions, `d|${result}|${tier}|${code}|${type}`, [result, tier, code, type]).inc(),
-    nearLimit: (tier, type) => child(nearLimit, `n|${tier}|${type}`, [tier, type]).inc(),
-    connection: (result, reason) => child(connections, `c|${result}|${reason}`, [result, reason]).inc(),
-    disconnect: (reason) => child(disconnects, `x|${reason}`, [reason]).inc(),
-    violation: (code, type) => child(violations, `v|${code}|${type}`, [code, type]).inc(),
+      tally(decisions, `${result}|${tier}|${code}|${type}`, [result, tier, code, type]).add(),
+    nearLimit: (tier, type) => tally(nearLimit, `${tier}|${type}`, [tier, type]).add(),
+    connection: (result, reason) => tally(connections, `${result}|${reason}`, [result, reason]).add(),
+    disconnect: (reason) => tally(disconnects, reason, [reason]).add(),
+    violation: (code, type) => tally(violations, `${code}|${type}`, [code, type]).add(),
     storeError: () => storeErrors.inc(),
     storeOutage: () => storeOutages.inc(),
     storeLatency: (seconds) => storeLatency.observe(seconds),
   };
 }
+
+/**
+ * One label set of a counter this module created: counts in a plain number and adds them
+ * to prom-client when the counter is collected. On a counter found in the registry that this
+ * module did not create (nothing would flush it), every add goes to prom-client at once.
+ */
+class Tally {
+  private count = 0;
+  constructor(
+    private readonly child: CounterChild,
+    private readonly deferred: boolean,
+  ) {}
+  add(): void {
+    if (this.deferred) this.count++;
+    else this.child.inc();
+  }
+  flush(): void {
+    if (this.count === 0) return;
+    const count = this.count;
+    this.count = 0;
+    this.child.inc(count);
+  }
+}
+
+/** The tallies of each counter this module created, shared by every app in the process that uses it. */
+const TALLIES = new WeakMap<object, Map<string, Tally>>();
 
 /** The parts of prom-client used here. */
 interface PromClient {
