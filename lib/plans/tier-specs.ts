@@ -55,6 +55,9 @@ export function windowSpec(
   check(tier, limit, cost, windowMs);
   if (algorithm === 'sliding-log' && !Number.isInteger(limit))
     throw new RangeError(`${tier} tier: a log's limit must be whole`);
+  // A log keeps one entry per unit spent: half an entry cannot be kept.
+  if (algorithm === 'sliding-log' && !Number.isInteger(cost))
+    throw new RangeError(`${tier} tier: a log's cost must be whole`);
   return algorithm === 'sliding-log'
     ? Object.freeze({ tier, suffix, algorithm, kind: AlgorithmKind.SlidingLog, limit, cost, windowMs })
     : Object.freeze({ tier, suffix, algorithm, kind: AlgorithmKind.SlidingCounter, limit, cost, windowMs });

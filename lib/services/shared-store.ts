@@ -46,7 +46,7 @@ export class SharedStore {
     } catch (error) {
       return this.failed(plan, error, decided);
     }
-    if (!isPromise(decision)) return this.answered(decision, started, decided);
+    if (!isPromise(decision)) return this.answered(decision, undefined, decided);
     return decision.then(
       (settled) => this.answered(settled, started, decided),
       (error: unknown) => this.failed(plan, error, decided),
@@ -58,11 +58,13 @@ export class SharedStore {
    * fallback, whose figures are the ones deciding meanwhile.
    */
   async peek(plan: RateLimitPlan): Promise<readonly TierStatus[]> {
+    // Fail mode `closed` has no figures of its own: the store answers, or the caller hears why not.
+    if (this.failMode === 'closed') return this.store.peek(plan);
     if (!this.down) {
       try {
         return await this.store.peek(plan);
-      } catch (error) {
-        if (this.failMode === 'closed') throw error;
+      } catch {
+        // The fallback's figures, below.
       }
     }
     return this.localFallback().peek(plan);
@@ -78,13 +80,18 @@ export class SharedStore {
     await this.fallbackStore?.close();
   }
 
+  /**
+   * `started` is undefined for a synchronous answer, which made no round trip (the Redis
+   * store's block cache): it is not timed, and while the store reports itself unavailable
+   * it does not end the outage.
+   */
   private answered(
     decision: RateLimitDecision,
-    started: number,
+    started: number | undefined,
     decided: ((store: RateLimitStore | undefined) => void) | undefined,
   ): RateLimitDecision {
-    this.events.answered(performance.now() - started);
-    if (this.down) {
+    if (started !== undefined) this.events.answered(performance.now() - started);
+    if (this.down && (started !== undefined || (this.store as { available?: boolean }).available !== false)) {
       this.down = false;
       this.events.up();
     }

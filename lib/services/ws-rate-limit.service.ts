@@ -249,7 +249,9 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   /**
    * A client's remaining budget in every tier (the reference article's `get_limits`): the
    * global bucket, each known type (every handler's, plus the module's `types`, plus any
-   * asked for), and the expensive window, under the client's plan.
+   * asked for), and the expensive window, under the client's plan. While a shared store
+   * cannot answer: in fail mode `open`, the local fallback's figures (the ones deciding
+   * meanwhile); in `closed`, it rejects with the store's error.
    */
   async status(target: string | object, types: readonly string[] = []): Promise<ClientLimitsStatus> {
     const tracker = this.trackerOfTarget(target);

@@ -63,21 +63,6 @@ export async function expectBoundedTtls(
   return { checked, problems };
 }
 
-/** Counts unhandled rejections and uncaught exceptions while installed (invariant I-1). */
-export function watchProcessErrors(): { readonly errors: unknown[]; stop(): void } {
-  const errors: unknown[] = [];
-  const onError = (error: unknown) => errors.push(error);
-  process.on('unhandledRejection', onError);
-  process.on('uncaughtException', onError);
-  return {
-    errors,
-    stop() {
-      process.off('unhandledRejection', onError);
-      process.off('uncaughtException', onError);
-    },
-  };
-}
-
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** The p-th percentile (0-100) of a list of numbers. */

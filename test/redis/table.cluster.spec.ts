@@ -170,16 +170,19 @@ describe('decision table: Redis Cluster (3 masters)', () => {
     for (const node of cluster.nodes) {
       const admin = adminClient(node.port);
       const tags = new Map<string, number>();
-      let cursor = '0';
-      do {
-        const [nextCursor, keys] = await admin.scan(cursor, 'MATCH', 'inj:*', 'COUNT', 1000);
-        cursor = nextCursor;
-        for (const key of keys) {
-          const tag = key.slice('inj:{'.length, 'inj:{'.length + 27);
-          tags.set(tag, (tags.get(tag) ?? 0) + 1);
-        }
-      } while (cursor !== '0');
-      await closeClient(admin);
+      try {
+        let cursor = '0';
+        do {
+          const [nextCursor, keys] = await admin.scan(cursor, 'MATCH', 'inj:*', 'COUNT', 1000);
+          cursor = nextCursor;
+          for (const key of keys) {
+            const tag = key.slice('inj:{'.length, 'inj:{'.length + 27);
+            tags.set(tag, (tags.get(tag) ?? 0) + 1);
+          }
+        } while (cursor !== '0');
+      } finally {
+        await closeClient(admin);
+      }
       tagsByNode.push(tags);
     }
     const perNode = tagsByNode.map((tags) => tags.size);
@@ -213,9 +216,12 @@ describe('decision table: Redis Cluster (3 masters)', () => {
 
     for (const node of cluster.nodes) {
       const admin = adminClient(node.port);
-      const { problems } = await expectBoundedTtls(admin, 'inj:', (key) => (key.endsWith(':g') ? 1_000_000 : 11_000));
-      await closeClient(admin);
-      expect(problems).toEqual([]);
+      try {
+        const { problems } = await expectBoundedTtls(admin, 'inj:', (key) => (key.endsWith(':g') ? 1_000_000 : 11_000));
+        expect(problems).toEqual([]);
+      } finally {
+        await closeClient(admin);
+      }
     }
   });
 
@@ -223,9 +229,12 @@ describe('decision table: Redis Cluster (3 masters)', () => {
     const own = await createRedisStore({ cluster: { nodes: [...cluster.startupNodes] }, keyPrefix: 'own:' });
     const tracker = 'ip:192.0.2.1';
     const plan = { tracker, tiers: [{ key: own.key(tracker, 'g'), spec: tokenBucketSpec('global', 'g', 1, 1) }] };
-    expect((await own.consume(plan)).allowed).toBe(true);
-    expect((await own.consume(plan)).allowed).toBe(false);
-    await own.close();
+    try {
+      expect((await own.consume(plan)).allowed).toBe(true);
+      expect((await own.consume(plan)).allowed).toBe(false);
+    } finally {
+      await own.close();
+    }
     expect(own.client.status).toBe('end');
   });
 });

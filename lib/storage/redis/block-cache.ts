@@ -10,7 +10,9 @@ interface Blocked {
  * Plans known to be refused until a local time: a refusal with `retryAfter` R received at
  * t stays true until t + R whatever other instances do (they only spend more), so it can be
  * answered again from memory. Refusals decided by a concurrency tier are not kept, since a
- * closing connection frees its slot at any moment.
+ * closing connection frees its slot at any moment. The exception is a reset: `delete` clears
+ * this instance's entries for the keys, but another instance's cache keeps refusing them
+ * until the retry time it last reported (a reset is not published through Redis).
  *
  * Bounded by `maxEntries` without timers: a full cache first drops expired entries, then
  * the oldest ones, down to seven eighths of the bound, so the sweep is paid once per

@@ -14,7 +14,10 @@ export interface RedisSentinelOptions {
   sentinelPassword?: string;
   /** Database index. @default 0 */
   db?: number;
-  /** Connect to the servers with TLS (`true` for the system's CAs). */
+  /**
+   * Connect to the master and replicas with TLS (`true` for the system's CAs). TLS to the
+   * sentinels themselves: `redisOptions.sentinelTLS`.
+   */
   tls?: boolean | NonNullable<RedisOptions['tls']>;
 }
 
@@ -140,7 +143,9 @@ export interface RedisStoreOptions {
    */
   readyTimeoutMs?: number;
   /**
-   * Names this store instance in lease keys; letters, digits, `_`, `-` and `.` only.
+   * Names this store instance in lease keys; letters, digits, `_`, `-` and `.` only. It must
+   * be unique among the live processes sharing the Redis (two stores with one id share their
+   * connection leases); a stable name such as the pod's is fine across restarts.
    * @default a random id
    */
   instanceId?: string;

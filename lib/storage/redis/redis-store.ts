@@ -20,6 +20,7 @@ import {
   DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
   DEFAULT_REDIS_KEY_PREFIX,
   DEFAULT_REDIS_LEASE_TTL_MS,
+  type RedisSentinelOptions,
   type RedisStoreOptions,
 } from './redis-store.options.js';
 import { BLOCKS_LUA, CONSUME_LUA, LEASES_LUA, PEEK_LUA, RELEASE_LUA } from './scripts.js';
@@ -69,9 +70,20 @@ const ownedClients = new WeakSet<object>();
 const RETRY_CAP_MS = 1000;
 /** Reconnect delays 100, 200, ... ms, capped at 1 s (ioredis 6 would back off to 5 s). */
 const retryStrategy = (times: number): number => Math.min(100 * times, RETRY_CAP_MS);
-/** A demoted master answers `READONLY`: reconnect, which finds the new master. */
+/**
+ * A demoted master answers `READONLY`: reconnect, which through Sentinel (or a DNS name that
+ * moved) finds the new master; a standalone URL reconnects to the same server, and the
+ * breaker stays open until it is a master again.
+ */
 const reconnectOnError = (error: Error): boolean => error.message.startsWith('READONLY');
 const noop = (): void => undefined;
+/** `ROLE` refused by the server itself (renamed or disabled, as some managed services do): it answered. */
+const roleUnsupported = (error: unknown): null => {
+  if ((error as { name?: string })?.name === 'ReplyError' && !String((error as Error).message).startsWith('READONLY')) {
+    return null;
+  }
+  throw error;
+};
 
 /**
  * The shared store on Redis (standalone, Sentinel or Cluster) through ioredis. One decision
@@ -141,6 +153,8 @@ export class RedisRateLimitStore extends RateLimitStore {
   private openError: RedisStoreUnavailableError | undefined;
   private closed = false;
   private nonce = 0;
+  /** Starts every sliding-log member: random per store object, so members never repeat across restarts or stores. */
+  private readonly noncePrefix = `${randomBytes(9).toString('base64url')}.`;
   private readonly listeners: [string, (...args: unknown[]) => void][];
 
   /**
@@ -476,7 +490,7 @@ export class RedisRateLimitStore extends RateLimitStore {
   private argsOf(compiled: CompiledPlan): string[] {
     const args = compiled.args.slice();
     if (this.appClock !== undefined) args[compiled.nowAt] = String(this.appClock());
-    if (compiled.usesNonce) args[compiled.nonceAt] = `${this.instanceId}.${(this.nonce++).toString(36)}`;
+    if (compiled.usesNonce) args[compiled.nonceAt] = this.noncePrefix + (this.nonce++).toString(36);
     return args;
   }
 
@@ -574,8 +588,10 @@ export class RedisRateLimitStore extends RateLimitStore {
     clearTimeout(this.probeTimer);
     this.probeTimer = undefined;
     this.notify(true);
+    // Every entry, not only dirty ones: while the breaker was open nothing refreshed this
+    // instance's expiry, so other instances may have dropped its leases as a dead instance's.
     for (const [key, entry] of this.leases) {
-      if (entry.dirty) this.syncLeases(key, entry.held, entry.pending > 0 ? 'touch' : 'sync').catch(noop);
+      this.syncLeases(key, entry.held, entry.pending > 0 ? 'touch' : 'sync').catch(noop);
     }
   }
 
@@ -589,9 +605,11 @@ export class RedisRateLimitStore extends RateLimitStore {
   }
 
   /**
-   * Half-open: one call within the deadline decides whether the breaker closes: `PING`, or on
-   * a Cluster `CLUSTER INFO` of a random node, which must say `cluster_state:ok` (a Cluster
-   * that lost a master refuses every key with CLUSTERDOWN but still answers PING).
+   * Half-open: one call within the deadline decides whether the breaker closes: `ROLE`, which
+   * must say `master` (a demoted master answers, but refuses every write with READONLY; a
+   * server that refuses ROLE itself counts as reachable), or on a Cluster `CLUSTER INFO` of a
+   * random node, which must say `cluster_state:ok` (a Cluster that lost a master refuses every
+   * key with CLUSTERDOWN but still answers PING).
    */
   private probe(): void {
     if (this.openError === undefined || this.probing || this.closed) return;
@@ -604,7 +622,10 @@ export class RedisRateLimitStore extends RateLimitStore {
       ? this.within(this.client.call('CLUSTER', 'INFO'), (reply) => {
           if (!String(reply).includes('cluster_state:ok')) throw new Error('the Cluster state is not ok');
         })
-      : this.within(this.client.ping(), noop);
+      : this.within(this.client.call('ROLE').catch(roleUnsupported), (reply) => {
+          // A demoted master still answers PING; closing the breaker on it would only fail the next decision.
+          if (Array.isArray(reply) && reply[0] !== 'master') throw new Error(`Redis answers as a ${String(reply[0])}`);
+        });
     probe.then(
       () => {
         this.probing = false;
@@ -744,6 +765,30 @@ function registerScripts(client: RedisStoreClient): Scripts {
   };
 }
 
+/**
+ * The ioredis options of a Sentinel client: the sentinel settings over `base` (which holds
+ * `redisOptions` and the store's safety settings), each falling back to `base`'s own. TLS to
+ * the master and replicas needs ioredis's `enableTLSForSentinelMode` as well as `tls` (without
+ * it ioredis connects in plain text); TLS to the sentinels themselves is `sentinelTLS`, set
+ * through `redisOptions`.
+ */
+export function sentinelClientOptions(base: RedisOptions, sentinel: RedisSentinelOptions): RedisOptions {
+  const { sentinels, name, username, password, sentinelUsername, sentinelPassword, db, tls } = sentinel;
+  const serverTls = tls === true ? {} : tls || base.tls;
+  return {
+    ...base,
+    sentinels,
+    name,
+    username: username ?? base.username,
+    password: password ?? base.password,
+    sentinelUsername: sentinelUsername ?? base.sentinelUsername,
+    sentinelPassword: sentinelPassword ?? base.sentinelPassword,
+    db: db ?? base.db,
+    ...(serverTls ? { tls: serverTls, enableTLSForSentinelMode: true } : {}),
+    sentinelRetryStrategy: retryStrategy,
+  };
+}
+
 interface IoRedisModule {
   Redis: typeof import('ioredis').Redis;
   Cluster: typeof import('ioredis').Cluster;
@@ -763,21 +808,7 @@ function buildClient(loaded: unknown, options: RedisStoreOptions): RedisStoreCli
   } satisfies RedisOptions;
   const base: RedisOptions = { connectTimeout: 2000, ...options.redisOptions, ...safety };
   if (options.url !== undefined) return new Redis(options.url, base);
-  if (options.sentinel !== undefined) {
-    const { sentinels, name, username, password, sentinelUsername, sentinelPassword, db, tls } = options.sentinel;
-    return new Redis({
-      ...base,
-      sentinels,
-      name,
-      username,
-      password,
-      sentinelUsername,
-      sentinelPassword,
-      db,
-      tls: tls === true ? {} : tls || undefined,
-      sentinelRetryStrategy: retryStrategy,
-    });
-  }
+  if (options.sentinel !== undefined) return new Redis(sentinelClientOptions(base, options.sentinel));
   const cluster = options.cluster!;
   const extra: ClusterOptions = cluster.options ?? {};
   return new Cluster(cluster.nodes, {
