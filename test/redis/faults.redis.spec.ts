@@ -52,7 +52,7 @@ describe('Redis faults: kill, restart, freeze, slow, out of memory, write pause,
 
   afterAll(async () => {
     await store?.close();
-    await closeClient(admin);
+    if (admin) await closeClient(admin);
     await server?.stop();
     console.log(
       `Redis store figures:\n${Object.entries(figures)

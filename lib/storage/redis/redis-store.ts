@@ -303,9 +303,19 @@ export class RedisRateLimitStore extends RateLimitStore {
 
   async delete(keys: readonly string[]): Promise<void> {
     this.cache?.clear();
-    for (const key of keys) this.leases.delete(key);
     if (keys.length === 0) return;
     this.gate();
+    for (const key of keys) {
+      const entry = this.leases.get(key);
+      if (entry === undefined) continue;
+      if (entry.pending === 0) {
+        this.leases.delete(key);
+      } else {
+        // A consume still in flight settles on this entry: keep it, holding nothing, to be synced.
+        entry.held.clear();
+        entry.dirty = true;
+      }
+    }
     if (!this.client.isCluster) {
       await this.within(this.client.del(...keys), noop);
       return;
@@ -692,7 +702,7 @@ export class RedisRateLimitStore extends RateLimitStore {
     const allowed = reply === 1 || reply === '1' || (Array.isArray(reply) && toNumber(reply[0]) === 1);
     compiled.leaseKeys.forEach((key, i) => {
       const entry = this.leaseEntry(key);
-      entry.pending--;
+      if (entry.pending > 0) entry.pending--;
       if (delivered && allowed) entry.held.set(lease, (entry.held.get(lease) ?? 0) + compiled.leaseCosts[i]!);
       // A call that failed or answered too late may have taken a slot nobody will give back.
       else if (!delivered) entry.dirty = true;
