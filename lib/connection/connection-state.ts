@@ -25,6 +25,12 @@ export type TrackedClient = WsClientLike & { [CONNECTION_STATE]?: ConnectionStat
 export class ConnectionState {
   /** Plans built for this connection, by route. */
   readonly plans = new Map<Route, RateLimitPlan>();
+  /**
+   * Keys of connection-keyed tiers this connection used in the process-local store (from its
+   * plans, including ones replaced when its tracker changed, and from `consume` in code):
+   * deleted when it closes.
+   */
+  readonly localKeys = new Set<string>();
   /** Timestamps of recent violations (created on the first). */
   violations: SlidingLogState | undefined;
   /** Set once the limiter has started closing the socket. */

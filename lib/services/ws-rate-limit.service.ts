@@ -137,6 +137,8 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   private readonly plans = new Map<string, RouteResolver>();
   private readonly routes: RouteResolver;
   private readonly subject = new Subject<RateLimitEvent>();
+  /** User callbacks that threw on an unrouted frame, logged once each. */
+  private readonly callbackErrors = new Set<string>();
   private readonly frameBuilder: RateLimitFrameBuilder;
   private readonly access: AccessRules;
   private readonly blocks = new Blocks();
@@ -443,23 +445,52 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     id: MessageId | undefined,
   ): void {
     const route = code === 'INVALID_MESSAGE' ? this.invalidRoute : this.unknownRoute;
-    const tracker = this.trackerOf(client, state);
+    // This runs in the socket's message listener, outside Nest's exception handling: nothing
+    // a user callback (tracker, frame builder) throws may escape, or the process goes down.
+    let tracker: string;
+    try {
+      tracker = this.trackerOf(client, state);
+    } catch (error) {
+      this.callbackFailed('tracker', error, 'the frame is charged to its connection');
+      tracker = state.connectionTracker;
+    }
     const answer = (): void => {
       this.send(client as TrackedClient, state, { event: 'error', data: id === undefined ? { code } : { code, id } });
     };
     if (state.allowed || (this.access.hasTrackerRules && this.access.allowsTracker(tracker))) return answer();
-    const decision = this.decide(this.planFor(state, route, tracker), route);
     const settle = (settled: RateLimitDecision): void => {
-      if (settled.allowed) return answer();
-      const exception = new WsRateLimitException(settled, route.type, tracker, id);
-      if (this.options.shadow) {
-        this.shadowReject(client, exception);
-        return answer();
+      try {
+        if (settled.allowed) return answer();
+        const exception = new WsRateLimitException(settled, route.type, tracker, id);
+        if (this.options.shadow) {
+          this.shadowReject(client, exception);
+          return answer();
+        }
+        this.reject(client, exception);
+      } catch (error) {
+        this.callbackFailed('frameBuilder', error, 'the frame was not answered');
       }
-      this.reject(client, exception);
     };
+    let decision: MaybePromise<RateLimitDecision>;
+    try {
+      decision = this.decide(this.planFor(state, route, tracker), route);
+    } catch (error) {
+      this.callbackFailed('store', error, 'the frame was not charged');
+      return;
+    }
     if (isPromise(decision)) decision.then(settle, noop);
     else settle(decision);
+  }
+
+  /** A user callback (or the store) threw outside Nest's handling: logged once per callback, then at debug. */
+  private callbackFailed(what: string, error: unknown, outcome: string): void {
+    const message = `${what} threw on an unrouted frame (${(error as Error)?.message ?? String(error)}); ${outcome}`;
+    if (this.callbackErrors.has(what)) {
+      this.logger.debug(message);
+    } else {
+      this.callbackErrors.add(what);
+      this.logger.error(message);
+    }
   }
 
   /** Whose budget a message from this socket spends, per the `tracker` option. */
@@ -477,6 +508,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     if (cached !== undefined && cached.tracker === tracker) return cached;
     const plan = this.buildPlan(tracker, route.specs);
     state.plans.set(route, plan);
+    rememberLocalKeys(state, plan);
     return plan;
   }
 
@@ -509,7 +541,8 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     const warningCount = decision.storeUnavailable
       ? currentViolations(state, this.options.violations.windowMs)
       : this.countViolation(state, exception, true);
-    const degrade = warningCount >= max && this.options.degradeCooldownMs > 0 && state.degradedUntil === 0;
+    const degrade =
+      warningCount >= max && this.options.degradeCooldownMs > 0 && state.degradedUntil <= performance.now();
     const info: RateLimitFrameInfo = degrade
       ? {
           code: 'DEGRADED',
@@ -715,12 +748,8 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
 
   private forget(state: ConnectionState): void {
     this.openConnections--;
-    const keys: string[] = [];
-    for (const plan of state.plans.values()) {
-      if (!plan.tracker.startsWith(CONNECTION_TRACKER)) continue;
-      for (const tier of plan.tiers) keys.push(tier.key);
-    }
-    this.local.delete(keys);
+    this.local.delete([...state.localKeys]);
+    state.localKeys.clear();
     state.plans.clear();
   }
 
@@ -753,10 +782,12 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     if (request === null || typeof request !== 'object' || typeof request.type !== 'string' || request.type === '') {
       throw new TypeError('nestjs-ws-rate-limit: a request needs a non-empty string type');
     }
-    return this.buildPlan(
-      this.trackerOfTarget(target),
-      this.routes.specsFor(request.type, request.expensive, request.cost),
-    );
+    const specs = this.routes.specsFor(request.type, request.expensive, request.cost);
+    if (typeof target === 'string') return this.buildPlan(`key:${target}`, specs);
+    const state = this.connectionOf(target);
+    const plan = this.buildPlan(this.trackerOf(target, state), specs);
+    rememberLocalKeys(state, plan);
+    return plan;
   }
 
   private trackerOfTarget(target: string | object): string {
@@ -768,6 +799,12 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   private async peekPlan(plan: RateLimitPlan): Promise<readonly TierStatus[]> {
     return plan.tracker.startsWith(CONNECTION_TRACKER) ? this.local.peek(plan) : this.shared.peek(plan);
   }
+}
+
+/** Notes the keys of a connection-keyed plan, so that they are deleted when the connection closes. */
+function rememberLocalKeys(state: ConnectionState, plan: RateLimitPlan): void {
+  if (!plan.tracker.startsWith(CONNECTION_TRACKER)) return;
+  for (const tier of plan.tiers) state.localKeys.add(tier.key);
 }
 
 /** Violations of a connection in the current window, without counting a new one. */
