@@ -291,6 +291,14 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     description: 'Proxies whose forwarding headers are believed: addresses/CIDRs, comma-separated, or a hop count.',
   },
   {
+    name: 'WS_RATE_LIMIT_FORWARDED_HEADER',
+    option: 'forwardedHeader',
+    kind: 'enum',
+    values: ['x-forwarded-for', 'forwarded'],
+    default: 'x-forwarded-for',
+    description: 'The forwarding header your trusted proxies set: `x-forwarded-for` or `forwarded`; the other is ignored.',
+  },
+  {
     name: 'WS_RATE_LIMIT_FAIL_MODE',
     option: 'failMode',
     kind: 'enum',
@@ -317,7 +325,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     option: 'maxBufferedBytes',
     kind: 'positive-integer',
     default: '1048576',
-    description: 'Unread bytes a client may leave before it is closed (1008, `Slow consumer`).',
+    description: 'Unread bytes a client may leave before it is cut off (terminated: it sees 1006).',
   },
   {
     name: 'WS_RATE_LIMIT_PLANS',

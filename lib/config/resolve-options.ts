@@ -103,6 +103,7 @@ export interface ResolvedWsRateLimitOptions {
   readonly perMessageDeflate: boolean;
   readonly maxPayload: number;
   readonly trustProxy: ResolvedTrustProxy;
+  readonly forwardedHeader: 'x-forwarded-for' | 'forwarded';
   readonly failMode: 'open' | 'closed';
   readonly frameBuilder: RateLimitFrameBuilder | undefined;
   readonly keyPrefix: string;
@@ -246,6 +247,7 @@ export function resolveOptions(
     perMessageDeflate: value<boolean>('perMessageDeflate'),
     maxPayload: value<number>('maxPayload'),
     trustProxy: value<ResolvedTrustProxy | undefined>('trustProxy') ?? { kind: 'none' },
+    forwardedHeader: value<'x-forwarded-for' | 'forwarded'>('forwardedHeader'),
     failMode: value<'open' | 'closed'>('failMode'),
     frameBuilder: options.frameBuilder,
     keyPrefix: value<string>('keyPrefix'),

@@ -35,6 +35,8 @@ export class ConnectionState {
   violations: SlidingLogState | undefined;
   /** Set once the limiter has started closing the socket. */
   closing = false;
+  /** Set once shadow mode has reported the close it did not make. */
+  shadowClosed = false;
   /** Until when (monotonic ms) only essential types are allowed; 0 when not degraded. */
   degradedUntil = 0;
   /** When the heartbeat's unanswered ping was sent (monotonic ms); 0 when none is pending. */

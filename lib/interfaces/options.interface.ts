@@ -255,6 +255,13 @@ export interface WsRateLimitModuleOptions {
    */
   trustProxy?: string | readonly string[] | number;
   /**
+   * The forwarding header your trusted proxies set, and the only one read: a proxy passes on
+   * the header it does not manage as the client sent it, so falling back to it would let a
+   * client choose its own address.
+   * @default 'x-forwarded-for' (as Express)
+   */
+  forwardedHeader?: 'x-forwarded-for' | 'forwarded';
+  /**
    * When the store cannot answer: `open` decides with a local in-memory limiter of the same
    * figures, `closed` refuses with `STORE_UNAVAILABLE`.
    * @default 'open'

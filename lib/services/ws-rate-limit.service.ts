@@ -617,11 +617,15 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    * mode (the event still says what would have happened).
    */
   disconnect(client: WsClientLike, state: ConnectionState, code: number, reason: string, tracker: string): void {
-    if (state.closing) return;
+    if (state.closing || state.shadowClosed) return;
     const enforced = !this.options.shadow;
     this.metrics.disconnect(disconnectLabel(reason, enforced));
     if (this.subject.observed) this.subject.next({ kind: 'disconnect', tracker, closeCode: code, reason, enforced });
-    if (!enforced) return;
+    if (!enforced) {
+      // Reported once: the heartbeat and every send would find a slow consumer again.
+      state.shadowClosed = true;
+      return;
+    }
     state.closing = true;
     try {
       if (reason === SLOW_CONSUMER_REASON && typeof (client as { terminate?: unknown }).terminate === 'function') {

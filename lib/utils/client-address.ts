@@ -8,18 +8,22 @@ const MAX_HOPS = 64;
 
 /**
  * The client's address for an upgrade request: the socket's peer unless that peer is a
- * trusted proxy, in which case the forwarding chain (`X-Forwarded-For`, else `Forwarded`)
- * is walked from the right, skipping trusted hops, to the right-most untrusted entry
+ * trusted proxy, in which case the forwarding chain of `header` (`X-Forwarded-For` or
+ * `Forwarded`, never one in place of the other) is walked from the right, skipping trusted hops, to the right-most untrusted entry
  * (Express's `trust proxy` semantics). An entry that is not an IP address stops the walk at
  * the nearest trusted hop. Headers are split, never matched with regular expressions.
  * Returns the address (without port, zone or IPv4 mapping), or `undefined` when the peer
  * address is unknown (the socket is already gone).
  */
-export function resolveClientAddress(request: IncomingMessage, trust: ResolvedTrustProxy): string | undefined {
+export function resolveClientAddress(
+  request: IncomingMessage,
+  trust: ResolvedTrustProxy,
+  header: 'x-forwarded-for' | 'forwarded' = 'x-forwarded-for',
+): string | undefined {
   const peer = plainAddress(request.socket.remoteAddress);
   if (peer === undefined) return undefined;
   if (trust.kind === 'none') return peer;
-  const chain = forwardedChain(request);
+  const chain = header === 'forwarded' ? forwardedChain(request) : xForwardedForChain(request);
   let address = peer;
   for (let hop = 0; hop < chain.length && hop < MAX_HOPS; hop++) {
     if (!isTrusted(address, hop, trust)) break;
@@ -36,13 +40,16 @@ function isTrusted(address: string, hop: number, trust: ResolvedTrustProxy): boo
   return trust.list.check(address, isIP(address) === 4 ? 'ipv4' : 'ipv6');
 }
 
-/** The forwarded addresses, left (client) to right (nearest proxy). */
-function forwardedChain(request: IncomingMessage): string[] {
+/** The `X-Forwarded-For` addresses, left (client) to right (nearest proxy). */
+function xForwardedForChain(request: IncomingMessage): string[] {
   const xff = request.headers['x-forwarded-for'];
-  if (xff !== undefined) {
-    // Node joins repeated X-Forwarded-For headers with ", ".
-    return (Array.isArray(xff) ? xff.join(',') : xff).split(',').map((entry) => entry.trim());
-  }
+  if (xff === undefined) return [];
+  // Node joins repeated X-Forwarded-For headers with ", ".
+  return (Array.isArray(xff) ? xff.join(',') : xff).split(',').map((entry) => entry.trim());
+}
+
+/** The `for=` addresses of `Forwarded` (RFC 7239), left (client) to right (nearest proxy). */
+function forwardedChain(request: IncomingMessage): string[] {
   const forwarded = request.headers.forwarded;
   if (forwarded === undefined) return [];
   const chain: string[] = [];

@@ -30,13 +30,31 @@ describe('C-17 client address behind proxies', () => {
     ['127.0.0.1', 1, { 'x-forwarded-for': '9.9.9.9, 8.8.8.8' }, '8.8.8.8'],
     ['127.0.0.1', 2, { 'x-forwarded-for': '9.9.9.9, 8.8.8.8' }, '9.9.9.9'],
     ['127.0.0.1', 5, { 'x-forwarded-for': '9.9.9.9, 8.8.8.8' }, '9.9.9.9'],
-    ['127.0.0.1', 'loopback', { forwarded: 'for=192.0.2.60;proto=http;by=203.0.113.43' }, '192.0.2.60'],
-    ['127.0.0.1', 'loopback', { forwarded: 'for="[2001:db8:cafe::17]:4711"' }, '2001:db8:cafe::/64'],
-    ['127.0.0.1', 'loopback', { forwarded: 'for=unknown' }, '127.0.0.1'],
-    ['127.0.0.1', 'loopback', { forwarded: 'for=192.0.2.43, for=127.0.0.1' }, '192.0.2.43'],
     ['127.0.0.1', 'loopback', { 'x-forwarded-for': '7.7.7.7', forwarded: 'for=192.0.2.43' }, '7.7.7.7'],
+    // Forwarded is not read unless configured: a client's own Forwarded through an XFF proxy changes nothing.
+    ['127.0.0.1', 'loopback', { forwarded: 'for=192.0.2.60' }, '127.0.0.1'],
   ])('peer %s, trust %p, %j -> %s', (peer, trusted, headers, expected) => {
     expect(clientAddressKey(resolveClientAddress(request(peer, headers), trust(trusted)), 64)).toBe(expected);
+  });
+
+  it.each([
+    ['127.0.0.1', { forwarded: 'for=192.0.2.60;proto=http;by=203.0.113.43' }, '192.0.2.60'],
+    ['127.0.0.1', { forwarded: 'for="[2001:db8:cafe::17]:4711"' }, '2001:db8:cafe::/64'],
+    ['127.0.0.1', { forwarded: 'for=unknown' }, '127.0.0.1'],
+    ['127.0.0.1', { forwarded: 'for=192.0.2.43, for=127.0.0.1' }, '192.0.2.43'],
+    // A proxy that manages Forwarded passes a client's X-Forwarded-For on untouched: never read.
+    ['127.0.0.1', { 'x-forwarded-for': '6.6.6.6', forwarded: 'for=192.0.2.43' }, '192.0.2.43'],
+    ['127.0.0.1', { 'x-forwarded-for': '6.6.6.6' }, '127.0.0.1'],
+  ])('forwardedHeader "forwarded": peer %s, %j -> %s', (peer, headers, expected) => {
+    const resolved = resolveClientAddress(request(peer, headers), trust('loopback'), 'forwarded');
+    expect(clientAddressKey(resolved, 64)).toBe(expected);
+  });
+
+  it('forwardedHeader is validated: only x-forwarded-for or forwarded', () => {
+    expect(resolveOptions({ useEnv: false }).forwardedHeader).toBe('x-forwarded-for');
+    expect(() => resolveOptions({ useEnv: false, forwardedHeader: 'x-real-ip' as 'forwarded' })).toThrow(
+      /forwardedHeader/,
+    );
   });
 
   it('stops after 64 trusted hops of a long chain, at a trusted address, never at client text', () => {
