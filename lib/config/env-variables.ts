@@ -296,7 +296,8 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     kind: 'enum',
     values: ['x-forwarded-for', 'forwarded'],
     default: 'x-forwarded-for',
-    description: 'The forwarding header your trusted proxies set: `x-forwarded-for` or `forwarded`; the other is ignored.',
+    description:
+      'The forwarding header your trusted proxies set: `x-forwarded-for` or `forwarded`; the other is ignored.',
   },
   {
     name: 'WS_RATE_LIMIT_FAIL_MODE',
