@@ -5,6 +5,8 @@ import type { TierSpec, TokenBucketSpec } from '../interfaces/plan.interface.js'
 import { SKIP_THROTTLE_METADATA, THROTTLE_METADATA } from '../ws-rate-limit.constants.js';
 import { tokenBucketSpec, windowSpec } from './tier-specs.js';
 
+/** Most types, and specs per type or cost, a resolver remembers (the rest are built per call). */
+const MAX_REMEMBERED = 1024;
 /** NestJS's metadata key for `@SubscribeMessage`'s event. */
 const MESSAGE_METADATA = 'message';
 
@@ -64,7 +66,7 @@ export class RouteResolver {
     let spec = this.globalSpecs.get(cost);
     if (!spec) {
       spec = tokenBucketSpec('global', 'g', this.options.global.capacity, this.options.global.refillRate, cost);
-      this.globalSpecs.set(cost, spec);
+      if (this.globalSpecs.size < MAX_REMEMBERED) this.globalSpecs.set(cost, spec);
     }
     return spec;
   }
@@ -106,12 +108,15 @@ export class RouteResolver {
     let spec = this.typeSpecs.get(cacheKey);
     if (!spec) {
       spec = tokenBucketSpec('type', `t:${type}`, figures.capacity, figures.refillRate, cost);
-      this.typeSpecs.set(cacheKey, spec);
+      if (this.typeSpecs.size < MAX_REMEMBERED) this.typeSpecs.set(cacheKey, spec);
     }
     return spec;
   }
 
-  /** A type's figures: declared by a `@Throttle`, else the options' (recorded on first use). */
+  /**
+   * A type's figures: declared by a `@Throttle`, else the options' (recorded on first use, up
+   * to MAX_REMEMBERED types: names passed from code may come from clients).
+   */
   private figuresOf(type: string): TypeFigures {
     let figures = this.figures.get(type);
     if (!figures) {
@@ -121,7 +126,7 @@ export class RouteResolver {
         refillRate: configured?.refillRate ?? this.options.type.refillRate,
         where: configured ? `option types.${type}` : 'option type',
       };
-      this.figures.set(type, figures);
+      if (this.figures.size < MAX_REMEMBERED) this.figures.set(type, figures);
     }
     return figures;
   }

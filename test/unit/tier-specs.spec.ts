@@ -1,4 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
+import { resolveOptions } from '../../lib/config/resolve-options.js';
+import { RouteResolver } from '../../lib/plans/route-resolver.js';
 import { windowSpec } from '../../lib/plans/tier-specs.js';
 
 describe('windowSpec', () => {
@@ -10,5 +12,18 @@ describe('windowSpec', () => {
 
   it('a sliding counter takes fractional figures', () => {
     expect(windowSpec('expensive', 'x', 'sliding-counter', 4.5, 1000, 1.5)).toMatchObject({ limit: 4.5, cost: 1.5 });
+  });
+});
+
+describe('RouteResolver memory', () => {
+  it('remembers at most 1,024 types named from code (names may come from clients), and still limits the rest', () => {
+    const routes = new RouteResolver(resolveOptions({ useEnv: false }));
+    for (let i = 0; i < 5000; i++) {
+      const specs = routes.specsFor(`client-chosen-${i}`, false, 1 + (i % 7) / 10);
+      expect(specs.map((spec) => spec.tier)).toEqual(['global', 'type']);
+    }
+    expect(routes.knownTypes().length).toBe(1024);
+    // A type past the bound gets the configured figures all the same.
+    expect(routes.typeSpec('client-chosen-4999', 1)).toMatchObject({ limit: 20, suffix: 't:client-chosen-4999' });
   });
 });
