@@ -137,6 +137,9 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   private readonly plans = new Map<string, RouteResolver>();
   private readonly routes: RouteResolver;
   private readonly subject = new Subject<RateLimitEvent>();
+  /** Local block/unblock calls so far, and those whose store write is still in flight. */
+  private blockEdits = 0;
+  private blockWrites = 0;
   /** User callbacks that threw on an unrouted frame, logged once each. */
   private readonly callbackErrors = new Set<string>();
   private readonly frameBuilder: RateLimitFrameBuilder;
@@ -320,14 +323,25 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     const name = this.blockName(target);
     const until = Date.now() + Math.ceil(durationMs);
     this.blocks.set(name, until);
-    await this.store.setBlock(name, until);
+    await this.writeBlock(() => this.store.setBlock(name, until));
   }
 
   /** Lifts a block set with `block` (on every instance, with a shared store). */
   async unblock(target: string | object): Promise<void> {
     const name = this.blockName(target);
     this.blocks.delete(name);
-    await this.store.deleteBlock(name);
+    await this.writeBlock(() => this.store.deleteBlock(name));
+  }
+
+  /** A block or unblock on its way to the store: a sync meanwhile must not undo it locally. */
+  private async writeBlock(write: () => MaybePromise<void>): Promise<void> {
+    this.blockEdits++;
+    this.blockWrites++;
+    try {
+      await write();
+    } finally {
+      this.blockWrites--;
+    }
   }
 
   /** The blocks in force, as name (`ip:<address>` or `key:<tracker>`) -> until (ms since the epoch). */
@@ -736,13 +750,17 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   /** Fetches blocks set on other instances; starts doing so every second if the store shares them. */
   private async syncBlocks(first: boolean): Promise<void> {
     let shared: Readonly<Record<string, number>> | undefined;
+    const edits = this.blockEdits;
+    const quiet = this.blockWrites === 0;
     try {
       shared = await this.store.listBlocks();
     } catch (error) {
       if (first) this.logger.warn(`Could not read blocks from the store: ${(error as Error).message}`);
       if (!first) return;
     }
-    if (shared !== undefined) this.blocks.replace(shared);
+    // A list read while a local block or unblock was on its way may predate it: the next sync has it.
+    if (shared !== undefined && quiet && this.blockWrites === 0 && edits === this.blockEdits)
+      this.blocks.replace(shared);
     if (first && (shared !== undefined || !(this.store instanceof MemoryRateLimitStore))) {
       const timer = setInterval(() => void this.syncBlocks(false), BLOCK_SYNC_MS);
       timer.unref();
