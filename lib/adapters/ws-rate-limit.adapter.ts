@@ -4,19 +4,28 @@ import { WsAdapter } from '@nestjs/platform-ws';
 import { STATUS_CODES, type IncomingMessage, type Server as HttpServer } from 'node:http';
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { EMPTY, type Observable } from 'rxjs';
+import { EMPTY, type Observable, type Subscription } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
 import { WebSocketServer, type WebSocket } from 'ws';
-import type { ConnectionState, TrackedClient } from '../connection/connection-state.js';
+import { CONNECTION_STATE, type TrackedClient } from '../connection/connection-state.js';
 import type { ConnectionRefusalReason } from '../interfaces/event.interface.js';
 import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
-import { resolveClientAddress } from '../utils/client-address.js';
+import { isTrustedProxy, resolveClientAddress } from '../utils/client-address.js';
 import { clientAddressKey, plainAddress } from '../utils/client-ip.js';
 import { messageIdOf, messageMeta } from '../utils/message-id.js';
 import { CLOSE_POLICY_VIOLATION, OPEN, SLOW_CONSUMER_REASON } from '../ws-rate-limit.constants.js';
 
 /** The port NestJS uses for "share the application's HTTP server". */
 const APP_SERVER_PORT = 0;
+
+/**
+ * How long a connection refused in `close` mode may take to answer the close frame before
+ * it is terminated (ws itself would wait its `closeTimeout`, 30 s).
+ */
+const REFUSAL_CLOSE_GRACE_MS = 1000;
+
+/** ws's `readyState` of a closed socket. */
+const CLOSED = 3;
 
 /** What the adapter learned about an upgrade before the WebSocket existed. */
 interface Upgrade {
@@ -40,6 +49,9 @@ interface VerifyInfo {
   secure: boolean;
   req: IncomingMessage;
 }
+/** What platform-ws hands a message parser: text frames as strings, binary ones as received. */
+type WsData = string | Buffer | ArrayBuffer | Buffer[];
+type MessageParser = (data: WsData) => unknown;
 type UserVerifyClient = ((info: VerifyInfo) => boolean) | ((info: VerifyInfo, done: VerifyCallback) => void);
 
 /**
@@ -47,10 +59,10 @@ type UserVerifyClient = ((info: VerifyInfo) => boolean) | ((info: VerifyInfo, do
  *
  * - before the handshake completes: the per-IP connection rate and open-connection cap
  *   (HTTP 429 + `Retry-After`, no WebSocket allocated, no gateway code run), client
- *   addresses from trusted proxies only, a cap on TCP connections per IP still sending
- *   their request, and a handshake timeout;
+ *   addresses from trusted proxies only, a cap on TCP connections per peer address (trusted
+ *   proxies exempt) still sending their request, and a handshake timeout;
  * - on every frame: the payload limit (1009, after inflation), and frames NestJS would
- *   drop silently (malformed JSON, binary, events with no handler) charged to the
+ *   drop silently (rejected by the message parser, events with no handler) charged to the
  *   connection's global budget;
  * - for the connection's life: a ping heartbeat that ends dead peers, and open-connection
  *   slots given back on every kind of end.
@@ -68,6 +80,13 @@ export class WsRateLimitAdapter extends WsAdapter {
   private readonly httpListeners: Array<[HttpServer, string, (...args: any[]) => void]> = [];
   private readonly guardedServers = new WeakSet<object>();
   private readonly heartbeats = new Map<WebSocketServer, NodeJS.Timeout>();
+  /**
+   * The connections of each server, kept here rather than read from `server.clients`,
+   * which a gateway with `clientTracking: false` does not have.
+   */
+  private readonly connections = new Map<WebSocketServer, Set<WebSocket>>();
+  /** platform-ws's own parser, to tell whether `setMessageParser` replaced it. */
+  private readonly defaultMessageParser: MessageParser;
 
   constructor(app: INestApplicationContext) {
     super(app);
@@ -80,6 +99,7 @@ export class WsRateLimitAdapter extends WsAdapter {
       );
     }
     this.limiter = limiter;
+    this.defaultMessageParser = this.messageParser;
     if (!('maxFragments' in new WebSocketServer({ noServer: true }).options)) {
       throw new Error(
         'nestjs-ws-rate-limit: the installed "ws" predates 8.21.0 and lacks its fragment-flood limits; install ws@^8.21.0',
@@ -105,8 +125,7 @@ export class WsRateLimitAdapter extends WsAdapter {
           // Ours runs first; a gateway's own verifyClient then has its say. A slot taken
           // here is given back by the socket's close whichever of the two refuses.
           if (!allowed || !userVerify) return done(allowed, ...refusal);
-          if (userVerify.length >= 2) return userVerify(info, done);
-          done((userVerify as (info: VerifyInfo) => boolean)(info));
+          this.runUserVerify(userVerify, info, done);
         }),
     };
     let wsServer: WebSocketServer;
@@ -136,7 +155,8 @@ export class WsRateLimitAdapter extends WsAdapter {
 
   /**
    * Routes frames like platform-ws does, except that frames it would drop without a word
-   * (invalid JSON, binary, no handler) are charged and answered.
+   * (rejected by the message parser, no handler) are charged and answered. The parser gets
+   * what platform-ws gives it: a text frame as a string, a binary frame as received.
    */
   override bindMessageHandlers(
     client: WebSocket,
@@ -146,13 +166,21 @@ export class WsRateLimitAdapter extends WsAdapter {
     const byEvent = new Map<string, MessageMappingProperties>();
     for (const handler of handlers) byEvent.set(handler.message as string, handler);
     const state = this.limiter.connectionOf(client);
+    // What handlers return runs until the socket closes, as platform-ws's takeUntil(close$).
+    const running = new Set<Subscription>();
+    client.once('close', () => {
+      for (const subscription of running) subscription.unsubscribe();
+      running.clear();
+    });
     client.on('message', (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => {
       if (state.closing) return;
-      if (isBinary) return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE', undefined);
       let message: { event?: unknown; data?: unknown; id?: unknown } | void;
       try {
-        message = this.messageParser(data) as typeof message;
-      } catch {
+        message = (this.messageParser as MessageParser)(isBinary ? data : data.toString()) as typeof message;
+      } catch (error) {
+        // As platform-ws: a custom parser that throws is an application bug worth a log; the
+        // default one throws on client input, and logging that would be a log-flood target.
+        if (this.messageParser !== this.defaultMessageParser) this.logger.error(error);
         return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE', undefined);
       }
       if (message === null || typeof message !== 'object') {
@@ -174,7 +202,8 @@ export class WsRateLimitAdapter extends WsAdapter {
         // As platform-ws: a synchronous throw must not stop this client's later messages.
         return;
       }
-      response$
+      if (client.readyState === CLOSED) return;
+      const subscription = response$
         .pipe(
           filter((response) => response !== undefined && response !== null),
           catchError((error: unknown) => {
@@ -185,11 +214,17 @@ export class WsRateLimitAdapter extends WsAdapter {
         .subscribe((response) => {
           if (client.readyState === OPEN) client.send(JSON.stringify(response));
         });
+      if (subscription.closed) return;
+      running.add(subscription);
+      subscription.add(() => running.delete(subscription));
     });
   }
 
   override async close(server: WebSocketServer): Promise<void> {
     this.stopHeartbeat(server);
+    // platform-ws terminates `server.clients`, which `clientTracking: false` leaves undefined.
+    if (!server.clients) for (const client of this.connections.get(server) ?? []) client.terminate();
+    this.connections.delete(server);
     await super.close(server);
   }
 
@@ -205,7 +240,11 @@ export class WsRateLimitAdapter extends WsAdapter {
 
   /** Decides an upgrade before the WebSocket exists. */
   private verifyUpgrade(request: IncomingMessage, done: VerifyCallback): void {
-    const address = resolveClientAddress(request, this.limiter.options.trustProxy);
+    const address = resolveClientAddress(
+      request,
+      this.limiter.options.trustProxy,
+      this.limiter.options.forwardedHeader,
+    );
     if (address === undefined) {
       // The socket is gone or has no address: no shared "unknown" budget, no upgrade.
       done(false, 400, 'Client address unknown');
@@ -246,6 +285,28 @@ export class WsRateLimitAdapter extends WsAdapter {
     }
   }
 
+  /**
+   * A gateway's own verifyClient, in either of ws's forms. One that throws is answered with
+   * a 500 (and logged) instead of leaving the upgrade unanswered: after an asynchronous
+   * store decision the throw would otherwise be an unhandled rejection, and the socket would
+   * hold its connection slot until the peer gave up.
+   */
+  private runUserVerify(verify: UserVerifyClient, info: VerifyInfo, done: VerifyCallback): void {
+    let answered = false;
+    const answer: VerifyCallback = (...args) => {
+      if (answered) return;
+      answered = true;
+      done(...args);
+    };
+    try {
+      if (verify.length >= 2) verify(info, answer);
+      else answer((verify as (info: VerifyInfo) => boolean)(info));
+    } catch (error) {
+      this.logger.error(error);
+      answer(false, 500);
+    }
+  }
+
   private refuse(
     request: IncomingMessage,
     address: string,
@@ -265,6 +326,8 @@ export class WsRateLimitAdapter extends WsAdapter {
 
   /** Hooks a server's `connection` event ahead of NestJS, and starts its heartbeat. */
   private instrument(server: WebSocketServer): void {
+    const clients = new Set<WebSocket>();
+    this.connections.set(server, clients);
     const emit = server.emit.bind(server);
     server.emit = ((event: string | symbol, ...args: unknown[]): boolean => {
       if (event !== 'connection') return emit(event, ...args);
@@ -272,17 +335,22 @@ export class WsRateLimitAdapter extends WsAdapter {
       const upgrade = this.upgrades.get(request);
       this.upgrades.delete(request);
       if (upgrade?.refusal !== undefined) {
-        // `close` refusal mode: the client learns why, the gateway never hears of it.
+        // `close` refusal mode: the client learns why, the gateway never hears of it. A peer
+        // that does not answer the close frame is cut off soon, not after ws's closeTimeout.
         client.on('error', () => undefined);
         client.close(CLOSE_POLICY_VIOLATION, upgrade.refusal);
+        const cutOff = setTimeout(() => client.terminate(), REFUSAL_CLOSE_GRACE_MS).unref();
+        client.once('close', () => clearTimeout(cutOff));
         return true;
       }
       const address = upgrade?.address ?? plainAddress(request.socket.remoteAddress);
       const state = this.limiter.track(client as unknown as TrackedClient, address, request);
       client.on('pong', () => (state.pingSentAt = 0));
+      clients.add(client);
+      client.once('close', () => clients.delete(client));
       return emit(event, ...args);
     }) as typeof server.emit;
-    this.startHeartbeat(server);
+    this.startHeartbeat(server, clients);
   }
 
   /**
@@ -290,13 +358,15 @@ export class WsRateLimitAdapter extends WsAdapter {
    * `pingIntervalMs`, terminates those silent for `pongTimeoutMs` after a ping, and cuts off
    * slow consumers (more than `maxBufferedBytes` unread) within a second.
    */
-  private startHeartbeat(server: WebSocketServer): void {
+  private startHeartbeat(server: WebSocketServer, clients: ReadonlySet<WebSocket>): void {
     const { pingIntervalMs, pongTimeoutMs, maxBufferedBytes } = this.limiter.options;
     const tick = Math.max(10, pingIntervalMs === 0 ? 1000 : Math.min(1000, pingIntervalMs / 2, pongTimeoutMs / 2));
     const timer = setInterval(() => {
       const now = performance.now();
-      for (const client of server.clients) {
-        const state: ConnectionState = this.limiter.connectionOf(client);
+      for (const client of clients) {
+        // Only connections this adapter tracks: never create state (and count a connection) here.
+        const state = (client as unknown as TrackedClient)[CONNECTION_STATE];
+        if (state === undefined) continue;
         if (client.bufferedAmount > maxBufferedBytes) {
           this.limiter.disconnect(client, state, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON, state.connectionTracker);
         } else if (pingIntervalMs === 0) {
@@ -322,32 +392,43 @@ export class WsRateLimitAdapter extends WsAdapter {
 
   /**
    * Handshake hygiene on an HTTP server: a TCP connection must send its request within
-   * `handshakeTimeoutMs`, and at most `maxPendingHandshakesPerIp` per client IP may be
-   * waiting to do so; others are dropped at once.
+   * `handshakeTimeoutMs`, and at most `maxPendingHandshakesPerIp` per TCP peer address may
+   * be waiting to do so; others are dropped at once. Trusted proxies (`trustProxy`) are not
+   * capped: every client behind one shares its address. With a hop count, every peer is.
    */
   private guardHttpServer(server: HttpServer | undefined): void {
     if (!server || this.guardedServers.has(server)) return;
     this.guardedServers.add(server);
-    const { handshakeTimeoutMs, maxPendingHandshakesPerIp, ipv6Prefix } = this.limiter.options;
-    if (handshakeTimeoutMs === 0 && maxPendingHandshakesPerIp === 0) return;
+    const { handshakeTimeoutMs, maxPendingHandshakesPerIp, ipv6Prefix, trustProxy } = this.limiter.options;
+    const capped = maxPendingHandshakesPerIp > 0 && trustProxy.kind !== 'hops';
+    if (handshakeTimeoutMs === 0 && !capped) return;
     const pending = new Map<string, number>();
     const waiting = new WeakMap<Socket, () => void>();
     // Over TLS, requests arrive on the TLS socket, so count from the end of the TLS handshake.
     const accepted =
       typeof (server as { addContext?: unknown }).addContext === 'function' ? 'secureConnection' : 'connection';
     const onAccepted = (socket: Socket): void => {
-      const ip = clientAddressKey(socket.remoteAddress, ipv6Prefix) ?? '';
-      const count = (pending.get(ip) ?? 0) + 1;
-      if (maxPendingHandshakesPerIp > 0 && count > maxPendingHandshakesPerIp) {
-        socket.destroy();
+      // The key this socket counts under, or `undefined` when it is not counted.
+      const ip =
+        capped && !isTrustedProxy(socket.remoteAddress, trustProxy)
+          ? (clientAddressKey(socket.remoteAddress, ipv6Prefix) ?? '')
+          : undefined;
+      if (ip !== undefined) {
+        const count = (pending.get(ip) ?? 0) + 1;
+        if (count > maxPendingHandshakesPerIp) {
+          socket.destroy();
+          return;
+        }
+        pending.set(ip, count);
+      } else if (handshakeTimeoutMs === 0) {
         return;
       }
-      pending.set(ip, count);
       const timer = handshakeTimeoutMs > 0 ? setTimeout(() => socket.destroy(), handshakeTimeoutMs).unref() : undefined;
       const settle = (): void => {
         if (!waiting.has(socket)) return;
         waiting.delete(socket);
         clearTimeout(timer);
+        if (ip === undefined) return;
         const left = (pending.get(ip) ?? 1) - 1;
         if (left > 0) pending.set(ip, left);
         else pending.delete(ip);

@@ -225,7 +225,8 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     option: 'maxPendingHandshakesPerIp',
     kind: 'non-negative-integer',
     default: '10',
-    description: 'TCP connections per client IP still waiting to send their request; 0 = no cap.',
+    description:
+      'TCP connections per peer address still waiting to send their request (trusted proxies exempt); 0 = no cap.',
   },
   {
     name: 'WS_RATE_LIMIT_PING_INTERVAL_MS',

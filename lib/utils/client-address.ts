@@ -34,6 +34,15 @@ export function resolveClientAddress(
   return address;
 }
 
+/**
+ * Whether a TCP peer is a proxy whose forwarding header is believed: on the list, or any peer
+ * with a hop count.
+ */
+export function isTrustedProxy(peerAddress: string | undefined, trust: ResolvedTrustProxy): boolean {
+  const peer = plainAddress(peerAddress);
+  return peer !== undefined && isTrusted(peer, 0, trust);
+}
+
 function isTrusted(address: string, hop: number, trust: ResolvedTrustProxy): boolean {
   if (trust.kind === 'hops') return hop < trust.hops;
   if (trust.kind === 'none') return false;

@@ -94,6 +94,20 @@ describe('connection limits at the upgrade (WsRateLimitAdapter)', () => {
     expect(client).toBeInstanceOf(Error);
   });
 
+  it('reads only the configured forwarding header from a trusted proxy (forwardedHeader)', async () => {
+    const { port } = await start({
+      connection: { capacity: 2, refillRate: 0.1 },
+      trustProxy: 'loopback',
+      forwardedHeader: 'forwarded',
+    });
+    // Each Forwarded address has its own bucket of 2.
+    for (let i = 0; i < 4; i++) expect((await upgrade(port, { Forwarded: `for=6.6.6.${i}` })).status).toBe(101);
+    // X-Forwarded-For is not read at all: these all count as the proxy's own address.
+    const statuses: number[] = [];
+    for (let i = 0; i < 3; i++) statuses.push((await upgrade(port, { 'X-Forwarded-For': `7.7.7.${i}` })).status);
+    expect(statuses).toEqual([101, 101, 429]);
+  });
+
   it('believes a trusted proxy, taking the right-most untrusted entry', async () => {
     await start({ connection: { capacity: 2, refillRate: 0.1 }, tracker: 'ip', trustProxy: 'loopback, 10.0.0.0/8' });
     const client = await connect({ 'X-Forwarded-For': '6.6.6.6, 203.0.113.7, 10.1.2.3' });
