@@ -282,7 +282,8 @@ describe('Cluster topology: resharding under traffic, a master killed', () => {
         down.map((outcome) => outcome.latency),
         99,
       ),
-    ).toBeLessThan(5);
+      // Refused without waiting for the 50 ms deadline (slack for a loaded machine).
+    ).toBeLessThan(25);
     expect(availability[0]).toBe(false);
     expect(availability.at(-1)).toBe(true);
     const backAt = Math.min(

@@ -231,7 +231,8 @@ describe('Redis behind a faulty network (TCP proxy): slow, blackholed, reset', (
     expect(availability.map((events) => events[0])).toEqual([false, false, false, false]);
     const refusedAtOnce = outcomes.filter((outcome) => !outcome.sent);
     expect(refusedAtOnce.length).toBeGreaterThan(outcomes.length / 2);
-    expect(percentile(latencies(refusedAtOnce), 99)).toBeLessThan(1);
+    // Refused without waiting for the 50 ms deadline (typically well under 1 ms; slack for a loaded machine).
+    expect(percentile(latencies(refusedAtOnce), 99)).toBeLessThan(25);
     const inFlight = outcomes.filter((outcome) => outcome.sent).length;
 
     proxy.pass();
