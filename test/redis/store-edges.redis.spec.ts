@@ -47,17 +47,23 @@ describe('Redis store edges', () => {
     await server?.stop();
   });
 
-  it('a refusal answered from the block cache during an outage does not end the outage', async () => {
+  /** A store on its own client whose breaker opens at the first failure and does not probe during a test. */
+  const tripwireStore = async (keyPrefix: string): Promise<RedisRateLimitStore> => {
     const client = storeClient(server.port);
     cleanup.push(() => closeClient(client));
     await ready(client);
     const store = new RedisRateLimitStore({
       client,
-      keyPrefix: 'edge-cache:',
+      keyPrefix,
       commandTimeoutMs: 200,
       breaker: { failureThreshold: 1, probeIntervalMs: 60_000 },
     });
     cleanup.push(() => store.close());
+    return store;
+  };
+
+  it('a refusal answered from the block cache during an outage does not end the outage', async () => {
+    const store = await tripwireStore('edge-cache:');
     const events = recorder();
     const shared = new SharedStore(store, 'open', 1000, events);
     const flood = planOf(store, 'ip:flood', [tokenBucketSpec('global', 'g', 1, 0.001)]); // one token per 1,000 s
@@ -85,16 +91,7 @@ describe('Redis store edges', () => {
   });
 
   it('fail mode closed: status cannot be read while the store is down (no made-up full budgets); open: the fallback answers', async () => {
-    const client = storeClient(server.port);
-    cleanup.push(() => closeClient(client));
-    await ready(client);
-    const store = new RedisRateLimitStore({
-      client,
-      keyPrefix: 'edge-peek:',
-      commandTimeoutMs: 200,
-      breaker: { failureThreshold: 1, probeIntervalMs: 60_000 },
-    });
-    cleanup.push(() => store.close());
+    const store = await tripwireStore('edge-peek:');
     const closed = new SharedStore(store, 'closed', 1000, recorder());
     const open = new SharedStore(store, 'open', 1000, recorder());
     const plan = planOf(store, 'ip:peek', [tokenBucketSpec('global', 'g', 5, 1)]);
