@@ -26,7 +26,7 @@
  * Shared helpers. Tier kinds: 0 token bucket, 1 sliding log, 2 sliding counter,
  * 3 concurrency (`AlgorithmKind`).
  */
-const PRELUDE = `
+const HELPERS = `
 -- Redis 5 and 6 replicate scripts verbatim unless told otherwise, and refuse writes after
 -- TIME; effects replication makes TIME safe (Redis 7 always replicates effects).
 if redis.replicate_commands then redis.replicate_commands() end
@@ -70,13 +70,19 @@ end
 -- A lease hash read at now: units held by live instances, the latest live expiry, the
 -- fields of dead instances (expiry passed, or lease fields with no expiry field), and the
 -- flat HGETALL reply with the expiry of each instance.
-local function readLeases(key, now)
-  local flat = redis.call('HGETALL', key)
+-- The expiry (ms) of each instance in a flat HGETALL reply of a lease hash.
+local function leaseExpiries(flat)
   local expiry = {}
   for i = 1, #flat, 2 do
     local f = flat[i]
     if string.sub(f, 1, 2) == 'i:' then expiry[string.sub(f, 3)] = tonumber(flat[i + 1]) end
   end
+  return expiry
+end
+
+local function readLeases(key, now)
+  local flat = redis.call('HGETALL', key)
+  local expiry = leaseExpiries(flat)
   local held, latest, dead = 0, NEG, {}
   for i = 1, #flat, 2 do
     local f = flat[i]
@@ -153,7 +159,10 @@ local function logWait(oldest, now, w)
   while oldest > now + wait - w do wait = wait + 1 end
   return wait
 end
+`;
 
+/** The plan's figures from ARGV, and the state of every tier read once (consume and peek). */
+const PRELUDE = `${HELPERS}
 -- The plan: tier i's figures at ARGV[7i..7i+6] = kind, limit, cost, a, b, c, d.
 local n = tonumber(ARGV[2])
 local clockKey = nil
@@ -436,22 +445,11 @@ return 1
  *
  * Fields of dead instances are removed on the way.
  */
-export const LEASES_LUA = `
-if redis.replicate_commands then redis.replicate_commands() end
-local NEG = -math.huge
-local function fmt(x) return string.format('%.17g', x) end
+export const LEASES_LUA = `${HELPERS}
 local key = KEYS[1]
 local clockKey = nil
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-else
-  clockKey = KEYS[2]
-  now = tonumber(ARGV[1])
-  local last = tonumber(redis.call('GET', clockKey))
-  if last ~= nil and last > now then now = last end
-end
+if ARGV[1] ~= '' then clockKey = KEYS[2] end
+local now = readClock(ARGV[1], clockKey)
 local inst, ttl, mode = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local prefix = 'l:' .. inst .. '|'
 
@@ -461,16 +459,11 @@ if mode == 'sync' then
 end
 
 local flat = redis.call('HGETALL', key)
-local expiry = {}
-for i = 1, #flat, 2 do
-  local f = flat[i]
-  if string.sub(f, 1, 2) == 'i:' then expiry[string.sub(f, 3)] = tonumber(flat[i + 1]) end
-end
+local expiry = leaseExpiries(flat)
 local drop, latest, mine = {}, NEG, 0
 for i = 1, #flat, 2 do
   local f = flat[i]
-  local other
-  if string.sub(f, 1, 2) == 'i:' then other = string.sub(f, 3) else other = string.match(f, '^l:([^|]*)|') end
+  local other = instanceOf(f)
   local e = nil
   if other ~= nil then e = expiry[other] end
   if other == inst then
@@ -489,9 +482,7 @@ for i = 1, #flat, 2 do
     drop[#drop + 1] = f
   end
 end
-for i = 1, #drop, 500 do
-  redis.call('HDEL', key, unpack(drop, i, math.min(i + 499, #drop)))
-end
+if #drop > 0 then hdelAll(key, drop) end
 if mode == 'sync' then
   for f, units in pairs(want) do
     redis.call('HSET', key, f, units)
@@ -508,11 +499,7 @@ end
 if latest > now and redis.call('EXISTS', key) == 1 then
   local left = math.ceil(latest - now)
   redis.call('PEXPIRE', key, left)
-  if clockKey ~= nil then
-    local keep = redis.call('PTTL', clockKey)
-    if keep > left then left = keep end
-    redis.call('SET', clockKey, fmt(now), 'PX', left)
-  end
+  saveClock(clockKey, now, left)
 end
 return mine
 `;
