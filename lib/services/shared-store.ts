@@ -91,7 +91,7 @@ export class SharedStore {
     decided: ((store: RateLimitStore | undefined) => void) | undefined,
   ): RateLimitDecision {
     if (started !== undefined) this.events.answered(performance.now() - started);
-    if (this.down && (started !== undefined || (this.store as { available?: boolean }).available !== false)) {
+    if (this.down && (started !== undefined || this.store.available)) {
       this.down = false;
       this.events.up();
     }

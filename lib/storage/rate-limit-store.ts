@@ -29,6 +29,15 @@ export abstract class RateLimitStore {
   abstract close(): Promise<void>;
 
   /**
+   * Whether the store can answer now, as far as it knows. A store that answers some calls
+   * from memory (the Redis store's block cache) reports false while its backend is down, so
+   * such answers do not end an outage. Stores without a backend are always available.
+   */
+  get available(): boolean {
+    return true;
+  }
+
+  /**
    * Records an operator's block (`WsRateLimitService.block`) where other instances see it.
    * Stores that share state across instances override this and the two methods below; the
    * default keeps blocks in this process only.

@@ -220,7 +220,7 @@ export class RedisRateLimitStore extends RateLimitStore {
   }
 
   /** False while the circuit breaker is open (Redis unreachable, frozen or failing). */
-  get available(): boolean {
+  override get available(): boolean {
     return this.openError === undefined && !this.closed;
   }
 
