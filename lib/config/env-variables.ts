@@ -1,3 +1,15 @@
+import {
+  MAX_CAPACITY,
+  MAX_MAP_ENTRIES,
+  MAX_MESSAGE_RATE,
+  MAX_PAYLOAD_BYTES,
+  MAX_SLIDING_COUNTER,
+  MAX_TIMER_MS,
+  MAX_VIOLATIONS,
+  MIN_REFILL_RATE,
+} from './bounds.js';
+import type { OptionPath } from './option-paths.js';
+
 /** Prefix of every environment variable the module reads. */
 export const ENV_PREFIX = 'WS_RATE_LIMIT_';
 
@@ -23,10 +35,14 @@ export interface EnvVariable {
   /** Full variable name. */
   readonly name: string;
   /** Dotted path of the option in `WsRateLimitModuleOptions`. */
-  readonly option: string;
+  readonly option: OptionPath;
   readonly kind: EnvKind;
   /** Accepted values of an `enum`. */
   readonly values?: readonly string[];
+  /** Smallest value of a number (else what its kind allows). */
+  readonly min?: number;
+  /** Largest value of a number (else any safe one): what the option's consumer accepts. */
+  readonly max?: number;
   /** Default, as written in the README (`none` when unset). */
   readonly default: string;
   /** One sentence for the README's table. */
@@ -85,6 +101,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_REDIS_TIMEOUT_MS',
     option: 'redis.commandTimeoutMs',
     kind: 'positive-integer',
+    max: MAX_TIMER_MS,
     default: '50',
     description: 'Deadline of one Redis decision; past it the fail mode decides.',
   },
@@ -101,6 +118,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_REDIS_LEASE_TTL_MS',
     option: 'redis.leaseTtlMs',
     kind: 'positive-integer',
+    max: MAX_TIMER_MS,
     default: '30000',
     description: 'Open-connection slots of an instance that died come back within this time.',
   },
@@ -108,6 +126,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_REDIS_BLOCK_CACHE',
     option: 'redis.blockCache',
     kind: 'non-negative-integer',
+    max: MAX_MAP_ENTRIES,
     default: '10000',
     description: 'Refused plans remembered locally until their retry time (no Redis call for them); 0 = off.',
   },
@@ -123,6 +142,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_GLOBAL_CAPACITY',
     option: 'global.capacity',
     kind: 'positive-number',
+    max: MAX_CAPACITY,
     default: '100',
     description: 'All messages of a tracker: burst.',
   },
@@ -130,6 +150,8 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_GLOBAL_REFILL_RATE',
     option: 'global.refillRate',
     kind: 'positive-number',
+    min: MIN_REFILL_RATE,
+    max: MAX_MESSAGE_RATE,
     default: '50',
     description: 'All messages of a tracker: tokens per second.',
   },
@@ -137,6 +159,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_TYPE_CAPACITY',
     option: 'type.capacity',
     kind: 'positive-number',
+    max: MAX_CAPACITY,
     default: '20',
     description: 'A message type without figures of its own: burst.',
   },
@@ -144,6 +167,8 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_TYPE_REFILL_RATE',
     option: 'type.refillRate',
     kind: 'positive-number',
+    min: MIN_REFILL_RATE,
+    max: MAX_MESSAGE_RATE,
     default: '10',
     description: 'A message type without figures of its own: tokens per second.',
   },
@@ -158,6 +183,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_EXPENSIVE_MAX',
     option: 'expensive.max',
     kind: 'positive-integer',
+    max: MAX_SLIDING_COUNTER,
     default: '5',
     description: 'Expensive operations allowed per window.',
   },
@@ -165,6 +191,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_EXPENSIVE_WINDOW_MS',
     option: 'expensive.windowMs',
     kind: 'positive-integer',
+    max: MAX_TIMER_MS,
     default: '60000',
     description: 'Expensive-operations window, in milliseconds.',
   },
@@ -180,6 +207,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_CONNECTION_CAPACITY',
     option: 'connection.capacity',
     kind: 'positive-number',
+    max: MAX_CAPACITY,
     default: '5',
     description: 'New connections per client IP: burst.',
   },
@@ -187,6 +215,8 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_CONNECTION_REFILL_RATE',
     option: 'connection.refillRate',
     kind: 'positive-number',
+    min: MIN_REFILL_RATE,
+    max: MAX_MESSAGE_RATE,
     default: '1',
     description: 'New connections per client IP: per second.',
   },
@@ -217,6 +247,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_HANDSHAKE_TIMEOUT_MS',
     option: 'handshakeTimeoutMs',
     kind: 'non-negative-integer',
+    max: MAX_TIMER_MS,
     default: '10000',
     description: 'A TCP connection that has not sent a complete request (or upgrade) by then is dropped; 0 = off.',
   },
@@ -232,6 +263,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_PING_INTERVAL_MS',
     option: 'pingIntervalMs',
     kind: 'non-negative-integer',
+    max: MAX_TIMER_MS,
     default: '30000',
     description: 'How often each connection is pinged; 0 = no heartbeat.',
   },
@@ -239,6 +271,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_PONG_TIMEOUT_MS',
     option: 'pongTimeoutMs',
     kind: 'positive-integer',
+    max: MAX_TIMER_MS,
     default: '10000',
     description: 'A connection that has not answered a ping within this time is terminated.',
   },
@@ -253,6 +286,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_MAX_VIOLATIONS',
     option: 'violations.max',
     kind: 'positive-integer',
+    max: MAX_VIOLATIONS,
     default: '10',
     description: 'Violations before close 1008, counted in the window below.',
   },
@@ -260,6 +294,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_VIOLATION_WINDOW_MS',
     option: 'violations.windowMs',
     kind: 'positive-integer',
+    max: MAX_TIMER_MS,
     default: '60000',
     description: 'Window in which violations are counted, in milliseconds.',
   },
@@ -281,6 +316,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_MAX_PAYLOAD',
     option: 'maxPayload',
     kind: 'positive-integer',
+    max: MAX_PAYLOAD_BYTES,
     default: '65536',
     description: 'Largest inbound frame in bytes.',
   },
@@ -319,6 +355,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_MAX_KEYS',
     option: 'maxKeys',
     kind: 'positive-integer',
+    max: MAX_MAP_ENTRIES,
     default: '100000',
     description: 'Most keys the memory store holds; idle keys are dropped first, then the least recently used.',
   },
@@ -348,6 +385,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_DEGRADE_COOLDOWN_MS',
     option: 'degradeCooldownMs',
     kind: 'non-negative-integer',
+    max: MAX_TIMER_MS,
     default: '0',
     description:
       'At the violation threshold, allow only `essential` types for this long (code `DEGRADED`) instead of closing; 0 = close at once.',

@@ -12,7 +12,10 @@ import type { RateLimitFrameBuilder } from '../interfaces/frame.interface.js';
 import { WsRateLimitConfigError } from '../exceptions/ws-rate-limit-config.error.js';
 import { RateLimitStore } from '../storage/rate-limit-store.js';
 import { isSendableCloseCode, truncateCloseReason } from '../utils/close-reason.js';
-import { ENV_VARIABLES, type EnvKind, type EnvVariable } from './env-variables.js';
+import { addressRange, familyCoveredBy, type AddressRange } from './address-ranges.js';
+import { formatBound, MAX_CAPACITY, MAX_SLIDING_LOG, messageRateProblem } from './bounds.js';
+import { ENV_VARIABLES, type EnvVariable } from './env-variables.js';
+import type { OptionPath, OptionValue } from './option-paths.js';
 
 /** A bucket's figures, resolved. */
 export interface ResolvedBucket {
@@ -121,6 +124,19 @@ export interface ResolvedWsRateLimitOptions {
   readonly metricsRegistry: MetricsRegistry | undefined;
 }
 
+/** Options whose resolved value differs from the type given in code. */
+interface ResolvedForms {
+  types: Record<string, ResolvedTypeLimit>;
+  trustProxy: ResolvedTrustProxy;
+  allowList: ResolvedAccessList;
+  denyList: ResolvedAccessList;
+  'redis.sentinels': NonNullable<ResolvedRedisOptions['sentinels']>;
+  'redis.clusterNodes': NonNullable<ResolvedRedisOptions['clusterNodes']>;
+}
+
+/** The resolved value of the option at `P`. */
+export type ResolvedValue<P extends OptionPath> = P extends keyof ResolvedForms ? ResolvedForms[P] : OptionValue<P>;
+
 /** Reads one environment variable; `undefined` when unset. */
 export type EnvReader = (name: string) => string | undefined;
 
@@ -136,8 +152,8 @@ export function resolveOptions(
   readEnv: EnvReader = (name) => process.env[name],
 ): ResolvedWsRateLimitOptions {
   const useEnv = options.useEnv ?? true;
-  const values = new Map<string, unknown>();
-  const labels = new Map<string, string>();
+  const values = new Map<OptionPath, unknown>();
+  const labels = new Map<OptionPath, string>();
   for (const variable of ENV_VARIABLES) {
     const fromCode = getPath(options, variable.option);
     if (fromCode !== undefined && !(variable.kind === 'access-list' && fromCode === '')) {
@@ -154,25 +170,33 @@ export function resolveOptions(
     labels.set(variable.option, `option ${variable.option} (default)`);
     values.set(variable.option, variable.default === 'none' ? undefined : parseEnvValue(variable, variable.default));
   }
-  const value = <T>(path: string): T => {
-    if (path === 'expensive') {
-      return {
-        max: values.get('expensive.max'),
-        windowMs: values.get('expensive.windowMs'),
-        algorithm: values.get('expensive.algorithm'),
-      } as T;
-    }
-    return values.get(path) as T;
+  /** An option that has a value (given, or by default). */
+  const value = <P extends OptionPath>(path: P): ResolvedValue<P> => {
+    const found = values.get(path);
+    if (found === undefined) throw new Error(`nestjs-ws-rate-limit: option ${path} has no value and no default`);
+    return found as ResolvedValue<P>;
   };
-  const label = (path: string): string => labels.get(path)!;
+  /** An option that may be left unset (its default is `none`). */
+  const optional = <P extends OptionPath>(path: P): ResolvedValue<P> | undefined =>
+    values.get(path) as ResolvedValue<P> | undefined;
+  const label = (path: OptionPath): string => labels.get(path)!;
 
-  const global = { capacity: value<number>('global.capacity'), refillRate: value<number>('global.refillRate') };
-  const type = { capacity: value<number>('type.capacity'), refillRate: value<number>('type.refillRate') };
-  const connection = {
-    capacity: value<number>('connection.capacity'),
-    refillRate: value<number>('connection.refillRate'),
+  const global = { capacity: value('global.capacity'), refillRate: value('global.refillRate') };
+  const type = { capacity: value('type.capacity'), refillRate: value('type.refillRate') };
+  const connection = { capacity: value('connection.capacity'), refillRate: value('connection.refillRate') };
+  const types = value('types');
+  const expensive = {
+    max: value('expensive.max'),
+    windowMs: value('expensive.windowMs'),
+    algorithm: value('expensive.algorithm'),
   };
-  const types = value<Record<string, ResolvedTypeLimit>>('types');
+  if (expensive.algorithm === 'sliding-log' && expensive.max > MAX_SLIDING_LOG) {
+    throw new WsRateLimitConfigError(
+      `${label('expensive.max')} must be at most ${MAX_SLIDING_LOG} with the sliding-log algorithm ` +
+        `(${label('expensive.algorithm')}; one timestamp is kept per operation), got ${expensive.max}: ` +
+        'use sliding-counter for more',
+    );
+  }
 
   // One message costs at least one token, so a bucket must hold one.
   requireCapacity(global.capacity, 1, label('global.capacity'), 'the cost of one message (1)');
@@ -188,20 +212,26 @@ export function resolveOptions(
         `${where}: cost ${cost} exceeds ${label('global.capacity')} = ${global.capacity}; such a message could never pass`,
       );
     }
+    const typeRate = messageRateProblem(limit.refillRate ?? type.refillRate, cost);
+    if (typeRate !== undefined) throw new WsRateLimitConfigError(`${where}: ${typeRate}`);
+    const globalRate = messageRateProblem(global.refillRate, cost);
+    if (globalRate !== undefined) {
+      throw new WsRateLimitConfigError(`${where} with ${label('global.refillRate')}: ${globalRate}`);
+    }
   }
 
-  const store = value<'memory' | 'redis' | RateLimitStore>('store');
+  const store = value('store');
   const redis: ResolvedRedisOptions = {
-    url: value<string | undefined>('redis.url'),
-    sentinels: value<ResolvedRedisOptions['sentinels']>('redis.sentinels'),
-    sentinelName: value<string | undefined>('redis.sentinelName'),
-    password: value<string | undefined>('redis.password'),
-    clusterNodes: value<ResolvedRedisOptions['clusterNodes']>('redis.clusterNodes'),
+    url: optional('redis.url'),
+    sentinels: optional('redis.sentinels'),
+    sentinelName: optional('redis.sentinelName'),
+    password: optional('redis.password'),
+    clusterNodes: optional('redis.clusterNodes'),
     client: options.redis?.client,
-    commandTimeoutMs: value<number>('redis.commandTimeoutMs'),
-    clock: value<'redis' | 'app'>('redis.clock'),
-    leaseTtlMs: value<number>('redis.leaseTtlMs'),
-    blockCache: value<number>('redis.blockCache'),
+    commandTimeoutMs: value('redis.commandTimeoutMs'),
+    clock: value('redis.clock'),
+    leaseTtlMs: value('redis.leaseTtlMs'),
+    blockCache: value('redis.blockCache'),
     redisOptions: options.redis?.redisOptions,
   };
   if (store === 'redis') checkRedisChoice(redis, label);
@@ -216,51 +246,51 @@ export function resolveOptions(
   ) {
     throw new WsRateLimitConfigError('option metricsRegistry must be a prom-client Registry');
   }
-  const base = { global, type, types, expensive: value<ResolvedPlan['expensive']>('expensive') };
+  const base = { global, type, types, expensive };
   const plans: Record<string, ResolvedPlan> = Object.create(null);
-  for (const [name, overrides] of Object.entries(value<Record<string, PlanLimitsOptions>>('plans'))) {
+  for (const [name, overrides] of Object.entries(value('plans'))) {
     plans[name] = resolvePlan(name, overrides, base, label('plans'));
   }
 
   return {
     store,
     redis,
-    tracker: value<TrackerOption>('tracker'),
+    tracker: value('tracker'),
     global,
     type,
     types,
     expensive: base.expensive,
     connection,
-    maxConnectionsPerIp: value<number>('maxConnectionsPerIp'),
+    maxConnectionsPerIp: value('maxConnectionsPerIp'),
     violations: {
-      max: value<number>('violations.max'),
-      windowMs: value<number>('violations.windowMs'),
-      closeCode: value<number>('violations.closeCode'),
-      closeReason: truncateCloseReason(value<string>('violations.closeReason')),
+      max: value('violations.max'),
+      windowMs: value('violations.windowMs'),
+      closeCode: value('violations.closeCode'),
+      closeReason: truncateCloseReason(value('violations.closeReason')),
     },
-    connectionRefusal: value<'http' | 'close'>('connectionRefusal'),
-    ipv6Prefix: value<number>('ipv6Prefix'),
-    handshakeTimeoutMs: value<number>('handshakeTimeoutMs'),
-    maxPendingHandshakesPerIp: value<number>('maxPendingHandshakesPerIp'),
-    pingIntervalMs: value<number>('pingIntervalMs'),
-    pongTimeoutMs: value<number>('pongTimeoutMs'),
-    perMessageDeflate: value<boolean>('perMessageDeflate'),
-    maxPayload: value<number>('maxPayload'),
-    trustProxy: value<ResolvedTrustProxy | undefined>('trustProxy') ?? { kind: 'none' },
-    forwardedHeader: value<'x-forwarded-for' | 'forwarded'>('forwardedHeader'),
-    failMode: value<'open' | 'closed'>('failMode'),
+    connectionRefusal: value('connectionRefusal'),
+    ipv6Prefix: value('ipv6Prefix'),
+    handshakeTimeoutMs: value('handshakeTimeoutMs'),
+    maxPendingHandshakesPerIp: value('maxPendingHandshakesPerIp'),
+    pingIntervalMs: value('pingIntervalMs'),
+    pongTimeoutMs: value('pongTimeoutMs'),
+    perMessageDeflate: value('perMessageDeflate'),
+    maxPayload: value('maxPayload'),
+    trustProxy: optional('trustProxy') ?? { kind: 'none' },
+    forwardedHeader: value('forwardedHeader'),
+    failMode: value('failMode'),
     frameBuilder: options.frameBuilder,
-    keyPrefix: value<string>('keyPrefix'),
-    maxKeys: value<number>('maxKeys'),
-    maxBufferedBytes: value<number>('maxBufferedBytes'),
+    keyPrefix: value('keyPrefix'),
+    maxKeys: value('maxKeys'),
+    maxBufferedBytes: value('maxBufferedBytes'),
     plans,
     planResolver: options.planResolver,
-    shadow: value<boolean>('shadow'),
-    degradeCooldownMs: value<number>('degradeCooldownMs'),
-    allowList: value<ResolvedAccessList | undefined>('allowList') ?? EMPTY_LIST,
-    denyList: value<ResolvedAccessList | undefined>('denyList') ?? EMPTY_LIST,
-    metrics: value<boolean>('metrics'),
-    metricsPrefix: value<string>('metricsPrefix'),
+    shadow: value('shadow'),
+    degradeCooldownMs: value('degradeCooldownMs'),
+    allowList: optional('allowList') ?? EMPTY_LIST,
+    denyList: optional('denyList') ?? EMPTY_LIST,
+    metrics: value('metrics'),
+    metricsPrefix: value('metricsPrefix'),
     metricsRegistry: options.metricsRegistry,
   };
 }
@@ -271,7 +301,23 @@ const EMPTY_LIST: ResolvedAccessList = Object.freeze({
   entries: [],
 });
 
-const PLAN_FIELDS = new Set(['global', 'type', 'types', 'expensive']);
+/** The fields a plan may set, with the fields each holds (`types` is checked as `WS_RATE_LIMIT_TYPES`). */
+const PLAN_FIELDS: Readonly<Record<string, { readonly example: string; readonly fields?: readonly string[] }>> = {
+  global: { example: '{"capacity":500,"refillRate":200}', fields: ['capacity', 'refillRate'] },
+  type: { example: '{"capacity":50,"refillRate":20}', fields: ['capacity', 'refillRate'] },
+  types: { example: '{"chat":{"capacity":30,"refillRate":15}}' },
+  expensive: { example: '{"max":20,"windowMs":60000}', fields: ['max', 'windowMs', 'algorithm'] },
+};
+
+/** A plain object: not null, an array, a string or a number. */
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+/** How a value that should have been an object is shown in an error. */
+function shape(value: unknown): unknown {
+  return Array.isArray(value) ? 'an array' : value;
+}
 
 /**
  * A plan's limits: the module's, with the plan's overrides, validated as module options
@@ -280,11 +326,20 @@ const PLAN_FIELDS = new Set(['global', 'type', 'types', 'expensive']);
 function resolvePlan(name: string, overrides: PlanLimitsOptions, base: ResolvedPlan, where: string): ResolvedPlan {
   const at = `${where} (plan "${name}")`;
   if (name === '') throw new WsRateLimitConfigError(`${where}: a plan needs a non-empty name`);
-  if (overrides === null || typeof overrides !== 'object' || Array.isArray(overrides)) {
-    fail(at, 'an object like {"global":{"capacity":500,"refillRate":200}}', overrides);
+  if (!isRecord(overrides as unknown)) {
+    fail(at, 'an object like {"global":{"capacity":500,"refillRate":200}}', shape(overrides));
   }
-  for (const field of Object.keys(overrides)) {
-    if (!PLAN_FIELDS.has(field)) fail(at, 'made of global, type, types and expensive', `field "${field}"`);
+  for (const [field, given] of Object.entries(overrides)) {
+    if (given === undefined) continue;
+    const rule = Object.hasOwn(PLAN_FIELDS, field) ? PLAN_FIELDS[field] : undefined;
+    if (rule === undefined) fail(at, 'made of global, type, types and expensive', `field "${field}"`);
+    // A string, array or null here would otherwise be spread into nothing: the module's figures.
+    if (!isRecord(given)) fail(`${at} field "${field}"`, `an object like ${rule.example}`, shape(given));
+    for (const inner of rule.fields === undefined ? [] : Object.keys(given)) {
+      if (!rule.fields!.includes(inner)) {
+        fail(`${at} field "${field}"`, `made of ${rule.fields!.join(', ')}`, `field "${inner}"`);
+      }
+    }
   }
   try {
     const resolved = resolveOptions(
@@ -311,7 +366,7 @@ function resolvePlan(name: string, overrides: PlanLimitsOptions, base: ResolvedP
 }
 
 /** With the Redis store, exactly one way to reach Redis, complete. */
-function checkRedisChoice(redis: ResolvedRedisOptions, label: (path: string) => string): void {
+function checkRedisChoice(redis: ResolvedRedisOptions, label: (path: OptionPath) => string): void {
   const ways = [
     redis.url !== undefined && label('redis.url'),
     redis.sentinels !== undefined && label('redis.sentinels'),
@@ -365,8 +420,8 @@ function parseEnvValue(variable: EnvVariable, text: string): unknown {
     case 'non-negative-integer':
     case 'close-code':
     case 'ipv6-prefix': {
-      if (!NUMBER.test(text)) fail(where, expectation(variable.kind), text);
-      return checkNumber(variable.kind, Number(text), where, text);
+      if (!NUMBER.test(text)) fail(where, expectation(variable), text);
+      return checkNumber(variable, Number(text), where, text);
     }
     case 'boolean': {
       const choice = text.trim().toLowerCase();
@@ -421,8 +476,8 @@ function checkCodeValue(variable: EnvVariable, value: unknown): unknown {
     case 'non-negative-integer':
     case 'close-code':
     case 'ipv6-prefix':
-      if (typeof value !== 'number') fail(where, expectation(variable.kind), value);
-      return checkNumber(variable.kind, value, where, value);
+      if (typeof value !== 'number') fail(where, expectation(variable), value);
+      return checkNumber(variable, value, where, value);
     case 'boolean':
       if (typeof value !== 'boolean') fail(where, 'true or false', value);
       return value;
@@ -516,14 +571,20 @@ function checkAccessList(value: unknown, where: string): ResolvedAccessList {
   return { addresses, trackers, entries: kept };
 }
 
-function expectation(kind: EnvKind): string {
+/** The figures a number variable accepts, as a sentence's end. */
+type NumberRule = Pick<EnvVariable, 'kind' | 'min' | 'max'>;
+
+function expectation({ kind, min, max }: NumberRule): string {
   switch (kind) {
     case 'positive-number':
-      return 'a number greater than 0';
+      if (max === undefined) return 'a number greater than 0';
+      return min === undefined
+        ? `a number greater than 0 and at most ${formatBound(max)}`
+        : `a number from ${formatBound(min)} to ${formatBound(max)}`;
     case 'positive-integer':
-      return 'a whole number greater than 0';
+      return max === undefined ? 'a whole number greater than 0' : `a whole number from 1 to ${formatBound(max)}`;
     case 'non-negative-integer':
-      return 'a whole number, 0 or more';
+      return max === undefined ? 'a whole number, 0 or more' : `a whole number from 0 to ${formatBound(max)}`;
     case 'close-code':
       return 'a close code in 1000-1003, 1007-1014 or 3000-4999';
     case 'ipv6-prefix':
@@ -533,7 +594,8 @@ function expectation(kind: EnvKind): string {
   }
 }
 
-function checkNumber(kind: EnvKind, value: number, where: string, shown: unknown): number {
+function checkNumber(rule: NumberRule, value: number, where: string, shown: unknown): number {
+  const { kind, min, max } = rule;
   const ok =
     kind === 'positive-number'
       ? Number.isFinite(value) && value > 0
@@ -544,11 +606,20 @@ function checkNumber(kind: EnvKind, value: number, where: string, shown: unknown
           : kind === 'ipv6-prefix'
             ? Number.isInteger(value) && value >= 32 && value <= 128
             : isSendableCloseCode(value);
-  if (!ok) fail(where, expectation(kind), shown);
+  if (!ok || (min !== undefined && !(value >= min)) || (max !== undefined && !(value <= max))) {
+    fail(where, expectation(rule), shown);
+  }
   return value;
 }
 
 const TYPE_FIELDS = new Set(['capacity', 'refillRate', 'expensive', 'cost', 'essential']);
+
+/** A type's figures obey the bounds of the module's `type` figures; a cost is at most a capacity. */
+const TYPE_FIGURES: Record<'capacity' | 'refillRate' | 'cost', NumberRule> = {
+  capacity: ENV_VARIABLES.find((variable) => variable.option === 'type.capacity')!,
+  refillRate: ENV_VARIABLES.find((variable) => variable.option === 'type.refillRate')!,
+  cost: { kind: 'positive-number', max: MAX_CAPACITY },
+};
 
 function checkTypes(value: unknown, where: string): Record<string, ResolvedTypeLimit> {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
@@ -567,9 +638,9 @@ function checkTypes(value: unknown, where: string): Record<string, ResolvedTypeL
     }
     for (const field of ['capacity', 'refillRate', 'cost'] as const) {
       const figure = limit[field];
-      if (figure !== undefined && (typeof figure !== 'number' || !(Number.isFinite(figure) && figure > 0))) {
-        fail(`${at} ${field}`, 'a number greater than 0', figure);
-      }
+      if (figure === undefined) continue;
+      if (typeof figure !== 'number') fail(`${at} ${field}`, expectation(TYPE_FIGURES[field]), figure);
+      checkNumber(TYPE_FIGURES[field], figure, `${at} ${field}`, figure);
     }
     for (const flag of ['expensive', 'essential'] as const) {
       if (limit[flag] !== undefined && typeof limit[flag] !== 'boolean')
@@ -593,15 +664,25 @@ function checkTrustProxy(value: unknown, where: string): ResolvedTrustProxy {
   if (!Array.isArray(entries)) fail(where, 'a hop count or addresses/CIDRs', value);
   const list = new BlockList();
   const kept: string[] = [];
+  const ranges: AddressRange[] = [];
   for (const raw of entries as unknown[]) {
     if (typeof raw !== 'string') fail(where, 'addresses or CIDRs', raw);
     const entry = raw.trim();
     if (entry === '') continue;
-    addTrusted(list, entry, where);
+    addTrusted(list, entry, where, ranges);
     kept.push(entry);
   }
   if (kept.length === 0)
     fail(where, 'a hop count or addresses/CIDRs (an empty list trusts nobody: leave it unset)', value);
+  const covered = familyCoveredBy(ranges);
+  if (covered !== undefined) {
+    // Every client would then be a trusted proxy, free to choose its address: as `true`.
+    fail(
+      where,
+      `the addresses of your proxies (these cover every IPv${covered} address, which would let any client choose its address, as true would)`,
+      kept.join(','),
+    );
+  }
   return { kind: 'list', list, entries: kept };
 }
 
@@ -612,10 +693,11 @@ const NAMED_RANGES: Record<string, readonly string[]> = {
   uniquelocal: ['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', 'fc00::/7'],
 };
 
-function addTrusted(list: BlockList, entry: string, where: string): void {
+/** Adds an address, CIDR or named range to `list` (and, when given, its ranges to `ranges`). */
+function addTrusted(list: BlockList, entry: string, where: string, ranges?: AddressRange[]): void {
   const named = NAMED_RANGES[entry];
   if (named) {
-    for (const range of named) addTrusted(list, range, where);
+    for (const range of named) addTrusted(list, range, where, ranges);
     return;
   }
   const slash = entry.indexOf('/');
@@ -625,12 +707,14 @@ function addTrusted(list: BlockList, entry: string, where: string): void {
   const type = family === 4 ? 'ipv4' : 'ipv6';
   if (slash < 0) {
     list.addAddress(address, type);
+    ranges?.push(addressRange(address));
     return;
   }
   const bits = entry.slice(slash + 1);
   const prefix = Number(bits);
   if (!/^\d+$/.test(bits) || prefix > (family === 4 ? 32 : 128)) fail(where, 'a valid CIDR', entry);
   list.addSubnet(address, prefix, type);
+  ranges?.push(addressRange(address, prefix));
 }
 
 function checkRedisUrl(value: string, where: string): string {

@@ -52,7 +52,7 @@ export function clientAddressKey(address: string | undefined, ipv6Prefix = DEFAU
 }
 
 /** The 8 groups of a valid IPv6 address (embedded IPv4 tails included). */
-function expandIPv6(address: string): number[] {
+export function expandIPv6(address: string): number[] {
   let text = address.toLowerCase();
   const tail: number[] = [];
   const lastColon = text.lastIndexOf(':');
