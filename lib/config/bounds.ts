@@ -10,15 +10,18 @@ export const MAX_TIMER_MS = 2_147_483_647;
 /** `ws` reads `maxPayload` as a 32-bit signed integer (`maxPayload | 0`): above 2^31-1 it wraps. */
 export const MAX_PAYLOAD_BYTES = 2_147_483_647;
 
-/** Violations before the close: the violation log keeps one timestamp per violation. */
-export const MAX_VIOLATIONS = 10_000;
+/**
+ * Violations before the close: the violation log keeps one timestamp (8 B) per violation
+ * counted, so at most 8 MB for a connection that commits them all within the window.
+ */
+export const MAX_VIOLATIONS = 1_000_000;
 
 /**
  * Operations per window of the `sliding-log` algorithm: one timestamp per operation (8 B in
- * memory, about 100 B in Redis), so 10,000 is at most 80 KB per tracker in memory and about
- * 1 MB per key in Redis. Above it, use `sliding-counter`.
+ * memory, about 100 B in Redis), so at most 800 KB per tracker in memory and about 10 MB per
+ * key in Redis. Above it, use `sliding-counter`.
  */
-export const MAX_SLIDING_LOG = 10_000;
+export const MAX_SLIDING_LOG = 100_000;
 
 /** Operations per window of the `sliding-counter` algorithm (three numbers, whatever the limit). */
 export const MAX_SLIDING_COUNTER = 1_000_000_000;

@@ -314,9 +314,17 @@ function isRecord(value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
 
+/** A description shown as is in an error, where a string value would be quoted. */
+class Described {
+  constructor(private readonly text: string) {}
+  toString(): string {
+    return this.text;
+  }
+}
+
 /** How a value that should have been an object is shown in an error. */
 function shape(value: unknown): unknown {
-  return Array.isArray(value) ? 'an array' : value;
+  return Array.isArray(value) ? new Described('an array') : value;
 }
 
 /**
@@ -332,12 +340,12 @@ function resolvePlan(name: string, overrides: PlanLimitsOptions, base: ResolvedP
   for (const [field, given] of Object.entries(overrides)) {
     if (given === undefined) continue;
     const rule = Object.hasOwn(PLAN_FIELDS, field) ? PLAN_FIELDS[field] : undefined;
-    if (rule === undefined) fail(at, 'made of global, type, types and expensive', `field "${field}"`);
+    if (rule === undefined) fail(at, 'made of global, type, types and expensive', new Described(`field "${field}"`));
     // A string, array or null here would otherwise be spread into nothing: the module's figures.
     if (!isRecord(given)) fail(`${at} field "${field}"`, `an object like ${rule.example}`, shape(given));
     for (const inner of rule.fields === undefined ? [] : Object.keys(given)) {
       if (!rule.fields!.includes(inner)) {
-        fail(`${at} field "${field}"`, `made of ${rule.fields!.join(', ')}`, `field "${inner}"`);
+        fail(`${at} field "${field}"`, `made of ${rule.fields!.join(', ')}`, new Described(`field "${inner}"`));
       }
     }
   }
@@ -543,7 +551,7 @@ function checkHostList(value: unknown, where: string): { host: string; port: num
 
 function checkPlans(value: unknown, where: string): Record<string, PlanLimitsOptions> {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
-    fail(where, 'an object of plans by name', Array.isArray(value) ? 'an array' : value);
+    fail(where, 'an object of plans by name', shape(value));
   }
   return value as Record<string, PlanLimitsOptions>;
 }
@@ -623,18 +631,19 @@ const TYPE_FIGURES: Record<'capacity' | 'refillRate' | 'cost', NumberRule> = {
 
 function checkTypes(value: unknown, where: string): Record<string, ResolvedTypeLimit> {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
-    fail(where, 'an object of per-type figures', Array.isArray(value) ? 'an array' : value);
+    fail(where, 'an object of per-type figures', shape(value));
   }
   const result: Record<string, ResolvedTypeLimit> = Object.create(null);
   for (const [name, figures] of Object.entries(value as Record<string, unknown>)) {
     const at = `${where} (type "${name}")`;
-    if (name === '') fail(where, 'keyed by non-empty type names', '""');
+    if (name === '') fail(where, 'keyed by non-empty type names', new Described('""'));
     if (figures === null || typeof figures !== 'object' || Array.isArray(figures)) {
-      fail(at, 'an object like {"capacity":30,"refillRate":15}', figures);
+      fail(at, 'an object like {"capacity":30,"refillRate":15}', shape(figures));
     }
     const limit = figures as TypeLimitOptions & Record<string, unknown>;
     for (const field of Object.keys(limit)) {
-      if (!TYPE_FIELDS.has(field)) fail(at, 'made of capacity, refillRate, expensive and cost', `field "${field}"`);
+      if (!TYPE_FIELDS.has(field))
+        fail(at, 'made of capacity, refillRate, expensive and cost', new Described(`field "${field}"`));
     }
     for (const field of ['capacity', 'refillRate', 'cost'] as const) {
       const figure = limit[field];
