@@ -1,3 +1,4 @@
+// A table of every variable, one entry each, with their bounds: over 400 lines for that reason.
 import {
   MAX_CAPACITY,
   MAX_MAP_ENTRIES,

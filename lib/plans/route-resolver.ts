@@ -1,3 +1,4 @@
+import { typeFigureProblem } from '../config/check-values.js';
 import type { ResolvedPlan, ResolvedTypeLimit } from '../config/resolve-options.js';
 import type { ThrottleOptions } from '../decorators/throttle.decorator.js';
 import { WsRateLimitConfigError } from '../exceptions/ws-rate-limit-config.error.js';
@@ -212,9 +213,10 @@ export class RouteResolver {
   }
 }
 
-function checkFigure(where: string, field: string, value: unknown): void {
+function checkFigure(where: string, field: 'capacity' | 'refillRate' | 'cost', value: unknown): void {
   if (value === undefined) return;
-  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
-    throw new WsRateLimitConfigError(`${where}: ${field} must be a number greater than 0, got ${String(value)}`);
-  }
+  // The bounds of the module's per-type figures (a refill rate of 1e-320 would never refill).
+  const problem = typeFigureProblem(field, value);
+  if (problem !== undefined)
+    throw new WsRateLimitConfigError(`${where}: ${field} must be ${problem}, got ${String(value)}`);
 }

@@ -9,6 +9,7 @@ import {
   ConflictingTypeGateway,
   ImpossibleCostGateway,
   NegativeCapacityGateway,
+  VanishingRateGateway,
   PlainGateway,
 } from './config.gateways.js';
 
@@ -148,6 +149,18 @@ describe('invalid configuration stops start-up with an error naming the variable
     ['WS_RATE_LIMIT_IPV6_PREFIX', '16'],
     ['WS_RATE_LIMIT_PER_MESSAGE_DEFLATE', 'yes'],
     ['WS_RATE_LIMIT_CONNECTION_REFUSAL', 'drop'],
+    // Issue 10 item 5: values that used to pass and then switch a limit off or crash it.
+    ['WS_RATE_LIMIT_HANDSHAKE_TIMEOUT_MS', '2147483648'],
+    ['WS_RATE_LIMIT_MAX_PAYLOAD', '4294968296'],
+    ['WS_RATE_LIMIT_MAX_PAYLOAD', '3000000000'],
+    ['WS_RATE_LIMIT_TYPE_REFILL_RATE', '1e-320'],
+    ['WS_RATE_LIMIT_MAX_VIOLATIONS', '1e11'],
+    ['WS_RATE_LIMIT_EXPENSIVE_MAX', '1000000'],
+    ['WS_RATE_LIMIT_PLANS', '{"pro":"premium"}'],
+    ['WS_RATE_LIMIT_PLANS', '{"pro":{"global":null}}'],
+    ['WS_RATE_LIMIT_PLANS', '{"pro":{"types":[]}}'],
+    ['WS_RATE_LIMIT_TRUST_PROXY', '0.0.0.0/0,::/0'],
+    ['WS_RATE_LIMIT_TRUST_PROXY', '::/0'],
   ];
 
   it.each(invalidVariables)('%s=%s', async (name, value) => {
@@ -176,6 +189,10 @@ describe('invalid configuration stops start-up with an error naming the variable
   it.each([
     [ImpossibleCostGateway, '@Throttle on ImpossibleCostGateway.bulk: cost 10 exceeds the type capacity 5'],
     [NegativeCapacityGateway, '@Throttle on NegativeCapacityGateway.x: capacity must be a number greater than 0'],
+    [
+      VanishingRateGateway,
+      '@Throttle on VanishingRateGateway.x: refillRate must be a number from 0.000001 to 1000000, got 1e-320',
+    ],
     [ConflictingTypeGateway, 'type "chat" is limited to 6 burst'],
   ])('%p', async (gateway, message) => {
     const moduleRef = await compile(WsRateLimitModule.forRoot({ useEnv: false }), [gateway]);

@@ -33,6 +33,17 @@ export class NegativeCapacityGateway {
   }
 }
 
+/** A handler whose refill rate makes `1000 / rate` infinite: its bucket would never refill nor refuse. */
+@WebSocketGateway()
+@WsRateLimit()
+export class VanishingRateGateway {
+  @Throttle({ capacity: 5, refillRate: 1e-320 })
+  @SubscribeMessage('x')
+  x() {
+    return { event: 'ack' };
+  }
+}
+
 /** Two handlers giving one type different figures. */
 @WebSocketGateway()
 @WsRateLimit()
