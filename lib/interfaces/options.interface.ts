@@ -22,7 +22,8 @@ export interface RedisModuleOptions {
   /** An ioredis client (standalone, Sentinel or Cluster) you own: used, never closed. */
   client?: Redis | Cluster;
   /**
-   * Deadline of one store call in ms; past it the fail mode decides.
+   * Deadline of one store call in ms; past it the fail mode decides. At most 2147483647
+   * (2^31-1, the longest timer Node keeps).
    * @default 50
    */
   commandTimeoutMs?: number;
@@ -33,13 +34,14 @@ export interface RedisModuleOptions {
    */
   clock?: 'redis' | 'app';
   /**
-   * Open-connection slots of an instance that died come back within this time (ms).
+   * Open-connection slots of an instance that died come back within this time (ms), at most
+   * 2147483647.
    * @default 30000
    */
   leaseTtlMs?: number;
   /**
    * Refused plans remembered in this process until their retry time, so that a flooding
-   * client costs Redis nothing; 0 turns it off.
+   * client costs Redis nothing; 0 turns it off. At most 16777215 (a `Map`'s limit).
    * @default 10000
    */
   blockCache?: number;
@@ -49,9 +51,12 @@ export interface RedisModuleOptions {
 
 /** A token bucket's figures. */
 export interface BucketLimitOptions {
-  /** Burst: the most tokens the bucket holds (and starts with). */
+  /** Burst: the most tokens the bucket holds (and starts with); at least one message's cost, at most 1000000. */
   capacity?: number;
-  /** Tokens added per second, fractions allowed. */
+  /**
+   * Tokens added per second, fractions allowed: from 0.000001 (one token every 11.6 days) to
+   * 1000000 messages a second (the rate divided by a message's cost).
+   */
   refillRate?: number;
 }
 
@@ -59,7 +64,11 @@ export interface BucketLimitOptions {
 export interface TypeLimitOptions extends BucketLimitOptions {
   /** Also count the type in the expensive-operations window. */
   expensive?: boolean;
-  /** Tokens one message of this type costs in the global and type buckets. */
+  /**
+   * Tokens one message of this type costs in the global and type buckets: greater than 0, at
+   * most either capacity, and such that each bucket's refill rate divided by it is at most
+   * 1000000 messages a second.
+   */
   cost?: number;
   /** Still allowed while the connection is degraded (see `degradeCooldownMs`). */
   essential?: boolean;
@@ -113,12 +122,13 @@ export interface MetricsRegistry {
 /** The sliding window of expensive operations. */
 export interface ExpensiveLimitOptions {
   /**
-   * Expensive operations allowed per window.
+   * Expensive operations allowed per window: at most 100000 with `sliding-log` (one
+   * timestamp is kept per operation), 1000000000 with `sliding-counter`.
    * @default 5
    */
   max?: number;
   /**
-   * Window length in milliseconds.
+   * Window length in milliseconds, at most 2147483647.
    * @default 60000
    */
   windowMs?: number;
@@ -134,12 +144,12 @@ export interface ExpensiveLimitOptions {
 export interface ViolationOptions {
   /**
    * Violations within `windowMs` that close the connection (that violation's frame is
-   * still sent first).
+   * still sent first), at most 1000000.
    * @default 10
    */
   max?: number;
   /**
-   * Window in which violations are counted, in milliseconds.
+   * Window in which violations are counted, in milliseconds, at most 2147483647.
    * @default 60000
    */
   windowMs?: number;
@@ -215,7 +225,7 @@ export interface WsRateLimitModuleOptions {
   ipv6Prefix?: number;
   /**
    * Milliseconds a TCP connection may take to send its complete request or upgrade
-   * (slowloris defence); 0 turns the check off.
+   * (slowloris defence); 0 turns the check off. At most 2147483647.
    * @default 10000
    */
   handshakeTimeoutMs?: number;
@@ -226,13 +236,14 @@ export interface WsRateLimitModuleOptions {
    */
   maxPendingHandshakesPerIp?: number;
   /**
-   * How often `WsRateLimitAdapter` pings each connection; 0 turns the heartbeat off.
+   * How often `WsRateLimitAdapter` pings each connection; 0 turns the heartbeat off. At most
+   * 2147483647.
    * @default 30000
    */
   pingIntervalMs?: number;
   /**
    * A connection that has not answered a ping within this many milliseconds is terminated
-   * (and its open-connection slot freed).
+   * (and its open-connection slot freed). At most 2147483647.
    * @default 10000
    */
   pongTimeoutMs?: number;
@@ -244,13 +255,16 @@ export interface WsRateLimitModuleOptions {
   /** Repeat offenders. */
   violations?: ViolationOptions;
   /**
-   * Largest inbound frame in bytes (after decompression), enforced by `WsRateLimitAdapter`.
+   * Largest inbound frame in bytes (after decompression), enforced by `WsRateLimitAdapter`;
+   * at most 2147483647, as `ws` reads it as a 32-bit signed integer (above, it wraps).
    * @default 65536
    */
   maxPayload?: number;
   /**
    * Proxies whose `X-Forwarded-For`/`Forwarded` headers are believed: addresses and CIDRs
    * (an array or a comma-separated string), or the number of proxy hops in front of the app.
+   * Ranges that together cover every IPv4 or every IPv6 address (`0.0.0.0/0`, `::/0`) are
+   * refused, like `true`: any client could choose its address.
    * @default none: the socket address is the client
    */
   trustProxy?: string | readonly string[] | number;
@@ -278,7 +292,8 @@ export interface WsRateLimitModuleOptions {
    */
   keyPrefix?: string;
   /**
-   * Most keys the memory store holds (idle keys go first, then the least recently used).
+   * Most keys the memory store holds (idle keys go first, then the least recently used), at
+   * most 16777215 (a `Map`'s limit).
    * @default 100000
    */
   maxKeys?: number;
@@ -305,7 +320,7 @@ export interface WsRateLimitModuleOptions {
    * At the violation threshold, instead of closing, allow only handlers marked
    * `@Throttle({ essential: true })` for this many milliseconds (other messages get
    * `DEGRADED` frames); reaching the threshold again while degraded closes with 1008.
-   * 0 closes at once.
+   * 0 closes at once. At most 2147483647.
    * @default 0
    */
   degradeCooldownMs?: number;
