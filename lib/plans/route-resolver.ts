@@ -1,3 +1,4 @@
+import { messageRateProblem } from '../config/bounds.js';
 import { typeFigureProblem } from '../config/check-values.js';
 import type { ResolvedPlan, ResolvedTypeLimit } from '../config/resolve-options.js';
 import type { ThrottleOptions } from '../decorators/throttle.decorator.js';
@@ -148,7 +149,7 @@ export class RouteResolver {
     const charge = cost ?? configured?.cost ?? 1;
     const where = `type "${type}"`;
     checkFigure(where, 'cost', charge);
-    this.checkCost(where, charge, this.figuresOf(type).capacity);
+    this.checkCost(where, charge, this.figuresOf(type));
     const typeSpec = this.typeSpec(type, charge);
     const specs: TierSpec[] = [this.globalSpec(charge), typeSpec];
     if (expensive ?? configured?.expensive ?? false) specs.push(this.expensiveSpec);
@@ -191,7 +192,7 @@ export class RouteResolver {
     const configured = this.options.types[type];
     const override = this.options.overrides?.[type];
     const cost = override?.cost ?? throttle.cost ?? configured?.cost ?? 1;
-    this.checkCost(where, cost, this.figuresOf(type).capacity);
+    this.checkCost(where, cost, this.figuresOf(type));
     const typeSpec = this.typeSpec(type, cost);
     const specs: TierSpec[] = [this.globalSpec(cost), typeSpec];
     if (override?.expensive ?? throttle.expensive ?? configured?.expensive ?? false) specs.push(this.expensiveSpec);
@@ -199,7 +200,8 @@ export class RouteResolver {
     return Object.freeze({ type, specs: Object.freeze(specs), where: where.slice('@Throttle on '.length), essential });
   }
 
-  private checkCost(where: string, cost: number, typeCapacity: number): void {
+  private checkCost(where: string, cost: number, figures: TypeFigures): void {
+    const typeCapacity = figures.capacity;
     if (cost > typeCapacity) {
       throw new WsRateLimitConfigError(
         `${where}: cost ${cost} exceeds the type capacity ${typeCapacity}; such a message could never pass`,
@@ -210,6 +212,10 @@ export class RouteResolver {
         `${where}: cost ${cost} exceeds the global capacity ${this.options.global.capacity}; such a message could never pass`,
       );
     }
+    // A cost so small that messages come faster than one a microsecond would never be refused.
+    const rate =
+      messageRateProblem(figures.refillRate, cost) ?? messageRateProblem(this.options.global.refillRate, cost);
+    if (rate !== undefined) throw new WsRateLimitConfigError(`${where}: ${rate}`);
   }
 }
 

@@ -9,6 +9,7 @@ import {
   ConflictingTypeGateway,
   ImpossibleCostGateway,
   NegativeCapacityGateway,
+  VanishingCostGateway,
   VanishingRateGateway,
   PlainGateway,
 } from './config.gateways.js';
@@ -193,6 +194,7 @@ describe('invalid configuration stops start-up with an error naming the variable
       VanishingRateGateway,
       '@Throttle on VanishingRateGateway.x: refillRate must be a number from 0.000001 to 1000000, got 1e-320',
     ],
+    [VanishingCostGateway, '@Throttle on VanishingCostGateway.x: refill rate 10 for messages costing 1e-300'],
     [ConflictingTypeGateway, 'type "chat" is limited to 6 burst'],
   ])('%p', async (gateway, message) => {
     const moduleRef = await compile(WsRateLimitModule.forRoot({ useEnv: false }), [gateway]);

@@ -44,6 +44,17 @@ export class VanishingRateGateway {
   }
 }
 
+/** A handler whose cost is so small that its messages would never be refused. */
+@WebSocketGateway()
+@WsRateLimit()
+export class VanishingCostGateway {
+  @Throttle({ capacity: 5, refillRate: 10, cost: 1e-300 })
+  @SubscribeMessage('x')
+  x() {
+    return { event: 'ack' };
+  }
+}
+
 /** Two handlers giving one type different figures. */
 @WebSocketGateway()
 @WsRateLimit()
