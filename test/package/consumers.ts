@@ -65,11 +65,15 @@ export function settingsFor(major: 11 | 12): Setting[] {
   ] as Setting[];
 }
 
-/** Child processes run without Jest's NODE_OPTIONS and without the outer `npm test`'s npm_* variables. */
+/**
+ * Child processes run without Jest's NODE_OPTIONS, the outer `npm test`'s npm_* variables,
+ * and any WS_RATE_LIMIT_* variable (the apps take the defaults).
+ */
 export function cleanEnv(): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [key, value] of Object.entries(process.env)) {
-    if (!key.toLowerCase().startsWith('npm_') && key !== 'NODE_OPTIONS') env[key] = value;
+    const skip = key.toLowerCase().startsWith('npm_') || key === 'NODE_OPTIONS' || key.startsWith('WS_RATE_LIMIT_');
+    if (!skip) env[key] = value;
   }
   return env;
 }
