@@ -23,6 +23,8 @@ export const NEST_VERSIONS = {
     '@nestjs/platform-ws': '11.2.6',
     '@nestjs/platform-express': '11.2.10',
     '@nestjs/config': '4.0.4',
+    // The TypeScript NestJS 11 apps are on; the NestJS 12 project uses the repository's (6.x).
+    typescript: '5.9.3',
   },
   12: Object.fromEntries(
     [
@@ -130,7 +132,7 @@ export async function compileConsumer(project: string, setting: Setting, source:
         module: setting.module,
         moduleResolution: setting.moduleResolution,
         // TypeScript 6 deprecates node10 resolution; apps on it say so to keep it.
-        ...(setting.moduleResolution === 'node10' ? { ignoreDeprecations: '6.0' } : {}),
+        ...(setting.moduleResolution === 'node10' && tsMajor(project) >= 6 ? { ignoreDeprecations: '6.0' } : {}),
         strict: true,
         experimentalDecorators: true,
         emitDecoratorMetadata: true,
@@ -145,13 +147,25 @@ export async function compileConsumer(project: string, setting: Setting, source:
   writeFileSync(join(dir, 'main.ts'), source);
   let output = '';
   try {
-    await run(process.execPath, [TSC, '-p', dir, '--pretty', 'false'], { cwd: dir, env: cleanEnv() });
+    await run(process.execPath, [tscOf(project), '-p', dir, '--pretty', 'false'], { cwd: dir, env: cleanEnv() });
   } catch (error) {
     output = String((error as { stdout?: string }).stdout ?? error);
   }
   const lines = output.split('\n').filter((line) => line.includes('error TS'));
   const isIoredis = (line: string): boolean => line.includes("Cannot find module 'ioredis'");
   return { dir, missingIoredis: lines.filter(isIoredis), other: lines.filter((line) => !isIoredis(line)) };
+}
+
+/** The project's own TypeScript compiler when it installed one, else the repository's. */
+function tscOf(project: string): string {
+  const own = join(project, 'node_modules/typescript/bin/tsc');
+  return existsSync(own) ? own : TSC;
+}
+
+/** The major version of the TypeScript a project compiles with. */
+function tsMajor(project: string): number {
+  const manifest = join(tscOf(project), '../../package.json');
+  return Number((JSON.parse(readFileSync(manifest, 'utf8')) as { version: string }).version.split('.')[0]);
 }
 
 /** Runs a compiled consumer and returns the JSON its last line printed. */
