@@ -1,135 +1,123 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execFile } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { ensureBuilt, ROOT } from '../support/build.js';
+import { GATEWAY_APP, GATEWAY_EXPECTED, STORE_APP, STORE_EXPECTED } from './apps.js';
+import {
+  compileConsumer,
+  installProject,
+  nestPackages,
+  pool,
+  runConsumer,
+  settingsFor,
+  storePackages,
+  type Compiled,
+  type Setting,
+} from './consumers.js';
 
 const run = promisify(execFile);
 
+/** Every consumer: a project (one npm install) and a setting compiled in a folder of it. */
+const CASES: Array<{ project: 'nest11' | 'nest12' | 'store'; setting: Setting }> = [
+  ...settingsFor(11).map((setting) => ({ project: 'nest11' as const, setting })),
+  ...settingsFor(12).map((setting) => ({ project: 'nest12' as const, setting })),
+  ...settingsFor(12)
+    .filter((setting) => setting.name === 'cjs-node10' || setting.name === 'esm-nodenext')
+    .map((setting) => ({ project: 'store' as const, setting })),
+];
+const label = (c: (typeof CASES)[number]): string => `${c.project}/${c.setting.name}`;
+
 /**
- * The package as users receive it: packed with `npm pack`, unpacked into a scratch app's
- * node_modules, and used by a NestJS 12 app written once as an ES module and once as
- * CommonJS, each type-checked against the shipped declarations and run.
+ * The package as users receive it: packed once with `npm pack`, installed with npm into
+ * throwaway consumer projects (NestJS 11, NestJS 12, and a store-only project without
+ * @nestjs/config), none with ioredis. Each project compiles several TypeScript settings
+ * against its one node_modules with `skipLibCheck: false`, and each compiled app runs.
  */
-describe('the packed package', () => {
+describe('the packed package in consumer projects', () => {
   let scratch: string;
+  let files: string[];
+  const compiled = new Map<string, Compiled>();
 
   beforeAll(async () => {
     ensureBuilt('package');
     scratch = mkdtempSync(join(tmpdir(), 'wsrl-pack-'));
-    const { stdout } = await run('npm', ['pack', '--silent', '--pack-destination', scratch], { cwd: ROOT });
-    const tarball = join(scratch, stdout.trim().split('\n').pop()!);
-    const modules = join(scratch, 'node_modules');
-    const target = join(modules, 'nestjs-ws-rate-limit');
-    mkdirSync(target, { recursive: true });
-    await run('tar', ['-xzf', tarball, '-C', target, '--strip-components=1']);
-    // Everything else the apps need comes from the repository's own installation.
-    for (const entry of readdirSync(join(ROOT, 'node_modules'))) {
-      if (entry === '.bin' || entry === 'nestjs-ws-rate-limit') continue;
-      symlinkSync(join(ROOT, 'node_modules', entry), join(modules, entry));
-    }
-  }, 120_000);
+    const { stdout } = await run('npm', ['pack', '--json', '--pack-destination', scratch], { cwd: ROOT });
+    const [packed] = JSON.parse(stdout) as Array<{ filename: string; files: Array<{ path: string }> }>;
+    files = packed!.files.map((file) => file.path);
+    const tarball = join(scratch, packed!.filename);
+    // One install per project, one after the other (they share npm's cache).
+    await installProject(join(scratch, 'nest11'), tarball, nestPackages(11));
+    await installProject(join(scratch, 'nest12'), tarball, nestPackages(12));
+    await installProject(join(scratch, 'store'), tarball, storePackages(), false);
+    const results = await pool(
+      CASES.map(
+        (c) => () =>
+          compileConsumer(join(scratch, c.project), c.setting, c.project === 'store' ? STORE_APP : GATEWAY_APP),
+      ),
+      2,
+    );
+    CASES.forEach((c, index) => compiled.set(label(c), results[index]!));
+  }, 900_000);
 
-  afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+  afterAll(() => {
+    if (scratch) rmSync(scratch, { recursive: true, force: true });
+  });
 
-  it('ships only the builds, the README and the manifest', async () => {
-    const { stdout } = await run('npm', ['pack', '--dry-run', '--json'], { cwd: ROOT });
-    const files = (JSON.parse(stdout) as Array<{ files: Array<{ path: string }> }>)[0]!.files.map((file) => file.path);
-    expect(files.every((file) => /^(dist\/(esm|cjs)\/|README\.md$|package\.json$)/.test(file))).toBe(true);
+  it('ships the builds, README, LICENSE and manifest, and no source maps', () => {
+    expect(files.filter((file) => !/^(dist\/(esm|cjs)\/|README\.md$|LICENSE$|package\.json$)/.test(file))).toEqual([]);
     expect(files).toContain('dist/esm/index.d.ts');
     expect(files).toContain('dist/cjs/index.d.ts');
     expect(files).toContain('dist/cjs/package.json');
+    expect(files).toContain('dist/esm/store.d.ts');
+    expect(files).toContain('dist/cjs/client/index.d.ts');
+    expect(files).toContain('LICENSE');
+    expect(files.filter((file) => file.endsWith('.map'))).toEqual([]);
   });
 
-  it.each([
-    ['an ES-module app', 'esm', 'module', 'nodenext'],
-    // TypeScript's nodenext lets CommonJS code require ES modules (Node >= 20.19), as NestJS 12 needs.
-    ['a CommonJS app', 'cjs', 'commonjs', 'nodenext'],
-  ])(
-    'works in %s',
-    async (_name, dir, type, module) => {
-      const app = join(scratch, dir);
-      mkdirSync(app, { recursive: true });
-      writeFileSync(join(app, 'package.json'), JSON.stringify({ name: `app-${dir}`, private: true, type }));
-      writeFileSync(
-        join(app, 'tsconfig.json'),
-        JSON.stringify({
-          compilerOptions: {
-            target: 'ES2022',
-            module,
-            moduleResolution: module,
-            strict: true,
-            experimentalDecorators: true,
-            emitDecoratorMetadata: true,
-            skipLibCheck: false,
-            types: ['node'],
-            typeRoots: [join(scratch, 'node_modules/@types')],
-            outDir: 'out',
-          },
-          files: ['main.ts'],
-        }),
-      );
-      writeFileSync(join(app, 'main.ts'), APP_SOURCE);
-      await run(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', app], { cwd: app });
-      const { stdout } = await run(process.execPath, [join(app, 'out/main.js')], {
-        cwd: app,
-        env: { ...process.env, NODE_OPTIONS: '' },
-        timeout: 60_000,
-      });
-      expect(JSON.parse(stdout.trim().split('\n').pop()!)).toEqual({
-        acks: 2,
-        limited: { code: 'TYPE_LIMIT', messageType: 'chat', limit: 2, remaining: 0, warningCount: 1 },
-      });
+  it('installs without ioredis, and the store-only project without @nestjs/config', () => {
+    for (const project of ['nest11', 'nest12', 'store']) {
+      expect(existsSync(join(scratch, project, 'node_modules/nestjs-ws-rate-limit/package.json'))).toBe(true);
+      expect(existsSync(join(scratch, project, 'node_modules/ioredis'))).toBe(false);
+    }
+    expect(existsSync(join(scratch, 'nest11/node_modules/@nestjs/config'))).toBe(true);
+    expect(existsSync(join(scratch, 'store/node_modules/@nestjs/config'))).toBe(false);
+    expect(existsSync(join(scratch, 'store/node_modules/@nestjs/core'))).toBe(false);
+  });
+
+  it.each(CASES.filter((c) => c.project !== 'store').map((c) => [label(c)]))(
+    '%s compiles (root and /client) and runs: rate_limit frame past the limit, 429 on the sixth connection',
+    async (name) => {
+      const result = compiled.get(name)!;
+      expect(result.other).toEqual([]);
+      expect(await runConsumer(result.dir)).toEqual(GATEWAY_EXPECTED);
     },
     120_000,
   );
-});
 
-/** A whole app: module, gateway, adapter; it connects to itself and prints what it saw. */
-const APP_SOURCE = `
-import 'reflect-metadata';
-import { Module } from '@nestjs/common';
-import { NestFactory } from '@nestjs/core';
-import { MessageBody, SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
-import { Throttle, WsRateLimit, WsRateLimitAdapter, WsRateLimitModule } from 'nestjs-ws-rate-limit';
-import WebSocket from 'ws';
-import type { AddressInfo } from 'node:net';
-
-@WebSocketGateway()
-@WsRateLimit()
-class Gateway {
-  @Throttle({ capacity: 2, refillRate: 0.01 })
-  @SubscribeMessage('chat')
-  chat(@MessageBody() data: unknown) {
-    return { event: 'ack', data };
-  }
-}
-
-@Module({ imports: [WsRateLimitModule.forRoot({ useEnv: false })], providers: [Gateway] })
-class AppModule {}
-
-async function main(): Promise<void> {
-  const app = await NestFactory.create(AppModule, { logger: false });
-  app.useWebSocketAdapter(new WsRateLimitAdapter(app));
-  await app.listen(0, '127.0.0.1');
-  const { port } = app.getHttpServer().address() as AddressInfo;
-  const socket = new WebSocket('ws://127.0.0.1:' + port);
-  const frames: Array<{ event: string; data: Record<string, unknown> }> = [];
-  await new Promise((resolve) => socket.once('open', resolve));
-  const done = new Promise<void>((resolve) =>
-    socket.on('message', (text) => {
-      frames.push(JSON.parse(text.toString()));
-      if (frames.length === 3) resolve();
-    }),
+  it.each(CASES.filter((c) => c.project === 'store').map((c) => [label(c)]))(
+    '%s compiles and runs nestjs-ws-rate-limit/store without @nestjs/config',
+    async (name) => {
+      const result = compiled.get(name)!;
+      expect(result.other).toEqual([]);
+      expect(await runConsumer(result.dir)).toEqual(STORE_EXPECTED);
+    },
+    60_000,
   );
-  for (let i = 0; i < 3; i++) socket.send(JSON.stringify({ event: 'chat', data: i }));
-  await done;
-  const { retryAfter, ...limited } = frames.find((frame) => frame.event === 'rate_limit')!.data;
-  console.log(JSON.stringify({ acks: frames.filter((frame) => frame.event === 'ack').length, limited }));
-  socket.close();
-  await app.close();
-}
-void main();
-`;
+
+  /*
+   * KNOWN FAILURE, marked `it.failing` until the fix lands: the shipped declarations import
+   * types from 'ioredis' (interfaces/options.interface, storage/redis/redis-store(.options)),
+   * so with `skipLibCheck: false` and ioredis not installed every setting reports TS2307.
+   * The fix is in lib/storage/redis and lib/interfaces (see the i12 report): once applied,
+   * this test "passes while marked failing" and Jest fails it: change `it.failing` to `it`.
+   */
+  it.failing('every setting compiles with skipLibCheck false and ioredis NOT installed (no TS2307 on ioredis)', () => {
+    const missing = [...compiled.entries()]
+      .filter(([, result]) => result.missingIoredis.length > 0)
+      .map(([name]) => name);
+    expect(missing).toEqual([]);
+  });
+});

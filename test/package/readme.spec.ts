@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ENV_VARIABLES, METRICS } from '../../lib/index.js';
 import { ROOT } from '../support/build.js';
+import { QUICK_START } from './apps.js';
 
 describe("the README's configuration table", () => {
   const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
@@ -52,5 +53,11 @@ describe("the README's metrics table", () => {
         help,
       ]),
     );
+  });
+});
+
+describe("the README's quick start", () => {
+  it('is the gateway and module the package test compiles and runs in every consumer project', () => {
+    expect(readFileSync(join(ROOT, 'README.md'), 'utf8')).toContain('```ts\n' + QUICK_START + '```');
   });
 });
