@@ -6,10 +6,12 @@ import {
   type ClientState,
   type DropEvent,
   type RateLimitInfo,
+  type RateLimitNotice,
   type RateLimitedClientOptions,
   type ReconnectEvent,
   type SocketCloseEvent,
   type SocketMessageEvent,
+  type UndeliveredEvent,
   type WebSocketLike,
 } from '../../lib/client/index.js';
 
@@ -427,16 +429,48 @@ describe('RateLimitedClient: retry windows and pacing', () => {
     h.client.close();
   });
 
-  it('without acks and with several messages unconfirmed, re-sends the rejected tail of a burst in order', () => {
-    const h = harness({ maxUnconfirmed: Infinity });
+  it('without acks and with several messages unconfirmed, reports the burst it cannot attribute and sends none twice', () => {
+    // Issue 10: the client used to assume the newest messages were refused and re-sent
+    // them; a wrong guess delivered an accepted message twice.
+    const h = harness({ maxUnconfirmed: Infinity, messageIds: false });
+    const reports: UndeliveredEvent[] = [];
+    h.client.on('undelivered', (report) => reports.push(report));
     h.socket().open();
     for (let i = 0; i < 5; i++) h.client.send('chat', i);
-    // The server accepted 0 and 1, then rejected 2, 3 and 4: one frame each, in order.
+    // Three of the five were refused (the frames carry no id): which three is unknown.
     for (const retryAfter of [100, 100, 100]) h.socket().receive(rateLimitFrame(retryAfter));
-    expect(h.client.queued).toBe(3);
+    expect(h.client.queued).toBe(0);
+    expect(reports).toEqual([]);
 
+    // Confirmed by time: once they reach confirmMs, the group is reported, not guessed at.
+    advance(10_000);
+    expect(h.socket().payloads()).toEqual([0, 1, 2, 3, 4]);
+    expect(reports).toEqual([
+      {
+        reason: 'ambiguous',
+        messages: [0, 1, 2, 3, 4].map((data) => ({ event: 'chat', data })),
+        requeued: [],
+        refused: 3,
+      },
+    ]);
+    h.client.close();
+  });
+
+  it('re-sends the messages of a burst once the frames without ids account for every one of them', () => {
+    const h = harness({ maxUnconfirmed: Infinity, messageIds: false });
+    const notices: RateLimitNotice[] = [];
+    h.client.on('rateLimit', (notice) => notices.push(notice));
+    h.socket().open();
+    for (let i = 0; i < 3; i++) h.client.send('chat', i);
+    for (let i = 0; i < 3; i++) h.socket().receive(rateLimitFrame(100));
+    expect(h.client.queued).toBe(3);
+    expect(notices.map((notice) => notice.messages?.map((message) => message.data))).toEqual([
+      undefined,
+      undefined,
+      [0, 1, 2],
+    ]);
     advance(100 + 2 * 125);
-    expect(h.socket().payloads()).toEqual([0, 1, 2, 3, 4, 2, 3, 4]);
+    expect(h.socket().payloads()).toEqual([0, 1, 2, 0, 1, 2]);
     h.client.close();
   });
 
@@ -613,8 +647,9 @@ describe('RateLimitedClient: message ids', () => {
     };
 
     expect(run(true)).toEqual({ payloads: [0, 1, 2, 3, 4, 1], refused: { event: 'chat', data: 1, id: 1 } });
-    // Without ids the client can only infer, and takes the newest unconfirmed message.
-    expect(run(false)).toEqual({ payloads: [0, 1, 2, 3, 4, 4], refused: { event: 'chat', data: 4 } });
+    // Without ids the frame may refuse any of the five: the client names none and sends
+    // none again (it used to blame the newest, here sending the accepted 4 twice).
+    expect(run(false)).toEqual({ payloads: [0, 1, 2, 3, 4], refused: undefined });
   });
 
   it('re-sends a refused message whose frame came after it was presumed accepted', () => {
