@@ -20,7 +20,7 @@ export interface Settled {
    * Messages answered in a way that cannot be told apart: `refused` of them were refused,
    * the others accepted, and nothing says which. None of them may be sent again.
    */
-  ambiguous?: { messages: OutboxEntry[]; refused: number };
+  ambiguous?: { messages: OutboxEntry[]; refused: number; acknowledged: number };
 }
 
 /** What a connection's end leaves unanswered. */
@@ -31,6 +31,8 @@ export interface Unanswered {
   doubtful: Set<OutboxEntry>;
   /** Unattributed refusals among `messages`. */
   refused: number;
+  /** Unattributed acknowledgements among `messages`. */
+  acknowledged: number;
 }
 
 const NOTHING: Settled = { refused: [] };
@@ -154,13 +156,15 @@ export class Ledger {
   drain(): Unanswered {
     const doubtful = new Set<OutboxEntry>();
     let refused = 0;
+    let acknowledged = 0;
     for (const [key, doubt] of this.doubts) {
       refused += doubt.refused;
+      acknowledged += doubt.acked;
       if (doubt.acked > 0) for (const entry of this.candidates(key)) doubtful.add(entry);
     }
     const messages = this.unconfirmed;
     this.clear();
-    return { messages, doubtful, refused };
+    return { messages, doubtful, refused, acknowledged };
   }
 
   /** Forgets everything. */
@@ -194,7 +198,11 @@ export class Ledger {
     this.unconfirmed.splice(0, before);
     const messages = this.candidates(key);
     for (const entry of messages) this.remove(entry);
-    return { refused: [], ambiguous: { messages, refused: Math.min(doubt.refused, messages.length) } };
+    const refused = Math.min(doubt.refused, messages.length);
+    return {
+      refused: [],
+      ambiguous: { messages, refused, acknowledged: Math.min(doubt.acked, messages.length - refused) },
+    };
   }
 
   private forget(entry: OutboxEntry): void {

@@ -1,6 +1,10 @@
+// Over 400 lines: one class whose state (queue, retry windows, pacing models, connection)
+// is read by every path; option parsing (options.ts) and answer matching (ledger.ts) live
+// apart, and splitting the rest would scatter that state across files.
 import { fullJitterDelay } from './backoff.js';
 import { Budget, MAX_PACE_MS } from './budget.js';
 import { Ledger, type Settled, type Unanswered } from './ledger.js';
+import { declaredBudgets, resolveOptions, type ResolvedOptions } from './options.js';
 import { Outbox, type OutboxEntry } from './outbox.js';
 import { errorFrameId, parseRateLimitFrame } from './rate-limit-frame.js';
 import { TypedEmitter, type Listener } from './typed-emitter.js';
@@ -9,16 +13,12 @@ import type {
   ClientState,
   DropReason,
   OutboundMessage,
-  OverflowPolicy,
   RateLimitInfo,
   RateLimitNotice,
   RateLimitedClientEvents,
   RateLimitedClientOptions,
   SocketCloseEvent,
-  UndeliveredPolicy,
   UndeliveredReason,
-  WebSocketConstructorLike,
-  WebSocketFactory,
   WebSocketLike,
 } from './types.js';
 
@@ -43,124 +43,6 @@ type Timer = ReturnType<typeof setTimeout>;
 /** Monotonic milliseconds: the wall clock can jump, which would shorten or stretch a wait. */
 function now(): number {
   return typeof performance === 'undefined' ? Date.now() : performance.now();
-}
-
-interface ResolvedOptions {
-  createSocket: WebSocketFactory;
-  protocols: string | string[] | undefined;
-  autoConnect: boolean;
-  maxQueue: number;
-  overflow: OverflowPolicy;
-  messageIds: boolean;
-  minPaceMs: number;
-  maxUnconfirmed: number;
-  isAck: RateLimitedClientOptions['isAck'];
-  undelivered: UndeliveredPolicy;
-  confirmMs: number;
-  reconnect: boolean;
-  backoffBaseMs: number;
-  backoffCapMs: number;
-  maxReconnectAttempts: number;
-  policyDelayMs: number;
-  stableMs: number;
-  random: () => number;
-}
-
-function fail(name: string, expected: string, value: unknown): never {
-  throw new RangeError(`RateLimitedClient: options.${name} must be ${expected}, got ${String(value)}`);
-}
-
-function numberOption(
-  options: RateLimitedClientOptions,
-  name: keyof RateLimitedClientOptions,
-  fallback: number,
-  min: number,
-  kind: 'number' | 'finite' | 'integer' = 'number',
-): number {
-  const value = options[name] ?? fallback;
-  if (
-    typeof value !== 'number' ||
-    Number.isNaN(value) ||
-    value < min ||
-    (kind === 'finite' && !Number.isFinite(value)) ||
-    (kind === 'integer' && Number.isFinite(value) && !Number.isInteger(value))
-  ) {
-    const what = { number: 'a number', finite: 'a finite number', integer: 'an integer' }[kind];
-    fail(name, `${what} >= ${min}`, value);
-  }
-  return value;
-}
-
-function socketFactory(options: RateLimitedClientOptions): WebSocketFactory {
-  if (options.createSocket !== undefined) {
-    if (typeof options.createSocket !== 'function') {
-      fail('createSocket', 'a function', options.createSocket);
-    }
-    return options.createSocket;
-  }
-  const Ctor = options.WebSocket ?? (globalThis as unknown as { WebSocket?: WebSocketConstructorLike }).WebSocket;
-  if (typeof Ctor !== 'function') {
-    throw new TypeError(
-      'RateLimitedClient: no WebSocket implementation found; pass options.WebSocket ' +
-        "(for example `WebSocket` from the 'ws' package) or options.createSocket",
-    );
-  }
-  return (url, protocols) => (protocols === undefined ? new Ctor(url) : new Ctor(url, protocols));
-}
-
-function resolveOptions(options: RateLimitedClientOptions): ResolvedOptions {
-  const overflow = options.overflow ?? 'drop-oldest';
-  if (!['drop-oldest', 'drop-newest', 'reject'].includes(overflow)) {
-    fail('overflow', "'drop-oldest', 'drop-newest' or 'reject'", overflow);
-  }
-  if (options.isAck !== undefined && typeof options.isAck !== 'function') {
-    fail('isAck', 'a function', options.isAck);
-  }
-  const random = options.random ?? Math.random;
-  if (typeof random !== 'function') fail('random', 'a function', random);
-  const undelivered = options.undelivered ?? 'drop';
-  if (undelivered !== 'requeue' && undelivered !== 'drop') fail('undelivered', "'requeue' or 'drop'", undelivered);
-  const messageIds = options.messageIds ?? true;
-  if (typeof messageIds !== 'boolean') fail('messageIds', 'a boolean', messageIds);
-  return {
-    createSocket: socketFactory(options),
-    protocols: options.protocols,
-    autoConnect: options.autoConnect ?? true,
-    maxQueue: numberOption(options, 'maxQueue', 1000, 0, 'integer'),
-    overflow,
-    messageIds,
-    minPaceMs: numberOption(options, 'minPaceMs', 125, 1, 'finite'),
-    maxUnconfirmed: numberOption(options, 'maxUnconfirmed', 1, 1, 'integer'),
-    isAck: options.isAck,
-    undelivered,
-    confirmMs: numberOption(options, 'confirmMs', options.isAck ? 10_000 : 250, 0),
-    reconnect: options.reconnect ?? true,
-    backoffBaseMs: numberOption(options, 'backoffBaseMs', 1000, 0, 'finite'),
-    backoffCapMs: numberOption(options, 'backoffCapMs', 30_000, 0, 'finite'),
-    maxReconnectAttempts: numberOption(options, 'maxReconnectAttempts', Infinity, 0, 'integer'),
-    policyDelayMs: numberOption(options, 'policyDelayMs', 30_000, 0, 'finite'),
-    stableMs: numberOption(options, 'stableMs', 10_000, 0),
-    random,
-  };
-}
-
-function declaredBudgets(
-  options: RateLimitedClientOptions,
-  at: number,
-): { global: Budget | undefined; types: Map<string, Budget> } {
-  const build = (name: string, spec: { capacity: number; refillPerSecond: number }): Budget => {
-    if (!(spec.capacity >= 1)) fail(`${name}.capacity`, 'a number >= 1', spec.capacity);
-    if (!(spec.refillPerSecond > 0 && Number.isFinite(spec.refillPerSecond))) {
-      fail(`${name}.refillPerSecond`, 'a finite number > 0', spec.refillPerSecond);
-    }
-    return Budget.declared(spec.capacity, spec.refillPerSecond, at);
-  };
-  const limits = options.limits ?? {};
-  const types = new Map<string, Budget>();
-  for (const [event, spec] of Object.entries(limits.types ?? {})) {
-    types.set(event, build(`limits.types.${event}`, spec));
-  }
-  return { global: limits.global && build('limits.global', limits.global), types };
 }
 
 /** A message as events report it. */
@@ -204,23 +86,33 @@ function frameText(data: unknown): string | undefined {
  * across all events; `sendPriority` skips it.
  *
  * **Confirmation.** Each sent message stays *unconfirmed* until its fate is known: an
- * inbound frame recognised by `isAck` confirms the oldest unconfirmed message, an `error`
- * frame echoing a message's id confirms that message (the server answered it), and
- * otherwise a message is presumed accepted `confirmMs` after it was sent. For an event
- * whose limit is unknown, at most `maxUnconfirmed` messages are unconfirmed at once, so a
- * burst against an unknown limit is rejected once, not once per message. Messages still
- * unconfirmed when a connection ends are presumed delivered.
+ * inbound frame recognised by `isAck` confirms a message (the one whose id or event it
+ * names, else the oldest unconfirmed), an `error` frame echoing a message's id confirms
+ * that message (the server answered it), and otherwise a message is presumed accepted
+ * `confirmMs` after it was sent. For an event whose limit is unknown, at most
+ * `maxUnconfirmed` messages are unconfirmed at once, so a burst against an unknown limit
+ * is rejected once, not once per message.
  *
  * **Which message was refused.** Each message carries an `id` (option `messageIds`), which
  * a server using `WsRateLimitAdapter` echoes in its `rate_limit` frame: the frame then
  * names the refused message exactly, even one already presumed accepted, and a frame whose
- * id the client does not know refuses none of its messages. A frame without an id falls
- * back to inference: it refuses one unconfirmed message of the frame's `messageType` (else
- * of any event), the oldest with `isAck` (exact), the newest without it (exact while one
- * is unconfirmed, as by default; with more, it assumes a burst is rejected from some
- * message on). The refused message goes back to its place at the front of the queue and
- * is sent again with the same id (a refused priority message is reported as a drop
- * instead); the `rateLimit` event names it.
+ * id the client does not know refuses none of its messages. A frame without an id refuses
+ * an unconfirmed message of the frame's `messageType` (of any event when it names none),
+ * and it says which only when one is unconfirmed, or when such frames account for every
+ * unconfirmed message of the event: a server may write the frame before the replies of
+ * earlier messages, so order proves nothing. Otherwise the client does not guess (a wrong
+ * guess would send an accepted message twice): once acks and frames account for the
+ * group, or it reaches `confirmMs`, it is reported by the `undelivered` event (reason
+ * `ambiguous`, with how many were refused) and none of it is sent again. A refused message
+ * goes back to its place at the front of the queue and is sent again with the same id (a
+ * refused priority message is reported as a drop instead); the `rateLimit` event names it.
+ *
+ * **A connection that ends.** Messages sent on it that got neither a reply nor a frame
+ * naming them (the server may stop reading a connection it is closing, or lose the replies)
+ * are reported by the `undelivered` event (reason `closed`), then re-queued in send order
+ * for the reconnect or given up, per the `undelivered` option. Priority messages, and
+ * messages that may have been accepted while a frame without an id refused another of
+ * their event, are never re-queued.
  *
  * **Pacing rule.** No message is sent inside a retry window: after a frame, nothing of its
  * event (code `TYPE_LIMIT`, `EXPENSIVE_LIMIT`) or nothing at all (`GLOBAL_LIMIT`,
@@ -240,6 +132,9 @@ function frameText(data: unknown): string | undefined {
  * backoffBaseMs * 2^attempt)). After a close 1008 (rate-limit violations) or a handshake
  * that never opened (HTTP 429, but also a server that is down), it waits at least
  * `policyDelayMs`. The attempt counter resets once a connection stays open `stableMs`.
+ * Every timer is clamped to 2^31-1 ms (about 24.8 days), the longest `setTimeout` honours
+ * (longer ones fire at once): a longer retry window is waited out in steps, a longer
+ * reconnect delay is cut to it.
  *
  * @example
  * ```ts
@@ -512,23 +407,23 @@ export class RateLimitedClient {
       this.outbox.requeue(entry);
       requeued.push(entry);
     }
-    this.reportUndelivered('closed', unanswered.messages, requeued, unanswered.refused, code);
+    this.reportUndelivered('closed', unanswered, requeued, code);
   }
 
   private reportUndelivered(
     reason: UndeliveredReason,
-    entries: OutboxEntry[],
+    group: { messages: OutboxEntry[]; refused: number; acknowledged: number },
     requeued: OutboxEntry[],
-    refused: number,
     code?: number,
   ): void {
-    const messages = new Map(entries.map((entry) => [entry, outbound(entry)]));
+    const messages = new Map(group.messages.map((entry) => [entry, outbound(entry)]));
     this.emitter.emit('undelivered', {
       reason,
       ...(code === undefined ? {} : { code }),
       messages: [...messages.values()],
       requeued: requeued.map((entry) => messages.get(entry) as OutboundMessage),
-      refused,
+      refused: group.refused,
+      acknowledged: group.acknowledged,
     });
   }
 
@@ -591,7 +486,7 @@ export class RateLimitedClient {
   }
 
   private reportAmbiguous(group: NonNullable<Settled['ambiguous']>): void {
-    this.reportUndelivered('ambiguous', group.messages, [], group.refused);
+    this.reportUndelivered('ambiguous', group, []);
   }
 
   private handleRateLimit(info: RateLimitInfo): void {

@@ -177,6 +177,8 @@ export interface UndeliveredEvent {
   requeued: OutboundMessage[];
   /** How many of `messages` the server refused with frames the client could not attribute. */
   refused: number;
+  /** How many of `messages` the server acknowledged with acks the client could not attribute. */
+  acknowledged: number;
 }
 
 /**
