@@ -355,6 +355,8 @@ export class RateLimitedClient {
     const policy = code === POLICY_VIOLATION || !opened;
     const reconnecting = this.options.reconnect && this.attempt < this.options.maxReconnectAttempts;
     this.reportUnanswered(unanswered, code, reconnecting);
+    // A listener of the report may have closed the client: nothing more to do then.
+    if (this.currentState === 'closed') return;
     if (!this.options.reconnect) {
       this.giveUp(undefined);
       return;

@@ -133,6 +133,18 @@ describe('RateLimitedClient: messages a close leaves unanswered', () => {
     ]);
   });
 
+  it('stays closed when a listener of the report closes the client', () => {
+    const h = recorded({ undelivered: 'requeue' });
+    h.client.on('undelivered', () => h.client.close());
+    h.socket().open();
+    h.client.send('chat', 'a');
+    h.socket().serverClose(1006);
+    expect(h.client.state).toBe('closed');
+    advance(60_000);
+    expect(h.sockets).toHaveLength(1);
+    expect(jest.getTimerCount()).toBe(0);
+  });
+
   it('without isAck, reports what was sent within confirmMs of the close, and nothing older', () => {
     const h = recorded({ maxUnconfirmed: Infinity });
     h.socket().open();
