@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, jest } from '@jest/globals';
+import fc from 'fast-check';
 import type {
   OutboundMessage,
   RateLimitNotice,
@@ -338,5 +339,116 @@ describe('RateLimitedClient: timers', () => {
 
   it('validates the undelivered option, naming it', () => {
     expect(() => harness({ undelivered: 'keep' as 'drop' })).toThrow(/options\.undelivered/);
+  });
+});
+
+/**
+ * A server with one token bucket per connection: processes frames in arrival order after
+ * `latencyMs`, answers an accepted one with an ack `replyMs` later and a refused one with
+ * a frame (at once when `overtake`, as the stock adapter does; else in order with the
+ * acks), and at the `maxViolations`th refusal stops reading and closes with 1008 after its
+ * answers, or before them when `loseReplies`.
+ */
+function burstServer(
+  socket: FakeSocket,
+  processed: unknown[],
+  config: {
+    capacity: number;
+    refillPerSecond: number;
+    latencyMs: number;
+    replyMs: number;
+    overtake: boolean;
+    loseReplies: boolean;
+    maxViolations: number;
+  },
+): void {
+  let tokens = config.capacity;
+  let updatedAt = performance.now();
+  let violations = 0;
+  let closing = false;
+  const answer = (frame: unknown, delay: number): void => {
+    setTimeout(() => {
+      if (socket.readyState === 1 && !(closing && config.loseReplies)) socket.receive(frame);
+    }, delay);
+  };
+  const send = socket.send.bind(socket);
+  socket.send = (data: string) => {
+    send(data);
+    const { data: payload, id } = JSON.parse(data) as { data: unknown; id?: unknown };
+    setTimeout(() => {
+      if (closing || socket.readyState !== 1) return;
+      const t = performance.now();
+      tokens = Math.min(config.capacity, tokens + ((t - updatedAt) * config.refillPerSecond) / 1000);
+      updatedAt = t;
+      if (tokens >= 1) {
+        tokens -= 1;
+        processed.push(payload);
+        answer({ event: 'ack' }, config.replyMs);
+        return;
+      }
+      const retryAfter = Math.ceil(((1 - tokens) / config.refillPerSecond) * 1000);
+      answer(
+        rateLimitFrame(retryAfter, { limit: config.capacity, ...(id === undefined ? {} : { id }) }),
+        config.overtake ? 0 : config.replyMs,
+      );
+      if (++violations < config.maxViolations) return;
+      closing = true;
+      setTimeout(() => {
+        if (socket.readyState === 1) socket.serverClose(1008);
+      }, config.replyMs + 1);
+    }, config.latencyMs);
+  };
+}
+
+describe('RateLimitedClient: any burst, any answer order, any close (property)', () => {
+  it('delivers each message once or reports it; never twice unless the policy allows it', () => {
+    fc.assert(
+      fc.property(
+        fc.record({
+          burst: fc.integer({ min: 1, max: 60 }),
+          capacity: fc.integer({ min: 1, max: 30 }),
+          refillPerSecond: fc.integer({ min: 8, max: 30 }),
+          latencyMs: fc.integer({ min: 0, max: 20 }),
+          replyMs: fc.integer({ min: 0, max: 20 }),
+          overtake: fc.boolean(),
+          loseReplies: fc.boolean(),
+          maxViolations: fc.integer({ min: 1, max: 10 }),
+          acks: fc.boolean(),
+          messageIds: fc.boolean(),
+          maxUnconfirmed: fc.integer({ min: 1, max: 100 }),
+          undelivered: fc.constantFrom('drop' as const, 'requeue' as const),
+        }),
+        (config) => {
+          const h = recorded({
+            ...(config.acks ? { isAck } : {}),
+            messageIds: config.messageIds,
+            maxUnconfirmed: config.maxUnconfirmed,
+            undelivered: config.undelivered,
+          });
+          const processed: unknown[] = [];
+          for (let i = 0; i < config.burst; i++) h.client.send('chat', i);
+          for (let step = 0; step < 1200; step++) {
+            const socket = h.socket();
+            if (socket.readyState === 0) {
+              burstServer(socket, processed, config);
+              socket.open();
+            }
+            advance(100);
+          }
+          // What is still queued or unanswered is dropped and reported by the close.
+          h.client.close();
+          const reported = new Set(h.reports.flatMap((report) => payloads(report.messages)));
+          const dropped = new Set(payloads(h.drops));
+          for (let i = 0; i < config.burst; i++) {
+            expect(processed.includes(i) || reported.has(i) || dropped.has(i)).toBe(true);
+          }
+          // At most once, unless the policy re-queues a message whose reply may be lost.
+          const exact = config.undelivered === 'drop' || (config.acks && !config.loseReplies);
+          if (exact) expect(new Set(processed).size).toBe(processed.length);
+          expect(jest.getTimerCount()).toBe(0);
+        },
+      ),
+      { numRuns: 150 },
+    );
   });
 });
