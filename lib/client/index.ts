@@ -6,6 +6,7 @@ export { RateLimitedClient } from './rate-limited-client.js';
 export { parseRateLimitFrame } from './rate-limit-frame.js';
 export type { Listener } from './typed-emitter.js';
 export type {
+  AckMatch,
   ClientState,
   DeclaredLimits,
   DropEvent,
@@ -22,6 +23,9 @@ export type {
   ReconnectEvent,
   SocketCloseEvent,
   SocketMessageEvent,
+  UndeliveredEvent,
+  UndeliveredPolicy,
+  UndeliveredReason,
   WebSocketConstructorLike,
   WebSocketFactory,
   WebSocketLike,

@@ -1,21 +1,24 @@
+// Over 400 lines: one class whose state (queue, retry windows, pacing models, connection)
+// is read by every path; option parsing (options.ts) and answer matching (ledger.ts) live
+// apart, and splitting the rest would scatter that state across files.
 import { fullJitterDelay } from './backoff.js';
 import { Budget, MAX_PACE_MS } from './budget.js';
+import { Ledger, type Settled, type Unanswered } from './ledger.js';
+import { declaredBudgets, resolveOptions, type ResolvedOptions } from './options.js';
 import { Outbox, type OutboxEntry } from './outbox.js';
 import { errorFrameId, parseRateLimitFrame } from './rate-limit-frame.js';
 import { TypedEmitter, type Listener } from './typed-emitter.js';
 import type {
+  AckMatch,
   ClientState,
   DropReason,
-  MessageId,
   OutboundMessage,
-  OverflowPolicy,
   RateLimitInfo,
   RateLimitNotice,
   RateLimitedClientEvents,
   RateLimitedClientOptions,
   SocketCloseEvent,
-  WebSocketConstructorLike,
-  WebSocketFactory,
+  UndeliveredReason,
   WebSocketLike,
 } from './types.js';
 
@@ -29,8 +32,11 @@ const ABNORMAL_CLOSURE = 1006;
 const POLICY_VIOLATION = 1008;
 /** Longest the time-based confirmation delay grows to by itself, in ms. */
 const MAX_ADAPTIVE_CONFIRM_MS = 5000;
-/** Sent messages per connection whose ids a frame can still name (the most recent ones). */
-const MAX_TRACKED_IDS = 1024;
+/**
+ * Longest delay a timer takes: setTimeout fires after 1 ms for anything longer, so a
+ * longer wait (a retryAfter of days) is slept in steps of this.
+ */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 type Timer = ReturnType<typeof setTimeout>;
 
@@ -39,125 +45,22 @@ function now(): number {
   return typeof performance === 'undefined' ? Date.now() : performance.now();
 }
 
-interface ResolvedOptions {
-  createSocket: WebSocketFactory;
-  protocols: string | string[] | undefined;
-  autoConnect: boolean;
-  maxQueue: number;
-  overflow: OverflowPolicy;
-  messageIds: boolean;
-  minPaceMs: number;
-  maxUnconfirmed: number;
-  isAck: ((message: unknown) => boolean) | undefined;
-  confirmMs: number;
-  reconnect: boolean;
-  backoffBaseMs: number;
-  backoffCapMs: number;
-  maxReconnectAttempts: number;
-  policyDelayMs: number;
-  stableMs: number;
-  random: () => number;
-}
-
-function fail(name: string, expected: string, value: unknown): never {
-  throw new RangeError(`RateLimitedClient: options.${name} must be ${expected}, got ${String(value)}`);
-}
-
-function numberOption(
-  options: RateLimitedClientOptions,
-  name: keyof RateLimitedClientOptions,
-  fallback: number,
-  min: number,
-  kind: 'number' | 'finite' | 'integer' = 'number',
-): number {
-  const value = options[name] ?? fallback;
-  if (
-    typeof value !== 'number' ||
-    Number.isNaN(value) ||
-    value < min ||
-    (kind === 'finite' && !Number.isFinite(value)) ||
-    (kind === 'integer' && Number.isFinite(value) && !Number.isInteger(value))
-  ) {
-    const what = { number: 'a number', finite: 'a finite number', integer: 'an integer' }[kind];
-    fail(name, `${what} >= ${min}`, value);
-  }
-  return value;
-}
-
-function socketFactory(options: RateLimitedClientOptions): WebSocketFactory {
-  if (options.createSocket !== undefined) {
-    if (typeof options.createSocket !== 'function') {
-      fail('createSocket', 'a function', options.createSocket);
-    }
-    return options.createSocket;
-  }
-  const Ctor = options.WebSocket ?? (globalThis as unknown as { WebSocket?: WebSocketConstructorLike }).WebSocket;
-  if (typeof Ctor !== 'function') {
-    throw new TypeError(
-      'RateLimitedClient: no WebSocket implementation found; pass options.WebSocket ' +
-        "(for example `WebSocket` from the 'ws' package) or options.createSocket",
-    );
-  }
-  return (url, protocols) => (protocols === undefined ? new Ctor(url) : new Ctor(url, protocols));
-}
-
-function resolveOptions(options: RateLimitedClientOptions): ResolvedOptions {
-  const overflow = options.overflow ?? 'drop-oldest';
-  if (!['drop-oldest', 'drop-newest', 'reject'].includes(overflow)) {
-    fail('overflow', "'drop-oldest', 'drop-newest' or 'reject'", overflow);
-  }
-  if (options.isAck !== undefined && typeof options.isAck !== 'function') {
-    fail('isAck', 'a function', options.isAck);
-  }
-  const random = options.random ?? Math.random;
-  if (typeof random !== 'function') fail('random', 'a function', random);
-  const messageIds = options.messageIds ?? true;
-  if (typeof messageIds !== 'boolean') fail('messageIds', 'a boolean', messageIds);
-  return {
-    createSocket: socketFactory(options),
-    protocols: options.protocols,
-    autoConnect: options.autoConnect ?? true,
-    maxQueue: numberOption(options, 'maxQueue', 1000, 0, 'integer'),
-    overflow,
-    messageIds,
-    minPaceMs: numberOption(options, 'minPaceMs', 125, 1, 'finite'),
-    maxUnconfirmed: numberOption(options, 'maxUnconfirmed', 1, 1, 'integer'),
-    isAck: options.isAck,
-    confirmMs: numberOption(options, 'confirmMs', options.isAck ? 10_000 : 250, 0),
-    reconnect: options.reconnect ?? true,
-    backoffBaseMs: numberOption(options, 'backoffBaseMs', 1000, 0, 'finite'),
-    backoffCapMs: numberOption(options, 'backoffCapMs', 30_000, 0, 'finite'),
-    maxReconnectAttempts: numberOption(options, 'maxReconnectAttempts', Infinity, 0, 'integer'),
-    policyDelayMs: numberOption(options, 'policyDelayMs', 30_000, 0, 'finite'),
-    stableMs: numberOption(options, 'stableMs', 10_000, 0),
-    random,
-  };
-}
-
-function declaredBudgets(
-  options: RateLimitedClientOptions,
-  at: number,
-): { global: Budget | undefined; types: Map<string, Budget> } {
-  const build = (name: string, spec: { capacity: number; refillPerSecond: number }): Budget => {
-    if (!(spec.capacity >= 1)) fail(`${name}.capacity`, 'a number >= 1', spec.capacity);
-    if (!(spec.refillPerSecond > 0 && Number.isFinite(spec.refillPerSecond))) {
-      fail(`${name}.refillPerSecond`, 'a finite number > 0', spec.refillPerSecond);
-    }
-    return Budget.declared(spec.capacity, spec.refillPerSecond, at);
-  };
-  const limits = options.limits ?? {};
-  const types = new Map<string, Budget>();
-  for (const [event, spec] of Object.entries(limits.types ?? {})) {
-    types.set(event, build(`limits.types.${event}`, spec));
-  }
-  return { global: limits.global && build('limits.global', limits.global), types };
-}
-
 /** A message as events report it. */
 function outbound(entry: OutboxEntry): OutboundMessage {
   return entry.id === undefined
     ? { event: entry.event, data: entry.data }
     : { event: entry.event, data: entry.data, id: entry.id };
+}
+
+/** An `isAck` result as a match: undefined when the frame is no acknowledgement. */
+function ackMatch(result: boolean | AckMatch | null | undefined): AckMatch | undefined {
+  if (result === true) return {};
+  if (typeof result !== 'object' || result === null) return undefined;
+  const { id } = result;
+  return {
+    ...(typeof id === 'string' || typeof id === 'number' ? { id } : {}),
+    ...(typeof result.event === 'string' ? { event: result.event } : {}),
+  };
 }
 
 /** Reads a frame's payload as text: strings as they are, bytes as UTF-8. */
@@ -183,23 +86,33 @@ function frameText(data: unknown): string | undefined {
  * across all events; `sendPriority` skips it.
  *
  * **Confirmation.** Each sent message stays *unconfirmed* until its fate is known: an
- * inbound frame recognised by `isAck` confirms the oldest unconfirmed message, an `error`
- * frame echoing a message's id confirms that message (the server answered it), and
- * otherwise a message is presumed accepted `confirmMs` after it was sent. For an event
- * whose limit is unknown, at most `maxUnconfirmed` messages are unconfirmed at once, so a
- * burst against an unknown limit is rejected once, not once per message. Messages still
- * unconfirmed when a connection ends are presumed delivered.
+ * inbound frame recognised by `isAck` confirms a message (the one whose id or event it
+ * names, else the oldest unconfirmed), an `error` frame echoing a message's id confirms
+ * that message (the server answered it), and otherwise a message is presumed accepted
+ * `confirmMs` after it was sent. For an event whose limit is unknown, at most
+ * `maxUnconfirmed` messages are unconfirmed at once, so a burst against an unknown limit
+ * is rejected once, not once per message.
  *
  * **Which message was refused.** Each message carries an `id` (option `messageIds`), which
  * a server using `WsRateLimitAdapter` echoes in its `rate_limit` frame: the frame then
  * names the refused message exactly, even one already presumed accepted, and a frame whose
- * id the client does not know refuses none of its messages. A frame without an id falls
- * back to inference: it refuses one unconfirmed message of the frame's `messageType` (else
- * of any event), the oldest with `isAck` (exact), the newest without it (exact while one
- * is unconfirmed, as by default; with more, it assumes a burst is rejected from some
- * message on). The refused message goes back to its place at the front of the queue and
- * is sent again with the same id (a refused priority message is reported as a drop
- * instead); the `rateLimit` event names it.
+ * id the client does not know refuses none of its messages. A frame without an id refuses
+ * an unconfirmed message of the frame's `messageType` (of any event when it names none),
+ * and it says which only when one is unconfirmed, or when such frames account for every
+ * unconfirmed message of the event: a server may write the frame before the replies of
+ * earlier messages, so order proves nothing. Otherwise the client does not guess (a wrong
+ * guess would send an accepted message twice): once acks and frames account for the
+ * group, or it reaches `confirmMs`, it is reported by the `undelivered` event (reason
+ * `ambiguous`, with how many were refused) and none of it is sent again. A refused message
+ * goes back to its place at the front of the queue and is sent again with the same id (a
+ * refused priority message is reported as a drop instead); the `rateLimit` event names it.
+ *
+ * **A connection that ends.** Messages sent on it that got neither a reply nor a frame
+ * naming them (the server may stop reading a connection it is closing, or lose the replies)
+ * are reported by the `undelivered` event (reason `closed`), then re-queued in send order
+ * for the reconnect or given up, per the `undelivered` option. Priority messages, and
+ * messages that may have been accepted while a frame without an id refused another of
+ * their event, are never re-queued.
  *
  * **Pacing rule.** No message is sent inside a retry window: after a frame, nothing of its
  * event (code `TYPE_LIMIT`, `EXPENSIVE_LIMIT`) or nothing at all (`GLOBAL_LIMIT`,
@@ -219,6 +132,9 @@ function frameText(data: unknown): string | undefined {
  * backoffBaseMs * 2^attempt)). After a close 1008 (rate-limit violations) or a handshake
  * that never opened (HTTP 429, but also a server that is down), it waits at least
  * `policyDelayMs`. The attempt counter resets once a connection stays open `stableMs`.
+ * Every timer is clamped to 2^31-1 ms (about 24.8 days), the longest `setTimeout` honours
+ * (longer ones fire at once): a longer retry window is waited out in steps, a longer
+ * reconnect delay is cut to it.
  *
  * @example
  * ```ts
@@ -235,10 +151,8 @@ export class RateLimitedClient {
   private readonly options: ResolvedOptions;
   private readonly emitter: TypedEmitter<RateLimitedClientEvents>;
   private readonly outbox: Outbox;
-  /** Sent messages whose fate is unknown, in send order. */
-  private unconfirmed: OutboxEntry[] = [];
-  /** Messages written to the current socket by id, oldest first (bounded): frames may name them. */
-  private readonly sentById = new Map<MessageId, OutboxEntry>();
+  /** Messages sent on the current connection whose fate is unknown. */
+  private readonly ledger = new Ledger();
   private socket: WebSocketLike | undefined;
   private currentState: ClientState = 'closed';
   private confirmMs: number;
@@ -357,8 +271,10 @@ export class RateLimitedClient {
    */
   close(code = 1000, reason?: string): void {
     const socket = this.socket;
+    const unanswered = this.ledger.drain();
     this.stop();
     this.setState('closed');
+    this.reportUnanswered(unanswered, code, false);
     this.dropQueued();
     if (socket && socket.readyState < CLOSING) {
       try {
@@ -433,9 +349,14 @@ export class RateLimitedClient {
   private handleClose(event: SocketCloseEvent): void {
     const opened = this.openedAt !== undefined;
     if (opened && now() - (this.openedAt as number) >= this.options.stableMs) this.attempt = 0;
+    const unanswered = this.ledger.drain();
     this.stop();
     const code = typeof event.code === 'number' ? event.code : ABNORMAL_CLOSURE;
     const policy = code === POLICY_VIOLATION || !opened;
+    const reconnecting = this.options.reconnect && this.attempt < this.options.maxReconnectAttempts;
+    this.reportUnanswered(unanswered, code, reconnecting);
+    // A listener of the report may have closed the client: nothing more to do then.
+    if (this.currentState === 'closed') return;
     if (!this.options.reconnect) {
       this.giveUp(undefined);
       return;
@@ -450,7 +371,7 @@ export class RateLimitedClient {
       this.options.backoffCapMs,
       this.options.random,
     );
-    const delayMs = policy ? Math.max(backoff, this.options.policyDelayMs) : backoff;
+    const delayMs = Math.min(MAX_TIMER_MS, policy ? Math.max(backoff, this.options.policyDelayMs) : backoff);
     const attempt = this.attempt++;
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = undefined;
@@ -472,8 +393,40 @@ export class RateLimitedClient {
     this.reconnectTimer = undefined;
     this.socket = undefined;
     this.openedAt = undefined;
-    this.unconfirmed = [];
-    this.sentById.clear();
+    this.ledger.clear();
+  }
+
+  /**
+   * Reports what a connection's end left unanswered and, by the `undelivered` policy and
+   * if the client will reconnect, puts back in the queue what may be sent again.
+   */
+  private reportUnanswered(unanswered: Unanswered, code: number, reconnecting: boolean): void {
+    if (unanswered.messages.length === 0) return;
+    const requeue = reconnecting && this.options.undelivered === 'requeue';
+    const requeued: OutboxEntry[] = [];
+    for (const entry of unanswered.messages) {
+      if (!requeue || entry.priority || unanswered.doubtful.has(entry)) continue;
+      this.outbox.requeue(entry);
+      requeued.push(entry);
+    }
+    this.reportUndelivered('closed', unanswered, requeued, code);
+  }
+
+  private reportUndelivered(
+    reason: UndeliveredReason,
+    group: { messages: OutboxEntry[]; refused: number; acknowledged: number },
+    requeued: OutboxEntry[],
+    code?: number,
+  ): void {
+    const messages = new Map(group.messages.map((entry) => [entry, outbound(entry)]));
+    this.emitter.emit('undelivered', {
+      reason,
+      ...(code === undefined ? {} : { code }),
+      messages: [...messages.values()],
+      requeued: requeued.map((entry) => messages.get(entry) as OutboundMessage),
+      refused: group.refused,
+      acknowledged: group.acknowledged,
+    });
   }
 
   private giveUp(error: unknown): void {
@@ -512,26 +465,43 @@ export class RateLimitedClient {
     }
     // An error frame naming one of this client's messages answers exactly that message.
     const errorId = this.options.messageIds ? errorFrameId(message) : undefined;
-    const answered = errorId === undefined ? undefined : this.takeSent(errorId);
-    let acked = false;
+    const answered = errorId === undefined ? undefined : this.ledger.takeById(errorId);
+    let ack: AckMatch | undefined;
     try {
-      acked = this.options.isAck?.(message) === true;
+      ack = ackMatch(this.options.isAck?.(message));
     } catch (error) {
       this.emitter.emit('error', error);
     }
-    if (acked && !answered) this.unconfirmed.shift();
+    const settled = ack && !answered ? this.acknowledge(ack) : undefined;
     this.emitter.emit('message', message);
-    if (acked || answered) this.pump();
+    if (settled?.ambiguous) this.reportAmbiguous(settled.ambiguous);
+    if (ack || answered) this.pump();
+  }
+
+  /** Confirms the message an acknowledgement answers (by id: exactly, or none). */
+  private acknowledge(ack: AckMatch): Settled | undefined {
+    if (ack.id !== undefined) {
+      this.ledger.takeById(ack.id);
+      return undefined;
+    }
+    return this.ledger.ack(ack.event);
+  }
+
+  private reportAmbiguous(group: NonNullable<Settled['ambiguous']>): void {
+    this.reportUndelivered('ambiguous', group, []);
   }
 
   private handleRateLimit(info: RateLimitInfo): void {
     const t = now();
     this.expireUnconfirmed(t);
-    const rejected = this.takeRejected(info);
+    const settled = this.takeRejected(info);
+    const refused = settled.refused;
+    // The newest refused message says whether the model had admitted it (see relearn).
+    const rejected = refused.at(-1);
     if (!this.options.isAck) {
       // Time-based confirmation is only right if frames come back within confirmMs.
       const cap = Math.max(MAX_ADAPTIVE_CONFIRM_MS, this.options.confirmMs);
-      const wanted = rejected ? 2 * (t - rejected.sentAt) : 2 * this.confirmMs;
+      const wanted = refused.length > 0 ? 2 * (t - refused[0].sentAt) : 2 * this.confirmMs;
       this.confirmMs = Math.min(cap, Math.max(this.confirmMs, wanted));
     }
     const until = t + info.retryAfter;
@@ -545,44 +515,27 @@ export class RateLimitedClient {
         this.globalBudget = this.relearn(this.globalBudget, info, rejected, t);
       }
     }
-    if (rejected?.priority) this.drop(rejected, 'rejected');
-    else if (rejected) this.outbox.requeue(rejected);
-    const notice: RateLimitNotice = rejected ? { ...info, message: outbound(rejected) } : info;
+    const messages = refused.map(outbound);
+    for (const entry of refused) {
+      if (entry.priority) this.drop(entry, 'rejected');
+      else this.outbox.requeue(entry);
+    }
+    let notice: RateLimitNotice = info;
+    if (messages.length === 1) notice = { ...info, message: messages[0], messages };
+    else if (messages.length > 1) notice = { ...info, messages };
     this.emitter.emit('rateLimit', notice);
+    if (settled.ambiguous) this.reportAmbiguous(settled.ambiguous);
     this.pump();
   }
 
-  /** Removes and returns the sent message a frame refers to. */
-  private takeRejected(info: RateLimitInfo): OutboxEntry | undefined {
+  /** Removes and returns the sent messages a frame shows to be refused (see {@link Ledger}). */
+  private takeRejected(info: RateLimitInfo): Settled {
     // An echoed id is exact: a message that is not (or no longer) ours is no one's to blame.
-    if (this.options.messageIds && info.id !== undefined) return this.takeSent(info.id);
-    const candidates = this.unconfirmed;
-    let index: number;
-    if (this.options.isAck) {
-      // Acks arrive in order: whatever was sent before the rejected message has been
-      // acknowledged (and removed) by now, so the rejected one is the oldest left.
-      index = candidates.findIndex((entry) => entry.event === info.messageType);
-      if (index < 0 && candidates.length > 0) index = 0;
-    } else {
-      // Without acks, accepted messages linger until confirmMs passes. A burst that
-      // exhausts a bucket is rejected from some message on, so take the newest.
-      index = candidates.findLastIndex((entry) => entry.event === info.messageType);
-      if (index < 0) index = candidates.length - 1;
+    if (this.options.messageIds && info.id !== undefined) {
+      const entry = this.ledger.takeById(info.id);
+      return { refused: entry ? [entry] : [] };
     }
-    if (index < 0) return undefined;
-    const [entry] = candidates.splice(index, 1);
-    if (entry.id !== undefined) this.sentById.delete(entry.id);
-    return entry;
-  }
-
-  /** Removes and returns the message sent on this connection with this id, confirmed or not. */
-  private takeSent(id: MessageId): OutboxEntry | undefined {
-    const entry = this.sentById.get(id);
-    if (!entry) return undefined;
-    this.sentById.delete(id);
-    const index = this.unconfirmed.indexOf(entry);
-    if (index >= 0) this.unconfirmed.splice(index, 1);
-    return entry;
+    return this.ledger.refuse(info.messageType);
   }
 
   /** Rebuilds a bucket model from a frame (see the pacing rule on the class). */
@@ -600,12 +553,8 @@ export class RateLimitedClient {
   }
 
   private expireUnconfirmed(t: number): void {
-    const confirmMs = this.confirmMs;
-    let expired = 0;
-    while (expired < this.unconfirmed.length && this.unconfirmed[expired].sentAt + confirmMs <= t) {
-      expired++;
-    }
-    if (expired > 0) this.unconfirmed.splice(0, expired);
+    const settled = this.ledger.expire(t, this.confirmMs);
+    if (settled.ambiguous) this.reportAmbiguous(settled.ambiguous);
   }
 
   /** Milliseconds before `entry` may be sent (0: now), ignoring whether the socket is open. */
@@ -614,13 +563,7 @@ export class RateLimitedClient {
     if (this.globalBudget) wait = Math.max(wait, this.globalBudget.waitMs(t));
     const budget = this.typeBudgets.get(entry.event);
     if (budget) return Math.max(wait, budget.waitMs(t));
-    let count = 0;
-    let oldest: OutboxEntry | undefined;
-    for (const pending of this.unconfirmed) {
-      if (pending.event !== entry.event) continue;
-      count++;
-      oldest ??= pending;
-    }
+    const { count, oldest } = this.ledger.pending(entry.event);
     if (oldest && count >= this.options.maxUnconfirmed) {
       wait = Math.max(wait, oldest.sentAt + this.confirmMs - t);
     }
@@ -639,11 +582,7 @@ export class RateLimitedClient {
     entry.sendNo = ++this.sends;
     this.globalBudget?.take(t);
     this.typeBudgets.get(entry.event)?.take(t);
-    this.unconfirmed.push(entry);
-    if (entry.id !== undefined) {
-      this.sentById.set(entry.id, entry);
-      if (this.sentById.size > MAX_TRACKED_IDS) this.sentById.delete(this.sentById.keys().next().value as MessageId);
-    }
+    this.ledger.record(entry);
     return true;
   }
 
@@ -681,14 +620,15 @@ export class RateLimitedClient {
       this.outbox.shift();
     }
     const blockedFor = this.pruneBlocks(t);
-    wake = Math.min(wake, blockedFor);
+    // A group in doubt is reported when it expires, whether or not anything else wakes the pump.
+    wake = Math.min(wake, blockedFor, Math.max(0, this.ledger.doubtExpiry(this.confirmMs) - t));
     if (wake < Infinity) {
       this.pumpTimer = setTimeout(
         () => {
           this.pumpTimer = undefined;
           this.pump();
         },
-        Math.max(1, Math.ceil(wake)),
+        Math.min(MAX_TIMER_MS, Math.max(1, Math.ceil(wake))),
       );
     }
     this.setState(blockedFor < Infinity ? 'rate_limited' : 'open');

@@ -93,6 +93,12 @@ export interface RateLimitNotice extends RateLimitInfo {
    * message is dropped instead.
    */
   message?: OutboundMessage;
+  /**
+   * Every message this frame's arrival showed to be refused, oldest first: `message`
+   * alone, or several when earlier frames without an id could not be attributed until
+   * now (see {@link RateLimitedClient}). They are sent again like `message`.
+   */
+  messages?: OutboundMessage[];
 }
 
 /** A message as the client sends it: NestJS's `{ event, data }`. */
@@ -134,6 +140,58 @@ export interface ReconnectEvent {
   policy: boolean;
 }
 
+/** What the client does with messages a closed connection left unanswered. */
+export type UndeliveredPolicy =
+  /**
+   * Put them back at the front of the queue, in send order, to be sent after the
+   * reconnect: nothing is lost, but a message the server processed without its reply
+   * reaching the client is delivered twice (at least once).
+   */
+  | 'requeue'
+  /** Give them up (at most once). */
+  | 'drop';
+
+/** Why messages are reported as undelivered. */
+export type UndeliveredReason =
+  /** The connection ended before they were answered. */
+  | 'closed'
+  /**
+   * They were all answered, some refused by `rate_limit` frames without an id, and the
+   * client cannot tell which: none is sent again, since that could deliver one twice.
+   */
+  | 'ambiguous';
+
+/** Payload of the `undelivered` event. */
+export interface UndeliveredEvent {
+  /** Why these messages are reported. */
+  reason: UndeliveredReason;
+  /** The close code of the connection that ended (reason `closed`). */
+  code?: number;
+  /** The messages whose delivery the client cannot confirm, in send order. */
+  messages: OutboundMessage[];
+  /**
+   * Those of `messages` put back in the queue (policy `requeue`); the others are given
+   * up. Never a priority message, nor one that may have been accepted while another of
+   * its event was refused by a frame the client could not attribute.
+   */
+  requeued: OutboundMessage[];
+  /** How many of `messages` the server refused with frames the client could not attribute. */
+  refused: number;
+  /** How many of `messages` the server acknowledged with acks the client could not attribute. */
+  acknowledged: number;
+}
+
+/**
+ * What an `isAck` function may return for an acknowledgement that says which message it
+ * answers: its id (exact), or its event (the oldest unconfirmed message of that event).
+ */
+export interface AckMatch {
+  /** The id of the acknowledged message, as the client sent it. */
+  id?: MessageId;
+  /** The event of the acknowledged message. */
+  event?: string;
+}
+
 /** Events of a {@link RateLimitedClient} and their payloads. */
 export interface RateLimitedClientEvents {
   /** Every frame that is not a `rate_limit` frame, parsed from JSON. */
@@ -144,6 +202,11 @@ export interface RateLimitedClientEvents {
   state: ClientState;
   /** A message the client had accepted and then lost. */
   drop: DropEvent;
+  /**
+   * Messages sent that got neither a reply nor an attributable `rate_limit` frame: at
+   * the end of a connection, or once the client knows they cannot be attributed.
+   */
+  undelivered: UndeliveredEvent;
   /** A reconnect was scheduled. */
   reconnect: ReconnectEvent;
   /** A transport error, an unreadable frame, a failed send, or a listener that threw. */
@@ -240,12 +303,26 @@ export interface RateLimitedClientOptions {
    */
   maxUnconfirmed?: number;
   /**
-   * Recognises the server's acknowledgement of a message; when set, each such frame
-   * confirms the oldest unconfirmed message. Set it only if the server answers every
-   * message, in order, with either such a frame or a rate_limit frame.
+   * Recognises the server's acknowledgement of a message. Returning `true` confirms the
+   * oldest unconfirmed message; returning an {@link AckMatch} confirms the message with
+   * that id, or the oldest unconfirmed one of that event (use it when the server's acks
+   * name what they answer, and when handlers of different events answer at different
+   * speeds). Set it only if the server answers every message of an event, in order, with
+   * such a frame or a rate_limit frame (a rate_limit frame may come before the acks of
+   * earlier messages).
    * @default undefined (messages are confirmed by time, see `confirmMs`)
    */
-  isAck?: (message: unknown) => boolean;
+  isAck?: (message: unknown) => boolean | AckMatch | null | undefined;
+  /**
+   * What to do with the messages a closed connection left unanswered (sent, but with
+   * neither a reply recognised by `isAck` nor a `rate_limit` frame naming them); they are
+   * reported by the `undelivered` event either way. `requeue` sends them again after the
+   * reconnect (at least once: a message whose reply was lost is delivered twice); `drop`
+   * gives them up (at most once). Without `isAck`, every message sent in the last
+   * `confirmMs` before the close counts as unanswered.
+   * @default 'drop'
+   */
+  undelivered?: UndeliveredPolicy;
   /**
    * Milliseconds after which a sent message with no rate_limit frame is presumed accepted;
    * without `isAck` it grows by itself when frames arrive later than it.

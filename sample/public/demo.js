@@ -15,9 +15,14 @@ const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}
 
 // Every message this page sends is answered once: `chat` with `ack`, `get_limits` with
 // `limits_status` (or either with a rate_limit frame, which names its message by id), so
-// each answer confirms a message and the next chat goes as soon as the last one is through.
+// each answer confirms a message of its event and the next chat goes as soon as the last
+// one is through. Messages a closed connection leaves unanswered are reported
+// (`undelivered`) and, by the default policy, given up.
 const client = new RateLimitedClient(url, {
-  isAck: (message) => message?.event === 'ack' || message?.event === 'limits_status',
+  isAck: (message) => {
+    if (message?.event === 'ack') return { event: 'chat' };
+    return message?.event === 'limits_status' && { event: 'get_limits' };
+  },
 });
 // A second connection that only listens: the room as another user sees it.
 const room = new RateLimitedClient(url);
@@ -163,6 +168,12 @@ client.on('drop', ({ reason, message }) => {
   log(`dropped ${message.event} (${reason})`);
 });
 
+client.on('undelivered', ({ reason, messages, requeued }) => {
+  const again = new Set(requeued.map((message) => message.data));
+  for (const message of messages) if (message.event === 'chat' && !again.has(message.data)) markDropped(message.data);
+  log(`${messages.length} message(s) unanswered (${reason}), ${requeued.length} queued again`);
+});
+
 client.on('reconnect', ({ delayMs, code, policy }) => {
   log(`reconnecting in ${format(delayMs)} (close ${code}${policy ? ', waiting politely' : ''})`);
 });
@@ -191,7 +202,8 @@ $('flood').addEventListener('click', () => {
   log(`flood ${flood}: ${FLOOD_SIZE} chat messages handed to the client`);
 });
 
-// get_limits is exempt from every limit (@SkipThrottle) and skips the client's queue.
+// get_limits has its own limit (10 burst, 5 per second: this poll uses 2) and skips the
+// client's queue.
 setInterval(() => client.sendPriority('get_limits'), POLL_MS);
 setInterval(renderStats, 50);
 window.addEventListener('pagehide', () => {

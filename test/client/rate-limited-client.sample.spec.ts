@@ -6,6 +6,7 @@ import {
   type RateLimitNotice,
   type RateLimitedClientOptions,
   type ReconnectEvent,
+  type UndeliveredEvent,
 } from 'nestjs-ws-rate-limit/client';
 import { WebSocket } from 'ws';
 import { TestClient } from '../support/ws-client.js';
@@ -30,6 +31,7 @@ interface Observed {
   notices: RateLimitNotice[];
   reconnects: Array<{ at: number; event: ReconnectEvent }>;
   drops: DropEvent[];
+  undelivered: UndeliveredEvent[];
   errors: unknown[];
   acks: number;
   welcomes: number;
@@ -44,6 +46,7 @@ function observe(url: string, options: RateLimitedClientOptions = {}): Observed 
     notices: [],
     reconnects: [],
     drops: [],
+    undelivered: [],
     errors: [],
     acks: 0,
     welcomes: 0,
@@ -70,6 +73,7 @@ function observe(url: string, options: RateLimitedClientOptions = {}): Observed 
   client.on('rateLimit', (notice) => seen.notices.push(notice));
   client.on('reconnect', (event) => seen.reconnects.push({ at: performance.now(), event }));
   client.on('drop', (drop) => seen.drops.push(drop));
+  client.on('undelivered', (report) => seen.undelivered.push(report));
   client.on('error', (error) => seen.errors.push(error));
   client.on('message', (message) => {
     const event = (message as { event?: unknown }).event;
@@ -236,3 +240,58 @@ describe('RateLimitedClient against the sample chat server', () => {
     }
   }, 30_000);
 });
+
+describe('RateLimitedClient against the sample: a burst that ends in a close 1008 (C-31)', () => {
+  // 45 chats at once against 30 burst and a close at the 10th violation: the server
+  // refuses 30-39 and closes, never processing 40-44; depending on the server, the acks of
+  // 0-29 arrive before the close or not, and the frames may come before them. Whatever
+  // happens, each message is delivered once (refused ones again after the reconnect) or
+  // reported by the `undelivered` event, and none reaches the room twice.
+  it.each<[string, RateLimitedClientOptions]>([
+    ['acks and message ids', { isAck, maxUnconfirmed: 100 }],
+    ['acks without message ids', { isAck, maxUnconfirmed: 100, messageIds: false }],
+    ['message ids, confirmed by time', { maxUnconfirmed: 100 }],
+  ])(
+    'nothing silently lost, nothing delivered twice: %s',
+    async (_, options) => {
+      sample = await startSample();
+      const listener = await TestClient.connect(sample.url);
+      closers.push(() => listener.close());
+      const seen = observe(sample.url, { ...options, policyDelayMs: 300, random: () => 0 });
+      closers.push(() => seen.client.close());
+      await until(() => seen.client.state === 'open' && seen.welcomes === 1, 'the connection');
+
+      const contents = Array.from({ length: 45 }, (_, i) => `burst ${i}`);
+      for (const content of contents) expect(seen.client.send('chat', { content })).toBe(true);
+      await until(() => seen.reconnects.length === 1, 'the close 1008', 10_000);
+      expect(seen.reconnects[0].event.code).toBe(1008);
+      await until(() => seen.welcomes === 2 && seen.client.queued === 0, 'the reconnect and an empty queue', 20_000);
+      // Time for the last re-sent chats, and any duplicate, to reach the room.
+      await sleep(500);
+
+      const room = listener.events('chat').map((frame) => frame.data.content as string);
+      const reported = seen.undelivered.flatMap((report) => report.messages.map(contentOf));
+      const dropped = seen.drops.map((drop) => contentOf(drop.message));
+      // None delivered twice.
+      expect(new Set(room).size).toBe(room.length);
+      // None silently lost: in the room, or reported.
+      expect(contents.filter((content) => !room.includes(content) && !reported.includes(content))).toEqual([]);
+      expect(dropped).toEqual([]);
+      // The server processed what reached the room; the rest was reported.
+      const processed = decisions(sample).filter(({ event }) => event.allowed && event.type === 'chat').length;
+      expect(processed).toBe(room.length);
+      expect(processed + reported.length).toBeGreaterThanOrEqual(contents.length);
+      expect(seen.undelivered.map((report) => [report.reason, report.code])).toContainEqual(['closed', 1008]);
+      // What a frame named as refused was delivered after the reconnect.
+      for (const notice of seen.notices) {
+        for (const message of notice.messages ?? []) expect(room).toContain(contentOf(message));
+      }
+      expect(seen.errors).toEqual([]);
+    },
+    60_000,
+  );
+});
+
+function contentOf(message: { data: unknown }): string {
+  return (message.data as { content: string }).content;
+}

@@ -6,139 +6,12 @@ import {
   type ClientState,
   type DropEvent,
   type RateLimitInfo,
+  type RateLimitNotice,
   type RateLimitedClientOptions,
   type ReconnectEvent,
-  type SocketCloseEvent,
-  type SocketMessageEvent,
-  type WebSocketLike,
+  type UndeliveredEvent,
 } from '../../lib/client/index.js';
-
-// ---------------------------------------------------------------------------------------
-// A fake socket: the test plays the server. Real-server behaviour is covered by the
-// `ws` spec next to this one.
-// ---------------------------------------------------------------------------------------
-/** A sent frame as the fake server saw it. */
-interface SentFrame {
-  event: string;
-  data: unknown;
-  /** The message id, if the frame carried one. */
-  id?: unknown;
-  /** The frame as written. */
-  raw: string;
-  /** performance.now() when it was written (fake timers move it). */
-  at: number;
-}
-
-/** An in-memory WebSocket driven by the test: the test plays the server. */
-class FakeSocket implements WebSocketLike {
-  readyState = 0;
-  readonly sent: SentFrame[] = [];
-  readonly closeCalls: Array<{ code?: number; reason?: string }> = [];
-  onopen: ((event: unknown) => void) | null = null;
-  onmessage: ((event: SocketMessageEvent) => void) | null = null;
-  onclose: ((event: SocketCloseEvent) => void) | null = null;
-  onerror: ((event: unknown) => void) | null = null;
-
-  constructor(
-    readonly url: string,
-    readonly protocols?: string | string[],
-  ) {}
-
-  send(data: string): void {
-    if (this.readyState !== 1) throw new Error('FakeSocket: send while not open');
-    const parsed = JSON.parse(data) as { event: string; data: unknown; id?: unknown };
-    this.sent.push({ event: parsed.event, data: parsed.data, id: parsed.id, raw: data, at: performance.now() });
-  }
-
-  close(code?: number, reason?: string): void {
-    this.closeCalls.push({ code, reason });
-    this.readyState = 2;
-  }
-
-  /** Completes the handshake. */
-  open(): void {
-    this.readyState = 1;
-    this.onopen?.({ type: 'open' });
-  }
-
-  /** Delivers a frame to the client (objects are JSON-encoded). */
-  receive(frame: unknown): void {
-    this.onmessage?.({ data: typeof frame === 'string' ? frame : JSON.stringify(frame) });
-  }
-
-  /** The server closes the connection. */
-  serverClose(code: number, reason = ''): void {
-    this.readyState = 3;
-    this.onclose?.({ code, reason });
-  }
-
-  /** The handshake is refused (for example HTTP 429): error, then close 1006, never open. */
-  refuse(): void {
-    this.readyState = 3;
-    this.onerror?.({ type: 'error' });
-    this.onclose?.({ code: 1006, reason: '' });
-  }
-
-  /** Payloads of the frames sent, in order. */
-  payloads(): unknown[] {
-    return this.sent.map((frame) => frame.data);
-  }
-
-  /** Ids of the frames sent, in order. */
-  ids(): unknown[] {
-    return this.sent.map((frame) => frame.id);
-  }
-}
-
-/** A client wired to fake sockets, with the sockets it opened. */
-interface Harness {
-  client: RateLimitedClient;
-  sockets: FakeSocket[];
-  /** The most recent socket. */
-  socket(): FakeSocket;
-}
-
-/** Creates a client whose sockets are {@link FakeSocket}s. */
-function harness(options: RateLimitedClientOptions = {}): Harness {
-  const sockets: FakeSocket[] = [];
-  const client = new RateLimitedClient('ws://test.invalid/', {
-    ...options,
-    createSocket: (url, protocols) => {
-      const socket = new FakeSocket(url, protocols);
-      sockets.push(socket);
-      return socket;
-    },
-  });
-  return { client, sockets, socket: () => sockets[sockets.length - 1] };
-}
-
-/** A `rate_limit` frame in the NestJS form. */
-function rateLimitFrame(
-  retryAfter: number,
-  data: Record<string, unknown> = {},
-): { event: 'rate_limit'; data: Record<string, unknown> } {
-  return {
-    event: 'rate_limit',
-    data: {
-      code: 'TYPE_LIMIT',
-      messageType: 'chat',
-      retryAfter,
-      warningCount: 1,
-      limit: 5,
-      remaining: 0,
-      ...data,
-    },
-  };
-}
-
-/** Recognises the acknowledgements the fake servers below send. */
-function isAck(message: unknown): boolean {
-  return (message as { event?: unknown } | null)?.event === 'ack';
-}
-
-function advance(ms: number): void {
-  jest.advanceTimersByTime(ms);
-}
+import { FakeSocket, advance, harness, isAck, rateLimitFrame, type Harness } from './support/fake-socket.js';
 
 beforeEach(() => {
   jest.useFakeTimers();
@@ -427,16 +300,49 @@ describe('RateLimitedClient: retry windows and pacing', () => {
     h.client.close();
   });
 
-  it('without acks and with several messages unconfirmed, re-sends the rejected tail of a burst in order', () => {
-    const h = harness({ maxUnconfirmed: Infinity });
+  it('without acks and with several messages unconfirmed, reports the burst it cannot attribute and sends none twice', () => {
+    // Issue 10: the client used to assume the newest messages were refused and re-sent
+    // them; a wrong guess delivered an accepted message twice.
+    const h = harness({ maxUnconfirmed: Infinity, messageIds: false });
+    const reports: UndeliveredEvent[] = [];
+    h.client.on('undelivered', (report) => reports.push(report));
     h.socket().open();
     for (let i = 0; i < 5; i++) h.client.send('chat', i);
-    // The server accepted 0 and 1, then rejected 2, 3 and 4: one frame each, in order.
+    // Three of the five were refused (the frames carry no id): which three is unknown.
     for (const retryAfter of [100, 100, 100]) h.socket().receive(rateLimitFrame(retryAfter));
-    expect(h.client.queued).toBe(3);
+    expect(h.client.queued).toBe(0);
+    expect(reports).toEqual([]);
 
+    // Confirmed by time: once they reach confirmMs, the group is reported, not guessed at.
+    advance(10_000);
+    expect(h.socket().payloads()).toEqual([0, 1, 2, 3, 4]);
+    expect(reports).toEqual([
+      {
+        reason: 'ambiguous',
+        messages: [0, 1, 2, 3, 4].map((data) => ({ event: 'chat', data })),
+        requeued: [],
+        refused: 3,
+        acknowledged: 0,
+      },
+    ]);
+    h.client.close();
+  });
+
+  it('re-sends the messages of a burst once the frames without ids account for every one of them', () => {
+    const h = harness({ maxUnconfirmed: Infinity, messageIds: false });
+    const notices: RateLimitNotice[] = [];
+    h.client.on('rateLimit', (notice) => notices.push(notice));
+    h.socket().open();
+    for (let i = 0; i < 3; i++) h.client.send('chat', i);
+    for (let i = 0; i < 3; i++) h.socket().receive(rateLimitFrame(100));
+    expect(h.client.queued).toBe(3);
+    expect(notices.map((notice) => notice.messages?.map((message) => message.data))).toEqual([
+      undefined,
+      undefined,
+      [0, 1, 2],
+    ]);
     advance(100 + 2 * 125);
-    expect(h.socket().payloads()).toEqual([0, 1, 2, 3, 4, 2, 3, 4]);
+    expect(h.socket().payloads()).toEqual([0, 1, 2, 0, 1, 2]);
     h.client.close();
   });
 
@@ -613,8 +519,9 @@ describe('RateLimitedClient: message ids', () => {
     };
 
     expect(run(true)).toEqual({ payloads: [0, 1, 2, 3, 4, 1], refused: { event: 'chat', data: 1, id: 1 } });
-    // Without ids the client can only infer, and takes the newest unconfirmed message.
-    expect(run(false)).toEqual({ payloads: [0, 1, 2, 3, 4, 4], refused: { event: 'chat', data: 4 } });
+    // Without ids the frame may refuse any of the five: the client names none and sends
+    // none again (it used to blame the newest, here sending the accepted 4 twice).
+    expect(run(false)).toEqual({ payloads: [0, 1, 2, 3, 4], refused: undefined });
   });
 
   it('re-sends a refused message whose frame came after it was presumed accepted', () => {

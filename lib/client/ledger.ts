@@ -1,0 +1,221 @@
+import type { OutboxEntry } from './outbox.js';
+import type { MessageId } from './types.js';
+
+/** Sent messages per connection whose ids a frame can still name (the most recent ones). */
+const MAX_TRACKED_IDS = 1024;
+
+/** Answers to messages of one event that could not be matched to a message yet. */
+interface Doubt {
+  /** `rate_limit` frames without an id. */
+  refused: number;
+  /** Acknowledgements without an id that arrived while a refusal was unattributed. */
+  acked: number;
+}
+
+/** What an answer (or the passing of time) settled. */
+export interface Settled {
+  /** Messages known to be refused: each may be sent again. */
+  refused: OutboxEntry[];
+  /**
+   * Messages answered in a way that cannot be told apart: `refused` of them were refused,
+   * the others accepted, and nothing says which. None of them may be sent again.
+   */
+  ambiguous?: { messages: OutboxEntry[]; refused: number; acknowledged: number };
+}
+
+/** What a connection's end leaves unanswered. */
+export interface Unanswered {
+  /** Messages with no answer at all, or refused by a frame the client could not attribute. */
+  messages: OutboxEntry[];
+  /** Those among `messages` that may have been accepted: a resend could deliver them twice. */
+  doubtful: Set<OutboxEntry>;
+  /** Unattributed refusals among `messages`. */
+  refused: number;
+  /** Unattributed acknowledgements among `messages`. */
+  acknowledged: number;
+}
+
+const NOTHING: Settled = { refused: [] };
+
+/**
+ * The messages sent on one connection whose fate is unknown, and the rules that match
+ * answers to them.
+ *
+ * An answer naming a message id is exact. Without an id, acknowledgements of one event
+ * arrive in send order, so an ack confirms the oldest unconfirmed message of its event;
+ * but a server may write a `rate_limit` frame before the replies of earlier messages
+ * (the stock adapter does), so a frame without an id is exact only when a single message
+ * of its event is unconfirmed. Otherwise it is counted as an unattributed refusal of that
+ * event, and so is every later ack of the event, until the count settles it: when the
+ * unattributed refusals equal the messages left, all of them were refused; when
+ * refusals and acks together account for all of them, which were refused is unknowable,
+ * and the whole group is reported instead of guessed at (a wrong guess would send an
+ * accepted message twice).
+ */
+export class Ledger {
+  /** Sent messages whose fate is unknown, in send order. */
+  private unconfirmed: OutboxEntry[] = [];
+  /** Messages written to the current socket by id, oldest first (bounded): frames may name them. */
+  private readonly sentById = new Map<MessageId, OutboxEntry>();
+  /** Unattributed answers, per event ('' for frames naming no event). */
+  private readonly doubts = new Map<string, Doubt>();
+
+  /** Books a message just written to the socket. */
+  record(entry: OutboxEntry): void {
+    this.unconfirmed.push(entry);
+    if (entry.id !== undefined) {
+      this.sentById.set(entry.id, entry);
+      if (this.sentById.size > MAX_TRACKED_IDS) this.sentById.delete(this.sentById.keys().next().value as MessageId);
+    }
+  }
+
+  /** Removes and returns the message sent on this connection with this id, confirmed or not. */
+  takeById(id: MessageId): OutboxEntry | undefined {
+    const entry = this.sentById.get(id);
+    if (!entry) return undefined;
+    this.sentById.delete(id);
+    this.remove(entry);
+    return entry;
+  }
+
+  /**
+   * An acknowledgement without an id: of `event`, or of the oldest unconfirmed message's
+   * event when the ack does not say.
+   */
+  ack(event: string | undefined): Settled {
+    const key = event ?? this.unconfirmed[0]?.event;
+    if (key === undefined) return NOTHING;
+    const doubt = this.doubts.get(key) ?? this.doubts.get('');
+    if (!doubt) {
+      // Confirmed, not forgotten: a late frame naming its id still finds it.
+      const oldest = this.unconfirmed.find((entry) => entry.event === key);
+      if (oldest) this.remove(oldest);
+      return NOTHING;
+    }
+    doubt.acked++;
+    return this.settle(this.doubts.get(key) ? key : '');
+  }
+
+  /** A `rate_limit` frame naming no message id, about `messageType` (any event when absent). */
+  refuse(messageType: string | undefined): Settled {
+    let key = messageType ?? '';
+    if (key !== '' && !this.doubts.has(key) && !this.unconfirmed.some((entry) => entry.event === key)) {
+      // Nothing of that event is unconfirmed: it was presumed accepted; no one else is to blame.
+      return NOTHING;
+    }
+    if (key === '' && this.doubts.size > 0) key = this.doubts.keys().next().value as string;
+    const doubt = this.doubts.get(key);
+    const candidates = this.candidates(key);
+    if (!doubt && candidates.length === 1) {
+      this.forget(candidates[0]);
+      return { refused: candidates };
+    }
+    if (candidates.length === 0) return NOTHING;
+    if (doubt) doubt.refused++;
+    else this.doubts.set(key, { refused: 1, acked: 0 });
+    return this.settle(key);
+  }
+
+  /**
+   * Presumes accepted what was sent `confirmMs` ago or earlier; a message in doubt that
+   * reaches that age ends its group's doubt as ambiguous.
+   */
+  expire(t: number, confirmMs: number): Settled {
+    let expired = 0;
+    while (expired < this.unconfirmed.length && this.unconfirmed[expired].sentAt + confirmMs <= t) {
+      const entry = this.unconfirmed[expired];
+      if (this.doubts.has(entry.event) || this.doubts.has('')) {
+        return this.dropGroup(this.doubts.has(entry.event) ? entry.event : '', expired);
+      }
+      expired++;
+    }
+    this.unconfirmed.splice(0, expired);
+    return NOTHING;
+  }
+
+  /** When (the `sentAt` clock plus `confirmMs`) a message in doubt expires; Infinity if none is. */
+  doubtExpiry(confirmMs: number): number {
+    if (this.doubts.size === 0) return Infinity;
+    const first = this.unconfirmed.find((entry) => this.doubts.has(entry.event) || this.doubts.has(''));
+    return first === undefined ? Infinity : first.sentAt + confirmMs;
+  }
+
+  /** Unconfirmed messages of `event`: how many, and the oldest. */
+  pending(event: string): { count: number; oldest: OutboxEntry | undefined } {
+    let count = 0;
+    let oldest: OutboxEntry | undefined;
+    for (const entry of this.unconfirmed) {
+      if (entry.event !== event) continue;
+      count++;
+      oldest ??= entry;
+    }
+    return { count, oldest };
+  }
+
+  /** Ends the connection: returns what is still unanswered and forgets everything. */
+  drain(): Unanswered {
+    const doubtful = new Set<OutboxEntry>();
+    let refused = 0;
+    let acknowledged = 0;
+    for (const [key, doubt] of this.doubts) {
+      refused += doubt.refused;
+      acknowledged += doubt.acked;
+      if (doubt.acked > 0) for (const entry of this.candidates(key)) doubtful.add(entry);
+    }
+    const messages = this.unconfirmed;
+    this.clear();
+    return { messages, doubtful, refused, acknowledged };
+  }
+
+  /** Forgets everything. */
+  clear(): void {
+    this.unconfirmed = [];
+    this.sentById.clear();
+    this.doubts.clear();
+  }
+
+  private candidates(key: string): OutboxEntry[] {
+    return key === '' ? [...this.unconfirmed] : this.unconfirmed.filter((entry) => entry.event === key);
+  }
+
+  /** Settles a group once its answers account for its messages. */
+  private settle(key: string): Settled {
+    const doubt = this.doubts.get(key) as Doubt;
+    const candidates = this.candidates(key);
+    if (doubt.acked === 0 && doubt.refused >= candidates.length) {
+      this.doubts.delete(key);
+      for (const entry of candidates) this.forget(entry);
+      return { refused: candidates };
+    }
+    if (doubt.acked + doubt.refused >= candidates.length) return this.dropGroup(key, 0);
+    return NOTHING;
+  }
+
+  /** Ends a group's doubt as ambiguous, with the messages expired before it (`before`). */
+  private dropGroup(key: string, before: number): Settled {
+    const doubt = this.doubts.get(key) as Doubt;
+    this.doubts.delete(key);
+    this.unconfirmed.splice(0, before);
+    const messages = this.candidates(key);
+    for (const entry of messages) this.remove(entry);
+    const refused = Math.min(doubt.refused, messages.length);
+    return {
+      refused: [],
+      ambiguous: { messages, refused, acknowledged: Math.min(doubt.acked, messages.length - refused) },
+    };
+  }
+
+  private forget(entry: OutboxEntry): void {
+    this.remove(entry);
+    this.forgetId(entry);
+  }
+
+  private forgetId(entry: OutboxEntry): void {
+    if (entry.id !== undefined && this.sentById.get(entry.id) === entry) this.sentById.delete(entry.id);
+  }
+
+  private remove(entry: OutboxEntry): void {
+    const index = this.unconfirmed.indexOf(entry);
+    if (index >= 0) this.unconfirmed.splice(index, 1);
+  }
+}
