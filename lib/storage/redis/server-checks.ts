@@ -1,0 +1,52 @@
+import type { Redis } from 'ioredis';
+import { mastersOf, type RedisStoreClient } from './client-factory.js';
+
+const noop = (): void => undefined;
+
+/** How long a start-up read of server settings may take. */
+const CHECK_MS = 1000;
+
+/**
+ * `reply` of `command` on each server (every master of a Cluster), or `undefined` for a
+ * server that refused it or did not answer within a second. Never rejects.
+ */
+async function askMasters(client: RedisStoreClient, command: string[]): Promise<{ node: string; reply: unknown }[]> {
+  const servers: Redis[] = mastersOf(client);
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<undefined>((resolve) => {
+    timer = setTimeout(resolve, CHECK_MS, undefined);
+    timer.unref();
+  });
+  try {
+    return await Promise.all(
+      servers.map((server) =>
+        Promise.race([server.call(command[0]!, ...command.slice(1)).catch(noop), late]).then((reply) => ({
+          node: `${server.options.host ?? ''}:${server.options.port ?? ''}`,
+          reply: reply as unknown,
+        })),
+      ),
+    );
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * `CONFIG GET maxmemory-policy` of the server, or of every master of a Cluster. Servers that
+ * refuse CONFIG (managed services, ACLs) or do not answer within a second are left out.
+ */
+export async function readEvictionPolicies(client: RedisStoreClient): Promise<{ node: string; policy: string }[]> {
+  const replies = await askMasters(client, ['CONFIG', 'GET', 'maxmemory-policy']);
+  return replies
+    .map(({ node, reply }) => ({ node, policy: policyOf(reply) }))
+    .filter((reply): reply is { node: string; policy: string } => reply.policy !== undefined);
+}
+
+/** The value of a `CONFIG GET maxmemory-policy` reply: RESP2 `[name, value]`, or a RESP3 map. */
+function policyOf(reply: unknown): string | undefined {
+  let value: unknown;
+  if (Array.isArray(reply)) value = reply[1];
+  else if (reply instanceof Map) value = reply.get('maxmemory-policy');
+  else if (reply !== null && typeof reply === 'object') value = (reply as Record<string, unknown>)['maxmemory-policy'];
+  return typeof value === 'string' && value !== '' ? value.toLowerCase() : undefined;
+}
