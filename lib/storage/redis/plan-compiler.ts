@@ -8,15 +8,19 @@ import {
   type RateLimitRejected,
   type TierStatus,
 } from '../../interfaces/plan.interface.js';
-import { clockKeyOf } from './redis-keys.js';
+import { clockKeyOf, trackerHashOf } from './redis-keys.js';
 
 /** A plan turned into script arguments once; plans are reused, so this is cached. */
 export interface CompiledPlan {
   readonly plan: RateLimitPlan;
-  /** `[numkeys, ...KEYS, ...ARGV]` of consume and peek, with the per-call slots empty. */
+  /**
+   * `[numkeys, ...KEYS, ...ARGV]` of consume and peek (see `decision-scripts.ts`), with the
+   * per-call slots empty.
+   */
   readonly args: readonly string[];
   readonly nowAt: number;
   readonly nonceAt: number;
+  readonly fieldTtlsAt: number;
   readonly usesNonce: boolean;
   /** Names the plan (keys and costs) in the block cache. */
   readonly blockKey: string;
@@ -52,16 +56,27 @@ export class PlanCompiler {
     const tiers = plan.tiers;
     const keys = tiers.map((tier) => tier.key);
     const app = this.options.appClock !== undefined;
-    const args = [String(tiers.length + (app ? 1 : 0)), ...keys];
+    // The tracker hashes of the plan's buckets and counters (one, for a plan of one tracker).
+    const hashes: string[] = [];
+    const place = tiers.map(({ key, spec }) => {
+      if (spec.kind !== AlgorithmKind.TokenBucket && spec.kind !== AlgorithmKind.SlidingCounter) return ['0', ''];
+      const { hash, field } = trackerHashOf(key);
+      let index = hashes.indexOf(hash);
+      if (index < 0) index = hashes.push(hash) - 1;
+      return [String(index + 1), field];
+    });
+    const args = [String(hashes.length + tiers.length + (app ? 1 : 0)), ...hashes, ...keys];
     if (app) args.push(clockKeyOf(keys[0]!));
     const nowAt = args.length;
     args.push('', String(tiers.length));
     const nonceAt = args.length;
-    args.push('', instanceId, plan.lease ?? '', String(leaseTtlMs));
+    args.push('', instanceId, plan.lease ?? '', String(leaseTtlMs), String(hashes.length));
+    const fieldTtlsAt = args.length;
+    args.push('0');
     const leaseKeys: string[] = [];
     const leaseCosts: number[] = [];
     let usesNonce = false;
-    for (const { key, spec } of tiers) {
+    tiers.forEach(({ key, spec }, i) => {
       switch (spec.kind) {
         case AlgorithmKind.TokenBucket:
           args.push('0', String(spec.limit), String(spec.cost), String(spec.slack), String(spec.span));
@@ -80,7 +95,8 @@ export class PlanCompiler {
           leaseCosts.push(spec.cost);
           break;
       }
-    }
+      args.push(...place[i]!);
+    });
     const releaseArgs =
       leaseKeys.length === 0
         ? undefined
@@ -90,6 +106,7 @@ export class PlanCompiler {
       args,
       nowAt,
       nonceAt,
+      fieldTtlsAt,
       usesNonce,
       blockKey: tiers.map(({ key, spec }) => `${key}\u0000${spec.cost}`).join('\u0001'),
       leaseKeys,
@@ -100,9 +117,13 @@ export class PlanCompiler {
     return compiled;
   }
 
-  /** The arguments of one call: the compiled ones with this call's time and nonce. */
-  argsOf(compiled: CompiledPlan): string[] {
+  /**
+   * The arguments of one call: the compiled ones with this call's time and nonce, and
+   * whether the server keeps hash-field TTLs.
+   */
+  argsOf(compiled: CompiledPlan, fieldTtls: boolean): string[] {
     const args = compiled.args.slice();
+    if (fieldTtls) args[compiled.fieldTtlsAt] = '1';
     if (this.options.appClock !== undefined) args[compiled.nowAt] = String(this.options.appClock());
     if (compiled.usesNonce) args[compiled.nonceAt] = this.noncePrefix + (this.nonce++).toString(36);
     return args;

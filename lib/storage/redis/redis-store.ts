@@ -15,7 +15,7 @@ import { CallGate, noop } from './call-gate.js';
 import { buildClient, ownedClients, type RedisStoreClient } from './client-factory.js';
 import { LeaseBook } from './lease-book.js';
 import { allowedReply, decisionOf, PlanCompiler, statusesOf, unexpected, type CompiledPlan } from './plan-compiler.js';
-import { hashTag, trackerHash } from './redis-keys.js';
+import { KEY_LAYOUT_VERSION, trackerHash, trackerHashOf } from './redis-keys.js';
 import {
   DEFAULT_BLOCK_CACHE_ENTRIES,
   DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
@@ -24,7 +24,7 @@ import {
   type RedisStoreOptions,
 } from './redis-store.options.js';
 import { registerScripts, type Scripts } from './script-commands.js';
-import { readEvictionPolicies } from './server-checks.js';
+import { readEvictionPolicies, readFieldTtlSupport } from './server-checks.js';
 import { validateOptions } from './validate-options.js';
 
 export type { RedisStoreClient } from './client-factory.js';
@@ -84,8 +84,13 @@ export class RedisRateLimitStore extends RateLimitStore {
   private readonly cache: BlockCache | undefined;
   private readonly onAvailabilityChange: RedisStoreOptions['onAvailabilityChange'];
   private readonly onWarning: (message: string) => void;
-  /** The start-up check of `maxmemory-policy`, once the client is first ready. */
+  /** The start-up checks (`maxmemory-policy`, hash-field TTLs), once the client is first ready. */
   private policyCheck: Promise<void> | undefined;
+  /**
+   * True once every master is known to keep hash-field TTLs (Redis 7.4+): buckets and
+   * counters then expire field by field in the tracker hash.
+   */
+  private fieldTtls = false;
   private readonly scripts: Scripts;
   private readonly gate: CallGate;
   private readonly compiler: PlanCompiler;
@@ -174,6 +179,19 @@ export class RedisRateLimitStore extends RateLimitStore {
     return !this.gate.isOpen && !this.closed;
   }
 
+  /**
+   * The version of the key layout this store reads and writes (see `scripts.ts`); keys of
+   * the previous layout are ignored and expire.
+   */
+  get keyLayoutVersion(): number {
+    return KEY_LAYOUT_VERSION;
+  }
+
+  /** Whether the server keeps hash-field TTLs (Redis 7.4+), as read at start-up. */
+  get hashFieldTtls(): boolean {
+    return this.fieldTtls;
+  }
+
   /** Refusals held by the block cache (expired ones until swept). */
   get blockedPlans(): number {
     return this.cache?.size ?? 0;
@@ -196,7 +214,7 @@ export class RedisRateLimitStore extends RateLimitStore {
       if (blocked !== undefined) return blocked;
     }
     this.gate.check();
-    const args = this.compiler.argsOf(compiled);
+    const args = this.compiler.argsOf(compiled, this.fieldTtls);
     if (compiled.leaseKeys.length === 0) {
       return this.gate.within(this.scripts.consume(...args), (reply, delivered) =>
         this.decision(compiled, reply, delivered),
@@ -215,7 +233,9 @@ export class RedisRateLimitStore extends RateLimitStore {
     if (plan.tiers.length === 0) return [];
     const compiled = this.compiler.compile(plan);
     this.gate.check();
-    return this.gate.within(this.scripts.peek(...this.compiler.argsOf(compiled)), (reply) => statusesOf(plan, reply));
+    return this.gate.within(this.scripts.peek(...this.compiler.argsOf(compiled, this.fieldTtls)), (reply) =>
+      statusesOf(plan, reply),
+    );
   }
 
   /**
@@ -236,24 +256,31 @@ export class RedisRateLimitStore extends RateLimitStore {
     for (const key of compiled.leaseKeys) this.leases.dropIfIdle(key);
   }
 
+  /**
+   * Resets tier keys: each key (a sliding log's, a lease hash, a key of layout 1) and its
+   * field in the tracker hash, one script call per tracker.
+   */
   async delete(keys: readonly string[]): Promise<void> {
     this.cache?.clear();
     if (keys.length === 0) return;
     this.gate.check();
     this.leases.reset(keys);
-    if (!this.client.isCluster) {
-      await this.gate.within(this.client.del(...keys), noop);
-      return;
-    }
-    // In a Cluster one DEL may only name keys of one slot: group them by hash tag.
-    const groups = new Map<string, string[]>();
+    const groups = new Map<string, { keys: string[]; fields: string[] }>();
     for (const key of keys) {
-      const tag = hashTag(key);
-      const group = groups.get(tag);
-      if (group) group.push(key);
-      else groups.set(tag, [key]);
+      const { hash, field } = trackerHashOf(key);
+      let group = groups.get(hash);
+      if (group === undefined) groups.set(hash, (group = { keys: [], fields: [] }));
+      group.keys.push(key);
+      group.fields.push(field);
     }
-    await Promise.all([...groups.values()].map((group) => this.gate.within(this.client.del(...group), noop)));
+    await Promise.all(
+      [...groups].map(([hash, group]) =>
+        this.gate.within(
+          this.scripts.forget(String(group.keys.length + 1), hash, ...group.keys, ...group.fields),
+          noop,
+        ),
+      ),
+    );
   }
 
   /** Records an operator's block in Redis, where every instance reads it. */
@@ -351,7 +378,11 @@ export class RedisRateLimitStore extends RateLimitStore {
   /** Starts the check of `maxmemory-policy`, once per store (at start-up: the first `ready`). */
   private checkEvictionPolicy(): void {
     if (this.policyCheck !== undefined || this.closed) return;
-    this.policyCheck = readEvictionPolicies(this.client).then((policies) => {
+    const fieldTtls = readFieldTtlSupport(this.client).then((supported) => {
+      this.fieldTtls = supported;
+    });
+    const policies = readEvictionPolicies(this.client);
+    this.policyCheck = Promise.all([policies, fieldTtls]).then(([policies]) => {
       if (this.closed) return;
       const evicting = policies.filter(({ policy }) => policy !== 'noeviction');
       if (evicting.length === 0) return;

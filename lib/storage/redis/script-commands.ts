@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { RedisStoreClient } from './client-factory.js';
-import { BLOCKS_LUA, CONSUME_LUA, LEASES_LUA, PEEK_LUA, RELEASE_LUA } from './scripts.js';
+import { BLOCKS_LUA, CONSUME_LUA, FORGET_LUA, LEASES_LUA, PEEK_LUA, RELEASE_LUA } from './scripts.js';
 
 export type ScriptCall = (...args: string[]) => Promise<unknown>;
 
@@ -11,6 +11,7 @@ export interface Scripts {
   readonly release: ScriptCall;
   readonly leases: ScriptCall;
   readonly blocks: ScriptCall;
+  readonly forget: ScriptCall;
 }
 
 /**
@@ -32,5 +33,6 @@ export function registerScripts(client: RedisStoreClient): Scripts {
     release: define('release', RELEASE_LUA, false),
     leases: define('leases', LEASES_LUA, false),
     blocks: define('blocks', BLOCKS_LUA, false),
+    forget: define('forget', FORGET_LUA, false),
   };
 }

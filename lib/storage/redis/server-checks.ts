@@ -50,3 +50,25 @@ function policyOf(reply: unknown): string | undefined {
   else if (reply !== null && typeof reply === 'object') value = (reply as Record<string, unknown>)['maxmemory-policy'];
   return typeof value === 'string' && value !== '' ? value.toLowerCase() : undefined;
 }
+
+/** Redis 7.4 brought hash-field TTLs (HPEXPIRE). */
+const FIELD_TTL_VERSION = [7, 4] as const;
+
+/**
+ * Whether every master (the server, or every master of a Cluster) reports a Redis version
+ * with hash-field TTLs, from `INFO server`'s `redis_version`. False when any refuses INFO or
+ * does not answer within a second (the fallback works on every version). Servers that
+ * report an older compatible version (Valkey says 7.2.4) get the fallback.
+ */
+export async function readFieldTtlSupport(client: RedisStoreClient): Promise<boolean> {
+  const replies = await askMasters(client, ['INFO', 'server']);
+  return replies.length > 0 && replies.every(({ reply }) => hasFieldTtls(reply));
+}
+
+/** Whether an `INFO server` reply names a Redis version of 7.4 or later. */
+export function hasFieldTtls(info: unknown): boolean {
+  const match = /^redis_version:(\d+)\.(\d+)/m.exec(typeof info === 'string' ? info : String(info ?? ''));
+  if (match === null) return false;
+  const [major, minor] = [Number(match[1]), Number(match[2])];
+  return major > FIELD_TTL_VERSION[0] || (major === FIELD_TTL_VERSION[0] && minor >= FIELD_TTL_VERSION[1]);
+}
