@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import type { RedisStoreClient } from './client-factory.js';
 import { RedisStoreUnavailableError } from './redis-store.error.js';
 
@@ -26,6 +27,10 @@ export interface CallGateOptions {
  * Every Redis call of the store passes here: refused at once while the circuit breaker is
  * open (or the client is not ready), bounded by the deadline otherwise. Consecutive failures
  * open the breaker; a half-open probe every `probeIntervalMs` closes it.
+ *
+ * The deadline measures Redis, not this process: a timer that fires late (the event loop was
+ * blocked) gives its call one more deadline from then, and a miss while Redis answers other
+ * calls in time fails the call without counting towards the breaker.
  */
 export class CallGate {
   private readonly client: RedisStoreClient;
@@ -36,6 +41,13 @@ export class CallGate {
   private probeTimer: NodeJS.Timeout | undefined;
   private probing = false;
   private closed = false;
+  /** When (performance.now()) a call last got its answer in time. */
+  private lastAnswerAt = -Infinity;
+  /**
+   * Deadlines missed while Redis was answering other calls in time: failed calls that did
+   * not count towards opening the breaker (see `answeredSince`).
+   */
+  busyMisses = 0;
 
   constructor(private readonly options: CallGateOptions) {
     this.client = options.client;
@@ -74,17 +86,33 @@ export class CallGate {
   ): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       let done = false;
-      const timer = setTimeout(() => {
+      const sentAt = performance.now();
+      let armedAt = sentAt;
+      let extended = false;
+      const expire = (): void => {
+        const firedAt = performance.now();
         // When this process itself was busy past the deadline, the reply may be waiting in the
         // socket already: let the next I/O phase deliver it before calling Redis late.
         setImmediate(() => {
           if (done) return;
+          // The timer fired more than half a deadline late: this process was blocked, and the
+          // call (or its bytes, still in this process's socket buffer) waited on it, not on
+          // Redis. The deadline starts again, once, from now.
+          if (!extended && firedAt - armedAt > 1.5 * this.deadlineMs) {
+            extended = true;
+            armedAt = performance.now();
+            timer = setTimeout(expire, this.deadlineMs);
+            timer.unref();
+            return;
+          }
           done = true;
           const error = new RedisStoreUnavailableError(`Redis did not answer within ${this.deadlineMs} ms`);
-          this.failed(error);
+          if (this.answeredSince(sentAt)) this.busyMisses++;
+          else this.failed(error);
           reject(error);
         });
-      }, this.deadlineMs);
+      };
+      let timer = setTimeout(expire, this.deadlineMs);
       // The socket keeps the process alive while a call is in flight; the timer need not.
       timer.unref();
       sent.then(
@@ -93,6 +121,7 @@ export class CallGate {
           if (delivered) {
             done = true;
             clearTimeout(timer);
+            this.lastAnswerAt = performance.now();
             try {
               resolve(parse(reply, true));
               this.succeeded();
@@ -118,6 +147,17 @@ export class CallGate {
         },
       );
     });
+  }
+
+  /**
+   * Whether Redis answered another call in time since `since`: it is alive and answering in
+   * order, and a call that missed its deadline meanwhile waited behind others (in Redis's
+   * queue or this process's), which is load, not an outage. Such a miss fails its call (the
+   * fail mode decides) without counting towards opening the breaker. Not on a Cluster, where
+   * one master's answers say nothing of another's.
+   */
+  private answeredSince(since: number): boolean {
+    return this.lastAnswerAt > since && !this.client.isCluster;
   }
 
   private succeeded(): void {

@@ -94,3 +94,25 @@ export function buildClient(loaded: unknown, options: RedisStoreOptions): RedisS
 export function mastersOf(client: RedisStoreClient): Redis[] {
   return client.isCluster ? (client as Cluster).nodes('master') : [client as Redis];
 }
+
+const noop = (): void => undefined;
+
+/** Ends a client the store created: QUIT when connected (replies in flight arrive), else stop. */
+export async function endClient(client: RedisStoreClient): Promise<void> {
+  if (client.status === 'end') return;
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, 1500)));
+  const ended = new Promise<void>((resolve) => client.once('end', () => resolve()));
+  // Between reconnect attempts ioredis cannot be ended cleanly (it would keep a 2 s timer on
+  // the dead socket and never emit `end`): wait for the next attempt, at most the 1 s cap.
+  if (client.status === 'reconnecting') {
+    await Promise.race([new Promise<void>((resolve) => client.once('connecting', () => resolve())), timeout]);
+  }
+  // QUIT lets replies in flight arrive; a client that is not connected is just stopped.
+  if (client.status === 'ready') client.quit().catch(noop);
+  else client.disconnect();
+  await Promise.race([ended, timeout]);
+  clearTimeout(timer);
+  // Only if that did not end it: disconnecting an ended client would leave a 2 s timer.
+  if ((client.status as string) !== 'end') client.disconnect();
+}

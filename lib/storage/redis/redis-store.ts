@@ -12,7 +12,7 @@ import {
 import { RateLimitStore, type MaybePromise } from '../rate-limit-store.js';
 import { BlockCache } from './block-cache.js';
 import { CallGate, noop } from './call-gate.js';
-import { buildClient, ownedClients, type RedisStoreClient } from './client-factory.js';
+import { buildClient, endClient, ownedClients, type RedisStoreClient } from './client-factory.js';
 import { LeaseBook } from './lease-book.js';
 import { allowedReply, decisionOf, PlanCompiler, statusesOf, unexpected, type CompiledPlan } from './plan-compiler.js';
 import { KEY_LAYOUT_VERSION, trackerHash, trackerHashOf } from './redis-keys.js';
@@ -24,7 +24,7 @@ import {
   type RedisStoreOptions,
 } from './redis-store.options.js';
 import { registerScripts, type Scripts } from './script-commands.js';
-import { readEvictionPolicies, readFieldTtlSupport } from './server-checks.js';
+import { evictionWarning, readEvictionPolicies, readFieldTtlSupport } from './server-checks.js';
 import { validateOptions } from './validate-options.js';
 
 export type { RedisStoreClient } from './client-factory.js';
@@ -192,6 +192,14 @@ export class RedisRateLimitStore extends RateLimitStore {
     return this.fieldTtls;
   }
 
+  /**
+   * Calls that missed the deadline while Redis answered others in time: failed (the fail
+   * mode decided) without counting towards the breaker. A load figure, for metrics.
+   */
+  get deadlineMissesUnderLoad(): number {
+    return this.gate.busyMisses;
+  }
+
   /** Refusals held by the block cache (expired ones until swept). */
   get blockedPlans(): number {
     return this.cache?.size ?? 0;
@@ -326,23 +334,7 @@ export class RedisRateLimitStore extends RateLimitStore {
       if (event !== 'error' || !this.owned) this.client.off(event, listener);
     }
     if (!this.owned) return;
-    const client = this.client;
-    if (client.status === 'end') return;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, 1500)));
-    const ended = new Promise<void>((resolve) => client.once('end', () => resolve()));
-    // Between reconnect attempts ioredis cannot be ended cleanly (it would keep a 2 s timer on
-    // the dead socket and never emit `end`): wait for the next attempt, at most the 1 s cap.
-    if (client.status === 'reconnecting') {
-      await Promise.race([new Promise<void>((resolve) => client.once('connecting', () => resolve())), timeout]);
-    }
-    // QUIT lets replies in flight arrive; a client that is not connected is just stopped.
-    if (client.status === 'ready') client.quit().catch(noop);
-    else client.disconnect();
-    await Promise.race([ended, timeout]);
-    clearTimeout(timer);
-    // Only if that did not end it: disconnecting an ended client would leave a 2 s timer.
-    if ((client.status as string) !== 'end') client.disconnect();
+    await endClient(this.client);
   }
 
   /**
@@ -383,16 +375,8 @@ export class RedisRateLimitStore extends RateLimitStore {
     });
     const policies = readEvictionPolicies(this.client);
     this.policyCheck = Promise.all([policies, fieldTtls]).then(([policies]) => {
-      if (this.closed) return;
-      const evicting = policies.filter(({ policy }) => policy !== 'noeviction');
-      if (evicting.length === 0) return;
-      const named = [...new Set(evicting.map(({ policy }) => policy))].join(', ');
-      const where = this.client.isCluster ? ` on ${evicting.map(({ node }) => node).join(', ')}` : '';
-      this.warn(
-        `Redis maxmemory-policy is ${named}${where}: at maxmemory, Redis may evict rate-limit keys (every one ` +
-          "carries a TTL), and an evicted key's limit silently starts over. Set maxmemory-policy noeviction " +
-          'on the Redis that holds the limits.',
-      );
+      const warning = evictionWarning(policies, this.client.isCluster);
+      if (warning !== undefined && !this.closed) this.warn(warning);
     });
   }
 

@@ -42,6 +42,19 @@ export async function readEvictionPolicies(client: RedisStoreClient): Promise<{ 
     .filter((reply): reply is { node: string; policy: string } => reply.policy !== undefined);
 }
 
+/** The start-up warning for servers whose `maxmemory-policy` may evict limiter keys, if any. */
+export function evictionWarning(policies: { node: string; policy: string }[], cluster: boolean): string | undefined {
+  const evicting = policies.filter(({ policy }) => policy !== 'noeviction');
+  if (evicting.length === 0) return undefined;
+  const named = [...new Set(evicting.map(({ policy }) => policy))].join(', ');
+  const where = cluster ? ` on ${evicting.map(({ node }) => node).join(', ')}` : '';
+  return (
+    `Redis maxmemory-policy is ${named}${where}: at maxmemory, Redis may evict rate-limit keys (every one ` +
+    "carries a TTL), and an evicted key's limit silently starts over. Set maxmemory-policy noeviction " +
+    'on the Redis that holds the limits.'
+  );
+}
+
 /** The value of a `CONFIG GET maxmemory-policy` reply: RESP2 `[name, value]`, or a RESP3 map. */
 function policyOf(reply: unknown): string | undefined {
   let value: unknown;
