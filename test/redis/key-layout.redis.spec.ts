@@ -130,6 +130,24 @@ describe('Redis key layout 2: one hash per tracker', () => {
     await store.release(plan);
   });
 
+  it('keeps a hash written without hash-field TTLs on its hash TTL once the server has them', async () => {
+    // This machine's Redis has no hash-field TTLs (7.4+): only the transition branch can run
+    // here. A hash holding `~e` keeps its one TTL (no HPEXPIRE is sent) until it expires.
+    const plan = planOf('user:upgraded', [specs[0]!, specs[2]!]);
+    expect(store.hashFieldTtls).toBe(false);
+    expect((await store.consume(plan)).allowed).toBe(true);
+    const forced = store as unknown as { fieldTtls: boolean };
+    forced.fieldTtls = true;
+    try {
+      expect((await store.consume(plan)).allowed).toBe(true);
+    } finally {
+      forced.fieldTtls = false;
+    }
+    const hash = plan.tiers[0]!.key.replace(/:g$/, ':~2');
+    expect((await admin.hkeys(hash)).sort()).toEqual([':g', ':xc', '~e'].sort());
+    expect(await admin.pttl(hash)).toBeGreaterThan(10_000);
+  });
+
   it('leaves every key with a TTL bounded by the tiers it holds (I-2)', async () => {
     const { checked, problems } = await expectBoundedTtls(admin, 'lay:', (key) =>
       key.endsWith(':cc') ? 30_000 : key.endsWith(':xc') ? 20_000 : 60_000,

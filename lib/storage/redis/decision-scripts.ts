@@ -202,12 +202,14 @@ local function put(i, value, ttl)
   s[#s + 1] = field[i]
   s[#s + 1] = value
   if ttl > hmax[h] then hmax[h] = ttl end
-  local group = byTtl[h][ttl]
-  if group == nil then
-    group = {}
-    byTtl[h][ttl] = group
+  if fieldTtls then
+    local group = byTtl[h][ttl]
+    if group == nil then
+      group = {}
+      byTtl[h][ttl] = group
+    end
+    group[#group + 1] = field[i]
   end
-  group[#group + 1] = field[i]
 end
 
 for i = 1, n do
@@ -285,7 +287,7 @@ for h = 1, H do
   if #dels[h] > 0 then
     redis.call('HDEL', key, unpack(dels[h]))
     -- Nothing but the expiry field left: the tracker's state is a fresh one's.
-    if redis.call('HLEN', key) <= 1 then redis.call('DEL', key) end
+    if redis.call('HLEN', key) == 1 and redis.call('HEXISTS', key, '~e') == 1 then redis.call('DEL', key) end
   end
 end
 saveClock(clockKey, now, maxTtl)
