@@ -116,3 +116,17 @@ export async function endClient(client: RedisStoreClient): Promise<void> {
   // Only if that did not end it: disconnecting an ended client would leave a 2 s timer.
   if ((client.status as string) !== 'end') client.disconnect();
 }
+
+/** Resolves once the client is `ready`, or after `timeoutMs` whatever its state. */
+export function whenReady(client: RedisStoreClient, timeoutMs: number): Promise<void> {
+  if (client.status === 'ready') return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      client.off('ready', done);
+      resolve();
+    };
+    const timer = setTimeout(done, timeoutMs);
+    client.on('ready', done);
+  });
+}

@@ -12,7 +12,7 @@ import {
 import { RateLimitStore, type MaybePromise } from '../rate-limit-store.js';
 import { BlockCache } from './block-cache.js';
 import { CallGate, noop } from './call-gate.js';
-import { buildClient, endClient, ownedClients, type RedisStoreClient } from './client-factory.js';
+import { buildClient, endClient, ownedClients, whenReady, type RedisStoreClient } from './client-factory.js';
 import { LeaseBook } from './lease-book.js';
 import { allowedReply, decisionOf, PlanCompiler, statusesOf, unexpected, type CompiledPlan } from './plan-compiler.js';
 import { KEY_LAYOUT_VERSION, trackerHash, trackerHashOf } from './redis-keys.js';
@@ -342,16 +342,7 @@ export class RedisRateLimitStore extends RateLimitStore {
    * before then are refused at once and the fail mode decides).
    */
   whenReady(timeoutMs: number): Promise<void> {
-    if (this.client.status === 'ready') return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        this.client.off('ready', done);
-        resolve();
-      };
-      const timer = setTimeout(done, timeoutMs);
-      this.client.on('ready', done);
-    });
+    return whenReady(this.client, timeoutMs);
   }
 
   private decision(compiled: CompiledPlan, reply: unknown, delivered: boolean): RateLimitDecision {
