@@ -133,6 +133,11 @@ export interface RedisStoreOptions {
    * the fail mode at once, until the master (or a replica promoted in its place) serves its
    * slots again and the Cluster reports ok. (With `cluster-require-full-coverage no` the state
    * stays ok, and the first behaviour lasts until the master is back.)
+   *
+   * A missed deadline counts as a failure only when it is Redis's: a call whose deadline
+   * timer fired more than half a deadline late (this process's event loop was blocked) gets
+   * one more deadline from then, and a miss while Redis answered other calls in time (the
+   * call waited behind them) fails the call without counting (not on a Cluster).
    * @default { failureThreshold: 3, probeIntervalMs: 250 }
    */
   breaker?: { failureThreshold?: number; probeIntervalMs?: number };

@@ -1,89 +1,34 @@
 import { Logger } from '@nestjs/common';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import type { Cluster, ClusterOptions, Redis, RedisOptions } from 'ioredis';
 import { WsRateLimitConfigError } from '../../exceptions/ws-rate-limit-config.error.js';
 import {
   ALLOWED,
-  ALLOWED_NEAR_LIMIT,
   AlgorithmKind,
   type RateLimitDecision,
   type RateLimitPlan,
-  type RateLimitRejected,
   type TierStatus,
 } from '../../interfaces/plan.interface.js';
 import { RateLimitStore, type MaybePromise } from '../rate-limit-store.js';
 import { BlockCache } from './block-cache.js';
-import { RedisStoreUnavailableError } from './redis-store.error.js';
+import { CallGate, noop } from './call-gate.js';
+import { buildClient, endClient, ownedClients, whenReady, type RedisStoreClient } from './client-factory.js';
+import { LeaseBook } from './lease-book.js';
+import { allowedReply, decisionOf, PlanCompiler, statusesOf, unexpected, type CompiledPlan } from './plan-compiler.js';
+import { KEY_LAYOUT_VERSION, trackerHash, trackerHashOf } from './redis-keys.js';
 import {
   DEFAULT_BLOCK_CACHE_ENTRIES,
   DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
   DEFAULT_REDIS_KEY_PREFIX,
   DEFAULT_REDIS_LEASE_TTL_MS,
-  type RedisSentinelOptions,
   type RedisStoreOptions,
 } from './redis-store.options.js';
-import { BLOCKS_LUA, CONSUME_LUA, LEASES_LUA, PEEK_LUA, RELEASE_LUA } from './scripts.js';
+import { registerScripts, type Scripts } from './script-commands.js';
+import { evictionWarning, readEvictionPolicies, readFieldTtlSupport } from './server-checks.js';
+import { validateOptions } from './validate-options.js';
 
-/** An ioredis client: standalone, Sentinel or Cluster. */
-export type RedisStoreClient = Redis | Cluster;
-
-type ScriptCall = (...args: string[]) => Promise<unknown>;
-
-interface Scripts {
-  readonly consume: ScriptCall;
-  readonly peek: ScriptCall;
-  readonly release: ScriptCall;
-  readonly leases: ScriptCall;
-  readonly blocks: ScriptCall;
-}
-
-/** A plan turned into script arguments once; plans are reused, so this is cached. */
-interface CompiledPlan {
-  readonly plan: RateLimitPlan;
-  /** `[numkeys, ...KEYS, ...ARGV]` of consume and peek, with the per-call slots empty. */
-  readonly args: readonly string[];
-  readonly nowAt: number;
-  readonly nonceAt: number;
-  readonly usesNonce: boolean;
-  /** Names the plan (keys and costs) in the block cache. */
-  readonly blockKey: string;
-  readonly leaseKeys: readonly string[];
-  readonly leaseCosts: readonly number[];
-  /** `[numkeys, ...KEYS, ...ARGV]` of release; undefined without concurrency tiers. */
-  readonly releaseArgs: readonly string[] | undefined;
-}
-
-/** What this instance holds on one concurrency key. */
-interface LeaseEntry {
-  /** Units per lease name, as this process knows them. */
-  readonly held: Map<string, number>;
-  /** Consumes in flight on the key: the key is only touched, not synced, meanwhile. */
-  pending: number;
-  /** Redis may differ from `held` (a call failed or timed out): sync at the next chance. */
-  dirty: boolean;
-}
-
-/** Clients the store created (and so closes); a client given in options is never closed. */
-const ownedClients = new WeakSet<object>();
-
-const RETRY_CAP_MS = 1000;
-/** Reconnect delays 100, 200, ... ms, capped at 1 s (ioredis 6 would back off to 5 s). */
-const retryStrategy = (times: number): number => Math.min(100 * times, RETRY_CAP_MS);
-/**
- * A demoted master answers `READONLY`: reconnect, which through Sentinel (or a DNS name that
- * moved) finds the new master; a standalone URL reconnects to the same server, and the
- * breaker stays open until it is a master again.
- */
-const reconnectOnError = (error: Error): boolean => error.message.startsWith('READONLY');
-const noop = (): void => undefined;
-/** `ROLE` refused by the server itself (renamed or disabled, as some managed services do): it answered. */
-const roleUnsupported = (error: unknown): null => {
-  if ((error as { name?: string })?.name === 'ReplyError' && !String((error as Error).message).startsWith('READONLY')) {
-    return null;
-  }
-  throw error;
-};
+export type { RedisStoreClient } from './client-factory.js';
+export { sentinelClientOptions } from './client-factory.js';
 
 /**
  * The shared store on Redis (standalone, Sentinel or Cluster) through ioredis. One decision
@@ -94,6 +39,10 @@ const roleUnsupported = (error: unknown): null => {
  * failure rejects with `RedisStoreUnavailableError` (or throws it at once while the circuit
  * breaker is open), and the caller's fail mode decides. Plans known to be refused are
  * refused again from a local block cache without a Redis call.
+ *
+ * The jobs live in units of their own: the client factory (`client-factory.ts`), the call
+ * gate with the deadline and the breaker (`call-gate.ts`), the block cache, the lease book
+ * (`lease-book.ts`) and the plan compiler (`plan-compiler.ts`); this class composes them.
  *
  * @example
  * const store = await createRedisStore({ url: process.env.REDIS_URL });
@@ -131,30 +80,22 @@ export class RedisRateLimitStore extends RateLimitStore {
   private readonly prefix: string;
   /** The hash of operator blocks, shared by every instance using the same prefix. */
   private readonly blocksKey: string;
-  private readonly deadlineMs: number;
-  private readonly appClock: (() => number) | undefined;
   private readonly localNow: () => number;
-  private readonly leaseTtlMs: number;
   private readonly cache: BlockCache | undefined;
-  private readonly failureThreshold: number;
-  private readonly probeIntervalMs: number;
   private readonly onAvailabilityChange: RedisStoreOptions['onAvailabilityChange'];
   private readonly onWarning: (message: string) => void;
-  /** The start-up check of `maxmemory-policy`, once the client is first ready. */
+  /** The start-up checks (`maxmemory-policy`, hash-field TTLs), once the client is first ready. */
   private policyCheck: Promise<void> | undefined;
+  /**
+   * True once every master is known to keep hash-field TTLs (Redis 7.4+): buckets and
+   * counters then expire field by field in the tracker hash.
+   */
+  private fieldTtls = false;
   private readonly scripts: Scripts;
-  private readonly compiled = new WeakMap<RateLimitPlan, CompiledPlan>();
-  private readonly leases = new Map<string, LeaseEntry>();
-  private leaseTimer: NodeJS.Timeout | undefined;
-  private probeTimer: NodeJS.Timeout | undefined;
-  private probing = false;
-  private failures = 0;
-  /** Set while the breaker is open: the error every call gets. */
-  private openError: RedisStoreUnavailableError | undefined;
+  private readonly gate: CallGate;
+  private readonly compiler: PlanCompiler;
+  private readonly leases: LeaseBook;
   private closed = false;
-  private nonce = 0;
-  /** Starts every sliding-log member: random per store object, so members never repeat across restarts or stores. */
-  private readonly noncePrefix = `${randomBytes(9).toString('base64url')}.`;
   private readonly listeners: [string, (...args: unknown[]) => void][];
 
   /**
@@ -175,23 +116,37 @@ export class RedisRateLimitStore extends RateLimitStore {
     // The client's own keyPrefix wins, so no prefix is applied twice.
     this.prefix = client.options.keyPrefix ? '' : (options.keyPrefix ?? DEFAULT_REDIS_KEY_PREFIX);
     this.blocksKey = `${this.prefix}blocks`;
-    this.deadlineMs = options.commandTimeoutMs ?? DEFAULT_REDIS_COMMAND_TIMEOUT_MS;
-    this.appClock = options.clock === 'app' ? (options.now ?? Date.now) : undefined;
+    const appClock = options.clock === 'app' ? (options.now ?? Date.now) : undefined;
     this.localNow = options.now ?? (() => performance.now());
-    this.leaseTtlMs = options.leaseTtlMs ?? DEFAULT_REDIS_LEASE_TTL_MS;
+    const leaseTtlMs = options.leaseTtlMs ?? DEFAULT_REDIS_LEASE_TTL_MS;
     const cache = options.blockCache ?? true;
     this.cache =
       cache === false
         ? undefined
         : new BlockCache((cache === true ? undefined : cache.maxEntries) ?? DEFAULT_BLOCK_CACHE_ENTRIES);
-    this.failureThreshold = options.breaker?.failureThreshold ?? 3;
-    this.probeIntervalMs = options.breaker?.probeIntervalMs ?? 250;
     this.onAvailabilityChange = options.onAvailabilityChange;
     this.onWarning = options.onWarning ?? defaultWarn;
     this.instanceId = options.instanceId ?? randomBytes(9).toString('base64url');
     this.scripts = registerScripts(client);
+    this.gate = new CallGate({
+      client,
+      deadlineMs: options.commandTimeoutMs ?? DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
+      failureThreshold: options.breaker?.failureThreshold ?? 3,
+      probeIntervalMs: options.breaker?.probeIntervalMs ?? 250,
+      onChange: (available, cause) => this.notify(available, cause),
+      onRecover: () => this.leases.resyncAll(),
+    });
+    this.compiler = new PlanCompiler({ instanceId: this.instanceId, leaseTtlMs, appClock });
+    this.leases = new LeaseBook({
+      client,
+      gate: this.gate,
+      leases: this.scripts.leases,
+      instanceId: this.instanceId,
+      leaseTtlMs,
+      appClock,
+    });
 
-    const lost = (): void => this.trip(new Error('the Redis connection closed'));
+    const lost = (): void => this.gate.trip(new Error('the Redis connection closed'));
     this.listeners = [
       ['close', lost],
       ['end', lost],
@@ -199,7 +154,7 @@ export class RedisRateLimitStore extends RateLimitStore {
         'ready',
         () => {
           this.checkEvictionPolicy();
-          this.probe();
+          this.gate.probe();
         },
       ],
       // Without a listener ioredis prints every connection error; the breaker reports outages.
@@ -221,7 +176,28 @@ export class RedisRateLimitStore extends RateLimitStore {
 
   /** False while the circuit breaker is open (Redis unreachable, frozen or failing). */
   override get available(): boolean {
-    return this.openError === undefined && !this.closed;
+    return !this.gate.isOpen && !this.closed;
+  }
+
+  /**
+   * The version of the key layout this store reads and writes (see `scripts.ts`); keys of
+   * the previous layout are ignored and expire.
+   */
+  get keyLayoutVersion(): number {
+    return KEY_LAYOUT_VERSION;
+  }
+
+  /** Whether the server keeps hash-field TTLs (Redis 7.4+), as read at start-up. */
+  get hashFieldTtls(): boolean {
+    return this.fieldTtls;
+  }
+
+  /**
+   * Calls that missed the deadline while Redis answered others in time: failed (the fail
+   * mode decided) without counting towards the breaker. A load figure, for metrics.
+   */
+  get deadlineMissesUnderLoad(): number {
+    return this.gate.busyMisses;
   }
 
   /** Refusals held by the block cache (expired ones until swept). */
@@ -240,40 +216,34 @@ export class RedisRateLimitStore extends RateLimitStore {
 
   consume(plan: RateLimitPlan): MaybePromise<RateLimitDecision> {
     if (plan.tiers.length === 0) return ALLOWED;
-    const compiled = this.compile(plan);
+    const compiled = this.compiler.compile(plan);
     if (this.cache !== undefined) {
       const blocked = this.cache.get(compiled.blockKey, this.localNow());
       if (blocked !== undefined) return blocked;
     }
-    this.gate();
-    const args = this.argsOf(compiled);
+    this.gate.check();
+    const args = this.compiler.argsOf(compiled, this.fieldTtls);
     if (compiled.leaseKeys.length === 0) {
-      return this.within(this.scripts.consume(...args), (reply, delivered) =>
+      return this.gate.within(this.scripts.consume(...args), (reply, delivered) =>
         this.decision(compiled, reply, delivered),
       );
     }
-    for (const key of compiled.leaseKeys) this.leaseEntry(key).pending++;
-    return this.within(
+    this.leases.begin(compiled.leaseKeys);
+    return this.gate.within(
       this.scripts.consume(...args),
       (reply, delivered) => this.decision(compiled, reply, delivered),
-      (reply, delivered) => this.leasesSettled(compiled, reply, delivered),
+      (reply, delivered) =>
+        this.leases.settled(compiled.leaseKeys, compiled.leaseCosts, plan.lease ?? '', allowedReply(reply), delivered),
     );
   }
 
   async peek(plan: RateLimitPlan): Promise<readonly TierStatus[]> {
-    const tiers = plan.tiers;
-    if (tiers.length === 0) return [];
-    const compiled = this.compile(plan);
-    this.gate();
-    return this.within(this.scripts.peek(...this.argsOf(compiled)), (reply) => {
-      if (!Array.isArray(reply) || reply.length !== 2 * tiers.length) throw unexpected('peek', reply);
-      return tiers.map(({ spec }, i) => ({
-        tier: spec.tier,
-        limit: spec.limit,
-        remaining: toNumber(reply[2 * i]),
-        resetIn: toNumber(reply[2 * i + 1]),
-      }));
-    });
+    if (plan.tiers.length === 0) return [];
+    const compiled = this.compiler.compile(plan);
+    this.gate.check();
+    return this.gate.within(this.scripts.peek(...this.compiler.argsOf(compiled, this.fieldTtls)), (reply) =>
+      statusesOf(plan, reply),
+    );
   }
 
   /**
@@ -282,72 +252,65 @@ export class RedisRateLimitStore extends RateLimitStore {
    * holds as soon as Redis answers again (or at its next lease refresh).
    */
   async release(plan: RateLimitPlan): Promise<void> {
-    const compiled = this.compile(plan);
+    const compiled = this.compiler.compile(plan);
     if (compiled.releaseArgs === undefined) return;
-    const lease = plan.lease ?? '';
-    compiled.leaseKeys.forEach((key, i) => {
-      const entry = this.leases.get(key);
-      if (entry === undefined) return;
-      const units = (entry.held.get(lease) ?? 0) - compiled.leaseCosts[i]!;
-      if (units > 0) entry.held.set(lease, units);
-      else entry.held.delete(lease);
-    });
+    this.leases.forget(compiled.leaseKeys, compiled.leaseCosts, plan.lease ?? '');
     try {
-      this.gate();
-      await this.within(this.scripts.release(...compiled.releaseArgs), noop);
+      this.gate.check();
+      await this.gate.within(this.scripts.release(...compiled.releaseArgs), noop);
     } catch {
-      for (const key of compiled.leaseKeys) this.leaseEntry(key).dirty = true;
+      this.leases.markDirty(compiled.leaseKeys);
     }
-    for (const key of compiled.leaseKeys) this.dropIfIdle(key);
+    for (const key of compiled.leaseKeys) this.leases.dropIfIdle(key);
   }
 
+  /**
+   * Resets tier keys: each key (a sliding log's, a lease hash, a key of layout 1) and its
+   * field in the tracker hash, one script call per tracker.
+   */
   async delete(keys: readonly string[]): Promise<void> {
     this.cache?.clear();
     if (keys.length === 0) return;
-    this.gate();
+    this.gate.check();
+    this.leases.reset(keys);
+    const groups = new Map<string, { keys: string[]; fields: string[] }>();
     for (const key of keys) {
-      const entry = this.leases.get(key);
-      if (entry === undefined) continue;
-      if (entry.pending === 0) {
-        this.leases.delete(key);
-      } else {
-        // A consume still in flight settles on this entry: keep it, holding nothing, to be synced.
-        entry.held.clear();
-        entry.dirty = true;
-      }
+      const { hash, field } = trackerHashOf(key);
+      let group = groups.get(hash);
+      if (group === undefined) groups.set(hash, (group = { keys: [], fields: [] }));
+      group.keys.push(key);
+      group.fields.push(field);
     }
-    if (!this.client.isCluster) {
-      await this.within(this.client.del(...keys), noop);
-      return;
-    }
-    // In a Cluster one DEL may only name keys of one slot: group them by hash tag.
-    const groups = new Map<string, string[]>();
-    for (const key of keys) {
-      const tag = hashTag(key);
-      const group = groups.get(tag);
-      if (group) group.push(key);
-      else groups.set(tag, [key]);
-    }
-    await Promise.all([...groups.values()].map((group) => this.within(this.client.del(...group), noop)));
+    await Promise.all(
+      [...groups].map(([hash, group]) =>
+        this.gate.within(
+          this.scripts.forget(String(group.keys.length + 1), hash, ...group.keys, ...group.fields),
+          noop,
+        ),
+      ),
+    );
   }
 
   /** Records an operator's block in Redis, where every instance reads it. */
   override async setBlock(name: string, until: number): Promise<void> {
-    this.gate();
-    await this.within(this.scripts.blocks('1', this.blocksKey, 'set', name, String(until), String(Date.now())), noop);
+    this.gate.check();
+    await this.gate.within(
+      this.scripts.blocks('1', this.blocksKey, 'set', name, String(until), String(Date.now())),
+      noop,
+    );
   }
 
   /** Lifts a block on every instance. */
   override async deleteBlock(name: string): Promise<void> {
-    this.gate();
-    await this.within(this.scripts.blocks('1', this.blocksKey, 'delete', name, '', String(Date.now())), noop);
+    this.gate.check();
+    await this.gate.within(this.scripts.blocks('1', this.blocksKey, 'delete', name, '', String(Date.now())), noop);
   }
 
   /** Every block in force on any instance: name -> until (ms since the epoch). */
   override async listBlocks(): Promise<Readonly<Record<string, number>>> {
-    this.gate();
+    this.gate.check();
     const now = Date.now();
-    return this.within(this.client.hgetall(this.blocksKey), (reply) => {
+    return this.gate.within(this.client.hgetall(this.blocksKey), (reply) => {
       if (reply === null || typeof reply !== 'object') throw unexpected('HGETALL', reply);
       const live: Record<string, number> = Object.create(null) as Record<string, number>;
       for (const [name, until] of Object.entries(reply as Record<string, string>)) {
@@ -364,35 +327,14 @@ export class RedisRateLimitStore extends RateLimitStore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    clearInterval(this.leaseTimer);
-    clearTimeout(this.probeTimer);
-    this.leaseTimer = this.probeTimer = undefined;
-    if (this.openError === undefined && this.client.status === 'ready' && this.leases.size > 0) {
-      await Promise.allSettled([...this.leases.keys()].map((key) => this.syncLeases(key, new Map(), 'sync')));
-    }
-    this.leases.clear();
+    this.gate.close();
+    await this.leases.close();
     this.cache?.clear();
     for (const [event, listener] of this.listeners) {
       if (event !== 'error' || !this.owned) this.client.off(event, listener);
     }
     if (!this.owned) return;
-    const client = this.client;
-    if (client.status === 'end') return;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, 1500)));
-    const ended = new Promise<void>((resolve) => client.once('end', () => resolve()));
-    // Between reconnect attempts ioredis cannot be ended cleanly (it would keep a 2 s timer on
-    // the dead socket and never emit `end`): wait for the next attempt, at most the 1 s cap.
-    if (client.status === 'reconnecting') {
-      await Promise.race([new Promise<void>((resolve) => client.once('connecting', () => resolve())), timeout]);
-    }
-    // QUIT lets replies in flight arrive; a client that is not connected is just stopped.
-    if (client.status === 'ready') client.quit().catch(noop);
-    else client.disconnect();
-    await Promise.race([ended, timeout]);
-    clearTimeout(timer);
-    // Only if that did not end it: disconnecting an ended client would leave a 2 s timer.
-    if ((client.status as string) !== 'end') client.disconnect();
+    await endClient(this.client);
   }
 
   /**
@@ -400,267 +342,32 @@ export class RedisRateLimitStore extends RateLimitStore {
    * before then are refused at once and the fail mode decides).
    */
   whenReady(timeoutMs: number): Promise<void> {
-    if (this.client.status === 'ready') return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        this.client.off('ready', done);
-        resolve();
-      };
-      const timer = setTimeout(done, timeoutMs);
-      this.client.on('ready', done);
-    });
+    return whenReady(this.client, timeoutMs);
   }
 
-  // --- Decisions --------------------------------------------------------------------
-
   private decision(compiled: CompiledPlan, reply: unknown, delivered: boolean): RateLimitDecision {
-    if (reply === 1 || reply === '1') return ALLOWED;
-    if (Array.isArray(reply) && reply.length === 2 && toNumber(reply[0]) === 1) {
-      const near = compiled.plan.tiers[toNumber(reply[1])];
-      if (near === undefined) throw unexpected('consume', reply);
-      return ALLOWED_NEAR_LIMIT[near.spec.tier];
-    }
-    if (!Array.isArray(reply) || reply.length !== 4 || toNumber(reply[0]) !== 0) throw unexpected('consume', reply);
-    const index = toNumber(reply[1]);
-    const wait = toNumber(reply[2]);
-    // -1: never (a cost above the limit), as the memory store's Infinity.
-    const retryAfter = wait === -1 ? Infinity : wait;
-    const tier = compiled.plan.tiers[index];
-    if (tier === undefined || !(retryAfter >= 1)) throw unexpected('consume', reply);
-    const spec = tier.spec;
-    const decision: RateLimitRejected = {
-      allowed: false,
-      tier: spec.tier,
-      index,
-      retryAfter,
-      limit: spec.limit,
-      remaining: toNumber(reply[3]),
-    };
-    if (delivered && this.cache !== undefined && spec.kind !== AlgorithmKind.Concurrency) {
+    const decision = decisionOf(compiled, reply);
+    if (
+      !decision.allowed &&
+      delivered &&
+      this.cache !== undefined &&
+      compiled.plan.tiers[decision.index]!.spec.kind !== AlgorithmKind.Concurrency
+    ) {
       this.cache.set(compiled.blockKey, decision, this.localNow());
     }
     return decision;
   }
 
-  private compile(plan: RateLimitPlan): CompiledPlan {
-    const cached = this.compiled.get(plan);
-    if (cached !== undefined) return cached;
-    const tiers = plan.tiers;
-    const keys = tiers.map((tier) => tier.key);
-    const app = this.appClock !== undefined;
-    const args = [String(tiers.length + (app ? 1 : 0)), ...keys];
-    if (app) args.push(clockKeyOf(keys[0]!));
-    const nowAt = args.length;
-    args.push('', String(tiers.length));
-    const nonceAt = args.length;
-    args.push('', this.instanceId, plan.lease ?? '', String(this.leaseTtlMs));
-    const leaseKeys: string[] = [];
-    const leaseCosts: number[] = [];
-    let usesNonce = false;
-    for (const { key, spec } of tiers) {
-      switch (spec.kind) {
-        case AlgorithmKind.TokenBucket:
-          args.push('0', String(spec.limit), String(spec.cost), String(spec.slack), String(spec.span));
-          args.push(String(spec.intervalMs), String(spec.nearBound));
-          break;
-        case AlgorithmKind.SlidingLog:
-          usesNonce = true;
-          args.push('1', String(spec.limit), String(spec.cost), String(spec.windowMs), '0', '0', '0');
-          break;
-        case AlgorithmKind.SlidingCounter:
-          args.push('2', String(spec.limit), String(spec.cost), String(spec.windowMs), '0', '0', '0');
-          break;
-        case AlgorithmKind.Concurrency:
-          args.push('3', String(spec.limit), String(spec.cost), '0', '0', '0', '0');
-          leaseKeys.push(key);
-          leaseCosts.push(spec.cost);
-          break;
-      }
-    }
-    const releaseArgs =
-      leaseKeys.length === 0
-        ? undefined
-        : [String(leaseKeys.length), ...leaseKeys, this.instanceId, plan.lease ?? '', ...leaseCosts.map(String)];
-    const compiled: CompiledPlan = {
-      plan,
-      args,
-      nowAt,
-      nonceAt,
-      usesNonce,
-      blockKey: tiers.map(({ key, spec }) => `${key}\u0000${spec.cost}`).join('\u0001'),
-      leaseKeys,
-      leaseCosts,
-      releaseArgs,
-    };
-    this.compiled.set(plan, compiled);
-    return compiled;
-  }
-
-  private argsOf(compiled: CompiledPlan): string[] {
-    const args = compiled.args.slice();
-    if (this.appClock !== undefined) args[compiled.nowAt] = String(this.appClock());
-    if (compiled.usesNonce) args[compiled.nonceAt] = this.noncePrefix + (this.nonce++).toString(36);
-    return args;
-  }
-
-  // --- Deadline and circuit breaker -------------------------------------------------
-
-  /** Refuses at once, without sending, while the breaker is open or the client not ready. */
-  private gate(): void {
-    if (this.closed) throw new RedisStoreUnavailableError('the Redis store is closed');
-    if (this.openError !== undefined) throw this.openError;
-    const status = this.client.status;
-    if (status !== 'ready') {
-      this.trip(new Error(`the Redis connection is ${status}`));
-      throw this.openError ?? new RedisStoreUnavailableError(`the Redis connection is ${status}`);
-    }
-  }
-
-  /**
-   * Settles with the parsed reply, or rejects when Redis fails or stays silent past the
-   * deadline. `settled` runs once the command itself settles (possibly after the deadline),
-   * told whether the caller got that reply.
-   */
-  private within<T>(
-    sent: Promise<unknown>,
-    parse: (reply: unknown, delivered: boolean) => T,
-    settled?: (reply: unknown, delivered: boolean) => void,
-  ): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      let done = false;
-      const timer = setTimeout(() => {
-        // When this process itself was busy past the deadline, the reply may be waiting in the
-        // socket already: let the next I/O phase deliver it before calling Redis late.
-        setImmediate(() => {
-          if (done) return;
-          done = true;
-          const error = new RedisStoreUnavailableError(`Redis did not answer within ${this.deadlineMs} ms`);
-          this.failed(error);
-          reject(error);
-        });
-      }, this.deadlineMs);
-      // The socket keeps the process alive while a call is in flight; the timer need not.
-      timer.unref();
-      sent.then(
-        (reply) => {
-          const delivered = !done;
-          if (delivered) {
-            done = true;
-            clearTimeout(timer);
-            try {
-              resolve(parse(reply, true));
-              this.succeeded();
-            } catch (error) {
-              this.failed(error);
-              reject(new RedisStoreUnavailableError(`Redis answered unexpectedly`, { cause: error }));
-            }
-          }
-          // A late answer counts for nothing: a Redis slower than the deadline is no use to a
-          // decision, and resetting the failure count on it would keep the breaker from ever
-          // opening under steady latency above the deadline. Only an answer in time (a
-          // decision's, or the probe's) closes the breaker.
-          settled?.(reply, delivered);
-        },
-        (error: unknown) => {
-          if (!done) {
-            done = true;
-            clearTimeout(timer);
-            this.failed(error);
-            reject(new RedisStoreUnavailableError(`Redis failed: ${messageOf(error)}`, { cause: error }));
-          }
-          settled?.(undefined, false);
-        },
-      );
-    });
-  }
-
-  private succeeded(): void {
-    this.failures = 0;
-    if (this.openError !== undefined) this.recover();
-  }
-
-  private failed(cause: unknown): void {
-    if (++this.failures >= this.failureThreshold) this.trip(cause);
-  }
-
-  /** Opens the breaker: every call is refused at once until a probe succeeds. */
-  private trip(cause: unknown): void {
-    if (this.openError !== undefined || this.closed) return;
-    this.openError = new RedisStoreUnavailableError(`Redis is unavailable (${messageOf(cause)})`, { cause });
-    this.notify(false, cause);
-    this.scheduleProbe();
-  }
-
-  private recover(): void {
-    this.openError = undefined;
-    this.failures = 0;
-    clearTimeout(this.probeTimer);
-    this.probeTimer = undefined;
-    this.notify(true);
-    // Every entry, not only dirty ones: while the breaker was open nothing refreshed this
-    // instance's expiry, so other instances may have dropped its leases as a dead instance's.
-    for (const [key, entry] of this.leases) {
-      this.syncLeases(key, entry.held, entry.pending > 0 ? 'touch' : 'sync').catch(noop);
-    }
-  }
-
-  private scheduleProbe(): void {
-    if (this.probeTimer !== undefined || this.closed) return;
-    this.probeTimer = setTimeout(() => {
-      this.probeTimer = undefined;
-      this.probe();
-    }, this.probeIntervalMs);
-    this.probeTimer.unref();
-  }
-
-  /**
-   * Half-open: one call within the deadline decides whether the breaker closes: `ROLE`, which
-   * must say `master` (a demoted master answers, but refuses every write with READONLY; a
-   * server that refuses ROLE itself counts as reachable), or on a Cluster `CLUSTER INFO` of a
-   * random node, which must say `cluster_state:ok` (a Cluster that lost a master refuses every
-   * key with CLUSTERDOWN but still answers PING).
-   */
-  private probe(): void {
-    if (this.openError === undefined || this.probing || this.closed) return;
-    if (this.client.status !== 'ready') {
-      this.scheduleProbe();
-      return;
-    }
-    this.probing = true;
-    const probe = this.client.isCluster
-      ? this.within(this.client.call('CLUSTER', 'INFO'), (reply) => {
-          if (!String(reply).includes('cluster_state:ok')) throw new Error('the Cluster state is not ok');
-        })
-      : this.within(this.client.call('ROLE').catch(roleUnsupported), (reply) => {
-          // A demoted master still answers PING; closing the breaker on it would only fail the next decision.
-          if (Array.isArray(reply) && reply[0] !== 'master') throw new Error(`Redis answers as a ${String(reply[0])}`);
-        });
-    probe.then(
-      () => {
-        this.probing = false;
-      },
-      () => {
-        this.probing = false;
-        this.scheduleProbe();
-      },
-    );
-  }
-
   /** Starts the check of `maxmemory-policy`, once per store (at start-up: the first `ready`). */
   private checkEvictionPolicy(): void {
     if (this.policyCheck !== undefined || this.closed) return;
-    this.policyCheck = readEvictionPolicies(this.client).then((policies) => {
-      if (this.closed) return;
-      const evicting = policies.filter(({ policy }) => policy !== 'noeviction');
-      if (evicting.length === 0) return;
-      const named = [...new Set(evicting.map(({ policy }) => policy))].join(', ');
-      const where = this.client.isCluster ? ` on ${evicting.map(({ node }) => node).join(', ')}` : '';
-      this.warn(
-        `Redis maxmemory-policy is ${named}${where}: at maxmemory, Redis may evict rate-limit keys (every one ` +
-          "carries a TTL), and an evicted key's limit silently starts over. Set maxmemory-policy noeviction " +
-          'on the Redis that holds the limits.',
-      );
+    const fieldTtls = readFieldTtlSupport(this.client).then((supported) => {
+      this.fieldTtls = supported;
+    });
+    const policies = readEvictionPolicies(this.client);
+    this.policyCheck = Promise.all([policies, fieldTtls]).then(([policies]) => {
+      const warning = evictionWarning(policies, this.client.isCluster);
+      if (warning !== undefined && !this.closed) this.warn(warning);
     });
   }
 
@@ -679,69 +386,6 @@ export class RedisRateLimitStore extends RateLimitStore {
       // A listener's failure must not break the client's event handling.
     }
   }
-
-  // --- Open-connection leases -------------------------------------------------------
-
-  private leaseEntry(key: string): LeaseEntry {
-    let entry = this.leases.get(key);
-    if (entry === undefined) {
-      entry = { held: new Map(), pending: 0, dirty: false };
-      this.leases.set(key, entry);
-      if (this.leaseTimer === undefined && !this.closed) {
-        // Timers take at most 2^31 - 1 ms.
-        const period = Math.min(2_147_483_647, Math.max(1, Math.floor(this.leaseTtlMs / 3)));
-        this.leaseTimer = setInterval(() => this.refreshLeases(), period);
-        this.leaseTimer.unref();
-      }
-    }
-    return entry;
-  }
-
-  private leasesSettled(compiled: CompiledPlan, reply: unknown, delivered: boolean): void {
-    const lease = compiled.plan.lease ?? '';
-    const allowed = reply === 1 || reply === '1' || (Array.isArray(reply) && toNumber(reply[0]) === 1);
-    compiled.leaseKeys.forEach((key, i) => {
-      const entry = this.leaseEntry(key);
-      if (entry.pending > 0) entry.pending--;
-      if (delivered && allowed) entry.held.set(lease, (entry.held.get(lease) ?? 0) + compiled.leaseCosts[i]!);
-      // A call that failed or answered too late may have taken a slot nobody will give back.
-      else if (!delivered) entry.dirty = true;
-      this.dropIfIdle(key);
-    });
-  }
-
-  private dropIfIdle(key: string): void {
-    const entry = this.leases.get(key);
-    if (entry !== undefined && entry.held.size === 0 && entry.pending === 0 && !entry.dirty) this.leases.delete(key);
-    if (this.leases.size === 0 && this.leaseTimer !== undefined) {
-      clearInterval(this.leaseTimer);
-      this.leaseTimer = undefined;
-    }
-  }
-
-  /** Every third of the lease TTL: keeps this instance's leases alive, and exact. */
-  private refreshLeases(): void {
-    if (this.openError !== undefined || this.closed || this.client.status !== 'ready') return;
-    for (const [key, entry] of this.leases) {
-      this.syncLeases(key, entry.held, entry.pending > 0 ? 'touch' : 'sync').then(() => this.dropIfIdle(key), noop);
-    }
-  }
-
-  private async syncLeases(key: string, held: ReadonlyMap<string, number>, mode: 'sync' | 'touch'): Promise<void> {
-    const app = this.appClock !== undefined;
-    const args = [app ? '2' : '1', key];
-    if (app) args.push(clockKeyOf(key));
-    args.push(app ? String(this.appClock!()) : '', this.instanceId, String(this.leaseTtlMs), mode);
-    if (mode === 'sync') for (const [lease, units] of held) args.push(lease, String(units));
-    const entry = this.leases.get(key);
-    try {
-      await this.within(this.scripts.leases(...args), noop);
-      if (mode === 'sync' && entry !== undefined) entry.dirty = false;
-    } catch (error) {
-      if (entry !== undefined) entry.dirty = true;
-      throw error;
-    }
-  }
 }
 
 /**
@@ -755,232 +399,8 @@ export function createRedisStore(options: RedisStoreOptions): Promise<RedisRateL
   return RedisRateLimitStore.create(options);
 }
 
-// --- Helpers --------------------------------------------------------------------------
-
-function registerScripts(client: RedisStoreClient): Scripts {
-  const define = (name: string, lua: string, readOnly: boolean): ScriptCall => {
-    // The name carries the script's hash, so two versions of this library can share a client.
-    const command = `wsrl_${name}_${createHash('sha1').update(lua).digest('hex').slice(0, 12)}`;
-    const target = client as unknown as Record<string, unknown>;
-    if (typeof target[command] !== 'function') client.defineCommand(command, { lua, readOnly });
-    const call = target[command] as (...args: string[]) => Promise<unknown>;
-    return (...args) => call.apply(client, args);
-  };
-  return {
-    consume: define('consume', CONSUME_LUA, false),
-    peek: define('peek', PEEK_LUA, true),
-    release: define('release', RELEASE_LUA, false),
-    leases: define('leases', LEASES_LUA, false),
-    blocks: define('blocks', BLOCKS_LUA, false),
-  };
-}
-
-/**
- * The ioredis options of a Sentinel client: the sentinel settings over `base` (which holds
- * `redisOptions` and the store's safety settings), each falling back to `base`'s own. TLS to
- * the master and replicas needs ioredis's `enableTLSForSentinelMode` as well as `tls` (without
- * it ioredis connects in plain text); TLS to the sentinels themselves is `sentinelTLS`, set
- * through `redisOptions`.
- */
-export function sentinelClientOptions(base: RedisOptions, sentinel: RedisSentinelOptions): RedisOptions {
-  const { sentinels, name, username, password, sentinelUsername, sentinelPassword, db, tls } = sentinel;
-  const serverTls = tls === true ? {} : tls || base.tls;
-  return {
-    ...base,
-    sentinels,
-    name,
-    username: username ?? base.username,
-    password: password ?? base.password,
-    sentinelUsername: sentinelUsername ?? base.sentinelUsername,
-    sentinelPassword: sentinelPassword ?? base.sentinelPassword,
-    db: db ?? base.db,
-    ...(serverTls ? { tls: serverTls, enableTLSForSentinelMode: true } : {}),
-    sentinelRetryStrategy: retryStrategy,
-  };
-}
-
-interface IoRedisModule {
-  Redis: typeof import('ioredis').Redis;
-  Cluster: typeof import('ioredis').Cluster;
-}
-
-function buildClient(loaded: unknown, options: RedisStoreOptions): RedisStoreClient {
-  // Native ESM sees ioredis's CommonJS exports as named exports; CommonJS interop may nest them.
-  const module = loaded as Partial<IoRedisModule> & { default?: IoRedisModule };
-  const { Redis, Cluster } = module.Redis && module.Cluster ? (module as IoRedisModule) : module.default!;
-  const safety = {
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 0,
-    autoResendUnfulfilledCommands: false,
-    enableAutoPipelining: false,
-    retryStrategy,
-    reconnectOnError,
-  } satisfies RedisOptions;
-  const base: RedisOptions = { connectTimeout: 2000, ...options.redisOptions, ...safety };
-  if (options.url !== undefined) return new Redis(options.url, base);
-  if (options.sentinel !== undefined) return new Redis(sentinelClientOptions(base, options.sentinel));
-  const cluster = options.cluster!;
-  const extra: ClusterOptions = cluster.options ?? {};
-  return new Cluster(cluster.nodes, {
-    ...extra,
-    enableOfflineQueue: false,
-    enableAutoPipelining: false,
-    clusterRetryStrategy: retryStrategy,
-    // ioredis would resend a command whose node connection closed 100 ms later (it may have
-    // run: counted twice), and retry CLUSTERDOWN for up to 1.6 s, long past the deadline.
-    retryDelayOnFailover: 0,
-    retryDelayOnClusterDown: 0,
-    redisOptions: {
-      connectTimeout: 2000,
-      ...extra.redisOptions,
-      username: cluster.username ?? extra.redisOptions?.username,
-      password: cluster.password ?? extra.redisOptions?.password,
-      tls: cluster.tls === true ? {} : cluster.tls || extra.redisOptions?.tls,
-      maxRetriesPerRequest: 0,
-      autoResendUnfulfilledCommands: false,
-      reconnectOnError,
-    },
-  });
-}
-
-function validateOptions(options: RedisStoreOptions): void {
-  const fail = (message: string): never => {
-    throw new WsRateLimitConfigError(`redis store option ${message}`);
-  };
-  if (options === null || typeof options !== 'object') fail('object: expected the store options');
-  const sources = (['client', 'url', 'sentinel', 'cluster'] as const).filter((name) => options[name] !== undefined);
-  if (sources.length > 1) fail(`${sources.join(', ')}: give only one of client, url, sentinel or cluster`);
-  if (sources.length === 0) fail('url: give one of client, url, sentinel or cluster');
-  if (options.url !== undefined && !/^rediss?:\/\//.test(options.url)) {
-    fail('url: expected a redis:// or rediss:// URL');
-  }
-  if (options.sentinel !== undefined) {
-    if (!Array.isArray(options.sentinel.sentinels) || options.sentinel.sentinels.length === 0) {
-      fail('sentinel.sentinels: expected at least one { host, port }');
-    }
-    if (typeof options.sentinel.name !== 'string' || options.sentinel.name === '') {
-      fail('sentinel.name: expected the master name');
-    }
-  }
-  if (options.cluster !== undefined && (!Array.isArray(options.cluster.nodes) || options.cluster.nodes.length === 0)) {
-    fail('cluster.nodes: expected at least one node');
-  }
-  if (options.keyPrefix !== undefined && (typeof options.keyPrefix !== 'string' || /[{}]/.test(options.keyPrefix))) {
-    fail('keyPrefix: expected a string without { or }');
-  }
-  const positive = (name: string, value: number | undefined, integer = false) => {
-    if (value === undefined) return;
-    if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
-      fail(`${name}: expected a positive ${integer ? 'integer' : 'number'}`);
-    }
-  };
-  positive('commandTimeoutMs', options.commandTimeoutMs);
-  positive('leaseTtlMs', options.leaseTtlMs, true);
-  positive('readyTimeoutMs', options.readyTimeoutMs);
-  positive('breaker.failureThreshold', options.breaker?.failureThreshold, true);
-  positive('breaker.probeIntervalMs', options.breaker?.probeIntervalMs);
-  if (typeof options.blockCache === 'object' && options.blockCache !== null) {
-    positive('blockCache.maxEntries', options.blockCache.maxEntries, true);
-  }
-  if (options.clock !== undefined && options.clock !== 'redis' && options.clock !== 'app') {
-    fail("clock: expected 'redis' or 'app'");
-  }
-  if (options.now !== undefined && typeof options.now !== 'function') fail('now: expected a function');
-  if (options.onWarning !== undefined && typeof options.onWarning !== 'function') {
-    fail('onWarning: expected a function');
-  }
-  if (options.instanceId !== undefined && !/^[A-Za-z0-9_.-]{1,64}$/.test(options.instanceId)) {
-    fail('instanceId: expected 1-64 letters, digits, _, - or .');
-  }
-}
-
-/** A lone UTF-16 surrogate, which UTF-8 cannot carry. */
-const LONE_SURROGATE = /\p{Cs}/u;
-/** Starts the hashed bytes of text with lone surrogates: 0xFF never occurs in UTF-8. */
-const ILL_FORMED = Buffer.from([0xff]);
-
-/**
- * SHA-1 (base64url) of the tracker's UTF-8 bytes. UTF-8 turns every lone surrogate into
- * U+FFFD, so `'a\uD800'`, `'a\uDBFF'` and `'a\uFFFD'` would share a hash: text with a lone
- * surrogate is hashed as 0xFF and its UTF-16 code units instead, which no UTF-8 text can
- * equal. Well-formed text (every tracker the library itself builds) keeps its UTF-8 hash.
- */
-function trackerHash(tracker: string): string {
-  const hash = createHash('sha1');
-  if (LONE_SURROGATE.test(tracker)) hash.update(ILL_FORMED).update(tracker, 'utf16le');
-  else hash.update(tracker);
-  return hash.digest('base64url');
-}
-
-/** The hash tag of a key (what Redis Cluster hashes), or the whole key without one. */
-function hashTag(key: string): string {
-  const open = key.indexOf('{');
-  if (open >= 0) {
-    const close = key.indexOf('}', open + 1);
-    if (close > open + 1) return key.slice(open + 1, close);
-  }
-  return key;
-}
-
-/** The app-clock key of a tier key: same hash tag, so same Cluster slot. */
-function clockKeyOf(key: string): string {
-  const open = key.indexOf('{');
-  const close = open >= 0 ? key.indexOf('}', open + 1) : -1;
-  return close > open + 1 ? `${key.slice(0, close + 1)}:~clock` : `${key}:~clock`;
-}
-
 let logger: Logger | undefined;
 
 function defaultWarn(message: string): void {
   (logger ??= new Logger('WsRateLimit')).warn(message);
-}
-
-/** How long the start-up read of `maxmemory-policy` may take. */
-const POLICY_CHECK_MS = 1000;
-
-/**
- * `CONFIG GET maxmemory-policy` of the server, or of every master of a Cluster. Servers that
- * refuse CONFIG (managed services, ACLs) or do not answer within a second are left out.
- */
-async function readEvictionPolicies(client: RedisStoreClient): Promise<{ node: string; policy: string }[]> {
-  const servers: Redis[] = client.isCluster ? (client as Cluster).nodes('master') : [client as Redis];
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<undefined>((resolve) => {
-    timer = setTimeout(resolve, POLICY_CHECK_MS, undefined);
-    timer.unref();
-  });
-  try {
-    const replies = await Promise.all(
-      servers.map((server) =>
-        Promise.race([server.call('CONFIG', 'GET', 'maxmemory-policy').catch(noop), late]).then((reply) => ({
-          node: `${server.options.host ?? ''}:${server.options.port ?? ''}`,
-          policy: policyOf(reply),
-        })),
-      ),
-    );
-    return replies.filter((reply): reply is { node: string; policy: string } => reply.policy !== undefined);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** The value of a `CONFIG GET maxmemory-policy` reply: RESP2 `[name, value]`, or a RESP3 map. */
-function policyOf(reply: unknown): string | undefined {
-  let value: unknown;
-  if (Array.isArray(reply)) value = reply[1];
-  else if (reply instanceof Map) value = reply.get('maxmemory-policy');
-  else if (reply !== null && typeof reply === 'object') value = (reply as Record<string, unknown>)['maxmemory-policy'];
-  return typeof value === 'string' && value !== '' ? value.toLowerCase() : undefined;
-}
-
-function toNumber(value: unknown): number {
-  return typeof value === 'number' ? value : typeof value === 'string' ? Number(value) : NaN;
-}
-
-function unexpected(script: string, reply: unknown): Error {
-  return new Error(`unexpected ${script} reply ${JSON.stringify(reply)?.slice(0, 200)}`);
-}
-
-function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

@@ -1,0 +1,183 @@
+import { randomBytes } from 'node:crypto';
+import {
+  ALLOWED,
+  ALLOWED_NEAR_LIMIT,
+  AlgorithmKind,
+  type RateLimitDecision,
+  type RateLimitPlan,
+  type RateLimitRejected,
+  type TierStatus,
+} from '../../interfaces/plan.interface.js';
+import { clockKeyOf, trackerHashOf } from './redis-keys.js';
+
+/** A plan turned into script arguments once; plans are reused, so this is cached. */
+export interface CompiledPlan {
+  readonly plan: RateLimitPlan;
+  /**
+   * `[numkeys, ...KEYS, ...ARGV]` of consume and peek (see `decision-scripts.ts`), with the
+   * per-call slots empty.
+   */
+  readonly args: readonly string[];
+  readonly nowAt: number;
+  readonly nonceAt: number;
+  readonly fieldTtlsAt: number;
+  readonly usesNonce: boolean;
+  /** Names the plan (keys and costs) in the block cache. */
+  readonly blockKey: string;
+  readonly leaseKeys: readonly string[];
+  readonly leaseCosts: readonly number[];
+  /** `[numkeys, ...KEYS, ...ARGV]` of release; undefined without concurrency tiers. */
+  readonly releaseArgs: readonly string[] | undefined;
+}
+
+export interface PlanCompilerOptions {
+  readonly instanceId: string;
+  readonly leaseTtlMs: number;
+  readonly appClock: (() => number) | undefined;
+}
+
+/**
+ * Turns plans into the arguments of the consume, peek and release scripts (once per plan
+ * object), fills in the per-call slots (app time, sliding-log nonce), and reads the
+ * scripts' replies back into decisions and tier states.
+ */
+export class PlanCompiler {
+  private readonly compiled = new WeakMap<RateLimitPlan, CompiledPlan>();
+  private nonce = 0;
+  /** Starts every sliding-log member: random per store object, so members never repeat across restarts or stores. */
+  private readonly noncePrefix = `${randomBytes(9).toString('base64url')}.`;
+
+  constructor(private readonly options: PlanCompilerOptions) {}
+
+  compile(plan: RateLimitPlan): CompiledPlan {
+    const cached = this.compiled.get(plan);
+    if (cached !== undefined) return cached;
+    const { instanceId, leaseTtlMs } = this.options;
+    const tiers = plan.tiers;
+    const keys = tiers.map((tier) => tier.key);
+    const app = this.options.appClock !== undefined;
+    // The tracker hashes of the plan's buckets and counters (one, for a plan of one tracker).
+    const hashes: string[] = [];
+    const place = tiers.map(({ key, spec }) => {
+      if (spec.kind !== AlgorithmKind.TokenBucket && spec.kind !== AlgorithmKind.SlidingCounter) return ['0', ''];
+      const { hash, field } = trackerHashOf(key);
+      let index = hashes.indexOf(hash);
+      if (index < 0) index = hashes.push(hash) - 1;
+      return [String(index + 1), field];
+    });
+    const args = [String(hashes.length + tiers.length + (app ? 1 : 0)), ...hashes, ...keys];
+    if (app) args.push(clockKeyOf(keys[0]!));
+    const nowAt = args.length;
+    args.push('', String(tiers.length));
+    const nonceAt = args.length;
+    args.push('', instanceId, plan.lease ?? '', String(leaseTtlMs), String(hashes.length));
+    const fieldTtlsAt = args.length;
+    args.push('0');
+    const leaseKeys: string[] = [];
+    const leaseCosts: number[] = [];
+    let usesNonce = false;
+    tiers.forEach(({ key, spec }, i) => {
+      switch (spec.kind) {
+        case AlgorithmKind.TokenBucket:
+          args.push('0', String(spec.limit), String(spec.cost), String(spec.slack), String(spec.span));
+          args.push(String(spec.intervalMs), String(spec.nearBound));
+          break;
+        case AlgorithmKind.SlidingLog:
+          usesNonce = true;
+          args.push('1', String(spec.limit), String(spec.cost), String(spec.windowMs), '0', '0', '0');
+          break;
+        case AlgorithmKind.SlidingCounter:
+          args.push('2', String(spec.limit), String(spec.cost), String(spec.windowMs), '0', '0', '0');
+          break;
+        case AlgorithmKind.Concurrency:
+          args.push('3', String(spec.limit), String(spec.cost), '0', '0', '0', '0');
+          leaseKeys.push(key);
+          leaseCosts.push(spec.cost);
+          break;
+      }
+      args.push(...place[i]!);
+    });
+    const releaseArgs =
+      leaseKeys.length === 0
+        ? undefined
+        : [String(leaseKeys.length), ...leaseKeys, instanceId, plan.lease ?? '', ...leaseCosts.map(String)];
+    const compiled: CompiledPlan = {
+      plan,
+      args,
+      nowAt,
+      nonceAt,
+      fieldTtlsAt,
+      usesNonce,
+      blockKey: tiers.map(({ key, spec }) => `${key}\u0000${spec.cost}`).join('\u0001'),
+      leaseKeys,
+      leaseCosts,
+      releaseArgs,
+    };
+    this.compiled.set(plan, compiled);
+    return compiled;
+  }
+
+  /**
+   * The arguments of one call: the compiled ones with this call's time and nonce, and
+   * whether the server keeps hash-field TTLs.
+   */
+  argsOf(compiled: CompiledPlan, fieldTtls: boolean): string[] {
+    const args = compiled.args.slice();
+    if (fieldTtls) args[compiled.fieldTtlsAt] = '1';
+    if (this.options.appClock !== undefined) args[compiled.nowAt] = String(this.options.appClock());
+    if (compiled.usesNonce) args[compiled.nonceAt] = this.noncePrefix + (this.nonce++).toString(36);
+    return args;
+  }
+}
+
+/** Whether a consume reply says the plan was allowed. */
+export function allowedReply(reply: unknown): boolean {
+  return reply === 1 || reply === '1' || (Array.isArray(reply) && toNumber(reply[0]) === 1);
+}
+
+/** The decision a consume reply stands for; throws on a reply no script version gives. */
+export function decisionOf(compiled: CompiledPlan, reply: unknown): RateLimitDecision {
+  if (reply === 1 || reply === '1') return ALLOWED;
+  if (Array.isArray(reply) && reply.length === 2 && toNumber(reply[0]) === 1) {
+    const near = compiled.plan.tiers[toNumber(reply[1])];
+    if (near === undefined) throw unexpected('consume', reply);
+    return ALLOWED_NEAR_LIMIT[near.spec.tier];
+  }
+  if (!Array.isArray(reply) || reply.length !== 4 || toNumber(reply[0]) !== 0) throw unexpected('consume', reply);
+  const index = toNumber(reply[1]);
+  const wait = toNumber(reply[2]);
+  // -1: never (a cost above the limit), as the memory store's Infinity.
+  const retryAfter = wait === -1 ? Infinity : wait;
+  const tier = compiled.plan.tiers[index];
+  if (tier === undefined || !(retryAfter >= 1)) throw unexpected('consume', reply);
+  const spec = tier.spec;
+  const decision: RateLimitRejected = {
+    allowed: false,
+    tier: spec.tier,
+    index,
+    retryAfter,
+    limit: spec.limit,
+    remaining: toNumber(reply[3]),
+  };
+  return decision;
+}
+
+/** The tier states a peek reply stands for. */
+export function statusesOf(plan: RateLimitPlan, reply: unknown): readonly TierStatus[] {
+  const tiers = plan.tiers;
+  if (!Array.isArray(reply) || reply.length !== 2 * tiers.length) throw unexpected('peek', reply);
+  return tiers.map(({ spec }, i) => ({
+    tier: spec.tier,
+    limit: spec.limit,
+    remaining: toNumber(reply[2 * i]),
+    resetIn: toNumber(reply[2 * i + 1]),
+  }));
+}
+
+export function toNumber(value: unknown): number {
+  return typeof value === 'number' ? value : typeof value === 'string' ? Number(value) : NaN;
+}
+
+export function unexpected(script: string, reply: unknown): Error {
+  return new Error(`unexpected ${script} reply ${JSON.stringify(reply)?.slice(0, 200)}`);
+}

@@ -1,0 +1,38 @@
+import { createHash } from 'node:crypto';
+import type { RedisStoreClient } from './client-factory.js';
+import { BLOCKS_LUA, CONSUME_LUA, FORGET_LUA, LEASES_LUA, PEEK_LUA, RELEASE_LUA } from './scripts.js';
+
+export type ScriptCall = (...args: string[]) => Promise<unknown>;
+
+/** The store's scripts as calls on one client: `(numkeys, ...KEYS, ...ARGV)`. */
+export interface Scripts {
+  readonly consume: ScriptCall;
+  readonly peek: ScriptCall;
+  readonly release: ScriptCall;
+  readonly leases: ScriptCall;
+  readonly blocks: ScriptCall;
+  readonly forget: ScriptCall;
+}
+
+/**
+ * Registers the scripts on the client (ioredis `defineCommand`: EVALSHA, resent as EVAL
+ * after a `NOSCRIPT`), once per client and script version.
+ */
+export function registerScripts(client: RedisStoreClient): Scripts {
+  const define = (name: string, lua: string, readOnly: boolean): ScriptCall => {
+    // The name carries the script's hash, so two versions of this library can share a client.
+    const command = `wsrl_${name}_${createHash('sha1').update(lua).digest('hex').slice(0, 12)}`;
+    const target = client as unknown as Record<string, unknown>;
+    if (typeof target[command] !== 'function') client.defineCommand(command, { lua, readOnly });
+    const call = target[command] as (...args: string[]) => Promise<unknown>;
+    return (...args) => call.apply(client, args);
+  };
+  return {
+    consume: define('consume', CONSUME_LUA, false),
+    peek: define('peek', PEEK_LUA, true),
+    release: define('release', RELEASE_LUA, false),
+    leases: define('leases', LEASES_LUA, false),
+    blocks: define('blocks', BLOCKS_LUA, false),
+    forget: define('forget', FORGET_LUA, false),
+  };
+}

@@ -1,0 +1,54 @@
+import { WsRateLimitConfigError } from '../../exceptions/ws-rate-limit-config.error.js';
+import type { RedisStoreOptions } from './redis-store.options.js';
+
+/** Throws `WsRateLimitConfigError` naming the first invalid Redis store option. */
+export function validateOptions(options: RedisStoreOptions): void {
+  const fail = (message: string): never => {
+    throw new WsRateLimitConfigError(`redis store option ${message}`);
+  };
+  if (options === null || typeof options !== 'object') fail('object: expected the store options');
+  const sources = (['client', 'url', 'sentinel', 'cluster'] as const).filter((name) => options[name] !== undefined);
+  if (sources.length > 1) fail(`${sources.join(', ')}: give only one of client, url, sentinel or cluster`);
+  if (sources.length === 0) fail('url: give one of client, url, sentinel or cluster');
+  if (options.url !== undefined && !/^rediss?:\/\//.test(options.url)) {
+    fail('url: expected a redis:// or rediss:// URL');
+  }
+  if (options.sentinel !== undefined) {
+    if (!Array.isArray(options.sentinel.sentinels) || options.sentinel.sentinels.length === 0) {
+      fail('sentinel.sentinels: expected at least one { host, port }');
+    }
+    if (typeof options.sentinel.name !== 'string' || options.sentinel.name === '') {
+      fail('sentinel.name: expected the master name');
+    }
+  }
+  if (options.cluster !== undefined && (!Array.isArray(options.cluster.nodes) || options.cluster.nodes.length === 0)) {
+    fail('cluster.nodes: expected at least one node');
+  }
+  if (options.keyPrefix !== undefined && (typeof options.keyPrefix !== 'string' || /[{}]/.test(options.keyPrefix))) {
+    fail('keyPrefix: expected a string without { or }');
+  }
+  const positive = (name: string, value: number | undefined, integer = false) => {
+    if (value === undefined) return;
+    if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
+      fail(`${name}: expected a positive ${integer ? 'integer' : 'number'}`);
+    }
+  };
+  positive('commandTimeoutMs', options.commandTimeoutMs);
+  positive('leaseTtlMs', options.leaseTtlMs, true);
+  positive('readyTimeoutMs', options.readyTimeoutMs);
+  positive('breaker.failureThreshold', options.breaker?.failureThreshold, true);
+  positive('breaker.probeIntervalMs', options.breaker?.probeIntervalMs);
+  if (typeof options.blockCache === 'object' && options.blockCache !== null) {
+    positive('blockCache.maxEntries', options.blockCache.maxEntries, true);
+  }
+  if (options.clock !== undefined && options.clock !== 'redis' && options.clock !== 'app') {
+    fail("clock: expected 'redis' or 'app'");
+  }
+  if (options.now !== undefined && typeof options.now !== 'function') fail('now: expected a function');
+  if (options.onWarning !== undefined && typeof options.onWarning !== 'function') {
+    fail('onWarning: expected a function');
+  }
+  if (options.instanceId !== undefined && !/^[A-Za-z0-9_.-]{1,64}$/.test(options.instanceId)) {
+    fail('instanceId: expected 1-64 letters, digits, _, - or .');
+  }
+}

@@ -1,0 +1,158 @@
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import type { Redis } from 'ioredis';
+import type { RateLimitPlan, TierSpec } from '../../lib/interfaces/plan.interface.js';
+import { concurrencySpec, tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
+import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
+import { hasFieldTtls } from '../../lib/storage/redis/server-checks.js';
+import { startRedis, type RedisServer } from '../support/redis-server.js';
+import { adminClient, closeClient, expectBoundedTtls, ready, storeClient } from './helpers.js';
+
+/** Redis calls per command name since the last CONFIG RESETSTAT (INFO commandstats). */
+async function commandCounts(admin: Redis): Promise<Record<string, number>> {
+  const info = await admin.info('commandstats');
+  const counts: Record<string, number> = {};
+  for (const [, name, calls] of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) counts[name!] = Number(calls);
+  return counts;
+}
+
+/**
+ * Issue 13: key layout 2, one hash per tracker holding its buckets and counters; keys of
+ * layout 1 left by an older version are tolerated (never read, never an error).
+ */
+describe('Redis key layout 2: one hash per tracker', () => {
+  let server: RedisServer;
+  let admin: Redis;
+  let client: Redis;
+  let store: RedisRateLimitStore;
+
+  const specs: TierSpec[] = [
+    tokenBucketSpec('global', 'g', 10, 1),
+    tokenBucketSpec('type', 't:chat', 5, 1),
+    windowSpec('expensive', 'xc', 'sliding-counter', 3, 10_000),
+    windowSpec('expensive', 'x', 'sliding-log', 4, 10_000),
+    concurrencySpec('concurrency', 'cc', 2),
+  ];
+  const planOf = (tracker: string, chosen: readonly TierSpec[] = specs): RateLimitPlan => ({
+    tracker,
+    tiers: chosen.map((spec) => ({ key: store.key(tracker, spec.suffix), spec })),
+    lease: 'L',
+  });
+
+  beforeAll(async () => {
+    server = await startRedis();
+    admin = adminClient(server.port);
+    client = storeClient(server.port);
+    await Promise.all([ready(admin), ready(client)]);
+    store = new RedisRateLimitStore({ client, keyPrefix: 'lay:', blockCache: false, commandTimeoutMs: 2000 });
+    await store.evictionPolicyChecked;
+  });
+
+  afterAll(async () => {
+    await store?.close();
+    await Promise.all([admin, client].filter(Boolean).map(closeClient));
+    await server?.stop();
+  });
+
+  it('names its layout version, and reads hash-field TTL support from the server version', () => {
+    expect(store.keyLayoutVersion).toBe(2);
+    expect(hasFieldTtls('# Server\r\nredis_version:7.4.1\r\nredis_mode:standalone\r\n')).toBe(true);
+    expect(hasFieldTtls('# Server\r\nredis_version:8.0.2\r\n')).toBe(true);
+    expect(hasFieldTtls('# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\n')).toBe(false);
+    expect(hasFieldTtls('# Server\r\nredis_version:7.0.15\r\n')).toBe(false);
+    expect(hasFieldTtls(undefined)).toBe(false);
+  });
+
+  it('keeps every bucket and counter of a tracker in one hash, with one TTL', async () => {
+    const plan = planOf('user:one');
+    expect((await store.consume(plan)).allowed).toBe(true);
+    const hash = plan.tiers[0]!.key.replace(/:g$/, ':~2');
+    const fields = await admin.hkeys(hash);
+    expect(fields.sort()).toEqual([':g', ':t:chat', ':xc', '~e'].sort());
+    // The log and the leases keep keys of their own, on the same hash tag.
+    expect(await admin.type(plan.tiers[3]!.key)).toBe('zset');
+    expect(await admin.type(plan.tiers[4]!.key)).toBe('hash');
+    expect(await admin.exists(plan.tiers[0]!.key, plan.tiers[1]!.key, plan.tiers[2]!.key)).toBe(0);
+    const ttl = await admin.pttl(hash);
+    // The counter is the longest-lived field: fresh again 1-2 windows (10 s) from now.
+    expect(ttl).toBeGreaterThan(10_000);
+    expect(ttl).toBeLessThanOrEqual(20_000);
+    await store.release(plan);
+  });
+
+  it('decides a plan of buckets and counters with one TIME, one HMGET, one HSET and at most one PEXPIRE', async () => {
+    const plan = planOf('user:calls', [specs[0]!, specs[1]!, specs[2]!]);
+    expect((await store.consume(plan)).allowed).toBe(true);
+    await admin.config('RESETSTAT');
+    const decisions = 2;
+    for (let i = 0; i < decisions; i++) expect((await store.consume(plan)).allowed).toBe(true);
+    const counts = await commandCounts(admin);
+    expect(counts['time']).toBe(decisions);
+    expect(counts['hmget']).toBe(decisions);
+    expect(counts['hset']).toBe(decisions);
+    expect(counts['pexpire'] ?? 0).toBeLessThanOrEqual(decisions);
+    expect(counts['get'] ?? 0).toBe(0);
+    expect(counts['set'] ?? 0).toBe(0);
+  });
+
+  it('tolerates keys of layout 1 at start-up: never read, never an error, they expire', async () => {
+    const tracker = 'ip:198.51.100.7';
+    const plan = planOf(tracker);
+    // What layout 1 wrote: each bucket and counter in a string of its own at the tier key,
+    // spent to the limit (layout 2 ignores them: the tracker starts with full budgets once).
+    const now = Date.now();
+    await admin.set(plan.tiers[0]!.key, String(now + 60_000), 'PX', 60_000);
+    await admin.set(plan.tiers[1]!.key, String(now + 60_000), 'PX', 60_000);
+    await admin.set(plan.tiers[2]!.key, `${now} 3 3`, 'PX', 20_000);
+    // A log key holding another type (a tier whose algorithm changed between versions).
+    await admin.set(plan.tiers[3]!.key, 'not a sorted set', 'PX', 60_000);
+    // A log written by layout 1 (same sorted set as layout 2): still counted.
+    const other = planOf('ip:198.51.100.8', [specs[3]!]);
+    await admin.zadd(other.tiers[0]!.key, now, 'a', now, 'b', now, 'c', now, 'd');
+    await admin.pexpire(other.tiers[0]!.key, 10_000);
+
+    const statuses = await store.peek(plan);
+    expect(statuses.map((status) => status.remaining)).toEqual([10, 5, 3, 4, 2]);
+    const decisions = [];
+    for (let i = 0; i < 4; i++) decisions.push(await store.consume(plan));
+    expect(decisions.map((decision) => decision.allowed)).toEqual([true, true, false, false]);
+    // Full budgets (layout 1's spent strings were not read): the open-connection cap of 2 is
+    // what refuses the third.
+    expect(decisions[2]).toMatchObject({ allowed: false, tier: 'concurrency' });
+    expect(await admin.type(plan.tiers[3]!.key)).toBe('zset');
+    // Layout 1's strings are left to their TTLs.
+    expect(await admin.get(plan.tiers[0]!.key)).toBe(String(now + 60_000));
+    expect((await store.consume(other)).allowed).toBe(false);
+
+    await store.delete(plan.tiers.map((tier) => tier.key));
+    expect(await admin.exists(...plan.tiers.map((tier) => tier.key))).toBe(0);
+    expect(await admin.hkeys(plan.tiers[0]!.key.replace(/:g$/, ':~2'))).toEqual(['~e']);
+    expect((await store.consume(plan)).allowed).toBe(true);
+    await store.release(plan);
+  });
+
+  it('keeps a hash written without hash-field TTLs on its hash TTL once the server has them', async () => {
+    // This machine's Redis has no hash-field TTLs (7.4+): only the transition branch can run
+    // here. A hash holding `~e` keeps its one TTL (no HPEXPIRE is sent) until it expires.
+    const plan = planOf('user:upgraded', [specs[0]!, specs[2]!]);
+    expect(store.hashFieldTtls).toBe(false);
+    expect((await store.consume(plan)).allowed).toBe(true);
+    const forced = store as unknown as { fieldTtls: boolean };
+    forced.fieldTtls = true;
+    try {
+      expect((await store.consume(plan)).allowed).toBe(true);
+    } finally {
+      forced.fieldTtls = false;
+    }
+    const hash = plan.tiers[0]!.key.replace(/:g$/, ':~2');
+    expect((await admin.hkeys(hash)).sort()).toEqual([':g', ':xc', '~e'].sort());
+    expect(await admin.pttl(hash)).toBeGreaterThan(10_000);
+  });
+
+  it('leaves every key with a TTL bounded by the tiers it holds (I-2)', async () => {
+    const { checked, problems } = await expectBoundedTtls(admin, 'lay:', (key) =>
+      key.endsWith(':cc') ? 30_000 : key.endsWith(':xc') ? 20_000 : 60_000,
+    );
+    expect(problems).toEqual([]);
+    expect(checked).toBeGreaterThan(0);
+  });
+});
