@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import type { Cluster, Redis, RedisOptions } from 'ioredis';
+import type { Cluster, Redis, RedisOptions } from '../storage/redis/ioredis-types.js';
 import type { RateLimitStore } from '../storage/rate-limit-store.js';
 import type { RateLimitFrameBuilder } from './frame.interface.js';
 

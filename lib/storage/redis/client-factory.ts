@@ -1,4 +1,4 @@
-import type { Cluster, ClusterOptions, Redis, RedisOptions } from 'ioredis';
+import type { Cluster, ClusterOptions, Redis, RedisOptions } from './ioredis-types.js';
 import type { RedisSentinelOptions, RedisStoreOptions } from './redis-store.options.js';
 
 /** An ioredis client: standalone, Sentinel or Cluster. */

@@ -1,4 +1,4 @@
-import type { Cluster, ClusterOptions, Redis, RedisOptions } from 'ioredis';
+import type { Cluster, ClusterOptions, Redis, RedisOptions } from './ioredis-types.js';
 
 /** A Redis Sentinel deployment: the store connects to the master that the sentinels name. */
 export interface RedisSentinelOptions {

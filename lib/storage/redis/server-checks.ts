@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { Redis } from './ioredis-types.js';
 import { mastersOf, type RedisStoreClient } from './client-factory.js';
 
 const noop = (): void => undefined;
