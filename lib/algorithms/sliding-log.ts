@@ -48,7 +48,7 @@ export function logAllows(log: SlidingLogState, now: number, windowMs: number, c
  * Records `cost` events at `now` (call only after `logAllows`). With `windowMs`, a full ring
  * first drops the entries that have left the window ending at `now` before it grows.
  */
-export function logRecord(log: SlidingLogState, now: number, cost: number, windowMs = -Infinity): void {
+export function logRecord(log: SlidingLogState, now: number, cost: number, windowMs = Infinity): void {
   for (let i = 0; i < cost; i++) {
     if (log.count === log.limit) {
       // Full at the limit: the oldest entry gives its slot.

@@ -202,6 +202,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
    * `createPlan` gets the cache added; a frozen one keeps none.
    */
   private remember(plan: BoundPlan, cache: unknown, count: number): void {
+    if (!canCache(plan)) return;
     const slots = this.slots;
     if (count === 1) {
       if (cache !== slots[0]) setCache(plan, slots[0]);
@@ -352,9 +353,13 @@ function remembered(cache: unknown, i: number, count: number): number {
   return -1;
 }
 
+/** Whether the store can keep its cache on a plan (not on a frozen one, nor add it to a sealed one). */
+function canCache(plan: BoundPlan): boolean {
+  return !Object.isFrozen(plan) && (PLAN_CACHE in plan || Object.isExtensible(plan));
+}
+
 function setCache(plan: BoundPlan, value: unknown): void {
-  if (PLAN_CACHE in plan) plan[PLAN_CACHE] = value;
-  else if (Object.isExtensible(plan)) plan[PLAN_CACHE] = value;
+  plan[PLAN_CACHE] = value;
 }
 
 /**
