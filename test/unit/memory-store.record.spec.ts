@@ -4,6 +4,7 @@ import type { RateLimitPlan, TierSpec } from '../../lib/interfaces/plan.interfac
 import { createPlan, PLAN_CACHE } from '../../lib/plans/create-plan.js';
 import { concurrencySpec, tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
 import { MemoryRateLimitStore } from '../../lib/storage/memory/memory-store.js';
+import { RateLimitStore } from '../../lib/storage/rate-limit-store.js';
 import { fcParams } from './support/exact-model.js';
 import { fullGc } from './support/heap.js';
 import { PerTierMemoryStore } from './support/per-tier-store.js';
@@ -258,6 +259,18 @@ describe('one record per tracker: layout', () => {
     store.release(first);
     expect(store.peek(first)).toEqual([{ tier: 'concurrency', limit: 1, remaining: 1, resetIn: 0 }]);
     expect(store.consume(createPlan(store, 'ip:1', [seat], 'instance-b')).allowed).toBe(true);
+  });
+});
+
+describe('the memory store builds its keys flat', () => {
+  it('every key is the one RateLimitStore.key makes (the format delete parses)', () => {
+    const store = new MemoryRateLimitStore();
+    fc.assert(
+      fc.property(fc.string(), fc.string(), (tracker, suffix) => {
+        expect(store.key(tracker, suffix)).toBe(RateLimitStore.prototype.key.call(store, tracker, suffix));
+      }),
+      fcParams(500),
+    );
   });
 });
 

@@ -3,7 +3,6 @@
  * key, one lookup per tier. Kept verbatim (but for import paths, names and its own plan-cache
  * symbol) as the reference the one-record-per-tracker store must decide exactly like.
  */
-/* eslint-disable */
 import { performance } from 'node:perf_hooks';
 import { bucketAfter, bucketTokens, bucketWait } from '../../../lib/algorithms/token-bucket.js';
 import {
