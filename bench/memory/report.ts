@@ -88,11 +88,22 @@ export async function runMemory(quick: boolean): Promise<MemoryReport> {
     ]),
   );
   const ours = rows.find((row) => row.store === 'ours')!;
+  const withPlans = rows.find((row) => row.store === 'oursWithPlans')!;
   const targets: Target[] = [
     {
       target: 'ours <= 150 B per tracked key (heap + ArrayBuffers, 1 tier)',
       measured: `${bytes(ours.totalBytesPerKey)} B/key`,
       pass: ours.totalBytesPerKey <= 150,
+    },
+    {
+      target: 'ours <= 150 B per tracker including its kept plan (1 tier)',
+      measured: `${bytes(withPlans.totalBytesPerTracker)} B/tracker`,
+      pass: withPlans.totalBytesPerTracker <= 150,
+    },
+    {
+      target: 'a kept plan costs less than the store state it points to (1 tier)',
+      measured: `plan ${bytes(withPlans.totalBytesPerTracker - ours.totalBytesPerTracker)} B, state ${bytes(ours.totalBytesPerTracker)} B`,
+      pass: withPlans.totalBytesPerTracker - ours.totalBytesPerTracker < ours.totalBytesPerTracker,
     },
   ];
   const targetTable = table(

@@ -12,15 +12,23 @@ export interface Workload {
   /** Distinct trackers (keys) the decisions spread over. */
   readonly keys: number;
   /** `allowed`: figures so large that nearly everything passes; `rejected`: nearly nothing does after warm-up. */
-  readonly mode: 'allowed' | 'rejected';
+  readonly mode: 'allowed' | 'rejected' | 'fresh';
 }
 
-/** The four columns, in table order. */
+/**
+ * Distinct new trackers of the `fresh` column. When they run out, a contender starts over
+ * with an empty store (the cost of emptying it is part of the figure, for every contender).
+ */
+export const FRESH_TRACKERS = 1 << 18;
+
+/** The columns, in table order. */
 export const WORKLOADS = {
   'hot-allowed': { keys: 1, mode: 'allowed' },
   'hot-rejected': { keys: 1, mode: 'rejected' },
   'many-allowed': { keys: 100_000, mode: 'allowed' },
   'many-rejected': { keys: 100_000, mode: 'rejected' },
+  /** Every decision on a tracker never seen before (its plan built first, as the guard does). */
+  fresh: { keys: FRESH_TRACKERS, mode: 'fresh' },
 } as const satisfies Record<string, Workload>;
 
 export type WorkloadId = keyof typeof WORKLOADS;
@@ -61,7 +69,7 @@ const MASK = KeyOrder.LENGTH - 1;
  * in the rejected columns the 6th decision of a key is past every limit below (5).
  */
 function passes(workload: Workload): number {
-  return workload.mode === 'rejected' ? 6 : 1;
+  return workload.mode === 'rejected' ? 6 : workload.mode === 'fresh' ? 0 : 1;
 }
 
 /** Tracker names as the guard makes them (`conn:<id>`); every contender keys on these. */
@@ -123,27 +131,58 @@ export async function buildPlans(
 
 // --- Ours -------------------------------------------------------------------------------
 
-/** MemoryRateLimitStore deciding a prebuilt three-tier plan per decision, synchronously. */
-export const ours: Contender = {
-  label: 'ours: MemoryRateLimitStore, 3-tier plan',
-  async prepare(workload, order) {
-    // 100,000 trackers x 3 tiers = 300,000 keys: above the default maxKeys (100,000 keys),
-    // which would make this a benchmark of eviction. Raised so every key stays resident.
-    const { MemoryRateLimitStore } = await import('nestjs-ws-rate-limit');
-    const store = new MemoryRateLimitStore({ maxKeys: 1_000_000 });
-    const plans = await buildPlans(store, trackers(workload.keys), workload);
-    for (let pass = 0; pass < passes(workload); pass++) for (const plan of plans) store.consume(plan);
-    const indexes = order.indexes;
-    let position = 0;
-    return (n: number): number => {
-      let allowed = 0;
-      for (let i = 0; i < n; i++) {
-        if (store.consume(plans[indexes[position++ & MASK]!]!).allowed) allowed++;
+/** The first tier of a plan alone: the global token bucket. */
+async function oneTierSpecs(workload: Workload): Promise<TierSpec[]> {
+  return (await planSpecs(workload)).slice(0, 1);
+}
+
+/** MemoryRateLimitStore deciding a prebuilt plan per decision, synchronously. */
+function oursWith(label: string, specsOf: (workload: Workload) => Promise<TierSpec[]>): Contender {
+  return {
+    label,
+    async prepare(workload, order) {
+      // 100,000 trackers x 3 tiers = 300,000 keys: above the default maxKeys (100,000 keys),
+      // which would make this a benchmark of eviction. Raised so every key stays resident.
+      const { MemoryRateLimitStore } = await import('nestjs-ws-rate-limit');
+      const specs = await specsOf(workload);
+      if (workload.mode === 'fresh') {
+        // A new tracker per decision: the guard builds its plan, the store decides it.
+        const names = trackers(workload.keys);
+        let store = new MemoryRateLimitStore({ maxKeys: 10_000_000 });
+        let next = 0;
+        return (n: number): number => {
+          let allowed = 0;
+          for (let i = 0; i < n; i++) {
+            if (next === names.length) {
+              store = new MemoryRateLimitStore({ maxKeys: 10_000_000 });
+              next = 0;
+            }
+            if (store.consume(guardPlan(store, names[next++]!, specs)).allowed) allowed++;
+          }
+          return allowed;
+        };
       }
-      return allowed;
-    };
-  },
-};
+      const store = new MemoryRateLimitStore({ maxKeys: 1_000_000 });
+      const plans = trackers(workload.keys).map((tracker) => guardPlan(store, tracker, specs));
+      for (let pass = 0; pass < passes(workload); pass++) for (const plan of plans) store.consume(plan);
+      const indexes = order.indexes;
+      let position = 0;
+      return (n: number): number => {
+        let allowed = 0;
+        for (let i = 0; i < n; i++) {
+          if (store.consume(plans[indexes[position++ & MASK]!]!).allowed) allowed++;
+        }
+        return allowed;
+      };
+    },
+  };
+}
+
+/** MemoryRateLimitStore deciding a prebuilt three-tier plan per decision, synchronously. */
+export const ours: Contender = oursWith('ours: MemoryRateLimitStore, 3-tier plan', planSpecs);
+
+/** The same store with a one-tier plan (the global bucket): like for like with the bare Map. */
+export const ours1: Contender = oursWith('ours: MemoryRateLimitStore, 1-tier plan', oneTierSpecs);
 
 // --- rate-limiter-flexible --------------------------------------------------------------
 
@@ -265,7 +304,7 @@ export const bare: Contender = {
   async prepare(workload, order) {
     const [capacity, perSecond] = workload.mode === 'rejected' ? [5, 5 / 60] : [HUGE, HUGE];
     const perMs = perSecond / 1000;
-    const buckets = new Map<string, Bucket>();
+    let buckets = new Map<string, Bucket>();
     const take = (key: string): boolean => {
       const now = performance.now();
       let bucket = buckets.get(key);
@@ -280,6 +319,20 @@ export const bare: Contender = {
       return true;
     };
     const keys = trackers(workload.keys);
+    if (workload.mode === 'fresh') {
+      let next = 0;
+      return (n: number): number => {
+        let allowed = 0;
+        for (let i = 0; i < n; i++) {
+          if (next === keys.length) {
+            buckets = new Map<string, Bucket>();
+            next = 0;
+          }
+          if (take(keys[next++]!)) allowed++;
+        }
+        return allowed;
+      };
+    }
     for (let pass = 0; pass < passes(workload); pass++) for (const key of keys) take(key);
     const indexes = order.indexes;
     let position = 0;
@@ -291,7 +344,13 @@ export const bare: Contender = {
   },
 };
 
+/** Contenders of the `fresh` column: ours and the bare Map (the floor of a first decision). */
+export const FRESH_CONTENDERS = ['ours', 'ours1', 'bare'] as const;
+
 /** Every contender by the id the worker is given. */
-export const CONTENDERS = { ours, rlfAwait, rlfBatch, throttler, bare } as const satisfies Record<string, Contender>;
+export const CONTENDERS = { ours, ours1, rlfAwait, rlfBatch, throttler, bare } as const satisfies Record<
+  string,
+  Contender
+>;
 
 export type ContenderId = keyof typeof CONTENDERS;

@@ -1,7 +1,7 @@
 import { nextMessage, profileFlags, startChild, stopChild } from '../support/child.js';
 import { formatRate, formatRatio, median, spread, table, verdict } from '../support/stats.js';
 import type { Round, Timing } from '../support/timing.js';
-import { CONTENDERS, WORKLOADS, type ContenderId, type WorkloadId } from './contenders.js';
+import { CONTENDERS, FRESH_CONTENDERS, WORKLOADS, type ContenderId, type WorkloadId } from './contenders.js';
 
 /** One contender on one workload. */
 export interface StoreCell {
@@ -36,7 +36,16 @@ const COLUMN_TITLES: Record<WorkloadId, string> = {
   'hot-rejected': '1 key, rejected',
   'many-allowed': '100k keys, allowed',
   'many-rejected': '100k keys, rejected',
+  fresh: 'new tracker (plan + 1st decision)',
 };
+
+/** The contenders timed on a workload (the `fresh` column times ours and the bare Map only). */
+function contendersOf(workload: WorkloadId): ContenderId[] {
+  return workload === 'fresh' ? [...FRESH_CONTENDERS] : (Object.keys(CONTENDERS) as ContenderId[]);
+}
+
+/** The columns compared with rate-limiter-flexible (all but `fresh`). */
+const PEER_COLUMNS = ['hot-allowed', 'hot-rejected', 'many-allowed', 'many-rejected'] as const;
 
 /** Memory-store decisions per second: every contender on every workload, one child each. */
 export async function runStore(quick: boolean, profileDir?: string): Promise<StoreReport> {
@@ -51,8 +60,8 @@ export async function runStore(quick: boolean, profileDir?: string): Promise<Sto
   );
   const cells: StoreCell[] = [];
   for (const workload of workloads) {
-    const rounds = await interleaved(workload, contenders, timing, profileDir);
-    for (const contender of contenders) {
+    const rounds = await interleaved(workload, contendersOf(workload), timing, profileDir);
+    for (const contender of contendersOf(workload)) {
       const own = rounds.get(contender)!;
       const opsPerSecond = own.map((round) => round.opsPerSecond);
       const cell: StoreCell = {
@@ -74,6 +83,8 @@ export async function runStore(quick: boolean, profileDir?: string): Promise<Sto
 
   const at = (contender: ContenderId, workload: WorkloadId): StoreCell =>
     cells.find((cell) => cell.contender === contender && cell.workload === workload)!;
+  const has = (contender: ContenderId, workload: WorkloadId): boolean =>
+    cells.some((cell) => cell.contender === contender && cell.workload === workload);
   const rlfBest = (workload: WorkloadId): number =>
     Math.max(at('rlfAwait', workload).medianOpsPerSecond, at('rlfBatch', workload).medianOpsPerSecond);
 
@@ -82,6 +93,7 @@ export async function runStore(quick: boolean, profileDir?: string): Promise<Sto
     contenders.map((contender) => [
       CONTENDERS[contender].label,
       ...workloads.map((workload) => {
+        if (!has(contender, workload)) return '-';
         const cell = at(contender, workload);
         return `${formatRate(cell.medianOpsPerSecond)} ${spread(cell.opsPerSecond)}`;
       }),
@@ -91,24 +103,33 @@ export async function runStore(quick: boolean, profileDir?: string): Promise<Sto
     ['share of decisions allowed', ...workloads.map((id) => COLUMN_TITLES[id])],
     contenders.map((contender) => [
       CONTENDERS[contender].label,
-      ...workloads.map((workload) => percent(at(contender, workload).allowedShare)),
+      ...workloads.map((workload) => (has(contender, workload) ? percent(at(contender, workload).allowedShare) : '-')),
     ]),
   );
-  const ratioRow = (label: string, baseline: (workload: WorkloadId) => number): string[] => [
+  const ratioRow = (
+    label: string,
+    baseline: (workload: WorkloadId) => number,
+    ours: ContenderId = 'ours',
+    columns: readonly WorkloadId[] = PEER_COLUMNS,
+  ): string[] => [
     label,
-    ...workloads.map((workload) => formatRatio(at('ours', workload).medianOpsPerSecond / baseline(workload))),
+    ...workloads.map((workload) =>
+      columns.includes(workload) ? formatRatio(at(ours, workload).medianOpsPerSecond / baseline(workload)) : '-',
+    ),
   ];
+  const bareOf = (w: WorkloadId): number => at('bare', w).medianOpsPerSecond;
   const ratios = table(
-    ['ours (3 tiers) over', ...workloads.map((id) => COLUMN_TITLES[id])],
+    ['ours over', ...workloads.map((id) => COLUMN_TITLES[id])],
     [
-      ratioRow('rate-limiter-flexible, faster discipline', rlfBest),
-      ratioRow('rate-limiter-flexible, await each', (w) => at('rlfAwait', w).medianOpsPerSecond),
-      ratioRow('@nestjs/throttler storage', (w) => at('throttler', w).medianOpsPerSecond),
-      ratioRow('bare token bucket (1 tier)', (w) => at('bare', w).medianOpsPerSecond),
+      ratioRow('3 tiers / rate-limiter-flexible, faster discipline', rlfBest),
+      ratioRow('3 tiers / rate-limiter-flexible, await each', (w) => at('rlfAwait', w).medianOpsPerSecond),
+      ratioRow('3 tiers / @nestjs/throttler storage', (w) => at('throttler', w).medianOpsPerSecond),
+      ratioRow('3 tiers / bare token bucket (1 tier)', bareOf, 'ours', workloads),
+      ratioRow('1 tier / bare token bucket (1 tier)', bareOf, 'ours1', workloads),
     ],
   );
 
-  const targets: Target[] = workloads.map((workload) => {
+  const targets: Target[] = PEER_COLUMNS.filter((workload) => workloads.includes(workload)).map((workload) => {
     const ratio = at('ours', workload).medianOpsPerSecond / rlfBest(workload);
     return {
       target: `ours >= 2x rate-limiter-flexible, ${COLUMN_TITLES[workload]}`,
@@ -116,6 +137,25 @@ export async function runStore(quick: boolean, profileDir?: string): Promise<Sto
       pass: ratio >= 2,
     };
   });
+  for (const workload of PEER_COLUMNS.filter((id) => workloads.includes(id))) {
+    const ratio = at('ours1', workload).medianOpsPerSecond / bareOf(workload);
+    targets.push({
+      target: `ours, 1 tier >= 0.6x the bare Map, ${COLUMN_TITLES[workload]}`,
+      measured: formatRatio(ratio),
+      pass: ratio >= 0.6,
+    });
+  }
+  if (workloads.includes('fresh')) {
+    for (const contender of ['ours1', 'ours'] as const) {
+      // Time per first decision over the bare Map's time per insertion.
+      const ratio = bareOf('fresh') / at(contender, 'fresh').medianOpsPerSecond;
+      targets.push({
+        target: `new tracker, ${contender === 'ours' ? '3 tiers' : '1 tier'} (plan + decision) within 2x a bare Map insert`,
+        measured: `${formatRatio(ratio)} the bare Map's time`,
+        pass: ratio <= 2,
+      });
+    }
+  }
   for (const [rejected, allowedId] of [
     ['hot-rejected', 'hot-allowed'],
     ['many-rejected', 'many-allowed'],

@@ -1,23 +1,32 @@
 /**
  * Sliding-window log (exact): at most `limit` events in any window of `windowMs`. An event
  * at time `t` counts while `now - t < windowMs`. Only the last `limit` timestamps can ever
- * matter, so the log is a ring of `limit` entries: memory is bounded by the limit, not by
- * the traffic.
+ * matter, so the log is a ring of at most `limit` entries: memory is bounded by the limit,
+ * not by the traffic. The ring starts small and doubles when it is full (up to `limit`
+ * slots), so a log with a large limit costs what its traffic needs, not `limit` slots up
+ * front; a recording that finds the ring full first drops the entries that have left the
+ * window, which never changes a decision (time only moves forward, so they never count
+ * again).
  *
- * The ring is kept oldest first: `ring[(head + i) % limit]` for `i < count`.
+ * The ring is kept oldest first: `ring[(head + i) % ring.length]` for `i < count`.
  */
 export interface SlidingLogState {
-  /** Timestamps (ms) of the last `count` admitted events, a ring of `limit` slots. */
-  readonly ring: Float64Array;
+  /** Timestamps (ms) of the last `count` admitted events, oldest first from `head`. */
+  ring: Float64Array;
   /** Index of the oldest entry. */
   head: number;
   /** Entries held, at most `limit`. */
   count: number;
+  /** Events the window admits; the ring never grows past it. */
+  readonly limit: number;
 }
+
+/** Slots of a new log's ring (or `limit`, if smaller). */
+export const LOG_INITIAL_SLOTS = 8;
 
 /** A fresh log for a window that admits `limit` events. */
 export function createSlidingLog(limit: number): SlidingLogState {
-  return { ring: new Float64Array(limit), head: 0, count: 0 };
+  return { ring: new Float64Array(Math.min(limit, LOG_INITIAL_SLOTS)), head: 0, count: 0, limit };
 }
 
 /**
@@ -25,29 +34,53 @@ export function createSlidingLog(limit: number): SlidingLogState {
  * `-Infinity` when they fit whatever the timestamps. `cost` must be at most the limit.
  */
 function blocker(log: SlidingLogState, cost: number): number {
-  const limit = log.ring.length;
-  const over = log.count + cost - limit;
+  const over = log.count + cost - log.limit;
   if (over <= 0) return -Infinity;
-  return log.ring[wrap(log.head + over - 1, limit)]!;
+  return log.ring[wrap(log.head + over - 1, log.ring.length)]!;
 }
 
 /** True when `cost` more events fit in the window ending at `now` (never if cost > limit). */
 export function logAllows(log: SlidingLogState, now: number, windowMs: number, cost: number): boolean {
-  return cost <= log.ring.length && blocker(log, cost) <= now - windowMs;
+  return cost <= log.limit && blocker(log, cost) <= now - windowMs;
 }
 
-/** Records `cost` events at `now` (call only after `logAllows`). */
-export function logRecord(log: SlidingLogState, now: number, cost: number): void {
-  const limit = log.ring.length;
+/**
+ * Records `cost` events at `now` (call only after `logAllows`). With `windowMs`, a full ring
+ * first drops the entries that have left the window ending at `now` before it grows.
+ */
+export function logRecord(log: SlidingLogState, now: number, cost: number, windowMs = Infinity): void {
   for (let i = 0; i < cost; i++) {
-    if (log.count < limit) {
-      log.ring[wrap(log.head + log.count, limit)] = now;
-      log.count++;
-    } else {
+    if (log.count === log.limit) {
+      // Full at the limit: the oldest entry gives its slot.
       log.ring[log.head] = now;
-      log.head = wrap(log.head + 1, limit);
+      log.head = wrap(log.head + 1, log.ring.length);
+      continue;
     }
+    if (log.count === log.ring.length) {
+      dropExpired(log, now - windowMs);
+      if (log.count === log.ring.length) grow(log);
+    }
+    log.ring[wrap(log.head + log.count, log.ring.length)] = now;
+    log.count++;
   }
+}
+
+/** Drops the entries at or before `edge` (they are outside every window from now on). */
+function dropExpired(log: SlidingLogState, edge: number): void {
+  const ring = log.ring;
+  while (log.count > 0 && ring[log.head]! <= edge) {
+    log.head = wrap(log.head + 1, ring.length);
+    log.count--;
+  }
+}
+
+/** Doubles the ring (at most to `limit` slots), oldest entry first at index 0. */
+function grow(log: SlidingLogState): void {
+  const old = log.ring;
+  const ring = new Float64Array(Math.min(log.limit, Math.max(1, old.length * 2)));
+  for (let i = 0; i < log.count; i++) ring[i] = old[wrap(log.head + i, old.length)]!;
+  log.ring = ring;
+  log.head = 0;
 }
 
 /**
@@ -55,7 +88,7 @@ export function logRecord(log: SlidingLogState, now: number, cost: number): void
  * waiting that long always suffices.
  */
 export function logWait(log: SlidingLogState, now: number, windowMs: number, cost: number): number {
-  if (cost > log.ring.length) return Infinity;
+  if (cost > log.limit) return Infinity;
   const oldest = blocker(log, cost);
   if (oldest <= now - windowMs) return 0;
   let wait = Math.ceil(oldest + windowMs - now);
@@ -66,14 +99,14 @@ export function logWait(log: SlidingLogState, now: number, windowMs: number, cos
 
 /** Events of the log still inside the window ending at `now` (a binary search: O(log limit)). */
 export function logCount(log: SlidingLogState, now: number, windowMs: number): number {
-  const limit = log.ring.length;
+  const size = log.ring.length;
   const edge = now - windowMs;
   // Entries are oldest first; find the first one after the edge.
   let low = 0;
   let high = log.count;
   while (low < high) {
     const middle = (low + high) >>> 1;
-    if (log.ring[wrap(log.head + middle, limit)]! <= edge) low = middle + 1;
+    if (log.ring[wrap(log.head + middle, size)]! <= edge) low = middle + 1;
     else high = middle;
   }
   return log.count - low;
@@ -85,7 +118,7 @@ export function logFreshAt(log: SlidingLogState, windowMs: number): number {
   return log.ring[wrap(log.head + log.count - 1, log.ring.length)]! + windowMs;
 }
 
-/** `index % limit` for `0 <= index < 2 * limit`, without a division. */
-function wrap(index: number, limit: number): number {
-  return index >= limit ? index - limit : index;
+/** `index % size` for `0 <= index < 2 * size`, without a division. */
+function wrap(index: number, size: number): number {
+  return index >= size ? index - size : index;
 }

@@ -9,7 +9,7 @@ import type { RateLimitStore } from '../storage/rate-limit-store.js';
 export const PLAN_CACHE: unique symbol = Symbol('nestjs-ws-rate-limit.plan-cache');
 
 /** A plan as `createPlan` makes it. */
-export type CachedPlan = RateLimitPlan & { [PLAN_CACHE]: number[] | undefined };
+export type CachedPlan = RateLimitPlan & { [PLAN_CACHE]: unknown };
 
 /**
  * Builds a plan the way the guard does: the tiers' keys from the store, frozen tiers, and

@@ -1,6 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
 import {
+  LOG_INITIAL_SLOTS,
   createSlidingLog,
   logAllows,
   logCount,
@@ -25,14 +26,17 @@ function snapshot(log: SlidingLogState): string {
  */
 describe('sliding-window log', () => {
   const params = fc.record({
-    limit: fc.integer({ min: 1, max: 8 }),
+    // Past 8 (LOG_INITIAL_SLOTS) the ring grows with use.
+    limit: fc.oneof(fc.integer({ min: 1, max: 8 }), fc.integer({ min: 9, max: 40 })),
+    /** Whether recordings pass the window, so a full ring drops expired entries before growing. */
+    trims: fc.boolean(),
     windowMs: fc.oneof(fc.integer({ min: 1, max: 50 }), fc.integer({ min: 51, max: 5000 })),
     startTicks: fc.integer({ min: 0, max: 80_000_000 }),
   });
 
   it('matches a keep-everything log; no window of length W holds more than the limit; waits are tight', () => {
     fc.assert(
-      fc.property(params, steps(150), ({ limit, windowMs, startTicks }, schedule) => {
+      fc.property(params, steps(150), ({ limit, trims, windowMs, startTicks }, schedule) => {
         const log = createSlidingLog(limit);
         const ref = new RefLog(limit, windowMs);
         let now = startTicks;
@@ -46,7 +50,8 @@ describe('sliding-window log', () => {
           checkSame(limit - logCount(log, ms(now), windowMs), ref.remaining(now), 'remaining');
           if (allowed) {
             checkSame(logWait(log, ms(now), windowMs, cost), 0, 'wait when allowed');
-            logRecord(log, ms(now), cost);
+            logRecord(log, ms(now), cost, trims ? windowMs : undefined);
+            check(log.count <= limit && log.ring.length <= limit, () => `ring ${log.ring.length} past limit ${limit}`);
             ref.consume(now, cost);
             admitted.push({ at: now, cost });
             rejected = undefined;
@@ -87,6 +92,28 @@ describe('sliding-window log', () => {
     for (let t = 0; t < 10_000; t += 7) if (logAllows(log, t, 10, 1)) logRecord(log, t, 1);
     expect(log.ring.length).toBe(3);
     expect(log.count).toBeLessThanOrEqual(3);
+  });
+
+  it('grows with use instead of allocating `limit` slots (max 1e6 is not 8 MB)', () => {
+    const log = createSlidingLog(1_000_000);
+    expect(log.ring.length).toBe(LOG_INITIAL_SLOTS);
+    for (let i = 0; i < 100; i++) logRecord(log, i, 1, 60_000);
+    expect(log.ring.length).toBe(128);
+    expect(logCount(log, 99, 60_000)).toBe(100);
+    // Steady traffic of 10 events per window: expired entries make room, the ring stays small.
+    const steady = createSlidingLog(1_000_000);
+    for (let t = 0; t < 100_000; t += 100) {
+      expect(logAllows(steady, t, 1000, 1)).toBe(true);
+      logRecord(steady, t, 1, 1000);
+    }
+    expect(steady.ring.length).toBeLessThanOrEqual(16);
+    expect(logCount(steady, 99_900, 1000)).toBe(10);
+    // Never past the limit: a log of 20 holds 20 slots at most.
+    const capped = createSlidingLog(20);
+    for (let i = 0; i < 1_000; i++) logRecord(capped, i, 1);
+    expect(capped.ring.length).toBe(20);
+    expect(logAllows(capped, 999, 1_000, 1)).toBe(false);
+    expect(logWait(capped, 999, 1_000, 1)).toBe(981);
   });
 
   it('counts an event at t while now - t < W, and no longer', () => {

@@ -30,12 +30,14 @@ import {
 } from '../../interfaces/plan.interface.js';
 import { PLAN_CACHE } from '../../plans/create-plan.js';
 import { RateLimitStore } from '../rate-limit-store.js';
-import { KeyTable } from './key-table.js';
+import { TrackerTable } from './tracker-table.js';
 
 /** Options of the embedded memory store. */
 export interface MemoryStoreOptions {
   /**
-   * Most keys held; past it, idle keys are dropped first, then the least recently used.
+   * Most tier states held (one per tier a tracker has used: a tracker deciding a plan of
+   * a global and a type bucket holds two). Past it, whole trackers are dropped: idle ones
+   * first, then the least recently used.
    * @default 100000
    */
   maxKeys?: number;
@@ -50,37 +52,46 @@ export interface MemoryStoreOptions {
 export const DEFAULT_MAX_KEYS = 100_000;
 
 /**
- * A plan as the memory store sees it: it remembers the slots of the plan's keys in the
- * plan's cache (`createPlan` makes room for it). The next decision on that plan checks
- * that each slot still holds its key (one array read) instead of hashing and probing the
- * key table once per tier; the guard reuses a plan for every message of a connection and
- * handler. The check is by key, so a slot remembered by another store (or since given to
- * another key) is simply looked up again. (A remembered refusal would make a flood cheaper
- * still, but its `retryAfter` and `remaining` would drift from the exact figures a fresh
- * decision gives.)
+ * A plan as the memory store sees it: it remembers where the plan's tier states are in the
+ * plan's cache (`createPlan` makes room for it): the slot itself for a one-tier plan (a
+ * number, so remembering costs the plan nothing), an array of slots for more tiers. The
+ * next decision on that plan checks that each slot still holds its tracker's tier (two
+ * reads) instead of looking anything up; the guard reuses a plan for every message of a
+ * connection and handler. A slot remembered by another store, or since given to another
+ * tracker, fails the check and is looked up again: one `Map` lookup for the tracker, then
+ * its chain of tier states.
  */
-type BoundPlan = RateLimitPlan & { [PLAN_CACHE]?: number[] };
+type BoundPlan = RateLimitPlan & { [PLAN_CACHE]?: unknown };
 
 /**
  * The embedded store: every decision is synchronous, O(1) per tier, and allocates nothing
- * when it allows. Memory is bounded by `maxKeys`; no timer is used.
+ * when it allows. State is kept per tracker: one record (one `Map` entry and a chain of
+ * tier states, see `TrackerTable`) holds every tier of every plan of a tracker. Memory is
+ * bounded by `maxKeys` tier states; room is made by dropping whole trackers. No timer.
  */
 export class MemoryRateLimitStore extends RateLimitStore {
-  private readonly table: KeyTable;
+  private readonly table: TrackerTable;
   private readonly clock: () => number;
+  /** The slots of the decision at hand (one decision at a time: every call is synchronous). */
+  private slots = new Int32Array(8);
 
   constructor(options: MemoryStoreOptions = {}) {
     super();
-    this.table = new KeyTable(options.maxKeys ?? DEFAULT_MAX_KEYS);
+    this.table = new TrackerTable(options.maxKeys ?? DEFAULT_MAX_KEYS);
     this.clock = options.clock ?? (() => performance.now());
   }
 
-  /** Keys held now. */
+  /** Tier states held (what `maxKeys` bounds): one per tier a tracker has used. */
   get size(): number {
     return this.table.size;
   }
 
-  /** Keys dropped to respect `maxKeys` while their state still mattered. */
+  /** Trackers held (records). */
+  get trackers(): number {
+    return this.table.trackerCount;
+  }
+
+  /** Tier states dropped to respect `maxKeys` while they still mattered. */
   get evictions(): number {
     return this.table.evictions;
   }
@@ -90,47 +101,66 @@ export class MemoryRateLimitStore extends RateLimitStore {
     const tiers = plan.tiers;
     const count = tiers.length;
     const table = this.table;
-    const slots = this.slotsOf(plan as BoundPlan);
+    const tracker = plan.tracker;
+    const cache = (plan as BoundPlan)[PLAN_CACHE];
+    if (this.slots.length < count) this.slots = new Int32Array(count * 2);
+    const slots = this.slots;
+    // -2: the tracker's head not looked up yet; -1: the tracker is new.
+    let head = -2;
     let missing = 0;
+    let stale = false;
     for (let i = 0; i < count; i++) {
       const tier = tiers[i]!;
       const spec = tier.spec;
-      let slot = slots[i]!;
-      if (slot >= 0 && table.holds(slot, tier.key)) table.touch(slot);
-      else slots[i] = slot = table.find(tier.key);
+      let slot = remembered(cache, i, count);
+      if (slot >= 0 && table.holds(slot, tracker, spec.suffix, tier.key)) {
+        table.touch(slot);
+      } else {
+        stale = true;
+        if (head === -2) head = table.head(tracker);
+        slot = head < 0 ? -1 : table.find(head, spec.suffix, tier.key);
+        if (slot >= 0) table.touch(slot);
+      }
+      slots[i] = slot;
       if (slot < 0) {
-        // A fresh key admits any cost up to its limit, and nothing above it.
-        if (spec.cost > spec.limit) return this.reject(plan, now, slots, i);
+        // A fresh state admits any cost up to its limit, and nothing above it.
+        if (spec.cost > spec.limit) return this.reject(plan, now, i);
         missing++;
         continue;
       }
       switch (spec.kind) {
         case AlgorithmKind.TokenBucket:
-          if (table.freshAt[slot]! - now > spec.slack) return this.reject(plan, now, slots, i);
+          if (table.freshAt[slot]! - now > spec.slack) return this.reject(plan, now, i);
           break;
         case AlgorithmKind.SlidingLog:
           if (!logAllows(table.objects[slot] as SlidingLogState, now, spec.windowMs, spec.cost)) {
-            return this.reject(plan, now, slots, i);
+            return this.reject(plan, now, i);
           }
           break;
         case AlgorithmKind.SlidingCounter:
           if (!counterAllows(table.objects[slot] as SlidingCounterState, now, spec.windowMs, spec.limit, spec.cost)) {
-            return this.reject(plan, now, slots, i);
+            return this.reject(plan, now, i);
           }
           break;
         case AlgorithmKind.Concurrency:
-          if (concurrencyHeld(table.objects[slot]) + spec.cost > spec.limit) return this.reject(plan, now, slots, i);
+          if (concurrencyHeld(table.objects[slot]) + spec.cost > spec.limit) return this.reject(plan, now, i);
           break;
       }
     }
-    // Room for new keys is made only on the allowed path, never at the expense of this plan's.
-    if (missing > 0 && table.size + missing > table.maxKeys) table.reserve(missing, now, slots, count);
+    if (missing > 0) {
+      // Room for new states is made only on the allowed path, never at this tracker's expense.
+      if (head === -2) head = table.head(tracker);
+      if (table.size + missing > table.maxKeys) table.reserve(missing, now, head);
+    }
     let decision: RateLimitDecision = ALLOWED;
     for (let i = 0; i < count; i++) {
       const tier = tiers[i]!;
       const spec = tier.spec;
       let slot = slots[i]!;
-      if (slot < 0) slots[i] = slot = table.insert(tier.key);
+      if (slot < 0) {
+        slots[i] = slot = table.insert(tracker, spec.suffix, tier.key, head);
+        if (head < 0) head = slot;
+      }
       // Read the column after inserting: an insertion may have grown (replaced) it.
       const freshAt = table.freshAt;
       switch (spec.kind) {
@@ -142,7 +172,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
           break;
         case AlgorithmKind.SlidingLog: {
           const log = (table.objects[slot] ??= createSlidingLog(spec.limit)) as SlidingLogState;
-          logRecord(log, now, spec.cost);
+          logRecord(log, now, spec.cost, spec.windowMs);
           freshAt[slot] = logFreshAt(log, spec.windowMs);
           break;
         }
@@ -162,35 +192,55 @@ export class MemoryRateLimitStore extends RateLimitStore {
       }
       table.noteFresh(freshAt[slot]!);
     }
+    if (stale) this.remember(plan as BoundPlan, cache, count);
     return decision;
   }
 
   /**
-   * The remembered slots of a plan's keys (-1: not known), kept in the plan's cache. A plan
-   * made without `createPlan` gets the cache added (a frozen one, slots for one decision).
+   * Keeps the slots of the decision just made in the plan's cache: in place when the plan
+   * has an array of the right length, else a new one (once per plan). A plan made without
+   * `createPlan` gets the cache added; a frozen one keeps none.
    */
-  private slotsOf(plan: BoundPlan): number[] {
-    const cached = plan[PLAN_CACHE];
-    if (cached !== undefined) return cached;
+  private remember(plan: BoundPlan, cache: unknown, count: number): void {
+    if (!canCache(plan)) return;
+    const slots = this.slots;
+    if (count === 1) {
+      if (cache !== slots[0]) setCache(plan, slots[0]);
+      return;
+    }
+    if (Array.isArray(cache) && cache.length === count) {
+      for (let i = 0; i < count; i++) cache[i] = slots[i];
+      return;
+    }
     // Sized exactly (an array grown by push would reserve 17 slots).
-    const slots = new Array<number>(plan.tiers.length).fill(-1);
-    if (Object.isExtensible(plan)) plan[PLAN_CACHE] = slots;
-    return slots;
+    const fresh = new Array<number>(count);
+    for (let i = 0; i < count; i++) fresh[i] = slots[i]!;
+    setCache(plan, fresh);
+  }
+
+  /** The slot of a plan's tier in this store, or -1 (not held). Looks the tracker up. */
+  private locate(plan: RateLimitPlan, i: number): number {
+    const table = this.table;
+    const { key, spec } = plan.tiers[i]!;
+    const slot = remembered((plan as BoundPlan)[PLAN_CACHE], i, plan.tiers.length);
+    if (slot >= 0 && table.holds(slot, plan.tracker, spec.suffix, key)) return slot;
+    const head = table.head(plan.tracker);
+    return head < 0 ? -1 : table.find(head, spec.suffix, key);
   }
 
   /**
    * The rejected path: the longest wait of the tiers from `first` on (the tiers before it
-   * allowed, so their wait is 0) decides. Changes no state.
+   * allowed, so their wait is 0) decides. Changes no state. `this.slots` holds the slots of
+   * the tiers up to `first`.
    */
-  private reject(plan: RateLimitPlan, now: number, slots: readonly number[], first: number): RateLimitRejected {
+  private reject(plan: RateLimitPlan, now: number, first: number): RateLimitRejected {
     let worst = -1;
     let worstWait = 0;
     let worstSlot = -1;
     const tiers = plan.tiers;
-    const table = this.table;
     for (let i = first; i < tiers.length; i++) {
-      const { key, spec } = tiers[i]!;
-      const slot = slots[i]! >= 0 && table.holds(slots[i]!, key) ? slots[i]! : table.peek(key);
+      const spec = tiers[i]!.spec;
+      const slot = i === first ? this.slots[i]! : this.locate(plan, i);
       const wait = this.wait(slot, spec, now);
       if (wait > worstWait) {
         worstWait = wait;
@@ -243,8 +293,8 @@ export class MemoryRateLimitStore extends RateLimitStore {
 
   peek(plan: RateLimitPlan): TierStatus[] {
     const now = this.clock();
-    return plan.tiers.map(({ key, spec }) => {
-      const slot = this.table.peek(key);
+    return plan.tiers.map(({ spec }, i) => {
+      const slot = this.locate(plan, i);
       const fresh = slot < 0 ? -Infinity : this.table.freshAt[slot]!;
       return {
         tier: spec.tier,
@@ -257,25 +307,81 @@ export class MemoryRateLimitStore extends RateLimitStore {
 
   release(plan: RateLimitPlan): void {
     const lease = plan.lease ?? '';
-    for (const { key, spec } of plan.tiers) {
+    const tiers = plan.tiers;
+    for (let i = 0; i < tiers.length; i++) {
+      const spec = tiers[i]!.spec;
       if (spec.kind !== AlgorithmKind.Concurrency) continue;
-      const slot = this.table.peek(key);
+      const slot = this.locate(plan, i);
       if (slot < 0) continue;
       const leases = this.table.objects[slot] as Map<string, number>;
       const held = (leases.get(lease) ?? 0) - spec.cost;
       if (held > 0) leases.set(lease, held);
       else leases.delete(lease);
-      if (leases.size === 0) this.table.delete(key);
+      if (leases.size === 0) this.table.delete(plan.tracker, spec.suffix, tiers[i]!.key);
     }
   }
 
+  /**
+   * Forgets the given keys (as `key(tracker, suffix)` makes them): each is one tier state of
+   * the tracker it names; a tracker left without states is forgotten. Other strings name
+   * no tracker and are ignored.
+   */
   delete(keys: readonly string[]): void {
-    for (const key of keys) this.table.delete(key);
+    for (const key of keys) {
+      const parsed = parseKey(key);
+      if (parsed !== undefined) this.table.delete(parsed[0], parsed[1], key);
+    }
+  }
+
+  /** Forgets every tier state of a tracker, whichever plans made them. */
+  deleteTracker(tracker: string): void {
+    this.table.deleteTracker(tracker);
   }
 
   async close(): Promise<void> {
     this.table.clear();
   }
+
+  /**
+   * The same key as every store's (`<length>:<tracker>|<suffix>`), built flat: a key made by
+   * concatenation is a V8 rope that costs about twice its flat size for as long as a plan
+   * keeps it.
+   */
+  override key(tracker: string, suffix: string): string {
+    return [tracker.length, ':', tracker, '|', suffix].join('');
+  }
+}
+
+/** The slot a plan's cache remembers for tier `i` of `count`, or -1. */
+function remembered(cache: unknown, i: number, count: number): number {
+  if (typeof cache === 'number') return count === 1 ? cache : -1;
+  if (count > 1 && Array.isArray(cache) && cache.length === count) {
+    const slot: unknown = cache[i];
+    if (typeof slot === 'number') return slot;
+  }
+  return -1;
+}
+
+/** Whether the store can keep its cache on a plan (not on a frozen one, nor add it to a sealed one). */
+function canCache(plan: BoundPlan): boolean {
+  return !Object.isFrozen(plan) && (PLAN_CACHE in plan || Object.isExtensible(plan));
+}
+
+function setCache(plan: BoundPlan, value: unknown): void {
+  plan[PLAN_CACHE] = value;
+}
+
+/**
+ * `[tracker, suffix]` of a key made by `RateLimitStore.key` (`<length>:<tracker>|<suffix>`),
+ * or `undefined` for any other string.
+ */
+function parseKey(key: string): [string, string] | undefined {
+  const colon = key.indexOf(':');
+  if (colon <= 0) return undefined;
+  const length = Number(key.slice(0, colon));
+  const bar = colon + 1 + length;
+  if (!Number.isInteger(length) || length < 0 || key.charCodeAt(bar) !== 124 /* | */) return undefined;
+  return [key.slice(colon + 1, bar), key.slice(bar + 1)];
 }
 
 /** Units held by the leases of a concurrency key. */

@@ -145,6 +145,8 @@ export class RefStore {
 
 interface TableInternals {
   readonly index: Map<string, number>;
+  readonly trackers: (string | undefined)[];
+  readonly ids: (string | undefined)[];
   readonly freshAt: Float64Array;
   readonly objects: unknown[];
   readonly size: number;
@@ -152,17 +154,19 @@ interface TableInternals {
 }
 
 /**
- * Every key's limiter state (not the LRU "recently used" bit, which a lookup is meant to
- * set): reads the store's private table, as a rejected call must leave all of it alone.
+ * Every tier state (not the LRU "recently used" bit, which a lookup is meant to set), by
+ * tracker and suffix: reads the store's private table, as a rejected call must leave all
+ * of it alone.
  */
 export function storeSnapshot(store: MemoryRateLimitStore): string {
   const table = (store as unknown as { table: TableInternals }).table;
-  const entries = [...table.index.entries()]
-    .map(([key, slot]) => {
-      const object = table.objects[slot] as { ring?: Float64Array } | undefined;
-      const state = object?.ring ? { ...object, ring: Array.from(object.ring) } : object;
-      return [key, String(table.freshAt[slot]), state] as const;
-    })
-    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-  return JSON.stringify({ size: table.size, evictions: table.evictions, entries });
+  const entries: (readonly [string, string, unknown])[] = [];
+  table.trackers.forEach((tracker, slot) => {
+    if (tracker === undefined) return;
+    const object = table.objects[slot] as { ring?: Float64Array } | undefined;
+    const state = object?.ring ? { ...object, ring: Array.from(object.ring) } : object;
+    entries.push([`${tracker} ${table.ids[slot]!}`, String(table.freshAt[slot]), state] as const);
+  });
+  entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return JSON.stringify({ size: table.size, trackers: table.index.size, evictions: table.evictions, entries });
 }

@@ -1,0 +1,301 @@
+/**
+ * The memory store's state, one record per tracker. A record is a chain of tier states in
+ * flat columns (one slot per tier the tracker has used, whichever plans used it), found
+ * through one `Map` entry per tracker; updating a state allocates nothing.
+ *
+ * Per slot: the tracker that owns it, the tier's name within it (its suffix), `freshAt` (a token bucket's whole
+ * state; for the other algorithms the time from which the state equals a fresh one), the
+ * state object of window and concurrency tiers, the next slot of the same tracker, and a
+ * flags byte (head of its chain, recently used).
+ *
+ * Bounds: the table holds at most `maxKeys` tier states (slots), and makes room by dropping
+ * whole trackers: idle trackers first (every state fresh again; `minFreshAt`, a lower bound
+ * of every slot's `freshAt`, tells when one may be, and a sweep then drops every idle
+ * tracker at once; sweeps are spaced at least `maxKeys / 64` insertions apart), otherwise
+ * the least recently used tracker, by the CLOCK approximation. A tracker holding a lease
+ * (`freshAt` Infinity) is never evicted, nor the tracker of the decision at hand. No timer.
+ */
+export class TrackerTable {
+  /** Tracker -> head slot of its chain. */
+  private readonly index = new Map<string, number>();
+  /** Per slot: the tracker owning it (`undefined`: free). */
+  trackers: (string | undefined)[] = [];
+  /**
+   * Per slot: what names its tier within the tracker: the tier's suffix (a string every
+   * tracker shares) when the plan's key is `key(tracker, suffix)`, as `createPlan` makes
+   * it; the key itself for a plan made by hand with another key.
+   */
+  ids: (string | undefined)[] = [];
+  /** Per slot: time from which the state equals a fresh one; `Infinity` pins the tracker. */
+  freshAt: Float64Array;
+  /** Per slot: the state object of window and concurrency tiers. */
+  objects: unknown[] = [];
+  /** Per slot: the next slot of the same tracker, or -1. */
+  private next: Int32Array;
+  /** Per slot: HEAD | USED bits. */
+  private flags: Uint8Array;
+  private readonly free: number[] = [];
+  private used = 0;
+  private held = 0;
+  private hand = 0;
+  private insertsSinceSweep = 0;
+  /**
+   * No tracker is idle before this time: writers of `freshAt` lower it, a sweep sets it to
+   * the earliest time a held tracker becomes idle.
+   */
+  minFreshAt = Infinity;
+  /** Tier states dropped to stay within `maxKeys` while they still mattered. */
+  evictions = 0;
+
+  constructor(
+    readonly maxKeys: number,
+    initialCapacity = 1024,
+  ) {
+    const capacity = Math.max(16, Math.min(initialCapacity, maxKeys));
+    this.freshAt = new Float64Array(capacity);
+    this.next = new Int32Array(capacity);
+    this.flags = new Uint8Array(capacity);
+  }
+
+  /** Tier states held (slots in use). */
+  get size(): number {
+    return this.held;
+  }
+
+  /** Trackers held. */
+  get trackerCount(): number {
+    return this.index.size;
+  }
+
+  /** Whether `slot` holds the state of a tier of `tracker` (a remembered slot may not). */
+  holds(slot: number, tracker: string, suffix: string, key: string): boolean {
+    const id = this.ids[slot];
+    return (id === suffix || id === key) && this.trackers[slot] === tracker;
+  }
+
+  /** Marks a slot (and so its tracker) as recently used. */
+  touch(slot: number): void {
+    this.flags[slot]! |= USED;
+  }
+
+  /** The head slot of a tracker, or -1. */
+  head(tracker: string): number {
+    const head = this.index.get(tracker);
+    return head === undefined ? -1 : head;
+  }
+
+  /** The slot of a tier in the chain starting at `head` (-1 for none), or -1. */
+  find(head: number, suffix: string, key: string): number {
+    for (let slot = head; slot >= 0; slot = this.next[slot]!) {
+      const id = this.ids[slot];
+      if (id === suffix || id === key) return slot;
+    }
+    return -1;
+  }
+
+  /**
+   * Makes room for `count` new slots, evicting whole trackers if the table is full, but
+   * never the tracker whose chain starts at `keep`. If nothing can go, the table grows past
+   * `maxKeys` by at most `count`.
+   */
+  reserve(count: number, now: number, keep: number): void {
+    while (this.held + count > this.maxKeys && this.held > 0) {
+      if (!this.evictOne(now, keep)) return;
+    }
+  }
+
+  /** Records that a slot's `freshAt` was set to `value`. */
+  noteFresh(value: number): void {
+    if (value < this.minFreshAt) this.minFreshAt = value;
+  }
+
+  /**
+   * Adds the state of a tier to `tracker` (absent, room reserved) and returns its slot;
+   * `head` is the tracker's head slot, -1 for a new tracker. The state starts fresh.
+   */
+  insert(tracker: string, suffix: string, key: string, head: number): number {
+    let slot = this.free.pop();
+    if (slot === undefined) {
+      if (this.used === this.freshAt.length) this.grow();
+      slot = this.used++;
+    }
+    this.trackers[slot] = tracker;
+    if (isKeyOf(key, tracker, suffix)) {
+      this.ids[slot] = suffix;
+    } else {
+      key.charCodeAt(0); // see below
+      this.ids[slot] = key;
+    }
+    this.objects[slot] = undefined;
+    this.freshAt[slot] = -Infinity;
+    if (head < 0) {
+      // Strings built by concatenation are ropes in V8: flattened once, they keep their
+      // plain size for as long as the table holds them.
+      tracker.charCodeAt(0);
+      this.index.set(tracker, slot);
+      this.next[slot] = -1;
+      this.flags[slot] = HEAD | USED;
+    } else {
+      this.next[slot] = this.next[head]!;
+      this.next[head] = slot;
+      this.flags[slot] = USED;
+    }
+    this.held++;
+    this.insertsSinceSweep++;
+    return slot;
+  }
+
+  /** Removes the state of a tier from `tracker`, if held; a tracker left with none is forgotten. */
+  delete(tracker: string, suffix: string, key: string): void {
+    const head = this.head(tracker);
+    let previous = -1;
+    for (let slot = head; slot >= 0; previous = slot, slot = this.next[slot]!) {
+      const id = this.ids[slot];
+      if (id !== suffix && id !== key) continue;
+      const after = this.next[slot]!;
+      if (previous >= 0) this.next[previous] = after;
+      else if (after >= 0) {
+        this.index.set(tracker, after);
+        this.flags[after]! |= HEAD | (this.flags[slot]! & USED);
+      } else this.index.delete(tracker);
+      this.releaseSlot(slot);
+      return;
+    }
+  }
+
+  /** Removes a tracker and every state it holds. */
+  deleteTracker(tracker: string): void {
+    const head = this.head(tracker);
+    if (head >= 0) this.dropChain(head);
+  }
+
+  /** The latest `freshAt` of a tracker's chain: from then on the whole tracker is idle. */
+  freshOf(head: number): number {
+    let fresh = -Infinity;
+    for (let slot = head; slot >= 0; slot = this.next[slot]!) {
+      if (this.freshAt[slot]! > fresh) fresh = this.freshAt[slot]!;
+    }
+    return fresh;
+  }
+
+  /** Removes every tracker. */
+  clear(): void {
+    this.index.clear();
+    this.trackers = [];
+    this.ids = [];
+    this.objects = [];
+    this.free.length = 0;
+    this.used = 0;
+    this.held = 0;
+    this.hand = 0;
+    this.minFreshAt = Infinity;
+  }
+
+  private releaseSlot(slot: number): void {
+    this.trackers[slot] = undefined;
+    this.ids[slot] = undefined;
+    this.objects[slot] = undefined;
+    this.flags[slot] = 0;
+    this.free.push(slot);
+    this.held--;
+  }
+
+  /** Drops a whole chain; returns how many of its states still mattered at `now`. */
+  private dropChain(head: number, now = Infinity): number {
+    this.index.delete(this.trackers[head]!);
+    let live = 0;
+    for (let slot = head; slot >= 0;) {
+      const after = this.next[slot]!;
+      if (this.freshAt[slot]! > now) live++;
+      this.releaseSlot(slot);
+      slot = after;
+    }
+    return live;
+  }
+
+  private grow(): void {
+    const capacity = this.freshAt.length * 2;
+    const freshAt = new Float64Array(capacity);
+    freshAt.set(this.freshAt);
+    this.freshAt = freshAt;
+    const next = new Int32Array(capacity);
+    next.set(this.next);
+    this.next = next;
+    const flags = new Uint8Array(capacity);
+    flags.set(this.flags);
+    this.flags = flags;
+  }
+
+  /** Whether any slot of a chain was used since the hand last passed; clears the marks. */
+  private usedSince(head: number): boolean {
+    let used = false;
+    for (let slot = head; slot >= 0; slot = this.next[slot]!) {
+      if ((this.flags[slot]! & USED) !== 0) {
+        used = true;
+        this.flags[slot]! &= ~USED;
+      }
+    }
+    return used;
+  }
+
+  private evictOne(now: number, keep: number): boolean {
+    if (now >= this.minFreshAt && this.insertsSinceSweep * 64 >= this.maxKeys && this.sweepIdle(now, keep) > 0) {
+      return true;
+    }
+    // CLOCK over chain heads: a used tracker gets a second chance; pinned and kept ones are skipped.
+    for (let steps = 0; steps < 2 * this.used + 2; steps++) {
+      const slot = this.hand;
+      this.hand = this.hand + 1 >= this.used ? 0 : this.hand + 1;
+      if ((this.flags[slot]! & HEAD) === 0 || slot === keep) continue;
+      const fresh = this.freshOf(slot);
+      if (fresh === Infinity) continue;
+      if (fresh <= now) {
+        this.dropChain(slot);
+        return true;
+      }
+      if (this.usedSince(slot)) continue;
+      this.evictions += this.dropChain(slot, now);
+      return true;
+    }
+    return false;
+  }
+
+  /** Drops every idle tracker (but the kept one); returns how many. Sets `minFreshAt` exactly. */
+  private sweepIdle(now: number, keep: number): number {
+    this.insertsSinceSweep = 0;
+    let dropped = 0;
+    let min = Infinity;
+    for (let slot = 0; slot < this.used; slot++) {
+      if ((this.flags[slot]! & HEAD) === 0) continue;
+      const fresh = this.freshOf(slot);
+      if (slot !== keep && fresh <= now) {
+        this.dropChain(slot);
+        dropped++;
+      } else if (fresh < min) {
+        min = fresh;
+      }
+    }
+    this.minFreshAt = min;
+    return dropped;
+  }
+}
+
+/** Flag: the slot heads its tracker's chain. */
+const HEAD = 1;
+/** Flag: the slot was used since the CLOCK hand last passed its tracker. */
+const USED = 2;
+
+/** Whether `key` is `RateLimitStore.key(tracker, suffix)`: `<tracker length>:<tracker>|<suffix>`. */
+export function isKeyOf(key: string, tracker: string, suffix: string): boolean {
+  const colon = key.length - suffix.length - tracker.length - 2;
+  if (colon < 1 || key.charCodeAt(colon) !== 58 /* : */ || key.charCodeAt(colon + 1 + tracker.length) !== 124 /* | */) {
+    return false;
+  }
+  let length = 0;
+  for (let i = 0; i < colon; i++) {
+    const digit = key.charCodeAt(i) - 48;
+    if (digit < 0 || digit > 9) return false;
+    length = length * 10 + digit;
+  }
+  return length === tracker.length && key.startsWith(tracker, colon + 1) && key.endsWith(suffix);
+}
