@@ -7,13 +7,15 @@ import { performance } from 'node:perf_hooks';
 import { EMPTY, type Observable, type Subscription } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { CONNECTION_STATE, type TrackedClient } from '../connection/connection-state.js';
+import type { ConnectionState } from '../connection/connection-state.js';
 import type { ConnectionRefusalReason } from '../interfaces/event.interface.js';
 import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
 import { isTrustedProxy, resolveClientAddress } from '../utils/client-address.js';
-import { clientAddressKey, plainAddress } from '../utils/client-ip.js';
-import { messageIdOf, messageMeta } from '../utils/message-id.js';
-import { CLOSE_POLICY_VIOLATION, OPEN, SLOW_CONSUMER_REASON } from '../ws-rate-limit.constants.js';
+import { clientAddressKey } from '../utils/client-ip.js';
+import { messageIdOf, messageMeta, type MessageId } from '../utils/message-id.js';
+import { wsTransport } from '../transports/ws-transport.js';
+import type { RateLimitTransport } from '../transports/transport.js';
+import { CLOSE_POLICY_VIOLATION, OPEN } from '../ws-rate-limit.constants.js';
 
 /** The port NestJS uses for "share the application's HTTP server". */
 const APP_SERVER_PORT = 0;
@@ -29,7 +31,8 @@ const CLOSED = 3;
 
 /** What the adapter learned about an upgrade before the WebSocket existed. */
 interface Upgrade {
-  readonly address: string;
+  /** The connection's record, made at admission. */
+  readonly connection: ConnectionState;
   /** Set in `close` refusal mode: the connection is upgraded only to be closed. */
   readonly refusal?: string;
 }
@@ -80,11 +83,6 @@ export class WsRateLimitAdapter extends WsAdapter {
   private readonly httpListeners: Array<[HttpServer, string, (...args: any[]) => void]> = [];
   private readonly guardedServers = new WeakSet<object>();
   private readonly heartbeats = new Map<WebSocketServer, NodeJS.Timeout>();
-  /**
-   * The connections of each server, kept here rather than read from `server.clients`,
-   * which a gateway with `clientTracking: false` does not have.
-   */
-  private readonly connections = new Map<WebSocketServer, Set<WebSocket>>();
   /** platform-ws's own parser, to tell whether `setMessageParser` replaced it. */
   private readonly defaultMessageParser: MessageParser;
 
@@ -166,6 +164,11 @@ export class WsRateLimitAdapter extends WsAdapter {
     const byEvent = new Map<string, MessageMappingProperties>();
     for (const handler of handlers) byEvent.set(handler.message as string, handler);
     const state = this.limiter.connectionOf(client);
+    const { pipeline } = this.limiter;
+    // Frames no handler takes go through the steps of the gateway's guard.
+    const bound = pipeline.stepsFor(handlers);
+    const unrouted = (code: 'INVALID_MESSAGE' | 'UNKNOWN_EVENT', id?: MessageId): void =>
+      pipeline.runUnrouted(client, state, code, id, bound);
     // What handlers return runs until the socket closes, as platform-ws's takeUntil(close$).
     const running = new Set<Subscription>();
     client.once('close', () => {
@@ -181,15 +184,13 @@ export class WsRateLimitAdapter extends WsAdapter {
         // As platform-ws: a custom parser that throws is an application bug worth a log; the
         // default one throws on client input, and logging that would be a log-flood target.
         if (this.messageParser !== this.defaultMessageParser) this.logger.error(error);
-        return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE', undefined);
+        return unrouted('INVALID_MESSAGE');
       }
-      if (message === null || typeof message !== 'object') {
-        return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE', undefined);
-      }
+      if (message === null || typeof message !== 'object') return unrouted('INVALID_MESSAGE');
       const id = messageIdOf(message);
-      if (typeof message.event !== 'string') return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE', id);
+      if (typeof message.event !== 'string') return unrouted('INVALID_MESSAGE', id);
       const handler = byEvent.get(message.event);
-      if (!handler) return this.limiter.chargeUnrouted(client, state, 'UNKNOWN_EVENT', id);
+      if (!handler) return unrouted('UNKNOWN_EVENT', id);
       let response$: Observable<unknown>;
       try {
         // The id rides as an extra argument (after the event), where WsThrottleGuard finds it.
@@ -223,8 +224,10 @@ export class WsRateLimitAdapter extends WsAdapter {
   override async close(server: WebSocketServer): Promise<void> {
     this.stopHeartbeat(server);
     // platform-ws terminates `server.clients`, which `clientTracking: false` leaves undefined.
-    if (!server.clients) for (const client of this.connections.get(server) ?? []) client.terminate();
-    this.connections.delete(server);
+    if (!server.clients) {
+      for (const state of [...this.limiter.connectionsOf(server)]) (state.client as WebSocket).terminate();
+    }
+    this.limiter.dropConnections(server);
     await super.close(server);
   }
 
@@ -252,7 +255,7 @@ export class WsRateLimitAdapter extends WsAdapter {
     }
     let admission: ReturnType<WsRateLimitService['admitConnection']>;
     try {
-      admission = this.limiter.admitConnection(address);
+      admission = this.limiter.admitConnection(address, request);
     } catch (error) {
       this.logger.error(error);
       done(false, 503, 'Service Unavailable');
@@ -266,14 +269,14 @@ export class WsRateLimitAdapter extends WsAdapter {
         return;
       }
       if (settled.accepted) {
-        this.upgrades.set(request, { address });
+        this.upgrades.set(request, { connection: settled.connection });
         // The TCP socket's end is the one event every path reaches: clean close, error,
         // reset, ping timeout, server shutdown, or a handshake that never completed.
         request.socket.once('close', settled.release);
         done(true);
         return;
       }
-      this.refuse(request, address, settled, done);
+      this.refuse(request, settled, done);
     };
     if (admission instanceof Promise) {
       admission.then(settle, (error: unknown) => {
@@ -307,15 +310,10 @@ export class WsRateLimitAdapter extends WsAdapter {
     }
   }
 
-  private refuse(
-    request: IncomingMessage,
-    address: string,
-    admission: ConnectionAdmission,
-    done: VerifyCallback,
-  ): void {
+  private refuse(request: IncomingMessage, admission: ConnectionAdmission, done: VerifyCallback): void {
     const { status, reason } = REFUSALS[admission.reason!];
     if (this.limiter.options.connectionRefusal === 'close') {
-      this.upgrades.set(request, { address, refusal: reason });
+      this.upgrades.set(request, { connection: admission.connection, refusal: reason });
       done(true);
       return;
     }
@@ -326,9 +324,8 @@ export class WsRateLimitAdapter extends WsAdapter {
 
   /** Hooks a server's `connection` event ahead of NestJS, and starts its heartbeat. */
   private instrument(server: WebSocketServer): void {
-    const clients = new Set<WebSocket>();
-    this.connections.set(server, clients);
     const emit = server.emit.bind(server);
+    const transport = wsTransport as RateLimitTransport;
     server.emit = ((event: string | symbol, ...args: unknown[]): boolean => {
       if (event !== 'connection') return emit(event, ...args);
       const [client, request] = args as [WebSocket, IncomingMessage];
@@ -343,39 +340,33 @@ export class WsRateLimitAdapter extends WsAdapter {
         client.once('close', () => clearTimeout(cutOff));
         return true;
       }
-      const address = upgrade?.address ?? plainAddress(request.socket.remoteAddress);
-      const state = this.limiter.track(client as unknown as TrackedClient, address, request);
-      client.on('pong', () => (state.pingSentAt = 0));
-      clients.add(client);
-      client.once('close', () => clients.delete(client));
+      // The record made at admission; a server this adapter did not verify makes one here.
+      const state = this.limiter.attach(client, upgrade?.connection, request, server, transport);
+      transport.liveness?.onPong(client, () => (state.pingSentAt = 0));
       return emit(event, ...args);
     }) as typeof server.emit;
-    this.startHeartbeat(server, clients);
+    this.startHeartbeat(server, transport);
   }
 
   /**
-   * One timer per server (unref'd, stopped with the server) pings each connection every
-   * `pingIntervalMs`, terminates those silent for `pongTimeoutMs` after a ping, and cuts off
-   * slow consumers (more than `maxBufferedBytes` unread) within a second.
+   * One timer per server (unref'd, stopped with the server) reads its connections' records:
+   * pings each every `pingIntervalMs`, terminates those silent for `pongTimeoutMs` after a
+   * ping, and cuts off slow consumers (more than `maxBufferedBytes` unread) within a second.
    */
-  private startHeartbeat(server: WebSocketServer, clients: ReadonlySet<WebSocket>): void {
-    const { pingIntervalMs, pongTimeoutMs, maxBufferedBytes } = this.limiter.options;
+  private startHeartbeat(server: WebSocketServer, transport: RateLimitTransport): void {
+    const { pingIntervalMs, pongTimeoutMs } = this.limiter.options;
     const tick = Math.max(10, pingIntervalMs === 0 ? 1000 : Math.min(1000, pingIntervalMs / 2, pongTimeoutMs / 2));
+    const records = this.limiter.connectionsOf(server);
     const timer = setInterval(() => {
       const now = performance.now();
-      for (const client of clients) {
-        // Only connections this adapter tracks: never create state (and count a connection) here.
-        const state = (client as unknown as TrackedClient)[CONNECTION_STATE];
-        if (state === undefined) continue;
-        if (client.bufferedAmount > maxBufferedBytes) {
-          this.limiter.disconnect(client, state, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON, state.connectionTracker);
-        } else if (pingIntervalMs === 0) {
-          continue;
-        } else if (state.pingSentAt !== 0) {
+      for (const state of records) {
+        const client = state.client as WebSocket;
+        if (this.limiter.cutOffIfSlow(client, state) || pingIntervalMs === 0 || !transport.liveness) continue;
+        if (state.pingSentAt !== 0) {
           if (now - state.pingSentAt >= pongTimeoutMs) client.terminate();
         } else if (now - state.lastPingAt >= pingIntervalMs && client.readyState === OPEN) {
           state.pingSentAt = state.lastPingAt = now;
-          client.ping();
+          transport.liveness.ping(client);
         }
       }
     }, tick);

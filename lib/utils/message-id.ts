@@ -1,7 +1,6 @@
-import { MAX_MESSAGE_ID_LENGTH } from '../ws-rate-limit.constants.js';
+import { toMessageId, type MessageId } from '../protocol/rate-limit-protocol.js';
 
-/** An id a client may put on a message (`{ event, data, id }`) to match the answer to it. */
-export type MessageId = string | number;
+export type { MessageId } from '../protocol/rate-limit-protocol.js';
 
 /** Brands the extra handler argument through which the adapter passes a message's id. */
 const MESSAGE_META: unique symbol = Symbol('nestjs-ws-rate-limit.message');
@@ -17,10 +16,7 @@ export interface MessageMeta {
  * most 64 characters. Anything else is ignored, so a frame never carries more client text.
  */
 export function messageIdOf(message: { id?: unknown }): MessageId | undefined {
-  const { id } = message;
-  if (typeof id === 'number') return Number.isSafeInteger(id) ? id : undefined;
-  if (typeof id === 'string') return id.length <= MAX_MESSAGE_ID_LENGTH ? id : undefined;
-  return undefined;
+  return toMessageId(message.id);
 }
 
 /** Wraps an id for the handler callback. */
