@@ -26,6 +26,12 @@ export interface MessageSteps {
   onRejected(decision: RateLimitRejected, route: Route, plan: RateLimitPlan, context: ExecutionContext): true;
 }
 
+/** The steps (and gateway) that decide a socket's unrouted frames. */
+export interface UnroutedSteps {
+  readonly steps: MessageSteps;
+  readonly gateway: object | undefined;
+}
+
 /** The rejection for messages that arrive while the limiter closes the socket. */
 const CLOSING: RateLimitRejected = Object.freeze({
   allowed: false,
@@ -49,7 +55,7 @@ export class MessagePipeline {
   /** Guard steps by guard class, registered when a guard is built. */
   private readonly stepsByGuard = new Map<object, MessageSteps>();
   /** Guard class and gateway by the signature of a gateway's handlers (see `bindGateway`). */
-  private readonly gateways = new Map<string, { guard: object | undefined; gateway: object }>();
+  private readonly gateways = new Map<string, { guard: object | undefined; gateway: object | undefined }>();
   /** User callbacks that threw on an unrouted frame, logged once each. */
   private readonly callbackErrors = new Set<string>();
   /** The steps of the module's own guard, for frames of gateways with no guard of ours. */
@@ -82,23 +88,23 @@ export class MessagePipeline {
   }
 
   /**
-   * Notes which guard class protects a gateway, by the gateway's handlers (method name and
-   * event), which is what the adapter knows of a gateway when it binds a socket to it.
+   * Notes which guard class protects a gateway, by the events of its handlers: that is all
+   * the adapter learns of a gateway when NestJS binds a socket to it. Two gateways with the
+   * same events and different guards cannot be told apart: their frames take the default steps.
    */
-  bindGateway(
-    gateway: object,
-    handlers: ReadonlyArray<{ methodName: string; message: unknown }>,
-    guard?: object,
-  ): void {
-    this.gateways.set(signature(handlers), { guard, gateway });
+  bindGateway(gateway: object, events: readonly unknown[], guard?: object): void {
+    const key = signature(events);
+    const known = this.gateways.get(key);
+    if (known !== undefined && (known.guard !== guard || known.gateway !== gateway)) {
+      this.gateways.set(key, { guard: undefined, gateway: undefined });
+    } else {
+      this.gateways.set(key, { guard, gateway });
+    }
   }
 
   /** The gateway and guard steps a socket bound to these handlers answers unrouted frames with. */
-  stepsFor(handlers: ReadonlyArray<{ methodName: string; message: unknown }>): {
-    steps: MessageSteps;
-    gateway: object | undefined;
-  } {
-    const bound = this.gateways.get(signature(handlers));
+  stepsFor(handlers: ReadonlyArray<{ message: unknown }>): UnroutedSteps {
+    const bound = this.gateways.get(signature(handlers.map((handler) => handler.message)));
     const steps = bound?.guard === undefined ? undefined : this.stepsByGuard.get(bound.guard);
     return { steps: steps ?? this.defaultSteps, gateway: bound?.gateway };
   }
@@ -126,7 +132,7 @@ export class MessagePipeline {
     connection: ConnectionState,
     code: UnroutedCode,
     id: MessageId | undefined,
-    bound: { steps: MessageSteps; gateway: object | undefined },
+    bound: UnroutedSteps,
   ): void {
     const context = new UnroutedContext(client, code, id, bound.gateway);
     const answer = (): void => {
@@ -211,7 +217,7 @@ export class MessagePipeline {
   ): boolean | Promise<boolean> {
     const screened = this.screen(client, connection, route, tracker);
     if (screened === true) return true;
-    if (screened !== undefined) return this.refuse(client, screened);
+    if (screened !== undefined) return this.refuse(client, withMessageId(screened, context));
     const plan = steps.getPlan(connection, route, tracker);
     const decision = this.limiter.decide(plan, route);
     if (decision instanceof Promise) return decision.then((settled) => settle(settled, steps, route, plan, context));
@@ -228,6 +234,13 @@ export class MessagePipeline {
       this.logger.error(message);
     }
   }
+}
+
+/** A screening's rejection with the message's id, so that the frame names the message. */
+function withMessageId(exception: WsRateLimitException, context: ExecutionContext): WsRateLimitException {
+  const id = messageIdFromArgs(context.getArgs());
+  if (id === undefined) return exception;
+  return new WsRateLimitException(exception.decision, exception.messageType, exception.tracker, id);
 }
 
 function settle(
@@ -254,10 +267,7 @@ function restriction(kind: 'blocked' | 'degraded', ms: number): RateLimitRejecte
   };
 }
 
-/** Names a gateway by its handlers: method names and events, in a stable order. */
-function signature(handlers: ReadonlyArray<{ methodName: string; message: unknown }>): string {
-  return handlers
-    .map(({ methodName, message }) => `${methodName}\u0000${String(message)}`)
-    .sort()
-    .join('\u0001');
+/** Names a gateway by the events of its handlers, in a stable order. */
+function signature(events: readonly unknown[]): string {
+  return events.map(String).sort().join('\u0000');
 }

@@ -145,16 +145,16 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
       if (!gateway || !wrapper.instance || !Reflect.getMetadata('websockets:is_gateway', gateway)) continue;
       const prototype = Object.getPrototypeOf(wrapper.instance) as Record<string, unknown>;
       let guard = guardOf(gateway);
-      const mapped: Array<{ methodName: string; message: unknown }> = [];
+      const events: unknown[] = [];
       for (const name of this.metadataScanner.getAllMethodNames(prototype)) {
         const handler = prototype[name] as object;
         const message: unknown = Reflect.getMetadata('message', handler);
         if (message === undefined) continue;
-        mapped.push({ methodName: name, message });
+        events.push(message);
         guard ??= guardOf(handler);
         if (guardOf(gateway) !== undefined || guardOf(handler) !== undefined) handlers.push([handler, gateway]);
       }
-      this.pipeline.bindGateway(gateway, mapped, guard);
+      this.pipeline.bindGateway(gateway, events, guard);
     }
     for (const [name, routes] of this.limiter.plans) {
       try {
