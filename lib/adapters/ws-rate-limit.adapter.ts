@@ -2,16 +2,15 @@ import type { INestApplicationContext } from '@nestjs/common';
 import type { MessageMappingProperties } from '@nestjs/websockets';
 import { WsAdapter } from '@nestjs/platform-ws';
 import { STATUS_CODES, type IncomingMessage, type Server as HttpServer } from 'node:http';
-import type { Socket } from 'node:net';
-import { performance } from 'node:perf_hooks';
 import { EMPTY, type Observable, type Subscription } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { ConnectionState } from '../connection/connection-state.js';
+import { startHeartbeat, watchPongs } from '../connection/heartbeat.js';
+import { guardHandshakes, type ServerListener } from './handshake-hygiene.js';
 import type { ConnectionRefusalReason } from '../interfaces/event.interface.js';
 import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
-import { isTrustedProxy, resolveClientAddress } from '../utils/client-address.js';
-import { clientAddressKey } from '../utils/client-ip.js';
+import { resolveClientAddress } from '../utils/client-address.js';
 import { messageIdOf, messageMeta, type MessageId } from '../utils/message-id.js';
 import { wsTransport } from '../transports/ws-transport.js';
 import type { RateLimitTransport } from '../transports/transport.js';
@@ -79,8 +78,7 @@ export class WsRateLimitAdapter extends WsAdapter {
   protected readonly limiter: WsRateLimitService;
   private readonly upgrades = new WeakMap<IncomingMessage, Upgrade>();
   /** Listeners this adapter put on HTTP servers, taken off again by `dispose`. */
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- listeners of several events
-  private readonly httpListeners: Array<[HttpServer, string, (...args: any[]) => void]> = [];
+  private readonly httpListeners: ServerListener[] = [];
   private readonly guardedServers = new WeakSet<object>();
   private readonly heartbeats = new Map<WebSocketServer, NodeJS.Timeout>();
   /** platform-ws's own parser, to tell whether `setMessageParser` replaced it. */
@@ -342,35 +340,18 @@ export class WsRateLimitAdapter extends WsAdapter {
       }
       // The record made at admission; a server this adapter did not verify makes one here.
       const state = this.limiter.attach(client, upgrade?.connection, request, server, transport);
-      transport.liveness?.onPong(client, () => (state.pingSentAt = 0));
+      watchPongs(state, transport);
       return emit(event, ...args);
     }) as typeof server.emit;
     this.startHeartbeat(server, transport);
   }
 
-  /**
-   * One timer per server (unref'd, stopped with the server) reads its connections' records:
-   * pings each every `pingIntervalMs`, terminates those silent for `pongTimeoutMs` after a
-   * ping, and cuts off slow consumers (more than `maxBufferedBytes` unread) within a second.
-   */
+  /** The server's heartbeat (see `startHeartbeat`), stopped with the server. */
   private startHeartbeat(server: WebSocketServer, transport: RateLimitTransport): void {
-    const { pingIntervalMs, pongTimeoutMs } = this.limiter.options;
-    const tick = Math.max(10, pingIntervalMs === 0 ? 1000 : Math.min(1000, pingIntervalMs / 2, pongTimeoutMs / 2));
     const records = this.limiter.connectionsOf(server);
-    const timer = setInterval(() => {
-      const now = performance.now();
-      for (const state of records) {
-        const client = state.client as WebSocket;
-        if (this.limiter.cutOffIfSlow(client, state) || pingIntervalMs === 0 || !transport.liveness) continue;
-        if (state.pingSentAt !== 0) {
-          if (now - state.pingSentAt >= pongTimeoutMs) client.terminate();
-        } else if (now - state.lastPingAt >= pingIntervalMs && client.readyState === OPEN) {
-          state.pingSentAt = state.lastPingAt = now;
-          transport.liveness.ping(client);
-        }
-      }
-    }, tick);
-    timer.unref();
+    const timer = startHeartbeat(records, transport, this.limiter.options, (client, state) =>
+      this.limiter.cutOffIfSlow(client, state),
+    );
     this.heartbeats.set(server, timer);
     server.once('close', () => this.stopHeartbeat(server));
   }
@@ -381,56 +362,10 @@ export class WsRateLimitAdapter extends WsAdapter {
     this.heartbeats.delete(server);
   }
 
-  /**
-   * Handshake hygiene on an HTTP server: a TCP connection must send its request within
-   * `handshakeTimeoutMs`, and at most `maxPendingHandshakesPerIp` per TCP peer address may
-   * be waiting to do so; others are dropped at once. Trusted proxies (`trustProxy`) are not
-   * capped: every client behind one shares its address. With a hop count, every peer is.
-   */
+  /** Handshake hygiene on an HTTP server (once per server): see `guardHandshakes`. */
   private guardHttpServer(server: HttpServer | undefined): void {
     if (!server || this.guardedServers.has(server)) return;
     this.guardedServers.add(server);
-    const { handshakeTimeoutMs, maxPendingHandshakesPerIp, ipv6Prefix, trustProxy } = this.limiter.options;
-    const capped = maxPendingHandshakesPerIp > 0 && trustProxy.kind !== 'hops';
-    if (handshakeTimeoutMs === 0 && !capped) return;
-    const pending = new Map<string, number>();
-    const waiting = new WeakMap<Socket, () => void>();
-    // Over TLS, requests arrive on the TLS socket, so count from the end of the TLS handshake.
-    const accepted =
-      typeof (server as { addContext?: unknown }).addContext === 'function' ? 'secureConnection' : 'connection';
-    const onAccepted = (socket: Socket): void => {
-      // The key this socket counts under, or `undefined` when it is not counted.
-      const ip =
-        capped && !isTrustedProxy(socket.remoteAddress, trustProxy)
-          ? (clientAddressKey(socket.remoteAddress, ipv6Prefix) ?? '')
-          : undefined;
-      if (ip !== undefined) {
-        const count = (pending.get(ip) ?? 0) + 1;
-        if (count > maxPendingHandshakesPerIp) {
-          socket.destroy();
-          return;
-        }
-        pending.set(ip, count);
-      } else if (handshakeTimeoutMs === 0) {
-        return;
-      }
-      const timer = handshakeTimeoutMs > 0 ? setTimeout(() => socket.destroy(), handshakeTimeoutMs).unref() : undefined;
-      const settle = (): void => {
-        if (!waiting.has(socket)) return;
-        waiting.delete(socket);
-        clearTimeout(timer);
-        if (ip === undefined) return;
-        const left = (pending.get(ip) ?? 1) - 1;
-        if (left > 0) pending.set(ip, left);
-        else pending.delete(ip);
-      };
-      waiting.set(socket, settle);
-      socket.once('close', settle);
-    };
-    const started = (request: IncomingMessage): void => waiting.get(request.socket)?.();
-    server.on(accepted, onAccepted);
-    server.prependListener('request', started);
-    server.prependListener('upgrade', started);
-    this.httpListeners.push([server, accepted, onAccepted], [server, 'request', started], [server, 'upgrade', started]);
+    this.httpListeners.push(...guardHandshakes(server, this.limiter.options));
   }
 }

@@ -54,6 +54,25 @@ export class Telemetry {
     this.subject.complete();
   }
 
+  /** The store stopped answering (once per outage): logged, counted, streamed. */
+  storeDown(error: unknown, failMode: 'open' | 'closed', logger: { warn(message: string): void }): void {
+    const message = (error as Error)?.message ?? String(error);
+    this.metrics.storeOutage();
+    logger.warn(
+      `The rate-limit store cannot decide (${message}); ` +
+        (failMode === 'open'
+          ? 'deciding with local in-memory limits until it answers again'
+          : 'refusing with STORE_UNAVAILABLE until it answers again'),
+    );
+    if (this.subject.observed) this.subject.next({ kind: 'store', state: 'down', error: message });
+  }
+
+  /** The store answers again (once per outage). */
+  storeUp(logger: { log(message: string): void }): void {
+    logger.log('The rate-limit store answers again; shared limits are back in use');
+    if (this.subject.observed) this.subject.next({ kind: 'store', state: 'up' });
+  }
+
   /** Counts a message decision and, when observed, streams it. */
   decision(tracker: string, type: string, decision: RateLimitDecision): void {
     if (decision.allowed) {

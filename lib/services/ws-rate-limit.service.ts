@@ -1,3 +1,6 @@
+// Over 400 lines because it is the facade: the public API (README) and the calls the guard,
+// filter and adapter make are kept here with their documentation, each a delegation to
+// the unit that does the job (pipeline/, connection/, metrics/telemetry.ts, operator-blocks.ts).
 import { Inject, Injectable, Logger, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
 import { DiscoveryService, MetadataScanner } from '@nestjs/core';
 import type { IncomingMessage } from 'node:http';
@@ -28,39 +31,14 @@ import type { MessageId } from '../utils/message-id.js';
 import { WS_RATE_LIMIT_OPTIONS } from '../ws-rate-limit.constants.js';
 import { AccessRules } from './access-rules.js';
 import { OperatorBlocks } from './operator-blocks.js';
+import type { BudgetStatus, ClientLimitsStatus, ConsumeRequest } from './limits-status.js';
 import { SharedStore } from './shared-store.js';
 
 export type { ConnectionAdmission } from '../connection/connection-admission.js';
 export { frameCode } from '../metrics/telemetry.js';
 export { DEFAULT_PLAN } from '../pipeline/message-limiter.js';
 
-/** What a message asks of the limiter when it is checked from code. */
-export interface ConsumeRequest {
-  /** The message type: its type bucket, and its figures from the module's `types`. */
-  type: string;
-  /** Also count it in the expensive-operations window. */
-  expensive?: boolean;
-  /** Tokens it costs in the global and type buckets. */
-  cost?: number;
-}
-
-/** Remaining budget of one tier, as the reference article's `get_limits` reports it. */
-export interface BudgetStatus {
-  readonly remaining: number;
-  readonly capacity: number;
-  /** Milliseconds until the budget is full again. */
-  readonly resetIn: number;
-}
-
-/** A client's budgets in every message tier. */
-export interface ClientLimitsStatus {
-  readonly tracker: string;
-  /** The plan the client's messages are limited by (`default`: the module's own limits). */
-  readonly plan: string;
-  readonly global: BudgetStatus;
-  readonly types: Readonly<Record<string, BudgetStatus>>;
-  readonly expensive: BudgetStatus;
-}
+export type { ConsumeRequest, BudgetStatus, ClientLimitsStatus } from './limits-status.js';
 
 const noop = (): void => undefined;
 
@@ -106,8 +84,8 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
       // The embedded store answers in nanoseconds: timing it would cost more than it tells.
       answered: store instanceof MemoryRateLimitStore ? noop : (ms) => telemetry.metrics.storeLatency(ms / 1000),
       failed: () => telemetry.metrics.storeError(),
-      down: (error) => this.storeWentDown(error),
-      up: () => this.storeCameBack(),
+      down: (error) => telemetry.storeDown(error, options.failMode, this.logger),
+      up: () => telemetry.storeUp(this.logger),
     });
     this.limiter = new MessageLimiter(options, store, shared, telemetry);
     const access = new AccessRules(options.allowList, options.denyList);
@@ -413,23 +391,6 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     if (isIP(target) !== 0) return addressTracker(clientAddressKey(target, this.options.ipv6Prefix)!).key;
     if (target === '') throw new TypeError('nestjs-ws-rate-limit: block needs an address, a tracker name or a socket');
     return namedTracker(target).key;
-  }
-
-  private storeWentDown(error: unknown): void {
-    const message = (error as Error)?.message ?? String(error);
-    this.telemetry.metrics.storeOutage();
-    this.logger.warn(
-      `The rate-limit store cannot decide (${message}); ` +
-        (this.options.failMode === 'open'
-          ? 'deciding with local in-memory limits until it answers again'
-          : 'refusing with STORE_UNAVAILABLE until it answers again'),
-    );
-    if (this.telemetry.observed) this.telemetry.emit({ kind: 'store', state: 'down', error: message });
-  }
-
-  private storeCameBack(): void {
-    this.logger.log('The rate-limit store answers again; shared limits are back in use');
-    if (this.telemetry.observed) this.telemetry.emit({ kind: 'store', state: 'up' });
   }
 
   private releaseFailed(error: unknown): void {
