@@ -5,6 +5,7 @@ import { STATUS_CODES, type IncomingMessage, type Server as HttpServer } from 'n
 import { EMPTY, type Observable, type Subscription } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
 import { WebSocketServer, type WebSocket } from 'ws';
+import { AnswerOrder, type AnswerSlot } from '../connection/answer-order.js';
 import type { ConnectionState } from '../connection/connection-state.js';
 import { startHeartbeat, watchPongs } from '../connection/heartbeat.js';
 import { guardHandshakes, type ServerListener } from './handshake-hygiene.js';
@@ -14,6 +15,7 @@ import { resolveClientAddress } from '../utils/client-address.js';
 import { messageIdOf, messageMeta, type MessageId } from '../utils/message-id.js';
 import { wsTransport } from '../transports/ws-transport.js';
 import type { RateLimitTransport } from '../transports/transport.js';
+import type { UnroutedCode } from '../protocol/rate-limit-protocol.js';
 import { CLOSE_POLICY_VIOLATION, OPEN } from '../ws-rate-limit.constants.js';
 
 /** The port NestJS uses for "share the application's HTTP server". */
@@ -165,8 +167,10 @@ export class WsRateLimitAdapter extends WsAdapter {
     const { pipeline } = this.limiter;
     // Frames no handler takes go through the steps of the gateway's guard.
     const bound = pipeline.stepsFor(handlers);
-    const unrouted = (code: 'INVALID_MESSAGE' | 'UNKNOWN_EVENT', id?: MessageId): void =>
-      pipeline.runUnrouted(client, state, code, id, bound);
+    const unrouted = (code: UnroutedCode, id: MessageId | undefined, slot: AnswerSlot | undefined): void =>
+      pipeline.runUnrouted(client, state, code, id, bound, slot);
+    // Answers go out in the order messages came (see AnswerOrder), when this adapter attached the socket.
+    const order = state.order;
     // What handlers return runs until the socket closes, as platform-ws's takeUntil(close$).
     const running = new Set<Subscription>();
     client.once('close', () => {
@@ -174,7 +178,9 @@ export class WsRateLimitAdapter extends WsAdapter {
       running.clear();
     });
     client.on('message', (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => {
+      // Once the limiter has decided to close, later messages are not processed.
       if (state.closing) return;
+      const slot = order?.open();
       let message: { event?: unknown; data?: unknown; id?: unknown } | void;
       try {
         message = (this.messageParser as MessageParser)(isBinary ? data : data.toString()) as typeof message;
@@ -182,26 +188,33 @@ export class WsRateLimitAdapter extends WsAdapter {
         // As platform-ws: a custom parser that throws is an application bug worth a log; the
         // default one throws on client input, and logging that would be a log-flood target.
         if (this.messageParser !== this.defaultMessageParser) this.logger.error(error);
-        return unrouted('INVALID_MESSAGE');
+        return unrouted('INVALID_MESSAGE', undefined, slot);
       }
-      if (message === null || typeof message !== 'object') return unrouted('INVALID_MESSAGE');
+      if (message === null || typeof message !== 'object') return unrouted('INVALID_MESSAGE', undefined, slot);
       const id = messageIdOf(message);
-      if (typeof message.event !== 'string') return unrouted('INVALID_MESSAGE', id);
+      if (typeof message.event !== 'string') return unrouted('INVALID_MESSAGE', id, slot);
       const handler = byEvent.get(message.event);
-      if (!handler) return unrouted('UNKNOWN_EVENT', id);
+      if (!handler) return unrouted('UNKNOWN_EVENT', id, slot);
+      const answered = (): void => {
+        if (slot !== undefined) order!.done(slot);
+      };
       let response$: Observable<unknown>;
       try {
-        // The id rides as an extra argument (after the event), where WsThrottleGuard finds it.
+        // The id and the answer slot ride as an extra argument (after the event), where
+        // WsThrottleGuard and WsRateLimitFilter find them.
         response$ = transform(
-          id === undefined
+          id === undefined && slot === undefined
             ? handler.callback(message.data, message.event)
-            : handler.callback(message.data, message.event, messageMeta(id)),
+            : handler.callback(message.data, message.event, messageMeta(id, slot)),
         );
       } catch {
         // As platform-ws: a synchronous throw must not stop this client's later messages.
-        return;
+        return answered();
       }
-      if (client.readyState === CLOSED) return;
+      if (client.readyState === CLOSED) return answered();
+      const send = (response: unknown): void => {
+        if (client.readyState === OPEN) client.send(JSON.stringify(response));
+      };
       const subscription = response$
         .pipe(
           filter((response) => response !== undefined && response !== null),
@@ -210,8 +223,14 @@ export class WsRateLimitAdapter extends WsAdapter {
             return EMPTY;
           }),
         )
-        .subscribe((response) => {
-          if (client.readyState === OPEN) client.send(JSON.stringify(response));
+        .subscribe({
+          next: (response) => {
+            if (order === undefined) return send(response);
+            // The first reply answers the message; a stream's later ones flow as they come.
+            order.write(slot, () => send(response));
+            answered();
+          },
+          complete: answered,
         });
       if (subscription.closed) return;
       running.add(subscription);
@@ -340,6 +359,7 @@ export class WsRateLimitAdapter extends WsAdapter {
       }
       // The record made at admission; a server this adapter did not verify makes one here.
       const state = this.limiter.attach(client, upgrade?.connection, request, server, transport);
+      state.order = new AnswerOrder();
       watchPongs(state, transport);
       return emit(event, ...args);
     }) as typeof server.emit;

@@ -61,6 +61,7 @@ export class ConnectionRegistry {
       this.open--;
       members.delete(state);
       if (members.size === 0 && group === UNGROUPED) this.groups.delete(group);
+      state.order?.dispose();
       state.release();
       this.forget(state);
     });

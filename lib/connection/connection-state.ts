@@ -3,6 +3,7 @@ import type { SlidingLogState } from '../algorithms/sliding-log.js';
 import type { RateLimitPlan } from '../interfaces/plan.interface.js';
 import { connectionTracker, type Tracker } from '../pipeline/tracker.js';
 import type { Route } from '../plans/route-resolver.js';
+import type { AnswerOrder } from './answer-order.js';
 import type { RateLimitTransport } from '../transports/transport.js';
 import type { WsClientLike } from '../transports/ws-transport.js';
 
@@ -51,6 +52,8 @@ export class ConnectionState {
   client: object | undefined;
   /** The socket library it speaks, once attached. */
   transport: RateLimitTransport | undefined;
+  /** The order of this connection's answers, when its adapter keeps one (`WsRateLimitAdapter`). */
+  order: AnswerOrder | undefined;
   /** Gives back the open-connection lease taken at admission (idempotent; no-op when none). */
   release: () => void = noop;
 

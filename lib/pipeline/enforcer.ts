@@ -1,6 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import { createSlidingLog, logCount, logRecord } from '../algorithms/sliding-log.js';
 import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
+import type { AnswerSlot } from '../connection/answer-order.js';
 import type { ConnectionState } from '../connection/connection-state.js';
 import type { WsRateLimitException } from '../exceptions/ws-rate-limit.exception.js';
 import type { RateLimitFrameBuilder } from '../interfaces/frame.interface.js';
@@ -8,7 +9,7 @@ import { frameCode, type Telemetry } from '../metrics/telemetry.js';
 import { RATE_LIMIT_EVENT, type RateLimitFrameInfo } from '../protocol/rate-limit-protocol.js';
 import type { RateLimitTransport } from '../transports/transport.js';
 import { wsTransport } from '../transports/ws-transport.js';
-import { CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON } from '../ws-rate-limit.constants.js';
+import { CLOSE_POLICY_VIOLATION, DEFAULT_CLOSE_GRACE_MS, SLOW_CONSUMER_REASON } from '../ws-rate-limit.constants.js';
 
 /** Close reason for a tracker on the deny list. */
 export const DENIED_REASON = 'Denied';
@@ -16,8 +17,14 @@ export const DENIED_REASON = 'Denied';
 /** What the enforcer reads from the module's options. */
 export type EnforcerOptions = Pick<
   ResolvedWsRateLimitOptions,
-  'violations' | 'degradeCooldownMs' | 'maxBufferedBytes' | 'shadow' | 'frameBuilder'
->;
+  'violations' | 'degradeCooldownMs' | 'maxBufferedBytes' | 'frameBuilder'
+> & {
+  /**
+   * How long a policy close waits for the replies of messages admitted before it (on
+   * connections whose adapter orders answers). Default `DEFAULT_CLOSE_GRACE_MS`.
+   */
+  readonly closeGraceMs?: number;
+};
 
 /** Where the enforcer logs. */
 export interface EnforcerLogger {
@@ -30,21 +37,24 @@ const defaultFrameBuilder: RateLimitFrameBuilder = (info) => ({ event: RATE_LIMI
 /**
  * Answers rejected messages on a connection, through its transport: counts violations in
  * a sliding window, sends the `rate_limit` frame, degrades or closes repeat offenders, and
- * cuts off slow consumers. Shadow mode is decided here and nowhere else for what reaches a
- * client: violations are counted and reported, nothing is sent or closed.
+ * cuts off slow consumers. Shadow mode (`telemetry.enforced` false, the one reading of the
+ * `shadow` option) is applied here for everything that would reach a client: violations
+ * are counted and reported, nothing is sent or closed.
  */
 export class Enforcer {
   /** False in shadow mode. */
   readonly enforced: boolean;
   private readonly frameBuilder: RateLimitFrameBuilder;
+  private readonly closeGraceMs: number;
 
   constructor(
     private readonly options: EnforcerOptions,
     private readonly telemetry: Telemetry,
     private readonly logger: EnforcerLogger,
   ) {
-    this.enforced = !options.shadow;
+    this.enforced = telemetry.enforced;
     this.frameBuilder = options.frameBuilder ?? defaultFrameBuilder;
+    this.closeGraceMs = options.closeGraceMs ?? DEFAULT_CLOSE_GRACE_MS;
   }
 
   /**
@@ -52,13 +62,16 @@ export class Enforcer {
    * sends the `rate_limit` frame, and at the threshold degrades the connection (with
    * `degradeCooldownMs`) or closes it after that frame.
    */
-  answer(client: object, state: ConnectionState, exception: WsRateLimitException): void {
-    if (this.enforced) this.reject(client, state, exception);
+  answer(client: object, state: ConnectionState, exception: WsRateLimitException, slot?: AnswerSlot): void {
+    if (this.enforced) this.reject(client, state, exception, slot);
     else this.record(state, exception);
   }
 
-  /** The enforced answer to a rejected message (see `answer`). */
-  reject(client: object, state: ConnectionState, exception: WsRateLimitException): void {
+  /**
+   * The enforced answer to a rejected message (see `answer`); `slot` is the message's place
+   * in the connection's order of answers, when its adapter keeps one.
+   */
+  reject(client: object, state: ConnectionState, exception: WsRateLimitException, slot?: AnswerSlot): void {
     const transport = transportOf(state);
     if (state.closing || !transport.isOpen(client)) return;
     const { max, closeCode, closeReason, windowMs } = this.options.violations;
@@ -89,7 +102,7 @@ export class Enforcer {
           remaining: decision.remaining,
           ...id,
         };
-    if (!this.send(client, state, this.frameBuilder(info), info)) return;
+    if (!this.send(client, state, this.frameBuilder(info), info, slot)) return;
     if (degrade) {
       state.degradedUntil = performance.now() + cooldown;
       // Violations start over: the same number again, while degraded, closes the socket.
@@ -127,10 +140,18 @@ export class Enforcer {
    * Sends a frame unless the socket is not open or its reader is too slow (then it is cut
    * off instead). Never throws on a closed socket.
    */
-  send(client: object, state: ConnectionState, frame: unknown, info?: RateLimitFrameInfo): boolean {
+  send(client: object, state: ConnectionState, frame: unknown, info?: RateLimitFrameInfo, slot?: AnswerSlot): boolean {
     const transport = transportOf(state);
     if (!transport.isOpen(client) || this.cutOffIfSlow(client, state)) return false;
-    transport.sendFrame(client, frame, info);
+    const order = state.order;
+    if (order === undefined) {
+      transport.sendFrame(client, frame, info);
+    } else {
+      // After the answers of earlier messages (which may close the socket meanwhile).
+      order.write(slot, () => {
+        if (transport.isOpen(client)) transport.sendFrame(client, frame, info);
+      });
+    }
     return true;
   }
 
@@ -162,13 +183,20 @@ export class Enforcer {
     }
     state.closing = true;
     const transport = transportOf(state);
-    try {
-      if (reason === SLOW_CONSUMER_REASON) transport.terminate(client, code, reason);
-      else transport.close(client, code, reason);
-    } catch (error) {
-      this.logger.warn(`Closing a socket failed: ${(error as Error).message}`);
-    }
-    this.logger.debug(`Closed ${tracker}: ${reason}`);
+    const close = (): void => {
+      try {
+        if (reason === SLOW_CONSUMER_REASON) transport.terminate(client, code, reason);
+        else transport.close(client, code, reason);
+      } catch (error) {
+        this.logger.warn(`Closing a socket failed: ${(error as Error).message}`);
+      }
+      this.logger.debug(`Closed ${tracker}: ${reason}`);
+    };
+    // Replies of the messages admitted before this decision go out first, within the grace;
+    // a slow consumer would not read them.
+    const order = state.order;
+    if (order === undefined || order.idle || reason === SLOW_CONSUMER_REASON) close();
+    else order.closeAfter(close, this.closeGraceMs);
   }
 
   /** Records a violation in the connection's window; returns the count in the window. */

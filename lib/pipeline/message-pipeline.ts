@@ -1,5 +1,6 @@
 import type { ExecutionContext } from '@nestjs/common';
 import { performance } from 'node:perf_hooks';
+import type { AnswerSlot } from '../connection/answer-order.js';
 import type { ConnectionRegistry } from '../connection/connection-registry.js';
 import type { ConnectionState } from '../connection/connection-state.js';
 import { WsRateLimitException } from '../exceptions/ws-rate-limit.exception.js';
@@ -133,23 +134,32 @@ export class MessagePipeline {
     code: UnroutedCode,
     id: MessageId | undefined,
     bound: UnroutedSteps,
+    slot?: AnswerSlot,
   ): void {
-    const context = new UnroutedContext(client, code, id, bound.gateway);
+    const context = new UnroutedContext(client, code, id, bound.gateway, slot);
+    const finished = (): void => {
+      if (slot !== undefined) connection.order?.done(slot);
+    };
     const answer = (): void => {
       try {
-        this.enforcer.send(client, connection, { event: 'error', data: id === undefined ? { code } : { code, id } });
+        const frame = { event: 'error', data: id === undefined ? { code } : { code, id } };
+        this.enforcer.send(client, connection, frame, undefined, slot);
       } catch (error) {
         this.callbackFailed('transport', error, 'the frame was not answered');
       }
+      finished();
     };
     const failed = (error: unknown): void => {
-      if (!(error instanceof WsRateLimitException))
-        return this.callbackFailed('store', error, 'the frame was not charged');
-      try {
-        this.enforcer.reject(client, connection, error);
-      } catch (thrown) {
-        this.callbackFailed('frameBuilder', thrown, 'the frame was not answered');
+      if (!(error instanceof WsRateLimitException)) {
+        this.callbackFailed('store', error, 'the frame was not charged');
+      } else {
+        try {
+          this.enforcer.reject(client, connection, error, slot);
+        } catch (thrown) {
+          this.callbackFailed('frameBuilder', thrown, 'the frame was not answered');
+        }
       }
+      finished();
     };
     let verdict: boolean | Promise<boolean>;
     try {
@@ -167,7 +177,8 @@ export class MessagePipeline {
       return failed(error);
     }
     if (verdict === true) answer();
-    else if (verdict !== false) verdict.then(answer, failed);
+    else if (verdict === false) finished();
+    else verdict.then(answer, failed);
   }
 
   /**

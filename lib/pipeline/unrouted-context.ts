@@ -1,4 +1,5 @@
 import type { ExecutionContext } from '@nestjs/common';
+import type { AnswerSlot } from '../connection/answer-order.js';
 import type { UnroutedCode } from '../protocol/rate-limit-protocol.js';
 import { messageMeta, type MessageId } from '../utils/message-id.js';
 import { UNROUTED_HANDLERS } from './message-limiter.js';
@@ -26,8 +27,12 @@ export class UnroutedContext implements ExecutionContext {
     readonly code: UnroutedCode,
     id: MessageId | undefined,
     private readonly gateway: object | undefined,
+    slot?: AnswerSlot,
   ) {
-    this.args = id === undefined ? [client, undefined, code] : [client, undefined, code, messageMeta(id)];
+    this.args =
+      id === undefined && slot === undefined
+        ? [client, undefined, code]
+        : [client, undefined, code, messageMeta(id, slot)];
   }
 
   getType<T extends string = 'ws'>(): T {

@@ -7,6 +7,7 @@ import type { IncomingMessage } from 'node:http';
 import { isIP } from 'node:net';
 import type { Observable } from 'rxjs';
 import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
+import type { AnswerSlot } from '../connection/answer-order.js';
 import { ConnectionAdmitter, type ConnectionAdmission } from '../connection/connection-admission.js';
 import { ConnectionRegistry } from '../connection/connection-registry.js';
 import type { ConnectionState, TrackedClient, WsClientLike } from '../connection/connection-state.js';
@@ -15,7 +16,7 @@ import type { RateLimitEvent } from '../interfaces/event.interface.js';
 import type { RateLimitDecision, RateLimitPlan, TierSpec, TierStatus } from '../interfaces/plan.interface.js';
 import { createMetrics } from '../metrics/ws-rate-limit.metrics.js';
 import { Telemetry } from '../metrics/telemetry.js';
-import { Enforcer } from '../pipeline/enforcer.js';
+import { Enforcer, type EnforcerOptions } from '../pipeline/enforcer.js';
 import { DEFAULT_PLAN, MessageLimiter } from '../pipeline/message-limiter.js';
 import { MessagePipeline } from '../pipeline/message-pipeline.js';
 import { addressTracker, namedTracker, type Tracker } from '../pipeline/tracker.js';
@@ -91,7 +92,8 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     const access = new AccessRules(options.allowList, options.denyList);
     this.registry = new ConnectionRegistry(options.ipv6Prefix, access, (state) => this.limiter.forget(state));
     this.blocks = new OperatorBlocks(store, (message) => this.logger.warn(message));
-    this.enforcer = new Enforcer(options, telemetry, this.logger);
+    // `closeGraceMs` rides on the resolved options (see WsRateLimitModule) until the resolver knows it.
+    this.enforcer = new Enforcer(options as EnforcerOptions, telemetry, this.logger);
     this.pipeline = new MessagePipeline(this.registry, this.limiter, this.enforcer, access, this.blocks, this.logger);
     const { connection, maxConnectionsPerIp } = options;
     const rate = tokenBucketSpec('connection', 'cr', connection.capacity, connection.refillRate);
@@ -346,8 +348,8 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    * the threshold degrades the connection (with `degradeCooldownMs`) or closes it after
    * that frame.
    */
-  reject(client: object, exception: WsRateLimitException): void {
-    this.enforcer.reject(client, this.registry.of(client), exception);
+  reject(client: object, exception: WsRateLimitException, slot?: AnswerSlot): void {
+    this.enforcer.reject(client, this.registry.of(client), exception, slot);
   }
 
   /**

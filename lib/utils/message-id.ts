@@ -1,3 +1,4 @@
+import type { AnswerSlot } from '../connection/answer-order.js';
 import { toMessageId, type MessageId } from '../protocol/rate-limit-protocol.js';
 
 export type { MessageId } from '../protocol/rate-limit-protocol.js';
@@ -5,10 +6,14 @@ export type { MessageId } from '../protocol/rate-limit-protocol.js';
 /** Brands the extra handler argument through which the adapter passes a message's id. */
 const MESSAGE_META: unique symbol = Symbol('nestjs-ws-rate-limit.message');
 
-/** The extra argument `WsRateLimitAdapter` passes to a handler callback. */
+/**
+ * The extra argument `WsRateLimitAdapter` passes to a handler callback: the message's id
+ * (when the client gave one) and its place in the connection's order of answers.
+ */
 export interface MessageMeta {
   readonly [MESSAGE_META]: true;
-  readonly id: MessageId;
+  readonly id: MessageId | undefined;
+  readonly slot: AnswerSlot | undefined;
 }
 
 /**
@@ -19,16 +24,26 @@ export function messageIdOf(message: { id?: unknown }): MessageId | undefined {
   return toMessageId(message.id);
 }
 
-/** Wraps an id for the handler callback. */
-export function messageMeta(id: MessageId): MessageMeta {
-  return { [MESSAGE_META]: true, id };
+/** Wraps an id and an answer slot for the handler callback. */
+export function messageMeta(id: MessageId | undefined, slot?: AnswerSlot): MessageMeta {
+  return { [MESSAGE_META]: true, id, slot };
+}
+
+/** The adapter's argument among a handler's arguments, if it passed one. */
+function metaOf(args: readonly unknown[]): MessageMeta | undefined {
+  for (let i = 2; i < args.length; i++) {
+    const arg = args[i] as Partial<MessageMeta> | undefined;
+    if (arg !== null && typeof arg === 'object' && arg[MESSAGE_META] === true) return arg as MessageMeta;
+  }
+  return undefined;
 }
 
 /** The id among a handler's arguments, if the adapter passed one. */
 export function messageIdFromArgs(args: readonly unknown[]): MessageId | undefined {
-  for (let i = 2; i < args.length; i++) {
-    const arg = args[i] as Partial<MessageMeta> | undefined;
-    if (arg !== null && typeof arg === 'object' && arg[MESSAGE_META] === true) return arg.id;
-  }
-  return undefined;
+  return metaOf(args)?.id;
+}
+
+/** The message's place in its connection's order of answers, if the adapter keeps one. */
+export function answerSlotFromArgs(args: readonly unknown[]): AnswerSlot | undefined {
+  return metaOf(args)?.slot;
 }
