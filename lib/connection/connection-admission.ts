@@ -52,10 +52,11 @@ export class ConnectionAdmitter {
     const record = this.registry.create(address, request);
     const ip = record.ip!;
     if (this.access.deniesAddress(address)) return this.admitted(record, 'denied', 0);
-    const blocked = this.blocks.remainingFor(undefined, ip);
+    const byAddress = (record.addressTracker = addressTracker(ip));
+    const blocked = this.blocks.remainingFor(undefined, byAddress.key);
     if (blocked > 0) return this.admitted(record, 'blocked', blocked);
     if (record.allowed) return this.admitted(record, undefined, 0);
-    const plan = this.limiter.buildPlan(addressTracker(ip), this.specs, '', this.instanceId);
+    const plan = this.limiter.buildPlan(byAddress, this.specs, '', this.instanceId);
     // The slot is given back to whichever store took it: the store, or the fallback.
     let taker: RateLimitStore | undefined;
     const settle = (decision: RateLimitDecision): ConnectionAdmission => {

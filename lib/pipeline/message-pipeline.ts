@@ -14,6 +14,7 @@ import { messageIdFromArgs } from '../utils/message-id.js';
 import { CLOSE_POLICY_VIOLATION } from '../ws-rate-limit.constants.js';
 import { DENIED_REASON, type Enforcer } from './enforcer.js';
 import type { MessageLimiter } from './message-limiter.js';
+import { addressTracker, type Tracker } from './tracker.js';
 import { UnroutedContext } from './unrouted-context.js';
 
 /**
@@ -201,8 +202,10 @@ export class MessagePipeline {
         return new WsRateLimitException(CLOSING, route.type, tracker, undefined);
       }
     }
-    const blocked = this.blocks.remainingFor(tracker, state.ip);
-    if (blocked > 0) return new WsRateLimitException(restriction('blocked', blocked), route.type, tracker, undefined);
+    if (this.blocks.active) {
+      const blocked = this.blocks.remainingFor(tracker, state.ip === undefined ? undefined : addressOf(state).key);
+      if (blocked > 0) return new WsRateLimitException(restriction('blocked', blocked), route.type, tracker, undefined);
+    }
     if (state.degradedUntil !== 0 && !route.essential) {
       const left = Math.ceil(state.degradedUntil - performance.now());
       if (left > 0) return new WsRateLimitException(restriction('degraded', left), route.type, tracker, undefined);
@@ -263,6 +266,11 @@ function settle(
 ): true {
   if (decision.allowed) return true;
   return steps.onRejected(decision, route, plan, context);
+}
+
+/** The tracker of a connection's address key, made once per connection. */
+function addressOf(state: ConnectionState): Tracker {
+  return (state.addressTracker ??= addressTracker(state.ip!));
 }
 
 /** A rejection by an operator's block or by degradation, lasting `ms`. */

@@ -22,14 +22,19 @@ export class OperatorBlocks {
     private readonly warn: (message: string) => void,
   ) {}
 
+  /** Whether any block may be in force (when not, no check is needed). */
+  get active(): boolean {
+    return this.blocks.size !== 0;
+  }
+
   /**
    * Milliseconds left on the longer of a tracker's block and its address's (0 when
-   * neither is blocked). `tracker` is a tracker key, `ip` an address key.
+   * neither is blocked), both named by their tracker keys.
    */
-  remainingFor(tracker: string | undefined, ip: string | undefined): number {
+  remainingFor(tracker: string | undefined, address: string | undefined): number {
     if (this.blocks.size === 0) return 0;
     const byTracker = tracker === undefined ? 0 : this.blocks.remaining(tracker);
-    return Math.max(byTracker, ip === undefined ? 0 : this.blocks.remaining(`ip:${ip}`));
+    return Math.max(byTracker, address === undefined ? 0 : this.blocks.remaining(address));
   }
 
   async set(name: string, until: number): Promise<void> {
