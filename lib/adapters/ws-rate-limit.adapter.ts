@@ -2,10 +2,10 @@ import type { INestApplicationContext } from '@nestjs/common';
 import type { MessageMappingProperties } from '@nestjs/websockets';
 import { WsAdapter } from '@nestjs/platform-ws';
 import { STATUS_CODES, type IncomingMessage, type Server as HttpServer } from 'node:http';
-import { EMPTY, type Observable, type Subscription } from 'rxjs';
+import { EMPTY, isObservable, type Observable, type Subscription } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { AnswerOrder, type AnswerSlot } from '../connection/answer-order.js';
+import type { AnswerSlot } from '../connection/answer-order.js';
 import type { ConnectionState } from '../connection/connection-state.js';
 import { startHeartbeat, watchPongs } from '../connection/heartbeat.js';
 import { guardHandshakes, type ServerListener } from './handshake-hygiene.js';
@@ -202,19 +202,21 @@ export class WsRateLimitAdapter extends WsAdapter {
       try {
         // The id and the answer slot ride as an extra argument (after the event), where
         // WsThrottleGuard and WsRateLimitFilter find them.
-        response$ = transform(
+        const result: unknown =
           id === undefined && slot === undefined
             ? handler.callback(message.data, message.event)
-            : handler.callback(message.data, message.event, messageMeta(id, slot)),
-        );
+            : handler.callback(message.data, message.event, messageMeta(id, slot));
+        // A handler returning an observable is answered once it has returned it: its
+        // stream's emissions are not waited for.
+        if (slot !== undefined && result instanceof Promise) {
+          result.then((returned) => isObservable(returned) && answered(), answered);
+        }
+        response$ = transform(result);
       } catch {
         // As platform-ws: a synchronous throw must not stop this client's later messages.
         return answered();
       }
       if (client.readyState === CLOSED) return answered();
-      const send = (response: unknown): void => {
-        if (client.readyState === OPEN) client.send(JSON.stringify(response));
-      };
       const subscription = response$
         .pipe(
           filter((response) => response !== undefined && response !== null),
@@ -224,10 +226,9 @@ export class WsRateLimitAdapter extends WsAdapter {
           }),
         )
         .subscribe({
+          // Replies are never held; the first one answers the message.
           next: (response) => {
-            if (order === undefined) return send(response);
-            // The first reply answers the message; a stream's later ones flow as they come.
-            order.write(slot, () => send(response));
+            if (client.readyState === OPEN) client.send(JSON.stringify(response));
             answered();
           },
           complete: answered,
@@ -359,7 +360,7 @@ export class WsRateLimitAdapter extends WsAdapter {
       }
       // The record made at admission; a server this adapter did not verify makes one here.
       const state = this.limiter.attach(client, upgrade?.connection, request, server, transport);
-      state.order = new AnswerOrder();
+      this.limiter.orderAnswers(state);
       watchPongs(state, transport);
       return emit(event, ...args);
     }) as typeof server.emit;

@@ -45,7 +45,8 @@ export class Enforcer {
   /** False in shadow mode. */
   readonly enforced: boolean;
   private readonly frameBuilder: RateLimitFrameBuilder;
-  private readonly closeGraceMs: number;
+  /** How long a policy close waits for replies of earlier messages (and frames for them). */
+  readonly closeGraceMs: number;
 
   constructor(
     private readonly options: EnforcerOptions,
@@ -196,7 +197,7 @@ export class Enforcer {
     // a slow consumer would not read them.
     const order = state.order;
     if (order === undefined || order.idle || reason === SLOW_CONSUMER_REASON) close();
-    else order.closeAfter(close, this.closeGraceMs);
+    else order.closeAfter(close);
   }
 
   /** Records a violation in the connection's window; returns the count in the window. */

@@ -7,7 +7,7 @@ import type { IncomingMessage } from 'node:http';
 import { isIP } from 'node:net';
 import type { Observable } from 'rxjs';
 import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
-import type { AnswerSlot } from '../connection/answer-order.js';
+import { AnswerOrder, type AnswerSlot } from '../connection/answer-order.js';
 import { ConnectionAdmitter, type ConnectionAdmission } from '../connection/connection-admission.js';
 import { ConnectionRegistry } from '../connection/connection-registry.js';
 import type { ConnectionState, TrackedClient, WsClientLike } from '../connection/connection-state.js';
@@ -280,6 +280,11 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     transport: RateLimitTransport = wsTransport as RateLimitTransport,
   ): ConnectionState {
     return this.registry.attach(client, transport, record, group, request);
+  }
+
+  /** Orders a connection's answers (see `AnswerOrder`); its adapter calls this when the connection opens. */
+  orderAnswers(state: ConnectionState): void {
+    state.order = new AnswerOrder(this.enforcer.closeGraceMs);
   }
 
   /** The open connections a server accepted (for its heartbeat and shutdown). */

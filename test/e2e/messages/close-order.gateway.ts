@@ -1,4 +1,5 @@
 import { MessageBody, SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
+import { NEVER } from 'rxjs';
 import { Throttle, WsRateLimit } from '../../../lib/index.js';
 
 /** Counts the handlers that ran, to tell processed messages from refused ones. */
@@ -29,6 +30,13 @@ export class CloseOrderGateway {
   @SubscribeMessage('presence')
   presence(@MessageBody() data: unknown) {
     return { event: 'presence_ack', data };
+  }
+
+  /** A subscription: a stream that has nothing to say yet. */
+  @Throttle({ type: 'watch', capacity: 10, refillRate: 0.01 })
+  @SubscribeMessage('watch')
+  watch() {
+    return NEVER;
   }
 
   @Throttle({ type: 'stall', capacity: 10, refillRate: 0.01 })
