@@ -18,6 +18,12 @@ export { tokenBucketSpec, windowSpec, concurrencySpec } from './plans/tier-specs
 export { createPlan } from './plans/create-plan.js';
 export type { Route } from './plans/route-resolver.js';
 export { ConnectionState, CONNECTION_STATE } from './connection/connection-state.js';
+export type { RateLimitTransport } from './transports/transport.js';
+export { wsTransport } from './transports/ws-transport.js';
+export { UNROUTED_HANDLERS } from './pipeline/message-limiter.js';
+export type { MessageSteps } from './pipeline/message-pipeline.js';
+export type { Tracker, TrackerKind } from './pipeline/tracker.js';
+export type { UnroutedCode } from './protocol/rate-limit-protocol.js';
 export type { WsClientLike } from './connection/connection-state.js';
 export { resolveOptions } from './config/resolve-options.js';
 export type {

@@ -4,13 +4,12 @@ export const THROTTLE_METADATA = 'WS_RATE_LIMIT:throttle';
 export const SKIP_THROTTLE_METADATA = 'WS_RATE_LIMIT:skip';
 /** Injection token of the resolved options (`ResolvedWsRateLimitOptions`). */
 export const WS_RATE_LIMIT_OPTIONS = Symbol('WS_RATE_LIMIT_OPTIONS');
-/** Event of the frame sent for a rejected message. */
-export const RATE_LIMIT_EVENT = 'rate_limit';
+export { RATE_LIMIT_EVENT, MAX_MESSAGE_ID_LENGTH } from './protocol/rate-limit-protocol.js';
 /** `readyState` of an open WebSocket. */
 export const OPEN = 1;
 /** Close code for policy violations (RFC 6455). */
 export const CLOSE_POLICY_VIOLATION = 1008;
 /** Close reason when a client leaves more than `maxBufferedBytes` unread. */
 export const SLOW_CONSUMER_REASON = 'Slow consumer';
-/** Longest message id (in characters) echoed in `rate_limit` and `error` frames. */
-export const MAX_MESSAGE_ID_LENGTH = 64;
+/** How long a policy close waits for replies of messages admitted before it (`closeGraceMs`). */
+export const DEFAULT_CLOSE_GRACE_MS = 2000;

@@ -20,5 +20,7 @@ export function serveDemoPage(app: NestExpressApplication): void {
     throw new Error(`The demo page needs the built client in ${client}: run \`npm run build\` first`);
   }
   app.useStaticAssets(client, { prefix: '/client/', index: false, redirect: false });
+  // The client imports the frame protocol it shares with the server from `../protocol/`.
+  app.useStaticAssets(join(root, 'dist', 'esm', 'protocol'), { prefix: '/protocol/', index: false, redirect: false });
   app.useStaticAssets(join(root, 'sample', 'public'), { index: 'index.html', redirect: false });
 }

@@ -2,18 +2,21 @@ import type { INestApplicationContext } from '@nestjs/common';
 import type { MessageMappingProperties } from '@nestjs/websockets';
 import { WsAdapter } from '@nestjs/platform-ws';
 import { STATUS_CODES, type IncomingMessage, type Server as HttpServer } from 'node:http';
-import type { Socket } from 'node:net';
-import { performance } from 'node:perf_hooks';
-import { EMPTY, type Observable, type Subscription } from 'rxjs';
+import { EMPTY, isObservable, type Observable, type Subscription } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { CONNECTION_STATE, type TrackedClient } from '../connection/connection-state.js';
+import type { AnswerSlot } from '../connection/answer-order.js';
+import type { ConnectionState } from '../connection/connection-state.js';
+import { startHeartbeat, watchPongs } from '../connection/heartbeat.js';
+import { guardHandshakes, type ServerListener } from './handshake-hygiene.js';
 import type { ConnectionRefusalReason } from '../interfaces/event.interface.js';
 import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
-import { isTrustedProxy, resolveClientAddress } from '../utils/client-address.js';
-import { clientAddressKey, plainAddress } from '../utils/client-ip.js';
-import { messageIdOf, messageMeta } from '../utils/message-id.js';
-import { CLOSE_POLICY_VIOLATION, OPEN, SLOW_CONSUMER_REASON } from '../ws-rate-limit.constants.js';
+import { resolveClientAddress } from '../utils/client-address.js';
+import { messageIdOf, messageMeta, type MessageId } from '../utils/message-id.js';
+import { wsTransport } from '../transports/ws-transport.js';
+import type { RateLimitTransport } from '../transports/transport.js';
+import type { UnroutedCode } from '../protocol/rate-limit-protocol.js';
+import { CLOSE_POLICY_VIOLATION, OPEN } from '../ws-rate-limit.constants.js';
 
 /** The port NestJS uses for "share the application's HTTP server". */
 const APP_SERVER_PORT = 0;
@@ -29,7 +32,8 @@ const CLOSED = 3;
 
 /** What the adapter learned about an upgrade before the WebSocket existed. */
 interface Upgrade {
-  readonly address: string;
+  /** The connection's record, made at admission. */
+  readonly connection: ConnectionState;
   /** Set in `close` refusal mode: the connection is upgraded only to be closed. */
   readonly refusal?: string;
 }
@@ -76,15 +80,9 @@ export class WsRateLimitAdapter extends WsAdapter {
   protected readonly limiter: WsRateLimitService;
   private readonly upgrades = new WeakMap<IncomingMessage, Upgrade>();
   /** Listeners this adapter put on HTTP servers, taken off again by `dispose`. */
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- listeners of several events
-  private readonly httpListeners: Array<[HttpServer, string, (...args: any[]) => void]> = [];
+  private readonly httpListeners: ServerListener[] = [];
   private readonly guardedServers = new WeakSet<object>();
   private readonly heartbeats = new Map<WebSocketServer, NodeJS.Timeout>();
-  /**
-   * The connections of each server, kept here rather than read from `server.clients`,
-   * which a gateway with `clientTracking: false` does not have.
-   */
-  private readonly connections = new Map<WebSocketServer, Set<WebSocket>>();
   /** platform-ws's own parser, to tell whether `setMessageParser` replaced it. */
   private readonly defaultMessageParser: MessageParser;
 
@@ -166,6 +164,13 @@ export class WsRateLimitAdapter extends WsAdapter {
     const byEvent = new Map<string, MessageMappingProperties>();
     for (const handler of handlers) byEvent.set(handler.message as string, handler);
     const state = this.limiter.connectionOf(client);
+    const { pipeline } = this.limiter;
+    // Frames no handler takes go through the steps of the gateway's guard.
+    const bound = pipeline.stepsFor(handlers);
+    const unrouted = (code: UnroutedCode, id: MessageId | undefined, slot: AnswerSlot | undefined): void =>
+      pipeline.runUnrouted(client, state, code, id, bound, slot);
+    // Answers go out in the order messages came (see AnswerOrder), when this adapter attached the socket.
+    const order = state.order;
     // What handlers return runs until the socket closes, as platform-ws's takeUntil(close$).
     const running = new Set<Subscription>();
     client.once('close', () => {
@@ -173,7 +178,9 @@ export class WsRateLimitAdapter extends WsAdapter {
       running.clear();
     });
     client.on('message', (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => {
+      // Once the limiter has decided to close, later messages are not processed.
       if (state.closing) return;
+      const slot = order?.open();
       let message: { event?: unknown; data?: unknown; id?: unknown } | void;
       try {
         message = (this.messageParser as MessageParser)(isBinary ? data : data.toString()) as typeof message;
@@ -181,28 +188,35 @@ export class WsRateLimitAdapter extends WsAdapter {
         // As platform-ws: a custom parser that throws is an application bug worth a log; the
         // default one throws on client input, and logging that would be a log-flood target.
         if (this.messageParser !== this.defaultMessageParser) this.logger.error(error);
-        return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE', undefined);
+        return unrouted('INVALID_MESSAGE', undefined, slot);
       }
-      if (message === null || typeof message !== 'object') {
-        return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE', undefined);
-      }
+      if (message === null || typeof message !== 'object') return unrouted('INVALID_MESSAGE', undefined, slot);
       const id = messageIdOf(message);
-      if (typeof message.event !== 'string') return this.limiter.chargeUnrouted(client, state, 'INVALID_MESSAGE', id);
+      if (typeof message.event !== 'string') return unrouted('INVALID_MESSAGE', id, slot);
       const handler = byEvent.get(message.event);
-      if (!handler) return this.limiter.chargeUnrouted(client, state, 'UNKNOWN_EVENT', id);
+      if (!handler) return unrouted('UNKNOWN_EVENT', id, slot);
+      const answered = (): void => {
+        if (slot !== undefined) order!.done(slot);
+      };
       let response$: Observable<unknown>;
       try {
-        // The id rides as an extra argument (after the event), where WsThrottleGuard finds it.
-        response$ = transform(
-          id === undefined
+        // The id and the answer slot ride as an extra argument (after the event), where
+        // WsThrottleGuard and WsRateLimitFilter find them.
+        const result: unknown =
+          id === undefined && slot === undefined
             ? handler.callback(message.data, message.event)
-            : handler.callback(message.data, message.event, messageMeta(id)),
-        );
+            : handler.callback(message.data, message.event, messageMeta(id, slot));
+        // A handler returning an observable is answered once it has returned it: its
+        // stream's emissions are not waited for.
+        if (slot !== undefined && result instanceof Promise) {
+          result.then((returned) => isObservable(returned) && answered(), answered);
+        }
+        response$ = transform(result);
       } catch {
         // As platform-ws: a synchronous throw must not stop this client's later messages.
-        return;
+        return answered();
       }
-      if (client.readyState === CLOSED) return;
+      if (client.readyState === CLOSED) return answered();
       const subscription = response$
         .pipe(
           filter((response) => response !== undefined && response !== null),
@@ -211,8 +225,13 @@ export class WsRateLimitAdapter extends WsAdapter {
             return EMPTY;
           }),
         )
-        .subscribe((response) => {
-          if (client.readyState === OPEN) client.send(JSON.stringify(response));
+        .subscribe({
+          // Replies are never held; the first one answers the message.
+          next: (response) => {
+            if (client.readyState === OPEN) client.send(JSON.stringify(response));
+            answered();
+          },
+          complete: answered,
         });
       if (subscription.closed) return;
       running.add(subscription);
@@ -223,8 +242,10 @@ export class WsRateLimitAdapter extends WsAdapter {
   override async close(server: WebSocketServer): Promise<void> {
     this.stopHeartbeat(server);
     // platform-ws terminates `server.clients`, which `clientTracking: false` leaves undefined.
-    if (!server.clients) for (const client of this.connections.get(server) ?? []) client.terminate();
-    this.connections.delete(server);
+    if (!server.clients) {
+      for (const state of [...this.limiter.connectionsOf(server)]) (state.client as WebSocket).terminate();
+    }
+    this.limiter.dropConnections(server);
     await super.close(server);
   }
 
@@ -252,7 +273,7 @@ export class WsRateLimitAdapter extends WsAdapter {
     }
     let admission: ReturnType<WsRateLimitService['admitConnection']>;
     try {
-      admission = this.limiter.admitConnection(address);
+      admission = this.limiter.admitConnection(address, request);
     } catch (error) {
       this.logger.error(error);
       done(false, 503, 'Service Unavailable');
@@ -266,14 +287,14 @@ export class WsRateLimitAdapter extends WsAdapter {
         return;
       }
       if (settled.accepted) {
-        this.upgrades.set(request, { address });
+        this.upgrades.set(request, { connection: settled.connection });
         // The TCP socket's end is the one event every path reaches: clean close, error,
         // reset, ping timeout, server shutdown, or a handshake that never completed.
         request.socket.once('close', settled.release);
         done(true);
         return;
       }
-      this.refuse(request, address, settled, done);
+      this.refuse(request, settled, done);
     };
     if (admission instanceof Promise) {
       admission.then(settle, (error: unknown) => {
@@ -307,15 +328,10 @@ export class WsRateLimitAdapter extends WsAdapter {
     }
   }
 
-  private refuse(
-    request: IncomingMessage,
-    address: string,
-    admission: ConnectionAdmission,
-    done: VerifyCallback,
-  ): void {
+  private refuse(request: IncomingMessage, admission: ConnectionAdmission, done: VerifyCallback): void {
     const { status, reason } = REFUSALS[admission.reason!];
     if (this.limiter.options.connectionRefusal === 'close') {
-      this.upgrades.set(request, { address, refusal: reason });
+      this.upgrades.set(request, { connection: admission.connection, refusal: reason });
       done(true);
       return;
     }
@@ -326,9 +342,8 @@ export class WsRateLimitAdapter extends WsAdapter {
 
   /** Hooks a server's `connection` event ahead of NestJS, and starts its heartbeat. */
   private instrument(server: WebSocketServer): void {
-    const clients = new Set<WebSocket>();
-    this.connections.set(server, clients);
     const emit = server.emit.bind(server);
+    const transport = wsTransport as RateLimitTransport;
     server.emit = ((event: string | symbol, ...args: unknown[]): boolean => {
       if (event !== 'connection') return emit(event, ...args);
       const [client, request] = args as [WebSocket, IncomingMessage];
@@ -343,43 +358,21 @@ export class WsRateLimitAdapter extends WsAdapter {
         client.once('close', () => clearTimeout(cutOff));
         return true;
       }
-      const address = upgrade?.address ?? plainAddress(request.socket.remoteAddress);
-      const state = this.limiter.track(client as unknown as TrackedClient, address, request);
-      client.on('pong', () => (state.pingSentAt = 0));
-      clients.add(client);
-      client.once('close', () => clients.delete(client));
+      // The record made at admission; a server this adapter did not verify makes one here.
+      const state = this.limiter.attach(client, upgrade?.connection, request, server, transport);
+      this.limiter.orderAnswers(state);
+      watchPongs(state, transport);
       return emit(event, ...args);
     }) as typeof server.emit;
-    this.startHeartbeat(server, clients);
+    this.startHeartbeat(server, transport);
   }
 
-  /**
-   * One timer per server (unref'd, stopped with the server) pings each connection every
-   * `pingIntervalMs`, terminates those silent for `pongTimeoutMs` after a ping, and cuts off
-   * slow consumers (more than `maxBufferedBytes` unread) within a second.
-   */
-  private startHeartbeat(server: WebSocketServer, clients: ReadonlySet<WebSocket>): void {
-    const { pingIntervalMs, pongTimeoutMs, maxBufferedBytes } = this.limiter.options;
-    const tick = Math.max(10, pingIntervalMs === 0 ? 1000 : Math.min(1000, pingIntervalMs / 2, pongTimeoutMs / 2));
-    const timer = setInterval(() => {
-      const now = performance.now();
-      for (const client of clients) {
-        // Only connections this adapter tracks: never create state (and count a connection) here.
-        const state = (client as unknown as TrackedClient)[CONNECTION_STATE];
-        if (state === undefined) continue;
-        if (client.bufferedAmount > maxBufferedBytes) {
-          this.limiter.disconnect(client, state, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON, state.connectionTracker);
-        } else if (pingIntervalMs === 0) {
-          continue;
-        } else if (state.pingSentAt !== 0) {
-          if (now - state.pingSentAt >= pongTimeoutMs) client.terminate();
-        } else if (now - state.lastPingAt >= pingIntervalMs && client.readyState === OPEN) {
-          state.pingSentAt = state.lastPingAt = now;
-          client.ping();
-        }
-      }
-    }, tick);
-    timer.unref();
+  /** The server's heartbeat (see `startHeartbeat`), stopped with the server. */
+  private startHeartbeat(server: WebSocketServer, transport: RateLimitTransport): void {
+    const records = this.limiter.connectionsOf(server);
+    const timer = startHeartbeat(records, transport, this.limiter.options, (client, state) =>
+      this.limiter.cutOffIfSlow(client, state),
+    );
     this.heartbeats.set(server, timer);
     server.once('close', () => this.stopHeartbeat(server));
   }
@@ -390,56 +383,10 @@ export class WsRateLimitAdapter extends WsAdapter {
     this.heartbeats.delete(server);
   }
 
-  /**
-   * Handshake hygiene on an HTTP server: a TCP connection must send its request within
-   * `handshakeTimeoutMs`, and at most `maxPendingHandshakesPerIp` per TCP peer address may
-   * be waiting to do so; others are dropped at once. Trusted proxies (`trustProxy`) are not
-   * capped: every client behind one shares its address. With a hop count, every peer is.
-   */
+  /** Handshake hygiene on an HTTP server (once per server): see `guardHandshakes`. */
   private guardHttpServer(server: HttpServer | undefined): void {
     if (!server || this.guardedServers.has(server)) return;
     this.guardedServers.add(server);
-    const { handshakeTimeoutMs, maxPendingHandshakesPerIp, ipv6Prefix, trustProxy } = this.limiter.options;
-    const capped = maxPendingHandshakesPerIp > 0 && trustProxy.kind !== 'hops';
-    if (handshakeTimeoutMs === 0 && !capped) return;
-    const pending = new Map<string, number>();
-    const waiting = new WeakMap<Socket, () => void>();
-    // Over TLS, requests arrive on the TLS socket, so count from the end of the TLS handshake.
-    const accepted =
-      typeof (server as { addContext?: unknown }).addContext === 'function' ? 'secureConnection' : 'connection';
-    const onAccepted = (socket: Socket): void => {
-      // The key this socket counts under, or `undefined` when it is not counted.
-      const ip =
-        capped && !isTrustedProxy(socket.remoteAddress, trustProxy)
-          ? (clientAddressKey(socket.remoteAddress, ipv6Prefix) ?? '')
-          : undefined;
-      if (ip !== undefined) {
-        const count = (pending.get(ip) ?? 0) + 1;
-        if (count > maxPendingHandshakesPerIp) {
-          socket.destroy();
-          return;
-        }
-        pending.set(ip, count);
-      } else if (handshakeTimeoutMs === 0) {
-        return;
-      }
-      const timer = handshakeTimeoutMs > 0 ? setTimeout(() => socket.destroy(), handshakeTimeoutMs).unref() : undefined;
-      const settle = (): void => {
-        if (!waiting.has(socket)) return;
-        waiting.delete(socket);
-        clearTimeout(timer);
-        if (ip === undefined) return;
-        const left = (pending.get(ip) ?? 1) - 1;
-        if (left > 0) pending.set(ip, left);
-        else pending.delete(ip);
-      };
-      waiting.set(socket, settle);
-      socket.once('close', settle);
-    };
-    const started = (request: IncomingMessage): void => waiting.get(request.socket)?.();
-    server.on(accepted, onAccepted);
-    server.prependListener('request', started);
-    server.prependListener('upgrade', started);
-    this.httpListeners.push([server, accepted, onAccepted], [server, 'request', started], [server, 'upgrade', started]);
+    this.httpListeners.push(...guardHandshakes(server, this.limiter.options));
   }
 }

@@ -1,3 +1,4 @@
+import { toMessageId } from '../protocol/rate-limit-protocol.js';
 import type { MessageId, RateLimitInfo } from './types.js';
 
 /** The `retryAfter` assumed when a frame carries none, or one that is not a finite number >= 0. */
@@ -11,15 +12,8 @@ function finite(value: unknown): number | undefined {
   return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
 }
 
-/** Longest string id a server echoes (`WsRateLimitAdapter` ignores longer ones). */
-const MAX_ID_LENGTH = 64;
-
 /** A message id in one of the forms a server echoes, or undefined. */
-export function messageIdOf(value: unknown): MessageId | undefined {
-  if (typeof value === 'number') return Number.isSafeInteger(value) ? value : undefined;
-  if (typeof value === 'string') return value.length <= MAX_ID_LENGTH ? value : undefined;
-  return undefined;
-}
+export const messageIdOf: (value: unknown) => MessageId | undefined = toMessageId;
 
 /**
  * The message id an `error` frame (`{ event: 'error', data: { code, id } }`, the answer of

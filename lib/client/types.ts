@@ -2,8 +2,14 @@
  * Public types of the rate-limit-aware WebSocket client.
  *
  * This folder is bundled for browsers: it must not import `ws`, Node built-ins or
- * anything outside `lib/client`.
+ * anything outside `lib/client` but the dependency-free `lib/protocol` it shares with the
+ * server.
  */
+
+import type {
+  MessageId as ProtocolMessageId,
+  RateLimitCode as ServerRateLimitCode,
+} from '../protocol/rate-limit-protocol.js';
 
 /**
  * A handler type checked bivariantly, so that the `ws` package's, the browser's and
@@ -56,15 +62,14 @@ export type WebSocketFactory = (url: string, protocols?: string | string[]) => W
 export type ClientState = 'connecting' | 'open' | 'rate_limited' | 'closed' | 'reconnecting';
 
 /** Codes the server puts in a `rate_limit` frame; other strings are accepted too. */
-export type RateLimitCode =
-  'GLOBAL_LIMIT' | 'TYPE_LIMIT' | 'EXPENSIVE_LIMIT' | 'STORE_UNAVAILABLE' | (string & Record<never, never>);
+export type RateLimitCode = ServerRateLimitCode | (string & Record<never, never>);
 
 /**
  * A message id: a safe integer or a string of at most 64 characters, the forms a server
  * using `WsRateLimitAdapter` echoes in the `rate_limit` and `error` frames that answer
  * a message.
  */
-export type MessageId = string | number;
+export type MessageId = ProtocolMessageId;
 
 /** The content of a `rate_limit` frame, normalised from either frame form. */
 export interface RateLimitInfo {

@@ -1,16 +1,13 @@
 import type { IncomingMessage } from 'node:http';
 import type { SlidingLogState } from '../algorithms/sliding-log.js';
 import type { RateLimitPlan } from '../interfaces/plan.interface.js';
+import { connectionTracker, type Tracker } from '../pipeline/tracker.js';
 import type { Route } from '../plans/route-resolver.js';
+import type { AnswerOrder } from './answer-order.js';
+import type { RateLimitTransport } from '../transports/transport.js';
+import type { WsClientLike } from '../transports/ws-transport.js';
 
-/** The parts of a `ws` WebSocket the limiter uses. */
-export interface WsClientLike {
-  readonly readyState: number;
-  readonly bufferedAmount: number;
-  send(data: string, callback?: (error?: Error) => void): void;
-  close(code?: number, reason?: string): void;
-  once(event: 'close', listener: () => void): unknown;
-}
+export type { WsClientLike } from '../transports/ws-transport.js';
 
 /** Where the limiter keeps its per-connection state on a socket. */
 export const CONNECTION_STATE: unique symbol = Symbol('nestjs-ws-rate-limit.connection');
@@ -18,9 +15,13 @@ export const CONNECTION_STATE: unique symbol = Symbol('nestjs-ws-rate-limit.conn
 /** A socket carrying its limiter state. */
 export type TrackedClient = WsClientLike & { [CONNECTION_STATE]?: ConnectionState };
 
+const noop = (): void => undefined;
+
 /**
- * What the limiter knows about one connection: its identity, the plans built for it (one
- * per handler, so a decision builds nothing), and its recent violations.
+ * The one record of a connection: built at admission from what the upgrade told (address,
+ * address key, allow-list status, the open-connection lease and how to give it back),
+ * attached to the socket when it opens, and read by everything after: the pipeline (plans
+ * built for it, its violations, degradation), the enforcer (closing), the heartbeat.
  */
 export class ConnectionState {
   /** Plans built for this connection, by route. */
@@ -31,6 +32,10 @@ export class ConnectionState {
    * deleted when it closes.
    */
   readonly localKeys = new Set<string>();
+  /** The tracker of tiers keyed by this connection. */
+  readonly tracker: Tracker;
+  /** The tracker of the connection's address key, made on first use. */
+  addressTracker: Tracker | undefined;
   /** Timestamps of recent violations (created on the first). */
   violations: SlidingLogState | undefined;
   /** Set once the limiter has started closing the socket. */
@@ -43,6 +48,14 @@ export class ConnectionState {
   pingSentAt = 0;
   /** When the heartbeat last pinged this connection (monotonic ms). */
   lastPingAt = 0;
+  /** The socket, once attached. */
+  client: object | undefined;
+  /** The socket library it speaks, once attached. */
+  transport: RateLimitTransport | undefined;
+  /** The order of this connection's answers, when its adapter keeps one (`WsRateLimitAdapter`). */
+  order: AnswerOrder | undefined;
+  /** Gives back the open-connection lease taken at admission (idempotent; no-op when none). */
+  release: () => void = noop;
 
   constructor(
     /** Unique within the process. */
@@ -55,10 +68,12 @@ export class ConnectionState {
     readonly request: IncomingMessage | undefined,
     /** The address is on the allow list: no limit applies. */
     readonly allowed: boolean,
-  ) {}
+  ) {
+    this.tracker = connectionTracker(id);
+  }
 
-  /** The tracker of tiers keyed by this connection. */
+  /** The tracker of tiers keyed by this connection, as stores and events name it. */
   get connectionTracker(): string {
-    return `conn:${this.id}`;
+    return this.tracker.key;
   }
 }

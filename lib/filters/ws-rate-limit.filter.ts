@@ -1,11 +1,13 @@
 import { Catch, Injectable, type ArgumentsHost, type ExceptionFilter } from '@nestjs/common';
 import { WsRateLimitException } from '../exceptions/ws-rate-limit.exception.js';
 import { WsRateLimitService } from '../services/ws-rate-limit.service.js';
+import { answerSlotFromArgs } from '../utils/message-id.js';
 
 /**
  * Answers `WsRateLimitException`: sends the `rate_limit` frame on the same socket (with
- * `ws.send`, never echoing the message), counts the violation, and at the threshold closes
- * the socket with 1008 after that frame.
+ * `ws.send`, never echoing the message; on `WsRateLimitAdapter` after the replies of the
+ * connection's earlier messages), counts the violation, and at the threshold closes the
+ * socket with 1008 after that frame.
  */
 @Catch(WsRateLimitException)
 @Injectable()
@@ -14,6 +16,7 @@ export class WsRateLimitFilter implements ExceptionFilter<WsRateLimitException> 
 
   catch(exception: WsRateLimitException, host: ArgumentsHost): void {
     if (host.getType() !== 'ws') return;
-    this.limiter.reject(host.switchToWs().getClient<object>(), exception);
+    // The message's place in its connection's answers: the frame follows earlier replies.
+    this.limiter.reject(host.switchToWs().getClient<object>(), exception, answerSlotFromArgs(host.getArgs()));
   }
 }

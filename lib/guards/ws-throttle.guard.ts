@@ -2,6 +2,7 @@ import { Injectable, type CanActivate, type ExecutionContext } from '@nestjs/com
 import type { ConnectionState } from '../connection/connection-state.js';
 import { WsRateLimitException } from '../exceptions/ws-rate-limit.exception.js';
 import type { RateLimitDecision, RateLimitPlan } from '../interfaces/plan.interface.js';
+import type { MessageSteps } from '../pipeline/message-pipeline.js';
 import type { Route } from '../plans/route-resolver.js';
 import { WsRateLimitService } from '../services/ws-rate-limit.service.js';
 import { messageIdFromArgs } from '../utils/message-id.js';
@@ -15,31 +16,30 @@ import { messageIdFromArgs } from '../utils/message-id.js';
  * execution contexts (HTTP, RPC) pass untouched.
  *
  * Each step is a protected method to override: `getRoute`, `getTracker`, `getPlan`,
- * `onRejected`.
+ * `onRejected`. With `WsRateLimitAdapter`, the guard on a gateway also decides the frames
+ * that reach none of its handlers (malformed, unknown events) with the same steps: their
+ * context's handler is one of `UNROUTED_HANDLERS`, whose route is the global budget.
  */
 @Injectable()
 export class WsThrottleGuard implements CanActivate {
   /** Lets the module recognise this guard (and subclasses) in `@UseGuards` metadata. */
   static readonly isWsThrottleGuard = true;
+  /** This guard's steps as the message pipeline calls them. */
+  private readonly steps: MessageSteps;
 
-  constructor(protected readonly limiter: WsRateLimitService) {}
+  constructor(protected readonly limiter: WsRateLimitService) {
+    this.steps = {
+      getRoute: (context, connection, client) => this.getRoute(context, connection, client),
+      getTracker: (client, connection) => this.getTracker(client, connection),
+      getPlan: (connection, route, tracker) => this.getPlan(connection, route, tracker),
+      onRejected: (decision, route, plan, context) => this.onRejected(decision, route, plan, context),
+    };
+    limiter.pipeline.registerSteps(new.target, this.steps);
+  }
 
   canActivate(context: ExecutionContext): boolean | Promise<boolean> {
     if (context.getType() !== 'ws') return true;
-    // A WebSocket handler's arguments are [client, data, ...]: read the client directly
-    // (switchToWs() builds a new object on every call).
-    const client = context.getArgByIndex<object>(0);
-    const connection = this.limiter.connectionOf(client);
-    const route = this.getRoute(context, connection, client);
-    if (route === null) return true;
-    const tracker = this.getTracker(client, connection);
-    const screened = this.limiter.screen(client, connection, route, tracker);
-    if (screened === true) return true;
-    if (screened !== undefined) return this.refuse(client, screened);
-    const plan = this.getPlan(connection, route, tracker);
-    const decision = this.limiter.decide(plan, route);
-    if (decision instanceof Promise) return decision.then((settled) => this.settle(settled, route, plan, context));
-    return this.settle(decision, route, plan, context);
+    return this.limiter.pipeline.run(context, this.steps);
   }
 
   /** The limits of the handler under the connection's plan, or `null` to let it through unlimited. */
@@ -68,20 +68,9 @@ export class WsThrottleGuard implements CanActivate {
     context: ExecutionContext,
   ): true {
     const client = context.getArgByIndex<object>(0);
-    return this.refuse(
+    return this.limiter.pipeline.refuse(
       client,
       new WsRateLimitException(decision, route.type, plan.tracker, messageIdFromArgs(context.getArgs())),
     );
-  }
-
-  private refuse(client: object, exception: WsRateLimitException): true {
-    if (!this.limiter.options.shadow) throw exception;
-    this.limiter.shadowReject(client, exception);
-    return true;
-  }
-
-  private settle(decision: RateLimitDecision, route: Route, plan: RateLimitPlan, context: ExecutionContext): true {
-    if (decision.allowed) return true;
-    return this.onRejected(decision, route, plan, context);
   }
 }

@@ -1,32 +1,7 @@
-import type { RateLimitCode } from './plan.interface.js';
+import type { RateLimitFrameInfo } from '../protocol/rate-limit-protocol.js';
 
-/** What a frame builder is told about one rejected message. */
-export interface RateLimitFrameInfo {
-  /** Which limit refused the message. */
-  readonly code: RateLimitCode;
-  /** The message type (the handler's `@Throttle` type or its event), never client text. */
-  readonly messageType: string;
-  /** Whole milliseconds until the same message would be allowed; at least 1. */
-  readonly retryAfter: number;
-  /** Violations of this connection in the current window, this one included. */
-  readonly warningCount: number;
-  /** Capacity of the limit that refused. */
-  readonly limit: number;
-  /** What that limit has left now. */
-  readonly remaining: number;
-  /**
-   * The `id` of the refused message, when the client gave one (`{ event, data, id }`: a
-   * safe integer or a string of at most 64 characters) and the adapter is
-   * `WsRateLimitAdapter`. Lets a client re-send exactly the refused message.
-   */
-  readonly id?: string | number;
-}
-
-/** The default frame: `{ event: 'rate_limit', data: {...} }`, NestJS's message convention. */
-export interface RateLimitFrame {
-  readonly event: 'rate_limit';
-  readonly data: RateLimitFrameInfo;
-}
+/** What a frame builder is told about one rejected message (shared with the client). */
+export type { RateLimitFrameInfo, RateLimitFrame } from '../protocol/rate-limit-protocol.js';
 
 /**
  * Builds the frame sent for a rejected message; its result is sent as JSON.

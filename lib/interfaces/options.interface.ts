@@ -325,6 +325,14 @@ export interface WsRateLimitModuleOptions {
    */
   degradeCooldownMs?: number;
   /**
+   * At the violation threshold, how long the 1008 close waits for the replies of messages
+   * admitted before the decision (on `WsRateLimitAdapter`, which sends a connection's
+   * answers in the order its messages came); the close happens then even if some are still
+   * pending. Messages that arrive after the decision are not processed. 0 closes at once.
+   * @default 2000
+   */
+  closeGraceMs?: number;
+  /**
    * Client addresses, CIDRs or tracker names that skip every limit: an array, or a
    * comma-separated string.
    * @default none

@@ -1,13 +1,8 @@
 /** The levels at which a limit can apply. */
 export type TierName = 'global' | 'type' | 'expensive' | 'connection' | 'concurrency';
 
-/**
- * The `code` of a `rate_limit` frame: a tier's limit, the store being unreachable with
- * fail mode `closed`, a connection restricted to essential types (`DEGRADED`), or a tracker
- * blocked by an operator (`BLOCKED`).
- */
-export type RateLimitCode =
-  'GLOBAL_LIMIT' | 'TYPE_LIMIT' | 'EXPENSIVE_LIMIT' | 'STORE_UNAVAILABLE' | 'DEGRADED' | 'BLOCKED';
+/** The `code` of a `rate_limit` frame (shared with the client). */
+export type { RateLimitCode } from '../protocol/rate-limit-protocol.js';
 
 /** The algorithms a tier can use. */
 export type TierAlgorithm = 'token-bucket' | 'sliding-log' | 'sliding-counter' | 'concurrency';
@@ -84,6 +79,16 @@ export interface RateLimitPlan {
   readonly tiers: readonly PlanTier[];
   /** Identifies the lease of a concurrency tier, so that it can be released. */
   readonly lease?: string;
+  /**
+   * The message type the plan limits (its type tier's), for metrics and events; set by
+   * the limiter. Plans without it are reported by their type tier.
+   */
+  readonly type?: string;
+  /**
+   * Whether the tiers are keyed by one connection and so decided in process memory
+   * whatever the store; set by the limiter. Plans without it are placed by their tracker.
+   */
+  readonly connectionKeyed?: boolean;
 }
 
 /** A decision that let the message through. */

@@ -11,6 +11,16 @@ export const PLAN_CACHE: unique symbol = Symbol('nestjs-ws-rate-limit.plan-cache
 /** A plan as `createPlan` makes it. */
 export type CachedPlan = RateLimitPlan & { [PLAN_CACHE]: unknown };
 
+/** What the limiter tells a plan about itself besides its tiers. */
+export interface PlanFacts {
+  /** Identifies the lease of a concurrency tier. */
+  readonly lease?: string;
+  /** The message type the plan limits. */
+  readonly type?: string;
+  /** The tiers are keyed by one connection (decided in process memory). */
+  readonly connectionKeyed?: boolean;
+}
+
 /**
  * Builds a plan the way the guard does: the tiers' keys from the store, frozen tiers, and
  * room for the store's per-plan cache. Build a plan once and reuse it for every decision of
@@ -25,12 +35,30 @@ export function createPlan(
   specs: readonly TierSpec[],
   lease?: string,
 ): RateLimitPlan {
+  return planOf(store, tracker, specs, lease === undefined ? undefined : { lease });
+}
+
+/** `createPlan` with the facts the limiter knows: lease, message type, placement. */
+export function planOf(
+  store: RateLimitStore,
+  tracker: string,
+  specs: readonly TierSpec[],
+  facts?: PlanFacts,
+): RateLimitPlan {
   const tiers: readonly PlanTier[] = Object.freeze(
     specs.map((spec) => Object.freeze({ key: store.key(tracker, spec.suffix), spec })),
   );
+  // One object shape per kind of plan, every field present from the start.
   const plan: CachedPlan =
-    lease === undefined
+    facts === undefined
       ? { tracker, tiers, [PLAN_CACHE]: undefined }
-      : { tracker, tiers, lease, [PLAN_CACHE]: undefined };
+      : {
+          tracker,
+          tiers,
+          ...(facts.lease === undefined ? {} : { lease: facts.lease }),
+          type: facts.type ?? '',
+          connectionKeyed: facts.connectionKeyed === true,
+          [PLAN_CACHE]: undefined,
+        };
   return plan;
 }

@@ -63,6 +63,11 @@ export class RouteResolver {
     return route;
   }
 
+  /** Sets the route of a handler that carries no metadata (frames that reach no handler). */
+  seed(handler: object, route: Route): void {
+    this.routes.set(handler, route);
+  }
+
   /** The global tier for a message of the given cost. */
   globalSpec(cost: number): TokenBucketSpec {
     let spec = this.globalSpecs.get(cost);

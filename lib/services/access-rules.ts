@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import type { ResolvedAccessList } from '../config/resolve-options.js';
+import { namedTracker } from '../pipeline/tracker.js';
 
 /** Allow and deny lists: client addresses and networks, and tracker names. */
 export class AccessRules {
@@ -13,8 +14,8 @@ export class AccessRules {
     private readonly deny: ResolvedAccessList,
   ) {
     // Tracker names are compared as the limiter names trackers from a `tracker` function.
-    this.allowTrackers = new Set([...allow.trackers].map((name) => `key:${name}`));
-    this.denyTrackers = new Set([...deny.trackers].map((name) => `key:${name}`));
+    this.allowTrackers = new Set([...allow.trackers].map((name) => namedTracker(name).key));
+    this.denyTrackers = new Set([...deny.trackers].map((name) => namedTracker(name).key));
     this.hasTrackerRules = this.allowTrackers.size + this.denyTrackers.size > 0;
   }
 

@@ -1,15 +1,19 @@
-import { MAX_MESSAGE_ID_LENGTH } from '../ws-rate-limit.constants.js';
+import type { AnswerSlot } from '../connection/answer-order.js';
+import { toMessageId, type MessageId } from '../protocol/rate-limit-protocol.js';
 
-/** An id a client may put on a message (`{ event, data, id }`) to match the answer to it. */
-export type MessageId = string | number;
+export type { MessageId } from '../protocol/rate-limit-protocol.js';
 
 /** Brands the extra handler argument through which the adapter passes a message's id. */
 const MESSAGE_META: unique symbol = Symbol('nestjs-ws-rate-limit.message');
 
-/** The extra argument `WsRateLimitAdapter` passes to a handler callback. */
+/**
+ * The extra argument `WsRateLimitAdapter` passes to a handler callback: the message's id
+ * (when the client gave one) and its place in the connection's order of answers.
+ */
 export interface MessageMeta {
   readonly [MESSAGE_META]: true;
-  readonly id: MessageId;
+  readonly id: MessageId | undefined;
+  readonly slot: AnswerSlot | undefined;
 }
 
 /**
@@ -17,22 +21,29 @@ export interface MessageMeta {
  * most 64 characters. Anything else is ignored, so a frame never carries more client text.
  */
 export function messageIdOf(message: { id?: unknown }): MessageId | undefined {
-  const { id } = message;
-  if (typeof id === 'number') return Number.isSafeInteger(id) ? id : undefined;
-  if (typeof id === 'string') return id.length <= MAX_MESSAGE_ID_LENGTH ? id : undefined;
-  return undefined;
+  return toMessageId(message.id);
 }
 
-/** Wraps an id for the handler callback. */
-export function messageMeta(id: MessageId): MessageMeta {
-  return { [MESSAGE_META]: true, id };
+/** Wraps an id and an answer slot for the handler callback. */
+export function messageMeta(id: MessageId | undefined, slot?: AnswerSlot): MessageMeta {
+  return { [MESSAGE_META]: true, id, slot };
+}
+
+/** The adapter's argument among a handler's arguments, if it passed one. */
+function metaOf(args: readonly unknown[]): MessageMeta | undefined {
+  for (let i = 2; i < args.length; i++) {
+    const arg = args[i] as Partial<MessageMeta> | undefined;
+    if (arg !== null && typeof arg === 'object' && arg[MESSAGE_META] === true) return arg as MessageMeta;
+  }
+  return undefined;
 }
 
 /** The id among a handler's arguments, if the adapter passed one. */
 export function messageIdFromArgs(args: readonly unknown[]): MessageId | undefined {
-  for (let i = 2; i < args.length; i++) {
-    const arg = args[i] as Partial<MessageMeta> | undefined;
-    if (arg !== null && typeof arg === 'object' && arg[MESSAGE_META] === true) return arg.id;
-  }
-  return undefined;
+  return metaOf(args)?.id;
+}
+
+/** The message's place in its connection's order of answers, if the adapter keeps one. */
+export function answerSlotFromArgs(args: readonly unknown[]): AnswerSlot | undefined {
+  return metaOf(args)?.slot;
 }

@@ -1,0 +1,124 @@
+/**
+ * One inbound message's place in its connection's order of answers: the limiter's answers
+ * to it (a `rate_limit` or `error` frame) wait until every earlier message is answered.
+ */
+export interface AnswerSlot {
+  /** Answered: its handler's reply went out, or it ended without one. */
+  done: boolean;
+  /** The limiter's answers held until the earlier messages are answered. */
+  writes: Array<() => void> | undefined;
+  next: AnswerSlot | undefined;
+}
+
+/**
+ * A connection's answers in the order its messages arrived, so that a `rate_limit` frame
+ * never overtakes the reply of an earlier admitted message, and a policy close waits for
+ * the replies of the messages admitted before it. Cheap when nothing is pending: an answer
+ * for the oldest open message is written at once, and no timer runs.
+ *
+ * Handler replies are never held (one slow handler does not delay another's reply). A
+ * message counts as answered at its first reply, when it ends without one, or, for a
+ * handler returning an observable, when the handler has returned it (a stream's emissions
+ * are not ordered). Held answers wait `holdMs` at most, and the close as long.
+ */
+export class AnswerOrder {
+  /** The oldest message not yet answered; later ones follow through `next`. */
+  private head: AnswerSlot | undefined;
+  private tail: AnswerSlot | undefined;
+  private closer: (() => void) | undefined;
+  /** Runs while answers are held or a close waits: releases them all when it fires. */
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    /** Longest time an answer or the close waits for earlier messages (ms). */
+    private readonly holdMs: number,
+  ) {}
+
+  /** Nothing is waiting for an answer. */
+  get idle(): boolean {
+    return this.head === undefined;
+  }
+
+  /** A place for a message that has just arrived. */
+  open(): AnswerSlot {
+    const slot: AnswerSlot = { done: false, writes: undefined, next: undefined };
+    if (this.tail === undefined) this.head = slot;
+    else this.tail.next = slot;
+    this.tail = slot;
+    return slot;
+  }
+
+  /** Writes an answer now if every earlier message is answered, else holds it (at most `holdMs`). */
+  write(slot: AnswerSlot | undefined, write: () => void): void {
+    if (slot === undefined || slot === this.head || slot.done || this.holdMs <= 0) return write();
+    (slot.writes ??= []).push(write);
+    this.arm();
+  }
+
+  /** The message is answered: releases the answers of later messages that were waiting. */
+  done(slot: AnswerSlot): void {
+    if (slot.done) return;
+    slot.done = true;
+    if (slot !== this.head) return;
+    let next: AnswerSlot | undefined = slot;
+    while (next !== undefined && next.done) {
+      next = next.next;
+      if (next !== undefined) flush(next);
+    }
+    this.head = next;
+    if (next === undefined) {
+      this.tail = undefined;
+      this.finish();
+    }
+  }
+
+  /**
+   * Runs `close` once every message that arrived so far is answered, or after `holdMs`,
+   * whichever comes first (held answers go out before it). At once when nothing is pending.
+   */
+  closeAfter(close: () => void): void {
+    if (this.closer !== undefined) return;
+    this.closer = close;
+    if (this.head === undefined || this.holdMs <= 0) this.release();
+    else this.arm();
+  }
+
+  /** The socket has closed: nothing will be written any more. */
+  dispose(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.closer = undefined;
+    this.head = this.tail = undefined;
+  }
+
+  private arm(): void {
+    if (this.timer !== undefined) return;
+    this.timer = setTimeout(() => this.release(), this.holdMs);
+    this.timer.unref();
+  }
+
+  /** Gives up waiting: every held answer goes out in order, then the close if one waits. */
+  private release(): void {
+    for (let slot = this.head; slot !== undefined; slot = slot.next) {
+      slot.done = true;
+      flush(slot);
+    }
+    this.head = this.tail = undefined;
+    this.finish();
+  }
+
+  /** Nothing is pending any more: stops the timer and runs the close that waited. */
+  private finish(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    const close = this.closer;
+    this.closer = undefined;
+    close?.();
+  }
+}
+
+function flush(slot: AnswerSlot): void {
+  const writes = slot.writes;
+  slot.writes = undefined;
+  if (writes !== undefined) for (const write of writes) write();
+}

@@ -1,0 +1,113 @@
+import type { IncomingMessage } from 'node:http';
+import type { ConnectionRefusalReason } from '../interfaces/event.interface.js';
+import type { RateLimitDecision, TierSpec } from '../interfaces/plan.interface.js';
+import type { Telemetry } from '../metrics/telemetry.js';
+import type { MessageLimiter } from '../pipeline/message-limiter.js';
+import { addressTracker } from '../pipeline/tracker.js';
+import type { AccessRules } from '../services/access-rules.js';
+import type { OperatorBlocks } from '../services/operator-blocks.js';
+import { isPromise } from '../services/shared-store.js';
+import type { MaybePromise, RateLimitStore } from '../storage/rate-limit-store.js';
+import type { ConnectionRegistry } from './connection-registry.js';
+import type { ConnectionState } from './connection-state.js';
+
+/** The outcome of a connection attempt at the upgrade, and how to give its slot back. */
+export interface ConnectionAdmission {
+  /** Whether the handshake may complete (always, in shadow mode). */
+  readonly accepted: boolean;
+  /** Why it was refused (or, in shadow mode, would have been). */
+  readonly reason?: ConnectionRefusalReason;
+  /** Whole milliseconds until a retry could succeed, for refusals. */
+  readonly retryAfter: number;
+  /** Gives back the open-connection slot (no-op when none was taken); call once. */
+  readonly release: () => void;
+  /**
+   * The connection's record (address, address key, allow status, `release`), to attach to
+   * the socket when it opens.
+   */
+  readonly connection: ConnectionState;
+}
+
+/**
+ * Decides new connections from a client address, before any socket exists: deny list,
+ * operator blocks, allow list, then the connection-rate bucket and, when capped, the
+ * open-connection count, together in one decision.
+ */
+export class ConnectionAdmitter {
+  constructor(
+    private readonly limiter: MessageLimiter,
+    private readonly registry: ConnectionRegistry,
+    private readonly access: AccessRules,
+    private readonly blocks: OperatorBlocks,
+    private readonly telemetry: Telemetry,
+    private readonly specs: readonly TierSpec[],
+    private readonly capped: boolean,
+    /** Names this process's open-connection leases in a shared store. */
+    private readonly instanceId: string,
+    private readonly releaseFailed: (error: unknown) => void,
+  ) {}
+
+  /** Decides a connection; the slot, if taken, is given back by `release` in whichever store took it. */
+  admit(address: string, request?: IncomingMessage): MaybePromise<ConnectionAdmission> {
+    const record = this.registry.create(address, request);
+    const ip = record.ip!;
+    if (this.access.deniesAddress(address)) return this.admitted(record, 'denied', 0);
+    const byAddress = (record.addressTracker = addressTracker(ip));
+    const blocked = this.blocks.remainingFor(undefined, byAddress.key);
+    if (blocked > 0) return this.admitted(record, 'blocked', blocked);
+    if (record.allowed) return this.admitted(record, undefined, 0);
+    const plan = this.limiter.buildPlan(byAddress, this.specs, '', this.instanceId);
+    // The slot is given back to whichever store took it: the store, or the fallback.
+    let taker: RateLimitStore | undefined;
+    const settle = (decision: RateLimitDecision): ConnectionAdmission => {
+      const store = taker;
+      if (decision.allowed && this.capped && store) {
+        record.release = once(() => {
+          try {
+            const released = store.release(plan);
+            if (isPromise(released)) released.catch(this.releaseFailed);
+          } catch (error) {
+            this.releaseFailed(error);
+          }
+        });
+      }
+      if (decision.allowed) return this.admitted(record, undefined, 0);
+      const reason = decision.storeUnavailable ? 'store' : decision.tier === 'concurrency' ? 'concurrency' : 'rate';
+      return this.admitted(record, reason, decision.retryAfter);
+    };
+    const decision = this.limiter.shared.consume(plan, (store) => (taker = store));
+    return isPromise(decision) ? decision.then(settle) : settle(decision);
+  }
+
+  private admitted(
+    record: ConnectionState,
+    reason: ConnectionRefusalReason | undefined,
+    retryAfter: number,
+  ): ConnectionAdmission {
+    const ip = record.ip!;
+    const enforced = this.telemetry.enforced;
+    const accepted = reason === undefined || !enforced;
+    this.telemetry.metrics.connection(
+      reason === undefined ? 'accepted' : enforced ? 'refused' : 'shadow_refused',
+      reason ?? '',
+    );
+    if (this.telemetry.observed) {
+      this.telemetry.emit(
+        reason === undefined
+          ? { kind: 'connection', accepted: true, ip, enforced }
+          : { kind: 'connection', accepted, ip, reason, enforced },
+      );
+    }
+    const release = record.release;
+    return { accepted, ...(reason === undefined ? {} : { reason }), retryAfter, release, connection: record };
+  }
+}
+
+function once(run: () => void): () => void {
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    run();
+  };
+}

@@ -1,0 +1,45 @@
+import { performance } from 'node:perf_hooks';
+import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
+import type { RateLimitTransport } from '../transports/transport.js';
+import type { ConnectionState } from './connection-state.js';
+
+/** Close code and reason for a transport that cannot terminate a silent peer outright. */
+const GOING_AWAY = 1001;
+const PING_TIMEOUT_REASON = 'Ping timeout';
+
+/**
+ * One timer (unref'd; clear it when the server closes) reads the records of a server's
+ * connections: cuts off slow consumers (more than `maxBufferedBytes` unread) within a
+ * second, and, when the transport has no liveness of its own, pings each connection every
+ * `pingIntervalMs` and ends those silent for `pongTimeoutMs` after a ping.
+ */
+export function startHeartbeat(
+  records: ReadonlySet<ConnectionState>,
+  transport: RateLimitTransport,
+  options: Pick<ResolvedWsRateLimitOptions, 'pingIntervalMs' | 'pongTimeoutMs'>,
+  cutOffIfSlow: (client: object, state: ConnectionState) => boolean,
+): NodeJS.Timeout {
+  const { pingIntervalMs, pongTimeoutMs } = options;
+  const { liveness } = transport;
+  const tick = Math.max(10, pingIntervalMs === 0 ? 1000 : Math.min(1000, pingIntervalMs / 2, pongTimeoutMs / 2));
+  const timer = setInterval(() => {
+    const now = performance.now();
+    for (const state of records) {
+      const client = state.client!;
+      if (cutOffIfSlow(client, state) || pingIntervalMs === 0 || liveness === undefined) continue;
+      if (state.pingSentAt !== 0) {
+        if (now - state.pingSentAt >= pongTimeoutMs) transport.terminate(client, GOING_AWAY, PING_TIMEOUT_REASON);
+      } else if (now - state.lastPingAt >= pingIntervalMs && transport.isOpen(client)) {
+        state.pingSentAt = state.lastPingAt = now;
+        liveness.ping(client);
+      }
+    }
+  }, tick);
+  timer.unref();
+  return timer;
+}
+
+/** Notes a connection's answers to the heartbeat's pings (transports with liveness hooks). */
+export function watchPongs(state: ConnectionState, transport: RateLimitTransport): void {
+  transport.liveness?.onPong(state.client!, () => (state.pingSentAt = 0));
+}

@@ -1,0 +1,240 @@
+import { performance } from 'node:perf_hooks';
+import { createSlidingLog, logCount, logRecord } from '../algorithms/sliding-log.js';
+import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
+import type { AnswerSlot } from '../connection/answer-order.js';
+import type { ConnectionState } from '../connection/connection-state.js';
+import type { WsRateLimitException } from '../exceptions/ws-rate-limit.exception.js';
+import type { RateLimitFrameBuilder } from '../interfaces/frame.interface.js';
+import { frameCode, type Telemetry } from '../metrics/telemetry.js';
+import { RATE_LIMIT_EVENT, type RateLimitFrameInfo } from '../protocol/rate-limit-protocol.js';
+import type { RateLimitTransport } from '../transports/transport.js';
+import { wsTransport } from '../transports/ws-transport.js';
+import { CLOSE_POLICY_VIOLATION, DEFAULT_CLOSE_GRACE_MS, SLOW_CONSUMER_REASON } from '../ws-rate-limit.constants.js';
+
+/** Close reason for a tracker on the deny list. */
+export const DENIED_REASON = 'Denied';
+
+/** What the enforcer reads from the module's options. */
+export type EnforcerOptions = Pick<
+  ResolvedWsRateLimitOptions,
+  'violations' | 'degradeCooldownMs' | 'maxBufferedBytes' | 'frameBuilder'
+> & {
+  /**
+   * How long a policy close waits for the replies of messages admitted before it (on
+   * connections whose adapter orders answers). Default `DEFAULT_CLOSE_GRACE_MS`.
+   */
+  readonly closeGraceMs?: number;
+};
+
+/** Where the enforcer logs. */
+export interface EnforcerLogger {
+  warn(message: string): void;
+  debug(message: string): void;
+}
+
+const defaultFrameBuilder: RateLimitFrameBuilder = (info) => ({ event: RATE_LIMIT_EVENT, data: info });
+
+/**
+ * Answers rejected messages on a connection, through its transport: counts violations in
+ * a sliding window, sends the `rate_limit` frame, degrades or closes repeat offenders, and
+ * cuts off slow consumers. Shadow mode (`telemetry.enforced` false, the one reading of the
+ * `shadow` option) is applied here for everything that would reach a client: violations
+ * are counted and reported, nothing is sent or closed.
+ */
+export class Enforcer {
+  /** False in shadow mode. */
+  readonly enforced: boolean;
+  private readonly frameBuilder: RateLimitFrameBuilder;
+  /** How long a policy close waits for replies of earlier messages (and frames for them). */
+  readonly closeGraceMs: number;
+
+  constructor(
+    private readonly options: EnforcerOptions,
+    private readonly telemetry: Telemetry,
+    private readonly logger: EnforcerLogger,
+  ) {
+    this.enforced = telemetry.enforced;
+    this.frameBuilder = options.frameBuilder ?? defaultFrameBuilder;
+    this.closeGraceMs = options.closeGraceMs ?? DEFAULT_CLOSE_GRACE_MS;
+  }
+
+  /**
+   * Answers a rejected message: in shadow mode records it; otherwise counts the violation,
+   * sends the `rate_limit` frame, and at the threshold degrades the connection (with
+   * `degradeCooldownMs`) or closes it after that frame.
+   */
+  answer(client: object, state: ConnectionState, exception: WsRateLimitException, slot?: AnswerSlot): void {
+    if (this.enforced) this.reject(client, state, exception, slot);
+    else this.record(state, exception);
+  }
+
+  /**
+   * The enforced answer to a rejected message (see `answer`); `slot` is the message's place
+   * in the connection's order of answers, when its adapter keeps one.
+   */
+  reject(client: object, state: ConnectionState, exception: WsRateLimitException, slot?: AnswerSlot): void {
+    const transport = transportOf(state);
+    if (state.closing || !transport.isOpen(client)) return;
+    const { max, closeCode, closeReason, windowMs } = this.options.violations;
+    const { decision } = exception;
+    // Our store being unreachable is not the client's fault: answered, never counted.
+    const warningCount = decision.storeUnavailable
+      ? currentViolations(state, windowMs)
+      : this.countViolation(state, exception, true);
+    const cooldown = this.options.degradeCooldownMs;
+    const degrade = warningCount >= max && cooldown > 0 && state.degradedUntil <= performance.now();
+    const id = exception.messageId === undefined ? {} : { id: exception.messageId };
+    const info: RateLimitFrameInfo = degrade
+      ? {
+          code: 'DEGRADED',
+          messageType: exception.messageType,
+          retryAfter: cooldown,
+          warningCount,
+          limit: 0,
+          remaining: 0,
+          ...id,
+        }
+      : {
+          code: frameCode(decision),
+          messageType: exception.messageType,
+          retryAfter: decision.retryAfter,
+          warningCount,
+          limit: decision.limit,
+          remaining: decision.remaining,
+          ...id,
+        };
+    if (!this.send(client, state, this.frameBuilder(info), info, slot)) return;
+    if (degrade) {
+      state.degradedUntil = performance.now() + cooldown;
+      // Violations start over: the same number again, while degraded, closes the socket.
+      state.violations = undefined;
+      if (this.telemetry.observed) {
+        this.telemetry.emit({ kind: 'degraded', tracker: exception.tracker, cooldownMs: cooldown });
+      }
+    } else if (warningCount >= max) {
+      this.disconnect(client, state, closeCode, closeReason, exception.tracker);
+    }
+  }
+
+  /**
+   * Shadow mode's answer to a rejected message: the violation is counted, streamed and
+   * measured, and nothing is sent or closed.
+   */
+  record(state: ConnectionState, exception: WsRateLimitException): void {
+    const { max, closeCode, closeReason } = this.options.violations;
+    const warningCount = this.countViolation(state, exception, false);
+    if (warningCount < max) return;
+    this.telemetry.metrics.disconnect('shadow_violations');
+    if (this.telemetry.observed) {
+      this.telemetry.emit({
+        kind: 'disconnect',
+        tracker: exception.tracker,
+        closeCode,
+        reason: closeReason,
+        enforced: false,
+      });
+    }
+    state.violations = undefined;
+  }
+
+  /**
+   * Sends a frame unless the socket is not open or its reader is too slow (then it is cut
+   * off instead). Never throws on a closed socket.
+   */
+  send(client: object, state: ConnectionState, frame: unknown, info?: RateLimitFrameInfo, slot?: AnswerSlot): boolean {
+    const transport = transportOf(state);
+    if (!transport.isOpen(client) || this.cutOffIfSlow(client, state)) return false;
+    const order = state.order;
+    if (order === undefined) {
+      transport.sendFrame(client, frame, info);
+    } else {
+      // After the answers of earlier messages (which may close the socket meanwhile).
+      order.write(slot, () => {
+        if (transport.isOpen(client)) transport.sendFrame(client, frame, info);
+      });
+    }
+    return true;
+  }
+
+  /**
+   * The slow-consumer check (the one place it is made): a reader with more than
+   * `maxBufferedBytes` unread is disconnected. Returns whether it was.
+   */
+  cutOffIfSlow(client: object, state: ConnectionState): boolean {
+    if (transportOf(state).bufferedBytes(client) <= this.options.maxBufferedBytes) return false;
+    this.disconnect(client, state, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON, state.connectionTracker);
+    return true;
+  }
+
+  /**
+   * Closes a socket for a policy reason. A slow consumer is terminated at once, since a
+   * close frame would wait behind the data it does not read. Nothing is closed in shadow
+   * mode (the event still says what would have happened, once).
+   */
+  disconnect(client: object, state: ConnectionState, code: number, reason: string, tracker: string): void {
+    if (state.closing || state.shadowClosed) return;
+    const enforced = this.enforced;
+    this.telemetry.metrics.disconnect(disconnectLabel(reason, enforced));
+    if (this.telemetry.observed)
+      this.telemetry.emit({ kind: 'disconnect', tracker, closeCode: code, reason, enforced });
+    if (!enforced) {
+      // Reported once: the heartbeat and every send would find a slow consumer again.
+      state.shadowClosed = true;
+      return;
+    }
+    state.closing = true;
+    const transport = transportOf(state);
+    const close = (): void => {
+      try {
+        if (reason === SLOW_CONSUMER_REASON) transport.terminate(client, code, reason);
+        else transport.close(client, code, reason);
+      } catch (error) {
+        this.logger.warn(`Closing a socket failed: ${(error as Error).message}`);
+      }
+      this.logger.debug(`Closed ${tracker}: ${reason}`);
+    };
+    // Replies of the messages admitted before this decision go out first, within the grace;
+    // a slow consumer would not read them.
+    const order = state.order;
+    if (order === undefined || order.idle || reason === SLOW_CONSUMER_REASON) close();
+    else order.closeAfter(close);
+  }
+
+  /** Records a violation in the connection's window; returns the count in the window. */
+  private countViolation(state: ConnectionState, exception: WsRateLimitException, enforced: boolean): number {
+    const { max, windowMs } = this.options.violations;
+    const now = performance.now();
+    const log = (state.violations ??= createSlidingLog(max));
+    logRecord(log, now, 1);
+    const warningCount = logCount(log, now, windowMs);
+    const code = frameCode(exception.decision);
+    this.telemetry.metrics.violation(code, exception.messageType);
+    if (this.telemetry.observed) {
+      this.telemetry.emit({
+        kind: 'violation',
+        tracker: exception.tracker,
+        type: exception.messageType,
+        code,
+        warningCount,
+        enforced,
+      });
+    }
+    this.logger.debug(`Violation ${warningCount}/${max} by ${exception.tracker} (${code}, ${exception.messageType})`);
+    return warningCount;
+  }
+}
+
+/** A connection's transport (`ws` for sockets the limiter met outside an adapter). */
+function transportOf(state: ConnectionState): RateLimitTransport {
+  return state.transport ?? (wsTransport as RateLimitTransport);
+}
+
+/** Violations of a connection in the current window, without counting a new one. */
+function currentViolations(state: ConnectionState, windowMs: number): number {
+  return state.violations === undefined ? 0 : logCount(state.violations, performance.now(), windowMs);
+}
+
+function disconnectLabel(reason: string, enforced: boolean): string {
+  const label = reason === SLOW_CONSUMER_REASON ? 'slow_consumer' : reason === DENIED_REASON ? 'denied' : 'violations';
+  return enforced ? label : `shadow_${label}`;
+}

@@ -1,0 +1,162 @@
+import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
+import type { ConnectionState } from '../connection/connection-state.js';
+import type { RateLimitDecision, RateLimitPlan, TierSpec, TierStatus } from '../interfaces/plan.interface.js';
+import type { Telemetry } from '../metrics/telemetry.js';
+import { planOf } from '../plans/create-plan.js';
+import { RouteResolver, type Route } from '../plans/route-resolver.js';
+import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
+import type { MaybePromise, RateLimitStore } from '../storage/rate-limit-store.js';
+import type { SharedStore } from '../services/shared-store.js';
+import { isPromise } from '../services/shared-store.js';
+import { addressTracker, isLocal, namedTracker, trackerOfKey, type Tracker } from './tracker.js';
+
+/** The name of the module's own limits among plans. */
+export const DEFAULT_PLAN = 'default';
+const noop = (): void => undefined;
+
+/** Handlers standing for frames that reach no handler, so that they take the same steps. */
+export const UNROUTED_HANDLERS = Object.freeze({
+  INVALID_MESSAGE: Object.freeze(function invalidMessage(): void {}),
+  UNKNOWN_EVENT: Object.freeze(function unknownEvent(): void {}),
+});
+
+/**
+ * Message budgets: which limits a message takes (routes, per plan), whose budget it spends
+ * (trackers), the plans built for them, and their decision: connection-keyed plans exact in
+ * this process, the others in the shared store (behind its fail mode). Every decision is
+ * reported to telemetry.
+ */
+export class MessageLimiter {
+  /** Tiers keyed by a connection: exact, in this process, whatever the store. */
+  readonly local = new MemoryRateLimitStore({ maxKeys: Number.MAX_SAFE_INTEGER });
+  /** Routes per plan; the module's own limits are `DEFAULT_PLAN`. */
+  readonly plans = new Map<string, RouteResolver>();
+  readonly routes: RouteResolver;
+
+  constructor(
+    private readonly options: ResolvedWsRateLimitOptions,
+    readonly store: RateLimitStore,
+    readonly shared: SharedStore,
+    private readonly telemetry: Telemetry,
+  ) {
+    this.routes = new RouteResolver(options);
+    this.plans.set(DEFAULT_PLAN, this.routes);
+    for (const [name, limits] of Object.entries(options.plans)) this.plans.set(name, new RouteResolver(limits));
+    // Frames that reach no handler spend the module's global budget, under every plan.
+    const global = Object.freeze([this.routes.globalSpec(1)]);
+    const unrouted = (type: string, where: string): Route =>
+      Object.freeze({ type, specs: global, where, essential: false });
+    const invalid = unrouted('invalid', 'malformed frames');
+    const unknown = unrouted('unknown', 'frames for no handler');
+    for (const routes of this.plans.values()) {
+      routes.seed(UNROUTED_HANDLERS.INVALID_MESSAGE, invalid);
+      routes.seed(UNROUTED_HANDLERS.UNKNOWN_EVENT, unknown);
+    }
+  }
+
+  /** The route of a handler (cached) under a connection's plan, or `null` for `@SkipThrottle`. */
+  routeOf(handler: object, gateway: object, state?: ConnectionState, client?: object): Route | null {
+    const routes =
+      state === undefined || this.options.planResolver === undefined
+        ? this.routes
+        : this.plans.get(this.planNameOf(client ?? {}, state))!;
+    return routes.resolve(handler, gateway);
+  }
+
+  /** The plan a connection's messages are limited by (`DEFAULT_PLAN` without a resolver). */
+  planNameOf(client: object, state: ConnectionState): string {
+    const resolver = this.options.planResolver;
+    if (resolver === undefined) return DEFAULT_PLAN;
+    const name = resolver(client, { ip: state.ip, connectionId: state.id, request: state.request });
+    return name !== undefined && this.plans.has(name) ? name : DEFAULT_PLAN;
+  }
+
+  /** Whose budget a message from this socket spends, per the `tracker` option. */
+  trackerOf(client: object, state: ConnectionState): Tracker {
+    const tracker = this.options.tracker;
+    if (tracker === 'connection') return state.tracker;
+    if (tracker === 'ip') return state.ip === undefined ? state.tracker : this.addressTrackerOf(state);
+    const name = tracker(client, { ip: state.ip, connectionId: state.id, request: state.request });
+    return typeof name === 'string' ? namedTracker(name) : state.tracker;
+  }
+
+  /** The plan of a route for a tracker, built once per connection and reused. */
+  planFor(state: ConnectionState, route: Route, tracker: string | Tracker): RateLimitPlan {
+    const key = typeof tracker === 'string' ? tracker : tracker.key;
+    const cached = state.plans.get(route);
+    if (cached !== undefined && cached.tracker === key) return cached;
+    const value =
+      typeof tracker === 'string' ? (key === state.tracker.key ? state.tracker : trackerOfKey(key)) : tracker;
+    const plan = this.buildPlan(value, route.specs, route.type);
+    state.plans.set(route, plan);
+    this.remember(state, plan);
+    return plan;
+  }
+
+  /** A plan for a tracker; `lease` names an open-connection lease. */
+  buildPlan(tracker: Tracker, specs: readonly TierSpec[], type: string, lease?: string): RateLimitPlan {
+    const local = isLocal(tracker);
+    const facts = lease === undefined ? { type, connectionKeyed: local } : { type, connectionKeyed: local, lease };
+    return planOf(local ? this.local : this.store, tracker.key, specs, facts);
+  }
+
+  /** Notes the keys of a connection-keyed plan, so that they are deleted when the connection closes. */
+  remember(state: ConnectionState, plan: RateLimitPlan): void {
+    if (!connectionKeyed(plan)) return;
+    for (const tier of plan.tiers) state.localKeys.add(tier.key);
+  }
+
+  /**
+   * Decides a plan: connection-keyed plans in process memory, the rest in the store (the
+   * fail mode deciding when it cannot). Counted in metrics and, when observed, streamed.
+   */
+  decide(plan: RateLimitPlan, route?: Route): MaybePromise<RateLimitDecision> {
+    const decision = connectionKeyed(plan) ? this.local.consume(plan) : this.shared.consume(plan);
+    if (this.telemetry.reporting) {
+      const type = route?.type ?? plan.type ?? typeOfSpecs(plan);
+      if (isPromise(decision)) decision.then((settled) => this.telemetry.decision(plan.tracker, type, settled), noop);
+      else this.telemetry.decision(plan.tracker, type, decision);
+    }
+    return decision;
+  }
+
+  /** The state of a plan's tiers, consuming nothing. */
+  async peek(plan: RateLimitPlan): Promise<readonly TierStatus[]> {
+    return connectionKeyed(plan) ? this.local.peek(plan) : this.shared.peek(plan);
+  }
+
+  /** Gives a tracker its full budget back in every message tier the limiter knows. */
+  async reset(tracker: Tracker): Promise<void> {
+    const types = new Set<string>();
+    for (const routes of this.plans.values()) for (const type of routes.knownTypes()) types.add(type);
+    const suffixes = ['g', 'x', ...[...types].map((type) => `t:${type}`)];
+    if (isLocal(tracker)) this.local.delete(suffixes.map((suffix) => this.local.key(tracker.key, suffix)));
+    else await this.shared.delete(suffixes.map((suffix) => this.store.key(tracker.key, suffix)));
+  }
+
+  /** Drops what a closed connection held: its connection-keyed keys and its plans. */
+  forget(state: ConnectionState): void {
+    this.local.delete([...state.localKeys]);
+    state.localKeys.clear();
+    state.plans.clear();
+  }
+
+  async close(): Promise<void> {
+    await this.local.close();
+    await this.shared.close();
+  }
+
+  private addressTrackerOf(state: ConnectionState): Tracker {
+    return (state.addressTracker ??= addressTracker(state.ip!));
+  }
+}
+
+/** Whether a plan is decided in process memory (plans built outside the limiter: by tracker). */
+function connectionKeyed(plan: RateLimitPlan): boolean {
+  return plan.connectionKeyed ?? isLocal(trackerOfKey(plan.tracker));
+}
+
+/** The message type of a plan built outside the limiter: its type tier's (suffix `t:<type>`). */
+function typeOfSpecs(plan: RateLimitPlan): string {
+  return plan.tiers.find((tier) => tier.spec.tier === 'type')?.spec.suffix.slice(2) ?? '';
+}

@@ -1,0 +1,292 @@
+import type { ExecutionContext } from '@nestjs/common';
+import { performance } from 'node:perf_hooks';
+import type { AnswerSlot } from '../connection/answer-order.js';
+import type { ConnectionRegistry } from '../connection/connection-registry.js';
+import type { ConnectionState } from '../connection/connection-state.js';
+import { WsRateLimitException } from '../exceptions/ws-rate-limit.exception.js';
+import type { RateLimitDecision, RateLimitPlan, RateLimitRejected } from '../interfaces/plan.interface.js';
+import type { Route } from '../plans/route-resolver.js';
+import type { UnroutedCode } from '../protocol/rate-limit-protocol.js';
+import type { AccessRules } from '../services/access-rules.js';
+import type { OperatorBlocks } from '../services/operator-blocks.js';
+import type { MessageId } from '../utils/message-id.js';
+import { messageIdFromArgs } from '../utils/message-id.js';
+import { CLOSE_POLICY_VIOLATION } from '../ws-rate-limit.constants.js';
+import { DENIED_REASON, type Enforcer } from './enforcer.js';
+import type { MessageLimiter } from './message-limiter.js';
+import { addressTracker, type Tracker } from './tracker.js';
+import { UnroutedContext } from './unrouted-context.js';
+
+/**
+ * The steps of the pipeline a guard may change (`WsThrottleGuard`'s protected methods):
+ * which limits apply, whose budget, which tiers, and what a rejection does.
+ */
+export interface MessageSteps {
+  getRoute(context: ExecutionContext, connection: ConnectionState, client: object): Route | null;
+  getTracker(client: object, connection: ConnectionState): string;
+  getPlan(connection: ConnectionState, route: Route, tracker: string): RateLimitPlan;
+  onRejected(decision: RateLimitRejected, route: Route, plan: RateLimitPlan, context: ExecutionContext): true;
+}
+
+/** The steps (and gateway) that decide a socket's unrouted frames. */
+export interface UnroutedSteps {
+  readonly steps: MessageSteps;
+  readonly gateway: object | undefined;
+}
+
+/** The rejection for messages that arrive while the limiter closes the socket. */
+const CLOSING: RateLimitRejected = Object.freeze({
+  allowed: false,
+  tier: 'global',
+  index: 0,
+  retryAfter: 1,
+  limit: 0,
+  remaining: 0,
+});
+
+/**
+ * The one way every inbound message takes, routed by NestJS to a handler (the guard calls
+ * `run`) or not (the adapter calls `runUnrouted` for malformed frames and unknown events):
+ *
+ *   route -> tracker -> screen (lists, blocks, degradation) -> plan -> decide -> answer
+ *
+ * The route, tracker, plan and rejection steps are the guard's (`MessageSteps`), on both
+ * paths: the guard registered on a gateway decides its unrouted frames too.
+ */
+export class MessagePipeline {
+  /** Guard steps by guard class, registered when a guard is built. */
+  private readonly stepsByGuard = new Map<object, MessageSteps>();
+  /** Guard class and gateway by the signature of a gateway's handlers (see `bindGateway`). */
+  private readonly gateways = new Map<string, { guard: object | undefined; gateway: object | undefined }>();
+  /** User callbacks that threw on an unrouted frame, logged once each. */
+  private readonly callbackErrors = new Set<string>();
+  /** The steps of the module's own guard, for frames of gateways with no guard of ours. */
+  readonly defaultSteps: MessageSteps;
+
+  constructor(
+    private readonly registry: ConnectionRegistry,
+    private readonly limiter: MessageLimiter,
+    private readonly enforcer: Enforcer,
+    private readonly access: AccessRules,
+    private readonly blocks: OperatorBlocks,
+    private readonly logger: { error(message: string): void; debug(message: string): void },
+  ) {
+    this.defaultSteps = {
+      getRoute: (context, connection, client) =>
+        limiter.routeOf(context.getHandler(), context.getClass(), connection, client),
+      getTracker: (client, connection) => limiter.trackerOf(client, connection).key,
+      getPlan: (connection, route, tracker) => limiter.planFor(connection, route, tracker),
+      onRejected: (decision, route, plan, context) =>
+        this.refuse(
+          context.getArgByIndex<object>(0),
+          new WsRateLimitException(decision, route.type, plan.tracker, messageIdFromArgs(context.getArgs())),
+        ),
+    };
+  }
+
+  /** Registers the steps of a guard class (its instance calls this when built). */
+  registerSteps(guard: object, steps: MessageSteps): void {
+    if (!this.stepsByGuard.has(guard)) this.stepsByGuard.set(guard, steps);
+  }
+
+  /**
+   * Notes which guard class protects a gateway, by the events of its handlers: that is all
+   * the adapter learns of a gateway when NestJS binds a socket to it. Two gateways with the
+   * same events and different guards cannot be told apart: their frames take the default steps.
+   */
+  bindGateway(gateway: object, events: readonly unknown[], guard?: object): void {
+    const key = signature(events);
+    const known = this.gateways.get(key);
+    if (known !== undefined && (known.guard !== guard || known.gateway !== gateway)) {
+      this.gateways.set(key, { guard: undefined, gateway: undefined });
+    } else {
+      this.gateways.set(key, { guard, gateway });
+    }
+  }
+
+  /** The gateway and guard steps a socket bound to these handlers answers unrouted frames with. */
+  stepsFor(handlers: ReadonlyArray<{ message: unknown }>): UnroutedSteps {
+    const bound = this.gateways.get(signature(handlers.map((handler) => handler.message)));
+    const steps = bound?.guard === undefined ? undefined : this.stepsByGuard.get(bound.guard);
+    return { steps: steps ?? this.defaultSteps, gateway: bound?.gateway };
+  }
+
+  /**
+   * Decides a routed message: `true` lets it through; a rejection is thrown as
+   * `WsRateLimitException` for the filter to answer (recorded and let through in shadow mode).
+   */
+  run(context: ExecutionContext, steps: MessageSteps): boolean | Promise<boolean> {
+    const client = context.getArgByIndex<object>(0);
+    const connection = this.registry.of(client);
+    const route = steps.getRoute(context, connection, client);
+    if (route === null) return true;
+    return this.proceed(context, steps, client, connection, route, steps.getTracker(client, connection));
+  }
+
+  /**
+   * Decides a frame that reached no handler (malformed, or an unknown event) with the same
+   * steps, its route being the global budget: within it, the client gets a small `error`
+   * frame; over it, the rejection is answered like any other. Runs in the socket's message
+   * listener, outside Nest's exception handling: nothing a step or callback throws escapes.
+   */
+  runUnrouted(
+    client: object,
+    connection: ConnectionState,
+    code: UnroutedCode,
+    id: MessageId | undefined,
+    bound: UnroutedSteps,
+    slot?: AnswerSlot,
+  ): void {
+    const context = new UnroutedContext(client, code, id, bound.gateway, slot);
+    const finished = (): void => {
+      if (slot !== undefined) connection.order?.done(slot);
+    };
+    const answer = (): void => {
+      try {
+        const frame = { event: 'error', data: id === undefined ? { code } : { code, id } };
+        this.enforcer.send(client, connection, frame, undefined, slot);
+      } catch (error) {
+        this.callbackFailed('transport', error, 'the frame was not answered');
+      }
+      finished();
+    };
+    const failed = (error: unknown): void => {
+      if (!(error instanceof WsRateLimitException)) {
+        this.callbackFailed('store', error, 'the frame was not charged');
+      } else {
+        try {
+          this.enforcer.reject(client, connection, error, slot);
+        } catch (thrown) {
+          this.callbackFailed('frameBuilder', thrown, 'the frame was not answered');
+        }
+      }
+      finished();
+    };
+    let verdict: boolean | Promise<boolean>;
+    try {
+      const route = bound.steps.getRoute(context, connection, client);
+      if (route === null) return answer();
+      let tracker: string;
+      try {
+        tracker = bound.steps.getTracker(client, connection);
+      } catch (error) {
+        this.callbackFailed('tracker', error, 'the frame is charged to its connection');
+        tracker = connection.connectionTracker;
+      }
+      verdict = this.proceed(context, bound.steps, client, connection, route, tracker);
+    } catch (error) {
+      return failed(error);
+    }
+    if (verdict === true) answer();
+    else if (verdict === false) finished();
+    else verdict.then(answer, failed);
+  }
+
+  /**
+   * Checks that come before a message's decision: allow and deny lists, operator blocks,
+   * degradation. Returns `true` to let the message through undecided, an exception to
+   * reject it with, or `undefined` to decide it.
+   */
+  screen(
+    client: object,
+    state: ConnectionState,
+    route: Route,
+    tracker: string,
+  ): true | WsRateLimitException | undefined {
+    if (state.closing) return new WsRateLimitException(CLOSING, route.type, tracker, undefined);
+    if (state.allowed) return true;
+    if (this.access.hasTrackerRules) {
+      if (this.access.allowsTracker(tracker)) return true;
+      if (this.access.deniesTracker(tracker)) {
+        this.enforcer.disconnect(client, state, CLOSE_POLICY_VIOLATION, DENIED_REASON, tracker);
+        return new WsRateLimitException(CLOSING, route.type, tracker, undefined);
+      }
+    }
+    if (this.blocks.active) {
+      const blocked = this.blocks.remainingFor(tracker, state.ip === undefined ? undefined : addressOf(state).key);
+      if (blocked > 0) return new WsRateLimitException(restriction('blocked', blocked), route.type, tracker, undefined);
+    }
+    if (state.degradedUntil !== 0 && !route.essential) {
+      const left = Math.ceil(state.degradedUntil - performance.now());
+      if (left > 0) return new WsRateLimitException(restriction('degraded', left), route.type, tracker, undefined);
+      state.degradedUntil = 0;
+    }
+    return undefined;
+  }
+
+  /** A rejection: thrown for the filter to answer, or in shadow mode recorded and let through. */
+  refuse(client: object, exception: WsRateLimitException): true {
+    if (this.enforcer.enforced) throw exception;
+    this.enforcer.record(this.registry.of(client), exception);
+    return true;
+  }
+
+  private proceed(
+    context: ExecutionContext,
+    steps: MessageSteps,
+    client: object,
+    connection: ConnectionState,
+    route: Route,
+    tracker: string,
+  ): boolean | Promise<boolean> {
+    const screened = this.screen(client, connection, route, tracker);
+    if (screened === true) return true;
+    if (screened !== undefined) return this.refuse(client, withMessageId(screened, context));
+    const plan = steps.getPlan(connection, route, tracker);
+    const decision = this.limiter.decide(plan, route);
+    if (decision instanceof Promise) return decision.then((settled) => settle(settled, steps, route, plan, context));
+    return settle(decision, steps, route, plan, context);
+  }
+
+  /** A step threw outside Nest's handling: logged once per step, then at debug. */
+  private callbackFailed(what: string, error: unknown, outcome: string): void {
+    const message = `${what} threw on an unrouted frame (${(error as Error)?.message ?? String(error)}); ${outcome}`;
+    if (this.callbackErrors.has(what)) {
+      this.logger.debug(message);
+    } else {
+      this.callbackErrors.add(what);
+      this.logger.error(message);
+    }
+  }
+}
+
+/** A screening's rejection with the message's id, so that the frame names the message. */
+function withMessageId(exception: WsRateLimitException, context: ExecutionContext): WsRateLimitException {
+  const id = messageIdFromArgs(context.getArgs());
+  if (id === undefined) return exception;
+  return new WsRateLimitException(exception.decision, exception.messageType, exception.tracker, id);
+}
+
+function settle(
+  decision: RateLimitDecision,
+  steps: MessageSteps,
+  route: Route,
+  plan: RateLimitPlan,
+  context: ExecutionContext,
+): true {
+  if (decision.allowed) return true;
+  return steps.onRejected(decision, route, plan, context);
+}
+
+/** The tracker of a connection's address key, made once per connection. */
+function addressOf(state: ConnectionState): Tracker {
+  return (state.addressTracker ??= addressTracker(state.ip!));
+}
+
+/** A rejection by an operator's block or by degradation, lasting `ms`. */
+function restriction(kind: 'blocked' | 'degraded', ms: number): RateLimitRejected {
+  return {
+    allowed: false,
+    tier: 'global',
+    index: 0,
+    retryAfter: Math.max(1, Math.ceil(ms)),
+    limit: 0,
+    remaining: 0,
+    ...(kind === 'blocked' ? { blocked: true as const } : { degraded: true as const }),
+  };
+}
+
+/** Names a gateway by the events of its handlers, in a stable order. */
+function signature(events: readonly unknown[]): string {
+  return events.map(String).sort().join('\u0000');
+}
