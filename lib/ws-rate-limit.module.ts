@@ -1,6 +1,7 @@
 import { Global, Module, type DynamicModule } from '@nestjs/common';
+import { EXCEPTION_FILTERS_METADATA } from '@nestjs/common/constants.js';
 import { ConfigModule, ConfigService } from '@nestjs/config';
-import { DiscoveryModule } from '@nestjs/core';
+import { DiscoveryModule, DiscoveryService } from '@nestjs/core';
 import { resolveOptions, type ResolvedWsRateLimitOptions } from './config/resolve-options.js';
 import { WsRateLimitConfigError } from './exceptions/ws-rate-limit-config.error.js';
 import { WsRateLimitFilter } from './filters/ws-rate-limit.filter.js';
@@ -51,6 +52,24 @@ import {
 })
 export class WsRateLimitModule extends WsRateLimitConfigurableModule {
   /**
+   * Puts the module's filter on every gateway, before NestJS binds their handlers: global
+   * filters never apply to gateways, so without it a guard registered globally (`APP_GUARD`,
+   * `useGlobalGuards`) would have its refusals answered by NestJS's generic `exception`
+   * frames (which echo the message) instead of `rate_limit` frames. The filter catches only
+   * `WsRateLimitException`, so gateways the guard does not run for are unaffected.
+   */
+  constructor(discovery: DiscoveryService, filter: WsRateLimitFilter) {
+    super();
+    for (const wrapper of discovery.getProviders()) {
+      const gateway = wrapper.metatype;
+      if (typeof gateway !== 'function' || !Reflect.getMetadata('websockets:is_gateway', gateway)) continue;
+      const filters = (Reflect.getMetadata(EXCEPTION_FILTERS_METADATA, gateway) as unknown[] | undefined) ?? [];
+      if (filters.some(isOurFilter)) continue;
+      Reflect.defineMetadata(EXCEPTION_FILTERS_METADATA, [...filters, filter], gateway);
+    }
+  }
+
+  /**
    * Configures the module in code; fields left out come from `WS_RATE_LIMIT_*` variables
    * (read through @nestjs/config), then defaults. No argument: environment only.
    */
@@ -92,4 +111,10 @@ function withCloseGrace(resolved: ResolvedWsRateLimitOptions, closeGraceMs: unkn
     );
   }
   return { ...resolved, closeGraceMs } as ResolvedWsRateLimitOptions;
+}
+
+/** Whether a `@UseFilters` entry is `WsRateLimitFilter` (or a subclass, or an instance of either). */
+function isOurFilter(entry: unknown): boolean {
+  if (entry instanceof WsRateLimitFilter) return true;
+  return typeof entry === 'function' && (entry === WsRateLimitFilter || entry.prototype instanceof WsRateLimitFilter);
 }

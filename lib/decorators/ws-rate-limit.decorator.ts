@@ -4,9 +4,8 @@ import { WsThrottleGuard } from '../guards/ws-throttle.guard.js';
 
 /**
  * Puts `WsThrottleGuard` and `WsRateLimitFilter` on a gateway: its routed messages are
- * limited and rejected ones answered with `rate_limit` frames. (NestJS does not apply
- * global guards to gateways, so a gateway opts in with this or with `@UseGuards` plus
- * `@UseFilters`.)
+ * limited and rejected ones answered with `rate_limit` frames. (Or register
+ * `WsThrottleGuard` globally with `APP_GUARD`: the module puts the filter on every gateway.)
  * @example
  * @WebSocketGateway()
  * @WsRateLimit()
