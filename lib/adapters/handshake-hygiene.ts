@@ -1,4 +1,4 @@
-import type { IncomingMessage, Server as HttpServer } from 'node:http';
+import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
 import { isTrustedProxy } from '../utils/client-address.js';
@@ -8,12 +8,26 @@ import { clientAddressKey } from '../utils/client-ip.js';
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- listeners of several events
 export type ServerListener = [HttpServer, string, (...args: any[]) => void];
 
+/** Sockets in an HTTP exchange or upgrade not yet complete, each with what ends it. */
+const pendingExchanges = new WeakMap<Socket, () => void>();
+
 /**
- * Handshake hygiene on an HTTP server: a TCP connection must send its request within
- * `handshakeTimeoutMs`, and at most `maxPendingHandshakesPerIp` per TCP peer address may
- * be waiting to do so; others are dropped at once. Trusted proxies (`trustProxy`) are not
- * capped: every client behind one shares its address. With a hop count, every peer is.
- * Returns the listeners it added (none when both limits are off).
+ * Ends a socket's pending exchange: its WebSocket upgrade is complete (the adapter calls
+ * this when the connection opens), so its slot and timeout end here.
+ */
+export function handshakeCompleted(socket: Socket): void {
+  pendingExchanges.get(socket)?.();
+}
+
+/**
+ * Handshake hygiene on an HTTP server: a TCP connection must complete its exchange (an
+ * HTTP request with its whole body and the answer to it, or a WebSocket upgrade up to the
+ * open connection) within `handshakeTimeoutMs`, and at most `maxPendingHandshakesPerIp`
+ * per TCP peer address may be in such an exchange at once; others are dropped at once. A
+ * body sent a byte at a time keeps its slot and meets the timeout; a request on a
+ * kept-alive connection starts a new exchange under the same rules. Trusted proxies
+ * (`trustProxy`) are not capped: every client behind one shares its address. With a hop
+ * count, every peer is. Returns the listeners it added (none when both limits are off).
  */
 export function guardHandshakes(
   server: HttpServer,
@@ -26,11 +40,12 @@ export function guardHandshakes(
   const capped = maxPendingHandshakesPerIp > 0 && trustProxy.kind !== 'hops';
   if (handshakeTimeoutMs === 0 && !capped) return [];
   const pending = new Map<string, number>();
-  const waiting = new WeakMap<Socket, () => void>();
+  const waiting = pendingExchanges;
   // Over TLS, requests arrive on the TLS socket, so count from the end of the TLS handshake.
   const accepted =
     typeof (server as { addContext?: unknown }).addContext === 'function' ? 'secureConnection' : 'connection';
-  const onAccepted = (socket: Socket): void => {
+  /** Starts an exchange on a socket; false when the socket was over the cap and is destroyed. */
+  const hold = (socket: Socket): boolean => {
     // The key this socket counts under, or `undefined` when it is not counted.
     const ip =
       capped && !isTrustedProxy(socket.remoteAddress, trustProxy)
@@ -40,16 +55,17 @@ export function guardHandshakes(
       const count = (pending.get(ip) ?? 0) + 1;
       if (count > maxPendingHandshakesPerIp) {
         socket.destroy();
-        return;
+        return false;
       }
       pending.set(ip, count);
     } else if (handshakeTimeoutMs === 0) {
-      return;
+      return true;
     }
     const timer = handshakeTimeoutMs > 0 ? setTimeout(() => socket.destroy(), handshakeTimeoutMs).unref() : undefined;
     const settle = (): void => {
-      if (!waiting.has(socket)) return;
+      if (waiting.get(socket) !== settle) return;
       waiting.delete(socket);
+      socket.off('close', settle);
       clearTimeout(timer);
       if (ip === undefined) return;
       const left = (pending.get(ip) ?? 1) - 1;
@@ -58,14 +74,24 @@ export function guardHandshakes(
     };
     waiting.set(socket, settle);
     socket.once('close', settle);
+    return true;
   };
-  const started = (request: IncomingMessage): void => waiting.get(request.socket)?.();
+  const onAccepted = (socket: Socket): void => void hold(socket);
+  // An HTTP exchange ends when the whole request body has arrived and the answer is sent.
+  const onRequest = (request: IncomingMessage, response: ServerResponse): void => {
+    const socket = request.socket;
+    if (!waiting.has(socket) && !hold(socket)) return;
+    const ended = (): void => {
+      if (response.writableFinished && request.complete) waiting.get(socket)?.();
+    };
+    response.once('finish', ended);
+    request.once('end', ended);
+  };
   server.on(accepted, onAccepted);
-  server.prependListener('request', started);
-  server.prependListener('upgrade', started);
+  server.prependListener('request', onRequest);
+  // An upgrade keeps its slot until its WebSocket opens (`handshakeCompleted`) or its socket ends.
   return [
     [server, accepted, onAccepted],
-    [server, 'request', started],
-    [server, 'upgrade', started],
+    [server, 'request', onRequest],
   ];
 }

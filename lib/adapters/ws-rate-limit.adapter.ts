@@ -8,7 +8,7 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import type { AnswerSlot } from '../connection/answer-order.js';
 import type { ConnectionState } from '../connection/connection-state.js';
 import { startHeartbeat, watchPongs } from '../connection/heartbeat.js';
-import { guardHandshakes, type ServerListener } from './handshake-hygiene.js';
+import { guardHandshakes, handshakeCompleted, type ServerListener } from './handshake-hygiene.js';
 import type { ConnectionRefusalReason } from '../interfaces/event.interface.js';
 import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
 import { resolveClientAddress } from '../utils/client-address.js';
@@ -347,6 +347,8 @@ export class WsRateLimitAdapter extends WsAdapter {
     server.emit = ((event: string | symbol, ...args: unknown[]): boolean => {
       if (event !== 'connection') return emit(event, ...args);
       const [client, request] = args as [WebSocket, IncomingMessage];
+      // The upgrade's exchange is over: its pending-handshake slot and timeout end here.
+      handshakeCompleted(request.socket);
       const upgrade = this.upgrades.get(request);
       this.upgrades.delete(request);
       if (upgrade?.refusal !== undefined) {

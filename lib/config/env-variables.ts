@@ -250,7 +250,8 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     kind: 'non-negative-integer',
     max: MAX_TIMER_MS,
     default: '10000',
-    description: 'A TCP connection that has not sent a complete request (or upgrade) by then is dropped; 0 = off.',
+    description:
+      'A TCP connection that has not completed its exchange by then (a request with its whole body and its answer, or an upgrade) is dropped; 0 = off.',
   },
   {
     name: 'WS_RATE_LIMIT_MAX_PENDING_HANDSHAKES_PER_IP',
@@ -258,7 +259,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     kind: 'non-negative-integer',
     default: '10',
     description:
-      'TCP connections per peer address still waiting to send their request (trusted proxies exempt); 0 = no cap.',
+      'TCP connections per peer address in an exchange not yet complete (trusted proxies exempt); 0 = no cap.',
   },
   {
     name: 'WS_RATE_LIMIT_PING_INTERVAL_MS',

@@ -224,14 +224,14 @@ export interface WsRateLimitModuleOptions {
    */
   ipv6Prefix?: number;
   /**
-   * Milliseconds a TCP connection may take to send its complete request or upgrade
-   * (slowloris defence); 0 turns the check off. At most 2147483647.
+   * Milliseconds a TCP connection may take to complete its exchange: a request with its
+   * whole body and its answer, or an upgrade (slowloris defence); 0 turns the check off. At most 2147483647.
    * @default 10000
    */
   handshakeTimeoutMs?: number;
   /**
-   * TCP connections per client IP that have not yet sent their request; more are
-   * dropped at once. 0 means no cap.
+   * TCP connections per client IP in an exchange not yet complete (a request still
+   * arriving or unanswered, an upgrade not yet open); more are dropped at once. 0 means no cap.
    * @default 10
    */
   maxPendingHandshakesPerIp?: number;
