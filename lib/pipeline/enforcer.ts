@@ -205,7 +205,8 @@ export class Enforcer {
     const { max, windowMs } = this.options.violations;
     const now = performance.now();
     const log = (state.violations ??= createSlidingLog(max));
-    logRecord(log, now, 1);
+    // With the window, expired violations make room before the log grows (at most `max` slots).
+    logRecord(log, now, 1, windowMs);
     const warningCount = logCount(log, now, windowMs);
     const code = frameCode(exception.decision);
     this.telemetry.metrics.violation(code, exception.messageType);

@@ -78,6 +78,19 @@ describe('Enforcer (no NestJS, a fake transport)', () => {
     expect(events.filter((event) => event.kind === 'violation').every((event) => !event.enforced)).toBe(true);
   });
 
+  it('keeps a violation log the size of the window, not of the threshold', async () => {
+    // A high threshold and a short window: a connection that violates now and then never
+    // nears the threshold, and its log must not grow towards it.
+    const { enforcer: subject } = enforcer({ shadow: true, violations: { max: 100_000, windowMs: 20 } });
+    const socket = fakeSocket();
+    const state = fakeConnection(socket);
+    for (let round = 0; round < 30; round++) {
+      for (let i = 0; i < 4; i++) subject.answer(socket, state, refusal());
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+    expect(state.violations!.ring.length).toBeLessThanOrEqual(16);
+  });
+
   it('cuts off a slow consumer instead of sending to it, with a terminate', () => {
     const { enforcer: subject } = enforcer({ maxBufferedBytes: 1024 });
     const socket = fakeSocket();
