@@ -11,5 +11,3 @@ export const OPEN = 1;
 export const CLOSE_POLICY_VIOLATION = 1008;
 /** Close reason when a client leaves more than `maxBufferedBytes` unread. */
 export const SLOW_CONSUMER_REASON = 'Slow consumer';
-/** How long a policy close waits for replies of messages admitted before it (`closeGraceMs`). */
-export const DEFAULT_CLOSE_GRACE_MS = 2000;

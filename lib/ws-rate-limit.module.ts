@@ -3,7 +3,6 @@ import { EXCEPTION_FILTERS_METADATA } from '@nestjs/common/constants.js';
 import { ConfigModule, ConfigService } from '@nestjs/config';
 import { DiscoveryModule, DiscoveryService } from '@nestjs/core';
 import { resolveOptions, type ResolvedWsRateLimitOptions } from './config/resolve-options.js';
-import { WsRateLimitConfigError } from './exceptions/ws-rate-limit-config.error.js';
 import { WsRateLimitFilter } from './filters/ws-rate-limit.filter.js';
 import { WsThrottleGuard } from './guards/ws-throttle.guard.js';
 import type { WsRateLimitModuleOptions } from './interfaces/options.interface.js';
@@ -30,13 +29,10 @@ import {
     {
       provide: WS_RATE_LIMIT_OPTIONS,
       useFactory: (options: WsRateLimitModuleOptions | undefined, config: ConfigService): ResolvedWsRateLimitOptions =>
-        withCloseGrace(
-          resolveOptions(options ?? {}, (name) => {
-            const value = config.get<unknown>(name);
-            return value === undefined || value === null ? undefined : String(value);
-          }),
-          options?.closeGraceMs,
-        ),
+        resolveOptions(options ?? {}, (name) => {
+          const value = config.get<unknown>(name);
+          return value === undefined || value === null ? undefined : String(value);
+        }),
       inject: [WS_RATE_LIMIT_MODULE_OPTIONS, ConfigService],
     },
     {
@@ -89,28 +85,6 @@ export class WsRateLimitModule extends WsRateLimitConfigurableModule {
   static override forRootAsync(options: typeof WS_RATE_LIMIT_ASYNC_OPTIONS_TYPE): DynamicModule {
     return super.forRootAsync(options);
   }
-}
-
-/** Longest timer Node keeps as asked (longer ones fire after 1 ms). */
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
-/**
- * Adds `closeGraceMs` (code only, no variable) to the resolved options, checked here until
- * the option resolver knows it.
- */
-function withCloseGrace(resolved: ResolvedWsRateLimitOptions, closeGraceMs: unknown): ResolvedWsRateLimitOptions {
-  if (closeGraceMs === undefined) return resolved;
-  if (
-    typeof closeGraceMs !== 'number' ||
-    !Number.isInteger(closeGraceMs) ||
-    closeGraceMs < 0 ||
-    closeGraceMs > MAX_TIMER_MS
-  ) {
-    throw new WsRateLimitConfigError(
-      `option closeGraceMs must be a whole number of milliseconds from 0 to ${MAX_TIMER_MS}, got ${String(closeGraceMs)}`,
-    );
-  }
-  return { ...resolved, closeGraceMs } as ResolvedWsRateLimitOptions;
 }
 
 /** Whether a `@UseFilters` entry is `WsRateLimitFilter` (or a subclass, or an instance of either). */

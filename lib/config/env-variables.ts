@@ -384,6 +384,15 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     description: 'Decide, count, stream and log everything, but reject and close nothing.',
   },
   {
+    name: 'WS_RATE_LIMIT_CLOSE_GRACE_MS',
+    option: 'closeGraceMs',
+    kind: 'non-negative-integer',
+    max: MAX_TIMER_MS,
+    default: '2000',
+    description:
+      'At the violation threshold, how long the 1008 close waits for replies of messages admitted before it (`WsRateLimitAdapter`); 0 = close at once.',
+  },
+  {
     name: 'WS_RATE_LIMIT_DEGRADE_COOLDOWN_MS',
     option: 'degradeCooldownMs',
     kind: 'non-negative-integer',

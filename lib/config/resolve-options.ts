@@ -171,6 +171,7 @@ export function resolveOptions(
     planResolver: options.planResolver,
     shadow: value('shadow'),
     degradeCooldownMs: value('degradeCooldownMs'),
+    closeGraceMs: value('closeGraceMs'),
     allowList: optional('allowList') ?? EMPTY_LIST,
     denyList: optional('denyList') ?? EMPTY_LIST,
     metrics: value('metrics'),

@@ -109,6 +109,8 @@ export interface ResolvedWsRateLimitOptions {
   readonly planResolver: PlanResolver | undefined;
   readonly shadow: boolean;
   readonly degradeCooldownMs: number;
+  /** See `WsRateLimitModuleOptions.closeGraceMs`. */
+  readonly closeGraceMs: number;
   readonly allowList: ResolvedAccessList;
   readonly denyList: ResolvedAccessList;
   readonly metrics: boolean;

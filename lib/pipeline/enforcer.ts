@@ -9,7 +9,7 @@ import { frameCode, type Telemetry } from '../metrics/telemetry.js';
 import { RATE_LIMIT_EVENT, type RateLimitFrameInfo } from '../protocol/rate-limit-protocol.js';
 import type { RateLimitTransport } from '../transports/transport.js';
 import { wsTransport } from '../transports/ws-transport.js';
-import { CLOSE_POLICY_VIOLATION, DEFAULT_CLOSE_GRACE_MS, SLOW_CONSUMER_REASON } from '../ws-rate-limit.constants.js';
+import { CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON } from '../ws-rate-limit.constants.js';
 
 /** Close reason for a tracker on the deny list. */
 export const DENIED_REASON = 'Denied';
@@ -17,14 +17,8 @@ export const DENIED_REASON = 'Denied';
 /** What the enforcer reads from the module's options. */
 export type EnforcerOptions = Pick<
   ResolvedWsRateLimitOptions,
-  'violations' | 'degradeCooldownMs' | 'maxBufferedBytes' | 'frameBuilder'
-> & {
-  /**
-   * How long a policy close waits for the replies of messages admitted before it (on
-   * connections whose adapter orders answers). Default `DEFAULT_CLOSE_GRACE_MS`.
-   */
-  readonly closeGraceMs?: number;
-};
+  'violations' | 'degradeCooldownMs' | 'maxBufferedBytes' | 'frameBuilder' | 'closeGraceMs'
+>;
 
 /** Where the enforcer logs. */
 export interface EnforcerLogger {
@@ -55,7 +49,7 @@ export class Enforcer {
   ) {
     this.enforced = telemetry.enforced;
     this.frameBuilder = options.frameBuilder ?? defaultFrameBuilder;
-    this.closeGraceMs = options.closeGraceMs ?? DEFAULT_CLOSE_GRACE_MS;
+    this.closeGraceMs = options.closeGraceMs;
   }
 
   /**

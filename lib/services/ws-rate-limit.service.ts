@@ -16,7 +16,7 @@ import type { RateLimitEvent } from '../interfaces/event.interface.js';
 import type { RateLimitDecision, RateLimitPlan, TierSpec, TierStatus } from '../interfaces/plan.interface.js';
 import { createMetrics } from '../metrics/ws-rate-limit.metrics.js';
 import { Telemetry } from '../metrics/telemetry.js';
-import { Enforcer, type EnforcerOptions } from '../pipeline/enforcer.js';
+import { Enforcer } from '../pipeline/enforcer.js';
 import { DEFAULT_PLAN, MessageLimiter } from '../pipeline/message-limiter.js';
 import { MessagePipeline } from '../pipeline/message-pipeline.js';
 import { addressTracker, namedTracker, type Tracker } from '../pipeline/tracker.js';
@@ -92,8 +92,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     const access = new AccessRules(options.allowList, options.denyList);
     this.registry = new ConnectionRegistry(options.ipv6Prefix, access, (state) => this.limiter.forget(state));
     this.blocks = new OperatorBlocks(store, (message) => this.logger.warn(message));
-    // `closeGraceMs` rides on the resolved options (see WsRateLimitModule) until the resolver knows it.
-    this.enforcer = new Enforcer(options as EnforcerOptions, telemetry, this.logger);
+    this.enforcer = new Enforcer(options, telemetry, this.logger);
     this.pipeline = new MessagePipeline(this.registry, this.limiter, this.enforcer, access, this.blocks, this.logger);
     const { connection, maxConnectionsPerIp } = options;
     const rate = tokenBucketSpec('connection', 'cr', connection.capacity, connection.refillRate);

@@ -59,6 +59,7 @@ describe('timers: at most 2^31-1 ms, as setTimeout accepts', () => {
   it('covers every millisecond option', () => {
     expect(TIMERS.map((variable) => variable.option).sort()).toEqual(
       [
+        'closeGraceMs',
         'degradeCooldownMs',
         'expensive.windowMs',
         'handshakeTimeoutMs',
