@@ -7,6 +7,7 @@ import { WsRateLimitConfigError } from './exceptions/ws-rate-limit-config.error.
 import { WsRateLimitFilter } from './filters/ws-rate-limit.filter.js';
 import { WsThrottleGuard } from './guards/ws-throttle.guard.js';
 import type { WsRateLimitModuleOptions } from './interfaces/options.interface.js';
+import { warnUnknownVariables, WsRateLimitStartupReport } from './services/startup-report.js';
 import { WsRateLimitService } from './services/ws-rate-limit.service.js';
 import { createStore } from './storage/create-store.js';
 import { RateLimitStore } from './storage/rate-limit-store.js';
@@ -29,14 +30,20 @@ import {
   providers: [
     {
       provide: WS_RATE_LIMIT_OPTIONS,
-      useFactory: (options: WsRateLimitModuleOptions | undefined, config: ConfigService): ResolvedWsRateLimitOptions =>
-        withCloseGrace(
+      useFactory: (
+        options: WsRateLimitModuleOptions | undefined,
+        config: ConfigService,
+      ): ResolvedWsRateLimitOptions => {
+        // A misspelled variable would otherwise be ignored without a word.
+        if (options?.useEnv !== false) warnUnknownVariables(Object.keys(process.env));
+        return withCloseGrace(
           resolveOptions(options ?? {}, (name) => {
             const value = config.get<unknown>(name);
             return value === undefined || value === null ? undefined : String(value);
           }),
           options?.closeGraceMs,
-        ),
+        );
+      },
       inject: [WS_RATE_LIMIT_MODULE_OPTIONS, ConfigService],
     },
     {
@@ -47,6 +54,7 @@ import {
     WsRateLimitService,
     WsThrottleGuard,
     WsRateLimitFilter,
+    WsRateLimitStartupReport,
   ],
   exports: [WS_RATE_LIMIT_OPTIONS, RateLimitStore, WsRateLimitService, WsThrottleGuard, WsRateLimitFilter],
 })
