@@ -1,10 +1,17 @@
 import { describe, expect, it } from '@jest/globals';
+import { readFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import { ForwardingWarning } from '../../lib/adapters/forwarding-warning.js';
 import { resolveOptions } from '../../lib/config/resolve-options.js';
 import { limitsSummary } from '../../lib/services/startup-report.js';
 
 describe('limitsSummary', () => {
+  it('is, with the defaults, the line the README shows', () => {
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    const shown = readme.split('\n').find((line) => line.startsWith('Limits in force: '));
+    expect(limitsSummary(resolveOptions({ useEnv: false }))).toBe(shown);
+  });
+
   it('names a shared store with its fail mode, the trusted proxies, a tracker function and degradation', () => {
     const summary = limitsSummary(
       resolveOptions({
