@@ -125,16 +125,17 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
       const gateway = wrapper.metatype as (new (...args: unknown[]) => unknown) | undefined;
       if (!gateway || !wrapper.instance || !Reflect.getMetadata('websockets:is_gateway', gateway)) continue;
       const prototype = Object.getPrototypeOf(wrapper.instance) as Record<string, unknown>;
-      let guard = throttleGuardOf(gateway);
+      const classGuard = throttleGuardOf(gateway);
+      let guard = classGuard;
       const events: unknown[] = [];
       for (const name of this.metadataScanner.getAllMethodNames(prototype)) {
         const handler = prototype[name] as object;
         const message: unknown = Reflect.getMetadata('message', handler);
         if (message === undefined) continue;
         events.push(message);
-        guard ??= throttleGuardOf(handler);
-        if (throttleGuardOf(gateway) !== undefined || throttleGuardOf(handler) !== undefined)
-          handlers.push([handler, gateway]);
+        const handlerGuard = throttleGuardOf(handler);
+        guard ??= handlerGuard;
+        if (classGuard !== undefined || handlerGuard !== undefined) handlers.push([handler, gateway]);
       }
       this.pipeline.bindGateway(gateway, events, guard);
     }
