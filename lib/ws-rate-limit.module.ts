@@ -6,6 +6,7 @@ import { resolveOptions, type ResolvedWsRateLimitOptions } from './config/resolv
 import { WsRateLimitFilter } from './filters/ws-rate-limit.filter.js';
 import { WsThrottleGuard } from './guards/ws-throttle.guard.js';
 import type { WsRateLimitModuleOptions } from './interfaces/options.interface.js';
+import { warnUnknownVariables, WsRateLimitStartupReport } from './services/startup-report.js';
 import { WsRateLimitService } from './services/ws-rate-limit.service.js';
 import { createStore } from './storage/create-store.js';
 import { RateLimitStore } from './storage/rate-limit-store.js';
@@ -28,11 +29,17 @@ import {
   providers: [
     {
       provide: WS_RATE_LIMIT_OPTIONS,
-      useFactory: (options: WsRateLimitModuleOptions | undefined, config: ConfigService): ResolvedWsRateLimitOptions =>
-        resolveOptions(options ?? {}, (name) => {
+      useFactory: (
+        options: WsRateLimitModuleOptions | undefined,
+        config: ConfigService,
+      ): ResolvedWsRateLimitOptions => {
+        // A misspelled variable would otherwise be ignored without a word.
+        if (options?.useEnv !== false) warnUnknownVariables(Object.keys(process.env));
+        return resolveOptions(options ?? {}, (name) => {
           const value = config.get<unknown>(name);
           return value === undefined || value === null ? undefined : String(value);
-        }),
+        });
+      },
       inject: [WS_RATE_LIMIT_MODULE_OPTIONS, ConfigService],
     },
     {
@@ -43,6 +50,7 @@ import {
     WsRateLimitService,
     WsThrottleGuard,
     WsRateLimitFilter,
+    WsRateLimitStartupReport,
   ],
   exports: [WS_RATE_LIMIT_OPTIONS, RateLimitStore, WsRateLimitService, WsThrottleGuard, WsRateLimitFilter],
 })

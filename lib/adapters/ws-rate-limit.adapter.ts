@@ -8,6 +8,7 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import type { AnswerSlot } from '../connection/answer-order.js';
 import type { ConnectionState } from '../connection/connection-state.js';
 import { startHeartbeat, watchPongs } from '../connection/heartbeat.js';
+import { ForwardingWarning } from './forwarding-warning.js';
 import { guardHandshakes, handshakeCompleted, type ServerListener } from './handshake-hygiene.js';
 import type { ConnectionRefusalReason } from '../interfaces/event.interface.js';
 import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
@@ -85,6 +86,8 @@ export class WsRateLimitAdapter extends WsAdapter {
   private readonly heartbeats = new Map<WebSocketServer, NodeJS.Timeout>();
   /** platform-ws's own parser, to tell whether `setMessageParser` replaced it. */
   private readonly defaultMessageParser: MessageParser;
+  /** Warns once when forwarding headers come from peers that are not trusted proxies. */
+  private readonly forwarding: ForwardingWarning;
 
   constructor(app: INestApplicationContext) {
     super(app);
@@ -98,6 +101,7 @@ export class WsRateLimitAdapter extends WsAdapter {
     }
     this.limiter = limiter;
     this.defaultMessageParser = this.messageParser;
+    this.forwarding = new ForwardingWarning(limiter.options);
     if (!('maxFragments' in new WebSocketServer({ noServer: true }).options)) {
       throw new Error(
         'nestjs-ws-rate-limit: the installed "ws" predates 8.21.0 and lacks its fragment-flood limits; install ws@^8.21.0',
@@ -261,6 +265,7 @@ export class WsRateLimitAdapter extends WsAdapter {
 
   /** Decides an upgrade before the WebSocket exists. */
   private verifyUpgrade(request: IncomingMessage, done: VerifyCallback): void {
+    this.forwarding.check(request);
     const address = resolveClientAddress(
       request,
       this.limiter.options.trustProxy,

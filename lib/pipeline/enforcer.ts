@@ -5,11 +5,19 @@ import type { AnswerSlot } from '../connection/answer-order.js';
 import type { ConnectionState } from '../connection/connection-state.js';
 import type { WsRateLimitException } from '../exceptions/ws-rate-limit.exception.js';
 import type { RateLimitFrameBuilder } from '../interfaces/frame.interface.js';
+import { IntervalLog } from '../metrics/interval-log.js';
 import { frameCode, type Telemetry } from '../metrics/telemetry.js';
 import { RATE_LIMIT_EVENT, type RateLimitFrameInfo } from '../protocol/rate-limit-protocol.js';
 import type { RateLimitTransport } from '../transports/transport.js';
 import { wsTransport } from '../transports/ws-transport.js';
 import { CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON } from '../ws-rate-limit.constants.js';
+
+/**
+ * At most one debug line about violations per this many milliseconds (with the count of
+ * those left out): a flood, or shadow mode, where nothing closes the offender, would
+ * otherwise write one line per rejected message.
+ */
+export const VIOLATION_LOG_INTERVAL_MS = 10_000;
 
 /** Close reason for a tracker on the deny list. */
 export const DENIED_REASON = 'Denied';
@@ -41,6 +49,8 @@ export class Enforcer {
   private readonly frameBuilder: RateLimitFrameBuilder;
   /** How long a policy close waits for replies of earlier messages (and frames for them). */
   readonly closeGraceMs: number;
+  /** The debug lines about violations, at most one per `VIOLATION_LOG_INTERVAL_MS`. */
+  private readonly violationLog: IntervalLog;
 
   constructor(
     private readonly options: EnforcerOptions,
@@ -50,6 +60,7 @@ export class Enforcer {
     this.enforced = telemetry.enforced;
     this.frameBuilder = options.frameBuilder ?? defaultFrameBuilder;
     this.closeGraceMs = options.closeGraceMs;
+    this.violationLog = new IntervalLog(VIOLATION_LOG_INTERVAL_MS, (line) => logger.debug(line));
   }
 
   /**
@@ -214,7 +225,11 @@ export class Enforcer {
         enforced,
       });
     }
-    this.logger.debug(`Violation ${warningCount}/${max} by ${exception.tracker} (${code}, ${exception.messageType})`);
+    this.violationLog.note(
+      () =>
+        `${this.enforced ? 'Violation' : 'Violation (shadow mode, not enforced)'} ${warningCount}/${max} by ` +
+        `${exception.tracker} (${code}, ${exception.messageType})`,
+    );
     return warningCount;
   }
 }

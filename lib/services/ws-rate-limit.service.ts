@@ -34,6 +34,7 @@ import { AccessRules } from './access-rules.js';
 import { OperatorBlocks } from './operator-blocks.js';
 import type { BudgetStatus, ClientLimitsStatus, ConsumeRequest } from './limits-status.js';
 import { SharedStore } from './shared-store.js';
+import { throttleGuardOf } from './startup-report.js';
 
 export type { ConnectionAdmission } from '../connection/connection-admission.js';
 export { frameCode } from '../metrics/telemetry.js';
@@ -123,15 +124,17 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
       const gateway = wrapper.metatype as (new (...args: unknown[]) => unknown) | undefined;
       if (!gateway || !wrapper.instance || !Reflect.getMetadata('websockets:is_gateway', gateway)) continue;
       const prototype = Object.getPrototypeOf(wrapper.instance) as Record<string, unknown>;
-      let guard = guardOf(gateway);
+      const classGuard = throttleGuardOf(gateway);
+      let guard = classGuard;
       const events: unknown[] = [];
       for (const name of this.metadataScanner.getAllMethodNames(prototype)) {
         const handler = prototype[name] as object;
         const message: unknown = Reflect.getMetadata('message', handler);
         if (message === undefined) continue;
         events.push(message);
-        guard ??= guardOf(handler);
-        if (guardOf(gateway) !== undefined || guardOf(handler) !== undefined) handlers.push([handler, gateway]);
+        const handlerGuard = throttleGuardOf(handler);
+        guard ??= handlerGuard;
+        if (classGuard !== undefined || handlerGuard !== undefined) handlers.push([handler, gateway]);
       }
       this.pipeline.bindGateway(gateway, events, guard);
     }
@@ -419,14 +422,4 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     if (typeof target === 'string') return namedTracker(target);
     return this.limiter.trackerOf(target, this.connectionOf(target));
   }
-}
-
-/** The `WsThrottleGuard` (or subclass) a class or handler lists in `@UseGuards`, if any. */
-function guardOf(target: object): object | undefined {
-  const guards = (Reflect.getMetadata('__guards__', target) as unknown[] | undefined) ?? [];
-  for (const guard of guards) {
-    const type = typeof guard === 'function' ? guard : (guard as object | null)?.constructor;
-    if (typeof type === 'function' && (type as { isWsThrottleGuard?: boolean }).isWsThrottleGuard === true) return type;
-  }
-  return undefined;
 }

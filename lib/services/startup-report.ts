@@ -1,0 +1,168 @@
+import { Inject, Injectable, Logger, Optional, type OnApplicationBootstrap } from '@nestjs/common';
+import { DiscoveryService, ExternalContextCreator, MetadataScanner } from '@nestjs/core';
+import type { ResolvedBucket, ResolvedWsRateLimitOptions } from '../config/resolved-options.js';
+import { unknownVariableMessage, unknownVariables } from '../config/unknown-variables.js';
+import { RateLimitStore } from '../storage/rate-limit-store.js';
+import { THROTTLE_METADATA, WS_RATE_LIMIT_OPTIONS } from '../ws-rate-limit.constants.js';
+
+/** The context the module logs under. */
+export const LOG_CONTEXT = 'WsRateLimit';
+
+/**
+ * What the module says once the application has started, so that a configuration mistake
+ * is not silent: one `log` line with the limits in force, and a warning for each gateway
+ * whose `@Throttle` figures no `WsThrottleGuard` applies.
+ */
+@Injectable()
+export class WsRateLimitStartupReport implements OnApplicationBootstrap {
+  private readonly logger = new Logger(LOG_CONTEXT);
+
+  constructor(
+    @Inject(WS_RATE_LIMIT_OPTIONS) private readonly options: ResolvedWsRateLimitOptions,
+    private readonly discovery: DiscoveryService,
+    private readonly metadataScanner: MetadataScanner,
+    @Optional() private readonly contexts?: ExternalContextCreator,
+  ) {}
+
+  onApplicationBootstrap(): void {
+    this.logger.log(limitsSummary(this.options));
+    for (const warning of this.unguardedThrottles()) this.logger.warn(warning);
+  }
+
+  /** One warning per gateway with `@Throttle` handlers that no `WsThrottleGuard` runs for. */
+  private unguardedThrottles(): string[] {
+    const global = this.globalGuard();
+    if (global === true) return [];
+    const warnings: string[] = [];
+    for (const wrapper of this.discovery.getProviders()) {
+      const gateway = wrapper.metatype as (abstract new (...args: never[]) => unknown) | undefined;
+      if (!gateway || !wrapper.instance || !Reflect.getMetadata('websockets:is_gateway', gateway)) continue;
+      if (throttleGuardOf(gateway) !== undefined) continue;
+      const onClass = Reflect.getMetadata(THROTTLE_METADATA, gateway) !== undefined;
+      const prototype = Object.getPrototypeOf(wrapper.instance) as Record<string, unknown>;
+      const unguarded: string[] = [];
+      for (const name of this.metadataScanner.getAllMethodNames(prototype)) {
+        const handler = prototype[name] as object;
+        if (Reflect.getMetadata('message', handler) === undefined || throttleGuardOf(handler) !== undefined) continue;
+        if (onClass || Reflect.getMetadata(THROTTLE_METADATA, handler) !== undefined) {
+          unguarded.push(`${gateway.name}.${name}`);
+        }
+      }
+      if (unguarded.length > 0) warnings.push(unguardedMessage(gateway.name, onClass, unguarded, global));
+    }
+    return warnings;
+  }
+
+  /**
+   * Whether a `WsThrottleGuard` runs for every handler of the application: registered with
+   * `APP_GUARD`, or given to `app.useGlobalGuards` (read from NestJS's application config;
+   * `undefined` when this NestJS version does not expose it, so only `APP_GUARD` was seen).
+   */
+  private globalGuard(): boolean | undefined {
+    for (const wrapper of this.discovery.getProviders()) {
+      if (typeof wrapper.token !== 'string' || !wrapper.token.startsWith('APP_GUARD')) continue;
+      if (isThrottleGuard(wrapper.metatype) || isThrottleGuard(wrapper.instance)) return true;
+    }
+    const config = (this.contexts as { container?: { applicationConfig?: { getGlobalGuards?: unknown } } } | undefined)
+      ?.container?.applicationConfig;
+    if (typeof config?.getGlobalGuards !== 'function') return undefined;
+    const guards = (config.getGlobalGuards as () => unknown[]).call(config);
+    return Array.isArray(guards) && guards.some(isThrottleGuard);
+  }
+}
+
+/** Warns about each `WS_RATE_LIMIT_*` variable in `names` that no option reads, naming the closest known one. */
+export function warnUnknownVariables(
+  names: Iterable<string>,
+  logger: Pick<Logger, 'warn'> = new Logger(LOG_CONTEXT),
+): void {
+  for (const unknown of unknownVariables(names)) logger.warn(unknownVariableMessage(unknown));
+}
+
+/**
+ * The limits in force, on one line: store, tracker, trusted proxies, each tier, violations
+ * and plans, e.g. `Limits in force: store memory; tracker connection; ...`.
+ */
+export function limitsSummary(options: ResolvedWsRateLimitOptions): string {
+  const parts = [
+    `store ${storeName(options)}`,
+    `tracker ${trackerName(options.tracker)}`,
+    `trusted proxies ${trustedProxies(options)}`,
+    `global ${bucket(options.global)}`,
+    `type default ${bucket(options.type)}${typesNote(options)}`,
+    `expensive ${options.expensive.max} per ${duration(options.expensive.windowMs)} (${options.expensive.algorithm})`,
+    `connections ${bucket(options.connection)} per address, ` +
+      (options.maxConnectionsPerIp > 0 ? `at most ${options.maxConnectionsPerIp} open` : 'no open-connection cap'),
+    `violations ${violations(options)}`,
+    `plans ${Object.keys(options.plans).join(', ') || 'none'}`,
+  ];
+  const shadow = options.shadow ? 'SHADOW MODE, nothing is rejected or closed; ' : '';
+  return `Limits in force: ${shadow}${parts.join('; ')}`;
+}
+
+/** The `WsThrottleGuard` (or subclass) a class or handler lists in `@UseGuards`, if any. */
+export function throttleGuardOf(target: object): object | undefined {
+  const guards = (Reflect.getMetadata('__guards__', target) as unknown[] | undefined) ?? [];
+  for (const guard of guards) {
+    if (isThrottleGuard(guard)) return typeof guard === 'function' ? guard : (guard as object).constructor;
+  }
+  return undefined;
+}
+
+/** Whether a guard class or instance is `WsThrottleGuard` or a subclass (without importing the guard). */
+function isThrottleGuard(guard: unknown): boolean {
+  const type = typeof guard === 'function' ? guard : (guard as object | null | undefined)?.constructor;
+  return typeof type === 'function' && (type as { isWsThrottleGuard?: boolean }).isWsThrottleGuard === true;
+}
+
+function unguardedMessage(gateway: string, onClass: boolean, handlers: string[], global: boolean | undefined): string {
+  const where = onClass ? `${gateway} (handlers ${handlers.join(', ')})` : handlers.join(', ');
+  const unseen =
+    global === undefined
+      ? ' (A WsThrottleGuard given to app.useGlobalGuards cannot be seen on this NestJS version: if the app has one, ignore this.)'
+      : '';
+  return (
+    `@Throttle on ${where} has no effect: no WsThrottleGuard runs for ${handlers.length > 1 ? 'them' : 'it'}. ` +
+    `Add @WsRateLimit() to ${gateway}, or register WsThrottleGuard with APP_GUARD.${unseen}`
+  );
+}
+
+function storeName(options: ResolvedWsRateLimitOptions): string {
+  const { store, failMode } = options;
+  if (store === 'memory') return 'memory (this process only)';
+  const name = store instanceof RateLimitStore ? `${store.constructor.name} (given in options)` : store;
+  return `${name}, fail ${failMode}`;
+}
+
+function trackerName(tracker: ResolvedWsRateLimitOptions['tracker']): string {
+  if (typeof tracker !== 'function') return tracker;
+  return tracker.name ? `function ${tracker.name}` : 'a function';
+}
+
+function trustedProxies(options: ResolvedWsRateLimitOptions): string {
+  const trust = options.trustProxy;
+  if (trust.kind === 'none') return 'none';
+  const which = trust.kind === 'hops' ? `${trust.hops} hop${trust.hops === 1 ? '' : 's'}` : trust.entries.join(',');
+  return `${which} (${options.forwardedHeader})`;
+}
+
+function typesNote(options: ResolvedWsRateLimitOptions): string {
+  const count = Object.keys(options.types).length;
+  return count === 0 ? '' : ` (+${count} type${count === 1 ? '' : 's'} in options)`;
+}
+
+function violations(options: ResolvedWsRateLimitOptions): string {
+  const { max, windowMs, closeCode } = options.violations;
+  const cooldown = options.degradeCooldownMs;
+  const then = cooldown > 0 ? `degrade for ${duration(cooldown)}, then close ${closeCode}` : `close ${closeCode}`;
+  return `${max} in ${duration(windowMs)}, then ${then}`;
+}
+
+/** `capacity burst, rate/s`. */
+function bucket({ capacity, refillRate }: ResolvedBucket): string {
+  return `${capacity} burst, ${refillRate}/s`;
+}
+
+function duration(ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000} s` : `${ms} ms`;
+}
