@@ -72,6 +72,12 @@ export const METRICS = [
   ['store_outages_total', 'counter', '', 'Times the store became unreachable.'],
   ['store_decision_seconds', 'histogram', '', 'Time a shared-store decision took.'],
   ['open_connections', 'gauge', '', 'Connections the limiter tracks now.'],
+  [
+    'store_fallback',
+    'gauge',
+    '',
+    '1 while the store cannot decide and the fail mode does (local limits, or refusals), else 0.',
+  ],
 ] as const;
 
 /**
@@ -82,6 +88,7 @@ export async function createMetrics(
   options: ResolvedWsRateLimitOptions,
   openConnections: () => number,
   logger: Logger,
+  storeFallback: () => boolean = () => false,
 ): Promise<LimiterMetrics> {
   if (!options.metrics) return NO_METRICS;
   let prom: PromClient;
@@ -136,6 +143,11 @@ export async function createMetrics(
   metric(prom.Gauge, 'open_connections', help.open_connections!, {
     collect(this: { set(value: number): void }) {
       this.set(openConnections());
+    },
+  });
+  metric(prom.Gauge, 'store_fallback', help.store_fallback!, {
+    collect(this: { set(value: number): void }) {
+      this.set(storeFallback() ? 1 : 0);
     },
   });
   // On the hot path a decision costs a Map lookup and an add to a plain number: prom-client's

@@ -32,6 +32,11 @@ export class SharedStore {
     private readonly events: SharedStoreEvents,
   ) {}
 
+  /** Whether the fail mode is deciding now: the store failed and has not answered since. */
+  get inFallback(): boolean {
+    return this.down;
+  }
+
   /** The local limiter of fail mode `open`, created on the first outage. */
   get fallback(): MemoryRateLimitStore | undefined {
     return this.fallbackStore;

@@ -148,7 +148,12 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
         throw error;
       }
     }
-    this.telemetry.metrics = await createMetrics(this.options, () => this.registry.count, this.logger);
+    this.telemetry.metrics = await createMetrics(
+      this.options,
+      () => this.registry.count,
+      this.logger,
+      () => this.limiter.shared.inFallback,
+    );
     await this.blocks.sync(true);
   }
 

@@ -1,5 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
 import { ConfigModule } from '@nestjs/config';
+import { Registry } from 'prom-client';
 import {
   RedisRateLimitStore,
   WsRateLimitAdapter,
@@ -82,6 +83,48 @@ describe('WsRateLimitModule on Redis', () => {
       expect(status.global.capacity).toBe(100);
     } finally {
       redis.resume();
+    }
+  });
+
+  it('reports the fall-back as a gauge and as store events, down then up (fail mode open)', async () => {
+    const registry = new Registry();
+    const limiter = await start({
+      store: 'redis',
+      redis: { url: redis.url },
+      tracker: 'ip',
+      metricsRegistry: registry,
+      metricsPrefix: 'fb_',
+    });
+    const fallback = async () =>
+      ((await registry.getSingleMetric('fb_store_fallback')!.get()).values[0]?.value as number | undefined) ?? -1;
+    const events: string[] = [];
+    const subscription = limiter.events$.subscribe((event) => {
+      if (event.kind === 'store') events.push(event.state);
+    });
+    try {
+      const client = await TestClient.connect(running!.url);
+      clients.push(client);
+      client.send('echo', 0);
+      await client.waitForEvent('echo');
+      expect(await fallback()).toBe(0);
+      redis.pause();
+      try {
+        client.send('echo', 1);
+        // Fail mode open: the local limits decide, the message is answered.
+        await client.waitForEvent('echo', 2);
+        expect(await fallback()).toBe(1);
+        expect(events).toEqual(['down']);
+      } finally {
+        redis.resume();
+      }
+      for (let i = 0; i < 60 && (await fallback()) === 1; i++) {
+        await sleep(100);
+        client.send('echo', i);
+      }
+      expect(await fallback()).toBe(0);
+      expect(events).toEqual(['down', 'up']);
+    } finally {
+      subscription.unsubscribe();
     }
   });
 
