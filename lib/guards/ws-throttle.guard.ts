@@ -47,9 +47,12 @@ export class WsThrottleGuard implements CanActivate {
     return this.limiter.routeOf(context.getHandler(), context.getClass(), connection, client);
   }
 
-  /** Whose budget the message spends (the `tracker` option by default). */
-  protected getTracker(client: object, connection: ConnectionState): string {
-    return this.limiter.trackerOf(client, connection);
+  /**
+   * Whose budget the message spends (the `tracker` option by default). May return a
+   * promise, awaited only then (as @nestjs/throttler's async `getTracker`).
+   */
+  protected getTracker(client: object, connection: ConnectionState): string | Promise<string> {
+    return this.limiter.pipeline.trackerOf(client, connection);
   }
 
   /** The tiers to decide (cached per connection and handler by default). */

@@ -23,7 +23,8 @@ import { UnroutedContext } from './unrouted-context.js';
  */
 export interface MessageSteps {
   getRoute(context: ExecutionContext, connection: ConnectionState, client: object): Route | null;
-  getTracker(client: object, connection: ConnectionState): string;
+  /** A promise is awaited (only then): a synchronous tracker costs nothing more. */
+  getTracker(client: object, connection: ConnectionState): string | Promise<string>;
   getPlan(connection: ConnectionState, route: Route, tracker: string): RateLimitPlan;
   onRejected(decision: RateLimitRejected, route: Route, plan: RateLimitPlan, context: ExecutionContext): true;
 }
@@ -74,7 +75,7 @@ export class MessagePipeline {
     this.defaultSteps = {
       getRoute: (context, connection, client) =>
         limiter.routeOf(context.getHandler(), context.getClass(), connection, client),
-      getTracker: (client, connection) => limiter.trackerOf(client, connection).key,
+      getTracker: (client, connection) => limiter.trackerKeyOf(client, connection),
       getPlan: (connection, route, tracker) => limiter.planFor(connection, route, tracker),
       onRejected: (decision, route, plan, context) =>
         this.refuse(
@@ -82,6 +83,11 @@ export class MessagePipeline {
           new WsRateLimitException(decision, route.type, plan.tracker, messageIdFromArgs(context.getArgs())),
         ),
     };
+  }
+
+  /** Whose budget a message from this socket spends, per the `tracker` option (a promise only when it returned one). */
+  trackerOf(client: object, connection: ConnectionState): string | Promise<string> {
+    return this.limiter.trackerKeyOf(client, connection);
   }
 
   /** Registers the steps of a guard class (its instance calls this when built). */
@@ -120,7 +126,18 @@ export class MessagePipeline {
     const connection = this.registry.of(client);
     const route = steps.getRoute(context, connection, client);
     if (route === null) return true;
-    return this.proceed(context, steps, client, connection, route, steps.getTracker(client, connection));
+    if ((this.limiter.skipIf !== undefined || route.skipIf !== undefined) && this.skips(context, route)) return true;
+    const tracker = steps.getTracker(client, connection);
+    if (typeof tracker === 'string') return this.proceed(context, steps, client, connection, route, tracker);
+    // An async tracker: a rejection reaches Nest as a throwing tracker's error does.
+    return tracker.then((key) => this.proceed(context, steps, client, connection, route, key));
+  }
+
+  /** Whether the module's `skipIf`, then the route's (`@Throttle`'s), lets the message through unlimited. */
+  private skips(context: ExecutionContext, route: Route): boolean {
+    const skipIf = this.limiter.skipIf;
+    if (skipIf !== undefined && skipIf(context) === true) return true;
+    return route.skipIf !== undefined && route.skipIf(context) === true;
   }
 
   /**
@@ -166,14 +183,22 @@ export class MessagePipeline {
     try {
       const route = bound.steps.getRoute(context, connection, client);
       if (route === null) return answer();
-      let tracker: string;
+      if ((this.limiter.skipIf !== undefined || route.skipIf !== undefined) && this.skipsUnrouted(context, route)) {
+        return answer();
+      }
+      let tracker: string | Promise<string>;
       try {
         tracker = bound.steps.getTracker(client, connection);
       } catch (error) {
-        this.callbackFailed('tracker', error, 'the frame is charged to its connection');
-        tracker = connection.connectionTracker;
+        tracker = this.trackerFailed(error, connection);
       }
-      verdict = this.proceed(context, bound.steps, client, connection, route, tracker);
+      if (typeof tracker === 'string') {
+        verdict = this.proceed(context, bound.steps, client, connection, route, tracker);
+      } else {
+        verdict = tracker
+          .then(undefined, (error: unknown) => this.trackerFailed(error, connection))
+          .then((key) => this.proceed(context, bound.steps, client, connection, route, key));
+      }
     } catch (error) {
       return failed(error);
     }
@@ -236,6 +261,22 @@ export class MessagePipeline {
     const decision = this.limiter.decide(plan, route);
     if (decision instanceof Promise) return decision.then((settled) => settle(settled, steps, route, plan, context));
     return settle(decision, steps, route, plan, context);
+  }
+
+  /** `skips` for a frame that reached no handler: a throwing `skipIf` is logged and the frame limited. */
+  private skipsUnrouted(context: ExecutionContext, route: Route): boolean {
+    try {
+      return this.skips(context, route);
+    } catch (error) {
+      this.callbackFailed('skipIf', error, 'the frame is limited');
+      return false;
+    }
+  }
+
+  /** A tracker that threw (or rejected) on an unrouted frame: logged, the frame charged to its connection. */
+  private trackerFailed(error: unknown, connection: ConnectionState): string {
+    this.callbackFailed('tracker', error, 'the frame is charged to its connection');
+    return connection.connectionTracker;
   }
 
   /** A step threw outside Nest's handling: logged once per step, then at debug. */
