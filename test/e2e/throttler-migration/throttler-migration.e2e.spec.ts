@@ -144,6 +144,33 @@ describe('coming from @nestjs/throttler', () => {
     expect(client.events('rate_limit')[0]!.data).toMatchObject({ code: 'GLOBAL_LIMIT', limit: 2 });
   });
 
+  it('an async tracker that rejects on a routed message is answered as a throwing tracker is', async () => {
+    const answers: Array<Array<Frame>> = [];
+    const trackers: Array<NonNullable<WsRateLimitModuleOptions['tracker']>> = [
+      () => {
+        throw new Error('session store down');
+      },
+      async () => {
+        await sleep(1);
+        throw new Error('session store down');
+      },
+    ];
+    for (const tracker of trackers) {
+      await start({ tracker });
+      const client = await connect();
+      client.send('once', 1);
+      await client.waitFor(() => true);
+      await sleep(50);
+      answers.push(client.frames.map((frame) => ({ event: frame.event })));
+      expect(client.socket.readyState).toBe(client.socket.OPEN);
+      await Promise.all(clients.splice(0).map((open) => open.close()));
+      await running!.close();
+      running = undefined;
+    }
+    expect(answers[1]).toEqual(answers[0]);
+    expect(answers[0]!.map((frame) => frame.event)).not.toContain('ack');
+  });
+
   it("a guard subclass's async getTracker: connections of one team share a budget", async () => {
     await start({}, true);
     const first = await connect({ 'x-team': 'red' });
