@@ -52,7 +52,7 @@ export class WsThrottleGuard implements CanActivate {
    * promise, awaited only then (as @nestjs/throttler's async `getTracker`).
    */
   protected getTracker(client: object, connection: ConnectionState): string | Promise<string> {
-    return this.limiter.pipeline.trackerOf(client, connection);
+    return this.limiter.trackerOf(client, connection);
   }
 
   /** The tiers to decide (cached per connection and handler by default). */

@@ -90,10 +90,19 @@ export class MessageLimiter {
     return state.tracker;
   }
 
-  /** `trackerOf`'s key (a promise only when the `tracker` function returned one). */
+  /**
+   * `trackerOf`'s key (a promise only when the `tracker` function returned one): the
+   * message hot path, so the built-in trackers are not tested for a promise.
+   */
   trackerKeyOf(client: object, state: ConnectionState): MaybePromise<string> {
-    const tracker = this.trackerOf(client, state);
-    return isPromise(tracker) ? tracker.then(keyOf) : tracker.key;
+    const tracker = this.options.tracker;
+    if (tracker === 'connection') return state.tracker.key;
+    if (tracker === 'ip') return state.ip === undefined ? state.tracker.key : this.addressTrackerOf(state).key;
+    const name = tracker(client, { ip: state.ip, connectionId: state.id, request: state.request });
+    if (typeof name === 'string') return namedTracker(name).key;
+    if (isPromise(name))
+      return name.then((settled) => (typeof settled === 'string' ? namedTracker(settled) : state.tracker).key);
+    return state.tracker.key;
   }
 
   /** The plan of a route for a tracker, built once per connection and reused. */
@@ -169,10 +178,6 @@ export class MessageLimiter {
   private addressTrackerOf(state: ConnectionState): Tracker {
     return (state.addressTracker ??= addressTracker(state.ip!));
   }
-}
-
-function keyOf(tracker: Tracker): string {
-  return tracker.key;
 }
 
 /** Whether a plan is decided in process memory (plans built outside the limiter: by tracker). */
