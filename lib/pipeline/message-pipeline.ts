@@ -85,11 +85,6 @@ export class MessagePipeline {
     };
   }
 
-  /** Whose budget a message from this socket spends, per the `tracker` option (a promise only when it returned one). */
-  trackerOf(client: object, connection: ConnectionState): string | Promise<string> {
-    return this.limiter.trackerKeyOf(client, connection);
-  }
-
   /** Registers the steps of a guard class (its instance calls this when built). */
   registerSteps(guard: object, steps: MessageSteps): void {
     if (!this.stepsByGuard.has(guard)) this.stepsByGuard.set(guard, steps);

@@ -1,7 +1,9 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
+import { afterAll, afterEach, beforeAll, describe, expect, it, jest } from '@jest/globals';
+import { Logger } from '@nestjs/common';
 import {
   SkipThrottle,
   Throttle,
+  UNROUTED_HANDLERS,
   WsRateLimitAdapter,
   WsRateLimitModule,
   WsSkipThrottle,
@@ -111,6 +113,31 @@ describe('coming from @nestjs/throttler', () => {
     expect(await outcomes(client, 'vip', 2)).toEqual(['ack', 'rate_limit']);
     // The module's skipIf also applies to a handler with its own.
     expect(await outcomes(client, 'vip', 1, { internal: true })).toEqual(['ack']);
+  });
+
+  it("the module's skipIf also decides frames that reach no handler; one that throws there is logged and the frame limited", async () => {
+    const errors = jest.spyOn(Logger.prototype, 'error').mockImplementation(() => undefined);
+    await start({
+      global: { capacity: 2, refillRate: 0.01 },
+      skipIf: (context) => {
+        if (context.getHandler() === UNROUTED_HANDLERS.INVALID_MESSAGE) throw new Error('cannot tell');
+        return context.getHandler() === UNROUTED_HANDLERS.UNKNOWN_EVENT;
+      },
+    });
+    const skipped = await connect();
+    for (let i = 0; i < 4; i++) skipped.send('no-such-event', i);
+    await skipped.waitForEvent('error', 4);
+    expect(skipped.events('rate_limit')).toEqual([]);
+    const limited = await connect();
+    for (let i = 0; i < 3; i++) limited.sendRaw('not json');
+    await limited.waitFor((frame) => frame.event === 'error' || frame.event === 'rate_limit', 3);
+    expect(limited.events('error')).toHaveLength(2);
+    expect(limited.events('rate_limit')[0]!.data).toMatchObject({ code: 'GLOBAL_LIMIT', limit: 2 });
+    const logged = errors.mock.calls.map(([message]) => String(message));
+    errors.mockRestore();
+    expect(
+      logged.filter((message) => message.startsWith('skipIf threw on an unrouted frame (cannot tell)')),
+    ).toHaveLength(1);
   });
 
   it('an async tracker: two connections whose tracker resolves to one user share one budget', async () => {
