@@ -41,7 +41,8 @@ export interface ThrottleOptions {
    * none. The refusing bucket's `limit` and `retryAfter` go in the `rate_limit` frame.
    * Names are letters, digits, `_` and `-` (at most 32 characters); at most 8 limits; each
    * figure has the per-type bounds. Not with `capacity`/`refillRate`. A plan's `types`
-   * entry for the type replaces them with its one bucket.
+   * entry for the type replaces them with its one bucket. A handler's own
+   * `capacity`/`refillRate` replace its class's `limits`, and its `limits` the class's bucket.
    */
   limits?: Record<string, NamedLimit>;
   /**

@@ -212,10 +212,18 @@ export class RouteResolver {
       (Reflect.getMetadata(SKIP_THROTTLE_METADATA, handler) as boolean | undefined) ??
       (Reflect.getMetadata(SKIP_THROTTLE_METADATA, gateway) as boolean | undefined) ??
       false;
+    const own = Reflect.getMetadata(THROTTLE_METADATA, handler) as ThrottleOptions | undefined;
     const throttle: ThrottleOptions = {
       ...(Reflect.getMetadata(THROTTLE_METADATA, gateway) as ThrottleOptions | undefined),
-      ...(Reflect.getMetadata(THROTTLE_METADATA, handler) as ThrottleOptions | undefined),
+      ...own,
     };
+    // The handler's buckets win over its class's of the other kind (named limits or one bucket).
+    if (own?.limits !== undefined && own.capacity === undefined && own.refillRate === undefined) {
+      delete throttle.capacity;
+      delete throttle.refillRate;
+    } else if (own !== undefined && (own.capacity !== undefined || own.refillRate !== undefined) && !own.limits) {
+      delete throttle.limits;
+    }
     const event = Reflect.getMetadata(MESSAGE_METADATA, handler) as unknown;
     const type = throttle.type ?? (typeof event === 'string' ? event : method.name);
     if (typeof type !== 'string' || type === '') {

@@ -91,6 +91,30 @@ describe('@Throttle limits (named limits on one handler)', () => {
     expect(() => routeOf(resolver(), options)).toThrow(message);
   });
 
+  it("a handler's buckets win over its class's of the other kind", () => {
+    class Gateway {
+      named(): void {}
+      single(): void {}
+    }
+    const named = Object.getOwnPropertyDescriptor(Gateway.prototype, 'named')!;
+    const single = Object.getOwnPropertyDescriptor(Gateway.prototype, 'single')!;
+    Throttle({ capacity: 7, refillRate: 7 })(Gateway);
+    Throttle({ type: 'a', limits: SECOND_AND_MINUTE })(Gateway.prototype, 'named', named);
+    Throttle({ type: 'b', refillRate: 2 })(Gateway.prototype, 'single', single);
+    const routes = resolver();
+    expect(routes.resolve(Gateway.prototype.named, Gateway)!.specs.map((spec) => spec.suffix)).toEqual([
+      'g',
+      'n:short:a',
+      'n:long:a',
+    ]);
+    const other = new RouteResolver(resolveOptions({ useEnv: false }));
+    Throttle({ limits: SECOND_AND_MINUTE })(Gateway);
+    expect(other.resolve(Gateway.prototype.single, Gateway)!.specs.map((spec) => [spec.suffix, spec.limit])).toEqual([
+      ['g', 100],
+      ['t:b', 20],
+    ]);
+  });
+
   it('refuses two handlers giving one type different limits, and accepts the same ones', () => {
     const routes = resolver();
     routeOf(routes, { limits: SECOND_AND_MINUTE });
