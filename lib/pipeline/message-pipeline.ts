@@ -9,6 +9,7 @@ import type { Route } from '../plans/route-resolver.js';
 import type { UnroutedCode } from '../protocol/rate-limit-protocol.js';
 import type { AccessRules } from '../services/access-rules.js';
 import type { OperatorBlocks } from '../services/operator-blocks.js';
+import { isPromise } from '../services/shared-store.js';
 import type { MessageId } from '../utils/message-id.js';
 import { messageIdFromArgs } from '../utils/message-id.js';
 import { CLOSE_POLICY_VIOLATION } from '../ws-rate-limit.constants.js';
@@ -123,9 +124,11 @@ export class MessagePipeline {
     if (route === null) return true;
     if ((this.limiter.skipIf !== undefined || route.skipIf !== undefined) && this.skips(context, route)) return true;
     const tracker = steps.getTracker(client, connection);
-    if (typeof tracker === 'string') return this.proceed(context, steps, client, connection, route, tracker);
     // An async tracker: a rejection reaches Nest as a throwing tracker's error does.
-    return tracker.then((key) => this.proceed(context, steps, client, connection, route, key));
+    if (typeof tracker !== 'string' && isPromise(tracker)) {
+      return tracker.then((key) => this.proceed(context, steps, client, connection, route, key));
+    }
+    return this.proceed(context, steps, client, connection, route, tracker);
   }
 
   /** Whether the module's `skipIf`, then the route's (`@Throttle`'s), lets the message through unlimited. */
@@ -187,12 +190,12 @@ export class MessagePipeline {
       } catch (error) {
         tracker = this.trackerFailed(error, connection);
       }
-      if (typeof tracker === 'string') {
-        verdict = this.proceed(context, bound.steps, client, connection, route, tracker);
-      } else {
+      if (typeof tracker !== 'string' && isPromise(tracker)) {
         verdict = tracker
           .then(undefined, (error: unknown) => this.trackerFailed(error, connection))
           .then((key) => this.proceed(context, bound.steps, client, connection, route, key));
+      } else {
+        verdict = this.proceed(context, bound.steps, client, connection, route, tracker);
       }
     } catch (error) {
       return failed(error);
