@@ -66,3 +66,12 @@ export function messageRateProblem(refillRate: number, cost: number): string | u
     `more than ${MAX_MESSAGE_RATE} (one a microsecond), finer than the bucket's clock can count`
   );
 }
+
+/** Named limits one `@Throttle` may give a type: each is one more tier in every decision. */
+export const MAX_NAMED_LIMITS = 8;
+
+/**
+ * A named limit's name: it is part of the tier's key suffix (`n:<name>:<type>`), so it holds
+ * no `:` (which keeps two limits' suffixes distinct) and stays short.
+ */
+export const NAMED_LIMIT_NAME = /^[A-Za-z0-9_-]{1,32}$/;

@@ -119,7 +119,7 @@ export function resolveOptions(
     redisOptions: options.redis?.redisOptions,
   };
   if (store === 'redis') checkRedisChoice(redis, label);
-  for (const name of ['frameBuilder', 'planResolver'] as const) {
+  for (const name of ['frameBuilder', 'planResolver', 'skipIf'] as const) {
     if (options[name] !== undefined && typeof options[name] !== 'function') {
       throw new WsRateLimitConfigError(`option ${name} must be a function`);
     }
@@ -164,6 +164,7 @@ export function resolveOptions(
     forwardedHeader: value('forwardedHeader'),
     failMode: value('failMode'),
     frameBuilder: options.frameBuilder,
+    skipIf: options.skipIf,
     keyPrefix: value('keyPrefix'),
     maxKeys: value('maxKeys'),
     maxBufferedBytes: value('maxBufferedBytes'),

@@ -1,4 +1,5 @@
 import type { BlockList } from 'node:net';
+import type { SkipIf } from '../decorators/throttle.decorator.js';
 import type { RateLimitFrameBuilder } from '../interfaces/frame.interface.js';
 import type {
   MetricsRegistry,
@@ -101,6 +102,8 @@ export interface ResolvedWsRateLimitOptions {
   readonly forwardedHeader: 'x-forwarded-for' | 'forwarded';
   readonly failMode: 'open' | 'closed';
   readonly frameBuilder: RateLimitFrameBuilder | undefined;
+  /** The module's `skipIf` (code only). */
+  readonly skipIf?: SkipIf | undefined;
   readonly keyPrefix: string;
   readonly maxKeys: number;
   readonly maxBufferedBytes: number;

@@ -7,3 +7,6 @@ import { SKIP_THROTTLE_METADATA } from '../ws-rate-limit.constants.js';
  */
 export const SkipThrottle = (skip = true): ClassDecorator & MethodDecorator =>
   SetMetadata(SKIP_THROTTLE_METADATA, skip);
+
+/** `@SkipThrottle` under a name that does not clash with @nestjs/throttler's in apps using both. */
+export const WsSkipThrottle = SkipThrottle;

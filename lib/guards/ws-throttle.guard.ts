@@ -47,8 +47,11 @@ export class WsThrottleGuard implements CanActivate {
     return this.limiter.routeOf(context.getHandler(), context.getClass(), connection, client);
   }
 
-  /** Whose budget the message spends (the `tracker` option by default). */
-  protected getTracker(client: object, connection: ConnectionState): string {
+  /**
+   * Whose budget the message spends (the `tracker` option by default). May return a
+   * promise, awaited only then (as @nestjs/throttler's async `getTracker`).
+   */
+  protected getTracker(client: object, connection: ConnectionState): string | Promise<string> {
     return this.limiter.trackerOf(client, connection);
   }
 

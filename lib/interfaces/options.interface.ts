@@ -1,4 +1,5 @@
 import type { IncomingMessage } from 'node:http';
+import type { SkipIf } from '../decorators/throttle.decorator.js';
 import type { Cluster, Redis, RedisOptions } from '../storage/redis/ioredis-types.js';
 import type { RateLimitStore } from '../storage/rate-limit-store.js';
 import type { RateLimitFrameBuilder } from './frame.interface.js';
@@ -86,11 +87,15 @@ export interface TrackerContext {
 
 /**
  * Names whose budget a message spends, e.g. a user id an auth step put on the socket.
- * Returning `undefined` falls back to the connection.
+ * Returning `undefined` falls back to the connection. May return a promise (e.g. a session
+ * looked up in a store): it is awaited only then, so a synchronous tracker costs nothing
+ * more. A throw or a rejection is handled as a throwing tracker's.
  * @example
  * tracker: (client) => (client as { user?: { id: string } }).user?.id
+ * @example
+ * tracker: async (client) => (await sessions.get((client as { sid: string }).sid))?.userId
  */
-export type TrackerFn = (client: unknown, context: TrackerContext) => string | undefined;
+export type TrackerFn = (client: unknown, context: TrackerContext) => string | undefined | Promise<string | undefined>;
 
 /** Whose budget a message spends. */
 export type TrackerOption = 'connection' | 'ip' | TrackerFn;
@@ -286,6 +291,15 @@ export interface WsRateLimitModuleOptions {
    * @default `{ event: 'rate_limit', data: info }`
    */
   frameBuilder?: RateLimitFrameBuilder;
+  /**
+   * Lets a message through unlimited when it returns true (as @nestjs/throttler's
+   * `skipIf`), e.g. for an internal service's socket. Called with the message's execution
+   * context for every routed message (and, with `WsRateLimitAdapter`, for frames that reach
+   * no handler) before `@Throttle`'s own `skipIf`. Code only (no variable).
+   * @example
+   * skipIf: (context) => (context.switchToWs().getClient() as { internal?: boolean }).internal === true
+   */
+  skipIf?: SkipIf;
   /**
    * Prefix of every key the store writes.
    * @default 'wsrl:'

@@ -1,5 +1,6 @@
 import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
 import type { ConnectionState } from '../connection/connection-state.js';
+import type { SkipIf } from '../decorators/throttle.decorator.js';
 import type { RateLimitDecision, RateLimitPlan, TierSpec, TierStatus } from '../interfaces/plan.interface.js';
 import type { Telemetry } from '../metrics/telemetry.js';
 import { planOf } from '../plans/create-plan.js';
@@ -32,6 +33,8 @@ export class MessageLimiter {
   /** Routes per plan; the module's own limits are `DEFAULT_PLAN`. */
   readonly plans = new Map<string, RouteResolver>();
   readonly routes: RouteResolver;
+  /** The module's `skipIf`: true lets a message through unlimited. */
+  readonly skipIf: SkipIf | undefined;
 
   constructor(
     private readonly options: ResolvedWsRateLimitOptions,
@@ -39,6 +42,7 @@ export class MessageLimiter {
     readonly shared: SharedStore,
     private readonly telemetry: Telemetry,
   ) {
+    this.skipIf = options.skipIf;
     this.routes = new RouteResolver(options);
     this.plans.set(DEFAULT_PLAN, this.routes);
     for (const [name, limits] of Object.entries(options.plans)) this.plans.set(name, new RouteResolver(limits));
@@ -71,13 +75,34 @@ export class MessageLimiter {
     return name !== undefined && this.plans.has(name) ? name : DEFAULT_PLAN;
   }
 
-  /** Whose budget a message from this socket spends, per the `tracker` option. */
-  trackerOf(client: object, state: ConnectionState): Tracker {
+  /**
+   * Whose budget a message from this socket spends, per the `tracker` option: a promise
+   * only when the `tracker` function returned one.
+   */
+  trackerOf(client: object, state: ConnectionState): MaybePromise<Tracker> {
     const tracker = this.options.tracker;
     if (tracker === 'connection') return state.tracker;
     if (tracker === 'ip') return state.ip === undefined ? state.tracker : this.addressTrackerOf(state);
     const name = tracker(client, { ip: state.ip, connectionId: state.id, request: state.request });
-    return typeof name === 'string' ? namedTracker(name) : state.tracker;
+    if (typeof name === 'string') return namedTracker(name);
+    if (isPromise(name))
+      return name.then((settled) => (typeof settled === 'string' ? namedTracker(settled) : state.tracker));
+    return state.tracker;
+  }
+
+  /**
+   * `trackerOf`'s key (a promise only when the `tracker` function returned one): the
+   * message hot path, so the built-in trackers are not tested for a promise.
+   */
+  trackerKeyOf(client: object, state: ConnectionState): MaybePromise<string> {
+    const tracker = this.options.tracker;
+    if (tracker === 'connection') return state.tracker.key;
+    if (tracker === 'ip') return state.ip === undefined ? state.tracker.key : this.addressTrackerOf(state).key;
+    const name = tracker(client, { ip: state.ip, connectionId: state.id, request: state.request });
+    if (typeof name === 'string') return namedTracker(name).key;
+    if (isPromise(name))
+      return name.then((settled) => (typeof settled === 'string' ? namedTracker(settled) : state.tracker).key);
+    return state.tracker.key;
   }
 
   /** The plan of a route for a tracker, built once per connection and reused. */
@@ -128,8 +153,12 @@ export class MessageLimiter {
   /** Gives a tracker its full budget back in every message tier the limiter knows. */
   async reset(tracker: Tracker): Promise<void> {
     const types = new Set<string>();
-    for (const routes of this.plans.values()) for (const type of routes.knownTypes()) types.add(type);
-    const suffixes = ['g', 'x', ...[...types].map((type) => `t:${type}`)];
+    for (const routes of this.plans.values()) {
+      // A type's one bucket, and its named limits' (a plan may give a type either).
+      for (const type of routes.knownTypes()) types.add(`t:${type}`);
+      for (const suffix of routes.knownTypeSuffixes()) types.add(suffix);
+    }
+    const suffixes = ['g', 'x', ...types];
     if (isLocal(tracker)) this.local.delete(suffixes.map((suffix) => this.local.key(tracker.key, suffix)));
     else await this.shared.delete(suffixes.map((suffix) => this.store.key(tracker.key, suffix)));
   }
@@ -158,5 +187,7 @@ function connectionKeyed(plan: RateLimitPlan): boolean {
 
 /** The message type of a plan built outside the limiter: its type tier's (suffix `t:<type>`). */
 function typeOfSpecs(plan: RateLimitPlan): string {
-  return plan.tiers.find((tier) => tier.spec.tier === 'type')?.spec.suffix.slice(2) ?? '';
+  const suffix = plan.tiers.find((tier) => tier.spec.tier === 'type')?.spec.suffix ?? '';
+  // `t:<type>`, or a named limit's `n:<name>:<type>` (a name holds no `:`).
+  return suffix.startsWith('n:') ? suffix.slice(suffix.indexOf(':', 2) + 1) : suffix.slice(2);
 }

@@ -9,6 +9,7 @@ import type { Route } from '../plans/route-resolver.js';
 import type { UnroutedCode } from '../protocol/rate-limit-protocol.js';
 import type { AccessRules } from '../services/access-rules.js';
 import type { OperatorBlocks } from '../services/operator-blocks.js';
+import { isPromise } from '../services/shared-store.js';
 import type { MessageId } from '../utils/message-id.js';
 import { messageIdFromArgs } from '../utils/message-id.js';
 import { CLOSE_POLICY_VIOLATION } from '../ws-rate-limit.constants.js';
@@ -23,7 +24,8 @@ import { UnroutedContext } from './unrouted-context.js';
  */
 export interface MessageSteps {
   getRoute(context: ExecutionContext, connection: ConnectionState, client: object): Route | null;
-  getTracker(client: object, connection: ConnectionState): string;
+  /** A promise is awaited (only then): a synchronous tracker costs nothing more. */
+  getTracker(client: object, connection: ConnectionState): string | Promise<string>;
   getPlan(connection: ConnectionState, route: Route, tracker: string): RateLimitPlan;
   onRejected(decision: RateLimitRejected, route: Route, plan: RateLimitPlan, context: ExecutionContext): true;
 }
@@ -74,7 +76,7 @@ export class MessagePipeline {
     this.defaultSteps = {
       getRoute: (context, connection, client) =>
         limiter.routeOf(context.getHandler(), context.getClass(), connection, client),
-      getTracker: (client, connection) => limiter.trackerOf(client, connection).key,
+      getTracker: (client, connection) => limiter.trackerKeyOf(client, connection),
       getPlan: (connection, route, tracker) => limiter.planFor(connection, route, tracker),
       onRejected: (decision, route, plan, context) =>
         this.refuse(
@@ -120,7 +122,20 @@ export class MessagePipeline {
     const connection = this.registry.of(client);
     const route = steps.getRoute(context, connection, client);
     if (route === null) return true;
-    return this.proceed(context, steps, client, connection, route, steps.getTracker(client, connection));
+    if ((this.limiter.skipIf !== undefined || route.skipIf !== undefined) && this.skips(context, route)) return true;
+    const tracker = steps.getTracker(client, connection);
+    // An async tracker: a rejection reaches Nest as a throwing tracker's error does.
+    if (typeof tracker !== 'string' && isPromise(tracker)) {
+      return tracker.then((key) => this.proceed(context, steps, client, connection, route, key));
+    }
+    return this.proceed(context, steps, client, connection, route, tracker);
+  }
+
+  /** Whether the module's `skipIf`, then the route's (`@Throttle`'s), lets the message through unlimited. */
+  private skips(context: ExecutionContext, route: Route): boolean {
+    const skipIf = this.limiter.skipIf;
+    if (skipIf !== undefined && skipIf(context) === true) return true;
+    return route.skipIf !== undefined && route.skipIf(context) === true;
   }
 
   /**
@@ -166,14 +181,22 @@ export class MessagePipeline {
     try {
       const route = bound.steps.getRoute(context, connection, client);
       if (route === null) return answer();
-      let tracker: string;
+      if ((this.limiter.skipIf !== undefined || route.skipIf !== undefined) && this.skipsUnrouted(context, route)) {
+        return answer();
+      }
+      let tracker: string | Promise<string>;
       try {
         tracker = bound.steps.getTracker(client, connection);
       } catch (error) {
-        this.callbackFailed('tracker', error, 'the frame is charged to its connection');
-        tracker = connection.connectionTracker;
+        tracker = this.trackerFailed(error, connection);
       }
-      verdict = this.proceed(context, bound.steps, client, connection, route, tracker);
+      if (typeof tracker !== 'string' && isPromise(tracker)) {
+        verdict = tracker
+          .then(undefined, (error: unknown) => this.trackerFailed(error, connection))
+          .then((key) => this.proceed(context, bound.steps, client, connection, route, key));
+      } else {
+        verdict = this.proceed(context, bound.steps, client, connection, route, tracker);
+      }
     } catch (error) {
       return failed(error);
     }
@@ -236,6 +259,22 @@ export class MessagePipeline {
     const decision = this.limiter.decide(plan, route);
     if (decision instanceof Promise) return decision.then((settled) => settle(settled, steps, route, plan, context));
     return settle(decision, steps, route, plan, context);
+  }
+
+  /** `skips` for a frame that reached no handler: a throwing `skipIf` is logged and the frame limited. */
+  private skipsUnrouted(context: ExecutionContext, route: Route): boolean {
+    try {
+      return this.skips(context, route);
+    } catch (error) {
+      this.callbackFailed('skipIf', error, 'the frame is limited');
+      return false;
+    }
+  }
+
+  /** A tracker that threw (or rejected) on an unrouted frame: logged, the frame charged to its connection. */
+  private trackerFailed(error: unknown, connection: ConnectionState): string {
+    this.callbackFailed('tracker', error, 'the frame is charged to its connection');
+    return connection.connectionTracker;
   }
 
   /** A step threw outside Nest's handling: logged once per step, then at debug. */

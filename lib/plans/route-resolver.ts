@@ -1,7 +1,7 @@
-import { messageRateProblem } from '../config/bounds.js';
+import { MAX_NAMED_LIMITS, messageRateProblem, NAMED_LIMIT_NAME } from '../config/bounds.js';
 import { typeFigureProblem } from '../config/check-values.js';
 import type { ResolvedPlan, ResolvedTypeLimit } from '../config/resolve-options.js';
-import type { ThrottleOptions } from '../decorators/throttle.decorator.js';
+import type { SkipIf, ThrottleOptions } from '../decorators/throttle.decorator.js';
 import { WsRateLimitConfigError } from '../exceptions/ws-rate-limit-config.error.js';
 import type { TierSpec, TokenBucketSpec } from '../interfaces/plan.interface.js';
 import { SKIP_THROTTLE_METADATA, THROTTLE_METADATA } from '../ws-rate-limit.constants.js';
@@ -22,6 +22,8 @@ export interface Route {
   readonly where: string;
   /** Allowed while the connection is degraded. */
   readonly essential: boolean;
+  /** `@Throttle`'s `skipIf`: true lets the message through unlimited. */
+  readonly skipIf?: SkipIf;
 }
 
 /** The limits a resolver works from: the module's, or a plan's. */
@@ -34,6 +36,14 @@ interface TypeFigures {
   readonly capacity: number;
   readonly refillRate: number;
   readonly where: string;
+  /** `@Throttle`'s named limits, which replace the one bucket (`capacity`, `refillRate`). */
+  readonly limits?: readonly NamedFigures[];
+}
+
+interface NamedFigures {
+  readonly name: string;
+  readonly capacity: number;
+  readonly refillRate: number;
 }
 
 /**
@@ -44,7 +54,7 @@ interface TypeFigures {
 export class RouteResolver {
   private readonly routes = new Map<object, Route | null>();
   private readonly figures = new Map<string, TypeFigures>();
-  private readonly typeSpecs = new Map<string, TokenBucketSpec>();
+  private readonly typeSpecCache = new Map<string, readonly TokenBucketSpec[]>();
   private readonly globalSpecs = new Map<number, TokenBucketSpec>();
   private readonly expensiveSpec: TierSpec;
 
@@ -85,21 +95,26 @@ export class RouteResolver {
    */
   declare(handler: object, gateway: object): void {
     const { type, throttle, where } = this.describe(handler, gateway);
-    if (throttle === null || (throttle.capacity === undefined && throttle.refillRate === undefined)) return;
+    if (throttle === null) return;
+    if (throttle.capacity === undefined && throttle.refillRate === undefined && throttle.limits === undefined) return;
     checkFigure(where, 'capacity', throttle.capacity);
     checkFigure(where, 'refillRate', throttle.refillRate);
+    const limits = namedLimits(where, throttle);
     const configured = this.options.types[type];
     const override = this.options.overrides?.[type];
-    const figures = {
+    // A plan's own figures for the type replace the named limits with its one bucket.
+    const named = override?.capacity === undefined && override?.refillRate === undefined ? limits : undefined;
+    const figures: TypeFigures = {
       capacity: override?.capacity ?? throttle.capacity ?? configured?.capacity ?? this.options.type.capacity,
       refillRate: override?.refillRate ?? throttle.refillRate ?? configured?.refillRate ?? this.options.type.refillRate,
       where,
+      ...(named === undefined ? {} : { limits: named }),
     };
     const known = this.figures.get(type);
-    if (known && (known.capacity !== figures.capacity || known.refillRate !== figures.refillRate)) {
+    if (known && describeFigures(known) !== describeFigures(figures)) {
       throw new WsRateLimitConfigError(
-        `${where}: type "${type}" is limited to ${figures.capacity} burst, ${figures.refillRate}/s here but to ` +
-          `${known.capacity} burst, ${known.refillRate}/s at ${known.where}; one type has one bucket`,
+        `${where}: type "${type}" is limited to ${describeFigures(figures)} here but to ` +
+          `${describeFigures(known)} at ${known.where}; one type has one set of buckets`,
       );
     }
     this.figures.set(type, figures);
@@ -107,17 +122,33 @@ export class RouteResolver {
 
   /**
    * The type tier of a type, for a message of the given cost: figures declared by a
-   * `@Throttle`, else the module's `types`, else the module's `type` defaults.
+   * `@Throttle`, else the module's `types`, else the module's `type` defaults. For a type
+   * with named limits, the first of them (see `typeSpecs`).
    */
   typeSpec(type: string, cost: number): TokenBucketSpec {
+    return this.typeSpecs(type, cost)[0]!;
+  }
+
+  /**
+   * The type tiers of a type, for a message of the given cost: its one bucket (suffix
+   * `t:<type>`), or one per named limit (suffix `n:<name>:<type>`; a name holds no `:`, so
+   * no two limits, and no limit and a type, share a key).
+   */
+  typeSpecs(type: string, cost: number): readonly TokenBucketSpec[] {
     const figures = this.figuresOf(type);
     const cacheKey = `${cost}|${type}`;
-    let spec = this.typeSpecs.get(cacheKey);
-    if (!spec) {
-      spec = tokenBucketSpec('type', `t:${type}`, figures.capacity, figures.refillRate, cost);
-      if (this.typeSpecs.size < MAX_REMEMBERED) this.typeSpecs.set(cacheKey, spec);
+    let specs = this.typeSpecCache.get(cacheKey);
+    if (!specs) {
+      specs = Object.freeze(
+        figures.limits === undefined
+          ? [tokenBucketSpec('type', `t:${type}`, figures.capacity, figures.refillRate, cost)]
+          : figures.limits.map((limit) =>
+              tokenBucketSpec('type', `n:${limit.name}:${type}`, limit.capacity, limit.refillRate, cost),
+            ),
+      );
+      if (this.typeSpecCache.size < MAX_REMEMBERED) this.typeSpecCache.set(cacheKey, specs);
     }
-    return spec;
+    return specs;
   }
 
   /**
@@ -143,6 +174,16 @@ export class RouteResolver {
     return [...this.figures.keys()];
   }
 
+  /** The key suffixes of every type tier known so far (named limits included). */
+  knownTypeSuffixes(): string[] {
+    const suffixes: string[] = [];
+    for (const [type, figures] of this.figures) {
+      if (figures.limits === undefined) suffixes.push(`t:${type}`);
+      else for (const limit of figures.limits) suffixes.push(`n:${limit.name}:${type}`);
+    }
+    return suffixes;
+  }
+
   /** The expensive-operations window. */
   get expensive(): TierSpec {
     return this.expensiveSpec;
@@ -155,8 +196,7 @@ export class RouteResolver {
     const where = `type "${type}"`;
     checkFigure(where, 'cost', charge);
     this.checkCost(where, charge, this.figuresOf(type));
-    const typeSpec = this.typeSpec(type, charge);
-    const specs: TierSpec[] = [this.globalSpec(charge), typeSpec];
+    const specs: TierSpec[] = [this.globalSpec(charge), ...this.typeSpecs(type, charge)];
     if (expensive ?? configured?.expensive ?? false) specs.push(this.expensiveSpec);
     return specs;
   }
@@ -172,10 +212,18 @@ export class RouteResolver {
       (Reflect.getMetadata(SKIP_THROTTLE_METADATA, handler) as boolean | undefined) ??
       (Reflect.getMetadata(SKIP_THROTTLE_METADATA, gateway) as boolean | undefined) ??
       false;
+    const own = Reflect.getMetadata(THROTTLE_METADATA, handler) as ThrottleOptions | undefined;
     const throttle: ThrottleOptions = {
       ...(Reflect.getMetadata(THROTTLE_METADATA, gateway) as ThrottleOptions | undefined),
-      ...(Reflect.getMetadata(THROTTLE_METADATA, handler) as ThrottleOptions | undefined),
+      ...own,
     };
+    // The handler's buckets win over its class's of the other kind (named limits or one bucket).
+    if (own?.limits !== undefined && own.capacity === undefined && own.refillRate === undefined) {
+      delete throttle.capacity;
+      delete throttle.refillRate;
+    } else if (own !== undefined && (own.capacity !== undefined || own.refillRate !== undefined) && !own.limits) {
+      delete throttle.limits;
+    }
     const event = Reflect.getMetadata(MESSAGE_METADATA, handler) as unknown;
     const type = throttle.type ?? (typeof event === 'string' ? event : method.name);
     if (typeof type !== 'string' || type === '') {
@@ -197,17 +245,35 @@ export class RouteResolver {
     const configured = this.options.types[type];
     const override = this.options.overrides?.[type];
     const cost = override?.cost ?? throttle.cost ?? configured?.cost ?? 1;
+    if (throttle.skipIf !== undefined && typeof throttle.skipIf !== 'function') {
+      throw new WsRateLimitConfigError(`${where}: skipIf must be a function`);
+    }
     this.checkCost(where, cost, this.figuresOf(type));
-    const typeSpec = this.typeSpec(type, cost);
-    const specs: TierSpec[] = [this.globalSpec(cost), typeSpec];
+    const specs: TierSpec[] = [this.globalSpec(cost), ...this.typeSpecs(type, cost)];
     if (override?.expensive ?? throttle.expensive ?? configured?.expensive ?? false) specs.push(this.expensiveSpec);
     const essential = override?.essential ?? throttle.essential ?? configured?.essential ?? false;
-    return Object.freeze({ type, specs: Object.freeze(specs), where: where.slice('@Throttle on '.length), essential });
+    const skipIf = throttle.skipIf === undefined ? {} : { skipIf: throttle.skipIf };
+    return Object.freeze({
+      type,
+      specs: Object.freeze(specs),
+      where: where.slice('@Throttle on '.length),
+      essential,
+      ...skipIf,
+    });
   }
 
   private checkCost(where: string, cost: number, figures: TypeFigures): void {
+    for (const limit of figures.limits ?? []) {
+      if (cost > limit.capacity) {
+        throw new WsRateLimitConfigError(
+          `${where}: cost ${cost} exceeds the capacity ${limit.capacity} of limit "${limit.name}"; such a message could never pass`,
+        );
+      }
+      const rate = messageRateProblem(limit.refillRate, cost);
+      if (rate !== undefined) throw new WsRateLimitConfigError(`${where}: limit "${limit.name}": ${rate}`);
+    }
     const typeCapacity = figures.capacity;
-    if (cost > typeCapacity) {
+    if (figures.limits === undefined && cost > typeCapacity) {
       throw new WsRateLimitConfigError(
         `${where}: cost ${cost} exceeds the type capacity ${typeCapacity}; such a message could never pass`,
       );
@@ -219,7 +285,8 @@ export class RouteResolver {
     }
     // A cost so small that messages come faster than one a microsecond would never be refused.
     const rate =
-      messageRateProblem(figures.refillRate, cost) ?? messageRateProblem(this.options.global.refillRate, cost);
+      (figures.limits === undefined ? messageRateProblem(figures.refillRate, cost) : undefined) ??
+      messageRateProblem(this.options.global.refillRate, cost);
     if (rate !== undefined) throw new WsRateLimitConfigError(`${where}: ${rate}`);
   }
 }
@@ -230,4 +297,47 @@ function checkFigure(where: string, field: 'capacity' | 'refillRate' | 'cost', v
   const problem = typeFigureProblem(field, value);
   if (problem !== undefined)
     throw new WsRateLimitConfigError(`${where}: ${field} must be ${problem}, got ${String(value)}`);
+}
+
+/** `@Throttle`'s named limits, checked (names, count, the per-type bounds), or `undefined`. */
+function namedLimits(where: string, throttle: ThrottleOptions): readonly NamedFigures[] | undefined {
+  const { limits } = throttle;
+  if (limits === undefined) return undefined;
+  if (throttle.capacity !== undefined || throttle.refillRate !== undefined) {
+    throw new WsRateLimitConfigError(
+      `${where}: give either limits or capacity/refillRate (limits replace the type's one bucket)`,
+    );
+  }
+  if (limits === null || typeof limits !== 'object' || Array.isArray(limits)) {
+    throw new WsRateLimitConfigError(`${where}: limits must be an object of named { capacity, refillRate }`);
+  }
+  const names = Object.keys(limits);
+  if (names.length === 0 || names.length > MAX_NAMED_LIMITS) {
+    throw new WsRateLimitConfigError(`${where}: limits must name 1 to ${MAX_NAMED_LIMITS} limits, got ${names.length}`);
+  }
+  return Object.freeze(
+    names.map((name) => {
+      if (!NAMED_LIMIT_NAME.test(name)) {
+        throw new WsRateLimitConfigError(
+          `${where}: limit name "${name}" must be 1 to 32 letters, digits, _ or - (it is part of a key)`,
+        );
+      }
+      const limit = limits[name] as { capacity?: unknown; refillRate?: unknown } | null;
+      if (limit === null || typeof limit !== 'object') {
+        throw new WsRateLimitConfigError(`${where}: limits.${name} must be { capacity, refillRate }`);
+      }
+      for (const field of ['capacity', 'refillRate'] as const) {
+        if (limit[field] === undefined)
+          throw new WsRateLimitConfigError(`${where}: limits.${name}.${field} is required`);
+        checkFigure(`${where}: limits.${name}`, field, limit[field]);
+      }
+      return Object.freeze({ name, capacity: limit.capacity as number, refillRate: limit.refillRate as number });
+    }),
+  );
+}
+
+/** A type's buckets as one string, to compare and to name in messages. */
+function describeFigures(figures: TypeFigures): string {
+  if (figures.limits === undefined) return `${figures.capacity} burst, ${figures.refillRate}/s`;
+  return figures.limits.map((limit) => `${limit.name}: ${limit.capacity} burst, ${limit.refillRate}/s`).join('; ');
 }

@@ -33,7 +33,7 @@ import { WS_RATE_LIMIT_OPTIONS } from '../ws-rate-limit.constants.js';
 import { AccessRules } from './access-rules.js';
 import { OperatorBlocks } from './operator-blocks.js';
 import type { BudgetStatus, ClientLimitsStatus, ConsumeRequest } from './limits-status.js';
-import { SharedStore } from './shared-store.js';
+import { isPromise, SharedStore } from './shared-store.js';
 import { throttleGuardOf } from './startup-report.js';
 
 export type { ConnectionAdmission } from '../connection/connection-admission.js';
@@ -175,12 +175,13 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    * a `tracker` function returning the same name) or for a connected socket.
    */
   async consume(target: string | object, request: ConsumeRequest): Promise<RateLimitDecision> {
-    return this.limiter.decide(this.codePlan(target, request));
+    const plan = this.codePlan(target, request);
+    return isPromise(plan) ? plan.then((built) => this.limiter.decide(built)) : this.limiter.decide(plan);
   }
 
   /** The budgets a message would spend, consuming nothing. */
   async peek(target: string | object, request: ConsumeRequest): Promise<readonly TierStatus[]> {
-    return this.limiter.peek(this.codePlan(target, request));
+    return this.limiter.peek(await this.codePlan(target, request));
   }
 
   /**
@@ -191,7 +192,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    * meanwhile); in `closed`, it rejects with the store's error.
    */
   async status(target: string | object, types: readonly string[] = []): Promise<ClientLimitsStatus> {
-    const tracker = this.trackerOfTarget(target);
+    const tracker = await this.trackerOfTarget(target);
     const plan = typeof target === 'string' ? DEFAULT_PLAN : this.limiter.planNameOf(target, this.connectionOf(target));
     const routes = this.limiter.plans.get(plan)!;
     const names = [...new Set([...routes.knownTypes(), ...Object.keys(this.options.types), ...types])];
@@ -229,7 +230,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
 
   /** Gives a tracker (or a socket's tracker) its full budget back in every message tier. */
   async reset(target: string | object): Promise<void> {
-    await this.limiter.reset(this.trackerOfTarget(target));
+    await this.limiter.reset(await this.trackerOfTarget(target));
   }
 
   /**
@@ -337,9 +338,12 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     this.pipeline.runUnrouted(client, state, code, id, { steps: this.pipeline.defaultSteps, gateway: undefined });
   }
 
-  /** Whose budget a message from this socket spends, per the `tracker` option. */
-  trackerOf(client: object, state: ConnectionState): string {
-    return this.limiter.trackerOf(client, state).key;
+  /**
+   * Whose budget a message from this socket spends, per the `tracker` option (a promise
+   * only when the `tracker` function returned one).
+   */
+  trackerOf(client: object, state: ConnectionState): string | Promise<string> {
+    return this.limiter.trackerKeyOf(client, state);
   }
 
   /** The plan of a route for a tracker, built once per connection and reused. */
@@ -411,19 +415,23 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     this.logger.warn(`Giving back an open-connection slot failed: ${(error as Error)?.message ?? String(error)}`);
   }
 
-  private codePlan(target: string | object, request: ConsumeRequest): RateLimitPlan {
+  private codePlan(target: string | object, request: ConsumeRequest): MaybePromise<RateLimitPlan> {
     if (request === null || typeof request !== 'object' || typeof request.type !== 'string' || request.type === '') {
       throw new TypeError('nestjs-ws-rate-limit: a request needs a non-empty string type');
     }
     const specs = this.limiter.routes.specsFor(request.type, request.expensive, request.cost);
     if (typeof target === 'string') return this.limiter.buildPlan(namedTracker(target), specs, request.type);
     const state = this.connectionOf(target);
-    const plan = this.limiter.buildPlan(this.limiter.trackerOf(target, state), specs, request.type);
-    this.limiter.remember(state, plan);
-    return plan;
+    const build = (tracker: Tracker): RateLimitPlan => {
+      const plan = this.limiter.buildPlan(tracker, specs, request.type);
+      this.limiter.remember(state, plan);
+      return plan;
+    };
+    const tracker = this.limiter.trackerOf(target, state);
+    return isPromise(tracker) ? tracker.then(build) : build(tracker);
   }
 
-  private trackerOfTarget(target: string | object): Tracker {
+  private trackerOfTarget(target: string | object): MaybePromise<Tracker> {
     if (typeof target === 'string') return namedTracker(target);
     return this.limiter.trackerOf(target, this.connectionOf(target));
   }

@@ -4,7 +4,7 @@ import type { RateLimitEvent } from '../../lib/interfaces/event.interface.js';
 import type { WsRateLimitModuleOptions } from '../../lib/interfaces/options.interface.js';
 import { Telemetry } from '../../lib/metrics/telemetry.js';
 import { MessageLimiter, UNROUTED_HANDLERS } from '../../lib/pipeline/message-limiter.js';
-import { addressTracker, namedTracker, trackerOfKey } from '../../lib/pipeline/tracker.js';
+import { addressTracker, namedTracker, trackerOfKey, type Tracker } from '../../lib/pipeline/tracker.js';
 import { createPlan } from '../../lib/plans/create-plan.js';
 import { tokenBucketSpec } from '../../lib/plans/tier-specs.js';
 import { SharedStore } from '../../lib/services/shared-store.js';
@@ -45,7 +45,7 @@ describe('MessageLimiter (no NestJS)', () => {
     const { subject, store, events } = limiter({ global: { capacity: 2, refillRate: 0.01 } });
     const state = fakeConnection(fakeSocket());
     const route = subject.routeOf(UNROUTED_HANDLERS.UNKNOWN_EVENT, Gateway)!;
-    const local = subject.planFor(state, route, subject.trackerOf({}, state));
+    const local = subject.planFor(state, route, subject.trackerOf({}, state) as Tracker);
     expect(local).toMatchObject({ tracker: state.connectionTracker, connectionKeyed: true, type: 'unknown' });
     expect([0, 1, 2].map(() => subject.decide(local, route))).toMatchObject([
       { allowed: true },
@@ -95,10 +95,10 @@ describe('MessageLimiter (no NestJS)', () => {
     const state = fakeConnection(fakeSocket(), '198.51.100.4');
     expect(limiter({ tracker: 'connection' }).subject.trackerOf({}, state)).toBe(state.tracker);
     const byAddress = limiter({ tracker: 'ip' }).subject;
-    expect(byAddress.trackerOf({}, state).key).toBe('ip:198.51.100.4');
+    expect((byAddress.trackerOf({}, state) as Tracker).key).toBe('ip:198.51.100.4');
     expect(byAddress.trackerOf({}, state)).toBe(byAddress.trackerOf({}, state));
     const byName = limiter({ tracker: (client) => (client as { user?: string }).user }).subject;
-    expect(byName.trackerOf({ user: 'ann' }, state).key).toBe('key:ann');
+    expect((byName.trackerOf({ user: 'ann' }, state) as Tracker).key).toBe('key:ann');
     expect(byName.trackerOf({}, state)).toBe(state.tracker);
   });
 });

@@ -6,7 +6,7 @@ import { Throttle, WsRateLimitFilter, WsThrottleGuard, type ConnectionState } fr
 /** Charges every member of a team (the `x-team` header) to one budget. */
 @Injectable()
 export class TeamGuard extends WsThrottleGuard {
-  protected override getTracker(client: object, connection: ConnectionState): string {
+  protected override getTracker(client: object, connection: ConnectionState): string | Promise<string> {
     const team = (connection.request as IncomingMessage | undefined)?.headers['x-team'];
     return typeof team === 'string' ? `key:team-${team}` : super.getTracker(client, connection);
   }
