@@ -15,7 +15,8 @@ export class EmptyGateway {}
  * (ping every 30 s), handshake timeout (10 s, a timer per TCP connection), memory store,
  * metrics.
  */
-const OPEN_DOOR = { connection: { capacity: 1e9, refillRate: 1e9 }, maxPendingHandshakesPerIp: 0 };
+// The largest figures the options accept: far above the handshakes the load can make.
+const OPEN_DOOR = { connection: { capacity: 1e6, refillRate: 1e6 }, maxPendingHandshakesPerIp: 0 };
 /** One connection per 1,000 s after the first: nearly every handshake is refused with 429. */
 const SHUT_DOOR = { connection: { capacity: 1, refillRate: 0.001 }, maxPendingHandshakesPerIp: 0 };
 
