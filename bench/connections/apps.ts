@@ -28,7 +28,7 @@ export const VARIANTS = {
     expect: 'accept',
   },
   ours: {
-    label: `WsRateLimitAdapter, connection bucket 10^9 (defaults otherwise, metrics ${metricsOn ? 'on' : 'off'})`,
+    label: `WsRateLimitAdapter, connection bucket 10^6 (defaults otherwise, metrics ${metricsOn ? 'on' : 'off'})`,
     adapter: 'ours',
     expect: 'accept',
   },
