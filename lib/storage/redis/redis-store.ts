@@ -21,8 +21,11 @@ import {
   DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
   DEFAULT_REDIS_KEY_PREFIX,
   DEFAULT_REDIS_LEASE_TTL_MS,
+  DEFAULT_RESERVATION_MAX_BATCH,
+  DEFAULT_RESERVATION_TTL_MS,
   type RedisStoreOptions,
 } from './redis-store.options.js';
+import { ReservationBook } from './reservations.js';
 import { registerScripts, type Scripts } from './script-commands.js';
 import { evictionWarning, readEvictionPolicies, readFieldTtlSupport } from './server-checks.js';
 import { validateOptions } from './validate-options.js';
@@ -95,6 +98,8 @@ export class RedisRateLimitStore extends RateLimitStore {
   private readonly gate: CallGate;
   private readonly compiler: PlanCompiler;
   private readonly leases: LeaseBook;
+  /** Token reservations (option `reservations`); undefined when off. */
+  private readonly reservations: ReservationBook | undefined;
   private closed = false;
   private readonly listeners: [string, (...args: unknown[]) => void][];
 
@@ -145,6 +150,22 @@ export class RedisRateLimitStore extends RateLimitStore {
       leaseTtlMs,
       appClock,
     });
+
+    const reserve = options.reservations ?? false;
+    this.reservations =
+      reserve === false || appClock !== undefined
+        ? undefined
+        : new ReservationBook({
+            gate: this.gate,
+            canCall: () => !this.gate.isOpen && client.status === 'ready',
+            reserve: this.scripts.reserve,
+            unreserve: this.scripts.unreserve,
+            owner: this.instanceId,
+            maxBatch: (reserve === true ? undefined : reserve.maxBatch) ?? DEFAULT_RESERVATION_MAX_BATCH,
+            ttlMs: (reserve === true ? undefined : reserve.ttlMs) ?? DEFAULT_RESERVATION_TTL_MS,
+            fieldTtls: () => this.fieldTtls,
+            maxEntries: DEFAULT_BLOCK_CACHE_ENTRIES,
+          });
 
     const lost = (): void => this.gate.trip(new Error('the Redis connection closed'));
     this.listeners = [
@@ -217,11 +238,23 @@ export class RedisRateLimitStore extends RateLimitStore {
   consume(plan: RateLimitPlan): MaybePromise<RateLimitDecision> {
     if (plan.tiers.length === 0) return ALLOWED;
     const compiled = this.compiler.compile(plan);
+    const reservable = this.reservations?.reservable(plan);
+    if (reservable !== undefined) {
+      const spent = this.reservations!.take(reservable);
+      if (spent !== undefined) return spent;
+    }
     if (this.cache !== undefined) {
       const blocked = this.cache.get(compiled.blockKey, this.localNow());
       if (blocked !== undefined) return blocked;
     }
     this.gate.check();
+    if (reservable !== undefined) {
+      return this.reservations!.consume(
+        reservable,
+        () => this.consume(plan),
+        (reply, delivered) => this.decision(compiled, reply, delivered),
+      );
+    }
     const args = this.compiler.argsOf(compiled, this.fieldTtls);
     if (compiled.leaseKeys.length === 0) {
       return this.gate.within(this.scripts.consume(...args), (reply, delivered) =>
@@ -270,6 +303,7 @@ export class RedisRateLimitStore extends RateLimitStore {
    */
   async delete(keys: readonly string[]): Promise<void> {
     this.cache?.clear();
+    this.reservations?.clear();
     if (keys.length === 0) return;
     this.gate.check();
     this.leases.reset(keys);
@@ -328,7 +362,7 @@ export class RedisRateLimitStore extends RateLimitStore {
     if (this.closed) return;
     this.closed = true;
     this.gate.close();
-    await this.leases.close();
+    await Promise.all([this.leases.close(), this.reservations?.close()]);
     this.cache?.clear();
     for (const [event, listener] of this.listeners) {
       if (event !== 'error' || !this.owned) this.client.off(event, listener);
