@@ -48,18 +48,27 @@ describe('token reservations (C-34)', () => {
     return calls;
   }
 
+  /** An admitted decision: when it was asked for and when its answer came (local ms). */
+  type Admission = readonly [asked: number, answered: number];
+
   /**
-   * The most any window of the admission times exceeds the bucket's refill over it:
-   * max over i <= j of (j - i + 1) - rate * (t_j - t_i). A bucket of capacity C admits at
-   * most C + rate * T in any window T, so this is at most C.
+   * The most any window exceeds the bucket's refill over it, counting in a window [a, b]
+   * the admissions asked and answered within it (so decided within it, wherever Redis or
+   * the process took the decision in between): max over a, b of count - rate * (b - a). A
+   * bucket of capacity C admits at most C + rate * T in any window T, so this is at most C.
    */
-  function worstBurst(times: number[], ratePerMs: number): number {
-    const sorted = [...times].sort((a, b) => a - b);
+  function worstBurst(admissions: readonly Admission[], ratePerMs: number): number {
+    const byAsked = [...admissions].sort((x, y) => x[0] - y[0]);
     let worst = 0;
-    for (let i = 0; i < sorted.length; i++) {
-      for (let j = i; j < sorted.length; j++) {
-        worst = Math.max(worst, j - i + 1 - ratePerMs * (sorted[j]! - sorted[i]!));
-      }
+    for (let i = 0; i < byAsked.length; i++) {
+      const from = byAsked[i]![0];
+      const answered = byAsked
+        .slice(i)
+        .map(([, at]) => at)
+        .sort((x, y) => x - y);
+      answered.forEach((to, k) => {
+        worst = Math.max(worst, k + 1 - ratePerMs * (to - from));
+      });
     }
     return worst;
   }
@@ -69,21 +78,32 @@ describe('token reservations (C-34)', () => {
    * times of the admitted ones, per store.
    */
   async function flood(
-    parties: readonly { store: RedisRateLimitStore; plan: RateLimitPlan }[],
+    parties: readonly {
+      store: RedisRateLimitStore;
+      plan: RateLimitPlan;
+      /** Starts at this time (local ms) rather than at once. */
+      from?: number;
+      /** Waits this long after each decision. */
+      paceMs?: number;
+      inFlight?: number;
+    }[],
     until: number,
     inFlight = 4,
-  ): Promise<number[][]> {
+  ): Promise<Admission[][]> {
     return Promise.all(
-      parties.map(async ({ store, plan }) => {
-        const admitted: number[] = [];
+      parties.map(async ({ store, plan, from, paceMs, ...party }) => {
+        const admitted: Admission[] = [];
+        if (from !== undefined) await sleep(from - performance.now());
         const worker = async (): Promise<void> => {
           while (performance.now() < until) {
+            const asked = performance.now();
             const decision = await store.consume(plan);
-            if (decision.allowed) admitted.push(performance.now());
+            if (decision.allowed) admitted.push([asked, performance.now()]);
             else await sleep(Math.min(20, decision.retryAfter));
+            if (paceMs !== undefined) await sleep(paceMs);
           }
         };
-        await Promise.all(Array.from({ length: inFlight }, worker));
+        await Promise.all(Array.from({ length: party.inFlight ?? inFlight }, worker));
         return admitted;
       }),
     );
@@ -122,7 +142,8 @@ describe('token reservations (C-34)', () => {
     const store = await makeStore({ reservations: { maxBatch: 64, ttlMs: 5000 } });
     // Capacity 20, 100 tokens a second: slots 10 ms apart.
     const spec = tokenBucketSpec('global', 'g', 20, 100);
-    for (let trial = 0; trial < 3; trial++) {
+    let telling = 0;
+    for (let trial = 0; trial < 10 && telling < 3; trial++) {
       const plan = planOf(store, `ip:late-${trial}`, [spec]);
       // Batches of 1, 2, 4 and 6: the last leaves 5 slots held, due within 50 ms.
       for (let i = 0; i < 8; i++) expect((await store.consume(plan)).allowed).toBe(true);
@@ -132,13 +153,14 @@ describe('token reservations (C-34)', () => {
       await sleep(300);
       const began = performance.now();
       const burst = await Promise.all(Array.from({ length: 60 }, () => store.consume(plan)));
-      const took = performance.now() - began;
       // A full bucket admits 20, plus what refills during the burst; spending the 5 stale
       // slots on top would make it 25.
-      const refilled = Math.floor((took * 100) / 1000) + 1;
+      const refilled = Math.floor(((performance.now() - began) * 100) / 1000) + 1;
       expect(burst.filter((decision) => decision.allowed).length).toBeLessThanOrEqual(20 + refilled);
-      expect(refilled).toBeLessThan(5);
+      // A burst slowed down by a busy machine refills as much as the stale slots: it tells nothing.
+      if (refilled < 5) telling++;
     }
+    expect(telling).toBeGreaterThan(0);
   });
 
   it('four instances never admit more than one budget (no refill), flooded concurrently', async () => {
@@ -191,15 +213,26 @@ describe('token reservations (C-34)', () => {
     const capacity = 50;
     const rate = 200; // tokens a second
     const spec = tokenBucketSpec('global', 'g', capacity, rate);
-    const parties = four.map((store) => ({ store, plan: planOf(store, 'ip:c34', [spec]) }));
     const start = performance.now();
+    // The first instance starts alone at about half the rate, so its batches grow; the
+    // three others join the flood after 500 ms, while it still holds slots.
+    const parties = four.map((store, i) => ({
+      store,
+      plan: planOf(store, 'ip:c34', [spec]),
+      ...(i === 0 ? { paceMs: 10, inFlight: 1 } : { from: start + 500 }),
+    }));
+    const calls = await scriptCalls();
     // 3 s of steady load (not RELIABILITY's 10 s, to keep the suite fast).
-    const admitted = (await flood(parties, start + 3000)).flat();
-    // The bucket's bound; 1 more for the admission times being taken when each answer
-    // arrived, a round trip after Redis decided.
-    expect(worstBurst(admitted, rate / 1000)).toBeLessThanOrEqual(capacity + 1);
+    const perStore = await flood(parties, start + 3000);
+    const admitted = perStore.flat();
+    const scripts = (await scriptCalls()) - calls;
+    const worst = worstBurst(admitted, rate / 1000);
     // Steady load: the second and third seconds (the first starts with a full bucket).
-    const steady = admitted.filter((t) => t >= start + 1000 && t < start + 3000).length;
+    const steady = admitted.filter(([, t]) => t >= start + 1000 && t < start + 3000).length;
+    console.log(
+      `C-34: admitted ${admitted.length} (${perStore.map((a) => a.length).join('/')}) in 3 s with ${scripts} scripts; worst window ${worst.toFixed(2)} over its refill (capacity ${capacity}); steady ${steady} of ${rate * 2}`,
+    );
+    expect(worst).toBeLessThanOrEqual(capacity);
     expect(steady).toBeGreaterThanOrEqual(0.95 * rate * 2);
     expect(steady).toBeLessThanOrEqual(rate * 2 + capacity + 1);
   }, 30_000);
@@ -240,8 +273,8 @@ describe('token reservations (C-34)', () => {
     const parties = survivors.map((store) => ({ store, plan: planOf(store, 'ip:killed', [spec]) }));
     const start = performance.now();
     const admitted = (await flood(parties, start + 2000)).flat();
-    expect(worstBurst(admitted, rate / 1000)).toBeLessThanOrEqual(capacity + 1);
-    const steady = admitted.filter((t) => t >= start + 1000).length;
+    expect(worstBurst(admitted, rate / 1000)).toBeLessThanOrEqual(capacity);
+    const steady = admitted.filter(([, t]) => t >= start + 1000).length;
     expect(steady).toBeGreaterThanOrEqual(0.95 * rate);
     expect(performance.now() - killedAt).toBeGreaterThan(ttlMs);
     await doomed.close();
