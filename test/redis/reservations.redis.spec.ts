@@ -137,6 +137,20 @@ describe('token reservations (C-34)', () => {
     expect(calls).toBeLessThan(40);
   });
 
+  it('a tracker at a fifth of its bucket rate makes a fraction of the calls (slots lapse at the bucket rate)', async () => {
+    const store = await makeStore({ reservations: { maxBatch: 64, ttlMs: 1000 } });
+    // 100 burst at 50 a second (slots 20 ms apart); 10 decisions a second for 2 s.
+    const plan = planOf(store, 'ip:fifth', [tokenBucketSpec('global', 'g', 100, 50)]);
+    const before = await scriptCalls();
+    for (let i = 0; i < 20; i++) {
+      expect((await store.consume(plan)).allowed).toBe(true);
+      await sleep(100);
+    }
+    const calls = (await scriptCalls()) - before;
+    console.log(`10/s against a 50/s bucket: ${calls} scripts for 20 decisions`);
+    expect(calls).toBeLessThanOrEqual(12);
+  });
+
   it('a reserved slot is never spent after its time: an idle batch then a burst stay within the capacity', async () => {
     // A long TTL: no sweep gives the idle batch back during the test.
     const store = await makeStore({ reservations: { maxBatch: 64, ttlMs: 5000 } });

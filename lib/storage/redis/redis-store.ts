@@ -21,11 +21,9 @@ import {
   DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
   DEFAULT_REDIS_KEY_PREFIX,
   DEFAULT_REDIS_LEASE_TTL_MS,
-  DEFAULT_RESERVATION_MAX_BATCH,
-  DEFAULT_RESERVATION_TTL_MS,
   type RedisStoreOptions,
 } from './redis-store.options.js';
-import { ReservationBook } from './reservations.js';
+import { reservationBook, type ReservationBook } from './reservations.js';
 import { registerScripts, type Scripts } from './script-commands.js';
 import { evictionWarning, readEvictionPolicies, readFieldTtlSupport } from './server-checks.js';
 import { validateOptions } from './validate-options.js';
@@ -151,21 +149,14 @@ export class RedisRateLimitStore extends RateLimitStore {
       appClock,
     });
 
-    const reserve = options.reservations ?? false;
-    this.reservations =
-      reserve === false || appClock !== undefined
-        ? undefined
-        : new ReservationBook({
-            gate: this.gate,
-            canCall: () => !this.gate.isOpen && client.status === 'ready',
-            reserve: this.scripts.reserve,
-            unreserve: this.scripts.unreserve,
-            owner: this.instanceId,
-            maxBatch: (reserve === true ? undefined : reserve.maxBatch) ?? DEFAULT_RESERVATION_MAX_BATCH,
-            ttlMs: (reserve === true ? undefined : reserve.ttlMs) ?? DEFAULT_RESERVATION_TTL_MS,
-            fieldTtls: () => this.fieldTtls,
-            maxEntries: DEFAULT_BLOCK_CACHE_ENTRIES,
-          });
+    this.reservations = reservationBook(options.reservations, appClock !== undefined, {
+      gate: this.gate,
+      canCall: () => !this.gate.isOpen && client.status === 'ready',
+      reserve: this.scripts.reserve,
+      unreserve: this.scripts.unreserve,
+      owner: this.instanceId,
+      fieldTtls: () => this.fieldTtls,
+    });
 
     const lost = (): void => this.gate.trip(new Error('the Redis connection closed'));
     this.listeners = [

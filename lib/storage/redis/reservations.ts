@@ -11,6 +11,12 @@ import { nextBatchSize } from './batch-sizing.js';
 import type { CallGate } from './call-gate.js';
 import { toNumber, unexpected } from './plan-compiler.js';
 import { trackerHashOf } from './redis-keys.js';
+import {
+  DEFAULT_BLOCK_CACHE_ENTRIES,
+  DEFAULT_RESERVATION_MAX_BATCH,
+  DEFAULT_RESERVATION_TTL_MS,
+  type RedisStoreOptions,
+} from './redis-store.options.js';
 
 type ScriptCall = (...args: string[]) => Promise<unknown>;
 
@@ -298,6 +304,25 @@ export class ReservationBook {
     if (!this.options.canCall()) return Promise.resolve();
     return this.options.gate.within(this.options.unreserve(...args), () => undefined);
   }
+}
+
+/**
+ * The reservation book the store option asks for: none when off, or with the app clock (an
+ * app clock cannot time a slot across instances).
+ */
+export function reservationBook(
+  option: RedisStoreOptions['reservations'],
+  appClock: boolean,
+  parts: Omit<ReservationBookOptions, 'maxBatch' | 'ttlMs' | 'maxEntries'>,
+): ReservationBook | undefined {
+  if (option === undefined || option === false || appClock) return undefined;
+  const figures = option === true ? {} : option;
+  return new ReservationBook({
+    ...parts,
+    maxBatch: figures.maxBatch ?? DEFAULT_RESERVATION_MAX_BATCH,
+    ttlMs: figures.ttlMs ?? DEFAULT_RESERVATION_TTL_MS,
+    maxEntries: DEFAULT_BLOCK_CACHE_ENTRIES,
+  });
 }
 
 /** The plan as the reservation scripts take it; null when it holds anything but token buckets. */
