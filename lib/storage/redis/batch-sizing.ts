@@ -8,6 +8,12 @@ export interface ReservationOutcome {
   readonly alone: boolean;
   /** Slots that would still have fitted after the grant (capped by the script). */
   readonly more: number;
+  /**
+   * Decisions this instance could spend from the largest batch before its slots lapse: its
+   * decision rate for the plan times the time `maxBatch` slots of a full bucket cover (at
+   * most the reservation TTL). Infinity while unknown.
+   */
+  readonly spendable: number;
 }
 
 /**
@@ -21,12 +27,16 @@ export interface ReservationOutcome {
  *   the grant (one instance never takes the rest of a bucket, and the size falls to 1 as the
  *   bucket empties) and at most `maxBatch`.
  *
- * Slots a lone instance leaves unspent are not shrunk for: a slot lapses when its time in
- * the bucket comes, and the bucket then has that capacity back, as if the slot had been
- * used; what others lose meanwhile is bounded by `maxBatch` and the reservation TTL.
+ * - fewer than 2 decisions spendable from even the largest batch (this instance decides too
+ *   rarely for the bucket's rate, so a batch's slots lapse before they are spent): 1, as a
+ *   batch that saves no call costs script time for nothing.
+ *
+ * A lapsed slot costs the bucket nothing lasting (its time has passed, so the bucket has
+ * that capacity back, as if the slot had been used); what others lose while slots are held
+ * is bounded by `maxBatch` and the reservation TTL.
  */
 export function nextBatchSize(outcome: ReservationOutcome, maxBatch: number): number {
-  const { asked, granted, alone, more } = outcome;
-  if (!alone || granted < asked) return 1;
+  const { asked, granted, alone, more, spendable } = outcome;
+  if (!alone || granted < asked || !(spendable >= 2)) return 1;
   return Math.max(1, Math.min(Math.max(2, asked * 2), Math.floor(more / 2), maxBatch));
 }

@@ -159,15 +159,17 @@ export interface RedisStoreOptions {
    * only (one tier, or a tracker's global and per-type buckets), the store takes a batch of
    * slots from the shared buckets in one script call and spends them in this process, with
    * no Redis call. The batch grows (doubling, up to `maxBatch`) while this instance has the
-   * buckets to itself, and falls to 1 under contention (another instance, or a per-call
+   * buckets to itself; it falls to 1 under contention (another instance, or a per-call
    * decision, moved a bucket since) or near the limit (never more than half of what is
-   * left). A reserved slot is spent at most once and only until its time in the bucket
-   * comes, so the buckets admit exactly what they would without reservations: never more.
-   * A slot is granted only if it comes within `ttlMs`, so what an instance holds, and what a
-   * dead one held, is back within `ttlMs`; an idle batch's unspent slots are given back after
-   * a quarter to a half of `ttlMs`, and every batch's at `close()`. Under-admission is bounded by the
-   * slots reserved and unspent: at most `maxBatch - 1` decisions per plan and instance, for
-   * at most `ttlMs`. Plans with a sliding log, sliding counter or concurrency tier, and every
+   * left), and stays 1 while this instance decides too rarely for the buckets' rates.
+   *
+   * A reserved slot is spent at most once, and only until its time in the bucket comes, so
+   * the buckets admit what they would without reservations: never more. A slot is granted
+   * only if it comes within `ttlMs`, so what an instance holds, and what a dead one held,
+   * is back within `ttlMs`; an idle batch's unspent slots go back after a quarter to a half
+   * of `ttlMs`, and every batch's at `close()`. Under-admission is bounded by the slots
+   * reserved and unspent: at most `maxBatch - 1` decisions per plan and instance, for at
+   * most `ttlMs`. Plans with a sliding log, sliding counter or concurrency tier, and every
    * plan with `clock: 'app'`, are decided per call as without reservations.
    * @default false ({ maxBatch: 64, ttlMs: 1000 } with `true`)
    */

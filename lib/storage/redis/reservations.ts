@@ -27,6 +27,8 @@ const MARGIN_MS = 0.5;
 interface ReservablePlan {
   readonly key: string;
   readonly specs: readonly TokenBucketSpec[];
+  /** The time (ms) the largest batch's slots of full buckets cover: maxBatch times the shortest span. */
+  readonly batchMs: number;
   /** `[numkeys, ...KEYS, '', n, H, fieldTtls, ask, ttl, owner, moreCap, ...tiers]`. */
   readonly reserveArgs: readonly string[];
   readonly hashes: readonly string[];
@@ -57,6 +59,9 @@ interface Entry {
   /** A reserving call with a batch size above 1 in flight: other decisions wait for it. */
   pending: Promise<unknown> | undefined;
   waiting: number;
+  /** When the last reserving call was sent, and the decisions made since (its own included). */
+  since: number;
+  decisions: number;
   touched: boolean;
 }
 
@@ -108,9 +113,12 @@ export class ReservationBook {
 
   /** Spends a slot of a batch held for the plan, or returns undefined when none is left. */
   take(plan: ReservablePlan): RateLimitDecision | undefined {
-    const batch = this.entries.get(plan.key)?.batch;
+    const entry = this.entries.get(plan.key);
+    const batch = entry?.batch;
     if (batch === undefined) return undefined;
-    return this.spend(plan, batch, performance.now());
+    const decision = this.spend(plan, batch, performance.now());
+    if (decision !== undefined) entry!.decisions++;
+    return decision;
   }
 
   /**
@@ -207,18 +215,36 @@ export class ReservationBook {
       used: true,
     };
     let entry = this.entries.get(plan.key);
+    let spendable = Infinity;
+    if (entry !== undefined && delivered) {
+      // This instance's decision rate for the plan, since its last reserving call.
+      const elapsed = sentAt - entry.since;
+      if (elapsed > 0) spendable = (entry.decisions / elapsed) * Math.min(this.options.ttlMs, plan.batchMs);
+      entry.since = sentAt;
+      entry.decisions = 1;
+    }
     const size = nextBatchSize(
       {
         asked,
         granted,
         alone: toNumber(reply[3]) === 1,
         more: toNumber(reply[4]),
+        spendable,
       },
       this.options.maxBatch,
     );
     if (entry === undefined && !this.closed && (size > 1 || granted > batch.next)) {
       if (this.entries.size < this.options.maxEntries) {
-        entry = { plan, size, batch: undefined, pending: undefined, waiting: 0, touched: true };
+        entry = {
+          plan,
+          size,
+          batch: undefined,
+          pending: undefined,
+          waiting: 0,
+          since: sentAt,
+          decisions: 1,
+          touched: true,
+        };
         this.entries.set(plan.key, entry);
         this.startSweep();
       }
@@ -354,6 +380,7 @@ function compileReservable(
   return {
     key: tiers.map(({ key, spec }) => `${key}\u0000${spec.cost}`).join('\u0001'),
     specs,
+    batchMs: options.maxBatch * Math.min(...specs.map((spec) => spec.span)),
     reserveArgs,
     hashes,
     places,

@@ -28,7 +28,7 @@ import { HELPERS } from './lua-helpers.js';
  * ARGV[5]     ask, the slots wanted (>= 1)
  * ARGV[6]     ttl in ms: a slot after the first is granted only if it starts within ttl
  * ARGV[7]     the owner tag (the store instance's id)
- * ARGV[8]     moreCap: how far to count the slots still free after the grant
+ * ARGV[8]     moreCap: the most slots still free after the grant to report
  * ARGV[9+7(i-1)..]  tier i: limit, cost, slack, span, intervalMs, hash index, field
  *
  * Each bucket's field `~o<field>` holds `<owner>|<fullAt>` as its last reserver wrote it:
@@ -38,7 +38,7 @@ import { HELPERS } from './lua-helpers.js';
  * taken, where base_i is the first slot's start in bucket i and end_i its new `fullAt`
  * (numbers as `%.17g` strings), alone says every bucket was either full or last written by
  * this owner's reservation, and more is how many further slots would still have fitted
- * (at most moreCap, ignoring ttl). Otherwise consume's refusal {0, index, retryAfter,
+ * (at most moreCap, ignoring ttl; from the arithmetic, not counted one by one). Otherwise consume's refusal {0, index, retryAfter,
  * remaining}.
  */
 export const RESERVE_LUA = `${HELPERS}
@@ -78,25 +78,22 @@ for h = 1, H do
   end
 end
 
--- Per bucket: how many slots fit (up to ask + moreCap), and how many start within ttl.
-local S, g, fit, alone = {}, ask, math.huge, true
+-- Per bucket: how many slots fit (up to ask), and how many start within ttl.
+local S, g, alone = {}, ask, true
 for i = 1, n do
   local fullAt = tonumber(raw[i]) or NEG
   S[i] = fullAt
   if fullAt > now and own[i] ~= owner .. '|' .. raw[i] then alone = false end
-  local t, c, timely = fullAt, 0, 0
+  local t, c = fullAt, 0
   if cost[i] <= limit[i] then
-    while c < ask + moreCap and t - now <= slack[i] do
-      if c == 0 or (t > now and t or now) - now <= ttl then timely = c + 1 end
+    while c < g and t - now <= slack[i] and (c == 0 or (t > now and t or now) - now <= ttl) do
       if not (t > now) then t = now end
       t = t + span[i]
       c = c + 1
     end
   end
-  if c < fit then fit = c end
-  if timely < g then g = timely end
+  if c < g then g = c end
 end
-if fit < g then g = fit end
 
 if g < 1 then
   local worst, worstWait = 0, 0
@@ -116,7 +113,9 @@ if g < 1 then
   return { 0, worst - 1, worstWait, left }
 end
 
-local out = { 2, g, fmt(now), alone and 1 or 0, fit - g }
+-- Slots still free after the grant (for the sizing only: not the exact sequential count).
+local more = moreCap
+local out = { 2, g, fmt(now), alone and 1 or 0, 0 }
 local sets, hmax, maxTtl, ends = {}, {}, 0, {}
 for h = 1, H do sets[h], hmax[h] = {}, 0 end
 for i = 1, n do
@@ -126,6 +125,9 @@ for i = 1, n do
   for _ = 1, g do t = t + span[i] end
   out[5 + i] = fmt(base)
   ends[i] = t
+  local free = 0
+  if t - now <= slack[i] then free = math.floor((slack[i] - (t - now)) / span[i]) + 1 end
+  if free < more then more = free end
   local ttlI = math.ceil(t - now)
   local s = sets[hx[i]]
   s[#s + 1] = field[i]
@@ -136,6 +138,7 @@ for i = 1, n do
   if ttlI > maxTtl then maxTtl = ttlI end
 end
 for i = 1, n do out[5 + n + i] = fmt(ends[i]) end
+out[5] = more
 
 for h = 1, H do
   local key, s = KEYS[h], sets[h]
