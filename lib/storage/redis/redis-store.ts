@@ -239,7 +239,7 @@ export class RedisRateLimitStore extends RateLimitStore {
       if (blocked !== undefined) return blocked;
     }
     this.gate.check();
-    if (reservable !== undefined) {
+    if (reservable !== undefined && this.reservations!.wants(reservable)) {
       return this.reservations!.consume(
         reservable,
         () => this.consume(plan),

@@ -20,6 +20,13 @@ import {
 
 type ScriptCall = (...args: string[]) => Promise<unknown>;
 
+/**
+ * With a batch size of 1, one decision in this many goes through a reserving call (with the
+ * next one: the second tells whether this instance is alone again); the others use the
+ * per-call script, which costs less.
+ */
+const PROBE_EVERY = 32;
+
 /** Local time is compared with a slot's start this much early (clock rates, rounding). */
 const MARGIN_MS = 0.5;
 
@@ -62,6 +69,9 @@ interface Entry {
   /** When the last reserving call was sent, and the decisions made since (its own included). */
   since: number;
   decisions: number;
+  /** Decisions sent per call since the last probe, and reserving calls still to make in a probe. */
+  skipped: number;
+  probing: number;
   touched: boolean;
 }
 
@@ -119,6 +129,27 @@ export class ReservationBook {
     const decision = this.spend(plan, batch, performance.now());
     if (decision !== undefined) entry!.decisions++;
     return decision;
+  }
+
+  /**
+   * Whether this decision should be a reserving call: yes while batches are worth it (or
+   * not known yet); at a batch size of 1 (contention, the limit near, or decisions too rare
+   * for the buckets' rates) only a probe of two calls in a row every `PROBE_EVERY`
+   * decisions, the others going through the per-call script.
+   */
+  wants(plan: ReservablePlan): boolean {
+    const entry = this.entries.get(plan.key);
+    if (entry === undefined || entry.size > 1 || entry.pending !== undefined) return true;
+    entry.touched = true;
+    if (entry.probing > 0) {
+      entry.probing--;
+      return true;
+    }
+    entry.decisions++;
+    if (++entry.skipped < PROBE_EVERY) return false;
+    entry.skipped = 0;
+    entry.probing = 1;
+    return true;
   }
 
   /**
@@ -233,7 +264,7 @@ export class ReservationBook {
       },
       this.options.maxBatch,
     );
-    if (entry === undefined && !this.closed && (size > 1 || granted > batch.next)) {
+    if (entry === undefined && !this.closed) {
       if (this.entries.size < this.options.maxEntries) {
         entry = {
           plan,
@@ -243,6 +274,8 @@ export class ReservationBook {
           waiting: 0,
           since: sentAt,
           decisions: 1,
+          skipped: 0,
+          probing: 0,
           touched: true,
         };
         this.entries.set(plan.key, entry);
