@@ -43,7 +43,8 @@ export { sentinelClientOptions } from './client-factory.js';
  *
  * The jobs live in units of their own: the client factory (`client-factory.ts`), the call
  * gate with the deadline and the breaker (`call-gate.ts`), the block cache, the lease book
- * (`lease-book.ts`) and the plan compiler (`plan-compiler.ts`); this class composes them.
+ * (`lease-book.ts`), the plan compiler (`plan-compiler.ts`) and the token reservations
+ * (`reservations.ts`, opt-in); this class composes them (hence its length past 400 lines).
  *
  * @example
  * const store = await createRedisStore({ url: process.env.REDIS_URL });
@@ -346,8 +347,8 @@ export class RedisRateLimitStore extends RateLimitStore {
   }
 
   /**
-   * Stops the lease refresh and the breaker's probe, gives back this instance's leases
-   * (best effort, within the deadline), and closes the client if the store created it.
+   * Stops the lease refresh and the breaker's probe, gives back this instance's leases and
+   * the unspent slots of its token reservations (best effort, within the deadline), and closes the client if the store created it.
    */
   async close(): Promise<void> {
     if (this.closed) return;
