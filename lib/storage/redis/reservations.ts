@@ -1,16 +1,9 @@
 import { performance } from 'node:perf_hooks';
-import {
-  ALLOWED,
-  ALLOWED_NEAR_LIMIT,
-  AlgorithmKind,
-  type RateLimitDecision,
-  type RateLimitPlan,
-  type TokenBucketSpec,
-} from '../../interfaces/plan.interface.js';
+import { ALLOWED, type RateLimitDecision, type RateLimitPlan } from '../../interfaces/plan.interface.js';
 import { nextBatchSize } from './batch-sizing.js';
 import type { CallGate } from './call-gate.js';
 import { toNumber, unexpected } from './plan-compiler.js';
-import { trackerHashOf } from './redis-keys.js';
+import { compileReservable, nearOf, type ReservablePlan } from './reservable-plan.js';
 import {
   DEFAULT_BLOCK_CACHE_ENTRIES,
   DEFAULT_RESERVATION_MAX_BATCH,
@@ -29,19 +22,6 @@ const PROBE_EVERY = 32;
 
 /** Local time is compared with a slot's start this much early (clock rates, rounding). */
 const MARGIN_MS = 0.5;
-
-/** A plan of token buckets only, as the reservation scripts take it. */
-interface ReservablePlan {
-  readonly key: string;
-  readonly specs: readonly TokenBucketSpec[];
-  /** The time (ms) the largest batch's slots of full buckets cover: maxBatch times the shortest span. */
-  readonly batchMs: number;
-  /** `[numkeys, ...KEYS, '', n, H, fieldTtls, ask, ttl, owner, moreCap, ...tiers]`. */
-  readonly reserveArgs: readonly string[];
-  readonly hashes: readonly string[];
-  /** Per tier: hash index (from 1) and field. */
-  readonly places: readonly (readonly [string, string])[];
-}
 
 /** A run of slots this instance took and spends locally. */
 interface Batch {
@@ -297,7 +277,7 @@ export class ReservationBook {
         this.finish(entry);
       }
     }
-    return delivered ? nearOf(plan, batch, 0, redisNow) : ALLOWED;
+    return delivered ? nearOf(plan, batch.bases, 0, redisNow) : ALLOWED;
   }
 
   private spend(plan: ReservablePlan, batch: Batch, now: number): RateLimitDecision | undefined {
@@ -305,7 +285,7 @@ export class ReservationBook {
     if (batch.next >= batch.granted) return undefined;
     const slot = batch.next++;
     batch.used = true;
-    return nearOf(plan, batch, slot, batch.redisNow + (now - batch.sentAt));
+    return nearOf(plan, batch.bases, slot, batch.redisNow + (now - batch.sentAt));
   }
 
   /** The local time after which slot j may no longer be spent. */
@@ -382,51 +362,4 @@ export function reservationBook(
     ttlMs: figures.ttlMs ?? DEFAULT_RESERVATION_TTL_MS,
     maxEntries: DEFAULT_BLOCK_CACHE_ENTRIES,
   });
-}
-
-/** The plan as the reservation scripts take it; null when it holds anything but token buckets. */
-function compileReservable(
-  plan: RateLimitPlan,
-  options: Pick<ReservationBookOptions, 'owner' | 'maxBatch' | 'ttlMs'>,
-): ReservablePlan | null {
-  const tiers = plan.tiers;
-  if (tiers.length === 0) return null;
-  const specs: TokenBucketSpec[] = [];
-  for (const { spec } of tiers) {
-    if (spec.kind !== AlgorithmKind.TokenBucket || !(spec.cost >= 1)) return null;
-    specs.push(spec);
-  }
-  const hashes: string[] = [];
-  const places = tiers.map(({ key }) => {
-    const { hash, field } = trackerHashOf(key);
-    let index = hashes.indexOf(hash);
-    if (index < 0) index = hashes.push(hash) - 1;
-    return [String(index + 1), field] as const;
-  });
-  const reserveArgs = [String(hashes.length + tiers.length), ...hashes, ...tiers.map((tier) => tier.key)];
-  reserveArgs.push('', String(tiers.length), String(hashes.length), '0', '1', String(options.ttlMs));
-  reserveArgs.push(options.owner, String(2 * options.maxBatch));
-  specs.forEach((spec, i) => {
-    reserveArgs.push(String(spec.limit), String(spec.cost), String(spec.slack), String(spec.span));
-    reserveArgs.push(String(spec.intervalMs), ...places[i]!);
-  });
-  return {
-    key: tiers.map(({ key, spec }) => `${key}\u0000${spec.cost}`).join('\u0001'),
-    specs,
-    batchMs: options.maxBatch * Math.min(...specs.map((spec) => spec.span)),
-    reserveArgs,
-    hashes,
-    places,
-  };
-}
-
-/** ALLOWED, or ALLOWED_NEAR_LIMIT for the first bucket left under a fifth full after slot j. */
-function nearOf(plan: ReservablePlan, batch: Batch, j: number, redisNow: number): RateLimitDecision {
-  const specs = plan.specs;
-  for (let i = 0; i < specs.length; i++) {
-    const spec = specs[i]!;
-    const fullAt = batch.bases[i]! + (j + 1) * spec.span;
-    if ((fullAt - redisNow) * 5 > spec.nearBound) return ALLOWED_NEAR_LIMIT[spec.tier];
-  }
-  return ALLOWED;
 }
