@@ -99,22 +99,23 @@ async function ioredisClient(port: number): Promise<import('ioredis').Redis> {
  */
 export const BENCH_DEADLINE_MS = 1000;
 
-async function oursStore(port: number, blockCache: boolean) {
+async function oursStore(port: number, blockCache: boolean, reservations = false) {
   const { createRedisStore } = await import('nestjs-ws-rate-limit');
   // Defaults otherwise (key prefix `wsrl:`, block cache of 10,000 entries): what users get.
   return createRedisStore({
     url: `redis://127.0.0.1:${port}`,
     commandTimeoutMs: BENCH_DEADLINE_MS,
     ...(blockCache ? {} : { blockCache: false }),
+    ...(reservations ? { reservations: true } : {}),
   });
 }
 
-async function oursAllowed(port: number, tiers: 1 | 3): Promise<Decider> {
+async function oursAllowed(port: number, tiers: 1 | 3, reserve?: { refill: number }): Promise<Decider> {
   const { createPlan, tokenBucketSpec, windowSpec } = await import('nestjs-ws-rate-limit');
-  const store = await oursStore(port, true);
+  const store = await oursStore(port, true, reserve !== undefined);
   const specs =
     tiers === 1
-      ? [tokenBucketSpec('global', 'g', HUGE, REFILL)]
+      ? [tokenBucketSpec('global', 'g', HUGE, reserve?.refill ?? REFILL)]
       : [
           tokenBucketSpec('global', 'g', HUGE, REFILL),
           tokenBucketSpec('type', 't:chat', HUGE, REFILL),
@@ -203,6 +204,28 @@ export const oursFloodUncached: RedisContender = {
   prepare: (port) => oursFlood(port, false),
 };
 
+/**
+ * Ours with the one-tier plan and token reservations on (`reservations: true`: batches up to
+ * 64, slots within 1 s). At the benchmark's refill (10^6/s) a full bucket's slots lapse a
+ * microsecond apart: this shows what reservations cost where they cannot help.
+ */
+export const ours1Reserved: RedisContender = {
+  label: 'ours: 1-tier plan, reservations on',
+  mode: 'allowed',
+  prepare: (port) => oursAllowed(port, 1, { refill: REFILL }),
+};
+
+/**
+ * The same with the bucket refilling 100 a second (capacity still huge): each of the 1,000
+ * trackers gets some tens of decisions a second here, a fair share of its rate, so batches
+ * of slots are spent before they lapse.
+ */
+export const ours1ReservedSlow: RedisContender = {
+  label: 'ours: 1-tier plan at 100/s per tracker, reservations on',
+  mode: 'allowed',
+  prepare: (port) => oursAllowed(port, 1, { refill: 100 }),
+};
+
 // --- A minimal one-script token bucket ----------------------------------------------------
 
 /**
@@ -280,6 +303,8 @@ export const rlf: RedisContender = {
 export const REDIS_CONTENDERS = {
   ours3,
   ours1,
+  ours1Reserved,
+  ours1ReservedSlow,
   baseline,
   rlf,
   oursFloodCached,

@@ -154,6 +154,26 @@ export interface RedisStoreOptions {
    * @default a random id
    */
   instanceId?: string;
+  /**
+   * Token reservations for shared trackers, off by default. For a plan made of token buckets
+   * only (one tier, or a tracker's global and per-type buckets), the store takes a batch of
+   * slots from the shared buckets in one script call and spends them in this process, with
+   * no Redis call. The batch grows (doubling, up to `maxBatch`) while this instance has the
+   * buckets to itself; it falls to 1 under contention (another instance, or a per-call
+   * decision, moved a bucket since) or near the limit (never more than half of what is
+   * left), and stays 1 while this instance decides too rarely for the buckets' rates.
+   *
+   * A reserved slot is spent at most once, and only until its time in the bucket comes, so
+   * the buckets admit what they would without reservations: never more. A slot is granted
+   * only if it comes within `ttlMs`, so what an instance holds, and what a dead one held,
+   * is back within `ttlMs`; an idle batch's unspent slots go back after a quarter to a half
+   * of `ttlMs`, and every batch's at `close()`. Under-admission is bounded by the slots
+   * reserved and unspent: at most `maxBatch - 1` decisions per plan and instance, for at
+   * most `ttlMs`. Plans with a sliding log, sliding counter or concurrency tier, and every
+   * plan with `clock: 'app'`, are decided per call as without reservations.
+   * @default false ({ maxBatch: 64, ttlMs: 1000 } with `true`)
+   */
+  reservations?: boolean | { maxBatch?: number; ttlMs?: number };
   /** Told when Redis becomes unavailable (`false`, with the cause) and available again (`true`). */
   onAvailabilityChange?: (available: boolean, cause?: unknown) => void;
   /**
@@ -174,5 +194,9 @@ export const DEFAULT_REDIS_KEY_PREFIX = 'wsrl:';
 export const DEFAULT_REDIS_COMMAND_TIMEOUT_MS = 50;
 /** Default open-connection lease TTL, ms. */
 export const DEFAULT_REDIS_LEASE_TTL_MS = 30_000;
+/** Default largest batch of reserved slots (option `reservations`). */
+export const DEFAULT_RESERVATION_MAX_BATCH = 64;
+/** Default horizon of reserved slots, ms (option `reservations`). */
+export const DEFAULT_RESERVATION_TTL_MS = 1000;
 /** Default size of the block cache. */
 export const DEFAULT_BLOCK_CACHE_ENTRIES = 10_000;

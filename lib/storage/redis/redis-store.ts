@@ -23,6 +23,7 @@ import {
   DEFAULT_REDIS_LEASE_TTL_MS,
   type RedisStoreOptions,
 } from './redis-store.options.js';
+import { reservationBook, type ReservationBook } from './reservations.js';
 import { registerScripts, type Scripts } from './script-commands.js';
 import { evictionWarning, readEvictionPolicies, readFieldTtlSupport } from './server-checks.js';
 import { validateOptions } from './validate-options.js';
@@ -42,7 +43,8 @@ export { sentinelClientOptions } from './client-factory.js';
  *
  * The jobs live in units of their own: the client factory (`client-factory.ts`), the call
  * gate with the deadline and the breaker (`call-gate.ts`), the block cache, the lease book
- * (`lease-book.ts`) and the plan compiler (`plan-compiler.ts`); this class composes them.
+ * (`lease-book.ts`), the plan compiler (`plan-compiler.ts`) and the token reservations
+ * (`reservations.ts`, opt-in); this class composes them (hence its length past 400 lines).
  *
  * @example
  * const store = await createRedisStore({ url: process.env.REDIS_URL });
@@ -95,6 +97,8 @@ export class RedisRateLimitStore extends RateLimitStore {
   private readonly gate: CallGate;
   private readonly compiler: PlanCompiler;
   private readonly leases: LeaseBook;
+  /** Token reservations (option `reservations`); undefined when off. */
+  private readonly reservations: ReservationBook | undefined;
   private closed = false;
   private readonly listeners: [string, (...args: unknown[]) => void][];
 
@@ -144,6 +148,15 @@ export class RedisRateLimitStore extends RateLimitStore {
       instanceId: this.instanceId,
       leaseTtlMs,
       appClock,
+    });
+
+    this.reservations = reservationBook(options.reservations, appClock !== undefined, {
+      gate: this.gate,
+      canCall: () => !this.gate.isOpen && client.status === 'ready',
+      reserve: this.scripts.reserve,
+      unreserve: this.scripts.unreserve,
+      owner: this.instanceId,
+      fieldTtls: () => this.fieldTtls,
     });
 
     const lost = (): void => this.gate.trip(new Error('the Redis connection closed'));
@@ -217,11 +230,23 @@ export class RedisRateLimitStore extends RateLimitStore {
   consume(plan: RateLimitPlan): MaybePromise<RateLimitDecision> {
     if (plan.tiers.length === 0) return ALLOWED;
     const compiled = this.compiler.compile(plan);
+    const reservable = this.reservations?.reservable(plan);
+    if (reservable !== undefined) {
+      const spent = this.reservations!.take(reservable);
+      if (spent !== undefined) return spent;
+    }
     if (this.cache !== undefined) {
       const blocked = this.cache.get(compiled.blockKey, this.localNow());
       if (blocked !== undefined) return blocked;
     }
     this.gate.check();
+    if (reservable !== undefined && this.reservations!.wants(reservable)) {
+      return this.reservations!.consume(
+        reservable,
+        () => this.consume(plan),
+        (reply, delivered) => this.decision(compiled, reply, delivered),
+      );
+    }
     const args = this.compiler.argsOf(compiled, this.fieldTtls);
     if (compiled.leaseKeys.length === 0) {
       return this.gate.within(this.scripts.consume(...args), (reply, delivered) =>
@@ -270,6 +295,7 @@ export class RedisRateLimitStore extends RateLimitStore {
    */
   async delete(keys: readonly string[]): Promise<void> {
     this.cache?.clear();
+    this.reservations?.clear();
     if (keys.length === 0) return;
     this.gate.check();
     this.leases.reset(keys);
@@ -321,14 +347,14 @@ export class RedisRateLimitStore extends RateLimitStore {
   }
 
   /**
-   * Stops the lease refresh and the breaker's probe, gives back this instance's leases
-   * (best effort, within the deadline), and closes the client if the store created it.
+   * Stops the lease refresh and the breaker's probe, gives back this instance's leases and
+   * the unspent slots of its token reservations (best effort, within the deadline), and closes the client if the store created it.
    */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.gate.close();
-    await this.leases.close();
+    await Promise.all([this.leases.close(), this.reservations?.close()]);
     this.cache?.clear();
     for (const [event, listener] of this.listeners) {
       if (event !== 'error' || !this.owned) this.client.off(event, listener);

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { RedisStoreClient } from './client-factory.js';
+import { RESERVE_LUA, UNRESERVE_LUA } from './reserve-scripts.js';
 import { BLOCKS_LUA, CONSUME_LUA, FORGET_LUA, LEASES_LUA, PEEK_LUA, RELEASE_LUA } from './scripts.js';
 
 export type ScriptCall = (...args: string[]) => Promise<unknown>;
@@ -12,6 +13,8 @@ export interface Scripts {
   readonly leases: ScriptCall;
   readonly blocks: ScriptCall;
   readonly forget: ScriptCall;
+  readonly reserve: ScriptCall;
+  readonly unreserve: ScriptCall;
 }
 
 /**
@@ -34,5 +37,7 @@ export function registerScripts(client: RedisStoreClient): Scripts {
     leases: define('leases', LEASES_LUA, false),
     blocks: define('blocks', BLOCKS_LUA, false),
     forget: define('forget', FORGET_LUA, false),
+    reserve: define('reserve', RESERVE_LUA, false),
+    unreserve: define('unreserve', UNRESERVE_LUA, false),
   };
 }

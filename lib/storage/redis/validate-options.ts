@@ -41,6 +41,20 @@ export function validateOptions(options: RedisStoreOptions): void {
   if (typeof options.blockCache === 'object' && options.blockCache !== null) {
     positive('blockCache.maxEntries', options.blockCache.maxEntries, true);
   }
+  const reservations = options.reservations;
+  if (reservations !== undefined && typeof reservations !== 'boolean') {
+    if (reservations === null || typeof reservations !== 'object') {
+      fail('reservations: expected true, false or { maxBatch, ttlMs }');
+    }
+    positive('reservations.maxBatch', reservations.maxBatch, true);
+    if (reservations.maxBatch !== undefined && reservations.maxBatch > 4096) {
+      fail('reservations.maxBatch: expected at most 4096');
+    }
+    positive('reservations.ttlMs', reservations.ttlMs);
+    if (reservations.ttlMs !== undefined && reservations.ttlMs > 2_147_483_647) {
+      fail('reservations.ttlMs: expected at most 2147483647');
+    }
+  }
   if (options.clock !== undefined && options.clock !== 'redis' && options.clock !== 'app') {
     fail("clock: expected 'redis' or 'app'");
   }

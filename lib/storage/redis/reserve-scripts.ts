@@ -1,0 +1,206 @@
+/**
+ * The token-reservation scripts of the Redis store (option `reservations`, key layout 2):
+ * `reserve` takes a run of a plan's token-bucket slots in one call, `unreserve` gives back
+ * the unspent tail of a run. Only plans made of token buckets alone use them.
+ *
+ * A bucket at `fullAt` (GCRA's theoretical arrival time) admits a cost at `now` when
+ * `fullAt - now <= slack`, and moves `fullAt` to `max(fullAt, now) + span`. Reserving g
+ * decisions at once is g such consumes in a row: the j-th (from 0) gets the slot that
+ * starts at `start_j = base + j * span` (`base = max(fullAt, now)`, the additions done one
+ * by one as g consumes would). A reserved slot may be spent only while `now <= start_j` on
+ * the scripts' clock: then every admitted decision at time t holds a slot starting in
+ * `[t, t + slack]`, slots never overlap, and a bucket of capacity C and rate r admits at
+ * most C + r * T in any interval T, exactly as without reservations. A slot whose start has
+ * passed lapses (its token is lost to this instance, never spent late).
+ */
+import { HELPERS } from './lua-helpers.js';
+
+/**
+ * `reserve`: takes up to `ask` slots of every bucket of a plan (the same number of each),
+ * or refuses as `consume` would when not even one fits.
+ *
+ * KEYS[1..H]  the tracker hashes of the plan's buckets; KEYS[H+1..H+n] the tier keys (for
+ *             Cluster routing only); KEYS[H+n+1] the clock key (app clock only)
+ * ARGV[1]     the app time in ms, or '' to read Redis `TIME`
+ * ARGV[2]     n, the number of tiers (all token buckets)
+ * ARGV[3]     H, the number of tracker hashes
+ * ARGV[4]     '1' when the server has hash-field TTLs (Redis 7.4+), else '0'
+ * ARGV[5]     ask, the slots wanted (>= 1)
+ * ARGV[6]     ttl in ms: a slot after the first is granted only if it starts within ttl
+ * ARGV[7]     the owner tag (the store instance's id)
+ * ARGV[8]     moreCap: the most slots still free after the grant to report
+ * ARGV[9+7(i-1)..]  tier i: limit, cost, slack, span, intervalMs, hash index, field
+ *
+ * Each bucket's field `~o<field>` holds `<owner>|<fullAt>` as its last reserver wrote it:
+ * the bucket was left to one instance when it still holds that instance's `fullAt`.
+ *
+ * Reply: {2, g, now, alone (1|0), more, base_1..base_n, end_1..end_n} when g >= 1 slots were
+ * taken, where base_i is the first slot's start in bucket i and end_i its new `fullAt`
+ * (numbers as `%.17g` strings), alone says every bucket was either full or last written by
+ * this owner's reservation, and more is how many further slots would still have fitted
+ * (at most moreCap, ignoring ttl; from the arithmetic, not counted one by one). Otherwise consume's refusal {0, index, retryAfter,
+ * remaining}.
+ */
+export const RESERVE_LUA = `${HELPERS}
+local n, H = tonumber(ARGV[2]), tonumber(ARGV[3])
+local fieldTtls = ARGV[4] == '1'
+local ask, ttl, owner, moreCap = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+local clockKey = nil
+if ARGV[1] ~= '' then clockKey = KEYS[H + n + 1] end
+local now = readClock(ARGV[1], clockKey)
+local limit, cost, slack, span, interval, hx, field = {}, {}, {}, {}, {}, {}, {}
+for i = 1, n do
+  local o = 8 + 7 * (i - 1)
+  limit[i] = tonumber(ARGV[o + 1])
+  cost[i] = tonumber(ARGV[o + 2])
+  slack[i] = tonumber(ARGV[o + 3])
+  span[i] = tonumber(ARGV[o + 4])
+  interval[i] = tonumber(ARGV[o + 5])
+  hx[i] = tonumber(ARGV[o + 6])
+  field[i] = ARGV[o + 7]
+end
+
+local raw, own, hexp = {}, {}, {}
+for h = 1, H do
+  local names, at = { '~e' }, {}
+  for i = 1, n do
+    if hx[i] == h then
+      names[#names + 1] = field[i]
+      names[#names + 1] = '~o' .. field[i]
+      at[#at + 1] = i
+    end
+  end
+  local vals = redis.call('HMGET', KEYS[h], unpack(names))
+  hexp[h] = tonumber(vals[1])
+  for j = 1, #at do
+    raw[at[j]] = vals[2 * j]
+    own[at[j]] = vals[2 * j + 1]
+  end
+end
+
+-- Per bucket: how many slots fit (up to ask), and how many start within ttl.
+local S, g, alone = {}, ask, true
+for i = 1, n do
+  local fullAt = tonumber(raw[i]) or NEG
+  S[i] = fullAt
+  if fullAt > now and own[i] ~= owner .. '|' .. raw[i] then alone = false end
+  local t, c = fullAt, 0
+  if cost[i] <= limit[i] then
+    while c < g and t - now <= slack[i] and (c == 0 or (t > now and t or now) - now <= ttl) do
+      if not (t > now) then t = now end
+      t = t + span[i]
+      c = c + 1
+    end
+  end
+  if c < g then g = c end
+end
+
+if g < 1 then
+  local worst, worstWait = 0, 0
+  for i = 1, n do
+    local w
+    if cost[i] > limit[i] then w = math.huge else w = bucketWait(S[i], now, slack[i]) end
+    if w > worstWait then
+      worst = i
+      worstWait = w
+    end
+  end
+  if worst == 0 then return redis.error_reply('wsrl: a refused reservation with no wait') end
+  local left = 0
+  local fullAt = S[worst]
+  if fullAt <= now then left = limit[worst] else left = math.max(0, math.floor(limit[worst] - (fullAt - now) / interval[worst])) end
+  if worstWait == math.huge then worstWait = -1 end
+  return { 0, worst - 1, worstWait, left }
+end
+
+-- Slots still free after the grant (for the sizing only: not the exact sequential count).
+local more = moreCap
+local out = { 2, g, fmt(now), alone and 1 or 0, 0 }
+local sets, hmax, maxTtl, ends = {}, {}, 0, {}
+for h = 1, H do sets[h], hmax[h] = {}, 0 end
+for i = 1, n do
+  local base = S[i]
+  if not (base > now) then base = now end
+  local t = base
+  for _ = 1, g do t = t + span[i] end
+  out[5 + i] = fmt(base)
+  ends[i] = t
+  local free = 0
+  if t - now <= slack[i] then free = math.floor((slack[i] - (t - now)) / span[i]) + 1 end
+  if free < more then more = free end
+  local ttlI = math.ceil(t - now)
+  local s = sets[hx[i]]
+  s[#s + 1] = field[i]
+  s[#s + 1] = fmt(t)
+  s[#s + 1] = '~o' .. field[i]
+  s[#s + 1] = owner .. '|' .. fmt(t)
+  if ttlI > hmax[hx[i]] then hmax[hx[i]] = ttlI end
+  if ttlI > maxTtl then maxTtl = ttlI end
+end
+for i = 1, n do out[5 + n + i] = fmt(ends[i]) end
+out[5] = more
+
+for h = 1, H do
+  local key, s = KEYS[h], sets[h]
+  if fieldTtls and hexp[h] == nil then
+    redis.call('HSET', key, unpack(s))
+    for i = 1, n do
+      if hx[i] == h then
+        redis.call('HPEXPIRE', key, math.ceil(ends[i] - now), 'FIELDS', 2, field[i], '~o' .. field[i])
+      end
+    end
+  else
+    local at = now + hmax[h]
+    local grow = hexp[h] == nil or at > hexp[h]
+    if grow then
+      s[#s + 1] = '~e'
+      s[#s + 1] = fmt(at)
+    end
+    redis.call('HSET', key, unpack(s))
+    if grow then redis.call('PEXPIRE', key, math.ceil(at - now)) end
+  end
+end
+saveClock(clockKey, now, maxTtl)
+return out
+`;
+
+/**
+ * `unreserve`: gives back the unspent tail of a reservation, in each bucket still at the
+ * end the reservation left it at (no one reserved or consumed after it); elsewhere the
+ * tail stays taken and lapses as time passes its slots.
+ *
+ * KEYS[1..H]  the tracker hashes
+ * ARGV[1]     n; ARGV[2] '1' when the server has hash-field TTLs; ARGV[3] the app time or ''
+ * ARGV[4+6(i-1)..]  tier i: hash index, field, end and base (as reserve returned them),
+ *             k, the slots before the first one given back, and span: the bucket goes back
+ *             to base plus k spans, added one by one as reserve did
+ * Reply: the number of buckets given back.
+ */
+export const UNRESERVE_LUA = `${HELPERS}
+local n, fieldTtls = tonumber(ARGV[1]), ARGV[2] == '1'
+local now
+if ARGV[3] == '' then now = readClock('', nil) else now = tonumber(ARGV[3]) end
+local back = 0
+for i = 1, n do
+  local o = 3 + 6 * (i - 1)
+  local key, f = KEYS[tonumber(ARGV[o + 1])], ARGV[o + 2]
+  if redis.call('HGET', key, f) == ARGV[o + 3] then
+    local t, k, span = tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6])
+    for _ = 1, k do t = t + span end
+    local ttl = math.ceil(t - now)
+    if ttl > 0 then
+      redis.call('HSET', key, f, fmt(t))
+      -- HSET drops a field's own TTL: set it again where fields carry theirs.
+      if fieldTtls and redis.call('HEXISTS', key, '~e') == 0 then
+        redis.call('HPEXPIRE', key, ttl, 'FIELDS', 1, f)
+      end
+      redis.call('HDEL', key, '~o' .. f)
+    else
+      redis.call('HDEL', key, f, '~o' .. f)
+      if redis.call('HLEN', key) == 1 and redis.call('HEXISTS', key, '~e') == 1 then redis.call('DEL', key) end
+    end
+    back = back + 1
+  end
+end
+return back
+`;

@@ -1,0 +1,339 @@
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import type { Redis } from 'ioredis';
+import { performance } from 'node:perf_hooks';
+import type { RateLimitPlan, TierSpec } from '../../lib/interfaces/plan.interface.js';
+import { tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
+import { WsRateLimitConfigError } from '../../lib/exceptions/ws-rate-limit-config.error.js';
+import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
+import type { RedisStoreOptions } from '../../lib/storage/redis/redis-store.options.js';
+import { startRedis, type RedisServer } from '../support/redis-server.js';
+import { adminClient, closeClient, expectBoundedTtls, ready, sleep, storeClient } from './helpers.js';
+
+/**
+ * Token reservations (option `reservations`), case C-34 of shared/RELIABILITY.md: instances
+ * take batches of a shared bucket's slots and spend them locally; the bucket never admits
+ * more than it would without reservations, and what a dead instance held comes back.
+ */
+describe('token reservations (C-34)', () => {
+  let server: RedisServer;
+  let admin: Redis;
+  const clients: Redis[] = [];
+  const stores: RedisRateLimitStore[] = [];
+
+  async function makeStore(options: Partial<RedisStoreOptions> = {}): Promise<RedisRateLimitStore> {
+    const client = storeClient(server.port);
+    clients.push(client);
+    await ready(client);
+    const store = new RedisRateLimitStore({
+      client,
+      keyPrefix: 'resv:',
+      commandTimeoutMs: 5000,
+      reservations: { maxBatch: 64, ttlMs: 500 },
+      ...options,
+    });
+    stores.push(store);
+    return store;
+  }
+
+  const planOf = (store: RedisRateLimitStore, tracker: string, specs: readonly TierSpec[]): RateLimitPlan => ({
+    tracker,
+    tiers: specs.map((spec) => ({ key: store.key(tracker, spec.suffix), spec })),
+  });
+
+  /** Script calls (EVALSHA and EVAL) the server ran so far. */
+  async function scriptCalls(): Promise<number> {
+    const info = await admin.info('commandstats');
+    let calls = 0;
+    for (const match of info.matchAll(/cmdstat_(?:evalsha|eval):calls=(\d+)/g)) calls += Number(match[1]);
+    return calls;
+  }
+
+  /** An admitted decision: when it was asked for and when its answer came (local ms). */
+  type Admission = readonly [asked: number, answered: number];
+
+  /**
+   * The most any window exceeds the bucket's refill over it, counting in a window [a, b]
+   * the admissions asked and answered within it (so decided within it, wherever Redis or
+   * the process took the decision in between): max over a, b of count - rate * (b - a). A
+   * bucket of capacity C admits at most C + rate * T in any window T, so this is at most C.
+   */
+  function worstBurst(admissions: readonly Admission[], ratePerMs: number): number {
+    const byAsked = [...admissions].sort((x, y) => x[0] - y[0]);
+    let worst = 0;
+    for (let i = 0; i < byAsked.length; i++) {
+      const from = byAsked[i]![0];
+      const answered = byAsked
+        .slice(i)
+        .map(([, at]) => at)
+        .sort((x, y) => x - y);
+      answered.forEach((to, k) => {
+        worst = Math.max(worst, k + 1 - ratePerMs * (to - from));
+      });
+    }
+    return worst;
+  }
+
+  /**
+   * Each store keeps `inFlight` decisions on the plan going until `until`; returns the local
+   * times of the admitted ones, per store.
+   */
+  async function flood(
+    parties: readonly {
+      store: RedisRateLimitStore;
+      plan: RateLimitPlan;
+      /** Starts at this time (local ms) rather than at once. */
+      from?: number;
+      /** Waits this long after each decision. */
+      paceMs?: number;
+      inFlight?: number;
+    }[],
+    until: number,
+    inFlight = 4,
+  ): Promise<Admission[][]> {
+    return Promise.all(
+      parties.map(async ({ store, plan, from, paceMs, ...party }) => {
+        const admitted: Admission[] = [];
+        if (from !== undefined) await sleep(from - performance.now());
+        const worker = async (): Promise<void> => {
+          while (performance.now() < until) {
+            const asked = performance.now();
+            const decision = await store.consume(plan);
+            if (decision.allowed) admitted.push([asked, performance.now()]);
+            else await sleep(Math.min(20, decision.retryAfter));
+            if (paceMs !== undefined) await sleep(paceMs);
+          }
+        };
+        await Promise.all(Array.from({ length: party.inFlight ?? inFlight }, worker));
+        return admitted;
+      }),
+    );
+  }
+
+  beforeAll(async () => {
+    server = await startRedis();
+    admin = adminClient(server.port);
+    await ready(admin);
+  });
+
+  afterAll(async () => {
+    await Promise.all(stores.map((store) => store.close()));
+    await Promise.all([admin, ...clients].map(closeClient));
+    await server?.stop();
+  });
+
+  it('a lone instance spends most decisions locally, with batches that grow', async () => {
+    const store = await makeStore();
+    // 1,000 tokens a second: far above the 200 decisions a second sent here.
+    const plan = planOf(store, 'ip:lone', [tokenBucketSpec('global', 'g', 1000, 1000)]);
+    const before = await scriptCalls();
+    let allowed = 0;
+    for (let i = 0; i < 200; i++) {
+      if ((await store.consume(plan)).allowed) allowed++;
+      if (i % 10 === 9) await sleep(10);
+    }
+    const calls = (await scriptCalls()) - before;
+    expect(allowed).toBe(200);
+    // Per call, 200 decisions would be 200 scripts; batches of up to 64 make it a handful.
+    expect(calls).toBeLessThan(40);
+  });
+
+  it('a tracker at a fifth of its bucket rate makes a fraction of the calls (slots lapse at the bucket rate)', async () => {
+    const store = await makeStore({ reservations: { maxBatch: 64, ttlMs: 1000 } });
+    // 100 burst at 50 a second (slots 20 ms apart); 10 decisions a second for 2 s.
+    const plan = planOf(store, 'ip:fifth', [tokenBucketSpec('global', 'g', 100, 50)]);
+    const before = await scriptCalls();
+    for (let i = 0; i < 20; i++) {
+      expect((await store.consume(plan)).allowed).toBe(true);
+      await sleep(100);
+    }
+    const calls = (await scriptCalls()) - before;
+    console.log(`10/s against a 50/s bucket: ${calls} scripts for 20 decisions`);
+    expect(calls).toBeLessThanOrEqual(12);
+  });
+
+  it('a reserved slot is never spent after its time: an idle batch then a burst stay within the capacity', async () => {
+    // A long TTL: no sweep gives the idle batch back during the test.
+    const store = await makeStore({ reservations: { maxBatch: 64, ttlMs: 5000 } });
+    // Capacity 20, 100 tokens a second: slots 10 ms apart.
+    const spec = tokenBucketSpec('global', 'g', 20, 100);
+    let telling = 0;
+    for (let trial = 0; trial < 10 && telling < 3; trial++) {
+      const plan = planOf(store, `ip:late-${trial}`, [spec]);
+      // Batches of 1, 2, 4 and 6: the last leaves 5 slots held, due within 50 ms.
+      for (let i = 0; i < 8; i++) expect((await store.consume(plan)).allowed).toBe(true);
+      const [held] = await store.peek(plan);
+      expect(held!.remaining).toBeLessThanOrEqual(20 - 8 - 4);
+      // The bucket refills meanwhile; the held slots' times pass.
+      await sleep(300);
+      const began = performance.now();
+      const burst = await Promise.all(Array.from({ length: 60 }, () => store.consume(plan)));
+      // A full bucket admits 20, plus what refills during the burst; spending the 5 stale
+      // slots on top would make it 25.
+      const refilled = Math.floor(((performance.now() - began) * 100) / 1000) + 1;
+      expect(burst.filter((decision) => decision.allowed).length).toBeLessThanOrEqual(20 + refilled);
+      // A burst slowed down by a busy machine refills as much as the stale slots: it tells nothing.
+      if (refilled < 5) telling++;
+    }
+    expect(telling).toBeGreaterThan(0);
+  });
+
+  it('four instances never admit more than one budget (no refill), flooded concurrently', async () => {
+    const four = await Promise.all([0, 1, 2, 3].map(() => makeStore()));
+    for (let trial = 0; trial < 3; trial++) {
+      const spec = tokenBucketSpec('global', 'g', 50, 0.001);
+      const decisions = await Promise.all(
+        Array.from({ length: 1000 }, (_, i) => {
+          const store = four[i % 4]!;
+          return store.consume(planOf(store, `ip:budget-${trial}`, [spec]));
+        }),
+      );
+      expect(decisions.filter((decision) => decision.allowed)).toHaveLength(50);
+    }
+  });
+
+  it('global and per-type buckets of one tracker are reserved together and stay exact', async () => {
+    const store = await makeStore();
+    const global = tokenBucketSpec('global', 'g', 30, 0.001);
+    const chat = planOf(store, 'ip:pair', [global, tokenBucketSpec('type', 't:chat', 20, 0.001)]);
+    const move = planOf(store, 'ip:pair', [global, tokenBucketSpec('type', 't:move', 20, 0.001)]);
+    let chats = 0;
+    let moves = 0;
+    for (let i = 0; i < 60; i++) {
+      if ((await store.consume(chat)).allowed) chats++;
+      if ((await store.consume(move)).allowed) moves++;
+    }
+    expect(chats).toBeLessThanOrEqual(20);
+    expect(moves).toBeLessThanOrEqual(20);
+    expect(chats + moves).toBeLessThanOrEqual(30);
+  });
+
+  it('a plan with a sliding log is decided per call (one script per decision)', async () => {
+    const store = await makeStore();
+    const plan = planOf(store, 'ip:log', [
+      tokenBucketSpec('global', 'g', 1000, 1000),
+      windowSpec('expensive', 'x', 'sliding-log', 1000, 60_000),
+    ]);
+    const before = await scriptCalls();
+    for (let i = 0; i < 50; i++) await store.consume(plan);
+    expect((await scriptCalls()) - before).toBe(50);
+  });
+
+  it('C-34: four instances with skewed clocks flooding one tracker: never above the bucket, >= 95 % of its rate', async () => {
+    // The instances' own clocks (the block cache's) are skewed by up to 5 s; the scripts
+    // read Redis TIME, and reserved slots are timed on each process's monotonic clock.
+    const four = await Promise.all(
+      [-5000, 0, 400, 5000].map((offset) => makeStore({ now: () => Date.now() + offset })),
+    );
+    const capacity = 50;
+    const rate = 200; // tokens a second
+    const spec = tokenBucketSpec('global', 'g', capacity, rate);
+    const start = performance.now();
+    // The first instance starts alone at about half the rate, so its batches grow; the
+    // three others join the flood after 500 ms, while it still holds slots.
+    const parties = four.map((store, i) => ({
+      store,
+      plan: planOf(store, 'ip:c34', [spec]),
+      ...(i === 0 ? { paceMs: 10, inFlight: 1 } : { from: start + 500 }),
+    }));
+    const calls = await scriptCalls();
+    // 3 s of steady load (not RELIABILITY's 10 s, to keep the suite fast).
+    const perStore = await flood(parties, start + 3000);
+    const admitted = perStore.flat();
+    const scripts = (await scriptCalls()) - calls;
+    const worst = worstBurst(admitted, rate / 1000);
+    // Steady load: the second and third seconds (the first starts with a full bucket).
+    const steady = admitted.filter(([, t]) => t >= start + 1000 && t < start + 3000).length;
+    console.log(
+      `C-34: admitted ${admitted.length} (${perStore.map((a) => a.length).join('/')}) in 3 s with ${scripts} scripts; worst window ${worst.toFixed(2)} over its refill (capacity ${capacity}); steady ${steady} of ${rate * 2}`,
+    );
+    expect(worst).toBeLessThanOrEqual(capacity);
+    expect(steady).toBeGreaterThanOrEqual(0.95 * rate * 2);
+    expect(steady).toBeLessThanOrEqual(rate * 2 + capacity + 1);
+  }, 30_000);
+
+  it('C-34: an instance killed while holding a reservation: its slots come back within its TTL', async () => {
+    const ttlMs = 500;
+    const capacity = 100;
+    const rate = 100;
+    const spec = tokenBucketSpec('global', 'g', capacity, rate);
+    const doomedClient = storeClient(server.port);
+    await ready(doomedClient);
+    // Not in `stores`: it is never closed (closing would give its slots back).
+    const doomed = new RedisRateLimitStore({
+      client: doomedClient,
+      keyPrefix: 'resv:',
+      commandTimeoutMs: 5000,
+      reservations: { maxBatch: 64, ttlMs },
+    });
+    const survivors = await Promise.all([0, 1, 2].map(() => makeStore({ reservations: { maxBatch: 64, ttlMs } })));
+    const doomedPlan = planOf(doomed, 'ip:killed', [spec]);
+    // Alone, well under the rate: its batches grow.
+    for (let i = 0; i < 40; i++) {
+      await doomed.consume(doomedPlan);
+      await sleep(5);
+    }
+    const peekPlan = planOf(survivors[0]!, 'ip:killed', [spec]);
+    const [held] = await survivors[0]!.peek(peekPlan);
+    // It holds slots: the bucket shows more taken than the few tokens spent lately.
+    expect(held!.remaining).toBeLessThan(capacity - 2);
+    // Killed: its connection drops, nothing is given back.
+    doomedClient.disconnect();
+    const killedAt = performance.now();
+    await sleep(ttlMs + 20);
+    const [after] = await survivors[0]!.peek(peekPlan);
+    expect(after!.remaining).toBeGreaterThanOrEqual(capacity - 1);
+
+    // And under a flood by the three others, the rate from the TTL on is the bucket's.
+    const parties = survivors.map((store) => ({ store, plan: planOf(store, 'ip:killed', [spec]) }));
+    const start = performance.now();
+    const admitted = (await flood(parties, start + 2000)).flat();
+    expect(worstBurst(admitted, rate / 1000)).toBeLessThanOrEqual(capacity);
+    const steady = admitted.filter(([, t]) => t >= start + 1000).length;
+    expect(steady).toBeGreaterThanOrEqual(0.95 * rate);
+    expect(performance.now() - killedAt).toBeGreaterThan(ttlMs);
+    await doomed.close();
+  }, 30_000);
+
+  it('close gives back the unspent slots of a batch', async () => {
+    const store = await makeStore({ reservations: { maxBatch: 64, ttlMs: 5000 } });
+    const other = await makeStore();
+    // 10 tokens a second, capacity 100: slots 100 ms apart, up to 5 s ahead.
+    const spec = tokenBucketSpec('global', 'g', 100, 10);
+    const plan = planOf(store, 'ip:closing', [spec]);
+    let spent = 0;
+    for (let i = 0; i < 12; i++) if ((await store.consume(plan)).allowed) spent++;
+    const otherPlan = planOf(other, 'ip:closing', [spec]);
+    const [held] = await other.peek(otherPlan);
+    expect(held!.remaining).toBeLessThan(100 - spent);
+    await store.close();
+    const [back] = await other.peek(otherPlan);
+    expect(back!.remaining).toBeGreaterThanOrEqual(100 - spent);
+    expect(back!.remaining).toBeLessThanOrEqual(100 - spent + 1);
+  });
+
+  it('rejects invalid reservation options', async () => {
+    const client = storeClient(server.port);
+    clients.push(client);
+    for (const reservations of [
+      { maxBatch: 0 },
+      { maxBatch: 1.5 },
+      { maxBatch: 5000 },
+      { ttlMs: -1 },
+      { ttlMs: NaN },
+      7,
+    ]) {
+      expect(
+        () => new RedisRateLimitStore({ client, reservations: reservations as RedisStoreOptions['reservations'] }),
+      ).toThrow(WsRateLimitConfigError);
+    }
+    const store = new RedisRateLimitStore({ client, reservations: true });
+    stores.push(store);
+  });
+
+  it('every key keeps a bounded TTL', async () => {
+    // The longest-lived state here: 50 tokens at 0.001 a second take 50,000 s to refill.
+    const { problems, checked } = await expectBoundedTtls(admin, 'resv:', () => 50_000_000 + 1000);
+    expect(checked).toBeGreaterThan(0);
+    expect(problems).toEqual([]);
+  });
+});

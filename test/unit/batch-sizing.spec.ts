@@ -1,0 +1,44 @@
+import { describe, expect, it } from '@jest/globals';
+import { nextBatchSize } from '../../lib/storage/redis/batch-sizing.js';
+
+describe('nextBatchSize (token reservations)', () => {
+  const alone = { alone: true, more: 1000 };
+  const none = { spendable: Infinity };
+
+  it('doubles while the instance is alone and far from the limit, from 1 to 2 and up to maxBatch', () => {
+    let size = 1;
+    const seen: number[] = [];
+    for (let i = 0; i < 10; i++) {
+      size = nextBatchSize({ asked: size, granted: size, ...alone, ...none }, 64);
+      seen.push(size);
+    }
+    expect(seen).toEqual([2, 4, 8, 16, 32, 64, 64, 64, 64, 64]);
+  });
+
+  it('falls to 1 under contention, whatever the size', () => {
+    expect(nextBatchSize({ asked: 32, granted: 32, alone: false, more: 1000, ...none }, 64)).toBe(1);
+    expect(nextBatchSize({ asked: 1, granted: 1, alone: false, more: 1000, ...none }, 64)).toBe(1);
+  });
+
+  it('falls to 1 when the buckets could not fill the ask (near the limit)', () => {
+    expect(nextBatchSize({ asked: 16, granted: 5, ...alone, ...none }, 64)).toBe(1);
+  });
+
+  it('never asks for more than half of what is left, so it shrinks to 1 as the bucket empties', () => {
+    expect(nextBatchSize({ asked: 16, granted: 16, alone: true, more: 20, ...none }, 64)).toBe(10);
+    expect(nextBatchSize({ asked: 8, granted: 8, alone: true, more: 5, ...none }, 64)).toBe(2);
+    expect(nextBatchSize({ asked: 2, granted: 2, alone: true, more: 1, ...none }, 64)).toBe(1);
+    expect(nextBatchSize({ asked: 2, granted: 2, alone: true, more: 0, ...none }, 64)).toBe(1);
+  });
+
+  it('stays at 1 when even the largest batch would lapse before 2 decisions (too rare for the bucket rate)', () => {
+    expect(nextBatchSize({ asked: 4, granted: 4, alone: true, more: 1000, spendable: 1.5 }, 64)).toBe(1);
+    expect(nextBatchSize({ asked: 1, granted: 1, alone: true, more: 1000, spendable: 0.002 }, 64)).toBe(1);
+    expect(nextBatchSize({ asked: 4, granted: 4, alone: true, more: 1000, spendable: 2 }, 64)).toBe(8);
+  });
+
+  it('keeps to maxBatch, also a maxBatch of 1 (every decision one call)', () => {
+    expect(nextBatchSize({ asked: 48, granted: 48, ...alone, ...none }, 50)).toBe(50);
+    expect(nextBatchSize({ asked: 1, granted: 1, ...alone, ...none }, 1)).toBe(1);
+  });
+});
