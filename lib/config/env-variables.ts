@@ -132,6 +132,23 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     description: 'Refused plans remembered locally until their retry time (no Redis call for them); 0 = off.',
   },
   {
+    name: 'WS_RATE_LIMIT_REDIS_RESERVATION_BATCH',
+    option: 'redis.reservationBatch',
+    kind: 'non-negative-integer',
+    max: 4096,
+    default: '0',
+    description:
+      'Token reservations: the largest batch of a shared token bucket an instance takes in one call and spends locally; 0 = off.',
+  },
+  {
+    name: 'WS_RATE_LIMIT_REDIS_RESERVATION_TTL_MS',
+    option: 'redis.reservationTtlMs',
+    kind: 'positive-integer',
+    max: MAX_TIMER_MS,
+    default: '1000',
+    description: 'Reserved tokens are granted only this far ahead; a dead instance holds none after it.',
+  },
+  {
     name: 'WS_RATE_LIMIT_TRACKER',
     option: 'tracker',
     kind: 'enum',

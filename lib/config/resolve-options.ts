@@ -116,6 +116,8 @@ export function resolveOptions(
     clock: value('redis.clock'),
     leaseTtlMs: value('redis.leaseTtlMs'),
     blockCache: value('redis.blockCache'),
+    reservationBatch: value('redis.reservationBatch'),
+    reservationTtlMs: value('redis.reservationTtlMs'),
     redisOptions: options.redis?.redisOptions,
   };
   if (store === 'redis') checkRedisChoice(redis, label);

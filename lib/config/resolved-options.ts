@@ -58,6 +58,8 @@ export interface ResolvedRedisOptions {
   readonly leaseTtlMs: number;
   /** Entries of the block cache; 0 = off. */
   readonly blockCache: number;
+  readonly reservationBatch: number;
+  readonly reservationTtlMs: number;
   /** Further options for the clients the store creates (code only). */
   readonly redisOptions: RedisModuleOptions['redisOptions'];
 }

@@ -46,6 +46,19 @@ export interface RedisModuleOptions {
    * @default 10000
    */
   blockCache?: number;
+  /**
+   * Token reservations (`RedisStoreOptions.reservations`): the largest batch of a shared
+   * plan's token buckets an instance takes in one script call and spends locally, never
+   * over-admitting; 0 turns them off. At most 4096. See the README's Redis section.
+   * @default 0
+   */
+  reservationBatch?: number;
+  /**
+   * How far ahead reserved tokens are granted, ms: a dead instance's come back within it.
+   * At most 2147483647.
+   * @default 1000
+   */
+  reservationTtlMs?: number;
   /** Further ioredis options for the clients the store creates (TLS, ACL user...). */
   redisOptions?: RedisOptions;
 }

@@ -17,6 +17,10 @@ export async function createStore(options: ResolvedWsRateLimitOptions): Promise<
     clock: redis.clock,
     leaseTtlMs: redis.leaseTtlMs,
     blockCache: redis.blockCache === 0 ? (false as const) : { maxEntries: redis.blockCache },
+    reservations:
+      redis.reservationBatch === 0
+        ? (false as const)
+        : { maxBatch: redis.reservationBatch, ttlMs: redis.reservationTtlMs },
     ...(redis.redisOptions ? { redisOptions: redis.redisOptions } : {}),
   };
   if (redis.client) return createRedisStore({ ...common, client: redis.client });

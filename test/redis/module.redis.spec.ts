@@ -74,6 +74,48 @@ describe('WsRateLimitModule on Redis', () => {
     expect(store.client.status).toBe('end');
   });
 
+  it('turns token reservations on with WS_RATE_LIMIT_REDIS_RESERVATION_BATCH: fewer scripts, the same answers', async () => {
+    const scripts = async () => {
+      const stats = String(await redis.command('INFO', 'commandstats'));
+      let calls = 0;
+      for (const match of stats.matchAll(/cmdstat_(?:evalsha|eval):calls=(\d+)/g)) calls += Number(match[1]);
+      return calls;
+    };
+    const run = async (batch: string) => {
+      await withEnv(
+        {
+          WS_RATE_LIMIT_STORE: 'redis',
+          WS_RATE_LIMIT_REDIS_URL: redis.url,
+          WS_RATE_LIMIT_TRACKER: 'ip',
+          WS_RATE_LIMIT_GLOBAL_CAPACITY: '200',
+          WS_RATE_LIMIT_GLOBAL_REFILL_RATE: '400',
+          WS_RATE_LIMIT_TYPE_CAPACITY: '200',
+          WS_RATE_LIMIT_TYPE_REFILL_RATE: '400',
+          WS_RATE_LIMIT_REDIS_RESERVATION_BATCH: batch,
+        },
+        () => start(),
+      );
+      const client = await TestClient.connect(running!.url);
+      clients.push(client);
+      await redis.command('CONFIG', 'RESETSTAT');
+      // 150 messages, one at a time: well inside both buckets, so every one is answered.
+      for (let i = 0; i < 150; i++) {
+        client.send('echo', i);
+        await client.waitForEvent('echo', i + 1);
+      }
+      const calls = await scripts();
+      await clients.pop()!.close();
+      await running!.close();
+      running = undefined;
+      await redis.command('FLUSHALL');
+      return calls;
+    };
+    const off = await run('0');
+    const on = await run('32');
+    expect(off).toBeGreaterThanOrEqual(150);
+    expect(on).toBeLessThan(off / 2);
+  });
+
   it('reports budgets from the local fallback while Redis is down (fail mode open)', async () => {
     const limiter = await start({ store: 'redis', redis: { url: redis.url }, tracker: 'ip' });
     expect((await limiter.status('someone')).global.remaining).toBe(100);

@@ -67,6 +67,7 @@ describe('timers: at most 2^31-1 ms, as setTimeout accepts', () => {
         'pongTimeoutMs',
         'redis.commandTimeoutMs',
         'redis.leaseTtlMs',
+        'redis.reservationTtlMs',
         'violations.windowMs',
       ].sort(),
     );
