@@ -113,7 +113,32 @@ export const VARIANTS = {
     label: '@nestjs/throttler WsThrottlerGuard (docs), 64 client addresses',
     clientAddresses: 64,
   },
+  oursRedis: {
+    label: 'ours: Redis store, tracker ip, 64 client addresses, no reservations',
+    clientAddresses: 64,
+  },
+  oursRedisReserve: {
+    label: 'ours: Redis store, tracker ip, 64 client addresses, reservations (batch 64)',
+    clientAddresses: 64,
+  },
 };
+
+/** The variants that need a Redis server (its URL in `BENCH_REDIS_URL`). */
+export const REDIS_VARIANTS: readonly VariantId[] = ['oursRedis', 'oursRedisReserve'];
+
+/**
+ * The Redis variants' shared limits: a burst no run spends, and a refill near what one
+ * address sends (about 500 messages a second of the load's ~30 k/s over 64 addresses),
+ * the case reservations are for (a full bucket's slots lapse at its refill rate).
+ */
+const redisLimits = (reservationBatch: number) => ({
+  useEnv: false,
+  store: 'redis' as const,
+  redis: { url: process.env.BENCH_REDIS_URL, reservationBatch },
+  tracker: 'ip' as const,
+  global: { capacity: HUGE, refillRate: 1000 },
+  type: { capacity: HUGE, refillRate: 1000 },
+});
 
 export type VariantId = keyof typeof VARIANTS;
 
@@ -125,6 +150,8 @@ export function appModule(variant: VariantId): DynamicModule {
     ours: RateLimitedEchoGateway,
     throttler: ThrottledEchoGateway,
     throttler64: ThrottledEchoGateway,
+    oursRedis: RateLimitedEchoGateway,
+    oursRedisReserve: RateLimitedEchoGateway,
   };
   const imports: Record<VariantId, DynamicModule[]> = {
     unguarded: [],
@@ -139,6 +166,8 @@ export function appModule(variant: VariantId): DynamicModule {
     // The docs' figures are `ttl: 60000, limit: 10`; the limit is raised so nothing is refused.
     throttler: [ThrottlerModule.forRoot({ throttlers: [{ ttl: 60_000, limit: HUGE }] })],
     throttler64: [ThrottlerModule.forRoot({ throttlers: [{ ttl: 60_000, limit: HUGE }] })],
+    oursRedis: [WsRateLimitModule.forRoot(redisLimits(0))],
+    oursRedisReserve: [WsRateLimitModule.forRoot(redisLimits(64))],
   };
   return { module: BenchAppModule, imports: imports[variant], providers: [gateways[variant]] };
 }

@@ -1,7 +1,8 @@
 import { nextMessage, profileFlags, startChild, stopChild } from '../support/child.js';
 import { formatRate, formatRatio, median, spread, table, verdict } from '../support/stats.js';
 import type { Target } from '../store/report.js';
-import { VARIANTS, type VariantId } from './apps.js';
+import { parseCounters, rawCommand, startRedis, counterDelta, type RedisServer } from '../redis/redis-server.js';
+import { REDIS_VARIANTS, VARIANTS, type VariantId } from './apps.js';
 import type { LoadResult } from './load.js';
 
 /** One measured run of one variant. */
@@ -10,6 +11,8 @@ export interface GatewayRun extends LoadResult {
   round: number;
   /** Server CPU time per echoed message in the measured window, in microseconds. */
   serverCpuMicrosPerMessage: number;
+  /** Redis commands per echoed message in the measured window (Redis variants only). */
+  redisCommandsPerMessage?: number;
 }
 
 export interface GatewayReport {
@@ -39,37 +42,76 @@ export async function runGateway(quick: boolean, profileDir?: string): Promise<G
       `${load.warmupMs} ms warm-up + ${load.durationMs} ms, ${load.rounds} rounds)`,
   );
   const runs: GatewayRun[] = [];
+  // The Redis variants share one redis-server, started for this part and stopped after it.
+  const redis = await startRedis();
+  process.env.BENCH_REDIS_URL = `redis://127.0.0.1:${redis.port}`;
+  try {
+    await measureRounds(variants, load, profileDir, redis, runs);
+  } finally {
+    await redis.stop();
+  }
+  return reportGateway(variants, load, runs);
+}
+
+async function measureRounds(
+  variants: VariantId[],
+  load: GatewayReport['load'],
+  profileDir: string | undefined,
+  redis: RedisServer,
+  runs: GatewayRun[],
+): Promise<void> {
   for (let round = 0; round < load.rounds; round++) {
     const order = variants.map((_, i) => variants[(i + round) % variants.length]!);
     for (const variant of order) {
-      const run = await measure(variant, round, load, profileDir);
+      const run = await measure(variant, round, load, profileDir, REDIS_VARIANTS.includes(variant) ? redis : undefined);
       runs.push(run);
       console.log(
         `  round ${round + 1} ${variant.padEnd(12)} ${formatRate(run.echoesPerSecond).padStart(10)}  ` +
           `server ${run.serverCpuMicrosPerMessage.toFixed(1)} µs CPU/msg, load process ${(run.loadCpuShare * 100).toFixed(0)} % of a core` +
           (run.otherFrames > 0 ? `, ${run.otherFrames} non-echo frames!` : '') +
-          (run.closedEarly > 0 ? `, ${run.closedEarly} sockets closed early!` : ''),
+          (run.closedEarly > 0 ? `, ${run.closedEarly} sockets closed early!` : '') +
+          (run.redisCommandsPerMessage !== undefined
+            ? `, ${run.redisCommandsPerMessage.toFixed(2)} Redis cmds/msg`
+            : ''),
       );
     }
   }
+}
+
+function reportGateway(variants: VariantId[], load: GatewayReport['load'], runs: GatewayRun[]): GatewayReport {
   const of = (variant: VariantId): GatewayRun[] => runs.filter((run) => run.variant === variant);
   const medians = Object.fromEntries(
     variants.map((variant) => [variant, median(of(variant).map((run) => run.echoesPerSecond))]),
   ) as Record<VariantId, number>;
   const text = table(
-    ['variant', 'echoes/s (median)', 'spread', 'server µs CPU/msg', 'vs unguarded', 'vs no-op guard'],
+    ['variant', 'echoes/s (median)', 'spread', 'server µs CPU/msg', 'Redis cmds/msg', 'vs unguarded', 'vs no-op guard'],
     variants.map((variant) => [
       VARIANTS[variant].label,
       formatRate(medians[variant]),
       spread(of(variant).map((run) => run.echoesPerSecond)),
       median(of(variant).map((run) => run.serverCpuMicrosPerMessage)).toFixed(1),
+      REDIS_VARIANTS.includes(variant)
+        ? median(of(variant).map((run) => run.redisCommandsPerMessage ?? 0)).toFixed(2)
+        : '',
       formatRatio(medians[variant] / medians.unguarded),
       formatRatio(medians[variant] / medians.noop),
     ]),
   );
   const ratio = medians.ours / medians.unguarded;
   const rejected = of('ours').reduce((sum, run) => sum + run.otherFrames, 0);
+  const redisRatio = medians.oursRedisReserve / medians.unguarded;
+  const redisRejected = REDIS_VARIANTS.flatMap(of).reduce((sum, run) => sum + run.otherFrames, 0);
   const targets: Target[] = [
+    {
+      target: 'Redis store, tracker ip, 64 addresses, with reservations: guarded / unguarded >= 0.8',
+      measured: `${redisRatio.toFixed(2)} (without: ${(medians.oursRedis / medians.unguarded).toFixed(2)})`,
+      pass: redisRatio >= 0.8,
+    },
+    {
+      target: 'no message refused in the Redis runs',
+      measured: `${redisRejected} refused`,
+      pass: redisRejected === 0,
+    },
     { target: 'guarded / unguarded >= 0.85', measured: ratio.toFixed(2), pass: ratio >= 0.85 },
     { target: 'guarded / unguarded >= 0.95 (aim)', measured: ratio.toFixed(2), pass: ratio >= 0.95 },
     { target: 'no message refused in the guarded runs', measured: `${rejected} refused`, pass: rejected === 0 },
@@ -101,6 +143,7 @@ async function measure(
   round: number,
   load: { clients: number; inFlight: number; warmupMs: number; durationMs: number },
   profileDir: string | undefined,
+  redis: RedisServer | undefined,
 ): Promise<GatewayRun> {
   const server = startChild(SERVER, [variant], profileFlags(profileDir, `gateway-${variant}-round${round + 1}`));
   const loader = { child: undefined as ReturnType<typeof startChild> | undefined };
@@ -117,12 +160,21 @@ async function measure(
     loader.child = child;
     const resultPromise = nextMessage<LoadResult>(child, 'result', 30_000 + load.warmupMs + load.durationMs);
     await nextMessage(child, 'measuring', 30_000 + load.warmupMs);
+    const counters = () => rawCommand(redis!.port, 'INFO commandstats').then(parseCounters);
+    const before = redis ? await counters() : undefined;
     server.send({ kind: 'mark-start' });
     const result = await resultPromise;
+    const redisCommands = before ? counterDelta(before, await counters()).commands : undefined;
     const cpuPromise = nextMessage<{ cpuMicros: number }>(server, 'cpu', 10_000);
     server.send({ kind: 'mark-end' });
     const { cpuMicros } = await cpuPromise;
-    return { ...result, variant, round, serverCpuMicrosPerMessage: cpuMicros / Math.max(1, result.echoes) };
+    return {
+      ...result,
+      variant,
+      round,
+      serverCpuMicrosPerMessage: cpuMicros / Math.max(1, result.echoes),
+      ...(redisCommands === undefined ? {} : { redisCommandsPerMessage: redisCommands / Math.max(1, result.echoes) }),
+    };
   } finally {
     if (server.connected) server.send({ kind: 'stop' });
     await Promise.all([stopChild(server), loader.child ? stopChild(loader.child) : Promise.resolve()]);
