@@ -274,14 +274,7 @@ for h = 1, H do
       -- The hash's TTL covers its longest-lived field: extended when this write needs it, never
       -- shortened (another plan's fields may need longer). A hash written before the server
       -- had hash-field TTLs keeps this way until it expires.
-      local at = now + hmax[h]
-      local grow = hexp[h] == nil or at > hexp[h]
-      if grow then
-        s[#s + 1] = '~e'
-        s[#s + 1] = fmt(at)
-      end
-      redis.call('HSET', key, unpack(s))
-      if grow then redis.call('PEXPIRE', key, math.ceil(at - now)) end
+      writeHashTtl(key, s, now + hmax[h], hexp[h], now)
     end
   end
   if #dels[h] > 0 then

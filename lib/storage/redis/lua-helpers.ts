@@ -16,6 +16,20 @@ if redis.replicate_commands then redis.replicate_commands() end
 local NEG = -math.huge
 local function fmt(x) return string.format('%.17g', x) end
 
+-- Writes a tracker hash's fields (flat name/value list s) on a server without hash-field
+-- TTLs: the hash's TTL covers its longest-lived field, kept in field ~e (exp, nil when
+-- unset) and extended when this write needs it (to at), never shortened, since other
+-- plans' fields may need longer.
+local function writeHashTtl(key, s, at, exp, now)
+  local grow = exp == nil or at > exp
+  if grow then
+    s[#s + 1] = '~e'
+    s[#s + 1] = fmt(at)
+  end
+  redis.call('HSET', key, unpack(s))
+  if grow then redis.call('PEXPIRE', key, math.ceil(at - now)) end
+end
+
 -- The time in ms: Redis's own clock when arg is '', else the app's time, clamped to the
 -- latest time already seen under clockKey so that it never runs backwards.
 local function readClock(arg, clockKey)

@@ -1,3 +1,5 @@
+// Over 400 lines: the store composes its units (client factory, call gate, lease book, plan
+// compiler, reservations) and keeps the RateLimitStore contract's methods and their docs here.
 import { Logger } from '@nestjs/common';
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';

@@ -150,14 +150,7 @@ for h = 1, H do
       end
     end
   else
-    local at = now + hmax[h]
-    local grow = hexp[h] == nil or at > hexp[h]
-    if grow then
-      s[#s + 1] = '~e'
-      s[#s + 1] = fmt(at)
-    end
-    redis.call('HSET', key, unpack(s))
-    if grow then redis.call('PEXPIRE', key, math.ceil(at - now)) end
+    writeHashTtl(key, s, now + hmax[h], hexp[h], now)
   end
 end
 saveClock(clockKey, now, maxTtl)
