@@ -64,3 +64,17 @@ export function toMessageId(value: unknown): MessageId | undefined {
   if (typeof value === 'string') return value.length <= MAX_MESSAGE_ID_LENGTH ? value : undefined;
   return undefined;
 }
+
+/**
+ * socket.io only (it has no close codes): the event sent just before the server disconnects
+ * a socket for a policy reason, carrying what a WebSocket close frame would.
+ */
+export const RATE_LIMIT_DISCONNECT_EVENT = 'rate_limit_disconnect';
+
+/** The data of the `rate_limit_disconnect` event. */
+export interface RateLimitDisconnectInfo {
+  /** The close code a WebSocket would have been closed with (1008 for violations). */
+  readonly code: number;
+  /** The close reason. */
+  readonly reason: string;
+}
