@@ -112,6 +112,11 @@ export class WsRateLimitIoAdapter extends IoAdapter {
     const limited = { maxHttpBufferSize: this.limiter.options.maxPayload, ...options } as ServerOptions;
     const io = super.createIOServer(port, limited);
     const engine = io.engine as unknown as EngineServerLike;
+    if (typeof engine.use !== 'function') {
+      throw new Error(
+        'nestjs-ws-rate-limit: the installed socket.io predates Engine.IO middlewares (engine.use); install socket.io@^4.7',
+      );
+    }
     engine.use(this.engineMiddleware);
     engine.on('connection', (socket) => this.engineConnection(socket));
     engine.on('connection_error', ({ req }) => req !== undefined && this.giveBack(req));
