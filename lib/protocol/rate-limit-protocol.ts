@@ -64,3 +64,17 @@ export function toMessageId(value: unknown): MessageId | undefined {
   if (typeof value === 'string') return value.length <= MAX_MESSAGE_ID_LENGTH ? value : undefined;
   return undefined;
 }
+
+/**
+ * Event a socket.io server emits before it disconnects a socket for rate-limit violations:
+ * socket.io has no close codes, so this carries what a WebSocket close frame would.
+ */
+export const RATE_LIMIT_DISCONNECT_EVENT = 'rate_limit_disconnect';
+
+/** Payload of the {@link RATE_LIMIT_DISCONNECT_EVENT} event. */
+export interface RateLimitDisconnectInfo {
+  /** The WebSocket close code the disconnect stands for (1008, policy violation). */
+  readonly code: number;
+  /** Why the server disconnects. */
+  readonly reason: string;
+}
