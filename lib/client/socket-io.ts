@@ -27,9 +27,9 @@ export interface SocketIoSocketLike extends SocketIoEmitterLike {
   /** True once connected to its namespace. */
   readonly connected: boolean;
   /** Adds a listener of a named event (`connect`, `disconnect`, `connect_error`). */
-  on(event: string, listener: Listener<never[]>): unknown;
+  on(event: string, listener: Listener<unknown[]>): unknown;
   /** Adds a listener of every event the server emits. */
-  onAny(listener: Listener<[event: string, ...args: never[]]>): unknown;
+  onAny(listener: Listener<[event: string, ...args: unknown[]]>): unknown;
   /** The next `emit`'s acknowledgement gives up (with an error) after `ms`. */
   timeout(ms: number): SocketIoEmitterLike;
   /** Disconnects and releases the socket (and its manager, when it was its last socket). */

@@ -26,7 +26,7 @@ export class FakeIoSocket implements SocketIoSocketLike {
   readonly emits: FakeEmit[] = [];
   disconnectCalls = 0;
   private readonly listeners = new Map<string, AnyListener[]>();
-  private readonly anyListeners: AnyListener[] = [];
+  private readonly anyListeners: Array<(event: string, ...args: unknown[]) => void> = [];
 
   constructor(
     readonly url: string,
@@ -38,7 +38,7 @@ export class FakeIoSocket implements SocketIoSocketLike {
     return this;
   }
 
-  onAny(listener: AnyListener): this {
+  onAny(listener: (event: string, ...args: unknown[]) => void): this {
     this.anyListeners.push(listener);
     return this;
   }
