@@ -137,6 +137,11 @@ function frameText(data: unknown): string | undefined {
  * (longer ones fire at once): a longer retry window is waited out in steps, a longer
  * reconnect delay is cut to it.
  *
+ * **socket.io.** With `createSocket: socketIoFactory(io)` (socket.io-client's `io`), the
+ * client speaks to a socket.io server using `WsRateLimitIoAdapter`: messages become
+ * `emit(event, data, ack)`, the server's events and acknowledgements become messages, and a
+ * rate-limit disconnect reads as close 1008 (see `socketIoFactory` in `socket-io.ts`).
+ *
  * @example
  * ```ts
  * import { RateLimitedClient } from 'nestjs-ws-rate-limit/client';

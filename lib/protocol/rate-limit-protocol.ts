@@ -66,15 +66,15 @@ export function toMessageId(value: unknown): MessageId | undefined {
 }
 
 /**
- * Event a socket.io server emits before it disconnects a socket for rate-limit violations:
- * socket.io has no close codes, so this carries what a WebSocket close frame would.
+ * socket.io only (it has no close codes): the event sent just before the server disconnects
+ * a socket for a policy reason, carrying what a WebSocket close frame would.
  */
 export const RATE_LIMIT_DISCONNECT_EVENT = 'rate_limit_disconnect';
 
-/** Payload of the {@link RATE_LIMIT_DISCONNECT_EVENT} event. */
+/** The data of the `rate_limit_disconnect` event. */
 export interface RateLimitDisconnectInfo {
-  /** The WebSocket close code the disconnect stands for (1008, policy violation). */
+  /** The close code a WebSocket would have been closed with (1008 for violations). */
   readonly code: number;
-  /** Why the server disconnects. */
+  /** The close reason. */
   readonly reason: string;
 }
