@@ -70,7 +70,9 @@ export interface SocketIoFactoryOptions {
    * message through it, so the client knows exactly which message was refused whatever its
    * payload; and a handler's return value (other than `{ event, data }`) reaches the client
    * as a message `{ event, data, ack: true, id }` (see {@link isSocketIoAck}). Without acks,
-   * refusals come as `rate_limit` events and handlers' plain return values are lost.
+   * refusals come as `rate_limit` events and handlers' plain return values are lost; the
+   * server then echoes `data.id`, so the adapter adds the client's message id to object
+   * payloads that have no `id` of their own (handlers see it).
    * @default true
    */
   acks?: boolean;
