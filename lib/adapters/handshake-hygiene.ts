@@ -77,8 +77,13 @@ export function guardHandshakes(
     return true;
   };
   const onAccepted = (socket: Socket): void => void hold(socket);
+  // Engine.IO (socket.io) takes over a server's `request` listeners and calls them itself for
+  // other paths: a listener prepended again after it would otherwise see such requests twice.
+  const seen = new WeakSet<IncomingMessage>();
   // An HTTP exchange ends when the whole request body has arrived and the answer is sent.
   const onRequest = (request: IncomingMessage, response: ServerResponse): void => {
+    if (seen.has(request)) return;
+    seen.add(request);
     const socket = request.socket;
     if (!waiting.has(socket) && !hold(socket)) return;
     const ended = (): void => {

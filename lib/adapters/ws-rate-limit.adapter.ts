@@ -10,7 +10,7 @@ import type { ConnectionState } from '../connection/connection-state.js';
 import { startHeartbeat, watchPongs } from '../connection/heartbeat.js';
 import { ForwardingWarning } from './forwarding-warning.js';
 import { guardHandshakes, handshakeCompleted, type ServerListener } from './handshake-hygiene.js';
-import type { ConnectionRefusalReason } from '../interfaces/event.interface.js';
+import { REFUSALS } from './refusals.js';
 import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
 import { resolveClientAddress } from '../utils/client-address.js';
 import { messageIdOf, messageMeta, type MessageId } from '../utils/message-id.js';
@@ -38,15 +38,6 @@ interface Upgrade {
   /** Set in `close` refusal mode: the connection is upgraded only to be closed. */
   readonly refusal?: string;
 }
-
-/** How each refusal is answered: HTTP status, and the close reason in `close` mode. */
-const REFUSALS: Record<ConnectionRefusalReason, { status: number; reason: string }> = {
-  rate: { status: 429, reason: 'Connection rate limit exceeded' },
-  concurrency: { status: 429, reason: 'Too many connections' },
-  denied: { status: 403, reason: 'Denied' },
-  blocked: { status: 403, reason: 'Blocked' },
-  store: { status: 503, reason: 'Rate limit store unavailable' },
-};
 
 type VerifyCallback = (result: boolean, code?: number, message?: string, headers?: Record<string, string>) => void;
 interface VerifyInfo {

@@ -8,6 +8,11 @@ export interface AnswerSlot {
   /** The limiter's answers held until the earlier messages are answered. */
   writes: Array<() => void> | undefined;
   next: AnswerSlot | undefined;
+  /**
+   * The acknowledgement callback the client asked for with the message (socket.io): the
+   * limiter's answer to it goes there instead of an event, once.
+   */
+  ack?: ((answer: unknown) => void) | undefined;
 }
 
 /**

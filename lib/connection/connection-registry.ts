@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { AccessRules } from '../services/access-rules.js';
 import type { RateLimitTransport } from '../transports/transport.js';
+import { isSocketIoSocket, socketIoTransport } from '../transports/socket-io-transport.js';
 import { wsTransport } from '../transports/ws-transport.js';
 import { clientAddressKey, plainAddress } from '../utils/client-ip.js';
 import { CONNECTION_STATE, ConnectionState, type TrackedClient } from './connection-state.js';
@@ -68,9 +69,12 @@ export class ConnectionRegistry {
     return state;
   }
 
-  /** The record of a socket, made on first use for sockets no adapter attached (a `ws` socket). */
+  /**
+   * The record of a socket, made on first use for sockets no adapter attached (a `ws` or a
+   * socket.io socket, told apart by shape; anything else is an error naming both).
+   */
   of(client: object): ConnectionState {
-    return (client as TrackedClient)[CONNECTION_STATE] ?? this.attach(client, wsTransport as RateLimitTransport);
+    return (client as TrackedClient)[CONNECTION_STATE] ?? this.attach(client, transportFor(client));
   }
 
   /** The open connections a server accepted (a live view). */
@@ -88,4 +92,17 @@ export class ConnectionRegistry {
   dropGroup(server: object): void {
     this.groups.delete(server);
   }
+}
+
+/** The transport of a socket no adapter attached, by its shape. */
+export function transportFor(client: object): RateLimitTransport {
+  if (isSocketIoSocket(client)) return socketIoTransport as RateLimitTransport;
+  const socket = client as { readyState?: unknown; send?: unknown };
+  if (typeof socket.readyState === 'number' && typeof socket.send === 'function') {
+    return wsTransport as RateLimitTransport;
+  }
+  const name = (client.constructor as { name?: string } | undefined)?.name ?? typeof client;
+  throw new Error(
+    `nestjs-ws-rate-limit: unsupported socket (${name}): the limiter supports ws sockets (@nestjs/platform-ws) and socket.io sockets (@nestjs/platform-socket.io)`,
+  );
 }

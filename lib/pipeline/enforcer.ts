@@ -151,11 +151,11 @@ export class Enforcer {
     if (!transport.isOpen(client) || this.cutOffIfSlow(client, state)) return false;
     const order = state.order;
     if (order === undefined) {
-      transport.sendFrame(client, frame, info);
+      transport.sendFrame(client, frame, info, slot);
     } else {
       // After the answers of earlier messages (which may close the socket meanwhile).
       order.write(slot, () => {
-        if (transport.isOpen(client)) transport.sendFrame(client, frame, info);
+        if (transport.isOpen(client)) transport.sendFrame(client, frame, info, slot);
       });
     }
     return true;

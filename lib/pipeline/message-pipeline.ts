@@ -143,6 +143,9 @@ export class MessagePipeline {
    * steps, its route being the global budget: within it, the client gets a small `error`
    * frame; over it, the rejection is answered like any other. Runs in the socket's message
    * listener, outside Nest's exception handling: nothing a step or callback throws escapes.
+   * With `admitted` (socket.io, where an event no handler takes may have listeners of the
+   * application's own), a frame within the budget is passed on through it instead of
+   * being answered.
    */
   runUnrouted(
     client: object,
@@ -151,12 +154,17 @@ export class MessagePipeline {
     id: MessageId | undefined,
     bound: UnroutedSteps,
     slot?: AnswerSlot,
+    admitted?: () => void,
   ): void {
     const context = new UnroutedContext(client, code, id, bound.gateway, slot);
     const finished = (): void => {
       if (slot !== undefined) connection.order?.done(slot);
     };
     const answer = (): void => {
+      if (admitted !== undefined) {
+        finished();
+        return admitted();
+      }
       try {
         const frame = { event: 'error', data: id === undefined ? { code } : { code, id } };
         this.enforcer.send(client, connection, frame, undefined, slot);

@@ -2,6 +2,7 @@ import { Inject, Injectable, Logger, Optional, type OnApplicationBootstrap } fro
 import { DiscoveryService, ExternalContextCreator, MetadataScanner } from '@nestjs/core';
 import type { ResolvedBucket, ResolvedWsRateLimitOptions } from '../config/resolved-options.js';
 import { unknownVariableMessage, unknownVariables } from '../config/unknown-variables.js';
+import { WsRateLimitConfigError } from '../exceptions/ws-rate-limit-config.error.js';
 import { RateLimitStore } from '../storage/rate-limit-store.js';
 import { THROTTLE_METADATA, WS_RATE_LIMIT_OPTIONS } from '../ws-rate-limit.constants.js';
 
@@ -25,8 +26,47 @@ export class WsRateLimitStartupReport implements OnApplicationBootstrap {
   ) {}
 
   onApplicationBootstrap(): void {
+    this.checkAdapter();
     this.logger.log(limitsSummary(this.options));
     for (const warning of this.unguardedThrottles()) this.logger.warn(warning);
+  }
+
+  /**
+   * The WebSocket adapter the gateways run on (NestJS has made it by now): one the limiter
+   * cannot answer through is a start-up error; NestJS's own socket.io adapter works for
+   * messages but leaves the handshake unprotected, which is worth a warning.
+   */
+  private checkAdapter(): void {
+    const config = (this.contexts as { container?: { applicationConfig?: { getIoAdapter?: unknown } } } | undefined)
+      ?.container?.applicationConfig;
+    if (typeof config?.getIoAdapter !== 'function') return;
+    const adapter = (config.getIoAdapter as () => unknown).call(config);
+    if (adapter === null || adapter === undefined || !this.hasGateways()) return;
+    const family = adapterFamily(adapter);
+    const name = (adapter as object).constructor?.name ?? 'an adapter';
+    if (family === undefined) {
+      throw new WsRateLimitConfigError(
+        `the WebSocket adapter ${name} is not supported: use WsRateLimitAdapter (ws, from 'nestjs-ws-rate-limit') ` +
+          `or WsRateLimitIoAdapter (socket.io, from 'nestjs-ws-rate-limit/socket.io'), or an adapter extending ` +
+          `@nestjs/platform-ws's WsAdapter or @nestjs/platform-socket.io's IoAdapter`,
+      );
+    }
+    if (family === 'socket.io' && !chainNames(adapter).includes('WsRateLimitIoAdapter')) {
+      this.logger.warn(
+        `Gateways run on socket.io through ${name}: messages are limited, but connections are not (no per-address ` +
+          `rate or cap at the handshake) and answers are not ordered at a disconnect. Use WsRateLimitIoAdapter ` +
+          `from 'nestjs-ws-rate-limit/socket.io': app.useWebSocketAdapter(new WsRateLimitIoAdapter(app)).`,
+      );
+    }
+  }
+
+  private hasGateways(): boolean {
+    return this.discovery
+      .getProviders()
+      .some(
+        (wrapper) =>
+          typeof wrapper.metatype === 'function' && Reflect.getMetadata('websockets:is_gateway', wrapper.metatype),
+      );
   }
 
   /** One warning per gateway with `@Throttle` handlers that no `WsThrottleGuard` runs for. */
@@ -69,6 +109,31 @@ export class WsRateLimitStartupReport implements OnApplicationBootstrap {
     const guards = (config.getGlobalGuards as () => unknown[]).call(config);
     return Array.isArray(guards) && guards.some(isThrottleGuard);
   }
+}
+
+/** The names of an object's classes, from its own up. */
+function chainNames(value: object): string[] {
+  const names: string[] = [];
+  for (
+    let proto = Object.getPrototypeOf(value) as object | null;
+    proto !== null;
+    proto = Object.getPrototypeOf(proto)
+  ) {
+    const name = (proto.constructor as { name?: string } | undefined)?.name;
+    if (name) names.push(name);
+  }
+  return names;
+}
+
+/**
+ * Which socket library an adapter speaks, from its classes (NestJS's `WsAdapter` or
+ * `IoAdapter`, or one extending them), without importing either package.
+ */
+export function adapterFamily(adapter: object): 'ws' | 'socket.io' | undefined {
+  const names = chainNames(adapter);
+  if (names.includes('WsAdapter')) return 'ws';
+  if (names.includes('IoAdapter')) return 'socket.io';
+  return undefined;
 }
 
 /** Warns about each `WS_RATE_LIMIT_*` variable in `names` that no option reads, naming the closest known one. */

@@ -9,8 +9,13 @@ import type { Observable } from 'rxjs';
 import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
 import { AnswerOrder, type AnswerSlot } from '../connection/answer-order.js';
 import { ConnectionAdmitter, type ConnectionAdmission } from '../connection/connection-admission.js';
-import { ConnectionRegistry } from '../connection/connection-registry.js';
-import type { ConnectionState, TrackedClient, WsClientLike } from '../connection/connection-state.js';
+import { ConnectionRegistry, transportFor } from '../connection/connection-registry.js';
+import {
+  CONNECTION_STATE,
+  type ConnectionState,
+  type TrackedClient,
+  type WsClientLike,
+} from '../connection/connection-state.js';
 import type { WsRateLimitException } from '../exceptions/ws-rate-limit.exception.js';
 import type { RateLimitEvent } from '../interfaces/event.interface.js';
 import type { RateLimitDecision, RateLimitPlan, TierSpec, TierStatus } from '../interfaces/plan.interface.js';
@@ -25,7 +30,6 @@ import { concurrencySpec, tokenBucketSpec } from '../plans/tier-specs.js';
 import type { UnroutedCode } from '../protocol/rate-limit-protocol.js';
 import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
 import type { RateLimitTransport } from '../transports/transport.js';
-import { wsTransport } from '../transports/ws-transport.js';
 import { RateLimitStore, type MaybePromise } from '../storage/rate-limit-store.js';
 import { clientAddressKey } from '../utils/client-ip.js';
 import type { MessageId } from '../utils/message-id.js';
@@ -263,6 +267,11 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     return this.limiter.routeOf(handler, gateway, state, client);
   }
 
+  /** Whether a socket already has its limiter record. */
+  isTracked(client: object): boolean {
+    return (client as TrackedClient)[CONNECTION_STATE] !== undefined;
+  }
+
   /** The limiter state of a socket, created on first use. */
   connectionOf(client: object): ConnectionState {
     return this.registry.of(client);
@@ -272,8 +281,15 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    * Starts tracking a socket with the client address the adapter resolved, when no
    * admission record came with it. Its per-connection state is dropped when the socket closes.
    */
-  track(client: TrackedClient, address: string | undefined, request: IncomingMessage | undefined): ConnectionState {
-    return this.attach(client, address === undefined ? undefined : this.registry.create(address, request), request);
+  track(
+    client: TrackedClient | object,
+    address: string | undefined,
+    request: IncomingMessage | undefined,
+    group?: object,
+    transport?: RateLimitTransport,
+  ): ConnectionState {
+    const record = address === undefined ? undefined : this.registry.create(address, request);
+    return this.attach(client, record, request, group, transport);
   }
 
   /**
@@ -285,7 +301,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     record: ConnectionState | undefined,
     request?: IncomingMessage,
     group?: object,
-    transport: RateLimitTransport = wsTransport as RateLimitTransport,
+    transport: RateLimitTransport = transportFor(client),
   ): ConnectionState {
     return this.registry.attach(client, transport, record, group, request);
   }

@@ -1,3 +1,4 @@
+import type { AnswerSlot } from '../connection/answer-order.js';
 import type { RateLimitFrameInfo } from '../protocol/rate-limit-protocol.js';
 
 /**
@@ -20,9 +21,10 @@ export interface RateLimitTransport<Client extends object = object> {
   /**
    * Sends one answer: `frame` is what the frame builder (or the limiter, for `error`
    * frames) made; `info` is set for `rate_limit` answers, for transports with their own
-   * event shape. Never throws.
+   * event shape; `slot` is the answered message's place in the connection's answers, whose
+   * `ack` (socket.io) takes the answer instead of an event. Never throws.
    */
-  sendFrame(client: Client, frame: unknown, info?: RateLimitFrameInfo): void;
+  sendFrame(client: Client, frame: unknown, info?: RateLimitFrameInfo, slot?: AnswerSlot): void;
   /** Closes the socket with a close code and reason (after what was sent before). */
   close(client: Client, code: number, reason: string): void;
   /**

@@ -43,7 +43,16 @@ export function messageIdFromArgs(args: readonly unknown[]): MessageId | undefin
   return metaOf(args)?.id;
 }
 
-/** The message's place in its connection's order of answers, if the adapter keeps one. */
+/**
+ * The message's place in its connection's order of answers, if the adapter keeps one. A
+ * socket.io message sent with an acknowledgement through an adapter that keeps no order
+ * (NestJS's own `IoAdapter`: arguments `[socket, data, ack]`) gets a slot of its own
+ * carrying the ack, so that the limiter's answer reaches it.
+ */
 export function answerSlotFromArgs(args: readonly unknown[]): AnswerSlot | undefined {
-  return metaOf(args)?.slot;
+  const meta = metaOf(args);
+  if (meta !== undefined) return meta.slot;
+  const ack = args[2];
+  if (typeof ack !== 'function') return undefined;
+  return { done: false, writes: undefined, next: undefined, ack: ack as (answer: unknown) => void };
 }

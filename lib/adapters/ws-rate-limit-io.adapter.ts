@@ -1,0 +1,432 @@
+import type { INestApplicationContext } from '@nestjs/common';
+import { IoAdapter } from '@nestjs/platform-socket.io';
+import type { MessageMappingProperties } from '@nestjs/websockets';
+import { ServerResponse, STATUS_CODES, type IncomingMessage, type Server as HttpServer } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { EMPTY, isObservable, type Observable, type Subscription } from 'rxjs';
+import { catchError, filter } from 'rxjs/operators';
+import type { Namespace, Server, ServerOptions, Socket } from 'socket.io';
+import type { AnswerSlot } from '../connection/answer-order.js';
+import type { ConnectionState } from '../connection/connection-state.js';
+import { startHeartbeat } from '../connection/heartbeat.js';
+import type { ConnectionRefusalReason } from '../interfaces/event.interface.js';
+import { toMessageId, type MessageId } from '../protocol/rate-limit-protocol.js';
+import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
+import { socketIoTransport } from '../transports/socket-io-transport.js';
+import type { RateLimitTransport } from '../transports/transport.js';
+import { resolveClientAddress } from '../utils/client-address.js';
+import { messageMeta } from '../utils/message-id.js';
+import { ForwardingWarning } from './forwarding-warning.js';
+import { guardHandshakes, handshakeCompleted, type ServerListener } from './handshake-hygiene.js';
+import { REFUSALS } from './refusals.js';
+
+/** An Engine.IO request: Engine.IO parses its query into `_query` before middlewares run. */
+type EngineRequest = IncomingMessage & { _query?: Record<string, string | undefined> };
+type EngineMiddleware = (request: EngineRequest, response: ServerResponse, next: (error?: unknown) => void) => void;
+
+/** The parts of an Engine.IO server and socket the adapter uses. */
+interface EngineServerLike {
+  use(middleware: EngineMiddleware): void;
+  on(event: 'connection', listener: (socket: EngineSocketLike) => void): unknown;
+  on(event: 'connection_error', listener: (error: { req?: IncomingMessage }) => void): unknown;
+}
+interface EngineSocketLike {
+  readonly request: IncomingMessage;
+  once(event: 'close', listener: () => void): unknown;
+  close(): void;
+}
+
+/** A connection refused in `close` mode: the namespace connection fails with this. */
+interface Refusal {
+  readonly reason: string;
+  readonly code: ConnectionRefusalReason;
+  readonly retryAfter: number;
+}
+
+/** What the adapter keeps per socket.io socket. */
+interface SocketRouting {
+  /** The events NestJS handlers take on this socket. */
+  readonly events: Set<string>;
+  /** Answer slots of routed events, in arrival order, until their handler runs. */
+  readonly slots: Map<string, AnswerSlot[]>;
+}
+
+type SocketIoServerOptions = ServerOptions & { namespace?: string; server?: Server };
+
+const noop = (): void => undefined;
+
+/**
+ * NestJS's socket.io adapter (`IoAdapter`) with the limiter at every level socket.io exposes:
+ *
+ * - before the Engine.IO handshake completes (polling and WebSocket alike): the per-IP
+ *   connection rate and open-connection cap, answered with HTTP 429 and `Retry-After` (or,
+ *   with `connectionRefusal: 'close'`, a `connect_error` whose `data` says why), client
+ *   addresses from trusted proxies only, and the handshake hygiene of the HTTP server;
+ * - on every event: the payload limit (`maxHttpBufferSize` from `maxPayload`), events no
+ *   handler takes charged to the connection's global budget, refusals answered with a
+ *   `rate_limit` event or through the event's acknowledgement, answers in arrival order and
+ *   a disconnect at the violation threshold only after the replies of admitted events;
+ * - for the connection's life: slow consumers cut off, state freed on `disconnect`.
+ *
+ * Import it from `nestjs-ws-rate-limit/socket.io` (socket.io stays optional for `ws` users).
+ * @example
+ * const app = await NestFactory.create(AppModule);
+ * app.useWebSocketAdapter(new WsRateLimitIoAdapter(app));
+ */
+export class WsRateLimitIoAdapter extends IoAdapter {
+  protected readonly limiter: WsRateLimitService;
+  /** Records of admitted handshakes, until Engine.IO makes their connection. */
+  private readonly admitted = new WeakMap<IncomingMessage, ConnectionState>();
+  /** Handshakes refused in `close` mode, by request. */
+  private readonly refusals = new WeakMap<IncomingMessage, Refusal>();
+  /** The admission record of each Engine.IO connection, for its first socket.io socket. */
+  private readonly records = new WeakMap<object, ConnectionState>();
+  private readonly routing = new WeakMap<Socket, SocketRouting>();
+  private readonly namespaces = new WeakSet<object>();
+  private readonly heartbeats = new Map<object, NodeJS.Timeout>();
+  /** Listeners this adapter put on HTTP servers, taken off again by `dispose`. */
+  private readonly httpListeners: ServerListener[] = [];
+  private readonly forwarding: ForwardingWarning;
+
+  constructor(app: INestApplicationContext) {
+    super(app);
+    let limiter: WsRateLimitService;
+    try {
+      limiter = app.get(WsRateLimitService, { strict: false });
+    } catch {
+      throw new Error(
+        'nestjs-ws-rate-limit: WsRateLimitIoAdapter needs WsRateLimitModule: import WsRateLimitModule.forRoot() in the root module',
+      );
+    }
+    this.limiter = limiter;
+    this.forwarding = new ForwardingWarning(limiter.options);
+  }
+
+  override create(port: number, options?: SocketIoServerOptions): Server | Namespace {
+    const created = super.create(port, options);
+    this.guardNamespace(created);
+    return created;
+  }
+
+  override createIOServer(port: number, options?: ServerOptions): Server {
+    const limited = { maxHttpBufferSize: this.limiter.options.maxPayload, ...options } as ServerOptions;
+    const io = super.createIOServer(port, limited);
+    const engine = io.engine as unknown as EngineServerLike;
+    engine.use(this.engineMiddleware);
+    engine.on('connection', (socket) => this.engineConnection(socket));
+    engine.on('connection_error', ({ req }) => req !== undefined && this.giveBack(req));
+    if (io.httpServer !== undefined) this.guardHttpServer(io.httpServer as unknown as HttpServer);
+    this.startHeartbeat(io);
+    return io;
+  }
+
+  override bindClientConnect(server: Server | Namespace, callback: (socket: Socket) => void): void {
+    server.on('connection', (socket: Socket) => {
+      this.attach(socket, ioServerOf(server));
+      callback(socket);
+    });
+  }
+
+  /**
+   * Routes events like `IoAdapter` does (a reply `{ event, data }` is emitted, anything else
+   * goes to the acknowledgement), with the message's id and answer slot passed to the
+   * handler for `WsThrottleGuard` and `WsRateLimitFilter`.
+   */
+  override bindMessageHandlers(
+    socket: Socket,
+    handlers: MessageMappingProperties[],
+    transform: (data: unknown) => Observable<unknown>,
+  ): void {
+    const state = this.limiter.connectionOf(socket);
+    const routing = this.route(socket, state, handlers);
+    const order = state.order;
+    const running = new Set<Subscription>();
+    socket.once('disconnect', () => {
+      for (const subscription of running) subscription.unsubscribe();
+      running.clear();
+    });
+    for (const handler of handlers) {
+      const event = handler.message as string;
+      // The first handler of an event takes the slots the middleware opened for it.
+      const slots = routing.slots.has(event) ? undefined : new Array<AnswerSlot>();
+      if (slots !== undefined) routing.slots.set(event, slots);
+      const manualAck = (handler as { isAckHandledManually?: boolean }).isAckHandledManually === true;
+      socket.on(event, (...args: unknown[]) => {
+        // As rxjs's fromEvent, which IoAdapter reads events with: one argument as itself.
+        const payload = args.length === 1 ? args[0] : args;
+        const slot = slots?.shift();
+        const answered = (): void => {
+          if (slot !== undefined) order!.done(slot);
+        };
+        if (state.closing) return answered();
+        const { data, ack } = this.mapPayload(payload) as { data: unknown; ack?: (...args: unknown[]) => void };
+        const id = idOf(data);
+        let response$: Observable<unknown>;
+        try {
+          const result: unknown =
+            id === undefined && slot === undefined
+              ? handler.callback(data, ack)
+              : handler.callback(data, ack, messageMeta(id, slot));
+          if (slot !== undefined && result instanceof Promise) {
+            result.then((returned) => isObservable(returned) && answered(), answered);
+          }
+          response$ = transform(result);
+        } catch (error) {
+          this.logger.error(error);
+          return answered();
+        }
+        if (!socket.connected) return answered();
+        const subscription = response$
+          .pipe(
+            filter((response) => response !== undefined && response !== null),
+            catchError((error: unknown) => {
+              this.logger.error(error);
+              return EMPTY;
+            }),
+          )
+          .subscribe({
+            // Replies are never held; the first one answers the message.
+            next: (response) => {
+              const reply = response as { event?: unknown; data?: unknown };
+              if (reply.event) socket.emit(reply.event as string, reply.data);
+              else if (!manualAck && typeof ack === 'function') ack(response);
+              answered();
+            },
+            complete: answered,
+          });
+        if (subscription.closed) return;
+        running.add(subscription);
+        subscription.add(() => running.delete(subscription));
+      });
+    }
+  }
+
+  override async close(server: Server): Promise<void> {
+    const io = ioServerOf(server);
+    this.stopHeartbeat(io);
+    this.limiter.dropConnections(io);
+    await super.close(server);
+  }
+
+  /** Also takes this adapter's listeners off the HTTP servers and stops every heartbeat. */
+  override async dispose(): Promise<void> {
+    for (const [server, event, listener] of this.httpListeners.splice(0)) server.off(event, listener);
+    for (const io of [...this.heartbeats.keys()]) this.stopHeartbeat(io);
+    await super.dispose();
+  }
+
+  /**
+   * The Engine.IO middleware: a request with no session id is a handshake, decided here
+   * before Engine.IO makes a connection; a session's own requests (long polls, uploads, the
+   * upgrade) are not handshakes, so a long poll does not hold a pending-handshake slot.
+   */
+  private readonly engineMiddleware: EngineMiddleware = (request, response, next) => {
+    if (request._query?.sid !== undefined) {
+      if (request.method !== 'POST') handshakeCompleted(request.socket);
+      return next();
+    }
+    this.forwarding.check(request);
+    const address = resolveClientAddress(
+      request,
+      this.limiter.options.trustProxy,
+      this.limiter.options.forwardedHeader,
+    );
+    if (address === undefined) return refuseHttp(response, 400, 'Client address unknown', 0);
+    let admission: ReturnType<WsRateLimitService['admitConnection']>;
+    try {
+      admission = this.limiter.admitConnection(address, request);
+    } catch (error) {
+      this.logger.error(error);
+      return refuseHttp(response, 503, 'Service Unavailable', 0);
+    }
+    const settle = (settled: ConnectionAdmission): void => {
+      if (request.socket.destroyed) {
+        settled.release();
+        return;
+      }
+      if (settled.accepted) {
+        this.hold(request, response, settled.connection);
+        return next();
+      }
+      const { status, reason } = REFUSALS[settled.reason!];
+      if (this.limiter.options.connectionRefusal === 'close') {
+        // The connection opens; its namespace connections fail with a connect_error saying why.
+        this.refusals.set(request, { reason, code: settled.reason!, retryAfter: settled.retryAfter });
+        return next();
+      }
+      refuseHttp(response, status, reason, settled.retryAfter);
+    };
+    if (admission instanceof Promise) {
+      admission.then(settle, (error: unknown) => {
+        this.logger.error(error);
+        refuseHttp(response, 503, 'Service Unavailable', 0);
+      });
+    } else {
+      settle(admission);
+    }
+  };
+
+  /** Keeps an admitted handshake's record until Engine.IO makes its connection, or gives it back. */
+  private hold(request: IncomingMessage, response: ServerResponse, record: ConnectionState): void {
+    this.admitted.set(request, record);
+    // A handshake that fails after this (an upgrade `ws` rejects) still gives its slot back.
+    response.once('close', () => this.giveBack(request));
+  }
+
+  /** Gives back the slot of an admitted handshake that made no connection. */
+  private giveBack(request: IncomingMessage): void {
+    const record = this.admitted.get(request);
+    if (record === undefined) return;
+    this.admitted.delete(request);
+    record.release();
+  }
+
+  /** An Engine.IO connection is made: its slot is given back when it closes, whichever way. */
+  private engineConnection(socket: EngineSocketLike): void {
+    const request = socket.request;
+    // A WebSocket handshake's exchange is over (a polling one ended with its answer).
+    handshakeCompleted(request.socket);
+    const record = this.admitted.get(request);
+    if (record === undefined) return;
+    this.admitted.delete(request);
+    const release = record.release;
+    record.release = noop;
+    socket.once('close', release);
+    this.records.set(socket, record);
+  }
+
+  /** Attaches a record to a socket.io socket as it connects to a namespace. */
+  private attach(socket: Socket, io: object): void {
+    if (this.limiter.isTracked(socket)) return;
+    const transport = socketIoTransport as RateLimitTransport;
+    const record = this.records.get(socket.conn);
+    let state: ConnectionState;
+    if (record !== undefined && record.client === undefined) {
+      state = this.limiter.attach(socket, record, socket.request, io, transport);
+    } else {
+      // A second namespace on the same connection: a record of its own, same address.
+      const address =
+        record?.address ??
+        resolveClientAddress(socket.request, this.limiter.options.trustProxy, this.limiter.options.forwardedHeader);
+      state = this.limiter.track(socket, address, socket.request, io, transport);
+    }
+    this.limiter.orderAnswers(state);
+  }
+
+  /**
+   * The socket's routing, made on its first binding: one socket.io middleware opens each
+   * event's answer slot in arrival order, and charges events no handler takes to the global
+   * budget (passed on to the application's own listeners when within it).
+   */
+  private route(socket: Socket, state: ConnectionState, handlers: MessageMappingProperties[]): SocketRouting {
+    let routing = this.routing.get(socket);
+    if (routing === undefined) {
+      routing = { events: new Set(), slots: new Map() };
+      this.routing.set(socket, routing);
+      const known = routing;
+      const { pipeline } = this.limiter;
+      const bound = pipeline.stepsFor(handlers);
+      const order = state.order;
+      socket.use((packet, next) => {
+        // Once the limiter has decided to disconnect, later events are not processed.
+        if (state.closing) return;
+        const event = packet[0];
+        const last = packet[packet.length - 1];
+        const slot = order?.open();
+        if (slot !== undefined && typeof last === 'function') slot.ack = last as (answer: unknown) => void;
+        if (typeof event === 'string' && known.events.has(event)) {
+          if (slot !== undefined) known.slots.get(event)?.push(slot);
+          return next();
+        }
+        const id = typeof packet[1] === 'function' ? undefined : idOf(packet[1]);
+        pipeline.runUnrouted(socket, state, 'UNKNOWN_EVENT', id, bound, slot, () => next());
+      });
+    }
+    for (const handler of handlers) routing.events.add(handler.message as string);
+    return routing;
+  }
+
+  /** In `close` refusal mode, a refused connection's namespace connections fail with why. */
+  private guardNamespace(namespace: Server | Namespace): void {
+    if (this.namespaces.has(namespace)) return;
+    this.namespaces.add(namespace);
+    namespace.use((socket, next) => {
+      const refusal = this.refusals.get(socket.request);
+      if (refusal === undefined) return next();
+      const error = new Error(refusal.reason) as Error & { data?: unknown };
+      error.data = { code: refusal.code, retryAfter: refusal.retryAfter };
+      next(error);
+      // socket.io sends the connect_error on the next tick; the connection ends after it.
+      process.nextTick(() => (socket.conn as unknown as EngineSocketLike).close());
+    });
+  }
+
+  /** The server's heartbeat: socket.io pings by itself, so it only cuts off slow consumers. */
+  private startHeartbeat(io: object): void {
+    const transport = socketIoTransport as RateLimitTransport;
+    const records = this.limiter.connectionsOf(io);
+    const timer = startHeartbeat(records, transport, this.limiter.options, (client, state) =>
+      this.limiter.cutOffIfSlow(client, state),
+    );
+    this.heartbeats.set(io, timer);
+  }
+
+  private stopHeartbeat(io: object): void {
+    const timer = this.heartbeats.get(io);
+    if (timer) clearInterval(timer);
+    this.heartbeats.delete(io);
+  }
+
+  /**
+   * Handshake hygiene on an HTTP server. Engine.IO takes over a server's `request`
+   * listeners when it attaches, so ours is put back in front after every server it makes.
+   */
+  private guardHttpServer(server: HttpServer): void {
+    const ours = this.httpListeners.find(([http, event]) => http === server && event === 'request');
+    if (ours !== undefined) {
+      server.off('request', ours[2]);
+      server.prependListener('request', ours[2]);
+      return;
+    }
+    if (this.httpListeners.some(([http]) => http === server)) return;
+    this.httpListeners.push(...guardHandshakes(server, this.limiter.options));
+  }
+}
+
+/** The socket.io server of a server or namespace. */
+function ioServerOf(server: Server | Namespace): Server {
+  return 'engine' in server ? server : server.server;
+}
+
+/** The id the limiter echoes for an event's data: its `id` field, when it is an object. */
+function idOf(data: unknown): MessageId | undefined {
+  if (data === null || typeof data !== 'object') return undefined;
+  return toMessageId((data as { id?: unknown }).id);
+}
+
+/**
+ * Refuses a handshake with an HTTP status: on a polling request through its response; on
+ * an upgrade (where Engine.IO's stand-in response can send no status) on the socket itself.
+ */
+function refuseHttp(response: ServerResponse, status: number, reason: string, retryAfterMs: number): void {
+  const headers: Record<string, string> = { 'Content-Type': 'application/json', Connection: 'close' };
+  if (retryAfterMs > 0) headers['Retry-After'] = String(Math.max(1, Math.ceil(retryAfterMs / 1000)));
+  const body = JSON.stringify({ message: reason, ...(retryAfterMs > 0 ? { retryAfter: retryAfterMs } : {}) });
+  if (response instanceof ServerResponse) {
+    if (response.headersSent || response.destroyed) return;
+    response.writeHead(status, { ...headers, 'Content-Length': String(Buffer.byteLength(body)) });
+    response.end(body);
+    return;
+  }
+  const socket = (response as unknown as { socket: Duplex }).socket;
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  headers['Content-Length'] = String(Buffer.byteLength(body));
+  const head = Object.entries(headers)
+    .map(([name, value]) => `${name}: ${value}\r\n`)
+    .join('');
+  socket.once('finish', () => socket.destroy());
+  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\n${head}\r\n${body}`);
+}

@@ -1,0 +1,99 @@
+import type { AnswerSlot } from '../connection/answer-order.js';
+import { RATE_LIMIT_DISCONNECT_EVENT, RATE_LIMIT_EVENT } from '../protocol/rate-limit-protocol.js';
+import type { RateLimitTransport } from './transport.js';
+
+/** The parts of an Engine.IO packet the slow-consumer check reads. */
+interface EnginePacketLike {
+  readonly data?: unknown;
+}
+
+/** The parts of a socket.io socket's Engine.IO connection the limiter uses. */
+export interface EngineSocketLike {
+  readonly remoteAddress?: string;
+  readonly readyState?: string;
+  /** Packets not yet handed to the transport. */
+  readonly writeBuffer?: readonly EnginePacketLike[];
+  /** The current transport; over WebSocket, its `ws` socket. */
+  readonly transport?: { readonly name?: string; readonly socket?: { readonly bufferedAmount?: number } };
+  /** Ends the connection; with `discard`, without flushing what is queued. */
+  close(discard?: boolean): void;
+}
+
+/** The parts of a socket.io server-side `Socket` the limiter uses (no import of socket.io). */
+export interface SocketIoSocketLike {
+  readonly connected: boolean;
+  readonly conn: EngineSocketLike;
+  readonly nsp: object;
+  readonly handshake?: { readonly address?: string };
+  emit(event: string, ...args: unknown[]): boolean;
+  disconnect(close?: boolean): unknown;
+  once(event: 'disconnect', listener: (reason: string) => void): unknown;
+}
+
+/** Whether a socket is a socket.io server-side `Socket` (by shape: socket.io need not be installed). */
+export function isSocketIoSocket(client: object): client is SocketIoSocketLike {
+  const socket = client as Partial<SocketIoSocketLike>;
+  return (
+    typeof socket.emit === 'function' &&
+    typeof socket.disconnect === 'function' &&
+    typeof socket.connected === 'boolean' &&
+    typeof socket.nsp === 'object' &&
+    socket.nsp !== null &&
+    typeof socket.conn === 'object' &&
+    socket.conn !== null
+  );
+}
+
+/** A frame in NestJS's `{ event, data }` convention, which socket.io sends as that event. */
+function isEventFrame(frame: unknown): frame is { event: string; data: unknown } {
+  return typeof frame === 'object' && frame !== null && typeof (frame as { event?: unknown }).event === 'string';
+}
+
+/** Bytes of a packet's payload, as near as can be told without encoding it. */
+function packetBytes(packet: EnginePacketLike): number {
+  const { data } = packet;
+  if (typeof data === 'string') return data.length;
+  return (data as { byteLength?: number } | undefined)?.byteLength ?? 0;
+}
+
+/**
+ * The socket.io transport: a frame is an event (`rate_limit` with the frame's data, or the
+ * frame's own `event` when the frame builder made one), or the message's acknowledgement
+ * when the client asked for one; a policy close is a `rate_limit_disconnect` event with the
+ * close code and reason, then a disconnect of the whole Engine.IO connection (after what was
+ * queued); a socket ends on `disconnect`. Engine.IO keeps connections alive itself.
+ */
+export const socketIoTransport: RateLimitTransport<SocketIoSocketLike> = Object.freeze({
+  name: 'socket.io',
+  isOpen: (client: SocketIoSocketLike) => client.connected,
+  bufferedBytes(client: SocketIoSocketLike): number {
+    const { writeBuffer, transport } = client.conn;
+    let bytes = transport?.socket?.bufferedAmount ?? 0;
+    if (writeBuffer !== undefined) for (const packet of writeBuffer) bytes += packetBytes(packet);
+    return bytes;
+  },
+  sendFrame(client: SocketIoSocketLike, frame: unknown, _info?: unknown, slot?: AnswerSlot): void {
+    const ack = slot?.ack;
+    if (ack !== undefined) {
+      // Answered once: an acknowledgement called twice is ignored by socket.io anyway.
+      slot!.ack = undefined;
+      ack(frame);
+      return;
+    }
+    if (isEventFrame(frame)) client.emit(frame.event, frame.data);
+    else client.emit(RATE_LIMIT_EVENT, frame);
+  },
+  close(client: SocketIoSocketLike, code: number, reason: string): void {
+    // socket.io has no close codes: the client learns them from this event, sent first.
+    if (client.connected) client.emit(RATE_LIMIT_DISCONNECT_EVENT, { code, reason });
+    client.disconnect(true);
+  },
+  terminate(client: SocketIoSocketLike): void {
+    // Discards what is queued: a slow consumer would not read it.
+    client.conn.close(true);
+  },
+  peerAddress: (client: SocketIoSocketLike) => client.conn.remoteAddress ?? client.handshake?.address,
+  onClose(client: SocketIoSocketLike, listener: () => void): void {
+    client.once('disconnect', () => listener());
+  },
+});

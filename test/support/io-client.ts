@@ -1,0 +1,92 @@
+import { io, type Socket } from 'socket.io-client';
+import { sleep } from './ws-client.js';
+
+/** An Engine.IO transport a test runs on. */
+export type EngineTransport = 'websocket' | 'polling';
+
+/** Both Engine.IO transports, for `describe.each`. */
+export const ENGINE_TRANSPORTS: readonly EngineTransport[] = ['websocket', 'polling'];
+
+/** An event the test client received. */
+export interface IoEvent {
+  event: string;
+  data: unknown;
+}
+
+/**
+ * A real socket.io-client socket on one transport (no upgrade, no reconnection) that
+ * records every event it receives and how it ended.
+ */
+export class IoTestClient {
+  readonly events: IoEvent[] = [];
+  disconnectReason: string | undefined;
+  connectError: (Error & { data?: unknown; description?: unknown }) | undefined;
+  readonly socket: Socket;
+
+  constructor(url: string, transport: EngineTransport, options: Record<string, unknown> = {}) {
+    this.socket = io(url, {
+      transports: [transport],
+      upgrade: false,
+      reconnection: false,
+      forceNew: true,
+      timeout: 10_000,
+      ...options,
+    });
+    this.socket.onAny((event: string, data: unknown) => this.events.push({ event, data }));
+    this.socket.on('disconnect', (reason) => (this.disconnectReason = reason));
+    this.socket.on('connect_error', (error) => (this.connectError = error));
+  }
+
+  /** Resolves once connected; rejects with the connect_error. */
+  connected(): Promise<void> {
+    if (this.socket.connected) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.socket.once('connect', () => resolve());
+      this.socket.once('connect_error', reject);
+    });
+  }
+
+  /** Events received with this name. */
+  of(event: string): unknown[] {
+    return this.events.filter((entry) => entry.event === event).map((entry) => entry.data);
+  }
+
+  /** Waits until `check` holds (see `waitFor`). */
+  until(check: () => boolean, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+    return waitFor(check, timeoutMs, what);
+  }
+
+  /** Waits until the socket has disconnected. */
+  disconnected(timeoutMs = 10_000): Promise<void> {
+    return this.until(() => this.disconnectReason !== undefined, timeoutMs, 'disconnect');
+  }
+
+  close(): void {
+    this.socket.disconnect();
+  }
+}
+
+/** Connects a client and waits for the connection; closes it if connecting fails. */
+export async function connectIo(
+  url: string,
+  transport: EngineTransport,
+  options?: Record<string, unknown>,
+): Promise<IoTestClient> {
+  const client = new IoTestClient(url, transport, options);
+  try {
+    await client.connected();
+  } catch (error) {
+    client.close();
+    throw error;
+  }
+  return client;
+}
+
+/** Waits until `check` holds (polling every 10 ms), failing after `timeoutMs`. */
+export async function waitFor(check: () => boolean, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
