@@ -1,241 +1,171 @@
-import { describe, expect, it } from '@jest/globals';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { Server, type Socket as ServerSocket } from 'socket.io';
+import { afterEach, describe, expect, it } from '@jest/globals';
 import { io } from 'socket.io-client';
 import {
   RateLimitedClient,
   isSocketIoAck,
   socketIoFactory,
+  type AckMatch,
+  type RateLimitNotice,
   type ReconnectEvent,
   type SocketCloseEvent,
-  type SocketIoFactoryOptions,
+  type WebSocketLike,
 } from '../../lib/client/index.js';
-import { RATE_LIMIT_DISCONNECT_EVENT, type RateLimitDisconnectInfo } from '../../lib/protocol/rate-limit-protocol.js';
+import { WsRateLimitModule, type WsRateLimitModuleOptions } from '../../lib/index.js';
+import { WsRateLimitIoAdapter } from '../../lib/socket-io.js';
+import { startApp, type RunningApp } from '../support/app.js';
+import { ClientIoGateway, processed } from './support/io-gateway.js';
 
-const CAPACITY = 5;
-const REFILL_PER_SECOND = 10;
-const TRANSPORTS = [['websocket'], ['polling']] as const;
-
-interface ServerOptions {
-  /** Violations after which the server emits rate_limit_disconnect and disconnects. */
-  disconnectAfter?: number;
-  /** Refuse every connection in the namespace middleware (a connect_error with data). */
-  refuse?: boolean;
-}
-
-interface ServerLog {
-  /** performance.now() of every chat the server received. */
-  arrivals: number[];
-  /** Sequence numbers of the chats it processed, in order. */
-  processed: number[];
-  /** Every refusal it sent. */
-  rejections: { at: number; retryAfter: number; viaAck: boolean }[];
-}
-
-interface RunningServer {
-  url: string;
-  log: ServerLog;
-  close(): Promise<void>;
-}
-
-/**
- * A plain socket.io server speaking the library's socket.io contract (not NestJS): one
- * token bucket per connection (capacity 5, 10 per second) for `chat`; an accepted chat is
- * answered through its ack (or a `chat_ok` event without one), a refused one with the
- * `rate_limit` frame through its ack (or a `rate_limit` event echoing `data.id`).
- */
-async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
-  const log: ServerLog = { arrivals: [], processed: [], rejections: [] };
-  const http = createServer();
-  const server = new Server(http);
-  if (options.refuse) {
-    server.use((_socket, next) => {
-      next(Object.assign(new Error('Too many connections'), { data: { code: 'rate', retryAfter: 1000 } }));
-    });
-  }
-  server.on('connection', (socket: ServerSocket) => {
-    let tokens = CAPACITY;
-    let updatedAt = performance.now();
-    let violations = 0;
-    socket.on('chat', (data: { seq: number; id?: number }, ack?: (reply: unknown) => void) => {
-      const t = performance.now();
-      log.arrivals.push(t);
-      tokens = Math.min(CAPACITY, tokens + ((t - updatedAt) * REFILL_PER_SECOND) / 1000);
-      updatedAt = t;
-      // The epsilon absorbs floating-point error at the exact moment a token is due.
-      if (tokens >= 1 - 1e-9) {
-        tokens = Math.max(0, tokens - 1);
-        log.processed.push(data.seq);
-        if (ack) ack({ seq: data.seq });
-        else socket.emit('chat_ok', { seq: data.seq });
-        return;
-      }
-      const retryAfter = Math.ceil(((1 - tokens) / REFILL_PER_SECOND) * 1000);
-      log.rejections.push({ at: t, retryAfter, viaAck: ack !== undefined });
-      const info = {
-        code: 'TYPE_LIMIT',
-        messageType: 'chat',
-        retryAfter,
-        warningCount: ++violations,
-        limit: CAPACITY,
-        remaining: 0,
-        ...(data.id === undefined ? {} : { id: data.id }),
-      };
-      if (ack) ack({ event: 'rate_limit', data: info });
-      else socket.emit('rate_limit', info);
-      if (options.disconnectAfter !== undefined && violations >= options.disconnectAfter) {
-        const bye: RateLimitDisconnectInfo = { code: 1008, reason: 'Too many rate limit violations' };
-        socket.emit(RATE_LIMIT_DISCONNECT_EVENT, bye);
-        socket.disconnect(true);
-      }
-    });
-  });
-  await new Promise<void>((resolve, reject) => {
-    http.once('error', reject);
-    http.listen(0, '127.0.0.1', resolve);
-  });
-  const { port } = http.address() as AddressInfo;
-  return { url: `http://127.0.0.1:${port}`, log, close: () => server.close() };
-}
+const TRANSPORTS = ['websocket', 'polling'] as const;
 
 /** Resolves when `check` holds, polling; rejects after `timeoutMs`. */
-async function waitFor(check: () => boolean, timeoutMs = 20_000): Promise<void> {
+async function waitFor(check: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!check()) {
-    if (Date.now() > deadline) throw new Error('waitFor: timed out');
+    if (Date.now() > deadline) throw new Error(`waitFor: timed out waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
 }
 
-function counts(values: number[]): Map<number, number> {
-  const map = new Map<number, number>();
-  for (const value of values) map.set(value, (map.get(value) ?? 0) + 1);
-  return map;
+/** `note` is answered by a `noted` event, `chat` through its acknowledgement. */
+function isAck(message: unknown): AckMatch | false {
+  const { event } = message as { event?: unknown };
+  return event === 'noted' ? { event: 'note' } : isSocketIoAck(message);
 }
 
-describe.each(TRANSPORTS)(
-  'RateLimitedClient over socket.io-client (%s) against a real socket.io server',
-  (transport) => {
-    const ioOptions = { transports: [transport] };
+describe.each(TRANSPORTS)('RateLimitedClient over socket.io-client (%s) against WsRateLimitIoAdapter', (transport) => {
+  const ioOptions = { transports: [transport] };
+  let running: RunningApp | undefined;
+  const clients: RateLimitedClient[] = [];
+  const sockets: WebSocketLike[] = [];
 
-    it.each([
-      ['with acks', { acks: true }],
-      ['without acks', { acks: false }],
-    ] as [string, SocketIoFactoryOptions][])(
-      'delivers a burst of 30 over a 5-message bucket exactly once, in order, re-sent after retryAfter (%s)',
-      async (_name, adapter) => {
-        const server = await startServer();
-        const client = new RateLimitedClient(server.url, {
-          createSocket: socketIoFactory(io, ioOptions, adapter),
-          isAck: adapter.acks ? isSocketIoAck : (message) => (message as { event?: unknown }).event === 'chat_ok',
-        });
-        try {
-          const replies: number[] = [];
-          const refused: unknown[] = [];
-          const errors: unknown[] = [];
-          client.on('message', (message) => replies.push((message as { data: { seq: number } }).data.seq));
-          client.on('rateLimit', (notice) => refused.push(notice.message?.data));
-          client.on('error', (error) => errors.push(error));
-          await waitFor(() => client.state === 'open');
-
-          for (let seq = 0; seq < 30; seq++) expect(client.send('chat', { seq })).toBe(true);
-          await waitFor(() => replies.length === 30);
-
-          const all = Array.from({ length: 30 }, (_, seq) => seq);
-          expect(server.log.processed).toEqual(all);
-          expect([...counts(server.log.processed).values()].every((n) => n === 1)).toBe(true);
-          expect(replies).toEqual(all);
-          // The client paces from the first refusal on: one, named exactly, re-sent and processed.
-          expect(server.log.rejections).toHaveLength(1);
-          expect(server.log.rejections[0].viaAck).toBe(adapter.acks);
-          expect(refused).toHaveLength(1);
-          expect(refused[0]).toEqual({ seq: expect.any(Number) });
-          const [{ at, retryAfter }] = server.log.rejections;
-          expect(server.log.arrivals.filter((t) => t > at && t < at + retryAfter)).toEqual([]);
-          expect(client.dropped).toBe(0);
-          expect(errors).toEqual([]);
-        } finally {
-          client.close();
-          await server.close();
-        }
+  const start = async (options: WsRateLimitModuleOptions = {}): Promise<string> => {
+    processed.chat.clear();
+    processed.note.clear();
+    running = await startApp(
+      {
+        imports: [
+          WsRateLimitModule.forRoot({
+            useEnv: false,
+            tracker: 'connection',
+            global: { capacity: 1000, refillRate: 1000 },
+            violations: { max: 100, windowMs: 60_000 },
+            ...options,
+          }),
+        ],
+        providers: [ClientIoGateway],
       },
-      60_000,
+      (app) => new WsRateLimitIoAdapter(app),
     );
+    return `http://127.0.0.1:${running.port}`;
+  };
 
-    it('surfaces rate_limit_disconnect and the disconnect as a close 1008 with its reason', async () => {
-      const server = await startServer({ disconnectAfter: 1 });
-      const socket = socketIoFactory(io, ioOptions)(server.url);
-      const closes: SocketCloseEvent[] = [];
-      const messages: unknown[] = [];
-      try {
-        socket.onclose = (event) => closes.push(event);
-        socket.onmessage = (event) => messages.push(event.decoded);
-        await new Promise<void>((resolve) => {
-          socket.onopen = () => resolve();
-        });
-        // Priority-style: send past the bucket at once, as a client ignoring the limits would.
-        for (let seq = 0; seq < CAPACITY + 1; seq++)
-          socket.send(JSON.stringify({ event: 'chat', data: { seq }, id: seq }));
-        await waitFor(() => closes.length === 1);
+  const client = (url: string, options: ConstructorParameters<typeof RateLimitedClient>[1] = {}) => {
+    const created = new RateLimitedClient(url, { createSocket: socketIoFactory(io, ioOptions), ...options });
+    clients.push(created);
+    return created;
+  };
 
-        expect(closes).toEqual([{ code: 1008, reason: 'Too many rate limit violations' }]);
-        expect(socket.readyState).toBe(3);
-        // The replies written before the disconnect all arrived, the refusal naming message 5.
-        expect(messages).toEqual([
-          ...Array.from({ length: CAPACITY }, (_, seq) => ({ event: 'chat', data: { seq }, ack: true, id: seq })),
-          { event: 'rate_limit', data: expect.objectContaining({ code: 'TYPE_LIMIT', id: CAPACITY }) },
-        ]);
-      } finally {
-        socket.close();
-        await server.close();
+  afterEach(async () => {
+    for (const created of clients.splice(0)) created.close();
+    for (const socket of sockets.splice(0)) socket.close();
+    await running?.close();
+    running = undefined;
+  });
+
+  it.each([
+    ['chat', true],
+    ['note', true],
+    ['note', false],
+  ] as const)(
+    'delivers a burst of 30 %s messages over a 5-message limit, each processed exactly once (acks: %s)',
+    async (event, acks) => {
+      const url = await start();
+      const c = client(url, { isAck, createSocket: socketIoFactory(io, ioOptions, { acks }) });
+      const replies: number[] = [];
+      const notices: RateLimitNotice[] = [];
+      const errors: unknown[] = [];
+      c.on('message', (message) => replies.push((message as { data: { seq: number } }).data.seq));
+      c.on('rateLimit', (notice) => notices.push(notice));
+      c.on('error', (error) => errors.push(error));
+      await waitFor(() => c.state === 'open', 'open');
+
+      for (let seq = 0; seq < 30; seq++) expect(c.send(event, { seq })).toBe(true);
+      await waitFor(() => replies.length === 30, '30 replies');
+
+      const all = Array.from({ length: 30 }, (_, seq) => seq);
+      expect(replies).toEqual(all);
+      expect([...processed[event].keys()].sort((a, b) => a - b)).toEqual(all);
+      expect([...processed[event].values()].every((n) => n === 1)).toBe(true);
+      // Refused at least once (the limit was unknown), each refusal naming its message
+      // (through the ack, or by the id the adapter put in the payload), re-sent after retryAfter.
+      expect(notices.length).toBeGreaterThanOrEqual(1);
+      for (const notice of notices) {
+        expect(notice).toMatchObject({ code: 'TYPE_LIMIT', messageType: event, limit: 5 });
+        expect(notice.message).toEqual({ event, data: { seq: expect.any(Number) }, id: notice.id });
+        expect(notice.id).toEqual(expect.any(Number));
       }
-    }, 30_000);
+      expect(c.dropped).toBe(0);
+      expect(errors).toEqual([]);
+    },
+    60_000,
+  );
 
-    it('reconnects after the 1008-equivalent disconnect with the policy delay', async () => {
-      const server = await startServer({ disconnectAfter: 1 });
-      const client = new RateLimitedClient(server.url, {
-        createSocket: socketIoFactory(io, ioOptions),
-        policyDelayMs: 60_000,
-      });
-      try {
-        const reconnects: ReconnectEvent[] = [];
-        client.on('reconnect', (event) => reconnects.push(event));
-        await waitFor(() => client.state === 'open');
-        for (let seq = 0; seq < CAPACITY + 1; seq++) expect(client.sendPriority('chat', { seq })).toBe(true);
-        await waitFor(() => reconnects.length === 1);
+  it('surfaces the violations disconnect as close 1008 with its reason, after the admitted replies', async () => {
+    const url = await start({ violations: { max: 1, windowMs: 60_000 } });
+    const socket = socketIoFactory(io, ioOptions)(url);
+    sockets.push(socket);
+    const closes: SocketCloseEvent[] = [];
+    const messages: unknown[] = [];
+    socket.onclose = (event) => closes.push(event);
+    socket.onmessage = (event) => messages.push(event.decoded);
+    await new Promise<void>((resolve) => {
+      socket.onopen = () => resolve();
+    });
+    // A client ignoring the limit: six at once against five.
+    for (let seq = 0; seq < 6; seq++) socket.send(JSON.stringify({ event: 'chat', data: { seq }, id: seq }));
+    await waitFor(() => closes.length === 1, 'close');
 
-        expect(reconnects).toEqual([{ attempt: 0, delayMs: 60_000, code: 1008, policy: true }]);
-        expect(client.state).toBe('reconnecting');
-        expect(server.log.processed).toEqual([0, 1, 2, 3, 4]);
-      } finally {
-        client.close();
-        await server.close();
+    expect(closes).toEqual([{ code: 1008, reason: 'Rate limit violations' }]);
+    expect(messages).toEqual([
+      ...[0, 1, 2, 3, 4].map((seq) => ({ event: 'chat', data: { seq }, ack: true, id: seq })),
+      { event: 'rate_limit', data: expect.objectContaining({ code: 'TYPE_LIMIT', messageType: 'chat', id: 5 }) },
+    ]);
+    expect(processed.chat.size).toBe(5);
+  }, 30_000);
+
+  it('reconnects after the violations disconnect with the policy delay', async () => {
+    const url = await start({ violations: { max: 1, windowMs: 60_000 } });
+    const c = client(url, { policyDelayMs: 60_000 });
+    const reconnects: ReconnectEvent[] = [];
+    c.on('reconnect', (event) => reconnects.push(event));
+    await waitFor(() => c.state === 'open', 'open');
+    for (let seq = 0; seq < 6; seq++) expect(c.sendPriority('chat', { seq })).toBe(true);
+    await waitFor(() => reconnects.length === 1, 'reconnect');
+
+    expect(reconnects).toEqual([{ attempt: 0, delayMs: 60_000, code: 1008, policy: true }]);
+    expect(c.state).toBe('reconnecting');
+  }, 30_000);
+
+  it.each(['http', 'close'] as const)(
+    'reports a refused connection (connectionRefusal %s) and waits the policy delay',
+    async (connectionRefusal) => {
+      const url = await start({ connection: { capacity: 1, refillRate: 0.001 }, connectionRefusal });
+      const first = client(url);
+      await waitFor(() => first.state === 'open', 'first open');
+      const second = client(url, { policyDelayMs: 60_000 });
+      const reconnects: ReconnectEvent[] = [];
+      const errors: unknown[] = [];
+      second.on('reconnect', (event) => reconnects.push(event));
+      second.on('error', (error) => errors.push(error));
+      await waitFor(() => reconnects.length === 1, 'reconnect');
+
+      expect(reconnects).toEqual([{ attempt: 0, delayMs: 60_000, code: 1006, policy: true }]);
+      expect(errors).toHaveLength(1);
+      expect(errors[0]).toBeInstanceOf(Error);
+      if (connectionRefusal === 'close') {
+        expect((errors[0] as { data?: unknown }).data).toEqual({ code: 'rate', retryAfter: expect.any(Number) });
       }
-    }, 30_000);
-
-    it('reports a refused connection (connect_error with data) and waits the policy delay', async () => {
-      const server = await startServer({ refuse: true });
-      const client = new RateLimitedClient(server.url, {
-        createSocket: socketIoFactory(io, ioOptions),
-        policyDelayMs: 60_000,
-      });
-      try {
-        const reconnects: ReconnectEvent[] = [];
-        const errors: unknown[] = [];
-        client.on('reconnect', (event) => reconnects.push(event));
-        client.on('error', (error) => errors.push(error));
-        await waitFor(() => reconnects.length === 1);
-
-        expect(reconnects).toEqual([{ attempt: 0, delayMs: 60_000, code: 1006, policy: true }]);
-        expect(errors).toHaveLength(1);
-        expect(errors[0]).toBeInstanceOf(Error);
-        expect((errors[0] as Error).message).toBe('Too many connections');
-        expect((errors[0] as { data?: unknown }).data).toEqual({ code: 'rate', retryAfter: 1000 });
-      } finally {
-        client.close();
-        await server.close();
-      }
-    }, 30_000);
-  },
-);
+    },
+    30_000,
+  );
+});
