@@ -30,3 +30,11 @@ export type {
   WebSocketFactory,
   WebSocketLike,
 } from './types.js';
+export { isSocketIoAck, socketIoFactory } from './socket-io.js';
+export type {
+  SocketIoConnect,
+  SocketIoConnectOptions,
+  SocketIoEmitterLike,
+  SocketIoFactoryOptions,
+  SocketIoSocketLike,
+} from './socket-io.js';

@@ -18,6 +18,7 @@ import type {
   RateLimitedClientEvents,
   RateLimitedClientOptions,
   SocketCloseEvent,
+  SocketMessageEvent,
   UndeliveredReason,
   WebSocketLike,
 } from './types.js';
@@ -135,6 +136,11 @@ function frameText(data: unknown): string | undefined {
  * Every timer is clamped to 2^31-1 ms (about 24.8 days), the longest `setTimeout` honours
  * (longer ones fire at once): a longer retry window is waited out in steps, a longer
  * reconnect delay is cut to it.
+ *
+ * **socket.io.** With `createSocket: socketIoFactory(io)` (socket.io-client's `io`), the
+ * client speaks to a socket.io server using `WsRateLimitIoAdapter`: messages become
+ * `emit(event, data, ack)`, the server's events and acknowledgements become messages, and a
+ * rate-limit disconnect reads as close 1008 (see `socketIoFactory` in `socket-io.ts`).
  *
  * @example
  * ```ts
@@ -331,7 +337,7 @@ export class RateLimitedClient {
       if (this.socket === socket) this.handleOpen();
     };
     socket.onmessage = (event) => {
-      if (this.socket === socket) this.handleFrame(event.data);
+      if (this.socket === socket) this.handleFrame(event);
     };
     socket.onclose = (event) => {
       if (this.socket === socket) this.handleClose(event);
@@ -445,19 +451,9 @@ export class RateLimitedClient {
     this.emitter.emit('drop', { reason, message: outbound(entry) });
   }
 
-  private handleFrame(data: unknown): void {
-    const text = frameText(data);
-    if (text === undefined) {
-      this.emitter.emit('error', new TypeError('RateLimitedClient: unreadable frame payload'));
-      return;
-    }
-    let message: unknown;
-    try {
-      message = JSON.parse(text);
-    } catch {
-      this.emitter.emit('error', new SyntaxError(`RateLimitedClient: frame is not JSON: ${text.slice(0, 80)}`));
-      return;
-    }
+  private handleFrame(event: SocketMessageEvent): void {
+    const message = event.decoded === undefined ? this.decode(event.data) : event.decoded;
+    if (message === undefined) return;
     const info = parseRateLimitFrame(message);
     if (info) {
       this.handleRateLimit(info);
@@ -476,6 +472,21 @@ export class RateLimitedClient {
     this.emitter.emit('message', message);
     if (settled?.ambiguous) this.reportAmbiguous(settled.ambiguous);
     if (ack || answered) this.pump();
+  }
+
+  /** Parses a frame's payload; undefined (reported as an error) when it is not JSON text. */
+  private decode(data: unknown): unknown {
+    const text = frameText(data);
+    if (text === undefined) {
+      this.emitter.emit('error', new TypeError('RateLimitedClient: unreadable frame payload'));
+      return undefined;
+    }
+    try {
+      return JSON.parse(text) as unknown;
+    } catch {
+      this.emitter.emit('error', new SyntaxError(`RateLimitedClient: frame is not JSON: ${text.slice(0, 80)}`));
+      return undefined;
+    }
   }
 
   /** Confirms the message an acknowledgement answers (by id: exactly, or none). */

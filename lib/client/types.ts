@@ -21,6 +21,11 @@ type Handler<E> = { bivarianceHack(event: E): void }['bivarianceHack'];
 export interface SocketMessageEvent {
   /** Frame payload: a string for text frames, bytes for binary ones. */
   readonly data: unknown;
+  /**
+   * The message already decoded, for sockets that are not WebSockets (socket.io's events
+   * carry values, not text): when set, the client takes it as the message and ignores `data`.
+   */
+  readonly decoded?: unknown;
 }
 
 /** The part of a close event the client reads. */
