@@ -1,4 +1,3 @@
-// #region module-io
 import { Module } from '@nestjs/common';
 import { ConfigModule } from '@nestjs/config';
 import { WsRateLimitModule } from 'nestjs-ws-rate-limit';
@@ -12,4 +11,3 @@ import { MetricsController } from './metrics.controller.js';
   providers: [ChatIoGateway],
 })
 export class IoAppModule {}
-// #endregion module-io

@@ -171,7 +171,6 @@ describe('the README', () => {
   const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
 
   it.each([
-    ['sample/app-io.module.ts', 'module-io'],
     ['sample/chat-io.gateway.ts', 'gateway-io'],
     ['sample/main-socket-io.ts', 'main-io'],
   ])('quotes %s (region %s) as it is', (file, region) => {
