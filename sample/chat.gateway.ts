@@ -11,7 +11,7 @@ import {
 import { Throttle, WsRateLimit, WsRateLimitService } from 'nestjs-ws-rate-limit';
 import type { Server, WebSocket } from 'ws';
 
-const PRESENCE = ['online', 'away', 'busy', 'offline'] as const;
+export const PRESENCE = ['online', 'away', 'busy', 'offline'] as const;
 
 @WebSocketGateway()
 @WsRateLimit()
@@ -88,7 +88,7 @@ export class ChatGateway implements OnGatewayConnection {
 }
 
 /** What each message expects, as the error frame says it. */
-const USAGE: Record<string, string> = {
+export const USAGE: Record<string, string> = {
   chat: 'chat expects { "content": a string of at most 1000 characters }',
   presence: `presence expects { "status": one of ${PRESENCE.join(', ')} }`,
   search: 'search expects { "query": a string of at most 200 characters }',
@@ -99,7 +99,7 @@ function isObject(data: unknown): data is Record<string, unknown> {
 }
 
 /** An own property of a JSON object payload, or undefined (for any other payload too). */
-function field(data: unknown, name: string): unknown {
+export function field(data: unknown, name: string): unknown {
   return isObject(data) && Object.hasOwn(data, name) ? data[name] : undefined;
 }
 // #endregion gateway

@@ -1,6 +1,8 @@
-/* global document, location, window */
-// The demo page of the sample chat server: plain ES modules, no bundler. The client is the
-// package's own build (dist/esm/client), which the sample serves at /client/.
+/* global document, fetch, location, window */
+// The demo page of the sample chat server: plain ES modules, no bundler. It follows the
+// server's transport (/demo-transport.json). On `ws` the client is the package's own build
+// (dist/esm/client), which the sample serves at /client/; on socket.io it is plain
+// socket.io-client as the server serves it (io-client.js).
 import { RateLimitedClient } from './client/index.js';
 
 /** Messages the Flood button sends at once: twice the chat burst (30, then 15 per second). */
@@ -11,21 +13,37 @@ const POLL_MS = 500;
 const MAX_ROWS = 500;
 
 const $ = (id) => document.getElementById(id);
-const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/`;
 
 // Every message this page sends is answered once: `chat` with `ack`, `get_limits` with
 // `limits_status` (or either with a rate_limit frame, which names its message by id), so
 // each answer confirms a message of its event and the next chat goes as soon as the last
 // one is through. Messages a closed connection leaves unanswered are reported
 // (`undelivered`) and, by the default policy, given up.
-const client = new RateLimitedClient(url, {
-  isAck: (message) => {
-    if (message?.event === 'ack') return { event: 'chat' };
-    return message?.event === 'limits_status' && { event: 'get_limits' };
-  },
-});
-// A second connection that only listens: the room as another user sees it.
-const room = new RateLimitedClient(url);
+const isAck = (message) => {
+  if (message?.event === 'ack') return { event: 'chat' };
+  return message?.event === 'limits_status' && { event: 'get_limits' };
+};
+
+const { transport } = await fetch('demo-transport.json')
+  .then((response) => response.json())
+  .catch(() => ({ transport: 'ws' }));
+const onSocketIo = transport === 'socket.io';
+document.body.dataset.transport = transport;
+
+/** The page's connection, and a second one that only listens: the room as another user sees it. */
+async function connect() {
+  if (onSocketIo) {
+    const { IoChatClient, loadSocketIo } = await import('./io-client.js');
+    const io = await loadSocketIo();
+    $('transport-hint').textContent =
+      'plain socket.io-client (served by socket.io at /socket.io/socket.io.js): no queue, no pacing';
+    $('sender').textContent = 'socket.io-client, sent at once';
+    return { client: new IoChatClient(io, { isAck }), room: new IoChatClient(io) };
+  }
+  const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/`;
+  return { client: new RateLimitedClient(url, { isAck }), room: new RateLimitedClient(url) };
+}
+const { client, room } = await connect();
 
 let sent = 0;
 let delivered = 0;
@@ -156,8 +174,11 @@ client.on('rateLimit', (notice) => {
   retryTotal = frame.retryAfter;
   const row = message && rows.get(message.data);
   if (row) row.dataset.status = 'refused';
+  // RateLimitedClient sends a refused message again; plain socket.io-client does not.
+  if (row && onSocketIo && pending.includes(row)) pending.splice(pending.indexOf(row), 1);
+  const after = onSocketIo ? 'not sent again' : 'sent again after the window';
   $('refused-message').textContent = message
-    ? `Refused: ${message.event} ${JSON.stringify(message.data)} (id ${message.id ?? 'none'}), sent again after the window`
+    ? `Refused: ${message.event} ${JSON.stringify(message.data)} (id ${message.id ?? 'none'}), ${after}`
     : 'Refused: a message this client cannot identify';
   renderCountdown();
   log(`rate_limit ${frame.code} ${frame.messageType ?? ''}: retry after ${format(frame.retryAfter)}`);
@@ -176,6 +197,18 @@ client.on('undelivered', ({ reason, messages, requeued }) => {
 
 client.on('reconnect', ({ delayMs, code, policy }) => {
   log(`reconnecting in ${format(delayMs)} (close ${code}${policy ? ', waiting politely' : ''})`);
+});
+
+// socket.io only: the server's notice before it disconnects a repeat offender, then the disconnect.
+client.on('rateLimitDisconnect', (notice) => {
+  $('disconnect').textContent = `rate_limit_disconnect ${JSON.stringify(notice)}`;
+  $('disconnect').hidden = false;
+  log(`rate_limit_disconnect ${notice?.code}: ${notice?.reason}`);
+});
+
+client.on('disconnect', ({ reason, notice }) => {
+  if (notice) $('disconnect').textContent += `, then disconnect (${reason})`;
+  log(`disconnect: ${reason}`);
 });
 
 client.on('error', (error) => {

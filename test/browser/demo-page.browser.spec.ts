@@ -2,24 +2,15 @@ import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { BrowserContext, Page } from 'playwright-core';
+import type { BrowserContext } from 'playwright-core';
 import { startSample, type RunningSample } from '../client/support/sample-app.js';
 import { ROOT } from '../support/build.js';
+import { CHAT_BUDGET, CHROMIUM, CHROMIUM_FLAGS, pageUntil, textOf } from './browser-support.js';
 
 // The sample's demo page in a real browser: Debian's Chromium, headless, driven by
 // playwright-core (which downloads no browser of its own), against the sample served
 // in this process on a loopback port.
 
-/** Debian's package `chromium` (`.ci/run` installs it when missing). */
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const CHROMIUM_FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--no-first-run',
-];
 /** The Flood button's burst, and what the sample allows chat: 30 burst, 15 per second. */
 const FLOOD = 60;
 const CHAT_CAPACITY = 30;
@@ -54,28 +45,6 @@ afterAll(async () => {
   await sample?.close();
   if (profile) rmSync(profile, { recursive: true, force: true });
 });
-
-/** Waits until a script expression, evaluated in the page, is true; on a timeout, says what the page showed. */
-async function pageUntil(page: Page, problems: string[], expression: string, timeout = 20_000): Promise<void> {
-  try {
-    await page.waitForFunction(expression, undefined, { timeout, polling: 25 });
-  } catch (error) {
-    const shown = await page
-      .evaluate(
-        `['state', 'sent', 'queued', 'delivered', 'refused', 'room-count', 'log']
-        .map((id) => id + ': ' + document.getElementById(id)?.innerText).join('\\n')`,
-      )
-      .catch(() => 'nothing');
-    throw new Error(
-      `waiting for ${expression}: ${String(error)}\nthe page showed:\n${String(shown)}\n` +
-        `errors in the page: ${JSON.stringify(problems)}`,
-      { cause: error },
-    );
-  }
-}
-
-const textOf = (id: string): string => `document.getElementById(${JSON.stringify(id)}).textContent`;
-const CHAT_BUDGET = `document.querySelector('#budgets tr[data-tier="chat"] .value')`;
 
 describe('the demo page', () => {
   it('shows a flood hit the chat limit, the retry countdown, and the recovery', async () => {

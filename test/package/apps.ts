@@ -129,3 +129,82 @@ void main();
 
 /** What STORE_APP prints when the store works. */
 export const STORE_EXPECTED = { allowed: 3, refused: { tier: 'global', limit: 3, remaining: 0 }, interval: 500 };
+
+/**
+ * The quick start's gateway on socket.io: WsRateLimitIoAdapter from
+ * `nestjs-ws-rate-limit/socket.io`. A socket.io-client socket sends a burst past the chat
+ * limit and counts the `ack` and `rate_limit` events; five more rapid connections over
+ * HTTP long-polling follow (the sixth in all is refused at the handshake, and
+ * socket.io-client reports the status as the connect_error's `description`).
+ */
+export const IO_GATEWAY_APP = `
+import 'reflect-metadata';
+import { Module } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { MessageBody, SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
+import { Throttle, WsRateLimit, WsRateLimitModule } from 'nestjs-ws-rate-limit';
+import { WsRateLimitIoAdapter } from 'nestjs-ws-rate-limit/socket.io';
+import { io, type Socket } from 'socket.io-client';
+import type { AddressInfo } from 'node:net';
+
+${QUICK_START}
+/** Opens a socket.io connection: the socket, or what refused it (the HTTP status over polling). */
+function connect(url: string, transport: 'websocket' | 'polling'): Promise<Socket | string> {
+  return new Promise((resolve) => {
+    const socket = io(url, { transports: [transport], reconnection: false, forceNew: true, timeout: 10_000 });
+    socket.once('connect', () => resolve(socket));
+    socket.once('connect_error', (error: Error & { description?: unknown }) => {
+      socket.disconnect();
+      resolve(String(error.description ?? error.message));
+    });
+  });
+}
+
+async function main(): Promise<void> {
+  const app = await NestFactory.create(AppModule, { logger: false });
+  app.useWebSocketAdapter(new WsRateLimitIoAdapter(app));
+  await app.listen(0, '127.0.0.1');
+  const { port } = app.getHttpServer().address() as AddressInfo;
+  const url = 'http://127.0.0.1:' + port;
+  const sockets: Socket[] = [];
+  try {
+    const first = await connect(url, 'websocket');
+    if (typeof first === 'string') throw new Error('first connection refused: ' + first);
+    sockets.push(first);
+    const events: Array<{ event: string; data: unknown }> = [];
+    const done = new Promise<void>((resolve) =>
+      first.onAny((event: string, data: unknown) => {
+        events.push({ event, data });
+        if (events.length === ${BURST}) resolve();
+      }),
+    );
+    for (let i = 0; i < ${BURST}; i++) first.emit('chat', i);
+    await done;
+    const acks = events.filter((entry) => entry.event === 'ack').length;
+    const info = events.find((entry) => entry.event === 'rate_limit')?.data as { retryAfter: number } | undefined;
+    const refused: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const next = await connect(url, 'polling');
+      if (typeof next === 'string') refused.push(next);
+      else sockets.push(next);
+    }
+    const { retryAfter, ...limited } = info ?? { retryAfter: 0 };
+    // The bucket refills 15 a second, so a slow machine may let one or two more through.
+    const burst = acks >= 30 && acks < ${BURST} ? 'past the burst of 30' : acks + ' acks';
+    console.log(JSON.stringify({ burst, limited, waits: retryAfter > 0, opened: sockets.length, refused }));
+  } finally {
+    for (const socket of sockets) socket.disconnect();
+    await app.close();
+  }
+}
+void main();
+`;
+
+/** What IO_GATEWAY_APP prints when the package works on socket.io. */
+export const IO_GATEWAY_EXPECTED = {
+  burst: 'past the burst of 30',
+  limited: { code: 'TYPE_LIMIT', messageType: 'chat', limit: 30, remaining: 0, warningCount: 1 },
+  waits: true,
+  opened: 5,
+  refused: ['429'],
+};

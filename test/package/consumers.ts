@@ -38,6 +38,17 @@ export const NEST_VERSIONS = {
   ),
 } as const;
 
+/**
+ * The socket.io driver each NestJS consumer also installs: @nestjs/platform-socket.io of its
+ * NestJS (11.2.6 is the last 11.x, released with @nestjs/websockets 11.2.6; both pin
+ * socket.io 4.8.3), and socket.io with socket.io-client at the repository's versions.
+ */
+export const SOCKET_IO_VERSIONS = {
+  11: { '@nestjs/platform-socket.io': '11.2.6' },
+  12: { '@nestjs/platform-socket.io': DEV['@nestjs/platform-socket.io']! },
+} as const;
+const SOCKET_IO_COMMON = ['socket.io', 'socket.io-client'];
+
 /** What every consumer also installs, at the repository's versions. ioredis is never installed. */
 const COMMON = ['reflect-metadata', 'rxjs', 'ws', '@types/ws', '@types/node'];
 
@@ -93,11 +104,13 @@ export async function installProject(dir: string, tarball: string, packages: str
   await run('npm', [...args, tarball, ...packages], { cwd: dir, env: cleanEnv(), timeout: 300_000 });
 }
 
-/** The packages of a NestJS consumer of the given major. */
+/** The packages of a NestJS consumer of the given major, with the socket.io driver. */
 export function nestPackages(major: 11 | 12): string[] {
   return [
-    ...Object.entries(NEST_VERSIONS[major]).map(([name, version]) => `${name}@${version}`),
-    ...COMMON.map((name) => `${name}@${DEV[name]!}`),
+    ...Object.entries({ ...NEST_VERSIONS[major], ...SOCKET_IO_VERSIONS[major] }).map(
+      ([name, version]) => `${name}@${version}`,
+    ),
+    ...[...COMMON, ...SOCKET_IO_COMMON].map((name) => `${name}@${DEV[name]!}`),
   ];
 }
 

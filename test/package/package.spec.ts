@@ -1,11 +1,18 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { ensureBuilt, ROOT } from '../support/build.js';
-import { GATEWAY_APP, GATEWAY_EXPECTED, STORE_APP, STORE_EXPECTED } from './apps.js';
+import {
+  GATEWAY_APP,
+  GATEWAY_EXPECTED,
+  IO_GATEWAY_APP,
+  IO_GATEWAY_EXPECTED,
+  STORE_APP,
+  STORE_EXPECTED,
+} from './apps.js';
 import {
   compileConsumer,
   installProject,
@@ -29,6 +36,13 @@ const CASES: Array<{ project: 'nest11' | 'nest12' | 'store'; setting: Setting }>
     .map((setting) => ({ project: 'store' as const, setting })),
 ];
 const label = (c: (typeof CASES)[number]): string => `${c.project}/${c.setting.name}`;
+/** The socket.io app (`/socket.io`), compiled by each NestJS project under each of its settings. */
+const IO_CASES = (['nest11', 'nest12'] as const).flatMap((project) =>
+  settingsFor(project === 'nest11' ? 11 : 12).map((setting) => ({
+    project,
+    setting: { ...setting, name: `${setting.name}-socket.io` },
+  })),
+);
 
 /**
  * The package as users receive it: packed once with `npm pack`, installed with npm into
@@ -52,14 +66,14 @@ describe('the packed package in consumer projects', () => {
     await installProject(join(scratch, 'nest11'), tarball, nestPackages(11));
     await installProject(join(scratch, 'nest12'), tarball, nestPackages(12));
     await installProject(join(scratch, 'store'), tarball, storePackages(), false);
+    const all = [...CASES, ...IO_CASES];
+    const source = (c: (typeof all)[number]): string =>
+      c.project === 'store' ? STORE_APP : c.setting.name.endsWith('-socket.io') ? IO_GATEWAY_APP : GATEWAY_APP;
     const results = await pool(
-      CASES.map(
-        (c) => () =>
-          compileConsumer(join(scratch, c.project), c.setting, c.project === 'store' ? STORE_APP : GATEWAY_APP),
-      ),
+      all.map((c) => () => compileConsumer(join(scratch, c.project), c.setting, source(c))),
       2,
     );
-    CASES.forEach((c, index) => compiled.set(label(c), results[index]!));
+    all.forEach((c, index) => compiled.set(label(c), results[index]!));
   }, 900_000);
 
   afterAll(() => {
@@ -73,6 +87,8 @@ describe('the packed package in consumer projects', () => {
     expect(files).toContain('dist/cjs/package.json');
     expect(files).toContain('dist/esm/store.d.ts');
     expect(files).toContain('dist/cjs/client/index.d.ts');
+    expect(files).toContain('dist/esm/socket-io.d.ts');
+    expect(files).toContain('dist/cjs/socket-io.d.ts');
     expect(files).toContain('LICENSE');
     expect(files.filter((file) => file.endsWith('.map'))).toEqual([]);
   });
@@ -85,6 +101,16 @@ describe('the packed package in consumer projects', () => {
     expect(existsSync(join(scratch, 'nest11/node_modules/@nestjs/config'))).toBe(true);
     expect(existsSync(join(scratch, 'store/node_modules/@nestjs/config'))).toBe(false);
     expect(existsSync(join(scratch, 'store/node_modules/@nestjs/core'))).toBe(false);
+    // Each NestJS project has the socket.io driver of its own NestJS; the store-only one has none.
+    const version = (project: string, name: string): string =>
+      (
+        JSON.parse(readFileSync(join(scratch, project, 'node_modules', name, 'package.json'), 'utf8')) as {
+          version: string;
+        }
+      ).version;
+    expect(version('nest11', '@nestjs/platform-socket.io')).toMatch(/^11\./);
+    expect(version('nest12', '@nestjs/platform-socket.io')).toMatch(/^12\./);
+    expect(existsSync(join(scratch, 'store/node_modules/socket.io'))).toBe(false);
   });
 
   it.each(CASES.filter((c) => c.project !== 'store').map((c) => [label(c)]))(
@@ -93,6 +119,16 @@ describe('the packed package in consumer projects', () => {
       const result = compiled.get(name)!;
       expect(result.other).toEqual([]);
       expect(await runConsumer(result.dir)).toEqual(GATEWAY_EXPECTED);
+    },
+    120_000,
+  );
+
+  it.each(IO_CASES.map((c) => [label(c)]))(
+    '%s compiles (/socket.io) and runs on socket.io: rate_limit event past the limit, 429 on the sixth handshake',
+    async (name) => {
+      const result = compiled.get(name)!;
+      expect(result.other).toEqual([]);
+      expect(await runConsumer(result.dir)).toEqual(IO_GATEWAY_EXPECTED);
     },
     120_000,
   );
