@@ -102,10 +102,14 @@ export class WsRateLimitIoAdapter extends IoAdapter {
     this.forwarding = new ForwardingWarning(limiter.options);
   }
 
-  override create(port: number, options?: SocketIoServerOptions): Server | Namespace {
-    const created = super.create(port, options);
+  /**
+   * Declared as returning `Server`, as NestJS 11's `IoAdapter.create` is (NestJS 12's says
+   * `Server | Namespace`); a gateway with a `namespace` gets its namespace either way.
+   */
+  override create(port: number, options?: SocketIoServerOptions): Server {
+    const created = super.create(port, options) as Server | Namespace;
     this.guardNamespace(created);
-    return created;
+    return created as Server;
   }
 
   override createIOServer(port: number, options?: ServerOptions): Server {
