@@ -53,9 +53,11 @@ for (const socket of sockets) {
   socket.on('disconnect', () => {
     if (running) closedEarly++;
   });
+  // As the `ws` load, where any frame triggers the next send: a refusal keeps the window full.
   for (const event of OTHER_EVENTS) {
     socket.on(event, () => {
       if (counting) otherFrames++;
+      if (running) socket.emit('echo', DATA);
     });
   }
   socket.on('echo', () => {
