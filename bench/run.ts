@@ -1,13 +1,13 @@
 /**
  * `npm run bench`: every benchmark, each measurement in its own child process, baselines
  * measured in the same run. Prints tables with ratios and pass/fail against the targets of
- * issues 2, 3, 4 and 6, writes `bench/results/<date>.json` and `bench/results/latest.md`.
+ * issues 2, 3, 4, 6 and 11, writes `bench/results/<date>.json` and `bench/results/latest.md`.
  *
- *   node dist/bench/run.js [store] [memory] [gateway] [redis] [connections] [figure] [--quick] [--cpu-prof]
+ *   node dist/bench/run.js [store] [memory] [gateway] [gateway-io] [redis] [connections] [figure] [--quick] [--cpu-prof]
  *
- * No part named: all six (`figure` also writes docs/flood.svg). `--quick` shortens every timing, for trying changes (its
+ * No part named: all seven (`figure` also writes docs/flood.svg). `--quick` shortens every timing, for trying changes (its
  * figures are noisier and are not the ones to quote). `--cpu-prof` writes a V8 CPU profile
- * of every store worker and gateway server to `.tmp/bench-profiles/` (profiling slows them).
+ * of every store worker and gateway server (ws and socket.io) to `.tmp/bench-profiles/` (profiling slows them).
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -17,11 +17,12 @@ import { fileURLToPath } from 'node:url';
 import { runStore, type StoreReport } from './store/report.js';
 import { runMemory, type MemoryReport } from './memory/report.js';
 import { runGateway, type GatewayReport } from './gateway/report.js';
+import { runGatewayIo, type IoGatewayReport } from './gateway-io/report.js';
 import { runRedis, type RedisReport } from './redis/report.js';
 import { runConnections, type ConnectionsReport } from './connections/report.js';
 import { runFigure, type FigureReport } from './figure/report.js';
 
-const PARTS = ['store', 'memory', 'gateway', 'redis', 'connections', 'figure'] as const;
+const PARTS = ['store', 'memory', 'gateway', 'gateway-io', 'redis', 'connections', 'figure'] as const;
 type Part = (typeof PARTS)[number];
 
 const args = process.argv.slice(2);
@@ -60,6 +61,7 @@ const results: {
   store?: StoreReport;
   memory?: MemoryReport;
   gateway?: GatewayReport;
+  gatewayIo?: IoGatewayReport;
   redis?: RedisReport;
   connections?: ConnectionsReport;
   figure?: FigureReport;
@@ -72,6 +74,7 @@ for (const part of parts) {
   if (part === 'store') report = results.store = await runStore(quick, profileDir);
   else if (part === 'memory') report = results.memory = await runMemory(quick);
   else if (part === 'gateway') report = results.gateway = await runGateway(quick, profileDir);
+  else if (part === 'gateway-io') report = results.gatewayIo = await runGatewayIo(quick, profileDir);
   else if (part === 'redis') report = results.redis = await runRedis(quick, profileDir);
   else if (part === 'connections') report = results.connections = await runConnections(quick, profileDir);
   else report = results.figure = await runFigure(quick);
@@ -174,6 +177,9 @@ function machineInfo() {
         '@nestjs/core',
         '@nestjs/platform-ws',
         'ws',
+        '@nestjs/platform-socket.io',
+        'socket.io',
+        'socket.io-client',
         'prom-client',
         'ioredis',
       ].map((name) => [name, version(name)]),

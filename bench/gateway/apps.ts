@@ -89,7 +89,7 @@ export class ThrottledEchoGateway {
  * Limits nothing reaches at these rates, so every message is allowed: only the guard's cost
  * shows. The largest figures the options accept (lib/config/bounds.ts).
  */
-const HUGE = 1e6;
+export const HUGE = 1e6;
 
 /** The variants of the gateway benchmark, by id. */
 export const VARIANTS = {

@@ -5,37 +5,86 @@ import { parseCounters, rawCommand, startRedis, counterDelta, type RedisServer }
 import { REDIS_VARIANTS, VARIANTS, type VariantId } from './apps.js';
 import type { LoadResult } from './load.js';
 
-/** One measured run of one variant. */
-export interface GatewayRun extends LoadResult {
-  variant: VariantId;
-  round: number;
+/** What one run measured, whichever gateway part ran it. */
+export interface MeasuredRun extends LoadResult {
   /** Server CPU time per echoed message in the measured window, in microseconds. */
   serverCpuMicrosPerMessage: number;
   /** Redis commands per echoed message in the measured window (Redis variants only). */
   redisCommandsPerMessage?: number;
 }
 
+/** One measured run of one variant. */
+export interface GatewayRun extends MeasuredRun {
+  variant: VariantId;
+  round: number;
+}
+
+/** The load's shape: the same for every gateway part (`ws` and socket.io). */
+export interface LoadShape {
+  clients: number;
+  inFlight: number;
+  warmupMs: number;
+  durationMs: number;
+  rounds: number;
+}
+
+/** A gateway part's two child scripts, and the URL its load connects to. */
+export interface GatewayScripts {
+  /** Serves one variant: `server.js <variant>`, speaking `serveMeasured`'s protocol. */
+  server: URL;
+  /** `load.js <url> <clients> <inFlight> <warmupMs> <durationMs> <addresses>`, sending a `LoadResult`. */
+  load: URL;
+  url: (port: number) => string;
+  /** Prefix of the CPU profiles' file names. */
+  profilePrefix: string;
+}
+
 export interface GatewayReport {
-  load: { clients: number; inFlight: number; warmupMs: number; durationMs: number; rounds: number };
+  load: LoadShape;
   runs: GatewayRun[];
   medians: Record<VariantId, number>;
   targets: Target[];
   markdown: string;
 }
 
-const SERVER = new URL('./server.js', import.meta.url);
-const LOAD = new URL('./load.js', import.meta.url);
+const SCRIPTS: GatewayScripts = {
+  server: new URL('./server.js', import.meta.url),
+  load: new URL('./load.js', import.meta.url),
+  url: (port) => `ws://127.0.0.1:${port}`,
+  profilePrefix: 'gateway',
+};
 const CLIENTS = 64;
 const IN_FLIGHT = 32;
+
+/** The load of every gateway part: 64 clients x 32 in flight, 1 s + 5 s, 3 rounds (or shortened). */
+export function loadShape(quick: boolean): LoadShape {
+  return quick
+    ? { clients: CLIENTS, inFlight: IN_FLIGHT, warmupMs: 500, durationMs: 2000, rounds: 1 }
+    : { clients: CLIENTS, inFlight: IN_FLIGHT, warmupMs: 1000, durationMs: 5000, rounds: 3 };
+}
+
+/** Each round's order of the variants: all of them, rotated by one more each round. */
+export function roundOrder<V>(variants: readonly V[], round: number): V[] {
+  return variants.map((_, i) => variants[(i + round) % variants.length]!);
+}
+
+/** A run's console line. */
+export function describeRun(round: number, variant: string, run: MeasuredRun): string {
+  return (
+    `  round ${round + 1} ${variant.padEnd(12)} ${formatRate(run.echoesPerSecond).padStart(10)}  ` +
+    `server ${run.serverCpuMicrosPerMessage.toFixed(1)} µs CPU/msg, load process ${(run.loadCpuShare * 100).toFixed(0)} % of a core` +
+    (run.otherFrames > 0 ? `, ${run.otherFrames} non-echo frames!` : '') +
+    (run.closedEarly > 0 ? `, ${run.closedEarly} sockets closed early!` : '') +
+    (run.redisCommandsPerMessage !== undefined ? `, ${run.redisCommandsPerMessage.toFixed(2)} Redis cmds/msg` : '')
+  );
+}
 
 /**
  * Echo throughput of each gateway variant: a fresh server process per run, the load from a
  * separate process; variants alternate within a round, the order rotates between rounds.
  */
 export async function runGateway(quick: boolean, profileDir?: string): Promise<GatewayReport> {
-  const load = quick
-    ? { clients: CLIENTS, inFlight: IN_FLIGHT, warmupMs: 500, durationMs: 2000, rounds: 1 }
-    : { clients: CLIENTS, inFlight: IN_FLIGHT, warmupMs: 1000, durationMs: 5000, rounds: 3 };
+  const load = loadShape(quick);
   const variants = Object.keys(VARIANTS) as VariantId[];
   console.log(
     `== Echo gateway throughput (${load.clients} clients x ${load.inFlight} in flight, ` +
@@ -55,30 +104,26 @@ export async function runGateway(quick: boolean, profileDir?: string): Promise<G
 
 async function measureRounds(
   variants: VariantId[],
-  load: GatewayReport['load'],
+  load: LoadShape,
   profileDir: string | undefined,
   redis: RedisServer,
   runs: GatewayRun[],
 ): Promise<void> {
   for (let round = 0; round < load.rounds; round++) {
-    const order = variants.map((_, i) => variants[(i + round) % variants.length]!);
-    for (const variant of order) {
-      const run = await measure(variant, round, load, profileDir, REDIS_VARIANTS.includes(variant) ? redis : undefined);
+    for (const variant of roundOrder(variants, round)) {
+      const measured = await measureRun(SCRIPTS, variant, round, load, {
+        profileDir,
+        addresses: VARIANTS[variant].clientAddresses,
+        redis: REDIS_VARIANTS.includes(variant) ? redis : undefined,
+      });
+      const run: GatewayRun = { ...measured, variant, round };
       runs.push(run);
-      console.log(
-        `  round ${round + 1} ${variant.padEnd(12)} ${formatRate(run.echoesPerSecond).padStart(10)}  ` +
-          `server ${run.serverCpuMicrosPerMessage.toFixed(1)} µs CPU/msg, load process ${(run.loadCpuShare * 100).toFixed(0)} % of a core` +
-          (run.otherFrames > 0 ? `, ${run.otherFrames} non-echo frames!` : '') +
-          (run.closedEarly > 0 ? `, ${run.closedEarly} sockets closed early!` : '') +
-          (run.redisCommandsPerMessage !== undefined
-            ? `, ${run.redisCommandsPerMessage.toFixed(2)} Redis cmds/msg`
-            : ''),
-      );
+      console.log(describeRun(round, variant, run));
     }
   }
 }
 
-function reportGateway(variants: VariantId[], load: GatewayReport['load'], runs: GatewayRun[]): GatewayReport {
+function reportGateway(variants: VariantId[], load: LoadShape, runs: GatewayRun[]): GatewayReport {
   const of = (variant: VariantId): GatewayRun[] => runs.filter((run) => run.variant === variant);
   const medians = Object.fromEntries(
     variants.map((variant) => [variant, median(of(variant).map((run) => run.echoesPerSecond))]),
@@ -138,24 +183,33 @@ function reportGateway(variants: VariantId[], load: GatewayReport['load'], runs:
   return { load, runs, medians, targets, markdown };
 }
 
-async function measure(
-  variant: VariantId,
+/**
+ * One run: a fresh server process serving `variant`, then the load process; the server's
+ * CPU time is taken over the load's counted window (and Redis's command count, given a Redis).
+ */
+export async function measureRun(
+  scripts: GatewayScripts,
+  variant: string,
   round: number,
-  load: { clients: number; inFlight: number; warmupMs: number; durationMs: number },
-  profileDir: string | undefined,
-  redis: RedisServer | undefined,
-): Promise<GatewayRun> {
-  const server = startChild(SERVER, [variant], profileFlags(profileDir, `gateway-${variant}-round${round + 1}`));
+  load: Omit<LoadShape, 'rounds'>,
+  options: { profileDir: string | undefined; addresses: number; redis?: RedisServer | undefined },
+): Promise<MeasuredRun> {
+  const { profileDir, redis } = options;
+  const server = startChild(
+    scripts.server,
+    [variant],
+    profileFlags(profileDir, `${scripts.profilePrefix}-${variant}-round${round + 1}`),
+  );
   const loader = { child: undefined as ReturnType<typeof startChild> | undefined };
   try {
     const { port } = await nextMessage<{ port: number }>(server, 'ready', 30_000);
-    const child = startChild(LOAD, [
-      `ws://127.0.0.1:${port}`,
+    const child = startChild(scripts.load, [
+      scripts.url(port),
       String(load.clients),
       String(load.inFlight),
       String(load.warmupMs),
       String(load.durationMs),
-      String(VARIANTS[variant].clientAddresses),
+      String(options.addresses),
     ]);
     loader.child = child;
     const resultPromise = nextMessage<LoadResult>(child, 'result', 30_000 + load.warmupMs + load.durationMs);
@@ -170,8 +224,6 @@ async function measure(
     const { cpuMicros } = await cpuPromise;
     return {
       ...result,
-      variant,
-      round,
       serverCpuMicrosPerMessage: cpuMicros / Math.max(1, result.echoes),
       ...(redisCommands === undefined ? {} : { redisCommandsPerMessage: redisCommands / Math.max(1, result.echoes) }),
     };
