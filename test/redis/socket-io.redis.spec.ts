@@ -124,7 +124,10 @@ describe.each(ENGINE_TRANSPORTS)('socket.io instances sharing one Redis over %s 
       maxPendingHandshakesPerIp: 0,
     });
     const attempts = 500;
-    const flood = Array.from({ length: attempts }, (_, i) => new IoTestClient(pair[i % 2]!.url, transport));
+    const flood = Array.from(
+      { length: attempts },
+      (_, i) => new IoTestClient(pair[i % 2]!.url, transport, { timeout: 60_000 }),
+    );
     clients.push(...flood);
     const results = await Promise.allSettled(flood.map((client) => client.connected()));
     const statuses = results.flatMap((result) => (result.status === 'rejected' ? [refusalStatus(result.reason)] : []));

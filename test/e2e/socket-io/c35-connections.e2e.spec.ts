@@ -78,7 +78,8 @@ describe.each(ENGINE_TRANSPORTS)('socket.io connections over %s (C-35)', (transp
         // The flood is about the open-connection cap, not the pending-handshake cap.
         maxPendingHandshakesPerIp: 0,
       });
-      const flood = Array.from({ length: attempts }, () => new IoTestClient(url(), transport));
+      // A generous connect timeout: a loaded machine must not turn a slow answer into a refusal.
+      const flood = Array.from({ length: attempts }, () => new IoTestClient(url(), transport, { timeout: 60_000 }));
       clients.push(...flood);
       const results = await Promise.allSettled(flood.map((client) => client.connected()));
       const open = results.filter((result) => result.status === 'fulfilled');
