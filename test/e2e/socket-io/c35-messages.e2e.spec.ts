@@ -116,13 +116,17 @@ describe.each(ENGINE_TRANSPORTS)('C-35 message cases on socket.io over %s', (tra
       expect(refusals.map((info) => [info.code, info.id])).toEqual(NAMES.map((_name, i) => ['GLOBAL_LIMIT', 100 + i]));
       for (const info of refusals) {
         expect(Object.keys(info).every((field) => FRAME_FIELDS.includes(field))).toBe(true);
+        expect(info.messageType).toBe('unknown');
         expect(Buffer.byteLength(JSON.stringify(info))).toBeLessThanOrEqual(256);
       }
       const text = JSON.stringify(client.events.filter((entry) => entry.event !== 'ack'));
       expect(text).not.toContain('SECRET');
       for (const name of NAMES.slice(5, 10)) expect(text).not.toContain(JSON.stringify(name).slice(1, -1));
       // Every name was charged (1 chat + 2 rounds), and to one bucket: global and chat keys only.
-      expect(harness.decisions()).toHaveLength(1 + 2 * NAMES.length);
+      expect(harness.decisions().map((decision) => decision.type)).toEqual([
+        'chat',
+        ...Array(2 * NAMES.length).fill('unknown'),
+      ]);
       expect(limiter.stats().localKeys).toBe(2);
       expect(client.socket.connected).toBe(true);
     });
@@ -214,6 +218,7 @@ describe.each(ENGINE_TRANSPORTS)('C-35 message cases on socket.io over %s', (tra
       await client.until(() => client.of('ack').length === 1, 30_000);
       expect(client.of('rate_limit')).toEqual([]);
       expect(harness.decisions()).toHaveLength(sent + 1);
+      expect(harness.decisions('unknown')).toHaveLength(sent);
       expect(limiter.stats().localKeys).toBe(2);
     });
   });

@@ -20,8 +20,8 @@ const later = <T>(ms: number, value: T): Promise<T> =>
 
 /**
  * The shapes of the ws close-order gateway (test/e2e/messages/close-order.gateway.ts) on
- * socket.io: chat (30 burst), a slow search (100 ms), presence (1 burst), and `ask`, which
- * answers through the acknowledgement.
+ * socket.io: chat (30 burst), a slow search (100 ms), presence (1 burst), a handler that
+ * stalls, and `ask` / `slow_ask`, which answer through the acknowledgement.
  */
 @WebSocketGateway()
 @WsRateLimit()
@@ -68,5 +68,13 @@ export class C35MessagesGateway implements OnGatewayConnection {
     const answer = await later(100, { answer: data });
     count('slow_ask:settled');
     return answer;
+  }
+
+  /** Never answers in time (an admitted handler the close grace has to give up on). */
+  @Throttle({ type: 'stall', capacity: 10, refillRate: 0.01 })
+  @SubscribeMessage('stall')
+  stall(@MessageBody() data: unknown) {
+    count('stall');
+    return later(10_000, { event: 'stalled', data });
   }
 }
