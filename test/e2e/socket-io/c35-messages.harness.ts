@@ -92,6 +92,7 @@ export class C35Harness {
   /** Closes clients and app; returns what went wrong meanwhile (I-1), for the test to assert. */
   async stop(): Promise<{ faults: unknown[]; loggedErrors: unknown[][] }> {
     for (const client of this.clients.splice(0)) client.close();
+    endHalfClosedPolls();
     try {
       await this.running?.close();
     } finally {
@@ -103,6 +104,23 @@ export class C35Harness {
     this.loggedErrors?.mockRestore();
     this.loggedErrors = undefined;
     return { faults: [...this.faults], loggedErrors: [...loggedErrors] };
+  }
+}
+
+/**
+ * Ends the Engine.IO polling sessions the server closed between two polls. engine.io 6
+ * (transports/polling.js, `doClose`) then waits up to 30 s, on a timer that holds the
+ * process, for a poll the departed client may never send; the limiter's disconnects can
+ * meet that. The limiter's state is freed by then (socket.io's `disconnect` comes first):
+ * this only lets Jest exit at once.
+ */
+function endHalfClosedPolls(): void {
+  for (const socket of serverSockets) {
+    const conn = socket.conn as unknown as { readyState: string; transport?: { shouldClose?: (() => void) | null } };
+    const close = conn.transport?.shouldClose;
+    if (conn.readyState === 'closed' || typeof close !== 'function') continue;
+    conn.transport!.shouldClose = null;
+    close();
   }
 }
 
