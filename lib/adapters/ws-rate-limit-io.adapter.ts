@@ -1,8 +1,7 @@
 import type { INestApplicationContext } from '@nestjs/common';
 import { IoAdapter } from '@nestjs/platform-socket.io';
 import type { MessageMappingProperties } from '@nestjs/websockets';
-import { ServerResponse, STATUS_CODES, type IncomingMessage, type Server as HttpServer } from 'node:http';
-import type { Duplex } from 'node:stream';
+import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import { EMPTY, isObservable, type Observable, type Subscription } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
 import type { Namespace, Server, ServerOptions, Socket } from 'socket.io';
@@ -10,31 +9,15 @@ import type { AnswerSlot } from '../connection/answer-order.js';
 import type { ConnectionState } from '../connection/connection-state.js';
 import { startHeartbeat } from '../connection/heartbeat.js';
 import type { ConnectionRefusalReason } from '../interfaces/event.interface.js';
-import { toMessageId, type MessageId } from '../protocol/rate-limit-protocol.js';
 import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
 import { socketIoTransport } from '../transports/socket-io-transport.js';
 import type { RateLimitTransport } from '../transports/transport.js';
 import { resolveClientAddress } from '../utils/client-address.js';
-import { messageMeta } from '../utils/message-id.js';
+import { messageIdOfData as idOf, messageMeta } from '../utils/message-id.js';
 import { ForwardingWarning } from './forwarding-warning.js';
 import { guardHandshakes, handshakeCompleted, type ServerListener } from './handshake-hygiene.js';
-import { REFUSALS } from './refusals.js';
-
-/** An Engine.IO request: Engine.IO parses its query into `_query` before middlewares run. */
-type EngineRequest = IncomingMessage & { _query?: Record<string, string | undefined> };
-type EngineMiddleware = (request: EngineRequest, response: ServerResponse, next: (error?: unknown) => void) => void;
-
-/** The parts of an Engine.IO server and socket the adapter uses. */
-interface EngineServerLike {
-  use(middleware: EngineMiddleware): void;
-  on(event: 'connection', listener: (socket: EngineSocketLike) => void): unknown;
-  on(event: 'connection_error', listener: (error: { req?: IncomingMessage }) => void): unknown;
-}
-interface EngineSocketLike {
-  readonly request: IncomingMessage;
-  once(event: 'close', listener: () => void): unknown;
-  close(): void;
-}
+import type { EngineConnectionLike, EngineMiddleware, EngineServerLike } from './engine-io.js';
+import { REFUSALS, refuseHttp } from './refusals.js';
 
 /** A connection refused in `close` mode: the namespace connection fails with this. */
 interface Refusal {
@@ -291,7 +274,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
   }
 
   /** An Engine.IO connection is made: its slot is given back when it closes, whichever way. */
-  private engineConnection(socket: EngineSocketLike): void {
+  private engineConnection(socket: EngineConnectionLike): void {
     const request = socket.request;
     // A WebSocket handshake's exchange is over (a polling one ended with its answer).
     handshakeCompleted(request.socket);
@@ -366,7 +349,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
       error.data = { code: refusal.code, retryAfter: refusal.retryAfter };
       next(error);
       // socket.io sends the connect_error on the next tick; the connection ends after it.
-      process.nextTick(() => (socket.conn as unknown as EngineSocketLike).close());
+      process.nextTick(() => (socket.conn as unknown as EngineConnectionLike).close());
     });
   }
 
@@ -405,37 +388,4 @@ export class WsRateLimitIoAdapter extends IoAdapter {
 /** The socket.io server of a server or namespace. */
 function ioServerOf(server: Server | Namespace): Server {
   return 'engine' in server ? server : server.server;
-}
-
-/** The id the limiter echoes for an event's data: its `id` field, when it is an object. */
-function idOf(data: unknown): MessageId | undefined {
-  if (data === null || typeof data !== 'object') return undefined;
-  return toMessageId((data as { id?: unknown }).id);
-}
-
-/**
- * Refuses a handshake with an HTTP status: on a polling request through its response; on
- * an upgrade (where Engine.IO's stand-in response can send no status) on the socket itself.
- */
-function refuseHttp(response: ServerResponse, status: number, reason: string, retryAfterMs: number): void {
-  const headers: Record<string, string> = { 'Content-Type': 'application/json', Connection: 'close' };
-  if (retryAfterMs > 0) headers['Retry-After'] = String(Math.max(1, Math.ceil(retryAfterMs / 1000)));
-  const body = JSON.stringify({ message: reason, ...(retryAfterMs > 0 ? { retryAfter: retryAfterMs } : {}) });
-  if (response instanceof ServerResponse) {
-    if (response.headersSent || response.destroyed) return;
-    response.writeHead(status, { ...headers, 'Content-Length': String(Buffer.byteLength(body)) });
-    response.end(body);
-    return;
-  }
-  const socket = (response as unknown as { socket: Duplex }).socket;
-  if (!socket.writable) {
-    socket.destroy();
-    return;
-  }
-  headers['Content-Length'] = String(Buffer.byteLength(body));
-  const head = Object.entries(headers)
-    .map(([name, value]) => `${name}: ${value}\r\n`)
-    .join('');
-  socket.once('finish', () => socket.destroy());
-  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\n${head}\r\n${body}`);
 }

@@ -56,3 +56,9 @@ export function answerSlotFromArgs(args: readonly unknown[]): AnswerSlot | undef
   if (typeof ack !== 'function') return undefined;
   return { done: false, writes: undefined, next: undefined, ack: ack as (answer: unknown) => void };
 }
+
+/** The id the limiter echoes for a socket.io event's data: its `id` field, when it is an object. */
+export function messageIdOfData(data: unknown): MessageId | undefined {
+  if (data === null || typeof data !== 'object') return undefined;
+  return toMessageId((data as { id?: unknown }).id);
+}
