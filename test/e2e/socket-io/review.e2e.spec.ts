@@ -1,0 +1,118 @@
+import { afterEach, describe, expect, it } from '@jest/globals';
+import { MessageBody, SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
+import { request } from 'node:http';
+import type { Socket } from 'socket.io';
+import { Throttle, WsRateLimit, WsRateLimitModule, type WsRateLimitModuleOptions } from '../../../lib/index.js';
+import { WsRateLimitIoAdapter } from '../../../lib/socket-io.js';
+import { startApp, type RunningApp } from '../../support/app.js';
+import { connectIo, IoTestClient } from '../../support/io-client.js';
+
+/**
+ * Review of the socket.io transport (issue 11): each test here is the evidence of one
+ * finding and fails on the code under review.
+ */
+
+/** A gateway whose async handleConnection adds a socket.io middleware (an auth check, say). */
+@WebSocketGateway()
+@WsRateLimit()
+class ReviewGateway {
+  async handleConnection(client: Socket): Promise<void> {
+    await Promise.resolve(); // e.g. a session lookup
+    client.on('error', () => undefined);
+    client.use((packet, next) => {
+      const data = packet[1] as { block?: boolean } | undefined;
+      if (data?.block === true) return next(new Error('blocked by the app'));
+      next();
+    });
+  }
+
+  @Throttle({ type: 'ask', capacity: 1, refillRate: 0.001 })
+  @SubscribeMessage('ask')
+  ask(@MessageBody() data: unknown) {
+    return { answer: data };
+  }
+}
+
+/** A raw Engine.IO polling handshake; resolves with the HTTP status and body. */
+function pollingHandshake(port: number, query: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      { host: '127.0.0.1', port, path: `/socket.io/?EIO=4&transport=polling${query}`, agent: false },
+      (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (body += chunk));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      },
+    );
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('socket.io transport review', () => {
+  let running: RunningApp | undefined;
+  const clients: IoTestClient[] = [];
+
+  const start = async (options: WsRateLimitModuleOptions = {}) => {
+    running = await startApp(
+      {
+        imports: [
+          WsRateLimitModule.forRoot({
+            useEnv: false,
+            tracker: 'connection',
+            global: { capacity: 1000, refillRate: 1000 },
+            violations: { max: 10, windowMs: 60_000 },
+            ...options,
+          }),
+        ],
+        providers: [ReviewGateway],
+      },
+      (app) => new WsRateLimitIoAdapter(app),
+    );
+    return running;
+  };
+
+  afterEach(async () => {
+    for (const client of clients.splice(0)) client.close();
+    await running?.close();
+    running = undefined;
+  });
+
+  it('refuses a handshake sent with an empty sid (Engine.IO treats `sid=` as a handshake)', async () => {
+    const { port } = await start({ connection: { capacity: 100, refillRate: 100 }, maxConnectionsPerIp: 1 });
+    const first = await connectIo(`http://127.0.0.1:${port}`, 'polling');
+    clients.push(first);
+    // Control: a second handshake from the same address is refused by the open-connection cap.
+    const plain = await pollingHandshake(port, '');
+    expect(plain.status).toBe(429);
+    // The same handshake with `sid=` skips the limiter's middleware, yet Engine.IO opens a session.
+    const bypass = await pollingHandshake(port, '&sid=');
+    expect({ status: bypass.status, opened: bypass.body.includes('"sid"') }).toEqual({ status: 429, opened: false });
+  });
+
+  it('control: with no blocked event, the refused event is answered through its ack', async () => {
+    const { port } = await start();
+    const client = await connectIo(`http://127.0.0.1:${port}`, 'websocket');
+    clients.push(client);
+    expect(await client.socket.timeout(10_000).emitWithAck('ask', { id: 2 })).toEqual({ answer: { id: 2 } });
+    const third: unknown = await client.socket.timeout(10_000).emitWithAck('ask', { id: 3 });
+    expect(third).toMatchObject({ event: 'rate_limit', data: { code: 'TYPE_LIMIT', messageType: 'ask', id: 3 } });
+  });
+
+  it('answers a refused event through its own ack after an app middleware blocked an earlier event', async () => {
+    const { port } = await start();
+    const client = await connectIo(`http://127.0.0.1:${port}`, 'websocket');
+    clients.push(client);
+    // Blocked by the app's own socket.use middleware (registered after the adapter's): no answer.
+    client.socket.emit('ask', { id: 1, block: true }, () => undefined);
+    const second = await client.socket.timeout(10_000).emitWithAck('ask', { id: 2 });
+    expect(second).toEqual({ answer: { id: 2 } });
+    // Over the limit: the refusal must reach this event's ack.
+    const third: unknown = await client.socket
+      .timeout(5_000)
+      .emitWithAck('ask', { id: 3 })
+      .catch((error: Error) => `no answer: ${error.message}`);
+    expect(third).toMatchObject({ event: 'rate_limit', data: { code: 'TYPE_LIMIT', messageType: 'ask', id: 3 } });
+  });
+});
