@@ -1,11 +1,14 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { MessageBody, SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
 import { request } from 'node:http';
-import type { Socket } from 'socket.io';
+import type { Server, Socket } from 'socket.io';
 import { Throttle, WsRateLimit, WsRateLimitModule, type WsRateLimitModuleOptions } from '../../../lib/index.js';
 import { WsRateLimitIoAdapter } from '../../../lib/socket-io.js';
 import { startApp, type RunningApp } from '../../support/app.js';
-import { connectIo, IoTestClient } from '../../support/io-client.js';
+import { connectIo, IoTestClient, waitFor } from '../../support/io-client.js';
+
+/** The socket.io server of the running app (set by the gateway's afterInit). */
+let ioServer: Server | undefined;
 
 /**
  * Review of the socket.io transport (issue 11): each test here is the evidence of one
@@ -16,6 +19,10 @@ import { connectIo, IoTestClient } from '../../support/io-client.js';
 @WebSocketGateway()
 @WsRateLimit()
 class ReviewGateway {
+  afterInit(server: Server): void {
+    ioServer = server;
+  }
+
   async handleConnection(client: Socket): Promise<void> {
     await Promise.resolve(); // e.g. a session lookup
     client.on('error', () => undefined);
@@ -114,5 +121,41 @@ describe('socket.io transport review', () => {
       .emitWithAck('ask', { id: 3 })
       .catch((error: Error) => `no answer: ${error.message}`);
     expect(third).toMatchObject({ event: 'rate_limit', data: { code: 'TYPE_LIMIT', messageType: 'ask', id: 3 } });
+  });
+
+  it('does not give a fresh per-connection budget to a namespace re-connect over the same Engine.IO connection', async () => {
+    const { port } = await start({ connection: { capacity: 1, refillRate: 0.001 } });
+    const client = await connectIo(`http://127.0.0.1:${port}`, 'websocket');
+    clients.push(client);
+    expect(await client.socket.timeout(10_000).emitWithAck('ask', { id: 1 })).toEqual({ answer: { id: 1 } });
+    expect(await client.socket.timeout(10_000).emitWithAck('ask', { id: 2 })).toMatchObject({ event: 'rate_limit' });
+    // Leave the namespace and join it again on the same Engine.IO connection (packets 41, 40):
+    // no handshake, so no connection-rate charge, and the new socket gets a record of its own.
+    const before = client.socket.id;
+    const engine = client.socket.io.engine;
+    engine.send('1'); // socket.io DISCONNECT for '/' (Engine.IO message 41)
+    await waitFor(() => ioServer!.of('/').sockets.size === 0, 10_000, 'the namespace disconnect');
+    engine.send('0'); // socket.io CONNECT for '/' (Engine.IO message 40)
+    await waitFor(() => client.socket.id !== undefined && client.socket.id !== before, 10_000, 'the re-connect');
+    const third: unknown = await client.socket.timeout(10_000).emitWithAck('ask', { id: 3 });
+    expect(third).toMatchObject({ event: 'rate_limit', data: { code: 'TYPE_LIMIT', messageType: 'ask', id: 3 } });
+  });
+
+  it('closes an Engine.IO session refused in close mode even if it never joins a namespace', async () => {
+    const { port } = await start({
+      connection: { capacity: 1, refillRate: 0.001 },
+      connectionRefusal: 'close',
+    });
+    const first = await connectIo(`http://127.0.0.1:${port}`, 'polling');
+    clients.push(first);
+    // Over the connection rate: in close mode Engine.IO opens a session for each (by design)...
+    for (let i = 0; i < 3; i++) {
+      const refused = await pollingHandshake(port, '');
+      expect(refused.status).toBe(200);
+    }
+    // ...which should end promptly; a client that never sends a namespace CONNECT keeps it
+    // open, uncounted, until socket.io's connectTimeout (45 s by default).
+    await waitFor(() => ioServer!.engine.clientsCount === 1, 10_000, 'the refused sessions to close').catch(() => undefined);
+    expect(ioServer!.engine.clientsCount).toBe(1);
   });
 });
