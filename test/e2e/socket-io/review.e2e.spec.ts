@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from '@jest/globals';
 import { MessageBody, SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
 import { request } from 'node:http';
 import type { Server, Socket } from 'socket.io';
-import { Throttle, WsRateLimit, WsRateLimitModule, type WsRateLimitModuleOptions } from '../../../lib/index.js';
+import { Throttle, WsRateLimit, WsRateLimitModule, WsRateLimitService, type WsRateLimitModuleOptions } from '../../../lib/index.js';
 import { WsRateLimitIoAdapter } from '../../../lib/socket-io.js';
 import { startApp, type RunningApp } from '../../support/app.js';
 import { connectIo, IoTestClient, waitFor } from '../../support/io-client.js';
@@ -21,6 +21,10 @@ let ioServer: Server | undefined;
 class ReviewGateway {
   afterInit(server: Server): void {
     ioServer = server;
+    // An app's own connection listener (registered before the adapter's) turning a client away.
+    server.on('connection', (socket) => {
+      if ((socket.handshake.auth as { kick?: boolean }).kick === true) socket.disconnect(true);
+    });
   }
 
   async handleConnection(client: Socket): Promise<void> {
@@ -157,5 +161,19 @@ describe('socket.io transport review', () => {
     // open, uncounted, until socket.io's connectTimeout (45 s by default).
     await waitFor(() => ioServer!.engine.clientsCount === 1, 10_000, 'the refused sessions to close').catch(() => undefined);
     expect(ioServer!.engine.clientsCount).toBe(1);
+  });
+
+  it('forgets a socket the app disconnected in its own connection listener', async () => {
+    const { port, app } = await start();
+    const stats = () => app.get(WsRateLimitService).stats();
+    const kicked = new IoTestClient(`http://127.0.0.1:${port}`, 'websocket', { auth: { kick: true } });
+    clients.push(kicked);
+    await kicked.disconnected();
+    await waitFor(() => ioServer!.engine.clientsCount === 0, 10_000, 'the Engine.IO connection to close');
+    const kept = await connectIo(`http://127.0.0.1:${port}`, 'websocket');
+    clients.push(kept);
+    // One socket is open; the kicked one must not be counted any more.
+    await waitFor(() => stats().connections === 1, 5_000, 'one tracked connection').catch(() => undefined);
+    expect(stats().connections).toBe(1);
   });
 });
