@@ -1,8 +1,14 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { MessageBody, SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
 import { request } from 'node:http';
-import type { Server, Socket } from 'socket.io';
-import { Throttle, WsRateLimit, WsRateLimitModule, WsRateLimitService, type WsRateLimitModuleOptions } from '../../../lib/index.js';
+import type { Namespace, Server, Socket } from 'socket.io';
+import {
+  Throttle,
+  WsRateLimit,
+  WsRateLimitModule,
+  WsRateLimitService,
+  type WsRateLimitModuleOptions,
+} from '../../../lib/index.js';
 import { WsRateLimitIoAdapter } from '../../../lib/socket-io.js';
 import { startApp, type RunningApp } from '../../support/app.js';
 import { connectIo, IoTestClient, waitFor } from '../../support/io-client.js';
@@ -44,6 +50,21 @@ class ReviewGateway {
   }
 }
 
+/** A gateway on a namespace of its own: the only gateway of its app. */
+@WebSocketGateway({ namespace: '/review' })
+@WsRateLimit()
+class NamespacedGateway {
+  afterInit(namespace: Namespace): void {
+    // A namespace the app serves with plain socket.io, beside its gateway.
+    namespace.server.of('/plain').on('connection', (socket) => socket.emit('welcome'));
+  }
+
+  @SubscribeMessage('hello')
+  hello(@MessageBody() data: unknown) {
+    return { event: 'hello', data };
+  }
+}
+
 /** A raw Engine.IO polling handshake; resolves with the HTTP status and body. */
 function pollingHandshake(port: number, query: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
@@ -65,7 +86,7 @@ describe('socket.io transport review', () => {
   let running: RunningApp | undefined;
   const clients: IoTestClient[] = [];
 
-  const start = async (options: WsRateLimitModuleOptions = {}) => {
+  const start = async (options: WsRateLimitModuleOptions = {}, gateway: object = ReviewGateway) => {
     running = await startApp(
       {
         imports: [
@@ -77,7 +98,7 @@ describe('socket.io transport review', () => {
             ...options,
           }),
         ],
-        providers: [ReviewGateway],
+        providers: [gateway as typeof ReviewGateway],
       },
       (app) => new WsRateLimitIoAdapter(app),
     );
@@ -159,7 +180,9 @@ describe('socket.io transport review', () => {
     }
     // ...which should end promptly; a client that never sends a namespace CONNECT keeps it
     // open, uncounted, until socket.io's connectTimeout (45 s by default).
-    await waitFor(() => ioServer!.engine.clientsCount === 1, 10_000, 'the refused sessions to close').catch(() => undefined);
+    await waitFor(() => ioServer!.engine.clientsCount === 1, 10_000, 'the refused sessions to close').catch(
+      () => undefined,
+    );
     expect(ioServer!.engine.clientsCount).toBe(1);
   });
 
@@ -175,5 +198,27 @@ describe('socket.io transport review', () => {
     // One socket is open; the kicked one must not be counted any more.
     await waitFor(() => stats().connections === 1, 5_000, 'one tracked connection').catch(() => undefined);
     expect(stats().connections).toBe(1);
+  });
+
+  it('refuses, in close mode, a refused connection on a namespace the app made itself', async () => {
+    const { port } = await start(
+      { connection: { capacity: 1, refillRate: 0.001 }, connectionRefusal: 'close' },
+      NamespacedGateway,
+    );
+    const first = await connectIo(`http://127.0.0.1:${port}/review`, 'websocket');
+    clients.push(first);
+    // Control: over the connection rate, the gateway's namespace is refused with the reason.
+    const onGateway = new IoTestClient(`http://127.0.0.1:${port}/review`, 'websocket');
+    clients.push(onGateway);
+    await expect(onGateway.connected()).rejects.toThrow('Connection rate limit exceeded');
+    // The same refused client joins a namespace the app made with `server.of` (not guarded) and
+    // keeps its Engine.IO connection open, uncounted, for as long as it likes.
+    const onRoot = new IoTestClient(`http://127.0.0.1:${port}/plain`, 'websocket');
+    clients.push(onRoot);
+    const outcome = await onRoot.connected().then(
+      () => 'connected',
+      (error: Error) => error.message,
+    );
+    expect(outcome).toBe('Connection rate limit exceeded');
   });
 });
