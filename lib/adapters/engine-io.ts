@@ -19,5 +19,6 @@ export interface EngineServerLike {
 export interface EngineConnectionLike {
   readonly request: IncomingMessage;
   once(event: 'close', listener: () => void): unknown;
-  close(): void;
+  /** Ends the connection; with `discard`, at once, without what is queued. */
+  close(discard?: boolean): void;
 }

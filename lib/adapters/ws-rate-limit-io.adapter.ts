@@ -1,14 +1,12 @@
-import type { INestApplicationContext } from '@nestjs/common';
+import { Logger, type INestApplicationContext } from '@nestjs/common';
 import { IoAdapter } from '@nestjs/platform-socket.io';
 import type { MessageMappingProperties } from '@nestjs/websockets';
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import { EMPTY, isObservable, type Observable, type Subscription } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
 import type { Namespace, Server, ServerOptions, Socket } from 'socket.io';
-import type { AnswerSlot } from '../connection/answer-order.js';
 import type { ConnectionState } from '../connection/connection-state.js';
 import { startHeartbeat } from '../connection/heartbeat.js';
-import type { ConnectionRefusalReason } from '../interfaces/event.interface.js';
 import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
 import { socketIoTransport } from '../transports/socket-io-transport.js';
 import type { RateLimitTransport } from '../transports/transport.js';
@@ -17,22 +15,23 @@ import { messageIdOfData as idOf, messageMeta } from '../utils/message-id.js';
 import { ForwardingWarning } from './forwarding-warning.js';
 import { guardHandshakes, handshakeCompleted, type ServerListener } from './handshake-hygiene.js';
 import type { EngineConnectionLike, EngineMiddleware, EngineServerLike } from './engine-io.js';
+import { EventSlots } from './event-slots.js';
+import { NamespaceGuard, type Refusal } from './namespace-guard.js';
 import { REFUSALS, refuseHttp } from './refusals.js';
-
-/** A connection refused in `close` mode: the namespace connection fails with this. */
-interface Refusal {
-  readonly reason: string;
-  readonly code: ConnectionRefusalReason;
-  readonly retryAfter: number;
-}
 
 /** What the adapter keeps per socket.io socket. */
 interface SocketRouting {
   /** The events NestJS handlers take on this socket. */
   readonly events: Set<string>;
-  /** Answer slots of routed events, in arrival order, until their handler runs. */
-  readonly slots: Map<string, AnswerSlot[]>;
+  /** Answer slots of routed events, until their handler runs. */
+  readonly slots: EventSlots;
 }
+
+/**
+ * How long a connection refused in `close` mode may stay open without joining a namespace
+ * (where it learns why): socket.io would wait its `connectTimeout`, 45 s.
+ */
+const REFUSED_SESSION_MS = 2000;
 
 type SocketIoServerOptions = ServerOptions & { namespace?: string; server?: Server };
 
@@ -65,11 +64,13 @@ export class WsRateLimitIoAdapter extends IoAdapter {
   /** The admission record of each Engine.IO connection, for its first socket.io socket. */
   private readonly records = new WeakMap<object, ConnectionState>();
   private readonly routing = new WeakMap<Socket, SocketRouting>();
-  private readonly namespaces = new WeakSet<object>();
+  private readonly log = new Logger('WsRateLimitIoAdapter');
   private readonly heartbeats = new Map<object, NodeJS.Timeout>();
   /** Listeners this adapter put on HTTP servers, taken off again by `dispose`. */
   private readonly httpListeners: ServerListener[] = [];
   private readonly forwarding: ForwardingWarning;
+  /** Namespace connections: refusals in `close` mode, joins again on one connection. */
+  private readonly namespaces: NamespaceGuard;
 
   constructor(app: INestApplicationContext) {
     super(app);
@@ -83,6 +84,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
     }
     this.limiter = limiter;
     this.forwarding = new ForwardingWarning(limiter.options);
+    this.namespaces = new NamespaceGuard(limiter, this.refusals, this.records);
   }
 
   /**
@@ -91,7 +93,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
    */
   override create(port: number, options?: SocketIoServerOptions): Server {
     const created = super.create(port, options) as Server | Namespace;
-    this.guardNamespace(created);
+    this.namespaces.guard(created);
     return created as Server;
   }
 
@@ -108,13 +110,17 @@ export class WsRateLimitIoAdapter extends IoAdapter {
     engine.on('connection', (socket) => this.engineConnection(socket));
     engine.on('connection_error', ({ req }) => req !== undefined && this.giveBack(req));
     if (io.httpServer !== undefined) this.guardHttpServer(io.httpServer as unknown as HttpServer);
+    // Every namespace, a gateway's or one the application makes with `io.of()`.
+    this.namespaces.guard(io);
+    io.on('new_namespace', (namespace) => this.namespaces.guard(namespace));
     this.startHeartbeat(io);
     return io;
   }
 
   override bindClientConnect(server: Server | Namespace, callback: (socket: Socket) => void): void {
     server.on('connection', (socket: Socket) => {
-      this.attach(socket, ioServerOf(server));
+      // A socket the application's own listener already disconnected gets no record.
+      if (socket.connected) this.attach(socket, ioServerOf(server));
       callback(socket);
     });
   }
@@ -129,6 +135,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
     handlers: MessageMappingProperties[],
     transform: (data: unknown) => Observable<unknown>,
   ): void {
+    if (!socket.connected) return;
     const state = this.limiter.connectionOf(socket);
     const routing = this.route(socket, state, handlers);
     const order = state.order;
@@ -140,18 +147,19 @@ export class WsRateLimitIoAdapter extends IoAdapter {
     for (const handler of handlers) {
       const event = handler.message as string;
       // The first handler of an event takes the slots the middleware opened for it.
-      const slots = routing.slots.has(event) ? undefined : new Array<AnswerSlot>();
-      if (slots !== undefined) routing.slots.set(event, slots);
+      const slots = routing.slots.claim(event) ? routing.slots : undefined;
       const manualAck = (handler as { isAckHandledManually?: boolean }).isAckHandledManually === true;
       socket.on(event, (...args: unknown[]) => {
         // As rxjs's fromEvent, which IoAdapter reads events with: one argument as itself.
         const payload = args.length === 1 ? args[0] : args;
-        const slot = slots?.shift();
+        const slot = order === undefined ? undefined : slots?.take(event, args[0], order);
         const answered = (): void => {
           if (slot !== undefined) order!.done(slot);
         };
         if (state.closing) return answered();
         const { data, ack } = this.mapPayload(payload) as { data: unknown; ack?: (...args: unknown[]) => void };
+        // The limiter's answer to this event goes to its own acknowledgement, if it asked for one.
+        if (slot !== undefined) slot.ack = ack as ((answer: unknown) => void) | undefined;
         const id = idOf(data);
         let response$: Observable<unknown>;
         try {
@@ -164,7 +172,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
           }
           response$ = transform(result);
         } catch (error) {
-          this.logger.error(error);
+          this.log.error(error);
           return answered();
         }
         if (!socket.connected) return answered();
@@ -172,7 +180,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
           .pipe(
             filter((response) => response !== undefined && response !== null),
             catchError((error: unknown) => {
-              this.logger.error(error);
+              this.log.error(error);
               return EMPTY;
             }),
           )
@@ -213,7 +221,8 @@ export class WsRateLimitIoAdapter extends IoAdapter {
    * upgrade) are not handshakes, so a long poll does not hold a pending-handshake slot.
    */
   private readonly engineMiddleware: EngineMiddleware = (request, response, next) => {
-    if (request._query?.sid !== undefined) {
+    // As Engine.IO: an empty `sid` is a new handshake, not a session.
+    if (request._query?.sid) {
       if (request.method !== 'POST') handshakeCompleted(request.socket);
       return next();
     }
@@ -228,7 +237,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
     try {
       admission = this.limiter.admitConnection(address, request);
     } catch (error) {
-      this.logger.error(error);
+      this.log.error(error);
       return refuseHttp(response, 503, 'Service Unavailable', 0);
     }
     const settle = (settled: ConnectionAdmission): void => {
@@ -250,7 +259,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
     };
     if (admission instanceof Promise) {
       admission.then(settle, (error: unknown) => {
-        this.logger.error(error);
+        this.log.error(error);
         refuseHttp(response, 503, 'Service Unavailable', 0);
       });
     } else {
@@ -279,6 +288,12 @@ export class WsRateLimitIoAdapter extends IoAdapter {
     // A WebSocket handshake's exchange is over (a polling one ended with its answer).
     handshakeCompleted(request.socket);
     const record = this.admitted.get(request);
+    if (this.refusals.has(request)) {
+      // Refused in `close` mode: it may only learn why, then it goes.
+      // Discarded: a polling session with no poll waiting would otherwise linger 30 s more.
+      const timer = setTimeout(() => socket.close(true), REFUSED_SESSION_MS).unref();
+      socket.once('close', () => clearTimeout(timer));
+    }
     if (record === undefined) return;
     this.admitted.delete(request);
     const release = record.release;
@@ -292,8 +307,11 @@ export class WsRateLimitIoAdapter extends IoAdapter {
     if (this.limiter.isTracked(socket)) return;
     const transport = socketIoTransport as RateLimitTransport;
     const record = this.records.get(socket.conn);
+    const rejoin = this.namespaces.rejoined(socket);
     let state: ConnectionState;
-    if (record !== undefined && record.client === undefined) {
+    if (rejoin !== undefined) {
+      state = this.limiter.attach(socket, rejoin, socket.request, io, transport);
+    } else if (record !== undefined && record.client === undefined) {
       state = this.limiter.attach(socket, record, socket.request, io, transport);
     } else {
       // A second namespace on the same connection: a record of its own, same address.
@@ -313,7 +331,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
   private route(socket: Socket, state: ConnectionState, handlers: MessageMappingProperties[]): SocketRouting {
     let routing = this.routing.get(socket);
     if (routing === undefined) {
-      routing = { events: new Set(), slots: new Map() };
+      routing = { events: new Set(), slots: new EventSlots() };
       this.routing.set(socket, routing);
       const known = routing;
       const { pipeline } = this.limiter;
@@ -325,32 +343,17 @@ export class WsRateLimitIoAdapter extends IoAdapter {
         const event = packet[0];
         const last = packet[packet.length - 1];
         const slot = order?.open();
-        if (slot !== undefined && typeof last === 'function') slot.ack = last as (answer: unknown) => void;
         if (typeof event === 'string' && known.events.has(event)) {
-          if (slot !== undefined) known.slots.get(event)?.push(slot);
+          if (slot !== undefined) known.slots.add(event, packet[1], slot);
           return next();
         }
+        if (slot !== undefined && typeof last === 'function') slot.ack = last as (answer: unknown) => void;
         const id = typeof packet[1] === 'function' ? undefined : idOf(packet[1]);
         pipeline.runUnrouted(socket, state, 'UNKNOWN_EVENT', id, bound, slot, () => next());
       });
     }
     for (const handler of handlers) routing.events.add(handler.message as string);
     return routing;
-  }
-
-  /** In `close` refusal mode, a refused connection's namespace connections fail with why. */
-  private guardNamespace(namespace: Server | Namespace): void {
-    if (this.namespaces.has(namespace)) return;
-    this.namespaces.add(namespace);
-    namespace.use((socket, next) => {
-      const refusal = this.refusals.get(socket.request);
-      if (refusal === undefined) return next();
-      const error = new Error(refusal.reason) as Error & { data?: unknown };
-      error.data = { code: refusal.code, retryAfter: refusal.retryAfter };
-      next(error);
-      // socket.io sends the connect_error on the next tick; the connection ends after it.
-      process.nextTick(() => (socket.conn as unknown as EngineConnectionLike).close());
-    });
   }
 
   /** The server's heartbeat: socket.io pings by itself, so it only cuts off slow consumers. */

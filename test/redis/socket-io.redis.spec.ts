@@ -190,6 +190,8 @@ describe.each(ENGINE_TRANSPORTS)('socket.io instances sharing one Redis over %s 
     sender.socket.emit('broadcast', { id: 'hello' });
     await listener.until(() => listener.of('news').length === 1, 10_000, 'news on the other instance');
     await sender.until(() => sender.of('news').length === 1, 10_000, 'news on the sender');
+    // Over polling the reply may come in a later poll than the broadcast.
+    await sender.until(() => sender.of('sent').length === 1, 10_000, 'the reply to the sender');
     expect(listener.of('news')).toEqual([{ id: 'hello' }]);
     expect(sender.of('sent')).toEqual([{ id: 'hello' }]);
     // Once each: the adapter does not echo an instance's own broadcast back to it.

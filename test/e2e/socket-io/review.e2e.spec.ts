@@ -148,22 +148,23 @@ describe('socket.io transport review', () => {
     expect(third).toMatchObject({ event: 'rate_limit', data: { code: 'TYPE_LIMIT', messageType: 'ask', id: 3 } });
   });
 
-  it('does not give a fresh per-connection budget to a namespace re-connect over the same Engine.IO connection', async () => {
+  it('decides a namespace joined again on the same Engine.IO connection as a new connection', async () => {
     const { port } = await start({ connection: { capacity: 1, refillRate: 0.001 } });
     const client = await connectIo(`http://127.0.0.1:${port}`, 'websocket');
     clients.push(client);
     expect(await client.socket.timeout(10_000).emitWithAck('ask', { id: 1 })).toEqual({ answer: { id: 1 } });
     expect(await client.socket.timeout(10_000).emitWithAck('ask', { id: 2 })).toMatchObject({ event: 'rate_limit' });
     // Leave the namespace and join it again on the same Engine.IO connection (packets 41, 40):
-    // no handshake, so no connection-rate charge, and the new socket gets a record of its own.
-    const before = client.socket.id;
+    // no handshake, yet it must not be a free new socket with a fresh per-connection budget.
     const engine = client.socket.io.engine;
     engine.send('1'); // socket.io DISCONNECT for '/' (Engine.IO message 41)
     await waitFor(() => ioServer!.of('/').sockets.size === 0, 10_000, 'the namespace disconnect');
     engine.send('0'); // socket.io CONNECT for '/' (Engine.IO message 40)
-    await waitFor(() => client.socket.id !== undefined && client.socket.id !== before, 10_000, 'the re-connect');
-    const third: unknown = await client.socket.timeout(10_000).emitWithAck('ask', { id: 3 });
-    expect(third).toMatchObject({ event: 'rate_limit', data: { code: 'TYPE_LIMIT', messageType: 'ask', id: 3 } });
+    // The connection bucket (capacity 1) was spent by the handshake: the join is refused.
+    await waitFor(() => client.connectError !== undefined, 10_000, 'the refused join');
+    expect(client.connectError!.message).toBe('Connection rate limit exceeded');
+    expect(client.connectError!.data).toMatchObject({ code: 'rate', retryAfter: expect.any(Number) });
+    expect(ioServer!.of('/').sockets.size).toBe(0);
   });
 
   it('closes an Engine.IO session refused in close mode even if it never joins a namespace', async () => {
