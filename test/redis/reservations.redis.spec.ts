@@ -151,6 +151,36 @@ describe('token reservations (C-34)', () => {
     expect(calls).toBeLessThanOrEqual(12);
   });
 
+  it("after contention ends, its own per-call decisions do not keep an instance's batches at 1", async () => {
+    // A long TTL: slots far ahead are still granted (decisions here outrun the refill).
+    const store = await makeStore({ reservations: { maxBatch: 64, ttlMs: 60_000 } });
+    const other = await makeStore({ reservations: false });
+    // A burst no test spends, slots 100 ms apart: a decision moves the bucket's next slot
+    // far past the time of the next one.
+    const spec = tokenBucketSpec('global', 'g', 1_000_000, 10);
+    const plan = planOf(store, 'ip:own-per-call', [spec]);
+    const otherPlan = planOf(other, 'ip:own-per-call', [spec]);
+    // Contention: another instance's per-call decisions between this one's reservations.
+    for (let i = 0; i < 4; i++) {
+      await store.consume(plan);
+      await other.consume(otherPlan);
+    }
+    // Alone from now on, in bursts of 34 decisions at once: at a batch size of 1, a burst
+    // holds a probe (two reserving calls) with per-call decisions before and after it.
+    const before = await scriptCalls();
+    let allowed = 0;
+    for (let burst = 0; burst < 8; burst++) {
+      const decisions = await Promise.all(Array.from({ length: 34 }, () => store.consume(plan)));
+      allowed += decisions.filter((decision) => decision.allowed).length;
+    }
+    const scripts = (await scriptCalls()) - before;
+    console.log(`alone again, bursts of 34: ${scripts} scripts for ${allowed} decisions`);
+    expect(allowed).toBe(8 * 34);
+    // Its batches grow again: a few calls per burst at most, not one per decision as when its
+    // own per-call decisions were taken for another instance's.
+    expect(scripts).toBeLessThan(allowed / 4);
+  });
+
   it('a reserved slot is never spent after its time: an idle batch then a burst stay within the capacity', async () => {
     // A long TTL: no sweep gives the idle batch back during the test.
     const store = await makeStore({ reservations: { maxBatch: 64, ttlMs: 5000 } });

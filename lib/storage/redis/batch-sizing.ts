@@ -14,6 +14,12 @@ export interface ReservationOutcome {
    * most the reservation TTL). Infinity while unknown.
    */
   readonly spendable: number;
+  /**
+   * This instance sent decisions of the plan per call (the batch size was 1) after its
+   * previous reservation: they, not another instance, may be what moved a bucket, so a
+   * reply that is not `alone` tells nothing about contention.
+   */
+  readonly ownPerCall?: boolean;
 }
 
 /**
@@ -21,7 +27,11 @@ export interface ReservationOutcome {
  *
  * - contention (another instance, or a per-call decision, moved a bucket since this
  *   instance's last reservation): 1, so every decision is one Redis call as without
- *   reservations;
+ *   reservations; but when this instance's own per-call decisions may have moved the bucket
+ *   since its last reservation, not being alone tells nothing, and the size stays as asked
+ *   (still at most half the slots free and `maxBatch`); otherwise they would keep it at 1
+ *   for good, as the per-call decisions made while the size is 1 make the next reply say
+ *   "not alone" again;
  * - near the limit (fewer slots granted than asked): 1;
  * - otherwise twice the last ask (at least 2), but at most half the slots still free after
  *   the grant (one instance never takes the rest of a bucket, and the size falls to 1 as the
@@ -36,7 +46,8 @@ export interface ReservationOutcome {
  * is bounded by `maxBatch` and the reservation TTL.
  */
 export function nextBatchSize(outcome: ReservationOutcome, maxBatch: number): number {
-  const { asked, granted, alone, more, spendable } = outcome;
-  if (!alone || granted < asked || !(spendable >= 2)) return 1;
-  return Math.max(1, Math.min(Math.max(2, asked * 2), Math.floor(more / 2), maxBatch));
+  const { asked, granted, alone, more, spendable, ownPerCall } = outcome;
+  if (granted < asked || !(spendable >= 2) || (!alone && ownPerCall !== true)) return 1;
+  const next = alone ? Math.max(2, asked * 2) : asked;
+  return Math.max(1, Math.min(next, Math.floor(more / 2), maxBatch));
 }

@@ -52,6 +52,12 @@ interface Entry {
   /** Decisions sent per call since the last probe, and reserving calls still to make in a probe. */
   skipped: number;
   probing: number;
+  /**
+   * Decisions sent per call since the last reserving call was sent: they may move the
+   * buckets after its reservation, so the next reply's `alone` cannot tell them from another
+   * instance's.
+   */
+  direct: number;
   touched: boolean;
 }
 
@@ -126,7 +132,10 @@ export class ReservationBook {
       return true;
     }
     entry.decisions++;
-    if (++entry.skipped < PROBE_EVERY) return false;
+    if (++entry.skipped < PROBE_EVERY) {
+      entry.direct++;
+      return false;
+    }
     entry.skipped = 0;
     entry.probing = 1;
     return true;
@@ -156,14 +165,16 @@ export class ReservationBook {
     args[head + 3] = this.options.fieldTtls() ? '1' : '0';
     args[head + 4] = String(ask);
     const sentAt = performance.now();
+    const ownPerCall = entry !== undefined && entry.direct > 0;
+    if (entry !== undefined) entry.direct = 0;
     const call = this.options.gate.within(
       this.options.reserve(...args),
-      (reply, delivered) => this.settle(plan, ask, sentAt, reply, delivered, refused),
+      (reply, delivered) => this.settle(plan, ask, sentAt, reply, delivered, refused, ownPerCall),
       (reply, delivered) => {
         // An answer that came too late still took its slots: keep them for the next decisions.
         if (!delivered && Array.isArray(reply) && toNumber(reply[0]) === 2) {
           try {
-            this.settle(plan, ask, sentAt, reply, false, refused);
+            this.settle(plan, ask, sentAt, reply, false, refused, ownPerCall);
           } catch {
             // A malformed late answer: its slots lapse.
           }
@@ -206,6 +217,7 @@ export class ReservationBook {
     reply: unknown,
     delivered: boolean,
     refused: (reply: unknown, delivered: boolean) => RateLimitDecision,
+    ownPerCall: boolean,
   ): RateLimitDecision {
     if (!Array.isArray(reply) || toNumber(reply[0]) !== 2) return refused(reply, delivered);
     const n = plan.specs.length;
@@ -241,6 +253,7 @@ export class ReservationBook {
         alone: toNumber(reply[3]) === 1,
         more: toNumber(reply[4]),
         spendable,
+        ownPerCall,
       },
       this.options.maxBatch,
     );
@@ -256,6 +269,7 @@ export class ReservationBook {
           decisions: 1,
           skipped: 0,
           probing: 0,
+          direct: 0,
           touched: true,
         };
         this.entries.set(plan.key, entry);
