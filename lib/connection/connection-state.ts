@@ -40,6 +40,12 @@ export class ConnectionState {
   violations: SlidingLogState | undefined;
   /** Set once the limiter has started closing the socket. */
   closing = false;
+  /**
+   * Rejections thrown for NestJS to hand to the filter, not yet counted as violations there:
+   * the messages of one read are all decided before any filter runs, so this tells the
+   * pipeline that the violation threshold is already reached. Reset when those filters run.
+   */
+  pendingRejections = 0;
   /** Set once shadow mode has reported the close it did not make. */
   shadowClosed = false;
   /** Until when (monotonic ms) only essential types are allowed; 0 when not degraded. */

@@ -162,6 +162,16 @@ export class Enforcer {
   }
 
   /**
+   * Whether `more` violations on top of the connection's counted ones would close it (not
+   * when the threshold degrades it instead).
+   */
+  closesWith(state: ConnectionState, more: number): boolean {
+    if (!this.enforced || this.options.degradeCooldownMs > 0) return false;
+    const { max, windowMs } = this.options.violations;
+    return currentViolations(state, windowMs) + more >= max;
+  }
+
+  /**
    * The slow-consumer check (the one place it is made): a reader with more than
    * `maxBufferedBytes` unread is disconnected. Returns whether it was.
    */

@@ -123,6 +123,11 @@ export class MessagePipeline {
     const route = steps.getRoute(context, connection, client);
     if (route === null) return true;
     if ((this.limiter.skipIf !== undefined || route.skipIf !== undefined) && this.skips(context, route)) return true;
+    // The violation threshold was reached by earlier messages of this read: the close is
+    // decided, so this message is not decided (nor processed) any more.
+    if (connection.pendingRejections !== 0 && this.enforcer.closesWith(connection, connection.pendingRejections)) {
+      return this.refuse(client, new WsRateLimitException(CLOSING, route.type, connection.connectionTracker, undefined));
+    }
     const tracker = steps.getTracker(client, connection);
     // An async tracker: a rejection reaches Nest as a throwing tracker's error does.
     if (typeof tracker !== 'string' && isPromise(tracker)) {
@@ -247,7 +252,12 @@ export class MessagePipeline {
 
   /** A rejection: thrown for the filter to answer, or in shadow mode recorded and let through. */
   refuse(client: object, exception: WsRateLimitException): true {
-    if (this.enforcer.enforced) throw exception;
+    if (this.enforcer.enforced) {
+      const { decision } = exception;
+      // Counted by the filter later; noted now for the messages decided before it runs.
+      if (decision !== CLOSING && decision.storeUnavailable !== true) notePending(this.registry.of(client));
+      throw exception;
+    }
     this.enforcer.record(this.registry.of(client), exception);
     return true;
   }
@@ -295,6 +305,11 @@ export class MessagePipeline {
       this.logger.error(message);
     }
   }
+}
+
+/** Counts a rejection on its way to the filter, until the promise jobs (where filters run) start. */
+function notePending(state: ConnectionState): void {
+  if (state.pendingRejections++ === 0) queueMicrotask(() => (state.pendingRejections = 0));
 }
 
 /** A screening's rejection with the message's id, so that the frame names the message. */

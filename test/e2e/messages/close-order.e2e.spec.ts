@@ -1,6 +1,12 @@
 import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
 import { performance } from 'node:perf_hooks';
-import { WsRateLimitAdapter, WsRateLimitModule, type WsRateLimitModuleOptions } from '../../../lib/index.js';
+import {
+  WsRateLimitAdapter,
+  WsRateLimitModule,
+  WsRateLimitService,
+  type RateLimitEvent,
+  type WsRateLimitModuleOptions,
+} from '../../../lib/index.js';
 import { startApp, type RunningApp } from '../../support/app.js';
 import { sleep, TestClient, type Frame } from '../../support/ws-client.js';
 import { CloseOrderGateway, handled } from './close-order.gateway.js';
@@ -87,6 +93,25 @@ describe('answers before the close, in order', () => {
       ...Array(10).fill('rate_limit'),
     ]);
     expect(handled.search).toBe(3);
+  });
+
+  it('decides nothing, and processes nothing, after the threshold within the same read', async () => {
+    await start();
+    const limiter = running!.app.get(WsRateLimitService);
+    const decisions: RateLimitEvent[] = [];
+    const subscription = limiter.events$.subscribe((event) => event.kind === 'decision' && decisions.push(event));
+    const client = await connect();
+    // 40 chats reach the threshold (30 admitted, the 10th violation); what follows in the same
+    // write, 500 chats and an admissible search, comes after the close decision.
+    burst(client, [...times(540, 'chat'), ['search', 'after the decision']]);
+    const closed = await client.waitClose();
+    subscription.unsubscribe();
+    expect(closed.code).toBe(1008);
+    expect(events(client.frames)).toEqual([...Array(30).fill('ack'), ...Array(10).fill('rate_limit')]);
+    expect(handled.chat).toBe(30);
+    expect(handled.search).toBe(0);
+    // Only the messages up to the threshold were decided (no store work for the rest).
+    expect(decisions).toHaveLength(40);
   });
 
   it('31 chats in one write: the 30 acks go out before the rate_limit frame', async () => {

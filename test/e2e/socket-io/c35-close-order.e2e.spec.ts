@@ -46,9 +46,10 @@ describe.each(ENGINE_TRANSPORTS)('C-35 close cases on socket.io over %s', (trans
       expect(refusals.every((info) => info.code === 'GLOBAL_LIMIT')).toBe(true);
       expect(client.of('rate_limit_disconnect')).toEqual([{ code: 1008, reason: 'Rate limit violations' }]);
       expect(JSON.stringify([refusals, client.of('rate_limit_disconnect')])).not.toContain('SECRET');
-      // Nothing after the decision was admitted or processed. (Events read in the same batch
-      // as the deciding one still meet the guard, as on ws: decided, refused, not answered.)
+      // Nothing after the decision was decided, admitted or processed (not even the events
+      // read in the same batch as the deciding one).
       expect(harness.decisions().filter((decision) => decision.allowed)).toHaveLength(2);
+      expect(harness.decisions()).toHaveLength(12);
       expect(harness.ofKind('violation')).toHaveLength(10);
       expect(harness.ofKind('disconnect')).toHaveLength(1);
       expect(handled.get('chat')).toBe(2);
