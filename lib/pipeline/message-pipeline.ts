@@ -126,7 +126,10 @@ export class MessagePipeline {
     // The violation threshold was reached by earlier messages of this read: the close is
     // decided, so this message is not decided (nor processed) any more.
     if (connection.pendingRejections !== 0 && this.enforcer.closesWith(connection, connection.pendingRejections)) {
-      return this.refuse(client, new WsRateLimitException(CLOSING, route.type, connection.connectionTracker, undefined));
+      return this.refuse(
+        client,
+        new WsRateLimitException(CLOSING, route.type, connection.connectionTracker, undefined),
+      );
     }
     const tracker = steps.getTracker(client, connection);
     // An async tracker: a rejection reaches Nest as a throwing tracker's error does.
