@@ -10,6 +10,8 @@ export type ServerListener = [HttpServer, string, (...args: any[]) => void];
 
 /** Sockets in an HTTP exchange or upgrade not yet complete, each with what ends it. */
 const pendingExchanges = new WeakMap<Socket, () => void>();
+/** The request a socket's pending exchange carries (none for an upgrade). */
+const exchangeRequests = new WeakMap<Socket, IncomingMessage>();
 
 /**
  * Ends a socket's pending exchange: its WebSocket upgrade is complete (the adapter calls
@@ -20,9 +22,10 @@ export function handshakeCompleted(socket: Socket): void {
 }
 
 /**
- * Handshake hygiene on an HTTP server: a TCP connection must complete its exchange (an
- * HTTP request with its whole body and the answer to it, or a WebSocket upgrade up to the
- * open connection) within `handshakeTimeoutMs`, and at most `maxPendingHandshakesPerIp`
+ * Handshake hygiene on an HTTP server: a TCP connection must complete its part of an
+ * exchange (an HTTP request with its whole body, or a WebSocket upgrade up to the open
+ * connection) within `handshakeTimeoutMs` (how long the server then takes to answer is not
+ * timed: a slow handler, a long poll or a stream is the server's), and at most `maxPendingHandshakesPerIp`
  * per TCP peer address may be in such an exchange at once; others are dropped at once. A
  * body sent a byte at a time keeps its slot and meets the timeout; a request on a
  * kept-alive connection starts a new exchange under the same rules. Trusted proxies
@@ -61,7 +64,13 @@ export function guardHandshakes(
     } else if (handshakeTimeoutMs === 0) {
       return true;
     }
-    const timer = handshakeTimeoutMs > 0 ? setTimeout(() => socket.destroy(), handshakeTimeoutMs).unref() : undefined;
+    // At the timeout, a request that has fully arrived is the server's to answer, however long
+    // that takes (a slow handler, a stream): only the client's part of the exchange is timed.
+    const expire = (): void => {
+      if (exchangeRequests.get(socket)?.complete === true) settle();
+      else socket.destroy();
+    };
+    const timer = handshakeTimeoutMs > 0 ? setTimeout(expire, handshakeTimeoutMs).unref() : undefined;
     const settle = (): void => {
       if (waiting.get(socket) !== settle) return;
       waiting.delete(socket);
@@ -86,11 +95,17 @@ export function guardHandshakes(
     seen.add(request);
     const socket = request.socket;
     if (!waiting.has(socket) && !hold(socket)) return;
+    exchangeRequests.set(socket, request);
     const ended = (): void => {
       if (response.writableFinished && request.complete) waiting.get(socket)?.();
     };
     response.once('finish', ended);
     request.once('end', ended);
+    // A request without a body is complete once its headers are parsed (just after this event):
+    // its slot goes back then, so a long poll or a stream does not hold it.
+    process.nextTick(() => {
+      if (request.complete && exchangeRequests.get(socket) === request) waiting.get(socket)?.();
+    });
   };
   server.on(accepted, onAccepted);
   server.prependListener('request', onRequest);

@@ -268,7 +268,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     max: MAX_TIMER_MS,
     default: '10000',
     description:
-      'A TCP connection that has not completed its exchange by then (a request with its whole body and its answer, or an upgrade) is dropped; 0 = off.',
+      'A TCP connection that has not sent its whole request (headers and body) or completed its upgrade by then is dropped; the time the server takes to answer is not counted; 0 = off.',
   },
   {
     name: 'WS_RATE_LIMIT_MAX_PENDING_HANDSHAKES_PER_IP',

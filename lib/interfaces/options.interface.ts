@@ -242,8 +242,9 @@ export interface WsRateLimitModuleOptions {
    */
   ipv6Prefix?: number;
   /**
-   * Milliseconds a TCP connection may take to complete its exchange: a request with its
-   * whole body and its answer, or an upgrade (slowloris defence); 0 turns the check off. At most 2147483647.
+   * Milliseconds a TCP connection may take to send its whole request (headers and body) or
+   * complete its upgrade (slowloris defence); the time the server takes to answer is not
+   * counted. 0 turns the check off. At most 2147483647.
    * @default 10000
    */
   handshakeTimeoutMs?: number;
