@@ -2,7 +2,7 @@ import type { Namespace, Server, Socket } from 'socket.io';
 import type { ConnectionState } from '../connection/connection-state.js';
 import type { ConnectionRefusalReason } from '../interfaces/event.interface.js';
 import type { ConnectionAdmission, WsRateLimitService } from '../services/ws-rate-limit.service.js';
-import { resolveClientAddress } from '../utils/client-address.js';
+import { clientAddressOf } from './adapter-support.js';
 import type { EngineConnectionLike } from './engine-io.js';
 import { REFUSALS } from './refusals.js';
 
@@ -51,9 +51,7 @@ export class NamespaceGuard {
         joined.add(socket.nsp.name);
         return next();
       }
-      const { trustProxy, forwardedHeader } = this.limiter.options;
-      const address =
-        this.records.get(socket.conn)?.address ?? resolveClientAddress(socket.request, trustProxy, forwardedHeader);
+      const address = this.records.get(socket.conn)?.address ?? clientAddressOf(socket.request, this.limiter.options);
       if (address === undefined) return next(new Error('Client address unknown'));
       const settle = (admission: ConnectionAdmission): void => {
         if (!admission.accepted) {

@@ -10,8 +10,8 @@ import { startHeartbeat } from '../connection/heartbeat.js';
 import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
 import { socketIoTransport } from '../transports/socket-io-transport.js';
 import type { RateLimitTransport } from '../transports/transport.js';
-import { resolveClientAddress } from '../utils/client-address.js';
 import { messageIdOfData as idOf, messageMeta } from '../utils/message-id.js';
+import { clientAddressOf, limiterFrom } from './adapter-support.js';
 import { ForwardingWarning } from './forwarding-warning.js';
 import { guardHandshakes, handshakeCompleted, type ServerListener } from './handshake-hygiene.js';
 import type { EngineConnectionLike, EngineMiddleware, EngineServerLike } from './engine-io.js';
@@ -74,15 +74,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
 
   constructor(app: INestApplicationContext) {
     super(app);
-    let limiter: WsRateLimitService;
-    try {
-      limiter = app.get(WsRateLimitService, { strict: false });
-    } catch {
-      throw new Error(
-        'nestjs-ws-rate-limit: WsRateLimitIoAdapter needs WsRateLimitModule: import WsRateLimitModule.forRoot() in the root module',
-      );
-    }
-    this.limiter = limiter;
+    const limiter = (this.limiter = limiterFrom(app, 'WsRateLimitIoAdapter'));
     this.forwarding = new ForwardingWarning(limiter.options);
     this.namespaces = new NamespaceGuard(limiter, this.refusals, this.records);
   }
@@ -227,11 +219,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
       return next();
     }
     this.forwarding.check(request);
-    const address = resolveClientAddress(
-      request,
-      this.limiter.options.trustProxy,
-      this.limiter.options.forwardedHeader,
-    );
+    const address = clientAddressOf(request, this.limiter.options);
     if (address === undefined) return refuseHttp(response, 400, 'Client address unknown', 0);
     let admission: ReturnType<WsRateLimitService['admitConnection']>;
     try {
@@ -315,9 +303,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
       state = this.limiter.attach(socket, record, socket.request, io, transport);
     } else {
       // A second namespace on the same connection: a record of its own, same address.
-      const address =
-        record?.address ??
-        resolveClientAddress(socket.request, this.limiter.options.trustProxy, this.limiter.options.forwardedHeader);
+      const address = record?.address ?? clientAddressOf(socket.request, this.limiter.options);
       state = this.limiter.track(socket, address, socket.request, io, transport);
     }
     this.limiter.orderAnswers(state);

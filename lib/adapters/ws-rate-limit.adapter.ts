@@ -8,11 +8,11 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import type { AnswerSlot } from '../connection/answer-order.js';
 import type { ConnectionState } from '../connection/connection-state.js';
 import { startHeartbeat, watchPongs } from '../connection/heartbeat.js';
+import { clientAddressOf, limiterFrom } from './adapter-support.js';
 import { ForwardingWarning } from './forwarding-warning.js';
 import { guardHandshakes, handshakeCompleted, type ServerListener } from './handshake-hygiene.js';
 import { REFUSALS } from './refusals.js';
 import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
-import { resolveClientAddress } from '../utils/client-address.js';
 import { messageIdOf, messageMeta, type MessageId } from '../utils/message-id.js';
 import { wsTransport } from '../transports/ws-transport.js';
 import type { RateLimitTransport } from '../transports/transport.js';
@@ -82,15 +82,7 @@ export class WsRateLimitAdapter extends WsAdapter {
 
   constructor(app: INestApplicationContext) {
     super(app);
-    let limiter: WsRateLimitService;
-    try {
-      limiter = app.get(WsRateLimitService, { strict: false });
-    } catch {
-      throw new Error(
-        'nestjs-ws-rate-limit: WsRateLimitAdapter needs WsRateLimitModule: import WsRateLimitModule.forRoot() in the root module',
-      );
-    }
-    this.limiter = limiter;
+    const limiter = (this.limiter = limiterFrom(app, 'WsRateLimitAdapter'));
     this.defaultMessageParser = this.messageParser;
     this.forwarding = new ForwardingWarning(limiter.options);
     if (!('maxFragments' in new WebSocketServer({ noServer: true }).options)) {
@@ -257,11 +249,7 @@ export class WsRateLimitAdapter extends WsAdapter {
   /** Decides an upgrade before the WebSocket exists. */
   private verifyUpgrade(request: IncomingMessage, done: VerifyCallback): void {
     this.forwarding.check(request);
-    const address = resolveClientAddress(
-      request,
-      this.limiter.options.trustProxy,
-      this.limiter.options.forwardedHeader,
-    );
+    const address = clientAddressOf(request, this.limiter.options);
     if (address === undefined) {
       // The socket is gone or has no address: no shared "unknown" budget, no upgrade.
       done(false, 400, 'Client address unknown');
