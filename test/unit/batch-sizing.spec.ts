@@ -20,19 +20,28 @@ describe('nextBatchSize (token reservations)', () => {
     expect(nextBatchSize({ asked: 1, granted: 1, alone: false, more: 1000, ...none }, 64)).toBe(1);
   });
 
-  it('keeps the size when not alone but its own per-call decisions may have moved the bucket', () => {
+  it('keeps the size (at least 2) when not alone but its own per-call decisions may have moved the bucket', () => {
     const own = { alone: false, more: 1000, ownPerCall: true, ...none };
     expect(nextBatchSize({ asked: 2, granted: 2, ...own }, 64)).toBe(2);
-    expect(nextBatchSize({ asked: 1, granted: 1, ...own }, 64)).toBe(1);
+    // A probe from a size of 1: the next call, a reservation with no per-call decision before it, can tell.
+    expect(nextBatchSize({ asked: 1, granted: 1, ...own }, 64)).toBe(2);
+    // A later reply set a larger size meanwhile: kept.
+    expect(nextBatchSize({ asked: 1, granted: 1, ...own, current: 8 }, 64)).toBe(8);
     // Still at most half of what is left and maxBatch, and 1 near the limit.
     expect(nextBatchSize({ asked: 16, granted: 16, ...own, more: 10 }, 64)).toBe(5);
     expect(nextBatchSize({ asked: 16, granted: 16, ...own }, 8)).toBe(8);
-    expect(nextBatchSize({ asked: 16, granted: 5, ...own }, 64)).toBe(1);
+    expect(nextBatchSize({ asked: 16, granted: 5, ...own, more: 3 }, 64)).toBe(1);
     expect(nextBatchSize({ asked: 16, granted: 16, alone: false, more: 1000, ownPerCall: false, ...none }, 64)).toBe(1);
   });
 
   it('falls to 1 when the buckets could not fill the ask (near the limit)', () => {
-    expect(nextBatchSize({ asked: 16, granted: 5, ...alone, ...none }, 64)).toBe(1);
+    expect(nextBatchSize({ asked: 16, granted: 5, alone: true, more: 3, ...none }, 64)).toBe(1);
+    expect(nextBatchSize({ asked: 16, granted: 5, alone: true, more: 15, ...none }, 64)).toBe(1);
+  });
+
+  it('keeps growing when only the TTL cut the grant (as many slots as asked still free)', () => {
+    expect(nextBatchSize({ asked: 16, granted: 5, ...alone, ...none }, 64)).toBe(32);
+    expect(nextBatchSize({ asked: 16, granted: 5, alone: true, more: 16, ...none }, 64)).toBe(8);
   });
 
   it('never asks for more than half of what is left, so it shrinks to 1 as the bucket empties', () => {

@@ -20,6 +20,11 @@ export interface ReservationOutcome {
    * reply that is not `alone` tells nothing about contention.
    */
   readonly ownPerCall?: boolean;
+  /**
+   * The size as it is now (another reply may have set it since this call was sent): kept
+   * when this reply tells nothing.
+   */
+  readonly current?: number;
 }
 
 /**
@@ -28,11 +33,14 @@ export interface ReservationOutcome {
  * - contention (another instance, or a per-call decision, moved a bucket since this
  *   instance's last reservation): 1, so every decision is one Redis call as without
  *   reservations; but when this instance's own per-call decisions may have moved the bucket
- *   since its last reservation, not being alone tells nothing, and the size stays as asked
- *   (still at most half the slots free and `maxBatch`); otherwise they would keep it at 1
- *   for good, as the per-call decisions made while the size is 1 make the next reply say
- *   "not alone" again;
- * - near the limit (fewer slots granted than asked): 1;
+ *   since its last reservation, not being alone tells nothing, and the size is kept (as
+ *   asked, or as a later reply set it), and is at least 2 so that the next call, a
+ *   reservation with no per-call decision before it, can tell (still at most half the slots
+ *   free and `maxBatch`); otherwise the per-call decisions made while the size is 1 would
+ *   make every reply say "not alone" and keep it at 1 for good;
+ * - near the limit (fewer slots granted than asked, and fewer than asked still free after
+ *   them): 1; a grant cut short only by the TTL (slots due later than `ttlMs` are not
+ *   granted) with many slots still free is not a sign of the limit, and keeps the size;
  * - otherwise twice the last ask (at least 2), but at most half the slots still free after
  *   the grant (one instance never takes the rest of a bucket, and the size falls to 1 as the
  *   bucket empties) and at most `maxBatch`.
@@ -47,7 +55,9 @@ export interface ReservationOutcome {
  */
 export function nextBatchSize(outcome: ReservationOutcome, maxBatch: number): number {
   const { asked, granted, alone, more, spendable, ownPerCall } = outcome;
-  if (granted < asked || !(spendable >= 2) || (!alone && ownPerCall !== true)) return 1;
-  const next = alone ? Math.max(2, asked * 2) : asked;
+  // Fewer slots than asked with as many still free: the TTL, not the limit, cut the grant.
+  const nearLimit = granted < asked && more < asked;
+  if (nearLimit || !(spendable >= 2) || (!alone && ownPerCall !== true)) return 1;
+  const next = alone ? Math.max(2, asked * 2) : Math.max(2, asked, outcome.current ?? 0);
   return Math.max(1, Math.min(next, Math.floor(more / 2), maxBatch));
 }

@@ -15,7 +15,7 @@ export interface ReservablePlan {
   readonly specs: readonly TokenBucketSpec[];
   /** The time (ms) the largest batch's slots of full buckets cover: maxBatch times the shortest span. */
   readonly batchMs: number;
-  /** `[numkeys, ...KEYS, '', n, H, fieldTtls, ask, ttl, owner, moreCap, ...tiers]`. */
+  /** `[numkeys, ...KEYS, '', n, H, fieldTtls, ask, ttl, owner, moreCap, decides, ...tiers]`. */
   readonly reserveArgs: readonly string[];
   readonly hashes: readonly string[];
   /** Per tier: hash index (from 1) and field. */
@@ -43,7 +43,7 @@ export function compileReservable(
   });
   const reserveArgs = [String(hashes.length + tiers.length), ...hashes, ...tiers.map((tier) => tier.key)];
   reserveArgs.push('', String(tiers.length), String(hashes.length), '0', '1', String(options.ttlMs));
-  reserveArgs.push(options.owner, String(2 * options.maxBatch));
+  reserveArgs.push(options.owner, String(2 * options.maxBatch), '1');
   specs.forEach((spec, i) => {
     reserveArgs.push(String(spec.limit), String(spec.cost), String(spec.slack), String(spec.span));
     reserveArgs.push(String(spec.intervalMs), ...places[i]!);

@@ -2,8 +2,9 @@ import { performance } from 'node:perf_hooks';
 import { ALLOWED, type RateLimitDecision, type RateLimitPlan } from '../../interfaces/plan.interface.js';
 import { nextBatchSize } from './batch-sizing.js';
 import type { CallGate } from './call-gate.js';
-import { toNumber, unexpected } from './plan-compiler.js';
+import { toNumber } from './plan-compiler.js';
 import { compileReservable, nearOf, type ReservablePlan } from './reservable-plan.js';
+import { batchOf, spendSlot, unspent, type Batch } from './reservation-batch.js';
 import {
   DEFAULT_BLOCK_CACHE_ENTRIES,
   DEFAULT_RESERVATION_MAX_BATCH,
@@ -14,44 +15,46 @@ import {
 type ScriptCall = (...args: string[]) => Promise<unknown>;
 
 /**
- * With a batch size of 1, one decision in this many goes through a reserving call (with the
- * next one: the second tells whether this instance is alone again); the others use the
- * per-call script, which costs less.
+ * With a batch size of 1, one decision in this many goes through a reserving call (a probe:
+ * its reply, or the next reserving call's, tells whether this instance is alone again); the
+ * others use the per-call script, which costs less.
  */
 const PROBE_EVERY = 32;
 
-/** Local time is compared with a slot's start this much early (clock rates, rounding). */
-const MARGIN_MS = 0.5;
+/**
+ * The next batch is asked for in the background once the current one would run out (its
+ * slots lapsing, or spent at this instance's rate) within this many times the reserving
+ * calls' recent latency (its recent peak, from sent to read in this process, so it counts the
+ * event loop's own delay; or `MIN_LEAD_MS`): its slots then start where the current ones
+ * end, instead of lapsing while the reply is on its way.
+ */
+const LEAD_LATENCIES = 2;
+const MIN_LEAD_MS = 2;
 
-/** A run of slots this instance took and spends locally. */
-interface Batch {
-  /** `performance.now()` when the reserving call was sent: the script ran after it. */
-  readonly sentAt: number;
-  /** The script's clock when it ran. */
-  readonly redisNow: number;
-  readonly bases: readonly number[];
-  readonly baseTexts: readonly string[];
-  readonly endTexts: readonly string[];
-  readonly granted: number;
-  /** The next slot to spend; the ones before it are spent or lapsed. */
-  next: number;
-  /** Spent from since the last sweep. */
-  used: boolean;
-}
+/** The decision rate behind the batch sizing is read over at least this long. */
+const RATE_SAMPLE_MS = 10;
 
 interface Entry {
   readonly plan: ReservablePlan;
   size: number;
   batch: Batch | undefined;
-  /** A reserving call with a batch size above 1 in flight: other decisions wait for it. */
+  /** The next batch, asked for before the current one ran out; its slots start after it. */
+  queued: Batch | undefined;
+  /**
+   * A reserving call with a batch size above 1 (or a background one) in flight: other
+   * decisions wait for it.
+   */
   pending: Promise<unknown> | undefined;
+  /** The reserving calls' recent latency (ms, from sent to settled in this process). */
+  latencyMs: number;
   waiting: number;
-  /** When the last reserving call was sent, and the decisions made since (its own included). */
-  since: number;
-  decisions: number;
-  /** Decisions sent per call since the last probe, and reserving calls still to make in a probe. */
+  /** Decisions on the plan since `countedSince` (performance.now()), read into `perMs`. */
+  counted: number;
+  countedSince: number;
+  /** This instance's recent decision rate on the plan, per ms (0 until measured). */
+  perMs: number;
+  /** Decisions sent per call since the last probe. */
   skipped: number;
-  probing: number;
   /**
    * Decisions sent per call since the last reserving call was sent: they may move the
    * buckets after its reservation, so the next reply's `alone` cannot tell them from another
@@ -59,6 +62,17 @@ interface Entry {
    */
   direct: number;
   touched: boolean;
+}
+
+/** One reserving call, as its reply is read. */
+interface Call {
+  readonly plan: ReservablePlan;
+  readonly asked: number;
+  readonly sentAt: number;
+  /** This instance's per-call decisions may have moved the buckets since its last reservation. */
+  readonly ownPerCall: boolean;
+  /** The call decides a message (its slot 0), rather than filling the next batch in the background. */
+  readonly decides: boolean;
 }
 
 export interface ReservationBookOptions {
@@ -89,6 +103,8 @@ export class ReservationBook {
   private readonly entries = new Map<string, Entry>();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** Batches that arrived while the book closed, on their way back. */
+  private readonly closingTails: Promise<unknown>[] = [];
 
   constructor(private readonly options: ReservationBookOptions) {}
 
@@ -107,37 +123,44 @@ export class ReservationBook {
     return known ?? undefined;
   }
 
-  /** Spends a slot of a batch held for the plan, or returns undefined when none is left. */
+  /**
+   * Spends a slot of a batch held for the plan, or returns undefined when none is left; asks
+   * for the next batch in the background when this one is about to run out.
+   */
   take(plan: ReservablePlan): RateLimitDecision | undefined {
     const entry = this.entries.get(plan.key);
-    const batch = entry?.batch;
+    if (entry === undefined) return undefined;
+    entry.counted++;
+    let batch = entry.batch;
     if (batch === undefined) return undefined;
-    const decision = this.spend(plan, batch, performance.now());
-    if (decision !== undefined) entry!.decisions++;
-    return decision;
+    const now = performance.now();
+    let slot = spendSlot(plan, batch, now);
+    if (slot < 0) {
+      if (entry.queued === undefined) return undefined;
+      batch = entry.batch = entry.queued;
+      entry.queued = undefined;
+      slot = spendSlot(plan, batch, now);
+      if (slot < 0) return undefined;
+    }
+    this.prefetch(entry, batch, now);
+    return nearOf(plan, batch.bases, slot, batch.redisNow + (now - batch.sentAt));
   }
 
   /**
    * Whether this decision should be a reserving call: yes while batches are worth it (or
    * not known yet); at a batch size of 1 (contention, the limit near, or decisions too rare
-   * for the buckets' rates) only a probe of two calls in a row every `PROBE_EVERY`
-   * decisions, the others going through the per-call script.
+   * for the buckets' rates) only one probe every `PROBE_EVERY` decisions, the others going
+   * through the per-call script.
    */
   wants(plan: ReservablePlan): boolean {
     const entry = this.entries.get(plan.key);
     if (entry === undefined || entry.size > 1 || entry.pending !== undefined) return true;
     entry.touched = true;
-    if (entry.probing > 0) {
-      entry.probing--;
-      return true;
-    }
-    entry.decisions++;
     if (++entry.skipped < PROBE_EVERY) {
       entry.direct++;
       return false;
     }
     entry.skipped = 0;
-    entry.probing = 1;
     return true;
   }
 
@@ -150,8 +173,10 @@ export class ReservationBook {
     retry: () => Promise<RateLimitDecision> | RateLimitDecision,
     refused: (reply: unknown, delivered: boolean) => RateLimitDecision,
   ): Promise<RateLimitDecision> {
-    const entry = this.entries.get(plan.key);
+    const entry = this.entries.get(plan.key) ?? this.open(plan);
     if (entry?.pending !== undefined) {
+      // The retry is counted again.
+      entry.counted--;
       entry.waiting++;
       const again = (): Promise<RateLimitDecision> | RateLimitDecision => {
         entry.waiting--;
@@ -160,35 +185,104 @@ export class ReservationBook {
       return entry.pending.then(again, again);
     }
     const ask = entry === undefined ? 1 : Math.min(this.options.maxBatch, Math.max(entry.size, entry.waiting + 1));
+    return this.reserve(plan, entry, ask, refused);
+  }
+
+  /**
+   * The reservation state of a plan decided for the first time (none when the book is full
+   * or closed). Its first call asks for 2 slots, so the decisions that come while it is in
+   * flight wait for it, and the next ask covers them all.
+   */
+  private open(plan: ReservablePlan): Entry | undefined {
+    if (this.closed || this.entries.size >= this.options.maxEntries) return undefined;
+    const entry: Entry = {
+      plan,
+      size: 2,
+      batch: undefined,
+      queued: undefined,
+      pending: undefined,
+      latencyMs: 0,
+      waiting: 0,
+      counted: 1,
+      countedSince: performance.now(),
+      perMs: 0,
+      skipped: 0,
+      direct: 0,
+      touched: true,
+    };
+    this.entries.set(plan.key, entry);
+    this.startSweep();
+    return entry;
+  }
+
+  /**
+   * Sends a reserving call for `ask` slots: for a decision (slot 0 is its answer) when
+   * `refused` is given, else in the background (every slot goes to the batches).
+   */
+  private reserve(
+    plan: ReservablePlan,
+    entry: Entry | undefined,
+    ask: number,
+    refused: ((reply: unknown, delivered: boolean) => RateLimitDecision) | undefined,
+  ): Promise<RateLimitDecision> {
     const args = plan.reserveArgs.slice();
     const head = 1 + plan.hashes.length + plan.specs.length;
     args[head + 3] = this.options.fieldTtls() ? '1' : '0';
     args[head + 4] = String(ask);
+    args[head + 8] = refused === undefined ? '0' : '1';
     const sentAt = performance.now();
     const ownPerCall = entry !== undefined && entry.direct > 0;
     if (entry !== undefined) entry.direct = 0;
-    const call = this.options.gate.within(
+    const call: Call = { plan, asked: ask, sentAt, ownPerCall, decides: refused !== undefined };
+    const answer = refused ?? this.backgroundRefusal(entry);
+    const sent = this.options.gate.within(
       this.options.reserve(...args),
-      (reply, delivered) => this.settle(plan, ask, sentAt, reply, delivered, refused, ownPerCall),
+      (reply, delivered) => this.settle(call, reply, delivered, answer),
       (reply, delivered) => {
         // An answer that came too late still took its slots: keep them for the next decisions.
         if (!delivered && Array.isArray(reply) && toNumber(reply[0]) === 2) {
           try {
-            this.settle(plan, ask, sentAt, reply, false, refused, ownPerCall);
+            this.settle(call, reply, false, answer);
           } catch {
             // A malformed late answer: its slots lapse.
           }
         }
       },
     );
-    if (ask > 1 && entry !== undefined) {
-      entry.pending = call;
+    if (entry !== undefined && (ask > 1 || !call.decides)) {
+      entry.pending = sent;
       const done = (): void => {
-        if (entry.pending === call) entry.pending = undefined;
+        if (entry.pending === sent) entry.pending = undefined;
       };
-      call.then(done, done);
+      sent.then(done, done);
     }
-    return call;
+    return sent;
+  }
+
+  /** A background call refused (the buckets are at their limit): batches stop for now. */
+  private backgroundRefusal(entry: Entry | undefined): (reply: unknown, delivered: boolean) => RateLimitDecision {
+    return () => {
+      if (entry !== undefined) entry.size = 1;
+      return ALLOWED;
+    };
+  }
+
+  /**
+   * Asks for the next batch in the background when the current one would run out within
+   * the lead time (its last slot's deadline, or its unspent slots at this instance's recent
+   * rate), keeping what this instance holds unspent within `maxBatch` slots.
+   */
+  private prefetch(entry: Entry, batch: Batch, now: number): void {
+    if (entry.size < 2 || entry.pending !== undefined || entry.queued !== undefined || this.closed) return;
+    const left = unspent(batch);
+    // Decisions still waiting on the last call (retrying one by one) count in the ask.
+    const ask = Math.min(Math.max(entry.size, entry.waiting + 1), this.options.maxBatch - left);
+    if (ask < 2) return;
+    const perMs = entry.perMs > 0 ? entry.perMs : entry.counted / Math.max(1, now - entry.countedSince);
+    // Two decisions' gap on top: the next check comes only with the next decision.
+    const lead = Math.max(MIN_LEAD_MS, LEAD_LATENCIES * entry.latencyMs) + (perMs > 0 ? 2 / perMs : 0);
+    if (Math.min(batch.lastDeadline - now, left / perMs) > lead || !this.options.canCall()) return;
+    this.reserve(entry.plan, entry, ask, undefined).catch(() => undefined);
   }
 
   /** Forgets every batch without giving anything back (the keys were reset). */
@@ -202,117 +296,94 @@ export class ReservationBook {
     this.closed = true;
     if (this.timer !== undefined) clearInterval(this.timer);
     this.timer = undefined;
-    const tails: Promise<unknown>[] = [];
-    for (const entry of this.entries.values()) {
-      if (entry.batch !== undefined) tails.push(this.giveBack(entry.plan, entry.batch));
-    }
+    const entries = [...this.entries.values()];
+    // Calls still in flight first: their batches are the newest, so they go back first.
+    await Promise.allSettled(entries.map((entry) => entry.pending));
+    await Promise.allSettled(this.closingTails);
+    await Promise.allSettled(entries.map((entry) => this.giveBackAll(entry)));
     this.entries.clear();
-    await Promise.allSettled(tails);
   }
 
   private settle(
-    plan: ReservablePlan,
-    asked: number,
-    sentAt: number,
+    call: Call,
     reply: unknown,
     delivered: boolean,
     refused: (reply: unknown, delivered: boolean) => RateLimitDecision,
-    ownPerCall: boolean,
   ): RateLimitDecision {
     if (!Array.isArray(reply) || toNumber(reply[0]) !== 2) return refused(reply, delivered);
-    const n = plan.specs.length;
-    const granted = toNumber(reply[1]);
-    const redisNow = toNumber(reply[2]);
-    if (reply.length !== 5 + 2 * n || !(granted >= 1 && granted <= asked) || !Number.isFinite(redisNow)) {
-      throw unexpected('reserve', reply);
-    }
-    const baseTexts = reply.slice(5, 5 + n).map(String);
-    const batch: Batch = {
-      sentAt,
-      redisNow,
-      bases: baseTexts.map(Number),
-      baseTexts,
-      endTexts: reply.slice(5 + n).map(String),
-      granted,
-      next: delivered ? 1 : 0,
-      used: true,
-    };
-    let entry = this.entries.get(plan.key);
+    const { plan, asked, sentAt, decides } = call;
+    const batch = batchOf(plan, reply, asked, sentAt, delivered && decides ? 1 : 0);
+    const entry = this.entries.get(plan.key);
     let spendable = Infinity;
     if (entry !== undefined && delivered) {
-      // This instance's decision rate for the plan, since its last reserving call.
-      const elapsed = sentAt - entry.since;
-      if (elapsed > 0) spendable = (entry.decisions / elapsed) * Math.min(this.options.ttlMs, plan.batchMs);
-      entry.since = sentAt;
-      entry.decisions = 1;
+      const now = performance.now();
+      this.measureRate(entry, now);
+      if (entry.perMs > 0) spendable = entry.perMs * Math.min(this.options.ttlMs, plan.batchMs);
+      const latency = now - sentAt;
+      // Up at once, down slowly: the lead covers the slow replies, not the average one.
+      entry.latencyMs = latency > entry.latencyMs ? latency : 0.9 * entry.latencyMs + 0.1 * latency;
     }
     const size = nextBatchSize(
       {
         asked,
-        granted,
+        granted: batch.granted,
         alone: toNumber(reply[3]) === 1,
         more: toNumber(reply[4]),
         spendable,
-        ownPerCall,
+        ownPerCall: call.ownPerCall,
+        current: entry?.size,
       },
       this.options.maxBatch,
     );
-    if (entry === undefined && !this.closed) {
-      if (this.entries.size < this.options.maxEntries) {
-        entry = {
-          plan,
-          size,
-          batch: undefined,
-          pending: undefined,
-          waiting: 0,
-          since: sentAt,
-          decisions: 1,
-          skipped: 0,
-          probing: 0,
-          direct: 0,
-          touched: true,
-        };
-        this.entries.set(plan.key, entry);
-        this.startSweep();
-      }
-    }
     if (entry !== undefined) {
       entry.size = size;
       entry.touched = true;
-      const held = entry.batch;
-      if (held !== undefined && held.next < held.granted) {
-        // Decisions raced past the wait (asks of 1): keep the older run, give this one's tail back.
-        this.giveBack(plan, batch).catch(() => undefined);
-      } else if (granted > batch.next && !this.closed) {
-        if (held !== undefined) this.finish(entry);
-        entry.batch = batch;
-        this.startSweep();
-      } else if (held !== undefined) {
-        this.finish(entry);
-      }
+      this.keep(entry, batch);
     }
-    return delivered ? nearOf(plan, batch.bases, 0, redisNow) : ALLOWED;
+    return delivered && decides ? nearOf(plan, batch.bases, 0, batch.redisNow) : ALLOWED;
   }
 
-  private spend(plan: ReservablePlan, batch: Batch, now: number): RateLimitDecision | undefined {
-    while (batch.next < batch.granted && this.deadline(plan, batch, batch.next) < now) batch.next++;
-    if (batch.next >= batch.granted) return undefined;
-    const slot = batch.next++;
-    batch.used = true;
-    return nearOf(plan, batch.bases, slot, batch.redisNow + (now - batch.sentAt));
+  /**
+   * Reads the decisions counted since the last reading (at least `RATE_SAMPLE_MS` ago) into
+   * the entry's recent rate (an average that halves the weight of older readings).
+   */
+  private measureRate(entry: Entry, now: number): void {
+    const elapsed = now - entry.countedSince;
+    if (elapsed < RATE_SAMPLE_MS) return;
+    const sample = entry.counted / elapsed;
+    entry.perMs = entry.perMs === 0 ? sample : (entry.perMs + sample) / 2;
+    entry.counted = 0;
+    entry.countedSince = now;
   }
 
-  /** The local time after which slot j may no longer be spent. */
-  private deadline(plan: ReservablePlan, batch: Batch, j: number): number {
-    let start = Infinity;
-    plan.specs.forEach((spec, i) => {
-      start = Math.min(start, batch.bases[i]! + j * spec.span);
-    });
-    return batch.sentAt + (start - batch.redisNow) - MARGIN_MS;
-  }
-
-  private finish(entry: Entry): void {
-    entry.batch = undefined;
+  /**
+   * Keeps a new batch: as the current one when that is spent, as the next one when it came
+   * from a background call, otherwise (decisions raced past the wait with asks of 1) its tail
+   * goes back and the older run stays.
+   */
+  private keep(entry: Entry, batch: Batch): void {
+    if (unspent(entry.batch) === 0 && entry.queued !== undefined) {
+      entry.batch = entry.queued;
+      entry.queued = undefined;
+    }
+    if (this.closed) {
+      // Taken while the store closes: straight back.
+      this.closingTails.push(this.giveBack(entry.plan, batch));
+      return;
+    }
+    if (unspent(batch) === 0) {
+      if (unspent(entry.batch) === 0) entry.batch = undefined;
+      return;
+    }
+    if (unspent(entry.batch) === 0) {
+      entry.batch = batch;
+    } else if (entry.queued === undefined && batch.next === 0 && batch.bases[0]! >= entry.batch!.bases[0]!) {
+      entry.queued = batch;
+    } else {
+      this.giveBack(entry.plan, batch).catch(() => undefined);
+      return;
+    }
+    this.startSweep();
   }
 
   /**
@@ -330,8 +401,7 @@ export class ReservationBook {
       const batch = entry.batch;
       if (batch !== undefined) {
         if (!batch.used) {
-          this.giveBack(entry.plan, batch).catch(() => undefined);
-          this.finish(entry);
+          this.giveBackAll(entry).catch(() => undefined);
         } else {
           batch.used = false;
         }
@@ -344,6 +414,18 @@ export class ReservationBook {
       clearInterval(this.timer);
       this.timer = undefined;
     }
+  }
+
+  /**
+   * Gives back the next batch's tail, then the current one's (which can go back only once
+   * the bucket is again at the end the current batch left it at), and forgets both.
+   */
+  private async giveBackAll(entry: Entry): Promise<void> {
+    const { batch, queued } = entry;
+    entry.batch = undefined;
+    entry.queued = undefined;
+    if (queued !== undefined) await this.giveBack(entry.plan, queued).catch(() => undefined);
+    if (batch !== undefined) await this.giveBack(entry.plan, batch);
   }
 
   private giveBack(plan: ReservablePlan, batch: Batch): Promise<unknown> {

@@ -29,7 +29,10 @@ import { HELPERS } from './lua-helpers.js';
  * ARGV[6]     ttl in ms: a slot after the first is granted only if it starts within ttl
  * ARGV[7]     the owner tag (the store instance's id)
  * ARGV[8]     moreCap: the most slots still free after the grant to report
- * ARGV[9+7(i-1)..]  tier i: limit, cost, slack, span, intervalMs, hash index, field
+ * ARGV[9]     '1' when the call decides a message now (its first slot is granted however far
+ *             ahead it starts, as a per-call decision would be), '0' for a batch asked for
+ *             ahead of need (every slot must start within ttl)
+ * ARGV[10+7(i-1)..]  tier i: limit, cost, slack, span, intervalMs, hash index, field
  *
  * Each bucket's field `~o<field>` holds `<owner>|<fullAt>` as its last reserver wrote it:
  * the bucket was left to one instance when it still holds that instance's `fullAt`.
@@ -45,12 +48,13 @@ export const RESERVE_LUA = `${HELPERS}
 local n, H = tonumber(ARGV[2]), tonumber(ARGV[3])
 local fieldTtls = ARGV[4] == '1'
 local ask, ttl, owner, moreCap = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+local decides = ARGV[9] == '1'
 local clockKey = nil
 if ARGV[1] ~= '' then clockKey = KEYS[H + n + 1] end
 local now = readClock(ARGV[1], clockKey)
 local limit, cost, slack, span, interval, hx, field = {}, {}, {}, {}, {}, {}, {}
 for i = 1, n do
-  local o = 8 + 7 * (i - 1)
+  local o = 9 + 7 * (i - 1)
   limit[i] = tonumber(ARGV[o + 1])
   cost[i] = tonumber(ARGV[o + 2])
   slack[i] = tonumber(ARGV[o + 3])
@@ -86,7 +90,7 @@ for i = 1, n do
   if fullAt > now and own[i] ~= owner .. '|' .. raw[i] then alone = false end
   local t, c = fullAt, 0
   if cost[i] <= limit[i] then
-    while c < g and t - now <= slack[i] and (c == 0 or (t > now and t or now) - now <= ttl) do
+    while c < g and t - now <= slack[i] and ((c == 0 and decides) or (t > now and t or now) - now <= ttl) do
       if not (t > now) then t = now end
       t = t + span[i]
       c = c + 1
