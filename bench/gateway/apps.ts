@@ -91,6 +91,16 @@ export class ThrottledEchoGateway {
  */
 export const HUGE = 1e6;
 
+/**
+ * V8's allocation-site pretenuring: when most objects from one allocation site outlive two
+ * young-generation collections, V8 allocates that site's objects in old space from then on,
+ * and does not go back. A server whose messages all wait on Redis for a round trip (at start,
+ * before reservations are in place) gets NestJS's per-message objects pretenured, and pays
+ * old-space collections for every message for the rest of its life. Runs with this flag show
+ * what the limiter itself costs once that is out of the way (see bench/README.md).
+ */
+export const NO_PRETENURING = '--no-allocation-site-pretenuring';
+
 /** The variants of the gateway benchmark, by id. */
 export const VARIANTS = {
   unguarded: {
@@ -121,10 +131,36 @@ export const VARIANTS = {
     label: 'ours: Redis store, tracker ip, 64 client addresses, reservations (batch 64)',
     clientAddresses: 64,
   },
-};
+  oursRedisReserveTtl: {
+    label: 'ours: Redis store, tracker ip, 64 client addresses, reservations (batch 1000: rate x 1 s TTL)',
+    clientAddresses: 64,
+  },
+  unguardedNoPretenure: {
+    label: `unguarded echo gateway, node ${NO_PRETENURING}`,
+    clientAddresses: 1,
+    nodeFlags: [NO_PRETENURING],
+  },
+  oursRedisReserveTtlNoPretenure: {
+    label: `ours: Redis store, tracker ip, 64 client addresses, reservations (batch 1000), node ${NO_PRETENURING}`,
+    clientAddresses: 64,
+    nodeFlags: [NO_PRETENURING],
+  },
+} satisfies Record<string, GatewayVariant>;
+
+/** What a variant is: its label, how many client addresses the load uses, and node's flags for its server. */
+export interface GatewayVariant {
+  readonly label: string;
+  readonly clientAddresses: number;
+  readonly nodeFlags?: readonly string[];
+}
 
 /** The variants that need a Redis server (its URL in `BENCH_REDIS_URL`). */
-export const REDIS_VARIANTS: readonly VariantId[] = ['oursRedis', 'oursRedisReserve'];
+export const REDIS_VARIANTS: readonly VariantId[] = [
+  'oursRedis',
+  'oursRedisReserve',
+  'oursRedisReserveTtl',
+  'oursRedisReserveTtlNoPretenure',
+];
 
 /**
  * The Redis variants' shared limits: a burst no run spends, and a refill near what one
@@ -152,6 +188,9 @@ export function appModule(variant: VariantId): DynamicModule {
     throttler64: ThrottledEchoGateway,
     oursRedis: RateLimitedEchoGateway,
     oursRedisReserve: RateLimitedEchoGateway,
+    oursRedisReserveTtl: RateLimitedEchoGateway,
+    unguardedNoPretenure: EchoGateway,
+    oursRedisReserveTtlNoPretenure: RateLimitedEchoGateway,
   };
   const imports: Record<VariantId, DynamicModule[]> = {
     unguarded: [],
@@ -168,6 +207,9 @@ export function appModule(variant: VariantId): DynamicModule {
     throttler64: [ThrottlerModule.forRoot({ throttlers: [{ ttl: 60_000, limit: HUGE }] })],
     oursRedis: [WsRateLimitModule.forRoot(redisLimits(0))],
     oursRedisReserve: [WsRateLimitModule.forRoot(redisLimits(64))],
+    oursRedisReserveTtl: [WsRateLimitModule.forRoot(redisLimits(1000))],
+    unguardedNoPretenure: [],
+    oursRedisReserveTtlNoPretenure: [WsRateLimitModule.forRoot(redisLimits(1000))],
   };
   return { module: BenchAppModule, imports: imports[variant], providers: [gateways[variant]] };
 }

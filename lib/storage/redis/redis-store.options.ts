@@ -158,18 +158,28 @@ export interface RedisStoreOptions {
    * Token reservations for shared trackers, off by default. For a plan made of token buckets
    * only (one tier, or a tracker's global and per-type buckets), the store takes a batch of
    * slots from the shared buckets in one script call and spends them in this process, with
-   * no Redis call. The batch grows (doubling, up to `maxBatch`) while this instance has the
-   * buckets to itself; it falls to 1 under contention (another instance, or a per-call
-   * decision, moved a bucket since) or near the limit (never more than half of what is
-   * left), and stays 1 while this instance decides too rarely for the buckets' rates.
+   * no Redis call. The batch grows (doubling, or to cover the decisions waiting for it, up
+   * to `maxBatch`) while this instance has the buckets to itself; it falls to 1 under
+   * contention (another instance, or a per-call decision, moved a bucket since) or near the
+   * limit (never more than half of what is left), and stays 1 while this instance decides
+   * too rarely for the buckets' rates. The next batch is asked for in the background before
+   * the current one runs out (within twice the recent latency of reserving calls, as this
+   * process reads their replies), and its slots start where the current ones end, so
+   * decisions keep being answered in process meanwhile.
+   *
+   * A full bucket's slots come at its refill rate whether spent or not, so a batch must cover
+   * the time a reply takes under load: `maxBatch` of at least the buckets' rate times
+   * 0.25 s keeps a busy tracker local (at 1,000 tokens a second, 64 slots last 64 ms, less
+   * than a loaded event loop's turn or two); `maxBatch` at the rate times `ttlMs` leaves the
+   * TTL as the only bound.
    *
    * A reserved slot is spent at most once, and only until its time in the bucket comes, so
    * the buckets admit what they would without reservations: never more. A slot is granted
    * only if it comes within `ttlMs`, so what an instance holds, and what a dead one held,
    * is back within `ttlMs`; an idle batch's unspent slots go back after a quarter to a half
    * of `ttlMs`, and every batch's at `close()`. Under-admission is bounded by the slots
-   * reserved and unspent: at most `maxBatch - 1` decisions per plan and instance, for at
-   * most `ttlMs`. Plans with a sliding log, sliding counter or concurrency tier, and every
+   * reserved and unspent: at most `maxBatch` decisions per plan and instance (the batch
+   * being spent and the next one together), for at most `ttlMs`. Plans with a sliding log, sliding counter or concurrency tier, and every
    * plan with `clock: 'app'`, are decided per call as without reservations.
    * @default false ({ maxBatch: 64, ttlMs: 1000 } with `true`)
    */
