@@ -6,6 +6,7 @@ import { tokenBucketSpec } from '../../lib/plans/tier-specs.js';
 import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
 import type { RedisStoreOptions } from '../../lib/storage/redis/redis-store.options.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
+import { startTcpProxy } from '../support/tcp-proxy.js';
 import { adminClient, closeClient, ready, sleep, storeClient } from './helpers.js';
 
 /** Review of the background reservations (b61a01a..): failing cases. */
@@ -110,6 +111,39 @@ describe('token reservations: review', () => {
     } finally {
       server.resume();
       process.off('unhandledRejection', onUnhandled);
+    }
+  });
+  it('concurrent refused decisions on a new plan are not sent one reserving call at a time (block cache off)', async () => {
+    const proxy = await startTcpProxy(server.port);
+    const client = storeClient(proxy.port);
+    clients.push(client);
+    await ready(client);
+    const store = new RedisRateLimitStore({
+      client,
+      keyPrefix: 'review:',
+      commandTimeoutMs: 5000,
+      blockCache: false,
+      reservations: { maxBatch: 16, ttlMs: 1000 },
+    });
+    stores.push(store);
+    const other = await makeStore({ reservations: false });
+    try {
+      // Another instance spent the bucket (no refill to speak of).
+      const spec = tokenBucketSpec('global', 'g', 5, 0.001);
+      for (let i = 0; i < 5; i++) await other.consume(planOf(other, 'ip:refused-serial', [spec]));
+      const plan = planOf(store, 'ip:refused-serial', [spec]);
+      proxy.latency(20);
+      const began = performance.now();
+      const decisions = await Promise.all(Array.from({ length: 20 }, () => store.consume(plan)));
+      const took = performance.now() - began;
+      console.log(`20 concurrent refused decisions at 20 ms a round trip: ${took.toFixed(0)} ms`);
+      expect(allowed(decisions)).toBe(0);
+      // Per call (as before b61a01a, or at a batch size of 1) they go out together: one round trip.
+      expect(took).toBeLessThan(120);
+    } finally {
+      proxy.pass();
+      await store.close();
+      await proxy.close();
     }
   });
 });
