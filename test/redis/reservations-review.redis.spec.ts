@@ -146,4 +146,34 @@ describe('token reservations: review', () => {
       await proxy.close();
     }
   });
+  it('a background call refused only by the TTL is no Redis error: a burst within the capacity never opens the breaker', async () => {
+    const changes: boolean[] = [];
+    const errors: unknown[] = [];
+    const store = await makeStore({
+      reservations: { maxBatch: 64, ttlMs: 1000 },
+      onAvailabilityChange: (available) => changes.push(available),
+    });
+    // 100 burst, 10 a second (slots 100 ms apart): a batch of 8 reaches past the TTL.
+    const spec = tokenBucketSpec('global', 'g', 100, 10);
+    const plan = planOf(store, 'ip:ttl-cut-background', [spec]);
+    let admitted = 0;
+    for (let i = 0; i < 60; i++) {
+      try {
+        if ((await store.consume(plan)).allowed) admitted++;
+      } catch (error) {
+        errors.push(error);
+      }
+      // A steady pace (500 a second, above the refill but within the burst).
+      await sleep(2);
+    }
+    // The background call for the slots after a TTL-cut batch (they start more than ttlMs
+    // ahead) gets the script's error reply 'wsrl: a refused reservation with no wait'.
+    console.log((await admin.info('errorstats')).trim(), errors[0]);
+    console.log(
+      `burst of 60 within a capacity of 100: ${admitted} admitted, ${errors.length} errors, breaker ${JSON.stringify(changes)}`,
+    );
+    expect(changes).toEqual([]);
+    expect(errors).toEqual([]);
+    expect(admitted).toBe(60);
+  });
 });
