@@ -73,6 +73,8 @@ interface Call {
   readonly ownPerCall: boolean;
   /** The call decides a message (its slot 0), rather than filling the next batch in the background. */
   readonly decides: boolean;
+  /** The book's epoch when the call was sent. */
+  readonly epoch: number;
 }
 
 export interface ReservationBookOptions {
@@ -103,6 +105,8 @@ export class ReservationBook {
   private readonly entries = new Map<string, Entry>();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** Bumped by `clear()`: replies to calls sent before it are of buckets since reset. */
+  private epoch = 0;
   /** Batches that arrived while the book closed, on their way back. */
   private readonly closingTails: Promise<unknown>[] = [];
 
@@ -233,7 +237,7 @@ export class ReservationBook {
     const sentAt = performance.now();
     const ownPerCall = entry !== undefined && entry.direct > 0;
     if (entry !== undefined) entry.direct = 0;
-    const call: Call = { plan, asked: ask, sentAt, ownPerCall, decides: refused !== undefined };
+    const call: Call = { plan, asked: ask, sentAt, ownPerCall, decides: refused !== undefined, epoch: this.epoch };
     const answer = refused ?? this.backgroundRefusal(entry);
     const sent = this.options.gate.within(
       this.options.reserve(...args),
@@ -259,10 +263,14 @@ export class ReservationBook {
     return sent;
   }
 
-  /** A background call refused (the buckets are at their limit): batches stop for now. */
+  /**
+   * A background call that got no slot: refused (the buckets are at their limit), batches
+   * stop for now; `{3}` (room only beyond the TTL), nothing changes.
+   */
   private backgroundRefusal(entry: Entry | undefined): (reply: unknown, delivered: boolean) => RateLimitDecision {
-    return () => {
-      if (entry !== undefined) entry.size = 1;
+    return (reply) => {
+      const refusal = Array.isArray(reply) && toNumber(reply[0]) === 0;
+      if (entry !== undefined && refusal && this.entries.get(entry.plan.key) === entry) entry.size = 1;
       return ALLOWED;
     };
   }
@@ -274,6 +282,8 @@ export class ReservationBook {
    */
   private prefetch(entry: Entry, batch: Batch, now: number): void {
     if (entry.size < 2 || entry.pending !== undefined || entry.queued !== undefined || this.closed) return;
+    // The next slot would start beyond the TTL: nothing would be granted yet.
+    if (batch.lastDeadline - now + entry.plan.batchMs / this.options.maxBatch >= this.options.ttlMs) return;
     const left = unspent(batch);
     // Decisions still waiting on the last call (retrying one by one) count in the ask.
     const ask = Math.min(Math.max(entry.size, entry.waiting + 1), this.options.maxBatch - left);
@@ -285,9 +295,13 @@ export class ReservationBook {
     this.reserve(entry.plan, entry, ask, undefined).catch(() => undefined);
   }
 
-  /** Forgets every batch without giving anything back (the keys were reset). */
+  /**
+   * Forgets every batch without giving anything back (the keys were reset); replies to calls
+   * sent before are not kept either (their slots are of the buckets before the reset).
+   */
   clear(): void {
     this.entries.clear();
+    this.epoch++;
   }
 
   /** Gives back every batch's unspent tail (best effort, within the deadline) and stops. */
@@ -299,9 +313,10 @@ export class ReservationBook {
     const entries = [...this.entries.values()];
     // Calls still in flight first: their batches are the newest, so they go back first.
     await Promise.allSettled(entries.map((entry) => entry.pending));
-    await Promise.allSettled(this.closingTails);
     await Promise.allSettled(entries.map((entry) => this.giveBackAll(entry)));
     this.entries.clear();
+    // Batches whose replies came while closing (each give-back handles its own failure).
+    while (this.closingTails.length > 0) await Promise.all(this.closingTails.splice(0));
   }
 
   private settle(
@@ -310,10 +325,21 @@ export class ReservationBook {
     delivered: boolean,
     refused: (reply: unknown, delivered: boolean) => RateLimitDecision,
   ): RateLimitDecision {
-    if (!Array.isArray(reply) || toNumber(reply[0]) !== 2) return refused(reply, delivered);
     const { plan, asked, sentAt, decides } = call;
+    const current = call.epoch === this.epoch ? this.entries.get(plan.key) : undefined;
+    if (!Array.isArray(reply) || toNumber(reply[0]) !== 2) {
+      // Refused: batches stop until a probe finds room (the block cache answers meanwhile),
+      // so concurrent decisions do not queue one call at a time behind each other's refusal.
+      if (current !== undefined && decides && Array.isArray(reply) && toNumber(reply[0]) === 0) current.size = 1;
+      return refused(reply, delivered);
+    }
     const batch = batchOf(plan, reply, asked, sentAt, delivered && decides ? 1 : 0);
-    const entry = this.entries.get(plan.key);
+    if (this.closed) {
+      // Taken while the store closes: straight back.
+      if (unspent(batch) > 0) this.closingTails.push(this.giveBack(plan, batch).catch(() => undefined));
+      return delivered && decides ? nearOf(plan, batch.bases, 0, batch.redisNow) : ALLOWED;
+    }
+    const entry = current;
     let spendable = Infinity;
     if (entry !== undefined && delivered) {
       const now = performance.now();
@@ -365,11 +391,6 @@ export class ReservationBook {
     if (unspent(entry.batch) === 0 && entry.queued !== undefined) {
       entry.batch = entry.queued;
       entry.queued = undefined;
-    }
-    if (this.closed) {
-      // Taken while the store closes: straight back.
-      this.closingTails.push(this.giveBack(entry.plan, batch));
-      return;
     }
     if (unspent(batch) === 0) {
       if (unspent(entry.batch) === 0) entry.batch = undefined;

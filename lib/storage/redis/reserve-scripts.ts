@@ -41,8 +41,9 @@ import { HELPERS } from './lua-helpers.js';
  * taken, where base_i is the first slot's start in bucket i and end_i its new `fullAt`
  * (numbers as `%.17g` strings), alone says every bucket was either full or last written by
  * this owner's reservation, and more is how many further slots would still have fitted
- * (at most moreCap, ignoring ttl; from the arithmetic, not counted one by one). Otherwise consume's refusal {0, index, retryAfter,
- * remaining}.
+ * (at most moreCap, ignoring ttl; from the arithmetic, not counted one by one); {3} when a
+ * call that decides nothing (ARGV[9] '0') finds room only beyond ttl; otherwise consume's
+ * refusal {0, index, retryAfter, remaining}.
  */
 export const RESERVE_LUA = `${HELPERS}
 local n, H = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -109,7 +110,12 @@ if g < 1 then
       worstWait = w
     end
   end
-  if worst == 0 then return redis.error_reply('wsrl: a refused reservation with no wait') end
+  if worst == 0 then
+    -- Every bucket has room, but not within ttl: only a batch asked for ahead of need gets
+    -- here (a deciding call's first slot is exempt), and it is no refusal.
+    if not decides then return { 3 } end
+    return redis.error_reply('wsrl: a refused reservation with no wait')
+  end
   local left = 0
   local fullAt = S[worst]
   if fullAt <= now then left = limit[worst] else left = math.max(0, math.floor(limit[worst] - (fullAt - now) / interval[worst])) end
