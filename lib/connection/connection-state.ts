@@ -27,11 +27,10 @@ export class ConnectionState {
   /** Plans built for this connection, by route. */
   readonly plans = new Map<Route, RateLimitPlan>();
   /**
-   * Keys of connection-keyed tiers this connection used in the process-local store (from its
-   * plans, including ones replaced when its tracker changed, and from `consume` in code):
-   * deleted when it closes.
+   * Trackers of connection-keyed plans this connection used in the process-local store (its
+   * own connection tracker, in practice): their states are deleted when it closes.
    */
-  readonly localKeys = new Set<string>();
+  readonly localTrackers = new Set<string>();
   /** The tracker of tiers keyed by this connection. */
   readonly tracker: Tracker;
   /** The tracker of the connection's address key, made on first use. */

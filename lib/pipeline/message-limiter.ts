@@ -125,10 +125,12 @@ export class MessageLimiter {
     return planOf(local ? this.local : this.store, tracker.key, specs, facts);
   }
 
-  /** Notes the keys of a connection-keyed plan, so that they are deleted when the connection closes. */
+  /**
+   * Notes the tracker of a connection-keyed plan, so that its states are deleted when the
+   * connection closes (by tracker: the plan's key strings are never built for it).
+   */
   remember(state: ConnectionState, plan: RateLimitPlan): void {
-    if (!connectionKeyed(plan)) return;
-    for (const tier of plan.tiers) state.localKeys.add(tier.key);
+    if (connectionKeyed(plan)) state.localTrackers.add(plan.tracker);
   }
 
   /**
@@ -165,8 +167,8 @@ export class MessageLimiter {
 
   /** Drops what a closed connection held: its connection-keyed keys and its plans. */
   forget(state: ConnectionState): void {
-    this.local.delete([...state.localKeys]);
-    state.localKeys.clear();
+    for (const tracker of state.localTrackers) this.local.deleteTracker(tracker);
+    state.localTrackers.clear();
     state.plans.clear();
   }
 

@@ -8,9 +8,6 @@ import type { RateLimitStore } from '../storage/rate-limit-store.js';
  */
 export const PLAN_CACHE: unique symbol = Symbol('nestjs-ws-rate-limit.plan-cache');
 
-/** A plan as `createPlan` makes it. */
-export type CachedPlan = RateLimitPlan & { [PLAN_CACHE]: unknown };
-
 /** What the limiter tells a plan about itself besides its tiers. */
 export interface PlanFacts {
   /** Identifies the lease of a concurrency tier. */
@@ -22,9 +19,11 @@ export interface PlanFacts {
 }
 
 /**
- * Builds a plan the way the guard does: the tiers' keys from the store, frozen tiers, and
- * room for the store's per-plan cache. Build a plan once and reuse it for every decision of
- * the same tracker and tiers.
+ * Builds a plan the way the guard does: the tracker, a shape shared by every plan made from
+ * the same specs array, facts and store, and room for the store's per-plan cache (64 bytes
+ * of heap in all). Its `tiers`, with their keys from the store, are built and frozen on
+ * first read; the memory store decides without reading them. Build a plan once and reuse
+ * it for every decision of the same tracker and tiers.
  * @example
  * const plan = createPlan(store, 'key:user-42', [tokenBucketSpec('global', 'g', 100, 50)]);
  * store.consume(plan);
@@ -38,6 +37,104 @@ export function createPlan(
   return planOf(store, tracker, specs, lease === undefined ? undefined : { lease });
 }
 
+/**
+ * What the plans of one route share whatever their tracker: the specs and the facts. Plans
+ * point to it rather than each holding a copy, and build their `tiers` (one key string per
+ * tier) only when something reads them: the memory store decides from the specs alone.
+ */
+export interface PlanShape {
+  /** The store that names the plans' keys. */
+  readonly store: RateLimitStore;
+  readonly specs: readonly TierSpec[];
+  readonly lease: string | undefined;
+  readonly type: string | undefined;
+  readonly connectionKeyed: boolean | undefined;
+}
+
+/** Where a plan made by `createPlan` keeps its shape (the memory store reads it). */
+export const PLAN_SHAPE: unique symbol = Symbol('nestjs-ws-rate-limit.plan-shape');
+
+/** A plan as `createPlan` makes it: a tracker and its shape (four fields in all). */
+class KeptPlan implements RateLimitPlan {
+  readonly tracker: string;
+  readonly [PLAN_SHAPE]: PlanShape;
+  private built: readonly PlanTier[] | undefined = undefined;
+  [PLAN_CACHE]: unknown = undefined;
+
+  constructor(tracker: string, shape: PlanShape) {
+    this.tracker = tracker;
+    this[PLAN_SHAPE] = shape;
+  }
+
+  /** The tiers with their keys, built on first read (kept, unless the plan was frozen). */
+  get tiers(): readonly PlanTier[] {
+    if (this.built !== undefined) return this.built;
+    const tracker = this.tracker;
+    const { store, specs } = this[PLAN_SHAPE];
+    const tiers = Object.freeze(specs.map((spec) => Object.freeze({ key: store.key(tracker, spec.suffix), spec })));
+    if (!Object.isFrozen(this)) this.built = tiers;
+    return tiers;
+  }
+
+  get lease(): string | undefined {
+    return this[PLAN_SHAPE].lease;
+  }
+
+  get type(): string | undefined {
+    return this[PLAN_SHAPE].type;
+  }
+
+  get connectionKeyed(): boolean | undefined {
+    return this[PLAN_SHAPE].connectionKeyed;
+  }
+}
+
+/** Shapes by specs array, then by facts: the plans of one route and placement share one. */
+const shapes = new WeakMap<readonly TierSpec[], PlanShape[]>();
+
+function shapeOf(store: RateLimitStore, specs: readonly TierSpec[], facts: PlanFacts | undefined): PlanShape {
+  const lease = facts?.lease;
+  const type = facts === undefined ? undefined : (facts.type ?? '');
+  const connectionKeyed = facts === undefined ? undefined : facts.connectionKeyed === true;
+  let known = shapes.get(specs);
+  if (known === undefined) {
+    known = [];
+    shapes.set(specs, known);
+  }
+  for (const shape of known) {
+    if (
+      shape.store === store &&
+      shape.lease === lease &&
+      shape.type === type &&
+      shape.connectionKeyed === connectionKeyed &&
+      sameSpecs(shape.specs, specs)
+    ) {
+      return shape;
+    }
+  }
+  // An array the caller may still change: the shape keeps a frozen copy, and is shared only
+  // while the array holds the same specs.
+  const shape: PlanShape = Object.freeze({
+    store,
+    specs: Object.isFrozen(specs) ? specs : Object.freeze([...specs]),
+    lease,
+    type,
+    connectionKeyed,
+  });
+  // A few shapes per array at most (stores, placements, leases): an array changed on every
+  // call does not pile them up.
+  if (known.length >= 8) known.shift();
+  known.push(shape);
+  return shape;
+}
+
+function sameSpecs(kept: readonly TierSpec[], specs: readonly TierSpec[]): boolean {
+  if (kept === specs) return true;
+  if (kept.length !== specs.length) return false;
+  for (let i = 0; i < kept.length; i++) if (kept[i] !== specs[i]) return false;
+  return true;
+}
+
 /** `createPlan` with the facts the limiter knows: lease, message type, placement. */
 export function planOf(
   store: RateLimitStore,
@@ -45,20 +142,5 @@ export function planOf(
   specs: readonly TierSpec[],
   facts?: PlanFacts,
 ): RateLimitPlan {
-  const tiers: readonly PlanTier[] = Object.freeze(
-    specs.map((spec) => Object.freeze({ key: store.key(tracker, spec.suffix), spec })),
-  );
-  // One object shape per kind of plan, every field present from the start.
-  const plan: CachedPlan =
-    facts === undefined
-      ? { tracker, tiers, [PLAN_CACHE]: undefined }
-      : {
-          tracker,
-          tiers,
-          ...(facts.lease === undefined ? {} : { lease: facts.lease }),
-          type: facts.type ?? '',
-          connectionKeyed: facts.connectionKeyed === true,
-          [PLAN_CACHE]: undefined,
-        };
-  return plan;
+  return new KeptPlan(tracker, shapeOf(store, specs, facts));
 }

@@ -54,7 +54,7 @@ describe('MessageLimiter (no NestJS)', () => {
     ]);
     expect(subject.local.size).toBe(1);
     expect(store.size).toBe(0);
-    expect(state.localKeys.size).toBe(1);
+    expect([...state.localTrackers]).toEqual([state.connectionTracker]);
 
     const named = subject.planFor(state, route, 'key:user-42');
     expect(named).toMatchObject({ tracker: 'key:user-42', connectionKeyed: false });

@@ -28,7 +28,7 @@ import {
   type TierSpec,
   type TierStatus,
 } from '../../interfaces/plan.interface.js';
-import { PLAN_CACHE } from '../../plans/create-plan.js';
+import { PLAN_CACHE, PLAN_SHAPE, type PlanShape } from '../../plans/create-plan.js';
 import { RateLimitStore } from '../rate-limit-store.js';
 import { TrackerTable } from './tracker-table.js';
 
@@ -98,8 +98,11 @@ export class MemoryRateLimitStore extends RateLimitStore {
 
   consume(plan: RateLimitPlan): RateLimitDecision {
     const now = this.clock();
-    const tiers = plan.tiers;
-    const count = tiers.length;
+    // A plan from `createPlan` is decided from its shape's specs (its tiers' keys are never
+    // built); any other plan from its tiers.
+    const specs = (plan as ShapedPlan)[PLAN_SHAPE]?.specs;
+    const tiers = specs === undefined ? plan.tiers : undefined;
+    const count = specs !== undefined ? specs.length : tiers!.length;
     const table = this.table;
     const tracker = plan.tracker;
     const cache = (plan as BoundPlan)[PLAN_CACHE];
@@ -110,15 +113,15 @@ export class MemoryRateLimitStore extends RateLimitStore {
     let missing = 0;
     let stale = false;
     for (let i = 0; i < count; i++) {
-      const tier = tiers[i]!;
-      const spec = tier.spec;
+      const spec = specs !== undefined ? specs[i]! : tiers![i]!.spec;
+      const key = specs !== undefined ? spec.suffix : tiers![i]!.key;
       let slot = remembered(cache, i, count);
-      if (slot >= 0 && table.holds(slot, tracker, spec.suffix, tier.key)) {
+      if (slot >= 0 && table.holds(slot, tracker, spec.suffix, key)) {
         table.touch(slot);
       } else {
         stale = true;
         if (head === -2) head = table.head(tracker);
-        slot = head < 0 ? -1 : table.find(head, spec.suffix, tier.key);
+        slot = head < 0 ? -1 : table.find(head, spec.suffix, key);
         if (slot >= 0) table.touch(slot);
       }
       slots[i] = slot;
@@ -154,11 +157,10 @@ export class MemoryRateLimitStore extends RateLimitStore {
     }
     let decision: RateLimitDecision = ALLOWED;
     for (let i = 0; i < count; i++) {
-      const tier = tiers[i]!;
-      const spec = tier.spec;
+      const spec = specs !== undefined ? specs[i]! : tiers![i]!.spec;
       let slot = slots[i]!;
       if (slot < 0) {
-        slots[i] = slot = table.insert(tracker, spec.suffix, tier.key, head);
+        slots[i] = slot = table.insert(tracker, spec.suffix, specs !== undefined ? spec.suffix : tiers![i]!.key, head);
         if (head < 0) head = slot;
       }
       // Read the column after inserting: an insertion may have grown (replaced) it.
@@ -221,8 +223,9 @@ export class MemoryRateLimitStore extends RateLimitStore {
   /** The slot of a plan's tier in this store, or -1 (not held). Looks the tracker up. */
   private locate(plan: RateLimitPlan, i: number): number {
     const table = this.table;
-    const { key, spec } = plan.tiers[i]!;
-    const slot = remembered((plan as BoundPlan)[PLAN_CACHE], i, plan.tiers.length);
+    const spec = specAt(plan, i);
+    const key = keyAt(plan, i);
+    const slot = remembered((plan as BoundPlan)[PLAN_CACHE], i, tierCount(plan));
     if (slot >= 0 && table.holds(slot, plan.tracker, spec.suffix, key)) return slot;
     const head = table.head(plan.tracker);
     return head < 0 ? -1 : table.find(head, spec.suffix, key);
@@ -237,9 +240,9 @@ export class MemoryRateLimitStore extends RateLimitStore {
     let worst = -1;
     let worstWait = 0;
     let worstSlot = -1;
-    const tiers = plan.tiers;
-    for (let i = first; i < tiers.length; i++) {
-      const spec = tiers[i]!.spec;
+    const count = tierCount(plan);
+    for (let i = first; i < count; i++) {
+      const spec = specAt(plan, i);
       const slot = i === first ? this.slots[i]! : this.locate(plan, i);
       const wait = this.wait(slot, spec, now);
       if (wait > worstWait) {
@@ -248,7 +251,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
         worstSlot = slot;
       }
     }
-    const spec = tiers[worst]!.spec;
+    const spec = specAt(plan, worst);
     return {
       allowed: false,
       tier: spec.tier,
@@ -293,7 +296,8 @@ export class MemoryRateLimitStore extends RateLimitStore {
 
   peek(plan: RateLimitPlan): TierStatus[] {
     const now = this.clock();
-    return plan.tiers.map(({ spec }, i) => {
+    return Array.from({ length: tierCount(plan) }, (_, i) => {
+      const spec = specAt(plan, i);
       const slot = this.locate(plan, i);
       const fresh = slot < 0 ? -Infinity : this.table.freshAt[slot]!;
       return {
@@ -307,9 +311,9 @@ export class MemoryRateLimitStore extends RateLimitStore {
 
   release(plan: RateLimitPlan): void {
     const lease = plan.lease ?? '';
-    const tiers = plan.tiers;
-    for (let i = 0; i < tiers.length; i++) {
-      const spec = tiers[i]!.spec;
+    const count = tierCount(plan);
+    for (let i = 0; i < count; i++) {
+      const spec = specAt(plan, i);
       if (spec.kind !== AlgorithmKind.Concurrency) continue;
       const slot = this.locate(plan, i);
       if (slot < 0) continue;
@@ -317,7 +321,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
       const held = (leases.get(lease) ?? 0) - spec.cost;
       if (held > 0) leases.set(lease, held);
       else leases.delete(lease);
-      if (leases.size === 0) this.table.delete(plan.tracker, spec.suffix, tiers[i]!.key);
+      if (leases.size === 0) this.table.delete(plan.tracker, spec.suffix, keyAt(plan, i));
     }
   }
 
@@ -350,6 +354,30 @@ export class MemoryRateLimitStore extends RateLimitStore {
   override key(tracker: string, suffix: string): string {
     return [tracker.length, ':', tracker, '|', suffix].join('');
   }
+}
+
+type ShapedPlan = RateLimitPlan & { readonly [PLAN_SHAPE]?: PlanShape };
+
+/** The number of tiers of a plan. */
+function tierCount(plan: RateLimitPlan): number {
+  const shape = (plan as ShapedPlan)[PLAN_SHAPE];
+  return shape !== undefined ? shape.specs.length : plan.tiers.length;
+}
+
+/** The spec of tier i of a plan. */
+function specAt(plan: RateLimitPlan, i: number): TierSpec {
+  const shape = (plan as ShapedPlan)[PLAN_SHAPE];
+  return shape !== undefined ? shape.specs[i]! : plan.tiers[i]!.spec;
+}
+
+/**
+ * What names tier i of a plan in the table besides its suffix: for a plan from `createPlan`
+ * the suffix itself (its key is `key(tracker, suffix)` by construction, which the table
+ * stores as the suffix), for any other plan its key.
+ */
+function keyAt(plan: RateLimitPlan, i: number): string {
+  const shape = (plan as ShapedPlan)[PLAN_SHAPE];
+  return shape !== undefined ? shape.specs[i]!.suffix : plan.tiers[i]!.key;
 }
 
 /** The slot a plan's cache remembers for tier `i` of `count`, or -1. */
