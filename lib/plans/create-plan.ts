@@ -144,3 +144,32 @@ export function planOf(
 ): RateLimitPlan {
   return new KeptPlan(tracker, shapeOf(store, specs, facts));
 }
+
+type ShapedPlan = RateLimitPlan & { readonly [PLAN_SHAPE]?: PlanShape };
+
+/** The specs of a plan from `createPlan` (read without building its tiers), else undefined. */
+export function specsOf(plan: RateLimitPlan): readonly TierSpec[] | undefined {
+  return (plan as ShapedPlan)[PLAN_SHAPE]?.specs;
+}
+
+/** The number of tiers of a plan. */
+export function tierCount(plan: RateLimitPlan): number {
+  const specs = specsOf(plan);
+  return specs !== undefined ? specs.length : plan.tiers.length;
+}
+
+/** The spec of tier i of a plan. */
+export function specAt(plan: RateLimitPlan, i: number): TierSpec {
+  const specs = specsOf(plan);
+  return specs !== undefined ? specs[i]! : plan.tiers[i]!.spec;
+}
+
+/**
+ * What names tier i of a plan in the memory store's table besides its suffix: for a plan
+ * from `createPlan` the suffix itself (its key is `key(tracker, suffix)` by construction,
+ * which the table stores as the suffix), for any other plan its key.
+ */
+export function keyAt(plan: RateLimitPlan, i: number): string {
+  const specs = specsOf(plan);
+  return specs !== undefined ? specs[i]!.suffix : plan.tiers[i]!.key;
+}

@@ -28,7 +28,7 @@ import {
   type TierSpec,
   type TierStatus,
 } from '../../interfaces/plan.interface.js';
-import { PLAN_CACHE, PLAN_SHAPE, type PlanShape } from '../../plans/create-plan.js';
+import { keyAt, PLAN_CACHE, specAt, specsOf, tierCount } from '../../plans/create-plan.js';
 import { RateLimitStore } from '../rate-limit-store.js';
 import { TrackerTable } from './tracker-table.js';
 
@@ -100,7 +100,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
     const now = this.clock();
     // A plan from `createPlan` is decided from its shape's specs (its tiers' keys are never
     // built); any other plan from its tiers.
-    const specs = (plan as ShapedPlan)[PLAN_SHAPE]?.specs;
+    const specs = specsOf(plan);
     const tiers = specs === undefined ? plan.tiers : undefined;
     const count = specs !== undefined ? specs.length : tiers!.length;
     const table = this.table;
@@ -354,30 +354,6 @@ export class MemoryRateLimitStore extends RateLimitStore {
   override key(tracker: string, suffix: string): string {
     return [tracker.length, ':', tracker, '|', suffix].join('');
   }
-}
-
-type ShapedPlan = RateLimitPlan & { readonly [PLAN_SHAPE]?: PlanShape };
-
-/** The number of tiers of a plan. */
-function tierCount(plan: RateLimitPlan): number {
-  const shape = (plan as ShapedPlan)[PLAN_SHAPE];
-  return shape !== undefined ? shape.specs.length : plan.tiers.length;
-}
-
-/** The spec of tier i of a plan. */
-function specAt(plan: RateLimitPlan, i: number): TierSpec {
-  const shape = (plan as ShapedPlan)[PLAN_SHAPE];
-  return shape !== undefined ? shape.specs[i]! : plan.tiers[i]!.spec;
-}
-
-/**
- * What names tier i of a plan in the table besides its suffix: for a plan from `createPlan`
- * the suffix itself (its key is `key(tracker, suffix)` by construction, which the table
- * stores as the suffix), for any other plan its key.
- */
-function keyAt(plan: RateLimitPlan, i: number): string {
-  const shape = (plan as ShapedPlan)[PLAN_SHAPE];
-  return shape !== undefined ? shape.specs[i]!.suffix : plan.tiers[i]!.key;
 }
 
 /** The slot a plan's cache remembers for tier `i` of `count`, or -1. */

@@ -1,3 +1,6 @@
+// Over 400 lines: one class, the reservation book, whose methods (take, consume, the
+// background batch, settle, sweep, close) share one state machine per plan; the batch's own
+// arithmetic is in reservation-batch.ts and the sizing in batch-sizing.ts.
 import { performance } from 'node:perf_hooks';
 import { ALLOWED, type RateLimitDecision, type RateLimitPlan } from '../../interfaces/plan.interface.js';
 import { nextBatchSize } from './batch-sizing.js';
