@@ -138,7 +138,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     max: 4096,
     default: '0',
     description:
-      'Token reservations: the largest batch of a shared token bucket an instance takes in one call and spends locally; 0 = off.',
+      'Token reservations: the most slots of a shared token bucket an instance holds to spend locally (the batch being spent and the next); 0 = off.',
   },
   {
     name: 'WS_RATE_LIMIT_REDIS_RESERVATION_TTL_MS',

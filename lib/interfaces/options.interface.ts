@@ -47,9 +47,11 @@ export interface RedisModuleOptions {
    */
   blockCache?: number;
   /**
-   * Token reservations (`RedisStoreOptions.reservations`): the largest batch of a shared
-   * plan's token buckets an instance takes in one script call and spends locally, never
-   * over-admitting; 0 turns them off. At most 4096. See the README's Redis section.
+   * Token reservations (`RedisStoreOptions.reservations`): the most slots of a shared
+   * plan's token buckets an instance holds to spend locally (the batch being spent and the
+   * next one, each taken in one script call), never over-admitting; 0 turns them off. Size
+   * it at the buckets' rate times 0.25 s or more. At most 4096. See the README's Redis
+   * section.
    * @default 0
    */
   reservationBatch?: number;
