@@ -15,8 +15,8 @@ export interface Batch {
   readonly baseTexts: readonly string[];
   readonly endTexts: readonly string[];
   readonly granted: number;
-  /** The local time after which the last slot may no longer be spent. */
-  readonly lastDeadline: number;
+  /** The local time after which the last slot may no longer be spent (set once, when made). */
+  lastDeadline: number;
   /** The next slot to spend; the ones before it are spent or lapsed. */
   next: number;
   /** Spent from since the last sweep. */
@@ -54,7 +54,8 @@ export function batchOf(
     next: first,
     used: true,
   };
-  return { ...batch, lastDeadline: deadline(plan, batch, granted - 1) };
+  batch.lastDeadline = deadline(plan, batch, granted - 1);
+  return batch;
 }
 
 /**
