@@ -94,10 +94,12 @@ export const HUGE = 1e6;
 /**
  * V8's allocation-site pretenuring: when most objects from one allocation site outlive two
  * young-generation collections, V8 allocates that site's objects in old space from then on,
- * and does not go back. A server whose messages all wait on Redis for a round trip (at start,
- * before reservations are in place) gets NestJS's per-message objects pretenured, and pays
- * old-space collections for every message for the rest of its life. Runs with this flag show
- * what the limiter itself costs once that is out of the way (see bench/README.md).
+ * and does not go back. On the stock WsAdapter, a server whose messages all wait on Redis for
+ * a round trip (at start, before reservations are in place) gets NestJS's per-message objects
+ * pretenured, and pays old-space collections for every message for the rest of its life.
+ * `WsRateLimitAdapter` holds a connection's later frames while its decision waits, so they
+ * never enter NestJS to wait there (lib/connection/frame-hold.ts). The stock-adapter runs with
+ * this flag show what that costs (see bench/README.md).
  */
 export const NO_PRETENURING = '--no-allocation-site-pretenuring';
 
@@ -124,15 +126,24 @@ export const VARIANTS = {
     clientAddresses: 64,
   },
   oursRedis: {
-    label: 'ours: Redis store, tracker ip, 64 client addresses, no reservations',
+    label: 'ours: Redis store, tracker ip, 64 client addresses, no reservations, WsRateLimitAdapter',
     clientAddresses: 64,
+    adapter: 'ours',
   },
   oursRedisReserve: {
-    label: 'ours: Redis store, tracker ip, 64 client addresses, reservations (batch 64)',
+    label: 'ours: Redis store, tracker ip, 64 client addresses, reservations (batch 64), WsRateLimitAdapter',
     clientAddresses: 64,
+    adapter: 'ours',
   },
   oursRedisReserveTtl: {
-    label: 'ours: Redis store, tracker ip, 64 client addresses, reservations (batch 1000: rate x 1 s TTL)',
+    label:
+      'ours: Redis store, tracker ip, 64 client addresses, reservations (batch 1000: rate x 1 s TTL), WsRateLimitAdapter',
+    clientAddresses: 64,
+    adapter: 'ours',
+  },
+  oursRedisReserveTtlStock: {
+    label:
+      'ours: Redis store, tracker ip, 64 client addresses, reservations (batch 1000), guard only on the stock WsAdapter',
     clientAddresses: 64,
   },
   unguardedNoPretenure: {
@@ -140,18 +151,23 @@ export const VARIANTS = {
     clientAddresses: 1,
     nodeFlags: [NO_PRETENURING],
   },
-  oursRedisReserveTtlNoPretenure: {
-    label: `ours: Redis store, tracker ip, 64 client addresses, reservations (batch 1000), node ${NO_PRETENURING}`,
+  oursRedisReserveTtlStockNoPretenure: {
+    label: `ours: Redis store, tracker ip, 64 client addresses, reservations (batch 1000), guard only on the stock WsAdapter, node ${NO_PRETENURING}`,
     clientAddresses: 64,
     nodeFlags: [NO_PRETENURING],
   },
 } satisfies Record<string, GatewayVariant>;
 
-/** What a variant is: its label, how many client addresses the load uses, and node's flags for its server. */
+/**
+ * What a variant is: its label, how many client addresses the load uses, node's flags for its
+ * server, and its WebSocket adapter: platform-ws's stock `WsAdapter` unless `ours`
+ * (`WsRateLimitAdapter`, as the README sets the library up).
+ */
 export interface GatewayVariant {
   readonly label: string;
   readonly clientAddresses: number;
   readonly nodeFlags?: readonly string[];
+  readonly adapter?: 'ours';
 }
 
 /** The variants that need a Redis server (its URL in `BENCH_REDIS_URL`). */
@@ -159,7 +175,8 @@ export const REDIS_VARIANTS: readonly VariantId[] = [
   'oursRedis',
   'oursRedisReserve',
   'oursRedisReserveTtl',
-  'oursRedisReserveTtlNoPretenure',
+  'oursRedisReserveTtlStock',
+  'oursRedisReserveTtlStockNoPretenure',
 ];
 
 /**
@@ -189,8 +206,9 @@ export function appModule(variant: VariantId): DynamicModule {
     oursRedis: RateLimitedEchoGateway,
     oursRedisReserve: RateLimitedEchoGateway,
     oursRedisReserveTtl: RateLimitedEchoGateway,
+    oursRedisReserveTtlStock: RateLimitedEchoGateway,
     unguardedNoPretenure: EchoGateway,
-    oursRedisReserveTtlNoPretenure: RateLimitedEchoGateway,
+    oursRedisReserveTtlStockNoPretenure: RateLimitedEchoGateway,
   };
   const imports: Record<VariantId, DynamicModule[]> = {
     unguarded: [],
@@ -208,8 +226,9 @@ export function appModule(variant: VariantId): DynamicModule {
     oursRedis: [WsRateLimitModule.forRoot(redisLimits(0))],
     oursRedisReserve: [WsRateLimitModule.forRoot(redisLimits(64))],
     oursRedisReserveTtl: [WsRateLimitModule.forRoot(redisLimits(1000))],
+    oursRedisReserveTtlStock: [WsRateLimitModule.forRoot(redisLimits(1000))],
     unguardedNoPretenure: [],
-    oursRedisReserveTtlNoPretenure: [WsRateLimitModule.forRoot(redisLimits(1000))],
+    oursRedisReserveTtlStockNoPretenure: [WsRateLimitModule.forRoot(redisLimits(1000))],
   };
   return { module: BenchAppModule, imports: imports[variant], providers: [gateways[variant]] };
 }

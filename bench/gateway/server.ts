@@ -6,15 +6,17 @@
  */
 import { NestFactory } from '@nestjs/core';
 import { WsAdapter } from '@nestjs/platform-ws';
+import { WsRateLimitAdapter } from 'nestjs-ws-rate-limit';
 import type { AddressInfo } from 'node:net';
 import { serveMeasured } from '../support/child.js';
-import { appModule, VARIANTS, type VariantId } from './apps.js';
+import { appModule, VARIANTS, type GatewayVariant, type VariantId } from './apps.js';
 
 const variant = process.argv[2] as VariantId;
 if (!(variant in VARIANTS)) throw new Error(`unknown variant: ${variant}`);
 
 const app = await NestFactory.create(appModule(variant), { logger: ['error', 'warn'] });
-app.useWebSocketAdapter(new WsAdapter(app));
+const ours = (VARIANTS[variant] as GatewayVariant).adapter === 'ours';
+app.useWebSocketAdapter(ours ? new WsRateLimitAdapter(app) : new WsAdapter(app));
 await app.listen(0, '127.0.0.1');
 const { port } = app.getHttpServer().address() as AddressInfo;
 

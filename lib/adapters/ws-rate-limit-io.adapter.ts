@@ -6,6 +6,7 @@ import { EMPTY, isObservable, type Observable, type Subscription } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
 import type { Namespace, Server, ServerOptions, Socket } from 'socket.io';
 import type { ConnectionState } from '../connection/connection-state.js';
+import { FrameHold } from '../connection/frame-hold.js';
 import { startHeartbeat } from '../connection/heartbeat.js';
 import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
 import { socketIoTransport } from '../transports/socket-io-transport.js';
@@ -323,7 +324,13 @@ export class WsRateLimitIoAdapter extends IoAdapter {
       const { pipeline } = this.limiter;
       const bound = pipeline.stepsFor(handlers);
       const order = state.order;
-      socket.use((packet, next) => {
+      // While one of this socket's decisions waits on the store, later events wait as received.
+      const hold = (state.hold ??= new FrameHold(state, (error) => this.log.error(error)));
+      const inTransit = (): void => {
+        state.waiting--;
+        hold.settled();
+      };
+      const passOn = (packet: Packet, next: (error?: Error) => void): void => {
         // Once the limiter has decided to disconnect, later events are not processed.
         if (state.closing) return;
         const event = packet[0];
@@ -331,11 +338,21 @@ export class WsRateLimitIoAdapter extends IoAdapter {
         const slot = order?.open();
         if (typeof event === 'string' && known.events.has(event)) {
           if (slot !== undefined) known.slots.add(event, packet[1], slot);
-          return next();
+          // socket.io emits it to its handler (whose guard decides) on the next tick: until
+          // then it counts as waiting, ended on a tick queued after socket.io's, so an app
+          // middleware that holds it back or drops it holds no later event for ever.
+          state.waiting++;
+          next();
+          process.nextTick(inTransit);
+          return;
         }
         if (slot !== undefined && typeof last === 'function') slot.ack = last as (answer: unknown) => void;
         const id = typeof packet[1] === 'function' ? undefined : idOf(packet[1]);
         pipeline.runUnrouted(socket, state, 'UNKNOWN_EVENT', id, bound, slot, () => next());
+      };
+      socket.use((packet, next) => {
+        if (hold.open) passOn(packet, next);
+        else hold.add(() => passOn(packet, next));
       });
     }
     for (const handler of handlers) routing.events.add(handler.message as string);
@@ -373,6 +390,9 @@ export class WsRateLimitIoAdapter extends IoAdapter {
     this.httpListeners.push(...guardHandshakes(server, this.limiter.options));
   }
 }
+
+/** A packet as socket.io's middleware gets it: the event, its arguments, maybe an ack. */
+type Packet = Parameters<Parameters<Socket['use']>[0]>[0];
 
 /** The socket.io server of a server or namespace. */
 function ioServerOf(server: Server | Namespace): Server {

@@ -6,6 +6,7 @@ import { EMPTY, isObservable, type Observable, type Subscription } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { AnswerSlot } from '../connection/answer-order.js';
+import { FrameHold } from '../connection/frame-hold.js';
 import type { ConnectionState } from '../connection/connection-state.js';
 import { startHeartbeat, watchPongs } from '../connection/heartbeat.js';
 import { clientAddressOf, limiterFrom } from './adapter-support.js';
@@ -164,7 +165,13 @@ export class WsRateLimitAdapter extends WsAdapter {
       for (const subscription of running) subscription.unsubscribe();
       running.clear();
     });
+    // While one of this socket's decisions waits on the store, later frames wait as received.
+    const hold = (state.hold ??= new FrameHold(state, (error) => this.logger.error(error)));
     client.on('message', (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => {
+      if (hold.open) onMessage(data, isBinary);
+      else hold.add(() => onMessage(data, isBinary));
+    });
+    const onMessage = (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void => {
       // Once the limiter has decided to close, later messages are not processed.
       if (state.closing) return;
       const slot = order?.open();
@@ -223,7 +230,7 @@ export class WsRateLimitAdapter extends WsAdapter {
       if (subscription.closed) return;
       running.add(subscription);
       subscription.add(() => running.delete(subscription));
-    });
+    };
   }
 
   override async close(server: WebSocketServer): Promise<void> {

@@ -4,6 +4,7 @@ import type { RateLimitPlan } from '../interfaces/plan.interface.js';
 import { connectionTracker, type Tracker } from '../pipeline/tracker.js';
 import type { Route } from '../plans/route-resolver.js';
 import type { AnswerOrder } from './answer-order.js';
+import type { FrameHold } from './frame-hold.js';
 import type { RateLimitTransport } from '../transports/transport.js';
 import type { WsClientLike } from '../transports/ws-transport.js';
 
@@ -59,6 +60,10 @@ export class ConnectionState {
   transport: RateLimitTransport | undefined;
   /** The order of this connection's answers, when its adapter keeps one (`WsRateLimitAdapter`). */
   order: AnswerOrder | undefined;
+  /** Decisions of this connection waiting on the store (or on an asynchronous tracker). */
+  waiting = 0;
+  /** Holds the connection's frames while a decision waits, when its adapter does (`FrameHold`). */
+  hold: FrameHold | undefined;
   /** Gives back the open-connection lease taken at admission (idempotent; no-op when none). */
   release: () => void = noop;
 

@@ -133,10 +133,11 @@ export class MessagePipeline {
     }
     const tracker = steps.getTracker(client, connection);
     // An async tracker: a rejection reaches Nest as a throwing tracker's error does.
-    if (typeof tracker !== 'string' && isPromise(tracker)) {
-      return tracker.then((key) => this.proceed(context, steps, client, connection, route, key));
-    }
-    return this.proceed(context, steps, client, connection, route, tracker);
+    const verdict =
+      typeof tracker !== 'string' && isPromise(tracker)
+        ? tracker.then((key) => this.proceed(context, steps, client, connection, route, key))
+        : this.proceed(context, steps, client, connection, route, tracker);
+    return typeof verdict === 'boolean' ? verdict : waitedOn(connection, verdict);
   }
 
   /** Whether the module's `skipIf`, then the route's (`@Throttle`'s), lets the message through unlimited. */
@@ -213,6 +214,7 @@ export class MessagePipeline {
       } else {
         verdict = this.proceed(context, bound.steps, client, connection, route, tracker);
       }
+      if (typeof verdict !== 'boolean') waitedOn(connection, verdict);
     } catch (error) {
       return failed(error);
     }
@@ -308,6 +310,20 @@ export class MessagePipeline {
       this.logger.error(message);
     }
   }
+}
+
+/**
+ * Counts a verdict that waits (on the store or an asynchronous tracker) until it settles:
+ * meanwhile the adapter holds the connection's later frames (see `FrameHold`).
+ */
+function waitedOn<T>(connection: ConnectionState, verdict: Promise<T>): Promise<T> {
+  connection.waiting++;
+  const settled = (): void => {
+    connection.waiting--;
+    connection.hold?.settled();
+  };
+  verdict.then(settled, settled);
+  return verdict;
 }
 
 /** Counts a rejection on its way to the filter, until the promise jobs (where filters run) start. */
