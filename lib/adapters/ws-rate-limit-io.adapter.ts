@@ -1,3 +1,5 @@
+// Over 400 lines: one class, the adapter, whose socket.io hooks (handshake, namespace,
+// middleware, handlers, heartbeat) share the limiter and the per-socket routing.
 import { Logger, type INestApplicationContext } from '@nestjs/common';
 import { IoAdapter } from '@nestjs/platform-socket.io';
 import type { MessageMappingProperties } from '@nestjs/websockets';
@@ -342,9 +344,11 @@ export class WsRateLimitIoAdapter extends IoAdapter {
           // then it counts as waiting, ended on a tick queued after socket.io's, so an app
           // middleware that holds it back or drops it holds no later event for ever.
           state.waiting++;
-          next();
-          process.nextTick(inTransit);
-          return;
+          try {
+            return next();
+          } finally {
+            process.nextTick(inTransit);
+          }
         }
         if (slot !== undefined && typeof last === 'function') slot.ack = last as (answer: unknown) => void;
         const id = typeof packet[1] === 'function' ? undefined : idOf(packet[1]);
