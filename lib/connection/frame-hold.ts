@@ -65,14 +65,15 @@ export class FrameHold {
   }
 
   /**
-   * A decision of the connection settled: once none waits, the held frames run on the next
-   * turn of the event loop (after the settled message's own handler, which runs in promise
-   * jobs), until one of them waits in turn.
+   * A decision of the connection settled: once none waits, the held frames run in a
+   * `process.nextTick` callback (after the promise jobs in which the settled message's own
+   * handler runs; no event-loop turn, which would cost socket.io, whose events count as
+   * waiting until their handler's tick, a turn per event of a burst), until one waits in turn.
    */
   settled(): void {
     if (this.count.waiting !== 0 || this.held === undefined || this.scheduled) return;
     this.scheduled = true;
-    setImmediate(this.release);
+    process.nextTick(this.release);
   }
 
   private readonly release = (): void => {
