@@ -137,7 +137,7 @@ export class MessagePipeline {
       typeof tracker !== 'string' && isPromise(tracker)
         ? tracker.then((key) => this.proceed(context, steps, client, connection, route, key))
         : this.proceed(context, steps, client, connection, route, tracker);
-    return typeof verdict === 'boolean' ? verdict : waitedOn(connection, verdict);
+    return isPromise(verdict) ? waitedOn(connection, verdict) : verdict;
   }
 
   /** Whether the module's `skipIf`, then the route's (`@Throttle`'s), lets the message through unlimited. */
@@ -214,7 +214,7 @@ export class MessagePipeline {
       } else {
         verdict = this.proceed(context, bound.steps, client, connection, route, tracker);
       }
-      if (typeof verdict !== 'boolean') waitedOn(connection, verdict);
+      if (isPromise(verdict)) waitedOn(connection, verdict);
     } catch (error) {
       return failed(error);
     }
@@ -322,7 +322,8 @@ function waitedOn<T>(connection: ConnectionState, verdict: Promise<T>): Promise<
     connection.waiting--;
     connection.hold?.settled();
   };
-  verdict.then(settled, settled);
+  // A thenable from a custom tracker or store may throw from `then`: this never throws.
+  Promise.resolve(verdict).then(settled, settled);
   return verdict;
 }
 

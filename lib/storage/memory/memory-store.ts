@@ -237,21 +237,23 @@ export class MemoryRateLimitStore extends RateLimitStore {
    * the tiers up to `first`.
    */
   private reject(plan: RateLimitPlan, now: number, first: number): RateLimitRejected {
-    let worst = -1;
-    let worstWait = 0;
-    let worstSlot = -1;
-    const count = tierCount(plan);
-    for (let i = first; i < count; i++) {
-      const spec = specAt(plan, i);
-      const slot = i === first ? this.slots[i]! : this.locate(plan, i);
-      const wait = this.wait(slot, spec, now);
+    const specs = specsOf(plan);
+    const count = specs !== undefined ? specs.length : plan.tiers.length;
+    let spec = specs !== undefined ? specs[first]! : plan.tiers[first]!.spec;
+    let worst = first;
+    let worstSlot = this.slots[first]!;
+    let worstWait = this.wait(worstSlot, spec, now);
+    for (let i = first + 1; i < count; i++) {
+      const next = specs !== undefined ? specs[i]! : plan.tiers[i]!.spec;
+      const slot = this.locate(plan, i);
+      const wait = this.wait(slot, next, now);
       if (wait > worstWait) {
         worstWait = wait;
         worst = i;
         worstSlot = slot;
+        spec = next;
       }
     }
-    const spec = specAt(plan, worst);
     return {
       allowed: false,
       tier: spec.tier,
