@@ -1,3 +1,5 @@
+// Over 400 lines: one class, the memory store, whose consume (allowed and refused paths), peek
+// and reset share the tracker table's slot lookups and the plan's slot cache.
 import { performance } from 'node:perf_hooks';
 import { bucketAfter, bucketTokens, bucketWait } from '../../algorithms/token-bucket.js';
 import {
@@ -26,6 +28,7 @@ import {
   type RateLimitPlan,
   type RateLimitRejected,
   type TierSpec,
+  type TokenBucketSpec,
   type TierStatus,
 } from '../../interfaces/plan.interface.js';
 import { keyAt, PLAN_CACHE, specAt, specsOf, tierCount } from '../../plans/create-plan.js';
@@ -133,7 +136,10 @@ export class MemoryRateLimitStore extends RateLimitStore {
       }
       switch (spec.kind) {
         case AlgorithmKind.TokenBucket:
-          if (table.freshAt[slot]! - now > spec.slack) return this.reject(plan, now, i);
+          if (table.freshAt[slot]! - now > spec.slack) {
+            // The last tier refusing has nothing after it to compare waits with.
+            return i === count - 1 ? refuseBucket(spec, i, table.freshAt[slot]!, now) : this.reject(plan, now, i);
+          }
           break;
         case AlgorithmKind.SlidingLog:
           if (!logAllows(table.objects[slot] as SlidingLogState, now, spec.windowMs, spec.cost)) {
@@ -395,4 +401,16 @@ function concurrencyHeld(leases: unknown): number {
   let held = 0;
   for (const units of (leases as Map<string, number>).values()) held += units;
   return held;
+}
+
+/** A refusal by a token-bucket tier that is the plan's last: its own wait decides. */
+function refuseBucket(spec: TokenBucketSpec, index: number, fullAt: number, now: number): RateLimitRejected {
+  return {
+    allowed: false,
+    tier: spec.tier,
+    index,
+    retryAfter: bucketWait(fullAt, now, spec.slack),
+    limit: spec.limit,
+    remaining: Math.floor(bucketTokens(fullAt, now, spec.limit, spec.intervalMs)),
+  };
 }
