@@ -64,6 +64,22 @@ export class IoTestClient {
   close(): void {
     this.socket.disconnect();
   }
+
+  /**
+   * Disconnects and waits until Engine.IO has closed and its last write (over polling, the
+   * close packet's request) is done, so that no request is left to fail once the server
+   * stops (engine.io-client answers such a failure with another request).
+   */
+  async closeAndSettle(timeoutMs = 5000): Promise<void> {
+    const engine = this.socket.io.engine as { readyState: string; transport?: { writable?: boolean } } | undefined;
+    this.close();
+    if (engine === undefined) return;
+    await waitFor(
+      () => engine.readyState === 'closed' && engine.transport?.writable !== false,
+      timeoutMs,
+      'the client to close',
+    );
+  }
 }
 
 /** Connects a client and waits for the connection; closes it if connecting fails. */

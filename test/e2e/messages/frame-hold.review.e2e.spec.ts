@@ -214,7 +214,7 @@ describe.each(ENGINE_TRANSPORTS)('frame hold review, WsRateLimitIoAdapter over %
   beforeEach(() => script.reset());
   afterEach(async () => {
     script.open();
-    for (const client of clients.splice(0)) client.close();
+    await Promise.all(clients.splice(0).map((client) => client.closeAndSettle()));
     for (const socket of sockets.splice(0)) socket.disconnect();
     await running?.close();
     running = undefined;

@@ -30,7 +30,7 @@ describe.each(ENGINE_TRANSPORTS)('events held while a decision waits, socket.io 
   beforeEach(() => gate.close());
   afterEach(async () => {
     gate.open();
-    for (const client of clients.splice(0)) client.close();
+    await Promise.all(clients.splice(0).map((client) => client.closeAndSettle()));
     await running?.close();
     running = undefined;
   });
