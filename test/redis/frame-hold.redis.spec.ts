@@ -39,12 +39,10 @@ describe('a burst in one read on Redis: held frames, the threshold and the close
     clients.push(client);
     return client;
   };
-  const burst = (client: TestClient, count: number, event: string) => {
-    const tcp = (client.socket as unknown as { _socket: { cork(): void; uncork(): void } })._socket;
-    tcp.cork();
-    for (let i = 0; i < count; i++) client.send(event, i);
-    tcp.uncork();
-  };
+  const burst = (client: TestClient, count: number, event: string) =>
+    client.inOneWrite(() => {
+      for (let i = 0; i < count; i++) client.send(event, i);
+    });
   const events = (frames: Frame[]) => frames.map((frame) => frame.event);
 
   beforeAll(async () => {

@@ -62,6 +62,17 @@ export class TestClient {
     this.socket.send(data);
   }
 
+  /** Runs `send` with the TCP socket corked: its frames go in one write, read by the server in one go. */
+  inOneWrite(send: () => void): void {
+    const tcp = (this.socket as unknown as { _socket: { cork(): void; uncork(): void } })._socket;
+    tcp.cork();
+    try {
+      send();
+    } finally {
+      tcp.uncork();
+    }
+  }
+
   /** Frames of one event. */
   events(event: string): Frame[] {
     return this.frames.filter((frame) => frame.event === event);

@@ -39,12 +39,10 @@ describe('answers before the close, in order', () => {
     return client;
   };
   /** Sends messages in one TCP write, so that the server reads them in one go. */
-  const burst = (client: TestClient, messages: Array<[string, unknown]>) => {
-    const tcp = (client.socket as unknown as { _socket: { cork(): void; uncork(): void } })._socket;
-    tcp.cork();
-    for (const [event, data] of messages) client.send(event, data);
-    tcp.uncork();
-  };
+  const burst = (client: TestClient, messages: Array<[string, unknown]>) =>
+    client.inOneWrite(() => {
+      for (const [event, data] of messages) client.send(event, data);
+    });
   const events = (frames: Frame[]) => frames.map((frame) => frame.event);
   const times = (count: number, event: string, from = 0): Array<[string, unknown]> =>
     Array.from({ length: count }, (_, i) => [event, from + i]);

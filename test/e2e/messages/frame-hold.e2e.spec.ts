@@ -28,12 +28,10 @@ describe('frames held while a decision waits', () => {
     return client;
   };
   /** Sends chats in one TCP write, so that the server reads them in one go. */
-  const burst = (client: TestClient, count: number) => {
-    const tcp = (client.socket as unknown as { _socket: { cork(): void; uncork(): void } })._socket;
-    tcp.cork();
-    for (let i = 0; i < count; i++) client.send('chat', i);
-    tcp.uncork();
-  };
+  const burst = (client: TestClient, count: number) =>
+    client.inOneWrite(() => {
+      for (let i = 0; i < count; i++) client.send('chat', i);
+    });
 
   beforeEach(() => gate.close());
   afterEach(async () => {

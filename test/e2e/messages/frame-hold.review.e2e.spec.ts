@@ -27,8 +27,6 @@ const baseOptions: WsRateLimitModuleOptions = {
   violations: { max: 3, windowMs: 60_000 },
 };
 
-type TcpLike = { cork(): void; uncork(): void };
-
 describe('frame hold review, WsRateLimitAdapter', () => {
   let running: RunningApp | undefined;
   const clients: TestClient[] = [];
@@ -48,15 +46,13 @@ describe('frame hold review, WsRateLimitAdapter', () => {
     return client;
   };
   /** Sends frames in one TCP write, so that the server reads them in one go. */
-  const burst = (client: TestClient, frames: Array<string | [string, unknown]>) => {
-    const tcp = (client.socket as unknown as { _socket: TcpLike })._socket;
-    tcp.cork();
-    for (const frame of frames) {
-      if (typeof frame === 'string') client.sendRaw(frame);
-      else client.send(frame[0], frame[1]);
-    }
-    tcp.uncork();
-  };
+  const burst = (client: TestClient, frames: Array<string | [string, unknown]>) =>
+    client.inOneWrite(() => {
+      for (const frame of frames) {
+        if (typeof frame === 'string') client.sendRaw(frame);
+        else client.send(frame[0], frame[1]);
+      }
+    });
   const times = (count: number, event: string): Array<[string, unknown]> =>
     Array.from({ length: count }, (_, i) => [event, i]);
   const events = (frames: Frame[]) => frames.map((frame) => frame.event);
@@ -283,10 +279,9 @@ async function connectRaw(port: number, clients: TestClient[]): Promise<TestClie
 
 /** socket.io EVENT packets, in one TCP write. */
 function rawBurst(client: TestClient, events: Array<[string, unknown]>): void {
-  const tcp = (client.socket as unknown as { _socket: TcpLike })._socket;
-  tcp.cork();
-  for (const event of events) client.sendRaw(`42${JSON.stringify(event)}`);
-  tcp.uncork();
+  client.inOneWrite(() => {
+    for (const event of events) client.sendRaw(`42${JSON.stringify(event)}`);
+  });
 }
 
 /** The EVENT packets a raw client received, as [event, data]. */
