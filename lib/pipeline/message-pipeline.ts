@@ -137,7 +137,9 @@ export class MessagePipeline {
       typeof tracker !== 'string' && isPromise(tracker)
         ? tracker.then((key) => this.proceed(context, steps, client, connection, route, key))
         : this.proceed(context, steps, client, connection, route, tracker);
-    return isPromise(verdict) ? waitedOn(connection, verdict) : verdict;
+    // The common answer, a synchronous `true`, is returned without a promise check.
+    if (typeof verdict === 'boolean' || !isPromise(verdict)) return verdict;
+    return waitedOn(connection, verdict);
   }
 
   /** Whether the module's `skipIf`, then the route's (`@Throttle`'s), lets the message through unlimited. */
