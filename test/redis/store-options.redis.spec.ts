@@ -139,6 +139,10 @@ describe('Redis store: keys, prefixes, clients and options', () => {
       [{ url: 'redis://a', clock: 'wall' as 'app' }, 'clock'],
       [{ url: 'redis://a', instanceId: 'a|b' }, 'instanceId'],
       [{ url: 'redis://a', blockCache: { maxEntries: -1 } }, 'blockCache.maxEntries'],
+      [{ url: 'redis://a', planScripts: -1 }, 'planScripts'],
+      [{ url: 'redis://a', planScripts: 1.5 }, 'planScripts'],
+      [{ url: 'redis://a', planScripts: 1025 }, 'planScripts'],
+      [{ url: 'redis://a', planScripts: '8' as unknown as number }, 'planScripts'],
       [{ sentinel: { sentinels: [], name: 'm' } }, 'sentinel.sentinels'],
       [{ cluster: { nodes: [] } }, 'cluster.nodes'],
     ];

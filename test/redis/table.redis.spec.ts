@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
 import type { Redis } from 'ioredis';
-import type { RateLimitPlan, TierSpec } from '../../lib/interfaces/plan.interface.js';
+import { AlgorithmKind, type RateLimitPlan, type TierSpec } from '../../lib/interfaces/plan.interface.js';
 import { concurrencySpec, tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
 import { MemoryRateLimitStore } from '../../lib/storage/memory/memory-store.js';
 import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
@@ -10,12 +10,21 @@ import { startRedis, type RedisServer } from '../support/redis-server.js';
 import { expectedOutcomes, runScenario, SCENARIOS, T0, type ManualClock } from './decision-table.js';
 import { adminClient, closeClient, expectBoundedTtls, ready, storeClient } from './helpers.js';
 
-describe('decision table: Redis store (standalone, app clock)', () => {
+/**
+ * Run twice: with plan scripts (the default: a consume script per plan shape, see
+ * `plan-scripts.ts`) and with every plan on the generic script (`planScripts: 0`); the
+ * random schedules also run with both kinds of store deciding one tracker's plans in turn.
+ */
+describe.each([
+  ['plan scripts', undefined],
+  ['generic script', 0],
+] as const)('decision table: Redis store (standalone, app clock, %s)', (_variant, planScripts) => {
   let server: RedisServer;
   let client: Redis;
   let admin: Redis;
   let store: RedisRateLimitStore;
   const clock: ManualClock = { now: T0 };
+  const prefix = `table${planScripts ?? ''}:`;
 
   beforeAll(async () => {
     server = await startRedis();
@@ -24,10 +33,11 @@ describe('decision table: Redis store (standalone, app clock)', () => {
     await Promise.all([ready(client), ready(admin)]);
     store = new RedisRateLimitStore({
       client,
-      keyPrefix: 'table:',
+      keyPrefix: prefix,
       clock: 'app',
       now: () => clock.now,
       blockCache: false,
+      planScripts,
       // Generous: this file checks the math, not the latency.
       commandTimeoutMs: 2000,
     });
@@ -44,106 +54,122 @@ describe('decision table: Redis store (standalone, app clock)', () => {
     expect(await runScenario(store, clock, scenario, `redis-${Date.now()}`)).toEqual(expectedOutcomes(scenario));
   });
 
-  it('agrees with the memory store on random schedules with fractional times and rates', async () => {
-    const bucketArb = fc
-      .record({
-        capacity: fc.integer({ min: 1, max: 6 }),
-        rate: fc.constantFrom(0.3, 1, 2.5, 3, 7, 10 / 3),
-        cost: fc.integer({ min: 1, max: 6 }),
-      })
-      .map(
-        ({ capacity, rate, cost }) =>
-          (suffix: string) =>
-            tokenBucketSpec('global', suffix, capacity, rate, Math.min(cost, capacity)),
-      );
-    const windowArb = (algorithm: 'sliding-log' | 'sliding-counter') =>
-      fc
+  it.each([
+    ['one store', false],
+    ['this store and one of the other kind in turn', true],
+  ] as const)(
+    'agrees with the memory store on random schedules with fractional times and rates (%s)',
+    async (_how, mixed) => {
+      const bucketArb = fc
         .record({
-          limit: fc.integer({ min: 1, max: 5 }),
-          window: fc.constantFrom(100, 333, 1000, 1234.5, 250.25),
-          cost: fc.integer({ min: 1, max: 3 }),
+          capacity: fc.integer({ min: 1, max: 6 }),
+          rate: fc.constantFrom(0.3, 1, 2.5, 3, 7, 10 / 3),
+          cost: fc.integer({ min: 1, max: 6 }),
         })
         .map(
-          ({ limit, window, cost }) =>
+          ({ capacity, rate, cost }) =>
             (suffix: string) =>
-              windowSpec('expensive', suffix, algorithm, limit, window, Math.min(cost, limit)),
+              tokenBucketSpec('global', suffix, capacity, rate, Math.min(cost, capacity)),
         );
-    const concurrencyArb = fc
-      .integer({ min: 1, max: 3 })
-      .map((limit) => (suffix: string) => concurrencySpec('concurrency', suffix, limit));
-    const specArb = fc.oneof(bucketArb, windowArb('sliding-log'), windowArb('sliding-counter'), concurrencyArb);
-    const scheduleArb = fc.record({
-      start: fc.double({ min: 0, max: 1, noNaN: true }),
-      pool: fc.array(specArb, { minLength: 4, maxLength: 4 }),
-      plans: fc.array(fc.shuffledSubarray([0, 1, 2, 3], { minLength: 1 }), { minLength: 3, maxLength: 3 }),
-      steps: fc.array(
-        fc.record({
-          advance: fc.oneof(
-            fc.constant(0),
-            fc.integer({ min: 0, max: 1500 }),
-            fc.double({ min: 0, max: 1500, noNaN: true }),
-          ),
-          plan: fc.nat(2),
-          op: fc.constantFrom('consume', 'consume', 'consume', 'consume', 'peek', 'release'),
-        }),
-        { minLength: 5, maxLength: 40 },
-      ),
-    });
+      const windowArb = (algorithm: 'sliding-log' | 'sliding-counter') =>
+        fc
+          .record({
+            limit: fc.integer({ min: 1, max: 5 }),
+            window: fc.constantFrom(100, 333, 1000, 1234.5, 250.25),
+            cost: fc.integer({ min: 1, max: 3 }),
+          })
+          .map(
+            ({ limit, window, cost }) =>
+              (suffix: string) =>
+                windowSpec('expensive', suffix, algorithm, limit, window, Math.min(cost, limit)),
+          );
+      const concurrencyArb = fc
+        .integer({ min: 1, max: 3 })
+        .map((limit) => (suffix: string) => concurrencySpec('concurrency', suffix, limit));
+      const specArb = fc.oneof(bucketArb, windowArb('sliding-log'), windowArb('sliding-counter'), concurrencyArb);
+      const scheduleArb = fc.record({
+        start: fc.double({ min: 0, max: 1, noNaN: true }),
+        pool: fc.array(specArb, { minLength: 4, maxLength: 4 }),
+        plans: fc.array(fc.shuffledSubarray([0, 1, 2, 3], { minLength: 1 }), { minLength: 3, maxLength: 3 }),
+        steps: fc.array(
+          fc.record({
+            advance: fc.oneof(
+              fc.constant(0),
+              fc.integer({ min: 0, max: 1500 }),
+              fc.double({ min: 0, max: 1500, noNaN: true }),
+            ),
+            plan: fc.nat(2),
+            op: fc.constantFrom('consume', 'consume', 'consume', 'consume', 'peek', 'release'),
+          }),
+          { minLength: 5, maxLength: 40 },
+        ),
+      });
 
-    let run = 0;
-    await fc.assert(
-      fc.asyncProperty(scheduleArb, async ({ start, pool, plans, steps }) => {
-        run++;
-        const memoryClock: ManualClock = { now: T0 + start };
-        const redisClock: ManualClock = { now: T0 + start };
-        const memory = new MemoryRateLimitStore({ clock: () => memoryClock.now });
-        const redis = new RedisRateLimitStore({
-          client,
-          keyPrefix: 'diff:',
-          clock: 'app',
-          now: () => redisClock.now,
-          blockCache: false,
-          commandTimeoutMs: 2000,
-          leaseTtlMs: 1_000_000_000,
-        });
-        try {
-          const specs: TierSpec[] = pool.map((make, i) => make(`s${i}`));
-          const tracker = `ip:diff/${run}-${Date.now()}`;
-          const build = (store: RateLimitStore): RateLimitPlan[] =>
-            plans.map((indices, p) => {
-              const tiers = indices.map((i) => ({ key: store.key(tracker, specs[i]!.suffix), spec: specs[i]! }));
-              return { tracker, tiers, lease: `L${p}` };
+      let run = 0;
+      await fc.assert(
+        fc.asyncProperty(scheduleArb, async ({ start, pool, plans, steps }) => {
+          run++;
+          const memoryClock: ManualClock = { now: T0 + start };
+          const redisClock: ManualClock = { now: T0 + start };
+          const memory = new MemoryRateLimitStore({ clock: () => memoryClock.now });
+          const redisStore = (scripts: number | undefined) =>
+            new RedisRateLimitStore({
+              client,
+              keyPrefix: 'diff:',
+              clock: 'app',
+              now: () => redisClock.now,
+              blockCache: false,
+              commandTimeoutMs: 2000,
+              leaseTtlMs: 1_000_000_000,
+              planScripts: scripts,
             });
-          const memoryPlans = build(memory);
-          const redisPlans = build(redis);
-          const history: unknown[] = [];
-          for (const [i, step] of steps.entries()) {
-            memoryClock.now += step.advance;
-            redisClock.now += step.advance;
-            const act = async (store: RateLimitStore, plan: RateLimitPlan) =>
-              step.op === 'consume'
-                ? store.consume(plan)
-                : step.op === 'peek'
-                  ? store.peek(plan)
-                  : Promise.resolve(store.release(plan)).then(() => 'released');
-            const want = JSON.parse(JSON.stringify(await act(memory, memoryPlans[step.plan]!))) as unknown;
-            const got = JSON.parse(JSON.stringify(await act(redis, redisPlans[step.plan]!))) as unknown;
-            history.push({ step: i, advance: step.advance, plan: step.plan, op: step.op, want, got });
-            if (process.env.DEBUG_DIFF && JSON.stringify(got) !== JSON.stringify(want)) {
-              console.log(JSON.stringify({ start, specs, plans, history }, null, 1));
+          const redis = redisStore(planScripts);
+          const other = mixed ? redisStore(planScripts === 0 ? undefined : 0) : undefined;
+          try {
+            const specs: TierSpec[] = pool.map((make, i) => make(`s${i}`));
+            const tracker = `ip:diff/${run}-${Date.now()}`;
+            const build = (store: RateLimitStore): RateLimitPlan[] =>
+              plans.map((indices, p) => {
+                const tiers = indices.map((i) => ({ key: store.key(tracker, specs[i]!.suffix), spec: specs[i]! }));
+                return { tracker, tiers, lease: `L${p}` };
+              });
+            const memoryPlans = build(memory);
+            const redisPlans = build(redis);
+            const history: unknown[] = [];
+            for (const [i, step] of steps.entries()) {
+              memoryClock.now += step.advance;
+              redisClock.now += step.advance;
+              const act = async (store: RateLimitStore, plan: RateLimitPlan) =>
+                step.op === 'consume'
+                  ? store.consume(plan)
+                  : step.op === 'peek'
+                    ? store.peek(plan)
+                    : Promise.resolve(store.release(plan)).then(() => 'released');
+              const want = JSON.parse(JSON.stringify(await act(memory, memoryPlans[step.plan]!))) as unknown;
+              const plan = redisPlans[step.plan]!;
+              // Mixed: every other consume of a plan without a concurrency tier (whose leases are
+              // the deciding store's own) goes to the other store.
+              const leased = plan.tiers.some(({ spec }) => spec.kind === AlgorithmKind.Concurrency);
+              const decider = other !== undefined && i % 2 === 1 && step.op === 'consume' && !leased ? other : redis;
+              const got = JSON.parse(JSON.stringify(await act(decider, plan))) as unknown;
+              history.push({ step: i, advance: step.advance, plan: step.plan, op: step.op, want, got });
+              if (process.env.DEBUG_DIFF && JSON.stringify(got) !== JSON.stringify(want)) {
+                console.log(JSON.stringify({ start, specs, plans, history }, null, 1));
+              }
+              expect({ step: i, got }).toEqual({ step: i, got: want });
             }
-            expect({ step: i, got }).toEqual({ step: i, got: want });
+          } finally {
+            await redis.close();
+            await other?.close();
           }
-        } finally {
-          await redis.close();
-        }
-      }),
-      { numRuns: 60 },
-    );
-  });
+        }),
+        { numRuns: 60 },
+      );
+    },
+  );
 
   it('leaves every key with a TTL bounded by its meaning (I-2)', async () => {
-    const { checked, problems } = await expectBoundedTtls(admin, 'table:', (key) =>
+    const { checked, problems } = await expectBoundedTtls(admin, prefix, (key) =>
       /:(cc2?|~clock)$/.test(key) ? 30_000 : key.endsWith(':xc') ? 2 * 1000 + 1000 : 10_000 + 1000,
     );
     expect(problems).toEqual([]);

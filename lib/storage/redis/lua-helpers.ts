@@ -1,21 +1,25 @@
 /**
  * Lua shared by the Redis store's scripts: the clock, lease-hash reading, and the waits of
  * `lib/algorithms` transcribed (same comparisons, same order, on IEEE doubles). Numbers a
- * script stores or returns are formatted with `%.17g` (round-trip precision).
+ * script stores or returns are formatted with `%.17g` (round-trip precision). Tier kinds:
+ * 0 token bucket, 1 sliding log, 2 sliding counter, 3 concurrency (`AlgorithmKind`).
+ *
+ * In parts, so that a script generated for one plan shape (`plan-scripts.ts`) takes only
+ * the functions it calls: every `local function` is a closure made on each call.
  */
 
-/**
- * Shared helpers. Tier kinds: 0 token bucket, 1 sliding log, 2 sliding counter,
- * 3 concurrency (`AlgorithmKind`).
- */
-export const HELPERS = `
+/** Effects replication on Redis 5 and 6, `NEG` and `fmt`: what every script starts with. */
+export const PRELUDE_LUA = `
 -- Redis 5 and 6 replicate scripts verbatim unless told otherwise, and refuse writes after
 -- TIME; effects replication makes TIME safe (Redis 7 always replicates effects).
 if redis.replicate_commands then redis.replicate_commands() end
 
 local NEG = -math.huge
 local function fmt(x) return string.format('%.17g', x) end
+`;
 
+/** `writeHashTtl`: a tracker hash written on a server without hash-field TTLs. */
+export const HASH_TTL_LUA = `
 -- Writes a tracker hash's fields (flat name/value list s) on a server without hash-field
 -- TTLs: the hash's TTL covers its longest-lived field, kept in field ~e (exp, nil when
 -- unset) and extended when this write needs it (to at), never shortened, since other
@@ -29,7 +33,10 @@ local function writeHashTtl(key, s, at, exp, now)
   redis.call('HSET', key, unpack(s))
   if grow then redis.call('PEXPIRE', key, math.ceil(at - now)) end
 end
+`;
 
+/** `readClock` and `saveClock`: Redis `TIME`, or the app's time clamped to the latest seen. */
+export const CLOCK_LUA = `
 -- The time in ms: Redis's own clock when arg is '', else the app's time, clamped to the
 -- latest time already seen under clockKey so that it never runs backwards.
 local function readClock(arg, clockKey)
@@ -50,7 +57,10 @@ local function saveClock(clockKey, now, ttl)
   if left > ttl then ttl = left end
   if ttl > 0 then redis.call('SET', clockKey, fmt(now), 'PX', ttl) end
 end
+`;
 
+/** `hdelAll`, `instanceOf`, `leaseExpiries`, `readLeases`: the lease hashes of concurrency tiers. */
+export const LEASES_HELPERS_LUA = `
 local function hdelAll(key, fields)
   for i = 1, #fields, 500 do
     redis.call('HDEL', key, unpack(fields, i, math.min(i + 499, #fields)))
@@ -97,7 +107,10 @@ local function readLeases(key, now)
   end
   return held, latest, dead, flat, expiry
 end
+`;
 
+/** `rolled`, `weighted`, `counterAllows`, `counterWait`: the sliding counter. */
+export const COUNTER_LUA = `
 -- Sliding counter (lib/algorithms/sliding-counter.ts).
 local function rolled(s, p, c, now, w)
   local start = math.floor(now / w) * w
@@ -137,7 +150,10 @@ local function counterWait(st, now, w, limit, cost)
   end
   return wait
 end
+`;
 
+/** `bucketWait`: a token bucket's wait. */
+export const BUCKET_WAIT_LUA = `
 -- Token bucket (lib/algorithms/token-bucket.ts).
 local function bucketWait(fullAt, now, slack)
   if fullAt - now <= slack then return 0 end
@@ -146,7 +162,10 @@ local function bucketWait(fullAt, now, slack)
   while fullAt - (now + wait) > slack do wait = wait + 1 end
   return wait
 end
+`;
 
+/** `logWait`: a sliding log's wait. */
+export const LOG_WAIT_LUA = `
 -- Sliding log (lib/algorithms/sliding-log.ts).
 local function logWait(oldest, now, w)
   if oldest <= now - w then return 0 end
@@ -156,3 +175,14 @@ local function logWait(oldest, now, w)
   return wait
 end
 `;
+
+/** Every helper, in one text. */
+export const HELPERS = [
+  PRELUDE_LUA,
+  HASH_TTL_LUA,
+  CLOCK_LUA,
+  LEASES_HELPERS_LUA,
+  COUNTER_LUA,
+  BUCKET_WAIT_LUA,
+  LOG_WAIT_LUA,
+].join('');

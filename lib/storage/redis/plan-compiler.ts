@@ -8,7 +8,9 @@ import {
   type RateLimitRejected,
   type TierStatus,
 } from '../../interfaces/plan.interface.js';
+import { planScriptArgs, planSignature, type PlanScriptArgs, type PlanScriptBook } from './plan-scripts.js';
 import { clockKeyOf, trackerHashOf } from './redis-keys.js';
+import type { ScriptCall } from './script-commands.js';
 
 /** A plan turned into script arguments once; plans are reused, so this is cached. */
 export interface CompiledPlan {
@@ -28,12 +30,19 @@ export interface CompiledPlan {
   readonly leaseCosts: readonly number[];
   /** `[numkeys, ...KEYS, ...ARGV]` of release; undefined without concurrency tiers. */
   readonly releaseArgs: readonly string[] | undefined;
+  /**
+   * The plan shape's own consume script (`plan-scripts.ts`) and its arguments; undefined
+   * when the plan stays on the generic script.
+   */
+  readonly own: (PlanScriptArgs & { readonly call: ScriptCall }) | undefined;
 }
 
 export interface PlanCompilerOptions {
   readonly instanceId: string;
   readonly leaseTtlMs: number;
   readonly appClock: (() => number) | undefined;
+  /** Scripts per plan shape; undefined: every plan runs the generic consume script. */
+  readonly planScripts: PlanScriptBook | undefined;
 }
 
 /**
@@ -103,6 +112,7 @@ export class PlanCompiler {
         : [String(leaseKeys.length), ...leaseKeys, instanceId, plan.lease ?? '', ...leaseCosts.map(String)];
     const compiled: CompiledPlan = {
       plan,
+      own: this.ownScript(plan, app),
       args,
       nowAt,
       nonceAt,
@@ -115,6 +125,27 @@ export class PlanCompiler {
     };
     this.compiled.set(plan, compiled);
     return compiled;
+  }
+
+  private ownScript(plan: RateLimitPlan, app: boolean): CompiledPlan['own'] {
+    const book = this.options.planScripts;
+    const signature = book === undefined ? undefined : planSignature(plan, app);
+    if (signature === undefined) return undefined;
+    const call = book!.callFor(
+      signature,
+      plan.tiers.map(({ spec }) => spec),
+      app,
+    );
+    return call === undefined ? undefined : { ...planScriptArgs(plan, signature, app), call };
+  }
+
+  /** The arguments of one call of the plan's own script (`compiled.own` must be set). */
+  ownArgsOf(compiled: CompiledPlan): string[] {
+    const own = compiled.own!;
+    const args = own.args.slice();
+    if (own.nowAt >= 0) args[own.nowAt] = String(this.options.appClock!());
+    if (own.nonceAt >= 0) args[own.nonceAt] = this.noncePrefix + (this.nonce++).toString(36);
+    return args;
   }
 
   /**

@@ -184,6 +184,19 @@ export interface RedisStoreOptions {
    * @default false ({ maxBatch: 64, ttlMs: 1000 } with `true`)
    */
   reservations?: boolean | { maxBatch?: number; ttlMs?: number };
+  /**
+   * How many plan shapes get a consume script of their own: the generic script unrolled for
+   * the shape's tiers, with its limits, costs, rates and windows written into the Lua (a
+   * shape is the list of a plan's tiers with their figures; all plans of one handler and
+   * plan name share one). Such a script decides exactly as the generic one, on the same
+   * keys, for a third to a half of its Redis CPU (`bench/README.md`). Each is loaded into
+   * Redis's script cache (a few KB) the first time a plan of its shape is decided; shapes
+   * beyond this many, plans with a concurrency tier, plans over several trackers, and every
+   * plan on a server with hash-field TTLs (Redis 7.4+) use the generic script. `0` turns
+   * plan scripts off. An integer from 0 to 1024.
+   * @default 64
+   */
+  planScripts?: number;
   /** Told when Redis becomes unavailable (`false`, with the cause) and available again (`true`). */
   onAvailabilityChange?: (available: boolean, cause?: unknown) => void;
   /**

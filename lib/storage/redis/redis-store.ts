@@ -17,6 +17,7 @@ import { CallGate, noop } from './call-gate.js';
 import { buildClient, endClient, ownedClients, whenReady, type RedisStoreClient } from './client-factory.js';
 import { LeaseBook } from './lease-book.js';
 import { allowedReply, decisionOf, PlanCompiler, statusesOf, unexpected, type CompiledPlan } from './plan-compiler.js';
+import { DEFAULT_PLAN_SCRIPTS, PlanScriptBook } from './plan-scripts.js';
 import { KEY_LAYOUT_VERSION, trackerHash, trackerHashOf } from './redis-keys.js';
 import {
   DEFAULT_BLOCK_CACHE_ENTRIES,
@@ -98,6 +99,8 @@ export class RedisRateLimitStore extends RateLimitStore {
   private readonly scripts: Scripts;
   private readonly gate: CallGate;
   private readonly compiler: PlanCompiler;
+  /** The consume scripts of plan shapes (option `planScripts`); undefined when off. */
+  private readonly planScripts: PlanScriptBook | undefined;
   private readonly leases: LeaseBook;
   /** Token reservations (option `reservations`); undefined when off. */
   private readonly reservations: ReservationBook | undefined;
@@ -142,7 +145,9 @@ export class RedisRateLimitStore extends RateLimitStore {
       onChange: (available, cause) => this.notify(available, cause),
       onRecover: () => this.leases.resyncAll(),
     });
-    this.compiler = new PlanCompiler({ instanceId: this.instanceId, leaseTtlMs, appClock });
+    const planScripts = options.planScripts ?? DEFAULT_PLAN_SCRIPTS;
+    this.planScripts = planScripts === 0 ? undefined : new PlanScriptBook(client, planScripts);
+    this.compiler = new PlanCompiler({ instanceId: this.instanceId, leaseTtlMs, appClock, planScripts: this.planScripts });
     this.leases = new LeaseBook({
       client,
       gate: this.gate,
@@ -215,6 +220,11 @@ export class RedisRateLimitStore extends RateLimitStore {
     return this.gate.busyMisses;
   }
 
+  /** Plan shapes decided by a consume script of their own so far (option `planScripts`). */
+  get planScriptCount(): number {
+    return this.planScripts?.size ?? 0;
+  }
+
   /** Refusals held by the block cache (expired ones until swept). */
   get blockedPlans(): number {
     return this.cache?.size ?? 0;
@@ -247,6 +257,11 @@ export class RedisRateLimitStore extends RateLimitStore {
         reservable,
         () => this.consume(plan),
         (reply, delivered) => this.decision(compiled, reply, delivered),
+      );
+    }
+    if (compiled.own !== undefined && !this.fieldTtls) {
+      return this.gate.within(compiled.own.call(...this.compiler.ownArgsOf(compiled)), (reply, delivered) =>
+        this.decision(compiled, reply, delivered),
       );
     }
     const args = this.compiler.argsOf(compiled, this.fieldTtls);

@@ -22,14 +22,7 @@ export interface Scripts {
  * after a `NOSCRIPT`), once per client and script version.
  */
 export function registerScripts(client: RedisStoreClient): Scripts {
-  const define = (name: string, lua: string, readOnly: boolean): ScriptCall => {
-    // The name carries the script's hash, so two versions of this library can share a client.
-    const command = `wsrl_${name}_${createHash('sha1').update(lua).digest('hex').slice(0, 12)}`;
-    const target = client as unknown as Record<string, unknown>;
-    if (typeof target[command] !== 'function') client.defineCommand(command, { lua, readOnly });
-    const call = target[command] as (...args: string[]) => Promise<unknown>;
-    return (...args) => call.apply(client, args);
-  };
+  const define = (name: string, lua: string, readOnly: boolean) => defineScript(client, name, lua, readOnly);
   return {
     consume: define('consume', CONSUME_LUA, false),
     peek: define('peek', PEEK_LUA, true),
@@ -40,4 +33,17 @@ export function registerScripts(client: RedisStoreClient): Scripts {
     reserve: define('reserve', RESERVE_LUA, false),
     unreserve: define('unreserve', UNRESERVE_LUA, false),
   };
+}
+
+/**
+ * One script as a call on the client (ioredis `defineCommand`), defined once per client and
+ * script text: the command's name carries the script's hash, so two versions of this
+ * library (or two stores) can share a client.
+ */
+export function defineScript(client: RedisStoreClient, name: string, lua: string, readOnly: boolean): ScriptCall {
+  const command = `wsrl_${name}_${createHash('sha1').update(lua).digest('hex').slice(0, 12)}`;
+  const target = client as unknown as Record<string, unknown>;
+  if (typeof target[command] !== 'function') client.defineCommand(command, { lua, readOnly });
+  const call = target[command] as (...args: string[]) => Promise<unknown>;
+  return (...args) => call.apply(client, args);
 }

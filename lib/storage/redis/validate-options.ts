@@ -1,4 +1,5 @@
 import { WsRateLimitConfigError } from '../../exceptions/ws-rate-limit-config.error.js';
+import { MAX_PLAN_SCRIPTS } from './plan-scripts.js';
 import type { RedisStoreOptions } from './redis-store.options.js';
 
 /** Throws `WsRateLimitConfigError` naming the first invalid Redis store option. */
@@ -54,6 +55,16 @@ export function validateOptions(options: RedisStoreOptions): void {
     if (reservations.ttlMs !== undefined && reservations.ttlMs > 2_147_483_647) {
       fail('reservations.ttlMs: expected at most 2147483647');
     }
+  }
+  const planScripts = options.planScripts;
+  if (
+    planScripts !== undefined &&
+    (typeof planScripts !== 'number' ||
+      !Number.isInteger(planScripts) ||
+      planScripts < 0 ||
+      planScripts > MAX_PLAN_SCRIPTS)
+  ) {
+    fail(`planScripts: expected an integer from 0 to ${MAX_PLAN_SCRIPTS}`);
   }
   if (options.clock !== undefined && options.clock !== 'redis' && options.clock !== 'app') {
     fail("clock: expected 'redis' or 'app'");

@@ -1,0 +1,137 @@
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import type { Redis } from 'ioredis';
+import type { RateLimitDecision, RateLimitPlan, TierSpec } from '../../lib/interfaces/plan.interface.js';
+import { concurrencySpec, tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
+import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
+import { startRedis, type RedisServer } from '../support/redis-server.js';
+import { adminClient, closeClient, ready, storeClient } from './helpers.js';
+
+/**
+ * Plan scripts (`lib/storage/redis/plan-scripts.ts`): which plans get a consume script of
+ * their own, the `planScripts` bound, and that they decide as the generic script does on
+ * Redis's own clock (the decision table covers the app clock).
+ */
+describe('Redis store: consume scripts per plan shape', () => {
+  let server: RedisServer;
+  let admin: Redis;
+  let client: Redis;
+  const stores: RedisRateLimitStore[] = [];
+  const storeOf = (planScripts?: number) => {
+    const store = new RedisRateLimitStore({
+      client,
+      keyPrefix: 'ps:',
+      blockCache: false,
+      commandTimeoutMs: 2000,
+      planScripts,
+    });
+    stores.push(store);
+    return store;
+  };
+  const planOf = (
+    store: RedisRateLimitStore,
+    tracker: string,
+    specs: readonly TierSpec[],
+    lease?: string,
+  ): RateLimitPlan => ({
+    tracker,
+    tiers: specs.map((spec) => ({ key: store.key(tracker, spec.suffix), spec })),
+    lease,
+  });
+  const cachedScripts = async () => Number(/number_of_cached_scripts:(\d+)/.exec(await admin.info('memory'))?.[1]);
+
+  beforeAll(async () => {
+    server = await startRedis();
+    admin = adminClient(server.port);
+    client = storeClient(server.port);
+    await Promise.all([ready(admin), ready(client)]);
+  });
+
+  afterAll(async () => {
+    for (const store of stores) await store.close();
+    await closeClient(client);
+    await closeClient(admin);
+    await server?.stop();
+  });
+
+  const shape = [
+    tokenBucketSpec('global', 'g', 5, 1),
+    tokenBucketSpec('type', 't:chat', 3, 1),
+    windowSpec('expensive', 'x', 'sliding-log', 2, 60_000),
+    windowSpec('type', 'c:chat', 'sliding-counter', 4, 10_000),
+  ];
+
+  it('one script per shape, shared by every tracker of that shape; the same decisions as the generic script', async () => {
+    const own = storeOf();
+    const generic = storeOf(0);
+    const scriptsBefore = await cachedScripts();
+    const got: RateLimitDecision[] = [];
+    const want: RateLimitDecision[] = [];
+    for (let i = 0; i < 4; i++) {
+      got.push(await own.consume(planOf(own, `user:own-${i % 2}`, shape)));
+      want.push(await generic.consume(planOf(generic, `user:generic-${i % 2}`, shape)));
+    }
+    expect(own.planScriptCount).toBe(1);
+    expect(generic.planScriptCount).toBe(0);
+    // Allowed twice per tracker, then refused by the expensive log for a minute.
+    expect(got.map((decision) => decision.allowed)).toEqual([true, true, true, true]);
+    for (let i = 0; i < 3; i++) {
+      got.push(await own.consume(planOf(own, 'user:own-0', shape)));
+      want.push(await generic.consume(planOf(generic, 'user:generic-0', shape)));
+    }
+    expect(got.at(-1)).toMatchObject({ allowed: false, tier: 'expensive', index: 2, limit: 2, remaining: 0 });
+    // Redis's clock moves between the calls: retry times may differ by a millisecond or two.
+    const coarse = (decisions: RateLimitDecision[]) =>
+      decisions.map((decision) =>
+        decision.allowed ? decision : { ...decision, retryAfter: Math.round(decision.retryAfter / 1000) },
+      );
+    expect(coarse(got)).toEqual(coarse(want));
+    // Loaded into Redis: the plan's script and the generic consume.
+    expect((await cachedScripts()) - scriptsBefore).toBe(2);
+  });
+
+  it('another figure is another shape; concurrency tiers and plans over two trackers stay generic', async () => {
+    const store = storeOf();
+    await store.consume(planOf(store, 'user:a', [tokenBucketSpec('global', 'g', 10, 1)]));
+    await store.consume(planOf(store, 'user:b', [tokenBucketSpec('global', 'g', 10, 1)]));
+    expect(store.planScriptCount).toBe(1);
+    await store.consume(planOf(store, 'user:a', [tokenBucketSpec('global', 'g', 11, 1)]));
+    expect(store.planScriptCount).toBe(2);
+
+    const leased = planOf(
+      store,
+      'user:c',
+      [tokenBucketSpec('global', 'g', 10, 1), concurrencySpec('concurrency', 'cc', 1)],
+      'L1',
+    );
+    expect(await store.consume(leased)).toMatchObject({ allowed: true });
+    expect(await store.consume(leased)).toMatchObject({ allowed: false, tier: 'concurrency' });
+    await store.release(leased);
+
+    const spec = tokenBucketSpec('global', 'g', 1, 0.001);
+    const twoTrackers: RateLimitPlan = {
+      tracker: 'user:d',
+      tiers: [
+        { key: store.key('user:d', spec.suffix), spec },
+        { key: store.key('ip:d', spec.suffix), spec },
+      ],
+    };
+    expect(await store.consume(twoTrackers)).toMatchObject({ allowed: true });
+    expect(await store.consume(twoTrackers)).toMatchObject({ allowed: false, tier: 'global', index: 0 });
+    expect(store.planScriptCount).toBe(2);
+  });
+
+  it('past planScripts shapes, plans use the generic script and decide the same', async () => {
+    const store = storeOf(2);
+    for (let capacity = 1; capacity <= 4; capacity++) {
+      const plan = planOf(store, `user:cap-${capacity}`, [tokenBucketSpec('global', 'g', capacity, 0.001)]);
+      for (let i = 0; i < capacity; i++) expect(await store.consume(plan)).toMatchObject({ allowed: true });
+      expect(await store.consume(plan)).toMatchObject({
+        allowed: false,
+        tier: 'global',
+        limit: capacity,
+        remaining: 0,
+      });
+    }
+    expect(store.planScriptCount).toBe(2);
+  });
+});
