@@ -147,7 +147,12 @@ export class RedisRateLimitStore extends RateLimitStore {
     });
     const planScripts = options.planScripts ?? DEFAULT_PLAN_SCRIPTS;
     this.planScripts = planScripts === 0 ? undefined : new PlanScriptBook(client, planScripts);
-    this.compiler = new PlanCompiler({ instanceId: this.instanceId, leaseTtlMs, appClock, planScripts: this.planScripts });
+    this.compiler = new PlanCompiler({
+      instanceId: this.instanceId,
+      leaseTtlMs,
+      appClock,
+      planScripts: this.planScripts,
+    });
     this.leases = new LeaseBook({
       client,
       gate: this.gate,
