@@ -57,17 +57,17 @@ describe('plan scripts: shapes, arguments and the Lua they get', () => {
     expect(planSignature(planOf('a', [{ ...log, windowMs: NaN }]), false)).toBeUndefined();
   });
 
-  it('KEYS are the tracker hash, each log key and the clock key; ARGV the time, the nonce and the hash fields', () => {
+  it('KEYS are the tracker hash, each log key and the clock key; ARGV the time and the nonce where used, then the hash fields', () => {
     const plan = planOf('a', [bucket, log, counter]);
     const app = planScriptArgs(plan, planSignature(plan, true)!, true);
     expect(app.args).toEqual(['3', 'p:{a}:~2', 'p:{a}:x', 'p:{a}:~clock', '', '', ':g', ':c:chat']);
     expect([app.nowAt, app.nonceAt]).toEqual([4, 5]);
     const redis = planScriptArgs(plan, planSignature(plan, false)!, false);
-    expect(redis.args).toEqual(['2', 'p:{a}:~2', 'p:{a}:x', '', '', ':g', ':c:chat']);
-    expect([redis.nowAt, redis.nonceAt]).toEqual([-1, 4]);
+    expect(redis.args).toEqual(['2', 'p:{a}:~2', 'p:{a}:x', '', ':g', ':c:chat']);
+    expect([redis.nowAt, redis.nonceAt]).toEqual([-1, 3]);
     const buckets = planOf('a', [bucket]);
     expect(planScriptArgs(buckets, planSignature(buckets, false)!, false)).toMatchObject({
-      args: ['1', 'p:{a}:~2', '', '', ':g'],
+      args: ['1', 'p:{a}:~2', ':g'],
       nonceAt: -1,
     });
   });

@@ -40,8 +40,8 @@ export interface PlanScriptArgs {
   /**
    * `[numkeys, ...KEYS, ...ARGV]`: KEYS the tracker hash (when the plan has buckets or
    * counters), each sliding log's key, and the clock key (app clock); ARGV the app time
-   * (or ''), the nonce of sliding-log members (or ''), then the hash field of each bucket
-   * and counter in plan order. Per-call slots are empty.
+   * (app clock only), the nonce of sliding-log members (plans with a sliding log only), then
+   * the hash field of each bucket and counter in plan order. Per-call slots are empty.
    */
   readonly args: readonly string[];
   /** Index of the app time in `args`, -1 on Redis's clock. */
@@ -138,9 +138,13 @@ export function planScriptArgs(plan: RateLimitPlan, signature: string, appClock:
   }
   if (hash !== undefined) keys.unshift(hash);
   if (appClock) keys.push(clockKeyOf(plan.tiers[0]!.key));
-  const args = [String(keys.length), ...keys, '', '', ...fields];
   const logs = plan.tiers.some(({ spec }) => spec.kind === AlgorithmKind.SlidingLog);
-  return { signature, args, nowAt: appClock ? keys.length + 1 : -1, nonceAt: logs ? keys.length + 2 : -1 };
+  // Per-call slots only where the script reads them (each argument costs the client and Redis).
+  const args = [String(keys.length), ...keys];
+  const nowAt = appClock ? args.push('') - 1 : -1;
+  const nonceAt = logs ? args.push('') - 1 : -1;
+  args.push(...fields);
+  return { signature, args, nowAt, nonceAt };
 }
 
 /** The tiers a plan script decides: every kind but concurrency. */
@@ -166,6 +170,10 @@ interface TierCode {
  */
 export function planScriptLua(specs: readonly TierSpec[], appClock: boolean): string {
   const hashed = specs.some((spec) => spec.kind !== AlgorithmKind.SlidingLog);
+  const hasLogs = specs.some((spec) => spec.kind === AlgorithmKind.SlidingLog);
+  // ARGV: the app time (app clock only), the nonce (sliding logs only), the hash fields.
+  const nonce = `ARGV[${appClock ? 2 : 1}]`;
+  const firstField = 1 + (appClock ? 1 : 0) + (hasLogs ? 1 : 0);
   let fields = 0;
   let logs = 0;
   const tiers: TierCode[] = specs.map((any, index) => {
@@ -177,7 +185,7 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean): st
       return { spec, i, s: `s${i}`, field: 0, value: 0, key: (hashed ? 1 : 0) + logs };
     }
     fields++;
-    return { spec, i, s: `s${i}`, field: 2 + fields, value: 1 + fields, key: 0 };
+    return { spec, i, s: `s${i}`, field: firstField - 1 + fields, value: 1 + fields, key: 0 };
   });
   const counters = specs.some((spec) => spec.kind === AlgorithmKind.SlidingCounter);
   const out: string[] = [PRELUDE_LUA];
@@ -189,7 +197,10 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean): st
     out.push("local t = redis.call('TIME')", 'local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000');
   }
   if (hashed) {
-    out.push("local v = redis.call('HMGET', KEYS[1], '~e', unpack(ARGV, 3))", 'local hexp = tonumber(v[1])');
+    out.push(
+      `local v = redis.call('HMGET', KEYS[1], '~e', unpack(ARGV, ${firstField}))`,
+      'local hexp = tonumber(v[1])',
+    );
   }
   for (const tier of tiers) out.push(stateOf(tier));
 
@@ -211,7 +222,7 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean): st
   out.push('end', 'return { 0, worst - 1, worstWait, rem }', 'end');
 
   out.push('local sets, dels, hmax, near = {}, {}, 0, 0');
-  for (const tier of tiers) out.push(writeOf(tier, appClock));
+  for (const tier of tiers) out.push(writeOf(tier, appClock, nonce));
   if (hashed) {
     out.push(
       'if #sets > 0 then writeHashTtl(KEYS[1], sets, now + hmax, hexp, now) end',
@@ -315,7 +326,7 @@ function put(field: number, value: string): string {
   ].join('\n');
 }
 
-function writeOf({ spec, s, i, field, key }: TierCode, appClock: boolean): string {
+function writeOf({ spec, s, i, field, key }: TierCode, appClock: boolean, nonce: string): string {
   const lines = ['do', 'local ttl = 0'];
   switch (spec.kind) {
     case AlgorithmKind.TokenBucket:
@@ -331,13 +342,13 @@ function writeOf({ spec, s, i, field, key }: TierCode, appClock: boolean): strin
     case AlgorithmKind.SlidingLog:
       if (spec.cost > 0) {
         if (spec.cost === 1) {
-          lines.push(`redis.call('ZADD', KEYS[${key}], fmt(now), ARGV[2] .. '#1')`);
+          lines.push(`redis.call('ZADD', KEYS[${key}], fmt(now), ${nonce} .. '#1')`);
         } else {
           lines.push(
             'local args = {}',
             `for j = 1, ${num(spec.cost)} do`,
             '  args[#args + 1] = fmt(now)',
-            "  args[#args + 1] = ARGV[2] .. '#' .. j",
+            `  args[#args + 1] = ${nonce} .. '#' .. j`,
             'end',
             `redis.call('ZADD', KEYS[${key}], unpack(args))`,
           );
