@@ -67,15 +67,15 @@ export async function expectBoundedTtls(
 /**
  * The bound of a key: `bound(key)`, or for a tracker hash of key layout 2 (`...}:~2`, which
  * holds the tiers' fields named by their keys' text after the tag) the largest bound of the
- * tier keys whose fields it holds, plus the margin a hash TTL is extended by (as much again,
- * at most a second: `writeHashTtl` in lib/storage/redis/lua-helpers.ts).
+ * tier keys whose fields it holds, plus the second a hash TTL is extended by past the need
+ * (`writeHashTtl` in lib/storage/redis/lua-helpers.ts).
  */
 async function boundOf(client: Redis, key: string, bound: (key: string) => number): Promise<number> {
   if (!key.endsWith('}:~2')) return bound(key);
   const base = key.slice(0, -':~2'.length);
   const fields = (await client.hkeys(key)).filter((field) => field !== '~e');
   const need = Math.max(0, ...fields.map((field) => bound(base + field)));
-  return need + Math.min(need, 1000);
+  return need + 1000;
 }
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));

@@ -23,12 +23,12 @@ export const HASH_TTL_LUA = `
 -- Writes a tracker hash's fields (flat name/value list s) on a server without hash-field
 -- TTLs: the hash's TTL covers its longest-lived field, kept in field ~e (exp, nil when
 -- unset) and extended when this write needs it, never shortened, since other plans' fields
--- may need longer. An extension goes past the need (at) by as much again, at most a second,
--- so that a tracker deciding often pays a PEXPIRE about once a second, not per decision.
+-- may need longer. An extension goes a second past the need (at), so that a tracker deciding
+-- often pays a PEXPIRE about once a second, not once per decision.
 local function writeHashTtl(key, s, at, exp, now)
   local grow = exp == nil or at > exp
   if grow then
-    at = at + math.min(at - now, 1000)
+    at = at + 1000
     s[#s + 1] = '~e'
     s[#s + 1] = fmt(at)
   end

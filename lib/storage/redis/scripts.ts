@@ -15,8 +15,8 @@
  *   field holds `fullAt` (ms), a counter's `"<start> <prev> <curr>"`. Field `~e` holds the
  *   time (ms, the scripts' clock) the hash's own TTL runs to, so that a decision extends the
  *   TTL only when it must (one PEXPIRE at most) and never shortens it for another tier; an
- *   extension reaches past the need by as much again, at most a second, so that a busy
- *   tracker pays one PEXPIRE a second rather than one per decision.
+ *   extension reaches a second past the need, so that a busy tracker pays one PEXPIRE a
+ *   second rather than one per decision.
  *   On Redis 7.4 and later each field carries its own TTL instead (HPEXPIRE), and `~e` is
  *   not written;
  * - sliding log: a sorted set of its own at the tier key, one member per admitted event
@@ -29,7 +29,7 @@
  * - clock (only with `clock: 'app'`): a string, the latest app time seen for the tag, so
  *   that time never runs backwards inside a script.
  * Every write sets a TTL (ms) equal to the time until the state equals a fresh one's (the
- * tracker hash: the longest of its fields', plus that margin, on servers without hash-field
+ * tracker hash: the longest of its fields', plus a second, on servers without hash-field
  * TTLs).
  *
  * Layout 1 kept each bucket and counter in a string at its tier key. Layout 2 never reads
