@@ -65,17 +65,29 @@ export async function expectBoundedTtls(
 }
 
 /**
- * The bound of a key: `bound(key)`, or for a tracker hash of key layout 2 (`...}:~2`, which
+ * The bound of a key: `bound(key)`, or for a tracker hash of key layout 3 (`...}:~3`, which
  * holds the tiers' fields named by their keys' text after the tag) the largest bound of the
  * tier keys whose fields it holds, plus the second a hash TTL is extended by past the need
  * (`writeHashTtl` in lib/storage/redis/lua-helpers.ts).
  */
 async function boundOf(client: Redis, key: string, bound: (key: string) => number): Promise<number> {
-  if (!key.endsWith('}:~2')) return bound(key);
-  const base = key.slice(0, -':~2'.length);
+  if (!key.endsWith('}:~3')) return bound(key);
+  const base = key.slice(0, -':~3'.length);
   const fields = (await client.hkeys(key)).filter((field) => field !== '~e');
   const need = Math.max(0, ...fields.map((field) => bound(base + field)));
   return need + 1000;
+}
+
+/**
+ * The entries a sliding log holds (key layout 3): in its tracker hash's field (`L` and 8
+ * bytes per entry), or, once it outgrew the field (`Z`), in the sorted set at its key.
+ */
+export async function logSize(client: Redis, key: string): Promise<number> {
+  const close = key.indexOf('}');
+  const field = await client.hgetBuffer(`${key.slice(0, close + 1)}:~3`, key.slice(close + 1));
+  if (field === null) return 0;
+  if (field.toString() === 'Z') return client.zcard(key);
+  return (field.length - 1) / 8;
 }
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));

@@ -16,10 +16,11 @@ async function commandCounts(admin: Redis): Promise<Record<string, number>> {
 }
 
 /**
- * Issue 13: key layout 2, one hash per tracker holding its buckets and counters; keys of
- * layout 1 left by an older version are tolerated (never read, never an error).
+ * Issue 13: key layout 3, one hash per tracker holding its buckets, counters and sliding
+ * logs; keys of layouts 1 and 2 left by an older version are tolerated (never read, never
+ * an error).
  */
-describe('Redis key layout 2: one hash per tracker', () => {
+describe('Redis key layout 3: one hash per tracker', () => {
   let server: RedisServer;
   let admin: Redis;
   let client: Redis;
@@ -54,7 +55,7 @@ describe('Redis key layout 2: one hash per tracker', () => {
   });
 
   it('names its layout version, and reads hash-field TTL support from the server version', () => {
-    expect(store.keyLayoutVersion).toBe(2);
+    expect(store.keyLayoutVersion).toBe(3);
     expect(hasFieldTtls('# Server\r\nredis_version:7.4.1\r\nredis_mode:standalone\r\n')).toBe(true);
     expect(hasFieldTtls('# Server\r\nredis_version:8.0.2\r\n')).toBe(true);
     expect(hasFieldTtls('# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\n')).toBe(false);
@@ -62,25 +63,29 @@ describe('Redis key layout 2: one hash per tracker', () => {
     expect(hasFieldTtls(undefined)).toBe(false);
   });
 
-  it('keeps every bucket and counter of a tracker in one hash, with one TTL', async () => {
+  it('keeps every bucket, counter and sliding log of a tracker in one hash, with one TTL', async () => {
     const plan = planOf('user:one');
     expect((await store.consume(plan)).allowed).toBe(true);
-    const hash = plan.tiers[0]!.key.replace(/:g$/, ':~2');
+    const hash = plan.tiers[0]!.key.replace(/:g$/, ':~3');
     const fields = await admin.hkeys(hash);
-    expect(fields.sort()).toEqual([':g', ':t:chat', ':xc', '~e'].sort());
-    // The log and the leases keep keys of their own, on the same hash tag.
-    expect(await admin.type(plan.tiers[3]!.key)).toBe('zset');
+    expect(fields.sort()).toEqual([':g', ':t:chat', ':x', ':xc', '~e'].sort());
+    // The log's field: 'L' and one little-endian double, the time of the event.
+    const log = await admin.hgetBuffer(hash, ':x');
+    expect(log?.length).toBe(9);
+    expect(log?.subarray(0, 1).toString()).toBe('L');
+    expect(Math.abs(log!.readDoubleLE(1) - Date.now())).toBeLessThan(5_000);
+    // The leases keep a hash of their own, on the same hash tag.
     expect(await admin.type(plan.tiers[4]!.key)).toBe('hash');
-    expect(await admin.exists(plan.tiers[0]!.key, plan.tiers[1]!.key, plan.tiers[2]!.key)).toBe(0);
+    expect(await admin.exists(plan.tiers[0]!.key, plan.tiers[1]!.key, plan.tiers[2]!.key, plan.tiers[3]!.key)).toBe(0);
     const ttl = await admin.pttl(hash);
     // The counter is the longest-lived field: fresh again 1-2 windows (10 s) from now.
     expect(ttl).toBeGreaterThan(10_000);
-    expect(ttl).toBeLessThanOrEqual(20_000);
+    expect(ttl).toBeLessThanOrEqual(20_000 + 1000); // plus the second a TTL extension adds
     await store.release(plan);
   });
 
-  it('decides a plan of buckets and counters with one TIME, one HMGET, one HSET and at most one PEXPIRE', async () => {
-    const plan = planOf('user:calls', [specs[0]!, specs[1]!, specs[2]!]);
+  it('decides a plan of buckets, a counter and a log with one TIME, one HMGET, one HSET and at most one PEXPIRE', async () => {
+    const plan = planOf('user:calls', [specs[0]!, specs[1]!, specs[2]!, specs[3]!]);
     expect((await store.consume(plan)).allowed).toBe(true);
     await admin.config('RESETSTAT');
     const decisions = 2;
@@ -92,23 +97,28 @@ describe('Redis key layout 2: one hash per tracker', () => {
     expect(counts['pexpire'] ?? 0).toBeLessThanOrEqual(decisions);
     expect(counts['get'] ?? 0).toBe(0);
     expect(counts['set'] ?? 0).toBe(0);
+    expect((counts['zadd'] ?? 0) + (counts['zrange'] ?? 0)).toBe(0);
   });
 
-  it('tolerates keys of layout 1 at start-up: never read, never an error, they expire', async () => {
+  it('tolerates keys of layouts 1 and 2 at start-up: never read, never an error, they expire', async () => {
     const tracker = 'ip:198.51.100.7';
     const plan = planOf(tracker);
     // What layout 1 wrote: each bucket and counter in a string of its own at the tier key,
-    // spent to the limit (layout 2 ignores them: the tracker starts with full budgets once).
+    // spent to the limit (layout 3 ignores them: the tracker starts with full budgets once).
     const now = Date.now();
     await admin.set(plan.tiers[0]!.key, String(now + 60_000), 'PX', 60_000);
     await admin.set(plan.tiers[1]!.key, String(now + 60_000), 'PX', 60_000);
     await admin.set(plan.tiers[2]!.key, `${now} 3 3`, 'PX', 20_000);
     // A log key holding another type (a tier whose algorithm changed between versions).
     await admin.set(plan.tiers[3]!.key, 'not a sorted set', 'PX', 60_000);
-    // A log written by layout 1 (same sorted set as layout 2): still counted.
-    const other = planOf('ip:198.51.100.8', [specs[3]!]);
-    await admin.zadd(other.tiers[0]!.key, now, 'a', now, 'b', now, 'c', now, 'd');
-    await admin.pexpire(other.tiers[0]!.key, 10_000);
+    // What layout 2 wrote for another tracker: its buckets spent in the hash `...}:~2`, its
+    // log full in a sorted set at the tier key. Layout 3 reads neither.
+    const other = planOf('ip:198.51.100.8', [specs[0]!, specs[3]!]);
+    const oldHash = other.tiers[0]!.key.replace(/:g$/, ':~2');
+    await admin.hset(oldHash, ':g', String(now + 60_000), '~e', String(now + 60_000));
+    await admin.pexpire(oldHash, 60_000);
+    await admin.zadd(other.tiers[1]!.key, now, 'a', now, 'b', now, 'c', now, 'd');
+    await admin.pexpire(other.tiers[1]!.key, 10_000);
 
     const statuses = await store.peek(plan);
     expect(statuses.map((status) => status.remaining)).toEqual([10, 5, 3, 4, 2]);
@@ -118,14 +128,17 @@ describe('Redis key layout 2: one hash per tracker', () => {
     // Full budgets (layout 1's spent strings were not read): the open-connection cap of 2 is
     // what refuses the third.
     expect(decisions[2]).toMatchObject({ allowed: false, tier: 'concurrency' });
-    expect(await admin.type(plan.tiers[3]!.key)).toBe('zset');
-    // Layout 1's strings are left to their TTLs.
+    // Layout 1's strings, and the log key of another type, are left to their TTLs.
     expect(await admin.get(plan.tiers[0]!.key)).toBe(String(now + 60_000));
-    expect((await store.consume(other)).allowed).toBe(false);
+    expect(await admin.get(plan.tiers[3]!.key)).toBe('not a sorted set');
+    // Layout 2's spent bucket and full log: not read, so a fresh budget once; left to their TTLs.
+    expect((await store.consume(other)).allowed).toBe(true);
+    expect(await admin.zcard(other.tiers[1]!.key)).toBe(4);
+    expect(await admin.hget(oldHash, ':g')).toBe(String(now + 60_000));
 
     await store.delete(plan.tiers.map((tier) => tier.key));
     expect(await admin.exists(...plan.tiers.map((tier) => tier.key))).toBe(0);
-    expect(await admin.hkeys(plan.tiers[0]!.key.replace(/:g$/, ':~2'))).toEqual(['~e']);
+    expect(await admin.hkeys(plan.tiers[0]!.key.replace(/:g$/, ':~3'))).toEqual(['~e']);
     expect((await store.consume(plan)).allowed).toBe(true);
     await store.release(plan);
   });
@@ -143,7 +156,7 @@ describe('Redis key layout 2: one hash per tracker', () => {
     } finally {
       forced.fieldTtls = false;
     }
-    const hash = plan.tiers[0]!.key.replace(/:g$/, ':~2');
+    const hash = plan.tiers[0]!.key.replace(/:g$/, ':~3');
     expect((await admin.hkeys(hash)).sort()).toEqual([':g', ':xc', '~e'].sort());
     expect(await admin.pttl(hash)).toBeGreaterThan(10_000);
   });

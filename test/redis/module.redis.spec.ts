@@ -56,10 +56,10 @@ describe('WsRateLimitModule on Redis', () => {
     // Shared tiers were decided in Redis: their keys are there, each with a TTL (a bucket's
     // is tens of ms, so one may expire between KEYS and PTTL: -2; never -1, "no TTL").
     const keys = (await redis.command('KEYS', 'wsrl:*')) as string[];
-    // Key layout 2: a tracker's buckets are fields of one hash (`...}:~2`): count tier states.
+    // Key layout 3: a tracker's tiers are fields of one hash (`...}:~3`): count tier states.
     let states = 0;
     for (const key of keys) {
-      const fields = key.endsWith('}:~2') ? ((await redis.command('HKEYS', key)) as string[]) : [key];
+      const fields = key.endsWith('}:~3') ? ((await redis.command('HKEYS', key)) as string[]) : [key];
       states += fields.filter((field) => field !== '~e').length;
     }
     expect(states).toBeGreaterThanOrEqual(2);

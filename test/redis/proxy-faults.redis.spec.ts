@@ -6,7 +6,7 @@ import { tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
 import { createRedisStore, RedisRateLimitStore, RedisStoreUnavailableError } from '../../lib/storage/redis/index.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
 import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy.js';
-import { adminClient, closeClient, expectBoundedTtls, percentile, ready, sleep } from './helpers.js';
+import { adminClient, closeClient, expectBoundedTtls, percentile, ready, sleep, logSize } from './helpers.js';
 
 /** Settling slop over the 50 ms deadline on a loaded 2-core machine (as faults.redis.spec.ts). */
 const MAX_LATENCY_MS = 250;
@@ -153,7 +153,7 @@ describe('Redis behind a faulty network (TCP proxy): slow, blackholed, reset', (
       expect(Math.min(...latencies(waves[0]!))).toBeGreaterThanOrEqual(9);
       results[spec.algorithm] = figure(waves[0]!);
     }
-    expect(await admin.zcard(stores[0]!.key(`${name}-x`, 'x'))).toBe(50);
+    expect(await logSize(admin, stores[0]!.key(`${name}-x`, 'x'))).toBe(50);
     console.log(
       `proxy latency 10 ms, 3 waves of 64 concurrent on one key via 4 instances: 50 of 192 admitted; first wave: ` +
         `token bucket ${results['token-bucket']}; sliding log ${results['sliding-log']}`,
@@ -197,7 +197,7 @@ describe('Redis behind a faulty network (TCP proxy): slow, blackholed, reset', (
     const all = [...before, ...slow, ...mixed];
     const sent = all.filter((outcome) => outcome.sent).length;
     const admittedViaRedis = all.filter((outcome) => outcome.result === 'allowed').length;
-    const count = await admin.zcard(stores[0]!.key(name, counting.suffix));
+    const count = await logSize(admin, stores[0]!.key(name, counting.suffix));
     console.log(
       `proxy latency 80 ms: ${slow.length} decisions, all failed (${waited.length} waited for the deadline, ${figure(waited)}); ` +
         `then 10/80 ms alternating: ${mixed.filter((o) => o.result === 'allowed').length} of ${mixed.length} admitted via Redis; ` +
@@ -210,7 +210,7 @@ describe('Redis behind a faulty network (TCP proxy): slow, blackholed, reset', (
     expect(all.filter((outcome) => outcome.result === 'other-error')).toEqual([]);
     await untilRecovered(3000);
     await sleep(300);
-    expect(await admin.zcard(stores[0]!.key(name, counting.suffix))).toBe(sent);
+    expect(await logSize(admin, stores[0]!.key(name, counting.suffix))).toBe(sent);
   });
 
   it('blackhole: the deadline bounds every decision and the breaker opens; restored, the store recovers', async () => {
@@ -245,7 +245,7 @@ describe('Redis behind a faulty network (TCP proxy): slow, blackholed, reset', (
     expect(availability.map((events) => events.at(-1))).toEqual([true, true, true, true]);
     await sleep(100);
     // Held, not lost: the scripts sent into the blackhole ran once the bytes flowed again.
-    expect(await admin.zcard(stores[0]!.key(name, counting.suffix))).toBe(inFlight);
+    expect(await logSize(admin, stores[0]!.key(name, counting.suffix))).toBe(inFlight);
   });
 
   it('reset: every decision errors at once, nothing hangs, no unhandled rejection; restored, the store recovers', async () => {

@@ -5,7 +5,7 @@ import { tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
 import { SharedStore, type SharedStoreEvents } from '../../lib/services/shared-store.js';
 import { createRedisStore, RedisRateLimitStore } from '../../lib/storage/redis/index.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
-import { adminClient, closeClient, ready, sleep, storeClient } from './helpers.js';
+import { adminClient, closeClient, ready, sleep, storeClient, logSize } from './helpers.js';
 
 const planOf = (store: RedisRateLimitStore, tracker: string, specs: readonly TierSpec[]): RateLimitPlan => ({
   tracker,
@@ -119,15 +119,18 @@ describe('Redis store edges', () => {
         new RedisRateLimitStore({ client, keyPrefix: 'edge-nonce:', instanceId: 'pod-a', commandTimeoutMs: 2000 }),
     );
     for (const store of stores) cleanup.push(() => store.close());
-    const spec = windowSpec('expensive', 'x', 'sliding-log', 4, 60_000);
+    // 80 entries: past the 64 a tracker hash's field holds, so the log lives in its sorted set,
+    // one member per event.
+    const spec = windowSpec('expensive', 'x', 'sliding-log', 80, 60_000);
     const decisions: boolean[] = [];
     // Alternating stores: each one's n-th call carried the same member before members had a random part.
-    for (let i = 0; i < 6; i++) {
+    for (let i = 0; i < 82; i++) {
       const store = stores[i % 2]!;
       decisions.push((await store.consume(planOf(store, 'user:1', [spec]))).allowed);
     }
-    expect(decisions).toEqual([true, true, true, true, false, false]);
-    expect(await admin.zcard(stores[0]!.key('user:1', 'x'))).toBe(4);
+    expect(decisions).toEqual([...Array<boolean>(80).fill(true), false, false]);
+    expect(await admin.zcard(stores[0]!.key('user:1', 'x'))).toBe(80);
+    expect(await logSize(admin, stores[0]!.key('user:1', 'x'))).toBe(80);
   });
 
   it('a demoted master keeps the breaker open (no flapping) until it is a master again', async () => {

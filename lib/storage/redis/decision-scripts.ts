@@ -1,12 +1,13 @@
 /**
- * The decision scripts of the Redis store (key layout 2, see `scripts.ts`): `consume`
+ * The decision scripts of the Redis store (key layout 3, see `scripts.ts`): `consume`
  * decides a plan and commits every tier or none; `peek` reads it; `forget` resets keys.
  *
  * One decision reads the server clock once (`TIME`, or the app's clamped time), reads the
- * tracker hash once (HMGET of the plan's bucket and counter fields and `~e`), writes it once
- * (HSET), and extends its TTL only when it must (one PEXPIRE; on Redis 7.4+ one HPEXPIRE per
- * distinct field TTL instead). A sliding log adds its own sorted set's calls (ZRANGE, ZADD,
- * PEXPIRE, and ZREMRANGEBYRANK once it holds `limit` entries), a concurrency tier its hash's.
+ * tracker hash once (HMGET of the plan's bucket, counter and sliding-log fields and `~e`),
+ * writes it once (HSET), and extends its TTL only when it must (one PEXPIRE; on Redis 7.4+
+ * one HPEXPIRE per distinct field TTL instead). A sliding log with more than 64 live entries
+ * adds its sorted set's calls (ZRANGE, ZADD, PEXPIRE, and ZREMRANGEBYRANK once it holds
+ * `limit` entries), a concurrency tier its hash's.
  */
 import { HELPERS } from './lua-helpers.js';
 
@@ -52,35 +53,19 @@ for h = 1, H do
 end
 
 -- The state of every tier. Bucket: fullAt (NEG when fresh). Log: the timestamp that must
--- leave the window before the cost fits (NEG when it fits whatever the timestamps), and
--- full[i] when the log holds more than limit - cost entries. Counter: {start, prev, curr}.
--- Concurrency: {held, latest expiry, dead fields}, fresh[i] when its hash is empty.
-local S, fresh, full = {}, {}, {}
+-- leave the window before the cost fits (NEG when it fits whatever the timestamps), full[i]
+-- when the log holds more than limit - cost entries, and its entries in logs[i] (nil when
+-- it lives in its sorted set). Counter: {start, prev, curr}. Concurrency: {held, latest
+-- expiry, dead fields}, fresh[i] when its hash is empty.
+local S, fresh, full, logs = {}, {}, {}, {}
 for i = 1, n do
   local key, k = KEYS[H + i], kind[i]
   if k == 0 then
     S[i] = tonumber(raw[i]) or NEG
   elseif k == 1 then
-    S[i] = NEG
-    local back = limit[i] - cost[i] + 1
-    if back >= 1 then
-      -- The (limit - cost + 1)-th newest entry: it exists exactly when count + cost > limit.
-      local r = redis.pcall('ZRANGE', key, -back, -back, 'WITHSCORES')
-      if r.err then
-        -- Not a sorted set (a key of another layout or tier kind): dropped, never an error.
-        if WRITES then redis.call('DEL', key) end
-      elseif r[2] then
-        S[i] = tonumber(r[2])
-        full[i] = true
-      end
-    end
+    S[i], full[i], logs[i] = logRead(raw[i], key, limit[i], cost[i], WRITES)
   elseif k == 2 then
-    local v = raw[i]
-    S[i] = { NEG, 0, 0 }
-    if v then
-      local s, p, c = string.match(v, '^(%S+) (%S+) (%S+)$')
-      if s then S[i] = { tonumber(s), tonumber(p), tonumber(c) } end
-    end
+    S[i] = counterState(raw[i])
   else
     local held, latest, dead, flat = readLeases(key, now)
     S[i] = { held, latest, dead }
@@ -98,8 +83,7 @@ local function remaining(i)
     if tokens > 0 then return math.floor(tokens) end
     return 0
   elseif k == 1 then
-    local live = redis.pcall('ZCOUNT', KEYS[H + i], '(' .. fmt(now - pa[i]), '+inf')
-    if type(live) ~= 'number' then live = 0 end
+    local live = logLive(logs[i], KEYS[H + i], now, pa[i])
     return math.max(0, limit[i] - live)
   elseif k == 2 then
     local st = S[i]
@@ -113,7 +97,7 @@ end
 /**
  * `consume`: decides a plan atomically; commits every tier only if every tier allows.
  *
- * KEYS[1..H]  the tracker hashes of the plan's buckets and counters (one per tracker)
+ * KEYS[1..H]  the tracker hashes of the plan's buckets, counters and logs (one per tracker)
  * KEYS[H+1..H+n]  the tiers' keys, in plan order; KEYS[H+n+1] the clock key (app clock only)
  * ARGV[1]     the app time in ms, or '' to read Redis `TIME`
  * ARGV[2]     n, the number of tiers
@@ -125,8 +109,8 @@ end
  * ARGV[8]     '1' when the server has hash-field TTLs (Redis 7.4+), else '0'
  * ARGV[9i..9i+8]  tier i (from 1): kind, limit, cost, a, b, c, d, hash index, field, where
  *             a, b, c, d are token bucket: slack, span, intervalMs, nearBound; sliding log and
- *             counter: windowMs; concurrency: nothing. Hash index: 1..H for a bucket or
- *             counter, 0 otherwise; field: its name in that hash.
+ *             counter: windowMs; concurrency: nothing. Hash index: 1..H for a bucket,
+ *             counter or log, 0 for concurrency; field: its name in that hash.
  *
  * Reply: 1 when allowed; {1, index} when allowed and that token bucket (the first in plan
  * order, 0-based) is left with less than a fifth of its capacity (`5 * (fullAt - now) >
@@ -224,17 +208,8 @@ for i = 1, n do
     if ttl > 0 then put(i, fmt(fullAt), ttl) else dels[hx[i]][#dels[hx[i]] + 1] = field[i] end
   elseif k == 1 then
     if cost[i] > 0 then
-      local args = {}
-      for j = 1, cost[i] do
-        args[#args + 1] = fmt(now)
-        args[#args + 1] = nonce .. '#' .. j
-      end
-      redis.call('ZADD', key, unpack(args))
-      -- Only the newest limit entries can ever matter; below that there is nothing to trim.
-      if full[i] then redis.call('ZREMRANGEBYRANK', key, 0, -(limit[i] + 1)) end
-      -- The newest entries are the ones just added, at now (time does not run backwards).
       ttl = math.ceil(pa[i])
-      redis.call('PEXPIRE', key, ttl)
+      put(i, logWrite(logs[i], full[i], key, limit[i], cost[i], now, pa[i], nonce), ttl)
     end
   elseif k == 2 then
     local w, st = pa[i], S[i]
@@ -303,8 +278,8 @@ for i = 1, n do
   if k == 0 then
     freshAt = S[i]
   elseif k == 1 then
-    local newest = redis.pcall('ZRANGE', KEYS[H + i], -1, -1, 'WITHSCORES')
-    if not newest.err and newest[2] then freshAt = tonumber(newest[2]) + pa[i] end
+    local _, newest = logLive(logs[i], KEYS[H + i], now, pa[i])
+    if newest > NEG then freshAt = newest + pa[i] end
   elseif k == 2 then
     local st = S[i]
     if st[3] > 0 then freshAt = st[1] + 2 * pa[i] elseif st[2] > 0 then freshAt = st[1] + pa[i] end

@@ -121,6 +121,17 @@ local function rolled(s, p, c, now, w)
   return start, 0, 0
 end
 
+-- A counter field's state {start, prev, curr}; a fresh one's when the field is empty or
+-- holds something else (a tier of another kind under the same name).
+local function counterState(v)
+  if v then
+    local s, p, c = string.match(v, '^(%S+) (%S+) (%S+)$')
+    s, p, c = tonumber(s), tonumber(p), tonumber(c)
+    if s and p and c then return { s, p, c } end
+  end
+  return { NEG, 0, 0 }
+end
+
 local function weighted(start, p, c, now, w)
   if p == 0 then return c end
   return (p * (w - (now - start))) / w + c
@@ -178,6 +189,115 @@ local function logWait(oldest, now, w)
 end
 `;
 
+/**
+ * `logRead`, `logWrite`, `logLive`: a sliding log kept in its tracker hash's field (key
+ * layout 3) while it holds at most 64 live entries, else in a sorted set at its tier key.
+ */
+export const LOG_FIELD_LUA = `
+-- A sliding log's field in the tracker hash: 'L' and its live timestamps (ms) packed as
+-- little-endian doubles, oldest first, at most LOG_FIELD_MAX of them; or 'Z' when the log
+-- lives in the sorted set at its tier key (one member per event, score = time), where it
+-- moves once it has more live entries than that, and stays while the field lives.
+local LOG_FIELD_MAX = 64
+
+-- The entries of a log field (a table, oldest first), or nil in sorted-set mode. Anything
+-- else in the field (a tier of another kind under the same name) reads as an empty log.
+local function logEntries(v)
+  if v == 'Z' then return nil end
+  if not v or string.sub(v, 1, 1) ~= 'L' or (#v - 1) % 8 ~= 0 or #v == 1 then return {} end
+  local ts = { struct.unpack('<' .. string.rep('d', (#v - 1) / 8), v, 2) }
+  ts[#ts] = nil
+  return ts
+end
+
+-- Reads a log at its field value v (and its key, in sorted-set mode): the timestamp that must
+-- leave the window before cost more events fit (NEG when they fit whatever the timestamps),
+-- whether count + cost > limit, and the entries (nil in sorted-set mode).
+local function logRead(v, key, limit, cost, writes)
+  local ts = logEntries(v)
+  local back = limit - cost + 1
+  if back < 1 then return NEG, false, ts end
+  if ts ~= nil then
+    -- The (limit - cost + 1)-th newest entry: it exists exactly when count + cost > limit.
+    if #ts >= back then return ts[#ts - back + 1], true, ts end
+    return NEG, false, ts
+  end
+  local r = redis.pcall('ZRANGE', key, -back, -back, 'WITHSCORES')
+  if r.err then
+    -- Not a sorted set (a key of another layout or tier kind): dropped, never an error.
+    if writes then redis.call('DEL', key) end
+  elseif r[2] then
+    return tonumber(r[2]), true, ts
+  end
+  return NEG, false, ts
+end
+
+-- Records cost events at now (after logRead found room): returns the field's new value.
+-- Entries that left the window (at or before now - w) are dropped, and only the newest
+-- limit entries are kept: no decision can depend on the others (time only moves forward).
+local function logWrite(ts, full, key, limit, cost, now, w, nonce)
+  local ttl = math.ceil(w)
+  if ts ~= nil then
+    local keep, m, edge = {}, 0, now - w
+    for j = 1, #ts do
+      if ts[j] > edge then
+        m = m + 1
+        keep[m] = ts[j]
+      end
+    end
+    local before = m
+    for j = 1, cost do
+      m = m + 1
+      keep[m] = now
+    end
+    -- Redis's clock stepped back: keep the entries in time order.
+    if before > 0 and keep[before] > now then table.sort(keep) end
+    local first = 1
+    if m > limit then first = m - limit + 1 end
+    if m - first + 1 <= LOG_FIELD_MAX then
+      return 'L' .. struct.pack('<' .. string.rep('d', m - first + 1), unpack(keep, first, m))
+    end
+    -- More live entries than a field holds: the log moves to the sorted set at its key.
+    redis.call('DEL', key)
+    local args = {}
+    for j = first, m do
+      args[#args + 1] = fmt(keep[j])
+      args[#args + 1] = nonce .. '#' .. j
+    end
+    for j = 1, #args, 1000 do redis.call('ZADD', key, unpack(args, j, math.min(j + 999, #args))) end
+    redis.call('PEXPIRE', key, ttl)
+    return 'Z'
+  end
+  local args = {}
+  for j = 1, cost do
+    args[#args + 1] = fmt(now)
+    args[#args + 1] = nonce .. '#' .. j
+  end
+  redis.call('ZADD', key, unpack(args))
+  -- Only the newest limit entries can ever matter; below that there is nothing to trim.
+  if full then redis.call('ZREMRANGEBYRANK', key, 0, -(limit + 1)) end
+  -- The newest entries are the ones just added, at now (time does not run backwards).
+  redis.call('PEXPIRE', key, ttl)
+  return 'Z'
+end
+
+-- A log's entries in the window ending at now, and its newest entry (NEG when empty).
+local function logLive(ts, key, now, w)
+  if ts ~= nil then
+    local live = 0
+    for j = 1, #ts do
+      if ts[j] > now - w then live = live + 1 end
+    end
+    return live, ts[#ts] or NEG
+  end
+  local live = redis.pcall('ZCOUNT', key, '(' .. fmt(now - w), '+inf')
+  if type(live) ~= 'number' then live = 0 end
+  local newest = redis.pcall('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if newest.err or not newest[2] then return live, NEG end
+  return live, tonumber(newest[2])
+end
+`;
+
 /** Every helper, in one text. */
 export const HELPERS = [
   PRELUDE_LUA,
@@ -187,4 +307,5 @@ export const HELPERS = [
   COUNTER_LUA,
   BUCKET_WAIT_LUA,
   LOG_WAIT_LUA,
+  LOG_FIELD_LUA,
 ].join('');

@@ -65,10 +65,10 @@ export class PlanCompiler {
     const tiers = plan.tiers;
     const keys = tiers.map((tier) => tier.key);
     const app = this.options.appClock !== undefined;
-    // The tracker hashes of the plan's buckets and counters (one, for a plan of one tracker).
+    // The tracker hashes of the plan's buckets, counters and logs (one, for a plan of one tracker).
     const hashes: string[] = [];
     const place = tiers.map(({ key, spec }) => {
-      if (spec.kind !== AlgorithmKind.TokenBucket && spec.kind !== AlgorithmKind.SlidingCounter) return ['0', ''];
+      if (spec.kind === AlgorithmKind.Concurrency) return ['0', ''];
       const { hash, field } = trackerHashOf(key);
       let index = hashes.indexOf(hash);
       if (index < 0) index = hashes.push(hash) - 1;

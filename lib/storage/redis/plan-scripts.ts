@@ -14,14 +14,22 @@
  * reaches Lua as JavaScript's `String(n)` in both (ARGV parsed with `tonumber`, or a
  * literal parsed by Lua's lexer: both `strtod`), so no figure is rounded differently.
  *
- * Eligible: plans of token buckets, sliding logs and sliding counters kept in at most one
- * tracker hash, with finite figures. Concurrency tiers (lease hashes, instance fields), and
+ * Eligible: plans of token buckets, sliding logs and sliding counters kept in one tracker
+ * hash, with finite figures. Concurrency tiers (lease hashes, instance fields), and
  * servers with hash-field TTLs (Redis 7.4+: fields expire one by one), stay on the generic
  * script. A store keeps at most `planScripts` shapes (option; default 64), so that plans
  * built from data cannot fill Redis's script cache; further shapes use the generic script.
  */
 import { AlgorithmKind, type RateLimitPlan, type TierSpec } from '../../interfaces/plan.interface.js';
-import { BUCKET_WAIT_LUA, CLOCK_LUA, COUNTER_LUA, HASH_TTL_LUA, LOG_WAIT_LUA, PRELUDE_LUA } from './lua-helpers.js';
+import {
+  BUCKET_WAIT_LUA,
+  CLOCK_LUA,
+  COUNTER_LUA,
+  HASH_TTL_LUA,
+  LOG_FIELD_LUA,
+  LOG_WAIT_LUA,
+  PRELUDE_LUA,
+} from './lua-helpers.js';
 import type { RedisStoreClient } from './client-factory.js';
 import { clockKeyOf, trackerHashOf } from './redis-keys.js';
 import { defineScript, type ScriptCall } from './script-commands.js';
@@ -38,10 +46,10 @@ export interface PlanScriptArgs {
   /** Names the shape: equal signatures have equal Lua. */
   readonly signature: string;
   /**
-   * `[numkeys, ...KEYS, ...ARGV]`: KEYS the tracker hash (when the plan has buckets or
-   * counters), each sliding log's key, and the clock key (app clock); ARGV the app time
-   * (app clock only), the nonce of sliding-log members (plans with a sliding log only), then
-   * the hash field of each bucket and counter in plan order. Per-call slots are empty.
+   * `[numkeys, ...KEYS, ...ARGV]`: KEYS the tracker hash, each sliding log's key, and the
+   * clock key (app clock); ARGV the app time (app clock only), the nonce of sliding-log
+   * members (plans with a sliding log only), then each tier's field in the tracker hash, in
+   * plan order. Per-call slots are empty.
    */
   readonly args: readonly string[];
   /** Index of the app time in `args`, -1 on Redis's clock. */
@@ -113,30 +121,22 @@ export function planSignature(plan: RateLimitPlan, appClock: boolean): string | 
     } else {
       parts.push(`${spec.kind === AlgorithmKind.SlidingLog ? 'l' : 'c'}${spec.limit},${spec.cost},${spec.windowMs}`);
     }
-    if (spec.kind !== AlgorithmKind.SlidingLog) {
-      const own = trackerHashOf(key).hash;
-      if (hash !== undefined && own !== hash) return undefined;
-      hash = own;
-    }
+    const own = trackerHashOf(key).hash;
+    if (hash !== undefined && own !== hash) return undefined;
+    hash = own;
   }
   return parts.join('|');
 }
 
 /** The arguments of a plan's own script (see `PlanScriptArgs`); the plan must be eligible. */
 export function planScriptArgs(plan: RateLimitPlan, signature: string, appClock: boolean): PlanScriptArgs {
-  const keys: string[] = [];
+  const keys = [trackerHashOf(plan.tiers[0]!.key).hash];
   const fields: string[] = [];
-  let hash: string | undefined;
   for (const { key, spec } of plan.tiers) {
-    if (spec.kind === AlgorithmKind.SlidingLog) {
-      keys.push(key);
-    } else {
-      const place = trackerHashOf(key);
-      hash = place.hash;
-      fields.push(place.field);
-    }
+    fields.push(trackerHashOf(key).field);
+    // A log's own key: its sorted set, once it outgrows its field.
+    if (spec.kind === AlgorithmKind.SlidingLog) keys.push(key);
   }
-  if (hash !== undefined) keys.unshift(hash);
   if (appClock) keys.push(clockKeyOf(plan.tiers[0]!.key));
   const logs = plan.tiers.some(({ spec }) => spec.kind === AlgorithmKind.SlidingLog);
   // Per-call slots only where the script reads them (each argument costs the client and Redis).
@@ -157,10 +157,10 @@ interface TierCode {
   readonly i: number;
   /** The state variable, `s<i>`. */
   readonly s: string;
-  /** Its hash field's ARGV index and HMGET reply index (buckets and counters). */
+  /** Its field's ARGV index, and its value's index in the HMGET reply. */
   readonly field: number;
   readonly value: number;
-  /** Its KEYS index (sliding logs). */
+  /** Its KEYS index (sliding logs: the sorted set a log moves to when it outgrows its field). */
   readonly key: number;
 }
 
@@ -169,44 +169,32 @@ interface TierCode {
  * (see there for the reply). Statement for statement, so keep the two in step.
  */
 export function planScriptLua(specs: readonly TierSpec[], appClock: boolean): string {
-  const hashed = specs.some((spec) => spec.kind !== AlgorithmKind.SlidingLog);
   const hasLogs = specs.some((spec) => spec.kind === AlgorithmKind.SlidingLog);
   // ARGV: the app time (app clock only), the nonce (sliding logs only), the hash fields.
   const nonce = `ARGV[${appClock ? 2 : 1}]`;
   const firstField = 1 + (appClock ? 1 : 0) + (hasLogs ? 1 : 0);
-  let fields = 0;
   let logs = 0;
   const tiers: TierCode[] = specs.map((any, index) => {
     if (any.kind === AlgorithmKind.Concurrency) throw new Error('a plan script cannot decide a concurrency tier');
     const spec: ScriptedSpec = any;
     const i = index + 1;
-    if (spec.kind === AlgorithmKind.SlidingLog) {
-      logs++;
-      return { spec, i, s: `s${i}`, field: 0, value: 0, key: (hashed ? 1 : 0) + logs };
-    }
-    fields++;
-    return { spec, i, s: `s${i}`, field: firstField - 1 + fields, value: 1 + fields, key: 0 };
+    const key = spec.kind === AlgorithmKind.SlidingLog ? 1 + ++logs : 0;
+    return { spec, i, s: `s${i}`, field: firstField + index, value: 2 + index, key };
   });
-  const counters = specs.some((spec) => spec.kind === AlgorithmKind.SlidingCounter);
-  const out: string[] = [PRELUDE_LUA];
-  if (hashed) out.push(HASH_TTL_LUA);
-  if (counters) out.push(COUNTER_LUA);
+  const out: string[] = [PRELUDE_LUA, HASH_TTL_LUA];
+  if (specs.some((spec) => spec.kind === AlgorithmKind.SlidingCounter)) out.push(COUNTER_LUA);
+  if (hasLogs) out.push(LOG_FIELD_LUA);
   if (appClock) {
     out.push(CLOCK_LUA, 'local clockKey = KEYS[#KEYS]', 'local now = readClock(ARGV[1], clockKey)', 'local maxTtl = 0');
   } else {
     out.push("local t = redis.call('TIME')", 'local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000');
   }
-  if (hashed) {
-    out.push(
-      `local v = redis.call('HMGET', KEYS[1], '~e', unpack(ARGV, ${firstField}))`,
-      'local hexp = tonumber(v[1])',
-    );
-  }
+  out.push(`local v = redis.call('HMGET', KEYS[1], '~e', unpack(ARGV, ${firstField}))`, 'local hexp = tonumber(v[1])');
   for (const tier of tiers) out.push(stateOf(tier));
 
   out.push(`if not (${tiers.map(allowsOf).join(' and ')}) then`);
   if (specs.some((spec) => spec.kind === AlgorithmKind.TokenBucket)) out.push(BUCKET_WAIT_LUA);
-  if (logs > 0) out.push(LOG_WAIT_LUA);
+  if (hasLogs) out.push(LOG_WAIT_LUA);
   out.push('local worst, worstWait = 0, 0', 'local w');
   for (const tier of tiers) {
     out.push(`w = ${waitOf(tier)}`, `if w > worstWait then worst = ${tier.i}; worstWait = w end`);
@@ -223,15 +211,13 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean): st
 
   out.push('local sets, dels, hmax, near = {}, {}, 0, 0');
   for (const tier of tiers) out.push(writeOf(tier, appClock, nonce));
-  if (hashed) {
-    out.push(
-      'if #sets > 0 then writeHashTtl(KEYS[1], sets, now + hmax, hexp, now) end',
-      'if #dels > 0 then',
-      "  redis.call('HDEL', KEYS[1], unpack(dels))",
-      "  if redis.call('HLEN', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], '~e') == 1 then redis.call('DEL', KEYS[1]) end",
-      'end',
-    );
-  }
+  out.push(
+    'if #sets > 0 then writeHashTtl(KEYS[1], sets, now + hmax, hexp, now) end',
+    'if #dels > 0 then',
+    "  redis.call('HDEL', KEYS[1], unpack(dels))",
+    "  if redis.call('HLEN', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], '~e') == 1 then redis.call('DEL', KEYS[1]) end",
+    'end',
+  );
   if (appClock) out.push('saveClock(clockKey, now, maxTtl)');
   out.push('if near > 0 then return { 1, near - 1 } end', 'return 1');
   return out.join('\n');
@@ -239,28 +225,9 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean): st
 
 function stateOf({ spec, s, value, key }: TierCode): string {
   if (spec.kind === AlgorithmKind.TokenBucket) return `local ${s} = tonumber(v[${value}]) or NEG`;
-  if (spec.kind === AlgorithmKind.SlidingCounter) {
-    return [
-      `local ${s} = { NEG, 0, 0 }`,
-      `if v[${value}] then`,
-      `  local a, b, c = string.match(v[${value}], '^(%S+) (%S+) (%S+)$')`,
-      `  if a then ${s} = { tonumber(a), tonumber(b), tonumber(c) } end`,
-      'end',
-    ].join('\n');
-  }
-  const back = spec.limit - spec.cost + 1;
-  const lines = [`local ${s}, full${s} = NEG, false`];
-  if (back >= 1) {
-    // The (limit - cost + 1)-th newest entry: it exists exactly when count + cost > limit.
-    lines.push(
-      'do',
-      `  local r = redis.pcall('ZRANGE', KEYS[${key}], ${num(-back)}, ${num(-back)}, 'WITHSCORES')`,
-      // Not a sorted set (a key of another layout or tier kind): dropped, never an error.
-      `  if r.err then redis.call('DEL', KEYS[${key}]) elseif r[2] then ${s} = tonumber(r[2]); full${s} = true end`,
-      'end',
-    );
-  }
-  return lines.join('\n');
+  if (spec.kind === AlgorithmKind.SlidingCounter) return `local ${s} = counterState(v[${value}])`;
+  const figures = `${num(spec.limit)}, ${num(spec.cost)}`;
+  return `local ${s}, full${s}, log${s} = logRead(v[${value}], KEYS[${key}], ${figures}, true)`;
 }
 
 function allowsOf({ spec, s }: TierCode): string {
@@ -299,8 +266,7 @@ function remainingOf({ spec, s, key }: TierCode): string {
       ].join('\n');
     case AlgorithmKind.SlidingLog:
       return [
-        `local live = redis.pcall('ZCOUNT', KEYS[${key}], '(' .. fmt(now - ${num(spec.windowMs)}), '+inf')`,
-        "if type(live) ~= 'number' then live = 0 end",
+        `local live = logLive(log${s}, KEYS[${key}], now, ${num(spec.windowMs)})`,
         `rem = math.max(0, ${limit} - live)`,
       ].join('\n');
     default: {
@@ -339,28 +305,14 @@ function writeOf({ spec, s, i, field, key }: TierCode, appClock: boolean, nonce:
         put(field, 'fmt(fullAt)'),
       );
       break;
-    case AlgorithmKind.SlidingLog:
+    case AlgorithmKind.SlidingLog: {
+      const w = num(spec.windowMs);
       if (spec.cost > 0) {
-        if (spec.cost === 1) {
-          lines.push(`redis.call('ZADD', KEYS[${key}], fmt(now), ${nonce} .. '#1')`);
-        } else {
-          lines.push(
-            'local args = {}',
-            `for j = 1, ${num(spec.cost)} do`,
-            '  args[#args + 1] = fmt(now)',
-            `  args[#args + 1] = ${nonce} .. '#' .. j`,
-            'end',
-            `redis.call('ZADD', KEYS[${key}], unpack(args))`,
-          );
-        }
-        // Only the newest limit entries can ever matter; below that there is nothing to trim.
-        lines.push(
-          `if full${s} then redis.call('ZREMRANGEBYRANK', KEYS[${key}], 0, ${num(-(spec.limit + 1))}) end`,
-          `ttl = math.ceil(${num(spec.windowMs)})`,
-          `redis.call('PEXPIRE', KEYS[${key}], ttl)`,
-        );
+        const figures = `${num(spec.limit)}, ${num(spec.cost)}, now, ${w}, ${nonce}`;
+        lines.push(`ttl = math.ceil(${w})`, put(field, `logWrite(log${s}, full${s}, KEYS[${key}], ${figures})`));
       }
       break;
+    }
     default: {
       const w = num(spec.windowMs);
       lines.push(

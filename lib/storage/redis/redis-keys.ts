@@ -42,15 +42,17 @@ export function clockKeyOf(key: string): string {
 }
 
 /**
- * The version of the key layout, named in every tracker hash's key (`...}:~2`). Layout 1
+ * The version of the key layout, named in every tracker hash's key (`...}:~3`). Layout 1
  * (before 0.2) kept each token bucket and sliding counter in a string of its own at the
- * tier key; its keys are never read by layout 2 and expire by their own TTLs.
+ * tier key; layout 2 kept them in the hash `...}:~2` and each sliding log in a sorted set
+ * at its tier key; layout 3 keeps logs in the tracker hash too (see `scripts.ts`). Keys of
+ * earlier layouts are never read and expire by their own TTLs.
  */
-export const KEY_LAYOUT_VERSION = 2;
+export const KEY_LAYOUT_VERSION = 3;
 
 /**
- * Where a tier's state lives in layout 2: the tracker hash (same hash tag as the tier key,
- * so same Cluster slot) and the field in it, the tier key's text after the tag.
+ * Where a tier's state lives: the tracker hash (same hash tag as the tier key, so same
+ * Cluster slot) and the field in it, the tier key's text after the tag.
  */
 export function trackerHashOf(key: string): { hash: string; field: string } {
   const close = tagEnd(key);

@@ -1,5 +1,5 @@
 /**
- * The token-reservation scripts of the Redis store (option `reservations`, key layout 2):
+ * The token-reservation scripts of the Redis store (option `reservations`, key layout 3):
  * `reserve` takes a run of a plan's token-bucket slots in one call, `unreserve` gives back
  * the unspent tail of a run. Only plans made of token buckets alone use them.
  *

@@ -8,21 +8,24 @@
  * with round-trip precision both ways: JavaScript's `String(n)` into ARGV, `%.17g` for what
  * a script stores or returns (a Lua number in a reply would be truncated to an integer).
  *
- * Key layout, version 2 (`KEY_LAYOUT_VERSION`; every key of one tracker shares its
+ * Key layout, version 3 (`KEY_LAYOUT_VERSION`; every key of one tracker shares its
  * `{hash}` tag, so one Cluster slot):
- * - the tracker hash `<prefix>{hash}:~2`: one field per token bucket and sliding counter of
- *   the tracker, named by the tier key's text after the tag (`:g`, `:t:chat`); a bucket's
- *   field holds `fullAt` (ms), a counter's `"<start> <prev> <curr>"`. Field `~e` holds the
- *   time (ms, the scripts' clock) the hash's own TTL runs to, so that a decision extends the
- *   TTL only when it must (one PEXPIRE at most) and never shortens it for another tier; an
- *   extension reaches a second past the need, so that a busy tracker pays one PEXPIRE a
- *   second rather than one per decision.
+ * - the tracker hash `<prefix>{hash}:~3`: one field per token bucket, sliding counter and
+ *   sliding log of the tracker, named by the tier key's text after the tag (`:g`,
+ *   `:t:chat`, `:x`); a bucket's field holds `fullAt` (ms), a counter's
+ *   `"<start> <prev> <curr>"`, a log's `L` and its live timestamps (ms, oldest first) as
+ *   little-endian doubles. Field `~e` holds the time (ms, the scripts' clock) the hash's own
+ *   TTL runs to, so that a decision extends the TTL only when it must (one PEXPIRE at most)
+ *   and never shortens it for another tier; an extension reaches a second past the need, so
+ *   that a busy tracker pays one PEXPIRE a second rather than one per decision.
  *   On Redis 7.4 and later each field carries its own TTL instead (HPEXPIRE), and `~e` is
  *   not written;
- * - sliding log: a sorted set of its own at the tier key, one member per admitted event
- *   (score = time in ms, member = a per-call nonce, unique across instances), trimmed to the
- *   newest `limit` entries. A log stays exact only with every event kept, which a hash
- *   field could hold only by rewriting a list of up to `limit` times per decision;
+ * - a sliding log with more than 64 live entries (entries inside its window) moves to a
+ *   sorted set at its tier key, one member per admitted event (score = time in ms, member =
+ *   a per-call nonce, unique across instances), trimmed to the newest `limit` entries; its
+ *   field then holds `Z` for as long as the field lives. A field holds at most 64 entries so
+ *   that no decision rewrites more than 513 bytes for a log; a log stays exact only with every
+ *   event in its window kept;
  * - concurrency: a hash at the tier key; `i:<instance>` holds the time (ms) until which that
  *   store instance is alive, `l:<instance>|<lease>` the units that lease holds. A lease
  *   counts only while its instance's time lies ahead, so a dead instance's slots lapse;
@@ -32,9 +35,11 @@
  * tracker hash: the longest of its fields', plus a second, on servers without hash-field
  * TTLs).
  *
- * Layout 1 kept each bucket and counter in a string at its tier key. Layout 2 never reads
- * those keys (they expire by their own TTLs: a tracker's buckets start full once after the
- * upgrade), and a log or lease key holding a value of another type is dropped, not an error.
+ * Layout 1 kept each bucket and counter in a string at its tier key, layout 2 each log in a
+ * sorted set at its tier key and the buckets and counters in the hash `...}:~2`. Layout 3
+ * never reads either (their keys expire by their own TTLs: a tracker's buckets, counters
+ * and logs start fresh once after the upgrade), and a log or lease key holding a value of
+ * another type is dropped, not an error.
  */
 
 import { HELPERS } from './lua-helpers.js';
