@@ -93,8 +93,8 @@ async function ioredisClient(port: number): Promise<import('ioredis').Redis> {
  * Ours' deadline per call here. The default (50 ms) is a production setting; the baselines
  * have no deadline at all, and at 256 in flight on a busy 2-core machine a queue of 256
  * calls can outlast 50 ms, after which the breaker refuses calls at once (fast "decisions"
- * that are failures). A long deadline keeps the comparison about deciding; the cost of
- * arming and clearing the timer per call is still paid. The table reports how many
+ * that are failures). A long deadline keeps the comparison about deciding; what a deadline
+ * costs per call is still paid. The table reports how many
  * decisions took longer than 50 ms.
  */
 export const BENCH_DEADLINE_MS = 1000;

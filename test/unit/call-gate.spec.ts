@@ -1,0 +1,89 @@
+import { describe, expect, it } from '@jest/globals';
+import { CallGate } from '../../lib/storage/redis/call-gate.js';
+import type { RedisStoreClient } from '../../lib/storage/redis/client-factory.js';
+import { RedisStoreUnavailableError } from '../../lib/storage/redis/redis-store.error.js';
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** A promise settled from outside. */
+function deferred(): { promise: Promise<unknown>; resolve: (value: unknown) => void } {
+  let resolve!: (value: unknown) => void;
+  const promise = new Promise<unknown>((settle) => (resolve = settle));
+  return { promise, resolve };
+}
+
+function gateOf(deadlineMs: number, failureThreshold = 1_000_000) {
+  const client = { status: 'ready', isCluster: false } as unknown as RedisStoreClient;
+  const changes: boolean[] = [];
+  const gate = new CallGate({
+    client,
+    deadlineMs,
+    failureThreshold,
+    probeIntervalMs: 1_000_000,
+    onChange: (available) => changes.push(available),
+    onRecover: () => undefined,
+  });
+  return { gate, changes };
+}
+
+/**
+ * The deadlines of `CallGate`: one timer for every call in flight (a queue in the order the
+ * calls were sent), which must expire exactly the calls that got no answer in time.
+ */
+describe('CallGate deadlines', () => {
+  it('of 3,000 calls, the 1,000 never answered fail at their deadline; the others get their replies', async () => {
+    const { gate } = gateOf(30);
+    const silent: ReturnType<typeof deferred>[] = [];
+    const outcomes: Promise<string>[] = [];
+    const late: boolean[] = [];
+    for (let i = 0; i < 3000; i++) {
+      const reply = deferred();
+      // Every third call stays silent; the others answer at once or after 10 ms.
+      if (i % 3 === 0) silent.push(reply);
+      else if (i % 3 === 1) reply.resolve(i);
+      else setTimeout(() => reply.resolve(i), 10);
+      outcomes.push(
+        gate
+          .within(
+            reply.promise,
+            (value) => `reply ${String(value)}`,
+            (_value, delivered) => {
+              if (!delivered) late.push(true);
+            },
+          )
+          .catch((error: unknown) => (error instanceof RedisStoreUnavailableError ? 'deadline' : 'other')),
+      );
+    }
+    const results = await Promise.all(outcomes);
+    expect(results.filter((result) => result === 'deadline')).toHaveLength(1000);
+    expect(results.filter((result, i) => i % 3 !== 0 && result === `reply ${i}`)).toHaveLength(2000);
+    // A reply after the deadline is told to `settled` as not delivered.
+    for (const reply of silent) reply.resolve('late');
+    await sleep(0);
+    expect(late).toHaveLength(1000);
+    gate.close();
+  });
+
+  it('calls sent later get deadlines of their own, counted from when they were sent', async () => {
+    const { gate } = gateOf(40);
+    const sentAt = performance.now();
+    const first = gate.within(new Promise(() => undefined), () => 'never').catch(() => performance.now() - sentAt);
+    await sleep(25);
+    const second = gate.within(new Promise(() => undefined), () => 'never').catch(() => performance.now() - sentAt);
+    const [a, b] = await Promise.all([first, second]);
+    expect(a).toBeGreaterThanOrEqual(39);
+    expect(b).toBeGreaterThanOrEqual(25 + 39);
+    gate.close();
+  });
+
+  it('misses count towards the breaker: it opens after the threshold of calls expired in a row', async () => {
+    const { gate, changes } = gateOf(20, 3);
+    const calls = Array.from({ length: 3 }, () =>
+      gate.within(new Promise(() => undefined), () => 'never').catch(() => 'x'),
+    );
+    await Promise.all(calls);
+    expect(changes).toEqual([false]);
+    expect(gate.isOpen).toBe(true);
+    gate.close();
+  });
+});
