@@ -1,5 +1,6 @@
 /** Small helpers shared by the Redis store tests. */
 import { Redis, type Cluster } from 'ioredis';
+import { trackerHashOf } from '../../lib/storage/redis/redis-keys.js';
 
 /** A plain client for inspecting a test server (not the store's). */
 export function adminClient(port: number): Redis {
@@ -78,13 +79,18 @@ async function boundOf(client: Redis, key: string, bound: (key: string) => numbe
   return need + 1000;
 }
 
+/** A sliding log's field in its tracker hash (key layout 3), as bytes; null when absent. */
+export function logField(client: Redis, key: string): Promise<Buffer | null> {
+  const { hash, field } = trackerHashOf(key);
+  return client.hgetBuffer(hash, field);
+}
+
 /**
  * The entries a sliding log holds (key layout 3): in its tracker hash's field (`L` and 8
  * bytes per entry), or, once it outgrew the field (`Z`), in the sorted set at its key.
  */
 export async function logSize(client: Redis, key: string): Promise<number> {
-  const close = key.indexOf('}');
-  const field = await client.hgetBuffer(`${key.slice(0, close + 1)}:~3`, key.slice(close + 1));
+  const field = await logField(client, key);
   if (field === null) return 0;
   if (field.toString() === 'Z') return client.zcard(key);
   return (field.length - 1) / 8;

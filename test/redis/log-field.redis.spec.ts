@@ -7,7 +7,8 @@ import type { RateLimitStore } from '../../lib/storage/rate-limit-store.js';
 import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
 import { T0, type ManualClock } from './decision-table.js';
-import { adminClient, closeClient, ready, storeClient } from './helpers.js';
+import { trackerHashOf } from '../../lib/storage/redis/redis-keys.js';
+import { adminClient, closeClient, logField, ready, storeClient } from './helpers.js';
 
 /** xorshift32: a fixed pseudo-random schedule, the same on every run. */
 function random(seed: number): () => number {
@@ -62,11 +63,7 @@ describe.each([
     tracker,
     tiers: specs.map((spec) => ({ key: store.key(tracker, spec.suffix), spec })),
   });
-  const fieldOf = async (plan: RateLimitPlan, index: number) => {
-    const key = plan.tiers[index]!.key;
-    const close = key.indexOf('}');
-    return admin.hgetBuffer(`${key.slice(0, close + 1)}:~3`, key.slice(close + 1));
-  };
+  const fieldOf = (plan: RateLimitPlan, index: number) => logField(admin, plan.tiers[index]!.key);
 
   it('a log outgrowing its field moves to a sorted set, and decides as the memory store throughout', async () => {
     const specs = [
@@ -114,7 +111,7 @@ describe.each([
     const log = windowSpec('expensive', 'x', 'sliding-log', 2, 60_000);
     const plan = planOf(redis, `user:odd-${planScripts ?? 'own'}`, [log]);
     const key = plan.tiers[0]!.key;
-    const hash = `${key.slice(0, key.indexOf('}') + 1)}:~3`;
+    const { hash } = trackerHashOf(key);
     for (const odd of ['1733250000000.5', 'L123', '', '1 2 3']) {
       await admin.hset(hash, ':x', odd);
       expect(await redis.peek(plan)).toEqual([{ tier: 'expensive', limit: 2, remaining: 2, resetIn: 0 }]);

@@ -1,4 +1,5 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from '@jest/globals';
+import type { Provider } from '@nestjs/common';
 import { Manager, type Socket as IoClientSocket } from 'socket.io-client';
 import { WsRateLimitAdapter, WsRateLimitModule, type WsRateLimitModuleOptions } from '../../../lib/index.js';
 import { WsRateLimitIoAdapter } from '../../../lib/socket-io.js';
@@ -27,18 +28,27 @@ const baseOptions: WsRateLimitModuleOptions = {
   violations: { max: 3, windowMs: 60_000 },
 };
 
+/** An app with the scripted gateway and guard (and `extra` providers) behind `makeAdapter`. */
+function startScripted(
+  options: WsRateLimitModuleOptions,
+  makeAdapter: Parameters<typeof startApp>[1],
+  extra: Provider[] = [],
+): Promise<RunningApp> {
+  return startApp(
+    {
+      imports: [WsRateLimitModule.forRoot({ ...baseOptions, ...options })],
+      providers: [ScriptedGateway, ...extra, ScriptedGuard],
+    },
+    makeAdapter,
+  );
+}
+
 describe('frame hold review, WsRateLimitAdapter', () => {
   let running: RunningApp | undefined;
   const clients: TestClient[] = [];
 
   const start = async (options: WsRateLimitModuleOptions = {}) => {
-    running = await startApp(
-      {
-        imports: [WsRateLimitModule.forRoot({ ...baseOptions, ...options })],
-        providers: [ScriptedGateway, ScriptedGuard],
-      },
-      (app) => new WsRateLimitAdapter(app),
-    );
+    running = await startScripted(options, (app) => new WsRateLimitAdapter(app));
   };
   const connect = async () => {
     const client = await TestClient.connect(running!.url, { perMessageDeflate: false });
@@ -193,13 +203,7 @@ describe.each(ENGINE_TRANSPORTS)('frame hold review, WsRateLimitIoAdapter over %
   const sockets: IoClientSocket[] = [];
 
   const start = async (options: WsRateLimitModuleOptions = {}) => {
-    running = await startApp(
-      {
-        imports: [WsRateLimitModule.forRoot({ ...baseOptions, ...options })],
-        providers: [ScriptedGateway, OtherNamespaceGateway, ScriptedGuard],
-      },
-      (app) => new WsRateLimitIoAdapter(app),
-    );
+    running = await startScripted(options, (app) => new WsRateLimitIoAdapter(app), [OtherNamespaceGateway]);
   };
   const connect = async () => {
     const client = await connectIo(`http://127.0.0.1:${running!.port}`, transport);
@@ -300,13 +304,7 @@ describe('frame hold review, WsRateLimitIoAdapter, events in one read', () => {
   const clients: TestClient[] = [];
 
   const start = async (options: WsRateLimitModuleOptions = {}) => {
-    running = await startApp(
-      {
-        imports: [WsRateLimitModule.forRoot({ ...baseOptions, ...options })],
-        providers: [ScriptedGateway, ScriptedGuard],
-      },
-      (app) => new WsRateLimitIoAdapter(app),
-    );
+    running = await startScripted(options, (app) => new WsRateLimitIoAdapter(app));
   };
   beforeEach(() => script.reset());
   afterEach(async () => {
@@ -354,18 +352,8 @@ describe('frame hold review, WsRateLimitIoAdapter on Redis, events in one read',
   const clients: TestClient[] = [];
 
   const start = async (reservationBatch: number) => {
-    running = await startApp(
-      {
-        imports: [
-          WsRateLimitModule.forRoot({
-            ...baseOptions,
-            store: 'redis',
-            tracker: 'ip',
-            redis: { url: redis.url, reservationBatch },
-          }),
-        ],
-        providers: [ScriptedGateway, ScriptedGuard],
-      },
+    running = await startScripted(
+      { store: 'redis', tracker: 'ip', redis: { url: redis.url, reservationBatch } },
       (app) => new WsRateLimitIoAdapter(app),
     );
   };
