@@ -34,9 +34,54 @@ export function createSlidingLog(limit: number): SlidingLogState {
  * `-Infinity` when they fit whatever the timestamps. `cost` must be at most the limit.
  */
 function blocker(log: SlidingLogState, cost: number): number {
-  const over = log.count + cost - log.limit;
+  return ringBlocker(log.ring, 0, log.ring.length, log.head, log.count, log.limit, cost);
+}
+
+// The ring's arithmetic, shared by both forms of the log: the object above, and a log
+// packed into a slab (`packedLog*` below). A ring is `size` slots from `base` in `slots`,
+// its oldest entry at `base + head`, `count` entries held.
+
+/** The entry that must leave the window before `cost` more fit (`-Infinity`: none need to). */
+function ringBlocker(
+  slots: Float64Array,
+  base: number,
+  size: number,
+  head: number,
+  count: number,
+  limit: number,
+  cost: number,
+): number {
+  const over = count + cost - limit;
   if (over <= 0) return -Infinity;
-  return log.ring[wrap(log.head + over - 1, log.ring.length)]!;
+  return slots[base + wrap(head + over - 1, size)]!;
+}
+
+/** Entries of a ring after `edge` (a binary search: entries are oldest first). */
+function ringCountAfter(
+  slots: Float64Array,
+  base: number,
+  size: number,
+  head: number,
+  count: number,
+  edge: number,
+): number {
+  let low = 0;
+  let high = count;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (slots[base + wrap(head + middle, size)]! <= edge) low = middle + 1;
+    else high = middle;
+  }
+  return count - low;
+}
+
+/** Whole ms until the entry at `oldest` has left the window ending at `now` (0: it has). */
+function waitPast(oldest: number, now: number, windowMs: number): number {
+  if (oldest <= now - windowMs) return 0;
+  let wait = Math.ceil(oldest + windowMs - now);
+  if (wait < 1) wait = 1;
+  while (oldest > now + wait - windowMs) wait++;
+  return wait;
 }
 
 /** True when `cost` more events fit in the window ending at `now` (never if cost > limit). */
@@ -89,27 +134,12 @@ function grow(log: SlidingLogState): void {
  */
 export function logWait(log: SlidingLogState, now: number, windowMs: number, cost: number): number {
   if (cost > log.limit) return Infinity;
-  const oldest = blocker(log, cost);
-  if (oldest <= now - windowMs) return 0;
-  let wait = Math.ceil(oldest + windowMs - now);
-  if (wait < 1) wait = 1;
-  while (oldest > now + wait - windowMs) wait++;
-  return wait;
+  return waitPast(blocker(log, cost), now, windowMs);
 }
 
 /** Events of the log still inside the window ending at `now` (a binary search: O(log limit)). */
 export function logCount(log: SlidingLogState, now: number, windowMs: number): number {
-  const size = log.ring.length;
-  const edge = now - windowMs;
-  // Entries are oldest first; find the first one after the edge.
-  let low = 0;
-  let high = log.count;
-  while (low < high) {
-    const middle = (low + high) >>> 1;
-    if (log.ring[wrap(log.head + middle, size)]! <= edge) low = middle + 1;
-    else high = middle;
-  }
-  return log.count - low;
+  return ringCountAfter(log.ring, 0, log.ring.length, log.head, log.count, now - windowMs);
 }
 
 /** Time at which every entry has left the window: from then on the log equals a fresh one. */
@@ -121,4 +151,81 @@ export function logFreshAt(log: SlidingLogState, windowMs: number): number {
 /** `index % size` for `0 <= index < 2 * size`, without a division. */
 function wrap(index: number, size: number): number {
   return index >= size ? index - size : index;
+}
+
+// --- A log packed into a slab ------------------------------------------------------------
+
+/**
+ * The largest limit a packed log takes. A packed log holds `PACKED_LOG_HEADER + limit`
+ * doubles from the start: 152 bytes at this limit, less than a `SlidingLogState` object
+ * with its ring.
+ */
+export const PACKED_LOG_MAX_LIMIT = 16;
+
+/** Doubles before a packed log's entries: its head, its count and its limit. */
+export const PACKED_LOG_HEADER = 3;
+
+/**
+ * Writes a fresh log for a window of `limit` events at `at` in `slab` (it takes
+ * `PACKED_LOG_HEADER + limit` doubles). The same log as `createSlidingLog`'s, with its ring
+ * at its full size from the start, in a `Float64Array` shared with other logs: a store
+ * that keeps many small logs in one slab allocates no object per log.
+ */
+export function packLog(slab: Float64Array, at: number, limit: number): void {
+  slab[at] = 0;
+  slab[at + 1] = 0;
+  slab[at + 2] = limit;
+}
+
+/** `logAllows` of the log packed at `at`. */
+export function packedLogAllows(slab: Float64Array, at: number, now: number, windowMs: number, cost: number): boolean {
+  const limit = slab[at + 2]!;
+  return (
+    cost <= limit &&
+    ringBlocker(slab, at + PACKED_LOG_HEADER, limit, slab[at]!, slab[at + 1]!, limit, cost) <= now - windowMs
+  );
+}
+
+/** `logRecord` of the log packed at `at` (call only after `packedLogAllows`). */
+export function packedLogRecord(slab: Float64Array, at: number, now: number, cost: number): void {
+  const limit = slab[at + 2]!;
+  const base = at + PACKED_LOG_HEADER;
+  let head = slab[at]!;
+  let count = slab[at + 1]!;
+  for (let i = 0; i < cost; i++) {
+    if (count === limit) {
+      // Full at the limit: the oldest entry gives its slot.
+      slab[base + head] = now;
+      head = wrap(head + 1, limit);
+    } else {
+      slab[base + wrap(head + count, limit)] = now;
+      count++;
+    }
+  }
+  slab[at] = head;
+  slab[at + 1] = count;
+}
+
+/** `logWait` of the log packed at `at`. */
+export function packedLogWait(slab: Float64Array, at: number, now: number, windowMs: number, cost: number): number {
+  const limit = slab[at + 2]!;
+  if (cost > limit) return Infinity;
+  return waitPast(
+    ringBlocker(slab, at + PACKED_LOG_HEADER, limit, slab[at]!, slab[at + 1]!, limit, cost),
+    now,
+    windowMs,
+  );
+}
+
+/** `logCount` of the log packed at `at`. */
+export function packedLogCount(slab: Float64Array, at: number, now: number, windowMs: number): number {
+  return ringCountAfter(slab, at + PACKED_LOG_HEADER, slab[at + 2]!, slab[at]!, slab[at + 1]!, now - windowMs);
+}
+
+/** `logFreshAt` of the log packed at `at`. */
+export function packedLogFreshAt(slab: Float64Array, at: number, windowMs: number): number {
+  const count = slab[at + 1]!;
+  if (count === 0) return -Infinity;
+  const limit = slab[at + 2]!;
+  return slab[at + PACKED_LOG_HEADER + wrap(slab[at]! + count - 1, limit)]! + windowMs;
 }

@@ -8,6 +8,13 @@ import {
   logFreshAt,
   logRecord,
   logWait,
+  PACKED_LOG_HEADER,
+  packLog,
+  packedLogAllows,
+  packedLogCount,
+  packedLogFreshAt,
+  packedLogRecord,
+  packedLogWait,
   type SlidingLogState,
 } from '../../lib/algorithms/sliding-log.js';
 import { RefLog, TICKS_PER_MS, check, checkSame, fcParams, ms } from './support/exact-model.js';
@@ -38,6 +45,13 @@ describe('sliding-window log', () => {
     fc.assert(
       fc.property(params, steps(150), ({ limit, trims, windowMs, startTicks }, schedule) => {
         const log = createSlidingLog(limit);
+        // The same log packed in a slab, between other doubles it must never touch.
+        const AT = 5;
+        const slab = new Float64Array(AT + PACKED_LOG_HEADER + limit + 5).fill(-7);
+        packLog(slab, AT, limit);
+        const outside = (): string =>
+          JSON.stringify([...slab.subarray(0, AT), ...slab.subarray(AT + PACKED_LOG_HEADER + limit)]);
+        const untouched = outside();
         const ref = new RefLog(limit, windowMs);
         let now = startTicks;
         let rejected: { cost: number; wait: number } | undefined;
@@ -48,9 +62,19 @@ describe('sliding-window log', () => {
           const allowed = logAllows(log, ms(now), windowMs, cost);
           checkSame(allowed, ref.allows(now, cost), `allowed at ${ms(now)} ms, cost ${cost}`);
           checkSame(limit - logCount(log, ms(now), windowMs), ref.remaining(now), 'remaining');
+          checkSame(packedLogAllows(slab, AT, ms(now), windowMs, cost), allowed, 'packed: allowed');
+          checkSame(packedLogCount(slab, AT, ms(now), windowMs), logCount(log, ms(now), windowMs), 'packed: count');
+          checkSame(
+            packedLogWait(slab, AT, ms(now), windowMs, cost),
+            logWait(log, ms(now), windowMs, cost),
+            'packed: wait',
+          );
           if (allowed) {
             checkSame(logWait(log, ms(now), windowMs, cost), 0, 'wait when allowed');
             logRecord(log, ms(now), cost, trims ? windowMs : undefined);
+            packedLogRecord(slab, AT, ms(now), cost);
+            checkSame(packedLogFreshAt(slab, AT, windowMs), logFreshAt(log, windowMs), 'packed: fresh at');
+            checkSame(outside(), untouched, 'packed: the doubles around the log');
             check(log.count <= limit && log.ring.length <= limit, () => `ring ${log.ring.length} past limit ${limit}`);
             ref.consume(now, cost);
             admitted.push({ at: now, cost });

@@ -9,6 +9,12 @@ import {
   logFreshAt,
   logRecord,
   logWait,
+  PACKED_LOG_MAX_LIMIT,
+  packedLogAllows,
+  packedLogCount,
+  packedLogFreshAt,
+  packedLogRecord,
+  packedLogWait,
   type SlidingLogState,
 } from '../../algorithms/sliding-log.js';
 import {
@@ -141,11 +147,17 @@ export class MemoryRateLimitStore extends RateLimitStore {
             return i === count - 1 ? refuseBucket(spec, i, table.freshAt[slot]!, now) : this.reject(plan, now, i);
           }
           break;
-        case AlgorithmKind.SlidingLog:
-          if (!logAllows(table.objects[slot] as SlidingLogState, now, spec.windowMs, spec.cost)) {
+        case AlgorithmKind.SlidingLog: {
+          const at = table.logAt[slot]!;
+          if (
+            at >= 0
+              ? !packedLogAllows(table.logs.slab, at, now, spec.windowMs, spec.cost)
+              : !logAllows(table.objects[slot] as SlidingLogState, now, spec.windowMs, spec.cost)
+          ) {
             return this.reject(plan, now, i);
           }
           break;
+        }
         case AlgorithmKind.SlidingCounter:
           if (!counterAllows(table.objects[slot] as SlidingCounterState, now, spec.windowMs, spec.limit, spec.cost)) {
             return this.reject(plan, now, i);
@@ -179,6 +191,17 @@ export class MemoryRateLimitStore extends RateLimitStore {
           }
           break;
         case AlgorithmKind.SlidingLog: {
+          let at = table.logAt[slot]!;
+          if (at < 0 && table.objects[slot] === undefined && spec.limit <= PACKED_LOG_MAX_LIMIT) {
+            // A small log is packed in the table's slab: no object of its own.
+            at = table.packLog(slot, spec.limit);
+          }
+          if (at >= 0) {
+            const slab = table.logs.slab;
+            packedLogRecord(slab, at, now, spec.cost);
+            freshAt[slot] = packedLogFreshAt(slab, at, spec.windowMs);
+            break;
+          }
           const log = (table.objects[slot] ??= createSlidingLog(spec.limit)) as SlidingLogState;
           logRecord(log, now, spec.cost, spec.windowMs);
           freshAt[slot] = logFreshAt(log, spec.windowMs);
@@ -275,8 +298,12 @@ export class MemoryRateLimitStore extends RateLimitStore {
     switch (spec.kind) {
       case AlgorithmKind.TokenBucket:
         return bucketWait(this.table.freshAt[slot]!, now, spec.slack);
-      case AlgorithmKind.SlidingLog:
-        return logWait(this.table.objects[slot] as SlidingLogState, now, spec.windowMs, spec.cost);
+      case AlgorithmKind.SlidingLog: {
+        const at = this.table.logAt[slot]!;
+        return at >= 0
+          ? packedLogWait(this.table.logs.slab, at, now, spec.windowMs, spec.cost)
+          : logWait(this.table.objects[slot] as SlidingLogState, now, spec.windowMs, spec.cost);
+      }
       case AlgorithmKind.SlidingCounter:
         return counterWait(this.table.objects[slot] as SlidingCounterState, now, spec.windowMs, spec.limit, spec.cost);
       case AlgorithmKind.Concurrency:
@@ -290,8 +317,14 @@ export class MemoryRateLimitStore extends RateLimitStore {
     switch (spec.kind) {
       case AlgorithmKind.TokenBucket:
         return Math.floor(bucketTokens(this.table.freshAt[slot]!, now, spec.limit, spec.intervalMs));
-      case AlgorithmKind.SlidingLog:
-        return Math.max(0, spec.limit - logCount(this.table.objects[slot] as SlidingLogState, now, spec.windowMs));
+      case AlgorithmKind.SlidingLog: {
+        const at = this.table.logAt[slot]!;
+        const held =
+          at >= 0
+            ? packedLogCount(this.table.logs.slab, at, now, spec.windowMs)
+            : logCount(this.table.objects[slot] as SlidingLogState, now, spec.windowMs);
+        return Math.max(0, spec.limit - held);
+      }
       case AlgorithmKind.SlidingCounter:
         return Math.max(
           0,

@@ -1,12 +1,16 @@
+import { LogSlab } from './log-slab.js';
+
 /**
  * The memory store's state, one record per tracker. A record is a chain of tier states in
  * flat columns (one slot per tier the tracker has used, whichever plans used it), found
  * through one `Map` entry per tracker; updating a state allocates nothing.
  *
  * Per slot: the tracker that owns it, the tier's name within it (its suffix), `freshAt` (a token bucket's whole
- * state; for the other algorithms the time from which the state equals a fresh one), the
- * state object of window and concurrency tiers, the next slot of the same tracker, and a
- * flags byte (head of its chain, recently used).
+ * state; for the other algorithms the time from which the state equals a fresh one), where
+ * its sliding log is packed in the table's `LogSlab` (a log of at most
+ * `PACKED_LOG_MAX_LIMIT` entries) or else the state object of window and concurrency
+ * tiers, the next slot of the same tracker, and a flags byte (head of its chain, recently
+ * used).
  *
  * Bounds: the table holds at most `maxKeys` tier states (slots), and makes room by dropping
  * whole trackers: idle trackers first (every state fresh again; `minFreshAt`, a lower bound
@@ -28,8 +32,12 @@ export class TrackerTable {
   ids: (string | undefined)[] = [];
   /** Per slot: time from which the state equals a fresh one; `Infinity` pins the tracker. */
   freshAt: Float64Array;
-  /** Per slot: the state object of window and concurrency tiers. */
+  /** Per slot: the state object of window and concurrency tiers (not of packed logs). */
   objects: unknown[] = [];
+  /** Per slot: the offset of its packed sliding log in `logs.slab`, or -1. */
+  logAt: Int32Array;
+  /** The packed sliding logs of every slot. */
+  readonly logs = new LogSlab();
   /** Per slot: the next slot of the same tracker, or -1. */
   private next: Int32Array;
   /** Per slot: HEAD | USED bits. */
@@ -55,6 +63,7 @@ export class TrackerTable {
     this.freshAt = new Float64Array(capacity);
     this.next = new Int32Array(capacity);
     this.flags = new Uint8Array(capacity);
+    this.logAt = new Int32Array(capacity);
   }
 
   /** Tier states held (slots in use). */
@@ -127,6 +136,7 @@ export class TrackerTable {
       this.ids[slot] = key;
     }
     this.objects[slot] = undefined;
+    this.logAt[slot] = -1;
     this.freshAt[slot] = -Infinity;
     if (head < 0) {
       // Strings built by concatenation are ropes in V8: flattened once, they keep their
@@ -143,6 +153,14 @@ export class TrackerTable {
     this.held++;
     this.insertsSinceSweep++;
     return slot;
+  }
+
+  /**
+   * Gives `slot` a fresh sliding log of `limit` entries packed in `logs` and returns its
+   * offset. The slab may grow: read `logs.slab` after this.
+   */
+  packLog(slot: number, limit: number): number {
+    return (this.logAt[slot] = this.logs.alloc(limit));
   }
 
   /** Removes the state of a tier from `tracker`, if held; a tracker left with none is forgotten. */
@@ -184,6 +202,7 @@ export class TrackerTable {
     this.trackers = [];
     this.ids = [];
     this.objects = [];
+    this.logs.clear();
     this.free.length = 0;
     this.used = 0;
     this.held = 0;
@@ -195,6 +214,10 @@ export class TrackerTable {
     this.trackers[slot] = undefined;
     this.ids[slot] = undefined;
     this.objects[slot] = undefined;
+    if (this.logAt[slot]! >= 0) {
+      this.logs.release(this.logAt[slot]!);
+      this.logAt[slot] = -1;
+    }
     this.flags[slot] = 0;
     this.free.push(slot);
     this.held--;
@@ -224,6 +247,9 @@ export class TrackerTable {
     const flags = new Uint8Array(capacity);
     flags.set(this.flags);
     this.flags = flags;
+    const logAt = new Int32Array(capacity);
+    logAt.set(this.logAt);
+    this.logAt = logAt;
   }
 
   /** Whether any slot of a chain was used since the hand last passed; clears the marks. */

@@ -4,6 +4,7 @@
  */
 import fc from 'fast-check';
 import type { RateLimitDecision, RateLimitPlan, TierSpec, TierStatus } from '../../../lib/interfaces/plan.interface.js';
+import { PACKED_LOG_HEADER } from '../../../lib/algorithms/sliding-log.js';
 import { tokenBucketSpec, windowSpec } from '../../../lib/plans/tier-specs.js';
 import { MemoryRateLimitStore } from '../../../lib/storage/memory/memory-store.js';
 import { EXACT_RATES, RefBucket, RefCounter, RefLog, type RefLimiter, UNITS } from './exact-model.js';
@@ -40,7 +41,8 @@ export const planSetup: fc.Arbitrary<PlanSetup> = fc.record({
   ),
   expensive: fc.record({
     algorithm: fc.constantFrom('sliding-log' as const, 'sliding-counter' as const),
-    limit: fc.integer({ min: 1, max: 6 }),
+    // Logs up to PACKED_LOG_MAX_LIMIT (16) are packed in the store's slab, larger ones are objects.
+    limit: fc.oneof(fc.integer({ min: 1, max: 6 }), fc.integer({ min: 15, max: 20 })),
     windowMs: fc.oneof(fc.integer({ min: 1, max: 30 }), fc.integer({ min: 31, max: 3000 })),
     costPick: fc.oneof(fc.constant(1), fc.integer({ min: 1, max: 100 })),
   }),
@@ -149,6 +151,8 @@ interface TableInternals {
   readonly ids: (string | undefined)[];
   readonly freshAt: Float64Array;
   readonly objects: unknown[];
+  readonly logAt: Int32Array;
+  readonly logs: { readonly slab: Float64Array };
   readonly size: number;
   readonly evictions: number;
 }
@@ -164,7 +168,14 @@ export function storeSnapshot(store: MemoryRateLimitStore): string {
   table.trackers.forEach((tracker, slot) => {
     if (tracker === undefined) return;
     const object = table.objects[slot] as { ring?: Float64Array } | undefined;
-    const state = object?.ring ? { ...object, ring: Array.from(object.ring) } : object;
+    const at = table.logAt[slot]!;
+    // A packed log: its header (head, count, limit) and its entries.
+    const state =
+      at >= 0
+        ? Array.from(table.logs.slab.subarray(at, at + PACKED_LOG_HEADER + table.logs.slab[at + 2]!))
+        : object?.ring
+          ? { ...object, ring: Array.from(object.ring) }
+          : object;
     entries.push([`${tracker} ${table.ids[slot]!}`, String(table.freshAt[slot]), state] as const);
   });
   entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
