@@ -148,11 +148,11 @@ export class MemoryRateLimitStore extends RateLimitStore {
           }
           break;
         case AlgorithmKind.SlidingLog: {
-          const at = table.logAt[slot]!;
+          const log = table.objects[slot];
           if (
-            at >= 0
-              ? !packedLogAllows(table.logs.slab, at, now, spec.windowMs, spec.cost)
-              : !logAllows(table.objects[slot] as SlidingLogState, now, spec.windowMs, spec.cost)
+            typeof log === 'number'
+              ? !packedLogAllows(table.logs.slab, log, now, spec.windowMs, spec.cost)
+              : !logAllows(log as SlidingLogState, now, spec.windowMs, spec.cost)
           ) {
             return this.reject(plan, now, i);
           }
@@ -191,18 +191,16 @@ export class MemoryRateLimitStore extends RateLimitStore {
           }
           break;
         case AlgorithmKind.SlidingLog: {
-          let at = table.logAt[slot]!;
-          if (at < 0 && table.objects[slot] === undefined && spec.limit <= PACKED_LOG_MAX_LIMIT) {
-            // A small log is packed in the table's slab: no object of its own.
-            at = table.packLog(slot, spec.limit);
-          }
-          if (at >= 0) {
+          let state = table.objects[slot];
+          // A small log is packed in the table's slab: no object of its own.
+          if (state === undefined && spec.limit <= PACKED_LOG_MAX_LIMIT) state = table.packLog(slot, spec.limit);
+          if (typeof state === 'number') {
             const slab = table.logs.slab;
-            packedLogRecord(slab, at, now, spec.cost);
-            freshAt[slot] = packedLogFreshAt(slab, at, spec.windowMs);
+            packedLogRecord(slab, state, now, spec.cost);
+            freshAt[slot] = packedLogFreshAt(slab, state, spec.windowMs);
             break;
           }
-          const log = (table.objects[slot] ??= createSlidingLog(spec.limit)) as SlidingLogState;
+          const log = (state ?? (table.objects[slot] = createSlidingLog(spec.limit))) as SlidingLogState;
           logRecord(log, now, spec.cost, spec.windowMs);
           freshAt[slot] = logFreshAt(log, spec.windowMs);
           break;
@@ -299,10 +297,10 @@ export class MemoryRateLimitStore extends RateLimitStore {
       case AlgorithmKind.TokenBucket:
         return bucketWait(this.table.freshAt[slot]!, now, spec.slack);
       case AlgorithmKind.SlidingLog: {
-        const at = this.table.logAt[slot]!;
-        return at >= 0
-          ? packedLogWait(this.table.logs.slab, at, now, spec.windowMs, spec.cost)
-          : logWait(this.table.objects[slot] as SlidingLogState, now, spec.windowMs, spec.cost);
+        const log = this.table.objects[slot];
+        return typeof log === 'number'
+          ? packedLogWait(this.table.logs.slab, log, now, spec.windowMs, spec.cost)
+          : logWait(log as SlidingLogState, now, spec.windowMs, spec.cost);
       }
       case AlgorithmKind.SlidingCounter:
         return counterWait(this.table.objects[slot] as SlidingCounterState, now, spec.windowMs, spec.limit, spec.cost);
@@ -318,11 +316,11 @@ export class MemoryRateLimitStore extends RateLimitStore {
       case AlgorithmKind.TokenBucket:
         return Math.floor(bucketTokens(this.table.freshAt[slot]!, now, spec.limit, spec.intervalMs));
       case AlgorithmKind.SlidingLog: {
-        const at = this.table.logAt[slot]!;
+        const log = this.table.objects[slot];
         const held =
-          at >= 0
-            ? packedLogCount(this.table.logs.slab, at, now, spec.windowMs)
-            : logCount(this.table.objects[slot] as SlidingLogState, now, spec.windowMs);
+          typeof log === 'number'
+            ? packedLogCount(this.table.logs.slab, log, now, spec.windowMs)
+            : logCount(log as SlidingLogState, now, spec.windowMs);
         return Math.max(0, spec.limit - held);
       }
       case AlgorithmKind.SlidingCounter:

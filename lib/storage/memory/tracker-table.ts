@@ -32,10 +32,11 @@ export class TrackerTable {
   ids: (string | undefined)[] = [];
   /** Per slot: time from which the state equals a fresh one; `Infinity` pins the tracker. */
   freshAt: Float64Array;
-  /** Per slot: the state object of window and concurrency tiers (not of packed logs). */
+  /**
+   * Per slot: the state of window and concurrency tiers: an object, or, for a sliding log
+   * packed in `logs`, its offset there (a number costs the slot no object).
+   */
   objects: unknown[] = [];
-  /** Per slot: the offset of its packed sliding log in `logs.slab`, or -1. */
-  logAt: Int32Array;
   /** The packed sliding logs of every slot. */
   readonly logs = new LogSlab();
   /** Per slot: the next slot of the same tracker, or -1. */
@@ -63,7 +64,6 @@ export class TrackerTable {
     this.freshAt = new Float64Array(capacity);
     this.next = new Int32Array(capacity);
     this.flags = new Uint8Array(capacity);
-    this.logAt = new Int32Array(capacity);
   }
 
   /** Tier states held (slots in use). */
@@ -136,7 +136,6 @@ export class TrackerTable {
       this.ids[slot] = key;
     }
     this.objects[slot] = undefined;
-    this.logAt[slot] = -1;
     this.freshAt[slot] = -Infinity;
     if (head < 0) {
       // Strings built by concatenation are ropes in V8: flattened once, they keep their
@@ -160,7 +159,9 @@ export class TrackerTable {
    * offset. The slab may grow: read `logs.slab` after this.
    */
   packLog(slot: number, limit: number): number {
-    return (this.logAt[slot] = this.logs.alloc(limit));
+    const at = this.logs.alloc(limit);
+    this.objects[slot] = at;
+    return at;
   }
 
   /** Removes the state of a tier from `tracker`, if held; a tracker left with none is forgotten. */
@@ -213,11 +214,9 @@ export class TrackerTable {
   private releaseSlot(slot: number): void {
     this.trackers[slot] = undefined;
     this.ids[slot] = undefined;
+    const state = this.objects[slot];
+    if (typeof state === 'number') this.logs.release(state);
     this.objects[slot] = undefined;
-    if (this.logAt[slot]! >= 0) {
-      this.logs.release(this.logAt[slot]!);
-      this.logAt[slot] = -1;
-    }
     this.flags[slot] = 0;
     this.free.push(slot);
     this.held--;
@@ -247,9 +246,6 @@ export class TrackerTable {
     const flags = new Uint8Array(capacity);
     flags.set(this.flags);
     this.flags = flags;
-    const logAt = new Int32Array(capacity);
-    logAt.set(this.logAt);
-    this.logAt = logAt;
   }
 
   /** Whether any slot of a chain was used since the hand last passed; clears the marks. */

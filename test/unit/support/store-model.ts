@@ -151,7 +151,6 @@ interface TableInternals {
   readonly ids: (string | undefined)[];
   readonly freshAt: Float64Array;
   readonly objects: unknown[];
-  readonly logAt: Int32Array;
   readonly logs: { readonly slab: Float64Array };
   readonly size: number;
   readonly evictions: number;
@@ -167,12 +166,11 @@ export function storeSnapshot(store: MemoryRateLimitStore): string {
   const entries: (readonly [string, string, unknown])[] = [];
   table.trackers.forEach((tracker, slot) => {
     if (tracker === undefined) return;
-    const object = table.objects[slot] as { ring?: Float64Array } | undefined;
-    const at = table.logAt[slot]!;
-    // A packed log: its header (head, count, limit) and its entries.
+    const object = table.objects[slot] as { ring?: Float64Array } | number | undefined;
+    // A packed log (its offset in the slab): its header (head, count, limit) and its entries.
     const state =
-      at >= 0
-        ? Array.from(table.logs.slab.subarray(at, at + PACKED_LOG_HEADER + table.logs.slab[at + 2]!))
+      typeof object === 'number'
+        ? Array.from(table.logs.slab.subarray(object, object + PACKED_LOG_HEADER + table.logs.slab[object + 2]!))
         : object?.ring
           ? { ...object, ring: Array.from(object.ring) }
           : object;
