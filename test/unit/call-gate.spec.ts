@@ -5,6 +5,12 @@ import { RedisStoreUnavailableError } from '../../lib/storage/redis/redis-store.
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
+/** Blocks this process as a long synchronous handler would: timers cannot fire meanwhile. */
+function block(ms: number): void {
+  const until = performance.now() + ms;
+  while (performance.now() < until);
+}
+
 /** A promise settled from outside. */
 function deferred(): { promise: Promise<unknown>; resolve: (value: unknown) => void } {
   let resolve!: (value: unknown) => void;
@@ -73,6 +79,43 @@ describe('CallGate deadlines', () => {
     const [a, b] = await Promise.all([first, second]);
     expect(a).toBeGreaterThanOrEqual(39);
     expect(b).toBeGreaterThanOrEqual(25 + 39);
+    gate.close();
+  });
+
+  it('a timer that fired more than half a deadline late gives its call one more deadline, once', async () => {
+    const { gate, changes } = gateOf(200, 1);
+    const reply = deferred();
+    let outcome = 'pending';
+    const call = gate
+      .within(reply.promise, (value) => `reply ${String(value)}`)
+      .then(
+        (result) => (outcome = result),
+        (error: unknown) => (outcome = error instanceof RedisStoreUnavailableError ? 'deadline' : 'other'),
+      );
+    // The deadline timer fires 400 ms late (more than 1.5 deadlines after the call was
+    // sent): the call waited on this process, not on Redis. Its deadline starts again.
+    block(400);
+    await sleep(20);
+    expect(outcome).toBe('pending');
+    expect(changes).toEqual([]);
+    // Late again: the second deadline is the last; the call fails, and the miss counts.
+    block(400);
+    await sleep(20);
+    reply.resolve('too late');
+    await call;
+    expect(outcome).toBe('deadline');
+    expect(changes).toEqual([false]);
+    gate.close();
+  });
+
+  it('a reply after an extended deadline started is delivered', async () => {
+    const { gate } = gateOf(200);
+    const reply = deferred();
+    const call = gate.within(reply.promise, (value) => `reply ${String(value)}`);
+    block(400);
+    await sleep(20);
+    reply.resolve('in time');
+    await expect(call).resolves.toBe('reply in time');
     gate.close();
   });
 
