@@ -183,17 +183,39 @@ describe('one record per tracker: layout', () => {
     expect(store.peek(other).map((status) => status.remaining)).toEqual([0, 1, 7]);
   });
 
-  it('a one-tier plan remembers its slot as a number, a longer one as an array; a frozen plan still works', () => {
+  it('a plan whose states sit in consecutive slots remembers the first as a number, else an array; a frozen plan still works', () => {
+    type Cached = RateLimitPlan & { [PLAN_CACHE]: unknown };
     const store = new MemoryRateLimitStore({ clock: () => 0 });
-    const one = createPlan(store, 'conn:1', [global]) as RateLimitPlan & { [PLAN_CACHE]: unknown };
-    const two = createPlan(store, 'conn:1', [global, chat]) as RateLimitPlan & { [PLAN_CACHE]: unknown };
-    store.consume(one);
-    store.consume(two);
-    expect(typeof one[PLAN_CACHE]).toBe('number');
-    expect(Array.isArray(two[PLAN_CACHE])).toBe(true);
+    const one = createPlan(store, 'conn:1', [global]) as Cached;
+    const other = createPlan(store, 'conn:2', [global]) as Cached;
+    const two = createPlan(store, 'conn:1', [global, chat]) as Cached;
+    const three = createPlan(store, 'conn:3', [global, chat, expensive]) as Cached;
+    for (const plan of [one, other, two, three]) store.consume(plan);
+    expect(one[PLAN_CACHE]).toBe(0);
+    // conn:1's chat state was inserted after conn:2's global: slots 0 and 2.
+    expect(two[PLAN_CACHE]).toEqual([0, 2]);
+    // A tracker's first plan inserts its states together.
+    expect(three[PLAN_CACHE]).toBe(3);
     const frozen = Object.freeze(createPlan(store, 'conn:1', [global]));
     expect(store.consume(frozen).allowed).toBe(true); // the third of the global bucket's 3 tokens
     expect(store.consume(frozen)).toMatchObject({ allowed: false, tier: 'global', remaining: 0 });
+    expect(store.consume(two)).toMatchObject({ allowed: false, tier: 'global', remaining: 0 });
+    expect(store.peek(three).map((status) => status.remaining)).toEqual([2, 1, 1]);
+  });
+
+  it('a tracker dropped to make room gives its slots back in order: the next plan of as many tiers gets them consecutive', () => {
+    type Cached = RateLimitPlan & { [PLAN_CACHE]: unknown };
+    const store = new MemoryRateLimitStore({ maxKeys: 3, clock: () => 0 });
+    const first = createPlan(store, 'a', [global, chat, expensive]) as Cached;
+    const second = createPlan(store, 'b', [global, chat, expensive]) as Cached;
+    store.consume(first);
+    expect(first[PLAN_CACHE]).toBe(0);
+    store.consume(second);
+    expect([store.trackers, store.size]).toEqual([1, 3]);
+    expect(second[PLAN_CACHE]).toBe(0);
+    // The first plan's number now points at another tracker's states: looked up again, fresh.
+    expect(store.peek(first).map((status) => status.remaining)).toEqual([3, 2, 2]);
+    expect(store.peek(second).map((status) => status.remaining)).toEqual([2, 1, 1]);
   });
 
   it('a plan decided by two stores in turn (the fallback store) keeps both exact', () => {

@@ -62,8 +62,10 @@ export const DEFAULT_MAX_KEYS = 100_000;
 
 /**
  * A plan as the memory store sees it: it remembers where the plan's tier states are in the
- * plan's cache (`createPlan` makes room for it): the slot itself for a one-tier plan (a
- * number, so remembering costs the plan nothing), an array of slots for more tiers. The
+ * plan's cache (`createPlan` makes room for it): when the tiers' states sit in consecutive
+ * slots, the first slot (a number, so remembering costs the plan nothing and a decision
+ * reads no other object: always so for one tier, and for a tracker's first plan, whose
+ * states are inserted together), else an array of slots. The
  * next decision on that plan checks that each slot still holds its tracker's tier (two
  * reads) instead of looking anything up; the guard reuses a plan for every message of a
  * connection and handler. A slot remembered by another store, or since given to another
@@ -226,14 +228,17 @@ export class MemoryRateLimitStore extends RateLimitStore {
   }
 
   /**
-   * Keeps the slots of the decision just made in the plan's cache: in place when the plan
-   * has an array of the right length, else a new one (once per plan). A plan made without
+   * Keeps the slots of the decision just made in the plan's cache: the first slot when they
+   * are consecutive; else in place when the plan has an array of the right length, else a
+   * new one (once per plan). A plan made without
    * `createPlan` gets the cache added; a frozen one keeps none.
    */
   private remember(plan: BoundPlan, cache: unknown, count: number): void {
     if (!canCache(plan)) return;
     const slots = this.slots;
-    if (count === 1) {
+    let consecutive = true;
+    for (let i = 1; i < count && consecutive; i++) consecutive = slots[i] === slots[0]! + i;
+    if (consecutive) {
       if (cache !== slots[0]) setCache(plan, slots[0]);
       return;
     }
@@ -395,9 +400,9 @@ export class MemoryRateLimitStore extends RateLimitStore {
   }
 }
 
-/** The slot a plan's cache remembers for tier `i` of `count`, or -1. */
+/** The slot a plan's cache remembers for tier `i` of `count`, or -1 (the caller checks it). */
 function remembered(cache: unknown, i: number, count: number): number {
-  if (typeof cache === 'number') return count === 1 ? cache : -1;
+  if (typeof cache === 'number') return cache + i;
   if (count > 1 && Array.isArray(cache) && cache.length === count) {
     const slot: unknown = cache[i];
     if (typeof slot === 'number') return slot;

@@ -225,12 +225,23 @@ export class TrackerTable {
   /** Drops a whole chain; returns how many of its states still mattered at `now`. */
   private dropChain(head: number, now = Infinity): number {
     this.index.delete(this.trackers[head]!);
+    const free = this.free;
+    const from = free.length;
     let live = 0;
     for (let slot = head; slot >= 0;) {
       const after = this.next[slot]!;
       if (this.freshAt[slot]! > now) live++;
       this.releaseSlot(slot);
       slot = after;
+    }
+    // The chain's slots, highest first: the next tracker inserted takes them back in
+    // ascending order, so a plan of as many tiers finds them consecutive (its cache is
+    // then one number, see `MemoryRateLimitStore`).
+    for (let i = from + 1; i < free.length; i++) {
+      const slot = free[i]!;
+      let j = i;
+      for (; j > from && free[j - 1]! < slot; j--) free[j] = free[j - 1]!;
+      free[j] = slot;
     }
     return live;
   }
