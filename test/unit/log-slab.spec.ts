@@ -2,40 +2,45 @@ import { describe, expect, it } from '@jest/globals';
 import { PACKED_LOG_HEADER, packedLogCount, packedLogRecord } from '../../lib/algorithms/sliding-log.js';
 import { createPlan } from '../../lib/plans/create-plan.js';
 import { tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
-import { LogSlab } from '../../lib/storage/memory/log-slab.js';
+import { LOG_PAGE_MASK, LogSlab } from '../../lib/storage/memory/log-slab.js';
 import { MemoryRateLimitStore } from '../../lib/storage/memory/memory-store.js';
 
 /** The memory store's slab of packed sliding logs (`LogSlab`), and the store's use of it. */
 describe('LogSlab', () => {
-  it('keeps every log where it was when it grows, and reuses freed space per limit', () => {
-    const logs = new LogSlab(16);
+  it('adds pages as logs need them, never moves a log, and reuses freed space per limit', () => {
+    const logs = new LogSlab();
     const offsets: number[] = [];
-    for (let i = 0; i < 200; i++) {
-      const limit = 1 + (i % 16);
-      const at = logs.alloc(limit);
-      packedLogRecord(logs.slab, at, 1000 + i, limit);
+    const limitOf = (i: number): number => 1 + (i % 16);
+    // About 1,100 logs of up to 19 doubles: past the first page of 4,096 doubles.
+    for (let i = 0; i < 1100; i++) {
+      const at = logs.alloc(limitOf(i));
+      packedLogRecord(logs.pageOf(at), at & LOG_PAGE_MASK, 1000 + i, limitOf(i));
       offsets.push(at);
     }
-    // Grown many times over; every log still holds its own entries.
-    expect(logs.slab.length).toBeGreaterThanOrEqual(logs.doublesInUse);
+    expect(logs.pages.length).toBeGreaterThan(2);
+    expect(logs.doubles).toBe(logs.pages.length * (LOG_PAGE_MASK + 1));
+    // No log straddles two pages, and every one still holds its own entries.
     offsets.forEach((at, i) => {
-      expect(logs.slab[at + 2]).toBe(1 + (i % 16));
-      expect(packedLogCount(logs.slab, at, 1000 + i, 10)).toBe(1 + (i % 16));
+      expect((at & LOG_PAGE_MASK) + PACKED_LOG_HEADER + limitOf(i)).toBeLessThanOrEqual(LOG_PAGE_MASK + 1);
+      const page = logs.pageOf(at);
+      expect(page[(at & LOG_PAGE_MASK) + 2]).toBe(limitOf(i));
+      expect(packedLogCount(page, at & LOG_PAGE_MASK, 1000 + i, 10)).toBe(limitOf(i));
     });
     const inUse = logs.doublesInUse;
-    const length = logs.slab.length;
-    // Freed logs are reused by logs of the same limit, fresh: the slab does not grow.
+    expect(inUse).toBe(offsets.reduce((sum, _at, i) => sum + PACKED_LOG_HEADER + limitOf(i), 0));
+    const pages = logs.pages.length;
+    // Freed logs are reused by logs of the same limit, fresh: no page is added.
     for (const at of offsets.slice(0, 50)) logs.release(at);
     expect(logs.doublesInUse).toBeLessThan(inUse);
     for (let i = 0; i < 50; i++) {
-      const at = logs.alloc(1 + (i % 16));
+      const at = logs.alloc(limitOf(i));
       expect(offsets.slice(0, 50)).toContain(at);
-      expect(logs.slab[at + 1]).toBe(0);
+      expect(logs.pageOf(at)[(at & LOG_PAGE_MASK) + 1]).toBe(0);
     }
     expect(logs.doublesInUse).toBe(inUse);
-    expect(logs.slab.length).toBe(length);
+    expect(logs.pages.length).toBe(pages);
     logs.clear();
-    expect(logs.doublesInUse).toBe(0);
+    expect([logs.doublesInUse, logs.doubles]).toEqual([0, 0]);
   });
 
   it('a store under tracker churn gives evicted trackers’ logs back: the slab stays at the live logs', () => {
@@ -46,7 +51,7 @@ describe('LogSlab', () => {
     // 1,500 trackers fit (2 tier states each); each holds one packed log of 5.
     expect(store.trackers).toBeLessThanOrEqual(1_500);
     expect(logs.doublesInUse).toBe(store.trackers * (PACKED_LOG_HEADER + 5));
-    expect(logs.slab.length).toBeLessThanOrEqual(2 * 1_501 * (PACKED_LOG_HEADER + 5));
+    expect(logs.doubles).toBeLessThanOrEqual(1_501 * (PACKED_LOG_HEADER + 5) + LOG_PAGE_MASK + 1);
     // Deleting a tracker frees its log too.
     store.deleteTracker('conn:49999');
     expect(logs.doublesInUse).toBe(store.trackers * (PACKED_LOG_HEADER + 5));

@@ -39,6 +39,7 @@ import {
 } from '../../interfaces/plan.interface.js';
 import { keyAt, PLAN_CACHE, specAt, specsOf, tierCount } from '../../plans/create-plan.js';
 import { RateLimitStore } from '../rate-limit-store.js';
+import { LOG_PAGE_MASK } from './log-slab.js';
 import { TrackerTable } from './tracker-table.js';
 
 /** Options of the embedded memory store. */
@@ -153,7 +154,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
           const log = table.objects[slot];
           if (
             typeof log === 'number'
-              ? !packedLogAllows(table.logs.slab, log, now, spec.windowMs, spec.cost)
+              ? !packedLogAllows(table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec.windowMs, spec.cost)
               : !logAllows(log as SlidingLogState, now, spec.windowMs, spec.cost)
           ) {
             return this.reject(plan, now, i);
@@ -197,9 +198,9 @@ export class MemoryRateLimitStore extends RateLimitStore {
           // A small log is packed in the table's slab: no object of its own.
           if (state === undefined && spec.limit <= PACKED_LOG_MAX_LIMIT) state = table.packLog(slot, spec.limit);
           if (typeof state === 'number') {
-            const slab = table.logs.slab;
-            packedLogRecord(slab, state, now, spec.cost);
-            freshAt[slot] = packedLogFreshAt(slab, state, spec.windowMs);
+            const page = table.logs.pageOf(state);
+            packedLogRecord(page, state & LOG_PAGE_MASK, now, spec.cost);
+            freshAt[slot] = packedLogFreshAt(page, state & LOG_PAGE_MASK, spec.windowMs);
             break;
           }
           const log = (state ?? (table.objects[slot] = createSlidingLog(spec.limit))) as SlidingLogState;
@@ -304,7 +305,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
       case AlgorithmKind.SlidingLog: {
         const log = this.table.objects[slot];
         return typeof log === 'number'
-          ? packedLogWait(this.table.logs.slab, log, now, spec.windowMs, spec.cost)
+          ? packedLogWait(this.table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec.windowMs, spec.cost)
           : logWait(log as SlidingLogState, now, spec.windowMs, spec.cost);
       }
       case AlgorithmKind.SlidingCounter:
@@ -324,7 +325,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
         const log = this.table.objects[slot];
         const held =
           typeof log === 'number'
-            ? packedLogCount(this.table.logs.slab, log, now, spec.windowMs)
+            ? packedLogCount(this.table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec.windowMs)
             : logCount(log as SlidingLogState, now, spec.windowMs);
         return Math.max(0, spec.limit - held);
       }

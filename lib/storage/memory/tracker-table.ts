@@ -34,7 +34,7 @@ export class TrackerTable {
   freshAt: Float64Array;
   /**
    * Per slot: the state of window and concurrency tiers: an object, or, for a sliding log
-   * packed in `logs`, its offset there (a number costs the slot no object).
+   * packed in `logs`, where it is there (a number: the slot costs no object).
    */
   objects: unknown[] = [];
   /** The packed sliding logs of every slot. */
@@ -155,8 +155,8 @@ export class TrackerTable {
   }
 
   /**
-   * Gives `slot` a fresh sliding log of `limit` entries packed in `logs` and returns its
-   * offset. The slab may grow: read `logs.slab` after this.
+   * Gives `slot` a fresh sliding log of `limit` entries packed in `logs` and returns where
+   * it is (see `LogSlab`).
    */
   packLog(slot: number, limit: number): number {
     const at = this.logs.alloc(limit);

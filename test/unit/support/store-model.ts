@@ -6,6 +6,7 @@ import fc from 'fast-check';
 import type { RateLimitDecision, RateLimitPlan, TierSpec, TierStatus } from '../../../lib/interfaces/plan.interface.js';
 import { PACKED_LOG_HEADER } from '../../../lib/algorithms/sliding-log.js';
 import { tokenBucketSpec, windowSpec } from '../../../lib/plans/tier-specs.js';
+import { LOG_PAGE_MASK, type LogSlab } from '../../../lib/storage/memory/log-slab.js';
 import { MemoryRateLimitStore } from '../../../lib/storage/memory/memory-store.js';
 import { EXACT_RATES, RefBucket, RefCounter, RefLog, type RefLimiter, UNITS } from './exact-model.js';
 import { costOf } from './schedules.js';
@@ -151,7 +152,7 @@ interface TableInternals {
   readonly ids: (string | undefined)[];
   readonly freshAt: Float64Array;
   readonly objects: unknown[];
-  readonly logs: { readonly slab: Float64Array };
+  readonly logs: LogSlab;
   readonly size: number;
   readonly evictions: number;
 }
@@ -167,11 +168,13 @@ export function storeSnapshot(store: MemoryRateLimitStore): string {
   table.trackers.forEach((tracker, slot) => {
     if (tracker === undefined) return;
     const object = table.objects[slot] as { ring?: Float64Array } | number | undefined;
-    // A packed log (its offset in the slab): its header (head, count, limit) and its entries.
+    // A packed log (where it is in the slab): its header (head, count, limit) and its entries.
+    const page = typeof object === 'number' ? table.logs.pageOf(object) : undefined;
+    const at = typeof object === 'number' ? object & LOG_PAGE_MASK : 0;
     const state =
-      typeof object === 'number'
-        ? Array.from(table.logs.slab.subarray(object, object + PACKED_LOG_HEADER + table.logs.slab[object + 2]!))
-        : object?.ring
+      page !== undefined
+        ? Array.from(page.subarray(at, at + PACKED_LOG_HEADER + page[at + 2]!))
+        : typeof object === 'object' && object.ring
           ? { ...object, ring: Array.from(object.ring) }
           : object;
     entries.push([`${tracker} ${table.ids[slot]!}`, String(table.freshAt[slot]), state] as const);
