@@ -64,9 +64,6 @@ export class TrackerTable {
     this.freshAt = new Float64Array(capacity);
     this.next = new Int32Array(capacity);
     this.flags = new Uint8Array(capacity);
-    this.trackers = extended(this.trackers, capacity);
-    this.ids = extended(this.ids, capacity);
-    this.objects = extended(this.objects, capacity);
   }
 
   /** Tier states held (slots in use). */
@@ -203,10 +200,9 @@ export class TrackerTable {
   /** Removes every tracker. */
   clear(): void {
     this.index.clear();
-    const capacity = this.freshAt.length;
-    this.trackers = extended([], capacity);
-    this.ids = extended([], capacity);
-    this.objects = extended([], capacity);
+    this.trackers = [];
+    this.ids = [];
+    this.objects = [];
     this.logs.clear();
     this.free.length = 0;
     this.used = 0;
@@ -261,12 +257,6 @@ export class TrackerTable {
     const flags = new Uint8Array(capacity);
     flags.set(this.flags);
     this.flags = flags;
-    // The other columns grow with these, by doubling, rather than one slot at a time as
-    // arrays grow when written past their end (1.5 times, so more copies and more fresh
-    // memory: measured 10 % of a new tracker's first decision).
-    this.trackers = extended(this.trackers, capacity);
-    this.ids = extended(this.ids, capacity);
-    this.objects = extended(this.objects, capacity);
   }
 
   /** Whether any slot of a chain was used since the hand last passed; clears the marks. */
@@ -321,14 +311,6 @@ export class TrackerTable {
     this.minFreshAt = min;
     return dropped;
   }
-}
-
-/** `column` copied into an array of `capacity` entries, the new ones `undefined`. */
-function extended<T>(column: readonly (T | undefined)[], capacity: number): (T | undefined)[] {
-  const wider = new Array<T | undefined>(capacity);
-  for (let i = 0; i < column.length; i++) wider[i] = column[i];
-  for (let i = column.length; i < capacity; i++) wider[i] = undefined;
-  return wider;
 }
 
 /** Flag: the slot heads its tracker's chain. */
