@@ -15,6 +15,8 @@ const roleUnsupported = (error: unknown): null => {
 /** A call in flight, waiting for its reply or its deadline. */
 interface PendingCall {
   readonly sentAt: number;
+  /** `CallGate.answers` when it was sent. */
+  readonly answersAtSend: number;
   /** When its deadline started: when it was sent, or when it started again. */
   armedAt: number;
   /** Whether its deadline started again once. */
@@ -60,8 +62,8 @@ export class CallGate {
   private callsHead = 0;
   /** Set for the oldest queued deadline while calls are in flight. */
   private deadlineTimer: NodeJS.Timeout | undefined;
-  /** When (performance.now()) a call last got its answer in time. */
-  private lastAnswerAt = -Infinity;
+  /** Calls that got their answer in time (a count, so a reply costs no clock read). */
+  private answers = 0;
   /**
    * Deadlines missed while Redis was answering other calls in time: failed calls that did
    * not count towards opening the breaker (see `answeredSince`).
@@ -105,14 +107,22 @@ export class CallGate {
   ): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const now = performance.now();
-      const call: PendingCall = { sentAt: now, armedAt: now, extended: false, queued: true, answered: false, reject };
+      const call: PendingCall = {
+        sentAt: now,
+        answersAtSend: this.answers,
+        armedAt: now,
+        extended: false,
+        queued: true,
+        answered: false,
+        reject,
+      };
       this.arm(call);
       sent.then(
         (reply) => {
           const delivered = !call.answered;
           if (delivered) {
             this.settle(call);
-            this.lastAnswerAt = performance.now();
+            this.answers++;
             try {
               resolve(parse(reply, true));
               this.succeeded();
@@ -224,20 +234,20 @@ export class CallGate {
     }
     call.answered = true;
     const error = new RedisStoreUnavailableError(`Redis did not answer within ${this.deadlineMs} ms`);
-    if (this.answeredSince(call.sentAt)) this.busyMisses++;
+    if (this.answeredSince(call)) this.busyMisses++;
     else this.failed(error);
     call.reject(error);
   }
 
   /**
-   * Whether Redis answered another call in time since `since`: it is alive and answering in
+   * Whether Redis answered another call in time since `call` was sent: it is alive and answering in
    * order, and a call that missed its deadline meanwhile waited behind others (in Redis's
    * queue or this process's), which is load, not an outage. Such a miss fails its call (the
    * fail mode decides) without counting towards opening the breaker. Not on a Cluster, where
    * one master's answers say nothing of another's.
    */
-  private answeredSince(since: number): boolean {
-    return this.lastAnswerAt > since && !this.client.isCluster;
+  private answeredSince(call: PendingCall): boolean {
+    return this.answers > call.answersAtSend && !this.client.isCluster;
   }
 
   private succeeded(): void {

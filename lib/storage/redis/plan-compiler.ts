@@ -140,8 +140,10 @@ export class PlanCompiler {
   }
 
   /** The arguments of one call of the plan's own script (`compiled.own` must be set). */
-  ownArgsOf(compiled: CompiledPlan): string[] {
+  ownArgsOf(compiled: CompiledPlan): readonly string[] {
     const own = compiled.own!;
+    // Nothing changes per call: the compiled arguments themselves (ioredis copies them).
+    if (own.nowAt < 0 && own.nonceAt < 0) return own.args;
     const args = own.args.slice();
     if (own.nowAt >= 0) args[own.nowAt] = String(this.options.appClock!());
     if (own.nonceAt >= 0) args[own.nonceAt] = this.noncePrefix + (this.nonce++).toString(36);

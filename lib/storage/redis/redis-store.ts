@@ -252,7 +252,8 @@ export class RedisRateLimitStore extends RateLimitStore {
       const spent = this.reservations!.take(reservable);
       if (spent !== undefined) return spent;
     }
-    if (this.cache !== undefined) {
+    // An empty cache (the usual case) costs no lookup and no clock read.
+    if (this.cache !== undefined && this.cache.size !== 0) {
       const blocked = this.cache.get(compiled.blockKey, this.localNow());
       if (blocked !== undefined) return blocked;
     }
@@ -265,13 +266,13 @@ export class RedisRateLimitStore extends RateLimitStore {
       );
     }
     if (compiled.own !== undefined && !this.fieldTtls) {
-      return this.gate.within(compiled.own.call(...this.compiler.ownArgsOf(compiled)), (reply, delivered) =>
+      return this.gate.within(compiled.own.call.withArgs(this.compiler.ownArgsOf(compiled)), (reply, delivered) =>
         this.decision(compiled, reply, delivered),
       );
     }
     const args = this.compiler.argsOf(compiled, this.fieldTtls);
     if (compiled.leaseKeys.length === 0) {
-      return this.gate.within(this.scripts.consume(...args), (reply, delivered) =>
+      return this.gate.within(this.scripts.consume.withArgs(args), (reply, delivered) =>
         this.decision(compiled, reply, delivered),
       );
     }

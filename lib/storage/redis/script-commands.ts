@@ -3,7 +3,12 @@ import type { RedisStoreClient } from './client-factory.js';
 import { RESERVE_LUA, UNRESERVE_LUA } from './reserve-scripts.js';
 import { BLOCKS_LUA, CONSUME_LUA, FORGET_LUA, LEASES_LUA, PEEK_LUA, RELEASE_LUA } from './scripts.js';
 
-export type ScriptCall = (...args: string[]) => Promise<unknown>;
+/** A script as a call: `(numkeys, ...KEYS, ...ARGV)`. */
+export interface ScriptCall {
+  (...args: string[]): Promise<unknown>;
+  /** The same call with its arguments in an array, passed on without a copy. */
+  readonly withArgs: (args: readonly string[]) => Promise<unknown>;
+}
 
 /** The store's scripts as calls on one client: `(numkeys, ...KEYS, ...ARGV)`. */
 export interface Scripts {
@@ -45,5 +50,7 @@ export function defineScript(client: RedisStoreClient, name: string, lua: string
   const target = client as unknown as Record<string, unknown>;
   if (typeof target[command] !== 'function') client.defineCommand(command, { lua, readOnly });
   const call = target[command] as (...args: string[]) => Promise<unknown>;
-  return (...args) => call.apply(client, args);
+  // ioredis copies the arguments into its command: the array is never written.
+  const withArgs = (args: readonly string[]): Promise<unknown> => call.apply(client, args as string[]);
+  return Object.assign((...args: string[]) => withArgs(args), { withArgs });
 }
