@@ -66,12 +66,11 @@ export const DEFAULT_MAX_KEYS = 100_000;
  * plan's cache (`createPlan` makes room for it): when the tiers' states sit in consecutive
  * slots, the first slot (a number, so remembering costs the plan nothing and a decision
  * reads no other object: always so for one tier, and for a tracker's first plan, whose
- * states are inserted together), else an array of slots. The
- * next decision on that plan checks that each slot still holds its tracker's tier (two
- * reads) instead of looking anything up; the guard reuses a plan for every message of a
- * connection and handler. A slot remembered by another store, or since given to another
- * tracker, fails the check and is looked up again: one `Map` lookup for the tracker, then
- * its chain of tier states.
+ * states are inserted together), else an array of slots. The next decision on that plan
+ * checks that each slot still holds its tracker's tier (two reads) instead of looking
+ * anything up; the guard reuses a plan for every message of a connection and handler. A
+ * slot remembered by another store, or since given to another tracker, fails the check and
+ * is looked up again: one `Map` lookup for the tracker, then its chain of tier states.
  */
 type BoundPlan = RateLimitPlan & { [PLAN_CACHE]?: unknown };
 
@@ -231,8 +230,8 @@ export class MemoryRateLimitStore extends RateLimitStore {
   /**
    * Keeps the slots of the decision just made in the plan's cache: the first slot when they
    * are consecutive; else in place when the plan has an array of the right length, else a
-   * new one (once per plan). A plan made without
-   * `createPlan` gets the cache added; a frozen one keeps none.
+   * new one (once per plan). A plan made without `createPlan` gets the cache added; a
+   * frozen one keeps none.
    */
   private remember(plan: BoundPlan, cache: unknown, count: number): void {
     if (!canCache(plan)) return;

@@ -240,9 +240,9 @@ export class CallGate {
   }
 
   /**
-   * Whether Redis answered another call in time since `call` was sent: it is alive and answering in
-   * order, and a call that missed its deadline meanwhile waited behind others (in Redis's
-   * queue or this process's), which is load, not an outage. Such a miss fails its call (the
+   * Whether Redis answered another call in time since `call` was sent: it is alive and
+   * answering in order, and a call that missed its deadline meanwhile waited behind others
+   * (in Redis's queue or this process's), which is load, not an outage. Such a miss fails its call (the
    * fail mode decides) without counting towards opening the breaker. Not on a Cluster, where
    * one master's answers say nothing of another's.
    */
