@@ -1,6 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import { PACKED_LOG_HEADER, packedLogCount, packedLogRecord } from '../../lib/algorithms/sliding-log.js';
 import { createPlan } from '../../lib/plans/create-plan.js';
+import type { TierSpec } from '../../lib/interfaces/plan.interface.js';
 import { tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
 import { LOG_PAGE_MASK, LogSlab } from '../../lib/storage/memory/log-slab.js';
 import { MemoryRateLimitStore } from '../../lib/storage/memory/memory-store.js';
@@ -72,6 +73,10 @@ describe('LogSlab', () => {
     expect(table.objects.filter((state) => typeof state === 'number')).toHaveLength(1);
     expect(table.objects.filter((state) => typeof state === 'object' && state !== null)).toHaveLength(1);
     expect(store.consume(small)).toMatchObject({ allowed: false, retryAfter: 1000, remaining: 0, limit: 16 });
+    // A spec made by hand with a limit that is not whole (windowSpec refuses one) stays an object.
+    const odd = { ...windowSpec('expensive', 'x', 'sliding-log', 2, 1000), limit: 2.5 } as TierSpec;
+    expect(store.consume({ tracker: 'c', tiers: [{ key: store.key('c', 'x'), spec: odd }] }).allowed).toBe(true);
+    expect(table.objects.filter((state) => typeof state === 'number')).toHaveLength(1);
     expect(store.consume(large)).toMatchObject({ allowed: false, retryAfter: 1000, remaining: 0, limit: 17 });
   });
 });

@@ -194,8 +194,11 @@ export class MemoryRateLimitStore extends RateLimitStore {
           break;
         case AlgorithmKind.SlidingLog: {
           let state = table.objects[slot];
-          // A small log is packed in the table's slab: no object of its own.
-          if (state === undefined && spec.limit <= PACKED_LOG_MAX_LIMIT) state = table.packLog(slot, spec.limit);
+          // A small log is packed in the table's slab: no object of its own. (`windowSpec`
+          // makes a log's limit whole; a spec made by hand may not, and keeps the object.)
+          if (state === undefined && spec.limit <= PACKED_LOG_MAX_LIMIT && Number.isInteger(spec.limit)) {
+            state = table.packLog(slot, spec.limit);
+          }
           if (typeof state === 'number') {
             const page = table.logs.pageOf(state);
             packedLogRecord(page, state & LOG_PAGE_MASK, now, spec.cost);
