@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type { RedisStoreClient } from './client-factory.js';
 import { RESERVE_LUA, UNRESERVE_LUA } from './reserve-scripts.js';
 import { BLOCKS_LUA, CONSUME_LUA, FORGET_LUA, LEASES_LUA, PEEK_LUA, RELEASE_LUA } from './scripts.js';
+import { tickWritesOf } from './tick-writes.js';
 
 /** A script as a call: `(numkeys, ...KEYS, ...ARGV)`. */
 export interface ScriptCall {
@@ -43,14 +44,19 @@ export function registerScripts(client: RedisStoreClient): Scripts {
 /**
  * One script as a call on the client (ioredis `defineCommand`), defined once per client and
  * script text: the command's name carries the script's hash, so two versions of this
- * library (or two stores) can share a client.
+ * library (or two stores) can share a client. The calls of one tick share one socket
+ * write (`TickWrites`).
  */
 export function defineScript(client: RedisStoreClient, name: string, lua: string, readOnly: boolean): ScriptCall {
   const command = `wsrl_${name}_${createHash('sha1').update(lua).digest('hex').slice(0, 12)}`;
   const target = client as unknown as Record<string, unknown>;
   if (typeof target[command] !== 'function') client.defineCommand(command, { lua, readOnly });
   const call = target[command] as (...args: string[]) => Promise<unknown>;
+  const writes = tickWritesOf(client);
   // ioredis copies the arguments into its command: the array is never written.
-  const withArgs = (args: readonly string[]): Promise<unknown> => call.apply(client, args as string[]);
+  const withArgs = (args: readonly string[]): Promise<unknown> => {
+    writes.hold();
+    return call.apply(client, args as string[]);
+  };
   return Object.assign((...args: string[]) => withArgs(args), { withArgs });
 }
