@@ -17,7 +17,8 @@ import type { RedisStoreClient } from './client-factory.js';
  *
  * Not on a Cluster (commands go to several sockets, each client its own), nor while the
  * client is not ready. ioredis's auto-pipelining, which the store turns off, batches the
- * same way at a much higher cost per command (`../shared/FACTS.md`).
+ * same way at a much higher cost per command (it made every limiter slower in our
+ * benchmarks, `bench/README.md`).
  */
 export class TickWrites {
   /** The socket corked in this tick, until the tick's end or `COMMANDS_PER_WRITE` commands. */
