@@ -69,14 +69,15 @@ describe('LogSlab', () => {
       if (store.consume(large).allowed) largeAdmitted++;
     }
     expect([smallAdmitted, largeAdmitted]).toEqual([16, 17]);
-    const table = (store as unknown as { table: { objects: unknown[] } }).table;
-    expect(table.objects.filter((state) => typeof state === 'number')).toHaveLength(1);
-    expect(table.objects.filter((state) => typeof state === 'object' && state !== null)).toHaveLength(1);
+    const table = (store as unknown as { table: { slotCount: number; stateOf(slot: number): unknown } }).table;
+    const states = (): unknown[] => Array.from({ length: table.slotCount }, (_, slot) => table.stateOf(slot));
+    expect(states().filter((state) => typeof state === 'number')).toHaveLength(1);
+    expect(states().filter((state) => typeof state === 'object' && state !== null)).toHaveLength(1);
     expect(store.consume(small)).toMatchObject({ allowed: false, retryAfter: 1000, remaining: 0, limit: 16 });
     // A spec made by hand with a limit that is not whole (windowSpec refuses one) stays an object.
     const odd = { ...windowSpec('expensive', 'x', 'sliding-log', 2, 1000), limit: 2.5 } as TierSpec;
     expect(store.consume({ tracker: 'c', tiers: [{ key: store.key('c', 'x'), spec: odd }] }).allowed).toBe(true);
-    expect(table.objects.filter((state) => typeof state === 'number')).toHaveLength(1);
+    expect(states().filter((state) => typeof state === 'number')).toHaveLength(1);
     expect(store.consume(large)).toMatchObject({ allowed: false, retryAfter: 1000, remaining: 0, limit: 17 });
   });
 });

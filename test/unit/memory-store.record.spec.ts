@@ -228,6 +228,28 @@ describe('one record per tracker: layout', () => {
     expect(outcomes).toEqual([true, true, true, true, false, false]);
   });
 
+  it("states spread over many pages of slots stay exact; a slot remembered past a small store's pages is looked up", () => {
+    // 3,000 trackers x 2 tiers: 6,000 slots, several pages of the table's references.
+    const big = new MemoryRateLimitStore({ clock: () => 0 });
+    const plans = Array.from({ length: 3_000 }, (_, i) => createPlan(big, `conn:${i}`, [global, chat]));
+    const admitted = (store: MemoryRateLimitStore, plan: RateLimitPlan): number => {
+      let n = 0;
+      while (n < 100 && store.consume(plan).allowed) n++;
+      return n;
+    };
+    for (const plan of plans) big.consume(plan);
+    expect(big.size).toBe(6_000);
+    // Each tracker's chat bucket (2 tokens) holds 1 more: no state was lost or shared.
+    expect(plans.map((plan) => admitted(big, plan))).toEqual(plans.map(() => 1));
+    // The last plan remembers slots 5,998-5,999; a store of one tracker has one page.
+    const small = new MemoryRateLimitStore({ clock: () => 0 });
+    small.consume(createPlan(small, 'pad', [global]));
+    const last = plans[plans.length - 1]!;
+    expect((last as RateLimitPlan & { [PLAN_CACHE]?: unknown })[PLAN_CACHE]).toBe(5_998);
+    expect(admitted(small, last)).toBe(2);
+    expect(admitted(big, last)).toBe(0);
+  });
+
   it('delete forgets one tier state; a tracker left with none is gone; deleteTracker drops every one', () => {
     const store = new MemoryRateLimitStore({ clock: () => 0 });
     const plan = createPlan(store, 'user:7', [global, chat, expensive]);

@@ -150,7 +150,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
           }
           break;
         case AlgorithmKind.SlidingLog: {
-          const log = table.objects[slot];
+          const log = table.stateOf(slot);
           if (
             typeof log === 'number'
               ? !packedLogAllows(table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec.windowMs, spec.cost)
@@ -161,12 +161,12 @@ export class MemoryRateLimitStore extends RateLimitStore {
           break;
         }
         case AlgorithmKind.SlidingCounter:
-          if (!counterAllows(table.objects[slot] as SlidingCounterState, now, spec.windowMs, spec.limit, spec.cost)) {
+          if (!counterAllows(table.stateOf(slot) as SlidingCounterState, now, spec.windowMs, spec.limit, spec.cost)) {
             return this.reject(plan, now, i);
           }
           break;
         case AlgorithmKind.Concurrency:
-          if (concurrencyHeld(table.objects[slot]) + spec.cost > spec.limit) return this.reject(plan, now, i);
+          if (concurrencyHeld(table.stateOf(slot)) + spec.cost > spec.limit) return this.reject(plan, now, i);
           break;
       }
     }
@@ -193,7 +193,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
           }
           break;
         case AlgorithmKind.SlidingLog: {
-          let state = table.objects[slot];
+          let state = table.stateOf(slot);
           // A small log is packed in the table's slab: no object of its own. (`windowSpec`
           // makes a log's limit whole; a spec made by hand may not, and keeps the object.)
           if (state === undefined && spec.limit <= PACKED_LOG_MAX_LIMIT && Number.isInteger(spec.limit)) {
@@ -205,19 +205,22 @@ export class MemoryRateLimitStore extends RateLimitStore {
             freshAt[slot] = packedLogFreshAt(page, state & LOG_PAGE_MASK, spec.windowMs);
             break;
           }
-          const log = (state ?? (table.objects[slot] = createSlidingLog(spec.limit))) as SlidingLogState;
+          const log = (state ?? table.setState(slot, createSlidingLog(spec.limit))) as SlidingLogState;
           logRecord(log, now, spec.cost, spec.windowMs);
           freshAt[slot] = logFreshAt(log, spec.windowMs);
           break;
         }
         case AlgorithmKind.SlidingCounter: {
-          const counter = (table.objects[slot] ??= createSlidingCounter()) as SlidingCounterState;
+          const counter = (table.stateOf(slot) ?? table.setState(slot, createSlidingCounter())) as SlidingCounterState;
           counterRecord(counter, now, spec.windowMs, spec.cost);
           freshAt[slot] = counterFreshAt(counter, spec.windowMs);
           break;
         }
         case AlgorithmKind.Concurrency: {
-          const leases = (table.objects[slot] ??= new Map<string, number>()) as Map<string, number>;
+          const leases = (table.stateOf(slot) ?? table.setState(slot, new Map<string, number>())) as Map<
+            string,
+            number
+          >;
           const lease = plan.lease ?? '';
           leases.set(lease, (leases.get(lease) ?? 0) + spec.cost);
           freshAt[slot] = Infinity;
@@ -305,16 +308,16 @@ export class MemoryRateLimitStore extends RateLimitStore {
       case AlgorithmKind.TokenBucket:
         return bucketWait(this.table.freshAt[slot]!, now, spec.slack);
       case AlgorithmKind.SlidingLog: {
-        const log = this.table.objects[slot];
+        const log = this.table.stateOf(slot);
         return typeof log === 'number'
           ? packedLogWait(this.table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec.windowMs, spec.cost)
           : logWait(log as SlidingLogState, now, spec.windowMs, spec.cost);
       }
       case AlgorithmKind.SlidingCounter:
-        return counterWait(this.table.objects[slot] as SlidingCounterState, now, spec.windowMs, spec.limit, spec.cost);
+        return counterWait(this.table.stateOf(slot) as SlidingCounterState, now, spec.windowMs, spec.limit, spec.cost);
       case AlgorithmKind.Concurrency:
         // A lease is given back by a close, not by time; a retry in a second is a fair guess.
-        return concurrencyHeld(this.table.objects[slot]) + spec.cost > spec.limit ? 1000 : 0;
+        return concurrencyHeld(this.table.stateOf(slot)) + spec.cost > spec.limit ? 1000 : 0;
     }
   }
 
@@ -324,7 +327,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
       case AlgorithmKind.TokenBucket:
         return Math.floor(bucketTokens(this.table.freshAt[slot]!, now, spec.limit, spec.intervalMs));
       case AlgorithmKind.SlidingLog: {
-        const log = this.table.objects[slot];
+        const log = this.table.stateOf(slot);
         const held =
           typeof log === 'number'
             ? packedLogCount(this.table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec.windowMs)
@@ -334,10 +337,10 @@ export class MemoryRateLimitStore extends RateLimitStore {
       case AlgorithmKind.SlidingCounter:
         return Math.max(
           0,
-          Math.floor(spec.limit - counterCount(this.table.objects[slot] as SlidingCounterState, now, spec.windowMs)),
+          Math.floor(spec.limit - counterCount(this.table.stateOf(slot) as SlidingCounterState, now, spec.windowMs)),
         );
       case AlgorithmKind.Concurrency:
-        return Math.max(0, spec.limit - concurrencyHeld(this.table.objects[slot]));
+        return Math.max(0, spec.limit - concurrencyHeld(this.table.stateOf(slot)));
     }
   }
 
@@ -364,7 +367,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
       if (spec.kind !== AlgorithmKind.Concurrency) continue;
       const slot = this.locate(plan, i);
       if (slot < 0) continue;
-      const leases = this.table.objects[slot] as Map<string, number>;
+      const leases = this.table.stateOf(slot) as Map<string, number>;
       const held = (leases.get(lease) ?? 0) - spec.cost;
       if (held > 0) leases.set(lease, held);
       else leases.delete(lease);

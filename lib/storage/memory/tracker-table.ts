@@ -5,12 +5,12 @@ import { LogSlab } from './log-slab.js';
  * flat columns (one slot per tier the tracker has used, whichever plans used it), found
  * through one `Map` entry per tracker; updating a state allocates nothing.
  *
- * Per slot: the tracker that owns it, the tier's name within it (its suffix), `freshAt` (a token bucket's whole
- * state; for the other algorithms the time from which the state equals a fresh one), where
- * its sliding log is packed in the table's `LogSlab` (a log of at most
- * `PACKED_LOG_MAX_LIMIT` entries) or else the state object of window and concurrency
- * tiers, the next slot of the same tracker, and a flags byte (head of its chain, recently
- * used).
+ * Per slot: three references side by side in pages (`refs`: the tracker that owns it, the
+ * tier's name within it, and where its sliding log is packed in the table's `LogSlab`, a
+ * log of at most `PACKED_LOG_MAX_LIMIT` entries, or else the state object of window and
+ * concurrency tiers), then in typed columns `freshAt` (a token bucket's whole state; for
+ * the other algorithms the time from which the state equals a fresh one), the next slot
+ * of the same tracker, and a flags byte (head of its chain, recently used).
  *
  * Bounds: the table holds at most `maxKeys` tier states (slots), and makes room by dropping
  * whole trackers: idle trackers first (every state fresh again; `minFreshAt`, a lower bound
@@ -22,21 +22,23 @@ import { LogSlab } from './log-slab.js';
 export class TrackerTable {
   /** Tracker -> head slot of its chain. */
   private readonly index = new Map<string, number>();
-  /** Per slot: the tracker owning it (`undefined`: free). */
-  trackers: (string | undefined)[] = [];
   /**
-   * Per slot: what names its tier within the tracker: the tier's suffix (a string every
-   * tracker shares) when the plan's key is `key(tracker, suffix)`, as `createPlan` makes
-   * it; the key itself for a plan made by hand with another key.
+   * The slots' references, in pages of `REF_PAGE_SLOTS` slots, `REFS_PER_SLOT` entries per
+   * slot (see `TRACKER`, `ID`, `STATE`), side by side: a decision reads one cache line of
+   * them per slot, and the table grows by adding a page, never by copying (growing three
+   * arrays by copying was half a new tracker's first decision: the copies, and the garbage
+   * the old arrays leave for the old generation's collector).
+   *
+   * - `TRACKER`: the tracker owning the slot (`undefined`: free).
+   * - `ID`: what names its tier within the tracker: the tier's suffix (a string every
+   *   tracker shares) when the plan's key is `key(tracker, suffix)`, as `createPlan` makes
+   *   it; the key itself for a plan made by hand with another key.
+   * - `STATE`: the state of window and concurrency tiers: an object, or, for a sliding log
+   *   packed in `logs`, where it is there (a number: the slot costs no object).
    */
-  ids: (string | undefined)[] = [];
+  private refs: unknown[][] = [];
   /** Per slot: time from which the state equals a fresh one; `Infinity` pins the tracker. */
   freshAt: Float64Array;
-  /**
-   * Per slot: the state of window and concurrency tiers: an object, or, for a sliding log
-   * packed in `logs`, where it is there (a number: the slot costs no object).
-   */
-  objects: unknown[] = [];
   /** The packed sliding logs of every slot. */
   readonly logs = new LogSlab();
   /** Per slot: the next slot of the same tracker, or -1. */
@@ -76,10 +78,39 @@ export class TrackerTable {
     return this.index.size;
   }
 
+  /** Slots ever handed out (free or in use): slots below it may be read. */
+  get slotCount(): number {
+    return this.used;
+  }
+
   /** Whether `slot` holds the state of a tier of `tracker` (a remembered slot may not). */
   holds(slot: number, tracker: string, suffix: string, key: string): boolean {
-    const id = this.ids[slot];
-    return (id === suffix || id === key) && this.trackers[slot] === tracker;
+    const page = this.refs[slot >>> REF_PAGE_SHIFT];
+    if (page === undefined) return false;
+    const at = (slot & REF_PAGE_MASK) * REFS_PER_SLOT;
+    const id = page[at + ID];
+    return (id === suffix || id === key) && page[at + TRACKER] === tracker;
+  }
+
+  /** The state object of a slot, or where its packed log is (a number), or `undefined`. */
+  stateOf(slot: number): unknown {
+    return this.refs[slot >>> REF_PAGE_SHIFT]![(slot & REF_PAGE_MASK) * REFS_PER_SLOT + STATE];
+  }
+
+  /** Sets the state of a slot (see `stateOf`); returns it. */
+  setState<T>(slot: number, state: T): T {
+    this.refs[slot >>> REF_PAGE_SHIFT]![(slot & REF_PAGE_MASK) * REFS_PER_SLOT + STATE] = state;
+    return state;
+  }
+
+  /** The tracker owning a slot (below `slotCount`), or `undefined` (free). */
+  trackerOf(slot: number): string | undefined {
+    return this.refs[slot >>> REF_PAGE_SHIFT]![(slot & REF_PAGE_MASK) * REFS_PER_SLOT + TRACKER] as string | undefined;
+  }
+
+  /** What names a slot's tier within its tracker (see `refs`), or `undefined` (free). */
+  idOf(slot: number): unknown {
+    return this.refs[slot >>> REF_PAGE_SHIFT]![(slot & REF_PAGE_MASK) * REFS_PER_SLOT + ID];
   }
 
   /** Marks a slot (and so its tracker) as recently used. */
@@ -96,7 +127,7 @@ export class TrackerTable {
   /** The slot of a tier in the chain starting at `head` (-1 for none), or -1. */
   find(head: number, suffix: string, key: string): number {
     for (let slot = head; slot >= 0; slot = this.next[slot]!) {
-      const id = this.ids[slot];
+      const id = this.idOf(slot);
       if (id === suffix || id === key) return slot;
     }
     return -1;
@@ -126,16 +157,19 @@ export class TrackerTable {
     let slot = this.free.pop();
     if (slot === undefined) {
       if (this.used === this.freshAt.length) this.grow();
+      if (this.used >>> REF_PAGE_SHIFT === this.refs.length) this.refs.push(refPage());
       slot = this.used++;
     }
-    this.trackers[slot] = tracker;
+    const page = this.refs[slot >>> REF_PAGE_SHIFT]!;
+    const at = (slot & REF_PAGE_MASK) * REFS_PER_SLOT;
+    page[at + TRACKER] = tracker;
     if (isKeyOf(key, tracker, suffix)) {
-      this.ids[slot] = suffix;
+      page[at + ID] = suffix;
     } else {
       key.charCodeAt(0); // see below
-      this.ids[slot] = key;
+      page[at + ID] = key;
     }
-    this.objects[slot] = undefined;
+    page[at + STATE] = undefined;
     this.freshAt[slot] = -Infinity;
     if (head < 0) {
       // Strings built by concatenation are ropes in V8: flattened once, they keep their
@@ -159,9 +193,7 @@ export class TrackerTable {
    * it is (see `LogSlab`).
    */
   packLog(slot: number, limit: number): number {
-    const at = this.logs.alloc(limit);
-    this.objects[slot] = at;
-    return at;
+    return this.setState(slot, this.logs.alloc(limit));
   }
 
   /** Removes the state of a tier from `tracker`, if held; a tracker left with none is forgotten. */
@@ -169,7 +201,7 @@ export class TrackerTable {
     const head = this.head(tracker);
     let previous = -1;
     for (let slot = head; slot >= 0; previous = slot, slot = this.next[slot]!) {
-      const id = this.ids[slot];
+      const id = this.idOf(slot);
       if (id !== suffix && id !== key) continue;
       const after = this.next[slot]!;
       if (previous >= 0) this.next[previous] = after;
@@ -200,9 +232,7 @@ export class TrackerTable {
   /** Removes every tracker. */
   clear(): void {
     this.index.clear();
-    this.trackers = [];
-    this.ids = [];
-    this.objects = [];
+    this.refs = [];
     this.logs.clear();
     this.free.length = 0;
     this.used = 0;
@@ -212,11 +242,11 @@ export class TrackerTable {
   }
 
   private releaseSlot(slot: number): void {
-    this.trackers[slot] = undefined;
-    this.ids[slot] = undefined;
-    const state = this.objects[slot];
+    const page = this.refs[slot >>> REF_PAGE_SHIFT]!;
+    const at = (slot & REF_PAGE_MASK) * REFS_PER_SLOT;
+    const state = page[at + STATE];
     if (typeof state === 'number') this.logs.release(state);
-    this.objects[slot] = undefined;
+    page[at + TRACKER] = page[at + ID] = page[at + STATE] = undefined;
     this.flags[slot] = 0;
     this.free.push(slot);
     this.held--;
@@ -224,7 +254,7 @@ export class TrackerTable {
 
   /** Drops a whole chain; returns how many of its states still mattered at `now`. */
   private dropChain(head: number, now = Infinity): number {
-    this.index.delete(this.trackers[head]!);
+    this.index.delete(this.trackerOf(head)!);
     const free = this.free;
     const from = free.length;
     let live = 0;
@@ -311,6 +341,23 @@ export class TrackerTable {
     this.minFreshAt = min;
     return dropped;
   }
+}
+
+/** Slots per page of `TrackerTable.refs`, as a shift: 1,024 slots (12 KiB of references). */
+const REF_PAGE_SHIFT = 10;
+const REF_PAGE_MASK = (1 << REF_PAGE_SHIFT) - 1;
+/** Entries per slot in a page of references, and where each is. */
+const REFS_PER_SLOT = 3;
+const TRACKER = 0;
+const ID = 1;
+const STATE = 2;
+
+/**
+ * A page of references, every entry `undefined`: each page is made the same way, so that
+ * they all have one elements kind and the table's loads stay monomorphic.
+ */
+function refPage(): unknown[] {
+  return new Array<unknown>(REFS_PER_SLOT << REF_PAGE_SHIFT).fill(undefined);
 }
 
 /** Flag: the slot heads its tracker's chain. */

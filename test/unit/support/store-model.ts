@@ -148,10 +148,11 @@ export class RefStore {
 
 interface TableInternals {
   readonly index: Map<string, number>;
-  readonly trackers: (string | undefined)[];
-  readonly ids: (string | undefined)[];
+  readonly slotCount: number;
+  trackerOf(slot: number): string | undefined;
+  idOf(slot: number): unknown;
+  stateOf(slot: number): unknown;
   readonly freshAt: Float64Array;
-  readonly objects: unknown[];
   readonly logs: LogSlab;
   readonly size: number;
   readonly evictions: number;
@@ -165,9 +166,10 @@ interface TableInternals {
 export function storeSnapshot(store: MemoryRateLimitStore): string {
   const table = (store as unknown as { table: TableInternals }).table;
   const entries: (readonly [string, string, unknown])[] = [];
-  table.trackers.forEach((tracker, slot) => {
-    if (tracker === undefined) return;
-    const object = table.objects[slot] as { ring?: Float64Array } | number | undefined;
+  for (let slot = 0; slot < table.slotCount; slot++) {
+    const tracker = table.trackerOf(slot);
+    if (tracker === undefined) continue;
+    const object = table.stateOf(slot) as { ring?: Float64Array } | number | undefined;
     // A packed log (where it is in the slab): its header (head, count, limit) and its entries.
     const page = typeof object === 'number' ? table.logs.pageOf(object) : undefined;
     const at = typeof object === 'number' ? object & LOG_PAGE_MASK : 0;
@@ -177,8 +179,8 @@ export function storeSnapshot(store: MemoryRateLimitStore): string {
         : typeof object === 'object' && object.ring
           ? { ...object, ring: Array.from(object.ring) }
           : object;
-    entries.push([`${tracker} ${table.ids[slot]!}`, String(table.freshAt[slot]), state] as const);
-  });
+    entries.push([`${tracker} ${String(table.idOf(slot))}`, String(table.freshAt[slot]), state] as const);
+  }
   entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   return JSON.stringify({ size: table.size, trackers: table.index.size, evictions: table.evictions, entries });
 }
