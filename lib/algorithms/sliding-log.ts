@@ -156,49 +156,125 @@ function wrap(index: number, size: number): number {
 // --- A log packed into a slab ------------------------------------------------------------
 
 /**
- * The largest limit a packed log takes. A packed log holds `PACKED_LOG_HEADER + limit`
- * doubles from the start: 152 bytes at this limit, less than a `SlidingLogState` object
- * with its ring.
+ * The largest limit a packed log takes. A packed log holds `PACKED_LOG_HEADER + size`
+ * doubles, its ring `size` slots: at most 152 bytes, at this limit, less than a
+ * `SlidingLogState` object with its ring.
  */
 export const PACKED_LOG_MAX_LIMIT = 16;
 
-/** Doubles before a packed log's entries: its head, its count and its limit. */
+/** Doubles before a packed log's entries: its head, its count and its ring's size. */
 export const PACKED_LOG_HEADER = 3;
 
 /**
- * Writes a fresh log for a window of `limit` events at `at` in `slab` (it takes
- * `PACKED_LOG_HEADER + limit` doubles). The same log as `createSlidingLog`'s, with its ring
- * at its full size from the start, in a `Float64Array` shared with other logs: a store
- * that keeps many small logs in one slab allocates no object per log.
+ * Slots of a new packed log's ring (or its limit, if smaller). Growing a packed log is a
+ * copy within its slab, no allocation, so it starts smaller than an object's ring: a tracker
+ * that makes a few expensive calls a window holds 7 doubles, not `3 + limit`.
  */
-export function packLog(slab: Float64Array, at: number, limit: number): void {
-  slab[at] = 0;
-  slab[at + 1] = 0;
-  slab[at + 2] = limit;
+export const PACKED_LOG_INITIAL_SLOTS = 4;
+
+/** Slots of a new packed log's ring for a window of `limit` events. */
+export function packedLogInitialSize(limit: number): number {
+  return Math.min(limit, PACKED_LOG_INITIAL_SLOTS);
 }
 
-/** `logAllows` of the log packed at `at`. */
-export function packedLogAllows(slab: Float64Array, at: number, now: number, windowMs: number, cost: number): boolean {
-  const limit = slab[at + 2]!;
+/**
+ * Writes a fresh log with a ring of `size` slots at `at` in `slab` (it takes
+ * `PACKED_LOG_HEADER + size` doubles). The same log as `createSlidingLog`'s, in a
+ * `Float64Array` shared with other logs: a store that keeps many small logs in one slab
+ * allocates no object per log. Its limit is not kept: every function given it takes it.
+ */
+export function packLog(slab: Float64Array, at: number, size: number): void {
+  slab[at] = 0;
+  slab[at + 1] = 0;
+  slab[at + 2] = size;
+}
+
+/** Slots of the ring of the log packed at `at`. */
+export function packedLogSize(slab: Float64Array, at: number): number {
+  return slab[at + 2]!;
+}
+
+/** `logAllows` of the log packed at `at`, for a window of `limit` events. */
+export function packedLogAllows(
+  slab: Float64Array,
+  at: number,
+  now: number,
+  windowMs: number,
+  limit: number,
+  cost: number,
+): boolean {
   return (
     cost <= limit &&
-    ringBlocker(slab, at + PACKED_LOG_HEADER, limit, slab[at]!, slab[at + 1]!, limit, cost) <= now - windowMs
+    ringBlocker(slab, at + PACKED_LOG_HEADER, slab[at + 2]!, slab[at]!, slab[at + 1]!, limit, cost) <= now - windowMs
   );
 }
 
-/** `logRecord` of the log packed at `at` (call only after `packedLogAllows`). */
-export function packedLogRecord(slab: Float64Array, at: number, now: number, cost: number): void {
-  const limit = slab[at + 2]!;
+/**
+ * The ring size the log packed at `at` needs before `cost` events at `now` are recorded
+ * (after `packedLogAllows`): its own size when they fit, first dropping the entries that
+ * have left the window ending at `now` if the ring would overflow (as `logRecord` does),
+ * else a larger size (doubled, at most `limit`) to move it to (`packedLogMove`).
+ */
+export function packedLogRoom(
+  slab: Float64Array,
+  at: number,
+  now: number,
+  windowMs: number,
+  limit: number,
+  cost: number,
+): number {
+  const size = slab[at + 2]!;
+  if (size >= limit || slab[at + 1]! + cost <= size) return size;
+  const base = at + PACKED_LOG_HEADER;
+  let head = slab[at]!;
+  let count = slab[at + 1]!;
+  while (count > 0 && slab[base + head]! <= now - windowMs) {
+    head = wrap(head + 1, size);
+    count--;
+  }
+  slab[at] = head;
+  slab[at + 1] = count;
+  return count + cost <= size ? size : Math.min(limit, Math.max(size * 2, count + cost));
+}
+
+/**
+ * Copies the log packed at `from` in `source` to a fresh ring of `size` slots at `to` in
+ * `target` (oldest entry first); `size` holds its entries. The old place is left as it was.
+ */
+export function packedLogMove(
+  source: Float64Array,
+  from: number,
+  target: Float64Array,
+  to: number,
+  size: number,
+): void {
+  const count = source[from + 1]!;
+  const head = source[from]!;
+  const oldSize = source[from + 2]!;
+  for (let i = 0; i < count; i++) {
+    target[to + PACKED_LOG_HEADER + i] = source[from + PACKED_LOG_HEADER + wrap(head + i, oldSize)]!;
+  }
+  target[to] = 0;
+  target[to + 1] = count;
+  target[to + 2] = size;
+}
+
+/**
+ * `logRecord` of the log packed at `at`, for a window of `limit` events (call only after
+ * `packedLogAllows`, and `packedLogRoom` returned the ring's own size).
+ */
+export function packedLogRecord(slab: Float64Array, at: number, now: number, limit: number, cost: number): void {
+  const size = slab[at + 2]!;
   const base = at + PACKED_LOG_HEADER;
   let head = slab[at]!;
   let count = slab[at + 1]!;
   for (let i = 0; i < cost; i++) {
     if (count === limit) {
-      // Full at the limit: the oldest entry gives its slot.
+      // Full at the limit (the ring is then `limit` slots): the oldest entry gives its slot.
       slab[base + head] = now;
-      head = wrap(head + 1, limit);
+      head = wrap(head + 1, size);
     } else {
-      slab[base + wrap(head + count, limit)] = now;
+      slab[base + wrap(head + count, size)] = now;
       count++;
     }
   }
@@ -206,12 +282,18 @@ export function packedLogRecord(slab: Float64Array, at: number, now: number, cos
   slab[at + 1] = count;
 }
 
-/** `logWait` of the log packed at `at`. */
-export function packedLogWait(slab: Float64Array, at: number, now: number, windowMs: number, cost: number): number {
-  const limit = slab[at + 2]!;
+/** `logWait` of the log packed at `at`, for a window of `limit` events. */
+export function packedLogWait(
+  slab: Float64Array,
+  at: number,
+  now: number,
+  windowMs: number,
+  limit: number,
+  cost: number,
+): number {
   if (cost > limit) return Infinity;
   return waitPast(
-    ringBlocker(slab, at + PACKED_LOG_HEADER, limit, slab[at]!, slab[at + 1]!, limit, cost),
+    ringBlocker(slab, at + PACKED_LOG_HEADER, slab[at + 2]!, slab[at]!, slab[at + 1]!, limit, cost),
     now,
     windowMs,
   );
@@ -226,6 +308,5 @@ export function packedLogCount(slab: Float64Array, at: number, now: number, wind
 export function packedLogFreshAt(slab: Float64Array, at: number, windowMs: number): number {
   const count = slab[at + 1]!;
   if (count === 0) return -Infinity;
-  const limit = slab[at + 2]!;
-  return slab[at + PACKED_LOG_HEADER + wrap(slab[at]! + count - 1, limit)]! + windowMs;
+  return slab[at + PACKED_LOG_HEADER + wrap(slab[at]! + count - 1, slab[at + 2]!)]! + windowMs;
 }

@@ -1,5 +1,12 @@
 import { describe, expect, it } from '@jest/globals';
-import { PACKED_LOG_HEADER, packedLogCount, packedLogRecord } from '../../lib/algorithms/sliding-log.js';
+import {
+  PACKED_LOG_HEADER,
+  packedLogCount,
+  packedLogInitialSize,
+  packedLogRecord,
+  packedLogRoom,
+  packedLogSize,
+} from '../../lib/algorithms/sliding-log.js';
 import { createPlan } from '../../lib/plans/create-plan.js';
 import type { TierSpec } from '../../lib/interfaces/plan.interface.js';
 import { tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
@@ -8,14 +15,14 @@ import { MemoryRateLimitStore } from '../../lib/storage/memory/memory-store.js';
 
 /** The memory store's slab of packed sliding logs (`LogSlab`), and the store's use of it. */
 describe('LogSlab', () => {
-  it('adds pages as logs need them, never moves a log, and reuses freed space per limit', () => {
+  it('adds pages as logs need them, never moves a log by itself, and reuses freed space per size', () => {
     const logs = new LogSlab();
     const offsets: number[] = [];
     const limitOf = (i: number): number => 1 + (i % 16);
     // About 1,100 logs of up to 19 doubles: past the first page of 4,096 doubles.
     for (let i = 0; i < 1100; i++) {
       const at = logs.alloc(limitOf(i));
-      packedLogRecord(logs.pageOf(at), at & LOG_PAGE_MASK, 1000 + i, limitOf(i));
+      packedLogRecord(logs.pageOf(at), at & LOG_PAGE_MASK, 1000 + i, limitOf(i), limitOf(i));
       offsets.push(at);
     }
     expect(logs.pages.length).toBeGreaterThan(2);
@@ -30,7 +37,7 @@ describe('LogSlab', () => {
     const inUse = logs.doublesInUse;
     expect(inUse).toBe(offsets.reduce((sum, _at, i) => sum + PACKED_LOG_HEADER + limitOf(i), 0));
     const pages = logs.pages.length;
-    // Freed logs are reused by logs of the same limit, fresh: no page is added.
+    // Freed logs are reused by logs of the same size, fresh: no page is added.
     for (const at of offsets.slice(0, 50)) logs.release(at);
     expect(logs.doublesInUse).toBeLessThan(inUse);
     for (let i = 0; i < 50; i++) {
@@ -44,18 +51,50 @@ describe('LogSlab', () => {
     expect([logs.doublesInUse, logs.doubles]).toEqual([0, 0]);
   });
 
+  it('a log whose ring must grow moves: its entries go along, its old place is reused', () => {
+    const logs = new LogSlab();
+    const first = logs.alloc(4);
+    const neighbour = logs.alloc(4);
+    packedLogRecord(logs.pageOf(neighbour), neighbour & LOG_PAGE_MASK, 7, 4, 4);
+    const page = logs.pageOf(first);
+    const off = first & LOG_PAGE_MASK;
+    // 4 events (the ring is full), then 2 more need a ring of 8 (for a window of 16).
+    packedLogRecord(page, off, 100, 16, 1);
+    packedLogRecord(page, off, 101, 16, 3);
+    expect(packedLogRoom(page, off, 102, 1000, 16, 2)).toBe(8);
+    const moved = logs.grow(first, 8);
+    expect(moved).not.toBe(first);
+    const to = logs.pageOf(moved);
+    packedLogRecord(to, moved & LOG_PAGE_MASK, 102, 16, 2);
+    expect(packedLogSize(to, moved & LOG_PAGE_MASK)).toBe(8);
+    expect(packedLogCount(to, moved & LOG_PAGE_MASK, 102, 1000)).toBe(6);
+    expect(packedLogCount(to, moved & LOG_PAGE_MASK, 101.5, 1.2)).toBe(5);
+    expect(logs.doublesInUse).toBe(PACKED_LOG_HEADER * 2 + 8 + 4);
+    // The neighbour is untouched; the old place goes to the next log of 4.
+    expect(packedLogCount(logs.pageOf(neighbour), neighbour & LOG_PAGE_MASK, 7, 10)).toBe(4);
+    expect(logs.alloc(4)).toBe(first);
+    // Expired entries make room before a ring grows: the same 4 events, long after.
+    const aged = logs.alloc(4);
+    packedLogRecord(logs.pageOf(aged), aged & LOG_PAGE_MASK, 100, 16, 4);
+    expect(packedLogRoom(logs.pageOf(aged), aged & LOG_PAGE_MASK, 5000, 1000, 16, 2)).toBe(4);
+    expect(packedLogCount(logs.pageOf(aged), aged & LOG_PAGE_MASK, 5000, 1000)).toBe(0);
+  });
+
   it('a store under tracker churn gives evicted trackers’ logs back: the slab stays at the live logs', () => {
     const store = new MemoryRateLimitStore({ maxKeys: 3_000 });
     const specs = [tokenBucketSpec('global', 'g', 100, 50), windowSpec('expensive', 'x', 'sliding-log', 5, 60_000)];
     for (let i = 0; i < 50_000; i++) expect(store.consume(createPlan(store, `conn:${i}`, specs)).allowed).toBe(true);
     const logs = (store as unknown as { table: { logs: LogSlab } }).table.logs;
-    // 1,500 trackers fit (2 tier states each); each holds one packed log of 5.
+    // 1,500 trackers fit (2 tier states each); each holds one packed log for a window of 5,
+    // one event in a ring of 4.
+    const each = PACKED_LOG_HEADER + packedLogInitialSize(5);
+    expect(each).toBe(PACKED_LOG_HEADER + 4);
     expect(store.trackers).toBeLessThanOrEqual(1_500);
-    expect(logs.doublesInUse).toBe(store.trackers * (PACKED_LOG_HEADER + 5));
-    expect(logs.doubles).toBeLessThanOrEqual(1_501 * (PACKED_LOG_HEADER + 5) + LOG_PAGE_MASK + 1);
+    expect(logs.doublesInUse).toBe(store.trackers * each);
+    expect(logs.doubles).toBeLessThanOrEqual(1_501 * each + LOG_PAGE_MASK + 1);
     // Deleting a tracker frees its log too.
     store.deleteTracker('conn:49999');
-    expect(logs.doublesInUse).toBe(store.trackers * (PACKED_LOG_HEADER + 5));
+    expect(logs.doublesInUse).toBe(store.trackers * each);
   });
 
   it('logs past 16 entries stay objects; both decide alike through the store', () => {

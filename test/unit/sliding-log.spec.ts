@@ -13,7 +13,11 @@ import {
   packedLogAllows,
   packedLogCount,
   packedLogFreshAt,
+  packedLogInitialSize,
+  packedLogMove,
   packedLogRecord,
+  packedLogRoom,
+  packedLogSize,
   packedLogWait,
   type SlidingLogState,
 } from '../../lib/algorithms/sliding-log.js';
@@ -45,13 +49,15 @@ describe('sliding-window log', () => {
     fc.assert(
       fc.property(params, steps(150), ({ limit, trims, windowMs, startTicks }, schedule) => {
         const log = createSlidingLog(limit);
-        // The same log packed in a slab, between other doubles it must never touch.
-        const AT = 5;
-        const slab = new Float64Array(AT + PACKED_LOG_HEADER + limit + 5).fill(-7);
-        packLog(slab, AT, limit);
-        const outside = (): string =>
-          JSON.stringify([...slab.subarray(0, AT), ...slab.subarray(AT + PACKED_LOG_HEADER + limit)]);
-        const untouched = outside();
+        // The same log packed in a slab, among doubles it must never touch (-7). It starts with
+        // a small ring and moves further along when its ring must grow; its old place is
+        // marked free (-7) again, as a LogSlab would hand it to another log.
+        const slab = new Float64Array(400).fill(-7);
+        let at = 5;
+        packLog(slab, at, packedLogInitialSize(limit));
+        const outsideTouched = (): number =>
+          slab.findIndex((x, i) => x !== -7 && (i < at || i >= at + PACKED_LOG_HEADER + packedLogSize(slab, at)));
+        let moves = 0;
         const ref = new RefLog(limit, windowMs);
         let now = startTicks;
         let rejected: { cost: number; wait: number } | undefined;
@@ -62,19 +68,29 @@ describe('sliding-window log', () => {
           const allowed = logAllows(log, ms(now), windowMs, cost);
           checkSame(allowed, ref.allows(now, cost), `allowed at ${ms(now)} ms, cost ${cost}`);
           checkSame(limit - logCount(log, ms(now), windowMs), ref.remaining(now), 'remaining');
-          checkSame(packedLogAllows(slab, AT, ms(now), windowMs, cost), allowed, 'packed: allowed');
-          checkSame(packedLogCount(slab, AT, ms(now), windowMs), logCount(log, ms(now), windowMs), 'packed: count');
+          checkSame(packedLogAllows(slab, at, ms(now), windowMs, limit, cost), allowed, 'packed: allowed');
+          checkSame(packedLogCount(slab, at, ms(now), windowMs), logCount(log, ms(now), windowMs), 'packed: count');
           checkSame(
-            packedLogWait(slab, AT, ms(now), windowMs, cost),
+            packedLogWait(slab, at, ms(now), windowMs, limit, cost),
             logWait(log, ms(now), windowMs, cost),
             'packed: wait',
           );
           if (allowed) {
             checkSame(logWait(log, ms(now), windowMs, cost), 0, 'wait when allowed');
             logRecord(log, ms(now), cost, trims ? windowMs : undefined);
-            packedLogRecord(slab, AT, ms(now), cost);
-            checkSame(packedLogFreshAt(slab, AT, windowMs), logFreshAt(log, windowMs), 'packed: fresh at');
-            checkSame(outside(), untouched, 'packed: the doubles around the log');
+            const size = packedLogRoom(slab, at, ms(now), trims ? windowMs : Infinity, limit, cost);
+            if (size !== packedLogSize(slab, at)) {
+              check(size > packedLogSize(slab, at) && size <= limit, () => `ring of ${size} for limit ${limit}`);
+              const to = at + PACKED_LOG_HEADER + packedLogSize(slab, at) + 2;
+              packedLogMove(slab, at, slab, to, size);
+              slab.fill(-7, at, to);
+              at = to;
+              moves++;
+            }
+            packedLogRecord(slab, at, ms(now), limit, cost);
+            checkSame(packedLogFreshAt(slab, at, windowMs), logFreshAt(log, windowMs), 'packed: fresh at');
+            checkSame(outsideTouched(), -1, 'packed: a double outside the log written');
+            check(moves <= 4, () => `the packed log moved ${moves} times`);
             check(log.count <= limit && log.ring.length <= limit, () => `ring ${log.ring.length} past limit ${limit}`);
             ref.consume(now, cost);
             admitted.push({ at: now, cost });

@@ -14,6 +14,8 @@ import {
   packedLogCount,
   packedLogFreshAt,
   packedLogRecord,
+  packedLogRoom,
+  packedLogSize,
   packedLogWait,
   type SlidingLogState,
 } from '../../algorithms/sliding-log.js';
@@ -153,7 +155,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
           const log = table.stateOf(slot);
           if (
             typeof log === 'number'
-              ? !packedLogAllows(table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec.windowMs, spec.cost)
+              ? !packedLogAllows(table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec.windowMs, spec.limit, spec.cost)
               : !logAllows(log as SlidingLogState, now, spec.windowMs, spec.cost)
           ) {
             return this.reject(plan, now, i);
@@ -200,9 +202,19 @@ export class MemoryRateLimitStore extends RateLimitStore {
             state = table.packLog(slot, spec.limit);
           }
           if (typeof state === 'number') {
-            const page = table.logs.pageOf(state);
-            packedLogRecord(page, state & LOG_PAGE_MASK, now, spec.cost);
-            freshAt[slot] = packedLogFreshAt(page, state & LOG_PAGE_MASK, spec.windowMs);
+            let at = state;
+            const size = packedLogRoom(
+              table.logs.pageOf(at),
+              at & LOG_PAGE_MASK,
+              now,
+              spec.windowMs,
+              spec.limit,
+              spec.cost,
+            );
+            if (size !== packedLogSize(table.logs.pageOf(at), at & LOG_PAGE_MASK)) at = table.growLog(slot, size);
+            const page = table.logs.pageOf(at);
+            packedLogRecord(page, at & LOG_PAGE_MASK, now, spec.limit, spec.cost);
+            freshAt[slot] = packedLogFreshAt(page, at & LOG_PAGE_MASK, spec.windowMs);
             break;
           }
           const log = (state ?? table.setState(slot, createSlidingLog(spec.limit))) as SlidingLogState;
@@ -310,7 +322,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
       case AlgorithmKind.SlidingLog: {
         const log = this.table.stateOf(slot);
         return typeof log === 'number'
-          ? packedLogWait(this.table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec.windowMs, spec.cost)
+          ? packedLogWait(this.table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec.windowMs, spec.limit, spec.cost)
           : logWait(log as SlidingLogState, now, spec.windowMs, spec.cost);
       }
       case AlgorithmKind.SlidingCounter:

@@ -1,3 +1,4 @@
+import { packedLogInitialSize } from '../../algorithms/sliding-log.js';
 import { LogSlab } from './log-slab.js';
 
 /**
@@ -189,11 +190,16 @@ export class TrackerTable {
   }
 
   /**
-   * Gives `slot` a fresh sliding log of `limit` entries packed in `logs` and returns where
-   * it is (see `LogSlab`).
+   * Gives `slot` a fresh sliding log for a window of `limit` events packed in `logs` and
+   * returns where it is (see `LogSlab`).
    */
   packLog(slot: number, limit: number): number {
-    return this.setState(slot, this.logs.alloc(limit));
+    return this.setState(slot, this.logs.alloc(packedLogInitialSize(limit)));
+  }
+
+  /** Moves the packed log of `slot` to a ring of `size` entries; returns where it is now. */
+  growLog(slot: number, size: number): number {
+    return this.setState(slot, this.logs.grow(this.stateOf(slot) as number, size));
   }
 
   /** Removes the state of a tier from `tracker`, if held; a tracker left with none is forgotten. */
