@@ -310,7 +310,12 @@ export class MemoryRateLimitStore extends RateLimitStore {
       index: worst,
       retryAfter: worstWait,
       limit: spec.limit,
-      remaining: this.remaining(worstSlot, spec, now),
+      // A sliding log that refuses one event holds `limit` live events: nothing remains, and
+      // a flood refused by its expensive window is answered without counting them.
+      remaining:
+        spec.kind === AlgorithmKind.SlidingLog && spec.cost === 1 && worstSlot >= 0 && worstWait > 0
+          ? 0
+          : this.remaining(worstSlot, spec, now),
     };
   }
 
