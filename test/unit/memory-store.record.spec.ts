@@ -250,6 +250,22 @@ describe('one record per tracker: layout', () => {
     expect(admitted(big, last)).toBe(0);
   });
 
+  it('a decision through a kept plan marks its tracker recently used: the eviction hand passes it by', () => {
+    const store = new MemoryRateLimitStore({ maxKeys: 3, clock: () => 0 });
+    const bucket = tokenBucketSpec('global', 'g', 10, 1);
+    const plans = new Map(['a', 'b', 'c', 'd', 'e'].map((tracker) => [tracker, createPlan(store, tracker, [bucket])]));
+    const decide = (tracker: string): boolean => store.consume(plans.get(tracker)!).allowed;
+    const remaining = (tracker: string): number => store.peek(plans.get(tracker)!)[0]!.remaining;
+    for (const tracker of ['a', 'b', 'c']) decide(tracker);
+    // Full: d takes the place of a (every tracker was used; the hand clears them, then drops a).
+    decide('d');
+    expect([remaining('a'), store.evictions]).toEqual([10, 1]);
+    // b decides through its kept plan (no lookup), then e needs room: c goes, not b.
+    decide('b');
+    decide('e');
+    expect([remaining('b'), remaining('c'), store.evictions]).toEqual([8, 10, 2]);
+  });
+
   it('delete forgets one tier state; a tracker left with none is gone; deleteTracker drops every one', () => {
     const store = new MemoryRateLimitStore({ clock: () => 0 });
     const plan = createPlan(store, 'user:7', [global, chat, expensive]);
