@@ -194,35 +194,35 @@ export function packedLogSize(slab: Float64Array, at: number): number {
   return slab[at + 2]!;
 }
 
-/** `logAllows` of the log packed at `at`, for a window of `limit` events. */
-export function packedLogAllows(
-  slab: Float64Array,
-  at: number,
-  now: number,
-  windowMs: number,
-  limit: number,
-  cost: number,
-): boolean {
-  return (
-    cost <= limit &&
-    ringBlocker(slab, at + PACKED_LOG_HEADER, slab[at + 2]!, slab[at]!, slab[at + 1]!, limit, cost) <= now - windowMs
-  );
+/**
+ * What the functions of a packed log take of its window (a sliding-log `TierSpec` has it):
+ * its length, the events it admits, and the events one decision records.
+ */
+export interface LogWindow {
+  readonly windowMs: number;
+  readonly limit: number;
+  readonly cost: number;
+}
+
+/** The entry of the log packed at `at` that must leave the window before `cost` more fit. */
+function packedBlocker(slab: Float64Array, at: number, limit: number, cost: number): number {
+  return ringBlocker(slab, at + PACKED_LOG_HEADER, slab[at + 2]!, slab[at]!, slab[at + 1]!, limit, cost);
+}
+
+/** `logAllows` of the log packed at `at`. */
+export function packedLogAllows(slab: Float64Array, at: number, now: number, window: LogWindow): boolean {
+  return window.cost <= window.limit && packedBlocker(slab, at, window.limit, window.cost) <= now - window.windowMs;
 }
 
 /**
- * The ring size the log packed at `at` needs before `cost` events at `now` are recorded
- * (after `packedLogAllows`): its own size when they fit, first dropping the entries that
- * have left the window ending at `now` if the ring would overflow (as `logRecord` does),
- * else a larger size (doubled, at most `limit`) to move it to (`packedLogMove`).
+ * The ring size the log packed at `at` needs before a decision's events at `now` are
+ * recorded (after `packedLogAllows`): its own size when they fit, first dropping the
+ * entries that have left the window ending at `now` if the ring would overflow (as
+ * `logRecord` does), else a larger size (doubled, at most the limit) to move it to
+ * (`packedLogMove`).
  */
-export function packedLogRoom(
-  slab: Float64Array,
-  at: number,
-  now: number,
-  windowMs: number,
-  limit: number,
-  cost: number,
-): number {
+export function packedLogRoom(slab: Float64Array, at: number, now: number, window: LogWindow): number {
+  const { windowMs, limit, cost } = window;
   const size = slab[at + 2]!;
   if (size >= limit || slab[at + 1]! + cost <= size) return size;
   const base = at + PACKED_LOG_HEADER;
@@ -260,10 +260,11 @@ export function packedLogMove(
 }
 
 /**
- * `logRecord` of the log packed at `at`, for a window of `limit` events (call only after
- * `packedLogAllows`, and `packedLogRoom` returned the ring's own size).
+ * `logRecord` of the log packed at `at` (call only after `packedLogAllows`, and
+ * `packedLogRoom` returned the ring's own size).
  */
-export function packedLogRecord(slab: Float64Array, at: number, now: number, limit: number, cost: number): void {
+export function packedLogRecord(slab: Float64Array, at: number, now: number, window: LogWindow): void {
+  const { limit, cost } = window;
   const size = slab[at + 2]!;
   const base = at + PACKED_LOG_HEADER;
   let head = slab[at]!;
@@ -282,21 +283,10 @@ export function packedLogRecord(slab: Float64Array, at: number, now: number, lim
   slab[at + 1] = count;
 }
 
-/** `logWait` of the log packed at `at`, for a window of `limit` events. */
-export function packedLogWait(
-  slab: Float64Array,
-  at: number,
-  now: number,
-  windowMs: number,
-  limit: number,
-  cost: number,
-): number {
-  if (cost > limit) return Infinity;
-  return waitPast(
-    ringBlocker(slab, at + PACKED_LOG_HEADER, slab[at + 2]!, slab[at]!, slab[at + 1]!, limit, cost),
-    now,
-    windowMs,
-  );
+/** `logWait` of the log packed at `at`. */
+export function packedLogWait(slab: Float64Array, at: number, now: number, window: LogWindow): number {
+  if (window.cost > window.limit) return Infinity;
+  return waitPast(packedBlocker(slab, at, window.limit, window.cost), now, window.windowMs);
 }
 
 /** `logCount` of the log packed at `at`. */

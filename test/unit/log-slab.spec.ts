@@ -1,6 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import {
   PACKED_LOG_HEADER,
+  type LogWindow,
   packedLogCount,
   packedLogInitialSize,
   packedLogRecord,
@@ -22,7 +23,11 @@ describe('LogSlab', () => {
     // About 1,100 logs of up to 19 doubles: past the first page of 4,096 doubles.
     for (let i = 0; i < 1100; i++) {
       const at = logs.alloc(limitOf(i));
-      packedLogRecord(logs.pageOf(at), at & LOG_PAGE_MASK, 1000 + i, limitOf(i), limitOf(i));
+      packedLogRecord(logs.pageOf(at), at & LOG_PAGE_MASK, 1000 + i, {
+        windowMs: 10,
+        limit: limitOf(i),
+        cost: limitOf(i),
+      });
       offsets.push(at);
     }
     expect(logs.pages.length).toBeGreaterThan(2);
@@ -55,17 +60,18 @@ describe('LogSlab', () => {
     const logs = new LogSlab();
     const first = logs.alloc(4);
     const neighbour = logs.alloc(4);
-    packedLogRecord(logs.pageOf(neighbour), neighbour & LOG_PAGE_MASK, 7, 4, 4);
+    packedLogRecord(logs.pageOf(neighbour), neighbour & LOG_PAGE_MASK, 7, { windowMs: 10, limit: 4, cost: 4 });
     const page = logs.pageOf(first);
     const off = first & LOG_PAGE_MASK;
     // 4 events (the ring is full), then 2 more need a ring of 8 (for a window of 16).
-    packedLogRecord(page, off, 100, 16, 1);
-    packedLogRecord(page, off, 101, 16, 3);
-    expect(packedLogRoom(page, off, 102, 1000, 16, 2)).toBe(8);
+    const window = (cost: number): LogWindow => ({ windowMs: 1000, limit: 16, cost });
+    packedLogRecord(page, off, 100, window(1));
+    packedLogRecord(page, off, 101, window(3));
+    expect(packedLogRoom(page, off, 102, window(2))).toBe(8);
     const moved = logs.grow(first, 8);
     expect(moved).not.toBe(first);
     const to = logs.pageOf(moved);
-    packedLogRecord(to, moved & LOG_PAGE_MASK, 102, 16, 2);
+    packedLogRecord(to, moved & LOG_PAGE_MASK, 102, window(2));
     expect(packedLogSize(to, moved & LOG_PAGE_MASK)).toBe(8);
     expect(packedLogCount(to, moved & LOG_PAGE_MASK, 102, 1000)).toBe(6);
     expect(packedLogCount(to, moved & LOG_PAGE_MASK, 101.5, 1.2)).toBe(5);
@@ -75,8 +81,8 @@ describe('LogSlab', () => {
     expect(logs.alloc(4)).toBe(first);
     // Expired entries make room before a ring grows: the same 4 events, long after.
     const aged = logs.alloc(4);
-    packedLogRecord(logs.pageOf(aged), aged & LOG_PAGE_MASK, 100, 16, 4);
-    expect(packedLogRoom(logs.pageOf(aged), aged & LOG_PAGE_MASK, 5000, 1000, 16, 2)).toBe(4);
+    packedLogRecord(logs.pageOf(aged), aged & LOG_PAGE_MASK, 100, window(4));
+    expect(packedLogRoom(logs.pageOf(aged), aged & LOG_PAGE_MASK, 5000, window(2))).toBe(4);
     expect(packedLogCount(logs.pageOf(aged), aged & LOG_PAGE_MASK, 5000, 1000)).toBe(0);
   });
 

@@ -68,17 +68,14 @@ describe('sliding-window log', () => {
           const allowed = logAllows(log, ms(now), windowMs, cost);
           checkSame(allowed, ref.allows(now, cost), `allowed at ${ms(now)} ms, cost ${cost}`);
           checkSame(limit - logCount(log, ms(now), windowMs), ref.remaining(now), 'remaining');
-          checkSame(packedLogAllows(slab, at, ms(now), windowMs, limit, cost), allowed, 'packed: allowed');
+          const window = { windowMs, limit, cost };
+          checkSame(packedLogAllows(slab, at, ms(now), window), allowed, 'packed: allowed');
           checkSame(packedLogCount(slab, at, ms(now), windowMs), logCount(log, ms(now), windowMs), 'packed: count');
-          checkSame(
-            packedLogWait(slab, at, ms(now), windowMs, limit, cost),
-            logWait(log, ms(now), windowMs, cost),
-            'packed: wait',
-          );
+          checkSame(packedLogWait(slab, at, ms(now), window), logWait(log, ms(now), windowMs, cost), 'packed: wait');
           if (allowed) {
             checkSame(logWait(log, ms(now), windowMs, cost), 0, 'wait when allowed');
             logRecord(log, ms(now), cost, trims ? windowMs : undefined);
-            const size = packedLogRoom(slab, at, ms(now), trims ? windowMs : Infinity, limit, cost);
+            const size = packedLogRoom(slab, at, ms(now), trims ? window : { ...window, windowMs: Infinity });
             if (size !== packedLogSize(slab, at)) {
               check(size > packedLogSize(slab, at) && size <= limit, () => `ring of ${size} for limit ${limit}`);
               const to = at + PACKED_LOG_HEADER + packedLogSize(slab, at) + 2;
@@ -87,7 +84,7 @@ describe('sliding-window log', () => {
               at = to;
               moves++;
             }
-            packedLogRecord(slab, at, ms(now), limit, cost);
+            packedLogRecord(slab, at, ms(now), window);
             checkSame(packedLogFreshAt(slab, at, windowMs), logFreshAt(log, windowMs), 'packed: fresh at');
             checkSame(outsideTouched(), -1, 'packed: a double outside the log written');
             check(moves <= 4, () => `the packed log moved ${moves} times`);

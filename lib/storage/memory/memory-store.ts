@@ -155,7 +155,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
           const log = table.stateOf(slot);
           if (
             typeof log === 'number'
-              ? !packedLogAllows(table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec.windowMs, spec.limit, spec.cost)
+              ? !packedLogAllows(table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec)
               : !logAllows(log as SlidingLogState, now, spec.windowMs, spec.cost)
           ) {
             return this.reject(plan, now, i);
@@ -203,17 +203,10 @@ export class MemoryRateLimitStore extends RateLimitStore {
           }
           if (typeof state === 'number') {
             let at = state;
-            const size = packedLogRoom(
-              table.logs.pageOf(at),
-              at & LOG_PAGE_MASK,
-              now,
-              spec.windowMs,
-              spec.limit,
-              spec.cost,
-            );
+            const size = packedLogRoom(table.logs.pageOf(at), at & LOG_PAGE_MASK, now, spec);
             if (size !== packedLogSize(table.logs.pageOf(at), at & LOG_PAGE_MASK)) at = table.growLog(slot, size);
             const page = table.logs.pageOf(at);
-            packedLogRecord(page, at & LOG_PAGE_MASK, now, spec.limit, spec.cost);
+            packedLogRecord(page, at & LOG_PAGE_MASK, now, spec);
             freshAt[slot] = packedLogFreshAt(page, at & LOG_PAGE_MASK, spec.windowMs);
             break;
           }
@@ -327,7 +320,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
       case AlgorithmKind.SlidingLog: {
         const log = this.table.stateOf(slot);
         return typeof log === 'number'
-          ? packedLogWait(this.table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec.windowMs, spec.limit, spec.cost)
+          ? packedLogWait(this.table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec)
           : logWait(log as SlidingLogState, now, spec.windowMs, spec.cost);
       }
       case AlgorithmKind.SlidingCounter:
