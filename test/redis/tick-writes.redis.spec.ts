@@ -52,4 +52,18 @@ describe('Redis store: the decisions of one tick in a few socket writes', () => 
     // In order: the first 100 sent were the ones allowed.
     expect(decisions.slice(0, 100).every((decision) => decision.allowed)).toBe(true);
   });
+
+  it("a decision sent with nothing in flight goes out at once; the next of its tick is held to the tick's end", async () => {
+    const spec = tokenBucketSpec('global', 'g', 100, 1000);
+    const plan: RateLimitPlan = { tracker: 'ip:203.0.113.8', tiers: [{ key: store.key('ip:203.0.113.8', 'g'), spec }] };
+    await store.consume(plan);
+    const socket = (client as unknown as { stream: { writableCorked: number } }).stream;
+    expect(client.commandQueue.length).toBe(0);
+    const first = store.consume(plan);
+    expect([socket.writableCorked, client.commandQueue.length]).toEqual([0, 1]);
+    const second = store.consume(plan);
+    expect(socket.writableCorked).toBe(1);
+    expect(await Promise.all([first, second])).toEqual([{ allowed: true }, { allowed: true }]);
+    expect(socket.writableCorked).toBe(0);
+  });
 });

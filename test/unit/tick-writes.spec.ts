@@ -53,6 +53,36 @@ describe('TickWrites', () => {
     expect(stream.writableCorked).toBe(0);
   });
 
+  it('a command sent with nothing in flight goes out at once; the ones after it in its tick share writes', async () => {
+    const { stream, writes } = socket();
+    // ioredis's queue of commands written and not yet answered.
+    const commandQueue = { length: 0 };
+    const ticks = new TickWrites({
+      stream,
+      status: 'ready',
+      isCluster: false,
+      commandQueue,
+    } as unknown as RedisStoreClient);
+    const send = (command: string): void => {
+      ticks.hold();
+      stream.write(command);
+      commandQueue.length++;
+    };
+    send('alone');
+    expect(stream.writableCorked).toBe(0);
+    expect(writes).toEqual([['alone']]);
+    send('c1');
+    send('c2');
+    expect(stream.writableCorked).toBe(1);
+    await nextTick();
+    expect(writes).toEqual([['alone'], ['c1', 'c2']]);
+    // Answered: the connection is idle again, and the next command goes at once.
+    commandQueue.length = 0;
+    send('next');
+    expect(writes.at(-1)).toEqual(['next']);
+    expect(stream.writableCorked).toBe(0);
+  });
+
   it('leaves a client that is not ready, or a Cluster, alone: each command is its own write', async () => {
     for (const client of [
       (stream: Writable) => clientOf(stream, 'connecting'),

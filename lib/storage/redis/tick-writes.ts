@@ -15,6 +15,12 @@ import type { RedisStoreClient } from './client-factory.js';
  * write would hold back every answer until the first read's worth had run, long enough to
  * pass the deadline with no answer at all, which the breaker takes for an outage.
  *
+ * A command sent while the connection has nothing in flight (ioredis's `commandQueue` is
+ * empty: every earlier command has its answer) goes out at once, uncorked: it waits for no
+ * other, and the next command of its tick corks. One decision at a time pays no tick of
+ * delay (about 1 µs of its median latency here), while the commands that follow a socket
+ * read full of answers still share writes.
+ *
  * Not on a Cluster (commands go to several sockets, each client its own), nor while the
  * client is not ready. ioredis's auto-pipelining, which the store turns off, batches the
  * same way at a much higher cost per command (it made every limiter slower in our
@@ -37,6 +43,7 @@ export class TickWrites {
     }
     const client = this.client;
     if (client.isCluster || client.status !== 'ready') return;
+    if ((client as { commandQueue?: { length: number } }).commandQueue?.length === 0) return;
     const stream = (client as { stream?: Writable }).stream;
     if (stream === undefined || typeof stream.cork !== 'function') return;
     stream.cork();
