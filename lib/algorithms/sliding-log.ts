@@ -24,9 +24,13 @@ export interface SlidingLogState {
 /** Slots of a new log's ring (or `limit`, if smaller). */
 export const LOG_INITIAL_SLOTS = 8;
 
-/** A fresh log for a window that admits `limit` events. */
+/**
+ * A fresh log for a window that admits `limit` events. A log admits whole events: a limit
+ * that is not whole (a spec made by hand; `windowSpec` refuses one) admits its whole part.
+ */
 export function createSlidingLog(limit: number): SlidingLogState {
-  return { ring: new Float64Array(Math.min(limit, LOG_INITIAL_SLOTS)), head: 0, count: 0, limit };
+  const whole = Math.floor(limit);
+  return { ring: new Float64Array(Math.min(whole, LOG_INITIAL_SLOTS)), head: 0, count: 0, limit: whole };
 }
 
 /**

@@ -303,10 +303,15 @@ export class MemoryRateLimitStore extends RateLimitStore {
       index: worst,
       retryAfter: worstWait,
       limit: spec.limit,
-      // A sliding log that refuses one event holds `limit` live events: nothing remains, and
-      // a flood refused by its expensive window is answered without counting them.
+      // A sliding log that refuses one event holds `limit` live events (a whole limit, as
+      // `windowSpec` makes it): nothing remains, and a flood refused by its expensive window
+      // is answered without counting them.
       remaining:
-        spec.kind === AlgorithmKind.SlidingLog && spec.cost === 1 && worstSlot >= 0 && worstWait > 0
+        spec.kind === AlgorithmKind.SlidingLog &&
+        spec.cost === 1 &&
+        Number.isInteger(spec.limit) &&
+        worstSlot >= 0 &&
+        worstWait > 0
           ? 0
           : this.remaining(worstSlot, spec, now),
     };
