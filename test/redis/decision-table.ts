@@ -79,6 +79,8 @@ const log3cost2 = windowSpec('expensive', 'x2', 'sliding-log', 3, 1000, 2);
 const counter4 = windowSpec('expensive', 'xc', 'sliding-counter', 4, 1000);
 const connRate = tokenBucketSpec('connection', 'cr', 10, 1);
 const slots2 = concurrencySpec('concurrency', 'cc', 2);
+// A log's limit of 2.5: `windowSpec` refuses it, so it is made by hand (as a store may meet it).
+const logHalf: TierSpec = { ...windowSpec('expensive', 'xh', 'sliding-log', 2, 1000), limit: 2.5 };
 // Cost 3 in a bucket of 2: the builders refuse it, so it is made by hand (as a store may meet it).
 const overCost: TokenBucketSpec = { ...tokenBucketSpec('global', 'g', 2, 1), cost: 3, slack: -1000, span: 3000 };
 
@@ -160,6 +162,17 @@ export const SCENARIOS: readonly Scenario[] = [
       { advance: 100, consume: 'p', expect: no('expensive', 0, 900, 3, 1) }, // 2 + 2 > 3: the 1st T0 blocks
       { advance: 900, consume: 'p', expect: ok }, // T0+1000: log T0, T0+1000, T0+1000
       { consume: 'p', expect: no('expensive', 0, 1000, 3, 1) }, // the 2nd oldest (T0+1000) blocks
+    ],
+  },
+  {
+    name: 'sliding log with a limit that is not whole (made by hand): it admits the whole part',
+    plans: { p: { specs: [logHalf] } },
+    steps: [
+      { consume: 'p', expect: ok }, // T0
+      { advance: 100, consume: 'p', expect: ok }, // T0+100
+      { advance: 100, consume: 'p', expect: no('expensive', 0, 800, 2.5, 0) }, // 3 > 2.5: T0 blocks
+      { advance: 800, consume: 'p', expect: ok }, // T0+1000: T0 is a window old
+      { consume: 'p', expect: no('expensive', 0, 100, 2.5, 0) },
     ],
   },
   {

@@ -123,9 +123,8 @@ describe('LogSlab', () => {
     const odd = { ...windowSpec('expensive', 'x', 'sliding-log', 2, 1000), limit: 2.5 } as TierSpec;
     const oddPlan: RateLimitPlan = { tracker: 'c', tiers: [{ key: store.key('c', 'x'), spec: odd }] };
     expect([store.consume(oddPlan).allowed, store.consume(oddPlan).allowed]).toEqual([true, true]);
-    // Two held, a third does not fit in 2.5: it may come when the oldest leaves the window,
-    // and half an event remains (counted, not assumed 0).
-    expect(store.consume(oddPlan)).toMatchObject({ allowed: false, retryAfter: 1000, remaining: 0.5, limit: 2.5 });
+    // Two held, a third does not fit in 2.5: it may come when the oldest leaves the window.
+    expect(store.consume(oddPlan)).toMatchObject({ allowed: false, retryAfter: 1000, remaining: 0, limit: 2.5 });
     expect(states().filter((state) => typeof state === 'number')).toHaveLength(1);
     expect(store.consume(large)).toMatchObject({ allowed: false, retryAfter: 1000, remaining: 0, limit: 17 });
   });

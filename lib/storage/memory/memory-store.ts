@@ -303,15 +303,10 @@ export class MemoryRateLimitStore extends RateLimitStore {
       index: worst,
       retryAfter: worstWait,
       limit: spec.limit,
-      // A sliding log that refuses one event holds `limit` live events (a whole limit, as
-      // `windowSpec` makes it): nothing remains, and a flood refused by its expensive window
-      // is answered without counting them.
+      // A sliding log that refuses one event holds as many live events as it admits: nothing
+      // remains, and a flood refused by its expensive window is answered without counting them.
       remaining:
-        spec.kind === AlgorithmKind.SlidingLog &&
-        spec.cost === 1 &&
-        Number.isInteger(spec.limit) &&
-        worstSlot >= 0 &&
-        worstWait > 0
+        spec.kind === AlgorithmKind.SlidingLog && spec.cost === 1 && worstSlot >= 0 && worstWait > 0
           ? 0
           : this.remaining(worstSlot, spec, now),
     };
@@ -347,7 +342,8 @@ export class MemoryRateLimitStore extends RateLimitStore {
           typeof log === 'number'
             ? packedLogCount(this.table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec.windowMs)
             : logCount(log as SlidingLogState, now, spec.windowMs);
-        return Math.max(0, spec.limit - held);
+        // Whole events (a limit that is not whole, in a spec made by hand, admits its whole part).
+        return Math.max(0, Math.floor(spec.limit) - held);
       }
       case AlgorithmKind.SlidingCounter:
         return Math.max(

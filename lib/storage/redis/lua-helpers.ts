@@ -215,6 +215,9 @@ end
 -- whether count + cost > limit, and the entries (nil in sorted-set mode).
 local function logRead(v, key, limit, cost, writes)
   local ts = logEntries(v)
+  -- A log admits whole events: a limit that is not whole (a spec made by hand) admits its
+  -- whole part, as in the memory store.
+  limit = math.floor(limit)
   local back = limit - cost + 1
   if back < 1 then return NEG, false, ts end
   if ts ~= nil then
@@ -236,6 +239,7 @@ end
 -- Entries that left the window (at or before now - w) are dropped, and only the newest
 -- limit entries are kept: no decision can depend on the others (time only moves forward).
 local function logWrite(ts, full, key, limit, cost, now, w, nonce)
+  limit = math.floor(limit)
   local ttl = math.ceil(w)
   if ts ~= nil then
     local keep, m, edge = {}, 0, now - w
