@@ -19,10 +19,13 @@ export interface SharedStoreEvents {
  * The shared store behind its failure policy: a decision the store cannot make (it throws,
  * rejects or times out) is made by the fail mode: `open`, a local in-memory limiter with
  * the same figures (`fallback`); `closed`, a `STORE_UNAVAILABLE` refusal. Outages are
- * reported once when they start and once when they end.
+ * reported once when they start and once when they end. Once closed (the application shuts
+ * down, and closes the store next), a decision that straggles in is still decided by the
+ * fail mode, but a store that no longer answers is no outage: nothing is reported.
  */
 export class SharedStore {
   private down = false;
+  private closed = false;
   private fallbackStore: MemoryRateLimitStore | undefined;
 
   constructor(
@@ -82,6 +85,7 @@ export class SharedStore {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     await this.fallbackStore?.close();
   }
 
@@ -109,10 +113,12 @@ export class SharedStore {
     error: unknown,
     decided: ((store: RateLimitStore | undefined) => void) | undefined,
   ): RateLimitDecision {
-    this.events.failed(error);
-    if (!this.down) {
-      this.down = true;
-      this.events.down(error);
+    if (!this.closed) {
+      this.events.failed(error);
+      if (!this.down) {
+        this.down = true;
+        this.events.down(error);
+      }
     }
     if (this.failMode === 'closed') {
       decided?.(undefined);

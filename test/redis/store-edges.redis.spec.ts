@@ -90,6 +90,27 @@ describe('Redis store edges', () => {
     }
   });
 
+  it('a decision that straggles in after shutdown (limiter closed, then the store) is decided quietly: no outage', async () => {
+    for (const failMode of ['open', 'closed'] as const) {
+      const store = await tripwireStore(`edge-shutdown-${failMode}:`);
+      const plan = planOf(store, 'ip:late', [tokenBucketSpec('global', 'g', 5, 1)]);
+      // While running, a closed store is an outage, reported once.
+      const running = recorder();
+      const before = new SharedStore(store, failMode, 1000, running);
+      expect((await before.consume(plan)).allowed).toBe(true);
+      // The module's shutdown order: the limiter (and its shared store) first, then the store.
+      const events = recorder();
+      const shared = new SharedStore(store, failMode, 1000, events);
+      await shared.close();
+      await store.close();
+      const late = await shared.consume(plan);
+      expect(late.allowed).toBe(failMode === 'open');
+      expect(events.log).toEqual([]);
+      await before.consume(plan);
+      expect(running.log).toEqual(['down']);
+    }
+  });
+
   it('fail mode closed: status cannot be read while the store is down (no made-up full budgets); open: the fallback answers', async () => {
     const store = await tripwireStore('edge-peek:');
     const closed = new SharedStore(store, 'closed', 1000, recorder());
