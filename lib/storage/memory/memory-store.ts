@@ -203,9 +203,12 @@ export class MemoryRateLimitStore extends RateLimitStore {
           }
           if (typeof state === 'number') {
             let at = state;
-            const size = packedLogRoom(table.logs.pageOf(at), at & LOG_PAGE_MASK, now, spec);
-            if (size !== packedLogSize(table.logs.pageOf(at), at & LOG_PAGE_MASK)) at = table.growLog(slot, size);
-            const page = table.logs.pageOf(at);
+            let page = table.logs.pageOf(at);
+            const size = packedLogRoom(page, at & LOG_PAGE_MASK, now, spec);
+            if (size !== packedLogSize(page, at & LOG_PAGE_MASK)) {
+              at = table.growLog(slot, size);
+              page = table.logs.pageOf(at);
+            }
             packedLogRecord(page, at & LOG_PAGE_MASK, now, spec);
             freshAt[slot] = packedLogFreshAt(page, at & LOG_PAGE_MASK, spec.windowMs);
             break;
