@@ -67,11 +67,18 @@ function complete(reply: string): boolean {
   return length < 0 || reply.length >= line + 2 + length + 2;
 }
 
+/**
+ * The server the benchmarks start: `WSRL_BENCH_REDIS_SERVER` (a path: e.g. the Redis 8 that
+ * `.ci/redis-field-ttls` builds, to measure on a server with hash-field TTLs), else the
+ * `redis-server` on the PATH.
+ */
+const REDIS_SERVER = process.env['WSRL_BENCH_REDIS_SERVER'] || 'redis-server';
+
 /** Starts redis-server on a free loopback port and waits until it answers PING. */
 export async function startRedis(): Promise<RedisServer> {
   const port = await freePort();
   const child: ChildProcess = spawn(
-    'redis-server',
+    REDIS_SERVER,
     [
       '--port',
       String(port),

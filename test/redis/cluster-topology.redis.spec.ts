@@ -13,6 +13,9 @@ const bucket = tokenBucketSpec('global', 'g', 20, 0.001);
 const log = windowSpec('expensive', 'x', 'sliding-log', 1000, 60_000);
 const TRACKERS = 1000;
 
+/** How long the reshard case drives traffic at most, waiting for redis-cli to finish. */
+const RESHARD_BOUND_MS = 40_000;
+
 interface Outcome {
   readonly at: number;
   readonly latency: number;
@@ -149,6 +152,10 @@ describe('Cluster topology: resharding under traffic, a master killed', () => {
     const started = performance.now();
     try {
       while (!resharded || rounds < bucket.limit + 5) {
+        // Bounded in time too: a reshard that hangs fails the test instead of looping on.
+        if (performance.now() - started > RESHARD_BOUND_MS) {
+          throw new Error(`the reshard did not end within ${RESHARD_BOUND_MS} ms (${rounds} rounds)`);
+        }
         let next = 0;
         const worker = async () => {
           while (next < TRACKERS) {
@@ -160,6 +167,9 @@ describe('Cluster topology: resharding under traffic, a master killed', () => {
         };
         await Promise.all(Array.from({ length: 8 }, worker));
         rounds++;
+        // Once every tracker is blocked, its refusals come from the block cache without I/O:
+        // yield to the event loop, or redis-cli's exit (and the timers) would never be seen.
+        await new Promise((resolve) => setImmediate(resolve));
       }
       await reshard;
     } finally {

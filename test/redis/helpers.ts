@@ -57,6 +57,7 @@ export async function expectBoundedTtls(
       const ttl = await client.pttl(key);
       if (ttl === -2) continue; // expired meanwhile
       checked++;
+      if (ttl === -1 && key.endsWith('}:~3') && (await fieldTtlsOf(client, key, bound, problems))) continue;
       const limit = await boundOf(client, key, bound);
       // -1 is a key without a TTL (the bug class I-2 is about); 0 is one expiring this very ms.
       if (!(ttl >= 0) || ttl > limit) problems.push(`${key}: PTTL ${ttl} (bound ${limit})`);
@@ -68,15 +69,46 @@ export async function expectBoundedTtls(
 /**
  * The bound of a key: `bound(key)`, or for a tracker hash of key layout 3 (`...}:~3`, which
  * holds the tiers' fields named by their keys' text after the tag) the largest bound of the
- * tier keys whose fields it holds, plus the second a hash TTL is extended by past the need
- * (`writeHashTtl` in lib/storage/redis/lua-helpers.ts).
+ * tier keys whose fields it holds, plus the second a TTL is extended by past the need
+ * (`writeTracker` in lib/storage/redis/lua-helpers.ts).
  */
 async function boundOf(client: Redis, key: string, bound: (key: string) => number): Promise<number> {
   if (!key.endsWith('}:~3')) return bound(key);
   const base = key.slice(0, -':~3'.length);
+  // A reservation's owner mark `~o<field>` lives as long as its bucket's field.
   const fields = (await client.hkeys(key)).filter((field) => field !== '~e');
-  const need = Math.max(0, ...fields.map((field) => bound(base + field)));
+  const need = Math.max(0, ...fields.map((field) => bound(base + field.replace(/^~o/, ''))));
   return need + 1000;
+}
+
+/**
+ * A tracker hash without a TTL of its own, on a server with hash-field TTLs (Redis 7.4+):
+ * every field must carry one, bounded as the hash would be. Adds what breaks that to
+ * `problems`; false when the server has no HPTTL (the hash's missing TTL is then the problem).
+ */
+async function fieldTtlsOf(
+  client: Redis,
+  key: string,
+  bound: (key: string) => number,
+  problems: string[],
+): Promise<boolean> {
+  const fields = await client.hkeys(key);
+  if (fields.length === 0) return true; // emptied meanwhile
+  let ttls: unknown;
+  try {
+    ttls = await client.call('HPTTL', key, 'FIELDS', String(fields.length), ...fields);
+  } catch {
+    return false;
+  }
+  // The fields a decision writes share one TTL (their longest need plus a second), so each is
+  // bounded as the whole hash is without hash-field TTLs.
+  const limit = await boundOf(client, key, bound);
+  fields.forEach((field, i) => {
+    const ttl = (ttls as number[])[i]!;
+    if (ttl === -2) return; // expired meanwhile
+    if (!(ttl >= 0) || ttl > limit) problems.push(`${key} field ${field}: HPTTL ${ttl} (bound ${limit})`);
+  });
+  return true;
 }
 
 /** A sliding log's field in its tracker hash (key layout 3), as bytes; null when absent. */

@@ -3,7 +3,7 @@ import type { Redis } from 'ioredis';
 import type { RateLimitPlan, TierSpec } from '../../lib/interfaces/plan.interface.js';
 import { concurrencySpec, tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
 import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
-import { hasFieldTtls } from '../../lib/storage/redis/server-checks.js';
+import { fieldTtlModeOf, hasFieldTtls } from '../../lib/storage/redis/server-checks.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
 import { adminClient, closeClient, expectBoundedTtls, ready, storeClient } from './helpers.js';
 
@@ -61,6 +61,8 @@ describe('Redis key layout 3: one hash per tracker', () => {
     expect(hasFieldTtls('# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\n')).toBe(false);
     expect(hasFieldTtls('# Server\r\nredis_version:7.0.15\r\n')).toBe(false);
     expect(hasFieldTtls(undefined)).toBe(false);
+    expect([fieldTtlModeOf('redis_version:7.0.15'), fieldTtlModeOf('redis_version:7.4.2')]).toEqual([0, 1]);
+    expect([fieldTtlModeOf('redis_version:8.0.2'), fieldTtlModeOf('redis_version:10.1.0')]).toEqual([2, 2]);
   });
 
   it('keeps every bucket, counter and sliding log of a tracker in one hash, with one TTL', async () => {
@@ -149,12 +151,12 @@ describe('Redis key layout 3: one hash per tracker', () => {
     const plan = planOf('user:upgraded', [specs[0]!, specs[2]!]);
     expect(store.hashFieldTtls).toBe(false);
     expect((await store.consume(plan)).allowed).toBe(true);
-    const forced = store as unknown as { fieldTtls: boolean };
-    forced.fieldTtls = true;
+    const forced = store as unknown as { fieldTtls: number };
+    forced.fieldTtls = 1;
     try {
       expect((await store.consume(plan)).allowed).toBe(true);
     } finally {
-      forced.fieldTtls = false;
+      forced.fieldTtls = 0;
     }
     const hash = plan.tiers[0]!.key.replace(/:g$/, ':~3');
     expect((await admin.hkeys(hash)).sort()).toEqual([':g', ':xc', '~e'].sort());

@@ -6,19 +6,30 @@ import { concurrencySpec, tokenBucketSpec, windowSpec } from '../../lib/plans/ti
 import { MemoryRateLimitStore } from '../../lib/storage/memory/memory-store.js';
 import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
 import type { RateLimitStore } from '../../lib/storage/rate-limit-store.js';
-import { startRedis, type RedisServer } from '../support/redis-server.js';
+import { fieldTtlRedisServer, startRedis, type RedisServer } from '../support/redis-server.js';
 import { expectedOutcomes, runScenario, SCENARIOS, T0, type ManualClock } from './decision-table.js';
 import { adminClient, closeClient, expectBoundedTtls, ready, storeClient } from './helpers.js';
+
+/** A server with hash-field TTLs (Redis 7.4+), when this machine has one (`.ci/redis-field-ttls`). */
+const FIELD_TTLS = fieldTtlRedisServer();
 
 /**
  * Run twice: with plan scripts (the default: a consume script per plan shape, see
  * `plan-scripts.ts`) and with every plan on the generic script (`planScripts: 0`); the
  * random schedules also run with both kinds of store deciding one tracker's plans in turn.
+ * Both again on a server with hash-field TTLs, where there is one (else
+ * `field-ttls.redis.spec.ts` says it was skipped).
  */
 describe.each([
-  ['plan scripts', undefined],
-  ['generic script', 0],
-] as const)('decision table: Redis store (standalone, app clock, %s)', (_variant, planScripts) => {
+  ['plan scripts', undefined, undefined],
+  ['generic script', 0, undefined],
+  ...(FIELD_TTLS === undefined
+    ? []
+    : ([
+        ['plan scripts, hash-field TTLs', undefined, FIELD_TTLS],
+        ['generic script, hash-field TTLs', 0, FIELD_TTLS],
+      ] as const)),
+] as const)('decision table: Redis store (standalone, app clock, %s)', (_variant, planScripts, binary) => {
   let server: RedisServer;
   let client: Redis;
   let admin: Redis;
@@ -27,7 +38,7 @@ describe.each([
   const prefix = `table${planScripts ?? ''}:`;
 
   beforeAll(async () => {
-    server = await startRedis();
+    server = await startRedis([], binary);
     client = storeClient(server.port);
     admin = adminClient(server.port);
     await Promise.all([ready(client), ready(admin)]);
@@ -41,6 +52,8 @@ describe.each([
       // Generous: this file checks the math, not the latency.
       commandTimeoutMs: 2000,
     });
+    await store.evictionPolicyChecked;
+    expect(store.hashFieldTtls).toBe(binary !== undefined);
   });
 
   afterAll(async () => {

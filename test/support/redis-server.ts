@@ -5,9 +5,9 @@
  * stopped by the returned `stop()`, and killed when the test process exits if a test forgot.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 /** A running `redis-server` and the faults it can be put through. */
@@ -166,11 +166,32 @@ interface SpawnOptions {
   port: number;
   dir: string;
   args: readonly string[];
+  binary: string;
 }
 
-function spawnServer({ port, dir, args }: SpawnOptions): { child: ChildProcess; output: string[] } {
+/**
+ * The `redis-server` every test starts: `WSRL_TEST_REDIS_SERVER` (a path, to run the suite
+ * against another server version), else the one on the PATH.
+ */
+export const DEFAULT_REDIS_SERVER = process.env['WSRL_TEST_REDIS_SERVER'] || 'redis-server';
+
+/**
+ * A `redis-server` with hash-field TTLs (Redis 7.4+), or undefined when this machine has
+ * none: `WSRL_TEST_REDIS_FIELD_TTLS` (a path), else what `.ci/redis-field-ttls` builds (into
+ * `WSRL_REDIS_FIELD_TTLS_DIR`, else `~/.cache/nestjs-ws-rate-limit/redis-8.0.2`).
+ */
+export function fieldTtlRedisServer(): string | undefined {
+  const named = process.env['WSRL_TEST_REDIS_FIELD_TTLS'];
+  if (named) return named;
+  const cache = process.env['XDG_CACHE_HOME'] || join(homedir(), '.cache');
+  const dir = process.env['WSRL_REDIS_FIELD_TTLS_DIR'] || join(cache, 'nestjs-ws-rate-limit', 'redis-8.0.2');
+  const built = join(dir, 'redis-server');
+  return existsSync(built) ? built : undefined;
+}
+
+function spawnServer({ port, dir, args, binary }: SpawnOptions): { child: ChildProcess; output: string[] } {
   const child = spawn(
-    'redis-server',
+    binary,
     [
       '--port',
       String(port),
@@ -208,9 +229,15 @@ function exited(child: ChildProcess): Promise<void> {
   return new Promise((resolve) => child.once('exit', () => resolve()));
 }
 
-async function startServer(port: number, dir: string, args: readonly string[], ownsDir: boolean): Promise<RedisServer> {
+async function startServer(
+  port: number,
+  dir: string,
+  args: readonly string[],
+  ownsDir: boolean,
+  binary = DEFAULT_REDIS_SERVER,
+): Promise<RedisServer> {
   installExitHook();
-  let current = spawnServer({ port, dir, args });
+  let current = spawnServer({ port, dir, args, binary });
   let stopped = false;
 
   const ready = async (spawned: { child: ChildProcess; output: string[] }) => {
@@ -269,7 +296,7 @@ async function startServer(port: number, dir: string, args: readonly string[], o
     },
     async restart() {
       await kill(current.child);
-      current = spawnServer({ port, dir, args });
+      current = spawnServer({ port, dir, args, binary });
       await ready(current);
     },
     pause() {
@@ -287,12 +314,13 @@ async function startServer(port: number, dir: string, args: readonly string[], o
 
 /**
  * Starts a standalone `redis-server` on a free loopback port and waits until it answers
- * PING. Extra `args` are appended to the command line.
+ * PING. Extra `args` are appended to the command line; `binary` is the server to run
+ * (default `DEFAULT_REDIS_SERVER`).
  */
-export async function startRedis(args: readonly string[] = []): Promise<RedisServer> {
+export async function startRedis(args: readonly string[] = [], binary?: string): Promise<RedisServer> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'wsrl-redis-'));
-  return startServer(port, dir, args, true);
+  return startServer(port, dir, args, true, binary);
 }
 
 /**
@@ -425,7 +453,7 @@ export async function startSentinel(name = 'wsrl'): Promise<RedisSentinelSetup> 
       ].join('\n'),
     );
     installExitHook();
-    const child = spawn('redis-server', [conf, '--sentinel'], { stdio: ['ignore', 'ignore', 'ignore'] });
+    const child = spawn(DEFAULT_REDIS_SERVER, [conf, '--sentinel'], { stdio: ['ignore', 'ignore', 'ignore'] });
     live.add(child);
     child.once('exit', () => live.delete(child));
     await waitFor('sentinel answering PING', async () => (await rawCommand(port, ['PING'], 500)) === 'PONG', 10_000);

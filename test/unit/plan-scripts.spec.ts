@@ -57,17 +57,24 @@ describe('plan scripts: shapes, arguments and the Lua they get', () => {
     expect(planSignature(planOf('a', [{ ...log, windowMs: NaN }]), false)).toBeUndefined();
   });
 
-  it('KEYS are the tracker hash, each log key and the clock key; ARGV the time and the nonce where used, then the hash fields', () => {
+  it('KEYS are the tracker hash, each log key and the clock key; ARGV the time and the nonce where used, the field-TTL flag, then the hash fields', () => {
     const plan = planOf('a', [bucket, log, counter]);
     const app = planScriptArgs(plan, planSignature(plan, true)!, true);
-    expect(app.args).toEqual(['3', 'p:{a}:~3', 'p:{a}:x', 'p:{a}:~clock', '', '', ':g', ':x', ':c:chat']);
+    expect(app.args).toEqual(['3', 'p:{a}:~3', 'p:{a}:x', 'p:{a}:~clock', '', '', '0', ':g', ':x', ':c:chat']);
+    expect(app.argsByMode[0]).toBe(app.args);
+    expect(app.argsByMode[2]).toEqual(['3', 'p:{a}:~3', 'p:{a}:x', 'p:{a}:~clock', '', '', '2', ':g', ':x', ':c:chat']);
     expect([app.nowAt, app.nonceAt]).toEqual([4, 5]);
     const redis = planScriptArgs(plan, planSignature(plan, false)!, false);
-    expect(redis.args).toEqual(['2', 'p:{a}:~3', 'p:{a}:x', '', ':g', ':x', ':c:chat']);
+    expect(redis.args).toEqual(['2', 'p:{a}:~3', 'p:{a}:x', '', '0', ':g', ':x', ':c:chat']);
     expect([redis.nowAt, redis.nonceAt]).toEqual([-1, 3]);
     const buckets = planOf('a', [bucket]);
     expect(planScriptArgs(buckets, planSignature(buckets, false)!, false)).toMatchObject({
-      args: ['1', 'p:{a}:~3', ':g'],
+      args: ['1', 'p:{a}:~3', '0', ':g'],
+      argsByMode: [
+        ['1', 'p:{a}:~3', '0', ':g'],
+        ['1', 'p:{a}:~3', '1', ':g'],
+        ['1', 'p:{a}:~3', '2', ':g'],
+      ],
       nonceAt: -1,
     });
   });
@@ -77,12 +84,15 @@ describe('plan scripts: shapes, arguments and the Lua they get', () => {
     expect(lua).toContain(`s1 - now <= ${bucket.slack}`);
     expect(lua).toContain(`fullAt = fullAt + ${bucket.span}`);
     expect(lua).toContain("redis.call('TIME')");
+    expect(lua).toContain('local fieldTtls = tonumber(ARGV[1])');
+    expect(lua).toContain('unpack(ARGV, 2)');
     expect(lua).not.toMatch(/counterWait|logWait|logRead|readLeases|readClock|ZRANGE/);
     const mixed = planScriptLua([bucket, log, counter], true);
     expect(mixed).toMatch(/counterWait/);
     expect(mixed).toMatch(/logWait/);
     expect(mixed).toContain('readClock(ARGV[1], clockKey)');
     expect(mixed).toContain('logRead(v[3], KEYS[2], 5, 1, true)');
+    expect(mixed).toContain('local fieldTtls = tonumber(ARGV[3])');
     expect(() => planScriptLua([concurrencySpec('concurrency', 'cc', 1)], false)).toThrow(/concurrency/);
   });
 });

@@ -5,7 +5,7 @@
  * One decision reads the server clock once (`TIME`, or the app's clamped time), reads the
  * tracker hash once (HMGET of the plan's bucket, counter and sliding-log fields and `~e`),
  * writes it once (HSET), and extends its TTL only when it must (one PEXPIRE; on Redis 7.4+
- * one HPEXPIRE per distinct field TTL instead). A sliding log with more than 64 live entries
+ * HSETEX on Redis 8, or HSET and one HPEXPIRE on 7.4, instead). A sliding log with more than 64 live entries
  * adds its sorted set's calls (ZRANGE, ZADD, PEXPIRE, and ZREMRANGEBYRANK once it holds
  * `limit` entries), a concurrency tier its hash's.
  */
@@ -19,7 +19,7 @@ const PRELUDE = `${HELPERS}
 -- ARGV[7] H, the number of tracker hashes (KEYS[1..H]); the tiers' own keys follow them.
 -- Tier i's figures at ARGV[9i..9i+8] = kind, limit, cost, a, b, c, d, hash index, field.
 local n, H = tonumber(ARGV[2]), tonumber(ARGV[7])
-local fieldTtls = ARGV[8] == '1'
+local fieldTtls = tonumber(ARGV[8])
 local clockKey = nil
 if ARGV[1] ~= '' then clockKey = KEYS[H + n + 1] end
 local now = readClock(ARGV[1], clockKey)
@@ -106,7 +106,7 @@ end
  * ARGV[5]     the lease name (concurrency)
  * ARGV[6]     lease TTL in ms (concurrency)
  * ARGV[7]     H, the number of tracker hashes
- * ARGV[8]     '1' when the server has hash-field TTLs (Redis 7.4+), else '0'
+ * ARGV[8]     the field-TTL mode (`FieldTtlMode`): '0' none, '1' HPEXPIRE (Redis 7.4), '2' HSETEX (8.0+)
  * ARGV[9i..9i+8]  tier i (from 1): kind, limit, cost, a, b, c, d, hash index, field, where
  *             a, b, c, d are token bucket: slack, span, intervalMs, nearBound; sliding log and
  *             counter: windowMs; concurrency: nothing. Hash index: 1..H for a bucket,
@@ -174,11 +174,10 @@ end
 
 local nonce, inst, lease, leaseTtl = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local maxTtl, near = 0, 0
--- Per tracker hash: field/value pairs to set, fields to delete, the longest TTL set, and
--- the fields by TTL (hash-field TTLs).
-local sets, dels, hmax, byTtl = {}, {}, {}, {}
+-- Per tracker hash: field/value pairs to set, fields to delete, and the longest TTL set.
+local sets, dels, hmax = {}, {}, {}
 for h = 1, H do
-  sets[h], dels[h], hmax[h], byTtl[h] = {}, {}, 0, {}
+  sets[h], dels[h], hmax[h] = {}, {}, 0
 end
 local function put(i, value, ttl)
   local h = hx[i]
@@ -186,14 +185,6 @@ local function put(i, value, ttl)
   s[#s + 1] = field[i]
   s[#s + 1] = value
   if ttl > hmax[h] then hmax[h] = ttl end
-  if fieldTtls then
-    local group = byTtl[h][ttl]
-    if group == nil then
-      group = {}
-      byTtl[h][ttl] = group
-    end
-    group[#group + 1] = field[i]
-  end
 end
 
 for i = 1, n do
@@ -239,19 +230,8 @@ end
 
 for h = 1, H do
   local key, s = KEYS[h], sets[h]
-  if #s > 0 then
-    if fieldTtls and hexp[h] == nil then
-      redis.call('HSET', key, unpack(s))
-      for ttl, group in pairs(byTtl[h]) do
-        redis.call('HPEXPIRE', key, ttl, 'FIELDS', #group, unpack(group))
-      end
-    else
-      -- The hash's TTL covers its longest-lived field: extended when this write needs it, never
-      -- shortened (another plan's fields may need longer). A hash written before the server
-      -- had hash-field TTLs keeps this way until it expires.
-      writeHashTtl(key, s, now + hmax[h], hexp[h], now)
-    end
-  end
+  -- A hash written before the server had hash-field TTLs keeps its own TTL until it expires.
+  if #s > 0 then writeTracker(key, s, hmax[h], hexp[h], now, fieldTtls) end
   if #dels[h] > 0 then
     redis.call('HDEL', key, unpack(dels[h]))
     -- Nothing but the expiry field left: the tracker's state is a fresh one's.

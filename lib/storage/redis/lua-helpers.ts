@@ -18,7 +18,10 @@ local NEG = -math.huge
 local function fmt(x) return string.format('%.17g', x) end
 `;
 
-/** `writeHashTtl`: a tracker hash written on a server without hash-field TTLs. */
+/**
+ * `writeHashTtl`: a tracker hash written on a server without hash-field TTLs, and
+ * `writeTracker`, which picks between it and hash-field TTLs.
+ */
 export const HASH_TTL_LUA = `
 -- Writes a tracker hash's fields (flat name/value list s) on a server without hash-field
 -- TTLs: the hash's TTL covers its longest-lived field, kept in field ~e (exp, nil when
@@ -34,6 +37,26 @@ local function writeHashTtl(key, s, at, exp, now)
   end
   redis.call('HSET', key, unpack(s))
   if grow then redis.call('PEXPIRE', key, math.ceil(at - now)) end
+end
+
+-- Writes a tracker hash's fields (flat name/value list s); ttl (ms) is the longest time until
+-- a field written here equals a fresh one's. With hash-field TTLs (mode 1 or 2, see
+-- FieldTtlMode) and a hash not written the old way (no ~e: exp is nil), every field written
+-- gets that TTL plus a second: one TTL for all is one call, not one per distinct TTL (a field
+-- may outlive its need by as much as the hash's TTL lets it on servers without). Mode 2 sets
+-- values and TTL in one HSETEX (Redis 8); mode 1 (Redis 7.4) HSETs, which drops a field's
+-- TTL, then HPEXPIREs. Mode 0, or a hash with ~e: the hash's own TTL covers them.
+local function writeTracker(key, s, ttl, exp, now, mode)
+  if mode == 2 and exp == nil then
+    redis.call('HSETEX', key, 'PX', ttl + 1000, 'FIELDS', #s / 2, unpack(s))
+  elseif mode == 1 and exp == nil then
+    redis.call('HSET', key, unpack(s))
+    local names = {}
+    for j = 1, #s, 2 do names[#names + 1] = s[j] end
+    redis.call('HPEXPIRE', key, ttl + 1000, 'FIELDS', #names, unpack(names))
+  else
+    writeHashTtl(key, s, now + ttl, exp, now)
+  end
 end
 `;
 

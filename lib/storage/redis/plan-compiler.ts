@@ -11,6 +11,7 @@ import {
 import { planScriptArgs, planSignature, type PlanScriptArgs, type PlanScriptBook } from './plan-scripts.js';
 import { clockKeyOf, trackerHashOf } from './redis-keys.js';
 import type { ScriptCall } from './script-commands.js';
+import type { FieldTtlMode } from './server-checks.js';
 
 /** A plan turned into script arguments once; plans are reused, so this is cached. */
 export interface CompiledPlan {
@@ -139,24 +140,28 @@ export class PlanCompiler {
     return call === undefined ? undefined : { ...planScriptArgs(plan, signature, app), call };
   }
 
-  /** The arguments of one call of the plan's own script (`compiled.own` must be set). */
-  ownArgsOf(compiled: CompiledPlan): readonly string[] {
+  /**
+   * The arguments of one call of the plan's own script (`compiled.own` must be set), for the
+   * server's field-TTL mode.
+   */
+  ownArgsOf(compiled: CompiledPlan, fieldTtls: FieldTtlMode): readonly string[] {
     const own = compiled.own!;
+    const made = own.argsByMode[fieldTtls];
     // Nothing changes per call: the compiled arguments themselves (ioredis copies them).
-    if (own.nowAt < 0 && own.nonceAt < 0) return own.args;
-    const args = own.args.slice();
+    if (own.nowAt < 0 && own.nonceAt < 0) return made;
+    const args = made.slice();
     if (own.nowAt >= 0) args[own.nowAt] = String(this.options.appClock!());
     if (own.nonceAt >= 0) args[own.nonceAt] = this.noncePrefix + (this.nonce++).toString(36);
     return args;
   }
 
   /**
-   * The arguments of one call: the compiled ones with this call's time and nonce, and
-   * whether the server keeps hash-field TTLs.
+   * The arguments of one call: the compiled ones with this call's time and nonce, and how the
+   * server keeps hash-field TTLs.
    */
-  argsOf(compiled: CompiledPlan, fieldTtls: boolean): string[] {
+  argsOf(compiled: CompiledPlan, fieldTtls: FieldTtlMode): string[] {
     const args = compiled.args.slice();
-    if (fieldTtls) args[compiled.fieldTtlsAt] = '1';
+    if (fieldTtls !== 0) args[compiled.fieldTtlsAt] = String(fieldTtls);
     if (this.options.appClock !== undefined) args[compiled.nowAt] = String(this.options.appClock());
     if (compiled.usesNonce) args[compiled.nonceAt] = this.noncePrefix + (this.nonce++).toString(36);
     return args;

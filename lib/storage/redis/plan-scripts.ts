@@ -15,9 +15,8 @@
  * literal parsed by Lua's lexer: both `strtod`), so no figure is rounded differently.
  *
  * Eligible: plans of token buckets, sliding logs and sliding counters kept in one tracker
- * hash, with finite figures. Concurrency tiers (lease hashes, instance fields), and
- * servers with hash-field TTLs (Redis 7.4+: fields expire one by one), stay on the generic
- * script. A store keeps at most `planScripts` shapes (option; default 64), so that plans
+ * hash, with finite figures, on servers with or without hash-field TTLs (an argument says
+ * which). Concurrency tiers (lease hashes, instance fields) stay on the generic script. A store keeps at most `planScripts` shapes (option; default 64), so that plans
  * built from data cannot fill Redis's script cache; further shapes use the generic script.
  */
 import { AlgorithmKind, type RateLimitPlan, type TierSpec } from '../../interfaces/plan.interface.js';
@@ -48,10 +47,13 @@ export interface PlanScriptArgs {
   /**
    * `[numkeys, ...KEYS, ...ARGV]`: KEYS the tracker hash, each sliding log's key, and the
    * clock key (app clock); ARGV the app time (app clock only), the nonce of sliding-log
-   * members (plans with a sliding log only), then each tier's field in the tracker hash, in
-   * plan order. Per-call slots are empty.
+   * members (plans with a sliding log only), the field-TTL mode ('0': the server has no
+   * hash-field TTLs), then each tier's field in the tracker hash, in plan order. Per-call
+   * slots are empty.
    */
   readonly args: readonly string[];
+  /** `args` for each field-TTL mode (`FieldTtlMode`): `args` itself for 0. */
+  readonly argsByMode: readonly [readonly string[], readonly string[], readonly string[]];
   /** Index of the app time in `args`, -1 on Redis's clock. */
   readonly nowAt: number;
   /** Index of the nonce in `args`, -1 without sliding logs. */
@@ -143,8 +145,10 @@ export function planScriptArgs(plan: RateLimitPlan, signature: string, appClock:
   const args = [String(keys.length), ...keys];
   const nowAt = appClock ? args.push('') - 1 : -1;
   const nonceAt = logs ? args.push('') - 1 : -1;
+  const fieldTtlsAt = args.push('0') - 1;
   args.push(...fields);
-  return { signature, args, nowAt, nonceAt };
+  const withMode = (mode: string) => args.map((arg, i) => (i === fieldTtlsAt ? mode : arg));
+  return { signature, args, argsByMode: [args, withMode('1'), withMode('2')], nowAt, nonceAt };
 }
 
 /** The tiers a plan script decides: every kind but concurrency. */
@@ -170,9 +174,11 @@ interface TierCode {
  */
 export function planScriptLua(specs: readonly TierSpec[], appClock: boolean): string {
   const hasLogs = specs.some((spec) => spec.kind === AlgorithmKind.SlidingLog);
-  // ARGV: the app time (app clock only), the nonce (sliding logs only), the hash fields.
+  // ARGV: the app time (app clock only), the nonce (sliding logs only), the field-TTL mode,
+  // the hash fields.
   const nonce = `ARGV[${appClock ? 2 : 1}]`;
-  const firstField = 1 + (appClock ? 1 : 0) + (hasLogs ? 1 : 0);
+  const fieldTtlsAt = 1 + (appClock ? 1 : 0) + (hasLogs ? 1 : 0);
+  const firstField = fieldTtlsAt + 1;
   let logs = 0;
   const tiers: TierCode[] = specs.map((any, index) => {
     if (any.kind === AlgorithmKind.Concurrency) throw new Error('a plan script cannot decide a concurrency tier');
@@ -189,7 +195,11 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean): st
   } else {
     out.push("local t = redis.call('TIME')", 'local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000');
   }
-  out.push(`local v = redis.call('HMGET', KEYS[1], '~e', unpack(ARGV, ${firstField}))`, 'local hexp = tonumber(v[1])');
+  out.push(
+    `local fieldTtls = tonumber(ARGV[${fieldTtlsAt}])`,
+    `local v = redis.call('HMGET', KEYS[1], '~e', unpack(ARGV, ${firstField}))`,
+    'local hexp = tonumber(v[1])',
+  );
   for (const tier of tiers) out.push(stateOf(tier));
 
   out.push(`if not (${tiers.map(allowsOf).join(' and ')}) then`);
@@ -212,7 +222,7 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean): st
   out.push('local sets, dels, hmax, near = {}, {}, 0, 0');
   for (const tier of tiers) out.push(writeOf(tier, appClock, nonce));
   out.push(
-    'if #sets > 0 then writeHashTtl(KEYS[1], sets, now + hmax, hexp, now) end',
+    'if #sets > 0 then writeTracker(KEYS[1], sets, hmax, hexp, now, fieldTtls) end',
     'if #dels > 0 then',
     "  redis.call('HDEL', KEYS[1], unpack(dels))",
     "  if redis.call('HLEN', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], '~e') == 1 then redis.call('DEL', KEYS[1]) end",

@@ -28,7 +28,7 @@ import {
 } from './redis-store.options.js';
 import { reservationBook, type ReservationBook } from './reservations.js';
 import { registerScripts, type Scripts } from './script-commands.js';
-import { evictionWarning, readEvictionPolicies, readFieldTtlSupport } from './server-checks.js';
+import { evictionWarning, readEvictionPolicies, readFieldTtlSupport, type FieldTtlMode } from './server-checks.js';
 import { validateOptions } from './validate-options.js';
 
 export type { RedisStoreClient } from './client-factory.js';
@@ -95,7 +95,7 @@ export class RedisRateLimitStore extends RateLimitStore {
    * True once every master is known to keep hash-field TTLs (Redis 7.4+): buckets and
    * counters then expire field by field in the tracker hash.
    */
-  private fieldTtls = false;
+  private fieldTtls: FieldTtlMode = 0;
   private readonly scripts: Scripts;
   private readonly gate: CallGate;
   private readonly compiler: PlanCompiler;
@@ -214,7 +214,7 @@ export class RedisRateLimitStore extends RateLimitStore {
 
   /** Whether the server keeps hash-field TTLs (Redis 7.4+), as read at start-up. */
   get hashFieldTtls(): boolean {
-    return this.fieldTtls;
+    return this.fieldTtls !== 0;
   }
 
   /**
@@ -265,9 +265,10 @@ export class RedisRateLimitStore extends RateLimitStore {
         (reply, delivered) => this.decision(compiled, reply, delivered),
       );
     }
-    if (compiled.own !== undefined && !this.fieldTtls) {
-      return this.gate.within(compiled.own.call.withArgs(this.compiler.ownArgsOf(compiled)), (reply, delivered) =>
-        this.decision(compiled, reply, delivered),
+    if (compiled.own !== undefined) {
+      return this.gate.within(
+        compiled.own.call.withArgs(this.compiler.ownArgsOf(compiled, this.fieldTtls)),
+        (reply, delivered) => this.decision(compiled, reply, delivered),
       );
     }
     const args = this.compiler.argsOf(compiled, this.fieldTtls);

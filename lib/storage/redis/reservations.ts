@@ -8,6 +8,7 @@ import type { CallGate } from './call-gate.js';
 import { toNumber } from './plan-compiler.js';
 import { compileReservable, nearOf, type ReservablePlan } from './reservable-plan.js';
 import { batchOf, spendSlot, unspent, type Batch } from './reservation-batch.js';
+import type { FieldTtlMode } from './server-checks.js';
 import {
   DEFAULT_BLOCK_CACHE_ENTRIES,
   DEFAULT_RESERVATION_MAX_BATCH,
@@ -90,7 +91,7 @@ export interface ReservationBookOptions {
   readonly maxBatch: number;
   readonly ttlMs: number;
   /** Whether the server keeps hash-field TTLs, as the store last read it. */
-  readonly fieldTtls: () => boolean;
+  readonly fieldTtls: () => FieldTtlMode;
   /** At most this many plans keep reservation state; others decide per call. */
   readonly maxEntries: number;
 }
@@ -234,7 +235,7 @@ export class ReservationBook {
   ): Promise<RateLimitDecision> {
     const args = plan.reserveArgs.slice();
     const head = 1 + plan.hashes.length + plan.specs.length;
-    args[head + 3] = this.options.fieldTtls() ? '1' : '0';
+    args[head + 3] = String(this.options.fieldTtls());
     args[head + 4] = String(ask);
     args[head + 8] = refused === undefined ? '0' : '1';
     const sentAt = performance.now();
@@ -455,7 +456,7 @@ export class ReservationBook {
   private giveBack(plan: ReservablePlan, batch: Batch): Promise<unknown> {
     if (batch.next >= batch.granted) return Promise.resolve();
     const args = [String(plan.hashes.length), ...plan.hashes, String(plan.specs.length)];
-    args.push(this.options.fieldTtls() ? '1' : '0', '');
+    args.push(String(this.options.fieldTtls()), '');
     plan.specs.forEach((spec, i) => {
       const [hashIndex, field] = plan.places[i]!;
       args.push(hashIndex, field, batch.endTexts[i]!, batch.baseTexts[i]!, String(batch.next), String(spec.span));

@@ -24,7 +24,7 @@ import { HELPERS } from './lua-helpers.js';
  * ARGV[1]     the app time in ms, or '' to read Redis `TIME`
  * ARGV[2]     n, the number of tiers (all token buckets)
  * ARGV[3]     H, the number of tracker hashes
- * ARGV[4]     '1' when the server has hash-field TTLs (Redis 7.4+), else '0'
+ * ARGV[4]     the field-TTL mode (`FieldTtlMode`): '0' none, '1' HPEXPIRE (Redis 7.4), '2' HSETEX (8.0+)
  * ARGV[5]     ask, the slots wanted (>= 1)
  * ARGV[6]     ttl in ms: a slot after the first is granted only if it starts within ttl
  * ARGV[7]     the owner tag (the store instance's id)
@@ -47,7 +47,7 @@ import { HELPERS } from './lua-helpers.js';
  */
 export const RESERVE_LUA = `${HELPERS}
 local n, H = tonumber(ARGV[2]), tonumber(ARGV[3])
-local fieldTtls = ARGV[4] == '1'
+local fieldTtls = tonumber(ARGV[4])
 local ask, ttl, owner, moreCap = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 local decides = ARGV[9] == '1'
 local clockKey = nil
@@ -150,19 +150,7 @@ end
 for i = 1, n do out[5 + n + i] = fmt(ends[i]) end
 out[5] = more
 
-for h = 1, H do
-  local key, s = KEYS[h], sets[h]
-  if fieldTtls and hexp[h] == nil then
-    redis.call('HSET', key, unpack(s))
-    for i = 1, n do
-      if hx[i] == h then
-        redis.call('HPEXPIRE', key, math.ceil(ends[i] - now), 'FIELDS', 2, field[i], '~o' .. field[i])
-      end
-    end
-  else
-    writeHashTtl(key, s, now + hmax[h], hexp[h], now)
-  end
-end
+for h = 1, H do writeTracker(KEYS[h], sets[h], hmax[h], hexp[h], now, fieldTtls) end
 saveClock(clockKey, now, maxTtl)
 return out
 `;
@@ -173,14 +161,14 @@ return out
  * tail stays taken and lapses as time passes its slots.
  *
  * KEYS[1..H]  the tracker hashes
- * ARGV[1]     n; ARGV[2] '1' when the server has hash-field TTLs; ARGV[3] the app time or ''
+ * ARGV[1]     n; ARGV[2] the field-TTL mode ('0': none); ARGV[3] the app time or ''
  * ARGV[4+6(i-1)..]  tier i: hash index, field, end and base (as reserve returned them),
  *             k, the slots before the first one given back, and span: the bucket goes back
  *             to base plus k spans, added one by one as reserve did
  * Reply: the number of buckets given back.
  */
 export const UNRESERVE_LUA = `${HELPERS}
-local n, fieldTtls = tonumber(ARGV[1]), ARGV[2] == '1'
+local n, fieldTtls = tonumber(ARGV[1]), tonumber(ARGV[2]) > 0
 local now
 if ARGV[3] == '' then now = readClock('', nil) else now = tonumber(ARGV[3]) end
 local back = 0
@@ -195,7 +183,7 @@ for i = 1, n do
       redis.call('HSET', key, f, fmt(t))
       -- HSET drops a field's own TTL: set it again where fields carry theirs.
       if fieldTtls and redis.call('HEXISTS', key, '~e') == 0 then
-        redis.call('HPEXPIRE', key, ttl, 'FIELDS', 1, f)
+        redis.call('HPEXPIRE', key, ttl + 1000, 'FIELDS', 1, f)
       end
       redis.call('HDEL', key, '~o' .. f)
     else

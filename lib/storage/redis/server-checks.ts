@@ -64,24 +64,35 @@ function policyOf(reply: unknown): string | undefined {
   return typeof value === 'string' && value !== '' ? value.toLowerCase() : undefined;
 }
 
-/** Redis 7.4 brought hash-field TTLs (HPEXPIRE). */
-const FIELD_TTL_VERSION = [7, 4] as const;
+/**
+ * How the scripts give tracker-hash fields their TTLs (the scripts' argument says which):
+ * 0, no hash-field TTLs (the hash has one TTL); 1, HSET then HPEXPIRE (Redis 7.4); 2,
+ * HSETEX, the values and their TTL in one command (Redis 8.0 and later).
+ */
+export type FieldTtlMode = 0 | 1 | 2;
 
 /**
- * Whether every master (the server, or every master of a Cluster) reports a Redis version
- * with hash-field TTLs, from `INFO server`'s `redis_version`. False when any refuses INFO or
- * does not answer within a second (the fallback works on every version). Servers that
- * report an older compatible version (Valkey says 7.2.4) get the fallback.
+ * The field-TTL mode every master (the server, or every master of a Cluster) supports, from
+ * `INFO server`'s `redis_version`: the least of theirs. 0 when any refuses INFO or does not
+ * answer within a second (the fallback works on every version). Servers that report an
+ * older compatible version (Valkey says 7.2.4) get the fallback.
  */
-export async function readFieldTtlSupport(client: RedisStoreClient): Promise<boolean> {
+export async function readFieldTtlSupport(client: RedisStoreClient): Promise<FieldTtlMode> {
   const replies = await askMasters(client, ['INFO', 'server']);
-  return replies.length > 0 && replies.every(({ reply }) => hasFieldTtls(reply));
+  if (replies.length === 0) return 0;
+  return Math.min(...replies.map(({ reply }) => fieldTtlModeOf(reply))) as FieldTtlMode;
 }
 
-/** Whether an `INFO server` reply names a Redis version of 7.4 or later. */
-export function hasFieldTtls(info: unknown): boolean {
+/** The field-TTL mode of the Redis version an `INFO server` reply names. */
+export function fieldTtlModeOf(info: unknown): FieldTtlMode {
   const match = /^redis_version:(\d+)\.(\d+)/m.exec(typeof info === 'string' ? info : String(info ?? ''));
-  if (match === null) return false;
+  if (match === null) return 0;
   const [major, minor] = [Number(match[1]), Number(match[2])];
-  return major > FIELD_TTL_VERSION[0] || (major === FIELD_TTL_VERSION[0] && minor >= FIELD_TTL_VERSION[1]);
+  if (major >= 8) return 2;
+  return major === 7 && minor >= 4 ? 1 : 0;
+}
+
+/** Whether an `INFO server` reply names a Redis version of 7.4 or later (hash-field TTLs). */
+export function hasFieldTtls(info: unknown): boolean {
+  return fieldTtlModeOf(info) > 0;
 }
