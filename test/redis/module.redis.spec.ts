@@ -65,6 +65,13 @@ describe('WsRateLimitModule on Redis', () => {
     expect(states).toBeGreaterThanOrEqual(2);
     for (const key of keys) {
       const ttl = Number(await redis.command('PTTL', key));
+      if (ttl === -1 && key.endsWith('}:~3')) {
+        // A server with hash-field TTLs (Redis 7.4+): each field carries its own instead.
+        const fields = (await redis.command('HKEYS', key)) as string[];
+        const ttls = (await redis.command('HPTTL', key, 'FIELDS', String(fields.length), ...fields)) as number[];
+        for (const fieldTtl of ttls) expect(fieldTtl === -2 || fieldTtl > 0).toBe(true);
+        continue;
+      }
       expect(ttl === -2 || ttl > 0).toBe(true);
     }
     const store = limiter.store as RedisRateLimitStore;
