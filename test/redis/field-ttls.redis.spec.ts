@@ -4,20 +4,21 @@ import type { RateLimitPlan, TierSpec } from '../../lib/interfaces/plan.interfac
 import { tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
 import { RedisRateLimitStore, type RedisStoreOptions } from '../../lib/storage/redis/index.js';
 import { fieldTtlRedisServer, startRedis, type RedisServer } from '../support/redis-server.js';
-import { adminClient, closeClient, expectBoundedTtls, ready, sleep, storeClient } from './helpers.js';
+import {
+  adminClient,
+  closeClient,
+  commandCounts,
+  expectBoundedTtls,
+  openStore,
+  ready,
+  sleep,
+  type OpenedStores,
+} from './helpers.js';
 
 const SERVER = fieldTtlRedisServer();
 /** `.ci/run` sets it: there, a machine without such a server fails this file instead of skipping it. */
 const REQUIRED = process.env['WSRL_REQUIRE_FIELD_TTL_REDIS'] === '1';
 const TITLE = 'Redis store on a server with hash-field TTLs (Redis 7.4+)';
-
-/** Redis calls per command name since the last CONFIG RESETSTAT (INFO commandstats). */
-async function commandCounts(admin: Redis): Promise<Record<string, number>> {
-  const info = await admin.info('commandstats');
-  const counts: Record<string, number> = {};
-  for (const [, name, calls] of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) counts[name!] = Number(calls);
-  return counts;
-}
 
 /** HPTTL of every field of a hash, by field name. */
 async function fieldTtls(admin: Redis, key: string): Promise<Record<string, number>> {
@@ -45,21 +46,15 @@ if (SERVER === undefined) {
   describe(TITLE, () => {
     let server: RedisServer;
     let admin: Redis;
-    const clients: Redis[] = [];
-    const stores: RedisRateLimitStore[] = [];
+    const opened: OpenedStores = { clients: [], stores: [] };
 
     async function makeStore(options: Partial<RedisStoreOptions> = {}): Promise<RedisRateLimitStore> {
-      const client = storeClient(server.port);
-      clients.push(client);
-      await ready(client);
-      const store = new RedisRateLimitStore({
-        client,
+      const store = await openStore(server.port, opened, {
         keyPrefix: 'hf:',
         blockCache: false,
         commandTimeoutMs: 2000,
         ...options,
       });
-      stores.push(store);
       await store.evictionPolicyChecked;
       return store;
     }
@@ -84,8 +79,8 @@ if (SERVER === undefined) {
     });
 
     afterAll(async () => {
-      await Promise.all(stores.map((store) => store.close().catch(() => undefined)));
-      await Promise.all([admin, ...clients].map(closeClient));
+      await Promise.all(opened.stores.map((store) => store.close().catch(() => undefined)));
+      await Promise.all([admin, ...opened.clients].map(closeClient));
       await server?.stop();
     });
 

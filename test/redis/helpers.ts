@@ -1,5 +1,6 @@
 /** Small helpers shared by the Redis store tests. */
 import { Redis, type Cluster } from 'ioredis';
+import { RedisRateLimitStore, type RedisStoreOptions } from '../../lib/storage/redis/index.js';
 import { trackerHashOf } from '../../lib/storage/redis/redis-keys.js';
 
 /** A plain client for inspecting a test server (not the store's). */
@@ -19,6 +20,34 @@ export function storeClient(port: number): Redis {
   });
   client.on('error', () => undefined);
   return client;
+}
+
+/** Redis calls per command name since the last CONFIG RESETSTAT (INFO commandstats). */
+export async function commandCounts(admin: Redis): Promise<Record<string, number>> {
+  const info = await admin.info('commandstats');
+  const counts: Record<string, number> = {};
+  for (const [, name, calls] of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) counts[name!] = Number(calls);
+  return counts;
+}
+
+/** The clients and stores `openStore` made, for a test file to close at its end. */
+export interface OpenedStores {
+  readonly clients: Redis[];
+  readonly stores: RedisRateLimitStore[];
+}
+
+/** A store on a fresh store client of the server on `port` (ready), kept in `opened`. */
+export async function openStore(
+  port: number,
+  opened: OpenedStores,
+  options: Omit<RedisStoreOptions, 'client'>,
+): Promise<RedisRateLimitStore> {
+  const client = storeClient(port);
+  opened.clients.push(client);
+  await ready(client);
+  const store = new RedisRateLimitStore({ client, ...options });
+  opened.stores.push(store);
+  return store;
 }
 
 /** Resolves once the client is ready. */

@@ -5,15 +5,7 @@ import { concurrencySpec, tokenBucketSpec, windowSpec } from '../../lib/plans/ti
 import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
 import { fieldTtlModeOf, hasFieldTtls } from '../../lib/storage/redis/server-checks.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
-import { adminClient, closeClient, expectBoundedTtls, ready, storeClient } from './helpers.js';
-
-/** Redis calls per command name since the last CONFIG RESETSTAT (INFO commandstats). */
-async function commandCounts(admin: Redis): Promise<Record<string, number>> {
-  const info = await admin.info('commandstats');
-  const counts: Record<string, number> = {};
-  for (const [, name, calls] of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) counts[name!] = Number(calls);
-  return counts;
-}
+import { adminClient, closeClient, commandCounts, expectBoundedTtls, ready, storeClient } from './helpers.js';
 
 /**
  * Issue 13: key layout 3, one hash per tracker holding its buckets, counters and sliding

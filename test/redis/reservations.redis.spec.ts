@@ -8,7 +8,16 @@ import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
 import type { RedisStoreOptions } from '../../lib/storage/redis/redis-store.options.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
 import { startTcpProxy } from '../support/tcp-proxy.js';
-import { adminClient, closeClient, expectBoundedTtls, ready, sleep, storeClient } from './helpers.js';
+import {
+  adminClient,
+  closeClient,
+  expectBoundedTtls,
+  openStore,
+  ready,
+  sleep,
+  storeClient,
+  type OpenedStores,
+} from './helpers.js';
 
 /**
  * Token reservations (option `reservations`), case C-34 of shared/RELIABILITY.md: instances
@@ -18,22 +27,16 @@ import { adminClient, closeClient, expectBoundedTtls, ready, sleep, storeClient 
 describe('token reservations (C-34)', () => {
   let server: RedisServer;
   let admin: Redis;
-  const clients: Redis[] = [];
-  const stores: RedisRateLimitStore[] = [];
+  const opened: OpenedStores = { clients: [], stores: [] };
+  const { clients, stores } = opened;
 
-  async function makeStore(options: Partial<RedisStoreOptions> = {}): Promise<RedisRateLimitStore> {
-    const client = storeClient(server.port);
-    clients.push(client);
-    await ready(client);
-    const store = new RedisRateLimitStore({
-      client,
+  function makeStore(options: Partial<RedisStoreOptions> = {}): Promise<RedisRateLimitStore> {
+    return openStore(server.port, opened, {
       keyPrefix: 'resv:',
       commandTimeoutMs: 5000,
       reservations: { maxBatch: 64, ttlMs: 500 },
       ...options,
     });
-    stores.push(store);
-    return store;
   }
 
   const planOf = (store: RedisRateLimitStore, tracker: string, specs: readonly TierSpec[]): RateLimitPlan => ({
