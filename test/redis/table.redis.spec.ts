@@ -14,22 +14,33 @@ import { adminClient, closeClient, expectBoundedTtls, ready, storeClient } from 
 const FIELD_TTLS = fieldTtlRedisServer();
 
 /**
+ * A store that writes hash-field TTLs the Redis 7.4 way (HSET, then HPEXPIRE) on a server
+ * that also has HSETEX: its mode, read at start-up, set to 1 once the read is in.
+ */
+async function asRedis74(store: RedisRateLimitStore): Promise<void> {
+  await store.evictionPolicyChecked;
+  (store as unknown as { fieldTtls: number }).fieldTtls = 1;
+}
+
+/**
  * Run twice: with plan scripts (the default: a consume script per plan shape, see
  * `plan-scripts.ts`) and with every plan on the generic script (`planScripts: 0`); the
  * random schedules also run with both kinds of store deciding one tracker's plans in turn.
- * Both again on a server with hash-field TTLs, where there is one (else
- * `field-ttls.redis.spec.ts` says it was skipped).
+ * On a server with hash-field TTLs, where there is one (else `field-ttls.redis.spec.ts`
+ * says it was skipped), both again, and both writing them as on Redis 7.4.
  */
 describe.each([
-  ['plan scripts', undefined, undefined],
-  ['generic script', 0, undefined],
+  ['plan scripts', undefined, undefined, false],
+  ['generic script', 0, undefined, false],
   ...(FIELD_TTLS === undefined
     ? []
     : ([
-        ['plan scripts, hash-field TTLs', undefined, FIELD_TTLS],
-        ['generic script, hash-field TTLs', 0, FIELD_TTLS],
+        ['plan scripts, hash-field TTLs', undefined, FIELD_TTLS, false],
+        ['generic script, hash-field TTLs', 0, FIELD_TTLS, false],
+        ['plan scripts, hash-field TTLs as on Redis 7.4', undefined, FIELD_TTLS, true],
+        ['generic script, hash-field TTLs as on Redis 7.4', 0, FIELD_TTLS, true],
       ] as const)),
-] as const)('decision table: Redis store (standalone, app clock, %s)', (_variant, planScripts, binary) => {
+] as const)('decision table: Redis store (standalone, app clock, %s)', (_variant, planScripts, binary, redis74) => {
   let server: RedisServer;
   let client: Redis;
   let admin: Redis;
@@ -54,6 +65,7 @@ describe.each([
     });
     await store.evictionPolicyChecked;
     if (binary !== undefined) expect(store.hashFieldTtls).toBe(true);
+    if (redis74) await asRedis74(store);
   });
 
   afterAll(async () => {
@@ -138,6 +150,7 @@ describe.each([
             });
           const redis = redisStore(planScripts);
           const other = mixed ? redisStore(planScripts === 0 ? undefined : 0) : undefined;
+          if (redis74) await Promise.all([redis, other].filter((one) => one !== undefined).map(asRedis74));
           try {
             const specs: TierSpec[] = pool.map((make, i) => make(`s${i}`));
             const tracker = `ip:diff/${run}-${Date.now()}`;
