@@ -3,6 +3,7 @@ import type { Redis } from 'ioredis';
 import type { RateLimitPlan, TierSpec } from '../../lib/interfaces/plan.interface.js';
 import { tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
 import { RedisRateLimitStore, type RedisStoreOptions } from '../../lib/storage/redis/index.js';
+import { hasFieldTtls } from '../../lib/storage/redis/server-checks.js';
 import { fieldTtlRedisServer, startRedis, type RedisServer } from '../support/redis-server.js';
 import {
   adminClient,
@@ -187,6 +188,44 @@ if (SERVER === undefined) {
       expect(Object.keys(after)).toEqual([':g']);
       expect(after[':g']).toBeGreaterThan(0);
       expect(after[':g']).toBeLessThanOrEqual(1000 + 1000);
+    });
+
+    it('a server upgraded in place is read again when the store reconnects', async () => {
+      const before = await startRedis();
+      const opened: OpenedStores = { clients: [], stores: [] };
+      try {
+        const store = await openStore(before.port, opened, { keyPrefix: 'up:', commandTimeoutMs: 2000 });
+        await store.evictionPolicyChecked;
+        // This machine's own server (Redis 7.0 here) has none: the store begins without them.
+        expect(store.hashFieldTtls).toBe(hasFieldTtls(await before.command('INFO', 'server')));
+        const plan = planOf(store, 'user:upgrade', [specs[0]!]);
+        expect((await store.consume(plan)).allowed).toBe(true);
+        await before.restart(SERVER);
+        // The store's client reconnects by itself; its `ready` reads the version again.
+        const deadline = Date.now() + 10_000;
+        while (!store.hashFieldTtls && Date.now() < deadline) await sleep(50);
+        expect(store.hashFieldTtls).toBe(true);
+        let decided = false;
+        while (!decided && Date.now() < deadline) {
+          decided = await Promise.resolve(store.consume(plan)).then(
+            () => true,
+            () => sleep(50).then(() => false),
+          );
+        }
+        expect(decided).toBe(true);
+        const admin8 = adminClient(before.port);
+        try {
+          const hash = hashOf(plan);
+          expect(await admin8.hkeys(hash)).toEqual([':g']);
+          expect((await fieldTtls(admin8, hash))[':g']).toBeGreaterThan(0);
+        } finally {
+          await closeClient(admin8);
+        }
+      } finally {
+        await Promise.all(opened.stores.map((store) => store.close()));
+        await Promise.all(opened.clients.map(closeClient));
+        await before.stop();
+      }
     });
 
     it('delete() resets the tiers of a hash whose fields carry TTLs', async () => {

@@ -22,8 +22,11 @@ export interface RedisServer {
   kill(signal?: NodeJS.Signals): void;
   /** Ends the server (SIGTERM, SIGKILL after 2 s) and removes its directory; idempotent. */
   stop(): Promise<void>;
-  /** Starts a new server on the same port (killing the current one if it still runs). */
-  restart(): Promise<void>;
+  /**
+   * Starts a new server on the same port (killing the current one if it still runs); with
+   * `binary`, that server from then on (a server upgraded in place).
+   */
+  restart(binary?: string): Promise<void>;
   /** SIGSTOP: the server is frozen, TCP stays up. */
   pause(): void;
   /** SIGCONT. */
@@ -294,8 +297,9 @@ async function startServer(
       }
       if (ownsDir) rmSync(dir, { recursive: true, force: true });
     },
-    async restart() {
+    async restart(upgrade?: string) {
       await kill(current.child);
+      if (upgrade !== undefined) binary = upgrade;
       current = spawnServer({ port, dir, args, binary });
       await ready(current);
     },

@@ -212,7 +212,10 @@ export class RedisRateLimitStore extends RateLimitStore {
     return KEY_LAYOUT_VERSION;
   }
 
-  /** Whether the server keeps hash-field TTLs (Redis 7.4+), as read at start-up. */
+  /**
+   * Whether the server keeps hash-field TTLs (Redis 7.4+), as read at start-up and again at
+   * each reconnect (false until a read succeeds).
+   */
   get hashFieldTtls(): boolean {
     return this.fieldTtls !== 0;
   }
@@ -408,12 +411,18 @@ export class RedisRateLimitStore extends RateLimitStore {
     return decision;
   }
 
-  /** Starts the check of `maxmemory-policy`, once per store (at start-up: the first `ready`). */
+  /**
+   * At every `ready` (start-up and each reconnect, so a server upgraded or replaced in place
+   * is read again), reads whether the server has hash-field TTLs; at the first, also starts
+   * the check of `maxmemory-policy`, once per store.
+   */
   private checkEvictionPolicy(): void {
-    if (this.policyCheck !== undefined || this.closed) return;
-    const fieldTtls = readFieldTtlSupport(this.client).then((supported) => {
-      this.fieldTtls = supported;
+    if (this.closed) return;
+    const fieldTtls = readFieldTtlSupport(this.client).then((mode) => {
+      // Unknown (INFO refused or late): the mode stays as it was.
+      if (mode !== undefined && !this.closed) this.fieldTtls = mode;
     });
+    if (this.policyCheck !== undefined) return;
     const policies = readEvictionPolicies(this.client);
     this.policyCheck = Promise.all([policies, fieldTtls]).then(([policies]) => {
       const warning = evictionWarning(policies, this.client.isCluster);

@@ -73,13 +73,14 @@ export type FieldTtlMode = 0 | 1 | 2;
 
 /**
  * The field-TTL mode every master (the server, or every master of a Cluster) supports, from
- * `INFO server`'s `redis_version`: the least of theirs. 0 when any refuses INFO or does not
- * answer within a second (the fallback works on every version). Servers that report an
- * older compatible version (Valkey says 7.2.4) get the fallback.
+ * `INFO server`'s `redis_version`: the least of theirs. Undefined, unknown, when any refuses
+ * INFO or does not answer within a second (the store then keeps the mode it has: at first
+ * 0, the fallback, which works on every version). Servers that report an older compatible
+ * version (Valkey says 7.2.4) get the fallback.
  */
-export async function readFieldTtlSupport(client: RedisStoreClient): Promise<FieldTtlMode> {
+export async function readFieldTtlSupport(client: RedisStoreClient): Promise<FieldTtlMode | undefined> {
   const replies = await askMasters(client, ['INFO', 'server']);
-  if (replies.length === 0) return 0;
+  if (replies.length === 0 || replies.some(({ reply }) => reply === undefined)) return undefined;
   return Math.min(...replies.map(({ reply }) => fieldTtlModeOf(reply))) as FieldTtlMode;
 }
 
