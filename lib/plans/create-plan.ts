@@ -1,5 +1,6 @@
 import type { PlanTier, RateLimitPlan, TierSpec } from '../interfaces/plan.interface.js';
 import type { RateLimitStore } from '../storage/rate-limit-store.js';
+import { checkSpecs } from './check-spec.js';
 
 /**
  * Where a store may remember things about a plan it has decided (the memory store keeps
@@ -112,6 +113,8 @@ function shapeOf(store: RateLimitStore, specs: readonly TierSpec[], facts: PlanF
       return shape;
     }
   }
+  // Once per shape: a spec made by hand that no store could decide soundly is refused here.
+  checkSpecs(specs);
   // An array the caller may still change: the shape keeps a frozen copy, and is shared only
   // while the array holds the same specs.
   const shape: PlanShape = Object.freeze({

@@ -62,6 +62,19 @@ describe('Redis store edges', () => {
     return store;
   };
 
+  it('a plan made by hand with a spec no script could decide soundly is refused before any Redis command', async () => {
+    const store = await tripwireStore('edge-spec:');
+    const sound = tokenBucketSpec('global', 'g', 5, 1);
+    const bad = { ...sound, nearBound: 0 };
+    const plan: RateLimitPlan = { tracker: 'ip:bad', tiers: [{ key: store.key('ip:bad', 'g'), spec: bad }] };
+    await admin.config('RESETSTAT');
+    expect(() => store.consume(plan)).toThrow(/'global' \(suffix 'g'\): nearBound is 0, but .* 20000/);
+    await expect(store.peek(plan)).rejects.toThrow(RangeError);
+    expect(await admin.info('commandstats')).not.toMatch(/cmdstat_evalsha/);
+    // Refused, not an outage: the store decides sound plans as ever.
+    expect((await store.consume({ ...plan, tiers: [{ ...plan.tiers[0]!, spec: sound }] })).allowed).toBe(true);
+  });
+
   it('a refusal answered from the block cache during an outage does not end the outage', async () => {
     const store = await tripwireStore('edge-cache:');
     const events = recorder();

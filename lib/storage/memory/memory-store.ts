@@ -39,6 +39,7 @@ import {
   type TokenBucketSpec,
   type TierStatus,
 } from '../../interfaces/plan.interface.js';
+import { checkSpec } from '../../plans/check-spec.js';
 import { keyAt, PLAN_CACHE, specAt, specsOf, tierCount } from '../../plans/create-plan.js';
 import { RateLimitStore } from '../rate-limit-store.js';
 import { LOG_PAGE_MASK } from './log-slab.js';
@@ -115,6 +116,8 @@ export class MemoryRateLimitStore extends RateLimitStore {
     // built); any other plan from its tiers.
     const specs = specsOf(plan);
     const tiers = specs === undefined ? plan.tiers : undefined;
+    // A plan made by hand: its specs are checked (once per spec object; createPlan checked its own).
+    if (tiers !== undefined) for (const tier of tiers) checkSpec(tier.spec);
     const count = specs !== undefined ? specs.length : tiers!.length;
     const table = this.table;
     const tracker = plan.tracker;
@@ -362,6 +365,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
     const now = this.clock();
     return Array.from({ length: tierCount(plan) }, (_, i) => {
       const spec = specAt(plan, i);
+      checkSpec(spec);
       const slot = this.locate(plan, i);
       const fresh = slot < 0 ? -Infinity : this.table.freshAt[slot]!;
       return {
