@@ -4,10 +4,11 @@
  *
  * One decision reads the server clock once (`TIME`, or the app's clamped time), reads the
  * tracker hash once (HMGET of the plan's bucket, counter and sliding-log fields and `~e`),
- * writes it once (HSET), and extends its TTL only when it must (one PEXPIRE; on Redis 7.4+
- * HSETEX on Redis 8, or HSET and one HPEXPIRE on 7.4, instead). A sliding log with more than 64 live entries
- * adds its sorted set's calls (ZRANGE, ZADD, PEXPIRE, and ZREMRANGEBYRANK once it holds
- * `limit` entries), a concurrency tier its hash's.
+ * writes it once (HSET), and extends its TTL only when it must (one PEXPIRE). With hash-field
+ * TTLs the write sets the fields' TTL too: one HSETEX on Redis 8, HSET and one HPEXPIRE on
+ * 7.4. A sliding log with more than 64 live entries adds its sorted set's calls (ZRANGE,
+ * ZADD, PEXPIRE, and ZREMRANGEBYRANK once it holds `limit` entries), a concurrency tier its
+ * hash's.
  */
 import { HELPERS } from './lua-helpers.js';
 

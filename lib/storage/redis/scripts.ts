@@ -18,8 +18,9 @@
  *   TTL runs to, so that a decision extends the TTL only when it must (one PEXPIRE at most)
  *   and never shortens it for another tier; an extension reaches a second past the need, so
  *   that a busy tracker pays one PEXPIRE a second rather than one per decision.
- *   On Redis 7.4 and later each field carries its own TTL instead (HPEXPIRE), and `~e` is
- *   not written;
+ *   On Redis 7.4 and later each field carries its own TTL instead, and `~e` is not written:
+ *   the fields one decision writes get one TTL, the longest they need plus a second (HSETEX
+ *   on Redis 8, HPEXPIRE after the HSET on 7.4);
  * - a sliding log with more than 64 live entries (entries inside its window) moves to a
  *   sorted set at its tier key, one member per admitted event (score = time in ms, member =
  *   a per-call nonce, unique across instances), trimmed to the newest `limit` entries; its
@@ -32,8 +33,8 @@
  * - clock (only with `clock: 'app'`): a string, the latest app time seen for the tag, so
  *   that time never runs backwards inside a script.
  * Every write sets a TTL (ms) equal to the time until the state equals a fresh one's (the
- * tracker hash: the longest of its fields', plus a second, on servers without hash-field
- * TTLs).
+ * tracker hash, or the fields one decision writes on servers with hash-field TTLs: the
+ * longest of theirs, plus a second).
  *
  * Layout 1 kept each bucket and counter in a string at its tier key, layout 2 each log in a
  * sorted set at its tier key and the buckets and counters in the hash `...}:~2`. Layout 3
