@@ -154,6 +154,7 @@ function reportGateway(variants: VariantId[], load: LoadShape, runs: GatewayRun[
       target: 'Redis store, tracker ip, 64 addresses, with reservations: guarded / unguarded >= 0.8',
       measured:
         `batch 1000: ${redisRatio.toFixed(2)} (batch 64: ${vsUnguarded('oursRedisReserve')}; ` +
+        `buckets refilling 4,000/s, batch 4000: ${vsUnguarded('oursRedisReserveFast')}; ` +
         `without reservations: ${vsUnguarded('oursRedis')}; guard only on the stock WsAdapter, batch 1000: ` +
         `${vsUnguarded('oursRedisReserveTtlStock')}, and with ${NO_PRETENURING} against unguarded with it: ` +
         `${noPretenuring.toFixed(2)})`,
