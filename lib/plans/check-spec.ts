@@ -63,7 +63,8 @@ function problemOf(spec: TierSpec): string | undefined {
       for (const [figure, value] of Object.entries(derived)) {
         const held = (spec as unknown as Record<string, unknown>)[figure];
         if (!Object.is(held, value)) {
-          return `${figure} is ${String(held)}, but its limit, cost and refillRate make it ${value} (build it with tokenBucketSpec())`;
+          const fix = 'build it with tokenBucketSpec()';
+          return `${figure} is ${String(held)}, but its limit, cost and refillRate make it ${value} (${fix})`;
         }
       }
       return undefined;

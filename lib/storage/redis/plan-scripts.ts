@@ -16,7 +16,8 @@
  *
  * Eligible: plans of token buckets, sliding logs and sliding counters kept in one tracker
  * hash, with finite figures, on servers with or without hash-field TTLs (an argument says
- * which). Concurrency tiers (lease hashes, instance fields) stay on the generic script. A store keeps at most `planScripts` shapes (option; default 64), so that plans
+ * which). Concurrency tiers (lease hashes, instance fields) stay on the generic script. A
+ * store keeps at most `planScripts` shapes (option; default 64), so that plans
  * built from data cannot fill Redis's script cache; further shapes use the generic script.
  */
 import { AlgorithmKind, type RateLimitPlan, type TierSpec } from '../../interfaces/plan.interface.js';
