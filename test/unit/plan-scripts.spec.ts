@@ -61,8 +61,7 @@ describe('plan scripts: shapes, arguments and the Lua they get', () => {
     const plan = planOf('a', [bucket, log, counter]);
     const app = planScriptArgs(plan, planSignature(plan, true)!, true);
     expect(app.args).toEqual(['3', 'p:{a}:~3', 'p:{a}:x', 'p:{a}:~clock', '', '', '0', ':g', ':x', ':c:chat']);
-    expect(app.argsByMode[0]).toBe(app.args);
-    expect(app.argsByMode[2]).toEqual(['3', 'p:{a}:~3', 'p:{a}:x', 'p:{a}:~clock', '', '', '2', ':g', ':x', ':c:chat']);
+    expect(app.fieldTtlsAt).toBe(6);
     expect([app.nowAt, app.nonceAt]).toEqual([4, 5]);
     const redis = planScriptArgs(plan, planSignature(plan, false)!, false);
     expect(redis.args).toEqual(['2', 'p:{a}:~3', 'p:{a}:x', '', '0', ':g', ':x', ':c:chat']);
@@ -70,11 +69,7 @@ describe('plan scripts: shapes, arguments and the Lua they get', () => {
     const buckets = planOf('a', [bucket]);
     expect(planScriptArgs(buckets, planSignature(buckets, false)!, false)).toMatchObject({
       args: ['1', 'p:{a}:~3', '0', ':g'],
-      argsByMode: [
-        ['1', 'p:{a}:~3', '0', ':g'],
-        ['1', 'p:{a}:~3', '1', ':g'],
-        ['1', 'p:{a}:~3', '2', ':g'],
-      ],
+      fieldTtlsAt: 2,
       nonceAt: -1,
     });
   });

@@ -36,8 +36,21 @@ export interface CompiledPlan {
    * The plan shape's own consume script (`plan-scripts.ts`) and its arguments; undefined
    * when the plan stays on the generic script.
    */
-  readonly own: (PlanScriptArgs & { readonly call: ScriptCall }) | undefined;
+  readonly own: OwnScript | undefined;
 }
+
+/** A plan's own script: its call and arguments (see `PlanScriptArgs`). */
+type OwnScript = PlanScriptArgs & {
+  readonly call: ScriptCall;
+  /**
+   * `args` with the server's field-TTL mode when it is not 0, made at the first call in that
+   * mode (a store's mode rarely changes, so a plan keeps one array besides `args`).
+   */
+  modeArgs?: string[];
+};
+
+/** The field-TTL modes as script arguments. */
+const MODES = ['0', '1', '2'] as const;
 
 export interface PlanCompilerOptions {
   readonly instanceId: string;
@@ -131,7 +144,7 @@ export class PlanCompiler {
     return compiled;
   }
 
-  private ownScript(plan: RateLimitPlan, app: boolean): CompiledPlan['own'] {
+  private ownScript(plan: RateLimitPlan, app: boolean): OwnScript | undefined {
     const book = this.options.planScripts;
     const signature = book === undefined ? undefined : planSignature(plan, app);
     if (signature === undefined) return undefined;
@@ -140,7 +153,7 @@ export class PlanCompiler {
       plan.tiers.map(({ spec }) => spec),
       app,
     );
-    return call === undefined ? undefined : { ...planScriptArgs(plan, signature, app), call };
+    return call === undefined ? undefined : { ...planScriptArgs(plan, signature, app), call, modeArgs: undefined };
   }
 
   /**
@@ -149,7 +162,15 @@ export class PlanCompiler {
    */
   ownArgsOf(compiled: CompiledPlan, fieldTtls: FieldTtlMode): readonly string[] {
     const own = compiled.own!;
-    const made = own.argsByMode[fieldTtls];
+    let made: readonly string[] = own.args;
+    if (fieldTtls !== 0) {
+      const mode = MODES[fieldTtls];
+      if (own.modeArgs?.[own.fieldTtlsAt] !== mode) {
+        own.modeArgs = own.args.slice();
+        own.modeArgs[own.fieldTtlsAt] = mode;
+      }
+      made = own.modeArgs;
+    }
     // Nothing changes per call: the compiled arguments themselves (ioredis copies them).
     if (own.nowAt < 0 && own.nonceAt < 0) return made;
     const args = made.slice();

@@ -53,8 +53,8 @@ export interface PlanScriptArgs {
    * slots are empty.
    */
   readonly args: readonly string[];
-  /** `args` for each field-TTL mode (`FieldTtlMode`): `args` itself for 0. */
-  readonly argsByMode: readonly [readonly string[], readonly string[], readonly string[]];
+  /** Index of the field-TTL mode in `args` ('0' there: a server without hash-field TTLs). */
+  readonly fieldTtlsAt: number;
   /** Index of the app time in `args`, -1 on Redis's clock. */
   readonly nowAt: number;
   /** Index of the nonce in `args`, -1 without sliding logs. */
@@ -148,8 +148,7 @@ export function planScriptArgs(plan: RateLimitPlan, signature: string, appClock:
   const nonceAt = logs ? args.push('') - 1 : -1;
   const fieldTtlsAt = args.push('0') - 1;
   args.push(...fields);
-  const withMode = (mode: string) => args.map((arg, i) => (i === fieldTtlsAt ? mode : arg));
-  return { signature, args, argsByMode: [args, withMode('1'), withMode('2')], nowAt, nonceAt };
+  return { signature, args, fieldTtlsAt, nowAt, nonceAt };
 }
 
 /** The tiers a plan script decides: every kind but concurrency. */

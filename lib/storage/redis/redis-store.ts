@@ -178,7 +178,7 @@ export class RedisRateLimitStore extends RateLimitStore {
       [
         'ready',
         () => {
-          this.checkEvictionPolicy();
+          this.readServer();
           this.gate.probe();
         },
       ],
@@ -187,7 +187,7 @@ export class RedisRateLimitStore extends RateLimitStore {
     ];
     for (const [event, listener] of this.listeners) client.on(event, listener);
     if (client.status === 'wait') client.connect().catch(noop);
-    if (client.status === 'ready') this.checkEvictionPolicy();
+    if (client.status === 'ready') this.readServer();
   }
 
   /**
@@ -416,7 +416,7 @@ export class RedisRateLimitStore extends RateLimitStore {
    * is read again), reads whether the server has hash-field TTLs; at the first, also starts
    * the check of `maxmemory-policy`, once per store.
    */
-  private checkEvictionPolicy(): void {
+  private readServer(): void {
     if (this.closed) return;
     const fieldTtls = readFieldTtlSupport(this.client).then((mode) => {
       // Unknown (INFO refused or late): the mode stays as it was.
