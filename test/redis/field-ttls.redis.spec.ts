@@ -64,7 +64,7 @@ if (SERVER === undefined) {
       tracker,
       tiers: specs.map((spec) => ({ key: store.key(tracker, spec.suffix), spec })),
     });
-    const hashOf = (plan: RateLimitPlan) => plan.tiers[0]!.key.replace(/}:.*$/, '}:~3');
+    const hashOf = (plan: RateLimitPlan) => plan.tiers[0]!.key.replace(/}:.*$/, '}:~4');
 
     const specs: TierSpec[] = [
       tokenBucketSpec('global', 'g', 10, 1),

@@ -86,7 +86,7 @@ export async function expectBoundedTtls(
       const ttl = await client.pttl(key);
       if (ttl === -2) continue; // expired meanwhile
       checked++;
-      if (ttl === -1 && key.endsWith('}:~3') && (await fieldTtlsOf(client, key, bound, problems))) continue;
+      if (ttl === -1 && key.endsWith('}:~4') && (await fieldTtlsOf(client, key, bound, problems))) continue;
       const limit = await boundOf(client, key, bound);
       // -1 is a key without a TTL (the bug class I-2 is about); 0 is one expiring this very ms.
       if (!(ttl >= 0) || ttl > limit) problems.push(`${key}: PTTL ${ttl} (bound ${limit})`);
@@ -96,14 +96,14 @@ export async function expectBoundedTtls(
 }
 
 /**
- * The bound of a key: `bound(key)`, or for a tracker hash of key layout 3 (`...}:~3`, which
+ * The bound of a key: `bound(key)`, or for a tracker hash of key layout 4 (`...}:~4`, which
  * holds the tiers' fields named by their keys' text after the tag) the largest bound of the
  * tier keys whose fields it holds, plus the second a TTL is extended by past the need
  * (`writeTracker` in lib/storage/redis/lua-helpers.ts).
  */
 async function boundOf(client: Redis, key: string, bound: (key: string) => number): Promise<number> {
-  if (!key.endsWith('}:~3')) return bound(key);
-  const base = key.slice(0, -':~3'.length);
+  if (!key.endsWith('}:~4')) return bound(key);
+  const base = key.slice(0, -':~4'.length);
   // A reservation's owner mark `~o<field>` lives as long as its bucket's field.
   const fields = (await client.hkeys(key)).filter((field) => field !== '~e');
   const need = Math.max(0, ...fields.map((field) => bound(base + field.replace(/^~o/, ''))));
@@ -140,14 +140,14 @@ async function fieldTtlsOf(
   return true;
 }
 
-/** A sliding log's field in its tracker hash (key layout 3), as bytes; null when absent. */
+/** A sliding log's field in its tracker hash (key layout 3 and later), as bytes; null when absent. */
 export function logField(client: Redis, key: string): Promise<Buffer | null> {
   const { hash, field } = trackerHashOf(key);
   return client.hgetBuffer(hash, field);
 }
 
 /**
- * The entries a sliding log holds (key layout 3): in its tracker hash's field (`L` and 8
+ * The entries a sliding log holds (key layout 3 and later): in its tracker hash's field (`L` and 8
  * bytes per entry), or, once it outgrew the field (`Z`), in the sorted set at its key.
  */
 export async function logSize(client: Redis, key: string): Promise<number> {

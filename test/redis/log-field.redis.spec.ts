@@ -22,7 +22,7 @@ function random(seed: number): () => number {
 }
 
 /**
- * Key layout 3 keeps a sliding log in its tracker hash's field while it holds at most 64
+ * Key layout 3 and later keep a sliding log in its tracker hash's field while it holds at most 64
  * live entries, and in a sorted set at its tier key beyond (`LOG_FIELD_LUA`). Both forms,
  * and the move between them, decide as the memory store does.
  */

@@ -56,16 +56,16 @@ describe('WsRateLimitModule on Redis', () => {
     // Shared tiers were decided in Redis: their keys are there, each with a TTL (a bucket's
     // is tens of ms, so one may expire between KEYS and PTTL: -2; never -1, "no TTL").
     const keys = (await redis.command('KEYS', 'wsrl:*')) as string[];
-    // Key layout 3: a tracker's tiers are fields of one hash (`...}:~3`): count tier states.
+    // Key layout 4: a tracker's tiers are fields of one hash (`...}:~4`): count tier states.
     let states = 0;
     for (const key of keys) {
-      const fields = key.endsWith('}:~3') ? ((await redis.command('HKEYS', key)) as string[]) : [key];
+      const fields = key.endsWith('}:~4') ? ((await redis.command('HKEYS', key)) as string[]) : [key];
       states += fields.filter((field) => field !== '~e').length;
     }
     expect(states).toBeGreaterThanOrEqual(2);
     for (const key of keys) {
       const ttl = Number(await redis.command('PTTL', key));
-      if (ttl === -1 && key.endsWith('}:~3')) {
+      if (ttl === -1 && key.endsWith('}:~4')) {
         // A server with hash-field TTLs (Redis 7.4+): each field carries its own instead.
         const fields = (await redis.command('HKEYS', key)) as string[];
         const ttls = (await redis.command('HPTTL', key, 'FIELDS', String(fields.length), ...fields)) as number[];

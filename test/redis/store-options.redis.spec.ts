@@ -62,9 +62,9 @@ describe('Redis store: keys, prefixes, clients and options', () => {
     const plan = planOf(store, 'ip:prefixed');
     expect(plan.tiers[0]!.key.startsWith('{')).toBe(true);
     expect((await store.consume(plan)).allowed).toBe(true);
-    // Key layout 3: the bucket is a field of the tracker hash, `<tag>:~3`.
+    // Key layout 4: the bucket is a field of the tracker hash, `<tag>:~4`.
     const key = plan.tiers[0]!.key;
-    expect(await admin.exists(`app:${key.slice(0, key.indexOf('}') + 1)}:~3`)).toBe(1);
+    expect(await admin.exists(`app:${key.slice(0, key.indexOf('}') + 1)}:~4`)).toBe(1);
     expect(await admin.keys('ignored:*')).toEqual([]);
     await store.close();
     expect(client.status).toBe('ready');

@@ -165,7 +165,7 @@ describe('decision table: Redis Cluster (3 masters)', () => {
     expect(errors.filter((error) => error.includes('CROSSSLOT'))).toEqual([]);
     expect(errors).toEqual([]);
 
-    // Where the keys are: each identity's tracker hash (key layout 3: both tiers are fields of
+    // Where the keys are: each identity's tracker hash (key layout 4: both tiers are fields of
     // it; the log's own key, on the same tag, is declared but unused), one per identity.
     const tagsByNode: Map<string, number>[] = [];
     for (const node of cluster.nodes) {

@@ -60,15 +60,15 @@ describe('plan scripts: shapes, arguments and the Lua they get', () => {
   it('KEYS are the tracker hash, each log key and the clock key; ARGV the time and the nonce where used, the field-TTL flag, then the hash fields', () => {
     const plan = planOf('a', [bucket, log, counter]);
     const app = planScriptArgs(plan, planSignature(plan, true)!, true);
-    expect(app.args).toEqual(['3', 'p:{a}:~3', 'p:{a}:x', 'p:{a}:~clock', '', '', '0', ':g', ':x', ':c:chat']);
+    expect(app.args).toEqual(['3', 'p:{a}:~4', 'p:{a}:x', 'p:{a}:~clock', '', '', '0', ':g', ':x', ':c:chat']);
     expect(app.fieldTtlsAt).toBe(6);
     expect([app.nowAt, app.nonceAt]).toEqual([4, 5]);
     const redis = planScriptArgs(plan, planSignature(plan, false)!, false);
-    expect(redis.args).toEqual(['2', 'p:{a}:~3', 'p:{a}:x', '', '0', ':g', ':x', ':c:chat']);
+    expect(redis.args).toEqual(['2', 'p:{a}:~4', 'p:{a}:x', '', '0', ':g', ':x', ':c:chat']);
     expect([redis.nowAt, redis.nonceAt]).toEqual([-1, 3]);
     const buckets = planOf('a', [bucket]);
     expect(planScriptArgs(buckets, planSignature(buckets, false)!, false)).toMatchObject({
-      args: ['1', 'p:{a}:~3', '0', ':g'],
+      args: ['1', 'p:{a}:~4', '0', ':g'],
       fieldTtlsAt: 2,
       nonceAt: -1,
     });

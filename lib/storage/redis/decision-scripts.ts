@@ -1,5 +1,5 @@
 /**
- * The decision scripts of the Redis store (key layout 3, see `scripts.ts`): `consume`
+ * The decision scripts of the Redis store (key layout 4, see `scripts.ts`): `consume`
  * decides a plan and commits every tier or none; `peek` reads it; `forget` resets keys.
  *
  * One decision reads the server clock once (`TIME`, or the app's clamped time), reads the
@@ -49,7 +49,7 @@ for h = 1, H do
     end
   end
   local vals = redis.call('HMGET', KEYS[h], unpack(names))
-  hexp[h] = tonumber(vals[1])
+  hexp[h] = double(vals[1])
   for j = 1, #at do raw[at[j]] = vals[j + 1] end
 end
 
@@ -62,7 +62,7 @@ local S, fresh, full, logs = {}, {}, {}, {}
 for i = 1, n do
   local key, k = KEYS[H + i], kind[i]
   if k == 0 then
-    S[i] = tonumber(raw[i]) or NEG
+    S[i] = double(raw[i]) or NEG
   elseif k == 1 then
     S[i], full[i], logs[i] = logRead(raw[i], key, limit[i], cost[i], WRITES)
   elseif k == 2 then
@@ -197,7 +197,7 @@ for i = 1, n do
     fullAt = fullAt + pb[i]
     if near == 0 and (fullAt - now) * 5 > pd[i] then near = i end
     ttl = math.ceil(fullAt - now)
-    if ttl > 0 then put(i, fmt(fullAt), ttl) else dels[hx[i]][#dels[hx[i]] + 1] = field[i] end
+    if ttl > 0 then put(i, struct.pack('<d', fullAt), ttl) else dels[hx[i]][#dels[hx[i]] + 1] = field[i] end
   elseif k == 1 then
     if cost[i] > 0 then
       ttl = math.ceil(pa[i])
@@ -211,7 +211,7 @@ for i = 1, n do
     if c > 0 then freshAt = start + 2 * w elseif p > 0 then freshAt = start + w end
     ttl = math.ceil(freshAt - now)
     if ttl > 0 then
-      put(i, fmt(start) .. ' ' .. fmt(p) .. ' ' .. fmt(c), ttl)
+      put(i, struct.pack('<ddd', start, p, c), ttl)
     else
       dels[hx[i]][#dels[hx[i]] + 1] = field[i]
     end

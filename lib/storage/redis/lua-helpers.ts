@@ -1,8 +1,11 @@
 /**
  * Lua shared by the Redis store's scripts: the clock, lease-hash reading, and the waits of
- * `lib/algorithms` transcribed (same comparisons, same order, on IEEE doubles). Numbers a
- * script stores or returns are formatted with `%.17g` (round-trip precision). Tier kinds:
- * 0 token bucket, 1 sliding log, 2 sliding counter, 3 concurrency (`AlgorithmKind`).
+ * `lib/algorithms` transcribed (same comparisons, same order, on IEEE doubles). A tracker
+ * hash's fields hold their numbers as little-endian doubles (key layout 4: 8 bytes, read and
+ * written by `struct`, where text cost `%.17g` to write and `strtod`'s slow path to read); a
+ * number a script returns, or keeps outside the tracker hash, is text formatted with `%.17g`
+ * (round-trip precision). Tier kinds: 0 token bucket, 1 sliding log, 2 sliding counter,
+ * 3 concurrency (`AlgorithmKind`).
  *
  * In parts, so that a script generated for one plan shape (`plan-scripts.ts`) takes only
  * the functions it calls: every `local function` is a closure made on each call.
@@ -16,6 +19,23 @@ if redis.replicate_commands then redis.replicate_commands() end
 
 local NEG = -math.huge
 local function fmt(x) return string.format('%.17g', x) end
+`;
+
+/**
+ * `double`: a tracker-hash field holding one number (a bucket's `fullAt`, `~e`), 8 bytes
+ * as `struct.pack('<d', x)` wrote them. The generated plan scripts inline the same test
+ * (`doubleOf` in `plan-scripts.ts`): a closure made on every call costs more than the read.
+ */
+export const DOUBLE_LUA = `
+-- The number in a field of 8 bytes, else nil: a missing field, or one holding something else
+-- (a tier of another kind under the same name, text of layout 3, NaN).
+local function double(v)
+  if v and #v == 8 then
+    local x = struct.unpack('<d', v)
+    if x == x then return x end
+  end
+  return nil
+end
 `;
 
 /**
@@ -33,7 +53,7 @@ local function writeHashTtl(key, s, at, exp, now)
   if grow then
     at = at + 1000
     s[#s + 1] = '~e'
-    s[#s + 1] = fmt(at)
+    s[#s + 1] = struct.pack('<d', at)
   end
   redis.call('HSET', key, unpack(s))
   if grow then redis.call('PEXPIRE', key, math.ceil(at - now)) end
@@ -144,13 +164,13 @@ local function rolled(s, p, c, now, w)
   return start, 0, 0
 end
 
--- A counter field's state {start, prev, curr}; a fresh one's when the field is empty or
--- holds something else (a tier of another kind under the same name).
+-- A counter field's state {start, prev, curr} (24 bytes: three little-endian doubles); a
+-- fresh one's when the field is empty or holds something else (a tier of another kind under
+-- the same name).
 local function counterState(v)
-  if v then
-    local s, p, c = string.match(v, '^(%S+) (%S+) (%S+)$')
-    s, p, c = tonumber(s), tonumber(p), tonumber(c)
-    if s and p and c then return { s, p, c } end
+  if v and #v == 24 then
+    local s, p, c = struct.unpack('<ddd', v)
+    if s == s and p == p and c == c then return { s, p, c } end
   end
   return { NEG, 0, 0 }
 end
@@ -214,7 +234,7 @@ end
 
 /**
  * `logRead`, `logWrite`, `logLive`: a sliding log kept in its tracker hash's field (key
- * layout 3) while it holds at most 64 live entries, else in a sorted set at its tier key.
+ * layout 3 and later) while it holds at most 64 live entries, else in a sorted set at its tier key.
  */
 export const LOG_FIELD_LUA = `
 -- A sliding log's field in the tracker hash: 'L' and its live timestamps (ms) packed as
@@ -328,6 +348,7 @@ end
 /** Every helper, in one text. */
 export const HELPERS = [
   PRELUDE_LUA,
+  DOUBLE_LUA,
   HASH_TTL_LUA,
   CLOCK_LUA,
   LEASES_HELPERS_LUA,

@@ -198,7 +198,7 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean): st
   out.push(
     `local fieldTtls = tonumber(ARGV[${fieldTtlsAt}])`,
     `local v = redis.call('HMGET', KEYS[1], '~e', unpack(ARGV, ${firstField}))`,
-    'local hexp = tonumber(v[1])',
+    doubleOf('hexp', 'v[1]', 'nil'),
   );
   for (const tier of tiers) out.push(stateOf(tier));
 
@@ -233,8 +233,25 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean): st
   return out.join('\n');
 }
 
+/**
+ * `local <name>`: the number in a field of 8 bytes (`v`, a Lua expression), else `none`: the
+ * generic scripts' `double` (`lua-helpers.ts`) inlined, as no closure is made for it.
+ */
+function doubleOf(name: string, v: string, none: string): string {
+  return [
+    `local ${name} = ${none}`,
+    'do',
+    `  local r = ${v}`,
+    '  if r and #r == 8 then',
+    "    r = struct.unpack('<d', r)",
+    `    if r == r then ${name} = r end`,
+    '  end',
+    'end',
+  ].join('\n');
+}
+
 function stateOf({ spec, s, value, key }: TierCode): string {
-  if (spec.kind === AlgorithmKind.TokenBucket) return `local ${s} = tonumber(v[${value}]) or NEG`;
+  if (spec.kind === AlgorithmKind.TokenBucket) return doubleOf(s, `v[${value}]`, 'NEG');
   if (spec.kind === AlgorithmKind.SlidingCounter) return `local ${s} = counterState(v[${value}])`;
   const figures = `${num(spec.limit)}, ${num(spec.cost)}`;
   return `local ${s}, full${s}, log${s} = logRead(v[${value}], KEYS[${key}], ${figures}, true)`;
@@ -312,7 +329,7 @@ function writeOf({ spec, s, i, field, key }: TierCode, appClock: boolean, nonce:
         `fullAt = fullAt + ${num(spec.span)}`,
         `if near == 0 and (fullAt - now) * 5 > ${num(spec.nearBound)} then near = ${i} end`,
         'ttl = math.ceil(fullAt - now)',
-        put(field, 'fmt(fullAt)'),
+        put(field, "struct.pack('<d', fullAt)"),
       );
       break;
     case AlgorithmKind.SlidingLog: {
@@ -331,7 +348,7 @@ function writeOf({ spec, s, i, field, key }: TierCode, appClock: boolean, nonce:
         'local freshAt = NEG',
         `if c > 0 then freshAt = start + 2 * ${w} elseif p > 0 then freshAt = start + ${w} end`,
         'ttl = math.ceil(freshAt - now)',
-        put(field, "fmt(start) .. ' ' .. fmt(p) .. ' ' .. fmt(c)"),
+        put(field, "struct.pack('<ddd', start, p, c)"),
       );
     }
   }

@@ -42,13 +42,14 @@ export function clockKeyOf(key: string): string {
 }
 
 /**
- * The version of the key layout, named in every tracker hash's key (`...}:~3`). Layout 1
+ * The version of the key layout, named in every tracker hash's key (`...}:~4`). Layout 1
  * (before 0.2) kept each token bucket and sliding counter in a string of its own at the
  * tier key; layout 2 kept them in the hash `...}:~2` and each sliding log in a sorted set
- * at its tier key; layout 3 keeps logs in the tracker hash too (see `scripts.ts`). Keys of
- * earlier layouts are never read and expire by their own TTLs.
+ * at its tier key; layout 3 kept logs in the tracker hash too (`...}:~3`); layout 4 keeps
+ * the same fields with every number as a little-endian double instead of text (see
+ * `scripts.ts`). Keys of earlier layouts are never read and expire by their own TTLs.
  */
-export const KEY_LAYOUT_VERSION = 3;
+export const KEY_LAYOUT_VERSION = 4;
 
 /**
  * Where a tier's state lives: the tracker hash (same hash tag as the tier key, so same

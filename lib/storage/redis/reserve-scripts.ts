@@ -1,5 +1,5 @@
 /**
- * The token-reservation scripts of the Redis store (option `reservations`, key layout 3):
+ * The token-reservation scripts of the Redis store (option `reservations`, key layout 4):
  * `reserve` takes a run of a plan's token-bucket slots in one call, `unreserve` gives back
  * the unspent tail of a run. Only plans made of token buckets alone use them.
  *
@@ -34,8 +34,9 @@ import { HELPERS } from './lua-helpers.js';
  *             ahead of need (every slot must start within ttl)
  * ARGV[10+7(i-1)..]  tier i: limit, cost, slack, span, intervalMs, hash index, field
  *
- * Each bucket's field `~o<field>` holds `<owner>|<fullAt>` as its last reserver wrote it:
- * the bucket was left to one instance when it still holds that instance's `fullAt`.
+ * Each bucket's field `~o<field>` holds `<owner>|` and the bucket's field as its last
+ * reserver wrote it (`fullAt`, 8 bytes): the bucket was left to one instance when it still
+ * holds that instance's `fullAt`.
  *
  * Reply: {2, g, now, alone (1|0), more, base_1..base_n, end_1..end_n} when g >= 1 slots were
  * taken, where base_i is the first slot's start in bucket i and end_i its new `fullAt`
@@ -76,7 +77,7 @@ for h = 1, H do
     end
   end
   local vals = redis.call('HMGET', KEYS[h], unpack(names))
-  hexp[h] = tonumber(vals[1])
+  hexp[h] = double(vals[1])
   for j = 1, #at do
     raw[at[j]] = vals[2 * j]
     own[at[j]] = vals[2 * j + 1]
@@ -86,7 +87,7 @@ end
 -- Per bucket: how many slots fit (up to ask), and how many start within ttl.
 local S, g, alone = {}, ask, true
 for i = 1, n do
-  local fullAt = tonumber(raw[i]) or NEG
+  local fullAt = double(raw[i]) or NEG
   S[i] = fullAt
   if fullAt > now and own[i] ~= owner .. '|' .. raw[i] then alone = false end
   local t, c = fullAt, 0
@@ -140,10 +141,11 @@ for i = 1, n do
   if free < more then more = free end
   local ttlI = math.ceil(t - now)
   local s = sets[hx[i]]
+  local packed = struct.pack('<d', t)
   s[#s + 1] = field[i]
-  s[#s + 1] = fmt(t)
+  s[#s + 1] = packed
   s[#s + 1] = '~o' .. field[i]
-  s[#s + 1] = owner .. '|' .. fmt(t)
+  s[#s + 1] = owner .. '|' .. packed
   if ttlI > hmax[hx[i]] then hmax[hx[i]] = ttlI end
   if ttlI > maxTtl then maxTtl = ttlI end
 end
@@ -175,12 +177,12 @@ local back = 0
 for i = 1, n do
   local o = 3 + 6 * (i - 1)
   local key, f = KEYS[tonumber(ARGV[o + 1])], ARGV[o + 2]
-  if redis.call('HGET', key, f) == ARGV[o + 3] then
+  if double(redis.call('HGET', key, f)) == tonumber(ARGV[o + 3]) then
     local t, k, span = tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6])
     for _ = 1, k do t = t + span end
     local ttl = math.ceil(t - now)
     if ttl > 0 then
-      redis.call('HSET', key, f, fmt(t))
+      redis.call('HSET', key, f, struct.pack('<d', t))
       -- HSET drops a field's own TTL: set it again where fields carry theirs.
       if fieldTtls and redis.call('HEXISTS', key, '~e') == 0 then
         redis.call('HPEXPIRE', key, ttl + 1000, 'FIELDS', 1, f)
