@@ -137,7 +137,17 @@ describe('Redis key layout 4: one hash per tracker', () => {
     const third = planOf('ip:198.51.100.9', [specs[0]!, specs[2]!, specs[3]!]);
     const layout3 = third.tiers[0]!.key.replace(/:g$/, ':~3');
     const window = Math.floor(now / 10_000) * 10_000;
-    await admin.hset(layout3, ':g', String(now + 60_000), ':xc', `${window} 3 3`, ':x', 'Z', '~e', String(now + 60_000));
+    await admin.hset(
+      layout3,
+      ':g',
+      String(now + 60_000),
+      ':xc',
+      `${window} 3 3`,
+      ':x',
+      'Z',
+      '~e',
+      String(now + 60_000),
+    );
     await admin.pexpire(layout3, 60_000);
     await admin.zadd(third.tiers[2]!.key, now, 'a', now, 'b', now, 'c', now, 'd');
     await admin.pexpire(third.tiers[2]!.key, 10_000);
