@@ -11,13 +11,17 @@
  * the functions it calls: every `local function` is a closure made on each call.
  */
 
-/** Effects replication on Redis 5 and 6, `NEG` and `fmt`: what every script starts with. */
+/** Effects replication on Redis 5 and 6, and `NEG`: what every script starts with. */
 export const PRELUDE_LUA = `
 -- Redis 5 and 6 replicate scripts verbatim unless told otherwise, and refuse writes after
 -- TIME; effects replication makes TIME safe (Redis 7 always replicates effects).
 if redis.replicate_commands then redis.replicate_commands() end
 
 local NEG = -math.huge
+`;
+
+/** `fmt`: a number as text that reads back to the same double (sorted-set scores, replies, the clock). */
+export const FMT_LUA = `
 local function fmt(x) return string.format('%.17g', x) end
 `;
 
@@ -39,16 +43,32 @@ end
 `;
 
 /**
- * `writeHashTtl`: a tracker hash written on a server without hash-field TTLs, and
- * `writeTracker`, which picks between it and hash-field TTLs.
+ * Writes a tracker hash's fields: statements that read `key` (the hash), `s` (its flat
+ * name/value list), `ttl` (ms: the longest time until a field written here equals a fresh
+ * one's), `exp` (its `~e`, nil when unset), `now` and `mode` (`FieldTtlMode`). The generic
+ * scripts call them as `writeTracker` (`HASH_TTL_LUA`); a plan's own script inlines them
+ * (`plan-scripts.ts`), as a closure made on every call costs more than the write.
+ *
+ * With hash-field TTLs (mode 1 or 2) and a hash not written the old way (no `~e`), every
+ * field written gets that TTL plus a second: one TTL for all is one call, not one per
+ * distinct TTL (a field may outlive its need by as much as the hash's TTL lets it on
+ * servers without). Mode 2 sets values and TTL in one HSETEX (Redis 8); mode 1 (Redis 7.4)
+ * HSETs, which drops a field's TTL, then HPEXPIREs. Mode 0, or a hash with `~e`: the hash's
+ * TTL covers its longest-lived field, kept in `~e` and extended when this write needs it,
+ * never shortened, since other plans' fields may need longer. An extension goes a second
+ * past the need, so that a tracker deciding often pays a PEXPIRE about once a second, not
+ * once per decision.
  */
-export const HASH_TTL_LUA = `
--- Writes a tracker hash's fields (flat name/value list s) on a server without hash-field
--- TTLs: the hash's TTL covers its longest-lived field, kept in field ~e (exp, nil when
--- unset) and extended when this write needs it, never shortened, since other plans' fields
--- may need longer. An extension goes a second past the need (at), so that a tracker deciding
--- often pays a PEXPIRE about once a second, not once per decision.
-local function writeHashTtl(key, s, at, exp, now)
+export const WRITE_TRACKER_STATEMENTS = `
+if mode == 2 and exp == nil then
+  redis.call('HSETEX', key, 'PX', ttl + 1000, 'FIELDS', #s / 2, unpack(s))
+elseif mode == 1 and exp == nil then
+  redis.call('HSET', key, unpack(s))
+  local names = {}
+  for j = 1, #s, 2 do names[#names + 1] = s[j] end
+  redis.call('HPEXPIRE', key, ttl + 1000, 'FIELDS', #names, unpack(names))
+else
+  local at = now + ttl
   local grow = exp == nil or at > exp
   if grow then
     at = at + 1000
@@ -58,25 +78,12 @@ local function writeHashTtl(key, s, at, exp, now)
   redis.call('HSET', key, unpack(s))
   if grow then redis.call('PEXPIRE', key, math.ceil(at - now)) end
 end
+`;
 
--- Writes a tracker hash's fields (flat name/value list s); ttl (ms) is the longest time until
--- a field written here equals a fresh one's. With hash-field TTLs (mode 1 or 2, see
--- FieldTtlMode) and a hash not written the old way (no ~e: exp is nil), every field written
--- gets that TTL plus a second: one TTL for all is one call, not one per distinct TTL (a field
--- may outlive its need by as much as the hash's TTL lets it on servers without). Mode 2 sets
--- values and TTL in one HSETEX (Redis 8); mode 1 (Redis 7.4) HSETs, which drops a field's
--- TTL, then HPEXPIREs. Mode 0, or a hash with ~e: the hash's own TTL covers them.
+/** `writeTracker(key, s, ttl, exp, now, mode)`: `WRITE_TRACKER_STATEMENTS` as a function. */
+export const HASH_TTL_LUA = `
 local function writeTracker(key, s, ttl, exp, now, mode)
-  if mode == 2 and exp == nil then
-    redis.call('HSETEX', key, 'PX', ttl + 1000, 'FIELDS', #s / 2, unpack(s))
-  elseif mode == 1 and exp == nil then
-    redis.call('HSET', key, unpack(s))
-    local names = {}
-    for j = 1, #s, 2 do names[#names + 1] = s[j] end
-    redis.call('HPEXPIRE', key, ttl + 1000, 'FIELDS', #names, unpack(names))
-  else
-    writeHashTtl(key, s, now + ttl, exp, now)
-  end
+${WRITE_TRACKER_STATEMENTS}
 end
 `;
 
@@ -154,7 +161,7 @@ local function readLeases(key, now)
 end
 `;
 
-/** `rolled`, `weighted`, `counterAllows`, `counterWait`: the sliding counter. */
+/** `rolled`, `counterState`, `weighted`, `counterAllows`: the sliding counter. */
 export const COUNTER_LUA = `
 -- Sliding counter (lib/algorithms/sliding-counter.ts).
 local function rolled(s, p, c, now, w)
@@ -184,7 +191,10 @@ local function counterAllows(st, now, w, limit, cost)
   local start, p, c = rolled(st[1], st[2], st[3], now, w)
   return weighted(start, p, c, now, w) + cost <= limit
 end
+`;
 
+/** `counterWait`: a sliding counter's wait (after `COUNTER_LUA`; a plan's own script makes it only on refusal). */
+export const COUNTER_WAIT_LUA = `
 local function counterWait(st, now, w, limit, cost)
   if counterAllows(st, now, w, limit, cost) then return 0 end
   local start, p, c = rolled(st[1], st[2], st[3], now, w)
@@ -233,8 +243,8 @@ end
 `;
 
 /**
- * `logRead`, `logWrite`, `logLive`: a sliding log kept in its tracker hash's field (key
- * layout 3 and later) while it holds at most 64 live entries, else in a sorted set at its tier key.
+ * `logRead`, `logWrite`: a sliding log kept in its tracker hash's field (key layout 3 and
+ * later) while it holds at most 64 live entries, else in a sorted set at its tier key.
  */
 export const LOG_FIELD_LUA = `
 -- A sliding log's field in the tracker hash: 'L' and its live timestamps (ms) packed as
@@ -243,21 +253,25 @@ export const LOG_FIELD_LUA = `
 -- moves once it has more live entries than that, and stays while the field lives.
 local LOG_FIELD_MAX = 64
 
--- The entries of a log field (a table, oldest first), or nil in sorted-set mode. Anything
--- else in the field (a tier of another kind under the same name) reads as an empty log.
-local function logEntries(v)
-  if v == 'Z' then return nil end
-  if not v or string.sub(v, 1, 1) ~= 'L' or (#v - 1) % 8 ~= 0 or #v == 1 then return {} end
-  local ts = { struct.unpack('<' .. string.rep('d', (#v - 1) / 8), v, 2) }
-  ts[#ts] = nil
-  return ts
-end
-
 -- Reads a log at its field value v (and its key, in sorted-set mode): the timestamp that must
 -- leave the window before cost more events fit (NEG when they fit whatever the timestamps),
--- whether count + cost > limit, and the entries (nil in sorted-set mode).
+-- whether count + cost > limit, and the entries (a table, oldest first; nil in sorted-set
+-- mode). Anything else in the field (a tier of another kind under the same name) reads as
+-- an empty log.
 local function logRead(v, key, limit, cost, writes)
-  local ts = logEntries(v)
+  local ts = nil
+  if v ~= 'Z' then
+    ts = {}
+    if v and #v > 1 and (#v - 1) % 8 == 0 and string.byte(v, 1) == 76 then
+      local m = (#v - 1) / 8
+      if m == 1 then
+        ts[1] = struct.unpack('<d', v, 2)
+      else
+        ts = { struct.unpack('<' .. string.rep('d', m), v, 2) }
+        ts[m + 1] = nil
+      end
+    end
+  end
   -- A log admits whole events: a limit that is not whole (a spec made by hand) admits its
   -- whole part, as in the memory store.
   limit = math.floor(limit)
@@ -285,7 +299,10 @@ local function logWrite(ts, full, key, limit, cost, now, w, nonce)
   limit = math.floor(limit)
   local ttl = math.ceil(w)
   if ts ~= nil then
-    local keep, m, edge = {}, 0, now - w
+    local edge = now - w
+    -- One event and nothing live (or an empty log): the field holds just this event.
+    if cost == 1 and (#ts == 0 or ts[#ts] <= edge) then return 'L' .. struct.pack('<d', now) end
+    local keep, m = {}, 0
     for j = 1, #ts do
       if ts[j] > edge then
         m = m + 1
@@ -327,7 +344,13 @@ local function logWrite(ts, full, key, limit, cost, now, w, nonce)
   redis.call('PEXPIRE', key, ttl)
   return 'Z'
 end
+`;
 
+/**
+ * `logLive`: a sliding log's live entries and newest one (for a refusal's remaining units and
+ * `peek`); apart from `LOG_FIELD_LUA` so that a plan's own script makes it only on refusal.
+ */
+export const LOG_LIVE_LUA = `
 -- A log's entries in the window ending at now, and its newest entry (NEG when empty).
 local function logLive(ts, key, now, w)
   if ts ~= nil then
@@ -348,12 +371,15 @@ end
 /** Every helper, in one text. */
 export const HELPERS = [
   PRELUDE_LUA,
+  FMT_LUA,
   DOUBLE_LUA,
   HASH_TTL_LUA,
   CLOCK_LUA,
   LEASES_HELPERS_LUA,
   COUNTER_LUA,
+  COUNTER_WAIT_LUA,
   BUCKET_WAIT_LUA,
   LOG_WAIT_LUA,
   LOG_FIELD_LUA,
+  LOG_LIVE_LUA,
 ].join('');

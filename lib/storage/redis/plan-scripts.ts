@@ -25,10 +25,13 @@ import {
   BUCKET_WAIT_LUA,
   CLOCK_LUA,
   COUNTER_LUA,
-  HASH_TTL_LUA,
+  COUNTER_WAIT_LUA,
+  FMT_LUA,
   LOG_FIELD_LUA,
+  LOG_LIVE_LUA,
   LOG_WAIT_LUA,
   PRELUDE_LUA,
+  WRITE_TRACKER_STATEMENTS,
 } from './lua-helpers.js';
 import type { RedisStoreClient } from './client-factory.js';
 import { clockKeyOf, trackerHashOf } from './redis-keys.js';
@@ -174,6 +177,7 @@ interface TierCode {
  */
 export function planScriptLua(specs: readonly TierSpec[], appClock: boolean): string {
   const hasLogs = specs.some((spec) => spec.kind === AlgorithmKind.SlidingLog);
+  const hasCounters = specs.some((spec) => spec.kind === AlgorithmKind.SlidingCounter);
   // ARGV: the app time (app clock only), the nonce (sliding logs only), the field-TTL mode,
   // the hash fields.
   const nonce = `ARGV[${appClock ? 2 : 1}]`;
@@ -187,8 +191,9 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean): st
     const key = spec.kind === AlgorithmKind.SlidingLog ? 1 + ++logs : 0;
     return { spec, i, s: `s${i}`, field: firstField + index, value: 2 + index, key };
   });
-  const out: string[] = [PRELUDE_LUA, HASH_TTL_LUA];
-  if (specs.some((spec) => spec.kind === AlgorithmKind.SlidingCounter)) out.push(COUNTER_LUA);
+  // fmt for the clock key and sliding-log scores only: a closure is made on every call.
+  const out: string[] = appClock || hasLogs ? [PRELUDE_LUA, FMT_LUA] : [PRELUDE_LUA];
+  if (hasCounters) out.push(COUNTER_LUA);
   if (hasLogs) out.push(LOG_FIELD_LUA);
   if (appClock) {
     out.push(CLOCK_LUA, 'local clockKey = KEYS[#KEYS]', 'local now = readClock(ARGV[1], clockKey)', 'local maxTtl = 0');
@@ -204,7 +209,8 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean): st
 
   out.push(`if not (${tiers.map(allowsOf).join(' and ')}) then`);
   if (specs.some((spec) => spec.kind === AlgorithmKind.TokenBucket)) out.push(BUCKET_WAIT_LUA);
-  if (hasLogs) out.push(LOG_WAIT_LUA);
+  if (hasLogs) out.push(LOG_WAIT_LUA, LOG_LIVE_LUA);
+  if (hasCounters) out.push(COUNTER_WAIT_LUA);
   out.push('local worst, worstWait = 0, 0', 'local w');
   for (const tier of tiers) {
     out.push(`w = ${waitOf(tier)}`, `if w > worstWait then worst = ${tier.i}; worstWait = w end`);
@@ -222,7 +228,11 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean): st
   out.push('local sets, dels, hmax, near = {}, {}, 0, 0');
   for (const tier of tiers) out.push(writeOf(tier, appClock, nonce));
   out.push(
-    'if #sets > 0 then writeTracker(KEYS[1], sets, hmax, hexp, now, fieldTtls) end',
+    // writeTracker's statements inlined: a closure made on every call costs more than they do.
+    'if #sets > 0 then',
+    'local key, s, ttl, exp, mode = KEYS[1], sets, hmax, hexp, fieldTtls',
+    WRITE_TRACKER_STATEMENTS,
+    'end',
     'if #dels > 0 then',
     "  redis.call('HDEL', KEYS[1], unpack(dels))",
     "  if redis.call('HLEN', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], '~e') == 1 then redis.call('DEL', KEYS[1]) end",
