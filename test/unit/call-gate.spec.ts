@@ -121,12 +121,33 @@ describe('CallGate deadlines', () => {
 
   it('misses count towards the breaker: it opens after the threshold of calls expired in a row', async () => {
     const { gate, changes } = gateOf(20, 3);
-    const calls = Array.from({ length: 3 }, () =>
-      gate.within(new Promise(() => undefined), () => 'never').catch(() => 'x'),
-    );
+    const calls: Promise<string>[] = [];
+    for (let turn = 0; turn < 3; turn++) {
+      calls.push(gate.within(new Promise(() => undefined), () => 'never').catch(() => 'x'));
+      // The next call in a turn of the event loop of its own.
+      await new Promise((resolve) => setImmediate(resolve));
+    }
     await Promise.all(calls);
     expect(changes).toEqual([false]);
     expect(gate.isOpen).toBe(true);
+    gate.close();
+  });
+
+  it('misses of calls sent in one turn count once: a burst behind one stall does not open the breaker', async () => {
+    const { gate, changes } = gateOf(20, 3);
+    const burst = Array.from({ length: 100 }, () =>
+      gate.within(new Promise(() => undefined), () => 'never').catch((error: unknown) => error),
+    );
+    const outcomes = await Promise.all(burst);
+    // Every call fails at its deadline; the breaker saw one failure.
+    expect(outcomes.every((outcome) => outcome instanceof RedisStoreUnavailableError)).toBe(true);
+    expect(changes).toEqual([]);
+    expect(gate.isOpen).toBe(false);
+    // Two more turns of silence make three failures in a row: it opens.
+    for (let turn = 0; turn < 2; turn++) {
+      await gate.within(new Promise(() => undefined), () => 'never').catch(() => 'x');
+    }
+    expect(changes).toEqual([false]);
     gate.close();
   });
 });

@@ -17,6 +17,8 @@ interface PendingCall {
   readonly sentAt: number;
   /** `CallGate.answers` when it was sent. */
   readonly answersAtSend: number;
+  /** `CallGate.turn` when it was sent: calls of one turn of the event loop share it. */
+  readonly turn: number;
   /** When its deadline started: when it was sent, or when it started again. */
   armedAt: number;
   /** Whether its deadline started again once. */
@@ -46,7 +48,9 @@ export interface CallGateOptions {
  *
  * The deadline measures Redis, not this process: a timer that fires late (the event loop was
  * blocked) gives its call one more deadline from then, and a miss while Redis answers other
- * calls in time fails the call without counting towards the breaker.
+ * calls in time fails the call without counting towards the breaker. Misses of calls sent in
+ * one turn of the event loop, with no answer since, count once: they are one observation of
+ * a silent Redis (a burst of 1,000 calls behind one 50 ms stall is not 1,000 failures).
  */
 export class CallGate {
   private readonly client: RedisStoreClient;
@@ -64,6 +68,15 @@ export class CallGate {
   private deadlineTimer: NodeJS.Timeout | undefined;
   /** Calls that got their answer in time (a count, so a reply costs no clock read). */
   private answers = 0;
+  /** The turn of the event loop calls are sent in: bumped by the first call of a turn. */
+  private turn = 0;
+  /** A call was sent in this turn (cleared by an immediate, once the turn's I/O is done). */
+  private turnOpen = false;
+  private readonly closeTurn = (): void => {
+    this.turnOpen = false;
+  };
+  /** The turn of the last miss counted as a failure. */
+  private failedTurn = -1;
   /**
    * Deadlines missed while Redis was answering other calls in time: failed calls that did
    * not count towards opening the breaker (see `answeredSince`).
@@ -105,11 +118,17 @@ export class CallGate {
     parse: (reply: unknown, delivered: boolean) => T,
     settled?: (reply: unknown, delivered: boolean) => void,
   ): Promise<T> {
+    if (!this.turnOpen) {
+      this.turnOpen = true;
+      this.turn++;
+      setImmediate(this.closeTurn);
+    }
     return new Promise<T>((resolve, reject) => {
       const now = performance.now();
       const call: PendingCall = {
         sentAt: now,
         answersAtSend: this.answers,
+        turn: this.turn,
         armedAt: now,
         extended: false,
         queued: true,
@@ -235,7 +254,11 @@ export class CallGate {
     call.answered = true;
     const error = new RedisStoreUnavailableError(`Redis did not answer within ${this.deadlineMs} ms`);
     if (this.answeredSince(call)) this.busyMisses++;
-    else this.failed(error);
+    else if (call.turn !== this.failedTurn) {
+      // One failure per turn of calls: the others of its turn missed for the same silence.
+      this.failedTurn = call.turn;
+      this.failed(error);
+    }
     call.reject(error);
   }
 

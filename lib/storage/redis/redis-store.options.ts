@@ -137,7 +137,8 @@ export interface RedisStoreOptions {
    * A missed deadline counts as a failure only when it is Redis's: a call whose deadline
    * timer fired more than half a deadline late (this process's event loop was blocked) gets
    * one more deadline from then, and a miss while Redis answered other calls in time (the
-   * call waited behind them) fails the call without counting (not on a Cluster).
+   * call waited behind them) fails the call without counting (not on a Cluster). Misses of
+   * calls sent in one turn of the event loop (a burst) count as one failure.
    * @default { failureThreshold: 3, probeIntervalMs: 250 }
    */
   breaker?: { failureThreshold?: number; probeIntervalMs?: number };
