@@ -3,9 +3,10 @@
  * measured in the same run. Prints tables with ratios and pass/fail against the targets of
  * issues 2, 3, 4, 6 and 11, writes `bench/results/<date>.json` and `bench/results/latest.md`.
  *
- *   node dist/bench/run.js [store] [memory] [gateway] [gateway-io] [redis] [connections] [figure] [--quick] [--cpu-prof]
+ *   node dist/bench/run.js [store] [memory] [gateway] [gateway-io] [redis] [redis-cost] [connections] [figure] [--quick] [--cpu-prof]
  *
- * No part named: all seven (`figure` also writes docs/flood.svg). `--quick` shortens every timing, for trying changes (its
+ * No part named: all eight (`figure` also writes docs/flood.svg; `redis-cost` needs valgrind, and says it
+ * skipped without it). `--quick` shortens every timing, for trying changes (its
  * figures are noisier and are not the ones to quote). `--cpu-prof` writes a V8 CPU profile
  * of every store worker and gateway server (ws and socket.io) to `.tmp/bench-profiles/` (profiling slows them).
  */
@@ -19,10 +20,11 @@ import { runMemory, type MemoryReport } from './memory/report.js';
 import { runGateway, type GatewayReport } from './gateway/report.js';
 import { runGatewayIo, type IoGatewayReport } from './gateway-io/report.js';
 import { runRedis, type RedisReport } from './redis/report.js';
+import { runRedisCost, type RedisCostReport } from './redis-cost/report.js';
 import { runConnections, type ConnectionsReport } from './connections/report.js';
 import { runFigure, type FigureReport } from './figure/report.js';
 
-const PARTS = ['store', 'memory', 'gateway', 'gateway-io', 'redis', 'connections', 'figure'] as const;
+const PARTS = ['store', 'memory', 'gateway', 'gateway-io', 'redis', 'redis-cost', 'connections', 'figure'] as const;
 type Part = (typeof PARTS)[number];
 
 const args = process.argv.slice(2);
@@ -63,6 +65,7 @@ const results: {
   gateway?: GatewayReport;
   gatewayIo?: IoGatewayReport;
   redis?: RedisReport;
+  redisCost?: RedisCostReport;
   connections?: ConnectionsReport;
   figure?: FigureReport;
 } = {};
@@ -76,6 +79,7 @@ for (const part of parts) {
   else if (part === 'gateway') report = results.gateway = await runGateway(quick, profileDir);
   else if (part === 'gateway-io') report = results.gatewayIo = await runGatewayIo(quick, profileDir);
   else if (part === 'redis') report = results.redis = await runRedis(quick, profileDir);
+  else if (part === 'redis-cost') report = results.redisCost = await runRedisCost(quick);
   else if (part === 'connections') report = results.connections = await runConnections(quick, profileDir);
   else report = results.figure = await runFigure(quick);
   sections.push(report.markdown);

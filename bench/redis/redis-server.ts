@@ -10,6 +10,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 export interface RedisServer {
   readonly port: number;
   readonly version: string;
+  /** The server's process id (under a wrapper such as valgrind, the same process). */
+  readonly pid: number;
   stop(): Promise<void>;
 }
 
@@ -74,12 +76,17 @@ function complete(reply: string): boolean {
  */
 const REDIS_SERVER = process.env['WSRL_BENCH_REDIS_SERVER'] || 'redis-server';
 
-/** Starts redis-server on a free loopback port and waits until it answers PING. */
-export async function startRedis(): Promise<RedisServer> {
+/**
+ * Starts redis-server on a free loopback port and waits until it answers PING; `under`, a
+ * command it runs under (e.g. valgrind and its options).
+ */
+export async function startRedis(under: readonly string[] = []): Promise<RedisServer> {
   const port = await freePort();
+  const command = [...under, REDIS_SERVER];
   const child: ChildProcess = spawn(
-    REDIS_SERVER,
+    command[0]!,
     [
+      ...command.slice(1),
       '--port',
       String(port),
       '--bind',
@@ -118,7 +125,8 @@ export async function startRedis(): Promise<RedisServer> {
     clearTimeout(timer);
   };
   try {
-    const deadline = Date.now() + 10_000;
+    // Under valgrind a server takes seconds to start.
+    const deadline = Date.now() + (under.length > 0 ? 60_000 : 10_000);
     for (;;) {
       if (spawnError) throw new Error(`cannot start redis-server: ${spawnError.message}`, { cause: spawnError });
       if (exited) throw new Error(`redis-server on port ${port} exited at start`);
@@ -127,12 +135,12 @@ export async function startRedis(): Promise<RedisServer> {
       } catch {
         // Not listening yet.
       }
-      if (Date.now() > deadline) throw new Error(`redis-server on port ${port} did not answer within 10 s`);
+      if (Date.now() > deadline) throw new Error(`redis-server on port ${port} did not answer in time`);
       await sleep(50);
     }
     const info = await rawCommand(port, 'INFO server');
     const version = /redis_version:(\S+)/.exec(info)?.[1] ?? 'unknown';
-    return { port, version, stop };
+    return { port, version, pid: child.pid!, stop };
   } catch (error) {
     await stop();
     throw error;
