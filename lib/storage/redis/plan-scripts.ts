@@ -225,15 +225,21 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean): st
   );
   out.push('end', 'return { 0, worst - 1, worstWait, rem }', 'end');
 
-  out.push('local sets, dels, hmax, near = {}, {}, 0, 0');
+  // `sets` made at its largest size (each tier's field and value, and `~e`'s), filled up to
+  // `ns`, its unused slots cleared before the write: a table grown one slot at a time is
+  // reallocated as it grows (3 % of Redis's instructions for a three-tier decision).
+  // `dels` is made only when a field is deleted.
+  const slots = 2 * tiers.length + 2;
+  out.push(`local sets, ns, dels, hmax, near = { ${Array(slots).fill('false').join(', ')} }, 0, nil, 0, 0`);
   for (const tier of tiers) out.push(writeOf(tier, appClock, nonce));
   out.push(
+    'if ns > 0 then',
+    `for j = ns + 1, ${slots} do sets[j] = nil end`,
     // writeTracker's statements inlined: a closure made on every call costs more than they do.
-    'if #sets > 0 then',
     'local key, s, ttl, exp, mode = KEYS[1], sets, hmax, hexp, fieldTtls',
     WRITE_TRACKER_STATEMENTS,
     'end',
-    'if #dels > 0 then',
+    'if dels ~= nil then',
     "  redis.call('HDEL', KEYS[1], unpack(dels))",
     "  if redis.call('HLEN', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], '~e') == 1 then redis.call('DEL', KEYS[1]) end",
     'end',
@@ -320,10 +326,12 @@ function remainingOf({ spec, s, key }: TierCode): string {
 function put(field: number, value: string): string {
   return [
     'if ttl > 0 then',
-    `  sets[#sets + 1] = ARGV[${field}]`,
-    `  sets[#sets + 1] = ${value}`,
+    `  sets[ns + 1] = ARGV[${field}]`,
+    `  sets[ns + 2] = ${value}`,
+    '  ns = ns + 2',
     '  if ttl > hmax then hmax = ttl end',
     'else',
+    '  if dels == nil then dels = {} end',
     `  dels[#dels + 1] = ARGV[${field}]`,
     'end',
   ].join('\n');
