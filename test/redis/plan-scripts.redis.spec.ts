@@ -60,9 +60,10 @@ describe('Redis store: consume scripts per plan shape', () => {
     windowSpec('type', 'c:chat', 'sliding-counter', 4, 10_000),
   ];
 
-  it('one script per shape, shared by every tracker of that shape; the same decisions as the generic script', async () => {
+  it('one script per shape and field names, shared by every tracker; the same decisions as the generic script', async () => {
     const own = storeOf();
     const generic = storeOf(0);
+    await Promise.all([own.evictionPolicyChecked, generic.evictionPolicyChecked]);
     const scriptsBefore = await cachedScripts();
     const got: RateLimitDecision[] = [];
     const want: RateLimitDecision[] = [];
@@ -91,6 +92,8 @@ describe('Redis store: consume scripts per plan shape', () => {
 
   it('another figure is another shape; concurrency tiers and plans over two trackers stay generic', async () => {
     const store = storeOf();
+    // Once the server's field-TTL mode is read (a script per mode it is seen in).
+    await store.evictionPolicyChecked;
     await store.consume(planOf(store, 'user:a', [tokenBucketSpec('global', 'g', 10, 1)]));
     await store.consume(planOf(store, 'user:b', [tokenBucketSpec('global', 'g', 10, 1)]));
     expect(store.planScriptCount).toBe(1);
@@ -120,10 +123,28 @@ describe('Redis store: consume scripts per plan shape', () => {
     expect(store.planScriptCount).toBe(2);
   });
 
-  it('past planScripts shapes, plans use the generic script and decide the same', async () => {
+  it('a field name of any bytes is written into the script as the generic script names it', async () => {
+    const own = storeOf();
+    const generic = storeOf(0);
+    // A quote, a backslash, a newline, '--', a digit after an escape, non-ASCII, a lone surrogate.
+    const spec = tokenBucketSpec('type', `t:"it's"\\\n--9\u00e9\u20ac\ud800`, 3, 0.001);
+    const plan = (store: RedisRateLimitStore) => planOf(store, 'user:odd-field', [spec]);
+    expect(await own.consume(plan(own))).toMatchObject({ allowed: true });
+    expect(await generic.consume(plan(generic))).toMatchObject({ allowed: true });
+    expect(await own.consume(plan(own))).toMatchObject({ allowed: true });
+    expect(await generic.consume(plan(generic))).toMatchObject({ allowed: false, remaining: 0 });
+    expect(await own.consume(plan(own))).toMatchObject({ allowed: false, remaining: 0 });
+    const hash = plan(own).tiers[0]!.key.replace(/}[\s\S]*$/, '}:~4');
+    expect((await admin.hkeys(hash)).filter((field) => field !== '~e')).toEqual([
+      `:t:"it's"\\\n--9\u00e9\u20ac\ufffd`,
+    ]);
+  });
+
+  it('past planScripts of each kind: field names as arguments, then the generic script; the same decisions', async () => {
     const store = storeOf(2);
-    for (let capacity = 1; capacity <= 4; capacity++) {
-      const plan = planOf(store, `user:cap-${capacity}`, [tokenBucketSpec('global', 'g', capacity, 0.001)]);
+    await store.evictionPolicyChecked;
+    const decide = async (capacity: number, suffix = 'g') => {
+      const plan = planOf(store, `user:cap-${capacity}-${suffix}`, [tokenBucketSpec('global', suffix, capacity, 0.001)]);
       for (let i = 0; i < capacity; i++) expect(await store.consume(plan)).toMatchObject({ allowed: true });
       expect(await store.consume(plan)).toMatchObject({
         allowed: false,
@@ -131,7 +152,22 @@ describe('Redis store: consume scripts per plan shape', () => {
         limit: capacity,
         remaining: 0,
       });
-    }
+    };
+    // Two scripts with the field names written in.
+    await decide(1);
+    await decide(2);
     expect(store.planScriptCount).toBe(2);
+    // Another field name, or another shape: scripts taking the field names as arguments.
+    await decide(1, 'g2');
+    await decide(3);
+    expect(store.planScriptCount).toBe(4);
+    // Their shapes again, with other field names: the same scripts.
+    await decide(1, 'g3');
+    await decide(3, 'g3');
+    expect(store.planScriptCount).toBe(4);
+    // Further shapes: the generic script.
+    await decide(4);
+    await decide(5);
+    expect(store.planScriptCount).toBe(4);
   });
 });

@@ -23,14 +23,25 @@ async function asRedis74(store: RedisRateLimitStore): Promise<void> {
 }
 
 /**
- * Run twice: with plan scripts (the default: a consume script per plan shape, see
- * `plan-scripts.ts`) and with every plan on the generic script (`planScripts: 0`); the
+ * A store whose plan scripts all take their field names and field-TTL mode as arguments
+ * (the kind plans get once a store has its fill of scripts with them written in).
+ */
+function shapeScriptsOnly(store: RedisRateLimitStore): RedisRateLimitStore {
+  (store as unknown as { planScripts: { namedMax: number } }).planScripts.namedMax = 0;
+  return store;
+}
+
+/**
+ * Run three times: with plan scripts (the default: a consume script per plan shape and
+ * field names, see `plan-scripts.ts`), with plan scripts taking the field names as
+ * arguments, and with every plan on the generic script (`planScripts: 0`); the
  * random schedules also run with both kinds of store deciding one tracker's plans in turn.
  * On a server with hash-field TTLs, where there is one (else `field-ttls.redis.spec.ts`
  * says it was skipped), both again, and both writing them as on Redis 7.4.
  */
 describe.each([
   ['plan scripts', undefined, undefined, false],
+  ['plan scripts taking field names as arguments', -1, undefined, false],
   ['generic script', 0, undefined, false],
   ...(FIELD_TTLS === undefined
     ? []
@@ -38,15 +49,19 @@ describe.each([
         ['plan scripts, hash-field TTLs', undefined, FIELD_TTLS, false],
         ['generic script, hash-field TTLs', 0, FIELD_TTLS, false],
         ['plan scripts, hash-field TTLs as on Redis 7.4', undefined, FIELD_TTLS, true],
+        ['plan scripts taking field names as arguments, hash-field TTLs', -1, FIELD_TTLS, false],
         ['generic script, hash-field TTLs as on Redis 7.4', 0, FIELD_TTLS, true],
       ] as const)),
-] as const)('decision table: Redis store (standalone, app clock, %s)', (_variant, planScripts, binary, redis74) => {
+] as const)('decision table: Redis store (standalone, app clock, %s)', (_variant, scripts, binary, redis74) => {
+  // -1: plan scripts of the kind taking field names as arguments only.
+  const shapeOnly = scripts === -1;
+  const planScripts = shapeOnly ? undefined : scripts;
   let server: RedisServer;
   let client: Redis;
   let admin: Redis;
   let store: RedisRateLimitStore;
   const clock: ManualClock = { now: T0 };
-  const prefix = `table${planScripts ?? ''}:`;
+  const prefix = `table${scripts ?? ''}:`;
 
   beforeAll(async () => {
     server = await startRedis([], binary);
@@ -63,6 +78,7 @@ describe.each([
       // Generous: this file checks the math, not the latency.
       commandTimeoutMs: 2000,
     });
+    if (shapeOnly) shapeScriptsOnly(store);
     await store.evictionPolicyChecked;
     if (binary !== undefined) expect(store.hashFieldTtls).toBe(true);
     if (redis74) await asRedis74(store);
@@ -137,8 +153,8 @@ describe.each([
           const memoryClock: ManualClock = { now: T0 + start };
           const redisClock: ManualClock = { now: T0 + start };
           const memory = new MemoryRateLimitStore({ clock: () => memoryClock.now });
-          const redisStore = (scripts: number | undefined) =>
-            new RedisRateLimitStore({
+          const redisStore = (count: number | undefined, shapes = false) => {
+            const made = new RedisRateLimitStore({
               client,
               keyPrefix: 'diff:',
               clock: 'app',
@@ -146,9 +162,11 @@ describe.each([
               blockCache: false,
               commandTimeoutMs: 2000,
               leaseTtlMs: 1_000_000_000,
-              planScripts: scripts,
+              planScripts: count,
             });
-          const redis = redisStore(planScripts);
+            return shapes ? shapeScriptsOnly(made) : made;
+          };
+          const redis = redisStore(planScripts, shapeOnly);
           const other = mixed ? redisStore(planScripts === 0 ? undefined : 0) : undefined;
           if (redis74) await Promise.all([redis, other].filter((one) => one !== undefined).map(asRedis74));
           try {

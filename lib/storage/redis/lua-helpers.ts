@@ -21,8 +21,9 @@ local NEG = -math.huge
 `;
 
 /** `fmt`: a number as text that reads back to the same double (sorted-set scores, replies, the clock). */
+const FMT_FN = "function(x) return string.format('%.17g', x) end";
 export const FMT_LUA = `
-local function fmt(x) return string.format('%.17g', x) end
+local fmt = ${FMT_FN}
 `;
 
 /**
@@ -242,23 +243,23 @@ local function logWait(oldest, now, w)
 end
 `;
 
-/**
- * `logRead`, `logWrite`: a sliding log kept in its tracker hash's field (key layout 3 and
- * later) while it holds at most 64 live entries, else in a sorted set at its tier key.
- */
-export const LOG_FIELD_LUA = `
--- A sliding log's field in the tracker hash: 'L' and its live timestamps (ms) packed as
--- little-endian doubles, oldest first, at most LOG_FIELD_MAX of them; or 'Z' when the log
--- lives in the sorted set at its tier key (one member per event, score = time), where it
--- moves once it has more live entries than that, and stays while the field lives.
-local LOG_FIELD_MAX = 64
+/** Live entries a sliding log keeps in its tracker hash's field before it moves to a sorted set. */
+export const LOG_FIELD_MAX = 64;
 
+/**
+ * `logRead`'s function (a Lua expression). A sliding log's field in the tracker hash holds
+ * 'L' and its live timestamps (ms) packed as little-endian doubles, oldest first, at most
+ * `LOG_FIELD_MAX` of them; or 'Z' when the log lives in the sorted set at its tier key (one
+ * member per event, score = time), where it moves once it has more live entries than that,
+ * and stays while the field lives.
+ */
+const LOG_READ_FN = `
 -- Reads a log at its field value v (and its key, in sorted-set mode): the timestamp that must
 -- leave the window before cost more events fit (NEG when they fit whatever the timestamps),
 -- whether count + cost > limit, and the entries (a table, oldest first; nil in sorted-set
 -- mode). Anything else in the field (a tier of another kind under the same name) reads as
 -- an empty log.
-local function logRead(v, key, limit, cost, writes)
+function(v, key, limit, cost, writes)
   local ts = nil
   if v ~= 'Z' then
     ts = {}
@@ -290,12 +291,14 @@ local function logRead(v, key, limit, cost, writes)
     return tonumber(r[2]), true, ts
   end
   return NEG, false, ts
-end
+end`;
 
+/** `logWrite`'s function (a Lua expression); it calls `fmt`. */
+const LOG_WRITE_FN = `
 -- Records cost events at now (after logRead found room): returns the field's new value.
 -- Entries that left the window (at or before now - w) are dropped, and only the newest
 -- limit entries are kept: no decision can depend on the others (time only moves forward).
-local function logWrite(ts, full, key, limit, cost, now, w, nonce)
+function(ts, full, key, limit, cost, now, w, nonce)
   limit = math.floor(limit)
   local ttl = math.ceil(w)
   if ts ~= nil then
@@ -318,7 +321,7 @@ local function logWrite(ts, full, key, limit, cost, now, w, nonce)
     if before > 0 and keep[before] > now then table.sort(keep) end
     local first = 1
     if m > limit then first = m - limit + 1 end
-    if m - first + 1 <= LOG_FIELD_MAX then
+    if m - first + 1 <= ${LOG_FIELD_MAX} then
       return 'L' .. struct.pack('<' .. string.rep('d', m - first + 1), unpack(keep, first, m))
     end
     -- More live entries than a field holds: the log moves to the sorted set at its key.
@@ -343,6 +346,29 @@ local function logWrite(ts, full, key, limit, cost, now, w, nonce)
   -- The newest entries are the ones just added, at now (time does not run backwards).
   redis.call('PEXPIRE', key, ttl)
   return 'Z'
+end`;
+
+/**
+ * `logRead`, `logWrite`: a sliding log kept in its tracker hash's field (key layout 3 and
+ * later) while it holds at most `LOG_FIELD_MAX` live entries, else in a sorted set at its
+ * tier key.
+ */
+export const LOG_FIELD_LUA = `
+local logRead = ${LOG_READ_FN}
+local logWrite = ${LOG_WRITE_FN}
+`;
+
+/**
+ * `LOG_FIELD_LUA` made on first need: assigns `logRead` and `logWrite` (and `fmt`, unless
+ * set) to locals the script declared, the first time it runs. A plan's own script reads and
+ * writes a log held in its field without them (`plan-scripts.ts`), and each closure made on
+ * every call costs Redis about 1,000 instructions.
+ */
+export const LOG_FIELD_LAZY_LUA = `
+if logRead == nil then
+  if fmt == nil then fmt = ${FMT_FN} end
+  logRead = ${LOG_READ_FN}
+  logWrite = ${LOG_WRITE_FN}
 end
 `;
 

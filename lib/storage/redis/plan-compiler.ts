@@ -6,6 +6,7 @@ import {
   type RateLimitDecision,
   type RateLimitPlan,
   type RateLimitRejected,
+  type TierSpec,
   type TierStatus,
 } from '../../interfaces/plan.interface.js';
 import { checkSpec } from '../../plans/check-spec.js';
@@ -33,19 +34,22 @@ export interface CompiledPlan {
   /** `[numkeys, ...KEYS, ...ARGV]` of release; undefined without concurrency tiers. */
   readonly releaseArgs: readonly string[] | undefined;
   /**
-   * The plan shape's own consume script (`plan-scripts.ts`) and its arguments; undefined
+   * The plan shape's own consume scripts (`plan-scripts.ts`) and their arguments; undefined
    * when the plan stays on the generic script.
    */
   readonly own: OwnScript | undefined;
 }
 
-/** A plan's own script: its call and arguments (see `PlanScriptArgs`). */
+/**
+ * A plan's own scripts (see `PlanScriptArgs`), looked up at the first call that needs each:
+ * per field-TTL mode, the one with the field names written in (`null`: the store has its
+ * fill of those), and the one taking them as arguments.
+ */
 type OwnScript = PlanScriptArgs & {
-  readonly call: ScriptCall;
-  /**
-   * `args` with the server's field-TTL mode when it is not 0, made at the first call in that
-   * mode (a store's mode rarely changes, so a plan keeps one array besides `args`).
-   */
+  readonly specs: readonly TierSpec[];
+  readonly named: (ScriptCall | null | undefined)[];
+  shape: ScriptCall | null | undefined;
+  /** `shapeArgs` with the server's field-TTL mode when it is not 0, made at the first call in that mode. */
   modeArgs?: string[];
 };
 
@@ -145,32 +149,50 @@ export class PlanCompiler {
   }
 
   private ownScript(plan: RateLimitPlan, app: boolean): OwnScript | undefined {
-    const book = this.options.planScripts;
-    const signature = book === undefined ? undefined : planSignature(plan, app);
+    const signature = this.options.planScripts === undefined ? undefined : planSignature(plan, app);
     if (signature === undefined) return undefined;
-    const call = book!.callFor(
-      signature,
-      plan.tiers.map(({ spec }) => spec),
-      app,
-    );
-    return call === undefined ? undefined : { ...planScriptArgs(plan, signature, app), call, modeArgs: undefined };
+    return {
+      ...planScriptArgs(plan, signature, app),
+      specs: plan.tiers.map(({ spec }) => spec),
+      named: [undefined, undefined, undefined],
+      shape: undefined,
+    };
   }
 
   /**
-   * The arguments of one call of the plan's own script (`compiled.own` must be set), for the
-   * server's field-TTL mode.
+   * Sends one call of the plan's own script for the server's field-TTL mode (`compiled.own`
+   * must be set): the one with its field names written in, else the one taking them as
+   * arguments; undefined when the store has its fill of both kinds (the generic script
+   * decides).
    */
-  ownArgsOf(compiled: CompiledPlan, fieldTtls: FieldTtlMode): readonly string[] {
+  callOwn(compiled: CompiledPlan, fieldTtls: FieldTtlMode): Promise<unknown> | undefined {
     const own = compiled.own!;
-    let made: readonly string[] = own.args;
+    const book = this.options.planScripts!;
+    const app = this.options.appClock !== undefined;
+    let named = own.named[fieldTtls];
+    if (named === undefined) {
+      named = book.namedCallFor(own.signature, own.specs, app, own.fields, fieldTtls) ?? null;
+      own.named[fieldTtls] = named;
+    }
+    if (named !== null) return named.withArgs(this.perCall(own, own.args));
+    if (own.shape === undefined) own.shape = book.callFor(own.signature, own.specs, app) ?? null;
+    if (own.shape === null) return undefined;
+    let made: readonly string[] = own.shapeArgs;
     if (fieldTtls !== 0) {
       const mode = MODES[fieldTtls];
-      if (own.modeArgs?.[own.fieldTtlsAt] !== mode) {
-        own.modeArgs = own.args.slice();
-        own.modeArgs[own.fieldTtlsAt] = mode;
+      let modeArgs = own.modeArgs;
+      if (modeArgs?.[own.fieldTtlsAt] !== mode) {
+        modeArgs = own.shapeArgs.slice();
+        modeArgs[own.fieldTtlsAt] = mode;
+        own.modeArgs = modeArgs;
       }
-      made = own.modeArgs;
+      made = modeArgs;
     }
+    return own.shape.withArgs(this.perCall(own, made));
+  }
+
+  /** `made` with this call's app time and nonce, where the script reads them. */
+  private perCall(own: OwnScript, made: readonly string[]): readonly string[] {
     // Nothing changes per call: the compiled arguments themselves (ioredis copies them).
     if (own.nowAt < 0 && own.nonceAt < 0) return made;
     const args = made.slice();

@@ -186,15 +186,17 @@ export interface RedisStoreOptions {
    */
   reservations?: boolean | { maxBatch?: number; ttlMs?: number };
   /**
-   * How many plan shapes get a consume script of their own: the generic script unrolled for
-   * the shape's tiers, with its limits, costs, rates and windows written into the Lua (a
-   * shape is the list of a plan's tiers with their figures; all plans of one handler and
-   * plan name share one). Such a script decides exactly as the generic one, on the same
-   * keys, for a third to a half of its Redis CPU (`bench/README.md`). Each is loaded into
-   * Redis's script cache (a few KB) the first time a plan of its shape is decided; shapes
-   * beyond this many, plans with a concurrency tier, plans over several trackers, and every
-   * plan on a server with hash-field TTLs (Redis 7.4+) use the generic script. `0` turns
-   * plan scripts off. An integer from 0 to 1024.
+   * How many plans get a consume script of their own: the generic script unrolled for the
+   * plan's tiers, with their limits, costs, rates and windows, their field names in the
+   * tracker hash and the server's hash-field TTL mode written into the Lua (one script per
+   * handler and message type, in practice: trackers share it). Such a script decides
+   * exactly as the generic one, on the same keys, for a third to a half of its Redis CPU
+   * (`bench/README.md`). Past this many, as many plan shapes more (a shape is the list of a
+   * plan's tiers with their figures) get a script taking the field names as arguments
+   * (about 10 % more Redis CPU for a three-tier plan); plans beyond both, plans with a
+   * concurrency tier, and plans over several trackers use the generic script. Each script
+   * is loaded into Redis's script cache (3 to 15 KB) the first time a plan needs it. `0`
+   * turns plan scripts off. An integer from 0 to 1024.
    * @default 64
    */
   planScripts?: number;

@@ -268,12 +268,9 @@ export class RedisRateLimitStore extends RateLimitStore {
         (reply, delivered) => this.decision(compiled, reply, delivered),
       );
     }
-    if (compiled.own !== undefined) {
-      return this.gate.within(
-        compiled.own.call.withArgs(this.compiler.ownArgsOf(compiled, this.fieldTtls)),
-        (reply, delivered) => this.decision(compiled, reply, delivered),
-      );
-    }
+    const own = compiled.own === undefined ? undefined : this.compiler.callOwn(compiled, this.fieldTtls);
+    if (own !== undefined)
+      return this.gate.within(own, (reply, delivered) => this.decision(compiled, reply, delivered));
     const args = this.compiler.argsOf(compiled, this.fieldTtls);
     if (compiled.leaseKeys.length === 0) {
       return this.gate.within(this.scripts.consume.withArgs(args), (reply, delivered) =>
