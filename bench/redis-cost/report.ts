@@ -107,7 +107,12 @@ async function count(id: (typeof CONTENDERS)[number], warm: number, decisions: n
     execFileSync('callgrind_control', ['-d', pid], { stdio: 'ignore' });
     await decider.close();
     const { total, cron } = dumpedInstructions(dir);
-    return { perDecision: (total - cron) / decisions, cronPerDecision: cron / decisions, failed, version: redis.version };
+    return {
+      perDecision: (total - cron) / decisions,
+      cronPerDecision: cron / decisions,
+      failed,
+      version: redis.version,
+    };
   } finally {
     await redis.stop();
     rmSync(dir, { recursive: true, force: true });

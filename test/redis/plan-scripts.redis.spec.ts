@@ -3,6 +3,7 @@ import type { Redis } from 'ioredis';
 import type { RateLimitDecision, RateLimitPlan, TierSpec } from '../../lib/interfaces/plan.interface.js';
 import { concurrencySpec, tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
 import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
+import { FMT_LUA, LOG_FIELD_LUA, PRELUDE_LUA } from '../../lib/storage/redis/lua-helpers.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
 import { adminClient, closeClient, ready, storeClient } from './helpers.js';
 
@@ -123,6 +124,32 @@ describe('Redis store: consume scripts per plan shape', () => {
     expect(store.planScriptCount).toBe(2);
   });
 
+  it("on Redis's clock, a log in its sorted set gets a member per event (the nonce is Redis's time)", async () => {
+    const own = storeOf();
+    const specs = [
+      windowSpec('expensive', 'x1', 'sliding-log', 100, 60_000),
+      windowSpec('expensive', 'x3', 'sliding-log', 240, 60_000, 3),
+    ];
+    const plan = planOf(own, 'user:zset-log', specs);
+    // 80 decisions: 80 events in one log, 240 in the other (past 64: both in their sorted sets).
+    for (let i = 0; i < 80; i++) expect(await own.consume(plan)).toMatchObject({ allowed: true });
+    expect(await own.consume(plan)).toMatchObject({ allowed: false, tier: 'expensive', index: 1, remaining: 0 });
+    expect(await admin.zcard(plan.tiers[0]!.key)).toBe(80);
+    expect(await admin.zcard(plan.tiers[1]!.key)).toBe(240);
+  });
+
+  it('members named as earlier ones (a clock stepped back onto a microsecond) are each counted', async () => {
+    const lua = [
+      PRELUDE_LUA,
+      FMT_LUA,
+      LOG_FIELD_LUA,
+      "logWrite(nil, false, KEYS[1], 10, 3, 5, 1000, 'n')",
+      "logWrite(nil, false, KEYS[1], 10, 2, 5, 1000, 'n')",
+      "return redis.call('ZCARD', KEYS[1])",
+    ].join('\n');
+    expect(await admin.eval(lua, 1, 'ps:{same-microsecond}:x')).toBe(5);
+  });
+
   it('a field name of any bytes is written into the script as the generic script names it', async () => {
     const own = storeOf();
     const generic = storeOf(0);
@@ -135,16 +162,16 @@ describe('Redis store: consume scripts per plan shape', () => {
     expect(await generic.consume(plan(generic))).toMatchObject({ allowed: false, remaining: 0 });
     expect(await own.consume(plan(own))).toMatchObject({ allowed: false, remaining: 0 });
     const hash = plan(own).tiers[0]!.key.replace(/}[\s\S]*$/, '}:~4');
-    expect((await admin.hkeys(hash)).filter((field) => field !== '~e')).toEqual([
-      `:t:"it's"\\\n--9\u00e9\u20ac\ufffd`,
-    ]);
+    expect((await admin.hkeys(hash)).filter((field) => field !== '~e')).toEqual([`:t:"it's"\\\n--9\u00e9\u20ac\ufffd`]);
   });
 
   it('past planScripts of each kind: field names as arguments, then the generic script; the same decisions', async () => {
     const store = storeOf(2);
     await store.evictionPolicyChecked;
     const decide = async (capacity: number, suffix = 'g') => {
-      const plan = planOf(store, `user:cap-${capacity}-${suffix}`, [tokenBucketSpec('global', suffix, capacity, 0.001)]);
+      const plan = planOf(store, `user:cap-${capacity}-${suffix}`, [
+        tokenBucketSpec('global', suffix, capacity, 0.001),
+      ]);
       for (let i = 0; i < capacity; i++) expect(await store.consume(plan)).toMatchObject({ allowed: true });
       expect(await store.consume(plan)).toMatchObject({
         allowed: false,

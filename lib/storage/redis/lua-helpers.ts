@@ -340,7 +340,19 @@ function(ts, full, key, limit, cost, now, w, nonce)
     args[#args + 1] = fmt(now)
     args[#args + 1] = nonce .. '#' .. j
   end
-  redis.call('ZADD', key, unpack(args))
+  local added = redis.call('ZADD', key, 'NX', unpack(args))
+  -- A member under one of these names already (a nonce that is Redis's time, and the clock
+  -- stepped back onto a microsecond used before): it keeps standing for its event, and the
+  -- events not added get names of their own, so that each is counted once.
+  while added < cost do
+    nonce = nonce .. '+'
+    args = {}
+    for j = 1, cost - added do
+      args[#args + 1] = fmt(now)
+      args[#args + 1] = nonce .. '#' .. j
+    end
+    added = added + redis.call('ZADD', key, 'NX', unpack(args))
+  end
   -- Only the newest limit entries can ever matter; below that there is nothing to trim.
   if full then redis.call('ZREMRANGEBYRANK', key, 0, -(limit + 1)) end
   -- The newest entries are the ones just added, at now (time does not run backwards).

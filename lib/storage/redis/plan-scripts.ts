@@ -60,7 +60,8 @@ export interface PlanScriptArgs {
   /**
    * `[numkeys, ...KEYS, ...ARGV]` of the script with the field names written in: KEYS the
    * tracker hash, each sliding log's key, and the clock key (app clock); ARGV the app time
-   * (app clock only) and the nonce of sliding-log members (plans with a sliding log only).
+   * and the nonce of sliding-log members (app clock only; the nonce for plans with a
+   * sliding log only).
    * Per-call slots are empty.
    */
   readonly args: readonly string[];
@@ -73,7 +74,7 @@ export interface PlanScriptArgs {
   readonly fieldTtlsAt: number;
   /** Index of the app time in both, -1 on Redis's clock. */
   readonly nowAt: number;
-  /** Index of the nonce in both, -1 without sliding logs. */
+  /** Index of the nonce in both, -1 without sliding logs or on Redis's clock. */
   readonly nonceAt: number;
 }
 
@@ -212,7 +213,8 @@ export function planScriptArgs(plan: RateLimitPlan, signature: string, appClock:
   // Per-call slots only where the script reads them (each argument costs the client and Redis).
   const args = [String(keys.length), ...keys];
   const nowAt = appClock ? args.push('') - 1 : -1;
-  const nonceAt = logs ? args.push('') - 1 : -1;
+  // The nonce of sliding-log members: Redis's time on its clock (the script reads it).
+  const nonceAt = logs && appClock ? args.push('') - 1 : -1;
   const shapeArgs = [...args, '0', ...fields];
   return { signature, fields, args, shapeArgs, fieldTtlsAt: args.length, nowAt, nonceAt };
 }
@@ -257,11 +259,14 @@ export interface PlanScriptFields {
 export function planScriptLua(specs: readonly TierSpec[], appClock: boolean, named?: PlanScriptFields): string {
   const hasLogs = specs.some((spec) => spec.kind === AlgorithmKind.SlidingLog);
   const hasCounters = specs.some((spec) => spec.kind === AlgorithmKind.SlidingCounter);
-  // ARGV: the app time (app clock only), the nonce (sliding logs only), then, without
-  // `named`, the field-TTL mode and the hash fields.
+  // ARGV: the app time and the nonce of sliding-log members (app clock only; the nonce with
+  // sliding logs only), then, without `named`, the field-TTL mode and the hash fields. On
+  // Redis's clock the nonce is its time to the microsecond: another decision of the same
+  // tracker's log at the same microsecond (the clock stepped back) is taken care of where
+  // members are added (`logWrite`).
   let argc = 0;
   const nowArg = appClock ? `ARGV[${++argc}]` : '';
-  const nonce = hasLogs ? `ARGV[${++argc}]` : 'nil';
+  const nonce = !hasLogs ? 'nil' : appClock ? `ARGV[${++argc}]` : "t[1] .. '.' .. t[2]";
   const modeArg = named === undefined ? `ARGV[${++argc}]` : '';
   const firstField = argc + 1;
   let logs = 0;
