@@ -127,6 +127,30 @@ if (SERVER === undefined) {
       },
     );
 
+    it.each([
+      ['a plan script', undefined],
+      ['the generic script', 0],
+    ] as const)(
+      '%s with hashFieldTtls: false: one TTL for the hash, as on servers without field TTLs',
+      async (how, planScripts) => {
+        const store = await makeStore({ planScripts, hashFieldTtls: false });
+        expect(store.hashFieldTtls).toBe(false);
+        const plan = planOf(store, `user:hash-ttl-${how}`, specs);
+        await admin.config('RESETSTAT');
+        for (let i = 0; i < 3; i++) expect((await store.consume(plan)).allowed).toBe(true);
+        const counts = await commandCounts(admin);
+        expect(counts['hsetex'] ?? 0).toBe(0);
+        expect(counts['hpexpire'] ?? 0).toBe(0);
+        expect(counts).toMatchObject({ hmget: 3, hset: 3, pexpire: 1 });
+        const hash = hashOf(plan);
+        expect(await admin.pttl(hash)).toBeGreaterThan(10_000);
+        const ttls = await fieldTtls(admin, hash);
+        expect(Object.keys(ttls).sort()).toEqual([':g', ':t:chat', ':x', ':xc', '~e']);
+        // HPTTL -1: no TTL of its own.
+        expect(Object.values(ttls)).toEqual([-1, -1, -1, -1, -1]);
+      },
+    );
+
     it('a tier the tracker no longer uses goes by itself; the fields of its other tiers stay', async () => {
       const store = await makeStore();
       const tracker = 'user:gone';

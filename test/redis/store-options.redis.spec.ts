@@ -143,6 +143,7 @@ describe('Redis store: keys, prefixes, clients and options', () => {
       [{ url: 'redis://a', planScripts: 1.5 }, 'planScripts'],
       [{ url: 'redis://a', planScripts: 1025 }, 'planScripts'],
       [{ url: 'redis://a', planScripts: '8' as unknown as number }, 'planScripts'],
+      [{ url: 'redis://a', hashFieldTtls: 'no' as unknown as boolean }, 'hashFieldTtls'],
       [{ sentinel: { sentinels: [], name: 'm' } }, 'sentinel.sentinels'],
       [{ cluster: { nodes: [] } }, 'cluster.nodes'],
     ];

@@ -200,6 +200,17 @@ export interface RedisStoreOptions {
    * @default 64
    */
   planScripts?: number;
+  /**
+   * Whether tracker-hash fields get TTLs of their own on servers that have hash-field TTLs
+   * (Redis 7.4+, read at start-up and at each reconnect): each field then goes when its tier
+   * no longer needs it, instead of the whole hash living as long as its longest-lived field
+   * needs (the way on older servers, kept with `false`). Fields carrying TTLs cost Redis more
+   * per decision: a three-tier decision 73,300 instructions on Redis 8 against 67,500
+   * without them (`bench/README.md`), for less memory held by tiers a tracker has stopped
+   * using. Instances may differ: a hash written either way is read correctly by both.
+   * @default true
+   */
+  hashFieldTtls?: boolean;
   /** Told when Redis becomes unavailable (`false`, with the cause) and available again (`true`). */
   onAvailabilityChange?: (available: boolean, cause?: unknown) => void;
   /**

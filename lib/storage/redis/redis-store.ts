@@ -96,6 +96,8 @@ export class RedisRateLimitStore extends RateLimitStore {
    * counters then expire field by field in the tracker hash.
    */
   private fieldTtls: FieldTtlMode = 0;
+  /** Option `hashFieldTtls`: false keeps one TTL per tracker hash on every server. */
+  private readonly useFieldTtls: boolean;
   private readonly scripts: Scripts;
   private readonly gate: CallGate;
   private readonly compiler: PlanCompiler;
@@ -145,6 +147,7 @@ export class RedisRateLimitStore extends RateLimitStore {
       onChange: (available, cause) => this.notify(available, cause),
       onRecover: () => this.leases.resyncAll(),
     });
+    this.useFieldTtls = options.hashFieldTtls ?? true;
     const planScripts = options.planScripts ?? DEFAULT_PLAN_SCRIPTS;
     this.planScripts = planScripts === 0 ? undefined : new PlanScriptBook(client, planScripts);
     this.compiler = new PlanCompiler({
@@ -213,8 +216,9 @@ export class RedisRateLimitStore extends RateLimitStore {
   }
 
   /**
-   * Whether the server keeps hash-field TTLs (Redis 7.4+), as read at start-up and again at
-   * each reconnect (false until a read succeeds).
+   * Whether the store gives tracker-hash fields TTLs of their own: the server keeps them
+   * (Redis 7.4+), as read at start-up and again at each reconnect (false until a read
+   * succeeds), and the option `hashFieldTtls` is not `false`.
    */
   get hashFieldTtls(): boolean {
     return this.fieldTtls !== 0;
@@ -417,7 +421,7 @@ export class RedisRateLimitStore extends RateLimitStore {
     if (this.closed) return;
     const fieldTtls = readFieldTtlSupport(this.client).then((mode) => {
       // Unknown (INFO refused or late): the mode stays as it was.
-      if (mode !== undefined && !this.closed) this.fieldTtls = mode;
+      if (mode !== undefined && !this.closed) this.fieldTtls = this.useFieldTtls ? mode : 0;
     });
     if (this.policyCheck !== undefined) return;
     const policies = readEvictionPolicies(this.client);

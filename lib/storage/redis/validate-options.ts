@@ -66,6 +66,9 @@ export function validateOptions(options: RedisStoreOptions): void {
   ) {
     fail(`planScripts: expected an integer from 0 to ${MAX_PLAN_SCRIPTS}`);
   }
+  if (options.hashFieldTtls !== undefined && typeof options.hashFieldTtls !== 'boolean') {
+    fail('hashFieldTtls: expected true or false');
+  }
   if (options.clock !== undefined && options.clock !== 'redis' && options.clock !== 'app') {
     fail("clock: expected 'redis' or 'app'");
   }
