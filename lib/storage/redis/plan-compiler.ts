@@ -49,8 +49,12 @@ type OwnScript = PlanScriptArgs & {
   readonly specs: readonly TierSpec[];
   readonly named: (ScriptCall | null | undefined)[];
   shape: ScriptCall | null | undefined;
-  /** `shapeArgs` with the server's field-TTL mode when it is not 0, made at the first call in that mode. */
-  modeArgs?: string[];
+  /**
+   * The arguments of the script taking field names (`args`, the mode, the fields) for the
+   * server's field-TTL mode, made at the first call that needs them, again when the mode
+   * changes.
+   */
+  shapeArgs?: string[];
 };
 
 /** The field-TTL modes as script arguments. */
@@ -177,16 +181,11 @@ export class PlanCompiler {
     if (named !== null) return named.withArgs(this.perCall(own, own.args));
     if (own.shape === undefined) own.shape = book.callFor(own.signature, own.specs, app) ?? null;
     if (own.shape === null) return undefined;
-    let made: readonly string[] = own.shapeArgs;
-    if (fieldTtls !== 0) {
-      const mode = MODES[fieldTtls];
-      let modeArgs = own.modeArgs;
-      if (modeArgs?.[own.fieldTtlsAt] !== mode) {
-        modeArgs = own.shapeArgs.slice();
-        modeArgs[own.fieldTtlsAt] = mode;
-        own.modeArgs = modeArgs;
-      }
-      made = modeArgs;
+    let made = own.shapeArgs;
+    const mode = MODES[fieldTtls];
+    if (made?.[own.fieldTtlsAt] !== mode) {
+      made = [...own.args, mode, ...own.fields];
+      own.shapeArgs = made;
     }
     return own.shape.withArgs(this.perCall(own, made));
   }

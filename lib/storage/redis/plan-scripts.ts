@@ -66,11 +66,9 @@ export interface PlanScriptArgs {
    */
   readonly args: readonly string[];
   /**
-   * `args` for the script that takes the field names as arguments: then the field-TTL mode
-   * ('0' here) and each tier's field.
+   * Where the script that takes the field names as arguments reads the field-TTL mode: its
+   * arguments are `args`, the mode, and each tier's field.
    */
-  readonly shapeArgs: readonly string[];
-  /** Index of the field-TTL mode in `shapeArgs`. */
   readonly fieldTtlsAt: number;
   /** Index of the app time in both, -1 on Redis's clock. */
   readonly nowAt: number;
@@ -215,8 +213,7 @@ export function planScriptArgs(plan: RateLimitPlan, signature: string, appClock:
   const nowAt = appClock ? args.push('') - 1 : -1;
   // The nonce of sliding-log members: Redis's time on its clock (the script reads it).
   const nonceAt = logs && appClock ? args.push('') - 1 : -1;
-  const shapeArgs = [...args, '0', ...fields];
-  return { signature, fields, args, shapeArgs, fieldTtlsAt: args.length, nowAt, nonceAt };
+  return { signature, fields, args, fieldTtlsAt: args.length, nowAt, nonceAt };
 }
 
 /** The tiers a plan script decides: every kind but concurrency. */
