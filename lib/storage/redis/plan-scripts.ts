@@ -112,7 +112,7 @@ export class PlanScriptBook {
     fields: readonly string[],
     mode: FieldTtlMode,
   ): ScriptCall | undefined {
-    const name = `${signature}|${fields.join('\u0000')}`;
+    const name = `${signature}|${JSON.stringify(fields)}`;
     let modes = this.named.get(name);
     if (modes === undefined) {
       if (this.named.size >= this.namedMax) return undefined;
