@@ -1,3 +1,5 @@
+// Over 400 lines: the Lua text shared by the scripts, one constant per helper, each next to the
+// note that says what it does; the lines are Lua, not TypeScript logic.
 /**
  * Lua shared by the Redis store's scripts: the clock, lease-hash reading, and the waits of
  * `lib/algorithms` transcribed (same comparisons, same order, on IEEE doubles). A tracker

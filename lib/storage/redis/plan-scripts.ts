@@ -1,3 +1,6 @@
+// Over 400 lines: the generator of one plan's Lua, whose parts (reads, the refusal branch, the
+// writes of every tier kind, the two kinds of script) emit statements that must match one
+// another and the generic script's; split, they would be read apart.
 /**
  * Scripts generated for one plan shape: the generic `consume` script (`decision-scripts.ts`)
  * unrolled for a given list of tiers, with every figure (limit, cost, rate, window) written
