@@ -246,7 +246,7 @@ end
 `;
 
 /** Live entries a sliding log keeps in its tracker hash's field before it moves to a sorted set. */
-export const LOG_FIELD_MAX = 64;
+const LOG_FIELD_MAX = 64;
 
 /**
  * `logRead`'s function (a Lua expression). A sliding log's field in the tracker hash holds

@@ -124,9 +124,8 @@ export class PlanScriptBook {
     }
     let call = modes[mode];
     if (call === undefined) {
-      call = defineScript(this.client, 'plan', planScriptLua(specs, appClock, { fields, mode }), false);
+      call = this.define(planScriptLua(specs, appClock, { fields, mode }));
       modes[mode] = call;
-      this.scripts++;
     }
     return call;
   }
@@ -135,11 +134,15 @@ export class PlanScriptBook {
   callFor(signature: string, specs: readonly TierSpec[], appClock: boolean): ScriptCall | undefined {
     let call = this.shapes.get(signature);
     if (call === undefined && this.shapes.size < this.max) {
-      call = defineScript(this.client, 'plan', planScriptLua(specs, appClock), false);
+      call = this.define(planScriptLua(specs, appClock));
       this.shapes.set(signature, call);
-      this.scripts++;
     }
     return call;
+  }
+
+  private define(lua: string): ScriptCall {
+    this.scripts++;
+    return defineScript(this.client, 'plan', lua, false);
   }
 }
 

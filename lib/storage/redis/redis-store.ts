@@ -92,8 +92,9 @@ export class RedisRateLimitStore extends RateLimitStore {
   /** The start-up checks (`maxmemory-policy`, hash-field TTLs), once the client is first ready. */
   private policyCheck: Promise<void> | undefined;
   /**
-   * True once every master is known to keep hash-field TTLs (Redis 7.4+): buckets and
-   * counters then expire field by field in the tracker hash.
+   * How the store writes hash-field TTLs (`FieldTtlMode`): not 0 once every master is known
+   * to keep them (Redis 7.4+) and the option `hashFieldTtls` is not `false`; fields then
+   * expire one by one in the tracker hash.
    */
   private fieldTtls: FieldTtlMode = 0;
   /** Option `hashFieldTtls`: false keeps one TTL per tracker hash on every server. */
@@ -273,8 +274,9 @@ export class RedisRateLimitStore extends RateLimitStore {
       );
     }
     const own = compiled.own === undefined ? undefined : this.compiler.callOwn(compiled, this.fieldTtls);
-    if (own !== undefined)
+    if (own !== undefined) {
       return this.gate.within(own, (reply, delivered) => this.decision(compiled, reply, delivered));
+    }
     const args = this.compiler.argsOf(compiled, this.fieldTtls);
     if (compiled.leaseKeys.length === 0) {
       return this.gate.within(this.scripts.consume.withArgs(args), (reply, delivered) =>
