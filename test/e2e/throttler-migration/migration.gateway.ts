@@ -15,10 +15,10 @@ import {
 @WebSocketGateway()
 @WsRateLimit()
 export class MigrationGateway {
-  /** 2 at once (refilled every 50 ms) and 5 in all (refilled every 100 s), decided together. */
+  /** 2 at once (refilled every 250 ms) and 5 in all (refilled every 100 s), decided together. */
   @Throttle({
     type: 'chat',
-    limits: { short: { capacity: 2, refillRate: 20 }, long: { capacity: 5, refillRate: 0.01 } },
+    limits: { short: { capacity: 2, refillRate: 4 }, long: { capacity: 5, refillRate: 0.01 } },
   })
   @SubscribeMessage('chat')
   chat(@MessageBody() data: unknown) {
