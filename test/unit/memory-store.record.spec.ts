@@ -320,6 +320,33 @@ describe('one record per tracker: layout', () => {
     expect(store.peek(first)).toEqual([{ tier: 'concurrency', limit: 1, remaining: 1, resetIn: 0 }]);
     expect(store.consume(createPlan(store, 'ip:1', [seat], 'instance-b')).allowed).toBe(true);
   });
+
+  it('a flood refused with the same figures gets one frozen answer; new figures a new one, the old left as it was', () => {
+    let now = 0;
+    const store = new MemoryRateLimitStore({ clock: () => now });
+    const plan = createPlan(store, 'ip:1', [global, expensive]);
+    for (let i = 0; i < 2; i++) expect(store.consume(plan).allowed).toBe(true);
+    const first = store.consume(plan);
+    expect(first).toEqual({ allowed: false, tier: 'expensive', index: 1, retryAfter: 1000, limit: 2, remaining: 0 });
+    expect(Object.isFrozen(first)).toBe(true);
+    expect(store.consume(plan)).toBe(first);
+    // Another store, another tracker, same figures: the same answer (it names neither).
+    const other = new MemoryRateLimitStore({ clock: () => now });
+    const elsewhere = createPlan(other, 'ip:2', [global, expensive]);
+    for (let i = 0; i < 2; i++) other.consume(elsewhere);
+    expect(other.consume(elsewhere)).toBe(first);
+    now = 1.5;
+    const later = store.consume(plan);
+    expect(later).not.toBe(first);
+    expect(later).toMatchObject({ retryAfter: 999, remaining: 0 });
+    expect(first).toMatchObject({ retryAfter: 1000 });
+    // The last tier a token bucket: the same sharing.
+    const bucketOnly = createPlan(store, 'ip:3', [tokenBucketSpec('global', 'g', 1, 1)]);
+    expect(store.consume(bucketOnly).allowed).toBe(true);
+    const refused = store.consume(bucketOnly);
+    expect(refused).toMatchObject({ allowed: false, tier: 'global', retryAfter: 1000, limit: 1, remaining: 0 });
+    expect(store.consume(bucketOnly)).toBe(refused);
+  });
 });
 
 describe('the memory store builds its keys flat', () => {

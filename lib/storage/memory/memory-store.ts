@@ -303,19 +303,13 @@ export class MemoryRateLimitStore extends RateLimitStore {
         spec = next;
       }
     }
-    return {
-      allowed: false,
-      tier: spec.tier,
-      index: worst,
-      retryAfter: worstWait,
-      limit: spec.limit,
-      // A sliding log that refuses one event holds as many live events as it admits: nothing
-      // remains, and a flood refused by its expensive window is answered without counting them.
-      remaining:
-        spec.kind === AlgorithmKind.SlidingLog && spec.cost === 1 && worstSlot >= 0 && worstWait > 0
-          ? 0
-          : this.remaining(worstSlot, spec, now),
-    };
+    // A sliding log that refuses one event holds as many live events as it admits: nothing
+    // remains, and a flood refused by its expensive window is answered without counting them.
+    const remaining =
+      spec.kind === AlgorithmKind.SlidingLog && spec.cost === 1 && worstSlot >= 0 && worstWait > 0
+        ? 0
+        : this.remaining(worstSlot, spec, now);
+    return refusal(spec, worst, worstWait, remaining);
   }
 
   private wait(slot: number, spec: TierSpec, now: number): number {
@@ -466,12 +460,41 @@ function concurrencyHeld(leases: unknown): number {
 
 /** A refusal by a token-bucket tier that is the plan's last: its own wait decides. */
 function refuseBucket(spec: TokenBucketSpec, index: number, fullAt: number, now: number): RateLimitRejected {
-  return {
+  return refusal(
+    spec,
+    index,
+    bucketWait(fullAt, now, spec.slack),
+    Math.floor(bucketTokens(fullAt, now, spec.limit, spec.intervalMs)),
+  );
+}
+
+/**
+ * The last refusal made, frozen: a flood refused by one tier gets the same answer for a
+ * whole millisecond (`retryAfter` is whole), so the refused path allocates once per change
+ * of answer, not once per decision. Shared by every store of the process: the object
+ * holds no tracker.
+ */
+let lastRefusal: RateLimitRejected | undefined;
+
+/** A frozen refusal with these figures: the last one made when it has them all. */
+function refusal(spec: TierSpec, index: number, retryAfter: number, remaining: number): RateLimitRejected {
+  const last = lastRefusal;
+  if (
+    last !== undefined &&
+    last.retryAfter === retryAfter &&
+    last.index === index &&
+    last.remaining === remaining &&
+    last.tier === spec.tier &&
+    last.limit === spec.limit
+  ) {
+    return last;
+  }
+  return (lastRefusal = Object.freeze({
     allowed: false,
     tier: spec.tier,
     index,
-    retryAfter: bucketWait(fullAt, now, spec.slack),
+    retryAfter,
     limit: spec.limit,
-    remaining: Math.floor(bucketTokens(fullAt, now, spec.limit, spec.intervalMs)),
-  };
+    remaining,
+  }));
 }
