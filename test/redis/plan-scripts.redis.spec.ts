@@ -4,6 +4,7 @@ import type { RateLimitDecision, RateLimitPlan, TierSpec } from '../../lib/inter
 import { concurrencySpec, tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
 import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
 import { FMT_LUA, LOG_FIELD_LUA, PRELUDE_LUA } from '../../lib/storage/redis/lua-helpers.js';
+import { PlanScriptBook } from '../../lib/storage/redis/plan-scripts.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
 import { adminClient, closeClient, ready, storeClient } from './helpers.js';
 
@@ -163,6 +164,38 @@ describe('Redis store: consume scripts per plan shape', () => {
     expect(await own.consume(plan(own))).toMatchObject({ allowed: false, remaining: 0 });
     const hash = plan(own).tiers[0]!.key.replace(/}[\s\S]*$/, '}:~4');
     expect((await admin.hkeys(hash)).filter((field) => field !== '~e')).toEqual([`:t:"it's"\\\n--9\u00e9\u20ac\ufffd`]);
+  });
+
+  it('planScripts bounds the scripts with field names written in whatever their modes: one per mode counts', () => {
+    const book = new PlanScriptBook(client, 1);
+    const specs = [tokenBucketSpec('global', 'g', 2, 1)];
+    const first = book.namedCallFor('shape-1', specs, false, ['g'], 0);
+    expect(first).toBeDefined();
+    expect(book.namedCallFor('shape-1', specs, false, ['g'], 0)).toBe(first);
+    // The same shape and fields in another mode is another script: past the bound.
+    expect(book.namedCallFor('shape-1', specs, false, ['g'], 2)).toBeUndefined();
+    expect(book.namedCallFor('shape-2', specs, false, ['h'], 0)).toBeUndefined();
+    // The other kind has a bound of its own.
+    expect(book.callFor('shape-1', specs, false)).toBeDefined();
+    expect(book.callFor('shape-2', specs, false)).toBeUndefined();
+    expect(book.size).toBe(2);
+  });
+
+  it('until the server has been read, a plan is decided by the script taking the mode as an argument', async () => {
+    const store = storeOf();
+    await store.evictionPolicyChecked;
+    // As before the first read of the server (the store sets it once INFO has answered).
+    const internals = store as unknown as { serverRead: boolean };
+    internals.serverRead = false;
+    const plan = planOf(store, 'user:unread', [tokenBucketSpec('global', 'g', 2, 0.001)]);
+    expect(await store.consume(plan)).toMatchObject({ allowed: true });
+    expect(store.planScriptCount).toBe(1);
+    internals.serverRead = true;
+    // Read: the script with the field names and the mode written in, the same state.
+    expect(await store.consume(plan)).toMatchObject({ allowed: true });
+    expect(store.planScriptCount).toBe(2);
+    expect(await store.consume(plan)).toMatchObject({ allowed: false, tier: 'global', remaining: 0 });
+    expect(store.planScriptCount).toBe(2);
   });
 
   it('past planScripts of each kind: field names as arguments, then the generic script; the same decisions', async () => {

@@ -167,13 +167,15 @@ export class PlanCompiler {
    * Sends one call of the plan's own script for the server's field-TTL mode (`compiled.own`
    * must be set): the one with its field names written in, else the one taking them as
    * arguments; undefined when the store has its fill of both kinds (the generic script
-   * decides).
+   * decides). Until the server has been read (`modeRead` false) the mode may not be the
+   * server's: the script taking it as an argument decides, so no script is written for a
+   * mode that will not be used again.
    */
-  callOwn(compiled: CompiledPlan, fieldTtls: FieldTtlMode): Promise<unknown> | undefined {
+  callOwn(compiled: CompiledPlan, fieldTtls: FieldTtlMode, modeRead = true): Promise<unknown> | undefined {
     const own = compiled.own!;
     const book = this.options.planScripts!;
     const app = this.options.appClock !== undefined;
-    let named = own.named[fieldTtls];
+    let named = modeRead ? own.named[fieldTtls] : null;
     if (named === undefined) {
       named = book.namedCallFor(own.signature, own.specs, app, own.fields, fieldTtls) ?? null;
       own.named[fieldTtls] = named;

@@ -83,16 +83,23 @@ export interface PlanScriptArgs {
  * The plan scripts of one store, defined on the client the first time a plan needs one:
  * - per plan shape and field names, a script with the field names and the server's
  *   field-TTL mode written in (one per handler and message type, in practice; one per mode
- *   the server is seen in, which changes only when it is upgraded): for at most `max` of them;
+ *   the server is seen in, which changes only when it is upgraded or replaced): at most
+ *   `max` such scripts, whatever their modes;
  * - past those, per plan shape, a script that takes the field names and mode as arguments
  *   (each argument costs Redis about 2,000 instructions a call): at most `max` more.
+ *
+ * So a store defines at most `2 * max` plan scripts. They are loaded with EVAL (ioredis's
+ * fallback after NOSCRIPT), and Redis 7.4 and later keep at most 500 scripts loaded that
+ * way, dropping the least recently used: past about 245 (with the store's eight other
+ * scripts), plans in rotation would reload theirs.
  */
 export class PlanScriptBook {
   /** By shape and field names: the script per field-TTL mode. */
   private readonly named = new Map<string, (ScriptCall | undefined)[]>();
   private readonly shapes = new Map<string, ScriptCall>();
   private scripts = 0;
-  /** Shapes and field names with scripts written for them: `max` (tests set 0 to run every plan on the other kind). */
+  private namedScripts = 0;
+  /** Scripts with field names written in: `max` (tests set 0 to run every plan on the other kind). */
   private namedMax: number;
 
   constructor(
@@ -107,7 +114,7 @@ export class PlanScriptBook {
     return this.scripts;
   }
 
-  /** The script of a shape with these field names, in this mode; undefined once `max` have one. */
+  /** The script of a shape with these field names, in this mode; undefined once `max` are defined. */
   namedCallFor(
     signature: string,
     specs: readonly TierSpec[],
@@ -117,16 +124,16 @@ export class PlanScriptBook {
   ): ScriptCall | undefined {
     const name = `${signature}|${JSON.stringify(fields)}`;
     let modes = this.named.get(name);
+    const known = modes?.[mode];
+    if (known !== undefined) return known;
+    if (this.namedScripts >= this.namedMax) return undefined;
+    const call = this.define(planScriptLua(specs, appClock, { fields, mode }));
+    this.namedScripts++;
     if (modes === undefined) {
-      if (this.named.size >= this.namedMax) return undefined;
       modes = [];
       this.named.set(name, modes);
     }
-    let call = modes[mode];
-    if (call === undefined) {
-      call = this.define(planScriptLua(specs, appClock, { fields, mode }));
-      modes[mode] = call;
-    }
+    modes[mode] = call;
     return call;
   }
 

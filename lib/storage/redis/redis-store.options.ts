@@ -186,17 +186,21 @@ export interface RedisStoreOptions {
    */
   reservations?: boolean | { maxBatch?: number; ttlMs?: number };
   /**
-   * How many plans get a consume script of their own: the generic script unrolled for the
+   * How many consume scripts of their own plans get: the generic script unrolled for the
    * plan's tiers, with their limits, costs, rates and windows, their field names in the
    * tracker hash and the server's hash-field TTL mode written into the Lua (one script per
-   * handler and message type, in practice: trackers share it). Such a script decides
+   * handler and message type, in practice: trackers share it; one more per mode if the
+   * server is upgraded or replaced while the app runs). Such a script decides
    * exactly as the generic one, on the same keys, for a third to a half of its Redis CPU
    * (`bench/README.md`). Past this many, as many plan shapes more (a shape is the list of a
    * plan's tiers with their figures) get a script taking the field names as arguments
    * (about 10 % more Redis CPU for a three-tier plan); plans beyond both, plans with a
    * concurrency tier, and plans over several trackers use the generic script. Each script
-   * is loaded into Redis's script cache (3 to 15 KB) the first time a plan needs it. `0`
-   * turns plan scripts off. An integer from 0 to 1024.
+   * is loaded into Redis's script cache (3 to 15 KB) the first time a plan needs it, with
+   * EVAL: Redis 7.4 and later keep at most 500 scripts loaded that way, so above about 245
+   * (twice this many plan scripts and the store's eight others) plans in rotation reload
+   * theirs. Until the server's version has been read, plans use the second kind. `0` turns
+   * plan scripts off. An integer from 0 to 1024.
    * @default 64
    */
   planScripts?: number;

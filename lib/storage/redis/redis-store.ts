@@ -99,6 +99,11 @@ export class RedisRateLimitStore extends RateLimitStore {
   private fieldTtls: FieldTtlMode = 0;
   /** Option `hashFieldTtls`: false keeps one TTL per tracker hash on every server. */
   private readonly useFieldTtls: boolean;
+  /**
+   * Whether `fieldTtls` is what the server was read to keep (once its first read is over),
+   * or what the option makes it whatever the server (`hashFieldTtls: false`).
+   */
+  private serverRead = false;
   private readonly scripts: Scripts;
   private readonly gate: CallGate;
   private readonly compiler: PlanCompiler;
@@ -149,6 +154,7 @@ export class RedisRateLimitStore extends RateLimitStore {
       onRecover: () => this.leases.resyncAll(),
     });
     this.useFieldTtls = options.hashFieldTtls ?? true;
+    this.serverRead = !this.useFieldTtls;
     const planScripts = options.planScripts ?? DEFAULT_PLAN_SCRIPTS;
     this.planScripts = planScripts === 0 ? undefined : new PlanScriptBook(client, planScripts);
     this.compiler = new PlanCompiler({
@@ -273,7 +279,8 @@ export class RedisRateLimitStore extends RateLimitStore {
         (reply, delivered) => this.decision(compiled, reply, delivered),
       );
     }
-    const own = compiled.own === undefined ? undefined : this.compiler.callOwn(compiled, this.fieldTtls);
+    const own =
+      compiled.own === undefined ? undefined : this.compiler.callOwn(compiled, this.fieldTtls, this.serverRead);
     if (own !== undefined) {
       return this.gate.within(own, (reply, delivered) => this.decision(compiled, reply, delivered));
     }
@@ -424,6 +431,7 @@ export class RedisRateLimitStore extends RateLimitStore {
     const fieldTtls = readFieldTtlSupport(this.client).then((mode) => {
       // Unknown (INFO refused or late): the mode stays as it was.
       if (mode !== undefined && !this.closed) this.fieldTtls = this.useFieldTtls ? mode : 0;
+      this.serverRead = true;
     });
     if (this.policyCheck !== undefined) return;
     const policies = readEvictionPolicies(this.client);
