@@ -292,7 +292,8 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     kind: 'positive-integer',
     max: MAX_TIMER_MS,
     default: '10000',
-    description: 'A connection that has not answered a ping within this time is terminated.',
+    description:
+      'A connection that has not answered a ping within this time is terminated (not by a check that ran late: its pong may be unread).',
   },
   {
     name: 'WS_RATE_LIMIT_PER_MESSAGE_DEFLATE',

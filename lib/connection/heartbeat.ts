@@ -22,13 +22,25 @@ export function startHeartbeat(
   const { pingIntervalMs, pongTimeoutMs } = options;
   const { liveness } = transport;
   const tick = Math.max(10, pingIntervalMs === 0 ? 1000 : Math.min(1000, pingIntervalMs / 2, pongTimeoutMs / 2));
+  let lastTick = performance.now();
+  let heldBack = false;
   const timer = setInterval(() => {
     const now = performance.now();
+    // A tick more than a tick late means the event loop was held up (a long task, a GC
+    // pause, the process descheduled): a pong that came meanwhile may still sit unread in
+    // its socket, as timers run before the poll phase that reads it. Such a tick ends no
+    // one; the next, after a poll phase, does. Never two ticks in a row, so a loop late on
+    // every tick still ends silent peers, one tick later.
+    const stalled = !heldBack && now - lastTick > 2 * tick;
+    heldBack = stalled;
+    lastTick = now;
     for (const state of records) {
       const client = state.client!;
       if (cutOffIfSlow(client, state) || pingIntervalMs === 0 || liveness === undefined) continue;
       if (state.pingSentAt !== 0) {
-        if (now - state.pingSentAt >= pongTimeoutMs) transport.terminate(client, GOING_AWAY, PING_TIMEOUT_REASON);
+        if (!stalled && now - state.pingSentAt >= pongTimeoutMs) {
+          transport.terminate(client, GOING_AWAY, PING_TIMEOUT_REASON);
+        }
       } else if (now - state.lastPingAt >= pingIntervalMs && transport.isOpen(client)) {
         state.pingSentAt = state.lastPingAt = now;
         liveness.ping(client);

@@ -264,7 +264,9 @@ export interface WsRateLimitModuleOptions {
   pingIntervalMs?: number;
   /**
    * A connection that has not answered a ping within this many milliseconds is terminated
-   * (and its open-connection slot freed). At most 2147483647.
+   * (and its open-connection slot freed). When the event loop was held up (the check runs
+   * more than a check late), a pong may be waiting unread: that check ends no one, the next
+   * one does. At most 2147483647.
    * @default 10000
    */
   pongTimeoutMs?: number;

@@ -141,6 +141,9 @@ describe('app instances in separate processes sharing one Redis', () => {
         WS_RATE_LIMIT_CONNECTION_CAPACITY: '1000',
         WS_RATE_LIMIT_CONNECTION_REFILL_RATE: '1000',
         WS_RATE_LIMIT_REDIS_LEASE_TTL_MS: '1500',
+        // The 429 below must come from the shared count: a decision past the 50 ms deadline
+        // (three processes and Redis on two cores) would be the local fallback's instead.
+        WS_RATE_LIMIT_REDIS_TIMEOUT_MS: '5000',
       };
       const [doomed, survivor] = await Promise.all([start(env), start(env)]);
       const held = await Promise.all(

@@ -222,6 +222,7 @@ describe('token reservations (C-34)', () => {
       const other = await makeStore();
       const plan = planOf(store, `ip:closing-mid-${trial}`, [spec]);
       let spent = 0;
+      const began = performance.now();
       // Sequential decisions: batches of 2, 4 and 8 with the next one asked for ahead; the
       // close comes in the same tick as a decision, with a reserving call often in flight.
       for (let i = 0; i < 10 + trial; i++) if ((await store.consume(plan)).allowed) spent++;
@@ -235,7 +236,9 @@ describe('token reservations (C-34)', () => {
       await closing;
       const [back] = await other.peek(planOf(other, `ip:closing-mid-${trial}`, [spec]));
       expect(back!.remaining).toBeGreaterThanOrEqual(100 - spent);
-      expect(back!.remaining).toBeLessThanOrEqual(100 - spent + 1);
+      // Plus what the 10-a-second refill gave since the first decision (one on an idle machine).
+      const refilled = Math.floor(((performance.now() - began) * 10) / 1000) + 1;
+      expect(back!.remaining).toBeLessThanOrEqual(100 - spent + refilled);
     }
   });
 
@@ -248,9 +251,14 @@ describe('token reservations (C-34)', () => {
     for (let trial = 0; trial < 10 && telling < 3; trial++) {
       const plan = planOf(store, `ip:late-${trial}`, [spec]);
       // Batches of 1, 2, 4 and 6: the last leaves 5 slots held, due within 50 ms.
+      const first = performance.now();
       for (let i = 0; i < 8; i++) expect((await store.consume(plan)).allowed).toBe(true);
       const [held] = await store.peek(plan);
-      expect(held!.remaining).toBeLessThanOrEqual(20 - 8 - 4);
+      // 20 - 8 spent - 5 held, plus what refilled since the first decision (one token in
+      // 10 ms). A run slow enough to refill what is held tells nothing: the next trial.
+      const refilledHeld = Math.floor(((performance.now() - first) * 100) / 1000) + 1;
+      if (refilledHeld >= 5) continue;
+      expect(held!.remaining).toBeLessThanOrEqual(20 - 8 - 5 + refilledHeld);
       // The bucket refills meanwhile; the held slots' times pass.
       await sleep(300);
       const began = performance.now();
@@ -389,6 +397,7 @@ describe('token reservations (C-34)', () => {
     const spec = tokenBucketSpec('global', 'g', 100, 10);
     const plan = planOf(store, 'ip:closing', [spec]);
     let spent = 0;
+    const began = performance.now();
     for (let i = 0; i < 12; i++) if ((await store.consume(plan)).allowed) spent++;
     const otherPlan = planOf(other, 'ip:closing', [spec]);
     const [held] = await other.peek(otherPlan);
@@ -396,7 +405,9 @@ describe('token reservations (C-34)', () => {
     await store.close();
     const [back] = await other.peek(otherPlan);
     expect(back!.remaining).toBeGreaterThanOrEqual(100 - spent);
-    expect(back!.remaining).toBeLessThanOrEqual(100 - spent + 1);
+    // Plus what the 10-a-second refill gave since the first decision (one on an idle machine).
+    const refilled = Math.floor(((performance.now() - began) * 10) / 1000) + 1;
+    expect(back!.remaining).toBeLessThanOrEqual(100 - spent + refilled);
   });
 
   it('rejects invalid reservation options', async () => {
@@ -515,14 +526,15 @@ describe('token reservations (C-34)', () => {
         const spec = tokenBucketSpec('global', 'g', 5, 0.001);
         for (let i = 0; i < 5; i++) await other.consume(planOf(other, 'ip:refused-serial', [spec]));
         const plan = planOf(store, 'ip:refused-serial', [spec]);
-        proxy.latency(20);
+        proxy.latency(100);
         const began = performance.now();
         const decisions = await Promise.all(Array.from({ length: 20 }, () => store.consume(plan)));
         const took = performance.now() - began;
-        console.log(`20 concurrent refused decisions at 20 ms a round trip: ${took.toFixed(0)} ms`);
+        console.log(`20 concurrent refused decisions at 100 ms a round trip: ${took.toFixed(0)} ms`);
         expect(allowed(decisions)).toBe(0);
-        // Per call (as before b61a01a, or at a batch size of 1) they go out together: one round trip.
-        expect(took).toBeLessThan(120);
+        // Per call (as before b61a01a, or at a batch size of 1) they go out together: one round
+        // trip, or two (not twenty: 2,000 ms).
+        expect(took).toBeLessThan(500);
       } finally {
         proxy.pass();
         await store.close();

@@ -159,6 +159,27 @@ describe('handshakes (RELIABILITY cases)', () => {
       expect(live.socket.readyState).toBe(WebSocket.OPEN);
       await live.close();
     });
+
+    it('keeps a live peer whose pong waits unread while the event loop is held up past the pong timeout', async () => {
+      const { url } = await start({ pingIntervalMs: 200, pongTimeoutMs: 100, maxConnectionsPerIp: 10 });
+      const live = await TestClient.connect(url);
+      // ws sends its pong before it emits 'ping': the pong is on its way to the server (the
+      // same process) while this holds the event loop for three times the pong timeout, so
+      // the heartbeat's next tick comes late, before the poll phase that reads the pong.
+      let stalls = 0;
+      live.socket.on('ping', () => {
+        if (stalls++ >= 3) return;
+        const until = performance.now() + 300;
+        while (performance.now() < until);
+      });
+      for (let i = 0; i < 250 && stalls < 4; i++) await sleep(20);
+      expect(stalls).toBeGreaterThanOrEqual(4);
+      expect(live.socket.readyState).toBe(WebSocket.OPEN);
+      expect(limiter.stats().connections).toBe(1);
+      live.send('echo', 'still here');
+      expect((await live.waitForEvent('echo'))[0]!.data).toBe('still here');
+      await live.close();
+    });
   });
 
   describe('C-19 missing or hidden address data', () => {
