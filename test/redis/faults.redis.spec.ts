@@ -6,9 +6,21 @@ import type { RateLimitPlan } from '../../lib/interfaces/plan.interface.js';
 import { tokenBucketSpec } from '../../lib/plans/tier-specs.js';
 import { createRedisStore, RedisRateLimitStore, RedisStoreUnavailableError } from '../../lib/storage/redis/index.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
-import { adminClient, closeClient, expectBoundedTtls, percentile, ready, sleep } from './helpers.js';
+import {
+  adminClient,
+  closeClient,
+  expectBoundedTtls,
+  percentile,
+  ready,
+  sleep,
+  expectSettledWithin,
+  watchStalls,
+} from './helpers.js';
 
-/** Settling slop over the 50 ms deadline on a loaded 2-core machine. */
+/**
+ * Settling slop over the 50 ms deadline on a loaded 2-core machine, beside the stalls of this
+ * process's event loop (`expectSettledWithin`).
+ */
 const MAX_LATENCY_MS = 250;
 /** Plenty of tokens; each spent one keeps its key 100 ms longer. */
 const bucket = tokenBucketSpec('global', 'g', 1_000_000, 10);
@@ -27,6 +39,7 @@ interface Outcome {
  * comes back to Redis by itself.
  */
 describe('Redis faults: kill, restart, freeze, slow, out of memory, write pause, demotion', () => {
+  const stalls = watchStalls();
   let server: RedisServer;
   let admin: Redis;
   let store: RedisRateLimitStore;
@@ -91,11 +104,15 @@ describe('Redis faults: kill, restart, freeze, slow, out of memory, write pause,
     }
   }
 
-  /** About 200 decisions per second for `ms`. */
-  async function traffic(ms: number, during?: (elapsed: number) => void): Promise<Outcome[]> {
+  /**
+   * About 200 decisions per second for `ms`, and on until `atLeast` decisions were made (a
+   * loaded machine runs the loop slower; at most 5 x `ms` in all).
+   */
+  async function traffic(ms: number, during?: (elapsed: number) => void, atLeast = 0): Promise<Outcome[]> {
     const pending: Promise<Outcome>[] = [];
     const start = performance.now();
-    while (performance.now() - start < ms) {
+    const more = (elapsed: number) => elapsed < ms || (pending.length < atLeast && elapsed < 5 * ms);
+    while (more(performance.now() - start)) {
       during?.(performance.now() - start);
       pending.push(decide());
       await sleep(5);
@@ -135,18 +152,37 @@ describe('Redis faults: kill, restart, freeze, slow, out of memory, write pause,
 
   it('Redis killed mid-traffic: every decision settles within the deadline; restarted, it is used again by itself', async () => {
     availability.length = 0;
-    let killed = false;
-    const outcomes = await traffic(1300, (elapsed) => {
-      if (!killed && elapsed >= 300) {
-        killed = true;
-        server.kill('SIGKILL');
-      }
-    });
+    let killedAt = Infinity;
+    // 260 decisions at least: at most 61 come in the first 300 ms (5 ms apart), so 199 or
+    // more after the kill, however slowly the loop runs.
+    const outcomes = await traffic(
+      1300,
+      (elapsed) => {
+        if (killedAt === Infinity && elapsed >= 300) {
+          killedAt = performance.now();
+          server.kill('SIGKILL');
+        }
+      },
+      260,
+    );
     const unavailable = outcomes.filter((outcome) => outcome.result === 'unavailable');
     expect(outcomes.filter((outcome) => outcome.result === 'other-error')).toEqual([]);
-    expect(unavailable.length).toBeGreaterThan(100);
-    expect(outcomes.slice(0, 20).filter((outcome) => outcome.result === 'allowed').length).toBeGreaterThan(15);
-    expect(Math.max(...outcomes.map((outcome) => outcome.latency))).toBeLessThanOrEqual(MAX_LATENCY_MS);
+    // Every decision asked for after the kill is answered by the fail mode.
+    const afterKill = outcomes.filter((outcome) => outcome.at > killedAt);
+    expect(afterKill.length).toBeGreaterThan(100);
+    expect(afterKill.filter((outcome) => outcome.result !== 'unavailable')).toEqual([]);
+    // Before it, Redis decided (a decision in flight at the kill, or one slowed past the
+    // deadline by a loaded machine, may be the fail mode's).
+    const beforeKill = outcomes.filter((outcome) => outcome.at < killedAt).slice(0, 20);
+    expect(beforeKill.length).toBeGreaterThanOrEqual(5);
+    expect(beforeKill.filter((outcome) => outcome.result === 'allowed').length).toBeGreaterThan(
+      0.75 * beforeKill.length,
+    );
+    expectSettledWithin(
+      outcomes.map((outcome) => outcome.latency),
+      MAX_LATENCY_MS,
+      stalls,
+    );
     figures['killed'] = summary(outcomes);
     figures['killed, after the breaker opened'] = summary(unavailable.slice(5));
 
@@ -159,17 +195,29 @@ describe('Redis faults: kill, restart, freeze, slow, out of memory, write pause,
 
   it('Redis frozen (SIGSTOP): the deadline and the breaker bound every decision; SIGCONT: it recovers', async () => {
     availability.length = 0;
-    let paused = false;
-    const outcomes = await traffic(1000, (elapsed) => {
-      if (!paused && elapsed >= 200) {
-        paused = true;
-        server.pause();
-      }
-    });
+    let pausedAt = Infinity;
+    // 240 decisions at least: at most 41 come in the first 200 ms, so 199 or more while frozen.
+    const outcomes = await traffic(
+      1000,
+      (elapsed) => {
+        if (pausedAt === Infinity && elapsed >= 200) {
+          pausedAt = performance.now();
+          server.pause();
+        }
+      },
+      240,
+    );
     server.resume();
     expect(outcomes.filter((outcome) => outcome.result === 'other-error')).toEqual([]);
-    expect(outcomes.filter((outcome) => outcome.result === 'unavailable').length).toBeGreaterThan(100);
-    expect(Math.max(...outcomes.map((outcome) => outcome.latency))).toBeLessThanOrEqual(MAX_LATENCY_MS);
+    // Every decision asked for while Redis was frozen is answered by the fail mode.
+    const frozen = outcomes.filter((outcome) => outcome.at > pausedAt);
+    expect(frozen.length).toBeGreaterThan(100);
+    expect(frozen.filter((outcome) => outcome.result !== 'unavailable')).toEqual([]);
+    expectSettledWithin(
+      outcomes.map((outcome) => outcome.latency),
+      MAX_LATENCY_MS,
+      stalls,
+    );
     // Only the calls in flight when it froze waited for the deadline; the breaker refused the rest at once.
     const slow = outcomes.filter((outcome) => outcome.latency > 10);
     expect(slow.length).toBeLessThan(30);
@@ -186,7 +234,11 @@ describe('Redis faults: kill, restart, freeze, slow, out of memory, write pause,
     await sleep(10);
     const outcomes = await Promise.all(Array.from({ length: 5 }, () => decide()));
     expect(outcomes.map((outcome) => outcome.result)).toEqual(Array(5).fill('unavailable'));
-    expect(Math.max(...outcomes.map((outcome) => outcome.latency))).toBeLessThanOrEqual(MAX_LATENCY_MS);
+    expectSettledWithin(
+      outcomes.map((outcome) => outcome.latency),
+      MAX_LATENCY_MS,
+      stalls,
+    );
     await sleeping;
     expect(await untilRecovered(3000)).toBeLessThan(3000);
   });
@@ -198,7 +250,11 @@ describe('Redis faults: kill, restart, freeze, slow, out of memory, write pause,
       const outcomes: Outcome[] = [];
       for (let i = 0; i < 10; i++) outcomes.push(await decide());
       expect(outcomes.map((outcome) => outcome.result)).toEqual(Array(10).fill('unavailable'));
-      expect(Math.max(...outcomes.map((outcome) => outcome.latency))).toBeLessThanOrEqual(MAX_LATENCY_MS);
+      expectSettledWithin(
+        outcomes.map((outcome) => outcome.latency),
+        MAX_LATENCY_MS,
+        stalls,
+      );
     } finally {
       await admin.config('SET', 'maxmemory', '0');
     }
@@ -272,7 +328,11 @@ describe('Redis faults: kill, restart, freeze, slow, out of memory, write pause,
     });
     const pauseEnds = pausedAt + 2000;
     expect(outcomes.filter((outcome) => outcome.result === 'other-error')).toEqual([]);
-    expect(Math.max(...outcomes.map((outcome) => outcome.latency))).toBeLessThanOrEqual(MAX_LATENCY_MS);
+    expectSettledWithin(
+      outcomes.map((outcome) => outcome.latency),
+      MAX_LATENCY_MS,
+      stalls,
+    );
     const during = outcomes.filter(
       (outcome) => outcome.at >= pausedAt + 10 && outcome.at + outcome.latency < pauseEnds,
     );
@@ -302,7 +362,11 @@ describe('Redis faults: kill, restart, freeze, slow, out of memory, write pause,
       await admin.call('REPLICAOF', '127.0.0.1', String(other.port));
       const outcomes = await traffic(800);
       expect(outcomes.filter((outcome) => outcome.result === 'other-error')).toEqual([]);
-      expect(Math.max(...outcomes.map((outcome) => outcome.latency))).toBeLessThanOrEqual(MAX_LATENCY_MS);
+      expectSettledWithin(
+        outcomes.map((outcome) => outcome.latency),
+        MAX_LATENCY_MS,
+        stalls,
+      );
       // Never admitted or refused by a replica (it only answers READONLY to the script's writes).
       const settled = outcomes.slice(outcomes.findIndex((outcome) => outcome.result === 'unavailable'));
       expect(settled.filter((outcome) => outcome.result !== 'unavailable')).toEqual([]);
