@@ -353,7 +353,7 @@ describe('frame hold review, WsRateLimitIoAdapter on Redis, events in one read',
 
   const start = async (reservationBatch: number) => {
     running = await startScripted(
-      { store: 'redis', tracker: 'ip', redis: { url: redis.url, reservationBatch } },
+      { store: 'redis', tracker: 'ip', redis: { url: redis.url, reservationBatch, commandTimeoutMs: 2000 } },
       (app) => new WsRateLimitIoAdapter(app),
     );
   };

@@ -72,7 +72,10 @@ describe('message limits over real WebSockets (memory store)', () => {
 
   it('lets the same message through after retryAfter', async () => {
     const client = await connect();
-    for (let i = 0; i < 3; i++) client.send('quick', { i });
+    // In one read: a token refilled between them (every 100 ms) cannot let the third through.
+    client.inOneWrite(() => {
+      for (let i = 0; i < 3; i++) client.send('quick', { i });
+    });
     await client.waitFor((frame) => frame.event === 'ack' || frame.event === 'rate_limit', 3);
     expect(acked(client)).toBe(2);
     const [frame] = client.events('rate_limit');

@@ -81,7 +81,7 @@ describe('coming from @nestjs/throttler', () => {
     ['per address (memory store)', () => ({ tracker: 'ip' as const })],
     [
       'per address (Redis store)',
-      () => ({ tracker: 'ip' as const, store: 'redis' as const, redis: { url: redis!.url } }),
+      () => ({ tracker: 'ip' as const, store: 'redis' as const, redis: { url: redis!.url, commandTimeoutMs: 2000 } }),
     ],
   ])('two named limits on one handler, %s', (_name, options) => {
     beforeAll(async () => {
