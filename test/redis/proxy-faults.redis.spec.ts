@@ -147,6 +147,7 @@ describe('Redis behind a faulty network (TCP proxy): slow, blackholed, reset', (
     const bucket = tokenBucketSpec('global', 'g', 50, 0.001);
     const log = windowSpec('expensive', 'x', 'sliding-log', 50, 60_000);
     const results: Record<string, string> = {};
+    const late: Record<string, number> = {};
     for (const spec of [bucket, log]) {
       const plans = stores.map((store) => planOf(store, `${name}-${spec.suffix}`, [spec]));
       // Waves of 64 in flight (F-17's load), spread over the four instances.
@@ -157,29 +158,42 @@ describe('Redis behind a faulty network (TCP proxy): slow, blackholed, reset', (
         );
       }
       const outcomes = waves.flat();
-      expect(outcomes.filter((outcome) => outcome.result === 'allowed')).toHaveLength(50);
-      expect(outcomes.filter((outcome) => outcome.result === 'refused')).toHaveLength(3 * 64 - 50);
+      const allowed = outcomes.filter((outcome) => outcome.result === 'allowed').length;
+      const unavailable = outcomes.filter((outcome) => outcome.result === 'unavailable').length;
+      // Never more than the limit, and exactly the limit when Redis answered every call in
+      // time. A reply later than the deadline (redis-server or this process held up on a
+      // loaded machine) is the fail mode's: what Redis admitted then is among those.
+      expect(outcomes.filter((outcome) => outcome.result === 'other-error')).toEqual([]);
+      expect(allowed).toBeLessThanOrEqual(50);
+      expect(allowed + unavailable).toBeGreaterThanOrEqual(50);
+      if (unavailable === 0) expect(allowed).toBe(50);
+      else console.log(`${spec.algorithm}: ${unavailable} of 192 past the 50 ms deadline`);
+      late[spec.algorithm] = unavailable;
       // The first wave all went to Redis and took the added round trip, within the deadline
       // (or it would have failed); the block cache answered most of the later ones.
       expect(Math.min(...latencies(waves[0]!))).toBeGreaterThanOrEqual(9);
       results[spec.algorithm] = figure(waves[0]!);
     }
-    expect(await logSize(admin, stores[0]!.key(`${name}-x`, 'x'))).toBe(50);
+    const logged = await logSize(admin, stores[0]!.key(`${name}-x`, 'x'));
+    if (late['sliding-log'] === 0) expect(logged).toBe(50);
+    else expect(logged).toBeLessThanOrEqual(50);
     console.log(
       `proxy latency 10 ms, 3 waves of 64 concurrent on one key via 4 instances: 50 of 192 admitted; first wave: ` +
         `token bucket ${results['token-bucket']}; sliding log ${results['sliding-log']}`,
     );
   });
 
-  it('latency 80 ms (above the deadline): decisions fail within it, the breaker opens, nothing is retried or refunded', async () => {
+  it('latency 400 ms (above the deadline): decisions fail within it, the breaker opens, nothing is retried or refunded', async () => {
     const name = `ip:slow-${++tracker}`;
     const plans = stores.map((store) => planOf(store, name, [counting]));
-    // Admitted via Redis first (10 ms), then the same key behind 80 ms, then 10/80 ms alternating.
+    // Admitted via Redis first (10 ms), then the same key behind 400 ms, then 10/80 ms
+    // alternating. 400, not just above the deadline: a deadline timer run late by a stall of
+    // this process gives its call one more deadline, which an 80 ms reply could then meet.
     proxy.latency(10);
     const before = await Promise.all(
       Array.from({ length: 40 }, (_, i) => decide(i % INSTANCES, plans[i % INSTANCES]!)),
     );
-    proxy.latency(80);
+    proxy.latency(400);
     const slow: Outcome[] = [];
     const start = performance.now();
     while (performance.now() - start < 400) {
@@ -210,7 +224,7 @@ describe('Redis behind a faulty network (TCP proxy): slow, blackholed, reset', (
     const admittedViaRedis = all.filter((outcome) => outcome.result === 'allowed').length;
     const count = await logSize(admin, stores[0]!.key(name, counting.suffix));
     console.log(
-      `proxy latency 80 ms: ${slow.length} decisions, all failed (${waited.length} waited for the deadline, ${figure(waited)}); ` +
+      `proxy latency 400 ms: ${slow.length} decisions, all failed (${waited.length} waited for the deadline, ${figure(waited)}); ` +
         `then 10/80 ms alternating: ${mixed.filter((o) => o.result === 'allowed').length} of ${mixed.length} admitted via Redis; ` +
         `Redis count ${count} = scripts sent ${sent} >= admitted via Redis ${admittedViaRedis}`,
     );
