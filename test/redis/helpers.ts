@@ -1,7 +1,5 @@
 /** Small helpers shared by the Redis store tests. */
-import { afterAll, beforeEach, expect } from '@jest/globals';
 import { Redis, type Cluster } from 'ioredis';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { RedisRateLimitStore, type RedisStoreOptions } from '../../lib/storage/redis/index.js';
 import { trackerHashOf } from '../../lib/storage/redis/redis-keys.js';
 
@@ -160,33 +158,6 @@ export async function logSize(client: Redis, key: string): Promise<number> {
 }
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-/**
- * The longest this process's event loop was held up during each test (a GC pause, the
- * process descheduled on a loaded machine). A decision's latency measured here includes such
- * a stall: the reply waited to be read, or the deadline's timer to run (the store then gives
- * the call one more deadline). Call at the top of a describe: each test starts a new count.
- */
-export function watchStalls(): { longestMs(): number } {
-  const histogram = monitorEventLoopDelay({ resolution: 10 });
-  histogram.enable();
-  beforeEach(() => {
-    histogram.reset();
-  });
-  afterAll(() => {
-    histogram.disable();
-  });
-  return { longestMs: () => histogram.max / 1e6 };
-}
-
-/**
- * Every latency within `boundMs`, plus the longest stall of this process's event loop in the
- * test (at most 2 s of it: a decision held longer fails whatever the cause).
- */
-export function expectSettledWithin(latencies: readonly number[], boundMs: number, stalls: { longestMs(): number }) {
-  const allowance = Math.min(stalls.longestMs(), 2000);
-  expect(Math.max(...latencies)).toBeLessThanOrEqual(boundMs + allowance);
-}
 
 /** The p-th percentile (0-100) of a list of numbers. */
 export function percentile(values: readonly number[], p: number): number {

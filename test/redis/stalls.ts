@@ -1,0 +1,37 @@
+/** Latency bounds for the Redis fault tests that allow for stalls of the test process itself. */
+import { afterAll, beforeEach, expect } from '@jest/globals';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+
+/**
+ * The longest this process's event loop was held up during each test (a GC pause, the
+ * process descheduled on a loaded machine). A decision's latency measured here includes such
+ * a stall: the reply waited to be read, or the deadline's timer to run (the store then gives
+ * the call one more deadline). Call at the top of a describe: each test starts a new count.
+ */
+export function watchStalls(): { longestMs(): number } {
+  const histogram = monitorEventLoopDelay({ resolution: 10 });
+  histogram.enable();
+  beforeEach(() => {
+    histogram.reset();
+  });
+  afterAll(() => {
+    histogram.disable();
+  });
+  return { longestMs: () => histogram.max / 1e6 };
+}
+
+/** How long a decision may take to settle under a store fault: slop over the 50 ms deadline on a loaded 2-core machine. */
+export const SETTLE_BOUND_MS = 250;
+
+/**
+ * Every latency within `boundMs`, plus the longest stall of this process's event loop in the
+ * test (at most 2 s of it: a decision held longer fails whatever the cause).
+ */
+export function expectSettledWithin(
+  latencies: readonly number[],
+  stalls: { longestMs(): number },
+  boundMs = SETTLE_BOUND_MS,
+) {
+  const allowance = Math.min(stalls.longestMs(), 2000);
+  expect(Math.max(...latencies)).toBeLessThanOrEqual(boundMs + allowance);
+}
