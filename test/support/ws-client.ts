@@ -133,3 +133,17 @@ export class TestClient {
 
 /** Resolves after `ms` milliseconds. */
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Waits until `reached()` holds (at most `timeoutMs`), then `restMs` more, so that what must
+ * not happen has had time to. A fixed sleep instead fails when a loaded machine is slow to
+ * deliver what must happen.
+ */
+export async function settle(reached: () => boolean, restMs = 100, timeoutMs = 10_000): Promise<void> {
+  const start = performance.now();
+  while (!reached()) {
+    if (performance.now() - start > timeoutMs) throw new Error(`not reached within ${timeoutMs} ms`);
+    await sleep(5);
+  }
+  await sleep(restMs);
+}

@@ -2,7 +2,7 @@ import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
 import { HOLD_LIMIT } from '../../../lib/connection/frame-hold.js';
 import { WsRateLimitAdapter, WsRateLimitModule } from '../../../lib/index.js';
 import { startApp, type RunningApp } from '../../support/app.js';
-import { sleep, TestClient } from '../../support/ws-client.js';
+import { settle, TestClient } from '../../support/ws-client.js';
 import { gate, GatedGateway, GatedGuard } from './hold.gateway.js';
 
 /**
@@ -45,7 +45,7 @@ describe('frames held while a decision waits', () => {
     await start();
     const client = await connect();
     burst(client, 5);
-    await sleep(200);
+    await settle(() => gate.calls >= 1);
     // Without holding, NestJS set up all five and the guard was asked five times.
     expect(gate.calls).toBe(1);
     expect(gate.handled).toEqual([]);
@@ -60,10 +60,10 @@ describe('frames held while a decision waits', () => {
     await start();
     const waiting = await connect();
     waiting.send('chat', 'a');
-    await sleep(100);
+    await settle(() => gate.calls >= 1);
     const other = await connect();
     other.send('chat', 'b');
-    await sleep(100);
+    await settle(() => gate.calls >= 2);
     // Both decisions wait on the gate; each connection holds only its own later frames.
     expect(gate.calls).toBe(2);
     gate.open();
@@ -76,7 +76,7 @@ describe('frames held while a decision waits', () => {
     const client = await connect();
     const count = HOLD_LIMIT + 40;
     burst(client, count);
-    await sleep(300);
+    await settle(() => gate.calls >= 1 + HOLD_LIMIT);
     // The first frame, then the HOLD_LIMIT released side by side; the rest are held again.
     expect(gate.calls).toBe(1 + HOLD_LIMIT);
     gate.open();

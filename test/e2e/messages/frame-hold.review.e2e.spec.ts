@@ -6,7 +6,7 @@ import { WsRateLimitIoAdapter } from '../../../lib/socket-io.js';
 import { startApp, type RunningApp } from '../../support/app.js';
 import { startRedis, type RedisServer } from '../../support/redis-server.js';
 import { connectIo, ENGINE_TRANSPORTS, IoTestClient, waitFor } from '../../support/io-client.js';
-import { sleep, TestClient, type Frame } from '../../support/ws-client.js';
+import { settle, sleep, TestClient, type Frame } from '../../support/ws-client.js';
 import {
   OtherNamespaceGateway,
   SamePathGateway,
@@ -93,7 +93,7 @@ describe('frame hold review, WsRateLimitAdapter', () => {
     const client = await connect();
     script.modes = ['gate', 'throw', 'gate', 'reject', 'gate'];
     burst(client, times(6, 'chat'));
-    await sleep(150);
+    await settle(() => script.calls >= 1);
     expect(script.calls).toBe(1);
     script.open();
     const acks = await client.waitForEvent('ack', 4);
@@ -108,7 +108,7 @@ describe('frame hold review, WsRateLimitAdapter', () => {
     const client = await connect();
     script.mode = 'gate';
     burst(client, times(8, 'presence'));
-    await sleep(150);
+    await settle(() => script.calls >= 1);
     expect(script.calls).toBe(1);
     script.open();
     expect((await client.waitClose()).code).toBe(1008);
@@ -122,7 +122,7 @@ describe('frame hold review, WsRateLimitAdapter', () => {
     const client = await connect();
     script.mode = 'gate';
     burst(client, times(6, 'presence'));
-    await sleep(150);
+    await settle(() => script.calls >= 1);
     expect(script.calls).toBe(1);
     script.open();
     const replies = await client.waitForEvent('presence_ack', 6);
@@ -136,7 +136,7 @@ describe('frame hold review, WsRateLimitAdapter', () => {
     const client = await connect();
     script.mode = 'gate';
     burst(client, [['chat', 0], 'not json', ['nosuch', 1], ['chat', 1], ['presence', 0], ['presence', 1], ['chat', 2]]);
-    await sleep(150);
+    await settle(() => script.calls >= 1);
     expect(script.calls).toBe(1);
     script.open();
     await client.waitForEvent('ack', 3);
@@ -187,12 +187,12 @@ describe('frame hold review, WsRateLimitAdapter', () => {
     const client = await connect();
     script.mode = 'gate';
     burst(client, times(5, 'chat'));
-    await sleep(150);
+    await settle(() => script.calls >= 1);
     expect(script.calls).toBe(1);
     await client.close();
     script.open();
     await waitFor(() => script.handled.length > 0, 2000, 'the first chat');
-    await sleep(200);
+    await settle(() => script.state!.waiting === 0 && script.state!.hold!.size === 0, 0, 5000);
     expect({ waiting: script.state!.waiting, held: script.state!.hold!.size }).toEqual({ waiting: 0, held: 0 });
   });
 });
@@ -230,7 +230,7 @@ describe.each(ENGINE_TRANSPORTS)('frame hold review, WsRateLimitIoAdapter over %
     client.socket.emit('chat', { n: 2, stall: true });
     client.socket.emit('chat', { n: 3 });
     client.socket.emit('chat', { n: 4 });
-    await sleep(150);
+    await settle(() => script.calls >= 1);
     expect(script.calls).toBe(1);
     script.open();
     await client.until(() => client.of('ack').length === 3);
@@ -322,7 +322,7 @@ describe('frame hold review, WsRateLimitIoAdapter, events in one read', () => {
       client,
       [0, 1, 2, 3].map((i): [string, unknown] => ['chat', i]),
     );
-    await sleep(150);
+    await settle(() => script.calls >= 1);
     expect(script.calls).toBe(1);
     script.open();
     await waitFor(() => received(client).length === 4, 3000, 'four acks');

@@ -4,7 +4,7 @@ import { WsRateLimitModule } from '../../../lib/index.js';
 import { WsRateLimitIoAdapter } from '../../../lib/socket-io.js';
 import { startApp, type RunningApp } from '../../support/app.js';
 import { connectIo, ENGINE_TRANSPORTS, IoTestClient } from '../../support/io-client.js';
-import { sleep } from '../../support/ws-client.js';
+import { settle } from '../../support/ws-client.js';
 import { gate, GatedGateway, GatedGuard } from '../messages/hold.gateway.js';
 
 /** `WsRateLimitIoAdapter` holds a socket's later events while its decision waits, as the ws adapter does. */
@@ -39,7 +39,7 @@ describe.each(ENGINE_TRANSPORTS)('events held while a decision waits, socket.io 
     await start();
     const client = await connect();
     for (let i = 0; i < 5; i++) client.socket.emit('chat', i);
-    await sleep(300);
+    await settle(() => gate.calls >= 1, 300);
     // Without holding, each event was dispatched and the guard asked five times.
     expect(gate.calls).toBe(1);
     gate.open();
@@ -53,7 +53,7 @@ describe.each(ENGINE_TRANSPORTS)('events held while a decision waits, socket.io 
     const client = await connect();
     const count = HOLD_LIMIT + 40;
     for (let i = 0; i < count; i++) client.socket.emit('chat', i);
-    await sleep(300);
+    await settle(() => gate.calls > 1, 300);
     expect(gate.calls).toBeGreaterThan(1);
     expect(gate.calls).toBeLessThanOrEqual(1 + HOLD_LIMIT);
     gate.open();
