@@ -75,7 +75,7 @@ describe('Sentinel: failover under traffic', () => {
     );
     expect(Number.isFinite(backAt)).toBe(true);
     expect(outcomes.filter((outcome) => outcome.result === 'other')).toEqual([]);
-    expectSettledWithin(latencies, stalls);
+    expectSettledWithin(outcomes, stalls);
     const master = (await rawCommand(setup.sentinel.port, [
       'SENTINEL',
       'GET-MASTER-ADDR-BY-NAME',

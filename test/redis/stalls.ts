@@ -23,18 +23,21 @@ export function watchStalls(): { longestMs(): number } {
   return { longestMs: () => Math.max(0, histogram.max / 1e6 - RESOLUTION_MS) };
 }
 
-/** How long a decision may take to settle under a store fault: slop over the 50 ms deadline on a loaded 2-core machine. */
+/**
+ * How long a decision may take to settle under a store fault: slop over the 50 ms deadline
+ * on a loaded 2-core machine.
+ */
 export const SETTLE_BOUND_MS = 250;
 
 /**
- * Every latency within `boundMs`, plus the longest stall of this process's event loop in the
- * test (at most 2 s of it: a decision held longer fails whatever the cause).
+ * Every outcome's latency within `boundMs`, plus the longest stall of this process's event
+ * loop in the test (at most 2 s of it: a decision held longer fails whatever the cause).
  */
 export function expectSettledWithin(
-  latencies: readonly number[],
+  outcomes: readonly { readonly latency: number }[],
   stalls: { longestMs(): number },
   boundMs = SETTLE_BOUND_MS,
 ) {
   const allowance = Math.min(stalls.longestMs(), 2000);
-  expect(Math.max(...latencies)).toBeLessThanOrEqual(boundMs + allowance);
+  expect(Math.max(...outcomes.map((outcome) => outcome.latency))).toBeLessThanOrEqual(boundMs + allowance);
 }
