@@ -266,8 +266,12 @@ describe('RateLimitedClient against the sample: a burst that ends in a close 100
       await until(() => seen.reconnects.length === 1, 'the close 1008', 10_000);
       expect(seen.reconnects[0].event.code).toBe(1008);
       await until(() => seen.welcomes === 2 && seen.client.queued === 0, 'the reconnect and an empty queue', 20_000);
-      // Time for the last re-sent chats, and any duplicate, to reach the room.
-      await sleep(500);
+      // The last re-sent chats reach the room: as many as the server processed; then time for
+      // any duplicate to arrive too.
+      const processedChats = () =>
+        decisions(sample!).filter(({ event }) => event.allowed && event.type === 'chat').length;
+      await until(() => listener.events('chat').length >= processedChats(), 'the processed chats in the room', 10_000);
+      await sleep(300);
 
       const room = listener.events('chat').map((frame) => frame.data.content as string);
       const reported = seen.undelivered.flatMap((report) => report.messages.map(contentOf));
@@ -278,7 +282,7 @@ describe('RateLimitedClient against the sample: a burst that ends in a close 100
       expect(contents.filter((content) => !room.includes(content) && !reported.includes(content))).toEqual([]);
       expect(dropped).toEqual([]);
       // The server processed what reached the room; the rest was reported.
-      const processed = decisions(sample).filter(({ event }) => event.allowed && event.type === 'chat').length;
+      const processed = processedChats();
       expect(processed).toBe(room.length);
       expect(processed + reported.length).toBeGreaterThanOrEqual(contents.length);
       expect(seen.undelivered.map((report) => [report.reason, report.code])).toContainEqual(['closed', 1008]);

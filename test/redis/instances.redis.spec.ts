@@ -112,7 +112,9 @@ describe('app instances in separate processes sharing one Redis', () => {
         held = await heldLeaseUnits(redis);
       }
       expect(held).toBe(0);
-      expect(performance.now() - closedAt).toBeLessThan(1_000 + 500);
+      // Given back by the closes (four child apps, a Redis call each), long before the 30 s
+      // lease TTL would: 3 s is slack for a loaded machine, not a figure.
+      expect(performance.now() - closedAt).toBeLessThan(3_000);
     });
   });
 
