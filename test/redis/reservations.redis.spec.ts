@@ -7,6 +7,7 @@ import { WsRateLimitConfigError } from '../../lib/exceptions/ws-rate-limit-confi
 import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
 import type { RedisStoreOptions } from '../../lib/storage/redis/redis-store.options.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
+import { RefillClock } from '../support/refill.js';
 import { startTcpProxy } from '../support/tcp-proxy.js';
 import { watchStalls } from './stalls.js';
 import {
@@ -226,7 +227,7 @@ describe('token reservations (C-34)', () => {
       const other = await makeStore();
       const plan = planOf(store, `ip:closing-mid-${trial}`, [spec]);
       let spent = 0;
-      const began = performance.now();
+      const clock = new RefillClock();
       // Sequential decisions: batches of 2, 4 and 8 with the next one asked for ahead; the
       // close comes in the same tick as a decision, with a reserving call often in flight.
       for (let i = 0; i < 10 + trial; i++) if ((await store.consume(plan)).allowed) spent++;
@@ -241,7 +242,7 @@ describe('token reservations (C-34)', () => {
       const [back] = await other.peek(planOf(other, `ip:closing-mid-${trial}`, [spec]));
       expect(back!.remaining).toBeGreaterThanOrEqual(100 - spent);
       // Plus what the 10-a-second refill gave since the first decision (one on an idle machine).
-      const refilled = Math.floor(((performance.now() - began) * 10) / 1000) + 1;
+      const refilled = clock.gained(10) + 1;
       expect(back!.remaining).toBeLessThanOrEqual(100 - spent + refilled);
     }
   });
@@ -255,21 +256,21 @@ describe('token reservations (C-34)', () => {
     for (let trial = 0; trial < 10 && telling < 3; trial++) {
       const plan = planOf(store, `ip:late-${trial}`, [spec]);
       // Batches of 1, 2, 4 and 6: the last leaves 5 slots held, due within 50 ms.
-      const first = performance.now();
+      const sinceFirst = new RefillClock();
       for (let i = 0; i < 8; i++) expect((await store.consume(plan)).allowed).toBe(true);
       const [held] = await store.peek(plan);
       // 20 - 8 spent - 5 held, plus what refilled since the first decision (one token in
       // 10 ms). A run slow enough to refill what is held tells nothing: the next trial.
-      const refilledHeld = Math.floor(((performance.now() - first) * 100) / 1000) + 1;
+      const refilledHeld = sinceFirst.gained(100) + 1;
       if (refilledHeld >= 5) continue;
       expect(held!.remaining).toBeLessThanOrEqual(20 - 8 - 5 + refilledHeld);
       // The bucket refills meanwhile; the held slots' times pass.
       await sleep(300);
-      const began = performance.now();
+      const clock = new RefillClock();
       const burst = await Promise.all(Array.from({ length: 60 }, () => store.consume(plan)));
       // A full bucket admits 20, plus what refills during the burst; spending the 5 stale
       // slots on top would make it 25.
-      const refilled = Math.floor(((performance.now() - began) * 100) / 1000) + 1;
+      const refilled = clock.gained(100) + 1;
       expect(burst.filter((decision) => decision.allowed).length).toBeLessThanOrEqual(20 + refilled);
       // A burst slowed down by a busy machine refills as much as the stale slots: it tells nothing.
       if (refilled < 5) telling++;
@@ -401,7 +402,7 @@ describe('token reservations (C-34)', () => {
     const spec = tokenBucketSpec('global', 'g', 100, 10);
     const plan = planOf(store, 'ip:closing', [spec]);
     let spent = 0;
-    const began = performance.now();
+    const clock = new RefillClock();
     for (let i = 0; i < 12; i++) if ((await store.consume(plan)).allowed) spent++;
     const otherPlan = planOf(other, 'ip:closing', [spec]);
     const [held] = await other.peek(otherPlan);
@@ -410,7 +411,7 @@ describe('token reservations (C-34)', () => {
     const [back] = await other.peek(otherPlan);
     expect(back!.remaining).toBeGreaterThanOrEqual(100 - spent);
     // Plus what the 10-a-second refill gave since the first decision (one on an idle machine).
-    const refilled = Math.floor(((performance.now() - began) * 10) / 1000) + 1;
+    const refilled = clock.gained(10) + 1;
     expect(back!.remaining).toBeLessThanOrEqual(100 - spent + refilled);
   });
 
@@ -461,13 +462,13 @@ describe('token reservations (C-34)', () => {
       // When it settles, the first waiter spends slot 1 and asks the next batch (16) in the background.
       expect((await first).allowed).toBe(true);
       // The keys are reset while that background call is in flight; the next decision opens a new entry.
-      const began = performance.now();
+      const clock = new RefillClock();
       const reset = store.delete(plan.tiers.map((tier) => tier.key));
       const next = store.consume(plan);
       await reset;
       const afterReset: RateLimitDecision[] = [await next, ...(await waiters).slice(1)];
       afterReset.push(...(await Promise.all(Array.from({ length: 60 }, () => store.consume(plan)))));
-      const refilled = Math.floor((performance.now() - began) / 1000) + 1;
+      const refilled = clock.gained(1) + 1;
       // A bucket reset to full admits its capacity (plus its refill); the background batch's 16
       // slots were taken before the reset and belong to the bucket as it was.
       expect(allowed(afterReset)).toBeLessThanOrEqual(capacity + refilled);
