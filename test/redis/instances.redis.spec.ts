@@ -8,7 +8,9 @@ import { sleep } from './helpers.js';
 
 /**
  * Several app instances, each in its own process with its own (skewed) clock, sharing one
- * Redis: the shared limits must hold exactly as if there were one instance.
+ * Redis: the shared limits must hold exactly as if there were one instance (C-28 of
+ * ../shared/RELIABILITY.md: no over-admission across instances whatever their clocks, since
+ * shared time comes from Redis's TIME).
  */
 describe('app instances in separate processes sharing one Redis', () => {
   let redis: RedisServer;

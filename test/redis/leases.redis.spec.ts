@@ -7,7 +7,12 @@ import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
 import { adminClient, closeClient, expectBoundedTtls, ready, sleep, storeClient } from './helpers.js';
 
-const LEASE_TTL_MS = 600; // refreshed every 200 ms
+/**
+ * Refreshed every 500 ms (a third of it): a live store's leases survive this process
+ * stalling for up to about a second (a shorter TTL made a stall on a loaded machine expire
+ * them, and the test read a live instance's slots as free).
+ */
+const LEASE_TTL_MS = 1500;
 const specs = [tokenBucketSpec('connection', 'cr', 1000, 1000), concurrencySpec('concurrency', 'cc', 4)];
 
 /**
