@@ -14,13 +14,14 @@
  */
 
 /** Effects replication on Redis 5 and 6, and `NEG`: what every script starts with. */
+export const NEG_LUA = `
+local NEG = -math.huge
+`;
 export const PRELUDE_LUA = `
 -- Redis 5 and 6 replicate scripts verbatim unless told otherwise, and refuse writes after
 -- TIME; effects replication makes TIME safe (Redis 7 always replicates effects).
 if redis.replicate_commands then redis.replicate_commands() end
-
-local NEG = -math.huge
-`;
+${NEG_LUA}`;
 
 /** `fmt`: a number as text that reads back to the same double (sorted-set scores, replies, the clock). */
 const FMT_FN = "function(x) return string.format('%.17g', x) end";
@@ -253,7 +254,8 @@ const LOG_FIELD_MAX = 64;
  * 'L' and its live timestamps (ms) packed as little-endian doubles, oldest first, at most
  * `LOG_FIELD_MAX` of them; or 'Z' when the log lives in the sorted set at its tier key (one
  * member per event, score = time), where it moves once it has more live entries than that,
- * and stays while the field lives.
+ * and stays while the field lives. The scripts write 'L' as the byte 76 of the same
+ * `struct.pack` (one string, not two concatenated).
  */
 const LOG_READ_FN = `
 -- Reads a log at its field value v (and its key, in sorted-set mode): the timestamp that must
@@ -306,7 +308,7 @@ function(ts, full, key, limit, cost, now, w, nonce)
   if ts ~= nil then
     local edge = now - w
     -- One event and nothing live (or an empty log): the field holds just this event.
-    if cost == 1 and (#ts == 0 or ts[#ts] <= edge) then return 'L' .. struct.pack('<d', now) end
+    if cost == 1 and (#ts == 0 or ts[#ts] <= edge) then return struct.pack('<Bd', 76, now) end
     local keep, m = {}, 0
     for j = 1, #ts do
       if ts[j] > edge then
@@ -324,7 +326,7 @@ function(ts, full, key, limit, cost, now, w, nonce)
     local first = 1
     if m > limit then first = m - limit + 1 end
     if m - first + 1 <= ${LOG_FIELD_MAX} then
-      return 'L' .. struct.pack('<' .. string.rep('d', m - first + 1), unpack(keep, first, m))
+      return struct.pack('<B' .. string.rep('d', m - first + 1), 76, unpack(keep, first, m))
     end
     -- More live entries than a field holds: the log moves to the sorted set at its key.
     redis.call('DEL', key)

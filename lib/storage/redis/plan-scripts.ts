@@ -39,6 +39,7 @@ import {
   LOG_FIELD_LAZY_LUA,
   LOG_LIVE_LUA,
   LOG_WAIT_LUA,
+  NEG_LUA,
   PRELUDE_LUA,
   WRITE_TRACKER_STATEMENTS,
 } from './lua-helpers.js';
@@ -290,7 +291,9 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean, nam
   });
   const mode = named === undefined ? 'fieldTtls' : String(named.mode);
   // fmt for the clock key; logs declare it with their functions, made on first need.
-  const out: string[] = [PRELUDE_LUA];
+  // A server with hash-field TTLs (7.4 and later) always replicates effects: the prelude's
+  // call asking Redis 5 and 6 for it is left out there.
+  const out: string[] = [named !== undefined && named.mode > 0 ? NEG_LUA : PRELUDE_LUA];
   if (appClock) out.push(FMT_LUA);
   if (hasLogs) out.push(appClock ? 'local logRead, logWrite' : 'local fmt, logRead, logWrite');
   if (hasCounters) out.push(COUNTER_LUA);
@@ -558,7 +561,8 @@ function writeOf(tier: TierCode, appClock: boolean, nonce: string): string {
         // logWrite's first case: one event and nothing live (or an empty log) in the field.
         lines.push(
           `if m${s} >= 0 and (m${s} == 0 or struct.unpack('<d', raw${s}, #raw${s} - 7) <= now - ${w}) then`,
-          `val${i} = 'L' .. struct.pack('<d', now)`,
+          // 'L' and the double in one string (76 is 'L'): no second string to concatenate.
+          `val${i} = struct.pack('<Bd', 76, now)`,
           'else',
           write,
           'end',
