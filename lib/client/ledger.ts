@@ -1,8 +1,12 @@
 import type { OutboxEntry } from './outbox.js';
 import type { MessageId } from './types.js';
 
-/** Sent messages per connection whose ids a frame can still name (the most recent ones). */
-const MAX_TRACKED_IDS = 1024;
+/**
+ * Answered or presumed-accepted messages per connection whose ids a late frame can still
+ * name (the most recent ones). Unconfirmed messages are never forgotten this way: a frame
+ * naming one always finds it, however many are in flight.
+ */
+const MAX_CONFIRMED_IDS = 1024;
 
 /** Answers to messages of one event that could not be matched to a message yet. */
 interface Doubt {
@@ -55,26 +59,32 @@ const NOTHING: Settled = { refused: [] };
 export class Ledger {
   /** Sent messages whose fate is unknown, in send order. */
   private unconfirmed: OutboxEntry[] = [];
-  /** Messages written to the current socket by id, oldest first (bounded): frames may name them. */
-  private readonly sentById = new Map<MessageId, OutboxEntry>();
+  /** Unconfirmed messages by id: frames may name them. */
+  private readonly pendingById = new Map<MessageId, OutboxEntry>();
+  /**
+   * Messages confirmed (answered, presumed accepted, or reported ambiguous) by id, oldest
+   * first, at most `MAX_CONFIRMED_IDS`: a late frame may still name them.
+   */
+  private readonly confirmedById = new Map<MessageId, OutboxEntry>();
+  /** Events of the messages sent on this connection. */
+  private readonly events = new Set<string>();
   /** Unattributed answers, per event ('' for frames naming no event). */
   private readonly doubts = new Map<string, Doubt>();
 
   /** Books a message just written to the socket. */
   record(entry: OutboxEntry): void {
     this.unconfirmed.push(entry);
-    if (entry.id !== undefined) {
-      this.sentById.set(entry.id, entry);
-      if (this.sentById.size > MAX_TRACKED_IDS) this.sentById.delete(this.sentById.keys().next().value as MessageId);
-    }
+    this.events.add(entry.event);
+    if (entry.id !== undefined) this.pendingById.set(entry.id, entry);
   }
 
   /** Removes and returns the message sent on this connection with this id, confirmed or not. */
   takeById(id: MessageId): OutboxEntry | undefined {
-    const entry = this.sentById.get(id);
+    const entry = this.pendingById.get(id) ?? this.confirmedById.get(id);
     if (!entry) return undefined;
-    this.sentById.delete(id);
-    this.remove(entry);
+    this.forgetId(entry);
+    const index = this.unconfirmed.indexOf(entry);
+    if (index >= 0) this.unconfirmed.splice(index, 1);
     return entry;
   }
 
@@ -101,7 +111,10 @@ export class Ledger {
     let key = messageType ?? '';
     if (key !== '' && !this.doubts.has(key) && !this.unconfirmed.some((entry) => entry.event === key)) {
       // Nothing of that event is unconfirmed: it was presumed accepted; no one else is to blame.
-      return NOTHING;
+      if (this.events.has(key)) return NOTHING;
+      // A type no message of this connection had as its event: a limit type several events
+      // share (`@Throttle({ type })`), which names any of them.
+      key = '';
     }
     if (key === '' && this.doubts.size > 0) key = this.doubts.keys().next().value as string;
     const doubt = this.doubts.get(key);
@@ -129,7 +142,7 @@ export class Ledger {
       }
       expired++;
     }
-    this.unconfirmed.splice(0, expired);
+    this.confirmFirst(expired);
     return NOTHING;
   }
 
@@ -170,7 +183,9 @@ export class Ledger {
   /** Forgets everything. */
   clear(): void {
     this.unconfirmed = [];
-    this.sentById.clear();
+    this.pendingById.clear();
+    this.confirmedById.clear();
+    this.events.clear();
     this.doubts.clear();
   }
 
@@ -195,7 +210,7 @@ export class Ledger {
   private dropGroup(key: string, before: number): Settled {
     const doubt = this.doubts.get(key) as Doubt;
     this.doubts.delete(key);
-    this.unconfirmed.splice(0, before);
+    this.confirmFirst(before);
     const messages = this.candidates(key);
     for (const entry of messages) this.remove(entry);
     const refused = Math.min(doubt.refused, messages.length);
@@ -205,17 +220,38 @@ export class Ledger {
     };
   }
 
+  /** Refused: out of the list and of the ids (it is sent again, or dropped). */
   private forget(entry: OutboxEntry): void {
-    this.remove(entry);
     this.forgetId(entry);
+    this.remove(entry);
   }
 
   private forgetId(entry: OutboxEntry): void {
-    if (entry.id !== undefined && this.sentById.get(entry.id) === entry) this.sentById.delete(entry.id);
+    if (entry.id === undefined) return;
+    if (this.pendingById.get(entry.id) === entry) this.pendingById.delete(entry.id);
+    if (this.confirmedById.get(entry.id) === entry) this.confirmedById.delete(entry.id);
   }
 
+  /** Confirms an unconfirmed message: out of the list, its id kept for late frames. */
   private remove(entry: OutboxEntry): void {
     const index = this.unconfirmed.indexOf(entry);
-    if (index >= 0) this.unconfirmed.splice(index, 1);
+    if (index < 0) return;
+    this.unconfirmed.splice(index, 1);
+    this.keepId(entry);
+  }
+
+  /** Confirms the `count` oldest unconfirmed messages (see `remove`). */
+  private confirmFirst(count: number): void {
+    for (const entry of this.unconfirmed.splice(0, count)) this.keepId(entry);
+  }
+
+  /** Moves a confirmed message's id among the ones a late frame may still name. */
+  private keepId(entry: OutboxEntry): void {
+    if (entry.id === undefined || this.pendingById.get(entry.id) !== entry) return;
+    this.pendingById.delete(entry.id);
+    this.confirmedById.set(entry.id, entry);
+    if (this.confirmedById.size > MAX_CONFIRMED_IDS) {
+      this.confirmedById.delete(this.confirmedById.keys().next().value as MessageId);
+    }
   }
 }

@@ -18,6 +18,8 @@ export interface OutboxEntry {
   sentAt: number;
   /** The client's count of messages sent, this one included, when it was last written. */
   sendNo: number;
+  /** Times a frame refused it. */
+  refusals: number;
 }
 
 /** Result of {@link Outbox.push}. */

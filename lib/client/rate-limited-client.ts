@@ -27,6 +27,8 @@ import type {
 const OPEN = 1;
 /** `WebSocket.CLOSING`. */
 const CLOSING = 2;
+/** `WebSocket.CLOSED`. */
+const CLOSED = 3;
 /** Close code of a connection lost without a close frame (also: handshake failed). */
 const ABNORMAL_CLOSURE = 1006;
 /** Close code the server uses for rate-limit violations. */
@@ -78,6 +80,35 @@ function frameText(data: unknown): string | undefined {
 }
 
 /**
+ * How long a socket closed by `close()` may take over its closing handshake before it is
+ * terminated (where the implementation can, as `ws` in Node): `ws` itself would wait 30 s
+ * for a server that never answers the close frame, holding the process open meanwhile.
+ */
+const CLOSE_GRACE_MS = 2000;
+
+/** Shortest wait after a message's second refusal; it doubles with each further one (see `repeatFloorMs`). */
+const REPEAT_FLOOR_MS = 10;
+
+/**
+ * The least a message refused `refusals` times in all waits before it is sent again: none
+ * after its first refusal (the frame's `retryAfter` decides), then 10 ms doubling with each
+ * further one, up to `MAX_PACE_MS`. An honest server's `retryAfter` is longer; a server that
+ * keeps answering one near 0 would otherwise be sent the message again at once, in a loop.
+ */
+function repeatFloorMs(refusals: number): number {
+  return refusals < 2 ? 0 : Math.min(MAX_PACE_MS, REPEAT_FLOOR_MS * 2 ** (refusals - 2));
+}
+
+/** Terminates a closing socket still not closed after `CLOSE_GRACE_MS` (never keeps the process alive). */
+function endAfterGrace(socket: WebSocketLike): void {
+  if (typeof socket.terminate !== 'function') return;
+  const timer = setTimeout(() => {
+    if (socket.readyState !== CLOSED) socket.terminate?.();
+  }, CLOSE_GRACE_MS);
+  (timer as { unref?: () => void }).unref?.();
+}
+
+/**
  * A WebSocket client that understands the server's `rate_limit` frames: it queues while
  * rate-limited, releases the queue paced so as not to trip the limit again, and
  * reconnects politely.
@@ -126,7 +157,13 @@ function frameText(data: unknown): string | undefined {
  * (the server's refill rate per second), the model never holds more tokens than the server,
  * so the client causes no further rejection. A limit the model misjudges (a sliding window,
  * a slower refill) may reject a paced message once more: the interval then doubles, up to
- * 60 s. Limits declared in `limits` are modelled the same way from the start.
+ * 60 s. Limits declared in `limits` are modelled the same way from the start. A message
+ * refused again and again waits at least 10 ms after its second refusal, doubling with each
+ * further one up to 60 s (a server answering a `retryAfter` near 0 is not sent it in a loop).
+ *
+ * **Closing.** `close()` sends a close frame (a plain one when the code or reason cannot be
+ * sent) and terminates a socket that can be (`ws`) if its closing handshake has not ended
+ * 2 s later.
  *
  * **Reconnecting.** After a connection ends other than by `close()`, the client reconnects
  * after a full-jitter exponential back-off, random in [0, min(backoffCapMs,
@@ -250,8 +287,10 @@ export class RateLimitedClient {
     if (this.outbox.length === 0 && this.isOpen()) {
       const t = now();
       this.expireUnconfirmed(t);
-      if (this.waitMs(entry, t) === 0 && this.transmit(entry, t)) return true;
+      if (this.isOpen() && this.waitMs(entry, t) === 0 && this.transmit(entry, t)) return true;
     }
+    // A listener of what the lines above reported may have closed the client.
+    if (this.isClosed()) return false;
     const result = this.outbox.push(entry);
     if (result.dropped) this.drop(result.dropped, 'queue_full');
     if (!result.accepted) return false;
@@ -268,7 +307,7 @@ export class RateLimitedClient {
     const entry = this.createEntry(event, data, true);
     const t = now();
     this.expireUnconfirmed(t);
-    return this.transmit(entry, t);
+    return this.isOpen() && this.transmit(entry, t);
   }
 
   /**
@@ -287,8 +326,16 @@ export class RateLimitedClient {
         if (reason === undefined) socket.close(code);
         else socket.close(code, reason);
       } catch (error) {
+        // A code or reason the close frame cannot carry (a reason over 123 bytes): the
+        // connection still ends, with a plain close.
+        try {
+          socket.close();
+        } catch {
+          socket.terminate?.();
+        }
         this.emitter.emit('error', error);
       }
+      endAfterGrace(socket);
     }
   }
 
@@ -308,7 +355,13 @@ export class RateLimitedClient {
       priority,
       sentAt: Number.NaN,
       sendNo: 0,
+      refusals: 0,
     };
+  }
+
+  /** A method, not a field read: listeners called meanwhile may have changed the state. */
+  private isClosed(): boolean {
+    return this.currentState === 'closed';
   }
 
   private isOpen(): boolean {
@@ -323,6 +376,8 @@ export class RateLimitedClient {
 
   private openSocket(): void {
     this.setState('connecting');
+    // A listener of that state may have closed the client.
+    if (this.currentState !== 'connecting') return;
     let socket: WebSocketLike;
     try {
       socket = this.options.createSocket(this.url, this.options.protocols);
@@ -504,9 +559,17 @@ export class RateLimitedClient {
 
   private handleRateLimit(info: RateLimitInfo): void {
     const t = now();
+    const socket = this.socket;
     this.expireUnconfirmed(t);
+    // A listener of that report may have closed the client (or it reconnected).
+    if (this.socket !== socket) return;
     const settled = this.takeRejected(info);
     const refused = settled.refused;
+    let repeats = 0;
+    for (const entry of refused) repeats = Math.max(repeats, ++entry.refusals);
+    // How long nothing it blocks is sent: the frame's retryAfter, or longer for a message
+    // refused again and again (see `repeatFloorMs`).
+    const waitMs = Math.max(info.retryAfter, repeatFloorMs(repeats));
     // The newest refused message says whether the model had admitted it (see relearn).
     const rejected = refused.at(-1);
     if (!this.options.isAck) {
@@ -515,15 +578,15 @@ export class RateLimitedClient {
       const wanted = refused.length > 0 ? 2 * (t - refused[0].sentAt) : 2 * this.confirmMs;
       this.confirmMs = Math.min(cap, Math.max(this.confirmMs, wanted));
     }
-    const until = t + info.retryAfter;
+    const until = t + waitMs;
     const key = rejected?.event ?? info.messageType;
     if ((info.code === 'TYPE_LIMIT' || info.code === 'EXPENSIVE_LIMIT') && key !== undefined) {
       this.typeBlockedUntil.set(key, Math.max(this.typeBlockedUntil.get(key) ?? -Infinity, until));
-      this.typeBudgets.set(key, this.relearn(this.typeBudgets.get(key), info, rejected, t));
+      this.typeBudgets.set(key, this.relearn(this.typeBudgets.get(key), info, rejected, waitMs, t));
     } else {
       this.globalBlockedUntil = Math.max(this.globalBlockedUntil, until);
       if (info.code === 'GLOBAL_LIMIT') {
-        this.globalBudget = this.relearn(this.globalBudget, info, rejected, t);
+        this.globalBudget = this.relearn(this.globalBudget, info, rejected, waitMs, t);
       }
     }
     const messages = refused.map(outbound);
@@ -550,7 +613,13 @@ export class RateLimitedClient {
   }
 
   /** Rebuilds a bucket model from a frame (see the pacing rule on the class). */
-  private relearn(old: Budget | undefined, info: RateLimitInfo, rejected: OutboxEntry | undefined, t: number): Budget {
+  private relearn(
+    old: Budget | undefined,
+    info: RateLimitInfo,
+    rejected: OutboxEntry | undefined,
+    firstMs: number,
+    t: number,
+  ): Budget {
     let interval = Math.max(info.retryAfter, this.options.minPaceMs);
     if (old) {
       interval = Math.max(interval, old.intervalMs);
@@ -560,7 +629,7 @@ export class RateLimitedClient {
       }
     }
     const capacity = info.limit !== undefined && info.limit >= 1 ? Math.floor(info.limit) : (old?.capacity ?? 1);
-    return Budget.afterRejection(capacity, interval, info.retryAfter, t, this.sends);
+    return Budget.afterRejection(capacity, interval, firstMs, t, this.sends);
   }
 
   private expireUnconfirmed(t: number): void {
@@ -627,9 +696,11 @@ export class RateLimitedClient {
         wake = wait;
         break;
       }
-      if (!this.transmit(head, t)) break;
+      if (!this.isOpen() || !this.transmit(head, t)) break;
       this.outbox.shift();
     }
+    // A listener of what this pass reported (or of a send error) may have closed the client.
+    if (!this.isOpen()) return;
     const blockedFor = this.pruneBlocks(t);
     // A group in doubt is reported when it expires, whether or not anything else wakes the pump.
     wake = Math.min(wake, blockedFor, Math.max(0, this.ledger.doubtExpiry(this.confirmMs) - t));

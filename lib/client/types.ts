@@ -47,6 +47,12 @@ export interface WebSocketLike {
   send(data: string): void;
   /** Starts the closing handshake. */
   close(code?: number, reason?: string): void;
+  /**
+   * Ends the connection at once, without the closing handshake (optional: `ws` in Node has
+   * it, a browser's WebSocket does not). The client calls it on a socket whose closing
+   * handshake has not ended 2 s after `close()`, and when the close frame cannot be sent.
+   */
+  terminate?(): void;
   /** Called once the handshake has completed. */
   onopen: Handler<unknown> | null;
   /** Called for every frame received. */
@@ -301,8 +307,8 @@ export interface RateLimitedClientOptions {
    * `rate_limit` frame (and the `error` frame) that answers the message, so the client
    * knows exactly which message was refused, even when the frame comes late; frames
    * without an id fall back to the confirmation rules. The client remembers the ids of
-   * the last 1024 messages sent on the current connection. Turn it off for a server that
-   * refuses fields it does not know.
+   * every unconfirmed message of the current connection and of the last 1024 confirmed
+   * ones. Turn it off for a server that refuses fields it does not know.
    * @default true
    */
   messageIds?: boolean;
