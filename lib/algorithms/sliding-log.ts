@@ -17,8 +17,12 @@ export interface SlidingLogState {
   head: number;
   /** Entries held, at most `limit`. */
   count: number;
-  /** Events the window admits; the ring never grows past it. */
-  readonly limit: number;
+  /**
+   * Events the window admits; the ring never grows past it. Decisions may pass a limit of
+   * their own (a tier decided under another plan's figures): the ring then grows to the
+   * largest limit given to `logRecord`, and a decision compares with its own.
+   */
+  limit: number;
 }
 
 /** Slots of a new log's ring (or `limit`, if smaller). */
@@ -37,8 +41,8 @@ export function createSlidingLog(limit: number): SlidingLogState {
  * The timestamp that must have left the window before `cost` more events fit, or
  * `-Infinity` when they fit whatever the timestamps. `cost` must be at most the limit.
  */
-function blocker(log: SlidingLogState, cost: number): number {
-  return ringBlocker(log.ring, 0, log.ring.length, log.head, log.count, log.limit, cost);
+function blocker(log: SlidingLogState, cost: number, limit: number): number {
+  return ringBlocker(log.ring, 0, log.ring.length, log.head, log.count, limit, cost);
 }
 
 // The ring's arithmetic, shared by both forms of the log: the object above, and a log
@@ -88,16 +92,33 @@ function waitPast(oldest: number, now: number, windowMs: number): number {
   return wait;
 }
 
-/** True when `cost` more events fit in the window ending at `now` (never if cost > limit). */
-export function logAllows(log: SlidingLogState, now: number, windowMs: number, cost: number): boolean {
-  return cost <= log.limit && blocker(log, cost) <= now - windowMs;
+/**
+ * True when `cost` more events fit in the window ending at `now` (never if cost > limit);
+ * `limit` (whole) defaults to the log's own.
+ */
+export function logAllows(
+  log: SlidingLogState,
+  now: number,
+  windowMs: number,
+  cost: number,
+  limit = log.limit,
+): boolean {
+  return cost <= limit && blocker(log, cost, limit) <= now - windowMs;
 }
 
 /**
  * Records `cost` events at `now` (call only after `logAllows`). With `windowMs`, a full ring
- * first drops the entries that have left the window ending at `now` before it grows.
+ * first drops the entries that have left the window ending at `now` before it grows. A
+ * `limit` (whole) above the log's own raises it: the ring may then grow to it.
  */
-export function logRecord(log: SlidingLogState, now: number, cost: number, windowMs = Infinity): void {
+export function logRecord(
+  log: SlidingLogState,
+  now: number,
+  cost: number,
+  windowMs = Infinity,
+  limit = log.limit,
+): void {
+  if (limit > log.limit) log.limit = limit;
   for (let i = 0; i < cost; i++) {
     if (log.count === log.limit) {
       // Full at the limit: the oldest entry gives its slot.
@@ -136,9 +157,9 @@ function grow(log: SlidingLogState): void {
  * Whole ms until `cost` events fit, 0 if they fit now, `Infinity` if they never can;
  * waiting that long always suffices.
  */
-export function logWait(log: SlidingLogState, now: number, windowMs: number, cost: number): number {
-  if (cost > log.limit) return Infinity;
-  return waitPast(blocker(log, cost), now, windowMs);
+export function logWait(log: SlidingLogState, now: number, windowMs: number, cost: number, limit = log.limit): number {
+  if (cost > limit) return Infinity;
+  return waitPast(blocker(log, cost, limit), now, windowMs);
 }
 
 /** Events of the log still inside the window ending at `now` (a binary search: O(log limit)). */
@@ -149,7 +170,18 @@ export function logCount(log: SlidingLogState, now: number, windowMs: number): n
 /** Time at which every entry has left the window: from then on the log equals a fresh one. */
 export function logFreshAt(log: SlidingLogState, windowMs: number): number {
   if (log.count === 0) return -Infinity;
-  return log.ring[wrap(log.head + log.count - 1, log.ring.length)]! + windowMs;
+  return freshAfter(log.ring[wrap(log.head + log.count - 1, log.ring.length)]!, windowMs);
+}
+
+/**
+ * The first time from which an entry at `last` has left the window: `last + windowMs`, or
+ * just above it where that sum rounds below the time (the entry counts while
+ * `last > now - windowMs`, and `(last + windowMs) - windowMs` may round below `last`).
+ */
+function freshAfter(last: number, windowMs: number): number {
+  let fresh = last + windowMs;
+  while (fresh - windowMs < last) fresh += Math.max(Number.MIN_VALUE, Math.abs(fresh) * Number.EPSILON);
+  return fresh;
 }
 
 /** `index % size` for `0 <= index < 2 * size`, without a division. */
@@ -274,8 +306,9 @@ export function packedLogRecord(slab: Float64Array, at: number, now: number, win
   let head = slab[at]!;
   let count = slab[at + 1]!;
   for (let i = 0; i < cost; i++) {
-    if (count === limit) {
-      // Full at the limit (the ring is then `limit` slots): the oldest entry gives its slot.
+    if (count >= limit || count === size) {
+      // Full at the limit (or at the ring's size, which a log decided under a larger limit
+      // before may hold more entries than this one's): the oldest entry gives its slot.
       slab[base + head] = now;
       head = wrap(head + 1, size);
     } else {
@@ -293,6 +326,20 @@ export function packedLogWait(slab: Float64Array, at: number, now: number, windo
   return waitPast(packedBlocker(slab, at, window.limit, window.cost), now, window.windowMs);
 }
 
+/**
+ * The log packed at `at` as a `SlidingLogState` (its entries, oldest first) for a window of
+ * `limit` events (the larger of it and the entries held). The packed log is left as it was.
+ */
+export function unpackedLog(slab: Float64Array, at: number, limit: number): SlidingLogState {
+  const count = slab[at + 1]!;
+  const size = slab[at + 2]!;
+  const head = slab[at]!;
+  const whole = Math.max(Math.floor(limit), count);
+  const ring = new Float64Array(Math.max(count, Math.min(whole, LOG_INITIAL_SLOTS)));
+  for (let i = 0; i < count; i++) ring[i] = slab[at + PACKED_LOG_HEADER + wrap(head + i, size)]!;
+  return { ring, head: 0, count, limit: whole };
+}
+
 /** `logCount` of the log packed at `at`. */
 export function packedLogCount(slab: Float64Array, at: number, now: number, windowMs: number): number {
   return ringCountAfter(slab, at + PACKED_LOG_HEADER, slab[at + 2]!, slab[at]!, slab[at + 1]!, now - windowMs);
@@ -302,5 +349,5 @@ export function packedLogCount(slab: Float64Array, at: number, now: number, wind
 export function packedLogFreshAt(slab: Float64Array, at: number, windowMs: number): number {
   const count = slab[at + 1]!;
   if (count === 0) return -Infinity;
-  return slab[at + PACKED_LOG_HEADER + wrap(slab[at]! + count - 1, slab[at + 2]!)]! + windowMs;
+  return freshAfter(slab[at + PACKED_LOG_HEADER + wrap(slab[at]! + count - 1, slab[at + 2]!)]!, windowMs);
 }

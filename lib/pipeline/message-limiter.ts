@@ -162,7 +162,7 @@ export class MessageLimiter {
     }
     const suffixes = ['g', 'x', ...types];
     if (isLocal(tracker)) this.local.delete(suffixes.map((suffix) => this.local.key(tracker.key, suffix)));
-    else await this.shared.delete(suffixes.map((suffix) => this.store.key(tracker.key, suffix)));
+    else await this.shared.deleteTiers(tracker.key, suffixes);
   }
 
   /** Drops what a closed connection held: its connection-keyed keys and its plans. */

@@ -78,10 +78,14 @@ export class SharedStore {
     return this.localFallback().peek(plan);
   }
 
-  /** Forgets keys in the store and in the fallback. */
-  async delete(keys: readonly string[]): Promise<void> {
-    this.fallbackStore?.delete(keys);
-    await this.store.delete(keys);
+  /**
+   * Forgets a tracker's tiers (by suffix) in the store and in the fallback, each store
+   * naming them its own way (the Redis store's keys mean nothing to the memory fallback).
+   */
+  async deleteTiers(tracker: string, suffixes: readonly string[]): Promise<void> {
+    const fallback = this.fallbackStore;
+    fallback?.delete(suffixes.map((suffix) => fallback.key(tracker, suffix)));
+    await this.store.delete(suffixes.map((suffix) => this.store.key(tracker, suffix)));
   }
 
   async close(): Promise<void> {

@@ -50,7 +50,9 @@ export interface MemoryStoreOptions {
   /**
    * Most tier states held (one per tier a tracker has used: a tracker deciding a plan of
    * a global and a type bucket holds two). Past it, whole trackers are dropped: idle ones
-   * first, then the least recently used.
+   * first, then the least recently used. Idle trackers are looked for all at once, at most
+   * once per `maxKeys / 64` states added: in between, a tracker that fell idle since the
+   * last look may outlive a live one that was not used lately.
    * @default 100000
    */
   maxKeys?: number;
@@ -155,21 +157,29 @@ export class MemoryRateLimitStore extends RateLimitStore {
           }
           break;
         case AlgorithmKind.SlidingLog: {
-          const log = table.stateOf(slot);
+          const log = this.logState(slot, spec);
           if (
             typeof log === 'number'
               ? !packedLogAllows(table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec)
-              : !logAllows(log as SlidingLogState, now, spec.windowMs, spec.cost)
+              : log === undefined
+                ? spec.cost > spec.limit
+                : !logAllows(log, now, spec.windowMs, spec.cost, Math.floor(spec.limit))
           ) {
             return this.reject(plan, now, i);
           }
           break;
         }
-        case AlgorithmKind.SlidingCounter:
-          if (!counterAllows(table.stateOf(slot) as SlidingCounterState, now, spec.windowMs, spec.limit, spec.cost)) {
+        case AlgorithmKind.SlidingCounter: {
+          const counter = counterState(table.stateOf(slot));
+          if (
+            counter === undefined
+              ? spec.cost > spec.limit
+              : !counterAllows(counter, now, spec.windowMs, spec.limit, spec.cost)
+          ) {
             return this.reject(plan, now, i);
           }
           break;
+        }
         case AlgorithmKind.Concurrency:
           if (concurrencyHeld(table.stateOf(slot)) + spec.cost > spec.limit) return this.reject(plan, now, i);
           break;
@@ -198,11 +208,13 @@ export class MemoryRateLimitStore extends RateLimitStore {
           }
           break;
         case AlgorithmKind.SlidingLog: {
-          let state = table.stateOf(slot);
+          let state = this.logState(slot, spec);
           // A small log is packed in the table's slab: no object of its own. (`windowSpec`
           // makes a log's limit whole; a spec made by hand may not, and keeps the object.)
-          if (state === undefined && spec.limit <= PACKED_LOG_MAX_LIMIT && Number.isInteger(spec.limit)) {
-            state = table.packLog(slot, spec.limit);
+          if (state === undefined) {
+            state = packable(spec)
+              ? table.packLog(slot, spec.limit)
+              : table.replaceState(slot, createSlidingLog(spec.limit));
           }
           if (typeof state === 'number') {
             let at = state;
@@ -216,22 +228,19 @@ export class MemoryRateLimitStore extends RateLimitStore {
             freshAt[slot] = packedLogFreshAt(page, at & LOG_PAGE_MASK, spec.windowMs);
             break;
           }
-          const log = (state ?? table.setState(slot, createSlidingLog(spec.limit))) as SlidingLogState;
-          logRecord(log, now, spec.cost, spec.windowMs);
-          freshAt[slot] = logFreshAt(log, spec.windowMs);
+          logRecord(state, now, spec.cost, spec.windowMs, Math.floor(spec.limit));
+          freshAt[slot] = logFreshAt(state, spec.windowMs);
           break;
         }
         case AlgorithmKind.SlidingCounter: {
-          const counter = (table.stateOf(slot) ?? table.setState(slot, createSlidingCounter())) as SlidingCounterState;
+          const counter = counterState(table.stateOf(slot)) ?? table.replaceState(slot, createSlidingCounter());
           counterRecord(counter, now, spec.windowMs, spec.cost);
           freshAt[slot] = counterFreshAt(counter, spec.windowMs);
           break;
         }
         case AlgorithmKind.Concurrency: {
-          const leases = (table.stateOf(slot) ?? table.setState(slot, new Map<string, number>())) as Map<
-            string,
-            number
-          >;
+          const held = table.stateOf(slot);
+          const leases = held instanceof Map ? held : table.replaceState(slot, new Map<string, number>());
           const lease = plan.lease ?? '';
           leases.set(lease, (leases.get(lease) ?? 0) + spec.cost);
           freshAt[slot] = Infinity;
@@ -242,6 +251,22 @@ export class MemoryRateLimitStore extends RateLimitStore {
     }
     if (stale) this.remember(plan as BoundPlan, cache, count);
     return decision;
+  }
+
+  /**
+   * A slot's state as the sliding log of `spec`: where it is packed (a number), its object,
+   * or undefined (none yet, or another algorithm's state: the tier is decided as fresh, and
+   * its state replaced when it records). One tier may be decided under the figures of
+   * several plans (named plans share the expensive tier): a packed log whose spec takes
+   * more than a packed log holds moves into an object, and an object log is decided with
+   * the spec's limit, not the one it was made with.
+   */
+  private logState(slot: number, spec: TierSpec): number | SlidingLogState | undefined {
+    const state = this.table.stateOf(slot);
+    if (typeof state === 'number') return packable(spec) ? state : this.table.unpackLog(slot, spec.limit);
+    return typeof state === 'object' && state !== null && (state as SlidingLogState).ring !== undefined
+      ? (state as SlidingLogState)
+      : undefined;
   }
 
   /**
@@ -318,13 +343,17 @@ export class MemoryRateLimitStore extends RateLimitStore {
       case AlgorithmKind.TokenBucket:
         return bucketWait(this.table.freshAt[slot]!, now, spec.slack);
       case AlgorithmKind.SlidingLog: {
-        const log = this.table.stateOf(slot);
+        const log = this.logState(slot, spec);
+        if (log === undefined) return spec.cost > spec.limit ? Infinity : 0;
         return typeof log === 'number'
           ? packedLogWait(this.table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec)
-          : logWait(log as SlidingLogState, now, spec.windowMs, spec.cost);
+          : logWait(log, now, spec.windowMs, spec.cost, Math.floor(spec.limit));
       }
-      case AlgorithmKind.SlidingCounter:
-        return counterWait(this.table.stateOf(slot) as SlidingCounterState, now, spec.windowMs, spec.limit, spec.cost);
+      case AlgorithmKind.SlidingCounter: {
+        const counter = counterState(this.table.stateOf(slot));
+        if (counter === undefined) return spec.cost > spec.limit ? Infinity : 0;
+        return counterWait(counter, now, spec.windowMs, spec.limit, spec.cost);
+      }
       case AlgorithmKind.Concurrency:
         // A lease is given back by a close, not by time; a retry in a second is a fair guess.
         return concurrencyHeld(this.table.stateOf(slot)) + spec.cost > spec.limit ? 1000 : 0;
@@ -337,19 +366,23 @@ export class MemoryRateLimitStore extends RateLimitStore {
       case AlgorithmKind.TokenBucket:
         return Math.floor(bucketTokens(this.table.freshAt[slot]!, now, spec.limit, spec.intervalMs));
       case AlgorithmKind.SlidingLog: {
-        const log = this.table.stateOf(slot);
+        const log = this.logState(slot, spec);
         const held =
-          typeof log === 'number'
-            ? packedLogCount(this.table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec.windowMs)
-            : logCount(log as SlidingLogState, now, spec.windowMs);
+          log === undefined
+            ? 0
+            : typeof log === 'number'
+              ? packedLogCount(this.table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec.windowMs)
+              : logCount(log, now, spec.windowMs);
         // Whole events (a limit that is not whole, in a spec made by hand, admits its whole part).
         return Math.max(0, Math.floor(spec.limit) - held);
       }
-      case AlgorithmKind.SlidingCounter:
+      case AlgorithmKind.SlidingCounter: {
+        const counter = counterState(this.table.stateOf(slot));
         return Math.max(
           0,
-          Math.floor(spec.limit - counterCount(this.table.stateOf(slot) as SlidingCounterState, now, spec.windowMs)),
+          Math.floor(spec.limit - (counter === undefined ? 0 : counterCount(counter, now, spec.windowMs))),
         );
+      }
       case AlgorithmKind.Concurrency:
         return Math.max(0, spec.limit - concurrencyHeld(this.table.stateOf(slot)));
     }
@@ -380,7 +413,8 @@ export class MemoryRateLimitStore extends RateLimitStore {
       if (spec.kind !== AlgorithmKind.Concurrency) continue;
       const slot = this.locate(plan, i);
       if (slot < 0) continue;
-      const leases = this.table.stateOf(slot) as Map<string, number>;
+      const leases = this.table.stateOf(slot);
+      if (!(leases instanceof Map)) continue;
       const held = (leases.get(lease) ?? 0) - spec.cost;
       if (held > 0) leases.set(lease, held);
       else leases.delete(lease);
@@ -454,8 +488,20 @@ function parseKey(key: string): [string, string] | undefined {
 /** Units held by the leases of a concurrency key. */
 function concurrencyHeld(leases: unknown): number {
   let held = 0;
-  for (const units of (leases as Map<string, number>).values()) held += units;
+  if (leases instanceof Map) for (const units of (leases as Map<string, number>).values()) held += units;
   return held;
+}
+
+/** Whether a sliding log of this spec is packed in the table's slab (see `consume`). */
+function packable(spec: TierSpec): boolean {
+  return spec.limit <= PACKED_LOG_MAX_LIMIT && Number.isInteger(spec.limit);
+}
+
+/** A slot's state as a sliding counter, or undefined (none yet, or another algorithm's). */
+function counterState(state: unknown): SlidingCounterState | undefined {
+  return typeof state === 'object' && state !== null && (state as SlidingCounterState).curr !== undefined
+    ? (state as SlidingCounterState)
+    : undefined;
 }
 
 /** A refusal by a token-bucket tier that is the plan's last: its own wait decides. */

@@ -1,5 +1,5 @@
-import { packedLogInitialSize } from '../../algorithms/sliding-log.js';
-import { LogSlab } from './log-slab.js';
+import { packedLogInitialSize, unpackedLog, type SlidingLogState } from '../../algorithms/sliding-log.js';
+import { LOG_PAGE_MASK, LogSlab } from './log-slab.js';
 
 /**
  * The memory store's state, one record per tracker. A record is a chain of tier states in
@@ -197,6 +197,25 @@ export class TrackerTable {
     return this.setState(slot, this.logs.alloc(packedLogInitialSize(limit)));
   }
 
+  /**
+   * Replaces the state of a slot (a tier decided under another algorithm than the one that
+   * made its state, or a packed log moving to an object), freeing a packed log it held.
+   */
+  replaceState<T>(slot: number, state: T): T {
+    const old = this.stateOf(slot);
+    if (typeof old === 'number') this.logs.release(old);
+    return this.setState(slot, state);
+  }
+
+  /**
+   * Moves the packed log of `slot` into a `SlidingLogState` for a window of `limit` events
+   * (more than a packed log takes, or not whole); returns it.
+   */
+  unpackLog(slot: number, limit: number): SlidingLogState {
+    const at = this.stateOf(slot) as number;
+    return this.replaceState(slot, unpackedLog(this.logs.pageOf(at), at & LOG_PAGE_MASK, limit));
+  }
+
   /** Moves the packed log of `slot` to a ring of `size` entries; returns where it is now. */
   growLog(slot: number, size: number): number {
     return this.setState(slot, this.logs.grow(this.stateOf(slot) as number, size));
@@ -216,6 +235,9 @@ export class TrackerTable {
         this.flags[after]! |= HEAD | (this.flags[slot]! & USED);
       } else this.index.delete(tracker);
       this.releaseSlot(slot);
+      // The tracker may be idle sooner now (a lease given back unpins it): sweeps must see it.
+      const rest = previous >= 0 ? head : after;
+      if (rest >= 0) this.noteFresh(this.freshOf(rest));
       return;
     }
   }
