@@ -507,6 +507,40 @@ describe('memory store edges: one suffix under two plans (named plans share the 
     expect(freeAnswer(20)).toBe(false);
   });
 
+  it('a packed log filled under a limit of 16, then decided under 5, keeps deciding as the pure log does', () => {
+    // The smaller limit admits while the log holds more entries than it: recording must stay
+    // within the ring (it used to count past it, writing beyond the log's place in the slab).
+    const windowMs = 100;
+    let now = 0;
+    const store = new MemoryRateLimitStore({ clock: () => now });
+    const pro = createPlan(store, 'user:9', [windowSpec('expensive', 'x', 'sliding-log', 16, windowMs)]);
+    const free = createPlan(store, 'user:9', [windowSpec('expensive', 'x', 'sliding-log', 5, windowMs)]);
+    const reference = createSlidingLog(16);
+    for (let i = 0; i < 16; i++) {
+      now += 1;
+      expect(store.consume(pro).allowed).toBe(true);
+      logRecord(reference, now, 1, windowMs);
+    }
+    // Other trackers' logs: the first takes the place this log left when it grew, the
+    // second the place right after its ring in the slab.
+    const neighbours = ['user:10', 'user:11'].map((tracker) =>
+      createPlan(store, tracker, [windowSpec('expensive', 'x', 'sliding-log', 16, 1e9)]),
+    );
+    for (const neighbour of neighbours) for (let i = 0; i < 3; i++) expect(store.consume(neighbour).allowed).toBe(true);
+    const outcomes: boolean[] = [];
+    const expected: boolean[] = [];
+    for (let i = 0; i < 2000; i++) {
+      now += 1;
+      outcomes.push(store.consume(free).allowed);
+      const allowed = logAllows(reference, now, windowMs, 1, 5);
+      if (allowed) logRecord(reference, now, 1, windowMs, 5);
+      expected.push(allowed);
+    }
+    expect(outcomes).toEqual(expected);
+    expect(outcomes.filter(Boolean).length).toBeGreaterThan(50);
+    for (const neighbour of neighbours) expect(store.peek(neighbour)[0]!.remaining).toBe(13);
+  });
+
   it('a plan switching the expensive algorithm (log <-> counter) on one tracker does not throw', () => {
     let now = 0;
     const store = new MemoryRateLimitStore({ clock: () => now });
