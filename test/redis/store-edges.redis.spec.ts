@@ -167,6 +167,30 @@ describe('Redis store edges', () => {
     expect(await logSize(admin, stores[0]!.key('user:1', 'x'))).toBe(80);
   });
 
+  it("one tier decided under several plans' figures (named plans share the expensive tier) decides with each plan's own", async () => {
+    const client = storeClient(server.port);
+    cleanup.push(() => closeClient(client));
+    await ready(client);
+    const store = new RedisRateLimitStore({ client, keyPrefix: 'edge-plans:', commandTimeoutMs: 2000 });
+    cleanup.push(() => store.close());
+    const free = [windowSpec('expensive', 'x', 'sliding-log', 5, 60_000)];
+    const pro = [windowSpec('expensive', 'x', 'sliding-log', 20, 60_000)];
+    const counter = [windowSpec('expensive', 'x', 'sliding-counter', 5, 60_000)];
+    const allowed = async (specs: readonly TierSpec[], tracker = 'ip:198.51.100.7'): Promise<boolean> =>
+      (await store.consume(planOf(store, tracker, specs))).allowed;
+    // A free client, then a pro client behind the same address: 20 in the window in all.
+    expect(await allowed(free)).toBe(true);
+    const outcomes: boolean[] = [];
+    for (let i = 0; i < 25; i++) outcomes.push(await allowed(pro));
+    expect(outcomes.filter(Boolean)).toHaveLength(19);
+    // The free plan, with 20 events live, refuses.
+    expect(await allowed(free)).toBe(false);
+    // Another algorithm on the same tier starts afresh (as the memory store does), without an error.
+    for (let i = 0; i < 5; i++) expect(await allowed(counter, 'user:7')).toBe(true);
+    expect(await allowed(free, 'user:7')).toBe(true);
+    expect(await allowed(counter, 'user:7')).toBe(true);
+  });
+
   it('a demoted master keeps the breaker open (no flapping) until it is a master again', async () => {
     const other = await startRedis();
     cleanup.push(() => other.stop());
