@@ -322,7 +322,7 @@ describe('client edges: a real ws server', () => {
       await opened(client);
       const serverClosed = new Promise<boolean>((resolve) => {
         serverSocket?.once('close', () => resolve(true));
-        setTimeout(() => resolve(false), 1000);
+        setTimeout(() => resolve(false), 5000);
       });
       client.close(1000, 'shutting down because '.repeat(10)); // > 123 bytes
       expect(client.state).toBe('closed');
