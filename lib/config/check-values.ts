@@ -61,7 +61,7 @@ export function parseEnvValue(variable: EnvVariable, text: string): unknown {
       return choice;
     }
     case 'string':
-      return text;
+      return checkString(variable, text, where);
     case 'json': {
       let parsed: unknown;
       try {
@@ -119,7 +119,7 @@ export function checkCodeValue(variable: EnvVariable, value: unknown): unknown {
       return value;
     case 'string':
       if (typeof value !== 'string') fail(where, 'a string', value);
-      return value;
+      return checkString(variable, value, where);
     case 'json':
       return checkTypes(value, where);
     case 'trust-proxy':
@@ -187,8 +187,9 @@ function checkAccessList(value: unknown, where: string): ResolvedAccessList {
     const entry = raw.trim();
     if (entry === '') continue;
     kept.push(entry);
-    const slash = entry.indexOf('/');
-    if (isIP(entry) !== 0 || (slash > 0 && isIP(entry.slice(0, slash)) !== 0)) {
+    if (looksLikeAddress(entry)) {
+      // Validated as one: a malformed address or CIDR is an error, not a tracker name that
+      // would never match anyone.
       addresses ??= new BlockList();
       addTrusted(addresses, entry, where);
     } else {
@@ -196,6 +197,32 @@ function checkAccessList(value: unknown, where: string): ResolvedAccessList {
     }
   }
   return { addresses, trackers, entries: kept };
+}
+
+/**
+ * Whether an access-list entry is meant as an address or CIDR: what comes before a `/` is
+ * an address, or made of digits and dots (`10.0.0`, `10.0.0.256`), or of hex digits, dots
+ * and at least two colons (IPv6). Tracker names (`user-42`, `key:abc`) look like none.
+ */
+export function looksLikeAddress(entry: string): boolean {
+  const slash = entry.indexOf('/');
+  const address = (slash < 0 ? entry : entry.slice(0, slash)).trim();
+  return (
+    isIP(address) !== 0 ||
+    /^\d+(\.\d*)+$/.test(address) ||
+    (/^[0-9a-f:.]+$/i.test(address) && address.split(':').length > 2)
+  );
+}
+
+/** Metric names' rule (Prometheus): a prefix must keep every name within it. */
+const METRIC_PREFIX = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
+
+/** A string option, with the rule of the one that has one (`metricsPrefix`). */
+function checkString(variable: EnvVariable, value: string, where: string): string {
+  if (variable.option === 'metricsPrefix' && !METRIC_PREFIX.test(value)) {
+    fail(where, 'a metric name prefix: letters, digits, _ and :, not starting with a digit', value);
+  }
+  return value;
 }
 
 /** The figures a number variable accepts, as a sentence's end. */
@@ -323,7 +350,8 @@ const NAMED_RANGES: Record<string, readonly string[]> = {
 
 /** Adds an address, CIDR or named range to `list` (and, when given, its ranges to `ranges`). */
 function addTrusted(list: BlockList, entry: string, where: string, ranges?: AddressRange[]): void {
-  const named = NAMED_RANGES[entry];
+  // Own entries only: `constructor` or `__proto__` must be refused as addresses, not iterated.
+  const named = Object.hasOwn(NAMED_RANGES, entry) ? NAMED_RANGES[entry] : undefined;
   if (named) {
     for (const range of named) addTrusted(list, range, where, ranges);
     return;

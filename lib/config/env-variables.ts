@@ -446,6 +446,6 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     option: 'metricsPrefix',
     kind: 'string',
     default: 'ws_rate_limit_',
-    description: 'Prefix of every metric name.',
+    description: 'Prefix of every metric name: letters, digits, `_` and `:`, not starting with a digit.',
   },
 ];

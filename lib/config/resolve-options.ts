@@ -27,6 +27,12 @@ export type {
 } from './resolved-options.js';
 
 /**
+ * The name of the module's own limits among the plans (`DEFAULT_PLAN`): what a connection
+ * without a plan gets, so no plan of `plans` may take it.
+ */
+export const DEFAULT_PLAN_NAME = 'default';
+
+/**
  * Resolves module options: a field given in code wins, then its `WS_RATE_LIMIT_*`
  * variable, then its default. Every value is validated; the first invalid one throws a
  * `WsRateLimitConfigError` naming the variable or option.
@@ -35,6 +41,9 @@ export function resolveOptions(
   options: WsRateLimitModuleOptions = {},
   readEnv: EnvReader = (name) => process.env[name],
 ): ResolvedWsRateLimitOptions {
+  if (options.useEnv !== undefined && typeof options.useEnv !== 'boolean') {
+    fail('option useEnv', 'true or false', options.useEnv);
+  }
   const useEnv = options.useEnv ?? true;
   const values = new Map<OptionPath, unknown>();
   const labels = new Map<OptionPath, string>();
@@ -204,6 +213,11 @@ const PLAN_FIELDS: Readonly<Record<string, { readonly example: string; readonly 
 function resolvePlan(name: string, overrides: PlanLimitsOptions, base: ResolvedPlan, where: string): ResolvedPlan {
   const at = `${where} (plan "${name}")`;
   if (name === '') throw new WsRateLimitConfigError(`${where}: a plan needs a non-empty name`);
+  if (name === DEFAULT_PLAN_NAME) {
+    throw new WsRateLimitConfigError(
+      `${where}: "${DEFAULT_PLAN_NAME}" names the module's own limits (what a connection without a plan gets); give the plan another name`,
+    );
+  }
   if (!isRecord(overrides as unknown)) {
     fail(at, 'an object like {"global":{"capacity":500,"refillRate":200}}', shape(overrides));
   }
@@ -223,10 +237,10 @@ function resolvePlan(name: string, overrides: PlanLimitsOptions, base: ResolvedP
     const resolved = resolveOptions(
       {
         useEnv: false,
-        global: { ...base.global, ...overrides.global },
-        type: { ...base.type, ...overrides.type },
-        types: { ...base.types, ...overrides.types },
-        expensive: { ...base.expensive, ...overrides.expensive },
+        global: { ...base.global, ...given(overrides.global) },
+        type: { ...base.type, ...given(overrides.type) },
+        types: { ...base.types, ...given(overrides.types) },
+        expensive: { ...base.expensive, ...given(overrides.expensive) },
       },
       () => undefined,
     );
@@ -275,11 +289,28 @@ function requireCapacity(capacity: number, cost: number, where: string, what: st
   }
 }
 
+/** A plan's overrides without the fields given as `undefined` (they keep the module's figure). */
+function given<T extends object>(overrides: T | undefined): T | undefined {
+  return overrides === undefined
+    ? undefined
+    : (Object.fromEntries(Object.entries(overrides).filter(([, value]) => value !== undefined)) as T);
+}
+
+/**
+ * The option at a dotted path, or undefined. A group on the way that is given but is not an
+ * object (`global: null`, `redis: 'redis://…'`) is an error naming it: it would otherwise
+ * be read as not given, and the environment or the defaults would decide in silence.
+ */
 function getPath(source: object, path: string): unknown {
   let current: unknown = source;
+  let at = '';
   for (const part of path.split('.')) {
-    if (current === null || typeof current !== 'object') return undefined;
+    if (current !== source && (current === null || typeof current !== 'object' || Array.isArray(current))) {
+      if (current === undefined) return undefined;
+      fail(`option ${at}`, 'an object', shape(current));
+    }
     current = (current as Record<string, unknown>)[part];
+    at = at === '' ? part : `${at}.${part}`;
   }
   return current;
 }

@@ -30,7 +30,8 @@ export function unknownVariableMessage({ name, closest }: UnknownVariable): stri
 
 /** The known name at the smallest edit distance, if that distance is at most a third of the name's rest. */
 function closestKnown(name: string): string | undefined {
-  const rest = name.slice(ENV_PREFIX.length);
+  // Upper-cased: `WS_RATE_LIMIT_global_capacity` is a case away from a known name.
+  const rest = name.slice(ENV_PREFIX.length).toUpperCase();
   let best: string | undefined;
   let bestDistance = Math.max(2, Math.floor(rest.length / 3)) + 1;
   for (const known of KNOWN) {

@@ -1,4 +1,4 @@
-import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
+import { DEFAULT_PLAN_NAME, type ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
 import type { ConnectionState } from '../connection/connection-state.js';
 import type { SkipIf } from '../decorators/throttle.decorator.js';
 import type { RateLimitDecision, RateLimitPlan, TierSpec, TierStatus } from '../interfaces/plan.interface.js';
@@ -12,7 +12,7 @@ import { isPromise } from '../services/shared-store.js';
 import { addressTracker, isLocal, namedTracker, trackerOfKey, type Tracker } from './tracker.js';
 
 /** The name of the module's own limits among plans. */
-export const DEFAULT_PLAN = 'default';
+export const DEFAULT_PLAN = DEFAULT_PLAN_NAME;
 const noop = (): void => undefined;
 
 /** Handlers standing for frames that reach no handler, so that they take the same steps. */

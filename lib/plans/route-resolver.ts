@@ -7,6 +7,18 @@ import type { TierSpec, TokenBucketSpec } from '../interfaces/plan.interface.js'
 import { SKIP_THROTTLE_METADATA, THROTTLE_METADATA } from '../ws-rate-limit.constants.js';
 import { tokenBucketSpec, windowSpec } from './tier-specs.js';
 
+/** The fields `@Throttle` takes (`ThrottleOptions`). */
+const THROTTLE_FIELDS: readonly string[] = [
+  'type',
+  'capacity',
+  'refillRate',
+  'limits',
+  'skipIf',
+  'expensive',
+  'cost',
+  'essential',
+] satisfies (keyof ThrottleOptions)[];
+
 /** Most types, and specs per type or cost, a resolver remembers (the rest are built per call). */
 const MAX_REMEMBERED = 1024;
 /** NestJS's metadata key for `@SubscribeMessage`'s event. */
@@ -213,10 +225,19 @@ export class RouteResolver {
       (Reflect.getMetadata(SKIP_THROTTLE_METADATA, gateway) as boolean | undefined) ??
       false;
     const own = Reflect.getMetadata(THROTTLE_METADATA, handler) as ThrottleOptions | undefined;
-    const throttle: ThrottleOptions = {
-      ...(Reflect.getMetadata(THROTTLE_METADATA, gateway) as ThrottleOptions | undefined),
-      ...own,
-    };
+    const inherited = Reflect.getMetadata(THROTTLE_METADATA, gateway) as ThrottleOptions | undefined;
+    for (const [options, on] of [
+      [inherited, `@Throttle on ${owner.name}`],
+      [own, where],
+    ] as const) {
+      // A misspelled field (`capcity`) would otherwise leave the default in force, unseen.
+      for (const field of Object.keys(options ?? {})) {
+        if (!THROTTLE_FIELDS.includes(field)) {
+          throw new WsRateLimitConfigError(`${on}: unknown field "${field}" (fields: ${THROTTLE_FIELDS.join(', ')})`);
+        }
+      }
+    }
+    const throttle: ThrottleOptions = { ...inherited, ...own };
     // The handler's buckets win over its class's of the other kind (named limits or one bucket).
     if (own?.limits !== undefined && own.capacity === undefined && own.refillRate === undefined) {
       delete throttle.capacity;

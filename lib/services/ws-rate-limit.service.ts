@@ -7,6 +7,7 @@ import type { IncomingMessage } from 'node:http';
 import { isIP } from 'node:net';
 import type { Observable } from 'rxjs';
 import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
+import { looksLikeAddress } from '../config/check-values.js';
 import { AnswerOrder, type AnswerSlot } from '../connection/answer-order.js';
 import { ConnectionAdmitter, type ConnectionAdmission } from '../connection/connection-admission.js';
 import { ConnectionRegistry, transportFor } from '../connection/connection-registry.js';
@@ -424,6 +425,10 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     }
     if (isIP(target) !== 0) return addressTracker(clientAddressKey(target, this.options.ipv6Prefix)!).key;
     if (target === '') throw new TypeError('nestjs-ws-rate-limit: block needs an address, a tracker name or a socket');
+    // A CIDR or a mistyped address would otherwise block a tracker of that name: no one.
+    if (looksLikeAddress(target)) {
+      throw new TypeError(`nestjs-ws-rate-limit: block takes one address (not a CIDR): got ${JSON.stringify(target)}`);
+    }
     return namedTracker(target).key;
   }
 

@@ -99,7 +99,7 @@ const VALID: Record<EnvKind, (v: EnvVariable) => { env: string; code: unknown }>
   // 0 from code must still win: "given" means "not undefined", not "truthy".
   'non-negative-integer': () => ({ env: '7', code: 0 }),
   enum: (v) => ({ env: v.values![v.values!.length - 1]!, code: v.values![0]! }),
-  string: () => ({ env: 'from-env', code: 'from-code' }),
+  string: () => ({ env: 'from_env_', code: 'from_code_' }),
   json: () => ({ env: '{"envtype":{"capacity":3}}', code: { codetype: { capacity: 2 } } }),
   'trust-proxy': () => ({ env: '10.0.0.0/8', code: ['192.168.0.0/16'] }),
   'redis-url': () => ({ env: 'redis://from-env:6379', code: 'redis://from-code:6379' }),
