@@ -12,6 +12,26 @@ export type ServerListener = [HttpServer, string, (...args: any[]) => void];
 const pendingExchanges = new WeakMap<Socket, () => void>();
 /** The request a socket's pending exchange carries (none for an upgrade). */
 const exchangeRequests = new WeakMap<Socket, IncomingMessage>();
+/** Per guarded server, its sockets in a pending exchange. */
+const pendingSockets = new WeakMap<HttpServer, Set<Socket>>();
+
+/**
+ * Takes the listeners `guardHandshakes` added off their servers (at shutdown) and ends the
+ * sockets still sending their part of an exchange (a request or an upgrade not yet fully
+ * arrived): `server.close()` would otherwise wait for each until its handshake timeout.
+ */
+export function unguardHandshakes(listeners: ServerListener[]): void {
+  const servers = new Set<HttpServer>();
+  for (const [server, event, listener] of listeners.splice(0)) {
+    server.off(event, listener);
+    servers.add(server);
+  }
+  for (const server of servers) {
+    for (const socket of pendingSockets.get(server) ?? []) {
+      if (exchangeRequests.get(socket)?.complete !== true) socket.destroy();
+    }
+  }
+}
 
 /**
  * Ends a socket's pending exchange: its WebSocket upgrade is complete (the adapter calls
@@ -44,6 +64,8 @@ export function guardHandshakes(
   if (handshakeTimeoutMs === 0 && !capped) return [];
   const pending = new Map<string, number>();
   const waiting = pendingExchanges;
+  const held = new Set<Socket>();
+  pendingSockets.set(server, held);
   // Over TLS, requests arrive on the TLS socket, so count from the end of the TLS handshake.
   const accepted =
     typeof (server as { addContext?: unknown }).addContext === 'function' ? 'secureConnection' : 'connection';
@@ -74,6 +96,7 @@ export function guardHandshakes(
     const settle = (): void => {
       if (waiting.get(socket) !== settle) return;
       waiting.delete(socket);
+      held.delete(socket);
       socket.off('close', settle);
       clearTimeout(timer);
       if (ip === undefined) return;
@@ -82,6 +105,7 @@ export function guardHandshakes(
       else pending.delete(ip);
     };
     waiting.set(socket, settle);
+    held.add(socket);
     socket.once('close', settle);
     return true;
   };

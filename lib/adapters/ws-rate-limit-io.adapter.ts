@@ -16,7 +16,7 @@ import type { RateLimitTransport } from '../transports/transport.js';
 import { messageIdOfData as idOf, messageMeta } from '../utils/message-id.js';
 import { clientAddressOf, limiterFrom } from './adapter-support.js';
 import { ForwardingWarning } from './forwarding-warning.js';
-import { guardHandshakes, handshakeCompleted, type ServerListener } from './handshake-hygiene.js';
+import { guardHandshakes, handshakeCompleted, unguardHandshakes, type ServerListener } from './handshake-hygiene.js';
 import type { EngineConnectionLike, EngineMiddleware, EngineServerLike } from './engine-io.js';
 import { EventSlots } from './event-slots.js';
 import { NamespaceGuard, type Refusal } from './namespace-guard.js';
@@ -205,7 +205,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
 
   /** Also takes this adapter's listeners off the HTTP servers and stops every heartbeat. */
   override async dispose(): Promise<void> {
-    for (const [server, event, listener] of this.httpListeners.splice(0)) server.off(event, listener);
+    unguardHandshakes(this.httpListeners);
     for (const io of [...this.heartbeats.keys()]) this.stopHeartbeat(io);
     await super.dispose();
   }

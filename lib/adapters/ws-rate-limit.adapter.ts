@@ -11,7 +11,7 @@ import type { ConnectionState } from '../connection/connection-state.js';
 import { startHeartbeat, watchPongs } from '../connection/heartbeat.js';
 import { clientAddressOf, limiterFrom } from './adapter-support.js';
 import { ForwardingWarning } from './forwarding-warning.js';
-import { guardHandshakes, handshakeCompleted, type ServerListener } from './handshake-hygiene.js';
+import { guardHandshakes, handshakeCompleted, unguardHandshakes, type ServerListener } from './handshake-hygiene.js';
 import { REFUSALS } from './refusals.js';
 import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
 import { messageIdOf, messageMeta, type MessageId } from '../utils/message-id.js';
@@ -249,7 +249,7 @@ export class WsRateLimitAdapter extends WsAdapter {
    * sockets would hold `server.close()` open.
    */
   override async dispose(): Promise<void> {
-    for (const [server, event, listener] of this.httpListeners.splice(0)) server.off(event, listener);
+    unguardHandshakes(this.httpListeners);
     await super.dispose();
   }
 

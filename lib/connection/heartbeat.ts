@@ -39,7 +39,13 @@ export function startHeartbeat(
       if (cutOffIfSlow(client, state) || pingIntervalMs === 0 || liveness === undefined) continue;
       if (state.pingSentAt !== 0) {
         if (!stalled && now - state.pingSentAt >= pongTimeoutMs) {
-          transport.terminate(client, GOING_AWAY, PING_TIMEOUT_REASON);
+          // Ended after this turn's poll phase, unless a pong read there answers the ping: a
+          // loop busy for less than a tick across the deadline leaves a live peer's pong
+          // unread when this timer runs.
+          const sentAt = state.pingSentAt;
+          setImmediate(() => {
+            if (state.pingSentAt === sentAt) transport.terminate(client, GOING_AWAY, PING_TIMEOUT_REASON);
+          });
         }
       } else if (now - state.lastPingAt >= pingIntervalMs && transport.isOpen(client)) {
         state.pingSentAt = state.lastPingAt = now;

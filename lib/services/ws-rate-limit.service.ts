@@ -216,11 +216,13 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
 
   /**
    * The connection tiers of a client address: its connection-rate bucket and, when capped,
-   * its open connections (`remaining` = slots left). `ip` is an address as the adapter keys
-   * it (IPv4 dotted, IPv6 grouped as `prefix::/64`).
+   * its open connections (`remaining` = slots left). `ip` is an address (an IPv6 one counts
+   * in its `ipv6Prefix` group, an IPv4-mapped one as IPv4, as the adapter keys them), or a
+   * key as the adapter makes it (`2001:db8::/64`).
    */
   async connectionStatus(ip: string): Promise<readonly TierStatus[]> {
-    return this.limiter.peek(this.limiter.buildPlan(addressTracker(ip), this.connectionSpecs, '', this.instanceId));
+    const key = isIP(ip) !== 0 ? (clientAddressKey(ip, this.options.ipv6Prefix) ?? ip) : ip;
+    return this.limiter.peek(this.limiter.buildPlan(addressTracker(key), this.connectionSpecs, '', this.instanceId));
   }
 
   /**
