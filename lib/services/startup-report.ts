@@ -99,10 +99,7 @@ export class WsRateLimitStartupReport implements OnApplicationBootstrap {
    * `undefined` when this NestJS version does not expose it, so only `APP_GUARD` was seen).
    */
   private globalGuard(): boolean | undefined {
-    for (const wrapper of this.discovery.getProviders()) {
-      if (typeof wrapper.token !== 'string' || !wrapper.token.startsWith('APP_GUARD')) continue;
-      if (isThrottleGuard(wrapper.metatype) || isThrottleGuard(wrapper.instance)) return true;
-    }
+    if (throttleAppGuard(this.discovery)) return true;
     const config = (this.contexts as { container?: { applicationConfig?: { getGlobalGuards?: unknown } } } | undefined)
       ?.container?.applicationConfig;
     if (typeof config?.getGlobalGuards !== 'function') return undefined;
@@ -172,6 +169,18 @@ export function throttleGuardOf(target: object): object | undefined {
     if (isThrottleGuard(guard)) return typeof guard === 'function' ? guard : (guard as object).constructor;
   }
   return undefined;
+}
+
+/** Whether a `WsThrottleGuard` (or a subclass) is registered with `APP_GUARD`. */
+export function throttleAppGuard(discovery: DiscoveryService): boolean {
+  return discovery
+    .getProviders()
+    .some(
+      (wrapper) =>
+        typeof wrapper.token === 'string' &&
+        wrapper.token.startsWith('APP_GUARD') &&
+        (isThrottleGuard(wrapper.metatype) || isThrottleGuard(wrapper.instance)),
+    );
 }
 
 /** Whether a guard class or instance is `WsThrottleGuard` or a subclass (without importing the guard). */

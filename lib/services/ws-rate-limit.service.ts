@@ -39,7 +39,7 @@ import { AccessRules } from './access-rules.js';
 import { OperatorBlocks } from './operator-blocks.js';
 import type { BudgetStatus, ClientLimitsStatus, ConsumeRequest } from './limits-status.js';
 import { isPromise, SharedStore } from './shared-store.js';
-import { throttleGuardOf } from './startup-report.js';
+import { throttleAppGuard, throttleGuardOf } from './startup-report.js';
 
 export type { ConnectionAdmission } from '../connection/connection-admission.js';
 export { frameCode } from '../metrics/telemetry.js';
@@ -125,6 +125,8 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    */
   async onModuleInit(): Promise<void> {
     const handlers: Array<[object, object]> = [];
+    // A guard registered with APP_GUARD runs for every handler: all are validated.
+    const everyHandler = throttleAppGuard(this.discovery);
     for (const wrapper of this.discovery.getProviders()) {
       const gateway = wrapper.metatype as (new (...args: unknown[]) => unknown) | undefined;
       if (!gateway || !wrapper.instance || !Reflect.getMetadata('websockets:is_gateway', gateway)) continue;
@@ -139,7 +141,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
         events.push(message);
         const handlerGuard = throttleGuardOf(handler);
         guard ??= handlerGuard;
-        if (classGuard !== undefined || handlerGuard !== undefined) handlers.push([handler, gateway]);
+        if (everyHandler || classGuard !== undefined || handlerGuard !== undefined) handlers.push([handler, gateway]);
       }
       this.pipeline.bindGateway(gateway, events, guard);
     }

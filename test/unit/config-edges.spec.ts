@@ -1,4 +1,5 @@
 import { describe, expect, it } from '@jest/globals';
+import { APP_GUARD } from '@nestjs/core';
 import { WsAdapter } from '@nestjs/platform-ws';
 import { Test } from '@nestjs/testing';
 import { SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
@@ -6,6 +7,7 @@ import { resolveOptions } from '../../lib/config/resolve-options.js';
 import { unknownVariables } from '../../lib/config/unknown-variables.js';
 import { Throttle } from '../../lib/decorators/throttle.decorator.js';
 import { WsRateLimit } from '../../lib/decorators/ws-rate-limit.decorator.js';
+import { WsThrottleGuard } from '../../lib/guards/ws-throttle.guard.js';
 import { WsRateLimitService } from '../../lib/services/ws-rate-limit.service.js';
 import { WsRateLimitModule } from '../../lib/ws-rate-limit.module.js';
 import { WsRateLimitConfigError } from '../../lib/exceptions/ws-rate-limit-config.error.js';
@@ -133,7 +135,22 @@ async function initError(providers: unknown[]): Promise<string> {
   return message;
 }
 
+@WebSocketGateway()
+class GloballyGuardedGateway {
+  @Throttle({ capacity: -1 })
+  @SubscribeMessage('x')
+  x() {
+    return { event: 'ack' };
+  }
+}
+
 describe('config edges: @Throttle validated at start-up', () => {
+  it('with WsThrottleGuard registered as APP_GUARD, an invalid @Throttle stops start-up', async () => {
+    expect(await initError([GloballyGuardedGateway, { provide: APP_GUARD, useClass: WsThrottleGuard }])).toContain(
+      'GloballyGuardedGateway.x',
+    );
+  });
+
   it('an @Throttle with misspelled fields stops start-up', async () => {
     expect(await initError([TypoGateway])).toContain('@Throttle on TypoGateway.y');
   });
