@@ -1,3 +1,5 @@
+// Over 400 lines: the checks of every kind of option and variable value, which share their
+// error wording (`fail`, `expectation`) and the address parsing of lists and trusted proxies.
 import { BlockList, isIP } from 'node:net';
 import { WsRateLimitConfigError } from '../exceptions/ws-rate-limit-config.error.js';
 import type { PlanLimitsOptions, TypeLimitOptions } from '../interfaces/options.interface.js';

@@ -1,3 +1,5 @@
+// Over 400 lines: one class, the tracker table, whose slot pages, chains, log slab and
+// eviction (sweep and CLOCK) read the same columns; split, they would be read apart.
 import { packedLogInitialSize, unpackedLog, type SlidingLogState } from '../../algorithms/sliding-log.js';
 import { LOG_PAGE_MASK, LogSlab } from './log-slab.js';
 
