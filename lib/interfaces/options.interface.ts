@@ -118,7 +118,8 @@ export type TrackerOption = 'connection' | 'ip' | TrackerFn;
 /**
  * Names the plan a connection's messages are limited by (e.g. from a header a gateway
  * set, the query string, or the user an auth step put on the socket). `undefined`, or a
- * name with no plan, means the module's own limits.
+ * name with no plan, means the module's own limits (a name with no plan is logged as a warning,
+ * once per name).
  * @example
  * planResolver: (client) => ((client as { user?: { tier?: string } }).user?.tier === 'pro' ? 'premium' : 'free')
  */

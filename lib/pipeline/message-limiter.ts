@@ -14,6 +14,8 @@ import { addressTracker, isLocal, namedTracker, trackerOfKey, type Tracker } fro
 /** The name of the module's own limits among plans. */
 export const DEFAULT_PLAN = DEFAULT_PLAN_NAME;
 const noop = (): void => undefined;
+/** Distinct unknown plan names a `planResolver` may return that are each warned about once. */
+export const UNKNOWN_PLAN_WARNINGS = 16;
 
 /** Handlers standing for frames that reach no handler, so that they take the same steps. */
 export const UNROUTED_HANDLERS = Object.freeze({
@@ -35,12 +37,15 @@ export class MessageLimiter {
   readonly routes: RouteResolver;
   /** The module's `skipIf`: true lets a message through unlimited. */
   readonly skipIf: SkipIf | undefined;
+  /** Plan names a `planResolver` returned that no plan has, warned about once each. */
+  private readonly unknownPlans = new Set<string>();
 
   constructor(
     private readonly options: ResolvedWsRateLimitOptions,
     readonly store: RateLimitStore,
     readonly shared: SharedStore,
     private readonly telemetry: Telemetry,
+    private readonly warn: (message: string) => void = noop,
   ) {
     this.skipIf = options.skipIf;
     this.routes = new RouteResolver(options);
@@ -71,8 +76,29 @@ export class MessageLimiter {
   planNameOf(client: object, state: ConnectionState): string {
     const resolver = this.options.planResolver;
     if (resolver === undefined) return DEFAULT_PLAN;
-    const name = resolver(client, { ip: state.ip, connectionId: state.id, request: state.request });
-    return name !== undefined && this.plans.has(name) ? name : DEFAULT_PLAN;
+    // `null` from JavaScript code means no plan, as `undefined` does.
+    const name = resolver(client, { ip: state.ip, connectionId: state.id, request: state.request }) as
+      string | null | undefined;
+    if (name === undefined || name === null) return DEFAULT_PLAN;
+    if (this.plans.has(name)) return name;
+    this.unknownPlan(name);
+    return DEFAULT_PLAN;
+  }
+
+  /** A `planResolver` named a plan that does not exist (a typo, or a plan not configured here): said once per name. */
+  private unknownPlan(name: unknown): void {
+    const text = typeof name === 'string' ? name : String(name);
+    if (this.unknownPlans.size > UNKNOWN_PLAN_WARNINGS || this.unknownPlans.has(text)) return;
+    this.unknownPlans.add(text);
+    if (this.unknownPlans.size > UNKNOWN_PLAN_WARNINGS) {
+      this.warn(`planResolver returned more than ${UNKNOWN_PLAN_WARNINGS} unknown plan names: no more are reported`);
+      return;
+    }
+    const known = [...this.plans.keys()].filter((plan) => plan !== DEFAULT_PLAN);
+    this.warn(
+      `planResolver returned ${JSON.stringify(text)}, which is not a plan (plans: ${known.join(', ') || 'none'}): ` +
+        `those connections get the module's own limits`,
+    );
   }
 
   /**

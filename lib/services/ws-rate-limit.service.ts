@@ -94,7 +94,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
       down: (error) => telemetry.storeDown(error, options.failMode, this.logger),
       up: () => telemetry.storeUp(this.logger),
     });
-    this.limiter = new MessageLimiter(options, store, shared, telemetry);
+    this.limiter = new MessageLimiter(options, store, shared, telemetry, (message) => this.logger.warn(message));
     const access = new AccessRules(options.allowList, options.denyList);
     this.registry = new ConnectionRegistry(options.ipv6Prefix, access, (state) => this.limiter.forget(state));
     this.blocks = new OperatorBlocks(store, (message) => this.logger.warn(message));

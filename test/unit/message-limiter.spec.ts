@@ -3,7 +3,7 @@ import { resolveOptions } from '../../lib/config/resolve-options.js';
 import type { RateLimitEvent } from '../../lib/interfaces/event.interface.js';
 import type { WsRateLimitModuleOptions } from '../../lib/interfaces/options.interface.js';
 import { Telemetry } from '../../lib/metrics/telemetry.js';
-import { MessageLimiter, UNROUTED_HANDLERS } from '../../lib/pipeline/message-limiter.js';
+import { MessageLimiter, UNKNOWN_PLAN_WARNINGS, UNROUTED_HANDLERS } from '../../lib/pipeline/message-limiter.js';
 import { addressTracker, namedTracker, trackerOfKey, type Tracker } from '../../lib/pipeline/tracker.js';
 import { createPlan } from '../../lib/plans/create-plan.js';
 import { tokenBucketSpec } from '../../lib/plans/tier-specs.js';
@@ -13,7 +13,7 @@ import { fakeConnection, fakeSocket } from './support/fake-transport.js';
 
 const noop = (): void => undefined;
 
-function limiter(options: WsRateLimitModuleOptions = {}) {
+function limiter(options: WsRateLimitModuleOptions = {}, warn?: (message: string) => void) {
   const resolved = resolveOptions({ useEnv: false, ...options });
   const store = new MemoryRateLimitStore();
   const shared = new SharedStore(store, resolved.failMode, resolved.maxKeys, {
@@ -25,7 +25,7 @@ function limiter(options: WsRateLimitModuleOptions = {}) {
   const telemetry = new Telemetry(true);
   const events: RateLimitEvent[] = [];
   telemetry.events$.subscribe((event) => events.push(event));
-  return { subject: new MessageLimiter(resolved, store, shared, telemetry), store, events };
+  return { subject: new MessageLimiter(resolved, store, shared, telemetry, warn), store, events };
 }
 
 class Gateway {}
@@ -100,5 +100,34 @@ describe('MessageLimiter (no NestJS)', () => {
     const byName = limiter({ tracker: (client) => (client as { user?: string }).user }).subject;
     expect((byName.trackerOf({ user: 'ann' }, state) as Tracker).key).toBe('key:ann');
     expect(byName.trackerOf({}, state)).toBe(state.tracker);
+  });
+
+  it('warns once per plan name a planResolver returns that no plan has, and gives those connections the module limits', () => {
+    const warnings: string[] = [];
+    let answer: unknown = 'premium';
+    const { subject } = limiter(
+      { plans: { free: { global: { capacity: 1, refillRate: 1 } } }, planResolver: () => answer as string },
+      (message) => warnings.push(message),
+    );
+    const state = fakeConnection(fakeSocket());
+    expect(subject.planNameOf({}, state)).toBe('default');
+    expect(subject.planNameOf({}, state)).toBe('default');
+    expect(warnings).toEqual([
+      'planResolver returned "premium", which is not a plan (plans: free): those connections get the module\'s own limits',
+    ]);
+    answer = 'free';
+    expect(subject.planNameOf({}, state)).toBe('free');
+    // No plan (undefined, or null from JavaScript) is the module's own limits, without a word.
+    for (answer of [undefined, null]) expect(subject.planNameOf({}, state)).toBe('default');
+    expect(warnings).toHaveLength(1);
+    // A resolver returning ever-new names (an id by mistake) is reported, then no more.
+    for (let i = 0; i < 100; i++) {
+      answer = `user-${i}`;
+      subject.planNameOf({}, state);
+    }
+    expect(warnings).toHaveLength(UNKNOWN_PLAN_WARNINGS + 1);
+    expect(warnings.at(-1)).toBe(
+      `planResolver returned more than ${UNKNOWN_PLAN_WARNINGS} unknown plan names: no more are reported`,
+    );
   });
 });
