@@ -6,7 +6,11 @@ import { resolveOptions, type ResolvedWsRateLimitOptions } from './config/resolv
 import { WsRateLimitFilter } from './filters/ws-rate-limit.filter.js';
 import { WsThrottleGuard } from './guards/ws-throttle.guard.js';
 import type { WsRateLimitModuleOptions } from './interfaces/options.interface.js';
-import { warnUnknownVariables, WsRateLimitStartupReport } from './services/startup-report.js';
+import {
+  warnIgnoredRedisVariables,
+  warnUnknownVariables,
+  WsRateLimitStartupReport,
+} from './services/startup-report.js';
 import { WsRateLimitService } from './services/ws-rate-limit.service.js';
 import { createStore } from './storage/create-store.js';
 import { RateLimitStore } from './storage/rate-limit-store.js';
@@ -35,10 +39,13 @@ import {
       ): ResolvedWsRateLimitOptions => {
         // A misspelled variable would otherwise be ignored without a word.
         if (options?.useEnv !== false) warnUnknownVariables(Object.keys(process.env));
-        return resolveOptions(options ?? {}, (name) => {
+        const read = (name: string): string | undefined => {
           const value = config.get<unknown>(name);
           return value === undefined || value === null ? undefined : String(value);
-        });
+        };
+        const resolved = resolveOptions(options ?? {}, read);
+        if (options?.useEnv !== false) warnIgnoredRedisVariables(resolved.store, read);
+        return resolved;
       },
       inject: [WS_RATE_LIMIT_MODULE_OPTIONS, ConfigService],
     },

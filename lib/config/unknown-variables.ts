@@ -28,6 +28,30 @@ export function unknownVariableMessage({ name, closest }: UnknownVariable): stri
   return `${name} is not a variable of nestjs-ws-rate-limit and is ignored: ${hint}`;
 }
 
+/** The variables that only configure Redis: `WS_RATE_LIMIT_REDIS_*`. */
+const REDIS_ONLY = ENV_VARIABLES.map((variable) => variable.name).filter((name) =>
+  name.startsWith(`${ENV_PREFIX}REDIS_`),
+);
+
+/**
+ * The `WS_RATE_LIMIT_REDIS_*` variables that are set (read through `read`) although the
+ * store is the embedded `memory` one, so that nothing reads them: usually a deployment that
+ * meant `WS_RATE_LIMIT_STORE=redis` and would otherwise run per-process limits without a
+ * word. (A store given as an instance may read them itself: not reported.)
+ */
+export function ignoredRedisVariables(store: unknown, read: (name: string) => string | undefined): string[] {
+  if (store !== 'memory') return [];
+  return REDIS_ONLY.filter((name) => read(name) !== undefined);
+}
+
+/** The warning for Redis variables a store other than Redis ignores. */
+export function ignoredRedisMessage(names: readonly string[]): string {
+  return (
+    `the store is memory, so nothing reads ${names.join(', ')}: ` +
+    `set WS_RATE_LIMIT_STORE=redis (or the store option) to share limits through Redis`
+  );
+}
+
 /** The known name at the smallest edit distance, if that distance is at most a third of the name's rest. */
 function closestKnown(name: string): string | undefined {
   // Upper-cased: `WS_RATE_LIMIT_global_capacity` is a case away from a known name.

@@ -1,7 +1,12 @@
 import { Inject, Injectable, Logger, Optional, type OnApplicationBootstrap } from '@nestjs/common';
 import { DiscoveryService, ExternalContextCreator, MetadataScanner } from '@nestjs/core';
 import type { ResolvedBucket, ResolvedWsRateLimitOptions } from '../config/resolved-options.js';
-import { unknownVariableMessage, unknownVariables } from '../config/unknown-variables.js';
+import {
+  ignoredRedisMessage,
+  ignoredRedisVariables,
+  unknownVariableMessage,
+  unknownVariables,
+} from '../config/unknown-variables.js';
 import { WsRateLimitConfigError } from '../exceptions/ws-rate-limit-config.error.js';
 import { RateLimitStore } from '../storage/rate-limit-store.js';
 import { THROTTLE_METADATA, WS_RATE_LIMIT_OPTIONS } from '../ws-rate-limit.constants.js';
@@ -139,6 +144,17 @@ export function warnUnknownVariables(
   logger: Pick<Logger, 'warn'> = new Logger(LOG_CONTEXT),
 ): void {
   for (const unknown of unknownVariables(names)) logger.warn(unknownVariableMessage(unknown));
+}
+
+/** Warns when `WS_RATE_LIMIT_REDIS_*` variables are set but the store is not Redis. */
+export function warnIgnoredRedisVariables(
+  store: ResolvedWsRateLimitOptions['store'],
+  read: (name: string) => string | undefined,
+  logger: Pick<Logger, 'warn'> = new Logger(LOG_CONTEXT),
+): void {
+  const names = ignoredRedisVariables(store, read);
+  if (names.length === 0) return;
+  logger.warn(ignoredRedisMessage(names));
 }
 
 /**

@@ -5,7 +5,9 @@ import { Test } from '@nestjs/testing';
 import { SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
 import { resolveOptions } from '../../lib/config/resolve-options.js';
 import { unknownVariables } from '../../lib/config/unknown-variables.js';
+import { SkipThrottle } from '../../lib/decorators/skip-throttle.decorator.js';
 import { Throttle } from '../../lib/decorators/throttle.decorator.js';
+import { SKIP_THROTTLE_METADATA } from '../../lib/ws-rate-limit.constants.js';
 import { WsRateLimit } from '../../lib/decorators/ws-rate-limit.decorator.js';
 import { WsThrottleGuard } from '../../lib/guards/ws-throttle.guard.js';
 import { WsRateLimitService } from '../../lib/services/ws-rate-limit.service.js';
@@ -19,7 +21,8 @@ import { AccessRules } from '../../lib/services/access-rules.js';
 // metrics prefix no metric name allows, a plan named like the module's own limits or given
 // undefined fields, option groups that are not objects, a useEnv that is not a boolean,
 // misspelled @Throttle fields, a variable in the wrong case, and block() given a CIDR. Each
-// failed before its fix but the last group, kept as guards.
+// failed before its fix but the last group, kept as guards. (Added later: @SkipThrottle given
+// a string or an object, which skipped.)
 
 /** An environment reader over a plain table. */
 const envOf =
@@ -221,5 +224,25 @@ describe('config edges: guards that passed already', () => {
     expect(configError(() => fromEnv({ WS_RATE_LIMIT_TRUST_PROXY: '::ffff:0.0.0.0/96' })).message).toContain(
       'WS_RATE_LIMIT_TRUST_PROXY',
     );
+  });
+});
+
+describe('@SkipThrottle given something other than a boolean', () => {
+  it('is an error where the class is defined, not a skipped handler', () => {
+    const skip = SkipThrottle as unknown as (value: unknown) => MethodDecorator;
+    expect(configError(() => skip('false')).message).toBe(
+      'nestjs-ws-rate-limit: @SkipThrottle takes true or false (or nothing), not "false"',
+    );
+    expect(configError(() => skip({ default: true })).message).toContain("@nestjs/throttler's per-throttler form");
+    expect(configError(() => skip(0)).message).toContain('not number');
+    // The forms the type allows are unchanged.
+    class Gateway {
+      @SkipThrottle()
+      skipped(): void {}
+      @SkipThrottle(false)
+      limited(): void {}
+    }
+    expect(Reflect.getMetadata(SKIP_THROTTLE_METADATA, Gateway.prototype.skipped)).toBe(true);
+    expect(Reflect.getMetadata(SKIP_THROTTLE_METADATA, Gateway.prototype.limited)).toBe(false);
   });
 });
