@@ -69,7 +69,7 @@ export const METRICS = [
   ['disconnects_total', 'counter', 'reason', 'Connections the limiter closed, and why.'],
   ['violations_total', 'counter', 'code, type', 'Rejected messages counted against their connection.'],
   ['store_errors_total', 'counter', '', 'Store calls that failed or timed out (the fail mode decided).'],
-  ['store_outages_total', 'counter', '', 'Times the store became unreachable.'],
+  ['store_outages_total', 'counter', '', "Times the store became unreachable (the Redis store's breaker opened)."],
   ['store_decision_seconds', 'histogram', '', 'Time a shared-store decision took.'],
   ['open_connections', 'gauge', '', 'Connections the limiter tracks now.'],
   [

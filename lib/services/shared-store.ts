@@ -19,21 +19,30 @@ export interface SharedStoreEvents {
  * The shared store behind its failure policy: a decision the store cannot make (it throws,
  * rejects or times out) is made by the fail mode: `open`, a local in-memory limiter with
  * the same figures (`fallback`); `closed`, a `STORE_UNAVAILABLE` refusal. Outages are
- * reported once when they start and once when they end. Once closed (the application shuts
- * down, and closes the store next), a decision that straggles in is still decided by the
- * fail mode, but a store that no longer answers is no outage: nothing is reported.
+ * reported once when they start and once when they end: for a store that follows its own
+ * availability (`watchAvailability`: the Redis store's circuit breaker), when it says it
+ * became unavailable and available again, so a call that failed while the store still
+ * answers (a deadline missed under load) is decided by the fail mode and counted as an
+ * error, but is no outage; for other stores, from the first failed call to the next answer.
+ * Once closed (the application shuts down, and closes the store next), a decision that
+ * straggles in is still decided by the fail mode, but a store that no longer answers is no
+ * outage: nothing is reported.
  */
 export class SharedStore {
   private down = false;
   private closed = false;
   private fallbackStore: MemoryRateLimitStore | undefined;
+  /** Stops following the store's availability; `undefined` when the store does not report it. */
+  private readonly unwatch: (() => void) | undefined;
 
   constructor(
     readonly store: RateLimitStore,
     private readonly failMode: 'open' | 'closed',
     private readonly maxKeys: number,
     private readonly events: SharedStoreEvents,
-  ) {}
+  ) {
+    this.unwatch = store.watchAvailability((available, cause) => this.availabilityChanged(available, cause));
+  }
 
   /** Whether the fail mode is deciding now: the store failed and has not answered since. */
   get inFallback(): boolean {
@@ -90,7 +99,24 @@ export class SharedStore {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.unwatch?.();
     await this.fallbackStore?.close();
+  }
+
+  /** The store says it became unavailable, or available again. */
+  private availabilityChanged(available: boolean, cause: unknown): void {
+    if (this.closed) return;
+    if (!available) this.goDown(cause);
+    else if (this.down) {
+      this.down = false;
+      this.events.up();
+    }
+  }
+
+  private goDown(cause: unknown): void {
+    if (this.down) return;
+    this.down = true;
+    this.events.down(cause);
   }
 
   /**
@@ -104,7 +130,10 @@ export class SharedStore {
     decided: ((store: RateLimitStore | undefined) => void) | undefined,
   ): RateLimitDecision {
     if (started !== undefined) this.events.answered(performance.now() - started);
-    if (this.down && (started !== undefined || this.store.available)) {
+    // A store that follows its availability says when the outage ends (and the answer of an
+    // available one ends it too); for another, an answer that made a round trip, or any
+    // answer while the store says it is available.
+    if (this.down && (this.store.available || (this.unwatch === undefined && started !== undefined))) {
       this.down = false;
       this.events.up();
     }
@@ -119,10 +148,9 @@ export class SharedStore {
   ): RateLimitDecision {
     if (!this.closed) {
       this.events.failed(error);
-      if (!this.down) {
-        this.down = true;
-        this.events.down(error);
-      }
+      // A store that follows its availability and still says it is available failed this
+      // call only (load): no outage.
+      if (this.unwatch === undefined || !this.store.available) this.goDown(error);
     }
     if (this.failMode === 'closed') {
       decided?.(undefined);

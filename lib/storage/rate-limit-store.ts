@@ -40,6 +40,17 @@ export abstract class RateLimitStore {
   }
 
   /**
+   * Tells `listener` each time the store becomes unavailable (`false`, with the cause) and
+   * available again (`true`), and returns the function that stops telling it; `undefined`
+   * for a store that does not follow its own availability (the default). The module's fail
+   * mode reports an outage from these changes when the store gives them, so that a call
+   * that merely failed (a deadline missed under load) is not taken for one.
+   */
+  watchAvailability(_listener: (available: boolean, cause?: unknown) => void): (() => void) | undefined {
+    return undefined;
+  }
+
+  /**
    * Records an operator's block (`WsRateLimitService.block`) where other instances see it.
    * Stores that share state across instances override this and the two methods below; the
    * default keeps blocks in this process only.

@@ -158,9 +158,14 @@ describe('WsRateLimitModule on Redis', () => {
       expect(await fallback()).toBe(0);
       redis.pause();
       try {
-        client.send('echo', 1);
-        // Fail mode open: the local limits decide, the message is answered.
-        await client.waitForEvent('echo', 2);
+        // Fail mode open: the local limits decide, every message is answered. The outage
+        // starts when the breaker opens: at the third failed call (one per message here).
+        let sent = 1;
+        while (events.length === 0 && sent < 10) {
+          client.send('echo', sent++);
+          await client.waitForEvent('echo', sent);
+        }
+        expect(sent).toBe(4);
         expect(await fallback()).toBe(1);
         expect(events).toEqual(['down']);
       } finally {

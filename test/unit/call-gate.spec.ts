@@ -26,6 +26,7 @@ function gateOf(deadlineMs: number, failureThreshold = 1_000_000) {
     deadlineMs,
     failureThreshold,
     probeIntervalMs: 1_000_000,
+    probeKey: 'probe',
     onChange: (available) => changes.push(available),
     onRecover: () => undefined,
   });

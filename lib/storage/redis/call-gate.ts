@@ -3,14 +3,8 @@ import type { RedisStoreClient } from './client-factory.js';
 import { RedisStoreUnavailableError } from './redis-store.error.js';
 
 const noop = (): void => undefined;
-
-/** `ROLE` refused by the server itself (renamed or disabled, as some managed services do): it answered. */
-const roleUnsupported = (error: unknown): null => {
-  if ((error as { name?: string })?.name === 'ReplyError' && !String((error as Error).message).startsWith('READONLY')) {
-    return null;
-  }
-  throw error;
-};
+/** How long the probe's key lives: it only has to be written. */
+const PROBE_KEY_TTL_MS = 10_000;
 
 /** A call in flight, waiting for its reply or its deadline. */
 interface PendingCall {
@@ -32,6 +26,8 @@ interface PendingCall {
 
 export interface CallGateOptions {
   readonly client: RedisStoreClient;
+  /** The key the half-open probe writes (standalone and Sentinel; a Cluster's probe reads its state). */
+  readonly probeKey: string;
   readonly deadlineMs: number;
   readonly failureThreshold: number;
   readonly probeIntervalMs: number;
@@ -309,11 +305,14 @@ export class CallGate {
   }
 
   /**
-   * Half-open: one call within the deadline decides whether the breaker closes: `ROLE`, which
-   * must say `master` (a demoted master answers, but refuses every write with READONLY; a
-   * server that refuses ROLE itself counts as reachable), or on a Cluster `CLUSTER INFO` of a
-   * random node, which must say `cluster_state:ok` (a Cluster that lost a master refuses every
-   * key with CLUSTERDOWN but still answers PING).
+   * Half-open: one call within the deadline decides whether the breaker closes. A write of
+   * `probeKey` (`SET ... PX`), which must succeed: Redis refuses it, as it would refuse a
+   * decision, while it is a replica (a demoted master still answers PING: READONLY), out of
+   * memory under `noeviction` (OOM), running a long script (BUSY), loading its data
+   * (LOADING) or unable to persist (MISCONF); any of those keeps the breaker open instead of
+   * closing it for the next decision to open it again. On a Cluster, `CLUSTER INFO` of a
+   * random node, which must say `cluster_state:ok` (a Cluster that lost a master refuses
+   * every key with CLUSTERDOWN but still answers PING).
    */
   probe(): void {
     if (this.openError === undefined || this.probing || this.closed) return;
@@ -326,10 +325,10 @@ export class CallGate {
       ? this.within(this.client.call('CLUSTER', 'INFO'), (reply) => {
           if (!String(reply).includes('cluster_state:ok')) throw new Error('the Cluster state is not ok');
         })
-      : this.within(this.client.call('ROLE').catch(roleUnsupported), (reply) => {
-          // A demoted master still answers PING; closing the breaker on it would only fail the next decision.
-          if (Array.isArray(reply) && reply[0] !== 'master') throw new Error(`Redis answers as a ${String(reply[0])}`);
-        });
+      : this.within(
+          this.client.call('SET', this.options.probeKey, '1', 'PX', String(PROBE_KEY_TTL_MS)),
+          () => undefined,
+        );
     probe.then(
       () => {
         this.probing = false;

@@ -118,8 +118,11 @@ export interface RedisStoreOptions {
   /**
    * The circuit breaker: it opens when the client reports `close`/`end` or not ready, or
    * after `failureThreshold` consecutive failed calls; while open, calls reject at once with
-   * no Redis traffic. A probe every `probeIntervalMs` (and on `ready`) closes it: `PING`, or
-   * on a Cluster `CLUSTER INFO` of a random node, which must report `cluster_state:ok`.
+   * no Redis traffic. A probe every `probeIntervalMs` (and on `ready`) closes it: a write of
+   * the key `<keyPrefix>probe` (`SET ... PX 10000`), which Redis refuses while it is a
+   * replica, out of memory under `noeviction`, running a long script, loading or unable to
+   * persist (as it would refuse a decision), or on a Cluster `CLUSTER INFO` of a random node,
+   * which must report `cluster_state:ok`.
    *
    * The breaker is one for the whole store, also on a Cluster. When a Cluster master dies
    * and no replica takes over, decisions on its slots fail at once (its connection is

@@ -88,6 +88,8 @@ export class RedisRateLimitStore extends RateLimitStore {
   private readonly localNow: () => number;
   private readonly cache: BlockCache | undefined;
   private readonly onAvailabilityChange: RedisStoreOptions['onAvailabilityChange'];
+  /** Listeners of `watchAvailability` (the module's fail mode). */
+  private readonly availabilityListeners = new Set<(available: boolean, cause?: unknown) => void>();
   private readonly onWarning: (message: string) => void;
   /** The start-up checks (`maxmemory-policy`, hash-field TTLs), once the client is first ready. */
   private policyCheck: Promise<void> | undefined;
@@ -147,6 +149,7 @@ export class RedisRateLimitStore extends RateLimitStore {
     this.scripts = registerScripts(client);
     this.gate = new CallGate({
       client,
+      probeKey: `${this.prefix}probe`,
       deadlineMs: options.commandTimeoutMs ?? DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
       failureThreshold: options.breaker?.failureThreshold ?? 3,
       probeIntervalMs: options.breaker?.probeIntervalMs ?? 250,
@@ -212,6 +215,12 @@ export class RedisRateLimitStore extends RateLimitStore {
   /** False while the circuit breaker is open (Redis unreachable, frozen or failing). */
   override get available(): boolean {
     return !this.gate.isOpen && !this.closed;
+  }
+
+  /** Follows the circuit breaker: told when it opens (`false`) and closes (`true`). */
+  override watchAvailability(listener: (available: boolean, cause?: unknown) => void): () => void {
+    this.availabilityListeners.add(listener);
+    return () => void this.availabilityListeners.delete(listener);
   }
 
   /**
@@ -450,10 +459,12 @@ export class RedisRateLimitStore extends RateLimitStore {
   }
 
   private notify(available: boolean, cause?: unknown): void {
-    try {
-      this.onAvailabilityChange?.(available, cause);
-    } catch {
-      // A listener's failure must not break the client's event handling.
+    for (const listener of [this.onAvailabilityChange, ...this.availabilityListeners]) {
+      try {
+        listener?.(available, cause);
+      } catch {
+        // A listener's failure must not break the client's event handling.
+      }
     }
   }
 }
