@@ -363,8 +363,12 @@ export class WsRateLimitAdapter extends WsAdapter {
   /** The server's heartbeat (see `startHeartbeat`), stopped with the server. */
   private startHeartbeat(server: WebSocketServer, transport: RateLimitTransport): void {
     const records = this.limiter.connectionsOf(server);
-    const timer = startHeartbeat(records, transport, this.limiter.options, (client, state) =>
-      this.limiter.cutOffIfSlow(client, state),
+    const timer = startHeartbeat(
+      records,
+      transport,
+      this.limiter.options,
+      (client, state) => this.limiter.cutOffIfSlow(client, state),
+      (client, state) => this.limiter.pingTimedOut(client, state),
     );
     this.heartbeats.set(server, timer);
     server.once('close', () => this.stopHeartbeat(server));

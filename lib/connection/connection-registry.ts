@@ -55,6 +55,16 @@ export class ConnectionRegistry {
     state.client = client;
     state.transport = transport;
     (client as TrackedClient)[CONNECTION_STATE] = state;
+    if (!transport.isOpen(client)) {
+      // Met after it closed (a service call from a gateway's handleDisconnect, on an adapter
+      // that attached nothing before): its close has passed and will not be told again, so
+      // it is never counted, and what it held is freed once the call that met it is done.
+      setImmediate(() => {
+        state.release();
+        this.forget(state);
+      });
+      return state;
+    }
     const members = this.members(group);
     members.add(state);
     this.open++;

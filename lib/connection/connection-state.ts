@@ -50,6 +50,8 @@ export class ConnectionState {
   shadowClosed = false;
   /** Until when (monotonic ms) only essential types are allowed; 0 when not degraded. */
   degradedUntil = 0;
+  /** Shadow mode: until when the connection would be degraded (nothing is restricted). */
+  shadowDegradedUntil = 0;
   /** When the heartbeat's unanswered ping was sent (monotonic ms); 0 when none is pending. */
   pingSentAt = 0;
   /** When the heartbeat last pinged this connection (monotonic ms). */

@@ -4,20 +4,23 @@ import type { RateLimitTransport } from '../transports/transport.js';
 import type { ConnectionState } from './connection-state.js';
 
 /** Close code and reason for a transport that cannot terminate a silent peer outright. */
-const GOING_AWAY = 1001;
-const PING_TIMEOUT_REASON = 'Ping timeout';
+export const GOING_AWAY = 1001;
+export const PING_TIMEOUT_REASON = 'Ping timeout';
 
 /**
  * One timer (unref'd; clear it when the server closes) reads the records of a server's
  * connections: cuts off slow consumers (more than `maxBufferedBytes` unread) within a
  * second, and, when the transport has no liveness of its own, pings each connection every
- * `pingIntervalMs` and ends those silent for `pongTimeoutMs` after a ping.
+ * `pingIntervalMs` and ends those silent for `pongTimeoutMs` after a ping, through
+ * `timedOut` (which counts and reports it, then terminates the socket).
  */
 export function startHeartbeat(
   records: ReadonlySet<ConnectionState>,
   transport: RateLimitTransport,
   options: Pick<ResolvedWsRateLimitOptions, 'pingIntervalMs' | 'pongTimeoutMs'>,
   cutOffIfSlow: (client: object, state: ConnectionState) => boolean,
+  timedOut: (client: object, state: ConnectionState) => void = (client) =>
+    transport.terminate(client, GOING_AWAY, PING_TIMEOUT_REASON),
 ): NodeJS.Timeout {
   const { pingIntervalMs, pongTimeoutMs } = options;
   const { liveness } = transport;
@@ -44,7 +47,7 @@ export function startHeartbeat(
           // unread when this timer runs.
           const sentAt = state.pingSentAt;
           setImmediate(() => {
-            if (state.pingSentAt === sentAt) transport.terminate(client, GOING_AWAY, PING_TIMEOUT_REASON);
+            if (state.pingSentAt === sentAt) timedOut(client, state);
           });
         }
       } else if (now - state.lastPingAt >= pingIntervalMs && transport.isOpen(client)) {

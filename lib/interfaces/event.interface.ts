@@ -46,6 +46,8 @@ export interface RateLimitDegradedEvent {
   readonly tracker: string;
   /** Milliseconds the restriction lasts. */
   readonly cooldownMs: number;
+  /** False in shadow mode (the connection would have been restricted; it is not). */
+  readonly enforced: boolean;
 }
 
 /** A connection attempt decided at the upgrade. */

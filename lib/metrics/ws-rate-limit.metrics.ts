@@ -34,6 +34,8 @@ export interface LimiterMetrics {
   storeOutage(): void;
   /** How long a store decision took. */
   storeLatency(seconds: number): void;
+  /** Stops this app's figures from counting in the gauges (the app shuts down). */
+  close(): void;
 }
 
 const noop = (): void => undefined;
@@ -49,6 +51,7 @@ export const NO_METRICS: LimiterMetrics = Object.freeze({
   storeError: noop,
   storeOutage: noop,
   storeLatency: noop,
+  close: noop,
 });
 
 /** The names and labels published, for the README (a test checks the two agree). */
@@ -140,16 +143,28 @@ export async function createMetrics(
   const storeLatency = metric(prom.Histogram, 'store_decision_seconds', help.store_decision_seconds!, {
     buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25],
   }) as Histogram;
-  metric(prom.Gauge, 'open_connections', help.open_connections!, {
-    collect(this: { set(value: number): void }) {
-      this.set(openConnections());
-    },
-  });
-  metric(prom.Gauge, 'store_fallback', help.store_fallback!, {
-    collect(this: { set(value: number): void }) {
-      this.set(storeFallback() ? 1 : 0);
-    },
-  });
+  // A gauge reads every app that publishes it in this registry (two apps in one process, or
+  // an app created again in a test): the sum of their open connections, and 1 while any of
+  // them is in fall-back. Each app's source leaves when the app shuts down.
+  const gauge = (name: string, read: () => number, combine: (values: number[]) => number): (() => void) => {
+    const made = metric(prom.Gauge, name, help[name]!, {
+      collect(this: { set(value: number): void }) {
+        this.set(combine([...(GAUGE_SOURCES.get(this) ?? [])].map((source) => source())));
+      },
+    }) as object;
+    let sources = GAUGE_SOURCES.get(made);
+    if (!sources) GAUGE_SOURCES.set(made, (sources = new Set()));
+    sources.add(read);
+    return () => void sources.delete(read);
+  };
+  const unpublish = [
+    gauge('open_connections', openConnections, (values) => values.reduce((sum, value) => sum + value, 0)),
+    gauge(
+      'store_fallback',
+      () => (storeFallback() ? 1 : 0),
+      (values) => Math.max(0, ...values),
+    ),
+  ];
   // On the hot path a decision costs a Map lookup and an add to a plain number: prom-client's
   // own inc() hashes and validates the labels on every call.
   const foreign = new WeakMap<object, Map<string, Tally>>();
@@ -180,6 +195,9 @@ export async function createMetrics(
     storeError: () => storeErrors.inc(),
     storeOutage: () => storeOutages.inc(),
     storeLatency: (seconds) => storeLatency.observe(seconds),
+    close: () => {
+      for (const stop of unpublish.splice(0)) stop();
+    },
   };
 }
 
@@ -205,6 +223,9 @@ class Tally {
     this.child.inc(count);
   }
 }
+
+/** The apps' sources of each gauge this module created, read and combined at each collection. */
+const GAUGE_SOURCES = new WeakMap<object, Set<() => number>>();
 
 /** The tallies of each counter this module created, shared by every app in the process that uses it. */
 const TALLIES = new WeakMap<object, Map<string, Tally>>();

@@ -3,6 +3,7 @@ import { createSlidingLog, logCount, logRecord } from '../algorithms/sliding-log
 import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
 import type { AnswerSlot } from '../connection/answer-order.js';
 import type { ConnectionState } from '../connection/connection-state.js';
+import { GOING_AWAY, PING_TIMEOUT_REASON } from '../connection/heartbeat.js';
 import type { WsRateLimitException } from '../exceptions/ws-rate-limit.exception.js';
 import type { RateLimitFrameBuilder } from '../interfaces/frame.interface.js';
 import { IntervalLog } from '../metrics/interval-log.js';
@@ -114,7 +115,7 @@ export class Enforcer {
       // Violations start over: the same number again, while degraded, closes the socket.
       state.violations = undefined;
       if (this.telemetry.observed) {
-        this.telemetry.emit({ kind: 'degraded', tracker: exception.tracker, cooldownMs: cooldown });
+        this.telemetry.emit({ kind: 'degraded', tracker: exception.tracker, cooldownMs: cooldown, enforced: true });
       }
     } else if (warningCount >= max) {
       this.disconnect(client, state, closeCode, closeReason, exception.tracker);
@@ -123,12 +124,25 @@ export class Enforcer {
 
   /**
    * Shadow mode's answer to a rejected message: the violation is counted, streamed and
-   * measured, and nothing is sent or closed.
+   * measured, and nothing is sent or closed. At the threshold, what enforcement would do is
+   * reported: with `degradeCooldownMs`, a degradation (a `degraded` event with `enforced:
+   * false`; the connection is not restricted, so its messages keep being decided) and,
+   * reaching the threshold again within the cooldown, a close; without, a close.
    */
   record(state: ConnectionState, exception: WsRateLimitException): void {
     const { max, closeCode, closeReason } = this.options.violations;
     const warningCount = this.countViolation(state, exception, false);
     if (warningCount < max) return;
+    const cooldown = this.options.degradeCooldownMs;
+    const now = performance.now();
+    if (cooldown > 0 && state.shadowDegradedUntil <= now) {
+      state.shadowDegradedUntil = now + cooldown;
+      state.violations = undefined;
+      if (this.telemetry.observed) {
+        this.telemetry.emit({ kind: 'degraded', tracker: exception.tracker, cooldownMs: cooldown, enforced: false });
+      }
+      return;
+    }
     this.telemetry.metrics.disconnect('shadow_violations');
     if (this.telemetry.observed) {
       this.telemetry.emit({
@@ -166,7 +180,9 @@ export class Enforcer {
    * when the threshold degrades it instead).
    */
   closesWith(state: ConnectionState, more: number): boolean {
-    if (!this.enforced || this.options.degradeCooldownMs > 0) return false;
+    if (!this.enforced) return false;
+    // With a cooldown, the threshold degrades a connection that is not degraded, and closes one that is.
+    if (this.options.degradeCooldownMs > 0 && state.degradedUntil <= performance.now()) return false;
     const { max, windowMs } = this.options.violations;
     return currentViolations(state, windowMs) + more >= max;
   }
@@ -179,6 +195,28 @@ export class Enforcer {
     if (transportOf(state).bufferedBytes(client) <= this.options.maxBufferedBytes) return false;
     this.disconnect(client, state, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON, state.connectionTracker);
     return true;
+  }
+
+  /**
+   * Ends a peer that did not answer the heartbeat's ping within `pongTimeoutMs` (terminated:
+   * a close frame would wait for a peer that is gone). Counted in `disconnects_total` as
+   * `ping_timeout` and streamed, in shadow mode too: liveness is not a limit, and a dead
+   * peer is ended either way.
+   */
+  pingTimedOut(client: object, state: ConnectionState): void {
+    if (state.closing) return;
+    state.closing = true;
+    this.telemetry.metrics.disconnect('ping_timeout');
+    if (this.telemetry.observed) {
+      this.telemetry.emit({
+        kind: 'disconnect',
+        tracker: state.connectionTracker,
+        closeCode: GOING_AWAY,
+        reason: PING_TIMEOUT_REASON,
+        enforced: true,
+      });
+    }
+    transportOf(state).terminate(client, GOING_AWAY, PING_TIMEOUT_REASON);
   }
 
   /**

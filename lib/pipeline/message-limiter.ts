@@ -173,6 +173,11 @@ export class MessageLimiter {
     return decision;
   }
 
+  /** Counts and streams a refusal made before any tier decided (an operator block, a degradation). */
+  report(tracker: string, type: string, decision: RateLimitDecision): void {
+    if (this.telemetry.reporting) this.telemetry.decision(tracker, type, decision);
+  }
+
   /** The state of a plan's tiers, consuming nothing. */
   async peek(plan: RateLimitPlan): Promise<readonly TierStatus[]> {
     return connectionKeyed(plan) ? this.local.peek(plan) : this.shared.peek(plan);

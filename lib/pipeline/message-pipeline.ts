@@ -259,13 +259,15 @@ export class MessagePipeline {
 
   /** A rejection: thrown for the filter to answer, or in shadow mode recorded and let through. */
   refuse(client: object, exception: WsRateLimitException): true {
+    const { decision } = exception;
     if (this.enforcer.enforced) {
-      const { decision } = exception;
       // Counted by the filter later; noted now for the messages decided before it runs.
       if (decision !== CLOSING && decision.storeUnavailable !== true) notePending(this.registry.of(client));
       throw exception;
     }
-    this.enforcer.record(this.registry.of(client), exception);
+    // Shadow mode: a socket that would be closing (a denied tracker: its would-be close is
+    // reported already) lets its messages through without counting them as violations.
+    if (decision !== CLOSING) this.enforcer.record(this.registry.of(client), exception);
     return true;
   }
 
@@ -279,7 +281,12 @@ export class MessagePipeline {
   ): boolean | Promise<boolean> {
     const screened = this.screen(client, connection, route, tracker);
     if (screened === true) return true;
-    if (screened !== undefined) return this.refuse(client, withMessageId(screened, context));
+    if (screened !== undefined) {
+      // A block or a degradation refuses the message as a tier would: a decision like any
+      // other in the metrics and the stream (a closing socket's messages are none).
+      if (screened.decision !== CLOSING) this.limiter.report(tracker, route.type, screened.decision);
+      return this.refuse(client, withMessageId(screened, context));
+    }
     const plan = steps.getPlan(connection, route, tracker);
     const decision = this.limiter.decide(plan, route);
     if (decision instanceof Promise) return decision.then((settled) => settle(settled, steps, route, plan, context));

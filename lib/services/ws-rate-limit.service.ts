@@ -170,6 +170,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    */
   async onApplicationShutdown(): Promise<void> {
     this.blocks.stop();
+    this.telemetry.metrics.close();
     this.telemetry.complete();
     await this.limiter.close();
     if (!(this.options.store instanceof RateLimitStore)) await this.store.close();
@@ -403,6 +404,11 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    */
   send(client: WsClientLike, state: ConnectionState, payload: unknown): boolean {
     return this.enforcer.send(client, state, payload);
+  }
+
+  /** Ends a connection that did not answer the heartbeat's ping in time (counted and streamed). */
+  pingTimedOut(client: object, state: ConnectionState): void {
+    this.enforcer.pingTimedOut(client, state);
   }
 
   /** Cuts off a slow consumer (more than `maxBufferedBytes` unread); returns whether it did. */
