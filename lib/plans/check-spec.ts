@@ -19,7 +19,8 @@ const sound = new WeakSet<object>();
  * token bucket's derived ones (`intervalMs`, `slack`, `span`, `nearBound`) included, as
  * computed from its limit, cost and rate. What the stores define beyond those builders is
  * allowed: a cost above the limit (never admitted) and a log limit that is not whole (its
- * whole part). Each spec object is checked once; later calls cost one `WeakSet` lookup.
+ * whole part). A sliding log's cost and a concurrency tier's must be whole. Each spec
+ * object is checked once; later calls cost one `WeakSet` lookup.
  */
 export function checkSpec(spec: TierSpec): void {
   if (sound.has(spec)) return;
@@ -78,6 +79,9 @@ function problemOf(spec: TierSpec): string | undefined {
       if (!positive(spec.windowMs)) return `windowMs must be a positive number (got ${String(spec.windowMs)})`;
       return undefined;
     default:
+      // A lease holds whole slots: Redis counts them with HINCRBY, which refuses anything
+      // but an integer (after the plan's other tiers were written).
+      if (!Number.isSafeInteger(spec.cost)) return `a concurrency tier's cost must be whole (got ${spec.cost})`;
       return undefined;
   }
 }

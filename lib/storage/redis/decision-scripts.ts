@@ -10,7 +10,15 @@
  * ZADD, PEXPIRE, and ZREMRANGEBYRANK once it holds `limit` entries), a concurrency tier its
  * hash's.
  */
-import { HELPERS } from './lua-helpers.js';
+import { HELPERS, MAX_TTL_MS } from './lua-helpers.js';
+
+/**
+ * The most tiers the generic scripts decide in one plan. A write names each of a hash's
+ * fields in one call (`unpack`, which Lua 5.1 refuses past about 8,000 values: two per
+ * tier): a larger plan is refused before anything is read or written, rather than fail
+ * half-way through its writes.
+ */
+export const MAX_GENERIC_TIERS = 3000;
 
 /**
  * The plan's figures from ARGV, and the state of every tier read once (consume and peek).
@@ -20,6 +28,7 @@ const PRELUDE = `${HELPERS}
 -- ARGV[7] H, the number of tracker hashes (KEYS[1..H]); the tiers' own keys follow them.
 -- Tier i's figures at ARGV[9i..9i+8] = kind, limit, cost, a, b, c, d, hash index, field.
 local n, H = tonumber(ARGV[2]), tonumber(ARGV[7])
+if n > ${MAX_GENERIC_TIERS} then return redis.error_reply('wsrl: a plan of more than ${MAX_GENERIC_TIERS} tiers') end
 local fieldTtls = tonumber(ARGV[8])
 local clockKey = nil
 if ARGV[1] ~= '' then clockKey = KEYS[H + n + 1] end
@@ -224,6 +233,7 @@ for i = 1, n do
     local latest = S[i][2]
     if expires > latest then latest = expires end
     ttl = math.ceil(latest - now)
+    if ttl > ${MAX_TTL_MS} then ttl = ${MAX_TTL_MS} end
     redis.call('PEXPIRE', key, ttl)
   end
   if ttl > maxTtl then maxTtl = ttl end

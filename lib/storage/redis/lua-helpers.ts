@@ -23,6 +23,20 @@ export const PRELUDE_LUA = `
 if redis.replicate_commands then redis.replicate_commands() end
 ${NEG_LUA}`;
 
+/**
+ * The longest TTL (ms) a script sets on any key or hash field: 2^45 ms, about 1,115 years.
+ * A hand-made spec can ask for far more (a bucket refilled once in 3e7 years: a `fullAt`
+ * 1e18 ms ahead), which Redis refuses: 7.0 reads a Lua number as `%.17g` text ('1e+18' is
+ * not an integer), and Redis 7.4 and 8 refuse a hash-field TTL ending past 2^46 - 1 ms since
+ * the epoch (`HFE_MAX_ABS_TIME_MSEC`, in the year 4199). Below both until the year 3085, and
+ * an integer that `%.17g` writes without an exponent. Only a key's life is clamped, never a
+ * decision (a `retryAfter` is the algorithm's): state more than 1,115 years from fresh is
+ * dropped early.
+ */
+export const MAX_TTL_MS = 2 ** 45;
+/** `MAX_TTL_MS` as a Lua literal. */
+const MAX_TTL = String(MAX_TTL_MS);
+
 /** `fmt`: a number as text that reads back to the same double (sorted-set scores, replies, the clock). */
 const FMT_FN = "function(x) return string.format('%.17g', x) end";
 export const FMT_LUA = `
@@ -49,9 +63,10 @@ end
 /**
  * Writes a tracker hash's fields: statements that read `key` (the hash), `s` (its flat
  * name/value list), `ttl` (ms: the longest time until a field written here equals a fresh
- * one's), `exp` (its `~e`, nil when unset), `now` and `mode` (`FieldTtlMode`). The generic
- * scripts call them as `writeTracker` (`HASH_TTL_LUA`); a plan's own script inlines them
- * (`plan-scripts.ts`), as a closure made on every call costs more than the write.
+ * one's; clamped to `MAX_TTL_MS` here), `exp` (its `~e`, nil when unset), `now` and `mode`
+ * (`FieldTtlMode`). The generic scripts call them as `writeTracker` (`HASH_TTL_LUA`); a
+ * plan's own script inlines them (`plan-scripts.ts`), as a closure made on every call
+ * costs more than the write.
  *
  * With hash-field TTLs (mode 1 or 2) and a hash not written the old way (no `~e`), every
  * field written gets that TTL plus a second: one TTL for all is one call, not one per
@@ -64,6 +79,7 @@ end
  * once per decision.
  */
 export const WRITE_TRACKER_STATEMENTS = `
+if ttl > ${MAX_TTL} then ttl = ${MAX_TTL} end
 if mode == 2 and exp == nil then
   redis.call('HSETEX', key, 'PX', ttl + 1000, 'FIELDS', #s / 2, unpack(s))
 elseif mode == 1 and exp == nil then
@@ -106,11 +122,13 @@ local function readClock(arg, clockKey)
   return now
 end
 
--- Records the app time under clockKey for as long as any state written with it lives.
+-- Records the app time under clockKey for as long as any state written with it lives
+-- (at most ${MAX_TTL} ms, as every TTL the scripts set).
 local function saveClock(clockKey, now, ttl)
   if clockKey == nil then return end
   local left = redis.call('PTTL', clockKey)
   if left > ttl then ttl = left end
+  if ttl > ${MAX_TTL} then ttl = ${MAX_TTL} end
   if ttl > 0 then redis.call('SET', clockKey, fmt(now), 'PX', ttl) end
 end
 `;
@@ -304,7 +322,6 @@ const LOG_WRITE_FN = `
 -- limit entries are kept: no decision can depend on the others (time only moves forward).
 function(ts, full, key, limit, cost, now, w, nonce)
   limit = math.floor(limit)
-  local ttl = math.ceil(w)
   if ts ~= nil then
     local edge = now - w
     -- One event and nothing live (or an empty log): the field holds just this event.
@@ -336,30 +353,39 @@ function(ts, full, key, limit, cost, now, w, nonce)
       args[#args + 1] = nonce .. '#' .. j
     end
     for j = 1, #args, 1000 do redis.call('ZADD', key, unpack(args, j, math.min(j + 999, #args))) end
+    local ttl = math.ceil(w)
+    if ttl > ${MAX_TTL} then ttl = ${MAX_TTL} end
     redis.call('PEXPIRE', key, ttl)
     return 'Z'
   end
-  local args = {}
-  for j = 1, cost do
-    args[#args + 1] = fmt(now)
-    args[#args + 1] = nonce .. '#' .. j
-  end
-  local added = redis.call('ZADD', key, 'NX', unpack(args))
-  -- A member under one of these names already (a nonce that is Redis's time, and the clock
-  -- stepped back onto a microsecond used before): it keeps standing for its event, and the
-  -- events not added get names of their own, so that each is counted once.
-  while added < cost do
-    nonce = nonce .. '+'
-    args = {}
-    for j = 1, cost - added do
-      args[#args + 1] = fmt(now)
-      args[#args + 1] = nonce .. '#' .. j
+  -- The members are added 500 at a time (1,000 arguments), as above: Lua 5.1's unpack
+  -- refuses to return much more than 8,000 values, so one ZADD of a cost of 4,000 or more
+  -- would raise after the plan's other tiers were written. A member under one of these
+  -- names already (a nonce that is Redis's time, and the clock stepped back onto a
+  -- microsecond used before) keeps standing for its event, and the events not added get
+  -- names of their own (another pass), so that each is counted once.
+  local score, args, added, want = fmt(now), {}, 0, cost
+  while true do
+    local k = 0
+    for j = 1, want do
+      args[k + 1] = score
+      args[k + 2] = nonce .. '#' .. j
+      k = k + 2
+      if k == 1000 then
+        added = added + redis.call('ZADD', key, 'NX', unpack(args, 1, k))
+        k = 0
+      end
     end
-    added = added + redis.call('ZADD', key, 'NX', unpack(args))
+    if k > 0 then added = added + redis.call('ZADD', key, 'NX', unpack(args, 1, k)) end
+    if added >= cost then break end
+    nonce = nonce .. '+'
+    want = cost - added
   end
   -- Only the newest limit entries can ever matter; below that there is nothing to trim.
   if full then redis.call('ZREMRANGEBYRANK', key, 0, -(limit + 1)) end
   -- The newest entries are the ones just added, at now (time does not run backwards).
+  local ttl = math.ceil(w)
+  if ttl > ${MAX_TTL} then ttl = ${MAX_TTL} end
   redis.call('PEXPIRE', key, ttl)
   return 'Z'
 end`;

@@ -39,6 +39,7 @@ import {
   LOG_FIELD_LAZY_LUA,
   LOG_LIVE_LUA,
   LOG_WAIT_LUA,
+  MAX_TTL_MS,
   NEG_LUA,
   PRELUDE_LUA,
   WRITE_TRACKER_STATEMENTS,
@@ -355,8 +356,8 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean, nam
 
 /**
  * Writes every tier's field at once (none is deleted): `WRITE_TRACKER_STATEMENTS` for a list
- * of fields known here, with `hmax` their longest TTL, in the field-TTL mode `mode` (a digit,
- * or the variable holding it).
+ * of fields known here, with `hmax` their longest TTL (clamped to `MAX_TTL_MS`), in the
+ * field-TTL mode `mode` (a digit, or the variable holding it).
  */
 function writeAll(writers: readonly TierCode[], mode: string): string {
   const pairs = writers.map(({ field, i }) => `${field}, val${i}`).join(', ');
@@ -376,10 +377,13 @@ function writeAll(writers: readonly TierCode[], mode: string): string {
     `redis.call('HSET', KEYS[1], ${pairs})`,
     `redis.call('HPEXPIRE', KEYS[1], hmax + 1000, 'FIELDS', ${writers.length}, ${names})`,
   ].join('\n');
-  if (mode === '0') return hashTtl;
-  if (mode === '1') return ['if hexp == nil then', hpexpire, 'else', hashTtl, 'end'].join('\n');
-  if (mode === '2') return ['if hexp == nil then', hsetex, 'else', hashTtl, 'end'].join('\n');
+  // As in WRITE_TRACKER_STATEMENTS: no TTL past what Redis accepts.
+  const clamp = `if hmax > ${MAX_TTL_MS} then hmax = ${MAX_TTL_MS} end`;
+  if (mode === '0') return [clamp, hashTtl].join('\n');
+  if (mode === '1') return [clamp, 'if hexp == nil then', hpexpire, 'else', hashTtl, 'end'].join('\n');
+  if (mode === '2') return [clamp, 'if hexp == nil then', hsetex, 'else', hashTtl, 'end'].join('\n');
   return [
+    clamp,
     `if ${mode} == 2 and hexp == nil then`,
     hsetex,
     `elseif ${mode} == 1 and hexp == nil then`,

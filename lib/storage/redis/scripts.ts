@@ -35,7 +35,7 @@
  *   that time never runs backwards inside a script.
  * Every write sets a TTL (ms) equal to the time until the state equals a fresh one's (the
  * tracker hash, or the fields one decision writes on servers with hash-field TTLs: the
- * longest of theirs, plus a second).
+ * longest of theirs, plus a second), at most `MAX_TTL_MS` (2^45 ms, about 1,115 years).
  *
  * Layout 1 kept each bucket and counter in a string at its tier key, layout 2 each log in a
  * sorted set at its tier key and the buckets and counters in the hash `...}:~2`, layout 3
@@ -46,7 +46,7 @@
  * lease key holding a value of another type is dropped, not an error.
  */
 
-import { HELPERS } from './lua-helpers.js';
+import { HELPERS, MAX_TTL_MS } from './lua-helpers.js';
 export { CONSUME_LUA, FORGET_LUA, PEEK_LUA } from './decision-scripts.js';
 
 /**
@@ -151,6 +151,7 @@ else
 end
 if latest > now and redis.call('EXISTS', key) == 1 then
   local left = math.ceil(latest - now)
+  if left > ${MAX_TTL_MS} then left = ${MAX_TTL_MS} end
   redis.call('PEXPIRE', key, left)
   saveClock(clockKey, now, left)
 end
@@ -189,6 +190,8 @@ end
 for i = 1, #gone, 500 do
   redis.call('HDEL', key, unpack(gone, i, math.min(i + 499, #gone)))
 end
-if latest > now and redis.call('EXISTS', key) == 1 then redis.call('PEXPIRE', key, math.ceil(latest - now)) end
+if latest > now and redis.call('EXISTS', key) == 1 then
+  redis.call('PEXPIRE', key, math.min(math.ceil(latest - now), ${MAX_TTL_MS}))
+end
 return 1
 `;
