@@ -44,6 +44,19 @@ describe('nextBatchSize (token reservations)', () => {
     expect(nextBatchSize({ asked: 16, granted: 5, alone: true, more: 16, ...none }, 64)).toBe(8);
   });
 
+  it('falls to 1 when a deciding call got only its own slot, the TTL cutting the rest (slots running more than ttlMs ahead)', () => {
+    expect(nextBatchSize({ asked: 16, granted: 1, ...alone, ...none, decides: true }, 64)).toBe(1);
+    // A background call's slots start after the current batch: a cut there keeps the size.
+    expect(nextBatchSize({ asked: 16, granted: 1, ...alone, ...none, decides: false }, 64)).toBe(32);
+    expect(nextBatchSize({ asked: 16, granted: 2, ...alone, ...none, decides: true }, 64)).toBe(32);
+  });
+
+  it('never above what the TTL can grant one call (1 for a span longer than ttlMs: every decision one call)', () => {
+    expect(nextBatchSize({ asked: 16, granted: 16, ...alone, ...none, ttlSlots: 11 }, 64)).toBe(11);
+    expect(nextBatchSize({ asked: 1, granted: 1, ...alone, ...none, ttlSlots: 1 }, 64)).toBe(1);
+    expect(nextBatchSize({ asked: 2, granted: 2, ...alone, ...none, ttlSlots: 1000 }, 64)).toBe(4);
+  });
+
   it('never asks for more than half of what is left, so it shrinks to 1 as the bucket empties', () => {
     expect(nextBatchSize({ asked: 16, granted: 16, alone: true, more: 20, ...none }, 64)).toBe(10);
     expect(nextBatchSize({ asked: 8, granted: 8, alone: true, more: 5, ...none }, 64)).toBe(2);

@@ -25,6 +25,16 @@ export interface ReservationOutcome {
    * when this reply tells nothing.
    */
   readonly current?: number;
+  /**
+   * The call decided a message (its slot 0 was granted however far ahead it starts), rather
+   * than filling the next batch in the background.
+   */
+  readonly decides?: boolean;
+  /**
+   * The most slots the TTL lets one call be granted (`floor(ttlMs / span) + 1` for the
+   * slowest bucket): a larger ask only makes decisions wait for slots that cannot come.
+   */
+  readonly ttlSlots?: number;
 }
 
 /**
@@ -41,10 +51,13 @@ export interface ReservationOutcome {
  * - near the limit (fewer slots granted than asked, and fewer than asked still free after
  *   them): 1; a grant cut short only by the TTL (slots due later than `ttlMs` are not
  *   granted) with many slots still free is not a sign of the limit, and keeps the size;
+ * - but a deciding call granted only its own slot, the TTL cutting the rest (the buckets'
+ *   slots run more than `ttlMs` ahead): 1, since no batch can be granted now, and decisions
+ *   waiting for one would each wait a round trip in turn;
  * - otherwise twice the last ask (at least 2), but at most half the slots still free after
  *   the grant (one instance never takes the rest of a bucket, and the size falls to 1 as the
- *   bucket empties) and at most `maxBatch`.
- *
+ *   bucket empties), at most `maxBatch`, and at most `ttlSlots` (1 for a bucket whose span
+ *   is longer than `ttlMs`: every decision one call);
  * - fewer than 2 decisions spendable from even the largest batch (this instance decides too
  *   rarely for the bucket's rate, so a batch's slots lapse before they are spent): 1, as a
  *   batch that saves no call costs script time for nothing.
@@ -58,6 +71,7 @@ export function nextBatchSize(outcome: ReservationOutcome, maxBatch: number): nu
   // Fewer slots than asked with as many still free: the TTL, not the limit, cut the grant.
   const nearLimit = granted < asked && more < asked;
   if (nearLimit || !(spendable >= 2) || (!alone && ownPerCall !== true)) return 1;
+  if (outcome.decides === true && granted === 1 && asked > 1) return 1;
   const next = alone ? Math.max(2, asked * 2) : Math.max(2, asked, outcome.current ?? 0);
-  return Math.max(1, Math.min(next, Math.floor(more / 2), maxBatch));
+  return Math.max(1, Math.min(next, Math.floor(more / 2), maxBatch, outcome.ttlSlots ?? Infinity));
 }

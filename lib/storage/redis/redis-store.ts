@@ -341,7 +341,8 @@ export class RedisRateLimitStore extends RateLimitStore {
    */
   async delete(keys: readonly string[]): Promise<void> {
     this.cache?.clear();
-    this.reservations?.clear();
+    // Only the reservations of plans with a reset tier: the others' buckets are untouched.
+    this.reservations?.clear(keys);
     if (keys.length === 0) return;
     this.gate.check();
     this.leases.reset(keys);

@@ -11,10 +11,24 @@ import { trackerHashOf } from './redis-keys.js';
 
 /** A plan of token buckets only, as the reservation scripts take it. */
 export interface ReservablePlan {
+  /**
+   * What the reservation state is kept under: every tier's key and figures (limit, cost,
+   * slack, span, interval), so two plans deciding one tier under different figures (two named
+   * plans behind one address) never spend each other's slots: a slot is timed by its plan's
+   * spans, and a decision must compare with its own plan's limit.
+   */
   readonly key: string;
+  /** The tier keys (for `ReservationBook.clear(keys)`). */
+  readonly tierKeys: readonly string[];
   readonly specs: readonly TokenBucketSpec[];
   /** The time (ms) the largest batch's slots of full buckets cover: maxBatch times the shortest span. */
   readonly batchMs: number;
+  /**
+   * The most slots one reserving call can be granted: slot j of a full bucket starts j spans
+   * ahead, and only slots within `ttlMs` are granted (the deciding slot 0 aside), so the
+   * slowest bucket allows `floor(ttlMs / span) + 1`.
+   */
+  readonly ttlSlots: number;
   /** `[numkeys, ...KEYS, '', n, H, fieldTtls, ask, ttl, owner, moreCap, decides, ...tiers]`. */
   readonly reserveArgs: readonly string[];
   readonly hashes: readonly string[];
@@ -49,9 +63,17 @@ export function compileReservable(
     reserveArgs.push(String(spec.intervalMs), ...places[i]!);
   });
   return {
-    key: tiers.map(({ key, spec }) => `${key}\u0000${spec.cost}`).join('\u0001'),
+    // Each tier key length-prefixed: no key text can make two plans' keys equal.
+    key: tiers
+      .map(({ key }, i) => {
+        const { limit, cost, slack, span, intervalMs } = specs[i]!;
+        return `${key.length}:${key}\u0000${limit}\u0000${cost}\u0000${slack}\u0000${span}\u0000${intervalMs}`;
+      })
+      .join('\u0001'),
+    tierKeys: tiers.map((tier) => tier.key),
     specs,
     batchMs: options.maxBatch * Math.min(...specs.map((spec) => spec.span)),
+    ttlSlots: Math.max(1, Math.floor(options.ttlMs / Math.max(...specs.map((spec) => spec.span))) + 1),
     reserveArgs,
     hashes,
     places,

@@ -48,7 +48,7 @@ interface Entry {
    * A reserving call with a batch size above 1 (or a background one) in flight: other
    * decisions wait for it.
    */
-  pending: Promise<unknown> | undefined;
+  pending: Pending | undefined;
   /** The reserving calls' recent latency (ms, from sent to settled in this process). */
   latencyMs: number;
   waiting: number;
@@ -68,9 +68,17 @@ interface Entry {
   touched: boolean;
 }
 
+/** A reserving call other decisions wait for. */
+interface Pending {
+  readonly sent: Promise<unknown>;
+  readonly call: Call;
+}
+
 /** One reserving call, as its reply is read. */
 interface Call {
   readonly plan: ReservablePlan;
+  /** The plan's reservation state when the call was sent (none when the book was full). */
+  readonly entry: Entry | undefined;
   readonly asked: number;
   readonly sentAt: number;
   /** This instance's per-call decisions may have moved the buckets since its last reservation. */
@@ -79,6 +87,12 @@ interface Call {
   readonly decides: boolean;
   /** The book's epoch when the call was sent. */
   readonly epoch: number;
+  /**
+   * Set from its reply: it was granted fewer slots than asked (the TTL or the limit cut it),
+   * or none; the decisions that waited for it then go per call rather than one reserving
+   * call at a time.
+   */
+  cut: boolean;
 }
 
 export interface ReservationBookOptions {
@@ -113,6 +127,8 @@ export class ReservationBook {
   private epoch = 0;
   /** Batches that arrived while the book closed, on their way back. */
   private readonly closingTails: Promise<unknown>[] = [];
+  /** Set while a decision released from a wait is retried: it goes per call (see `wants`). */
+  private perCall = false;
 
   constructor(private readonly options: ReservationBookOptions) {}
 
@@ -162,6 +178,13 @@ export class ReservationBook {
    */
   wants(plan: ReservablePlan): boolean {
     const entry = this.entries.get(plan.key);
+    if (this.perCall) {
+      if (entry !== undefined) {
+        entry.touched = true;
+        entry.direct++;
+      }
+      return false;
+    }
     if (entry === undefined || entry.size > 1 || entry.pending !== undefined) return true;
     entry.touched = true;
     if (++entry.skipped < PROBE_EVERY) {
@@ -175,6 +198,12 @@ export class ReservationBook {
   /**
    * Decides the plan with a reserving call (or, while one with a larger batch is in flight,
    * waits for it and `retry`s). `refused` turns a refusal reply into the decision.
+   *
+   * A decision waits for one call at most: when that call fails (Redis failed or stayed
+   * silent past the deadline), the decision fails with the same error (the store's failure
+   * mode decides it) instead of sending a call of its own, which would take one more
+   * deadline; when that call was granted fewer slots than asked (or none), the decisions
+   * left without a slot go per call, together, instead of one reserving call at a time.
    */
   consume(
     plan: ReservablePlan,
@@ -183,29 +212,53 @@ export class ReservationBook {
   ): Promise<RateLimitDecision> {
     const entry = this.entries.get(plan.key) ?? this.open(plan);
     if (entry?.pending !== undefined) {
+      const { sent, call } = entry.pending;
       // The retry is counted again.
       entry.counted--;
       entry.waiting++;
-      const again = (): Promise<RateLimitDecision> | RateLimitDecision => {
-        entry.waiting--;
-        return retry();
-      };
-      return entry.pending.then(again, again);
+      return sent.then(
+        () => {
+          entry.waiting--;
+          return call.cut ? this.retryPerCall(retry) : retry();
+        },
+        (error: unknown) => {
+          entry.waiting--;
+          throw error;
+        },
+      );
     }
-    const ask = entry === undefined ? 1 : Math.min(this.options.maxBatch, Math.max(entry.size, entry.waiting + 1));
+    const ask =
+      entry === undefined ? 1 : Math.min(this.options.maxBatch, plan.ttlSlots, Math.max(entry.size, entry.waiting + 1));
     return this.reserve(plan, entry, ask, refused);
+  }
+
+  /**
+   * Retries a decision per call: `retry` (the store's `consume`) spends a slot still held,
+   * else reaches `wants` synchronously, which says no while the flag is set.
+   */
+  private retryPerCall(
+    retry: () => Promise<RateLimitDecision> | RateLimitDecision,
+  ): Promise<RateLimitDecision> | RateLimitDecision {
+    this.perCall = true;
+    try {
+      return retry();
+    } finally {
+      this.perCall = false;
+    }
   }
 
   /**
    * The reservation state of a plan decided for the first time (none when the book is full
    * or closed). Its first call asks for 2 slots, so the decisions that come while it is in
-   * flight wait for it, and the next ask covers them all.
+   * flight wait for it, and the next ask covers them all; for 1 when the TTL grants no slot
+   * after the deciding one (a span longer than `ttlMs`), so that none waits.
    */
   private open(plan: ReservablePlan): Entry | undefined {
     if (this.closed || this.entries.size >= this.options.maxEntries) return undefined;
     const entry: Entry = {
       plan,
-      size: 2,
+      // 1 when the TTL grants no slot after the deciding one: every decision then goes per call.
+      size: Math.min(2, plan.ttlSlots),
       batch: undefined,
       queued: undefined,
       pending: undefined,
@@ -241,13 +294,23 @@ export class ReservationBook {
     const sentAt = performance.now();
     const ownPerCall = entry !== undefined && entry.direct > 0;
     if (entry !== undefined) entry.direct = 0;
-    const call: Call = { plan, asked: ask, sentAt, ownPerCall, decides: refused !== undefined, epoch: this.epoch };
+    const call: Call = {
+      plan,
+      entry,
+      asked: ask,
+      sentAt,
+      ownPerCall,
+      decides: refused !== undefined,
+      epoch: this.epoch,
+      cut: false,
+    };
     const answer = refused ?? this.backgroundRefusal(entry);
     const sent = this.options.gate.within(
       this.options.reserve(...args),
       (reply, delivered) => this.settle(call, reply, delivered, answer),
       (reply, delivered) => {
-        // An answer that came too late still took its slots: keep them for the next decisions.
+        // An answer that came too late still took its slots: keep them for the next decisions
+        // (but a deciding call's slot 0, which the store's failure mode answered for).
         if (!delivered && Array.isArray(reply) && toNumber(reply[0]) === 2) {
           try {
             this.settle(call, reply, false, answer);
@@ -258,11 +321,18 @@ export class ReservationBook {
       },
     );
     if (entry !== undefined && (ask > 1 || !call.decides)) {
-      entry.pending = sent;
+      const pending: Pending = { sent, call };
+      entry.pending = pending;
       const done = (): void => {
-        if (entry.pending === sent) entry.pending = undefined;
+        if (entry.pending === pending) entry.pending = undefined;
       };
-      sent.then(done, done);
+      // A failed call: the next decisions go per call (each within its own deadline) rather
+      // than wait for another reserving call, until a probe finds Redis answering again.
+      const failed = (): void => {
+        done();
+        entry.size = 1;
+      };
+      sent.then(done, failed);
     }
     return sent;
   }
@@ -290,7 +360,7 @@ export class ReservationBook {
     if (batch.lastDeadline - now + entry.plan.batchMs / this.options.maxBatch >= this.options.ttlMs) return;
     const left = unspent(batch);
     // Decisions still waiting on the last call (retrying one by one) count in the ask.
-    const ask = Math.min(Math.max(entry.size, entry.waiting + 1), this.options.maxBatch - left);
+    const ask = Math.min(Math.max(entry.size, entry.waiting + 1), this.options.maxBatch - left, entry.plan.ttlSlots);
     if (ask < 2) return;
     const perMs = entry.perMs > 0 ? entry.perMs : entry.counted / Math.max(1, now - entry.countedSince);
     // Two decisions' gap on top: the next check comes only with the next decision.
@@ -300,12 +370,22 @@ export class ReservationBook {
   }
 
   /**
-   * Forgets every batch without giving anything back (the keys were reset); replies to calls
-   * sent before are not kept either (their slots are of the buckets before the reset).
+   * Forgets the batches of the plans with a tier among `keys` (every plan's without `keys`)
+   * without giving anything back (the keys were reset); replies to calls sent before are not
+   * kept either (their slots are of the buckets before the reset). Other plans keep theirs:
+   * their buckets were not reset.
    */
-  clear(): void {
-    this.entries.clear();
-    this.epoch++;
+  clear(keys?: readonly string[]): void {
+    if (keys === undefined) {
+      this.entries.clear();
+      this.epoch++;
+      return;
+    }
+    if (keys.length === 0 || this.entries.size === 0) return;
+    const reset = new Set(keys);
+    for (const [key, entry] of this.entries) {
+      if (entry.plan.tierKeys.some((tierKey) => reset.has(tierKey))) this.entries.delete(key);
+    }
   }
 
   /** Gives back every batch's unspent tail (best effort, within the deadline) and stops. */
@@ -316,7 +396,7 @@ export class ReservationBook {
     this.timer = undefined;
     const entries = [...this.entries.values()];
     // Calls still in flight first: their batches are the newest, so they go back first.
-    await Promise.allSettled(entries.map((entry) => entry.pending));
+    await Promise.allSettled(entries.map((entry) => entry.pending?.sent));
     await Promise.allSettled(entries.map((entry) => this.giveBackAll(entry)));
     this.entries.clear();
     // Batches whose replies came while closing (each give-back handles its own failure).
@@ -330,14 +410,23 @@ export class ReservationBook {
     refused: (reply: unknown, delivered: boolean) => RateLimitDecision,
   ): RateLimitDecision {
     const { plan, asked, sentAt, decides } = call;
-    const current = call.epoch === this.epoch ? this.entries.get(plan.key) : undefined;
+    // The entry the call was sent for, unless the keys were reset since (`clear`).
+    const current =
+      call.epoch === this.epoch && call.entry !== undefined && this.entries.get(plan.key) === call.entry
+        ? call.entry
+        : undefined;
     if (!Array.isArray(reply) || toNumber(reply[0]) !== 2) {
+      call.cut = true;
       // Refused: batches stop until a probe finds room (the block cache answers meanwhile),
       // so concurrent decisions do not queue one call at a time behind each other's refusal.
       if (current !== undefined && decides && Array.isArray(reply) && toNumber(reply[0]) === 0) current.size = 1;
       return refused(reply, delivered);
     }
-    const batch = batchOf(plan, reply, asked, sentAt, delivered && decides ? 1 : 0);
+    // Slot 0 of a deciding call is its decision's, also when the reply came after the
+    // deadline: the failure mode answered that decision (perhaps admitting it), so the slot
+    // is not spent again.
+    const batch = batchOf(plan, reply, asked, sentAt, decides ? 1 : 0);
+    call.cut = batch.granted < asked;
     if (this.closed) {
       // Taken while the store closes: straight back.
       if (unspent(batch) > 0) this.closingTails.push(this.giveBack(plan, batch).catch(() => undefined));
@@ -362,6 +451,8 @@ export class ReservationBook {
         spendable,
         ownPerCall: call.ownPerCall,
         current: entry?.size,
+        decides,
+        ttlSlots: plan.ttlSlots,
       },
       this.options.maxBatch,
     );

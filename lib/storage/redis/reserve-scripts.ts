@@ -13,7 +13,7 @@
  * most C + r * T in any interval T, exactly as without reservations. A slot whose start has
  * passed lapses (its token is lost to this instance, never spent late).
  */
-import { HELPERS } from './lua-helpers.js';
+import { HELPERS, MAX_TTL_MS } from './lua-helpers.js';
 
 /**
  * `reserve`: takes up to `ask` slots of every bucket of a plan (the same number of each),
@@ -185,7 +185,7 @@ for i = 1, n do
       redis.call('HSET', key, f, struct.pack('<d', t))
       -- HSET drops a field's own TTL: set it again where fields carry theirs.
       if fieldTtls and redis.call('HEXISTS', key, '~e') == 0 then
-        redis.call('HPEXPIRE', key, ttl + 1000, 'FIELDS', 1, f)
+        redis.call('HPEXPIRE', key, math.min(ttl, ${MAX_TTL_MS}) + 1000, 'FIELDS', 1, f)
       end
       redis.call('HDEL', key, '~o' .. f)
     else
