@@ -1,4 +1,4 @@
-import type { PlanLimitsOptions, WsRateLimitModuleOptions } from '../interfaces/options.interface.js';
+import type { PlanLimitsOptions, TypeLimitOptions, WsRateLimitModuleOptions } from '../interfaces/options.interface.js';
 import { WsRateLimitConfigError } from '../exceptions/ws-rate-limit-config.error.js';
 import { truncateCloseReason } from '../utils/close-reason.js';
 import { MAX_SLIDING_LOG, messageRateProblem } from './bounds.js';
@@ -10,6 +10,7 @@ import type {
   ResolvedAccessList,
   ResolvedPlan,
   ResolvedRedisOptions,
+  ResolvedTypeLimit,
   ResolvedValue,
   ResolvedWsRateLimitOptions,
 } from './resolved-options.js';
@@ -239,7 +240,7 @@ function resolvePlan(name: string, overrides: PlanLimitsOptions, base: ResolvedP
         useEnv: false,
         global: { ...base.global, ...given(overrides.global) },
         type: { ...base.type, ...given(overrides.type) },
-        types: { ...base.types, ...given(overrides.types) },
+        types: { ...base.types, ...mergeTypes(base.types, given(overrides.types)) },
         expensive: { ...base.expensive, ...given(overrides.expensive) },
       },
       () => undefined,
@@ -249,7 +250,13 @@ function resolvePlan(name: string, overrides: PlanLimitsOptions, base: ResolvedP
       type: resolved.type,
       types: resolved.types,
       expensive: resolved.expensive,
-      overrides: Object.fromEntries(Object.keys(overrides.types ?? {}).map((type) => [type, resolved.types[type]!])),
+      // Only the fields the plan gives win over `@Throttle`; the others are the module's.
+      overrides: Object.fromEntries(
+        Object.entries(given(overrides.types) ?? {}).map(([type, entry]) => [
+          type,
+          pick(resolved.types[type]!, Object.keys(given(entry as object) ?? {})),
+        ]),
+      ),
     };
   } catch (error) {
     if (!(error instanceof WsRateLimitConfigError)) throw error;
@@ -287,6 +294,29 @@ function requireCapacity(capacity: number, cost: number, where: string, what: st
       `${where}: capacity ${capacity} is smaller than ${what}; such a message could never pass`,
     );
   }
+}
+
+/**
+ * A plan's `types`, each merged field by field over the module's entry for that type (a
+ * plan giving `{ capacity: 50 }` keeps the module's `cost`, `expensive` and the rest).
+ */
+function mergeTypes(
+  base: Readonly<Record<string, ResolvedTypeLimit>>,
+  types: Record<string, TypeLimitOptions> | undefined,
+): Record<string, TypeLimitOptions> | undefined {
+  if (types === undefined) return undefined;
+  return Object.fromEntries(
+    Object.entries(types).map(([type, entry]) => [
+      type,
+      // Anything but an object is left for the validation to name.
+      Object.hasOwn(base, type) && isRecord(entry) ? { ...base[type], ...given(entry) } : entry,
+    ]),
+  );
+}
+
+/** The fields of `entry` named in `fields`. */
+function pick<T extends object>(entry: T, fields: readonly string[]): T {
+  return Object.fromEntries(Object.entries(entry).filter(([field]) => fields.includes(field))) as T;
 }
 
 /** A plan's overrides without the fields given as `undefined` (they keep the module's figure). */

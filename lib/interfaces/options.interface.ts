@@ -92,8 +92,14 @@ export interface TypeLimitOptions extends BucketLimitOptions {
 
 /** What a tracker function is told about a connection. */
 export interface TrackerContext {
-  /** The client address the adapter resolved (trusted proxies only), if known. */
+  /**
+   * The client's address key, as `tracker: 'ip'` counts it: the address the adapter resolved
+   * (trusted proxies only), an IPv6 one as its network (`ipv6Prefix`, `2001:db8::/64`), if
+   * known. The address itself is `address`.
+   */
   readonly ip: string | undefined;
+  /** The client address the adapter resolved (trusted proxies only), if known. */
+  readonly address?: string | undefined;
   /** A number unique to the connection within this process. */
   readonly connectionId: number;
   /** The upgrade request, when the connection came through `WsRateLimitAdapter`. */

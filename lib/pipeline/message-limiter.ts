@@ -4,7 +4,7 @@ import type { SkipIf } from '../decorators/throttle.decorator.js';
 import type { RateLimitDecision, RateLimitPlan, TierSpec, TierStatus } from '../interfaces/plan.interface.js';
 import type { Telemetry } from '../metrics/telemetry.js';
 import { planOf } from '../plans/create-plan.js';
-import { RouteResolver, type Route } from '../plans/route-resolver.js';
+import { EXPENSIVE_SUFFIXES, RouteResolver, type Route } from '../plans/route-resolver.js';
 import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
 import type { MaybePromise, RateLimitStore } from '../storage/rate-limit-store.js';
 import type { SharedStore } from '../services/shared-store.js';
@@ -77,8 +77,12 @@ export class MessageLimiter {
     const resolver = this.options.planResolver;
     if (resolver === undefined) return DEFAULT_PLAN;
     // `null` from JavaScript code means no plan, as `undefined` does.
-    const name = resolver(client, { ip: state.ip, connectionId: state.id, request: state.request }) as
-      string | null | undefined;
+    const name = resolver(client, {
+      ip: state.ip,
+      address: state.address,
+      connectionId: state.id,
+      request: state.request,
+    }) as string | null | undefined;
     if (name === undefined || name === null) return DEFAULT_PLAN;
     if (this.plans.has(name)) return name;
     this.unknownPlan(name);
@@ -109,7 +113,12 @@ export class MessageLimiter {
     const tracker = this.options.tracker;
     if (tracker === 'connection') return state.tracker;
     if (tracker === 'ip') return state.ip === undefined ? state.tracker : this.addressTrackerOf(state);
-    const name = tracker(client, { ip: state.ip, connectionId: state.id, request: state.request });
+    const name = tracker(client, {
+      ip: state.ip,
+      address: state.address,
+      connectionId: state.id,
+      request: state.request,
+    });
     if (typeof name === 'string') return namedTracker(name);
     if (isPromise(name))
       return name.then((settled) => (typeof settled === 'string' ? namedTracker(settled) : state.tracker));
@@ -124,7 +133,12 @@ export class MessageLimiter {
     const tracker = this.options.tracker;
     if (tracker === 'connection') return state.tracker.key;
     if (tracker === 'ip') return state.ip === undefined ? state.tracker.key : this.addressTrackerOf(state).key;
-    const name = tracker(client, { ip: state.ip, connectionId: state.id, request: state.request });
+    const name = tracker(client, {
+      ip: state.ip,
+      address: state.address,
+      connectionId: state.id,
+      request: state.request,
+    });
     if (typeof name === 'string') return namedTracker(name).key;
     if (isPromise(name))
       return name.then((settled) => (typeof settled === 'string' ? namedTracker(settled) : state.tracker).key);
@@ -191,7 +205,7 @@ export class MessageLimiter {
       for (const type of routes.knownTypes()) types.add(`t:${type}`);
       for (const suffix of routes.knownTypeSuffixes()) types.add(suffix);
     }
-    const suffixes = ['g', 'x', ...types];
+    const suffixes = ['g', ...EXPENSIVE_SUFFIXES, ...types];
     if (isLocal(tracker)) this.local.delete(suffixes.map((suffix) => this.local.key(tracker.key, suffix)));
     else await this.shared.deleteTiers(tracker.key, suffixes);
   }

@@ -64,7 +64,13 @@ interface NamedFigures {
  * handler, and specs are shared between routes that share a type or a cost.
  */
 export class RouteResolver {
-  private readonly routes = new Map<object, Route | null>();
+  /**
+   * Routes by handler, with the gateway they were built for (`undefined`: any gateway, for
+   * the unrouted handlers); a handler inherited by several gateways, whose metadata differ,
+   * keeps the routes of the others in `inherited`.
+   */
+  private readonly routes = new Map<object, { readonly gateway: object | undefined; readonly route: Route | null }>();
+  private readonly inherited = new Map<object, Map<object, Route | null>>();
   private readonly figures = new Map<string, TypeFigures>();
   private readonly typeSpecCache = new Map<string, readonly TokenBucketSpec[]>();
   private readonly globalSpecs = new Map<number, TokenBucketSpec>();
@@ -72,22 +78,35 @@ export class RouteResolver {
 
   constructor(private readonly options: RouteLimits) {
     const { expensive } = options;
-    this.expensiveSpec = windowSpec('expensive', 'x', expensive.algorithm, expensive.max, expensive.windowMs);
+    this.expensiveSpec = windowSpec(
+      'expensive',
+      expensiveSuffix(expensive.algorithm),
+      expensive.algorithm,
+      expensive.max,
+      expensive.windowMs,
+    );
   }
 
   /** The route of a handler, or `null` when `@SkipThrottle` exempts it. */
   resolve(handler: object, gateway: object): Route | null {
-    let route = this.routes.get(handler);
-    if (route === undefined) {
-      route = this.build(handler, gateway);
-      this.routes.set(handler, route);
+    const cached = this.routes.get(handler);
+    if (cached !== undefined && (cached.gateway === gateway || cached.gateway === undefined)) return cached.route;
+    if (cached === undefined) {
+      const route = this.build(handler, gateway);
+      this.routes.set(handler, { gateway, route });
+      return route;
     }
+    // One method function, inherited by another gateway: its own class's metadata apply.
+    let byGateway = this.inherited.get(handler);
+    if (byGateway === undefined) this.inherited.set(handler, (byGateway = new Map()));
+    let route = byGateway.get(gateway);
+    if (route === undefined) byGateway.set(gateway, (route = this.build(handler, gateway)));
     return route;
   }
 
   /** Sets the route of a handler that carries no metadata (frames that reach no handler). */
   seed(handler: object, route: Route): void {
-    this.routes.set(handler, route);
+    this.routes.set(handler, { gateway: undefined, route });
   }
 
   /** The global tier for a message of the given cost. */
@@ -170,7 +189,8 @@ export class RouteResolver {
   private figuresOf(type: string): TypeFigures {
     let figures = this.figures.get(type);
     if (!figures) {
-      const configured = this.options.overrides?.[type] ?? this.options.types[type];
+      // A plan's `types` are the module's entries with the plan's fields over them.
+      const configured = this.options.types[type];
       figures = {
         capacity: configured?.capacity ?? this.options.type.capacity,
         refillRate: configured?.refillRate ?? this.options.type.refillRate,
@@ -203,13 +223,15 @@ export class RouteResolver {
 
   /** The tiers for a type requested from code (`WsRateLimitService.consume`). */
   specsFor(type: string, expensive: boolean | undefined, cost: number | undefined): TierSpec[] {
+    // A plan's own figures for the type first, as for its handlers' routes.
+    const override = this.options.overrides?.[type];
     const configured = this.options.types[type];
-    const charge = cost ?? configured?.cost ?? 1;
+    const charge = cost ?? override?.cost ?? configured?.cost ?? 1;
     const where = `type "${type}"`;
     checkFigure(where, 'cost', charge);
     this.checkCost(where, charge, this.figuresOf(type));
     const specs: TierSpec[] = [this.globalSpec(charge), ...this.typeSpecs(type, charge)];
-    if (expensive ?? configured?.expensive ?? false) specs.push(this.expensiveSpec);
+    if (expensive ?? override?.expensive ?? configured?.expensive ?? false) specs.push(this.expensiveSpec);
     return specs;
   }
 
@@ -311,6 +333,19 @@ export class RouteResolver {
     if (rate !== undefined) throw new WsRateLimitConfigError(`${where}: ${rate}`);
   }
 }
+
+/**
+ * The key suffix of the expensive window: one per algorithm (`x` for a sliding log, `xc`
+ * for a sliding counter), so that a tracker whose connections are on plans with different
+ * algorithms keeps both windows, instead of each algorithm's decision finding the other's
+ * state and starting it over (every switch of plan reset the window).
+ */
+export function expensiveSuffix(algorithm: 'sliding-log' | 'sliding-counter'): string {
+  return algorithm === 'sliding-log' ? 'x' : 'xc';
+}
+
+/** Every suffix an expensive window may have (for a reset). */
+export const EXPENSIVE_SUFFIXES: readonly string[] = Object.freeze(['x', 'xc']);
 
 function checkFigure(where: string, field: 'capacity' | 'refillRate' | 'cost', value: unknown): void {
   if (value === undefined) return;

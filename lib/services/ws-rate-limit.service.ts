@@ -119,12 +119,16 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   }
 
   /**
-   * Validates the limits of every guarded gateway handler under every plan, so mistakes
-   * stop start-up; notes which guard protects each gateway (its steps decide the gateway's
+   * Validates the limits of every guarded gateway handler under every plan (and the
+   * `@Throttle` figures of every other one), so mistakes stop start-up; notes which guard protects each gateway (its steps decide the gateway's
    * unrouted frames too); sets up metrics, and the sharing of blocks when the store shares them.
    */
   async onModuleInit(): Promise<void> {
     const handlers: Array<[object, object]> = [];
+    // Every gateway handler's figures are declared, guarded or not: a guard given to
+    // app.useGlobalGuards is not seen here, and its handlers' routes are built at their
+    // first message; types they share must agree whichever comes first.
+    const declared: Array<[object, object]> = [];
     // A guard registered with APP_GUARD runs for every handler: all are validated.
     const everyHandler = throttleAppGuard(this.discovery);
     for (const wrapper of this.discovery.getProviders()) {
@@ -139,6 +143,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
         const message: unknown = Reflect.getMetadata('message', handler);
         if (message === undefined) continue;
         events.push(message);
+        declared.push([handler, gateway]);
         const handlerGuard = throttleGuardOf(handler);
         guard ??= handlerGuard;
         if (everyHandler || classGuard !== undefined || handlerGuard !== undefined) handlers.push([handler, gateway]);
@@ -148,7 +153,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     for (const [name, routes] of this.limiter.plans) {
       try {
         // Declared figures first, so that handlers sharing a type agree in any order.
-        for (const [handler, gateway] of handlers) routes.declare(handler, gateway);
+        for (const [handler, gateway] of declared) routes.declare(handler, gateway);
         for (const [handler, gateway] of handlers) routes.resolve(handler, gateway);
       } catch (error) {
         if (name !== DEFAULT_PLAN) (error as Error).message += ` (under plan "${name}")`;
@@ -450,9 +455,14 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     if (request === null || typeof request !== 'object' || typeof request.type !== 'string' || request.type === '') {
       throw new TypeError('nestjs-ws-rate-limit: a request needs a non-empty string type');
     }
-    const specs = this.limiter.routes.specsFor(request.type, request.expensive, request.cost);
-    if (typeof target === 'string') return this.limiter.buildPlan(namedTracker(target), specs, request.type);
+    if (typeof target === 'string') {
+      const specs = this.limiter.routes.specsFor(request.type, request.expensive, request.cost);
+      return this.limiter.buildPlan(namedTracker(target), specs, request.type);
+    }
     const state = this.connectionOf(target);
+    // A socket's own plan, as its messages and `status` have it.
+    const routes = this.limiter.plans.get(this.limiter.planNameOf(target, state))!;
+    const specs = routes.specsFor(request.type, request.expensive, request.cost);
     const build = (tracker: Tracker): RateLimitPlan => {
       const plan = this.limiter.buildPlan(tracker, specs, request.type);
       this.limiter.remember(state, plan);
