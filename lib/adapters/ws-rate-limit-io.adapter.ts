@@ -4,7 +4,7 @@ import { Logger, type INestApplicationContext } from '@nestjs/common';
 import { IoAdapter } from '@nestjs/platform-socket.io';
 import type { MessageMappingProperties } from '@nestjs/websockets';
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
-import { EMPTY, isObservable, type Observable, type Subscription } from 'rxjs';
+import { EMPTY, type Observable, type Subscription } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
 import type { Namespace, Server, ServerOptions, Socket } from 'socket.io';
 import type { ConnectionState } from '../connection/connection-state.js';
@@ -162,9 +162,8 @@ export class WsRateLimitIoAdapter extends IoAdapter {
             id === undefined && slot === undefined
               ? handler.callback(data, ack)
               : handler.callback(data, ack, messageMeta(id, slot));
-          if (slot !== undefined && result instanceof Promise) {
-            result.then((returned) => isObservable(returned) && answered(), answered);
-          }
+          // Answered at its first reply, or when its stream ends (or fails) without one (see
+          // WsRateLimitAdapter).
           response$ = transform(result);
         } catch (error) {
           this.log.error(error);

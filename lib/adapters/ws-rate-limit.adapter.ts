@@ -2,7 +2,7 @@ import type { INestApplicationContext } from '@nestjs/common';
 import type { MessageMappingProperties } from '@nestjs/websockets';
 import { WsAdapter } from '@nestjs/platform-ws';
 import { STATUS_CODES, type IncomingMessage, type Server as HttpServer } from 'node:http';
-import { EMPTY, isObservable, type Observable, type Subscription } from 'rxjs';
+import { EMPTY, type Observable, type Subscription } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { AnswerSlot } from '../connection/answer-order.js';
@@ -76,6 +76,8 @@ export class WsRateLimitAdapter extends WsAdapter {
   private readonly httpListeners: ServerListener[] = [];
   private readonly guardedServers = new WeakSet<object>();
   private readonly heartbeats = new Map<WebSocketServer, NodeJS.Timeout>();
+  /** Each socket's handlers by event, from every gateway bound to it. */
+  private readonly routing = new WeakMap<WebSocket, Map<string, MessageMappingProperties[]>>();
   /** platform-ws's own parser, to tell whether `setMessageParser` replaced it. */
   private readonly defaultMessageParser: MessageParser;
   /** Warns once when forwarding headers come from peers that are not trusted proxies. */
@@ -149,8 +151,19 @@ export class WsRateLimitAdapter extends WsAdapter {
     handlers: MessageMappingProperties[],
     transform: (data: unknown) => Observable<unknown>,
   ): void {
-    const byEvent = new Map<string, MessageMappingProperties>();
-    for (const handler of handlers) byEvent.set(handler.message as string, handler);
+    // Gateways sharing a server are bound one after the other on each socket: one routing
+    // table and one listener for them all (a listener per gateway parsed every frame once
+    // per gateway, answering UNKNOWN_EVENT and charging the global budget in each that
+    // lacked its handler).
+    const known = this.routing.get(client);
+    const byEvent = known ?? new Map<string, MessageMappingProperties[]>();
+    // An event two gateways handle runs both handlers, as on platform-ws.
+    for (const handler of handlers) {
+      const event = handler.message as string;
+      byEvent.set(event, [...(byEvent.get(event) ?? []), handler]);
+    }
+    if (known !== undefined) return;
+    this.routing.set(client, byEvent);
     const state = this.limiter.connectionOf(client);
     const { pipeline } = this.limiter;
     // Frames no handler takes go through the steps of the gateway's guard.
@@ -187,11 +200,20 @@ export class WsRateLimitAdapter extends WsAdapter {
       if (message === null || typeof message !== 'object') return unrouted('INVALID_MESSAGE', undefined, slot);
       const id = messageIdOf(message);
       if (typeof message.event !== 'string') return unrouted('INVALID_MESSAGE', id, slot);
-      const handler = byEvent.get(message.event);
-      if (!handler) return unrouted('UNKNOWN_EVENT', id, slot);
+      const routed = byEvent.get(message.event);
+      if (!routed) return unrouted('UNKNOWN_EVENT', id, slot);
       const answered = (): void => {
         if (slot !== undefined) order!.done(slot);
       };
+      for (const handler of routed) run(handler, message, id, slot, answered);
+    };
+    const run = (
+      handler: MessageMappingProperties,
+      message: { event?: unknown; data?: unknown },
+      id: MessageId | undefined,
+      slot: AnswerSlot | undefined,
+      answered: () => void,
+    ): void => {
       let response$: Observable<unknown>;
       try {
         // The id and the answer slot ride as an extra argument (after the event), where
@@ -200,11 +222,9 @@ export class WsRateLimitAdapter extends WsAdapter {
           id === undefined && slot === undefined
             ? handler.callback(message.data, message.event)
             : handler.callback(message.data, message.event, messageMeta(id, slot));
-        // A handler returning an observable is answered once it has returned it: its
-        // stream's emissions are not waited for.
-        if (slot !== undefined && result instanceof Promise) {
-          result.then((returned) => isObservable(returned) && answered(), answered);
-        }
+        // Answered at its first reply, or when its stream ends (or fails) without one: not
+        // when the handler returns an observable, which is all NestJS returns once any
+        // interceptor applies (the handler has not even run then).
         response$ = transform(result);
       } catch {
         // As platform-ws: a synchronous throw must not stop this client's later messages.

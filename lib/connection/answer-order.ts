@@ -22,9 +22,10 @@ export interface AnswerSlot {
  * for the oldest open message is written at once, and no timer runs.
  *
  * Handler replies are never held (one slow handler does not delay another's reply). A
- * message counts as answered at its first reply, when it ends without one, or, for a
- * handler returning an observable, when the handler has returned it (a stream's emissions
- * are not ordered). Held answers wait `holdMs` at most, and the close as long.
+ * message counts as answered at its first reply, or when it ends without one (a stream's
+ * later emissions are not ordered; one with nothing to say yet holds the limiter's later
+ * answers until it says something, `holdMs` at most). Held answers wait `holdMs` at most,
+ * and the close as long.
  */
 export class AnswerOrder {
   /** The oldest message not yet answered; later ones follow through `next`. */
