@@ -4,7 +4,7 @@ import { RedisStoreUnavailableError } from './redis-store.error.js';
 
 const noop = (): void => undefined;
 /** How long the probe's key lives: it only has to be written. */
-const PROBE_KEY_TTL_MS = 10_000;
+const PROBE_KEY_TTL_MS = 100;
 
 /** A call in flight, waiting for its reply or its deadline. */
 interface PendingCall {

@@ -119,7 +119,7 @@ export interface RedisStoreOptions {
    * The circuit breaker: it opens when the client reports `close`/`end` or not ready, or
    * after `failureThreshold` consecutive failed calls; while open, calls reject at once with
    * no Redis traffic. A probe every `probeIntervalMs` (and on `ready`) closes it: a write of
-   * the key `<keyPrefix>probe` (`SET ... PX 10000`), which Redis refuses while it is a
+   * the key `<keyPrefix>probe` (`SET ... PX 100`), which Redis refuses while it is a
    * replica, out of memory under `noeviction`, running a long script, loading or unable to
    * persist (as it would refuse a decision), or on a Cluster `CLUSTER INFO` of a random node,
    * which must report `cluster_state:ok`.
