@@ -37,6 +37,8 @@ import {
   Throttle,
   WsRateLimit,
   WsRateLimitAdapter,
+  WsRateLimitException,
+  WsRateLimitFilter,
   WsRateLimitModule,
   type WsRateLimitModuleOptions,
 } from '../../../lib/index.js';
@@ -177,6 +179,29 @@ class CatchAllFilter implements ExceptionFilter {
   catch(_exception: unknown, host: ArgumentsHost): void {
     const client = host.switchToWs().getClient<{ send(data: string): void }>();
     client.send(JSON.stringify({ event: 'app_error' }));
+  }
+}
+
+/** The README's catch-everything filter that hands the limiter's refusals on. */
+@Catch()
+@Injectable()
+class DelegatingFilter implements ExceptionFilter {
+  constructor(private readonly rateLimit: WsRateLimitFilter) {}
+  catch(exception: unknown, host: ArgumentsHost): void {
+    if (exception instanceof WsRateLimitException) return this.rateLimit.catch(exception, host);
+    const client = host.switchToWs().getClient<{ send(data: string): void }>();
+    client.send(JSON.stringify({ event: 'app_error' }));
+  }
+}
+
+@WebSocketGateway()
+@WsRateLimit()
+class DelegatingGateway {
+  @Throttle({ type: 'handed', capacity: 1, refillRate: 0.001 })
+  @UseFilters(DelegatingFilter)
+  @SubscribeMessage('handed')
+  handed() {
+    return { event: 'handed_ack' };
   }
 }
 
@@ -571,6 +596,18 @@ describe('NestJS integration edges: WsRateLimitAdapter (ws)', () => {
       'rate_limit',
     ]);
     expect(client.events('app_error')).toHaveLength(1);
+  });
+
+  it("a catch-everything filter that hands WsRateLimitException to WsRateLimitFilter (the README's): frames, violations and the close", async () => {
+    await start([DelegatingGateway], { violations: { max: 2, windowMs: 60_000 } });
+    const client = await connect();
+    burst(client, [
+      ['handed', 1],
+      ['handed', 2],
+      ['handed', 3],
+    ]);
+    expect((await client.waitClose()).code).toBe(1008);
+    expect(events(client.frames)).toEqual(['handed_ack', 'rate_limit', 'rate_limit']);
   });
 
   // ----- connection hooks --------------------------------------------------------------------
