@@ -93,6 +93,11 @@ interface Call {
    * call at a time.
    */
   cut: boolean;
+  /**
+   * Decisions that waited for it and failed with it (the failure mode answered them, perhaps
+   * admitting them): a reply that comes after all keeps that many of its slots spent.
+   */
+  failedWaiters: number;
 }
 
 export interface ReservationBookOptions {
@@ -199,10 +204,14 @@ export class ReservationBook {
    * Decides the plan with a reserving call (or, while one with a larger batch is in flight,
    * waits for it and `retry`s). `refused` turns a refusal reply into the decision.
    *
-   * A decision waits for one call at most: when that call fails (Redis failed or stayed
-   * silent past the deadline), the decision fails with the same error (the store's failure
-   * mode decides it) instead of sending a call of its own, which would take one more
-   * deadline; when that call was granted fewer slots than asked (or none), the decisions
+   * A decision that waits for a call which fails (Redis failed or stayed silent past the
+   * deadline) fails with the same error (the store's failure mode decides it) instead of
+   * sending a call of its own, which would take one more deadline. One whose call was
+   * answered in time but left it no slot tries again, with a call of its own or by waiting
+   * for the next: each such step is a round trip Redis answered in time, plus at most one
+   * deadline for the last (a Redis that froze meanwhile: one round trip and one deadline in
+   * all, where a decision per call takes one deadline). When that call was granted fewer
+   * slots than asked (or none), the decisions
    * left without a slot go per call, together, instead of one reserving call at a time.
    */
   consume(
@@ -223,6 +232,8 @@ export class ReservationBook {
         },
         (error: unknown) => {
           entry.waiting--;
+          // Its slot, should the call's reply come late after all, is this decision's.
+          call.failedWaiters++;
           throw error;
         },
       );
@@ -303,6 +314,7 @@ export class ReservationBook {
       decides: refused !== undefined,
       epoch: this.epoch,
       cut: false,
+      failedWaiters: 0,
     };
     const answer = refused ?? this.backgroundRefusal(entry);
     const sent = this.options.gate.within(
@@ -424,8 +436,11 @@ export class ReservationBook {
     }
     // Slot 0 of a deciding call is its decision's, also when the reply came after the
     // deadline: the failure mode answered that decision (perhaps admitting it), so the slot
-    // is not spent again.
-    const batch = batchOf(plan, reply, asked, sentAt, decides ? 1 : 0);
+    // is not spent again; so are the slots of the decisions that waited for the call and
+    // failed with it (its ask covered them).
+    const granted = toNumber(reply[1]);
+    const spent = (decides ? 1 : 0) + (delivered ? 0 : call.failedWaiters);
+    const batch = batchOf(plan, reply, asked, sentAt, granted >= 1 ? Math.min(granted, spent) : spent);
     call.cut = batch.granted < asked;
     if (this.closed) {
       // Taken while the store closes: straight back.
