@@ -41,7 +41,8 @@ const REDIS_ONLY = ENV_VARIABLES.map((variable) => variable.name).filter((name) 
  */
 export function ignoredRedisVariables(store: unknown, read: (name: string) => string | undefined): string[] {
   if (store !== 'memory') return [];
-  return REDIS_ONLY.filter((name) => read(name) !== undefined);
+  // A blank value is unset, as for every variable.
+  return REDIS_ONLY.filter((name) => (read(name)?.trim() ?? '') !== '');
 }
 
 /** The warning for Redis variables a store other than Redis ignores. */

@@ -55,7 +55,7 @@ export class ConnectionRegistry {
     state.client = client;
     state.transport = transport;
     (client as TrackedClient)[CONNECTION_STATE] = state;
-    if (!transport.isOpen(client)) {
+    if (transport.isClosed?.(client) === true) {
       // Met after it closed (a service call from a gateway's handleDisconnect, on an adapter
       // that attached nothing before): its close has passed and will not be told again, so
       // it is never counted, and what it held is freed once the call that met it is done.

@@ -204,7 +204,10 @@ export class Enforcer {
    * peer is ended either way.
    */
   pingTimedOut(client: object, state: ConnectionState): void {
-    if (state.closing) return;
+    const transport = transportOf(state);
+    // A policy close already under way (reported then) waits for a close frame a dead peer
+    // will not send: the socket is ended all the same.
+    if (state.closing) return transport.terminate(client, GOING_AWAY, PING_TIMEOUT_REASON);
     state.closing = true;
     this.telemetry.metrics.disconnect('ping_timeout');
     if (this.telemetry.observed) {
@@ -216,7 +219,7 @@ export class Enforcer {
         enforced: true,
       });
     }
-    transportOf(state).terminate(client, GOING_AWAY, PING_TIMEOUT_REASON);
+    transport.terminate(client, GOING_AWAY, PING_TIMEOUT_REASON);
   }
 
   /**

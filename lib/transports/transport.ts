@@ -16,6 +16,12 @@ export interface RateLimitTransport<Client extends object = object> {
   readonly name: string;
   /** Whether the socket can still be written to. */
   isOpen(client: Client): boolean;
+  /**
+   * Whether the socket has closed for good (its close event has passed): a socket met only
+   * then is not counted as open. Transports that cannot tell it from one not yet open
+   * (socket.io, in a namespace middleware) leave it out.
+   */
+  isClosed?(client: Client): boolean;
   /** Bytes queued on the socket and not yet taken by the peer (slow-consumer check). */
   bufferedBytes(client: Client): number;
   /**

@@ -2,6 +2,8 @@ import type { RateLimitTransport } from './transport.js';
 
 /** `readyState` of an open WebSocket. */
 const OPEN = 1;
+/** `readyState` of a WebSocket whose close has passed. */
+const CLOSED = 3;
 const noop = (): void => undefined;
 
 /** The parts of a `ws` WebSocket the limiter uses. */
@@ -25,6 +27,7 @@ interface WsExtras {
 export const wsTransport: RateLimitTransport<WsClientLike> = Object.freeze({
   name: 'ws',
   isOpen: (client: WsClientLike) => client.readyState === OPEN,
+  isClosed: (client: WsClientLike) => client.readyState === CLOSED,
   bufferedBytes: (client: WsClientLike) => client.bufferedAmount,
   sendFrame(client: WsClientLike, frame: unknown): void {
     // The callback keeps a write error on a dying socket from being thrown.
