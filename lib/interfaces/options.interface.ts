@@ -108,7 +108,8 @@ export interface TrackerContext {
 
 /**
  * Names whose budget a message spends, e.g. a user id an auth step put on the socket.
- * Returning `undefined` falls back to the connection. May return a promise (e.g. a session
+ * Returning `undefined` (or `''`, which would make one budget of every such user) falls
+ * back to the connection. May return a promise (e.g. a session
  * looked up in a store): it is awaited only then, so a synchronous tracker costs nothing
  * more. A throw or a rejection is handled as a throwing tracker's.
  * @example

@@ -119,9 +119,11 @@ export class MessageLimiter {
       connectionId: state.id,
       request: state.request,
     });
-    if (typeof name === 'string') return namedTracker(name);
+    if (typeof name === 'string' && name !== '') return namedTracker(name);
     if (isPromise(name))
-      return name.then((settled) => (typeof settled === 'string' ? namedTracker(settled) : state.tracker));
+      return name.then((settled) =>
+        typeof settled === 'string' && settled !== '' ? namedTracker(settled) : state.tracker,
+      );
     return state.tracker;
   }
 
@@ -139,9 +141,11 @@ export class MessageLimiter {
       connectionId: state.id,
       request: state.request,
     });
-    if (typeof name === 'string') return namedTracker(name).key;
+    if (typeof name === 'string' && name !== '') return namedTracker(name).key;
     if (isPromise(name))
-      return name.then((settled) => (typeof settled === 'string' ? namedTracker(settled) : state.tracker).key);
+      return name.then(
+        (settled) => (typeof settled === 'string' && settled !== '' ? namedTracker(settled) : state.tracker).key,
+      );
     return state.tracker.key;
   }
 

@@ -457,7 +457,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     }
     if (typeof target === 'string') {
       const specs = this.limiter.routes.specsFor(request.type, request.expensive, request.cost);
-      return this.limiter.buildPlan(namedTracker(target), specs, request.type);
+      return this.limiter.buildPlan(this.trackerOfName(target), specs, request.type);
     }
     const state = this.connectionOf(target);
     // A socket's own plan, as its messages and `status` have it.
@@ -472,8 +472,20 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     return isPromise(tracker) ? tracker.then(build) : build(tracker);
   }
 
+  /**
+   * The tracker a string names: with `tracker: 'ip'`, an IP address is that address's (an
+   * IPv6 one's network, as its connections count), as the messages of its connections
+   * spend; anything else is a tracker name, as a `tracker` function returns it.
+   */
+  private trackerOfName(target: string): Tracker {
+    if (this.options.tracker === 'ip' && isIP(target) !== 0) {
+      return addressTracker(clientAddressKey(target, this.options.ipv6Prefix)!);
+    }
+    return namedTracker(target);
+  }
+
   private trackerOfTarget(target: string | object): MaybePromise<Tracker> {
-    if (typeof target === 'string') return namedTracker(target);
+    if (typeof target === 'string') return this.trackerOfName(target);
     return this.limiter.trackerOf(target, this.connectionOf(target));
   }
 }

@@ -6,7 +6,10 @@
  * different expensive algorithms reset each other's window, `consume()` on a socket used
  * the default plan, handlers sharing a type under `app.useGlobalGuards` disagreed by which
  * message came first, and a tracker function could not learn the address of an IPv6 client
- * (`ip` is the /64 key, as documented now; `address` was added). The others held already.
+ * (`ip` is the /64 key, as documented now; `address` was added). The others held already,
+ * but the last two, added with their fixes: an address string named no budget under
+ * `tracker: 'ip'` (a reset that did nothing), and a tracker function's '' made one budget of
+ * every connection it was returned for.
  */
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { ConnectedSocket, MessageBody, SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
@@ -409,5 +412,36 @@ describe('route resolution (end to end)', () => {
     expect(fresh.expensive.remaining).toBe(2);
     client.send('search', 'again');
     await client.waitForEvent('ack', 7);
+  });
+
+  it("with tracker 'ip', an address given as a string names that address's budget (status, reset, consume)", async () => {
+    const { running, limiter } = await start({ tracker: 'ip', types: { chat: { capacity: 2, refillRate: 0.001 } } }, [
+      PlanGateway,
+    ]);
+    const client = await TestClient.connect(running.url);
+    clients.push(client);
+    for (let i = 0; i < 3; i++) client.send('chat', i);
+    await client.waitForEvent('rate_limit');
+    expect((await limiter.status('127.0.0.1', ['chat'])).types['chat']!.remaining).toBe(0);
+    // Before: a tracker named "127.0.0.1", which no message spends: a reset that did nothing.
+    await limiter.reset('127.0.0.1');
+    client.send('chat', 3);
+    await client.waitForEvent('ack', 3);
+    expect((await limiter.consume('127.0.0.1', { type: 'chat' })).allowed).toBe(true);
+    expect((await limiter.consume('127.0.0.1', { type: 'chat' })).allowed).toBe(false);
+  });
+
+  it("a tracker function returning '' falls back to the connection, as undefined does", async () => {
+    const { running } = await start({ tracker: () => '', types: { chat: { capacity: 1, refillRate: 0.001 } } }, [
+      PlanGateway,
+    ]);
+    const a = await TestClient.connect(running.url);
+    const b = await TestClient.connect(running.url);
+    clients.push(a, b);
+    a.send('chat', 'a');
+    await a.waitForEvent('ack');
+    // Before: one budget for every connection whose user had no id.
+    b.send('chat', 'b');
+    await b.waitForEvent('ack');
   });
 });
