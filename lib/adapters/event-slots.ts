@@ -11,8 +11,9 @@ interface Opened {
  * them (in arrival order) and the handler's listener that takes them. socket.io runs the
  * application's middlewares after ours, and one may drop an event or let it through later,
  * so a listener takes the slot opened for its own event: the oldest with the same name and
- * the same first argument (the very object for object payloads). Slots older than it of the
- * same name were dropped on the way: they are answered then, so they hold nothing back.
+ * the same first argument (the very object for object payloads), else the oldest of that
+ * name. Slots older than it of the same name were dropped on the way: they are answered
+ * then, so they hold nothing back.
  */
 export class EventSlots {
   private readonly byEvent = new Map<string, Opened[]>();
@@ -35,7 +36,10 @@ export class EventSlots {
     if (opened === undefined || opened.length === 0) return undefined;
     let index = 0;
     while (index < opened.length && !Object.is(opened[index]!.key, key)) index++;
-    if (index === opened.length) return undefined;
+    // No slot kept the very payload (an application middleware replaced the event's data):
+    // the oldest, in arrival order, rather than none (its answer would miss the ack, and the
+    // slot, never taken, would hold later answers back).
+    if (index === opened.length) index = 0;
     const passed = opened.splice(0, index + 1);
     const taken = passed.pop()!;
     for (const dropped of passed) order.done(dropped.slot);

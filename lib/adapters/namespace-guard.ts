@@ -6,6 +6,16 @@ import { clientAddressOf } from './adapter-support.js';
 import type { EngineConnectionLike } from './engine-io.js';
 import { REFUSALS } from './refusals.js';
 
+/** `fn`, run once at most. */
+function once(fn: () => void): () => void {
+  let ran = false;
+  return () => {
+    if (ran) return;
+    ran = true;
+    fn();
+  };
+}
+
 /** A connection refused in `close` mode: its namespace connections fail with this. */
 export interface Refusal {
   readonly reason: string;
@@ -18,8 +28,15 @@ export class NamespaceGuard {
   private readonly namespaces = new WeakSet<object>();
   /** Records of sockets that joined a namespace again on one connection, admitted anew. */
   private readonly rejoins = new WeakMap<Socket, ConnectionState>();
-  /** The namespaces each Engine.IO connection has joined. */
+  /** The namespaces each Engine.IO connection has joined (connected to). */
   private readonly joined = new WeakMap<object, Set<string>>();
+  /**
+   * Sockets the guard has screened: a child of a RegExp namespace inherits its parent's
+   * middlewares, the guard among them, and is guarded itself too; a socket is screened once.
+   */
+  private readonly screened = new WeakSet<Socket>();
+  /** A join again admitted and not connected yet, by connection and namespace name. */
+  private readonly pendingRejoins = new WeakMap<object, Map<string, { socket: Socket; release: () => void }>>();
 
   constructor(
     private readonly limiter: WsRateLimitService,
@@ -42,14 +59,28 @@ export class NamespaceGuard {
   guard(namespace: Server | Namespace): void {
     if (this.namespaces.has(namespace)) return;
     this.namespaces.add(namespace);
-    namespace.use((socket, next) => {
-      const refusal = this.refusals.get(socket.request);
-      if (refusal !== undefined) return this.refuse(socket, refusal, next, true);
+    // A namespace counts as joined once the socket connects: a join the application's own
+    // middlewares refused (a bad token, then a retry) is not a join again.
+    (namespace as Namespace).on('connection', (socket: Socket) => {
       let joined = this.joined.get(socket.conn);
       if (joined === undefined) this.joined.set(socket.conn, (joined = new Set()));
-      if (!joined.has(socket.nsp.name)) {
-        joined.add(socket.nsp.name);
-        return next();
+      joined.add(socket.nsp.name);
+      const pending = this.pendingRejoins.get(socket.conn);
+      if (pending?.get(socket.nsp.name)?.socket === socket) pending.delete(socket.nsp.name);
+    });
+    namespace.use((socket, next) => {
+      if (this.screened.has(socket)) return next();
+      this.screened.add(socket);
+      const refusal = this.refusals.get(socket.request);
+      if (refusal !== undefined) return this.refuse(socket, refusal, next, true);
+      if (!this.joined.get(socket.conn)?.has(socket.nsp.name)) return next();
+      // A join again admitted before on this connection that never connected (the
+      // application refused it) gives its slot back: one slot per join that holds.
+      const pending = this.pendingRejoins.get(socket.conn);
+      const earlier = pending?.get(socket.nsp.name);
+      if (earlier !== undefined && !earlier.socket.connected) {
+        pending!.delete(socket.nsp.name);
+        earlier.release();
       }
       const address = this.records.get(socket.conn)?.address ?? clientAddressOf(socket.request, this.limiter.options);
       if (address === undefined) return next(new Error('Client address unknown'));
@@ -65,7 +96,11 @@ export class NamespaceGuard {
         }
         this.rejoins.set(socket, admission.connection);
         // A socket that never connects (its client left) gives its slot back with its connection.
-        socket.conn.once('close', admission.release);
+        const release = once(admission.release);
+        socket.conn.once('close', release);
+        let byName = this.pendingRejoins.get(socket.conn);
+        if (byName === undefined) this.pendingRejoins.set(socket.conn, (byName = new Map()));
+        byName.set(socket.nsp.name, { socket, release });
         next();
       };
       try {

@@ -94,6 +94,11 @@ export class WsRateLimitIoAdapter extends IoAdapter {
 
   override createIOServer(port: number, options?: ServerOptions): Server {
     const limited = { maxHttpBufferSize: this.limiter.options.maxPayload, ...options } as ServerOptions;
+    // A recovered session (connectionStateRecovery) skips namespace middlewares by default,
+    // the limiter's among them: a connection refused in `close` mode would recover into its
+    // session. Its middlewares run (the application's too, as for any connection).
+    const recovery = limited.connectionStateRecovery;
+    if (recovery !== undefined) limited.connectionStateRecovery = { ...recovery, skipMiddlewares: false };
     const io = super.createIOServer(port, limited);
     const engine = io.engine as unknown as EngineServerLike;
     if (typeof engine.use !== 'function') {
