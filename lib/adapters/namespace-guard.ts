@@ -6,6 +6,16 @@ import { clientAddressOf } from './adapter-support.js';
 import type { EngineConnectionLike } from './engine-io.js';
 import { REFUSALS } from './refusals.js';
 
+/**
+ * Whether a socket is still on its way through its namespace's middlewares (not connected,
+ * not refused). socket.io keeps such sockets in a map of its own (4.7 and later); where it
+ * does not, none is taken for waiting.
+ */
+function waiting(socket: Socket): boolean {
+  const preConnect = (socket.nsp as unknown as { _preConnectSockets?: Map<string, Socket> })._preConnectSockets;
+  return preConnect?.get(socket.id) === socket;
+}
+
 /** `fn`, run once at most. */
 function once(fn: () => void): () => void {
   let ran = false;
@@ -37,6 +47,8 @@ export class NamespaceGuard {
   private readonly screened = new WeakSet<Socket>();
   /** A join again admitted and not connected yet, by connection and namespace name. */
   private readonly pendingRejoins = new WeakMap<object, Map<string, { socket: Socket; release: () => void }>>();
+  /** First joins on their way through the namespace's middlewares, by connection and name. */
+  private readonly pendingJoins = new WeakMap<object, Map<string, Set<Socket>>>();
 
   constructor(
     private readonly limiter: WsRateLimitService,
@@ -65,6 +77,7 @@ export class NamespaceGuard {
       let joined = this.joined.get(socket.conn);
       if (joined === undefined) this.joined.set(socket.conn, (joined = new Set()));
       joined.add(socket.nsp.name);
+      this.pendingJoins.get(socket.conn)?.get(socket.nsp.name)?.delete(socket);
       const pending = this.pendingRejoins.get(socket.conn);
       if (pending?.get(socket.nsp.name)?.socket === socket) pending.delete(socket.nsp.name);
     });
@@ -73,12 +86,19 @@ export class NamespaceGuard {
       this.screened.add(socket);
       const refusal = this.refusals.get(socket.request);
       if (refusal !== undefined) return this.refuse(socket, refusal, next, true);
-      if (!this.joined.get(socket.conn)?.has(socket.nsp.name)) return next();
-      // A join again admitted before on this connection that never connected (the
-      // application refused it) gives its slot back: one slot per join that holds.
+      if (!this.joined.get(socket.conn)?.has(socket.nsp.name) && !this.joining(socket)) {
+        let byName = this.pendingJoins.get(socket.conn);
+        if (byName === undefined) this.pendingJoins.set(socket.conn, (byName = new Map()));
+        let sockets = byName.get(socket.nsp.name);
+        if (sockets === undefined) byName.set(socket.nsp.name, (sockets = new Set()));
+        sockets.add(socket);
+        return next();
+      }
+      // A join again admitted before on this connection that never connected and no longer
+      // waits (the application refused it) gives its slot back: one slot per join that holds.
       const pending = this.pendingRejoins.get(socket.conn);
       const earlier = pending?.get(socket.nsp.name);
-      if (earlier !== undefined && !earlier.socket.connected) {
+      if (earlier !== undefined && !earlier.socket.connected && !waiting(earlier.socket)) {
         pending!.delete(socket.nsp.name);
         earlier.release();
       }
@@ -111,6 +131,21 @@ export class NamespaceGuard {
         next(error as Error);
       }
     });
+  }
+
+  /**
+   * Whether another first join of this socket's namespace on its connection is still on its
+   * way (two joins sent before either connects: the second is a join again); first joins
+   * that ended without connecting (refused) are forgotten here.
+   */
+  private joining(socket: Socket): boolean {
+    const sockets = this.pendingJoins.get(socket.conn)?.get(socket.nsp.name);
+    if (sockets === undefined) return false;
+    for (const other of sockets) {
+      if (other.connected || waiting(other)) return true;
+      sockets.delete(other);
+    }
+    return false;
   }
 
   /**

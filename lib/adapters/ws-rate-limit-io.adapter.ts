@@ -98,7 +98,8 @@ export class WsRateLimitIoAdapter extends IoAdapter {
     // the limiter's among them: a connection refused in `close` mode would recover into its
     // session. Its middlewares run (the application's too, as for any connection).
     const recovery = limited.connectionStateRecovery;
-    if (recovery !== undefined) limited.connectionStateRecovery = { ...recovery, skipMiddlewares: false };
+    // (`false` or `null` from an untyped gateway option: recovery stays off.)
+    if (recovery) limited.connectionStateRecovery = { ...recovery, skipMiddlewares: false };
     const io = super.createIOServer(port, limited);
     const engine = io.engine as unknown as EngineServerLike;
     if (typeof engine.use !== 'function') {
