@@ -1,3 +1,5 @@
+// Over 400 lines: one class, the ws adapter, whose hooks (upgrade admission, routing and
+// answers, heartbeat, shutdown) share the limiter and each socket's state.
 import type { INestApplicationContext } from '@nestjs/common';
 import type { MessageMappingProperties } from '@nestjs/websockets';
 import { WsAdapter } from '@nestjs/platform-ws';

@@ -1,3 +1,5 @@
+// Over 400 lines: every option of the module, each with the documentation editors show on
+// hover (the README's reference follows it); split by group, they would only point at each other.
 import type { IncomingMessage } from 'node:http';
 import type { SkipIf } from '../decorators/throttle.decorator.js';
 import type { Cluster, Redis, RedisOptions } from '../storage/redis/ioredis-types.js';
