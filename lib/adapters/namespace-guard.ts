@@ -8,7 +8,7 @@ import { REFUSALS } from './refusals.js';
 
 /**
  * Whether a socket is still on its way through its namespace's middlewares (not connected,
- * not refused). socket.io keeps such sockets in a map of its own (4.7 and later); where it
+ * not refused). socket.io keeps such sockets in a private map of its own (4.8 does); where it
  * does not, none is taken for waiting.
  */
 function waiting(socket: Socket): boolean {
