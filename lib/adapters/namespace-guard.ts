@@ -16,16 +16,6 @@ function waiting(socket: Socket): boolean {
   return preConnect?.get(socket.id) === socket;
 }
 
-/** `fn`, run once at most. */
-function once(fn: () => void): () => void {
-  let ran = false;
-  return () => {
-    if (ran) return;
-    ran = true;
-    fn();
-  };
-}
-
 /** A connection refused in `close` mode: its namespace connections fail with this. */
 export interface Refusal {
   readonly reason: string;
@@ -115,8 +105,9 @@ export class NamespaceGuard {
           );
         }
         this.rejoins.set(socket, admission.connection);
-        // A socket that never connects (its client left) gives its slot back with its connection.
-        const release = once(admission.release);
+        // A socket that never connects (its client left) gives its slot back with its
+        // connection. (An admission's release runs once, however often it is called.)
+        const release = admission.release;
         socket.conn.once('close', release);
         let byName = this.pendingRejoins.get(socket.conn);
         if (byName === undefined) this.pendingRejoins.set(socket.conn, (byName = new Map()));
