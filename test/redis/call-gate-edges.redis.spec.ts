@@ -47,7 +47,7 @@ const slowPlan = (store: RedisRateLimitStore, tracker: string): RateLimitPlan =>
   return { tracker, tiers: [{ key: store.key(tracker, spec.suffix), spec }] };
 };
 
-describe('call gate review: load, busy scripts, outages, shutdown', () => {
+describe('call gate edges: load, busy scripts, outages, shutdown', () => {
   let server: RedisServer;
   let admin: Redis;
   const clients: Redis[] = [];

@@ -2,6 +2,7 @@
 import { Redis, type Cluster } from 'ioredis';
 import { RedisRateLimitStore, type RedisStoreOptions } from '../../lib/storage/redis/index.js';
 import { trackerHashOf } from '../../lib/storage/redis/redis-keys.js';
+import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy.js';
 
 /** A plain client for inspecting a test server (not the store's). */
 export function adminClient(port: number): Redis {
@@ -48,6 +49,21 @@ export async function openStore(
   const store = new RedisRateLimitStore({ client, ...options });
   opened.stores.push(store);
   return store;
+}
+
+/**
+ * A store whose client goes through a TCP proxy of the server on `port` (for latency,
+ * blackholes and cuts), kept in `opened`, its proxy in `proxies`.
+ */
+export async function openProxiedStore(
+  port: number,
+  opened: OpenedStores,
+  proxies: TcpProxy[],
+  options: Omit<RedisStoreOptions, 'client'>,
+): Promise<{ store: RedisRateLimitStore; proxy: TcpProxy }> {
+  const proxy = await startTcpProxy(port);
+  proxies.push(proxy);
+  return { store: await openStore(proxy.port, opened, options), proxy };
 }
 
 /** Resolves once the client is ready. */

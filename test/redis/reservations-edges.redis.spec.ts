@@ -7,15 +7,15 @@ import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
 import type { RedisStoreOptions } from '../../lib/storage/redis/redis-store.options.js';
 import { fieldTtlRedisServer, startRedis, type RedisServer } from '../support/redis-server.js';
 import { RefillClock } from '../support/refill.js';
-import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy.js';
+import type { TcpProxy } from '../support/tcp-proxy.js';
 import {
   adminClient,
   closeClient,
   expectBoundedTtls,
+  openProxiedStore,
   openStore,
   ready,
   sleep,
-  storeClient,
   type OpenedStores,
 } from './helpers.js';
 
@@ -45,18 +45,9 @@ describe('token reservations: edge cases', () => {
     });
 
   /** A store whose client goes through a TCP proxy (for latency and blackholes). */
-  async function proxiedStore(
-    options: Partial<RedisStoreOptions>,
-  ): Promise<{ store: RedisRateLimitStore; proxy: TcpProxy }> {
-    const proxy = await startTcpProxy(server.port);
-    proxies.push(proxy);
-    const client = storeClient(proxy.port);
-    opened.clients.push(client);
-    await ready(client);
-    const store = new RedisRateLimitStore({ client, keyPrefix: 'rr:', commandTimeoutMs: 5000, ...options });
-    opened.stores.push(store);
-    return { store, proxy };
-  }
+  /** A store whose client goes through a TCP proxy (for latency and blackholes). */
+  const proxiedStore = (options: Partial<RedisStoreOptions>) =>
+    openProxiedStore(server.port, opened, proxies, { keyPrefix: 'rr:', commandTimeoutMs: 5000, ...options });
 
   const planOf = (store: RedisRateLimitStore, tracker: string, specs: readonly TierSpec[]): RateLimitPlan => ({
     tracker,

@@ -7,8 +7,8 @@ import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
 import type { RedisStoreOptions } from '../../lib/storage/redis/redis-store.options.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
 import { RefillClock } from '../support/refill.js';
-import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy.js';
-import { adminClient, closeClient, openStore, ready, sleep, storeClient, type OpenedStores } from './helpers.js';
+import type { TcpProxy } from '../support/tcp-proxy.js';
+import { adminClient, closeClient, openProxiedStore, openStore, ready, sleep, type OpenedStores } from './helpers.js';
 
 /**
  * Token reservations after the fixes of a68f544, from a review of that change: late replies,
@@ -19,7 +19,7 @@ import { adminClient, closeClient, openStore, ready, sleep, storeClient, type Op
  * whose call was answered without a slot for it (one round trip and one deadline, when Redis
  * froze meanwhile); the others held.
  */
-describe('token reservations: review of the a68f544 fixes', () => {
+describe('token reservations: late replies, waiters and resets', () => {
   let server: RedisServer;
   let admin: Redis;
   const opened: OpenedStores = { clients: [], stores: [] };
@@ -33,18 +33,9 @@ describe('token reservations: review of the a68f544 fixes', () => {
       ...options,
     });
 
-  async function proxiedStore(
-    options: Partial<RedisStoreOptions>,
-  ): Promise<{ store: RedisRateLimitStore; proxy: TcpProxy }> {
-    const proxy = await startTcpProxy(server.port);
-    proxies.push(proxy);
-    const client = storeClient(proxy.port);
-    opened.clients.push(client);
-    await ready(client);
-    const store = new RedisRateLimitStore({ client, keyPrefix: 'rfr:', commandTimeoutMs: 5000, ...options });
-    opened.stores.push(store);
-    return { store, proxy };
-  }
+  /** A store whose client goes through a TCP proxy (for latency and blackholes). */
+  const proxiedStore = (options: Partial<RedisStoreOptions>) =>
+    openProxiedStore(server.port, opened, proxies, { keyPrefix: 'rfr:', commandTimeoutMs: 5000, ...options });
 
   const planOf = (store: RedisRateLimitStore, tracker: string, specs: readonly TierSpec[]): RateLimitPlan => ({
     tracker,

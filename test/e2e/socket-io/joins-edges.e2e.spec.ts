@@ -1,18 +1,10 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { MessageBody, SubscribeMessage, WebSocketGateway, WebSocketServer } from '@nestjs/websockets';
-import { Manager, type Socket as ClientSocket } from 'socket.io-client';
+import type { Manager } from 'socket.io-client';
 import type { Namespace, Socket } from 'socket.io';
-import {
-  Throttle,
-  WsRateLimit,
-  WsRateLimitModule,
-  WsRateLimitService,
-  type WsRateLimitModuleOptions,
-} from '../../../lib/index.js';
-import { WsRateLimitIoAdapter } from '../../../lib/socket-io.js';
-import { startApp, type RunningApp } from '../../support/app.js';
-import { connectIo, ENGINE_TRANSPORTS, IoTestClient, waitFor, type EngineTransport } from '../../support/io-client.js';
-import { sleep } from '../../support/ws-client.js';
+import { Throttle, WsRateLimit } from '../../../lib/index.js';
+import { ENGINE_TRANSPORTS, waitFor } from '../../support/io-client.js';
+import { ioHarness, joined } from '../../support/io-harness.js';
 
 /**
  * Namespace joins and session recovery at their edges, from a review of the fixes in
@@ -125,57 +117,8 @@ class DynamicGateway {
 
 // --- Harness -------------------------------------------------------------------------
 
-describe('latest changes review (socket.io, adversarial)', () => {
-  let running: RunningApp | undefined;
-  const clients: IoTestClient[] = [];
-  const managers: Manager[] = [];
-
-  const start = async (gateways: object[], options: WsRateLimitModuleOptions = {}) => {
-    running = await startApp(
-      {
-        imports: [
-          WsRateLimitModule.forRoot({
-            useEnv: false,
-            tracker: 'connection',
-            global: { capacity: 1000, refillRate: 1000 },
-            violations: { max: 100, windowMs: 60_000 },
-            ...options,
-          }),
-        ],
-        providers: gateways as Array<typeof RootGateway>,
-      },
-      (app) => new WsRateLimitIoAdapter(app),
-    );
-    return `http://127.0.0.1:${running.port}`;
-  };
-  const client = (url: string, transport: EngineTransport, options?: Record<string, unknown>) => {
-    const made = new IoTestClient(url, transport, options);
-    clients.push(made);
-    return made;
-  };
-  const connect = async (url: string, transport: EngineTransport, options?: Record<string, unknown>) => {
-    const made = await connectIo(url, transport, options);
-    clients.push(made);
-    return made;
-  };
-  const manager = (url: string, transport: EngineTransport) => {
-    const made = new Manager(url, {
-      autoConnect: false,
-      transports: [transport],
-      upgrade: false,
-      reconnection: false,
-      forceNew: true,
-      timeout: 10_000,
-    });
-    managers.push(made);
-    return made;
-  };
-  const joined = (socket: ClientSocket) =>
-    new Promise<string>((resolve) => {
-      socket.once('connect', () => resolve('connected'));
-      socket.once('connect_error', (error: Error) => resolve(error.message));
-      socket.connect();
-    });
+describe('socket.io namespace joins and session recovery: edges', () => {
+  const { start, connect, client, manager, app, limiter, close } = ioHarness();
   /** CONNECT / CONNECT_ERROR packets the manager received for a namespace. */
   const answersOf = (made: Manager, nsp: string) => {
     const answers: number[] = [];
@@ -189,18 +132,12 @@ describe('latest changes review (socket.io, adversarial)', () => {
   };
   /** Open-connection slots in use for 127.0.0.1. */
   const slotsUsed = async () => {
-    const [, concurrency] = await running!.app.get(WsRateLimitService).connectionStatus('127.0.0.1');
+    const [, concurrency] = await limiter().connectionStatus('127.0.0.1');
     return concurrency!.limit - concurrency!.remaining;
   };
-  const stats = () => running!.app.get(WsRateLimitService).stats();
+  const stats = () => limiter().stats();
 
-  afterEach(async () => {
-    for (const made of clients.splice(0)) made.close();
-    for (const made of managers.splice(0)) made.engine?.close();
-    await sleep(50);
-    await running?.close();
-    running = undefined;
-  });
+  afterEach(close);
 
   describe.each(ENGINE_TRANSPORTS)('joins of one namespace in flight together over %s', (transport) => {
     it('two joins of a namespace sent before either connects: the second is charged as a join again', async () => {
@@ -216,7 +153,7 @@ describe('latest changes review (socket.io, adversarial)', () => {
       slow.connect();
       slow.connect();
       await waitFor(() => answers.length === 2, 10_000, 'both joins answered');
-      const namespace = running!.app.get(SlowAuthGateway).namespace;
+      const namespace = app().get(SlowAuthGateway).namespace;
       const sockets = namespace.sockets.size;
       // Each socket beyond the first on this Engine.IO connection is a join again: one slot each.
       expect({ sockets, slotsUsed: await slotsUsed(), tracked: stats().connections }).toEqual({
@@ -235,7 +172,7 @@ describe('latest changes review (socket.io, adversarial)', () => {
       expect(await joined(made.socket('/', {}))).toBe('connected');
       const slow = made.socket('/slow-auth', {});
       expect(await joined(slow)).toBe('connected');
-      const namespace = running!.app.get(SlowAuthGateway).namespace;
+      const namespace = app().get(SlowAuthGateway).namespace;
       // Leave the namespace (the root socket keeps the Engine.IO connection).
       slow.disconnect();
       await waitFor(() => namespace.sockets.size === 0, 10_000, 'the leave');
@@ -263,7 +200,7 @@ describe('latest changes review (socket.io, adversarial)', () => {
       expect(await joined(made.socket('/', {}))).toBe('connected');
       const slow = made.socket('/slow-auth', {});
       expect(await joined(slow)).toBe('connected');
-      const namespace = running!.app.get(SlowAuthGateway).namespace;
+      const namespace = app().get(SlowAuthGateway).namespace;
       slow.disconnect();
       await waitFor(() => namespace.sockets.size === 0, 10_000, 'the leave');
       expect(await joined(slow)).toBe('connected');

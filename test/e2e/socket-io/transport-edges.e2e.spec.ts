@@ -1,19 +1,9 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { ConnectedSocket, MessageBody, SubscribeMessage, WebSocketGateway, WebSocketServer } from '@nestjs/websockets';
-import { Manager, type Socket as ClientSocket } from 'socket.io-client';
 import type { Namespace, Server, Socket } from 'socket.io';
-import {
-  SkipThrottle,
-  Throttle,
-  WsRateLimit,
-  WsRateLimitModule,
-  WsRateLimitService,
-  type WsRateLimitModuleOptions,
-} from '../../../lib/index.js';
-import { WsRateLimitIoAdapter } from '../../../lib/socket-io.js';
-import { startApp, type RunningApp } from '../../support/app.js';
-import { connectIo, ENGINE_TRANSPORTS, IoTestClient, waitFor, type EngineTransport } from '../../support/io-client.js';
-import { sleep } from '../../support/ws-client.js';
+import { SkipThrottle, Throttle, WsRateLimit } from '../../../lib/index.js';
+import { ENGINE_TRANSPORTS, IoTestClient, waitFor, type EngineTransport } from '../../support/io-client.js';
+import { ioHarness, joined } from '../../support/io-harness.js';
 
 /**
  * socket.io at its edges, from an adversarial review, on both Engine.IO transports: RegExp
@@ -131,55 +121,17 @@ class BigReplyGateway {
 
 // --- Harness -------------------------------------------------------------------------
 
-describe('socket.io transport review (adversarial)', () => {
-  let running: RunningApp | undefined;
-  const clients: IoTestClient[] = [];
-  const managers: Manager[] = [];
-
-  const start = async (gateways: object[], options: WsRateLimitModuleOptions = {}) => {
-    running = await startApp(
-      {
-        imports: [
-          WsRateLimitModule.forRoot({
-            useEnv: false,
-            tracker: 'connection',
-            global: { capacity: 1000, refillRate: 1000 },
-            violations: { max: 100, windowMs: 60_000 },
-            ...options,
-          }),
-        ],
-        providers: gateways as Array<typeof RootGateway>,
-      },
-      (app) => new WsRateLimitIoAdapter(app),
-    );
-    return `http://127.0.0.1:${running.port}`;
-  };
-  const client = (url: string, transport: EngineTransport, options?: Record<string, unknown>) => {
-    const made = new IoTestClient(url, transport, options);
-    clients.push(made);
-    return made;
-  };
-  const connect = async (url: string, transport: EngineTransport, options?: Record<string, unknown>) => {
-    const made = await connectIo(url, transport, options);
-    clients.push(made);
-    return made;
-  };
+describe('socket.io transport edges', () => {
+  const { start, connect, client, manager, limiter, close } = ioHarness();
   /** Whether a client connects (`'connected'`) or the connect_error message. */
   const outcome = (made: IoTestClient) =>
     made.connected().then(
       () => 'connected',
       (error: Error) => error.message,
     );
-  const stats = () => running!.app.get(WsRateLimitService).stats();
+  const stats = () => limiter().stats();
 
-  afterEach(async () => {
-    for (const made of clients.splice(0)) made.close();
-    for (const manager of managers.splice(0)) manager.engine?.close();
-    // Polling clients send their close packet in a request of their own: let it go out.
-    await sleep(50);
-    await running?.close();
-    running = undefined;
-  });
+  afterEach(close);
 
   describe.each(ENGINE_TRANSPORTS)('dynamic (RegExp) namespaces over %s', (transport) => {
     it('control: a gateway on a string namespace admits one client under a cap of 1', async () => {
@@ -274,26 +226,12 @@ describe('socket.io transport review (adversarial)', () => {
         connection: { capacity: 100, refillRate: 100 },
         maxConnectionsPerIp: 2,
       });
-      const manager = new Manager(url, {
-        autoConnect: false,
-        transports: [transport],
-        upgrade: false,
-        reconnection: false,
-        forceNew: true,
-        timeout: 10_000,
-      });
-      managers.push(manager);
-      const joined = (socket: ClientSocket) =>
-        new Promise<string>((resolve) => {
-          socket.once('connect', () => resolve('connected'));
-          socket.once('connect_error', (error: Error) => resolve(error.message));
-          socket.connect();
-        });
-      const root = manager.socket('/', {});
+      const made = manager(url, transport);
+      const root = made.socket('/', {});
       expect(await joined(root)).toBe('connected');
       // The app's auth middleware turns the first attempt away; the client retries with a
       // good token on the same Engine.IO connection (its root socket keeps it open).
-      const admin = manager.socket('/admin', { auth: { token: 'expired' } });
+      const admin = made.socket('/admin', { auth: { token: 'expired' } });
       expect(await joined(admin)).toBe('unauthorized');
       admin.auth = { token: 'ok' };
       expect(await joined(admin)).toBe('connected');
@@ -301,7 +239,7 @@ describe('socket.io transport review (adversarial)', () => {
       await new Promise<void>((resolve) => admin.once('whoami', () => resolve()));
 
       // One Engine.IO connection is open from this address, under a cap of 2: one slot is free...
-      const [, concurrency] = await running!.app.get(WsRateLimitService).connectionStatus('127.0.0.1');
+      const [, concurrency] = await limiter().connectionStatus('127.0.0.1');
       expect(concurrency).toMatchObject({ tier: 'concurrency', limit: 2, remaining: 1 });
       // ...and a second connection is admitted.
       const second = client(url, transport);
@@ -313,16 +251,8 @@ describe('socket.io transport review (adversarial)', () => {
         connection: { capacity: 100, refillRate: 100 },
         maxConnectionsPerIp: 2,
       });
-      const manager = new Manager(url, {
-        autoConnect: false,
-        transports: [transport],
-        upgrade: false,
-        reconnection: false,
-        forceNew: true,
-        timeout: 10_000,
-      });
-      managers.push(manager);
-      const sockets = [manager.socket('/', {}), manager.socket('/admin', { auth: { token: 'ok' } })];
+      const made = manager(url, transport);
+      const sockets = [made.socket('/', {}), made.socket('/admin', { auth: { token: 'ok' } })];
       await Promise.all(
         sockets.map(
           (socket) =>
