@@ -291,7 +291,11 @@ function checkTypes(value: unknown, where: string): Record<string, ResolvedTypeL
     const limit = figures as TypeLimitOptions & Record<string, unknown>;
     for (const field of Object.keys(limit)) {
       if (!TYPE_FIELDS.has(field))
-        fail(at, 'made of capacity, refillRate, expensive and cost', new Described(`field "${field}"`));
+        fail(
+          at,
+          `made of ${[...TYPE_FIELDS].slice(0, -1).join(', ')} and ${[...TYPE_FIELDS].at(-1)}`,
+          new Described(`field "${field}"`),
+        );
     }
     for (const field of ['capacity', 'refillRate', 'cost'] as const) {
       const figure = limit[field];

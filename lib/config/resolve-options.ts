@@ -260,7 +260,11 @@ function resolvePlan(name: string, overrides: PlanLimitsOptions, base: ResolvedP
     };
   } catch (error) {
     if (!(error instanceof WsRateLimitConfigError)) throw error;
-    throw new WsRateLimitConfigError(`${at}: ${error.message.replace(/^nestjs-ws-rate-limit: /, '')}`);
+    // `option global.capacity ...` from the module's rules is, in a plan, a field of the plan.
+    const detail = error.message
+      .replace(/^nestjs-ws-rate-limit: /, '')
+      .replace(/\boption ([\w.]+)/g, (_, path: string) => `field "${path}"`);
+    throw new WsRateLimitConfigError(detail.startsWith('field ') ? `${at} ${detail}` : `${at}: ${detail}`);
   }
 }
 

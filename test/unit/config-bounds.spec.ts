@@ -219,7 +219,7 @@ describe('refill rates: 1000 / rate finite, derived figures safe', () => {
     expect(
       refusal(() => fromEnv({ WS_RATE_LIMIT_PLANS: '{"pro":{"global":{"capacity":100,"refillRate":1e-320}}}' })),
     ).toContain(
-      'WS_RATE_LIMIT_PLANS (plan "pro"): option global.refillRate must be a number from 0.000001 to 1000000, got 1e-320',
+      'WS_RATE_LIMIT_PLANS (plan "pro") field "global.refillRate" must be a number from 0.000001 to 1000000, got 1e-320',
     );
   });
 
@@ -288,11 +288,11 @@ describe('plans JSON: validated field by field, naming the plan and the field', 
     ['{"pro":{"types":"chat"}}', 'WS_RATE_LIMIT_PLANS (plan "pro") field "types" must be an object'],
     [
       '{"pro":{"types":{"chat":null}}}',
-      'WS_RATE_LIMIT_PLANS (plan "pro"): option types (type "chat") must be an object',
+      'WS_RATE_LIMIT_PLANS (plan "pro") field "types" (type "chat") must be an object',
     ],
     [
       '{"pro":{"types":{"chat":"fast"}}}',
-      'WS_RATE_LIMIT_PLANS (plan "pro"): option types (type "chat") must be an object',
+      'WS_RATE_LIMIT_PLANS (plan "pro") field "types" (type "chat") must be an object',
     ],
     ['{"pro":{"expensive":[]}}', 'WS_RATE_LIMIT_PLANS (plan "pro") field "expensive" must be an object'],
     [
@@ -305,19 +305,19 @@ describe('plans JSON: validated field by field, naming the plan and the field', 
     ],
     [
       '{"pro":{"global":{"capacity":null}}}',
-      'WS_RATE_LIMIT_PLANS (plan "pro"): option global.capacity must be a number greater than 0 and at most 1000000, got null',
+      'WS_RATE_LIMIT_PLANS (plan "pro") field "global.capacity" must be a number greater than 0 and at most 1000000, got null',
     ],
     [
       '{"pro":{"global":{"capacity":"500"}}}',
-      'WS_RATE_LIMIT_PLANS (plan "pro"): option global.capacity must be a number',
+      'WS_RATE_LIMIT_PLANS (plan "pro") field "global.capacity" must be a number',
     ],
     [
       '{"pro":{"expensive":{"windowMs":2147483648}}}',
-      'WS_RATE_LIMIT_PLANS (plan "pro"): option expensive.windowMs must be a whole number from 1 to 2147483647',
+      'WS_RATE_LIMIT_PLANS (plan "pro") field "expensive.windowMs" must be a whole number from 1 to 2147483647',
     ],
     [
       '{"pro":{"expensive":{"max":200000}}}',
-      'WS_RATE_LIMIT_PLANS (plan "pro"): option expensive.max must be at most 100000 with the sliding-log algorithm',
+      'WS_RATE_LIMIT_PLANS (plan "pro") field "expensive.max" must be at most 100000 with the sliding-log algorithm',
     ],
   ])('%s', (json, expected) => {
     expect(refusal(() => fromEnv({ WS_RATE_LIMIT_PLANS: json }))).toContain(expected);
