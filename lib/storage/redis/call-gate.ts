@@ -57,6 +57,8 @@ export class CallGate {
   private probeTimer: NodeJS.Timeout | undefined;
   private probing = false;
   private closed = false;
+  /** The client's latest connection error since it was last ready (see `noteConnectionError`). */
+  private connectionError: string | undefined;
   /** Calls whose deadline runs, oldest first from `callsHead` (see `arm`). */
   private readonly calls: PendingCall[] = [];
   private callsHead = 0;
@@ -99,9 +101,18 @@ export class CallGate {
     if (this.openError !== undefined) throw this.openError;
     const status = this.client.status;
     if (status !== 'ready') {
-      this.trip(new Error(`the Redis connection is ${status}`));
-      throw this.openError ?? new RedisStoreUnavailableError(`the Redis connection is ${status}`);
+      const last = this.connectionError === undefined ? '' : `; last error: ${this.connectionError}`;
+      this.trip(new Error(`the Redis connection is ${status}${last}`));
+      throw this.openError ?? new RedisStoreUnavailableError(`the Redis connection is ${status}${last}`);
     }
+  }
+
+  /**
+   * Keeps the client's latest connection error (or, with `undefined` at `ready`, forgets
+   * it): an outage found while the client is not ready names it as its cause.
+   */
+  noteConnectionError(error: unknown): void {
+    this.connectionError = error === undefined ? undefined : messageOf(error);
   }
 
   /**

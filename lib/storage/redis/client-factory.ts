@@ -22,7 +22,8 @@ const reconnectOnError = (error: Error): boolean => error.message.startsWith('RE
  * `redisOptions` and the store's safety settings), each falling back to `base`'s own. TLS to
  * the master and replicas needs ioredis's `enableTLSForSentinelMode` as well as `tls` (without
  * it ioredis connects in plain text); TLS to the sentinels themselves is `sentinelTLS`, set
- * through `redisOptions`.
+ * through `redisOptions`. The client follows a failover as soon as a sentinel announces it
+ * (ioredis's `failoverDetector`, on unless `redisOptions` turns it off).
  */
 export function sentinelClientOptions(base: RedisOptions, sentinel: RedisSentinelOptions): RedisOptions {
   const { sentinels, name, username, password, sentinelUsername, sentinelPassword, db, tls } = sentinel;
@@ -38,6 +39,10 @@ export function sentinelClientOptions(base: RedisOptions, sentinel: RedisSentine
     db: db ?? base.db,
     ...(serverTls ? { tls: serverTls, enableTLSForSentinelMode: true } : {}),
     sentinelRetryStrategy: retryStrategy,
+    // Follow `+switch-master` from the sentinels: without it the client stays on a demoted
+    // master that still accepts writes until Sentinel reconfigures it (about 10 s of
+    // decisions on a server whose writes are then thrown away).
+    failoverDetector: base.failoverDetector ?? true,
   };
 }
 
@@ -109,12 +114,24 @@ export async function endClient(client: RedisStoreClient): Promise<void> {
     await Promise.race([new Promise<void>((resolve) => client.once('connecting', () => resolve())), timeout]);
   }
   // QUIT lets replies in flight arrive; a client that is not connected is just stopped.
-  if (client.status === 'ready') client.quit().catch(noop);
-  else client.disconnect();
+  if (client.status === 'ready') {
+    const quit = client.quit();
+    // A Sentinel client's failover detector keeps a connection to each sentinel, which only
+    // `disconnect` closes: once QUIT is answered (every reply before it has arrived), and
+    // before the server's close reaches the client.
+    if (followsFailovers(client)) void quit.then(() => client.disconnect(), noop);
+    else quit.catch(noop);
+  } else client.disconnect();
   await Promise.race([ended, timeout]);
   clearTimeout(timer);
   // Only if that did not end it: disconnecting an ended client would leave a 2 s timer.
   if ((client.status as string) !== 'end') client.disconnect();
+}
+
+/** Whether a client is a Sentinel client with ioredis's failover detector on. */
+function followsFailovers(client: RedisStoreClient): boolean {
+  const options = client.options as RedisOptions;
+  return options.sentinels !== undefined && options.sentinels !== null && options.failoverDetector === true;
 }
 
 /** Resolves once the client is `ready`, or after `timeoutMs` whatever its state. */

@@ -64,13 +64,14 @@ export class RedisRateLimitStore extends RateLimitStore {
     const ioredis = await import('ioredis');
     const client = buildClient(ioredis, options);
     ownedClients.add(client);
-    const store = new RedisRateLimitStore({
-      ...options,
-      client,
-      url: undefined,
-      sentinel: undefined,
-      cluster: undefined,
-    });
+    let store: RedisRateLimitStore;
+    try {
+      store = new RedisRateLimitStore({ ...options, client, url: undefined, sentinel: undefined, cluster: undefined });
+    } catch (error) {
+      // Refused after the client was made: it is ours to end.
+      client.disconnect();
+      throw error;
+    }
     await store.whenReady(options.readyTimeoutMs ?? 2000);
     // Ready: the eviction-policy check has started; its warning (if any) comes before the store.
     await store.evictionPolicyChecked;
@@ -93,6 +94,12 @@ export class RedisRateLimitStore extends RateLimitStore {
   private readonly onWarning: (message: string) => void;
   /** The start-up checks (`maxmemory-policy`, hash-field TTLs), once the client is first ready. */
   private policyCheck: Promise<void> | undefined;
+  /** Whether the warning of a master name no sentinel knows was given (once per store). */
+  private unknownMasterWarned = false;
+  private readonly connectionError = (error: unknown): void => {
+    this.gate.noteConnectionError(error);
+    this.warnUnknownMaster(error);
+  };
   /**
    * How the store writes hash-field TTLs (`FieldTtlMode`): not 0 once every master is known
    * to keep them (Redis 7.4+) and the option `hashFieldTtls` is not `false`; fields then
@@ -132,8 +139,16 @@ export class RedisRateLimitStore extends RateLimitStore {
     const client = options.client;
     this.client = client;
     this.owned = ownedClients.has(client);
-    // The client's own keyPrefix wins, so no prefix is applied twice.
-    this.prefix = client.options.keyPrefix ? '' : (options.keyPrefix ?? DEFAULT_REDIS_KEY_PREFIX);
+    // The client's own keyPrefix wins, so no prefix is applied twice. Like the store's, it
+    // may not hold a brace: `{}` would leave a tracker's keys on several Cluster slots
+    // (CROSSSLOT), a tag like `{app}` would put every tracker on one.
+    const clientPrefix = client.options.keyPrefix;
+    if (clientPrefix !== undefined && /[{}]/.test(clientPrefix)) {
+      throw new WsRateLimitConfigError(
+        `redis store: the client's keyPrefix ${JSON.stringify(clientPrefix)} holds { or }: every key of a tracker must hash to one slot of its own`,
+      );
+    }
+    this.prefix = clientPrefix ? '' : (options.keyPrefix ?? DEFAULT_REDIS_KEY_PREFIX);
     this.blocksKey = `${this.prefix}blocks`;
     const appClock = options.clock === 'app' ? (options.now ?? Date.now) : undefined;
     this.localNow = options.now ?? (() => performance.now());
@@ -191,16 +206,36 @@ export class RedisRateLimitStore extends RateLimitStore {
       [
         'ready',
         () => {
+          this.gate.noteConnectionError(undefined);
           this.readServer();
           this.gate.probe();
         },
       ],
-      // Without a listener ioredis prints every connection error; the breaker reports outages.
-      ['error', noop],
+      // Without a listener ioredis prints every connection error; the breaker reports outages,
+      // naming the latest of them.
+      ['error', this.connectionError],
+      ['sentinelError', this.connectionError],
     ];
     for (const [event, listener] of this.listeners) client.on(event, listener);
     if (client.status === 'wait') client.connect().catch(noop);
     if (client.status === 'ready') this.readServer();
+  }
+
+  /**
+   * Warns once when a sentinel answers that it knows no master of the configured name (ioredis
+   * then retries for ever, and the outage alone would say only that the connection is
+   * connecting).
+   */
+  private warnUnknownMaster(error: unknown): void {
+    if (this.unknownMasterWarned || !(error instanceof Error)) return;
+    // ioredis's words for GET-MASTER-ADDR-BY-NAME answered nil, or Redis's for another query.
+    if (!/got an invalid reply: null|No such master with that name/.test(error.message)) return;
+    this.unknownMasterWarned = true;
+    const name = (this.client.options as { name?: string }).name;
+    this.onWarning(
+      `redis store: a sentinel knows no master named ${JSON.stringify(name)} (${error.message}): check sentinel.name ` +
+        '(module option redis.sentinelName, WS_RATE_LIMIT_REDIS_SENTINEL_NAME); decisions fail until a sentinel knows it',
+    );
   }
 
   /**

@@ -28,6 +28,15 @@ export function validateOptions(options: RedisStoreOptions): void {
   if (options.keyPrefix !== undefined && (typeof options.keyPrefix !== 'string' || /[{}]/.test(options.keyPrefix))) {
     fail('keyPrefix: expected a string without { or }');
   }
+  // The client's own prefix, when one is set, replaces the store's: the same rule holds.
+  for (const [path, prefix] of [
+    ['redisOptions.keyPrefix', options.redisOptions?.keyPrefix],
+    ['cluster.options.keyPrefix', options.cluster?.options?.keyPrefix],
+  ] as const) {
+    if (prefix !== undefined && (typeof prefix !== 'string' || /[{}]/.test(prefix))) {
+      fail(`${path}: expected a string without { or } (every key of a tracker must hash to one slot of its own)`);
+    }
+  }
   const positive = (name: string, value: number | undefined, integer = false) => {
     if (value === undefined) return;
     if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
