@@ -19,6 +19,8 @@ export interface EngineServerLike {
 export interface EngineConnectionLike {
   readonly request: IncomingMessage;
   once(event: 'close', listener: () => void): unknown;
+  /** Every Engine.IO packet the client sends, before socket.io decodes it. */
+  on(event: 'packet', listener: (packet: { readonly type: string; readonly data?: unknown }) => void): unknown;
   /** Ends the connection; with `discard`, at once, without what is queued. */
   close(discard?: boolean): void;
 }

@@ -1,22 +1,41 @@
+import { performance } from 'node:perf_hooks';
 import type { AnswerOrder, AnswerSlot } from '../connection/answer-order.js';
 
 /** A slot opened for an event, with the event's first argument to know it again by. */
 interface Opened {
   readonly slot: AnswerSlot;
   readonly key: unknown;
+  /** When it was opened (`performance.now()`). */
+  readonly at: number;
 }
+
+/**
+ * Most slots of one event name kept waiting for their listener. Only events an application
+ * middleware holds back or drops wait at all (socket.io emits the others on the next tick).
+ */
+export const MAX_WAITING_EVENTS = 16;
 
 /**
  * The answer slots of a socket's routed events between the socket.io middleware that opens
  * them (in arrival order) and the handler's listener that takes them. socket.io runs the
- * application's middlewares after ours, and one may drop an event or let it through later,
- * so a listener takes the slot opened for its own event: the oldest with the same name and
- * the same first argument (the very object for object payloads), else the oldest of that
- * name. Slots older than it of the same name were dropped on the way: they are answered
- * then, so they hold nothing back.
+ * application's middlewares after ours, and one may drop an event or let it through later
+ * (after events that came behind it), so a listener takes the slot opened for its own
+ * event: the oldest with the same name and the same first argument (the very object for
+ * object payloads), else (a middleware replaced the payload) the oldest of that name.
+ *
+ * An event a middleware dropped never reaches its listener: its slot is given up (answered
+ * with nothing, so it holds no later answer back, and its payload is let go) once it has
+ * waited `holdMs`, or when more than `MAX_WAITING_EVENTS` of its name wait. An event let
+ * through after its slot was given up gets a slot of its own from its listener.
  */
 export class EventSlots {
   private readonly byEvent = new Map<string, Opened[]>();
+
+  constructor(
+    private readonly order: AnswerOrder,
+    /** How long a slot waits for its listener (the order's own hold time). */
+    private readonly holdMs: number,
+  ) {}
 
   /** Whether an event's slots have a taker (its first handler); later handlers take none. */
   claim(event: string): boolean {
@@ -27,22 +46,29 @@ export class EventSlots {
 
   /** Keeps a slot opened for an event whose first argument is `key` (for a claimed event). */
   add(event: string, key: unknown, slot: AnswerSlot): void {
-    this.byEvent.get(event)?.push({ slot, key });
+    const opened = this.byEvent.get(event);
+    if (opened === undefined) return;
+    const now = performance.now();
+    this.expire(opened, now);
+    if (opened.length >= MAX_WAITING_EVENTS) this.order.done(opened.shift()!.slot);
+    opened.push({ slot, key, at: now });
   }
 
-  /** The slot of an event the listener got, or undefined when none was kept for it. */
-  take(event: string, key: unknown, order: AnswerOrder): AnswerSlot | undefined {
+  /** The slot of an event the listener got, or undefined when none is kept for it. */
+  take(event: string, key: unknown): AnswerSlot | undefined {
     const opened = this.byEvent.get(event);
     if (opened === undefined || opened.length === 0) return undefined;
     let index = 0;
     while (index < opened.length && !Object.is(opened[index]!.key, key)) index++;
     // No slot kept the very payload (an application middleware replaced the event's data):
-    // the oldest, in arrival order, rather than none (its answer would miss the ack, and the
-    // slot, never taken, would hold later answers back).
+    // the oldest, in arrival order, rather than none.
     if (index === opened.length) index = 0;
-    const passed = opened.splice(0, index + 1);
-    const taken = passed.pop()!;
-    for (const dropped of passed) order.done(dropped.slot);
+    const taken = index === 0 ? opened.shift()! : opened.splice(index, 1)[0]!;
     return taken.slot;
+  }
+
+  /** Gives up the slots that waited `holdMs` (their events were dropped, or are very late). */
+  private expire(opened: Opened[], now: number): void {
+    while (opened.length > 0 && now - opened[0]!.at >= this.holdMs) this.order.done(opened.shift()!.slot);
   }
 }

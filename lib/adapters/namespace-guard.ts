@@ -37,6 +37,8 @@ export class NamespaceGuard {
   private readonly screened = new WeakSet<Socket>();
   /** A join again admitted and not connected yet, by connection and namespace name. */
   private readonly pendingRejoins = new WeakMap<object, Map<string, { socket: Socket; release: () => void }>>();
+  /** The children of the RegExp and function namespaces (socket.io's `ParentNamespace`s). */
+  private readonly parents: { readonly children: ReadonlySet<object> }[] = [];
   /** First joins on their way through the namespace's middlewares, by connection and name. */
   private readonly pendingJoins = new WeakMap<object, Map<string, Set<Socket>>>();
 
@@ -55,12 +57,16 @@ export class NamespaceGuard {
 
   /**
    * Namespace connections: in `close` refusal mode a refused connection's fail with why; a
-   * namespace joined again on the same connection (after leaving it) is decided as a new
-   * connection, so leaving and joining cannot reset a per-connection budget for free.
+   * namespace joined again on the same connection (after leaving it), or a dynamic one
+   * joined beside others (see `free`), is decided as a new connection, so joining cannot
+   * start a per-connection budget for free.
    */
   guard(namespace: Server | Namespace): void {
     if (this.namespaces.has(namespace)) return;
     this.namespaces.add(namespace);
+    // A RegExp or function namespace (socket.io's ParentNamespace): its children are dynamic.
+    const children = (namespace as { children?: unknown }).children;
+    if (children instanceof Set) this.parents.push({ children: children as ReadonlySet<object> });
     // A namespace counts as joined once the socket connects: a join the application's own
     // middlewares refused (a bad token, then a retry) is not a join again.
     (namespace as Namespace).on('connection', (socket: Socket) => {
@@ -76,7 +82,7 @@ export class NamespaceGuard {
       this.screened.add(socket);
       const refusal = this.refusals.get(socket.request);
       if (refusal !== undefined) return this.refuse(socket, refusal, next, true);
-      if (!this.joined.get(socket.conn)?.has(socket.nsp.name) && !this.joining(socket)) {
+      if (!this.joined.get(socket.conn)?.has(socket.nsp.name) && !this.joining(socket) && this.free(socket)) {
         let byName = this.pendingJoins.get(socket.conn);
         if (byName === undefined) this.pendingJoins.set(socket.conn, (byName = new Map()));
         let sockets = byName.get(socket.nsp.name);
@@ -122,6 +128,28 @@ export class NamespaceGuard {
         next(error as Error);
       }
     });
+  }
+
+  /**
+   * Whether a first join of a namespace costs nothing: a namespace of the application's own
+   * (a gateway's, or one made with `io.of()`: as many as it has), or the connection's first
+   * namespace, whose slot its handshake took. A child of a RegExp or function namespace
+   * joined beside others is decided as a new connection: every name makes a child, and
+   * each would otherwise bring a fresh per-connection budget for free.
+   */
+  private free(socket: Socket): boolean {
+    let dynamic = false;
+    for (const parent of this.parents) if ((dynamic = parent.children.has(socket.nsp))) break;
+    if (!dynamic) return true;
+    const conn = socket.conn;
+    if ((this.joined.get(conn)?.size ?? 0) > 0) return false;
+    const pending = this.pendingJoins.get(conn);
+    if (pending === undefined) return true;
+    for (const [name, sockets] of pending) {
+      if (name === socket.nsp.name) continue;
+      for (const other of sockets) if (other.connected || waiting(other)) return false;
+    }
+    return true;
   }
 
   /**

@@ -7,6 +7,7 @@ import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node
 import { EMPTY, type Observable, type Subscription } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
 import type { Namespace, Server, ServerOptions, Socket } from 'socket.io';
+import { AnswerOrder } from '../connection/answer-order.js';
 import type { ConnectionState } from '../connection/connection-state.js';
 import { FrameHold } from '../connection/frame-hold.js';
 import { startHeartbeat } from '../connection/heartbeat.js';
@@ -153,7 +154,10 @@ export class WsRateLimitIoAdapter extends IoAdapter {
       socket.on(event, (...args: unknown[]) => {
         // As rxjs's fromEvent, which IoAdapter reads events with: one argument as itself.
         const payload = args.length === 1 ? args[0] : args;
-        const slot = order === undefined ? undefined : slots?.take(event, args[0], order);
+        let slot = order === undefined ? undefined : slots?.take(event, args[0]);
+        // Its slot was given up (an application middleware held it back past the hold time):
+        // one of its own, so the limiter's answer still goes to its acknowledgement.
+        if (slot === undefined && slots !== undefined && order !== undefined) slot = order.open();
         const answered = (): void => {
           if (slot !== undefined) order!.done(slot);
         };
@@ -283,6 +287,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
     const request = socket.request;
     // A WebSocket handshake's exchange is over (a polling one ended with its answer).
     handshakeCompleted(request.socket);
+    this.capEvents(socket);
     const record = this.admitted.get(request);
     if (this.refusals.has(request)) {
       // Refused in `close` mode: it may only learn why, then it goes.
@@ -296,6 +301,35 @@ export class WsRateLimitIoAdapter extends IoAdapter {
     record.release = noop;
     socket.once('close', release);
     this.records.set(socket, record);
+  }
+
+  /**
+   * `maxPayload` bounds a whole socket.io event, its binary attachments included: each comes
+   * as an Engine.IO packet of its own (each within `maxHttpBufferSize`), and up to ten make
+   * one event. The connection of an event past the limit ends at once, before socket.io has
+   * put the event together (as a packet past `maxHttpBufferSize` ends it).
+   */
+  private capEvents(socket: EngineConnectionLike): void {
+    const limit = this.limiter.options.maxPayload;
+    /** Attachments still to come for the event being put together, and its bytes so far. */
+    let expected = 0;
+    let bytes = 0;
+    socket.on('packet', ({ type, data }) => {
+      if (type !== 'message') return;
+      if (typeof data === 'string') {
+        expected = attachmentsOf(data);
+        bytes = expected > 0 ? Buffer.byteLength(data) : 0;
+        return;
+      }
+      if (expected === 0) return;
+      expected--;
+      bytes += (data as { byteLength?: number } | undefined)?.byteLength ?? 0;
+      if (bytes > limit) {
+        expected = 0;
+        this.log.debug(`a socket.io event of more than maxPayload (${limit} bytes) with its attachments: disconnected`);
+        socket.close(true);
+      }
+    });
   }
 
   /** Attaches a record to a socket.io socket as it connects to a namespace. */
@@ -325,7 +359,9 @@ export class WsRateLimitIoAdapter extends IoAdapter {
   private route(socket: Socket, state: ConnectionState, handlers: MessageMappingProperties[]): SocketRouting {
     let routing = this.routing.get(socket);
     if (routing === undefined) {
-      routing = { events: new Set(), slots: new EventSlots() };
+      // (An adapter's socket always has an order: `attach` gives it one.)
+      const slots = new EventSlots(state.order ?? new AnswerOrder(0), this.limiter.options.closeGraceMs);
+      routing = { events: new Set(), slots };
       this.routing.set(socket, routing);
       const known = routing;
       const { pipeline } = this.limiter;
@@ -402,6 +438,23 @@ export class WsRateLimitIoAdapter extends IoAdapter {
 
 /** A packet as socket.io's middleware gets it: the event, its arguments, maybe an ack. */
 type Packet = Parameters<Parameters<Socket['use']>[0]>[0];
+
+/**
+ * The binary attachments a socket.io packet announces: `5<n>-...` (a binary event) or
+ * `6<n>-...` (a binary acknowledgement); 0 for any other packet.
+ */
+function attachmentsOf(packet: string): number {
+  const type = packet.charCodeAt(0);
+  if (type !== 53 /* 5 */ && type !== 54 /* 6 */) return 0;
+  let count = 0;
+  let i = 1;
+  for (; i < packet.length && i < 8; i++) {
+    const digit = packet.charCodeAt(i) - 48;
+    if (digit < 0 || digit > 9) break;
+    count = count * 10 + digit;
+  }
+  return packet.charCodeAt(i) === 45 /* - */ ? count : 0;
+}
 
 /** The socket.io server of a server or namespace. */
 function ioServerOf(server: Server | Namespace): Server {

@@ -54,7 +54,8 @@ export function answerSlotFromArgs(args: readonly unknown[]): AnswerSlot | undef
   if (meta !== undefined) return meta.slot;
   const ack = args[2];
   if (typeof ack !== 'function') return undefined;
-  return { done: false, writes: undefined, next: undefined, ack: ack as (answer: unknown) => void };
+  // In no order (done: an answer to it is written at once).
+  return { done: true, writes: undefined, next: undefined, ack: ack as (answer: unknown) => void };
 }
 
 /** The id the limiter echoes for a socket.io event's data: its `id` field, when it is an object. */
