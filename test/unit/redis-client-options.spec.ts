@@ -50,4 +50,11 @@ describe('Sentinel client options', () => {
     expect(options.enableTLSForSentinelMode).toBeUndefined();
     expect(typeof options.sentinelRetryStrategy).toBe('function');
   });
+
+  it('follows failovers as sentinels announce them (failoverDetector), unless redisOptions turns it off', () => {
+    expect(sentinelClientOptions(base(), { sentinels, name: 'm' }).failoverDetector).toBe(true);
+    expect(sentinelClientOptions(base({ failoverDetector: false }), { sentinels, name: 'm' }).failoverDetector).toBe(
+      false,
+    );
+  });
 });
