@@ -25,11 +25,24 @@ export const MAX_WAITING_EVENTS = 16;
  *
  * An event a middleware dropped never reaches its listener: its slot is given up (answered
  * with nothing, so it holds no later answer back, and its payload is let go) once it has
- * waited `holdMs`, or when more than `MAX_WAITING_EVENTS` of its name wait. An event let
- * through after its slot was given up gets a slot of its own from its listener.
+ * waited `holdMs` (found by a timer, armed at most once per `holdMs` while slots wait), or
+ * when more than `MAX_WAITING_EVENTS` of its name wait. An event let through after its slot
+ * was given up gets a slot of its own from its listener.
  */
 export class EventSlots {
   private readonly byEvent = new Map<string, Opened[]>();
+  /** Runs while slots wait (armed at most once per `holdMs`): gives up the ones past it. */
+  private timer: NodeJS.Timeout | undefined;
+  private readonly sweep = (): void => {
+    this.timer = undefined;
+    const now = performance.now();
+    let waiting = false;
+    for (const opened of this.byEvent.values()) {
+      this.expire(opened, now);
+      waiting ||= opened.length > 0;
+    }
+    if (waiting) this.arm();
+  };
 
   constructor(
     private readonly order: AnswerOrder,
@@ -52,6 +65,15 @@ export class EventSlots {
     this.expire(opened, now);
     if (opened.length >= MAX_WAITING_EVENTS) this.order.done(opened.shift()!.slot);
     opened.push({ slot, key, at: now });
+    // A dropped event's slot is given up even when no event of its name comes after it.
+    if (this.timer === undefined) this.arm();
+  }
+
+  /** The socket has closed: nothing waits any more. */
+  dispose(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.byEvent.clear();
   }
 
   /** The slot of an event the listener got, or undefined when none is kept for it. */
@@ -65,6 +87,13 @@ export class EventSlots {
     if (index === opened.length) index = 0;
     const taken = index === 0 ? opened.shift()! : opened.splice(index, 1)[0]!;
     return taken.slot;
+  }
+
+  private arm(): void {
+    // With no hold time, `add` gives up every earlier slot itself.
+    if (this.holdMs <= 0) return;
+    this.timer = setTimeout(this.sweep, this.holdMs);
+    this.timer.unref();
   }
 
   /** Gives up the slots that waited `holdMs` (their events were dropped, or are very late). */

@@ -39,6 +39,12 @@ export class NamespaceGuard {
   private readonly pendingRejoins = new WeakMap<object, Map<string, { socket: Socket; release: () => void }>>();
   /** The children of the RegExp and function namespaces (socket.io's `ParentNamespace`s). */
   private readonly parents: { readonly children: ReadonlySet<object> }[] = [];
+  /**
+   * The `close` listener of a join again's connection that gives its slot back if the join
+   * never connects; taken off when it connects (a connection joining and leaving rooms
+   * would otherwise pile them up for its whole life).
+   */
+  private readonly watched = new WeakMap<Socket, () => void>();
   /** First joins on their way through the namespace's middlewares, by connection and name. */
   private readonly pendingJoins = new WeakMap<object, Map<string, Set<Socket>>>();
 
@@ -76,6 +82,8 @@ export class NamespaceGuard {
       this.pendingJoins.get(socket.conn)?.get(socket.nsp.name)?.delete(socket);
       const pending = this.pendingRejoins.get(socket.conn);
       if (pending?.get(socket.nsp.name)?.socket === socket) pending.delete(socket.nsp.name);
+      // Connected: its record (and slot) now ends with the socket, not with the connection.
+      this.unwatch(socket);
     });
     namespace.use((socket, next) => {
       if (this.screened.has(socket)) return next();
@@ -96,6 +104,7 @@ export class NamespaceGuard {
       const earlier = pending?.get(socket.nsp.name);
       if (earlier !== undefined && !earlier.socket.connected && !waiting(earlier.socket)) {
         pending!.delete(socket.nsp.name);
+        this.unwatch(earlier.socket);
         earlier.release();
       }
       const address = this.records.get(socket.conn)?.address ?? clientAddressOf(socket.request, this.limiter.options);
@@ -115,6 +124,7 @@ export class NamespaceGuard {
         // connection. (An admission's release runs once, however often it is called.)
         const release = admission.release;
         socket.conn.once('close', release);
+        this.watched.set(socket, release);
         let byName = this.pendingRejoins.get(socket.conn);
         if (byName === undefined) this.pendingRejoins.set(socket.conn, (byName = new Map()));
         byName.set(socket.nsp.name, { socket, release });
@@ -128,6 +138,14 @@ export class NamespaceGuard {
         next(error as Error);
       }
     });
+  }
+
+  /** Takes off the `close` listener a join again put on its connection (see `watched`). */
+  private unwatch(socket: Socket): void {
+    const release = this.watched.get(socket);
+    if (release === undefined) return;
+    this.watched.delete(socket);
+    socket.conn.off('close', release);
   }
 
   /**

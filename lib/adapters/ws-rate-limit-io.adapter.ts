@@ -362,6 +362,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
       // (An adapter's socket always has an order: `attach` gives it one.)
       const slots = new EventSlots(state.order ?? new AnswerOrder(0), this.limiter.options.closeGraceMs);
       routing = { events: new Set(), slots };
+      socket.once('disconnect', () => slots.dispose());
       this.routing.set(socket, routing);
       const known = routing;
       const { pipeline } = this.limiter;
@@ -441,19 +442,17 @@ type Packet = Parameters<Parameters<Socket['use']>[0]>[0];
 
 /**
  * The binary attachments a socket.io packet announces: `5<n>-...` (a binary event) or
- * `6<n>-...` (a binary acknowledgement); 0 for any other packet.
+ * `6<n>-...` (a binary acknowledgement); 0 for any other packet. `<n>` is read as
+ * socket.io-parser reads it (any text up to the first `-` that is a number: `010`, `1e1`
+ * and `+10` are ten), so no spelling it accepts escapes the count.
  */
 function attachmentsOf(packet: string): number {
   const type = packet.charCodeAt(0);
   if (type !== 53 /* 5 */ && type !== 54 /* 6 */) return 0;
-  let count = 0;
-  let i = 1;
-  for (; i < packet.length && i < 8; i++) {
-    const digit = packet.charCodeAt(i) - 48;
-    if (digit < 0 || digit > 9) break;
-    count = count * 10 + digit;
-  }
-  return packet.charCodeAt(i) === 45 /* - */ ? count : 0;
+  const dash = packet.indexOf('-', 1);
+  if (dash < 0) return 0;
+  const count = Number(packet.slice(1, dash));
+  return Number.isInteger(count) && count >= 1 ? count : 0;
 }
 
 /** The socket.io server of a server or namespace. */
