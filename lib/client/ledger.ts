@@ -78,6 +78,11 @@ export class Ledger {
     if (entry.id !== undefined) this.pendingById.set(entry.id, entry);
   }
 
+  /** Whether a message of `event` was sent on this connection. */
+  hasSent(event: string): boolean {
+    return this.events.has(event);
+  }
+
   /** Removes and returns the message sent on this connection with this id, confirmed or not. */
   takeById(id: MessageId): OutboxEntry | undefined {
     const entry = this.pendingById.get(id) ?? this.confirmedById.get(id);

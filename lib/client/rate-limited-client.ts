@@ -33,6 +33,8 @@ const CLOSED = 3;
 const ABNORMAL_CLOSURE = 1006;
 /** Close code the server uses for rate-limit violations. */
 const POLICY_VIOLATION = 1008;
+/** Close code of a message too big for the server (`ws`' `maxPayload`, the adapter's payload limit). */
+const MESSAGE_TOO_BIG = 1009;
 /** Longest the time-based confirmation delay grows to by itself, in ms. */
 const MAX_ADAPTIVE_CONFIRM_MS = 5000;
 /**
@@ -40,6 +42,14 @@ const MAX_ADAPTIVE_CONFIRM_MS = 5000;
  * longer wait (a retryAfter of days) is slept in steps of this.
  */
 const MAX_TIMER_MS = 2 ** 31 - 1;
+/**
+ * Most pacing models learned from frames the client keeps (declared ones are not counted,
+ * nor ever evicted): past it, the least recently used is forgotten, one back to full
+ * capacity and outside its retry window first.
+ */
+export const MAX_LEARNED_MODELS = 256;
+/** Most event -> server type pairs learned from frames the client keeps (least recently used go first). */
+export const MAX_EVENT_TYPES = 1024;
 
 type Timer = ReturnType<typeof setTimeout>;
 
@@ -99,6 +109,34 @@ function repeatFloorMs(refusals: number): number {
   return refusals < 2 ? 0 : Math.min(MAX_PACE_MS, REPEAT_FLOOR_MS * 2 ** (refusals - 2));
 }
 
+/**
+ * Takes out of a connection's unanswered messages the one a close 1009 (message too big)
+ * refused. The server closes at the first message over its size limit: the messages before
+ * it fit, the ones after it were never read. Which one it was, the client cannot tell (the
+ * limit is the server's); the largest unanswered message is at least as big, so it is over
+ * the limit too, and a message that fits is never taken for it. The first of the largest,
+ * in send order, is taken.
+ */
+function takeTooBig(unanswered: Unanswered): OutboxEntry | undefined {
+  let largest: OutboxEntry | undefined;
+  let largestBytes = -1;
+  const encoder = new TextEncoder();
+  for (const entry of unanswered.messages) {
+    const bytes = encoder.encode(entry.frame).length;
+    if (bytes > largestBytes) {
+      largest = entry;
+      largestBytes = bytes;
+    }
+  }
+  if (!largest) return undefined;
+  unanswered.messages = unanswered.messages.filter((entry) => entry !== largest);
+  unanswered.doubtful.delete(largest);
+  // Unattributed answers are counted among the messages left.
+  unanswered.refused = Math.min(unanswered.refused, unanswered.messages.length);
+  unanswered.acknowledged = Math.min(unanswered.acknowledged, unanswered.messages.length - unanswered.refused);
+  return largest;
+}
+
 /** Terminates a closing socket still not closed after `CLOSE_GRACE_MS` (never keeps the process alive). */
 function endAfterGrace(socket: WebSocketLike): void {
   if (typeof socket.terminate !== 'function') return;
@@ -144,12 +182,19 @@ function endAfterGrace(socket: WebSocketLike): void {
  * are reported by the `undelivered` event (reason `closed`), then re-queued in send order
  * for the reconnect or given up, per the `undelivered` option. Priority messages, and
  * messages that may have been accepted while a frame without an id refused another of
- * their event, are never re-queued.
+ * their event, are never re-queued. After a close 1009 (message too big), the largest
+ * unanswered message is not reported there: it is dropped (reason `rejected`), never sent
+ * again.
  *
  * **Pacing rule.** No message is sent inside a retry window: after a frame, nothing of its
- * event (code `TYPE_LIMIT`, `EXPENSIVE_LIMIT`) or nothing at all (`GLOBAL_LIMIT`,
+ * type (code `TYPE_LIMIT`, `EXPENSIVE_LIMIT`) or nothing at all (`GLOBAL_LIMIT`,
  * `STORE_UNAVAILABLE`, other codes) is sent until `retryAfter` ms after the frame arrived.
- * The frame also (re)builds a model of that server bucket (per event, or global): capacity
+ * The type is the frame's `messageType`, the server's bucket: the event, or a `@Throttle`
+ * type several events share; a frame refusing a message of an event tells the client the
+ * event's type, and the type's window and model then hold every event of it. A type none
+ * of the client's messages has is not paced (a server cannot grow the client by naming ever
+ * new ones), and at most `MAX_LEARNED_MODELS` models and `MAX_EVENT_TYPES` event types are
+ * kept. The frame also (re)builds a model of that server bucket (per type, or global): capacity
  * = the frame's `limit` (1 if absent), first token at frame + `retryAfter`, then one token
  * per `max(retryAfter, minPaceMs)` ms. A message is sent only when every model that applies
  * holds a token, so the queue drains one message per interval and, once idle, the client
@@ -204,8 +249,21 @@ export class RateLimitedClient {
   /** Messages written to sockets so far. */
   private sends = 0;
   private globalBudget: Budget | undefined;
+  /**
+   * Pacing models of server buckets (a `@Throttle` type, which is the event unless several
+   * share one), declared and learned; learned ones in least recently used order, at most
+   * `MAX_LEARNED_MODELS`.
+   */
   private readonly typeBudgets: Map<string, Budget>;
+  /** Keys of the models declared in `limits.types`: never evicted. */
+  private readonly declaredTypes: ReadonlySet<string>;
+  /**
+   * The server type of each event whose frames named one other than the event itself, in
+   * least recently used order, at most `MAX_EVENT_TYPES`; an event not in it is its own type.
+   */
+  private readonly eventTypes = new Map<string, string>();
   private globalBlockedUntil = -Infinity;
+  /** Retry windows per server type (see `eventTypes`). */
   private readonly typeBlockedUntil = new Map<string, number>();
   private pumpTimer: Timer | undefined;
   private reconnectTimer: Timer | undefined;
@@ -223,6 +281,7 @@ export class RateLimitedClient {
     const declared = declaredBudgets(options, now());
     this.globalBudget = declared.global;
     this.typeBudgets = declared.types;
+    this.declaredTypes = new Set(declared.types.keys());
     this.emitter = new TypedEmitter((error, event) => {
       // A bug in the caller's own listener must not vanish: report it, or rethrow it.
       if (event !== 'error' && this.emitter.listenerCount('error') > 0) {
@@ -415,7 +474,10 @@ export class RateLimitedClient {
     const code = typeof event.code === 'number' ? event.code : ABNORMAL_CLOSURE;
     const policy = code === POLICY_VIOLATION || !opened;
     const reconnecting = this.options.reconnect && this.attempt < this.options.maxReconnectAttempts;
+    // A close 1009 refuses a message as too big: sent again, it would end every connection the same way.
+    const tooBig = code === MESSAGE_TOO_BIG ? takeTooBig(unanswered) : undefined;
     this.reportUnanswered(unanswered, code, reconnecting);
+    if (tooBig) this.drop(tooBig, 'rejected');
     // A listener of the report may have closed the client: nothing more to do then.
     if (this.currentState === 'closed') return;
     if (!this.options.reconnect) {
@@ -579,10 +641,17 @@ export class RateLimitedClient {
       this.confirmMs = Math.min(cap, Math.max(this.confirmMs, wanted));
     }
     const until = t + waitMs;
-    const key = rejected?.event ?? info.messageType;
+    // The frame's messageType names the server's bucket; the message it refused, the event
+    // spending it: several events may share one type (`@Throttle({ type })`).
+    if (refused.length === 1 && info.messageType !== undefined) this.learnType(refused[0].event, info.messageType);
+    const key = info.messageType ?? (rejected && this.typeOf(rejected.event));
     if ((info.code === 'TYPE_LIMIT' || info.code === 'EXPENSIVE_LIMIT') && key !== undefined) {
-      this.typeBlockedUntil.set(key, Math.max(this.typeBlockedUntil.get(key) ?? -Infinity, until));
-      this.typeBudgets.set(key, this.relearn(this.typeBudgets.get(key), info, rejected, waitMs, t));
+      // A type none of this client's messages has is no one's to pace (and learning it
+      // would let a server grow the client without bound).
+      if (rejected !== undefined || this.isKnownType(key)) {
+        this.typeBlockedUntil.set(key, Math.max(this.typeBlockedUntil.get(key) ?? -Infinity, until));
+        this.setModel(key, this.relearn(this.typeBudgets.get(key), info, rejected, waitMs, t), t);
+      }
     } else {
       this.globalBlockedUntil = Math.max(this.globalBlockedUntil, until);
       if (info.code === 'GLOBAL_LIMIT') {
@@ -637,12 +706,67 @@ export class RateLimitedClient {
     if (settled.ambiguous) this.reportAmbiguous(settled.ambiguous);
   }
 
+  /** The server type (bucket) of an event's messages: the event itself unless a frame said otherwise. */
+  private typeOf(event: string): string {
+    return this.eventTypes.get(event) ?? event;
+  }
+
+  /** The keys of the retry windows and models that apply to an event: its type, and the event if it differs. */
+  private keysOf(event: string): string[] {
+    const type = this.eventTypes.get(event);
+    return type === undefined ? [event] : [type, event];
+  }
+
+  /** Remembers that a frame about a message of `event` named the server type `type`. */
+  private learnType(event: string, type: string): void {
+    this.eventTypes.delete(event);
+    if (type === event) return;
+    this.eventTypes.set(event, type);
+    if (this.eventTypes.size > MAX_EVENT_TYPES) this.eventTypes.delete(this.eventTypes.keys().next().value as string);
+  }
+
+  /** A type this client paces or may send: it has a model or window, an event maps to it, or it is an event sent on this connection. */
+  private isKnownType(type: string): boolean {
+    if (this.typeBudgets.has(type) || this.typeBlockedUntil.has(type) || this.ledger.hasSent(type)) return true;
+    for (const mapped of this.eventTypes.values()) if (mapped === type) return true;
+    return false;
+  }
+
+  /**
+   * Stores a model as the most recently used; past `MAX_LEARNED_MODELS` learned ones, evicts
+   * the least recently used, preferring one back to full capacity outside its retry window
+   * (forgetting it costs the least: the next frame relearns it).
+   */
+  private setModel(key: string, budget: Budget, t: number): void {
+    this.typeBudgets.delete(key);
+    this.typeBudgets.set(key, budget);
+    if (this.typeBudgets.size - this.declaredTypes.size <= MAX_LEARNED_MODELS) return;
+    let victim: string | undefined;
+    for (const [candidate, model] of this.typeBudgets) {
+      if (candidate === key || this.declaredTypes.has(candidate)) continue;
+      victim ??= candidate;
+      if (model.available(t) >= model.capacity && !((this.typeBlockedUntil.get(candidate) ?? -Infinity) > t)) {
+        victim = candidate;
+        break;
+      }
+    }
+    if (victim !== undefined) this.typeBudgets.delete(victim);
+  }
+
   /** Milliseconds before `entry` may be sent (0: now), ignoring whether the socket is open. */
   private waitMs(entry: OutboxEntry, t: number): number {
-    let wait = Math.max(0, this.globalBlockedUntil - t, (this.typeBlockedUntil.get(entry.event) ?? -Infinity) - t);
+    let wait = Math.max(0, this.globalBlockedUntil - t);
     if (this.globalBudget) wait = Math.max(wait, this.globalBudget.waitMs(t));
-    const budget = this.typeBudgets.get(entry.event);
-    if (budget) return Math.max(wait, budget.waitMs(t));
+    let modelled = false;
+    for (const key of this.keysOf(entry.event)) {
+      wait = Math.max(wait, (this.typeBlockedUntil.get(key) ?? -Infinity) - t);
+      const budget = this.typeBudgets.get(key);
+      if (budget) {
+        modelled = true;
+        wait = Math.max(wait, budget.waitMs(t));
+      }
+    }
+    if (modelled) return wait;
     const { count, oldest } = this.ledger.pending(entry.event);
     if (oldest && count >= this.options.maxUnconfirmed) {
       wait = Math.max(wait, oldest.sentAt + this.confirmMs - t);
@@ -661,7 +785,14 @@ export class RateLimitedClient {
     entry.sentAt = t;
     entry.sendNo = ++this.sends;
     this.globalBudget?.take(t);
-    this.typeBudgets.get(entry.event)?.take(t);
+    const type = this.eventTypes.get(entry.event);
+    if (type !== undefined) this.learnType(entry.event, type); // most recently used
+    for (const key of this.keysOf(entry.event)) {
+      const budget = this.typeBudgets.get(key);
+      if (!budget) continue;
+      budget.take(t);
+      if (!this.declaredTypes.has(key)) this.setModel(key, budget, t); // most recently used
+    }
     this.ledger.record(entry);
     return true;
   }
@@ -719,8 +850,8 @@ export class RateLimitedClient {
   /** Forgets retry windows that have passed; returns ms until the next one ends. */
   private pruneBlocks(t: number): number {
     let next = this.globalBlockedUntil > t ? this.globalBlockedUntil - t : Infinity;
-    for (const [event, until] of this.typeBlockedUntil) {
-      if (until <= t) this.typeBlockedUntil.delete(event);
+    for (const [type, until] of this.typeBlockedUntil) {
+      if (until <= t) this.typeBlockedUntil.delete(type);
       else next = Math.min(next, until - t);
     }
     return next;

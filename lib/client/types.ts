@@ -131,7 +131,12 @@ export interface OutboundMessage {
 export type DropReason =
   /** The queue was full (`drop-oldest` or `drop-newest`). */
   | 'queue_full'
-  /** The server rejected a priority message, which is never re-sent. */
+  /**
+   * The server refused the message for good: a priority message refused by a `rate_limit`
+   * frame (priority messages are never re-sent), or the message a close 1009 (message too
+   * big) refused, the largest of those the connection left unanswered (it is not in the
+   * `undelivered` report, and never sent again, whatever the `undelivered` policy).
+   */
   | 'rejected'
   /** The client was closed, or gave up reconnecting, with the message still queued. */
   | 'closed';
@@ -250,7 +255,10 @@ export interface LimitSpec {
 export interface DeclaredLimits {
   /** The limit on all messages of the connection. */
   global?: LimitSpec;
-  /** Limits per message event. */
+  /**
+   * Limits per message event, or per server type (`@Throttle({ type })`): a limit keyed by
+   * a type holds the events `rate_limit` frames have shown to be of that type.
+   */
   types?: Record<string, LimitSpec>;
 }
 

@@ -322,7 +322,8 @@ describe('client edges: a real ws server', () => {
       await opened(client);
       const serverClosed = new Promise<boolean>((resolve) => {
         serverSocket?.once('close', () => resolve(true));
-        setTimeout(() => resolve(false), 5000);
+        // unref'd: it must not keep Jest waiting once the socket has closed.
+        setTimeout(() => resolve(false), 5000).unref();
       });
       client.close(1000, 'shutting down because '.repeat(10)); // > 123 bytes
       expect(client.state).toBe('closed');
