@@ -22,8 +22,8 @@ const reconnectOnError = (error: Error): boolean => error.message.startsWith('RE
  * `redisOptions` and the store's safety settings), each falling back to `base`'s own. TLS to
  * the master and replicas needs ioredis's `enableTLSForSentinelMode` as well as `tls` (without
  * it ioredis connects in plain text); TLS to the sentinels themselves is `sentinelTLS`, set
- * through `redisOptions`. The client follows a failover as soon as a sentinel announces it
- * (ioredis's `failoverDetector`, on unless `redisOptions` turns it off).
+ * through `redisOptions`. (The store follows failovers as the sentinels announce them with
+ * subscribers of its own: see `watchSentinels`.)
  */
 export function sentinelClientOptions(base: RedisOptions, sentinel: RedisSentinelOptions): RedisOptions {
   const { sentinels, name, username, password, sentinelUsername, sentinelPassword, db, tls } = sentinel;
@@ -39,11 +39,14 @@ export function sentinelClientOptions(base: RedisOptions, sentinel: RedisSentine
     db: db ?? base.db,
     ...(serverTls ? { tls: serverTls, enableTLSForSentinelMode: true } : {}),
     sentinelRetryStrategy: retryStrategy,
-    // Follow `+switch-master` from the sentinels: without it the client stays on a demoted
-    // master that still accepts writes until Sentinel reconfigures it (about 10 s of
-    // decisions on a server whose writes are then thrown away).
-    failoverDetector: base.failoverDetector ?? true,
   };
+}
+
+/** ioredis's client classes from the loaded module. */
+export function ioredisClasses(loaded: unknown): IoRedisModule {
+  // Native ESM sees ioredis's CommonJS exports as named exports; CommonJS interop may nest them.
+  const module = loaded as Partial<IoRedisModule> & { default?: IoRedisModule };
+  return module.Redis && module.Cluster ? (module as IoRedisModule) : module.default!;
 }
 
 interface IoRedisModule {
@@ -57,9 +60,7 @@ interface IoRedisModule {
  * delays capped at 1 s. `loaded` is the ioredis module, imported by the caller.
  */
 export function buildClient(loaded: unknown, options: RedisStoreOptions): RedisStoreClient {
-  // Native ESM sees ioredis's CommonJS exports as named exports; CommonJS interop may nest them.
-  const module = loaded as Partial<IoRedisModule> & { default?: IoRedisModule };
-  const { Redis, Cluster } = module.Redis && module.Cluster ? (module as IoRedisModule) : module.default!;
+  const { Redis, Cluster } = ioredisClasses(loaded);
   const safety = {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
@@ -114,24 +115,12 @@ export async function endClient(client: RedisStoreClient): Promise<void> {
     await Promise.race([new Promise<void>((resolve) => client.once('connecting', () => resolve())), timeout]);
   }
   // QUIT lets replies in flight arrive; a client that is not connected is just stopped.
-  if (client.status === 'ready') {
-    const quit = client.quit();
-    // A Sentinel client's failover detector keeps a connection to each sentinel, which only
-    // `disconnect` closes: once QUIT is answered (every reply before it has arrived), and
-    // before the server's close reaches the client.
-    if (followsFailovers(client)) void quit.then(() => client.disconnect(), noop);
-    else quit.catch(noop);
-  } else client.disconnect();
+  if (client.status === 'ready') client.quit().catch(noop);
+  else client.disconnect();
   await Promise.race([ended, timeout]);
   clearTimeout(timer);
   // Only if that did not end it: disconnecting an ended client would leave a 2 s timer.
   if ((client.status as string) !== 'end') client.disconnect();
-}
-
-/** Whether a client is a Sentinel client with ioredis's failover detector on. */
-function followsFailovers(client: RedisStoreClient): boolean {
-  const options = client.options as RedisOptions;
-  return options.sentinels !== undefined && options.sentinels !== null && options.failoverDetector === true;
 }
 
 /** Resolves once the client is `ready`, or after `timeoutMs` whatever its state. */

@@ -14,7 +14,15 @@ import {
 import { RateLimitStore, type MaybePromise } from '../rate-limit-store.js';
 import { BlockCache } from './block-cache.js';
 import { CallGate, noop } from './call-gate.js';
-import { buildClient, endClient, ownedClients, whenReady, type RedisStoreClient } from './client-factory.js';
+import type { Redis } from './ioredis-types.js';
+import {
+  buildClient,
+  endClient,
+  ioredisClasses,
+  ownedClients,
+  whenReady,
+  type RedisStoreClient,
+} from './client-factory.js';
 import { LeaseBook } from './lease-book.js';
 import { allowedReply, decisionOf, PlanCompiler, statusesOf, unexpected, type CompiledPlan } from './plan-compiler.js';
 import { DEFAULT_PLAN_SCRIPTS, PlanScriptBook } from './plan-scripts.js';
@@ -29,6 +37,7 @@ import {
 import { reservationBook, type ReservationBook } from './reservations.js';
 import { registerScripts, type Scripts } from './script-commands.js';
 import { evictionWarning, readEvictionPolicies, readFieldTtlSupport, type FieldTtlMode } from './server-checks.js';
+import { watchSentinels, type SentinelWatch } from './sentinel-watch.js';
 import { validateOptions } from './validate-options.js';
 
 export type { RedisStoreClient } from './client-factory.js';
@@ -72,6 +81,10 @@ export class RedisRateLimitStore extends RateLimitStore {
       client.disconnect();
       throw error;
     }
+    // A Sentinel client the store made follows the sentinels' announcements.
+    if (options.sentinel !== undefined) {
+      store.sentinelWatch = watchSentinels(ioredisClasses(ioredis).Redis, client as Redis);
+    }
     await store.whenReady(options.readyTimeoutMs ?? 2000);
     // Ready: the eviction-policy check has started; its warning (if any) comes before the store.
     await store.evictionPolicyChecked;
@@ -94,6 +107,8 @@ export class RedisRateLimitStore extends RateLimitStore {
   private readonly onWarning: (message: string) => void;
   /** The start-up checks (`maxmemory-policy`, hash-field TTLs), once the client is first ready. */
   private policyCheck: Promise<void> | undefined;
+  /** The sentinels' announcements followed for a Sentinel client the store made. */
+  private sentinelWatch: SentinelWatch | undefined;
   /** Whether the warning of a master name no sentinel knows was given (once per store). */
   private unknownMasterWarned = false;
   private readonly connectionError = (error: unknown): void => {
@@ -223,8 +238,8 @@ export class RedisRateLimitStore extends RateLimitStore {
 
   /**
    * Warns once when a sentinel answers that it knows no master of the configured name (ioredis
-   * then retries for ever, and the outage alone would say only that the connection is
-   * connecting).
+   * asks the next one; if none knows it, it retries for ever, and the outage alone would say
+   * only that the connection is connecting).
    */
   private warnUnknownMaster(error: unknown): void {
     if (this.unknownMasterWarned || !(error instanceof Error)) return;
@@ -232,9 +247,9 @@ export class RedisRateLimitStore extends RateLimitStore {
     if (!/got an invalid reply: null|No such master with that name/.test(error.message)) return;
     this.unknownMasterWarned = true;
     const name = (this.client.options as { name?: string }).name;
-    this.onWarning(
-      `redis store: a sentinel knows no master named ${JSON.stringify(name)} (${error.message}): check sentinel.name ` +
-        '(module option redis.sentinelName, WS_RATE_LIMIT_REDIS_SENTINEL_NAME); decisions fail until a sentinel knows it',
+    this.warn(
+      `redis store: a sentinel knows no master named ${JSON.stringify(name)} (${error.message}); the others are ` +
+        'asked, and if none knows it the store stays unavailable: check sentinel.name (module option redis.sentinelName, WS_RATE_LIMIT_REDIS_SENTINEL_NAME)',
     );
   }
 
@@ -442,6 +457,7 @@ export class RedisRateLimitStore extends RateLimitStore {
       if (event !== 'error' || !this.owned) this.client.off(event, listener);
     }
     if (!this.owned) return;
+    this.sentinelWatch?.close();
     await endClient(this.client);
   }
 
