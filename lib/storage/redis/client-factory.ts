@@ -43,10 +43,18 @@ export function sentinelClientOptions(base: RedisOptions, sentinel: RedisSentine
 }
 
 /** ioredis's client classes from the loaded module. */
-export function ioredisClasses(loaded: unknown): IoRedisModule {
+function ioredisClasses(loaded: unknown): IoRedisModule {
   // Native ESM sees ioredis's CommonJS exports as named exports; CommonJS interop may nest them.
   const module = loaded as Partial<IoRedisModule> & { default?: IoRedisModule };
   return module.Redis && module.Cluster ? (module as IoRedisModule) : module.default!;
+}
+
+/**
+ * ioredis's standalone client class from the loaded module (typed through ioredis-types.ts,
+ * so that the shipped declarations do not name 'ioredis').
+ */
+export function redisClassOf(loaded: unknown): new (options: RedisOptions) => Redis {
+  return ioredisClasses(loaded).Redis;
 }
 
 interface IoRedisModule {

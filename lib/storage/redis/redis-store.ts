@@ -18,7 +18,7 @@ import type { Redis } from './ioredis-types.js';
 import {
   buildClient,
   endClient,
-  ioredisClasses,
+  redisClassOf,
   ownedClients,
   whenReady,
   type RedisStoreClient,
@@ -83,7 +83,7 @@ export class RedisRateLimitStore extends RateLimitStore {
     }
     // A Sentinel client the store made follows the sentinels' announcements.
     if (options.sentinel !== undefined) {
-      store.sentinelWatch = watchSentinels(ioredisClasses(ioredis).Redis, client as Redis);
+      store.sentinelWatch = watchSentinels(redisClassOf(ioredis), client as Redis);
     }
     await store.whenReady(options.readyTimeoutMs ?? 2000);
     // Ready: the eviction-policy check has started; its warning (if any) comes before the store.

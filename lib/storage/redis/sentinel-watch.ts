@@ -35,6 +35,8 @@ export function watchSentinels(
   if (!Array.isArray(sentinels) || sentinels.length === 0 || typeof name !== 'string') return undefined;
   /** The announcement last seen: every sentinel makes the same one, and one is enough. */
   let last: string | undefined;
+  /** An announcement that came while the client was not ready. */
+  let unchecked: string | undefined;
   const subscribers = sentinels.map((sentinel) => {
     const subscriber = new RedisClass({
       host: sentinel.host ?? '127.0.0.1',
@@ -57,14 +59,34 @@ export function watchSentinels(
       // "<master name> <old ip> <old port> <new ip> <new port>"
       if (message.split(' ', 1)[0] !== name || message === last) return;
       last = message;
-      // Not ready: a reconnect is under way, and it asks the sentinels anyway.
       if (client.status === 'ready') client.disconnect(true);
+      // Not ready: a connection under way may have asked the sentinels before the switch;
+      // checked once it is ready (see `rewind`).
+      else unchecked = message;
     });
     subscriber.subscribe(SWITCH_CHANNEL).catch(noop);
     return subscriber;
   });
+  // ioredis moves on to the next sentinel at every connection and, past the last, reports
+  // "All sentinels are unreachable" and waits before starting over; only its own failover
+  // detector puts the sentinel that answered first again. Once ready, so is it here: the
+  // next reconnect asks that sentinel first, as it would with the detector.
+  const rewind = (): void => {
+    const connector = (client as unknown as { connector?: { sentinelIterator?: { reset?(first: boolean): void } } })
+      .connector;
+    connector?.sentinelIterator?.reset?.(true);
+    // Ready on another server than the one announced meanwhile: once more, not again after
+    // that (an address written otherwise, a host name or a NAT, costs one reconnect at most).
+    const announced = unchecked?.split(' ');
+    unchecked = undefined;
+    if (announced?.length !== 5) return;
+    const stream = (client as unknown as { stream?: { remoteAddress?: string; remotePort?: number } }).stream;
+    if (stream?.remoteAddress !== announced[3] || String(stream.remotePort) !== announced[4]) client.disconnect(true);
+  };
+  client.on('ready', rewind);
   return {
     close: () => {
+      client.off('ready', rewind);
       for (const subscriber of subscribers) subscriber.disconnect();
     },
   };
