@@ -8,6 +8,31 @@ import type { MessageId } from './types.js';
  */
 const MAX_CONFIRMED_IDS = 1024;
 
+/** UTF-8 size of a frame, in bytes (what the server's size limit counts), without encoding it. */
+export function utf8Bytes(text: string): number {
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code < 0x80) bytes += 1;
+    else if (code < 0x800) bytes += 2;
+    else if (code >= 0xd800 && code < 0xdc00 && i + 1 < text.length) {
+      const next = text.charCodeAt(i + 1);
+      if (next >= 0xdc00 && next < 0xe000) {
+        // A surrogate pair: one code point of 4 bytes.
+        bytes += 4;
+        i++;
+      } else bytes += 3; // a lone surrogate is encoded as U+FFFD
+    } else bytes += 3;
+  }
+  return bytes;
+}
+
+/** A sent message with its frame's UTF-8 size. */
+export interface Sized {
+  entry: OutboxEntry;
+  bytes: number;
+}
+
 /** Answers to messages of one event that could not be matched to a message yet. */
 interface Doubt {
   /** `rate_limit` frames without an id. */
@@ -37,6 +62,11 @@ export interface Unanswered {
   refused: number;
   /** Unattributed acknowledgements among `messages`. */
   acknowledged: number;
+  /**
+   * The largest message (the first of the largest, in send order) confirmed only by time
+   * (presumed accepted `confirmMs` after it was sent, with no answer from the server since).
+   */
+  presumed?: Sized;
 }
 
 const NOTHING: Settled = { refused: [] };
@@ -70,6 +100,11 @@ export class Ledger {
   private readonly events = new Set<string>();
   /** Unattributed answers, per event ('' for frames naming no event). */
   private readonly doubts = new Map<string, Doubt>();
+  /**
+   * The largest message of this connection confirmed only by time (see
+   * `Unanswered.presumed`): one entry, whatever the traffic.
+   */
+  private largestPresumed: Sized | undefined;
 
   /** Books a message just written to the socket. */
   record(entry: OutboxEntry): void {
@@ -87,6 +122,8 @@ export class Ledger {
   takeById(id: MessageId): OutboxEntry | undefined {
     const entry = this.pendingById.get(id) ?? this.confirmedById.get(id);
     if (!entry) return undefined;
+    // Answered by the server after all: not a message the server never read.
+    if (this.largestPresumed?.entry === entry) this.largestPresumed = undefined;
     this.forgetId(entry);
     const index = this.unconfirmed.indexOf(entry);
     if (index >= 0) this.unconfirmed.splice(index, 1);
@@ -181,8 +218,9 @@ export class Ledger {
       if (doubt.acked > 0) for (const entry of this.candidates(key)) doubtful.add(entry);
     }
     const messages = this.unconfirmed;
+    const presumed = this.largestPresumed;
     this.clear();
-    return { messages, doubtful, refused, acknowledged };
+    return { messages, doubtful, refused, acknowledged, ...(presumed ? { presumed } : {}) };
   }
 
   /** Forgets everything. */
@@ -192,6 +230,7 @@ export class Ledger {
     this.confirmedById.clear();
     this.events.clear();
     this.doubts.clear();
+    this.largestPresumed = undefined;
   }
 
   private candidates(key: string): OutboxEntry[] {
@@ -245,9 +284,24 @@ export class Ledger {
     this.keepId(entry);
   }
 
-  /** Confirms the `count` oldest unconfirmed messages (see `remove`). */
+  /**
+   * Confirms the `count` oldest unconfirmed messages by time (presumed accepted, see
+   * `remove`), remembering the largest of them.
+   */
   private confirmFirst(count: number): void {
-    for (const entry of this.unconfirmed.splice(0, count)) this.keepId(entry);
+    for (const entry of this.unconfirmed.splice(0, count)) {
+      this.keepId(entry);
+      this.notePresumed(entry);
+    }
+  }
+
+  /** Keeps `entry` as the largest message confirmed only by time if it is larger than the one kept. */
+  private notePresumed(entry: OutboxEntry): void {
+    const largest = this.largestPresumed?.bytes ?? -1;
+    // A frame's UTF-8 size is at most 3 bytes per UTF-16 unit: skip the count when it cannot win.
+    if (3 * entry.frame.length <= largest) return;
+    const bytes = utf8Bytes(entry.frame);
+    if (bytes > largest) this.largestPresumed = { entry, bytes };
   }
 
   /** Moves a confirmed message's id among the ones a late frame may still name. */

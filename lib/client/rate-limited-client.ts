@@ -3,7 +3,7 @@
 // apart, and splitting the rest would scatter that state across files.
 import { fullJitterDelay } from './backoff.js';
 import { Budget, MAX_PACE_MS } from './budget.js';
-import { Ledger, type Settled, type Unanswered } from './ledger.js';
+import { Ledger, utf8Bytes, type Settled, type Unanswered } from './ledger.js';
 import { declaredBudgets, resolveOptions, type ResolvedOptions } from './options.js';
 import { Outbox, type OutboxEntry } from './outbox.js';
 import { errorFrameId, parseRateLimitFrame } from './rate-limit-frame.js';
@@ -110,25 +110,30 @@ function repeatFloorMs(refusals: number): number {
 }
 
 /**
- * Takes out of a connection's unanswered messages the one a close 1009 (message too big)
- * refused. The server closes at the first message over its size limit: the messages before
- * it fit, the ones after it were never read. Which one it was, the client cannot tell (the
- * limit is the server's); the largest unanswered message is at least as big, so it is over
- * the limit too, and a message that fits is never taken for it. The first of the largest,
- * in send order, is taken.
+ * The message a close 1009 (message too big) refused, taken out of a connection's
+ * unanswered messages when it is one of them. The server closes at the first message over
+ * its size limit: the messages before it fit, the ones after it were never read. Which one
+ * it was, the client cannot tell (the limit is the server's); the largest message sent on
+ * the connection and not answered by the server is at least as big, so it is over the limit
+ * too, and a message that fits is never taken for it. That may be a message already
+ * presumed accepted (`confirmMs` ended before the close came, a round trip longer than
+ * `confirmMs`): when it is at least as large as every unanswered one, it is the one
+ * returned and no unanswered message is taken. Otherwise the first of the largest
+ * unanswered, in send order, is taken.
  */
 function takeTooBig(unanswered: Unanswered): OutboxEntry | undefined {
   let largest: OutboxEntry | undefined;
-  let largestBytes = -1;
-  const encoder = new TextEncoder();
+  let largestBytes = unanswered.presumed?.bytes ?? -1;
   for (const entry of unanswered.messages) {
-    const bytes = encoder.encode(entry.frame).length;
+    // At most 3 UTF-8 bytes per UTF-16 unit: skip the count when it cannot be larger.
+    if (3 * entry.frame.length <= largestBytes) continue;
+    const bytes = utf8Bytes(entry.frame);
     if (bytes > largestBytes) {
       largest = entry;
       largestBytes = bytes;
     }
   }
-  if (!largest) return undefined;
+  if (!largest) return unanswered.presumed?.entry;
   unanswered.messages = unanswered.messages.filter((entry) => entry !== largest);
   unanswered.doubtful.delete(largest);
   // Unattributed answers are counted among the messages left.
@@ -183,15 +188,19 @@ function endAfterGrace(socket: WebSocketLike): void {
  * for the reconnect or given up, per the `undelivered` option. Priority messages, and
  * messages that may have been accepted while a frame without an id refused another of
  * their event, are never re-queued. After a close 1009 (message too big), the largest
- * unanswered message is not reported there: it is dropped (reason `rejected`), never sent
- * again.
+ * message sent on the connection and not answered by the server is dropped (reason
+ * `rejected`), never sent again, and not reported there, even one already presumed
+ * accepted after `confirmMs` (the connection keeps the largest such message, one entry):
+ * the unanswered messages then all follow the policy.
  *
  * **Pacing rule.** No message is sent inside a retry window: after a frame, nothing of its
  * type (code `TYPE_LIMIT`, `EXPENSIVE_LIMIT`) or nothing at all (`GLOBAL_LIMIT`,
  * `STORE_UNAVAILABLE`, other codes) is sent until `retryAfter` ms after the frame arrived.
  * The type is the frame's `messageType`, the server's bucket: the event, or a `@Throttle`
- * type several events share; a frame refusing a message of an event tells the client the
- * event's type, and the type's window and model then hold every event of it. A type none
+ * type several events share; a frame refusing messages tells the client their events' type
+ * (each of them, when a frame without an id refuses messages of several events), and the
+ * type's window and model then hold every event of it; every refused message waits out the
+ * window. A wrong guess holds an event until a frame about it names its own type. A type none
  * of the client's messages has is not paced (a server cannot grow the client by naming ever
  * new ones), and at most `MAX_LEARNED_MODELS` models and `MAX_EVENT_TYPES` event types are
  * kept. The frame also (re)builds a model of that server bucket (per type, or global): capacity
@@ -641,16 +650,27 @@ export class RateLimitedClient {
       this.confirmMs = Math.min(cap, Math.max(this.confirmMs, wanted));
     }
     const until = t + waitMs;
-    // The frame's messageType names the server's bucket; the message it refused, the event
-    // spending it: several events may share one type (`@Throttle({ type })`).
-    if (refused.length === 1 && info.messageType !== undefined) this.learnType(refused[0].event, info.messageType);
+    // The frame's messageType names the server's bucket; the messages it refused, the
+    // events spending it: several events may share one type (`@Throttle({ type })`). Every
+    // refused message's event is taken to be of that type: a wrong guess (a frame without
+    // an id refusing messages of several types) holds an event for this window and paces it
+    // by this model, until a frame about that event names its own type.
+    if (info.messageType !== undefined) {
+      for (const entry of refused) this.learnType(entry.event, info.messageType);
+    }
     const key = info.messageType ?? (rejected && this.typeOf(rejected.event));
     if ((info.code === 'TYPE_LIMIT' || info.code === 'EXPENSIVE_LIMIT') && key !== undefined) {
       // A type none of this client's messages has is no one's to pace (and learning it
       // would let a server grow the client without bound).
       if (rejected !== undefined || this.isKnownType(key)) {
-        this.typeBlockedUntil.set(key, Math.max(this.typeBlockedUntil.get(key) ?? -Infinity, until));
+        this.block(key, until);
         this.setModel(key, this.relearn(this.typeBudgets.get(key), info, rejected, waitMs, t), t);
+      }
+      // Each refused message waits out the window, whatever type its event maps to (one the
+      // frame names none for, or whose mapping the cap on event types has forgotten).
+      for (const entry of refused) {
+        const type = this.typeOf(entry.event);
+        if (type !== key) this.block(type, until);
       }
     } else {
       this.globalBlockedUntil = Math.max(this.globalBlockedUntil, until);
@@ -704,6 +724,11 @@ export class RateLimitedClient {
   private expireUnconfirmed(t: number): void {
     const settled = this.ledger.expire(t, this.confirmMs);
     if (settled.ambiguous) this.reportAmbiguous(settled.ambiguous);
+  }
+
+  /** Extends the retry window of a type (or event) to `until`. */
+  private block(key: string, until: number): void {
+    this.typeBlockedUntil.set(key, Math.max(this.typeBlockedUntil.get(key) ?? -Infinity, until));
   }
 
   /** The server type (bucket) of an event's messages: the event itself unless a frame said otherwise. */

@@ -134,8 +134,10 @@ export type DropReason =
   /**
    * The server refused the message for good: a priority message refused by a `rate_limit`
    * frame (priority messages are never re-sent), or the message a close 1009 (message too
-   * big) refused, the largest of those the connection left unanswered (it is not in the
-   * `undelivered` report, and never sent again, whatever the `undelivered` policy).
+   * big) refused: the largest message sent on the connection and not answered by the
+   * server, even one presumed accepted after `confirmMs` (when the round trip is longer).
+   * It is not in the `undelivered` report, and never sent again, whatever the `undelivered`
+   * policy.
    */
   | 'rejected'
   /** The client was closed, or gave up reconnecting, with the message still queued. */
