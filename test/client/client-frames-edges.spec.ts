@@ -4,7 +4,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Server, type Socket as IoServerSocket } from 'socket.io';
 import { io } from 'socket.io-client';
-import { WebSocket, WebSocketServer, type WebSocket as ServerSocket } from 'ws';
+import { WebSocket } from 'ws';
 import {
   RateLimitedClient,
   isSocketIoAck,
@@ -18,6 +18,7 @@ import { MAX_EVENT_TYPES, MAX_LEARNED_MODELS } from '../../lib/client/rate-limit
 import { Throttle, WsRateLimit, WsRateLimitAdapter, WsRateLimitModule } from '../../lib/index.js';
 import { startApp, type RunningApp } from '../support/app.js';
 import { advance, harness, isAck, rateLimitFrame, type Harness } from './support/fake-socket.js';
+import { listen, rateLimit, sleep, stop, waitFor } from './support/ws-server.js';
 
 // These cases came from a review of lib/client (real servers: a NestJS app with the library,
 // or a bare `ws` server scripted on 127.0.0.1 for exact frame shapes; then fake sockets for
@@ -25,43 +26,6 @@ import { advance, harness, isAck, rateLimitFrame, type Harness } from './support
 // - four events sharing one @Throttle type kept spending the shared bucket until the server closed 1008;
 // - with 'requeue', a message the server closed 1009 for was re-sent on every reconnect, blocking the queue;
 // - frames naming ever new messageTypes made the client learn a pacing model per type, never freed.
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitFor(check: () => boolean, timeoutMs = 15_000): Promise<boolean> {
-  const deadline = performance.now() + timeoutMs;
-  while (!check()) {
-    if (performance.now() > deadline) return false;
-    await sleep(20);
-  }
-  return true;
-}
-
-async function listen(
-  onConnection: (socket: ServerSocket, index: number) => void,
-  options: { maxPayload?: number } = {},
-): Promise<{ wss: WebSocketServer; url: string }> {
-  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, ...options });
-  let index = 0;
-  wss.on('connection', (socket) => {
-    socket.on('error', () => undefined);
-    onConnection(socket, index++);
-  });
-  await new Promise<void>((resolve, reject) => {
-    wss.once('listening', resolve);
-    wss.once('error', reject);
-  });
-  return { wss, url: `ws://127.0.0.1:${(wss.address() as AddressInfo).port}` };
-}
-
-async function stop(wss: WebSocketServer): Promise<void> {
-  for (const socket of wss.clients) socket.terminate();
-  await new Promise<void>((resolve) => wss.close(() => resolve()));
-}
-
-function rateLimit(data: Record<string, unknown>): string {
-  return JSON.stringify({ event: 'rate_limit', data: { code: 'TYPE_LIMIT', warningCount: 1, remaining: 0, ...data } });
-}
 
 // ---------------------------------------------------------------------------------------
 // A real NestJS app: two events sharing one @Throttle type.

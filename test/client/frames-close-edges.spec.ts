@@ -7,8 +7,7 @@
  * shorter than the round trip) a small message that fits was dropped as `rejected`.
  */
 import { describe, expect, it } from '@jest/globals';
-import type { AddressInfo } from 'node:net';
-import { WebSocket, WebSocketServer, type WebSocket as ServerSocket } from 'ws';
+import { WebSocket } from 'ws';
 import {
   RateLimitedClient,
   type DropEvent,
@@ -17,44 +16,7 @@ import {
   type UndeliveredEvent,
   type WebSocketLike,
 } from '../../lib/client/index.js';
-
-const HOST = '127.0.0.1';
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitFor(check: () => boolean, timeoutMs = 15_000): Promise<boolean> {
-  const deadline = performance.now() + timeoutMs;
-  while (!check()) {
-    if (performance.now() > deadline) return false;
-    await sleep(20);
-  }
-  return true;
-}
-
-async function listen(
-  onConnection: (socket: ServerSocket, index: number) => void,
-  options: { maxPayload?: number } = {},
-): Promise<{ wss: WebSocketServer; url: string }> {
-  const wss = new WebSocketServer({ host: HOST, port: 0, ...options });
-  let index = 0;
-  wss.on('connection', (socket) => {
-    socket.on('error', () => undefined);
-    onConnection(socket, index++);
-  });
-  await new Promise<void>((resolve, reject) => {
-    wss.once('listening', resolve);
-    wss.once('error', reject);
-  });
-  return { wss, url: `ws://${HOST}:${(wss.address() as AddressInfo).port}` };
-}
-
-async function stop(wss: WebSocketServer): Promise<void> {
-  for (const socket of wss.clients) socket.terminate();
-  await new Promise<void>((resolve) => wss.close(() => resolve()));
-}
-
-function rateLimit(data: Record<string, unknown>): string {
-  return JSON.stringify({ event: 'rate_limit', data: { code: 'TYPE_LIMIT', warningCount: 1, remaining: 0, ...data } });
-}
+import { listen, rateLimit, sleep, stop, waitFor } from './support/ws-server.js';
 
 describe('client: retry windows keyed by messageType', () => {
   it('holds both events when frames without an id naming their shared type refuse a message of each', async () => {

@@ -30,6 +30,7 @@ import {
   type RedisSentinelSetup,
 } from '../support/redis-server.js';
 import { sleep } from './helpers.js';
+import { forceFailover, masterPortOf, waitUntil } from './sentinel-helpers.js';
 
 const HOST = '127.0.0.1';
 
@@ -40,40 +41,6 @@ const roleOf = async (port: number): Promise<string> => {
 
 /** The tracker hash of a tier key (`...}:g` -> `...}:~4`). */
 const hashOf = (key: string): string => key.slice(0, key.lastIndexOf('}') + 1) + ':~4';
-
-async function waitUntil(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const until = performance.now() + timeoutMs;
-  let last: unknown;
-  while (performance.now() < until) {
-    try {
-      if (await check()) return;
-    } catch (error) {
-      last = error;
-    }
-    await sleep(50);
-  }
-  throw new Error(`${what} not reached within ${timeoutMs} ms${last ? `: ${String(last)}` : ''}`);
-}
-
-/** SENTINEL FAILOVER, retried while the sentinel has no fresh view of the replica yet (NOGOODSLAVE). */
-async function forceFailover(setup: RedisSentinelSetup): Promise<void> {
-  const until = performance.now() + 20_000;
-  for (;;) {
-    try {
-      await rawCommand(setup.sentinel.port, ['SENTINEL', 'FAILOVER', setup.name]);
-      return;
-    } catch (error) {
-      if (!/NOGOODSLAVE|INPROG/.test(String(error)) || performance.now() > until) throw error;
-      await sleep(200);
-    }
-  }
-}
-
-async function sentinelMasterPort(setup: RedisSentinelSetup): Promise<number> {
-  const addr = (await rawCommand(setup.sentinel.port, ['SENTINEL', 'GET-MASTER-ADDR-BY-NAME', setup.name])) as
-    string[] | null;
-  return Number(addr?.[1] ?? NaN);
-}
 
 type Result = 'allowed' | 'refused' | 'unavailable' | 'other';
 
@@ -117,10 +84,10 @@ describe('Sentinel: a graceful failover (SENTINEL FAILOVER), the old master stil
 
   it('decisions reach the promoted replica within 3 s of the sentinel naming it (no split brain on the old master)', async () => {
     for (let i = 0; i < 20; i++) expect((await decide(store, freshPlan())).result).toBe('allowed');
-    await forceFailover(setup);
+    await forceFailover(setup.sentinel.port, setup.name);
     await waitUntil(
       'the sentinel naming the replica',
-      async () => (await sentinelMasterPort(setup)) === setup.replica.port,
+      async () => (await masterPortOf(setup.sentinel.port, setup.name)) === setup.replica.port,
       20_000,
     );
     const promotedAt = performance.now();

@@ -18,9 +18,10 @@ import type { RateLimitPlan } from '../../lib/interfaces/plan.interface.js';
 import { tokenBucketSpec } from '../../lib/plans/tier-specs.js';
 import { createRedisStore, type RedisRateLimitStore } from '../../lib/storage/redis/index.js';
 import { freePort, rawCommand, startRedis, startSentinel, type RedisServer } from '../support/redis-server.js';
+import { sleep } from './helpers.js';
+import { forceFailover, masterPortOf, waitUntil } from './sentinel-helpers.js';
 
 const HOST = '127.0.0.1';
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function waitFor(check: () => boolean, timeoutMs = 15_000): Promise<boolean> {
   const deadline = performance.now() + timeoutMs;
@@ -29,20 +30,6 @@ async function waitFor(check: () => boolean, timeoutMs = 15_000): Promise<boolea
     await sleep(20);
   }
   return true;
-}
-
-async function waitUntil(what: string, check: () => Promise<boolean> | boolean, timeoutMs: number): Promise<void> {
-  const until = performance.now() + timeoutMs;
-  let last: unknown;
-  while (performance.now() < until) {
-    try {
-      if (await check()) return;
-    } catch (error) {
-      last = error;
-    }
-    await sleep(50);
-  }
-  throw new Error(`${what} not reached within ${timeoutMs} ms${last ? `: ${String(last)}` : ''}`);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -99,24 +86,6 @@ async function sentinelOn(name: string, masterPort: number, extra: string[] = []
     10_000,
   );
   return port;
-}
-
-async function forceFailover(sentinelPort: number, name: string): Promise<void> {
-  const until = performance.now() + 20_000;
-  for (;;) {
-    try {
-      await rawCommand(sentinelPort, ['SENTINEL', 'FAILOVER', name]);
-      return;
-    } catch (error) {
-      if (!/NOGOODSLAVE|INPROG/.test(String(error)) || performance.now() > until) throw error;
-      await sleep(200);
-    }
-  }
-}
-
-async function masterPortOf(sentinelPort: number, name: string): Promise<number> {
-  const addr = (await rawCommand(sentinelPort, ['SENTINEL', 'GET-MASTER-ADDR-BY-NAME', name])) as string[] | null;
-  return Number(addr?.[1] ?? NaN);
 }
 
 async function synced(replicaPort: number): Promise<boolean> {

@@ -14,7 +14,6 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { Redis } from 'ioredis';
 import type { RateLimitPlan } from '../../lib/interfaces/plan.interface.js';
 import { tokenBucketSpec } from '../../lib/plans/tier-specs.js';
@@ -22,46 +21,9 @@ import { createRedisStore, RedisRateLimitStore, RedisStoreUnavailableError } fro
 import { freePort, rawCommand, startRedis, startSentinel, type RedisServer } from '../support/redis-server.js';
 import { ensureBuilt, ROOT } from '../support/build.js';
 import { sleep } from './helpers.js';
+import { forceFailover, masterPortOf, subscribers, waitUntil } from './sentinel-helpers.js';
 
 const HOST = '127.0.0.1';
-
-async function waitUntil(what: string, check: () => Promise<boolean> | boolean, timeoutMs: number): Promise<void> {
-  const until = performance.now() + timeoutMs;
-  let last: unknown;
-  while (performance.now() < until) {
-    try {
-      if (await check()) return;
-    } catch (error) {
-      last = error;
-    }
-    await sleep(50);
-  }
-  throw new Error(`${what} not reached within ${timeoutMs} ms${last ? `: ${String(last)}` : ''}`);
-}
-
-/** Pub/sub connections a sentinel holds (CLIENT LIST lines with the P flag). */
-async function subscribers(sentinelPort: number): Promise<number> {
-  const list = String(await rawCommand(sentinelPort, ['CLIENT', 'LIST'], 1500));
-  return list.split('\n').filter((line) => /\bflags=\S*P/.test(line)).length;
-}
-
-async function forceFailover(sentinelPort: number, name: string): Promise<void> {
-  const until = performance.now() + 20_000;
-  for (;;) {
-    try {
-      await rawCommand(sentinelPort, ['SENTINEL', 'FAILOVER', name]);
-      return;
-    } catch (error) {
-      if (!/NOGOODSLAVE|INPROG/.test(String(error)) || performance.now() > until) throw error;
-      await sleep(200);
-    }
-  }
-}
-
-async function masterPortOf(sentinelPort: number, name: string): Promise<number> {
-  const addr = (await rawCommand(sentinelPort, ['SENTINEL', 'GET-MASTER-ADDR-BY-NAME', name])) as string[] | null;
-  return Number(addr?.[1] ?? NaN);
-}
 
 /** A sentinel that monitors nothing: it knows no master of any name. */
 const bare: { child: ChildProcess; dir: string }[] = [];
