@@ -191,6 +191,8 @@ export class WsRateLimitIoAdapter extends IoAdapter {
           .subscribe({
             // Replies are never held; the first one answers the message.
             next: (response) => {
+              // A reader over maxBufferedBytes is cut off rather than written to (C-14).
+              if (this.limiter.cutOffIfSlow(socket, state)) return answered();
               const reply = response as { event?: unknown; data?: unknown };
               if (reply.event) socket.emit(reply.event as string, reply.data);
               else if (!manualAck && typeof ack === 'function') ack(response);

@@ -244,7 +244,19 @@ export class WsRateLimitAdapter extends WsAdapter {
         .subscribe({
           // Replies are never held; the first one answers the message.
           next: (response) => {
-            if (client.readyState === OPEN) client.send(JSON.stringify(response));
+            // A reader over maxBufferedBytes is cut off rather than written to (C-14).
+            if (client.readyState === OPEN && !this.limiter.cutOffIfSlow(client, state)) {
+              let frame: string;
+              try {
+                frame = JSON.stringify(response);
+              } catch (error) {
+                // A reply JSON cannot write (a cycle, a BigInt, nesting past the stack): logged,
+                // not thrown out of the subscription (rxjs would rethrow it on a timer).
+                this.logger.error(error);
+                return answered();
+              }
+              client.send(frame);
+            }
             answered();
           },
           complete: answered,

@@ -76,7 +76,8 @@ export type ClientState = 'connecting' | 'open' | 'rate_limited' | 'closed' | 'r
 export type RateLimitCode = ServerRateLimitCode | (string & Record<never, never>);
 
 /**
- * A message id: a safe integer or a string of at most 64 characters, the forms a server
+ * A message id: a safe integer or a string of at most 64 printable ASCII characters (`"`
+ * and `\` excepted), the forms a server
  * using `WsRateLimitAdapter` echoes in the `rate_limit` and `error` frames that answer
  * a message.
  */

@@ -1,3 +1,5 @@
+import { performance } from 'node:perf_hooks';
+
 /**
  * One inbound message's place in its connection's order of answers: the limiter's answers
  * to it (a `rate_limit` or `error` frame) wait until every earlier message is answered.
@@ -8,6 +10,8 @@ export interface AnswerSlot {
   /** The limiter's answers held until the earlier messages are answered. */
   writes: Array<() => void> | undefined;
   next: AnswerSlot | undefined;
+  /** When the message arrived (`performance.now()`): it is given up `holdMs` after. */
+  readonly at?: number;
   /**
    * The acknowledgement callback the client asked for with the message (socket.io): the
    * limiter's answer to it goes there instead of an event, once.
@@ -25,15 +29,19 @@ export interface AnswerSlot {
  * message counts as answered at its first reply, or when it ends without one (a stream's
  * later emissions are not ordered; one with nothing to say yet holds the limiter's later
  * answers until it says something, `holdMs` at most). Held answers wait `holdMs` at most,
- * and the close as long.
+ * and the close as long: a message still unanswered `holdMs` after it arrived is given up
+ * (taken as answered), so a subscription that never says anything does not keep every later
+ * message's slot for the life of the connection. With no hold time nothing is ordered.
  */
 export class AnswerOrder {
   /** The oldest message not yet answered; later ones follow through `next`. */
   private head: AnswerSlot | undefined;
   private tail: AnswerSlot | undefined;
   private closer: (() => void) | undefined;
-  /** Runs while answers are held or a close waits: releases them all when it fires. */
+  /** Runs while messages wait behind the oldest: gives up the ones past `holdMs`. */
   private timer: NodeJS.Timeout | undefined;
+  /** Runs while a close waits: releases every answer and closes when it fires. */
+  private closeTimer: NodeJS.Timeout | undefined;
 
   constructor(
     /** Longest time an answer or the close waits for earlier messages (ms). */
@@ -47,9 +55,15 @@ export class AnswerOrder {
 
   /** A place for a message that has just arrived. */
   open(): AnswerSlot {
-    const slot: AnswerSlot = { done: false, writes: undefined, next: undefined };
+    // No hold time: nothing is held, so nothing is linked (an answer is written at once).
+    if (this.holdMs <= 0) return { done: true, writes: undefined, next: undefined };
+    const slot: AnswerSlot = { done: false, writes: undefined, next: undefined, at: performance.now() };
     if (this.tail === undefined) this.head = slot;
-    else this.tail.next = slot;
+    else {
+      this.tail.next = slot;
+      // A message waits behind the oldest: that one is given up once past its hold time.
+      this.arm();
+    }
     this.tail = slot;
     return slot;
   }
@@ -85,23 +99,44 @@ export class AnswerOrder {
   closeAfter(close: () => void): void {
     if (this.closer !== undefined) return;
     this.closer = close;
-    if (this.head === undefined || this.holdMs <= 0) this.release();
-    else this.arm();
+    if (this.head === undefined || this.holdMs <= 0) return this.release();
+    this.closeTimer = setTimeout(() => this.release(), this.holdMs);
+    this.closeTimer.unref();
   }
 
   /** The socket has closed: nothing will be written any more. */
   dispose(): void {
     clearTimeout(this.timer);
-    this.timer = undefined;
+    clearTimeout(this.closeTimer);
+    this.timer = this.closeTimer = undefined;
     this.closer = undefined;
     this.head = this.tail = undefined;
   }
 
+  /** Arms the timer for the oldest message's hold time, if it is not running. */
   private arm(): void {
-    if (this.timer !== undefined) return;
-    this.timer = setTimeout(() => this.release(), this.holdMs);
+    const head = this.head;
+    if (this.timer !== undefined || head === undefined) return;
+    const left = head.at === undefined ? this.holdMs : head.at + this.holdMs - performance.now();
+    this.timer = setTimeout(this.expire, Math.max(0, left));
     this.timer.unref();
   }
+
+  /** Gives up the oldest messages past their hold time (their held answers go out in order). */
+  private readonly expire = (): void => {
+    this.timer = undefined;
+    const now = performance.now();
+    let head = this.head;
+    while (head !== undefined && (head.done || head.at === undefined || now - head.at >= this.holdMs)) {
+      head.done = true;
+      head = head.next;
+      if (head !== undefined) flush(head);
+    }
+    this.head = head;
+    if (head !== undefined) return this.arm();
+    this.tail = undefined;
+    this.finish();
+  };
 
   /** Gives up waiting: every held answer goes out in order, then the close if one waits. */
   private release(): void {
@@ -116,7 +151,8 @@ export class AnswerOrder {
   /** Nothing is pending any more: stops the timer and runs the close that waited. */
   private finish(): void {
     clearTimeout(this.timer);
-    this.timer = undefined;
+    clearTimeout(this.closeTimer);
+    this.timer = this.closeTimer = undefined;
     const close = this.closer;
     this.closer = undefined;
     close?.();

@@ -192,8 +192,12 @@ export class Enforcer {
    * `maxBufferedBytes` unread is disconnected. Returns whether it was.
    */
   cutOffIfSlow(client: object, state: ConnectionState): boolean {
-    if (transportOf(state).bufferedBytes(client) <= this.options.maxBufferedBytes) return false;
-    this.disconnect(client, state, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON, state.connectionTracker);
+    const transport = transportOf(state);
+    if (transport.bufferedBytes(client) <= this.options.maxBufferedBytes) return false;
+    // A policy close already under way (reported then) would wait behind the data this
+    // reader does not read, until ws gives up on it: ended now.
+    if (state.closing) transport.terminate(client, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON);
+    else this.disconnect(client, state, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON, state.connectionTracker);
     return true;
   }
 

@@ -196,6 +196,14 @@ export class MessagePipeline {
       }
       finished();
     };
+    // The violation threshold was reached by routed messages of this read still on their way
+    // to the filter: the close is decided, so this frame is neither decided nor answered
+    // (charged first, it would take a violation, and its frame, from one of them).
+    if (connection.pendingRejections !== 0 && this.enforcer.closesWith(connection, connection.pendingRejections)) {
+      return finished();
+    }
+    // A refusal decided now is counted now (`failed`), not by a filter later: not pending.
+    const pending = connection.pendingRejections;
     let verdict: boolean | Promise<boolean>;
     try {
       const route = bound.steps.getRoute(context, connection, client);
@@ -218,6 +226,7 @@ export class MessagePipeline {
       }
       if (isPromise(verdict)) waitedOn(connection, verdict);
     } catch (error) {
+      connection.pendingRejections = pending;
       return failed(error);
     }
     if (verdict === true) answer();

@@ -57,12 +57,18 @@ export interface RateLimitFrame {
 
 /**
  * A value as a message id the limiter echoes, or undefined: a safe integer, or a string of
- * at most 64 characters. Anything else is ignored, so a frame never carries more client text.
+ * at most 64 printable ASCII characters other than `"` and `\` (each is one byte in the
+ * frame: a control or non-ASCII character would take up to six once escaped, and push a
+ * frame past 256 bytes). Anything else is ignored, so a frame never carries more client text.
  */
 export function toMessageId(value: unknown): MessageId | undefined {
   if (typeof value === 'number') return Number.isSafeInteger(value) ? value : undefined;
-  if (typeof value === 'string') return value.length <= MAX_MESSAGE_ID_LENGTH ? value : undefined;
-  return undefined;
+  if (typeof value !== 'string' || value.length > MAX_MESSAGE_ID_LENGTH) return undefined;
+  for (let i = 0; i < value.length; i++) {
+    const char = value.charCodeAt(i);
+    if (char < 0x20 || char > 0x7e || char === 0x22 /* " */ || char === 0x5c /* \ */) return undefined;
+  }
+  return value;
 }
 
 /**

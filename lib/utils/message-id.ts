@@ -18,7 +18,8 @@ export interface MessageMeta {
 
 /**
  * The id of a message if it is one the limiter echoes: a safe integer, or a string of at
- * most 64 characters. Anything else is ignored, so a frame never carries more client text.
+ * most 64 printable ASCII characters (see `toMessageId`). Anything else is ignored, so a
+ * frame never carries more client text.
  */
 export function messageIdOf(message: { id?: unknown }): MessageId | undefined {
   return toMessageId(message.id);
