@@ -191,8 +191,8 @@ export class WsRateLimitIoAdapter extends IoAdapter {
           .subscribe({
             // Replies are never held; the first one answers the message.
             next: (response) => {
-              // A reader over maxBufferedBytes is cut off rather than written to (C-14).
-              if (this.limiter.cutOffIfSlow(socket, state)) return answered();
+              // (No slow-consumer check here: Engine.IO queues every packet of one tick in its
+              // write buffer, which the check would count as unread; the heartbeat checks.)
               const reply = response as { event?: unknown; data?: unknown };
               if (reply.event) socket.emit(reply.event as string, reply.data);
               else if (!manualAck && typeof ack === 'function') ack(response);

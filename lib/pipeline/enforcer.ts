@@ -189,16 +189,21 @@ export class Enforcer {
 
   /**
    * The slow-consumer check (the one place it is made): a reader with more than
-   * `maxBufferedBytes` unread is disconnected. Returns whether it was.
+   * `maxBufferedBytes` unread is disconnected. Returns whether it was (in shadow mode it is
+   * not: the close is only reported).
    */
   cutOffIfSlow(client: object, state: ConnectionState): boolean {
     const transport = transportOf(state);
     if (transport.bufferedBytes(client) <= this.options.maxBufferedBytes) return false;
     // A policy close already under way (reported then) would wait behind the data this
     // reader does not read, until ws gives up on it: ended now.
-    if (state.closing) transport.terminate(client, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON);
-    else this.disconnect(client, state, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON, state.connectionTracker);
-    return true;
+    if (state.closing) {
+      transport.terminate(client, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON);
+      return true;
+    }
+    this.disconnect(client, state, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON, state.connectionTracker);
+    // In shadow mode the close is only reported: the reader stays, and is written to.
+    return this.enforced;
   }
 
   /**
