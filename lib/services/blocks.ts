@@ -19,6 +19,11 @@ export class Blocks {
     this.entries.delete(name);
   }
 
+  /** A name's entry as it is held (expired or not), or undefined. */
+  until(name: string): number | undefined {
+    return this.entries.get(name);
+  }
+
   /** Milliseconds left on a name's block, 0 when it is not blocked. */
   remaining(name: string, now = Date.now()): number {
     const until = this.entries.get(name);

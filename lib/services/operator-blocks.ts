@@ -38,13 +38,15 @@ export class OperatorBlocks {
   }
 
   async set(name: string, until: number): Promise<void> {
+    const before = this.blocks.until(name);
     this.blocks.set(name, until);
-    await this.write(() => this.store.setBlock(name, until));
+    await this.write(() => this.store.setBlock(name, until), name, before);
   }
 
   async delete(name: string): Promise<void> {
+    const before = this.blocks.until(name);
     this.blocks.delete(name);
-    await this.write(() => this.store.deleteBlock(name));
+    await this.write(() => this.store.deleteBlock(name), name, before);
   }
 
   list(): Readonly<Record<string, number>> {
@@ -75,12 +77,20 @@ export class OperatorBlocks {
     clearInterval(this.timer);
   }
 
-  /** A block or unblock on its way to the store: a sync meanwhile must not undo it locally. */
-  private async write(write: () => MaybePromise<void>): Promise<void> {
+  /**
+   * A block or unblock on its way to the store: a sync meanwhile must not undo it locally.
+   * One the store refused is undone here too (`before`: the name's entry before it), so that
+   * a call that rejects leaves this instance enforcing what the others do.
+   */
+  private async write(write: () => MaybePromise<void>, name: string, before: number | undefined): Promise<void> {
     this.edits++;
     this.writes++;
     try {
       await write();
+    } catch (error) {
+      if (before === undefined) this.blocks.delete(name);
+      else this.blocks.set(name, before);
+      throw error;
     } finally {
       this.writes--;
     }
