@@ -42,6 +42,8 @@ export class AnswerOrder {
   private timer: NodeJS.Timeout | undefined;
   /** Runs while a close waits: releases every answer and closes when it fires. */
   private closeTimer: NodeJS.Timeout | undefined;
+  /** The socket has closed (see `dispose`). */
+  private disposed = false;
 
   constructor(
     /** Longest time an answer or the close waits for earlier messages (ms). */
@@ -55,8 +57,9 @@ export class AnswerOrder {
 
   /** A place for a message that has just arrived. */
   open(): AnswerSlot {
-    // No hold time: nothing is held, so nothing is linked (an answer is written at once).
-    if (this.holdMs <= 0) return { done: true, writes: undefined, next: undefined };
+    // No hold time: nothing is held, so nothing is linked (an answer is written at once);
+    // nor once the socket has closed.
+    if (this.holdMs <= 0 || this.disposed) return { done: true, writes: undefined, next: undefined };
     const slot: AnswerSlot = { done: false, writes: undefined, next: undefined, at: performance.now() };
     if (this.tail === undefined) this.head = slot;
     else {
@@ -106,6 +109,7 @@ export class AnswerOrder {
 
   /** The socket has closed: nothing will be written any more. */
   dispose(): void {
+    this.disposed = true;
     clearTimeout(this.timer);
     clearTimeout(this.closeTimer);
     this.timer = this.closeTimer = undefined;
@@ -116,7 +120,7 @@ export class AnswerOrder {
   /** Arms the timer for the oldest message's hold time, if it is not running. */
   private arm(): void {
     const head = this.head;
-    if (this.timer !== undefined || head === undefined) return;
+    if (this.timer !== undefined || head === undefined || this.disposed) return;
     const left = head.at === undefined ? this.holdMs : head.at + this.holdMs - performance.now();
     this.timer = setTimeout(this.expire, Math.max(0, left));
     this.timer.unref();
