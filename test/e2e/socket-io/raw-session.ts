@@ -1,6 +1,8 @@
 /** A raw Engine.IO session over a plain WebSocket, below socket.io-client (hostile packets). */
+import { afterEach, expect } from '@jest/globals';
 import WebSocket from 'ws';
 import { waitFor } from '../../support/io-client.js';
+import { ioHarness } from '../../support/io-harness.js';
 
 /** A raw Engine.IO WebSocket session: every text frame it received, in order. */
 export interface RawSession {
@@ -40,4 +42,35 @@ export async function rawSession(port: number, namespaces: string[] = ['/']): Pr
     await session.waitFrame((frame) => frame.startsWith(prefix), `connect to ${nsp}`);
   }
   return session;
+}
+
+/**
+ * An app on the io harness for raw sessions: `start` (after `reset`, which clears the test's
+ * own counters) returns its URL and port; after each test the raw sessions are ended, the app
+ * closed, and no uncaught exception or unhandled rejection may have happened meanwhile.
+ */
+export function rawHarness(reset: () => void) {
+  const harness = ioHarness();
+  const raws: RawSession[] = [];
+  const faults: unknown[] = [];
+  const onFault = (error: unknown): void => void faults.push(error);
+
+  const start = async (gateways: object[], options: Parameters<typeof harness.start>[1] = {}) => {
+    reset();
+    faults.length = 0;
+    process.on('uncaughtException', onFault);
+    process.on('unhandledRejection', onFault);
+    const url = await harness.start(gateways, options);
+    return { url, port: Number(new URL(url).port) };
+  };
+
+  afterEach(async () => {
+    for (const raw of raws.splice(0)) raw.socket.terminate();
+    await harness.close();
+    process.off('uncaughtException', onFault);
+    process.off('unhandledRejection', onFault);
+    expect(faults).toEqual([]);
+  });
+
+  return { harness, raws, start };
 }

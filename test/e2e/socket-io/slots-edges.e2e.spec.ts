@@ -1,12 +1,11 @@
-import { afterEach, describe, expect, it } from '@jest/globals';
+import { describe, expect, it } from '@jest/globals';
 import { MessageBody, SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
 import type { Socket } from 'socket.io';
 import { Throttle, WsRateLimit } from '../../../lib/index.js';
 import { waitFor } from '../../support/io-client.js';
-import { ioHarness } from '../../support/io-harness.js';
 import { sleep } from '../../support/ws-client.js';
 import { rawPollingSession } from './c35-messages.harness.js';
-import { rawSession, type RawSession } from './raw-session.js';
+import { rawHarness, rawSession, type RawSession } from './raw-session.js';
 
 /**
  * The socket.io adapter's answer slots, dynamic namespaces and binary-attachment cap, at
@@ -87,28 +86,10 @@ function orderChain(order: unknown): number {
 }
 
 describe('socket.io answer slots, dynamic namespaces and attachments', () => {
-  const harness = ioHarness();
-  const raws: RawSession[] = [];
-  const faults: unknown[] = [];
-  const onFault = (error: unknown): void => void faults.push(error);
-
-  const start = async (gateways: object[], options: Parameters<typeof harness.start>[1] = {}) => {
+  const { harness, raws, start } = rawHarness(() => {
     handled.clear();
     uploadBytes.length = 0;
     serverSockets.length = 0;
-    faults.length = 0;
-    process.on('uncaughtException', onFault);
-    process.on('unhandledRejection', onFault);
-    const url = await harness.start(gateways, options);
-    return { url, port: Number(new URL(url).port) };
-  };
-
-  afterEach(async () => {
-    for (const raw of raws.splice(0)) raw.socket.terminate();
-    await harness.close();
-    process.off('uncaughtException', onFault);
-    process.off('unhandledRejection', onFault);
-    expect(faults).toEqual([]);
   });
 
   // --- The binary-attachment cap --------------------------------------------------------
