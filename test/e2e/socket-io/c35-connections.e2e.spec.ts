@@ -234,8 +234,18 @@ describe.each(ENGINE_TRANSPORTS)('socket.io connections over %s (C-35)', (transp
       await run(warmUpCycles);
       await waitFor(() => limiter.stats().connections === 0, 10_000, 'warm-up freed');
       const gc = (globalThis as { gc?: () => void }).gc;
-      gc?.();
-      const heapBefore = process.memoryUsage().heapUsed;
+      // The least heap in use over a few collections apart: one sample varies by about a
+      // megabyte with what the collector keeps for a while (both transports, old code too).
+      const settledHeap = async (): Promise<number> => {
+        let least = Infinity;
+        for (let i = 0; i < 5; i++) {
+          gc?.();
+          least = Math.min(least, process.memoryUsage().heapUsed);
+          await sleep(100);
+        }
+        return least;
+      };
+      const heapBefore = await settledHeap();
       const timersBefore = timers();
       await run(cycles);
       expect(acks).toBe(warmUpCycles + cycles);
@@ -250,9 +260,8 @@ describe.each(ENGINE_TRANSPORTS)('socket.io connections over %s (C-35)', (transp
       for (let i = 0; i < 250 && timers() > timersBefore; i++) await sleep(20);
       expect(timers()).toBeLessThanOrEqual(timersBefore);
       if (gc) {
-        gc();
         // A leak of even 1 KiB per connection would show as 2 MB.
-        expect(process.memoryUsage().heapUsed - heapBefore).toBeLessThan(2 * MiB);
+        expect((await settledHeap()) - heapBefore).toBeLessThan(2 * MiB);
       }
     }, 300_000);
   });
