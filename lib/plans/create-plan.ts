@@ -90,21 +90,30 @@ class KeptPlan implements RateLimitPlan {
   }
 }
 
-/** Shapes by specs array, then by facts: the plans of one route and placement share one. */
-const shapes = new WeakMap<readonly TierSpec[], PlanShape[]>();
+/**
+ * Shapes by store, then by specs array, then by facts: the plans of one route and placement
+ * share one. Both maps are weak and the store is their first key, so a shape (which holds its
+ * store) keeps no store alive: a store dropped by its application is collected with its
+ * state even while the specs arrays live on (module constants, say).
+ */
+const shapes = new WeakMap<RateLimitStore, WeakMap<readonly TierSpec[], PlanShape[]>>();
 
 function shapeOf(store: RateLimitStore, specs: readonly TierSpec[], facts: PlanFacts | undefined): PlanShape {
   const lease = facts?.lease;
   const type = facts === undefined ? undefined : (facts.type ?? '');
   const connectionKeyed = facts === undefined ? undefined : facts.connectionKeyed === true;
-  let known = shapes.get(specs);
+  let ofStore = shapes.get(store);
+  if (ofStore === undefined) {
+    ofStore = new WeakMap();
+    shapes.set(store, ofStore);
+  }
+  let known = ofStore.get(specs);
   if (known === undefined) {
     known = [];
-    shapes.set(specs, known);
+    ofStore.set(specs, known);
   }
   for (const shape of known) {
     if (
-      shape.store === store &&
       shape.lease === lease &&
       shape.type === type &&
       shape.connectionKeyed === connectionKeyed &&
@@ -124,7 +133,7 @@ function shapeOf(store: RateLimitStore, specs: readonly TierSpec[], facts: PlanF
     type,
     connectionKeyed,
   });
-  // A few shapes per array at most (stores, placements, leases): an array changed on every
+  // A few shapes per array at most (placements, leases): an array changed on every
   // call does not pile them up.
   if (known.length >= 8) known.shift();
   known.push(shape);
