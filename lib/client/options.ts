@@ -26,6 +26,7 @@ export interface ResolvedOptions {
   maxReconnectAttempts: number;
   policyDelayMs: number;
   stableMs: number;
+  openTimeoutMs: number;
   random: () => number;
 }
 
@@ -96,13 +97,14 @@ export function resolveOptions(options: RateLimitedClientOptions): ResolvedOptio
     maxUnconfirmed: numberOption(options, 'maxUnconfirmed', 1, 1, 'integer'),
     isAck: options.isAck,
     undelivered,
-    confirmMs: numberOption(options, 'confirmMs', options.isAck ? 10_000 : 250, 0),
+    confirmMs: numberOption(options, 'confirmMs', options.isAck ? 10_000 : 250, 0, 'finite'),
     reconnect: options.reconnect ?? true,
     backoffBaseMs: numberOption(options, 'backoffBaseMs', 1000, 0, 'finite'),
     backoffCapMs: numberOption(options, 'backoffCapMs', 30_000, 0, 'finite'),
     maxReconnectAttempts: numberOption(options, 'maxReconnectAttempts', Infinity, 0, 'integer'),
     policyDelayMs: numberOption(options, 'policyDelayMs', 30_000, 0, 'finite'),
     stableMs: numberOption(options, 'stableMs', 10_000, 0),
+    openTimeoutMs: numberOption(options, 'openTimeoutMs', 20_000, 1),
     random,
   };
 }

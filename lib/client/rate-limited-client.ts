@@ -276,6 +276,8 @@ export class RateLimitedClient {
   private readonly typeBlockedUntil = new Map<string, number>();
   private pumpTimer: Timer | undefined;
   private reconnectTimer: Timer | undefined;
+  /** Ends a handshake that has not completed within `openTimeoutMs`. */
+  private openTimer: Timer | undefined;
   private attempt = 0;
   private openedAt: number | undefined;
   private pumping = false;
@@ -468,9 +470,36 @@ export class RateLimitedClient {
     socket.onerror = (event) => {
       if (this.socket === socket) this.emitter.emit('error', event);
     };
+    const timeoutMs = this.options.openTimeoutMs;
+    if (Number.isFinite(timeoutMs)) {
+      this.openTimer = setTimeout(
+        () => {
+          this.openTimer = undefined;
+          if (this.socket === socket && socket.readyState !== OPEN) this.abandonHandshake(socket, timeoutMs);
+        },
+        Math.min(MAX_TIMER_MS, timeoutMs),
+      );
+    }
+  }
+
+  /**
+   * A handshake past `openTimeoutMs`: the socket is ended (its own events are ignored from
+   * now on) and the connection is over as if it had closed without opening.
+   */
+  private abandonHandshake(socket: WebSocketLike, timeoutMs: number): void {
+    this.handleClose({ code: ABNORMAL_CLOSURE });
+    try {
+      if (typeof socket.terminate === 'function') socket.terminate();
+      else socket.close();
+    } catch {
+      // A socket that cannot be closed while connecting ends by itself; nothing holds it.
+    }
+    this.emitter.emit('error', new Error(`RateLimitedClient: the handshake did not complete within ${timeoutMs} ms`));
   }
 
   private handleOpen(): void {
+    if (this.openTimer !== undefined) clearTimeout(this.openTimer);
+    this.openTimer = undefined;
     this.openedAt = now();
     this.pump();
   }
@@ -521,8 +550,10 @@ export class RateLimitedClient {
   private stop(): void {
     if (this.pumpTimer !== undefined) clearTimeout(this.pumpTimer);
     if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
+    if (this.openTimer !== undefined) clearTimeout(this.openTimer);
     this.pumpTimer = undefined;
     this.reconnectTimer = undefined;
+    this.openTimer = undefined;
     this.socket = undefined;
     this.openedAt = undefined;
     this.ledger.clear();

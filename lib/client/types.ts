@@ -352,7 +352,8 @@ export interface RateLimitedClientOptions {
   undelivered?: UndeliveredPolicy;
   /**
    * Milliseconds after which a sent message with no rate_limit frame is presumed accepted;
-   * without `isAck` it grows by itself when frames arrive later than it.
+   * without `isAck` it grows by itself when frames arrive later than it. Finite (a message
+   * never presumed accepted would hold its event for ever without `isAck`).
    * @default 250 without isAck, 10000 (a safety net for a missing ack) with it
    */
   confirmMs?: number;
@@ -382,6 +383,15 @@ export interface RateLimitedClientOptions {
    * @default 30000
    */
   policyDelayMs?: number;
+  /**
+   * A connection whose handshake has not completed this many ms after it began is given up
+   * (its socket ended) and counts as a handshake that never opened: the client reconnects
+   * after at least `policyDelayMs`. Without it, a server that accepts the TCP connection
+   * and never answers the upgrade would leave the client `connecting` for ever. `Infinity`
+   * waits as long as the socket does.
+   * @default 20000 (as socket.io-client's `timeout`)
+   */
+  openTimeoutMs?: number;
   /**
    * A connection that stayed open this long resets the back-off attempt counter.
    * @default 10000

@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, jest } from '@jest/globals';
-import type { AddressInfo } from 'node:net';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { WebSocket, WebSocketServer, type WebSocket as ServerSocket } from 'ws';
 import {
   RateLimitedClient,
@@ -395,5 +395,64 @@ describe('client edges: a real ws server that never completes the closing handsh
       for (const socket of sockets) socket.terminate();
       await stop(wss);
     }
+  });
+});
+
+describe('client edges: a server that never answers the upgrade', () => {
+  // Before `openTimeoutMs`, a server that accepted the TCP connection and never answered the
+  // upgrade left the client `connecting` for as long as the TCP connection lasted (for ever
+  // on a healthy network): no reconnect, no error, the queue held.
+  it('gives the handshake up after openTimeoutMs, reports it and reconnects; close() ends everything', async () => {
+    const held: Socket[] = [];
+    const ended = new Set<Socket>();
+    const server = createServer((socket) => {
+      held.push(socket);
+      socket.on('error', () => undefined);
+      // Read (and ignore) the upgrade request, so that the client's end is seen.
+      socket.resume();
+      socket.on('close', () => ended.add(socket));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const url = `ws://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const client = new RateLimitedClient(url, {
+      WebSocket,
+      openTimeoutMs: 300,
+      policyDelayMs: 0,
+      backoffBaseMs: 1,
+      backoffCapMs: 1,
+    });
+    const errors: unknown[] = [];
+    const reconnects: { code: number; policy: boolean }[] = [];
+    client.on('error', (error) => errors.push(error));
+    client.on('reconnect', (event) => reconnects.push(event));
+    try {
+      expect(client.send('chat', 'kept')).toBe(true);
+      const deadline = performance.now() + 15_000;
+      while (reconnects.length < 2 && performance.now() < deadline) await sleep(50);
+      expect(reconnects.slice(0, 2)).toEqual([
+        expect.objectContaining({ code: 1006, policy: true }),
+        expect.objectContaining({ code: 1006, policy: true }),
+      ]);
+      expect(String(errors[0])).toContain('the handshake did not complete within 300 ms');
+      // Each attempt was a connection of its own, and the abandoned ones were ended.
+      expect(held.length).toBeGreaterThanOrEqual(2);
+      while (held.slice(0, 2).some((socket) => !ended.has(socket)) && performance.now() < deadline) await sleep(50);
+      expect(held.slice(0, 2).map((socket) => ended.has(socket))).toEqual([true, true]);
+      // The message is still queued, not lost.
+      expect(client.queued).toBe(1);
+    } finally {
+      client.close();
+      for (const socket of held) socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+
+  it('refuses an openTimeoutMs below 1 ms and a confirmMs that is not finite', () => {
+    expect(
+      () => new RateLimitedClient('ws://127.0.0.1:1', { WebSocket, autoConnect: false, openTimeoutMs: 0 }),
+    ).toThrow('RateLimitedClient: options.openTimeoutMs must be a number >= 1, got 0');
+    expect(
+      () => new RateLimitedClient('ws://127.0.0.1:1', { WebSocket, autoConnect: false, confirmMs: Infinity }),
+    ).toThrow('RateLimitedClient: options.confirmMs must be a finite number >= 0, got Infinity');
   });
 });
