@@ -71,12 +71,26 @@ export class WsRateLimitModule extends WsRateLimitConfigurableModule {
    */
   constructor(discovery: DiscoveryService, filter: WsRateLimitFilter) {
     super();
-    for (const wrapper of discovery.getProviders()) {
+    const providers = discovery.getProviders();
+    // Global: a second forRoot/forRootAsync would make a second limiter (store, metrics,
+    // filter), and which one a gateway gets would depend on the order of imports.
+    const limiters = providers.filter((wrapper) => wrapper.token === WsRateLimitService).length;
+    if (limiters > 1) {
+      throw new Error(
+        `WsRateLimitModule is imported ${limiters} times in this application (forRoot or forRootAsync); ` +
+          'it is global: import it once, in the root module',
+      );
+    }
+    for (const wrapper of providers) {
       const gateway = wrapper.metatype;
       if (typeof gateway !== 'function' || !Reflect.getMetadata('websockets:is_gateway', gateway)) continue;
       const filters = (Reflect.getMetadata(EXCEPTION_FILTERS_METADATA, gateway) as unknown[] | undefined) ?? [];
-      if (filters.some(isOurFilter)) continue;
-      Reflect.defineMetadata(EXCEPTION_FILTERS_METADATA, [...filters, filter], gateway);
+      // The gateway's own WsRateLimitFilter stays; one this module put there for an earlier
+      // application of the process (closed, or still running) is replaced by this one's.
+      const own = filters.filter((entry) => !placed.has(entry as object));
+      if (own.some(isOurFilter)) continue;
+      placed.add(filter);
+      Reflect.defineMetadata(EXCEPTION_FILTERS_METADATA, [...own, filter], gateway);
     }
   }
 
@@ -101,6 +115,9 @@ export class WsRateLimitModule extends WsRateLimitConfigurableModule {
     return super.forRootAsync(options);
   }
 }
+
+/** The filter instances the module put on gateway classes (one per application that started). */
+const placed = new WeakSet<object>();
 
 /** Whether a `@UseFilters` entry is `WsRateLimitFilter` (or a subclass, or an instance of either). */
 function isOurFilter(entry: unknown): boolean {

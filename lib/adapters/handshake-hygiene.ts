@@ -50,7 +50,8 @@ export function handshakeCompleted(socket: Socket): void {
  * body sent a byte at a time keeps its slot and meets the timeout; a request on a
  * kept-alive connection starts a new exchange under the same rules. Trusted proxies
  * (`trustProxy`) are not capped: every client behind one shares its address. With a hop
- * count, every peer is. Returns the listeners it added (none when both limits are off).
+ * count, every peer is. `onDropped` hears of each connection dropped over the cap. Returns
+ * the listeners it added (none when both limits are off).
  */
 export function guardHandshakes(
   server: HttpServer,
@@ -58,6 +59,8 @@ export function guardHandshakes(
     ResolvedWsRateLimitOptions,
     'handshakeTimeoutMs' | 'maxPendingHandshakesPerIp' | 'ipv6Prefix' | 'trustProxy'
   >,
+  /** Told of each connection dropped over the cap, with its address key. */
+  onDropped?: (address: string) => void,
 ): ServerListener[] {
   const { handshakeTimeoutMs, maxPendingHandshakesPerIp, ipv6Prefix, trustProxy } = options;
   const capped = maxPendingHandshakesPerIp > 0 && trustProxy.kind !== 'hops';
@@ -80,6 +83,7 @@ export function guardHandshakes(
       const count = (pending.get(ip) ?? 0) + 1;
       if (count > maxPendingHandshakesPerIp) {
         socket.destroy();
+        onDropped?.(ip);
         return false;
       }
       pending.set(ip, count);

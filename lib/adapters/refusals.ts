@@ -9,6 +9,8 @@ export const REFUSALS: Readonly<Record<ConnectionRefusalReason, { status: number
   denied: { status: 403, reason: 'Denied' },
   blocked: { status: 403, reason: 'Blocked' },
   store: { status: 503, reason: 'Rate limit store unavailable' },
+  // Never sent: such a connection is dropped before its request (see `guardHandshakes`).
+  handshakes: { status: 429, reason: 'Too many pending handshakes' },
 });
 
 /**

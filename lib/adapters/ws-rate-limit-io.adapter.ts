@@ -435,7 +435,9 @@ export class WsRateLimitIoAdapter extends IoAdapter {
       return;
     }
     if (this.httpListeners.some(([http]) => http === server)) return;
-    this.httpListeners.push(...guardHandshakes(server, this.limiter.options));
+    this.httpListeners.push(
+      ...guardHandshakes(server, this.limiter.options, (address) => this.limiter.handshakeDropped(address)),
+    );
   }
 }
 

@@ -418,6 +418,8 @@ export class WsRateLimitAdapter extends WsAdapter {
   private guardHttpServer(server: HttpServer | undefined): void {
     if (!server || this.guardedServers.has(server)) return;
     this.guardedServers.add(server);
-    this.httpListeners.push(...guardHandshakes(server, this.limiter.options));
+    this.httpListeners.push(
+      ...guardHandshakes(server, this.limiter.options, (address) => this.limiter.handshakeDropped(address)),
+    );
   }
 }

@@ -79,6 +79,13 @@ export class ConnectionAdmitter {
     return isPromise(decision) ? decision.then(settle) : settle(decision);
   }
 
+  /** A connection ended before it could be decided (see `WsRateLimitService.handshakeDropped`). */
+  dropped(ip: string, reason: ConnectionRefusalReason): void {
+    this.telemetry.metrics.connection('refused', reason);
+    if (this.telemetry.observed)
+      this.telemetry.emit({ kind: 'connection', accepted: false, ip, reason, enforced: true });
+  }
+
   private admitted(
     record: ConnectionState,
     reason: ConnectionRefusalReason | undefined,

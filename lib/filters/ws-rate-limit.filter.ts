@@ -2,6 +2,7 @@ import { Catch, Injectable, type ArgumentsHost, type ExceptionFilter } from '@ne
 import { WsRateLimitException } from '../exceptions/ws-rate-limit.exception.js';
 import { WsRateLimitService } from '../services/ws-rate-limit.service.js';
 import { answerSlotFromArgs } from '../utils/message-id.js';
+import { refusalOwner } from '../pipeline/refusal-owner.js';
 
 /**
  * Answers `WsRateLimitException`: sends the `rate_limit` frame on the same socket (with
@@ -16,7 +17,13 @@ export class WsRateLimitFilter implements ExceptionFilter<WsRateLimitException> 
 
   catch(exception: WsRateLimitException, host: ArgumentsHost): void {
     if (host.getType() !== 'ws') return;
+    const client = host.switchToWs().getClient<object>();
     // The message's place in its connection's answers: the frame follows earlier replies.
-    this.limiter.reject(host.switchToWs().getClient<object>(), exception, answerSlotFromArgs(host.getArgs()));
+    const slot = answerSlotFromArgs(host.getArgs());
+    // Answered by the limiter that refused it (this filter may be another application's:
+    // filters put on a gateway class are shared by every application declaring it).
+    const owner = refusalOwner(exception);
+    if (owner !== undefined) owner.answer(client, exception, slot);
+    else this.limiter.reject(client, exception, slot);
   }
 }

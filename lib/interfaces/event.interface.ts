@@ -62,8 +62,12 @@ export interface RateLimitConnectionEvent {
   readonly enforced: boolean;
 }
 
-/** Why a connection was refused. */
-export type ConnectionRefusalReason = 'rate' | 'concurrency' | 'denied' | 'blocked' | 'store';
+/**
+ * Why a connection was refused. `handshakes`: the TCP connection was dropped, before its
+ * request, for having more than `maxPendingHandshakesPerIp` handshakes from its address under
+ * way at once (no HTTP answer: nothing was asked yet).
+ */
+export type ConnectionRefusalReason = 'rate' | 'concurrency' | 'denied' | 'blocked' | 'store' | 'handshakes';
 
 /** The store became unreachable, or reachable again. */
 export interface RateLimitStoreEvent {

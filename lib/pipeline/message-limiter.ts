@@ -181,15 +181,25 @@ export class MessageLimiter {
    * Decides a plan: connection-keyed plans in process memory, the rest in the store (the
    * fail mode deciding when it cannot). Counted in metrics and, when observed, streamed.
    */
-  decide(plan: RateLimitPlan, route?: Route): MaybePromise<RateLimitDecision> {
+  decide(plan: RateLimitPlan, route?: Route, state?: ConnectionState): MaybePromise<RateLimitDecision> {
     const decision = connectionKeyed(plan) ? this.local.consume(plan) : this.shared.consume(plan);
     if (this.telemetry.reporting) {
       const type = route?.type ?? plan.type ?? typeOfSpecs(plan);
-      if (isPromise(decision)) decision.then((settled) => this.telemetry.decision(plan.tracker, type, settled), noop);
-      else this.telemetry.decision(plan.tracker, type, decision);
+      if (isPromise(decision)) {
+        decision.then((settled) => {
+          // A message of a connection whose close was decided while this waited is neither
+          // answered nor processed: nor is it counted.
+          if (state === undefined || !this.closeDecided(state)) this.telemetry.decision(plan.tracker, type, settled);
+        }, noop);
+      } else {
+        this.telemetry.decision(plan.tracker, type, decision);
+      }
     }
     return decision;
   }
+
+  /** Whether a connection's close is decided (set by the message pipeline, which knows). */
+  closeDecided: (state: ConnectionState) => boolean = () => false;
 
   /** Counts and streams a refusal made before any tier decided (an operator block, a degradation). */
   report(tracker: string, type: string, decision: RateLimitDecision): void {

@@ -15,6 +15,7 @@ import { messageIdFromArgs } from '../utils/message-id.js';
 import { CLOSE_POLICY_VIOLATION } from '../ws-rate-limit.constants.js';
 import { DENIED_REASON, type Enforcer } from './enforcer.js';
 import type { MessageLimiter } from './message-limiter.js';
+import { ownRefusal, type RefusalOwner } from './refusal-owner.js';
 import { addressTracker, type Tracker } from './tracker.js';
 import { UnroutedContext } from './unrouted-context.js';
 
@@ -65,6 +66,11 @@ export class MessagePipeline {
   /** The steps of the module's own guard, for frames of gateways with no guard of ours. */
   readonly defaultSteps: MessageSteps;
 
+  /** Answers this pipeline's refusals, whichever application's filter catches them. */
+  private readonly owner: RefusalOwner = {
+    answer: (client, exception, slot) => this.enforcer.reject(client, this.registry.of(client), exception, slot),
+  };
+
   constructor(
     private readonly registry: ConnectionRegistry,
     private readonly limiter: MessageLimiter,
@@ -73,6 +79,7 @@ export class MessagePipeline {
     private readonly blocks: OperatorBlocks,
     private readonly logger: { error(message: string): void; debug(message: string): void },
   ) {
+    limiter.closeDecided = (state) => state.closing || this.closeDecided(state);
     this.defaultSteps = {
       getRoute: (context, connection, client) =>
         limiter.routeOf(context.getHandler(), context.getClass(), connection, client),
@@ -125,7 +132,7 @@ export class MessagePipeline {
     if ((this.limiter.skipIf !== undefined || route.skipIf !== undefined) && this.skips(context, route)) return true;
     // The violation threshold was reached by earlier messages of this read: the close is
     // decided, so this message is not decided (nor processed) any more.
-    if (connection.pendingRejections !== 0 && this.enforcer.closesWith(connection, connection.pendingRejections)) {
+    if (this.closeDecided(connection)) {
       return this.refuse(
         client,
         new WsRateLimitException(CLOSING, route.type, connection.connectionTracker, undefined),
@@ -245,7 +252,9 @@ export class MessagePipeline {
     route: Route,
     tracker: string,
   ): true | WsRateLimitException | undefined {
-    if (state.closing) return new WsRateLimitException(CLOSING, route.type, tracker, undefined);
+    // Checked again here: an asynchronous tracker settles after earlier messages were refused.
+    if (state.closing || this.closeDecided(state))
+      return new WsRateLimitException(CLOSING, route.type, tracker, undefined);
     if (state.allowed) return true;
     if (this.access.hasTrackerRules) {
       if (this.access.allowsTracker(tracker)) return true;
@@ -272,6 +281,7 @@ export class MessagePipeline {
     if (this.enforcer.enforced) {
       // Counted by the filter later; noted now for the messages decided before it runs.
       if (decision !== CLOSING && decision.storeUnavailable !== true) notePending(this.registry.of(client));
+      ownRefusal(exception, this.owner);
       throw exception;
     }
     // Shadow mode: a socket that would be closing (a denied tracker: its would-be close is
@@ -297,9 +307,26 @@ export class MessagePipeline {
       return this.refuse(client, withMessageId(screened, context));
     }
     const plan = steps.getPlan(connection, route, tracker);
-    const decision = this.limiter.decide(plan, route);
-    if (decision instanceof Promise) return decision.then((settled) => settle(settled, steps, route, plan, context));
+    const decision = this.limiter.decide(plan, route, connection);
+    if (decision instanceof Promise) {
+      return decision.then((settled) =>
+        // Decided side by side with messages refused meanwhile up to the threshold (a flood
+        // past the frame hold): the close is decided, so this one is not answered or processed.
+        this.limiter.closeDecided(connection)
+          ? this.refuse(client, new WsRateLimitException(CLOSING, route.type, tracker, undefined))
+          : settle(settled, steps, route, plan, context),
+      );
+    }
     return settle(decision, steps, route, plan, context);
+  }
+
+  /**
+   * Whether the refusals of this read (not yet counted by the filter) reach the violation
+   * threshold: the connection's close is decided. Read by the limiter too, so that a decision
+   * settling after it is not counted (the client is never told of it).
+   */
+  closeDecided(connection: ConnectionState): boolean {
+    return connection.pendingRejections !== 0 && this.enforcer.closesWith(connection, connection.pendingRejections);
   }
 
   /** `skips` for a frame that reached no handler: a throwing `skipIf` is logged and the frame limited. */

@@ -33,15 +33,27 @@ export class SharedStore {
   private closed = false;
   private fallbackStore: MemoryRateLimitStore | undefined;
   /** Stops following the store's availability; `undefined` when the store does not report it. */
-  private readonly unwatch: (() => void) | undefined;
+  private unwatch: (() => void) | undefined;
 
   constructor(
     readonly store: RateLimitStore,
     private readonly failMode: 'open' | 'closed',
     private readonly maxKeys: number,
     private readonly events: SharedStoreEvents,
+    /** Follow the store's availability from construction; `false`: from `watch()`. */
+    watchNow = true,
   ) {
-    this.unwatch = store.watchAvailability((available, cause) => this.availabilityChanged(available, cause));
+    if (watchNow) this.watch();
+  }
+
+  /**
+   * Starts following the store's availability (once the events can be counted: the module's
+   * metrics exist from its init). A store already unavailable (Redis unreachable at start-up)
+   * is an outage from now on, reported as any other.
+   */
+  watch(): void {
+    if (this.unwatch !== undefined || this.closed) return;
+    this.unwatch = this.store.watchAvailability((available, cause) => this.availabilityChanged(available, cause));
   }
 
   /** Whether the fail mode is deciding now: the store failed and has not answered since. */

@@ -87,13 +87,20 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   ) {
     const telemetry = (this.telemetry = new Telemetry(!options.shadow));
     this.events$ = telemetry.events$;
-    const shared = new SharedStore(store, options.failMode, options.maxKeys, {
-      // The embedded store answers in nanoseconds: timing it would cost more than it tells.
-      answered: store instanceof MemoryRateLimitStore ? noop : (ms) => telemetry.metrics.storeLatency(ms / 1000),
-      failed: () => telemetry.metrics.storeError(),
-      down: (error) => telemetry.storeDown(error, options.failMode, this.logger),
-      up: () => telemetry.storeUp(this.logger),
-    });
+    const shared = new SharedStore(
+      store,
+      options.failMode,
+      options.maxKeys,
+      {
+        // The embedded store answers in nanoseconds: timing it would cost more than it tells.
+        answered: store instanceof MemoryRateLimitStore ? noop : (ms) => telemetry.metrics.storeLatency(ms / 1000),
+        failed: () => telemetry.metrics.storeError(),
+        down: (error) => telemetry.storeDown(error, options.failMode, this.logger),
+        up: () => telemetry.storeUp(this.logger),
+      },
+      // From onModuleInit, once metrics can count an outage found at start-up.
+      false,
+    );
     this.limiter = new MessageLimiter(options, store, shared, telemetry, (message) => this.logger.warn(message));
     const access = new AccessRules(options.allowList, options.denyList);
     this.registry = new ConnectionRegistry(options.ipv6Prefix, access, (state) => this.limiter.forget(state));
@@ -166,6 +173,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
       this.logger,
       () => this.limiter.shared.inFallback,
     );
+    this.limiter.shared.watch();
     await this.blocks.sync(true);
   }
 
@@ -340,6 +348,15 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    */
   admitConnection(address: string, request?: IncomingMessage): MaybePromise<ConnectionAdmission> {
     return this.admitter.admit(address, request);
+  }
+
+  /**
+   * A TCP connection the adapter dropped before its request, its address having more than
+   * `maxPendingHandshakesPerIp` handshakes under way: counted and streamed as a refused
+   * connection (reason `handshakes`; enforced in shadow mode too: it is hygiene, not a limit).
+   */
+  handshakeDropped(address: string): void {
+    this.admitter.dropped(address, 'handshakes');
   }
 
   /**

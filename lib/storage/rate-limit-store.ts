@@ -44,7 +44,8 @@ export abstract class RateLimitStore {
    * available again (`true`), and returns the function that stops telling it; `undefined`
    * for a store that does not follow its own availability (the default). The module's fail
    * mode reports an outage from these changes when the store gives them, so that a call
-   * that merely failed (a deadline missed under load) is not taken for one.
+   * that merely failed (a deadline missed under load) is not taken for one. A store that is
+   * unavailable when the listener is added should tell it at once.
    */
   watchAvailability(_listener: (available: boolean, cause?: unknown) => void): (() => void) | undefined {
     return undefined;

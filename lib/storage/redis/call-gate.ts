@@ -86,6 +86,11 @@ export class CallGate {
     this.deadlineMs = options.deadlineMs;
   }
 
+  /** While the breaker is open, the error every call gets (the outage's cause). */
+  get outage(): RedisStoreUnavailableError | undefined {
+    return this.openError;
+  }
+
   /** True while the breaker is open. */
   get isOpen(): boolean {
     return this.openError !== undefined;

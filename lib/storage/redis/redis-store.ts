@@ -267,9 +267,20 @@ export class RedisRateLimitStore extends RateLimitStore {
     return !this.gate.isOpen && !this.closed;
   }
 
-  /** Follows the circuit breaker: told when it opens (`false`) and closes (`true`). */
+  /**
+   * Follows the circuit breaker: told when it opens (`false`) and closes (`true`); a listener
+   * added while it is open is told at once (a store that could not reach Redis at start-up).
+   */
   override watchAvailability(listener: (available: boolean, cause?: unknown) => void): () => void {
     this.availabilityListeners.add(listener);
+    const outage = this.gate.outage;
+    if (outage !== undefined && !this.closed) {
+      try {
+        listener(false, outage);
+      } catch {
+        // As in `notify`: a listener's failure is its own.
+      }
+    }
     return () => void this.availabilityListeners.delete(listener);
   }
 
