@@ -1,3 +1,5 @@
+// Over 400 lines: one algorithm in its two forms, a log object and a log packed in a slab,
+// whose functions share one ring arithmetic (and must decide alike); split, they would drift.
 /**
  * Sliding-window log (exact): at most `limit` events in any window of `windowMs`. An event
  * at time `t` counts while `now - t < windowMs`. Only the last `limit` timestamps can ever
@@ -9,6 +11,11 @@
  * again).
  *
  * The ring is kept oldest first: `ring[(head + i) % ring.length]` for `i < count`.
+ *
+ * One log may be decided under several windows and limits (named plans share a tier): each
+ * decision compares with its own figures, and the log keeps what the longest window and the
+ * largest limit that decided it need (the newest `limit` entries inside `windowMs`, both the
+ * largest seen), so a shorter or smaller one never drops what a longer one still counts.
  */
 export interface SlidingLogState {
   /** Timestamps (ms) of the last `count` admitted events, oldest first from `head`. */
@@ -23,6 +30,11 @@ export interface SlidingLogState {
    * largest limit given to `logRecord`, and a decision compares with its own.
    */
   limit: number;
+  /**
+   * The longest window that has decided the log (`logWiden`, `logRecord`): entries leave
+   * the log only once they are outside it.
+   */
+  windowMs: number;
 }
 
 /** Slots of a new log's ring (or `limit`, if smaller). */
@@ -34,7 +46,7 @@ export const LOG_INITIAL_SLOTS = 8;
  */
 export function createSlidingLog(limit: number): SlidingLogState {
   const whole = Math.floor(limit);
-  return { ring: new Float64Array(Math.min(whole, LOG_INITIAL_SLOTS)), head: 0, count: 0, limit: whole };
+  return { ring: new Float64Array(Math.min(whole, LOG_INITIAL_SLOTS)), head: 0, count: 0, limit: whole, windowMs: 0 };
 }
 
 /**
@@ -108,8 +120,9 @@ export function logAllows(
 
 /**
  * Records `cost` events at `now` (call only after `logAllows`). With `windowMs`, a full ring
- * first drops the entries that have left the window ending at `now` before it grows. A
- * `limit` (whole) above the log's own raises it: the ring may then grow to it.
+ * first drops the entries that have left the longest window the log was decided under
+ * (`windowMs` or a longer one before) before it grows; without, it drops none. A `limit`
+ * (whole) above the log's own raises it: the ring may then grow to it.
  */
 export function logRecord(
   log: SlidingLogState,
@@ -119,6 +132,7 @@ export function logRecord(
   limit = log.limit,
 ): void {
   if (limit > log.limit) log.limit = limit;
+  if (windowMs > log.windowMs) log.windowMs = windowMs;
   for (let i = 0; i < cost; i++) {
     if (log.count === log.limit) {
       // Full at the limit: the oldest entry gives its slot.
@@ -127,12 +141,23 @@ export function logRecord(
       continue;
     }
     if (log.count === log.ring.length) {
-      dropExpired(log, now - windowMs);
+      dropExpired(log, now - log.windowMs);
       if (log.count === log.ring.length) grow(log);
     }
     log.ring[wrap(log.head + log.count, log.ring.length)] = now;
     log.count++;
   }
+}
+
+/**
+ * Notes that the log is decided under a window of `windowMs` (a decision that refuses too):
+ * from then on its entries are kept until they have left it. Returns whether it was longer
+ * than every window before (the log then matters for longer: see `logFreshAt`).
+ */
+export function logWiden(log: SlidingLogState, windowMs: number): boolean {
+  if (!(windowMs > log.windowMs)) return false;
+  log.windowMs = windowMs;
+  return true;
 }
 
 /** Drops the entries at or before `edge` (they are outside every window from now on). */
@@ -193,18 +218,21 @@ function wrap(index: number, size: number): number {
 
 /**
  * The largest limit a packed log takes. A packed log holds `PACKED_LOG_HEADER + size`
- * doubles, its ring `size` slots: at most 152 bytes, at this limit, less than a
+ * doubles, its ring `size` slots: at most 160 bytes, at this limit, less than a
  * `SlidingLogState` object with its ring.
  */
 export const PACKED_LOG_MAX_LIMIT = 16;
 
-/** Doubles before a packed log's entries: its head, its count and its ring's size. */
-export const PACKED_LOG_HEADER = 3;
+/**
+ * Doubles before a packed log's entries: its head, its count, its ring's size and the
+ * longest window it was decided under (see `SlidingLogState.windowMs`).
+ */
+export const PACKED_LOG_HEADER = 4;
 
 /**
  * Slots of a new packed log's ring (or its limit, if smaller). Growing a packed log is a
  * copy within its slab, no allocation, so it starts smaller than an object's ring: a tracker
- * that makes a few expensive calls a window holds 7 doubles, not `3 + limit`.
+ * that makes a few expensive calls a window holds 8 doubles, not `4 + limit`.
  */
 export const PACKED_LOG_INITIAL_SLOTS = 4;
 
@@ -223,11 +251,24 @@ export function packLog(slab: Float64Array, at: number, size: number): void {
   slab[at] = 0;
   slab[at + 1] = 0;
   slab[at + 2] = size;
+  slab[at + 3] = 0;
 }
 
 /** Slots of the ring of the log packed at `at`. */
 export function packedLogSize(slab: Float64Array, at: number): number {
   return slab[at + 2]!;
+}
+
+/** The longest window the log packed at `at` was decided under (see `packedLogWiden`). */
+export function packedLogWindow(slab: Float64Array, at: number): number {
+  return slab[at + 3]!;
+}
+
+/** `logWiden` of the log packed at `at`. */
+export function packedLogWiden(slab: Float64Array, at: number, windowMs: number): boolean {
+  if (!(windowMs > slab[at + 3]!)) return false;
+  slab[at + 3] = windowMs;
+  return true;
 }
 
 /**
@@ -252,25 +293,33 @@ export function packedLogAllows(slab: Float64Array, at: number, now: number, win
 
 /**
  * The ring size the log packed at `at` needs before a decision's events at `now` are
- * recorded (after `packedLogAllows`): its own size when they fit, first dropping the
- * entries that have left the window ending at `now` if the ring would overflow (as
- * `logRecord` does), else a larger size (doubled, at most the limit) to move it to
- * (`packedLogMove`).
+ * recorded (after `packedLogAllows`; it notes the decision's window, see `packedLogWiden`):
+ * its own size when they fit, first dropping the entries that have left the longest window
+ * the log was decided under if the ring would overflow (as `logRecord` does), else a larger
+ * size (doubled) to move it to (`packedLogMove`). The larger size is at most the decision's
+ * limit, as a log decided under one window needs no more (an entry older than its newest
+ * `limit` has left the window); a log that also keeps entries for a longer window (another
+ * plan's, whose limit it does not know) grows up to `PACKED_LOG_MAX_LIMIT`, the most any
+ * packed log's limit can be. A ring of that size that is full gives its oldest entry.
  */
 export function packedLogRoom(slab: Float64Array, at: number, now: number, window: LogWindow): number {
   const { windowMs, limit, cost } = window;
+  if (windowMs > slab[at + 3]!) slab[at + 3] = windowMs;
   const size = slab[at + 2]!;
-  if (size >= limit || slab[at + 1]! + cost <= size) return size;
+  if (slab[at + 1]! + cost <= size) return size;
+  const kept = slab[at + 3]!;
+  const cap = kept > windowMs ? PACKED_LOG_MAX_LIMIT : limit;
+  if (size >= cap) return size;
   const base = at + PACKED_LOG_HEADER;
   let head = slab[at]!;
   let count = slab[at + 1]!;
-  while (count > 0 && slab[base + head]! <= now - windowMs) {
+  while (count > 0 && slab[base + head]! <= now - kept) {
     head = wrap(head + 1, size);
     count--;
   }
   slab[at] = head;
   slab[at + 1] = count;
-  return count + cost <= size ? size : Math.min(limit, Math.max(size * 2, count + cost));
+  return count + cost <= size ? size : Math.min(cap, Math.max(size * 2, count + cost));
 }
 
 /**
@@ -293,6 +342,7 @@ export function packedLogMove(
   target[to] = 0;
   target[to + 1] = count;
   target[to + 2] = size;
+  target[to + 3] = source[from + 3]!;
 }
 
 /**
@@ -300,15 +350,18 @@ export function packedLogMove(
  * `packedLogRoom` returned the ring's own size).
  */
 export function packedLogRecord(slab: Float64Array, at: number, now: number, window: LogWindow): void {
-  const { limit, cost } = window;
+  const cost = window.cost;
   const size = slab[at + 2]!;
   const base = at + PACKED_LOG_HEADER;
   let head = slab[at]!;
   let count = slab[at + 1]!;
   for (let i = 0; i < cost; i++) {
-    if (count >= limit || count === size) {
-      // Full at the limit (or at the ring's size, which a log decided under a larger limit
-      // before may hold more entries than this one's): the oldest entry gives its slot.
+    if (count === size) {
+      // Full (`packedLogRoom` left it so: every entry is among the newest the log's limits
+      // need, or the ring is at the largest size and holds more): the oldest entry gives its
+      // slot. A ring with room appends, even past this decision's limit: a ring grown under
+      // a larger limit keeps what that limit needs, and the entries past the one this
+      // decision compares with never change its answer.
       slab[base + head] = now;
       head = wrap(head + 1, size);
     } else {
@@ -327,8 +380,9 @@ export function packedLogWait(slab: Float64Array, at: number, now: number, windo
 }
 
 /**
- * The log packed at `at` as a `SlidingLogState` (its entries, oldest first) for a window of
- * `limit` events (the larger of it and the entries held). The packed log is left as it was.
+ * The log packed at `at` as a `SlidingLogState` (its entries, oldest first, and its longest
+ * window) for a window of `limit` events (the larger of it and the entries held). The
+ * packed log is left as it was.
  */
 export function unpackedLog(slab: Float64Array, at: number, limit: number): SlidingLogState {
   const count = slab[at + 1]!;
@@ -337,7 +391,7 @@ export function unpackedLog(slab: Float64Array, at: number, limit: number): Slid
   const whole = Math.max(Math.floor(limit), count);
   const ring = new Float64Array(Math.max(count, Math.min(whole, LOG_INITIAL_SLOTS)));
   for (let i = 0; i < count; i++) ring[i] = slab[at + PACKED_LOG_HEADER + wrap(head + i, size)]!;
-  return { ring, head: 0, count, limit: whole };
+  return { ring, head: 0, count, limit: whole, windowMs: slab[at + 3]! };
 }
 
 /** `logCount` of the log packed at `at`. */

@@ -1,5 +1,5 @@
 import { bucketSlack, intervalMs } from '../algorithms/token-bucket.js';
-import { AlgorithmKind, type TierSpec } from '../interfaces/plan.interface.js';
+import { AlgorithmKind, type TierName, type TierSpec } from '../interfaces/plan.interface.js';
 
 /** The `algorithm` name each kind goes with. */
 const ALGORITHMS: Record<number, string> = {
@@ -8,6 +8,9 @@ const ALGORITHMS: Record<number, string> = {
   [AlgorithmKind.SlidingCounter]: 'sliding-counter',
   [AlgorithmKind.Concurrency]: 'concurrency',
 };
+
+/** The tier names a spec may have (`TierName`): decisions, metrics and frames know no other. */
+const TIER_NAMES: ReadonlySet<string> = new Set<TierName>(['global', 'type', 'expensive', 'connection', 'concurrency']);
 
 /** Specs found sound: each object is checked once. */
 const sound = new WeakSet<object>();
@@ -19,7 +22,7 @@ const sound = new WeakSet<object>();
  * token bucket's derived ones (`intervalMs`, `slack`, `span`, `nearBound`) included, as
  * computed from its limit, cost and rate. What the stores define beyond those builders is
  * allowed: a cost above the limit (never admitted) and a log limit that is not whole (its
- * whole part). A sliding log's cost and a concurrency tier's must be whole. Each spec
+ * whole part). The tier must be a `TierName`. A sliding log's cost and a concurrency tier's must be whole. Each spec
  * object is checked once; later calls cost one `WeakSet` lookup.
  */
 export function checkSpec(spec: TierSpec): void {
@@ -45,6 +48,7 @@ function positive(value: unknown): boolean {
 function problemOf(spec: TierSpec): string | undefined {
   if (spec === null || typeof spec !== 'object') return `not an object (${String(spec)})`;
   if (typeof spec.tier !== 'string' || (spec.tier as string) === '') return 'tier must be a non-empty string';
+  if (!TIER_NAMES.has(spec.tier)) return `tier must be one of ${[...TIER_NAMES].map((t) => `'${t}'`).join(', ')}`;
   if (typeof spec.suffix !== 'string' || spec.suffix === '') return 'suffix must be a non-empty string';
   const algorithm = ALGORITHMS[spec.kind as number];
   if (algorithm === undefined) return `unknown kind ${String(spec.kind)}`;

@@ -47,6 +47,7 @@ describe('checkSpec: a tier spec made by hand is refused when no store could dec
     ],
     ['an unknown kind', edited(counter, { kind: 7 }), /unknown kind 7/],
     ['an empty suffix', edited(bucket, { suffix: '' }), /suffix must be a non-empty string/],
+    ['a tier name that is not a TierName', edited(bucket, { tier: 'burst' }), /tier must be one of 'global', 'type'/],
   ] as const)('refuses %s, naming the tier', (_what, spec, message) => {
     expect(() => checkSpec(spec)).toThrow(RangeError);
     expect(() => checkSpec(spec)).toThrow(message);

@@ -94,7 +94,8 @@ class Reference {
   }
 
   remaining(state: RefState | undefined, spec: TierSpec, now: number): number {
-    if (state === undefined) return spec.limit;
+    // Whole units: a fractional limit leaves its whole part.
+    if (state === undefined) return Math.floor(spec.limit);
     switch (state.kind) {
       case 0: {
         const s = spec as Extract<TierSpec, { kind: 0 }>;
@@ -108,7 +109,7 @@ class Reference {
           Math.floor(spec.limit - counterCount(state.counter, now, (spec as { windowMs: number }).windowMs)),
         );
       case 3:
-        return Math.max(0, spec.limit - held(state.leases));
+        return Math.max(0, Math.floor(spec.limit - held(state.leases)));
     }
   }
 

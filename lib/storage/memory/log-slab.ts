@@ -22,10 +22,17 @@ export const LOG_PAGE_MASK = (1 << LOG_PAGE_SHIFT) - 1;
  * offset there `at & LOG_PAGE_MASK`; a log never straddles two pages. Space is handed out
  * from the end and reused per size: a freed log's doubles go to the free list of its size,
  * for the next log of that size. A log whose ring must grow moves (`grow`: a new `at`, its
- * old place freed); the slab itself grows by adding a page (32 KiB, from the allocator's
- * free lists once it has had one), and nothing in it is copied. The slab never holds more
- * than the logs alive at its busiest, plus the end of their last page; `clear` gives it
- * all back.
+ * old place freed); the slab itself grows by adding a page (32 KiB), and nothing in it is
+ * copied while it grows.
+ *
+ * Freed space serves only logs of its size, so churn through ring sizes (windows of
+ * different limits, one after the other) would leave it unused: once the slab holds more
+ * than twice the doubles its logs take plus a page (`wasteful`), its owner compacts it
+ * (`compact`: every log it still holds moves to fresh pages, packed from the start, and
+ * the owner learns its new `at`). A compaction copies what is held, at least half as much
+ * as was freed since the last one: amortized, a freed double costs one copied double. So
+ * the slab holds at most about twice what its logs take at its busiest, plus a page (about
+ * a page once they are all freed); `clear` gives it all back.
  */
 export class LogSlab {
   /** The pages; a new one is added when the last is full. */
@@ -90,6 +97,36 @@ export class LogSlab {
     const size = packedLogSize(this.pageOf(at), at & LOG_PAGE_MASK);
     this.used -= PACKED_LOG_HEADER + size;
     this.free[size]!.push(at);
+  }
+
+  /**
+   * Whether the slab holds more than twice the doubles its logs take, plus a page: its
+   * owner should `compact` it.
+   */
+  get wasteful(): boolean {
+    return this.pages.length << LOG_PAGE_SHIFT > 2 * this.used + LOG_PAGE_MASK + 1;
+  }
+
+  /**
+   * Moves every log still held to fresh pages, packed from the start, and forgets the
+   * freed space. `visit` is given `move`, which must be called once with the `at` of each
+   * log the owner holds and returns where that log is now; a log not moved is freed.
+   */
+  compact(visit: (move: (at: number) => number) => void): void {
+    const old = this.pages.splice(0);
+    this.top = 0;
+    this.used = 0;
+    for (const list of this.free) list.length = 0;
+    visit((at) => {
+      const page = old[at >>> LOG_PAGE_SHIFT]!;
+      const from = at & LOG_PAGE_MASK;
+      const doubles = PACKED_LOG_HEADER + packedLogSize(page, from);
+      const to = this.alloc(doubles - PACKED_LOG_HEADER);
+      const target = this.pageOf(to);
+      const offset = to & LOG_PAGE_MASK;
+      for (let i = 0; i < doubles; i++) target[offset + i] = page[from + i]!;
+      return to;
+    });
   }
 
   /** Gives back every log and every page. */

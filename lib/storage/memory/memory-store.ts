@@ -9,6 +9,7 @@ import {
   logFreshAt,
   logRecord,
   logWait,
+  logWiden,
   PACKED_LOG_MAX_LIMIT,
   packedLogAllows,
   packedLogCount,
@@ -17,6 +18,8 @@ import {
   packedLogRoom,
   packedLogSize,
   packedLogWait,
+  packedLogWiden,
+  packedLogWindow,
   type SlidingLogState,
 } from '../../algorithms/sliding-log.js';
 import {
@@ -40,10 +43,10 @@ import {
   type TierStatus,
 } from '../../interfaces/plan.interface.js';
 import { checkSpec } from '../../plans/check-spec.js';
-import { keyAt, PLAN_CACHE, specAt, specsOf, tierCount } from '../../plans/create-plan.js';
+import { PLAN_CACHE, specAt, specsOf, tierCount } from '../../plans/create-plan.js';
 import { RateLimitStore } from '../rate-limit-store.js';
 import { LOG_PAGE_MASK } from './log-slab.js';
-import { TrackerTable } from './tracker-table.js';
+import { HAS_STATE, isKeyOf, TrackerTable } from './tracker-table.js';
 
 /** Options of the embedded memory store. */
 export interface MemoryStoreOptions {
@@ -88,7 +91,11 @@ type BoundPlan = RateLimitPlan & { [PLAN_CACHE]?: unknown };
 export class MemoryRateLimitStore extends RateLimitStore {
   private readonly table: TrackerTable;
   private readonly clock: () => number;
-  /** The slots of the decision at hand (one decision at a time: every call is synchronous). */
+  /**
+   * The slots of the decision at hand (one decision at a time: every call is synchronous).
+   * Between the two passes of `consume`, a slot s below -1 is `foreign(s)`: a bucket tier's
+   * slot holding another algorithm's state, replaced if the plan is allowed.
+   */
   private slots = new Int32Array(8);
 
   constructor(options: MemoryStoreOptions = {}) {
@@ -132,15 +139,17 @@ export class MemoryRateLimitStore extends RateLimitStore {
     let stale = false;
     for (let i = 0; i < count; i++) {
       const spec = specs !== undefined ? specs[i]! : tiers![i]!.spec;
-      const key = specs !== undefined ? spec.suffix : tiers![i]!.key;
+      const name = specs !== undefined ? spec.suffix : this.nameOf(tracker, spec.suffix, tiers![i]!.key);
       let slot = remembered(cache, i, count);
-      if (slot >= 0 && table.holds(slot, tracker, spec.suffix, key)) {
-        table.touch(slot);
+      // The slot's flags (see `TrackerTable.touch`).
+      let flags = 0;
+      if (slot >= 0 && table.holds(slot, tracker, name)) {
+        flags = table.touch(slot);
       } else {
         stale = true;
         if (head === -2) head = table.head(tracker);
-        slot = head < 0 ? -1 : table.find(head, spec.suffix, key);
-        if (slot >= 0) table.touch(slot);
+        slot = head < 0 ? -1 : table.find(head, name);
+        if (slot >= 0) flags = table.touch(slot);
       }
       slots[i] = slot;
       if (slot < 0) {
@@ -150,23 +159,37 @@ export class MemoryRateLimitStore extends RateLimitStore {
         continue;
       }
       switch (spec.kind) {
-        case AlgorithmKind.TokenBucket:
-          if (table.freshAt[slot]! - now > spec.slack) {
+        case AlgorithmKind.TokenBucket: {
+          let fullAt = table.freshAt[slot]!;
+          if ((flags & HAS_STATE) !== 0) {
+            // Another algorithm's state (the tier changed algorithm) reads as a fresh bucket,
+            // and is replaced if the plan is allowed (`foreign`: see below).
+            fullAt = -Infinity;
+            slots[i] = foreign(slot);
+          }
+          // A negative slack (a cost above the capacity, in a spec made by hand) is never paid.
+          if (fullAt - now > spec.slack || spec.slack < 0) {
+            slots[i] = slot;
             // The last tier refusing has nothing after it to compare waits with.
-            return i === count - 1 ? refuseBucket(spec, i, table.freshAt[slot]!, now) : this.reject(plan, now, i);
+            return i === count - 1 ? refuseBucket(spec, i, fullAt, now) : this.reject(plan, now, i);
           }
           break;
+        }
         case AlgorithmKind.SlidingLog: {
           const log = this.logState(slot, spec);
-          if (
-            typeof log === 'number'
-              ? !packedLogAllows(table.logs.pageOf(log), log & LOG_PAGE_MASK, now, spec)
-              : log === undefined
-                ? spec.cost > spec.limit
-                : !logAllows(log, now, spec.windowMs, spec.cost, Math.floor(spec.limit))
-          ) {
-            return this.reject(plan, now, i);
+          let allowed: boolean;
+          if (typeof log === 'number') {
+            const page = table.logs.pageOf(log);
+            const at = log & LOG_PAGE_MASK;
+            if (spec.windowMs > packedLogWindow(page, at)) this.widen(slot, spec.windowMs);
+            allowed = packedLogAllows(page, at, now, spec);
+          } else if (log === undefined) {
+            allowed = spec.cost <= spec.limit;
+          } else {
+            if (spec.windowMs > log.windowMs) this.widen(slot, spec.windowMs);
+            allowed = logAllows(log, now, spec.windowMs, spec.cost, Math.floor(spec.limit));
           }
+          if (!allowed) return this.reject(plan, now, i);
           break;
         }
         case AlgorithmKind.SlidingCounter: {
@@ -194,8 +217,20 @@ export class MemoryRateLimitStore extends RateLimitStore {
     for (let i = 0; i < count; i++) {
       const spec = specs !== undefined ? specs[i]! : tiers![i]!.spec;
       let slot = slots[i]!;
-      if (slot < 0) {
-        slots[i] = slot = table.insert(tracker, spec.suffix, specs !== undefined ? spec.suffix : tiers![i]!.key, head);
+      if (slot < -1) {
+        // A bucket's slot that holds another algorithm's state: the bucket starts afresh.
+        slots[i] = slot = foreign(slot);
+        table.replaceState(slot, undefined);
+        table.freshAt[slot] = -Infinity;
+      } else if (slot < 0) {
+        if (specs !== undefined) {
+          slot = table.insert(tracker, spec.suffix, false, head);
+        } else {
+          const key = tiers![i]!.key;
+          const own = !isKeyOf(key, tracker, spec.suffix);
+          slot = table.insert(tracker, own ? key : spec.suffix, own, head);
+        }
+        slots[i] = slot;
         if (head < 0) head = slot;
       }
       // Read the column after inserting: an insertion may have grown (replaced) it.
@@ -225,11 +260,12 @@ export class MemoryRateLimitStore extends RateLimitStore {
               page = table.logs.pageOf(at);
             }
             packedLogRecord(page, at & LOG_PAGE_MASK, now, spec);
-            freshAt[slot] = packedLogFreshAt(page, at & LOG_PAGE_MASK, spec.windowMs);
+            // Fresh once the longest window that decided the log has passed its entries.
+            freshAt[slot] = packedLogFreshAt(page, at & LOG_PAGE_MASK, packedLogWindow(page, at & LOG_PAGE_MASK));
             break;
           }
           logRecord(state, now, spec.cost, spec.windowMs, Math.floor(spec.limit));
-          freshAt[slot] = logFreshAt(state, spec.windowMs);
+          freshAt[slot] = logFreshAt(state, state.windowMs);
           break;
         }
         case AlgorithmKind.SlidingCounter: {
@@ -254,12 +290,54 @@ export class MemoryRateLimitStore extends RateLimitStore {
   }
 
   /**
+   * What names tier `suffix` of a plan made by hand in the table: the suffix when its key is
+   * `key(tracker, suffix)` (the state a `createPlan` plan of that tier decides), else its
+   * key's `OwnKey` (`undefined`: no state is held under that key).
+   */
+  private nameOf(tracker: string, suffix: string, key: string): unknown {
+    return isKeyOf(key, tracker, suffix) ? suffix : this.table.ownKey(key);
+  }
+
+  /** `nameOf` of tier `i` of any plan (a `createPlan` plan's tier is named by its suffix). */
+  private nameAt(plan: RateLimitPlan, i: number): unknown {
+    const specs = specsOf(plan);
+    if (specs !== undefined) return specs[i]!.suffix;
+    const tier = plan.tiers[i]!;
+    return this.nameOf(plan.tracker, tier.spec.suffix, tier.key);
+  }
+
+  /** A token bucket's `fullAt` at a slot: another algorithm's state reads as a fresh bucket. */
+  private fullAt(slot: number): number {
+    return this.table.hasState(slot) ? -Infinity : this.table.freshAt[slot]!;
+  }
+
+  /**
+   * Notes that the sliding log at `slot` is decided under a window longer than any before
+   * (another plan's: named plans share the expensive tier): it keeps its entries until they
+   * have left that window, and is not fresh before.
+   */
+  private widen(slot: number, windowMs: number): void {
+    const table = this.table;
+    const log = table.stateOf(slot);
+    let fresh: number;
+    if (typeof log === 'number') {
+      const page = table.logs.pageOf(log);
+      packedLogWiden(page, log & LOG_PAGE_MASK, windowMs);
+      fresh = packedLogFreshAt(page, log & LOG_PAGE_MASK, windowMs);
+    } else {
+      logWiden(log as SlidingLogState, windowMs);
+      fresh = logFreshAt(log as SlidingLogState, windowMs);
+    }
+    if (fresh > table.freshAt[slot]!) table.freshAt[slot] = fresh;
+  }
+
+  /**
    * A slot's state as the sliding log of `spec`: where it is packed (a number), its object,
    * or undefined (none yet, or another algorithm's state: the tier is decided as fresh, and
    * its state replaced when it records). One tier may be decided under the figures of
    * several plans (named plans share the expensive tier): a packed log whose spec takes
-   * more than a packed log holds moves into an object, and an object log is decided with
-   * the spec's limit, not the one it was made with.
+   * more than a packed log holds moves into an object, and a log is decided with the spec's
+   * limit and window, keeping what the largest limit and longest window need.
    */
   private logState(slot: number, spec: TierSpec): number | SlidingLogState | undefined {
     const state = this.table.stateOf(slot);
@@ -297,12 +375,11 @@ export class MemoryRateLimitStore extends RateLimitStore {
   /** The slot of a plan's tier in this store, or -1 (not held). Looks the tracker up. */
   private locate(plan: RateLimitPlan, i: number): number {
     const table = this.table;
-    const spec = specAt(plan, i);
-    const key = keyAt(plan, i);
+    const name = this.nameAt(plan, i);
     const slot = remembered((plan as BoundPlan)[PLAN_CACHE], i, tierCount(plan));
-    if (slot >= 0 && table.holds(slot, plan.tracker, spec.suffix, key)) return slot;
+    if (slot >= 0 && table.holds(slot, plan.tracker, name)) return slot;
     const head = table.head(plan.tracker);
-    return head < 0 ? -1 : table.find(head, spec.suffix, key);
+    return head < 0 ? -1 : table.find(head, name);
   }
 
   /**
@@ -341,7 +418,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
     if (slot < 0) return spec.cost > spec.limit ? Infinity : 0;
     switch (spec.kind) {
       case AlgorithmKind.TokenBucket:
-        return bucketWait(this.table.freshAt[slot]!, now, spec.slack);
+        return bucketWait(this.fullAt(slot), now, spec.slack);
       case AlgorithmKind.SlidingLog: {
         const log = this.logState(slot, spec);
         if (log === undefined) return spec.cost > spec.limit ? Infinity : 0;
@@ -361,10 +438,11 @@ export class MemoryRateLimitStore extends RateLimitStore {
   }
 
   private remaining(slot: number, spec: TierSpec, now: number): number {
-    if (slot < 0) return spec.limit;
+    // Whole units: a limit that is not whole (a bucket's capacity, a spec made by hand) leaves its whole part.
+    if (slot < 0) return Math.floor(spec.limit);
     switch (spec.kind) {
       case AlgorithmKind.TokenBucket:
-        return Math.floor(bucketTokens(this.table.freshAt[slot]!, now, spec.limit, spec.intervalMs));
+        return Math.floor(bucketTokens(this.fullAt(slot), now, spec.limit, spec.intervalMs));
       case AlgorithmKind.SlidingLog: {
         const log = this.logState(slot, spec);
         const held =
@@ -384,7 +462,34 @@ export class MemoryRateLimitStore extends RateLimitStore {
         );
       }
       case AlgorithmKind.Concurrency:
-        return Math.max(0, spec.limit - concurrencyHeld(this.table.stateOf(slot)));
+        return Math.max(0, Math.floor(spec.limit - concurrencyHeld(this.table.stateOf(slot))));
+    }
+  }
+
+  /**
+   * When the state at `slot` is back to what a fresh one is under `spec` (`Infinity`: a
+   * lease pins it): another algorithm's state is fresh already, and a window's is read with
+   * the spec's own length (a log kept for a longer window is full again sooner for a shorter one).
+   */
+  private resetAt(slot: number, spec: TierSpec): number {
+    if (slot < 0) return -Infinity;
+    const table = this.table;
+    switch (spec.kind) {
+      case AlgorithmKind.TokenBucket:
+        return this.fullAt(slot);
+      case AlgorithmKind.SlidingLog: {
+        const log = this.logState(slot, spec);
+        if (log === undefined) return -Infinity;
+        return typeof log === 'number'
+          ? packedLogFreshAt(table.logs.pageOf(log), log & LOG_PAGE_MASK, spec.windowMs)
+          : logFreshAt(log, spec.windowMs);
+      }
+      case AlgorithmKind.SlidingCounter: {
+        const counter = counterState(table.stateOf(slot));
+        return counter === undefined ? -Infinity : counterFreshAt(counter, spec.windowMs);
+      }
+      case AlgorithmKind.Concurrency:
+        return table.stateOf(slot) instanceof Map ? table.freshAt[slot]! : -Infinity;
     }
   }
 
@@ -395,7 +500,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
       // A plan made by hand: its specs are checked (createPlan checked its own).
       if (specsOf(plan) === undefined) checkSpec(spec);
       const slot = this.locate(plan, i);
-      const fresh = slot < 0 ? -Infinity : this.table.freshAt[slot]!;
+      const fresh = this.resetAt(slot, spec);
       return {
         tier: spec.tier,
         limit: spec.limit,
@@ -418,19 +523,21 @@ export class MemoryRateLimitStore extends RateLimitStore {
       const held = (leases.get(lease) ?? 0) - spec.cost;
       if (held > 0) leases.set(lease, held);
       else leases.delete(lease);
-      if (leases.size === 0) this.table.delete(plan.tracker, spec.suffix, keyAt(plan, i));
+      if (leases.size === 0) this.table.delete(plan.tracker, this.nameAt(plan, i));
     }
   }
 
   /**
-   * Forgets the given keys (as `key(tracker, suffix)` makes them): each is one tier state of
-   * the tracker it names; a tracker left without states is forgotten. Other strings name
-   * no tracker and are ignored.
+   * Forgets the given keys: a key as `key(tracker, suffix)` makes it is one tier state of
+   * the tracker it names; any other key (of a plan made by hand) is found in the table's
+   * index of such keys, whichever trackers hold it. A tracker left without states is
+   * forgotten; a key no state is held under is ignored.
    */
   delete(keys: readonly string[]): void {
     for (const key of keys) {
       const parsed = parseKey(key);
-      if (parsed !== undefined) this.table.delete(parsed[0], parsed[1], key);
+      if (parsed !== undefined) this.table.delete(parsed[0], parsed[1]);
+      this.table.deleteOwnKey(key);
     }
   }
 
@@ -451,6 +558,11 @@ export class MemoryRateLimitStore extends RateLimitStore {
   override key(tracker: string, suffix: string): string {
     return [tracker.length, ':', tracker, '|', suffix].join('');
   }
+}
+
+/** `-2 - slot`: its own inverse, and below -1 (-1 stands for a state not held). */
+function foreign(slot: number): number {
+  return -2 - slot;
 }
 
 /** The slot a plan's cache remembers for tier `i` of `count`, or -1 (the caller checks it). */

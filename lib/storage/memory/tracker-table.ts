@@ -1,6 +1,11 @@
 // Over 400 lines: one class, the tracker table, whose slot pages, chains, log slab and
 // eviction (sweep and CLOCK) read the same columns; split, they would be read apart.
-import { packedLogInitialSize, unpackedLog, type SlidingLogState } from '../../algorithms/sliding-log.js';
+import {
+  packedLogInitialSize,
+  packedLogMove,
+  unpackedLog,
+  type SlidingLogState,
+} from '../../algorithms/sliding-log.js';
 import { LOG_PAGE_MASK, LogSlab } from './log-slab.js';
 
 /**
@@ -13,7 +18,8 @@ import { LOG_PAGE_MASK, LogSlab } from './log-slab.js';
  * log of at most `PACKED_LOG_MAX_LIMIT` entries, or else the state object of window and
  * concurrency tiers), then in typed columns `freshAt` (a token bucket's whole state; for
  * the other algorithms the time from which the state equals a fresh one), the next slot
- * of the same tracker, and a flags byte (head of its chain, recently used).
+ * of the same tracker, and a flags byte (head of its chain, recently used, holds a state
+ * reference).
  *
  * Bounds: the table holds at most `maxKeys` tier states (slots), and makes room by dropping
  * whole trackers: idle trackers first (every state fresh again; `minFreshAt`, a lower bound
@@ -35,7 +41,8 @@ export class TrackerTable {
    * - `TRACKER`: the tracker owning the slot (`undefined`: free).
    * - `ID`: what names its tier within the tracker: the tier's suffix (a string every
    *   tracker shares) when the plan's key is `key(tracker, suffix)`, as `createPlan` makes
-   *   it; the key itself for a plan made by hand with another key.
+   *   it; for a plan made by hand with another key, that key's `OwnKey` (an object, so no
+   *   suffix can name it: two keys are two states).
    * - `STATE`: the state of window and concurrency tiers: an object, or, for a sliding log
    *   packed in `logs`, where it is there (a number: the slot costs no object).
    */
@@ -48,6 +55,8 @@ export class TrackerTable {
   private next: Int32Array;
   /** Per slot: HEAD | USED bits. */
   private flags: Uint8Array;
+  /** The keys of plans made by hand that are not `key(tracker, suffix)`, held by some slot. */
+  private readonly owned = new Map<string, OwnKey>();
   private readonly free: number[] = [];
   private used = 0;
   private held = 0;
@@ -86,13 +95,23 @@ export class TrackerTable {
     return this.used;
   }
 
-  /** Whether `slot` holds the state of a tier of `tracker` (a remembered slot may not). */
-  holds(slot: number, tracker: string, suffix: string, key: string): boolean {
+  /**
+   * Whether `slot` holds the state of a tier of `tracker` (a remembered slot may not);
+   * `name` is what names the tier in the table (see `refs`, `ownKey`).
+   */
+  holds(slot: number, tracker: string, name: unknown): boolean {
     const page = this.refs[slot >>> REF_PAGE_SHIFT];
     if (page === undefined) return false;
     const at = (slot & REF_PAGE_MASK) * REFS_PER_SLOT;
-    const id = page[at + ID];
-    return (id === suffix || id === key) && page[at + TRACKER] === tracker;
+    return page[at + ID] === name && page[at + TRACKER] === tracker;
+  }
+
+  /**
+   * What names the tier of a plan made by hand whose key is not `key(tracker, suffix)`:
+   * its key's `OwnKey`, or `undefined` when no tracker holds a state under that key.
+   */
+  ownKey(key: string): OwnKey | undefined {
+    return this.owned.get(key);
   }
 
   /** The state object of a slot, or where its packed log is (a number), or `undefined`. */
@@ -103,7 +122,18 @@ export class TrackerTable {
   /** Sets the state of a slot (see `stateOf`); returns it. */
   setState<T>(slot: number, state: T): T {
     this.refs[slot >>> REF_PAGE_SHIFT]![(slot & REF_PAGE_MASK) * REFS_PER_SLOT + STATE] = state;
+    if (state === undefined) this.flags[slot]! &= ~HAS_STATE;
+    else this.flags[slot]! |= HAS_STATE;
     return state;
+  }
+
+  /**
+   * Whether a slot holds a state object or packed log (`stateOf` is not `undefined`): a
+   * token bucket's state is its `freshAt` alone, so a bucket finding one finds another
+   * algorithm's state. Read from the flags (see `touch`), not the references.
+   */
+  hasState(slot: number): boolean {
+    return (this.flags[slot]! & HAS_STATE) !== 0;
   }
 
   /** The tracker owning a slot (below `slotCount`), or `undefined` (free). */
@@ -116,9 +146,12 @@ export class TrackerTable {
     return this.refs[slot >>> REF_PAGE_SHIFT]![(slot & REF_PAGE_MASK) * REFS_PER_SLOT + ID];
   }
 
-  /** Marks a slot (and so its tracker) as recently used. */
-  touch(slot: number): void {
-    this.flags[slot]! |= USED;
+  /**
+   * Marks a slot (and so its tracker) as recently used; returns its flags (`HAS_STATE`, see
+   * `hasState`, read at no further cost).
+   */
+  touch(slot: number): number {
+    return (this.flags[slot]! |= USED);
   }
 
   /** The head slot of a tracker, or -1. */
@@ -127,11 +160,11 @@ export class TrackerTable {
     return head === undefined ? -1 : head;
   }
 
-  /** The slot of a tier in the chain starting at `head` (-1 for none), or -1. */
-  find(head: number, suffix: string, key: string): number {
+  /** The slot of the tier `name` names in the chain starting at `head` (-1 for none), or -1. */
+  find(head: number, name: unknown): number {
+    if (name === undefined) return -1;
     for (let slot = head; slot >= 0; slot = this.next[slot]!) {
-      const id = this.idOf(slot);
-      if (id === suffix || id === key) return slot;
+      if (this.idOf(slot) === name) return slot;
     }
     return -1;
   }
@@ -154,9 +187,10 @@ export class TrackerTable {
 
   /**
    * Adds the state of a tier to `tracker` (absent, room reserved) and returns its slot;
-   * `head` is the tracker's head slot, -1 for a new tracker. The state starts fresh.
+   * `head` is the tracker's head slot, -1 for a new tracker. The tier is named by `name`:
+   * its suffix, or with `own`, its plan's key (see `refs`). The state starts fresh.
    */
-  insert(tracker: string, suffix: string, key: string, head: number): number {
+  insert(tracker: string, name: string, own: boolean, head: number): number {
     let slot = this.free.pop();
     if (slot === undefined) {
       if (this.used === this.freshAt.length) this.grow();
@@ -166,11 +200,16 @@ export class TrackerTable {
     const page = this.refs[slot >>> REF_PAGE_SHIFT]!;
     const at = (slot & REF_PAGE_MASK) * REFS_PER_SLOT;
     page[at + TRACKER] = tracker;
-    if (isKeyOf(key, tracker, suffix)) {
-      page[at + ID] = suffix;
+    if (own) {
+      let id = this.owned.get(name);
+      if (id === undefined) {
+        name.charCodeAt(0); // see below
+        this.owned.set(name, (id = new OwnKey(name)));
+      }
+      id.trackers.add(tracker);
+      page[at + ID] = id;
     } else {
-      key.charCodeAt(0); // see below
-      page[at + ID] = key;
+      page[at + ID] = name;
     }
     page[at + STATE] = undefined;
     this.freshAt[slot] = -Infinity;
@@ -205,8 +244,9 @@ export class TrackerTable {
    */
   replaceState<T>(slot: number, state: T): T {
     const old = this.stateOf(slot);
-    if (typeof old === 'number') this.logs.release(old);
-    return this.setState(slot, state);
+    this.setState(slot, state);
+    if (typeof old === 'number') this.releaseLog(old);
+    return state;
   }
 
   /**
@@ -220,16 +260,25 @@ export class TrackerTable {
 
   /** Moves the packed log of `slot` to a ring of `size` entries; returns where it is now. */
   growLog(slot: number, size: number): number {
-    return this.setState(slot, this.logs.grow(this.stateOf(slot) as number, size));
+    const logs = this.logs;
+    const from = this.stateOf(slot) as number;
+    const to = logs.alloc(size);
+    packedLogMove(logs.pageOf(from), from & LOG_PAGE_MASK, logs.pageOf(to), to & LOG_PAGE_MASK, size);
+    this.setState(slot, to);
+    this.releaseLog(from);
+    // The release may have compacted the slab: the log may have moved again.
+    return this.stateOf(slot) as number;
   }
 
-  /** Removes the state of a tier from `tracker`, if held; a tracker left with none is forgotten. */
-  delete(tracker: string, suffix: string, key: string): void {
+  /**
+   * Removes the state of the tier `name` names (see `holds`) from `tracker`, if held; a
+   * tracker left with none is forgotten.
+   */
+  delete(tracker: string, name: unknown): void {
     const head = this.head(tracker);
     let previous = -1;
     for (let slot = head; slot >= 0; previous = slot, slot = this.next[slot]!) {
-      const id = this.idOf(slot);
-      if (id !== suffix && id !== key) continue;
+      if (this.idOf(slot) !== name) continue;
       const after = this.next[slot]!;
       if (previous >= 0) this.next[previous] = after;
       else if (after >= 0) {
@@ -242,6 +291,13 @@ export class TrackerTable {
       if (rest >= 0) this.noteFresh(this.freshOf(rest));
       return;
     }
+  }
+
+  /** Forgets every state held under a key of a plan made by hand (see `ownKey`), whichever tracker holds it. */
+  deleteOwnKey(key: string): void {
+    const id = this.owned.get(key);
+    if (id === undefined) return;
+    for (const tracker of [...id.trackers]) this.delete(tracker, id);
   }
 
   /** Removes a tracker and every state it holds. */
@@ -262,6 +318,7 @@ export class TrackerTable {
   /** Removes every tracker. */
   clear(): void {
     this.index.clear();
+    this.owned.clear();
     this.refs = [];
     this.logs.clear();
     this.free.length = 0;
@@ -275,11 +332,33 @@ export class TrackerTable {
     const page = this.refs[slot >>> REF_PAGE_SHIFT]!;
     const at = (slot & REF_PAGE_MASK) * REFS_PER_SLOT;
     const state = page[at + STATE];
-    if (typeof state === 'number') this.logs.release(state);
+    const id = page[at + ID];
+    if (id instanceof OwnKey) {
+      id.trackers.delete(page[at + TRACKER] as string);
+      if (id.trackers.size === 0) this.owned.delete(id.key);
+    }
     page[at + TRACKER] = page[at + ID] = page[at + STATE] = undefined;
     this.flags[slot] = 0;
     this.free.push(slot);
     this.held--;
+    if (typeof state === 'number') this.releaseLog(state);
+  }
+
+  /**
+   * Gives back a packed log no slot refers to any more, then compacts the slab if it holds
+   * far more than its logs take (see `LogSlab`): every slot's packed log moves.
+   */
+  private releaseLog(at: number): void {
+    const logs = this.logs;
+    logs.release(at);
+    if (!logs.wasteful) return;
+    logs.compact((move) => {
+      for (let slot = 0; slot < this.used; slot++) {
+        const page = this.refs[slot >>> REF_PAGE_SHIFT]!;
+        const state = (slot & REF_PAGE_MASK) * REFS_PER_SLOT + STATE;
+        if (typeof page[state] === 'number') page[state] = move(page[state]);
+      }
+    });
   }
 
   /** Drops a whole chain; returns how many of its states still mattered at `now`. */
@@ -390,10 +469,22 @@ function refPage(): unknown[] {
   return new Array<unknown>(REFS_PER_SLOT << REF_PAGE_SHIFT).fill(undefined);
 }
 
+/**
+ * What names a tier whose plan (made by hand) keys it with a key other than
+ * `key(tracker, suffix)`: one per such key, shared by the trackers holding a state under it
+ * (`trackers`, so that `delete(keys)` finds them from the key alone).
+ */
+export class OwnKey {
+  readonly trackers = new Set<string>();
+  constructor(readonly key: string) {}
+}
+
 /** Flag: the slot heads its tracker's chain. */
 const HEAD = 1;
 /** Flag: the slot was used since the CLOCK hand last passed its tracker. */
 const USED = 2;
+/** Flag: the slot's `STATE` reference is not `undefined` (see `TrackerTable.hasState`). */
+export const HAS_STATE = 4;
 
 /** Whether `key` is `RateLimitStore.key(tracker, suffix)`: `<tracker length>:<tracker>|<suffix>`. */
 export function isKeyOf(key: string, tracker: string, suffix: string): boolean {

@@ -88,19 +88,19 @@ local function remaining(i)
   local k = kind[i]
   if k == 0 then
     local fullAt = S[i]
-    if fullAt <= now then return limit[i] end
+    if fullAt <= now then return math.floor(limit[i]) end
     local tokens = limit[i] - (fullAt - now) / pc[i]
     if tokens > 0 then return math.floor(tokens) end
     return 0
   elseif k == 1 then
     local live = logLive(logs[i], KEYS[H + i], now, pa[i])
-    return math.max(0, limit[i] - live)
+    return math.max(0, math.floor(limit[i]) - live)
   elseif k == 2 then
     local st = S[i]
     local start, p, c = rolled(st[1], st[2], st[3], now, pa[i])
     return math.max(0, math.floor(limit[i] - weighted(start, p, c, now, pa[i])))
   end
-  return math.max(0, limit[i] - S[i][1])
+  return math.max(0, math.floor(limit[i] - S[i][1]))
 end
 `;
 

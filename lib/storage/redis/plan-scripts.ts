@@ -514,10 +514,12 @@ function waitOf({ spec, s }: TierCode): string {
 function remainingOf(tier: TierCode): string {
   const { spec, s, key } = tier;
   const limit = num(spec.limit);
+  // Whole units: a limit that is not whole leaves its whole part.
+  const whole = num(Math.floor(spec.limit));
   switch (spec.kind) {
     case AlgorithmKind.TokenBucket:
       return [
-        `if ${s} <= now then rem = ${limit} else`,
+        `if ${s} <= now then rem = ${whole} else`,
         `  local tokens = ${limit} - (${s} - now) / ${num(spec.intervalMs)}`,
         '  if tokens > 0 then rem = math.floor(tokens) else rem = 0 end',
         'end',
@@ -526,7 +528,7 @@ function remainingOf(tier: TierCode): string {
       return [
         decodeLog(tier),
         `local live = logLive(log${s}, KEYS[${key}], now, ${num(spec.windowMs)})`,
-        `rem = math.max(0, ${limit} - live)`,
+        `rem = math.max(0, ${whole} - live)`,
       ].join('\n');
     default: {
       const w = num(spec.windowMs);
