@@ -487,14 +487,16 @@ export class RateLimitedClient {
    * now on) and the connection is over as if it had closed without opening.
    */
   private abandonHandshake(socket: WebSocketLike, timeoutMs: number): void {
-    this.handleClose({ code: ABNORMAL_CLOSURE });
+    // The cause first, as a failed handshake's `error` comes before its close (which may give up).
+    this.emitter.emit('error', new Error(`RateLimitedClient: the handshake did not complete within ${timeoutMs} ms`));
+    // A listener may have closed the client (which ended the socket).
+    if (this.socket === socket) this.handleClose({ code: ABNORMAL_CLOSURE });
     try {
       if (typeof socket.terminate === 'function') socket.terminate();
       else socket.close();
     } catch {
       // A socket that cannot be closed while connecting ends by itself; nothing holds it.
     }
-    this.emitter.emit('error', new Error(`RateLimitedClient: the handshake did not complete within ${timeoutMs} ms`));
   }
 
   private handleOpen(): void {

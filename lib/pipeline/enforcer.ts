@@ -176,15 +176,15 @@ export class Enforcer {
   }
 
   /**
-   * Whether `more` violations on top of the connection's counted ones would close it (not
-   * when the threshold degrades it instead).
+   * Whether `more` violations on top of the connection's counted ones would close it. With a
+   * cooldown, the threshold degrades a connection that is not degraded (its violations start
+   * over) and closes one that is: one not degraded yet closes at twice the threshold.
    */
   closesWith(state: ConnectionState, more: number): boolean {
     if (!this.enforced) return false;
-    // With a cooldown, the threshold degrades a connection that is not degraded, and closes one that is.
-    if (this.options.degradeCooldownMs > 0 && state.degradedUntil <= performance.now()) return false;
     const { max, windowMs } = this.options.violations;
-    return currentViolations(state, windowMs) + more >= max;
+    const degrades = this.options.degradeCooldownMs > 0 && state.degradedUntil <= performance.now();
+    return currentViolations(state, windowMs) + more >= (degrades ? 2 * max : max);
   }
 
   /**
