@@ -259,6 +259,11 @@ export function packedLogSize(slab: Float64Array, at: number): number {
   return slab[at + 2]!;
 }
 
+/** Whether `cost` more events fit in the ring of the log packed at `at` as it is. */
+export function packedLogFits(slab: Float64Array, at: number, cost: number): boolean {
+  return slab[at + 1]! + cost <= slab[at + 2]!;
+}
+
 /** The longest window the log packed at `at` was decided under (see `packedLogWiden`). */
 export function packedLogWindow(slab: Float64Array, at: number): number {
   return slab[at + 3]!;
@@ -296,19 +301,23 @@ export function packedLogAllows(slab: Float64Array, at: number, now: number, win
  * recorded (after `packedLogAllows`; it notes the decision's window, see `packedLogWiden`):
  * its own size when they fit, first dropping the entries that have left the longest window
  * the log was decided under if the ring would overflow (as `logRecord` does), else a larger
- * size (doubled) to move it to (`packedLogMove`). The larger size is at most the decision's
- * limit, as a log decided under one window needs no more (an entry older than its newest
- * `limit` has left the window); a log that also keeps entries for a longer window (another
- * plan's, whose limit it does not know) grows up to `PACKED_LOG_MAX_LIMIT`, the most any
- * packed log's limit can be. A ring of that size that is full gives its oldest entry.
+ * size (doubled) to move it to (`packedLogMove`), up to `PACKED_LOG_MAX_LIMIT` (or a larger
+ * limit, which the stores never pack): the most any packed log's limit can be, so that
+ * entries a plan of a larger limit (or a longer
+ * window) counts are kept whichever plan records. A ring of that size that is full gives its
+ * oldest entry.
  */
 export function packedLogRoom(slab: Float64Array, at: number, now: number, window: LogWindow): number {
-  const { windowMs, limit, cost } = window;
+  const { windowMs, cost } = window;
   if (windowMs > slab[at + 3]!) slab[at + 3] = windowMs;
   const size = slab[at + 2]!;
   if (slab[at + 1]! + cost <= size) return size;
   const kept = slab[at + 3]!;
-  const cap = kept > windowMs ? PACKED_LOG_MAX_LIMIT : limit;
+  // Up to the most any packed log's limit can be, not this decision's: the log may be decided
+  // under a larger limit too (another plan's), whose entries must not be overwritten. A log
+  // decided under one limit L never holds more than L live entries, so its ring still stops
+  // below 2L.
+  const cap = Math.max(window.limit, PACKED_LOG_MAX_LIMIT);
   if (size >= cap) return size;
   const base = at + PACKED_LOG_HEADER;
   let head = slab[at]!;

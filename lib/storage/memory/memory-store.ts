@@ -14,6 +14,7 @@ import {
   packedLogAllows,
   packedLogCount,
   packedLogFreshAt,
+  packedLogFits,
   packedLogRecord,
   packedLogRoom,
   packedLogSize,
@@ -83,8 +84,10 @@ export const DEFAULT_MAX_KEYS = 100_000;
 type BoundPlan = RateLimitPlan & { [PLAN_CACHE]?: unknown };
 
 /**
- * The embedded store: every decision is synchronous, O(1) per tier, and allocates nothing
- * when it allows. State is kept per tracker: one record (one `Map` entry and a chain of
+ * The embedded store: every decision is synchronous, O(1) per tier, and allocates no object
+ * when it allows (with fractional times, V8 boxes a number or two in a plan mixing buckets
+ * and a sliding log: about 32 bytes a decision, left to the young generation; whole figures
+ * and single-algorithm plans allocate nothing). State is kept per tracker: one record (one `Map` entry and a chain of
  * tier states, see `TrackerTable`) holds every tier of every plan of a tracker. Memory is
  * bounded by `maxKeys` tier states; room is made by dropping whole trackers. No timer.
  */
@@ -187,7 +190,11 @@ export class MemoryRateLimitStore extends RateLimitStore {
             allowed = spec.cost <= spec.limit;
           } else {
             if (spec.windowMs > log.windowMs) this.widen(slot, spec.windowMs);
-            allowed = logAllows(log, now, spec.windowMs, spec.cost, Math.floor(spec.limit));
+            // The largest limit too, whether or not this decision records: entries it counts
+            // are not overwritten by a plan of a smaller limit (the ring may grow to it).
+            const whole = Math.floor(spec.limit);
+            if (whole > log.limit) log.limit = whole;
+            allowed = logAllows(log, now, spec.windowMs, spec.cost, whole);
           }
           if (!allowed) return this.reject(plan, now, i);
           break;
@@ -254,10 +261,18 @@ export class MemoryRateLimitStore extends RateLimitStore {
           if (typeof state === 'number') {
             let at = state;
             let page = table.logs.pageOf(at);
-            const size = packedLogRoom(page, at & LOG_PAGE_MASK, now, spec);
-            if (size !== packedLogSize(page, at & LOG_PAGE_MASK)) {
-              at = table.growLog(slot, size);
-              page = table.logs.pageOf(at);
+            // The window first: a new log has none yet (the first pass widened a held one).
+            if (spec.windowMs > packedLogWindow(page, at & LOG_PAGE_MASK)) {
+              packedLogWiden(page, at & LOG_PAGE_MASK, spec.windowMs);
+            }
+            // Room is made only when the events do not fit (a call V8 does not inline here:
+            // made on every decision, it boxed the clock reading, about 40 bytes a decision).
+            if (!packedLogFits(page, at & LOG_PAGE_MASK, spec.cost)) {
+              const size = packedLogRoom(page, at & LOG_PAGE_MASK, now, spec);
+              if (size !== packedLogSize(page, at & LOG_PAGE_MASK)) {
+                at = table.growLog(slot, size);
+                page = table.logs.pageOf(at);
+              }
             }
             packedLogRecord(page, at & LOG_PAGE_MASK, now, spec);
             // Fresh once the longest window that decided the log has passed its entries.
@@ -591,9 +606,12 @@ function setCache(plan: BoundPlan, value: unknown): void {
 function parseKey(key: string): [string, string] | undefined {
   const colon = key.indexOf(':');
   if (colon <= 0) return undefined;
-  const length = Number(key.slice(0, colon));
+  const digits = key.slice(0, colon);
+  // Only the length as `key` writes it (no sign, no leading zero, no space, no hex).
+  if (!/^(?:0|[1-9][0-9]*)$/.test(digits)) return undefined;
+  const length = Number(digits);
   const bar = colon + 1 + length;
-  if (!Number.isInteger(length) || length < 0 || key.charCodeAt(bar) !== 124 /* | */) return undefined;
+  if (key.charCodeAt(bar) !== 124 /* | */) return undefined;
   return [key.slice(colon + 1, bar), key.slice(bar + 1)];
 }
 

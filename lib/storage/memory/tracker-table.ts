@@ -492,11 +492,9 @@ export function isKeyOf(key: string, tracker: string, suffix: string): boolean {
   if (colon < 1 || key.charCodeAt(colon) !== 58 /* : */ || key.charCodeAt(colon + 1 + tracker.length) !== 124 /* | */) {
     return false;
   }
-  let length = 0;
-  for (let i = 0; i < colon; i++) {
-    const digit = key.charCodeAt(i) - 48;
-    if (digit < 0 || digit > 9) return false;
-    length = length * 10 + digit;
-  }
-  return length === tracker.length && key.startsWith(tracker, colon + 1) && key.endsWith(suffix);
+  // The length exactly as `key` writes it: `01:` or `+1:` names no tracker of length 1.
+  const length = String(tracker.length);
+  return (
+    colon === length.length && key.startsWith(length) && key.startsWith(tracker, colon + 1) && key.endsWith(suffix)
+  );
 }

@@ -9,12 +9,23 @@ import { C35Harness, rawPollingSession, rawWebSocketSession } from './c35-messag
 const KiB = 1024;
 
 /** Heap and buffer bytes in use after a full collection (undefined without --expose-gc). */
-function retainedMemory(): number | undefined {
+/**
+ * Heap and external memory in use after a collection: the least of five readings 100 ms
+ * apart (one reading after one collection varies with what else the process is finishing:
+ * CI of f8a784c read 146 KB over polling against the 128 KB bound; it passed on every run
+ * before and on three local runs of that commit).
+ */
+async function retainedMemory(): Promise<number | undefined> {
   const gc = (globalThis as { gc?: () => void }).gc;
   if (gc === undefined) return undefined;
-  gc();
-  const { heapUsed, external } = process.memoryUsage();
-  return heapUsed + external;
+  let least = Infinity;
+  for (let i = 0; i < 5; i++) {
+    if (i > 0) await new Promise((resolve) => setTimeout(resolve, 100));
+    gc();
+    const { heapUsed, external } = process.memoryUsage();
+    least = Math.min(least, heapUsed + external);
+  }
+  return least;
 }
 
 /** The fields a `rate_limit` answer may carry: nothing else, so no client text but a valid id. */
@@ -47,7 +58,7 @@ describe.each(ENGINE_TRANSPORTS)('C-35 message cases on socket.io over %s', (tra
       warmUp.socket.emit('chat', big);
       await warmUp.disconnected();
       await waitFor(() => harness.stats().connections === 1, 10_000, 'warm-up connection freed');
-      const memoryBefore = retainedMemory();
+      const memoryBefore = await retainedMemory();
       client.socket.emit('chat', big);
       await client.disconnected();
       // Cut by Engine.IO (a 1009 close, or a 413 answer to the POST), not by the limiter.
@@ -58,7 +69,7 @@ describe.each(ENGINE_TRANSPORTS)('C-35 message cases on socket.io over %s', (tra
       expect(harness.ofKind('violation')).toEqual([]);
       expect(handled.get('chat')).toBe(1);
       // What the oversized event left behind once collected: well under 2 x maxPayload.
-      if (memoryBefore !== undefined) expect(retainedMemory()! - memoryBefore).toBeLessThan(2 * 64 * KiB);
+      if (memoryBefore !== undefined) expect((await retainedMemory())! - memoryBefore).toBeLessThan(2 * 64 * KiB);
       // The process is fine: the next connection works.
       const next = await harness.connect();
       next.socket.emit('chat', 'again');
