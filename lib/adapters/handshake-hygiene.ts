@@ -50,7 +50,7 @@ export function handshakeCompleted(socket: Socket): void {
  * body sent a byte at a time keeps its slot and meets the timeout; a request on a
  * kept-alive connection starts a new exchange under the same rules. Trusted proxies
  * (`trustProxy`) are not capped: every client behind one shares its address. With a hop
- * count, every peer is. `onDropped` hears of each connection dropped over the cap. Returns
+ * count, every peer is. `onDropped` hears of each new connection dropped over the cap. Returns
  * the listeners it added (none when both limits are off).
  */
 export function guardHandshakes(
@@ -72,8 +72,12 @@ export function guardHandshakes(
   // Over TLS, requests arrive on the TLS socket, so count from the end of the TLS handshake.
   const accepted =
     typeof (server as { addContext?: unknown }).addContext === 'function' ? 'secureConnection' : 'connection';
-  /** Starts an exchange on a socket; false when the socket was over the cap and is destroyed. */
-  const hold = (socket: Socket): boolean => {
+  /**
+   * Starts an exchange on a socket; false when the socket was over the cap and is destroyed
+   * (reported when it was a new connection; a later request of a kept-alive one is no
+   * connection attempt).
+   */
+  const hold = (socket: Socket, fresh: boolean): boolean => {
     // The key this socket counts under, or `undefined` when it is not counted.
     const ip =
       capped && !isTrustedProxy(socket.remoteAddress, trustProxy)
@@ -83,7 +87,7 @@ export function guardHandshakes(
       const count = (pending.get(ip) ?? 0) + 1;
       if (count > maxPendingHandshakesPerIp) {
         socket.destroy();
-        onDropped?.(ip);
+        if (fresh) onDropped?.(ip);
         return false;
       }
       pending.set(ip, count);
@@ -113,7 +117,7 @@ export function guardHandshakes(
     socket.once('close', settle);
     return true;
   };
-  const onAccepted = (socket: Socket): void => void hold(socket);
+  const onAccepted = (socket: Socket): void => void hold(socket, true);
   // Engine.IO (socket.io) takes over a server's `request` listeners and calls them itself for
   // other paths: a listener prepended again after it would otherwise see such requests twice.
   const seen = new WeakSet<IncomingMessage>();
@@ -122,7 +126,7 @@ export function guardHandshakes(
     if (seen.has(request)) return;
     seen.add(request);
     const socket = request.socket;
-    if (!waiting.has(socket) && !hold(socket)) return;
+    if (!waiting.has(socket) && !hold(socket, false)) return;
     exchangeRequests.set(socket, request);
     const ended = (): void => {
       if (response.writableFinished && request.complete) waiting.get(socket)?.();
