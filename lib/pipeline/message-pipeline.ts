@@ -152,8 +152,28 @@ export class MessagePipeline {
   /** Whether the module's `skipIf`, then the route's (`@Throttle`'s), lets the message through unlimited. */
   private skips(context: ExecutionContext, route: Route): boolean {
     const skipIf = this.limiter.skipIf;
-    if (skipIf !== undefined && skipIf(context) === true) return true;
-    return route.skipIf !== undefined && route.skipIf(context) === true;
+    if (skipIf !== undefined && this.skipped(skipIf(context))) return true;
+    return route.skipIf !== undefined && this.skipped(route.skipIf(context));
+  }
+
+  /**
+   * A `skipIf` answer: only `true` skips. A promise (an `async` skipIf, which the type does
+   * not allow but JavaScript does) cannot be waited for here: it is reported, once loudly,
+   * and the message is limited (@nestjs/throttler would skip every message instead).
+   */
+  private skipped(answer: unknown): boolean {
+    if (answer === true) return true;
+    if (answer !== false && isPromise(answer)) {
+      (answer as Promise<unknown>).then(undefined, () => undefined);
+      const message = 'skipIf returned a promise; it must return true or false synchronously: the message is limited';
+      if (this.callbackErrors.has('skipIf-promise')) {
+        this.logger.debug(message);
+      } else {
+        this.callbackErrors.add('skipIf-promise');
+        this.logger.error(message);
+      }
+    }
+    return false;
   }
 
   /**

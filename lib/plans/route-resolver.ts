@@ -382,6 +382,14 @@ function namedLimits(where: string, throttle: ThrottleOptions): readonly NamedFi
       if (limit === null || typeof limit !== 'object') {
         throw new WsRateLimitConfigError(`${where}: limits.${name} must be { capacity, refillRate }`);
       }
+      // A field of another limiter's shape (@nestjs/throttler's `ttl`, `limit`) would be ignored.
+      for (const field of Object.keys(limit)) {
+        if (field !== 'capacity' && field !== 'refillRate') {
+          throw new WsRateLimitConfigError(
+            `${where}: limits.${name}: unknown field "${field}" (fields: capacity, refillRate)`,
+          );
+        }
+      }
       for (const field of ['capacity', 'refillRate'] as const) {
         if (limit[field] === undefined)
           throw new WsRateLimitConfigError(`${where}: limits.${name}.${field} is required`);

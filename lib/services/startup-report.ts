@@ -9,7 +9,7 @@ import {
 } from '../config/unknown-variables.js';
 import { WsRateLimitConfigError } from '../exceptions/ws-rate-limit-config.error.js';
 import { RateLimitStore } from '../storage/rate-limit-store.js';
-import { THROTTLE_METADATA, WS_RATE_LIMIT_OPTIONS } from '../ws-rate-limit.constants.js';
+import { SKIP_THROTTLE_METADATA, THROTTLE_METADATA, WS_RATE_LIMIT_OPTIONS } from '../ws-rate-limit.constants.js';
 
 /** The context the module logs under. */
 export const LOG_CONTEXT = 'WsRateLimit';
@@ -34,6 +34,35 @@ export class WsRateLimitStartupReport implements OnApplicationBootstrap {
     this.checkAdapter();
     this.logger.log(limitsSummary(this.options));
     for (const warning of this.unguardedThrottles()) this.logger.warn(warning);
+    for (const warning of this.skippedThrottles()) this.logger.warn(warning);
+  }
+
+  /**
+   * One warning per gateway with handlers whose own `@Throttle` figures a `@SkipThrottle()`
+   * of their class makes void (the handler has no `@SkipThrottle(false)` of its own).
+   */
+  private skippedThrottles(): string[] {
+    const warnings: string[] = [];
+    for (const wrapper of this.discovery.getProviders()) {
+      const gateway = wrapper.metatype as (abstract new (...args: never[]) => unknown) | undefined;
+      if (!gateway || !wrapper.instance || !Reflect.getMetadata('websockets:is_gateway', gateway)) continue;
+      if (Reflect.getMetadata(SKIP_THROTTLE_METADATA, gateway) !== true) continue;
+      const prototype = Object.getPrototypeOf(wrapper.instance) as Record<string, unknown>;
+      const skipped: string[] = [];
+      for (const name of this.metadataScanner.getAllMethodNames(prototype)) {
+        const handler = prototype[name] as object;
+        if (Reflect.getMetadata('message', handler) === undefined) continue;
+        if (Reflect.getMetadata(SKIP_THROTTLE_METADATA, handler) !== undefined) continue;
+        if (Reflect.getMetadata(THROTTLE_METADATA, handler) !== undefined) skipped.push(`${gateway.name}.${name}`);
+      }
+      if (skipped.length > 0) {
+        warnings.push(
+          `@Throttle on ${skipped.join(', ')} does nothing: ${gateway.name} has @SkipThrottle(), which skips its ` +
+            `handlers; add @SkipThrottle(false) to a handler that should be limited`,
+        );
+      }
+    }
+    return warnings;
   }
 
   /**
@@ -104,13 +133,23 @@ export class WsRateLimitStartupReport implements OnApplicationBootstrap {
    * `undefined` when this NestJS version does not expose it, so only `APP_GUARD` was seen).
    */
   private globalGuard(): boolean | undefined {
-    if (throttleAppGuard(this.discovery)) return true;
-    const config = (this.contexts as { container?: { applicationConfig?: { getGlobalGuards?: unknown } } } | undefined)
-      ?.container?.applicationConfig;
-    if (typeof config?.getGlobalGuards !== 'function') return undefined;
-    const guards = (config.getGlobalGuards as () => unknown[]).call(config);
-    return Array.isArray(guards) && guards.some(isThrottleGuard);
+    return globalThrottleGuard(this.discovery, this.contexts);
   }
+}
+
+/**
+ * Whether a `WsThrottleGuard` runs for every handler of the application: registered with
+ * `APP_GUARD`, or given to `app.useGlobalGuards` before the application's init (read from
+ * NestJS's application config through `contexts`; `undefined` when it cannot be read, so only
+ * `APP_GUARD` was seen).
+ */
+export function globalThrottleGuard(discovery: DiscoveryService, contexts: unknown): boolean | undefined {
+  if (throttleAppGuard(discovery)) return true;
+  const config = (contexts as { container?: { applicationConfig?: { getGlobalGuards?: unknown } } } | undefined)
+    ?.container?.applicationConfig;
+  if (typeof config?.getGlobalGuards !== 'function') return undefined;
+  const guards = (config.getGlobalGuards as () => unknown[]).call(config);
+  return Array.isArray(guards) && guards.some(isThrottleGuard);
 }
 
 /** The names of an object's classes, from its own up. */

@@ -1,8 +1,8 @@
 // Over 400 lines because it is the facade: the public API (README) and the calls the guard,
 // filter and adapter make are kept here with their documentation, each a delegation to
 // the unit that does the job (pipeline/, connection/, metrics/telemetry.ts, operator-blocks.ts).
-import { Inject, Injectable, Logger, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
-import { DiscoveryService, MetadataScanner } from '@nestjs/core';
+import { Inject, Injectable, Logger, Optional, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
+import { DiscoveryService, ExternalContextCreator, MetadataScanner } from '@nestjs/core';
 import type { IncomingMessage } from 'node:http';
 import { isIP } from 'node:net';
 import type { Observable } from 'rxjs';
@@ -39,7 +39,7 @@ import { AccessRules } from './access-rules.js';
 import { OperatorBlocks } from './operator-blocks.js';
 import type { BudgetStatus, ClientLimitsStatus, ConsumeRequest } from './limits-status.js';
 import { isPromise, SharedStore } from './shared-store.js';
-import { throttleAppGuard, throttleGuardOf } from './startup-report.js';
+import { globalThrottleGuard, throttleGuardOf } from './startup-report.js';
 
 export type { ConnectionAdmission } from '../connection/connection-admission.js';
 export { frameCode } from '../metrics/telemetry.js';
@@ -84,6 +84,8 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     readonly store: RateLimitStore,
     private readonly discovery: DiscoveryService,
     private readonly metadataScanner: MetadataScanner,
+    /** Reads the guards given to `app.useGlobalGuards` (see `globalThrottleGuard`). */
+    @Optional() private readonly contexts?: ExternalContextCreator,
   ) {
     const telemetry = (this.telemetry = new Telemetry(!options.shadow));
     this.events$ = telemetry.events$;
@@ -132,12 +134,14 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    */
   async onModuleInit(): Promise<void> {
     const handlers: Array<[object, object]> = [];
-    // Every gateway handler's figures are declared, guarded or not: a guard given to
-    // app.useGlobalGuards is not seen here, and its handlers' routes are built at their
-    // first message; types they share must agree whichever comes first.
+    // Every gateway handler's figures are declared, guarded or not: a guard this does not see
+    // (given to app.useGlobalGuards after the init, or a NestJS whose config cannot be read)
+    // builds its handlers' routes at their first message; types they share must agree
+    // whichever comes first.
     const declared: Array<[object, object]> = [];
-    // A guard registered with APP_GUARD runs for every handler: all are validated.
-    const everyHandler = throttleAppGuard(this.discovery);
+    // A guard registered with APP_GUARD, or given to app.useGlobalGuards before the init,
+    // runs for every handler: all are validated.
+    const everyHandler = globalThrottleGuard(this.discovery, this.contexts) === true;
     for (const wrapper of this.discovery.getProviders()) {
       const gateway = wrapper.metatype as (new (...args: unknown[]) => unknown) | undefined;
       if (!gateway || !wrapper.instance || !Reflect.getMetadata('websockets:is_gateway', gateway)) continue;

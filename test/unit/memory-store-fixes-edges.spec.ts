@@ -71,6 +71,14 @@ function checkSlab(store: MemoryRateLimitStore, where: string): void {
 // Allocation on the allowed path (heapUsed deltas over 1 M decisions after warm-up)
 // ---------------------------------------------------------------------------------------
 
+/**
+ * Under half the smallest object V8 allocates (a 16-byte heap number): anything allocated per
+ * decision exceeds it. Not less: heapUsed also grows by what the engine allocates once while
+ * it optimizes or recompiles `consume` during the measurement (CI of e9da88d read 1.05 bytes
+ * a decision for a log alone, against a bound of 1).
+ */
+const PER_DECISION_BOUND = 8;
+
 function bytesPerDecision(specs: TierSpec[]): number {
   let now = 1;
   const store = new MemoryRateLimitStore({ clock: () => now });
@@ -97,10 +105,10 @@ function bytesPerDecision(specs: TierSpec[]): number {
 // optimized code then allocates even for one bucket.
 describe('memory store fixes review: the allowed path allocates nothing', () => {
   it('one bucket', () => {
-    expect(bytesPerDecision([tokenBucketSpec('global', 'g', 100, 1e6)])).toBeLessThan(1);
+    expect(bytesPerDecision([tokenBucketSpec('global', 'g', 100, 1e6)])).toBeLessThan(PER_DECISION_BOUND);
   });
   it('a sliding log alone (packed)', () => {
-    expect(bytesPerDecision([windowSpec('expensive', 'x', 'sliding-log', 16, 10)])).toBeLessThan(1);
+    expect(bytesPerDecision([windowSpec('expensive', 'x', 'sliding-log', 16, 10)])).toBeLessThan(PER_DECISION_BOUND);
   });
   it('3 tiers with whole figures', () => {
     const specs = [
@@ -108,7 +116,7 @@ describe('memory store fixes review: the allowed path allocates nothing', () => 
       tokenBucketSpec('type', 't:a', 100, 1_000),
       windowSpec('expensive', 'x', 'sliding-log', 16, 10),
     ];
-    expect(bytesPerDecision(specs)).toBeLessThan(1);
+    expect(bytesPerDecision(specs)).toBeLessThan(PER_DECISION_BOUND);
   });
 });
 
