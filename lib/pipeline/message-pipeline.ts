@@ -157,21 +157,21 @@ export class MessagePipeline {
   }
 
   /**
-   * A `skipIf` answer: only `true` skips. A promise (an `async` skipIf, which the type does
-   * not allow but JavaScript does) cannot be waited for here: it is reported, once loudly,
-   * and the message is limited (@nestjs/throttler would skip every message instead).
+   * A `skipIf` answer: a truthy one skips, as @nestjs/throttler's does. A promise (an `async`
+   * skipIf, which the type does not allow but JavaScript does) cannot be waited for here: it
+   * is reported, once loudly, and the message is limited (throttler would skip every message).
    */
   private skipped(answer: unknown): boolean {
     if (answer === true) return true;
-    if (answer !== false && isPromise(answer)) {
-      (answer as Promise<unknown>).then(undefined, () => undefined);
-      const message = 'skipIf returned a promise; it must return true or false synchronously: the message is limited';
-      if (this.callbackErrors.has('skipIf-promise')) {
-        this.logger.debug(message);
-      } else {
-        this.callbackErrors.add('skipIf-promise');
-        this.logger.error(message);
-      }
+    if (!answer) return false;
+    if (!isPromise(answer)) return true;
+    (answer as Promise<unknown>).then(undefined, () => undefined);
+    const message = 'skipIf returned a promise; it must return true or false synchronously: the message is limited';
+    if (this.callbackErrors.has('skipIf-promise')) {
+      this.logger.debug(message);
+    } else {
+      this.callbackErrors.add('skipIf-promise');
+      this.logger.error(message);
     }
     return false;
   }

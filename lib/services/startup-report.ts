@@ -38,27 +38,35 @@ export class WsRateLimitStartupReport implements OnApplicationBootstrap {
   }
 
   /**
-   * One warning per gateway with handlers whose own `@Throttle` figures a `@SkipThrottle()`
-   * of their class makes void (the handler has no `@SkipThrottle(false)` of its own).
+   * One warning per gateway whose `@Throttle` figures a `@SkipThrottle()` makes void: on a
+   * handler it skips (its own, or its class's without a `@SkipThrottle(false)` of its own),
+   * or on a class all of whose handlers are skipped.
    */
   private skippedThrottles(): string[] {
     const warnings: string[] = [];
     for (const wrapper of this.discovery.getProviders()) {
       const gateway = wrapper.metatype as (abstract new (...args: never[]) => unknown) | undefined;
       if (!gateway || !wrapper.instance || !Reflect.getMetadata('websockets:is_gateway', gateway)) continue;
-      if (Reflect.getMetadata(SKIP_THROTTLE_METADATA, gateway) !== true) continue;
+      const classSkips = Reflect.getMetadata(SKIP_THROTTLE_METADATA, gateway) === true;
+      const classFigures = Reflect.getMetadata(THROTTLE_METADATA, gateway) !== undefined;
       const prototype = Object.getPrototypeOf(wrapper.instance) as Record<string, unknown>;
       const skipped: string[] = [];
+      let limited = false;
       for (const name of this.metadataScanner.getAllMethodNames(prototype)) {
         const handler = prototype[name] as object;
         if (Reflect.getMetadata('message', handler) === undefined) continue;
-        if (Reflect.getMetadata(SKIP_THROTTLE_METADATA, handler) !== undefined) continue;
+        const own = Reflect.getMetadata(SKIP_THROTTLE_METADATA, handler) as boolean | undefined;
+        if (!(own ?? classSkips)) {
+          limited = true;
+          continue;
+        }
         if (Reflect.getMetadata(THROTTLE_METADATA, handler) !== undefined) skipped.push(`${gateway.name}.${name}`);
       }
+      if (classFigures && classSkips && !limited) skipped.unshift(gateway.name);
       if (skipped.length > 0) {
         warnings.push(
-          `@Throttle on ${skipped.join(', ')} does nothing: ${gateway.name} has @SkipThrottle(), which skips its ` +
-            `handlers; add @SkipThrottle(false) to a handler that should be limited`,
+          `@Throttle on ${skipped.join(', ')} does nothing: @SkipThrottle() skips ` +
+            `${skipped.length === 1 ? 'it' : 'them'}; add @SkipThrottle(false) to a handler that should be limited`,
         );
       }
     }
