@@ -40,7 +40,7 @@ export class WsRateLimitStartupReport implements OnApplicationBootstrap {
   /**
    * One warning per gateway whose `@Throttle` figures a `@SkipThrottle()` makes void: on a
    * handler it skips (its own, or its class's without a `@SkipThrottle(false)` of its own),
-   * or on a class all of whose handlers are skipped.
+   * or on a class all of whose handlers are skipped (by the class or by their own).
    */
   private skippedThrottles(): string[] {
     const warnings: string[] = [];
@@ -52,9 +52,11 @@ export class WsRateLimitStartupReport implements OnApplicationBootstrap {
       const prototype = Object.getPrototypeOf(wrapper.instance) as Record<string, unknown>;
       const skipped: string[] = [];
       let limited = false;
+      let handlers = 0;
       for (const name of this.metadataScanner.getAllMethodNames(prototype)) {
         const handler = prototype[name] as object;
         if (Reflect.getMetadata('message', handler) === undefined) continue;
+        handlers++;
         const own = Reflect.getMetadata(SKIP_THROTTLE_METADATA, handler) as boolean | undefined;
         if (!(own ?? classSkips)) {
           limited = true;
@@ -62,7 +64,8 @@ export class WsRateLimitStartupReport implements OnApplicationBootstrap {
         }
         if (Reflect.getMetadata(THROTTLE_METADATA, handler) !== undefined) skipped.push(`${gateway.name}.${name}`);
       }
-      if (classFigures && classSkips && !limited) skipped.unshift(gateway.name);
+      // Class figures apply to no handler when every handler is skipped (by the class or its own).
+      if (classFigures && !limited && handlers > 0) skipped.unshift(gateway.name);
       if (skipped.length > 0) {
         warnings.push(
           `@Throttle on ${skipped.join(', ')} does nothing: @SkipThrottle() skips ` +
