@@ -14,6 +14,7 @@ import { createPlan } from '../../lib/plans/create-plan.js';
 import { concurrencySpec, tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
 import { LOG_PAGE_MASK, type LogSlab } from '../../lib/storage/memory/log-slab.js';
 import { MemoryRateLimitStore } from '../../lib/storage/memory/memory-store.js';
+import { mulberry32 } from './support/prng.js';
 
 // Review of commit a7e7265 (memory store fixes): HAS_STATE / foreign slots, own keys,
 // log widening, slab compaction, allocation, tier names. Two cases failed before their fixes:
@@ -23,17 +24,6 @@ import { MemoryRateLimitStore } from '../../lib/storage/memory/memory-store.js';
 // mixing a bucket and a sliding log allocates about 32 bytes per allowed decision when its
 // times are fractional (V8 boxes a floating-point figure inside the optimized `consume`;
 // whole figures allocate nothing, below), before a7e7265 as after.
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface TableView {
   index: Map<string, number>;

@@ -14,6 +14,7 @@ import { createPlan } from '../../lib/plans/create-plan.js';
 import { concurrencySpec, tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
 import { MemoryRateLimitStore } from '../../lib/storage/memory/memory-store.js';
 import type { LogSlab } from '../../lib/storage/memory/log-slab.js';
+import { mulberry32 } from './support/prng.js';
 
 // Adversarial review of the embedded memory store: a model-based test against a plain
 // per-(tracker, suffix) reference (shared tiers decided under several plans' figures, 1-8
@@ -37,17 +38,6 @@ import type { LogSlab } from '../../lib/storage/memory/log-slab.js';
 // ---------------------------------------------------------------------------------------
 // Deterministic PRNG
 // ---------------------------------------------------------------------------------------
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 // ---------------------------------------------------------------------------------------
 // Reference: one state per (tracker, suffix); a log keeps every timestamp.

@@ -11,23 +11,10 @@
  * (throttler's `ttl`) was ignored (now a start-up error); @Throttle figures voided by the
  * class's @SkipThrottle() went unmentioned (now a start-up warning). The others held.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it, jest } from '@jest/globals';
-import { Logger, type INestApplication } from '@nestjs/common';
-import { Test } from '@nestjs/testing';
+import { describe, expect, it } from '@jest/globals';
 import { ConnectedSocket, MessageBody, SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
-import type { AddressInfo } from 'node:net';
-import {
-  SkipThrottle,
-  Throttle,
-  WsRateLimit,
-  WsRateLimitAdapter,
-  WsRateLimitConfigError,
-  WsRateLimitModule,
-  WsRateLimitService,
-  WsThrottleGuard,
-  type WsRateLimitModuleOptions,
-} from '../../../lib/index.js';
-import { TestClient, type Frame } from '../../support/ws-client.js';
+import { SkipThrottle, Throttle, WsRateLimit, WsRateLimitConfigError, WsRateLimitService } from '../../../lib/index.js';
+import { decoratorHarness } from './decorator-harness.js';
 
 const SLOW = 0.01;
 
@@ -234,95 +221,9 @@ class BlockGateway {
   }
 }
 
-// --- Harness ------------------------------------------------------------------------------
-
-interface Line {
-  level: string;
-  context: string | undefined;
-  text: string;
-}
-const lines: Line[] = [];
-let spies: Array<{ mockRestore(): void }> = [];
-
-beforeAll(() => {
-  spies = (['log', 'warn', 'debug', 'error'] as const).map((level) =>
-    jest.spyOn(Logger.prototype, level).mockImplementation(function (this: Logger, message: unknown) {
-      lines.push({ level, context: (this as unknown as { context?: string }).context, text: String(message) });
-    }),
-  );
-});
-afterAll(() => {
-  for (const spy of spies) spy.mockRestore();
-});
-
 describe('handler decorators turned into limits (review)', () => {
-  let app: INestApplication | undefined;
-  let url = '';
-  const clients: TestClient[] = [];
-  let nextId = 1;
-
-  afterEach(async () => {
-    await Promise.all(clients.splice(0).map((client) => client.close()));
-    await app?.close();
-    app = undefined;
-    lines.length = 0;
-    sockets.length = 0;
-  });
-
-  /** Builds and starts an app; a start-up error is returned rather than thrown. */
-  const start = async (
-    providers: any[],
-    options: WsRateLimitModuleOptions = {},
-    globalGuard = false,
-  ): Promise<Error | undefined> => {
-    const moduleRef = await Test.createTestingModule({
-      imports: [
-        WsRateLimitModule.forRoot({
-          useEnv: false,
-          metrics: false,
-          global: { capacity: 1000, refillRate: 1000 },
-          violations: { max: 1000, windowMs: 60_000 },
-          ...options,
-        }),
-      ],
-      providers,
-    }).compile();
-    const made = moduleRef.createNestApplication({ logger: false });
-    made.useWebSocketAdapter(new WsRateLimitAdapter(made));
-    if (globalGuard) made.useGlobalGuards(new WsThrottleGuard(made.get(WsRateLimitService)));
-    try {
-      await made.listen(0, '127.0.0.1');
-    } catch (error) {
-      await made.close().catch(() => undefined);
-      return error as Error;
-    }
-    app = made;
-    url = `ws://127.0.0.1:${(made.getHttpServer().address() as AddressInfo).port}`;
-    return undefined;
-  };
-  const connect = async (path = '') => {
-    const client = await TestClient.connect(`${url}${path}`);
-    clients.push(client);
-    return client;
-  };
-  /**
-   * Sends `count` messages of one event (ids attached) and returns their answers in order:
-   * `ack`/`pong` (the handler ran), `rate_limit`, or `exception` (NestJS's generic frame).
-   */
-  const burst = async (client: TestClient, event: string, count: number): Promise<Frame[]> => {
-    const ids = Array.from({ length: count }, () => nextId++);
-    client.inOneWrite(() => {
-      for (const id of ids) client.socket.send(JSON.stringify({ event, data: { id }, id }));
-    });
-    const idOf = (frame: Frame): unknown => frame.data?.id;
-    const mine = (frame: Frame) =>
-      ['ack', 'pong', 'rate_limit', 'exception'].includes(frame.event ?? '') &&
-      (ids.includes(idOf(frame) as number) || frame.event === 'exception');
-    await client.waitFor(mine, count);
-    const answers = client.frames.filter(mine);
-    return answers.slice(answers.length - count);
-  };
-  const events = (frames: Frame[]) => frames.map((frame) => frame.event);
+  const h = decoratorHarness(() => (sockets.length = 0));
+  const { start, connect, burst, events, lines } = h;
 
   // --- What held ----------------------------------------------------------------------------
 
@@ -389,7 +290,7 @@ describe('handler decorators turned into limits (review)', () => {
     const client = await connect();
     const answers = await burst(client, 'vip', 3);
     expect(events(answers)).toEqual(['exception', 'exception', 'exception']);
-    expect(app!.get(ThrowingSkipGateway).ran).toBe(0);
+    expect(h.app!.get(ThrowingSkipGateway).ran).toBe(0);
   });
 
   // --- Found by the review ------------------------------------------------------------------
@@ -448,7 +349,7 @@ describe('handler decorators turned into limits (review)', () => {
     const client = await connect();
     client.send('hello');
     await client.waitForEvent('hi');
-    await app!.get(WsRateLimitService).block(sockets[0]!, 60_000);
+    await h.app!.get(WsRateLimitService).block(sockets[0]!, 60_000);
     expect(events(await burst(client, 'hello', 1))).toEqual(['rate_limit']);
     // Handlers the limiter skips are outside it, blocks included (README, "Blocking from code").
     expect(events(await burst(client, 'ping', 2))).toEqual(['pong', 'pong']);

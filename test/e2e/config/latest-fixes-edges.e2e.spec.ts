@@ -10,25 +10,13 @@
  * @SkipThrottle(), and figures on a handler with its own @SkipThrottle(), got no start-up
  * warning. (A fourth, a hand-made plan naming another tracker's key, is noted, not fixed.)
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it, jest } from '@jest/globals';
-import { Logger, type INestApplication } from '@nestjs/common';
-import { Test } from '@nestjs/testing';
+import { describe, expect, it } from '@jest/globals';
 import { MessageBody, SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
-import type { AddressInfo } from 'node:net';
-import {
-  SkipThrottle,
-  Throttle,
-  WsRateLimit,
-  WsRateLimitAdapter,
-  WsRateLimitModule,
-  WsRateLimitService,
-  WsThrottleGuard,
-  type WsRateLimitModuleOptions,
-} from '../../../lib/index.js';
+import { SkipThrottle, Throttle, WsRateLimit } from '../../../lib/index.js';
 import { createPlan } from '../../../lib/plans/create-plan.js';
 import { tokenBucketSpec } from '../../../lib/plans/tier-specs.js';
 import { MemoryRateLimitStore } from '../../../lib/storage/memory/memory-store.js';
-import { TestClient, type Frame } from '../../support/ws-client.js';
+import { decoratorHarness } from './decorator-harness.js';
 
 const SLOW = 0.01;
 
@@ -121,95 +109,8 @@ class SharedTypeTwoGateway {
   }
 }
 
-// --- Harness ------------------------------------------------------------------------------
-
-interface Line {
-  level: string;
-  context: string | undefined;
-  text: string;
-}
-const lines: Line[] = [];
-let spies: Array<{ mockRestore(): void }> = [];
-
-beforeAll(() => {
-  spies = (['log', 'warn', 'debug', 'error'] as const).map((level) =>
-    jest.spyOn(Logger.prototype, level).mockImplementation(function (this: Logger, message: unknown) {
-      lines.push({ level, context: (this as unknown as { context?: string }).context, text: String(message) });
-    }),
-  );
-});
-afterAll(() => {
-  for (const spy of spies) spy.mockRestore();
-});
-
 describe('latest fixes (review)', () => {
-  let app: INestApplication | undefined;
-  let url = '';
-  const clients: TestClient[] = [];
-  let nextId = 1;
-
-  afterEach(async () => {
-    await Promise.all(clients.splice(0).map((client) => client.close()));
-    await app?.close();
-    app = undefined;
-    lines.length = 0;
-  });
-
-  const start = async (
-    providers: any[],
-    options: WsRateLimitModuleOptions = {},
-    globalGuard = false,
-  ): Promise<Error | undefined> => {
-    const moduleRef = await Test.createTestingModule({
-      imports: [
-        WsRateLimitModule.forRoot({
-          useEnv: false,
-          metrics: false,
-          global: { capacity: 1000, refillRate: 1000 },
-          violations: { max: 1000, windowMs: 60_000 },
-          ...options,
-        }),
-      ],
-      providers,
-    }).compile();
-    const made = moduleRef.createNestApplication({ logger: false });
-    made.useWebSocketAdapter(new WsRateLimitAdapter(made));
-    if (globalGuard) made.useGlobalGuards(new WsThrottleGuard(made.get(WsRateLimitService)));
-    try {
-      await made.listen(0, '127.0.0.1');
-    } catch (error) {
-      await made.close().catch(() => undefined);
-      return error as Error;
-    }
-    app = made;
-    url = `ws://127.0.0.1:${(made.getHttpServer().address() as AddressInfo).port}`;
-    return undefined;
-  };
-  const connect = async (path = '') => {
-    const client = await TestClient.connect(`${url}${path}`);
-    clients.push(client);
-    return client;
-  };
-  const burst = async (client: TestClient, event: string, count: number): Promise<Frame[]> => {
-    const ids = Array.from({ length: count }, () => nextId++);
-    client.inOneWrite(() => {
-      for (const id of ids) client.socket.send(JSON.stringify({ event, data: { id }, id }));
-    });
-    const idOf = (frame: Frame): unknown => frame.data?.id;
-    const mine = (frame: Frame) =>
-      ['ack', 'rate_limit', 'exception'].includes(frame.event ?? '') &&
-      (ids.includes(idOf(frame) as number) || frame.event === 'exception');
-    await client.waitFor(mine, count);
-    const answers = client.frames.filter(mine);
-    return answers.slice(answers.length - count);
-  };
-  const events = (frames: Frame[]) => frames.map((frame) => frame.event);
-  const warnings = () =>
-    lines
-      .filter((line) => line.context === 'WsRateLimit' && line.level === 'warn')
-      .map((line) => line.text)
-      .join('\n');
-  const errors = () => lines.filter((line) => line.level === 'error').map((line) => line.text);
+  const { start, connect, burst, events, warnings, errors } = decoratorHarness();
 
   // --- skipIf answers -------------------------------------------------------------------------
 
