@@ -12,7 +12,7 @@ import type { ConnectionState } from '../connection/connection-state.js';
 import { FrameHold } from '../connection/frame-hold.js';
 import { startHeartbeat } from '../connection/heartbeat.js';
 import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
-import { socketIoTransport } from '../transports/socket-io-transport.js';
+import { noteClosedSocket, socketIoTransport } from '../transports/socket-io-transport.js';
 import type { RateLimitTransport } from '../transports/transport.js';
 import { messageIdOfData as idOf, messageMeta } from '../utils/message-id.js';
 import { clientAddressOf, limiterFrom } from './adapter-support.js';
@@ -121,8 +121,10 @@ export class WsRateLimitIoAdapter extends IoAdapter {
 
   override bindClientConnect(server: Server | Namespace, callback: (socket: Socket) => void): void {
     server.on('connection', (socket: Socket) => {
-      // A socket the application's own listener already disconnected gets no record.
+      // A socket the application's own listener already disconnected gets no record (and one
+      // a service call makes for it later is not counted as open).
       if (socket.connected) this.attach(socket, ioServerOf(server));
+      else noteClosedSocket(socket);
       callback(socket);
     });
   }

@@ -168,8 +168,22 @@ class SocketIoConnection implements WebSocketLike {
 
   close(code = 1000, reason = ''): void {
     if (this.readyState >= CLOSING) return;
+    const connecting = this.readyState === CONNECTING;
     this.readyState = CLOSING;
     this.closing = { code, reason };
+    if (connecting && onLongPolling(this.socket)) {
+      // Disconnected now, Engine.IO would close mid-handshake, and over long polling its close
+      // never reaches the server (engine.io-client sends it once open, which then never
+      // comes): the session would hold the server's open-connection slot until its ping
+      // timeout. It is disconnected once the handshake ends (or socket.io-client's own
+      // `timeout` gives it up); the client hears of the close now.
+      this.released = true;
+      const release = (): void => void this.socket.disconnect();
+      this.socket.on('connect', release);
+      this.socket.on('connect_error', release);
+      this.finish(this.closing);
+      return;
+    }
     // Fires `disconnect` at once when connected; a socket still connecting closes silently.
     this.release();
     if (this.readyState !== CLOSED) this.finish(this.closing);
@@ -326,4 +340,13 @@ export function isSocketIoAck(message: unknown): AckMatch | false {
   if (!isRecord(message) || message.ack !== true || typeof message.event !== 'string') return false;
   const id = toMessageId(message.id);
   return id === undefined ? { event: message.event } : { id };
+}
+
+/**
+ * Whether a socket's Engine.IO connection is on long polling now (`io.engine.transport.name`,
+ * as socket.io's documentation reads it; false when it cannot be read).
+ */
+function onLongPolling(socket: SocketIoSocketLike): boolean {
+  const engine = (socket as { io?: { engine?: { transport?: { name?: unknown } } } }).io?.engine;
+  return engine?.transport?.name === 'polling';
 }

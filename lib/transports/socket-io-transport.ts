@@ -30,6 +30,20 @@ export interface SocketIoSocketLike {
   once(event: 'disconnect', listener: (reason: string) => void): unknown;
 }
 
+/**
+ * Sockets known to have disconnected before the limiter tracked them (the application's own
+ * `connection` listener turned them away): `isClosed` tells the registry, so a service call
+ * that meets one later (a gateway's `handleConnection` reading its status) does not count it
+ * as open for ever. (A socket.io socket that is not connected may also not be connected *yet*,
+ * in a namespace middleware: `connected` alone cannot tell.)
+ */
+const closedSockets = new WeakSet<object>();
+
+/** Notes that a socket disconnected before it was tracked (see `closedSockets`). */
+export function noteClosedSocket(client: object): void {
+  closedSockets.add(client);
+}
+
 /** Whether a socket is a socket.io server-side `Socket` (by shape: socket.io need not be installed). */
 export function isSocketIoSocket(client: object): client is SocketIoSocketLike {
   const socket = client as Partial<SocketIoSocketLike>;
@@ -66,6 +80,7 @@ function packetBytes(packet: EnginePacketLike): number {
 export const socketIoTransport: RateLimitTransport<SocketIoSocketLike> = Object.freeze({
   name: 'socket.io',
   isOpen: (client: SocketIoSocketLike) => client.connected,
+  isClosed: (client: SocketIoSocketLike) => closedSockets.has(client),
   bufferedBytes(client: SocketIoSocketLike): number {
     const { writeBuffer, transport } = client.conn;
     let bytes = transport?.socket?.bufferedAmount ?? 0;
