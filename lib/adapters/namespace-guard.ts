@@ -82,8 +82,12 @@ export class NamespaceGuard {
       this.pendingJoins.get(socket.conn)?.get(socket.nsp.name)?.delete(socket);
       const pending = this.pendingRejoins.get(socket.conn);
       if (pending?.get(socket.nsp.name)?.socket === socket) pending.delete(socket.nsp.name);
-      // Connected: its record (and slot) now ends with the socket, not with the connection.
+      // Connected: its record (and slot) now ends with the socket, not with the connection
+      // (the adapter's record gives it back too; a release runs once): a namespace without a
+      // gateway, or a socket the application's own listener turns away, has no record to.
+      const release = this.watched.get(socket);
       this.unwatch(socket);
+      if (release !== undefined) socket.once('disconnect', release);
     });
     namespace.use((socket, next) => {
       if (this.screened.has(socket)) return next();

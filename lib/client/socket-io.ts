@@ -171,7 +171,7 @@ class SocketIoConnection implements WebSocketLike {
     const connecting = this.readyState === CONNECTING;
     this.readyState = CLOSING;
     this.closing = { code, reason };
-    if (connecting && onLongPolling(this.socket)) {
+    if (connecting && openingOnLongPolling(this.socket)) {
       // Disconnected now, Engine.IO would close mid-handshake, and over long polling its close
       // never reaches the server (engine.io-client sends it once open, which then never
       // comes): the session would hold the server's open-connection slot until its ping
@@ -343,10 +343,12 @@ export function isSocketIoAck(message: unknown): AckMatch | false {
 }
 
 /**
- * Whether a socket's Engine.IO connection is on long polling now (`io.engine.transport.name`,
- * as socket.io's documentation reads it; false when it cannot be read).
+ * Whether a socket's Engine.IO connection is still in its handshake, over long polling
+ * (`io.engine.readyState` and `io.engine.transport.name`, as socket.io's documentation reads
+ * them; false when they cannot be read). Once open, a disconnect reaches the server at once,
+ * even while the namespace join waits on the server.
  */
-function onLongPolling(socket: SocketIoSocketLike): boolean {
-  const engine = (socket as { io?: { engine?: { transport?: { name?: unknown } } } }).io?.engine;
-  return engine?.transport?.name === 'polling';
+function openingOnLongPolling(socket: SocketIoSocketLike): boolean {
+  const engine = (socket as { io?: { engine?: { readyState?: unknown; transport?: { name?: unknown } } } }).io?.engine;
+  return engine?.readyState === 'opening' && engine.transport?.name === 'polling';
 }
