@@ -1,3 +1,5 @@
+// Over 400 lines: the client's public types with their documentation (every option's
+// meaning and default is read from here by users' editors).
 /**
  * Public types of the rate-limit-aware WebSocket client.
  *

@@ -1,3 +1,5 @@
+// Over 400 lines: one class, the message pipeline, whose routed and unrouted paths share the
+// screening, the closing checks and the refusal path; split, they would drift apart.
 import type { ExecutionContext } from '@nestjs/common';
 import { performance } from 'node:perf_hooks';
 import type { AnswerSlot } from '../connection/answer-order.js';

@@ -1,3 +1,5 @@
+// Over 400 lines: one class, the route resolver, whose declare, build and the checks of a
+// handler's figures share the same reading of its decorators; split, they would read them apart.
 import { MAX_NAMED_LIMITS, messageRateProblem, NAMED_LIMIT_NAME } from '../config/bounds.js';
 import { typeFigureProblem } from '../config/check-values.js';
 import type { ResolvedPlan, ResolvedTypeLimit } from '../config/resolve-options.js';
