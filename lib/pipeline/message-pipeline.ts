@@ -168,13 +168,10 @@ export class MessagePipeline {
     if (!answer) return false;
     if (!isPromise(answer)) return true;
     (answer as Promise<unknown>).then(undefined, () => undefined);
-    const message = 'skipIf returned a promise; it must return true or false synchronously: the message is limited';
-    if (this.callbackErrors.has('skipIf-promise')) {
-      this.logger.debug(message);
-    } else {
-      this.callbackErrors.add('skipIf-promise');
-      this.logger.error(message);
-    }
+    this.reportOnce(
+      'skipIf-promise',
+      'skipIf returned a promise; it must return true or false synchronously: the message is limited',
+    );
     return false;
   }
 
@@ -369,11 +366,18 @@ export class MessagePipeline {
 
   /** A step threw outside Nest's handling: logged once per step, then at debug. */
   private callbackFailed(what: string, error: unknown, outcome: string): void {
-    const message = `${what} threw on an unrouted frame (${(error as Error)?.message ?? String(error)}); ${outcome}`;
-    if (this.callbackErrors.has(what)) {
+    this.reportOnce(
+      what,
+      `${what} threw on an unrouted frame (${(error as Error)?.message ?? String(error)}); ${outcome}`,
+    );
+  }
+
+  /** Logs a problem as an error the first time it is met (by `key`), at debug level after. */
+  private reportOnce(key: string, message: string): void {
+    if (this.callbackErrors.has(key)) {
       this.logger.debug(message);
     } else {
-      this.callbackErrors.add(what);
+      this.callbackErrors.add(key);
       this.logger.error(message);
     }
   }

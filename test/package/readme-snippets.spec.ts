@@ -64,7 +64,7 @@ import {
 } from '../../lib/store.js';
 import { RATE_LIMIT_DISCONNECT_EVENT, WsRateLimitIoAdapter } from '../../lib/socket-io.js';
 import { startApp, type RunningApp } from '../support/app.js';
-import { rawSocket, upgrade } from '../support/http.js';
+import { connectionsEndedByServer, upgrade } from '../support/http.js';
 import { settle, TestClient } from '../support/ws-client.js';
 
 // --- Compile-only snippets ------------------------------------------------------------------
@@ -768,22 +768,11 @@ describe('README: connections_total reason handshakes (953-957)', () => {
       const limiter = running.app.get(WsRateLimitService);
       const events: RateLimitEvent[] = [];
       const subscription = limiter.events$.subscribe((event) => events.push(event));
-      const sockets = await Promise.all(Array.from({ length: 4 }, () => rawSocket(running.port)));
-      const ended = await Promise.all(
-        sockets.map(
-          (socket) =>
-            new Promise<boolean>((resolve) => {
-              socket.on('error', () => undefined);
-              socket.once('close', () => resolve(true));
-              setTimeout(() => resolve(false), 2000).unref();
-            }),
-        ),
-      );
-      for (const socket of sockets) socket.destroy();
+      const dropped = await connectionsEndedByServer(running.port, 4, 2000);
       subscription.unsubscribe();
       expect({
         shadow,
-        dropped: ended.filter(Boolean).length,
+        dropped,
         metric: await sum(registry, 'ws_rate_limit_connections_total', { result: 'refused', reason: 'handshakes' }),
         events: events.filter((event) => event.kind === 'connection' && event.reason === 'handshakes').length,
       }).toEqual({ shadow, dropped: 2, metric: 2, events: 2 });

@@ -48,3 +48,23 @@ export function rawSocket(port: number): Promise<Socket> {
     socket.on('error', reject);
   });
 }
+
+/**
+ * Opens `count` TCP connections that send nothing (handshakes the server is waiting on) and
+ * returns how many of them the server ended within `waitMs`; every one is destroyed after.
+ */
+export async function connectionsEndedByServer(port: number, count: number, waitMs: number): Promise<number> {
+  const sockets = await Promise.all(Array.from({ length: count }, () => rawSocket(port)));
+  const ended = await Promise.all(
+    sockets.map(
+      (socket) =>
+        new Promise<boolean>((resolve) => {
+          socket.on('error', () => undefined);
+          socket.once('close', () => resolve(true));
+          setTimeout(() => resolve(false), waitMs).unref();
+        }),
+    ),
+  );
+  for (const socket of sockets) socket.destroy();
+  return ended.filter(Boolean).length;
+}

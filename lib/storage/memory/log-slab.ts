@@ -77,13 +77,13 @@ export class LogSlab {
   }
 
   /**
-   * Moves the log at `at` to a ring of `size` entries (larger than its own, at most
-   * `PACKED_LOG_MAX_LIMIT`), its entries kept; frees its old place and returns its new `at`.
+   * Copies the log at `at` to a new ring of `size` entries (larger than its own, at most
+   * `PACKED_LOG_MAX_LIMIT`), its entries kept, and returns its new `at`. The old place is the
+   * caller's to `release` (once nothing refers to it: a release may compact the slab).
    */
-  grow(at: number, size: number): number {
+  copy(at: number, size: number): number {
     const to = this.alloc(size);
     packedLogMove(this.pageOf(at), at & LOG_PAGE_MASK, this.pageOf(to), to & LOG_PAGE_MASK, size);
-    this.release(at);
     return to;
   }
 

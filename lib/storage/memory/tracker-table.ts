@@ -1,11 +1,6 @@
 // Over 400 lines: one class, the tracker table, whose slot pages, chains, log slab and
 // eviction (sweep and CLOCK) read the same columns; split, they would be read apart.
-import {
-  packedLogInitialSize,
-  packedLogMove,
-  unpackedLog,
-  type SlidingLogState,
-} from '../../algorithms/sliding-log.js';
+import { packedLogInitialSize, unpackedLog, type SlidingLogState } from '../../algorithms/sliding-log.js';
 import { LOG_PAGE_MASK, LogSlab } from './log-slab.js';
 
 /**
@@ -260,11 +255,8 @@ export class TrackerTable {
 
   /** Moves the packed log of `slot` to a ring of `size` entries; returns where it is now. */
   growLog(slot: number, size: number): number {
-    const logs = this.logs;
     const from = this.stateOf(slot) as number;
-    const to = logs.alloc(size);
-    packedLogMove(logs.pageOf(from), from & LOG_PAGE_MASK, logs.pageOf(to), to & LOG_PAGE_MASK, size);
-    this.setState(slot, to);
+    this.setState(slot, this.logs.copy(from, size));
     this.releaseLog(from);
     // The release may have compacted the slab: the log may have moved again.
     return this.stateOf(slot) as number;

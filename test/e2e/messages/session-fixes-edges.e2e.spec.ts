@@ -43,7 +43,7 @@ import { upgrade } from '../../support/http.js';
 import { settle, sleep, TestClient } from '../../support/ws-client.js';
 import { WsRateLimitIoAdapter } from '../../../lib/socket-io.js';
 import { rawPollingSession } from '../socket-io/c35-messages.harness.js';
-import { rawSocket } from '../../support/http.js';
+import { connectionsEndedByServer } from '../../support/http.js';
 
 /** Chat: 5 burst, a slow refill; ping: plenty. */
 @WebSocketGateway()
@@ -499,20 +499,9 @@ describe('session fixes review', () => {
       const limiter = running.app.get(WsRateLimitService);
       const events: RateLimitEvent[] = [];
       const subscription = limiter.events$.subscribe((event) => events.push(event));
-      const sockets = await Promise.all(Array.from({ length: 4 }, () => rawSocket(running.port)));
-      const ended = await Promise.all(
-        sockets.map(
-          (socket) =>
-            new Promise<boolean>((resolve) => {
-              socket.on('error', () => undefined);
-              socket.once('close', () => resolve(true));
-              setTimeout(() => resolve(false), 3000).unref();
-            }),
-        ),
-      );
-      for (const socket of sockets) socket.destroy();
+      const dropped = await connectionsEndedByServer(running.port, 4, 3000);
       subscription.unsubscribe();
-      expect(ended.filter(Boolean)).toHaveLength(2);
+      expect(dropped).toBe(2);
       expect({
         metric: await sum(registry, 'ws_rate_limit_connections_total', { result: 'refused', reason: 'handshakes' }),
         events: count(

@@ -25,7 +25,7 @@ import {
   type WsRateLimitModuleOptions,
 } from '../../../lib/index.js';
 import { startApp, type RunningApp } from '../../support/app.js';
-import { rawSocket, upgrade } from '../../support/http.js';
+import { connectionsEndedByServer, rawSocket, upgrade } from '../../support/http.js';
 import { IoTestClient, waitFor } from '../../support/io-client.js';
 import { ioHarness } from '../../support/io-harness.js';
 import { startRedis } from '../../support/redis-server.js';
@@ -324,20 +324,9 @@ describe('metrics review (second pass)', () => {
     const events: RateLimitEvent[] = [];
     const subscription = limiter.events$.subscribe((event) => events.push(event));
     // Four TCP connections that have not sent their request yet: the 3rd and 4th are dropped.
-    const sockets = await Promise.all(Array.from({ length: 4 }, () => rawSocket(running.port)));
-    const ended = await Promise.all(
-      sockets.map(
-        (socket) =>
-          new Promise<boolean>((resolve) => {
-            socket.on('error', () => undefined);
-            socket.once('close', () => resolve(true));
-            setTimeout(() => resolve(false), 3000).unref();
-          }),
-      ),
-    );
-    for (const socket of sockets) socket.destroy();
+    const dropped = await connectionsEndedByServer(running.port, 4, 3000);
     subscription.unsubscribe();
-    expect(ended.filter(Boolean)).toHaveLength(2); // what the client saw: two connections dropped
+    expect(dropped).toBe(2); // what the client saw: two connections dropped
     const refusedMetric = await sum(registry, 'ws_rate_limit_connections_total', { result: 'refused' });
     const refusedEvents = count(events, (event) => event.kind === 'connection' && !event.accepted);
     expect({ refusedMetric, refusedEvents }).toEqual({ refusedMetric: 2, refusedEvents: 2 });
