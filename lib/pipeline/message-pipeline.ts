@@ -70,7 +70,10 @@ export class MessagePipeline {
 
   /** Answers this pipeline's refusals, whichever application's filter catches them. */
   private readonly owner: RefusalOwner = {
-    answer: (client, exception, slot) => this.enforcer.reject(client, this.registry.of(client), exception, slot),
+    answer: (client, exception, slot) => {
+      // A message met after the close was decided: neither counted nor answered.
+      if (exception.decision !== CLOSING) this.enforcer.reject(client, this.registry.of(client), exception, slot);
+    },
   };
 
   constructor(
@@ -213,7 +216,10 @@ export class MessagePipeline {
     const failed = (error: unknown): void => {
       if (!(error instanceof WsRateLimitException)) {
         this.callbackFailed('store', error, 'the frame was not charged');
-      } else {
+      } else if (error.decision !== CLOSING) {
+        // (A frame met after the close was decided is neither counted nor answered: answered
+        // here, sooner than the routed refusals before it reach the filter, it would take a
+        // violation and its frame from one of them.)
         try {
           this.enforcer.reject(client, connection, error, slot);
         } catch (thrown) {
