@@ -146,7 +146,8 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     kind: 'positive-integer',
     max: MAX_TIMER_MS,
     default: '1000',
-    description: 'Reserved tokens are granted only this far ahead; a dead instance holds none after it.',
+    description:
+      'Token reservations: an instance holds at most this long of a shared bucket\'s refill unspent, so what a dead instance held is refilled within it.',
   },
   {
     name: 'WS_RATE_LIMIT_TRACKER',

@@ -173,9 +173,10 @@ describe('token reservations: edge cases', () => {
     expect(worst(reserving)).toBeLessThan(2 * deadline);
   }, 30_000);
 
-  it('a burst running the slots past ttlMs ahead (grants cut to a few slots): rounds of concurrent decisions are not sent one call at a time', async () => {
+  it('rounds of concurrent decisions above what ttlMs grants (a burst running fullAt seconds ahead) are not sent one call at a time', async () => {
     // 1,000 burst refilling 10 a second (slots 100 ms apart): each round of 20 moves the
-    // bucket's fullAt 2 s further, so grants shrink from 11 slots (the TTL's) to 1.
+    // bucket's fullAt 2 s further, and one call grants at most 11 slots (ttlMs of refill):
+    // the decisions beyond an ask that could be no larger go per call together.
     const spec = tokenBucketSpec('global', 'g', 1000, 10);
     const latencyMs = 50;
     const rounds = 8;

@@ -201,7 +201,7 @@ describe('token reservations: late replies, waiters and resets', () => {
   }, 30_000);
 
   it('waiters released from a cut grant go per call under the perCall flag, which is cleared again, also when their retry throws', async () => {
-    // Slots 2 s apart with ttlMs 1000: every grant after the first is cut by the TTL.
+    // Slots 2 s apart with ttlMs 1000: no call is granted more than its own slot (ttlSlots 1).
     const spec = tokenBucketSpec('global', 'g', 1000, 0.5);
     const { store, proxy } = await proxiedStore({ reservations: { maxBatch: 16, ttlMs: 1000 } });
     const plan = planOf(store, 'ip:percall-flag', [spec]);
@@ -215,10 +215,10 @@ describe('token reservations: late replies, waiters and resets', () => {
       proxy.pass();
     }
 
-    // Slots 600 ms apart (ttlSlots 2), the bucket's next slots 1.2 s ahead: the first call asks
-    // 2 and is granted 1 (cut); its waiters retry per call, and the retry throws (the breaker
-    // opened meanwhile).
-    const cutSpec = tokenBucketSpec('global', 'g', 1000, 1000 / 600);
+    // Slots 600 ms apart (ttlSlots 2), a capacity of 3 of which another instance took 2: the
+    // first call asks 2 and is granted 1 (cut by the limit); its waiters retry per call, and
+    // the retry throws (the breaker opened meanwhile).
+    const cutSpec = tokenBucketSpec('global', 'g', 3, 1000 / 600);
     const tripped = await proxiedStore({
       reservations: { maxBatch: 16, ttlMs: 1000 },
       breaker: { failureThreshold: 3, probeIntervalMs: 60_000 },

@@ -395,6 +395,87 @@ describe('token reservations (C-34)', () => {
     await doomed.close();
   }, 30_000);
 
+  it('a lone tracker spending its burst faster than its bucket refills keeps deciding locally (a call takes ttlMs of refill wherever fullAt stands)', async () => {
+    const store = await makeStore({ reservations: { maxBatch: 64, ttlMs: 500 } });
+    // A burst no test spends, 100 tokens a second (slots 10 ms apart, 51 within ttlMs): the
+    // flood below runs the bucket's fullAt seconds ahead of now. Slots granted only within
+    // ttlMs of now (before) left every decision per call once fullAt was 500 ms ahead.
+    const spec = tokenBucketSpec('global', 'g', 1_000_000, 100);
+    const plan = planOf(store, 'ip:burst-ahead', [spec]);
+    const before = await scriptCalls();
+    const decisions = 600;
+    let allowed = 0;
+    await Promise.all(
+      Array.from({ length: 4 }, async () => {
+        for (let i = 0; i < decisions / 4; i++) if ((await store.consume(plan)).allowed) allowed++;
+      }),
+    );
+    const scripts = (await scriptCalls()) - before;
+    const [status] = await store.peek(plan);
+    const ahead = (1_000_000 - status!.remaining) / 100;
+    console.log(`burst of ${decisions} against 100/s: ${scripts} scripts, bucket ${ahead.toFixed(1)} s ahead`);
+    expect(allowed).toBe(decisions);
+    // Well past ttlMs ahead: the case the change is about (unless the machine was so slow
+    // that the flood did not outrun the refill).
+    expect(ahead).toBeGreaterThan(1);
+    // At most 51 slots a call: about 12 calls; per call, 600.
+    expect(scripts).toBeLessThan(decisions / 8);
+  }, 30_000);
+
+  it('an instance killed while spending its burst ahead of the refill held at most ttlMs of it unspent', async () => {
+    const ttlMs = 500;
+    const capacity = 1_000_000;
+    const rate = 100;
+    const spec = tokenBucketSpec('global', 'g', capacity, rate);
+    const doomedClient = storeClient(server.port);
+    await ready(doomedClient);
+    // Not in `stores`: never closed (closing would give its slots back).
+    const doomed = new RedisRateLimitStore({
+      client: doomedClient,
+      keyPrefix: 'resv:',
+      commandTimeoutMs: 5000,
+      reservations: { maxBatch: 64, ttlMs },
+    });
+    const survivor = await makeStore({ reservations: false });
+    const doomedPlan = planOf(doomed, 'ip:killed-ahead', [spec]);
+    const peekPlan = planOf(survivor, 'ip:killed-ahead', [spec]);
+    const clock = new RefillClock();
+    let spent = 0;
+    for (let i = 0; i < 300; i++) if ((await doomed.consume(doomedPlan)).allowed) spent++;
+    doomedClient.disconnect();
+    const [after] = await survivor.peek(peekPlan);
+    // What the bucket lacks beyond what was spent (less what it refilled meanwhile) is what the
+    // dead instance held unspent: at most ttlMs of refill (51 slots) and maxBatch.
+    const held = capacity - after!.remaining - spent;
+    console.log(
+      `killed after ${spent} decisions: ${held} held unspent (refill since start at most ${clock.gained(rate)})`,
+    );
+    expect(spent).toBe(300);
+    expect(held).toBeLessThanOrEqual(Math.floor(ttlMs / (1000 / rate)) + 1);
+    await doomed.close();
+  }, 30_000);
+
+  it('two instances spending a burst ahead of the refill never admit more than the bucket', async () => {
+    const two = await Promise.all([0, 1].map(() => makeStore({ reservations: { maxBatch: 64, ttlMs: 1000 } })));
+    // 300 burst at 200 a second: the flood spends the burst in well under a second, with
+    // fullAt running ahead while it does, then lives on the refill.
+    const capacity = 300;
+    const rate = 200;
+    const spec = tokenBucketSpec('global', 'g', capacity, rate);
+    const start = performance.now();
+    const perStore = await flood(
+      two.map((store) => ({ store, plan: planOf(store, 'ip:burst-two', [spec]) })),
+      start + 2000,
+    );
+    const admitted = perStore.flat();
+    const worst = worstBurst(admitted, rate / 1000);
+    console.log(
+      `two instances, burst ahead: admitted ${admitted.length} (${perStore.map((a) => a.length).join('/')}); worst window ${worst.toFixed(2)} over its refill (capacity ${capacity})`,
+    );
+    expect(worst).toBeLessThanOrEqual(capacity);
+    expect(admitted.length).toBeGreaterThanOrEqual(capacity);
+  }, 30_000);
+
   it('close gives back the unspent slots of a batch', async () => {
     const store = await makeStore({ reservations: { maxBatch: 64, ttlMs: 5000 } });
     const other = await makeStore();
@@ -546,7 +627,7 @@ describe('token reservations (C-34)', () => {
         await proxy.close();
       }
     });
-    it('a background call refused only by the TTL is no Redis error: a burst within the capacity never opens the breaker', async () => {
+    it('a burst within the capacity running ahead of the refill gets no Redis error and never opens the breaker', async () => {
       const changes: boolean[] = [];
       const errors: unknown[] = [];
       const store = await makeReviewStore({
@@ -566,8 +647,8 @@ describe('token reservations (C-34)', () => {
         // A steady pace (500 a second, above the refill but within the burst).
         await sleep(2);
       }
-      // The background call for the slots after a TTL-cut batch (they start more than ttlMs
-      // ahead) gets the script's error reply 'wsrl: a refused reservation with no wait'.
+      // Once, the background call for the slots after a TTL-cut batch (they started more than
+      // ttlMs ahead of now) got the script's error reply 'wsrl: a refused reservation with no wait'.
       console.log((await admin.info('errorstats')).trim(), errors[0]);
       console.log(
         `burst of 60 within a capacity of 100: ${admitted} admitted, ${errors.length} errors, breaker ${JSON.stringify(changes)}`,

@@ -49,11 +49,11 @@ export interface ReservationOutcome {
  *   free and `maxBatch`); otherwise the per-call decisions made while the size is 1 would
  *   make every reply say "not alone" and keep it at 1 for good;
  * - near the limit (fewer slots granted than asked, and fewer than asked still free after
- *   them): 1; a grant cut short only by the TTL (slots due later than `ttlMs` are not
- *   granted) with many slots still free is not a sign of the limit, and keeps the size;
- * - but a deciding call granted only its own slot, the TTL cutting the rest (the buckets'
- *   slots run more than `ttlMs` ahead): 1, since no batch can be granted now, and decisions
- *   waiting for one would each wait a round trip in turn;
+ *   them): 1; a grant cut short only by the TTL (slots more than `ttlMs` after the first
+ *   are not granted) with many slots still free is not a sign of the limit, and keeps the
+ *   size;
+ * - but a deciding call granted only its own slot: 1, since no batch can be granted now,
+ *   and decisions waiting for one would each wait a round trip in turn;
  * - otherwise twice the last ask (at least 2), but at most half the slots still free after
  *   the grant (one instance never takes the rest of a bucket, and the size falls to 1 as the
  *   bucket empties), at most `maxBatch`, and at most `ttlSlots` (1 for a bucket whose span

@@ -178,13 +178,16 @@ export interface RedisStoreOptions {
    * TTL as the only bound.
    *
    * A reserved slot is spent at most once, and only until its time in the bucket comes, so
-   * the buckets admit what they would without reservations: never more. A slot is granted
-   * only if it comes within `ttlMs`, so what an instance holds, and what a dead one held,
-   * is back within `ttlMs`; an idle batch's unspent slots go back after a quarter to a half
-   * of `ttlMs`, and every batch's at `close()`. Under-admission is bounded by the slots
-   * reserved and unspent: at most `maxBatch` decisions per plan and instance (the batch
-   * being spent and the next one together), for at most `ttlMs`. Plans with a sliding log, sliding counter or concurrency tier, and every
-   * plan with `clock: 'app'`, are decided per call as without reservations.
+   * the buckets admit what they would without reservations: never more. A call is granted
+   * only slots within `ttlMs` of its first, and an instance holds at most `ttlMs` of the
+   * slowest bucket's refill unspent, wherever the buckets stand (full, or spending their
+   * burst ahead of the refill), so what a dead instance held is refilled within `ttlMs`; an
+   * idle batch's unspent slots go back after a quarter to a half of `ttlMs`, and every
+   * batch's at `close()`. Under-admission is bounded by the slots reserved and unspent: at
+   * most `maxBatch` decisions per plan and instance (the batch being spent and the next one
+   * together), and at most `ttlMs` of refill. Plans with a sliding log, sliding counter or
+   * concurrency tier, and every plan with `clock: 'app'`, are decided per call as without
+   * reservations.
    * @default false ({ maxBatch: 64, ttlMs: 1000 } with `true`)
    */
   reservations?: boolean | { maxBatch?: number; ttlMs?: number };

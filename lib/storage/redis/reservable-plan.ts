@@ -24,12 +24,12 @@ export interface ReservablePlan {
   /** The time (ms) the largest batch's slots of full buckets cover: maxBatch times the shortest span. */
   readonly batchMs: number;
   /**
-   * The most slots one reserving call can be granted: slot j of a full bucket starts j spans
-   * ahead, and only slots within `ttlMs` are granted (the deciding slot 0 aside), so the
-   * slowest bucket allows `floor(ttlMs / span) + 1`.
+   * The most slots one reserving call can be granted, and the most this instance holds
+   * unspent: slot j starts j spans after the first, and only slots within `ttlMs` of the
+   * first are granted, so the slowest bucket allows `floor(ttlMs / span) + 1`.
    */
   readonly ttlSlots: number;
-  /** `[numkeys, ...KEYS, '', n, H, fieldTtls, ask, ttl, owner, moreCap, decides, ...tiers]`. */
+  /** `[numkeys, ...KEYS, '', n, H, fieldTtls, ask, ttl, owner, moreCap, ...tiers]`. */
   readonly reserveArgs: readonly string[];
   readonly hashes: readonly string[];
   /** Per tier: hash index (from 1) and field. */
@@ -57,7 +57,7 @@ export function compileReservable(
   });
   const reserveArgs = [String(hashes.length + tiers.length), ...hashes, ...tiers.map((tier) => tier.key)];
   reserveArgs.push('', String(tiers.length), String(hashes.length), '0', '1', String(options.ttlMs));
-  reserveArgs.push(options.owner, String(2 * options.maxBatch), '1');
+  reserveArgs.push(options.owner, String(2 * options.maxBatch));
   specs.forEach((spec, i) => {
     reserveArgs.push(String(spec.limit), String(spec.cost), String(spec.slack), String(spec.span));
     reserveArgs.push(String(spec.intervalMs), ...places[i]!);

@@ -80,6 +80,8 @@ interface Call {
   /** The plan's reservation state when the call was sent (none when the book was full). */
   readonly entry: Entry | undefined;
   readonly asked: number;
+  /** The ask was cut to what this instance may hold (`maxBatch`, `ttlSlots`), below the decisions wanting a slot. */
+  readonly capped: boolean;
   readonly sentAt: number;
   /** This instance's per-call decisions may have moved the buckets since its last reservation. */
   readonly ownPerCall: boolean;
@@ -211,8 +213,9 @@ export class ReservationBook {
    * for the next: each such step is a round trip Redis answered in time, plus at most one
    * deadline for the last (a Redis that froze meanwhile: one round trip and one deadline in
    * all, where a decision per call takes one deadline). When that call was granted fewer
-   * slots than asked (or none), the decisions
-   * left without a slot go per call, together, instead of one reserving call at a time.
+   * slots than asked (or none), or its ask was all this instance may hold (`maxBatch`,
+   * `ttlSlots`) and fewer than the decisions waiting for it, the decisions left without a
+   * slot go per call, together, instead of one reserving call at a time.
    */
   consume(
     plan: ReservablePlan,
@@ -222,13 +225,17 @@ export class ReservationBook {
     const entry = this.entries.get(plan.key) ?? this.open(plan);
     if (entry?.pending !== undefined) {
       const { sent, call } = entry.pending;
+      // The call's ask covers the decisions already waiting for it (and its own). One beyond
+      // that, when the ask was all it could be (`maxBatch`, `ttlSlots`), goes per call once the
+      // call is answered: the next reserving call could not cover it either.
+      const perCall = call.capped && entry.waiting + (call.decides ? 1 : 0) >= call.asked;
       // The retry is counted again.
       entry.counted--;
       entry.waiting++;
       return sent.then(
         () => {
           entry.waiting--;
-          return call.cut ? this.retryPerCall(retry) : retry();
+          return call.cut || perCall ? this.retryPerCall(retry) : retry();
         },
         (error: unknown) => {
           entry.waiting--;
@@ -238,9 +245,10 @@ export class ReservationBook {
         },
       );
     }
-    const ask =
-      entry === undefined ? 1 : Math.min(this.options.maxBatch, plan.ttlSlots, Math.max(entry.size, entry.waiting + 1));
-    return this.reserve(plan, entry, ask, refused);
+    if (entry === undefined) return this.reserve(plan, entry, 1, false, refused);
+    const wanted = Math.max(entry.size, entry.waiting + 1);
+    const ask = Math.min(this.options.maxBatch, plan.ttlSlots, wanted);
+    return this.reserve(plan, entry, ask, ask < wanted, refused);
   }
 
   /**
@@ -295,13 +303,13 @@ export class ReservationBook {
     plan: ReservablePlan,
     entry: Entry | undefined,
     ask: number,
+    capped: boolean,
     refused: ((reply: unknown, delivered: boolean) => RateLimitDecision) | undefined,
   ): Promise<RateLimitDecision> {
     const args = plan.reserveArgs.slice();
     const head = 1 + plan.hashes.length + plan.specs.length;
     args[head + 3] = String(this.options.fieldTtls());
     args[head + 4] = String(ask);
-    args[head + 8] = refused === undefined ? '0' : '1';
     const sentAt = performance.now();
     const ownPerCall = entry !== undefined && entry.direct > 0;
     if (entry !== undefined) entry.direct = 0;
@@ -309,6 +317,7 @@ export class ReservationBook {
       plan,
       entry,
       asked: ask,
+      capped,
       sentAt,
       ownPerCall,
       decides: refused !== undefined,
@@ -351,7 +360,7 @@ export class ReservationBook {
 
   /**
    * A background call that got no slot: refused (the buckets are at their limit), batches
-   * stop for now; `{3}` (room only beyond the TTL), nothing changes.
+   * stop for now.
    */
   private backgroundRefusal(entry: Entry | undefined): (reply: unknown, delivered: boolean) => RateLimitDecision {
     return (reply) => {
@@ -364,21 +373,23 @@ export class ReservationBook {
   /**
    * Asks for the next batch in the background when the current one would run out within
    * the lead time (its last slot's deadline, or its unspent slots at this instance's recent
-   * rate), keeping what this instance holds unspent within `maxBatch` slots.
+   * rate), keeping what this instance holds unspent within `maxBatch` slots and `ttlMs` of
+   * the slowest bucket's refill (`ttlSlots`).
    */
   private prefetch(entry: Entry, batch: Batch, now: number): void {
     if (entry.size < 2 || entry.pending !== undefined || entry.queued !== undefined || this.closed) return;
-    // The next slot would start beyond the TTL: nothing would be granted yet.
-    if (batch.lastDeadline - now + entry.plan.batchMs / this.options.maxBatch >= this.options.ttlMs) return;
     const left = unspent(batch);
-    // Decisions still waiting on the last call (retrying one by one) count in the ask.
-    const ask = Math.min(Math.max(entry.size, entry.waiting + 1), this.options.maxBatch - left, entry.plan.ttlSlots);
+    // Decisions still waiting on the last call (retrying one by one) count in the ask; what
+    // this instance holds unspent stays within `maxBatch` slots and `ttlMs` of refill.
+    const room = Math.min(this.options.maxBatch, entry.plan.ttlSlots) - left;
+    const wanted = Math.max(entry.size, entry.waiting + 1);
+    const ask = Math.min(wanted, room);
     if (ask < 2) return;
     const perMs = entry.perMs > 0 ? entry.perMs : entry.counted / Math.max(1, now - entry.countedSince);
     // Two decisions' gap on top: the next check comes only with the next decision.
     const lead = Math.max(MIN_LEAD_MS, LEAD_LATENCIES * entry.latencyMs) + (perMs > 0 ? 2 / perMs : 0);
     if (Math.min(batch.lastDeadline - now, left / perMs) > lead || !this.options.canCall()) return;
-    this.reserve(entry.plan, entry, ask, undefined).catch(() => undefined);
+    this.reserve(entry.plan, entry, ask, ask < wanted, undefined).catch(() => undefined);
   }
 
   /**

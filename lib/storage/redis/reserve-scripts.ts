@@ -27,12 +27,12 @@ import { HELPERS, MAX_TTL_MS } from './lua-helpers.js';
  * ARGV[4]     the field-TTL mode (`FieldTtlMode`): '0' none, '1' HPEXPIRE (Redis 7.4), '2' HSETEX (8.0+)
  * ARGV[5]     ask, the slots wanted (>= 1)
  * ARGV[6]     ttl in ms: a slot after the first is granted only if it starts within ttl
+ *             of the first (of `base`, in each bucket): a call takes at most ttl of each
+ *             bucket's refill, wherever the bucket stands (full, or spending its burst with
+ *             `fullAt` ahead of now)
  * ARGV[7]     the owner tag (the store instance's id)
  * ARGV[8]     moreCap: the most slots still free after the grant to report
- * ARGV[9]     '1' when the call decides a message now (its first slot is granted however far
- *             ahead it starts, as a per-call decision would be), '0' for a batch asked for
- *             ahead of need (every slot must start within ttl)
- * ARGV[10+7(i-1)..]  tier i: limit, cost, slack, span, intervalMs, hash index, field
+ * ARGV[9+7(i-1)..]  tier i: limit, cost, slack, span, intervalMs, hash index, field
  *
  * Each bucket's field `~o<field>` holds `<owner>|` and the bucket's field as its last
  * reserver wrote it (`fullAt`, 8 bytes): the bucket was left to one instance when it still
@@ -42,21 +42,19 @@ import { HELPERS, MAX_TTL_MS } from './lua-helpers.js';
  * taken, where base_i is the first slot's start in bucket i and end_i its new `fullAt`
  * (numbers as `%.17g` strings), alone says every bucket was either full or last written by
  * this owner's reservation, and more is how many further slots would still have fitted
- * (at most moreCap, ignoring ttl; from the arithmetic, not counted one by one); {3} when a
- * call that decides nothing (ARGV[9] '0') finds room only beyond ttl; otherwise consume's
- * refusal {0, index, retryAfter, remaining}.
+ * (at most moreCap, ignoring ttl; from the arithmetic, not counted one by one); otherwise
+ * consume's refusal {0, index, retryAfter, remaining}.
  */
 export const RESERVE_LUA = `${HELPERS}
 local n, H = tonumber(ARGV[2]), tonumber(ARGV[3])
 local fieldTtls = tonumber(ARGV[4])
 local ask, ttl, owner, moreCap = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
-local decides = ARGV[9] == '1'
 local clockKey = nil
 if ARGV[1] ~= '' then clockKey = KEYS[H + n + 1] end
 local now = readClock(ARGV[1], clockKey)
 local limit, cost, slack, span, interval, hx, field = {}, {}, {}, {}, {}, {}, {}
 for i = 1, n do
-  local o = 9 + 7 * (i - 1)
+  local o = 8 + 7 * (i - 1)
   limit[i] = tonumber(ARGV[o + 1])
   cost[i] = tonumber(ARGV[o + 2])
   slack[i] = tonumber(ARGV[o + 3])
@@ -84,16 +82,17 @@ for h = 1, H do
   end
 end
 
--- Per bucket: how many slots fit (up to ask), and how many start within ttl.
+-- Per bucket: how many slots fit (up to ask) and start within ttl of the first.
 local S, g, alone = {}, ask, true
 for i = 1, n do
   local fullAt = double(raw[i]) or NEG
   S[i] = fullAt
   if fullAt > now and own[i] ~= owner .. '|' .. raw[i] then alone = false end
-  local t, c = fullAt, 0
+  local base = fullAt
+  if not (base > now) then base = now end
+  local t, c = base, 0
   if cost[i] <= limit[i] then
-    while c < g and t - now <= slack[i] and ((c == 0 and decides) or (t > now and t or now) - now <= ttl) do
-      if not (t > now) then t = now end
+    while c < g and t - now <= slack[i] and t - base <= ttl do
       t = t + span[i]
       c = c + 1
     end
@@ -111,12 +110,8 @@ if g < 1 then
       worstWait = w
     end
   end
-  if worst == 0 then
-    -- Every bucket has room, but not within ttl: only a batch asked for ahead of need gets
-    -- here (a deciding call's first slot is exempt), and it is no refusal.
-    if not decides then return { 3 } end
-    return redis.error_reply('wsrl: a refused reservation with no wait')
-  end
+  -- Slot 0 is within ttl of itself: a bucket with no slot has none within slack.
+  if worst == 0 then return redis.error_reply('wsrl: a refused reservation with no wait') end
   local left = 0
   local fullAt = S[worst]
   if fullAt <= now then left = limit[worst] else left = math.max(0, math.floor(limit[worst] - (fullAt - now) / interval[worst])) end
