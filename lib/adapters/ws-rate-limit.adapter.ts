@@ -6,7 +6,7 @@ import { WsAdapter } from '@nestjs/platform-ws';
 import { STATUS_CODES, type IncomingMessage, type Server as HttpServer } from 'node:http';
 import { EMPTY, type Observable, type Subscription } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
-import { WebSocketServer, type WebSocket } from 'ws';
+import { WebSocketServer as WsServer } from 'ws';
 import type { AnswerSlot } from '../connection/answer-order.js';
 import { FrameHold } from '../connection/frame-hold.js';
 import type { ConnectionState } from '../connection/connection-state.js';
@@ -21,6 +21,7 @@ import { wsTransport } from '../transports/ws-transport.js';
 import type { RateLimitTransport } from '../transports/transport.js';
 import type { UnroutedCode } from '../protocol/rate-limit-protocol.js';
 import { CLOSE_POLICY_VIOLATION, OPEN } from '../ws-rate-limit.constants.js';
+import type { WebSocket, WebSocketServer } from './ws-types.js';
 
 /** The port NestJS uses for "share the application's HTTP server". */
 const APP_SERVER_PORT = 0;
@@ -90,7 +91,7 @@ export class WsRateLimitAdapter extends WsAdapter {
     const limiter = (this.limiter = limiterFrom(app, 'WsRateLimitAdapter'));
     this.defaultMessageParser = this.messageParser;
     this.forwarding = new ForwardingWarning(limiter.options);
-    if (!('maxFragments' in new WebSocketServer({ noServer: true }).options)) {
+    if (!('maxFragments' in new WsServer({ noServer: true }).options)) {
       throw new Error(
         'nestjs-ws-rate-limit: the installed "ws" predates 8.21.0 and lacks its fragment-flood limits; install ws@^8.21.0',
       );
@@ -122,7 +123,7 @@ export class WsRateLimitAdapter extends WsAdapter {
     if (port === APP_SERVER_PORT && this.httpServer) {
       this.ensureHttpServerExists(port, this.httpServer);
       this.guardHttpServer(this.httpServer as HttpServer);
-      wsServer = this.bindErrorHandler(new WebSocketServer({ noServer: true, ...wsOptions }));
+      wsServer = this.bindErrorHandler(new WsServer({ noServer: true, ...wsOptions }));
       this.addWsServerToRegistry(wsServer, port, path as string);
     } else if (path && port !== APP_SERVER_PORT) {
       const httpServer = this.ensureHttpServerExists(port);
@@ -132,10 +133,10 @@ export class WsRateLimitAdapter extends WsAdapter {
       } else {
         this.guardHttpServer(this.httpServersRegistry.get(port) as HttpServer);
       }
-      wsServer = this.bindErrorHandler(new WebSocketServer({ noServer: true, ...wsOptions }));
+      wsServer = this.bindErrorHandler(new WsServer({ noServer: true, ...wsOptions }));
       this.addWsServerToRegistry(wsServer, port, path);
     } else {
-      wsServer = this.bindErrorHandler(new WebSocketServer({ port, path: path as string, ...wsOptions }));
+      wsServer = this.bindErrorHandler(new WsServer({ port, path: path as string, ...wsOptions }));
       const own = (wsServer as unknown as { _server?: HttpServer })._server;
       if (own) this.guardHttpServer(own);
     }

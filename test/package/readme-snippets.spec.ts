@@ -16,7 +16,7 @@ import {
   type ExceptionFilter,
   type INestApplication,
 } from '@nestjs/common';
-import { ConfigModule } from '@nestjs/config';
+import { ConfigModule, ConfigService } from '@nestjs/config';
 import { APP_GUARD, NestFactory } from '@nestjs/core';
 // Type only: @nestjs/throttler is CommonJS requiring ES-module @nestjs/common, which Jest's ESM mode cannot load.
 import type { ThrottlerModule as ThrottlerModuleClass } from '@nestjs/throttler';
@@ -84,6 +84,21 @@ export class QuickStartGateway {
 
 @Module({ imports: [WsRateLimitModule.forRoot()], providers: [QuickStartGateway] })
 export class QuickStartModule {}
+
+// README, Configuration: figures from the app's own configuration through forRootAsync.
+@Module({
+  imports: [
+    ConfigModule.forRoot(),
+    WsRateLimitModule.forRootAsync({
+      imports: [ConfigModule],
+      inject: [ConfigService],
+      useFactory: (config: ConfigService) => ({
+        global: { capacity: Number(config.get('CHAT_BURST') ?? 60), refillRate: 20 },
+      }),
+    }),
+  ],
+})
+export class ForRootAsyncModule {}
 
 // README 80-84: main.ts.
 export async function quickStartMain(): Promise<void> {
@@ -600,6 +615,23 @@ describe('README: module start-up (57-97, 458-463)', () => {
         imports: [WsRateLimitModule.forRoot({ useEnv: false }), AsyncFeatureModule],
       }).compile(),
     ).rejects.toThrow(/imported 2 times/);
+  });
+
+  it("forRootAsync with ConfigService: the factory's figure is used, and a NaN stops start-up naming option global.capacity", async () => {
+    const saved = process.env['CHAT_BURST'];
+    try {
+      process.env['CHAT_BURST'] = '7';
+      const moduleRef = await Test.createTestingModule({ imports: [ForRootAsyncModule] }).compile();
+      expect(moduleRef.get(WsRateLimitService).options.global.capacity).toBe(7);
+      await moduleRef.close();
+      process.env['CHAT_BURST'] = 'lots';
+      await expect(Test.createTestingModule({ imports: [ForRootAsyncModule] }).compile()).rejects.toThrow(
+        /option global\.capacity/,
+      );
+    } finally {
+      if (saved === undefined) delete process.env['CHAT_BURST'];
+      else process.env['CHAT_BURST'] = saved;
+    }
   });
 
   it("@SkipThrottle({ short: true }) (throttler's per-throttler form) throws WsRateLimitConfigError", () => {
