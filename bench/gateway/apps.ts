@@ -191,8 +191,9 @@ export const REDIS_VARIANTS: readonly VariantId[] = [
  * address sends (about 500 messages a second of the load's ~30 k/s over 64 addresses on the
  * machine these were set on), the case reservations are for (a full bucket's slots lapse at
  * its refill rate). On a machine where one address sends more than the refill, the buckets
- * spend their burst and reservations grant no slot past their TTL: `oursRedisReserveFast`
- * keeps the refill above what one address sends there (up to about 3,000 a second).
+ * spend their burst, their fullAt running ahead of now (until 2026-12-05 reservations then
+ * granted no slot past their TTL, and decided per call); `oursRedisReserveFast` keeps the
+ * refill above what one address sends there (up to about 3,000 a second).
  */
 const redisLimits = (reservationBatch: number, refillRate = 1000) => ({
   useEnv: false,

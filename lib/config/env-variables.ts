@@ -147,7 +147,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     max: MAX_TIMER_MS,
     default: '1000',
     description:
-      'Token reservations: an instance holds at most this long of a shared bucket\'s refill unspent, so what a dead instance held is refilled within it.',
+      "Token reservations: an instance holds at most this long of a shared bucket's refill unspent, so what a dead instance held is refilled within it.",
   },
   {
     name: 'WS_RATE_LIMIT_TRACKER',

@@ -183,7 +183,9 @@ export interface RedisStoreOptions {
    * slowest bucket's refill unspent, wherever the buckets stand (full, or spending their
    * burst ahead of the refill), so what a dead instance held is refilled within `ttlMs`; an
    * idle batch's unspent slots go back after a quarter to a half of `ttlMs`, and every
-   * batch's at `close()`. Under-admission is bounded by the slots reserved and unspent: at
+   * batch's at `close()`, when no other decision moved its buckets since (else the batch
+   * stays with this instance, spent first, until its slots lapse; at `close()` it is lost).
+   * Under-admission is bounded by the slots reserved and unspent: at
    * most `maxBatch` decisions per plan and instance (the batch being spent and the next one
    * together), and at most `ttlMs` of refill. Plans with a sliding log, sliding counter or
    * concurrency tier, and every plan with `clock: 'app'`, are decided per call as without

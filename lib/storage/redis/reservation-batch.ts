@@ -21,6 +21,12 @@ export interface Batch {
   next: number;
   /** Spent from since the last sweep. */
   used: boolean;
+  /**
+   * Its give-back found the buckets moved since (another decision came after it): it stays
+   * with this instance, spent before any new call, until its slots lapse; never offered back
+   * again.
+   */
+  kept: boolean;
 }
 
 /**
@@ -53,6 +59,7 @@ export function batchOf(
     lastDeadline: 0,
     next: first,
     used: true,
+    kept: false,
   };
   batch.lastDeadline = deadline(plan, batch, granted - 1);
   return batch;

@@ -539,13 +539,17 @@ export class ReservationBook {
   }
 
   private sweep(): void {
+    const now = performance.now();
     for (const [key, entry] of this.entries) {
       const batch = entry.batch;
       if (batch !== undefined) {
-        if (!batch.used) {
-          this.giveBackAll(entry).catch(() => undefined);
-        } else {
+        if (batch.used) {
           batch.used = false;
+        } else if (!batch.kept || (entry.queued !== undefined && !entry.queued.kept)) {
+          this.giveBackAll(entry).catch(() => undefined);
+        } else if (now > (entry.queued ?? batch).lastDeadline) {
+          // Kept batches (their give-back failed) whose slots have all lapsed.
+          entry.batch = entry.queued = undefined;
         }
         continue;
       }
@@ -560,26 +564,59 @@ export class ReservationBook {
 
   /**
    * Gives back the next batch's tail, then the current one's (which can go back only once
-   * the bucket is again at the end the current batch left it at), and forgets both.
+   * the bucket is again at the end the current batch left it at). A tail that cannot go
+   * back (a decision moved the buckets after it) stays with the entry, marked kept: this
+   * instance spends it first, and it lapses as time passes its slots. Dropped, it would be
+   * lost to every instance for as long as the bucket's `fullAt` runs ahead of now, which
+   * for a bucket spending its burst is far longer than `ttlMs`.
    */
   private async giveBackAll(entry: Entry): Promise<void> {
     const { batch, queued } = entry;
     entry.batch = undefined;
     entry.queued = undefined;
-    if (queued !== undefined) await this.giveBack(entry.plan, queued).catch(() => undefined);
-    if (batch !== undefined) await this.giveBack(entry.plan, batch);
+    const epoch = this.epoch;
+    const queuedBack = queued === undefined || (await this.giveBack(entry.plan, queued).catch(() => false));
+    const batchBack =
+      batch === undefined || (queuedBack && (await this.giveBack(entry.plan, batch).catch(() => false)));
+    // Not while closing, nor once the plan's keys were reset (its slots are of the old buckets).
+    if (this.closed || epoch !== this.epoch || this.entries.get(entry.plan.key) !== entry) return;
+    if (!batchBack) this.readopt(entry, batch!);
+    if (!queuedBack) this.readopt(entry, queued!);
   }
 
-  private giveBack(plan: ReservablePlan, batch: Batch): Promise<unknown> {
-    if (batch.next >= batch.granted) return Promise.resolve();
+  /** Keeps a batch whose give-back failed, as the current or next batch, unless both are taken. */
+  private readopt(entry: Entry, batch: Batch): void {
+    batch.kept = true;
+    if (unspent(batch) === 0 || performance.now() > batch.lastDeadline) return;
+    const current = entry.batch;
+    if (current === undefined || unspent(current) === 0) {
+      entry.batch = batch;
+    } else if (entry.queued === undefined) {
+      // The batch whose slots start first is spent first.
+      if (batch.bases[0]! < current.bases[0]!) {
+        entry.batch = batch;
+        entry.queued = current;
+      } else {
+        entry.queued = batch;
+      }
+    } else {
+      // Both places taken (new batches came meanwhile): it lapses unspent.
+      return;
+    }
+    this.startSweep();
+  }
+
+  /** Sends a batch's unspent tail back; resolves whether it went back (or there was none). */
+  private async giveBack(plan: ReservablePlan, batch: Batch): Promise<boolean> {
+    if (batch.next >= batch.granted) return true;
     const args = [String(plan.hashes.length), ...plan.hashes, String(plan.specs.length)];
     args.push(String(this.options.fieldTtls()), '');
     plan.specs.forEach((spec, i) => {
       const [hashIndex, field] = plan.places[i]!;
       args.push(hashIndex, field, batch.endTexts[i]!, batch.baseTexts[i]!, String(batch.next), String(spec.span));
     });
-    if (!this.options.canCall()) return Promise.resolve();
-    return this.options.gate.within(this.options.unreserve(...args), () => undefined);
+    if (!this.options.canCall()) return false;
+    return this.options.gate.within(this.options.unreserve(...args), (reply) => toNumber(reply) > 0);
   }
 }
 

@@ -153,42 +153,45 @@ return out
 `;
 
 /**
- * `unreserve`: gives back the unspent tail of a reservation, in each bucket still at the
- * end the reservation left it at (no one reserved or consumed after it); elsewhere the
- * tail stays taken and lapses as time passes its slots.
+ * `unreserve`: gives back the unspent tail of a reservation when every bucket of the plan is
+ * still at the end the reservation left it at (no one reserved or consumed after it), else
+ * nothing: the tail stays taken, its instance may still spend it, and it lapses as time
+ * passes its slots (a tail given back in some buckets only could be spent in none).
  *
  * KEYS[1..H]  the tracker hashes
  * ARGV[1]     n; ARGV[2] the field-TTL mode ('0': none); ARGV[3] the app time or ''
  * ARGV[4+6(i-1)..]  tier i: hash index, field, end and base (as reserve returned them),
  *             k, the slots before the first one given back, and span: the bucket goes back
  *             to base plus k spans, added one by one as reserve did
- * Reply: the number of buckets given back.
+ * Reply: the number of buckets given back (n, or 0).
  */
 export const UNRESERVE_LUA = `${HELPERS}
 local n, fieldTtls = tonumber(ARGV[1]), tonumber(ARGV[2]) > 0
 local now
 if ARGV[3] == '' then now = readClock('', nil) else now = tonumber(ARGV[3]) end
+for i = 1, n do
+  local o = 3 + 6 * (i - 1)
+  if double(redis.call('HGET', KEYS[tonumber(ARGV[o + 1])], ARGV[o + 2])) ~= tonumber(ARGV[o + 3]) then return 0 end
+end
 local back = 0
 for i = 1, n do
   local o = 3 + 6 * (i - 1)
   local key, f = KEYS[tonumber(ARGV[o + 1])], ARGV[o + 2]
-  if double(redis.call('HGET', key, f)) == tonumber(ARGV[o + 3]) then
-    local t, k, span = tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6])
-    for _ = 1, k do t = t + span end
-    local ttl = math.ceil(t - now)
-    if ttl > 0 then
-      redis.call('HSET', key, f, struct.pack('<d', t))
-      -- HSET drops a field's own TTL: set it again where fields carry theirs.
-      if fieldTtls and redis.call('HEXISTS', key, '~e') == 0 then
-        redis.call('HPEXPIRE', key, math.min(ttl, ${MAX_TTL_MS}) + 1000, 'FIELDS', 1, f)
-      end
-      redis.call('HDEL', key, '~o' .. f)
-    else
-      redis.call('HDEL', key, f, '~o' .. f)
-      if redis.call('HLEN', key) == 1 and redis.call('HEXISTS', key, '~e') == 1 then redis.call('DEL', key) end
+  local t, k, span = tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6])
+  for _ = 1, k do t = t + span end
+  local ttl = math.ceil(t - now)
+  if ttl > 0 then
+    redis.call('HSET', key, f, struct.pack('<d', t))
+    -- HSET drops a field's own TTL: set it again where fields carry theirs.
+    if fieldTtls and redis.call('HEXISTS', key, '~e') == 0 then
+      redis.call('HPEXPIRE', key, math.min(ttl, ${MAX_TTL_MS}) + 1000, 'FIELDS', 1, f)
     end
-    back = back + 1
+    redis.call('HDEL', key, '~o' .. f)
+  else
+    redis.call('HDEL', key, f, '~o' .. f)
+    if redis.call('HLEN', key) == 1 and redis.call('HEXISTS', key, '~e') == 1 then redis.call('DEL', key) end
   end
+  back = back + 1
 end
 return back
 `;
