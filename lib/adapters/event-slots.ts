@@ -1,5 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import type { AnswerOrder, AnswerSlot } from '../connection/answer-order.js';
+import { HOLD_LIMIT } from '../connection/frame-hold.js';
 
 /** A slot opened for an event, with the event's first argument to know it again by. */
 interface Opened {
@@ -10,10 +11,20 @@ interface Opened {
 }
 
 /**
- * Most slots of one event name kept waiting for their listener. Only events an application
- * middleware holds back or drops wait at all (socket.io emits the others on the next tick).
+ * Most slots of one event name kept waiting for their listener. Events wait a tick (socket.io
+ * emits them on the next one), up to a whole frame hold's release at once (`HOLD_LIMIT`: all
+ * of one name, in a flood), and longer only when an application middleware holds one back
+ * or drops it. (16 gave up the oldest slots of a released hold before their listeners took
+ * them, so later events' answers went out first.)
  */
-export const MAX_WAITING_EVENTS = 16;
+export const MAX_WAITING_EVENTS = 2 * HOLD_LIMIT;
+
+/**
+ * Of the slots of one name waiting, the most that keep their event's first argument to be
+ * known again by; the others are taken in arrival order. A dropped event's payload is not
+ * kept past these few.
+ */
+const MAX_KEYED = 16;
 
 /**
  * The answer slots of a socket's routed events between the socket.io middleware that opens
@@ -64,7 +75,7 @@ export class EventSlots {
     const now = performance.now();
     this.expire(opened, now);
     if (opened.length >= MAX_WAITING_EVENTS) this.order.done(opened.shift()!.slot);
-    opened.push({ slot, key, at: now });
+    opened.push({ slot, key: opened.length < MAX_KEYED ? key : undefined, at: now });
     // A dropped event's slot is given up even when no event of its name comes after it.
     if (this.timer === undefined) this.arm();
   }

@@ -374,7 +374,10 @@ export class WsRateLimitIoAdapter extends IoAdapter {
       const order = state.order;
       // While one of this socket's decisions waits on the store, later events wait as received.
       const hold = (state.hold ??= new FrameHold(state, (error) => this.log.error(error)));
+      /** Routed events passed on whose handler (and guard) has not run yet. */
+      let routedInTransit = 0;
       const inTransit = (): void => {
+        routedInTransit--;
         state.waiting--;
         hold.settled();
       };
@@ -390,6 +393,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
           // then it counts as waiting, ended on a tick queued after socket.io's, so an app
           // middleware that holds it back or drops it holds no later event for ever.
           state.waiting++;
+          routedInTransit++;
           try {
             return next();
           } finally {
@@ -398,7 +402,22 @@ export class WsRateLimitIoAdapter extends IoAdapter {
         }
         if (slot !== undefined && typeof last === 'function') slot.ack = last as (answer: unknown) => void;
         const id = typeof packet[1] === 'function' ? undefined : idOf(packet[1]);
-        pipeline.runUnrouted(socket, state, 'UNKNOWN_EVENT', id, bound, slot, () => next());
+        // Within the budget: on to the application's listeners, which socket.io calls on a
+        // tick queued by `next`; the slot ends on a tick after it.
+        const admitted = (done: () => void): void => {
+          try {
+            next();
+          } finally {
+            process.nextTick(done);
+          }
+        };
+        const decide = (): void => pipeline.runUnrouted(socket, state, 'UNKNOWN_EVENT', id, bound, slot, admitted);
+        // Routed events before it still on their way to their guard (a released frame hold
+        // runs up to 64 events at once): decided after them, on a tick queued behind theirs,
+        // so decisions keep arrival order (decided at once, it took the budget, the refusal
+        // and the violation of an earlier event, and was passed on after the close).
+        if (routedInTransit > 0) process.nextTick(decide);
+        else decide();
       };
       socket.use((packet, next) => {
         if (hold.open) passOn(packet, next);

@@ -185,7 +185,8 @@ export class MessagePipeline {
    * listener, outside Nest's exception handling: nothing a step or callback throws escapes.
    * With `admitted` (socket.io, where an event no handler takes may have listeners of the
    * application's own), a frame within the budget is passed on through it instead of
-   * being answered.
+   * being answered; it calls `done` once the application's listeners have had the event
+   * (its answer slot stays open until then, so a close decided meanwhile waits for them).
    */
   runUnrouted(
     client: object,
@@ -194,17 +195,14 @@ export class MessagePipeline {
     id: MessageId | undefined,
     bound: UnroutedSteps,
     slot?: AnswerSlot,
-    admitted?: () => void,
+    admitted?: (done: () => void) => void,
   ): void {
     const context = new UnroutedContext(client, code, id, bound.gateway, slot);
     const finished = (): void => {
       if (slot !== undefined) connection.order?.done(slot);
     };
     const answer = (): void => {
-      if (admitted !== undefined) {
-        finished();
-        return admitted();
-      }
+      if (admitted !== undefined) return admitted(finished);
       try {
         const frame = { event: 'error', data: id === undefined ? { code } : { code, id } };
         this.enforcer.send(client, connection, frame, undefined, slot);

@@ -6,15 +6,7 @@ import { tokenBucketSpec } from '../../lib/plans/tier-specs.js';
 import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
 import type { RedisStoreOptions } from '../../lib/storage/redis/redis-store.options.js';
 import { fieldTtlRedisServer, startRedis, type RedisServer } from '../support/redis-server.js';
-import {
-  adminClient,
-  closeClient,
-  expectBoundedTtls,
-  openStore,
-  ready,
-  sleep,
-  type OpenedStores,
-} from './helpers.js';
+import { adminClient, closeClient, expectBoundedTtls, openStore, ready, sleep, type OpenedStores } from './helpers.js';
 
 /**
  * Review of commit 2812c83 (token reservations granted `ttlMs` of refill from where the bucket
