@@ -147,6 +147,12 @@ export const VARIANTS = {
     clientAddresses: 64,
     adapter: 'ours',
   },
+  oursRedisReserveBurst: {
+    label:
+      'ours: Redis store, tracker ip, 64 client addresses, buckets refilling 250/s (each address spends its burst), reservations (batch 250: rate x 1 s TTL), WsRateLimitAdapter',
+    clientAddresses: 64,
+    adapter: 'ours',
+  },
   oursRedisReserveTtlStock: {
     label:
       'ours: Redis store, tracker ip, 64 client addresses, reservations (batch 1000), guard only on the stock WsAdapter',
@@ -182,6 +188,7 @@ export const REDIS_VARIANTS: readonly VariantId[] = [
   'oursRedisReserve',
   'oursRedisReserveTtl',
   'oursRedisReserveFast',
+  'oursRedisReserveBurst',
   'oursRedisReserveTtlStock',
   'oursRedisReserveTtlStockNoPretenure',
 ];
@@ -193,7 +200,8 @@ export const REDIS_VARIANTS: readonly VariantId[] = [
  * its refill rate). On a machine where one address sends more than the refill, the buckets
  * spend their burst, their fullAt running ahead of now (until 2026-12-05 reservations then
  * granted no slot past their TTL, and decided per call); `oursRedisReserveFast` keeps the
- * refill above what one address sends there (up to about 3,000 a second).
+ * refill above what one address sends there (up to about 3,000 a second), and
+ * `oursRedisReserveBurst` keeps it below (250 a second): every address spends its burst.
  */
 const redisLimits = (reservationBatch: number, refillRate = 1000) => ({
   useEnv: false,
@@ -218,6 +226,7 @@ export function appModule(variant: VariantId): DynamicModule {
     oursRedisReserve: RateLimitedEchoGateway,
     oursRedisReserveTtl: RateLimitedEchoGateway,
     oursRedisReserveFast: RateLimitedEchoGateway,
+    oursRedisReserveBurst: RateLimitedEchoGateway,
     oursRedisReserveTtlStock: RateLimitedEchoGateway,
     unguardedNoPretenure: EchoGateway,
     oursRedisReserveTtlStockNoPretenure: RateLimitedEchoGateway,
@@ -239,6 +248,7 @@ export function appModule(variant: VariantId): DynamicModule {
     oursRedisReserve: [WsRateLimitModule.forRoot(redisLimits(64))],
     oursRedisReserveTtl: [WsRateLimitModule.forRoot(redisLimits(1000))],
     oursRedisReserveFast: [WsRateLimitModule.forRoot(redisLimits(4000, 4000))],
+    oursRedisReserveBurst: [WsRateLimitModule.forRoot(redisLimits(250, 250))],
     oursRedisReserveTtlStock: [WsRateLimitModule.forRoot(redisLimits(1000))],
     unguardedNoPretenure: [],
     oursRedisReserveTtlStockNoPretenure: [WsRateLimitModule.forRoot(redisLimits(1000))],

@@ -155,6 +155,7 @@ function reportGateway(variants: VariantId[], load: LoadShape, runs: GatewayRun[
       measured:
         `batch 1000: ${redisRatio.toFixed(2)} (batch 64: ${vsUnguarded('oursRedisReserve')}; ` +
         `buckets refilling 4,000/s, batch 4000: ${vsUnguarded('oursRedisReserveFast')}; ` +
+        `buckets refilling 250/s, spending their burst, batch 250: ${vsUnguarded('oursRedisReserveBurst')}; ` +
         `without reservations: ${vsUnguarded('oursRedis')}; guard only on the stock WsAdapter, batch 1000: ` +
         `${vsUnguarded('oursRedisReserveTtlStock')}, and with ${NO_PRETENURING} against unguarded with it: ` +
         `${noPretenuring.toFixed(2)})`,

@@ -66,6 +66,7 @@ import { RATE_LIMIT_DISCONNECT_EVENT, WsRateLimitIoAdapter } from '../../lib/soc
 import { startApp, type RunningApp } from '../support/app.js';
 import { connectionsEndedByServer, upgrade } from '../support/http.js';
 import { settle, TestClient } from '../support/ws-client.js';
+import { metricSum } from '../support/metrics.js';
 
 // --- Compile-only snippets ------------------------------------------------------------------
 // Each block below is a README block (line numbers of README.md at review time), with the
@@ -423,14 +424,6 @@ async function connect(url: string): Promise<TestClient> {
   const client = await TestClient.connect(url);
   clients.push(client);
   return client;
-}
-
-async function sum(registry: Registry, name: string, labels: Record<string, string> = {}): Promise<number> {
-  const metric = (await registry.getMetricsAsJSON()).find((entry) => entry.name === name);
-  const values = (metric?.values ?? []) as Array<{ value: number; labels: Record<string, unknown> }>;
-  return values
-    .filter((value) => Object.entries(labels).every(([key, want]) => String(value.labels[key]) === want))
-    .reduce((total, value) => total + value.value, 0);
 }
 
 describe('README: the store on its own (835-861)', () => {
@@ -805,7 +798,10 @@ describe('README: connections_total reason handshakes (953-957)', () => {
       expect({
         shadow,
         dropped,
-        metric: await sum(registry, 'ws_rate_limit_connections_total', { result: 'refused', reason: 'handshakes' }),
+        metric: await metricSum(registry, 'ws_rate_limit_connections_total', {
+          result: 'refused',
+          reason: 'handshakes',
+        }),
         events: events.filter((event) => event.kind === 'connection' && event.reason === 'handshakes').length,
       }).toEqual({ shadow, dropped: 2, metric: 2, events: 2 });
     }

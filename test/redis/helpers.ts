@@ -212,3 +212,28 @@ export async function slotOwners(port: number): Promise<number[]> {
     await closeClient(client);
   }
 }
+
+/** An admitted decision: when it was asked for and when its answer came (local ms). */
+export type Admission = readonly [asked: number, answered: number];
+
+/**
+ * The most any window exceeds the bucket's refill over it, counting in a window [a, b]
+ * the admissions asked and answered within it (so decided within it, wherever Redis or
+ * the process took the decision in between): max over a, b of count - rate * (b - a). A
+ * bucket of capacity C admits at most C + rate * T in any window T, so this is at most C.
+ */
+export function worstBurst(admissions: readonly Admission[], ratePerMs: number): number {
+  const byAsked = [...admissions].sort((x, y) => x[0] - y[0]);
+  let worst = 0;
+  for (let i = 0; i < byAsked.length; i++) {
+    const from = byAsked[i]![0];
+    const answered = byAsked
+      .slice(i)
+      .map(([, at]) => at)
+      .sort((x, y) => x - y);
+    answered.forEach((to, k) => {
+      worst = Math.max(worst, k + 1 - ratePerMs * (to - from));
+    });
+  }
+  return worst;
+}

@@ -30,10 +30,8 @@ import {
 } from '../../lib/index.js';
 import { startApp, type RunningApp } from '../support/app.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
-import { settle, sleep, TestClient, type Frame } from '../support/ws-client.js';
-
-const later = <T>(ms: number, value: T): Promise<T> =>
-  new Promise((resolve) => setTimeout(() => resolve(value), ms).unref());
+import { settle, sleep, TestClient, type Frame, later } from '../support/ws-client.js';
+import { metricSum } from '../support/metrics.js';
 
 /** What the handlers of one app ran (the gateway is a provider: one instance per app). */
 @Injectable()
@@ -91,15 +89,6 @@ class PipelineGateway {
 }
 
 const REPLIES = new Set(['chat_ack', 'search_results', 'pong', 'fast_ack']);
-
-type Sample = { value: number; labels: Record<string, string | number> };
-
-async function sum(registry: Registry, name: string, labels: Record<string, string> = {}): Promise<number> {
-  const metric = (await registry.getMetricsAsJSON()).find((entry) => entry.name === name);
-  return ((metric?.values ?? []) as Sample[])
-    .filter((value) => Object.entries(labels).every(([key, want]) => String(value.labels[key]) === want))
-    .reduce((total, value) => total + value.value, 0);
-}
 
 interface Instance {
   running: RunningApp;
@@ -230,11 +219,11 @@ describe('the message pipeline on Redis, where the limiter acts', () => {
       // Every refusal counted is a frame the client got, numbered 1..max.
       frames,
       warningCounts: refusals.map((frame) => frame.data.warningCount),
-      violations: await sum(instance.registry, 'ws_rate_limit_violations_total'),
-      rejected: await sum(instance.registry, 'ws_rate_limit_decisions_total', { result: 'rejected' }),
-      allowed: await sum(instance.registry, 'ws_rate_limit_decisions_total', { result: 'allowed' }),
+      violations: await metricSum(instance.registry, 'ws_rate_limit_violations_total'),
+      rejected: await metricSum(instance.registry, 'ws_rate_limit_decisions_total', { result: 'rejected' }),
+      allowed: await metricSum(instance.registry, 'ws_rate_limit_decisions_total', { result: 'allowed' }),
       decisionEvents: instance.events.filter((event) => event.kind === 'decision').length,
-      disconnects: await sum(instance.registry, 'ws_rate_limit_disconnects_total', { reason: 'violations' }),
+      disconnects: await metricSum(instance.registry, 'ws_rate_limit_disconnects_total', { reason: 'violations' }),
     };
     expect(figures).toEqual({
       twice: [],
@@ -307,7 +296,7 @@ describe('the message pipeline on Redis, where the limiter acts', () => {
           frames: refusals.map((frame) => [frame.data.messageType, frame.data.code, chats.has(frame.data.id)]),
           // No message before the last one answered goes unanswered.
           gaps,
-          violationsOfChat: await sum(instance.registry, 'ws_rate_limit_violations_total', { type: 'chat' }),
+          violationsOfChat: await metricSum(instance.registry, 'ws_rate_limit_violations_total', { type: 'chat' }),
         }).toEqual({
           frames: Array(10).fill(['chat', 'TYPE_LIMIT', true]),
           gaps: [],
@@ -358,7 +347,7 @@ describe('the message pipeline on Redis, where the limiter acts', () => {
       await client.waitFor((frame) => REPLIES.has(frame.event ?? '') || frame.event === 'error', 100, 15_000);
       await sleep(100);
       const { twice, unanswered, refusals } = accounting(sent, client.frames);
-      const shadowRejected = await sum(instance.registry, 'ws_rate_limit_decisions_total', {
+      const shadowRejected = await metricSum(instance.registry, 'ws_rate_limit_decisions_total', {
         result: 'shadow_rejected',
       });
       const disconnectEvents = instance.events.filter((event) => event.kind === 'disconnect');
@@ -369,11 +358,15 @@ describe('the message pipeline on Redis, where the limiter acts', () => {
         frames: refusals.length,
         handled: instance.handled.total,
         decisions:
-          (await sum(instance.registry, 'ws_rate_limit_decisions_total', { result: 'allowed' })) + shadowRejected,
-        violations: await sum(instance.registry, 'ws_rate_limit_violations_total'),
-        wouldClose: await sum(instance.registry, 'ws_rate_limit_disconnects_total', { reason: 'shadow_violations' }),
+          (await metricSum(instance.registry, 'ws_rate_limit_decisions_total', { result: 'allowed' })) + shadowRejected,
+        violations: await metricSum(instance.registry, 'ws_rate_limit_violations_total'),
+        wouldClose: await metricSum(instance.registry, 'ws_rate_limit_disconnects_total', {
+          reason: 'shadow_violations',
+        }),
         disconnectEvents: disconnectEvents.map((event) => (event as { enforced: boolean }).enforced),
-        enforcedDisconnects: await sum(instance.registry, 'ws_rate_limit_disconnects_total', { reason: 'violations' }),
+        enforcedDisconnects: await metricSum(instance.registry, 'ws_rate_limit_disconnects_total', {
+          reason: 'violations',
+        }),
       }).toEqual({
         open: true,
         twice: [],
@@ -473,11 +466,11 @@ describe('the message pipeline on Redis, where the limiter acts', () => {
       const replies = client.frames.filter((frame) => REPLIES.has(frame.event ?? '')).length;
       expect({
         replies,
-        allowed: await sum(instance.registry, 'ws_rate_limit_decisions_total', { result: 'allowed' }),
-        rejected: await sum(instance.registry, 'ws_rate_limit_decisions_total', { result: 'rejected' }),
-        violations: await sum(instance.registry, 'ws_rate_limit_violations_total'),
-        outages: await sum(instance.registry, 'ws_rate_limit_store_outages_total'),
-        fallback: await sum(instance.registry, 'ws_rate_limit_store_fallback'),
+        allowed: await metricSum(instance.registry, 'ws_rate_limit_decisions_total', { result: 'allowed' }),
+        rejected: await metricSum(instance.registry, 'ws_rate_limit_decisions_total', { result: 'rejected' }),
+        violations: await metricSum(instance.registry, 'ws_rate_limit_violations_total'),
+        outages: await metricSum(instance.registry, 'ws_rate_limit_store_outages_total'),
+        fallback: await metricSum(instance.registry, 'ws_rate_limit_store_fallback'),
         decisionEvents: instance.events.filter((event) => event.kind === 'decision').length,
       }).toEqual({
         replies: handled,
@@ -504,8 +497,8 @@ describe('the message pipeline on Redis, where the limiter acts', () => {
         codes: [...new Set(refusals.map((frame) => frame.data.code))],
         warningCounts: [...new Set(refusals.map((frame) => frame.data.warningCount))],
         handled: instance.handled.total,
-        violations: await sum(instance.registry, 'ws_rate_limit_violations_total'),
-        unavailable: await sum(instance.registry, 'ws_rate_limit_decisions_total', { code: 'STORE_UNAVAILABLE' }),
+        violations: await metricSum(instance.registry, 'ws_rate_limit_violations_total'),
+        unavailable: await metricSum(instance.registry, 'ws_rate_limit_decisions_total', { code: 'STORE_UNAVAILABLE' }),
       }).toEqual({
         twice: [],
         unanswered: [],
@@ -544,8 +537,8 @@ describe('the message pipeline on Redis, where the limiter acts', () => {
           gaps,
           frames: refusals.length,
           replies,
-          allowed: await sum(instance.registry, 'ws_rate_limit_decisions_total', { result: 'allowed' }),
-          violations: await sum(instance.registry, 'ws_rate_limit_violations_total'),
+          allowed: await metricSum(instance.registry, 'ws_rate_limit_decisions_total', { result: 'allowed' }),
+          violations: await metricSum(instance.registry, 'ws_rate_limit_violations_total'),
         }).toEqual({
           twice: [],
           gaps: [],

@@ -6,7 +6,17 @@ import { tokenBucketSpec } from '../../lib/plans/tier-specs.js';
 import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
 import type { RedisStoreOptions } from '../../lib/storage/redis/redis-store.options.js';
 import { fieldTtlRedisServer, startRedis, type RedisServer } from '../support/redis-server.js';
-import { adminClient, closeClient, expectBoundedTtls, openStore, ready, sleep, type OpenedStores } from './helpers.js';
+import {
+  adminClient,
+  closeClient,
+  expectBoundedTtls,
+  openStore,
+  ready,
+  sleep,
+  worstBurst,
+  type Admission,
+  type OpenedStores,
+} from './helpers.js';
 
 /**
  * Review of commit 2812c83 (token reservations granted `ttlMs` of refill from where the bucket
@@ -38,25 +48,6 @@ describe('token reservations: slots far ahead of now (review of 2812c83)', () =>
     tracker,
     tiers: specs.map((spec) => ({ key: store.key(tracker, spec.suffix), spec })),
   });
-
-  type Admission = readonly [asked: number, answered: number];
-
-  /** max over windows of admitted - rate * length (a bucket of capacity C keeps it <= C). */
-  function worstBurst(admissions: readonly Admission[], ratePerMs: number): number {
-    const byAsked = [...admissions].sort((x, y) => x[0] - y[0]);
-    let worst = 0;
-    for (let i = 0; i < byAsked.length; i++) {
-      const from = byAsked[i]![0];
-      const answered = byAsked
-        .slice(i)
-        .map(([, at]) => at)
-        .sort((x, y) => x - y);
-      answered.forEach((to, k) => {
-        worst = Math.max(worst, k + 1 - ratePerMs * (to - from));
-      });
-    }
-    return worst;
-  }
 
   /** `inFlight` workers per party deciding until `until`; the admitted ones' times. */
   async function flood(

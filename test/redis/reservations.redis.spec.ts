@@ -18,6 +18,8 @@ import {
   ready,
   sleep,
   storeClient,
+  worstBurst,
+  type Admission,
   type OpenedStores,
 } from './helpers.js';
 
@@ -49,37 +51,28 @@ describe('token reservations (C-34)', () => {
     tiers: specs.map((spec) => ({ key: store.key(tracker, spec.suffix), spec })),
   });
 
+  /**
+   * A store on a client of its own, to be killed (its client disconnected) while it holds
+   * slots: not in `stores`, so never closed (closing would give its slots back).
+   */
+  async function doomedStore(ttlMs: number): Promise<{ doomedClient: Redis; doomed: RedisRateLimitStore }> {
+    const doomedClient = storeClient(server.port);
+    await ready(doomedClient);
+    const doomed = new RedisRateLimitStore({
+      client: doomedClient,
+      keyPrefix: 'resv:',
+      commandTimeoutMs: 5000,
+      reservations: { maxBatch: 64, ttlMs },
+    });
+    return { doomedClient, doomed };
+  }
+
   /** Script calls (EVALSHA and EVAL) the server ran so far. */
   async function scriptCalls(): Promise<number> {
     const info = await admin.info('commandstats');
     let calls = 0;
     for (const match of info.matchAll(/cmdstat_(?:evalsha|eval):calls=(\d+)/g)) calls += Number(match[1]);
     return calls;
-  }
-
-  /** An admitted decision: when it was asked for and when its answer came (local ms). */
-  type Admission = readonly [asked: number, answered: number];
-
-  /**
-   * The most any window exceeds the bucket's refill over it, counting in a window [a, b]
-   * the admissions asked and answered within it (so decided within it, wherever Redis or
-   * the process took the decision in between): max over a, b of count - rate * (b - a). A
-   * bucket of capacity C admits at most C + rate * T in any window T, so this is at most C.
-   */
-  function worstBurst(admissions: readonly Admission[], ratePerMs: number): number {
-    const byAsked = [...admissions].sort((x, y) => x[0] - y[0]);
-    let worst = 0;
-    for (let i = 0; i < byAsked.length; i++) {
-      const from = byAsked[i]![0];
-      const answered = byAsked
-        .slice(i)
-        .map(([, at]) => at)
-        .sort((x, y) => x - y);
-      answered.forEach((to, k) => {
-        worst = Math.max(worst, k + 1 - ratePerMs * (to - from));
-      });
-    }
-    return worst;
   }
 
   /**
@@ -357,15 +350,7 @@ describe('token reservations (C-34)', () => {
     const capacity = 100;
     const rate = 100;
     const spec = tokenBucketSpec('global', 'g', capacity, rate);
-    const doomedClient = storeClient(server.port);
-    await ready(doomedClient);
-    // Not in `stores`: it is never closed (closing would give its slots back).
-    const doomed = new RedisRateLimitStore({
-      client: doomedClient,
-      keyPrefix: 'resv:',
-      commandTimeoutMs: 5000,
-      reservations: { maxBatch: 64, ttlMs },
-    });
+    const { doomedClient, doomed } = await doomedStore(ttlMs);
     const survivors = await Promise.all([0, 1, 2].map(() => makeStore({ reservations: { maxBatch: 64, ttlMs } })));
     const doomedPlan = planOf(doomed, 'ip:killed', [spec]);
     // Alone, well under the rate: its batches grow.
@@ -427,15 +412,7 @@ describe('token reservations (C-34)', () => {
     const capacity = 1_000_000;
     const rate = 100;
     const spec = tokenBucketSpec('global', 'g', capacity, rate);
-    const doomedClient = storeClient(server.port);
-    await ready(doomedClient);
-    // Not in `stores`: never closed (closing would give its slots back).
-    const doomed = new RedisRateLimitStore({
-      client: doomedClient,
-      keyPrefix: 'resv:',
-      commandTimeoutMs: 5000,
-      reservations: { maxBatch: 64, ttlMs },
-    });
+    const { doomedClient, doomed } = await doomedStore(ttlMs);
     const survivor = await makeStore({ reservations: false });
     const doomedPlan = planOf(doomed, 'ip:killed-ahead', [spec]);
     const peekPlan = planOf(survivor, 'ip:killed-ahead', [spec]);

@@ -39,10 +39,8 @@ import { WsRateLimitIoAdapter } from '../../lib/socket-io.js';
 import { startApp, type RunningApp } from '../support/app.js';
 import { ENGINE_TRANSPORTS, IoTestClient, waitFor } from '../support/io-client.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
-import { settle, sleep } from '../support/ws-client.js';
-
-const later = <T>(ms: number, value: T): Promise<T> =>
-  new Promise((resolve) => setTimeout(() => resolve(value), ms).unref());
+import { settle, sleep, later } from '../support/ws-client.js';
+import { metricSum } from '../support/metrics.js';
 
 /** What the handlers (and the application's own listener) of one app ran. */
 @Injectable()
@@ -104,15 +102,6 @@ class FloodGateway implements OnGatewayConnection {
 }
 
 const REPLY_EVENTS = new Set(['chat_ack', 'search_results', 'heard_ack']);
-
-type Sample = { value: number; labels: Record<string, string | number> };
-
-async function sum(registry: Registry, name: string, labels: Record<string, string> = {}): Promise<number> {
-  const metric = (await registry.getMetricsAsJSON()).find((entry) => entry.name === name);
-  return ((metric?.values ?? []) as Sample[])
-    .filter((value) => Object.entries(labels).every(([key, want]) => String(value.labels[key]) === want))
-    .reduce((total, value) => total + value.value, 0);
-}
 
 interface Instance {
   running: RunningApp;
@@ -283,6 +272,17 @@ describe.each(ENGINE_TRANSPORTS)('socket.io on Redis, where the limiter acts, ov
   });
   afterAll(() => redis.stop());
 
+  /** An instance, a client, and a flood of `count` events of `kinds` in one read, answered and drained. */
+  const flooded = async (options: WsRateLimitModuleOptions, kinds: ReadonlyArray<[string, boolean]>, count: number) => {
+    const instance = await start(options);
+    const flooder = await connect(instance);
+    const sent = mix(kinds, count);
+    flooder.flood(sent);
+    await finished(flooder, sent);
+    await drained(instance);
+    return { instance, flooder, sent };
+  };
+
   /**
    * How each event of a flood was answered. `answerable`: events an admission answers
    * (everything but `nope`, whose admission is silent).
@@ -329,11 +329,11 @@ describe.each(ENGINE_TRANSPORTS)('socket.io on Redis, where the limiter acts, ov
       handled: instance.handled.routed + instance.handled.heard,
       frames: flooder.refusals.length,
       warningCounts: countsInAnyOrder ? [...counts].sort((a, b) => a - b) : counts,
-      violations: await sum(instance.registry, 'ws_rate_limit_violations_total'),
-      rejected: await sum(instance.registry, 'ws_rate_limit_decisions_total', { result: 'rejected' }),
+      violations: await metricSum(instance.registry, 'ws_rate_limit_violations_total'),
+      rejected: await metricSum(instance.registry, 'ws_rate_limit_decisions_total', { result: 'rejected' }),
       rejectedEvents: decisions.filter((event) => !event.allowed).length,
       allowedRouted: allowedOf('chat') + allowedOf('ask') + allowedOf('search') + allowedOf('fast'),
-      disconnects: await sum(instance.registry, 'ws_rate_limit_disconnects_total', { reason: 'violations' }),
+      disconnects: await metricSum(instance.registry, 'ws_rate_limit_disconnects_total', { reason: 'violations' }),
       disconnect: flooder.client.of('rate_limit_disconnect'),
     };
     expect(figures).toEqual({
@@ -362,18 +362,14 @@ describe.each(ENGINE_TRANSPORTS)('socket.io on Redis, where the limiter acts, ov
 
   describe('one instance, a flood in one read past the event hold (64)', () => {
     it('chats and unknown events alternating, 150 events (global budget roomy): only chats refused, 10 frames', async () => {
-      const instance = await start();
-      const flooder = await connect(instance);
-      const sent = mix(
+      const { instance, flooder, sent } = await flooded(
+        {},
         [
           ['chat', false],
           ['nope', false],
         ],
         150,
       );
-      flooder.flood(sent);
-      await finished(flooder, sent);
-      await drained(instance);
       const refusedEvents = accounting(flooder, sent).refusedIds.map((i) => sent[i]!.event);
       expect(refusedEvents).toEqual(Array(10).fill('chat'));
       await expectAccounted(instance, flooder, sent);
@@ -386,18 +382,14 @@ describe.each(ENGINE_TRANSPORTS)('socket.io on Redis, where the limiter acts, ov
     // events spent the global budget first, took the ten violations and the frames, and the
     // refused chats that came before them were decided after the close (not answered).
     it('chats and unknown events both over the global budget (20), 150 events: the refusals go to the first ten refused in arrival order, no earlier refused chat left unanswered', async () => {
-      const instance = await start({ global: { capacity: 20, refillRate: 0.001 } });
-      const flooder = await connect(instance);
-      const sent = mix(
+      const { instance, flooder, sent } = await flooded(
+        { global: { capacity: 20, refillRate: 0.001 } },
         [
           ['chat', false],
           ['nope', false],
         ],
         150,
       );
-      flooder.flood(sent);
-      await finished(flooder, sent);
-      await drained(instance);
       const { refusedIds, gaps } = accounting(flooder, sent);
       // In arrival order the global budget (20) admits events 0..19; 20..29 are refused.
       expect({ refusedIds, gaps: gaps.slice(0, 5) }).toEqual({
@@ -415,18 +407,14 @@ describe.each(ENGINE_TRANSPORTS)('socket.io on Redis, where the limiter acts, ov
     // reply to the close: their answer slot ended as they were passed on, before socket.io
     // called the app's listener; it now ends a tick after.)
     it('chats and events an application listener takes alternating, 150 events: nothing that arrived after the deciding refusal reaches the app, everything before it gets its reply', async () => {
-      const instance = await start();
-      const flooder = await connect(instance);
-      const sent = mix(
+      const { instance, flooder, sent } = await flooded(
+        {},
         [
           ['chat', false],
           ['heard', false],
         ],
         150,
       );
-      flooder.flood(sent);
-      await finished(flooder, sent);
-      await drained(instance);
       const deciding = decidingId(flooder);
       expect(deciding).toBeDefined();
       const heardAfter = sent
@@ -444,9 +432,8 @@ describe.each(ENGINE_TRANSPORTS)('socket.io on Redis, where the limiter acts, ov
     // went out before the refusal (or the ack) of an earlier event, and warningCounts reached
     // the client out of order.
     it('routed events only (reply event, ack, expensive async), 150 in one read: refusals reach the client in arrival order, warningCount 1..10', async () => {
-      const instance = await start({ expensive: { max: 4, windowMs: 60_000 } });
-      const flooder = await connect(instance);
-      const sent = mix(
+      const { instance, flooder, sent } = await flooded(
+        { expensive: { max: 4, windowMs: 60_000 } },
         [
           ['ask', true],
           ['chat', false],
@@ -456,9 +443,6 @@ describe.each(ENGINE_TRANSPORTS)('socket.io on Redis, where the limiter acts, ov
         ],
         150,
       );
-      flooder.flood(sent);
-      await finished(flooder, sent);
-      await drained(instance);
       const received = flooder.refusals.map((info) => info.id as number);
       expect({ received, warningCounts: flooder.refusals.map((info) => info.warningCount) }).toEqual({
         received: [...received].sort((a, b) => a - b),
@@ -468,9 +452,8 @@ describe.each(ENGINE_TRANSPORTS)('socket.io on Redis, where the limiter acts, ov
     }, 60_000);
 
     it('routed events below the hold limit (60 in one read, decided one by one): every figure accounted', async () => {
-      const instance = await start();
-      const flooder = await connect(instance);
-      const sent = mix(
+      const { instance, flooder, sent } = await flooded(
+        {},
         [
           ['ask', true],
           ['chat', false],
@@ -481,9 +464,6 @@ describe.each(ENGINE_TRANSPORTS)('socket.io on Redis, where the limiter acts, ov
         ],
         60,
       );
-      flooder.flood(sent);
-      await finished(flooder, sent);
-      await drained(instance);
       await expectAccounted(instance, flooder, sent);
     }, 60_000);
   });
@@ -600,8 +580,8 @@ describe.each(ENGINE_TRANSPORTS)('socket.io on Redis, where the limiter acts, ov
         codes: [...new Set(flooder.refusals.map((info) => info.code))],
         warningCounts: [...new Set(flooder.refusals.map((info) => info.warningCount))],
         handled: instance.handled.routed,
-        violations: await sum(instance.registry, 'ws_rate_limit_violations_total'),
-        unavailable: await sum(instance.registry, 'ws_rate_limit_decisions_total', { code: 'STORE_UNAVAILABLE' }),
+        violations: await metricSum(instance.registry, 'ws_rate_limit_violations_total'),
+        unavailable: await metricSum(instance.registry, 'ws_rate_limit_decisions_total', { code: 'STORE_UNAVAILABLE' }),
         connected: flooder.client.socket.connected,
       }).toEqual({
         twice: [],

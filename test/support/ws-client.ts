@@ -134,6 +134,10 @@ export class TestClient {
 /** Resolves after `ms` milliseconds. */
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** Resolves with `value` after `ms` (a timer that keeps no process alive). */
+export const later = <T>(ms: number, value: T): Promise<T> =>
+  new Promise((resolve) => setTimeout(() => resolve(value), ms).unref());
+
 /**
  * Waits until `reached()` holds (at most `timeoutMs`), then `restMs` more, so that what must
  * not happen has had time to. A fixed sleep instead fails when a loaded machine is slow to

@@ -29,15 +29,12 @@ import {
   type WsRateLimitModuleOptions,
 } from '../../../lib/index.js';
 import { startApp, type RunningApp } from '../../support/app.js';
-import { settle, sleep, TestClient, type Frame } from '../../support/ws-client.js';
+import { settle, sleep, TestClient, type Frame, later } from '../../support/ws-client.js';
 
 /** What ran on the server. */
 const served = { chat: 0, spam: 0, big: 0 };
 /** The server side of each connection, in order. */
 const serverSockets: ServerSocket[] = [];
-
-const later = <T>(ms: number, value: T): Promise<T> =>
-  new Promise((resolve) => setTimeout(() => resolve(value), ms).unref());
 
 @WebSocketGateway()
 @WsRateLimit()

@@ -1,12 +1,10 @@
 import { MessageBody, SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
 import { NEVER } from 'rxjs';
 import { Throttle, WsRateLimit } from '../../../lib/index.js';
+import { later } from '../../support/ws-client.js';
 
 /** Counts the handlers that ran, to tell processed messages from refused ones. */
 export const handled = { chat: 0, search: 0 };
-
-const later = <T>(ms: number, value: T): Promise<T> =>
-  new Promise((resolve) => setTimeout(() => resolve(value), ms).unref());
 
 /** The sample's shapes: chat (30 burst), a slow search, presence (1 burst), a handler that stalls. */
 @WebSocketGateway()

@@ -45,7 +45,7 @@ import {
 import { WsRateLimitIoAdapter } from '../../../lib/socket-io.js';
 import { startApp, type RunningApp } from '../../support/app.js';
 import { connectIo, type IoTestClient } from '../../support/io-client.js';
-import { settle, sleep, TestClient, type Frame } from '../../support/ws-client.js';
+import { settle, sleep, TestClient, type Frame, later } from '../../support/ws-client.js';
 
 /**
  * Adversarial review of how the limiter integrates with NestJS's WebSocket machinery:
@@ -55,9 +55,6 @@ import { settle, sleep, TestClient, type Frame } from '../../support/ws-client.j
 
 /** What ran on the server, to tell processed messages from refused ones. */
 const seen = { slow: 0, spam: 0, afterGuard: 0 };
-
-const later = <T>(ms: number, value: T): Promise<T> =>
-  new Promise((resolve) => setTimeout(() => resolve(value), ms).unref());
 
 // ---------------------------------------------------------------------------------------
 // Interceptors: NestJS wraps an intercepted handler's result in an Observable.

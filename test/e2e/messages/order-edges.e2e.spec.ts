@@ -22,13 +22,10 @@ import {
 } from '../../../lib/index.js';
 import { startApp, type RunningApp } from '../../support/app.js';
 import { ioHarness } from '../../support/io-harness.js';
-import { settle, sleep, TestClient } from '../../support/ws-client.js';
+import { settle, sleep, TestClient, later } from '../../support/ws-client.js';
 
 const served = { big: 0, slow: 0 };
 const serverSockets: ServerSocket[] = [];
-const later = <T>(ms: number, value: T): Promise<T> =>
-  new Promise((resolve) => setTimeout(() => resolve(value), ms).unref());
-
 @WebSocketGateway()
 @WsRateLimit()
 class ReviewGateway implements OnGatewayConnection {

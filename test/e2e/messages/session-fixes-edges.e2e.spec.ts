@@ -44,6 +44,7 @@ import { settle, sleep, TestClient } from '../../support/ws-client.js';
 import { WsRateLimitIoAdapter } from '../../../lib/socket-io.js';
 import { rawPollingSession } from '../socket-io/c35-messages.harness.js';
 import { connectionsEndedByServer } from '../../support/http.js';
+import { metricSum } from '../../support/metrics.js';
 
 /** Chat: 5 burst, a slow refill; ping: plenty. */
 @WebSocketGateway()
@@ -91,15 +92,6 @@ class FilteredGateway {
   say(@MessageBody() data: unknown) {
     return { event: 'said', data };
   }
-}
-
-type Sample = { value: number; labels: Record<string, string | number> };
-
-async function sum(registry: Registry, name: string, labels: Record<string, string> = {}): Promise<number> {
-  const metric = (await registry.getMetricsAsJSON()).find((entry) => entry.name === name);
-  return ((metric?.values ?? []) as Sample[])
-    .filter((value) => Object.entries(labels).every(([key, want]) => String(value.labels[key]) === want))
-    .reduce((total, value) => total + value.value, 0);
 }
 
 const count = (events: RateLimitEvent[], test: (event: RateLimitEvent) => boolean): number =>
@@ -162,9 +154,9 @@ describe('session fixes review', () => {
     const frames = client.events('rate_limit').length;
     const errors = client.events('error').length;
     expect({ replies, frames, errors }).toEqual({ replies: 5, frames: 3, errors: 0 });
-    expect(await sum(registry, 'ws_rate_limit_violations_total')).toBe(frames);
-    expect(await sum(registry, 'ws_rate_limit_decisions_total', { result: 'rejected' })).toBe(frames);
-    expect(await sum(registry, 'ws_rate_limit_decisions_total', { result: 'allowed' })).toBe(replies);
+    expect(await metricSum(registry, 'ws_rate_limit_violations_total')).toBe(frames);
+    expect(await metricSum(registry, 'ws_rate_limit_decisions_total', { result: 'rejected' })).toBe(frames);
+    expect(await metricSum(registry, 'ws_rate_limit_decisions_total', { result: 'allowed' })).toBe(replies);
     expect(count(events, (event) => event.kind === 'decision')).toBe(replies + frames);
   });
 
@@ -188,9 +180,9 @@ describe('session fixes review', () => {
     const frames = client.events('rate_limit').length;
     expect(closed.code).toBe(1008);
     expect(replies).toBe(5);
-    expect(await sum(registry, 'ws_rate_limit_violations_total')).toBe(frames);
+    expect(await metricSum(registry, 'ws_rate_limit_violations_total')).toBe(frames);
     expect({
-      rejected: await sum(registry, 'ws_rate_limit_decisions_total', { result: 'rejected' }),
+      rejected: await metricSum(registry, 'ws_rate_limit_decisions_total', { result: 'rejected' }),
       frames,
     }).toEqual({ rejected: frames, frames });
   });
@@ -223,9 +215,9 @@ describe('session fixes review', () => {
     const frames = client.events('rate_limit').length;
     const errors = client.events('error').length;
     expect({ chat: client.events('chat').length, frames, errors }).toEqual({ chat: 5, frames: 3, errors: 0 });
-    expect(await sum(registry, 'ws_rate_limit_violations_total')).toBe(frames);
-    expect(await sum(registry, 'ws_rate_limit_decisions_total', { result: 'rejected' })).toBe(frames);
-    expect(await sum(registry, 'ws_rate_limit_decisions_total', { result: 'allowed' })).toBe(replies);
+    expect(await metricSum(registry, 'ws_rate_limit_violations_total')).toBe(frames);
+    expect(await metricSum(registry, 'ws_rate_limit_decisions_total', { result: 'rejected' })).toBe(frames);
+    expect(await metricSum(registry, 'ws_rate_limit_decisions_total', { result: 'allowed' })).toBe(replies);
     expect(count(events, (event) => event.kind === 'decision')).toBe(replies + frames);
     // Answers in order: every reply before the rate_limit frames that follow it.
     const order = client.frames.map((frame) => frame.event);
@@ -258,8 +250,8 @@ describe('session fixes review', () => {
       frames: 3,
       errors: 0,
     });
-    expect(await sum(registry, 'ws_rate_limit_violations_total')).toBe(frames);
-    expect(await sum(registry, 'ws_rate_limit_decisions_total', { result: 'rejected' })).toBe(frames);
+    expect(await metricSum(registry, 'ws_rate_limit_violations_total')).toBe(frames);
+    expect(await metricSum(registry, 'ws_rate_limit_decisions_total', { result: 'rejected' })).toBe(frames);
   }, 60_000);
 
   const ioFlood = async (options: WsRateLimitModuleOptions) => {
@@ -302,8 +294,8 @@ describe('session fixes review', () => {
         frames,
         disconnects: received.filter((p) => p.startsWith('42["rate_limit_disconnect"')).length,
       },
-      rejected: await sum(registry, 'ws_rate_limit_decisions_total', { result: 'rejected' }),
-      violations: await sum(registry, 'ws_rate_limit_violations_total'),
+      rejected: await metricSum(registry, 'ws_rate_limit_decisions_total', { result: 'rejected' }),
+      violations: await metricSum(registry, 'ws_rate_limit_violations_total'),
     };
   };
 
@@ -503,7 +495,10 @@ describe('session fixes review', () => {
       subscription.unsubscribe();
       expect(dropped).toBe(2);
       expect({
-        metric: await sum(registry, 'ws_rate_limit_connections_total', { result: 'refused', reason: 'handshakes' }),
+        metric: await metricSum(registry, 'ws_rate_limit_connections_total', {
+          result: 'refused',
+          reason: 'handshakes',
+        }),
         events: count(
           events,
           (event) => event.kind === 'connection' && !event.accepted && event.reason === 'handshakes',
@@ -526,12 +521,14 @@ describe('session fixes review', () => {
     });
     const events: RateLimitEvent[] = [];
     const subscription = limiter.events$.subscribe((event) => events.push(event));
-    expect(await sum(registry, 'ws_rate_limit_store_outages_total')).toBe(1);
-    expect(await sum(registry, 'ws_rate_limit_store_fallback')).toBe(1);
+    expect(await metricSum(registry, 'ws_rate_limit_store_outages_total')).toBe(1);
+    expect(await metricSum(registry, 'ws_rate_limit_store_fallback')).toBe(1);
     for (let i = 0; i < 3; i++) expect((await upgrade(running.port)).status).toBe(503);
     subscription.unsubscribe();
-    expect(await sum(registry, 'ws_rate_limit_connections_total', { result: 'refused', reason: 'store' })).toBe(3);
-    expect(await sum(registry, 'ws_rate_limit_store_outages_total')).toBe(1);
+    expect(await metricSum(registry, 'ws_rate_limit_connections_total', { result: 'refused', reason: 'store' })).toBe(
+      3,
+    );
+    expect(await metricSum(registry, 'ws_rate_limit_store_outages_total')).toBe(1);
     expect(count(events, (event) => event.kind === 'store')).toBe(0);
   }, 30_000);
 });

@@ -1,6 +1,7 @@
 import { MessageBody, SubscribeMessage, WebSocketGateway, type OnGatewayConnection } from '@nestjs/websockets';
 import type { Socket } from 'socket.io';
 import { Throttle, WsRateLimit } from '../../../lib/index.js';
+import { later } from '../../support/ws-client.js';
 
 /**
  * Handlers that ran, by event (counted on the server, to tell processed events from refused
@@ -14,9 +15,6 @@ export const serverSockets: Socket[] = [];
 function count(event: string): void {
   handled.set(event, (handled.get(event) ?? 0) + 1);
 }
-
-const later = <T>(ms: number, value: T): Promise<T> =>
-  new Promise((resolve) => setTimeout(() => resolve(value), ms).unref());
 
 /**
  * The shapes of the ws close-order gateway (test/e2e/messages/close-order.gateway.ts) on
