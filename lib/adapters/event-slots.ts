@@ -6,8 +6,6 @@ import { HOLD_LIMIT } from '../connection/frame-hold.js';
 interface Opened {
   readonly slot: AnswerSlot;
   readonly key: unknown;
-  /** The event's place in the socket's arrival order (see `onPassed`). */
-  readonly seq: number;
   /** When it was opened (`performance.now()`). */
   readonly at: number;
 }
@@ -61,8 +59,6 @@ export class EventSlots {
     private readonly order: AnswerOrder,
     /** How long a slot waits for its listener (the order's own hold time). */
     private readonly holdMs: number,
-    /** Told when an event's slot is given up (a taken one's listener tells it). */
-    private readonly onPassed: (seq: number) => void = () => undefined,
   ) {}
 
   /** Whether an event's slots have a taker (its first handler); later handlers take none. */
@@ -72,20 +68,16 @@ export class EventSlots {
     return true;
   }
 
-  /**
-   * Keeps a slot opened for an event whose first argument is `key` (for a claimed event);
-   * returns whether it is kept (then it is taken, or given up and told to `onPassed`).
-   */
-  add(event: string, key: unknown, slot: AnswerSlot, seq: number): boolean {
+  /** Keeps a slot opened for an event whose first argument is `key` (for a claimed event). */
+  add(event: string, key: unknown, slot: AnswerSlot): void {
     const opened = this.byEvent.get(event);
-    if (opened === undefined) return false;
+    if (opened === undefined) return;
     const now = performance.now();
     this.expire(opened, now);
-    if (opened.length >= MAX_WAITING_EVENTS) this.giveUp(opened.shift()!);
-    opened.push({ slot, key: opened.length < MAX_KEYED ? key : undefined, seq, at: now });
+    if (opened.length >= MAX_WAITING_EVENTS) this.order.done(opened.shift()!.slot);
+    opened.push({ slot, key: opened.length < MAX_KEYED ? key : undefined, at: now });
     // A dropped event's slot is given up even when no event of its name comes after it.
     if (this.timer === undefined) this.arm();
-    return true;
   }
 
   /** The socket has closed: nothing waits any more. */
@@ -95,11 +87,8 @@ export class EventSlots {
     this.byEvent.clear();
   }
 
-  /**
-   * The slot (and arrival place) of an event the listener got, or undefined when none is
-   * kept for it. The caller tells `onPassed` itself, once the listener has run.
-   */
-  take(event: string, key: unknown): { readonly slot: AnswerSlot; readonly seq: number } | undefined {
+  /** The slot of an event the listener got, or undefined when none is kept for it. */
+  take(event: string, key: unknown): AnswerSlot | undefined {
     const opened = this.byEvent.get(event);
     if (opened === undefined || opened.length === 0) return undefined;
     let index = 0;
@@ -107,7 +96,8 @@ export class EventSlots {
     // No slot kept the very payload (an application middleware replaced the event's data):
     // the oldest, in arrival order, rather than none.
     if (index === opened.length) index = 0;
-    return index === 0 ? opened.shift()! : opened.splice(index, 1)[0]!;
+    const taken = index === 0 ? opened.shift()! : opened.splice(index, 1)[0]!;
+    return taken.slot;
   }
 
   private arm(): void {
@@ -119,11 +109,6 @@ export class EventSlots {
 
   /** Gives up the slots that waited `holdMs` (their events were dropped, or are very late). */
   private expire(opened: Opened[], now: number): void {
-    while (opened.length > 0 && now - opened[0]!.at >= this.holdMs) this.giveUp(opened.shift()!);
-  }
-
-  private giveUp(opened: Opened): void {
-    this.order.done(opened.slot);
-    this.onPassed(opened.seq);
+    while (opened.length > 0 && now - opened[0]!.at >= this.holdMs) this.order.done(opened.shift()!.slot);
   }
 }

@@ -7,7 +7,7 @@ import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node
 import { EMPTY, type Observable, type Subscription } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
 import type { Namespace, Server, ServerOptions, Socket } from 'socket.io';
-import { AnswerOrder, type AnswerSlot } from '../connection/answer-order.js';
+import { AnswerOrder } from '../connection/answer-order.js';
 import type { ConnectionState } from '../connection/connection-state.js';
 import { FrameHold } from '../connection/frame-hold.js';
 import { startHeartbeat } from '../connection/heartbeat.js';
@@ -29,8 +29,6 @@ interface SocketRouting {
   readonly events: Set<string>;
   /** Answer slots of routed events, until their handler runs. */
   readonly slots: EventSlots;
-  /** A routed event's listener has run (its guard decided), or its slot was given up. */
-  readonly passed: (seq: number) => void;
 }
 
 /**
@@ -156,19 +154,9 @@ export class WsRateLimitIoAdapter extends IoAdapter {
       const slots = routing.slots.claim(event) ? routing.slots : undefined;
       const manualAck = (handler as { isAckHandledManually?: boolean }).isAckHandledManually === true;
       socket.on(event, (...args: unknown[]) => {
-        const taken = order === undefined ? undefined : slots?.take(event, args[0]);
-        try {
-          handle(args, taken?.slot);
-        } finally {
-          // Its guard has decided (or it was not processed): the events no handler takes
-          // that arrived behind it may be decided now.
-          if (taken !== undefined) routing.passed(taken.seq);
-        }
-      });
-      const handle = (args: unknown[], taken: AnswerSlot | undefined): void => {
         // As rxjs's fromEvent, which IoAdapter reads events with: one argument as itself.
         const payload = args.length === 1 ? args[0] : args;
-        let slot = taken;
+        let slot = order === undefined ? undefined : slots?.take(event, args[0]);
         // Its slot was given up (an application middleware held it back past the hold time):
         // one of its own, so the limiter's answer still goes to its acknowledgement.
         if (slot === undefined && slots !== undefined && order !== undefined) slot = order.open();
@@ -217,7 +205,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
         if (subscription.closed) return;
         running.add(subscription);
         subscription.add(() => running.delete(subscription));
-      };
+      });
     }
   }
 
@@ -375,29 +363,10 @@ export class WsRateLimitIoAdapter extends IoAdapter {
   private route(socket: Socket, state: ConnectionState, handlers: MessageMappingProperties[]): SocketRouting {
     let routing = this.routing.get(socket);
     if (routing === undefined) {
-      /** Events in arrival order: the next one's place. */
-      let arrived = 0;
-      /** Places of routed events passed on whose listener has not had them yet (ascending). */
-      const routedAhead: number[] = [];
-      /** Events no handler takes, waiting for the routed events ahead of them. */
-      const unroutedBehind: Array<{ readonly seq: number; readonly decide: () => void }> = [];
-      // A routed event's listener has run (its guard has decided), or its slot was given up:
-      // the events no handler takes that were behind it, and behind no other, are decided.
-      const passed = (seq: number): void => {
-        const index = routedAhead.indexOf(seq);
-        if (index >= 0) routedAhead.splice(index, 1);
-        while (unroutedBehind.length > 0 && !(routedAhead.length > 0 && routedAhead[0]! < unroutedBehind[0]!.seq)) {
-          unroutedBehind.shift()!.decide();
-        }
-      };
-      const holdsSlots = this.limiter.options.closeGraceMs > 0;
       // (An adapter's socket always has an order: `attach` gives it one.)
-      const slots = new EventSlots(state.order ?? new AnswerOrder(0), this.limiter.options.closeGraceMs, passed);
-      routing = { events: new Set(), slots, passed };
-      socket.once('disconnect', () => {
-        slots.dispose();
-        unroutedBehind.length = 0;
-      });
+      const slots = new EventSlots(state.order ?? new AnswerOrder(0), this.limiter.options.closeGraceMs);
+      routing = { events: new Set(), slots };
+      socket.once('disconnect', () => slots.dispose());
       this.routing.set(socket, routing);
       const known = routing;
       const { pipeline } = this.limiter;
@@ -405,7 +374,10 @@ export class WsRateLimitIoAdapter extends IoAdapter {
       const order = state.order;
       // While one of this socket's decisions waits on the store, later events wait as received.
       const hold = (state.hold ??= new FrameHold(state, (error) => this.log.error(error)));
+      /** Routed events passed on whose handler (and guard) has not run yet. */
+      let routedInTransit = 0;
       const inTransit = (): void => {
+        routedInTransit--;
         state.waiting--;
         hold.settled();
       };
@@ -415,15 +387,13 @@ export class WsRateLimitIoAdapter extends IoAdapter {
         const event = packet[0];
         const last = packet[packet.length - 1];
         const slot = order?.open();
-        const seq = arrived++;
         if (typeof event === 'string' && known.events.has(event)) {
-          // (With no hold time a slot is given up only when the next event of its name comes:
-          // nothing waits on it then.)
-          if (slot !== undefined && known.slots.add(event, packet[1], slot, seq) && holdsSlots) routedAhead.push(seq);
+          if (slot !== undefined) known.slots.add(event, packet[1], slot);
           // socket.io emits it to its handler (whose guard decides) on the next tick: until
           // then it counts as waiting, ended on a tick queued after socket.io's, so an app
           // middleware that holds it back or drops it holds no later event for ever.
           state.waiting++;
+          routedInTransit++;
           try {
             return next();
           } finally {
@@ -442,12 +412,11 @@ export class WsRateLimitIoAdapter extends IoAdapter {
           }
         };
         const decide = (): void => pipeline.runUnrouted(socket, state, 'UNKNOWN_EVENT', id, bound, slot, admitted);
-        // Routed events before it still on their way to their listener (a released frame hold
-        // runs up to 64 events at once; an application middleware after ours may call `next`
-        // later): decided once their listeners have had them (or their slots were given up),
+        // Routed events before it still on their way to their guard (a released frame hold
+        // runs up to 64 events at once): decided after them, on a tick queued behind theirs,
         // so decisions keep arrival order (decided at once, it took the budget, the refusal
         // and the violation of an earlier event, and was passed on after the close).
-        if (routedAhead.length > 0 || unroutedBehind.length > 0) unroutedBehind.push({ seq, decide });
+        if (routedInTransit > 0) process.nextTick(decide);
         else decide();
       };
       socket.use((packet, next) => {

@@ -530,7 +530,8 @@ export class ReservationBook {
 
   /**
    * Every quarter of the TTL: the tail of a batch not spent from since the last sweep goes
-   * back; entries idle since the last sweep go. Runs only while entries exist.
+   * back (one kept after a failed give-back is only dropped, once its slots have lapsed);
+   * entries idle since the last sweep go. Runs only while entries exist.
    */
   private startSweep(): void {
     if (this.timer !== undefined) return;
