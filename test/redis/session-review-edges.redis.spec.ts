@@ -36,9 +36,12 @@ import {
 } from '../../lib/index.js';
 import { WsRateLimitIoAdapter } from '../../lib/socket-io.js';
 import { startApp, type RunningApp } from '../support/app.js';
-import { IoTestClient, waitFor } from '../support/io-client.js';
+import { IoTestClient, waitFor, answeredIds, connectReady } from '../support/io-client.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
 import { settle, sleep } from '../support/ws-client.js';
+
+/** The reply events of admitted messages. */
+const REPLIES: ReadonlySet<string> = new Set(['chat_ack', 'heard_ack']);
 
 /** How the gateway's sockets are set up, and what ran. */
 @Injectable()
@@ -107,27 +110,10 @@ describe('socket.io: events no handler takes, decided behind the routed ones (re
     return { setup, limiter: running.app.get(WsRateLimitService), url: `http://127.0.0.1:${running.port}` };
   };
 
-  const connect = async (url: string) => {
-    const client = new IoTestClient(url, 'websocket');
-    clients.push(client);
-    const ready = new Promise<void>((resolve) => client.socket.once('ready', () => resolve()));
-    await client.connected();
-    await ready;
-    return client;
-  };
+  const connect = (url: string) => connectReady(url, clients);
 
   /** The id each answer names, by outcome: admitted (a reply) or refused (`rate_limit`). */
-  const outcomes = (client: IoTestClient) => {
-    const admitted: number[] = [];
-    const refused: number[] = [];
-    for (const { event, data } of client.events) {
-      const id = (data as { id?: unknown } | undefined)?.id;
-      if (typeof id !== 'number') continue;
-      if (event === 'chat_ack' || event === 'heard_ack') admitted.push(id);
-      else if (event === 'rate_limit') refused.push(id);
-    }
-    return { admitted: admitted.sort((a, b) => a - b), refused: refused.sort((a, b) => a - b) };
-  };
+  const outcomes = (client: IoTestClient) => answeredIds(client, REPLIES);
 
   beforeAll(async () => {
     redis = await startRedis();

@@ -106,3 +106,39 @@ export async function waitFor(check: () => boolean, timeoutMs = 10_000, what = '
     await sleep(10);
   }
 }
+
+/**
+ * A client (added to `clients`, for the test's clean-up) once connected and once its
+ * gateway's `handleConnection` has said `ready`.
+ */
+export async function connectReady(
+  url: string,
+  clients: IoTestClient[],
+  transport: EngineTransport = 'websocket',
+): Promise<IoTestClient> {
+  const client = new IoTestClient(url, transport);
+  clients.push(client);
+  const ready = new Promise<void>((resolve) => client.socket.once('ready', () => resolve()));
+  await client.connected();
+  await ready;
+  return client;
+}
+
+/**
+ * The ids a client's answers name, sorted: admitted (a reply event among `replies`) and
+ * refused (`rate_limit`).
+ */
+export function answeredIds(
+  client: IoTestClient,
+  replies: ReadonlySet<string>,
+): { admitted: number[]; refused: number[] } {
+  const admitted: number[] = [];
+  const refused: number[] = [];
+  for (const { event, data } of client.events) {
+    const id = (data as { id?: unknown } | undefined)?.id;
+    if (typeof id !== 'number') continue;
+    if (replies.has(event)) admitted.push(id);
+    else if (event === 'rate_limit') refused.push(id);
+  }
+  return { admitted: admitted.sort((a, b) => a - b), refused: refused.sort((a, b) => a - b) };
+}

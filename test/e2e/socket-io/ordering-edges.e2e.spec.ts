@@ -40,9 +40,19 @@ import {
 } from '../../../lib/index.js';
 import { WsRateLimitIoAdapter } from '../../../lib/socket-io.js';
 import { startApp, type RunningApp } from '../../support/app.js';
-import { IoTestClient, waitFor, type EngineTransport, ENGINE_TRANSPORTS } from '../../support/io-client.js';
+import {
+  IoTestClient,
+  waitFor,
+  type EngineTransport,
+  ENGINE_TRANSPORTS,
+  answeredIds,
+  connectReady,
+} from '../../support/io-client.js';
 import { settle, sleep } from '../../support/ws-client.js';
 import { fullGc, settledHeap } from '../../unit/support/heap.js';
+
+/** The reply events of admitted messages. */
+const REPLIES: ReadonlySet<string> = new Set(['chat_ack', 'heard_ack']);
 
 /** How the gateway's sockets are set up, and what ran. */
 @Injectable()
@@ -143,27 +153,10 @@ describe('socket.io: events no handler takes, ordered behind routed ones (review
     return { setup, limiter: running.app.get(WsRateLimitService), url: `http://127.0.0.1:${running.port}` };
   };
 
-  const connect = async (url: string, transport: EngineTransport = 'websocket') => {
-    const client = new IoTestClient(url, transport);
-    clients.push(client);
-    const ready = new Promise<void>((resolve) => client.socket.once('ready', () => resolve()));
-    await client.connected();
-    await ready;
-    return client;
-  };
+  const connect = (url: string, transport: EngineTransport = 'websocket') => connectReady(url, clients, transport);
 
   /** The id each answer names, by outcome: admitted (a reply) or refused (`rate_limit`). */
-  const outcomes = (client: IoTestClient) => {
-    const admitted: number[] = [];
-    const refused: number[] = [];
-    for (const { event, data } of client.events) {
-      const id = (data as { id?: unknown } | undefined)?.id;
-      if (typeof id !== 'number') continue;
-      if (event === 'chat_ack' || event === 'heard_ack') admitted.push(id);
-      else if (event === 'rate_limit') refused.push(id);
-    }
-    return { admitted: admitted.sort((a, b) => a - b), refused: refused.sort((a, b) => a - b) };
-  };
+  const outcomes = (client: IoTestClient) => answeredIds(client, REPLIES);
   const answered = (client: IoTestClient) => {
     const o = outcomes(client);
     return o.admitted.length + o.refused.length;
