@@ -211,7 +211,10 @@ function endAfterGrace(socket: WebSocketLike): void {
  * (the server's refill rate per second), the model never holds more tokens than the server,
  * so the client causes no further rejection. A limit the model misjudges (a sliding window,
  * a slower refill) may reject a paced message once more: the interval then doubles, up to
- * 60 s. Limits declared in `limits` are modelled the same way from the start. A message
+ * 60 s. Limits declared in `limits` are modelled the same way from the start; the model
+ * counts time from the client's sends and the server from its decisions, so with varying
+ * network delays a message paced at exactly the server's refill can arrive a few ms early
+ * (declared limits a little under the server's avoid it). A message
  * refused again and again waits at least 10 ms after its second refusal, doubling with each
  * further one up to 60 s (a server answering a `retryAfter` near 0 is not sent it in a loop).
  *

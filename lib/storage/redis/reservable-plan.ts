@@ -80,12 +80,20 @@ export function compileReservable(
   };
 }
 
-/** ALLOWED, or ALLOWED_NEAR_LIMIT for the first bucket left under a fifth full after slot j. */
-export function nearOf(plan: ReservablePlan, bases: readonly number[], j: number, redisNow: number): RateLimitDecision {
+/**
+ * ALLOWED, or ALLOWED_NEAR_LIMIT for the first bucket left under a fifth full after its slot
+ * (`slots[i]` in bucket i, or slot 0 in every bucket).
+ */
+export function nearOf(
+  plan: ReservablePlan,
+  bases: readonly number[],
+  slots: readonly number[] | 0,
+  redisNow: number,
+): RateLimitDecision {
   const specs = plan.specs;
   for (let i = 0; i < specs.length; i++) {
     const spec = specs[i]!;
-    const fullAt = bases[i]! + (j + 1) * spec.span;
+    const fullAt = bases[i]! + ((slots === 0 ? 0 : slots[i]!) + 1) * spec.span;
     if ((fullAt - redisNow) * 5 > spec.nearBound) return ALLOWED_NEAR_LIMIT[spec.tier];
   }
   return ALLOWED;

@@ -15,9 +15,18 @@ export interface Batch {
   readonly baseTexts: readonly string[];
   readonly endTexts: readonly string[];
   readonly granted: number;
-  /** The local time after which the last slot may no longer be spent (set once, when made). */
+  /**
+   * The local time after which no decision can be spent from it any more: the earliest, over
+   * the plan's buckets, of the time the bucket's last slot lapses (set once, when made).
+   */
   lastDeadline: number;
-  /** The next slot to spend; the ones before it are spent or lapsed. */
+  /**
+   * Per bucket, the next slot to consider: the ones before it are spent or lapsed. Buckets
+   * of different rates lapse at their own pace (a slot of a fast bucket starts a few
+   * milliseconds after the one before it, a slow bucket's far later), so each keeps its own.
+   */
+  readonly cursors: number[];
+  /** The largest cursor: slots from it on are unspent in every bucket. */
   next: number;
   /** Spent from since the last sweep. */
   used: boolean;
@@ -57,38 +66,69 @@ export function batchOf(
     endTexts: reply.slice(5 + n).map(String),
     granted,
     lastDeadline: 0,
+    cursors: bases.map(() => first),
     next: first,
     used: true,
     kept: false,
   };
-  batch.lastDeadline = deadline(plan, batch, granted - 1);
+  let last = Infinity;
+  for (let i = 0; i < n; i++) last = Math.min(last, deadline(plan, batch, i, granted - 1));
+  batch.lastDeadline = last;
   return batch;
 }
 
 /**
- * The local time after which slot j may no longer be spent: its earliest start over the
- * plan's buckets, mapped from Redis's clock onto this process's from when the call was sent
- * (the script ran later, so the mapped time is never later than the real one).
+ * The local time after which slot j of bucket i may no longer be spent: its start, mapped
+ * from Redis's clock onto this process's from when the call was sent (the script ran later,
+ * so the mapped time is never later than the real one).
  */
-export function deadline(plan: ReservablePlan, batch: Batch, j: number): number {
-  const specs = plan.specs;
-  let start = Infinity;
-  for (let i = 0; i < specs.length; i++) {
-    const at = batch.bases[i]! + j * specs[i]!.span;
-    if (at < start) start = at;
-  }
-  return batch.sentAt + (start - batch.redisNow) - MARGIN_MS;
+export function deadline(plan: ReservablePlan, batch: Batch, i: number, j: number): number {
+  return batch.sentAt + (batch.bases[i]! + j * plan.specs[i]!.span - batch.redisNow) - MARGIN_MS;
 }
 
-/** Takes the next slot still due at `now` (skipping lapsed ones); -1 when none is left. */
-export function spendSlot(plan: ReservablePlan, batch: Batch, now: number): number {
-  if (batch.next >= batch.granted || now > batch.lastDeadline) {
-    batch.next = batch.granted;
-    return -1;
+/**
+ * Takes, in every bucket, the next slot still due at `now` (skipping the bucket's lapsed
+ * ones: their start has passed, so the bucket has that capacity back, as if spent); returns
+ * the slots taken, or undefined when a bucket has none left (nothing is taken then; the
+ * batch is over, see `futureLeft`). `into` receives the slots.
+ */
+export function spendSlots(plan: ReservablePlan, batch: Batch, now: number, into: number[]): number[] | undefined {
+  const { cursors, granted } = batch;
+  if (batch.next >= granted || now > batch.lastDeadline) return undefined;
+  for (let i = 0; i < cursors.length; i++) {
+    let j = cursors[i]!;
+    while (j < granted && deadline(plan, batch, i, j) < now) j++;
+    if (j >= granted) return undefined;
+    into[i] = j;
   }
-  while (deadline(plan, batch, batch.next) < now) batch.next++;
+  let next = 0;
+  for (let i = 0; i < cursors.length; i++) {
+    cursors[i] = into[i]! + 1;
+    if (cursors[i]! > next) next = cursors[i]!;
+  }
+  batch.next = next;
   batch.used = true;
-  return batch.next++;
+  return into;
+}
+
+/**
+ * Whether a batch that can no longer be spent still holds, in some bucket, slots that start
+ * after `now`: they would be lost to that bucket (its `fullAt` counts them) unless given
+ * back. A slow bucket beside a fast one is the case: the fast one's slots lapse after a few
+ * milliseconds, the slow one's not for seconds.
+ */
+export function futureLeft(plan: ReservablePlan, batch: Batch, now: number): boolean {
+  for (let i = 0; i < batch.cursors.length; i++) {
+    const j = batch.cursors[i]!;
+    if (j < batch.granted && deadline(plan, batch, i, batch.granted - 1) >= now) return true;
+  }
+  return false;
+}
+
+/** Marks a batch as spent (nothing more is taken from it). */
+export function exhaust(batch: Batch): void {
+  batch.next = batch.granted;
+  batch.cursors.fill(batch.granted);
 }
 
 /** Slots of the batch not spent yet (lapsed ones included until a spend skips them). */

@@ -7,7 +7,7 @@ import { nextBatchSize } from './batch-sizing.js';
 import type { CallGate } from './call-gate.js';
 import { toNumber } from './plan-compiler.js';
 import { compileReservable, nearOf, type ReservablePlan } from './reservable-plan.js';
-import { batchOf, spendSlot, unspent, type Batch } from './reservation-batch.js';
+import { batchOf, exhaust, futureLeft, spendSlots, unspent, type Batch } from './reservation-batch.js';
 import type { FieldTtlMode } from './server-checks.js';
 import {
   DEFAULT_BLOCK_CACHE_ENTRIES,
@@ -128,6 +128,8 @@ export interface ReservationBookOptions {
 export class ReservationBook {
   private readonly plans = new WeakMap<RateLimitPlan, ReservablePlan | null>();
   private readonly entries = new Map<string, Entry>();
+  /** The slots a decision takes from a batch, one per bucket (reused: decisions are synchronous here). */
+  private readonly slots: number[] = [];
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
   /** Bumped by `clear()`: replies to calls sent before it are of buckets since reset. */
@@ -165,16 +167,39 @@ export class ReservationBook {
     let batch = entry.batch;
     if (batch === undefined) return undefined;
     const now = performance.now();
-    let slot = spendSlot(plan, batch, now);
-    if (slot < 0) {
+    let slots = spendSlots(plan, batch, now, this.slots);
+    if (slots === undefined) {
+      this.over(entry, batch, now);
       if (entry.queued === undefined) return undefined;
       batch = entry.batch = entry.queued;
       entry.queued = undefined;
-      slot = spendSlot(plan, batch, now);
-      if (slot < 0) return undefined;
+      slots = spendSlots(plan, batch, now, this.slots);
+      if (slots === undefined) {
+        this.over(entry, batch, now);
+        return undefined;
+      }
     }
     this.prefetch(entry, batch, now);
-    return nearOf(plan, batch.bases, slot, batch.redisNow + (now - batch.sentAt));
+    return nearOf(plan, batch.bases, slots, batch.redisNow + (now - batch.sentAt));
+  }
+
+  /**
+   * A batch that can no longer be spent: one of its buckets has no slot left. When another
+   * bucket still holds slots that start later (a slow bucket beside a fast one, whose slots
+   * lapse a few milliseconds apart), they go back now, ahead of this decision's own call, so
+   * that the slow bucket does not lose them; and this instance decides too rarely for the
+   * fast bucket's rate for batches to save calls: the size falls to 1 (a probe may grow it
+   * again).
+   */
+  private over(entry: Entry, batch: Batch, now: number): void {
+    if (unspent(batch) > 0 && futureLeft(entry.plan, batch, now)) {
+      entry.size = 1;
+      // Only while nothing was reserved after it (else the buckets moved: it could not go back).
+      if (!batch.kept && entry.queued === undefined && entry.pending === undefined) {
+        this.giveBack(entry.plan, batch).catch(() => undefined);
+      }
+    }
+    exhaust(batch);
   }
 
   /**
@@ -609,12 +634,14 @@ export class ReservationBook {
 
   /** Sends a batch's unspent tail back; resolves whether it went back (or there was none). */
   private async giveBack(plan: ReservablePlan, batch: Batch): Promise<boolean> {
-    if (batch.next >= batch.granted) return true;
+    if (Math.min(...batch.cursors) >= batch.granted) return true;
     const args = [String(plan.hashes.length), ...plan.hashes, String(plan.specs.length)];
     args.push(String(this.options.fieldTtls()), '');
+    // Each bucket from its own cursor: its slots before it are spent or have lapsed.
     plan.specs.forEach((spec, i) => {
       const [hashIndex, field] = plan.places[i]!;
-      args.push(hashIndex, field, batch.endTexts[i]!, batch.baseTexts[i]!, String(batch.next), String(spec.span));
+      const from = String(batch.cursors[i]);
+      args.push(hashIndex, field, batch.endTexts[i]!, batch.baseTexts[i]!, from, String(spec.span));
     });
     if (!this.options.canCall()) return false;
     return this.options.gate.within(this.options.unreserve(...args), (reply) => toNumber(reply) > 0);
