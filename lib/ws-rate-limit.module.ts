@@ -22,6 +22,24 @@ import {
 } from './ws-rate-limit.module-definition.js';
 
 /**
+ * A variable's value as `ConfigService` gives it, as the text the variable would hold: a
+ * `validate` or `load` step may have parsed it already (an object for `WS_RATE_LIMIT_TYPES`
+ * or `_PLANS`, written back as JSON; an array for a list, comma-separated).
+ */
+function configText(value: unknown): string | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (Array.isArray(value)) return value.map(String).join(',');
+  if (typeof value === 'object') {
+    try {
+      return JSON.stringify(value) ?? String(value);
+    } catch {
+      return String(value);
+    }
+  }
+  return String(value);
+}
+
+/**
  * Rate limiting for WebSocket gateways. Global: import it once, in the root module.
  * @example
  * @Module({ imports: [ConfigModule.forRoot(), WsRateLimitModule.forRoot()] })
@@ -39,10 +57,7 @@ import {
       ): ResolvedWsRateLimitOptions => {
         // A misspelled variable would otherwise be ignored without a word.
         if (options?.useEnv !== false) warnUnknownVariables(Object.keys(process.env));
-        const read = (name: string): string | undefined => {
-          const value = config.get<unknown>(name);
-          return value === undefined || value === null ? undefined : String(value);
-        };
+        const read = (name: string): string | undefined => configText(config.get<unknown>(name));
         const resolved = resolveOptions(options ?? {}, read);
         if (options?.useEnv !== false) warnIgnoredRedisVariables(resolved.store, read);
         return resolved;

@@ -109,7 +109,9 @@ export class WsRateLimitIoAdapter extends IoAdapter {
       );
     }
     engine.use(this.engineMiddleware);
-    engine.on('connection', (socket) => this.engineConnection(socket));
+    // A whole event is bounded as each of its packets is: by the server's maxHttpBufferSize.
+    const maxEventBytes = limited.maxHttpBufferSize ?? this.limiter.options.maxPayload;
+    engine.on('connection', (socket) => this.engineConnection(socket, maxEventBytes));
     engine.on('connection_error', ({ req }) => req !== undefined && this.giveBack(req));
     if (io.httpServer !== undefined) this.guardHttpServer(io.httpServer as unknown as HttpServer);
     // Every namespace, a gateway's or one the application makes with `io.of()`.
@@ -287,11 +289,11 @@ export class WsRateLimitIoAdapter extends IoAdapter {
   }
 
   /** An Engine.IO connection is made: its slot is given back when it closes, whichever way. */
-  private engineConnection(socket: EngineConnectionLike): void {
+  private engineConnection(socket: EngineConnectionLike, maxEventBytes: number): void {
     const request = socket.request;
     // A WebSocket handshake's exchange is over (a polling one ended with its answer).
     handshakeCompleted(request.socket);
-    this.capEvents(socket);
+    this.capEvents(socket, maxEventBytes);
     const record = this.admitted.get(request);
     if (this.refusals.has(request)) {
       // Refused in `close` mode: it may only learn why, then it goes.
@@ -308,13 +310,13 @@ export class WsRateLimitIoAdapter extends IoAdapter {
   }
 
   /**
-   * `maxPayload` bounds a whole socket.io event, its binary attachments included: each comes
-   * as an Engine.IO packet of its own (each within `maxHttpBufferSize`), and up to ten make
-   * one event. The connection of an event past the limit ends at once, before socket.io has
-   * put the event together (as a packet past `maxHttpBufferSize` ends it).
+   * `maxHttpBufferSize` (`maxPayload` unless the gateway gives its own) bounds a whole
+   * socket.io event, its binary attachments included: each comes as an Engine.IO packet of
+   * its own (each within `maxHttpBufferSize`), and up to ten make one event. The connection
+   * of an event past the limit ends at once, before socket.io has put the event together (as
+   * a packet past `maxHttpBufferSize` ends it).
    */
-  private capEvents(socket: EngineConnectionLike): void {
-    const limit = this.limiter.options.maxPayload;
+  private capEvents(socket: EngineConnectionLike, limit: number): void {
     /** Attachments still to come for the event being put together, and its bytes so far. */
     let expected = 0;
     let bytes = 0;
@@ -330,7 +332,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
       bytes += (data as { byteLength?: number } | undefined)?.byteLength ?? 0;
       if (bytes > limit) {
         expected = 0;
-        this.log.debug(`a socket.io event of more than maxPayload (${limit} bytes) with its attachments: disconnected`);
+        this.log.debug(`a socket.io event of more than ${limit} bytes with its attachments: disconnected`);
         socket.close(true);
       }
     });

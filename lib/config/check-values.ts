@@ -125,6 +125,8 @@ export function checkCodeValue(variable: EnvVariable, value: unknown): unknown {
     case 'json':
       return checkTypes(value, where);
     case 'trust-proxy':
+      // A hop count as text (a value passed on from ConfigService), as the variable takes it.
+      if (typeof value === 'string' && /^\s*\d+\s*$/.test(value)) return checkTrustProxy(Number(value.trim()), where);
       return checkTrustProxy(value, where);
     case 'redis-url':
       if (typeof value !== 'string') fail(where, 'a redis:// or rediss:// URL', value);

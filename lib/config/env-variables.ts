@@ -89,7 +89,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     option: 'redis.password',
     kind: 'string',
     default: 'none',
-    description: 'Password of the Redis servers, for Sentinel or Cluster (a URL carries its own).',
+    description: 'Password of the Redis servers: Sentinel, Cluster, or a URL that carries none of its own.',
   },
   {
     name: 'WS_RATE_LIMIT_REDIS_CLUSTER_NODES',

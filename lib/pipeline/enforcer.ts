@@ -52,6 +52,8 @@ export class Enforcer {
   readonly closeGraceMs: number;
   /** The debug lines about violations, at most one per `VIOLATION_LOG_INTERVAL_MS`. */
   private readonly violationLog: IntervalLog;
+  /** Whether a frame that could not be built or written was reported (see `frameFailed`). */
+  private frameFailureReported = false;
 
   constructor(
     private readonly options: EnforcerOptions,
@@ -94,7 +96,8 @@ export class Enforcer {
       ? {
           code: 'DEGRADED',
           messageType: exception.messageType,
-          retryAfter: cooldown,
+          // Sent again after the cooldown, the message still meets the tier that refused it.
+          retryAfter: Math.max(cooldown, decision.retryAfter),
           warningCount,
           limit: 0,
           remaining: 0,
@@ -109,7 +112,7 @@ export class Enforcer {
           remaining: decision.remaining,
           ...id,
         };
-    if (!this.send(client, state, this.frameBuilder(info), info, slot)) return;
+    if (!this.send(client, state, this.buildFrame(info), info, slot)) return;
     if (degrade) {
       state.degradedUntil = performance.now() + cooldown;
       // Violations start over: the same number again, while degraded, closes the socket.
@@ -165,14 +168,62 @@ export class Enforcer {
     if (!transport.isOpen(client) || this.cutOffIfSlow(client, state)) return false;
     const order = state.order;
     if (order === undefined) {
-      transport.sendFrame(client, frame, info, slot);
+      this.write(transport, client, frame, info, slot);
     } else {
       // After the answers of earlier messages (which may close the socket meanwhile).
       order.write(slot, () => {
-        if (transport.isOpen(client)) transport.sendFrame(client, frame, info, slot);
+        if (transport.isOpen(client)) this.write(transport, client, frame, info, slot);
       });
     }
     return true;
+  }
+
+  /**
+   * The frame of a refusal from the module's `frameBuilder`; if it throws, the default frame
+   * (the failure reported once): the client is still told, and the violation still counts
+   * toward the close.
+   */
+  private buildFrame(info: RateLimitFrameInfo): unknown {
+    if (this.frameBuilder === defaultFrameBuilder) return defaultFrameBuilder(info);
+    try {
+      return this.frameBuilder(info);
+    } catch (error) {
+      this.frameFailed('frameBuilder threw', error);
+      return defaultFrameBuilder(info);
+    }
+  }
+
+  /**
+   * Writes a frame. One the transport cannot write (a `frameBuilder`'s frame that JSON cannot
+   * serialize: a cycle, a BigInt) is replaced by the default frame, the failure reported
+   * once; never throws, so that the answers held behind it (see `AnswerOrder`) still go out.
+   */
+  private write(
+    transport: RateLimitTransport,
+    client: object,
+    frame: unknown,
+    info: RateLimitFrameInfo | undefined,
+    slot: AnswerSlot | undefined,
+  ): void {
+    try {
+      transport.sendFrame(client, frame, info, slot);
+    } catch (error) {
+      this.frameFailed('a rate_limit frame could not be written', error);
+      if (info === undefined) return;
+      try {
+        transport.sendFrame(client, defaultFrameBuilder(info), info, slot);
+      } catch {
+        // The socket itself failed: its close reports the rest.
+      }
+    }
+  }
+
+  /** A frame that could not be built or written: said once (a flood would repeat it per message). */
+  private frameFailed(what: string, error: unknown): void {
+    if (this.frameFailureReported) return;
+    this.frameFailureReported = true;
+    const detail = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+    this.logger.warn(`${what} (${detail}); the default rate_limit frame is sent instead (said once)`);
   }
 
   /**

@@ -39,6 +39,8 @@ export class MessageLimiter {
   readonly skipIf: SkipIf | undefined;
   /** Plan names a `planResolver` returned that no plan has, warned about once each. */
   private readonly unknownPlans = new Set<string>();
+  /** Whether a `tracker` function's answer that names no tracker was reported (see `trackerName`). */
+  private badTrackerReported = false;
 
   constructor(
     private readonly options: ResolvedWsRateLimitOptions,
@@ -50,16 +52,16 @@ export class MessageLimiter {
     this.skipIf = options.skipIf;
     this.routes = new RouteResolver(options);
     this.plans.set(DEFAULT_PLAN, this.routes);
-    for (const [name, limits] of Object.entries(options.plans)) this.plans.set(name, new RouteResolver(limits));
-    // Frames that reach no handler spend the module's global budget, under every plan.
-    const global = Object.freeze([this.routes.globalSpec(1)]);
-    const unrouted = (type: string, where: string): Route =>
-      Object.freeze({ type, specs: global, where, essential: false });
-    const invalid = unrouted('invalid', 'malformed frames');
-    const unknown = unrouted('unknown', 'frames for no handler');
+    for (const [name, limits] of Object.entries(options.plans)) {
+      this.plans.set(name, new RouteResolver(limits, this.routes));
+    }
+    // Frames that reach no handler spend the global budget of the connection's plan.
     for (const routes of this.plans.values()) {
-      routes.seed(UNROUTED_HANDLERS.INVALID_MESSAGE, invalid);
-      routes.seed(UNROUTED_HANDLERS.UNKNOWN_EVENT, unknown);
+      const global = Object.freeze([routes.globalSpec(1)]);
+      const unrouted = (type: string, where: string): Route =>
+        Object.freeze({ type, specs: global, where, essential: false });
+      routes.seed(UNROUTED_HANDLERS.INVALID_MESSAGE, unrouted('invalid', 'malformed frames'));
+      routes.seed(UNROUTED_HANDLERS.UNKNOWN_EVENT, unrouted('unknown', 'frames for no handler'));
     }
   }
 
@@ -120,11 +122,33 @@ export class MessageLimiter {
       request: state.request,
     });
     if (typeof name === 'string' && name !== '') return namedTracker(name);
-    if (isPromise(name))
-      return name.then((settled) =>
-        typeof settled === 'string' && settled !== '' ? namedTracker(settled) : state.tracker,
+    if (isPromise(name)) {
+      return name.then((settled) => {
+        const named = this.trackerName(settled);
+        return named === undefined ? state.tracker : namedTracker(named);
+      });
+    }
+    const named = this.trackerName(name);
+    return named === undefined ? state.tracker : namedTracker(named);
+  }
+
+  /**
+   * A `tracker` function's answer as a tracker name: a non-empty string, or a finite number
+   * as its digits (a numeric user id); `undefined`, `null` or `''` give the connection's own
+   * budget, as does anything else (an object: the user instead of its id), reported once.
+   */
+  private trackerName(value: unknown): string | undefined {
+    if (typeof value === 'string') return value === '' ? undefined : value;
+    if (typeof value === 'number' && Number.isFinite(value)) return String(value);
+    if (value === undefined || value === null) return undefined;
+    if (!this.badTrackerReported) {
+      this.badTrackerReported = true;
+      this.warn(
+        `the tracker function returned ${describeValue(value)}, not a string: those messages spend their ` +
+          `connection's own budget (return a user id as a string; said once)`,
       );
-    return state.tracker;
+    }
+    return undefined;
   }
 
   /**
@@ -142,11 +166,14 @@ export class MessageLimiter {
       request: state.request,
     });
     if (typeof name === 'string' && name !== '') return namedTracker(name).key;
-    if (isPromise(name))
-      return name.then(
-        (settled) => (typeof settled === 'string' && settled !== '' ? namedTracker(settled) : state.tracker).key,
-      );
-    return state.tracker.key;
+    if (isPromise(name)) {
+      return name.then((settled) => {
+        const named = this.trackerName(settled);
+        return named === undefined ? state.tracker.key : namedTracker(named).key;
+      });
+    }
+    const named = this.trackerName(name);
+    return named === undefined ? state.tracker.key : namedTracker(named).key;
   }
 
   /** The plan of a route for a tracker, built once per connection and reused. */
@@ -215,11 +242,13 @@ export class MessageLimiter {
   async reset(tracker: Tracker): Promise<void> {
     const types = new Set<string>();
     for (const routes of this.plans.values()) {
-      // A type's one bucket, and its named limits' (a plan may give a type either).
+      // A type's one bucket, and its named limits' (a plan may give a type either); a plan's
+      // buckets of figures other than the module's under their own suffixes.
+      types.add(routes.globalSuffix);
       for (const type of routes.knownTypes()) types.add(`t:${type}`);
       for (const suffix of routes.knownTypeSuffixes()) types.add(suffix);
     }
-    const suffixes = ['g', ...EXPENSIVE_SUFFIXES, ...types];
+    const suffixes = [...EXPENSIVE_SUFFIXES, ...types];
     if (isLocal(tracker)) this.local.delete(suffixes.map((suffix) => this.local.key(tracker.key, suffix)));
     else await this.shared.deleteTiers(tracker.key, suffixes);
   }
@@ -241,6 +270,12 @@ export class MessageLimiter {
   }
 }
 
+/** A value for a warning: its type, and a short text of it. */
+function describeValue(value: unknown): string {
+  if (typeof value === 'object') return Array.isArray(value) ? 'an array' : 'an object';
+  return `${typeof value} ${String(value).slice(0, 40)}`;
+}
+
 /** Whether a plan is decided in process memory (plans built outside the limiter: by tracker). */
 function connectionKeyed(plan: RateLimitPlan): boolean {
   return plan.connectionKeyed ?? isLocal(trackerOfKey(plan.tracker));
@@ -249,6 +284,8 @@ function connectionKeyed(plan: RateLimitPlan): boolean {
 /** The message type of a plan built outside the limiter: its type tier's (suffix `t:<type>`). */
 function typeOfSpecs(plan: RateLimitPlan): string {
   const suffix = plan.tiers.find((tier) => tier.spec.tier === 'type')?.spec.suffix ?? '';
-  // `t:<type>`, or a named limit's `n:<name>:<type>` (a name holds no `:`).
-  return suffix.startsWith('n:') ? suffix.slice(suffix.indexOf(':', 2) + 1) : suffix.slice(2);
+  // `t:<type>`, or a named limit's `n:<name>:<type>` (a name holds no `:`), after a plan's
+  // `@<figures>:` (see `bucketSuffix`).
+  const bare = suffix.startsWith('@') ? suffix.slice(suffix.indexOf(':') + 1) : suffix;
+  return bare.startsWith('n:') ? bare.slice(bare.indexOf(':', 2) + 1) : bare.slice(2);
 }

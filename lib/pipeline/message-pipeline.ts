@@ -49,6 +49,9 @@ const CLOSING: RateLimitRejected = Object.freeze({
   remaining: 0,
 });
 
+/** The message type a closing socket's refusal names for a handler the limiter skips (never sent). */
+const SKIPPED_TYPE = 'skipped';
+
 /**
  * The one way every inbound message takes, routed by NestJS to a handler (the guard calls
  * `run`) or not (the adapter calls `runUnrouted` for malformed frames and unknown events):
@@ -133,16 +136,17 @@ export class MessagePipeline {
     const client = context.getArgByIndex<object>(0);
     const connection = this.registry.of(client);
     const route = steps.getRoute(context, connection, client);
-    if (route === null) return true;
-    if ((this.limiter.skipIf !== undefined || route.skipIf !== undefined) && this.skips(context, route)) return true;
     // The violation threshold was reached by earlier messages of this read: the close is
-    // decided, so this message is not decided (nor processed) any more.
-    if (this.closeDecided(connection)) {
+    // decided, so this message is not decided (nor processed) any more, even one the limiter
+    // skips (`@SkipThrottle`, `skipIf`).
+    if (connection.closing || this.closeDecided(connection)) {
       return this.refuse(
         client,
-        new WsRateLimitException(CLOSING, route.type, connection.connectionTracker, undefined),
+        new WsRateLimitException(CLOSING, route?.type ?? SKIPPED_TYPE, connection.connectionTracker, undefined),
       );
     }
+    if (route === null) return true;
+    if ((this.limiter.skipIf !== undefined || route.skipIf !== undefined) && this.skips(context, route)) return true;
     const tracker = steps.getTracker(client, connection);
     // An async tracker: a rejection reaches Nest as a throwing tracker's error does.
     const verdict =
@@ -278,6 +282,11 @@ export class MessagePipeline {
     // Checked again here: an asynchronous tracker settles after earlier messages were refused.
     if (state.closing || this.closeDecided(state))
       return new WsRateLimitException(CLOSING, route.type, tracker, undefined);
+    // An operator's block wins over the allow list, as at the upgrade (see ConnectionAdmission).
+    if (this.blocks.active) {
+      const blocked = this.blocks.remainingFor(tracker, state.ip === undefined ? undefined : addressOf(state).key);
+      if (blocked > 0) return new WsRateLimitException(restriction('blocked', blocked), route.type, tracker, undefined);
+    }
     if (state.allowed) return true;
     if (this.access.hasTrackerRules) {
       if (this.access.allowsTracker(tracker)) return true;
@@ -285,10 +294,6 @@ export class MessagePipeline {
         this.enforcer.disconnect(client, state, CLOSE_POLICY_VIOLATION, DENIED_REASON, tracker);
         return new WsRateLimitException(CLOSING, route.type, tracker, undefined);
       }
-    }
-    if (this.blocks.active) {
-      const blocked = this.blocks.remainingFor(tracker, state.ip === undefined ? undefined : addressOf(state).key);
-      if (blocked > 0) return new WsRateLimitException(restriction('blocked', blocked), route.type, tracker, undefined);
     }
     if (state.degradedUntil !== 0 && !route.essential) {
       const left = Math.ceil(state.degradedUntil - performance.now());

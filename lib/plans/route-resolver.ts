@@ -77,9 +77,24 @@ export class RouteResolver {
   private readonly typeSpecCache = new Map<string, readonly TokenBucketSpec[]>();
   private readonly globalSpecs = new Map<number, TokenBucketSpec>();
   private readonly expensiveSpec: TierSpec;
+  /** The global bucket's key suffix: `g`, or with its figures (see `bucketSuffix`). */
+  readonly globalSuffix: string;
 
-  constructor(private readonly options: RouteLimits) {
-    const { expensive } = options;
+  /**
+   * `base`: the module's own resolver, for a plan's: a bucket of the plan whose figures
+   * differ from the module's for the same suffix is kept under a suffix naming its figures
+   * (see `bucketSuffix`).
+   */
+  constructor(
+    readonly options: RouteLimits,
+    private readonly base?: RouteResolver,
+  ) {
+    const { expensive, global } = options;
+    this.globalSuffix =
+      base === undefined ||
+      (base.options.global.capacity === global.capacity && base.options.global.refillRate === global.refillRate)
+        ? 'g'
+        : bucketSuffix('g', global.capacity, global.refillRate);
     this.expensiveSpec = windowSpec(
       'expensive',
       expensiveSuffix(expensive.algorithm),
@@ -115,7 +130,8 @@ export class RouteResolver {
   globalSpec(cost: number): TokenBucketSpec {
     let spec = this.globalSpecs.get(cost);
     if (!spec) {
-      spec = tokenBucketSpec('global', 'g', this.options.global.capacity, this.options.global.refillRate, cost);
+      const { capacity, refillRate } = this.options.global;
+      spec = tokenBucketSpec('global', this.globalSuffix, capacity, refillRate, cost);
       if (this.globalSpecs.size < MAX_REMEMBERED) this.globalSpecs.set(cost, spec);
     }
     return spec;
@@ -174,7 +190,7 @@ export class RouteResolver {
     if (!specs) {
       specs = Object.freeze(
         figures.limits === undefined
-          ? [tokenBucketSpec('type', `t:${type}`, figures.capacity, figures.refillRate, cost)]
+          ? [tokenBucketSpec('type', this.typeSuffix(type, figures), figures.capacity, figures.refillRate, cost)]
           : figures.limits.map((limit) =>
               tokenBucketSpec('type', `n:${limit.name}:${type}`, limit.capacity, limit.refillRate, cost),
             ),
@@ -191,16 +207,36 @@ export class RouteResolver {
   private figuresOf(type: string): TypeFigures {
     let figures = this.figures.get(type);
     if (!figures) {
-      // A plan's `types` are the module's entries with the plan's fields over them.
-      const configured = this.options.types[type];
-      figures = {
-        capacity: configured?.capacity ?? this.options.type.capacity,
-        refillRate: configured?.refillRate ?? this.options.type.refillRate,
-        where: configured ? `option types.${type}` : 'option type',
-      };
+      figures = this.optionFigures(type);
       if (this.figures.size < MAX_REMEMBERED) this.figures.set(type, figures);
     }
     return figures;
+  }
+
+  /** A type's figures from the options alone (a plan's `types` are the module's entries with the plan's fields over them). */
+  private optionFigures(type: string): TypeFigures {
+    const configured = this.options.types[type];
+    return {
+      capacity: configured?.capacity ?? this.options.type.capacity,
+      refillRate: configured?.refillRate ?? this.options.type.refillRate,
+      where: configured ? `option types.${type}` : 'option type',
+    };
+  }
+
+  /**
+   * The key suffix of a type's one bucket: `t:<type>`, or, in a plan whose figures for the
+   * type differ from the module's one bucket, with its figures (see `bucketSuffix`).
+   */
+  private typeSuffix(type: string, figures: TypeFigures): string {
+    const own = `t:${type}`;
+    if (this.base === undefined) return own;
+    // The module's figures as known now, recording nothing (a `@Throttle` may declare them later).
+    const module = this.base.figures.get(type) ?? this.base.optionFigures(type);
+    return module.limits === undefined &&
+      module.capacity === figures.capacity &&
+      module.refillRate === figures.refillRate
+      ? own
+      : bucketSuffix(own, figures.capacity, figures.refillRate);
   }
 
   /** Every type a route or a request has used so far. */
@@ -212,7 +248,7 @@ export class RouteResolver {
   knownTypeSuffixes(): string[] {
     const suffixes: string[] = [];
     for (const [type, figures] of this.figures) {
-      if (figures.limits === undefined) suffixes.push(`t:${type}`);
+      if (figures.limits === undefined) suffixes.push(this.typeSuffix(type, figures));
       else for (const limit of figures.limits) suffixes.push(`n:${limit.name}:${type}`);
     }
     return suffixes;
@@ -278,6 +314,8 @@ export class RouteResolver {
   }
 
   private build(handler: object, gateway: object): Route | null {
+    // The module's figures for the handler's type first: a plan's buckets are named after them (see `typeSuffix`).
+    this.base?.declare(handler, gateway);
     this.declare(handler, gateway);
     const { type, throttle, where } = this.describe(handler, gateway);
     if (throttle === null) return null;
@@ -344,6 +382,20 @@ export class RouteResolver {
  */
 export function expensiveSuffix(algorithm: 'sliding-log' | 'sliding-counter'): string {
   return algorithm === 'sliding-log' ? 'x' : 'xc';
+}
+
+/**
+ * The key suffix of a plan's token bucket whose figures differ from the module's for the same
+ * suffix: `@<capacity>/<refillRate>:<suffix>` (no other suffix starts with `@`). A bucket's
+ * state (the time it is full again) means what it owes only under the figures that wrote it:
+ * read under another plan's refill rate, a free plan's debt of a few slow tokens would refuse
+ * a premium connection for seconds after its upgrade, and unknown frames decided under the
+ * module's figures would read a premium plan's spending as far beyond the module's burst.
+ * Keyed by its figures, each set of figures has its own bucket, as each algorithm has its own
+ * expensive window; plans with the same figures share one.
+ */
+export function bucketSuffix(suffix: string, capacity: number, refillRate: number): string {
+  return `@${capacity}/${refillRate}:${suffix}`;
 }
 
 /** Every suffix an expensive window may have (for a reset). */

@@ -24,7 +24,12 @@ export async function createStore(options: ResolvedWsRateLimitOptions): Promise<
     ...(redis.redisOptions ? { redisOptions: redis.redisOptions } : {}),
   };
   if (redis.client) return createRedisStore({ ...common, client: redis.client });
-  if (redis.url) return createRedisStore({ ...common, url: redis.url });
+  if (redis.url) {
+    // A password given beside a URL fills in for one the URL does not carry (ioredis reads the URL's first).
+    const withPassword =
+      redis.password === undefined ? {} : { redisOptions: { password: redis.password, ...redis.redisOptions } };
+    return createRedisStore({ ...common, ...withPassword, url: redis.url });
+  }
   if (redis.sentinels) {
     return createRedisStore({
       ...common,

@@ -90,9 +90,10 @@ export const socketIoTransport: RateLimitTransport<SocketIoSocketLike> = Object.
   sendFrame(client: SocketIoSocketLike, frame: unknown, _info?: unknown, slot?: AnswerSlot): void {
     const ack = slot?.ack;
     if (ack !== undefined) {
-      // Answered once: an acknowledgement called twice is ignored by socket.io anyway.
-      slot!.ack = undefined;
+      // Answered once (an acknowledgement called twice is ignored by socket.io anyway); kept
+      // when the frame could not be encoded, for the default frame the caller sends instead.
       ack(frame);
+      slot!.ack = undefined;
       return;
     }
     if (isEventFrame(frame)) client.emit(frame.event, frame.data);
