@@ -64,9 +64,9 @@ export interface ReservationOutcome {
  *
  * A lapsed slot costs the bucket nothing lasting (its time has passed, so the bucket has
  * that capacity back, as if the slot had been used); a slower bucket's slot of the same
- * batch, still ahead, would be lost, so a batch that ends that way gives those back and the
- * size falls to 1 (see `ReservationBook.take`); what others lose while slots are held is
- * bounded by `maxBatch` and the reservation TTL.
+ * batch, still ahead, would be lost, so a batch that ends that way gives those back (see
+ * `ReservationBook.take`); what others lose while slots are held is bounded by `maxBatch`
+ * and the reservation TTL.
  */
 export function nextBatchSize(outcome: ReservationOutcome, maxBatch: number): number {
   const { asked, granted, alone, more, spendable, ownPerCall } = outcome;

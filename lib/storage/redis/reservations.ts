@@ -187,17 +187,18 @@ export class ReservationBook {
    * A batch that can no longer be spent: one of its buckets has no slot left. When another
    * bucket still holds slots that start later (a slow bucket beside a fast one, whose slots
    * lapse a few milliseconds apart), they go back now, ahead of this decision's own call, so
-   * that the slow bucket does not lose them; and this instance decides too rarely for the
-   * fast bucket's rate for batches to save calls: the size falls to 1 (a probe may grow it
-   * again).
+   * that the slow bucket does not lose them.
    */
   private over(entry: Entry, batch: Batch, now: number): void {
-    if (unspent(batch) > 0 && futureLeft(entry.plan, batch, now)) {
-      entry.size = 1;
-      // Only while nothing was reserved after it (else the buckets moved: it could not go back).
-      if (!batch.kept && entry.queued === undefined && entry.pending === undefined) {
-        this.giveBack(entry.plan, batch).catch(() => undefined);
-      }
+    // Only while nothing was reserved after it (else the buckets moved: it could not go back).
+    if (
+      unspent(batch) > 0 &&
+      !batch.kept &&
+      entry.queued === undefined &&
+      entry.pending === undefined &&
+      futureLeft(entry.plan, batch, now)
+    ) {
+      this.giveBack(entry.plan, batch).catch(() => undefined);
     }
     exhaust(batch);
   }
