@@ -24,12 +24,7 @@ export async function createStore(options: ResolvedWsRateLimitOptions): Promise<
     ...(redis.redisOptions ? { redisOptions: redis.redisOptions } : {}),
   };
   if (redis.client) return createRedisStore({ ...common, client: redis.client });
-  if (redis.url) {
-    // A password given beside a URL fills in for one the URL does not carry (ioredis reads the URL's first).
-    const withPassword =
-      redis.password === undefined ? {} : { redisOptions: { password: redis.password, ...redis.redisOptions } };
-    return createRedisStore({ ...common, ...withPassword, url: redis.url });
-  }
+  if (redis.url) return createRedisStore({ ...common, url: withPassword(redis.url, redis.password) });
   if (redis.sentinels) {
     return createRedisStore({
       ...common,
@@ -47,4 +42,17 @@ export async function createStore(options: ResolvedWsRateLimitOptions): Promise<
       ...(redis.password === undefined ? {} : { password: redis.password }),
     },
   });
+}
+
+/**
+ * A password given beside a URL fills in for one the URL does not carry. It goes into the URL
+ * itself: ioredis reads the URL first, and a URL naming a user without a password gives it an
+ * empty one, which would win over an option.
+ */
+function withPassword(url: string, password: string | undefined): string {
+  if (password === undefined) return url;
+  const parsed = new URL(url);
+  if (parsed.password !== '') return url;
+  parsed.password = password;
+  return parsed.toString();
 }
