@@ -37,6 +37,17 @@ export interface EnforcerLogger {
 
 const defaultFrameBuilder: RateLimitFrameBuilder = (info) => ({ event: RATE_LIMIT_EVENT, data: info });
 
+function isThenable(value: unknown): boolean {
+  return typeof value === 'object' && value !== null && typeof (value as { then?: unknown }).then === 'function';
+}
+
+/** What a frame builder returned, for the warning. */
+function describeFrame(frame: unknown): string {
+  if (frame === undefined) return 'undefined';
+  if (isThenable(frame)) return 'a promise (the builder must be synchronous)';
+  return `a ${typeof frame}`;
+}
+
 /**
  * Answers rejected messages on a connection, through its transport: counts violations in
  * a sliding window, sends the `rate_limit` frame, degrades or closes repeat offenders, and
@@ -185,12 +196,21 @@ export class Enforcer {
    */
   private buildFrame(info: RateLimitFrameInfo): unknown {
     if (this.frameBuilder === defaultFrameBuilder) return defaultFrameBuilder(info);
+    let frame: unknown;
     try {
-      return this.frameBuilder(info);
+      frame = this.frameBuilder(info);
     } catch (error) {
       this.frameFailed('frameBuilder threw', error);
       return defaultFrameBuilder(info);
     }
+    // Nothing a frame can be made of: JSON writes nothing for these (ws would send an empty
+    // frame, socket.io an event with no data, or take a function for an ack callback), and a
+    // promise (an async builder) would be written as {}.
+    if (frame === undefined || typeof frame === 'function' || typeof frame === 'symbol' || isThenable(frame)) {
+      this.frameFailed('frameBuilder returned no frame', new TypeError(`got ${describeFrame(frame)}`));
+      return defaultFrameBuilder(info);
+    }
+    return frame;
   }
 
   /**

@@ -30,8 +30,11 @@ export const wsTransport: RateLimitTransport<WsClientLike> = Object.freeze({
   isClosed: (client: WsClientLike) => client.readyState === CLOSED,
   bufferedBytes: (client: WsClientLike) => client.bufferedAmount,
   sendFrame(client: WsClientLike, frame: unknown): void {
+    const text = JSON.stringify(frame) as string | undefined;
+    // JSON writes nothing for some values (a `toJSON` returning undefined): not a frame.
+    if (typeof text !== 'string') throw new TypeError('the frame has no JSON text');
     // The callback keeps a write error on a dying socket from being thrown.
-    client.send(JSON.stringify(frame), noop);
+    client.send(text, noop);
   },
   close(client: WsClientLike, code: number, reason: string): void {
     client.close(code, reason);
