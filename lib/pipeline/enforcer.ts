@@ -9,6 +9,7 @@ import type { RateLimitFrameBuilder } from '../interfaces/frame.interface.js';
 import { IntervalLog } from '../metrics/interval-log.js';
 import { frameCode, type Telemetry } from '../metrics/telemetry.js';
 import { RATE_LIMIT_EVENT, type RateLimitFrameInfo } from '../protocol/rate-limit-protocol.js';
+import { isPromise } from '../services/shared-store.js';
 import type { RateLimitTransport } from '../transports/transport.js';
 import { wsTransport } from '../transports/ws-transport.js';
 import { CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON } from '../ws-rate-limit.constants.js';
@@ -37,14 +38,10 @@ export interface EnforcerLogger {
 
 const defaultFrameBuilder: RateLimitFrameBuilder = (info) => ({ event: RATE_LIMIT_EVENT, data: info });
 
-function isThenable(value: unknown): boolean {
-  return typeof value === 'object' && value !== null && typeof (value as { then?: unknown }).then === 'function';
-}
-
 /** What a frame builder returned, for the warning. */
 function describeFrame(frame: unknown): string {
   if (frame === undefined) return 'undefined';
-  if (isThenable(frame)) return 'a promise (the builder must be synchronous)';
+  if (isPromise(frame)) return 'a promise (the builder must be synchronous)';
   return `a ${typeof frame}`;
 }
 
@@ -206,7 +203,7 @@ export class Enforcer {
     // Nothing a frame can be made of: JSON writes nothing for these (ws would send an empty
     // frame, socket.io an event with no data, or take a function for an ack callback), and a
     // promise (an async builder) would be written as {}.
-    if (frame === undefined || typeof frame === 'function' || typeof frame === 'symbol' || isThenable(frame)) {
+    if (frame === undefined || typeof frame === 'function' || typeof frame === 'symbol' || isPromise(frame)) {
       this.frameFailed('frameBuilder returned no frame', new TypeError(`got ${describeFrame(frame)}`));
       return defaultFrameBuilder(info);
     }

@@ -159,21 +159,9 @@ export class MessageLimiter {
     const tracker = this.options.tracker;
     if (tracker === 'connection') return state.tracker.key;
     if (tracker === 'ip') return state.ip === undefined ? state.tracker.key : this.addressTrackerOf(state).key;
-    const name = tracker(client, {
-      ip: state.ip,
-      address: state.address,
-      connectionId: state.id,
-      request: state.request,
-    });
-    if (typeof name === 'string' && name !== '') return namedTracker(name).key;
-    if (isPromise(name)) {
-      return name.then((settled) => {
-        const named = this.trackerName(settled);
-        return named === undefined ? state.tracker.key : namedTracker(named).key;
-      });
-    }
-    const named = this.trackerName(name);
-    return named === undefined ? state.tracker.key : namedTracker(named).key;
+    // A tracker function: its answer read as `trackerOf` reads it.
+    const named = this.trackerOf(client, state);
+    return isPromise(named) ? named.then((settled) => settled.key) : named.key;
   }
 
   /** The plan of a route for a tracker, built once per connection and reused. */
