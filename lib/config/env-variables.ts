@@ -82,7 +82,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     option: 'redis.sentinelName',
     kind: 'string',
     default: 'none',
-    description: 'The master name the sentinels monitor.',
+    description: 'The master name the sentinels monitor (only with `REDIS_SENTINELS`).',
   },
   {
     name: 'WS_RATE_LIMIT_REDIS_PASSWORD',

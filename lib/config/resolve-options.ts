@@ -290,6 +290,13 @@ function checkRedisChoice(redis: ResolvedRedisOptions, label: (path: OptionPath)
       `${label('redis.sentinels')} needs the master's name: set WS_RATE_LIMIT_REDIS_SENTINEL_NAME or option redis.sentinelName`,
     );
   }
+  // A master's name beside a URL, Cluster nodes or a client would be dropped without a word.
+  if (redis.sentinelName !== undefined && redis.sentinels === undefined) {
+    throw new WsRateLimitConfigError(
+      `${label('redis.sentinelName')} names a Sentinel master, but Redis is reached through ${ways[0]!}: ` +
+        'give the Sentinels (WS_RATE_LIMIT_REDIS_SENTINELS or option redis.sentinels) instead, or drop the name',
+    );
+  }
 }
 
 function requireCapacity(capacity: number, cost: number, where: string, what: string): void {

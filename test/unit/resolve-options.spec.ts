@@ -191,6 +191,28 @@ describe('resolveOptions: invalid values stop start-up, naming the variable or o
     expect(configError(() => resolveOptions({ store: 'redis' }, envOf({}))).message).toContain('option store');
   });
 
+  it('a Sentinel master name beside a URL (no Sentinels) names both, instead of being dropped', () => {
+    const fromEnv = configError(() =>
+      resolveOptions(
+        {},
+        envOf({
+          WS_RATE_LIMIT_STORE: 'redis',
+          WS_RATE_LIMIT_REDIS_URL: 'redis://127.0.0.1:7000',
+          WS_RATE_LIMIT_REDIS_SENTINEL_NAME: 'main',
+        }),
+      ),
+    );
+    expect(fromEnv.message).toContain('WS_RATE_LIMIT_REDIS_SENTINEL_NAME');
+    expect(fromEnv.message).toContain('WS_RATE_LIMIT_REDIS_URL');
+    const fromCode = configError(() =>
+      resolveOptions({ store: 'redis', redis: { clusterNodes: ['127.0.0.1:7000'], sentinelName: 'main' } }, envOf({})),
+    );
+    expect(fromCode.message).toContain('option redis.sentinelName');
+    expect(fromCode.message).toContain('option redis.clusterNodes');
+    // With the memory store the Redis variables are not read, so the name stops nothing.
+    expect(resolveOptions({}, envOf({ WS_RATE_LIMIT_REDIS_SENTINEL_NAME: 'main' })).store).toBe('memory');
+  });
+
   it('a type whose cost exceeds the global capacity names both', () => {
     const error = configError(() =>
       resolveOptions(
