@@ -130,7 +130,15 @@ export function resolveOptions(
     reservationTtlMs: value('redis.reservationTtlMs'),
     redisOptions: options.redis?.redisOptions,
   };
-  if (store === 'redis') checkRedisChoice(redis, label);
+  if (store === 'redis') {
+    checkRedisChoice(redis, label);
+    // Braces would pick the Cluster slot of every key (see the Redis store's own check).
+    if (/[{}]/.test(value('keyPrefix'))) {
+      throw new WsRateLimitConfigError(
+        `${label('keyPrefix')} must not contain { or } with the Redis store (keys carry the tracker's hash tag)`,
+      );
+    }
+  }
   for (const name of ['frameBuilder', 'planResolver', 'skipIf'] as const) {
     if (options[name] !== undefined && typeof options[name] !== 'function') {
       throw new WsRateLimitConfigError(`option ${name} must be a function`);

@@ -128,7 +128,8 @@ export type TrackerOption = 'connection' | 'ip' | TrackerFn;
  * Names the plan a connection's messages are limited by (e.g. from a header a gateway
  * set, the query string, or the user an auth step put on the socket). `undefined`, or a
  * name with no plan, means the module's own limits (a name with no plan is logged as a warning,
- * once per name).
+ * once per name). Called as each message is decided, so it must be synchronous: a resolver
+ * that throws or returns a promise gives the module's own limits too (logged the first time).
  * @example
  * planResolver: (client) => ((client as { user?: { tier?: string } }).user?.tier === 'pro' ? 'premium' : 'free')
  */

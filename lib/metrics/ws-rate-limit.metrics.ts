@@ -39,6 +39,10 @@ export interface LimiterMetrics {
 }
 
 const noop = (): void => undefined;
+/** Distinct `type` label values a metrics instance gives out; later types share `OTHER_TYPES`. */
+export const MAX_TYPE_LABELS = 1024;
+/** The `type` label of message types past `MAX_TYPE_LABELS` (parentheses set it apart from usual event names). */
+export const OTHER_TYPES = '(other)';
 
 /** Metrics that record nothing. */
 export const NO_METRICS: LimiterMetrics = Object.freeze({
@@ -179,19 +183,40 @@ export async function createMetrics(
     if (!found) table.set(key, (found = new Tally(metricOf.labels(...values), deferred)));
     return found;
   };
+  // A message type is a handler's event or a name given in code, which may come from clients
+  // (`consume(socket, { type })`): past MAX_TYPE_LABELS distinct ones, the rest share a label.
+  const typeLabels = new Set<string>();
+  const typeLabel = (type: string): string => {
+    if (typeLabels.has(type)) return type;
+    if (typeLabels.size >= MAX_TYPE_LABELS) return OTHER_TYPES;
+    typeLabels.add(type);
+    return type;
+  };
   const allowedByType = new Map<string, Tally>();
   return {
     allowed: (type) => {
       let found = allowedByType.get(type);
-      if (!found) allowedByType.set(type, (found = tally(decisions, `allowed|||${type}`, ['allowed', '', '', type])));
+      if (!found) {
+        const label = typeLabel(type);
+        found = tally(decisions, `allowed|||${label}`, ['allowed', '', '', label]);
+        if (label === type) allowedByType.set(type, found);
+      }
       found.add();
     },
-    rejected: (type, result, tier, code) =>
-      tally(decisions, `${result}|${tier}|${code}|${type}`, [result, tier, code, type]).add(),
-    nearLimit: (tier, type) => tally(nearLimit, `${tier}|${type}`, [tier, type]).add(),
+    rejected: (type, result, tier, code) => {
+      const label = typeLabel(type);
+      tally(decisions, `${result}|${tier}|${code}|${label}`, [result, tier, code, label]).add();
+    },
+    nearLimit: (tier, type) => {
+      const label = typeLabel(type);
+      tally(nearLimit, `${tier}|${label}`, [tier, label]).add();
+    },
     connection: (result, reason) => tally(connections, `${result}|${reason}`, [result, reason]).add(),
     disconnect: (reason) => tally(disconnects, reason, [reason]).add(),
-    violation: (code, type) => tally(violations, `${code}|${type}`, [code, type]).add(),
+    violation: (code, type) => {
+      const label = typeLabel(type);
+      tally(violations, `${code}|${label}`, [code, label]).add();
+    },
     storeError: () => storeErrors.inc(),
     storeOutage: () => storeOutages.inc(),
     storeLatency: (seconds) => storeLatency.observe(seconds),

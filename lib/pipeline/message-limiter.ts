@@ -39,6 +39,8 @@ export class MessageLimiter {
   readonly skipIf: SkipIf | undefined;
   /** Plan names a `planResolver` returned that no plan has, warned about once each. */
   private readonly unknownPlans = new Set<string>();
+  /** The ways a `planResolver` failed (it threw, it returned a promise) that were reported once. */
+  private readonly planResolverFailures = new Set<string>();
   /** Whether a `tracker` function's answer that names no tracker was reported (see `trackerName`). */
   private badTrackerReported = false;
 
@@ -78,17 +80,40 @@ export class MessageLimiter {
   planNameOf(client: object, state: ConnectionState): string {
     const resolver = this.options.planResolver;
     if (resolver === undefined) return DEFAULT_PLAN;
+    let name: unknown;
+    try {
+      name = resolver(client, {
+        ip: state.ip,
+        address: state.address,
+        connectionId: state.id,
+        request: state.request,
+      });
+    } catch (error) {
+      // Not a reason to stop limiting (or answering): the module's own limits, as for no plan.
+      this.planResolverFailed('threw', `(${(error as Error)?.message ?? String(error)})`);
+      return DEFAULT_PLAN;
+    }
     // `null` from JavaScript code means no plan, as `undefined` does.
-    const name = resolver(client, {
-      ip: state.ip,
-      address: state.address,
-      connectionId: state.id,
-      request: state.request,
-    }) as string | null | undefined;
     if (name === undefined || name === null) return DEFAULT_PLAN;
-    if (this.plans.has(name)) return name;
+    if (typeof name === 'string' && this.plans.has(name)) return name;
+    if (isPromise(name)) {
+      // A plan is picked for each message as it is decided, so it cannot be waited for.
+      Promise.resolve(name).catch(noop);
+      this.planResolverFailed('returned a promise', '(it must return a plan name synchronously)');
+      return DEFAULT_PLAN;
+    }
     this.unknownPlan(name);
     return DEFAULT_PLAN;
+  }
+
+  /** A `planResolver` that threw or returned a promise: said once each, then left alone. */
+  private planResolverFailed(what: 'threw' | 'returned a promise', detail: string): void {
+    if (this.planResolverFailures.has(what)) return;
+    this.planResolverFailures.add(what);
+    this.warn(
+      `planResolver ${what} ${detail}: those connections get the module's own limits (said once; ` +
+        `later ones are not logged)`,
+    );
   }
 
   /** A `planResolver` named a plan that does not exist (a typo, or a plan not configured here): said once per name. */
@@ -231,8 +256,9 @@ export class MessageLimiter {
     const types = new Set<string>();
     for (const routes of this.plans.values()) {
       // A type's one bucket, and its named limits' (a plan may give a type either); a plan's
-      // buckets of figures other than the module's under their own suffixes.
+      // buckets and window of figures other than the module's under their own suffixes.
       types.add(routes.globalSuffix);
+      types.add(routes.expensiveSuffix);
       for (const type of routes.knownTypes()) types.add(`t:${type}`);
       for (const suffix of routes.knownTypeSuffixes()) types.add(suffix);
     }

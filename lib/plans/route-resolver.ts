@@ -79,6 +79,8 @@ export class RouteResolver {
   private readonly expensiveSpec: TierSpec;
   /** The global bucket's key suffix: `g`, or with its figures (see `bucketSuffix`). */
   readonly globalSuffix: string;
+  /** The expensive window's key suffix: `x` or `xc`, or with its figures (see `windowSuffix`). */
+  readonly expensiveSuffix: string;
 
   /**
    * `base`: the module's own resolver, for a plan's: a bucket of the plan whose figures
@@ -95,9 +97,15 @@ export class RouteResolver {
       (base.options.global.capacity === global.capacity && base.options.global.refillRate === global.refillRate)
         ? 'g'
         : bucketSuffix('g', global.capacity, global.refillRate);
+    const ownWindow = expensiveSuffix(expensive.algorithm);
+    this.expensiveSuffix =
+      base === undefined ||
+      (base.options.expensive.max === expensive.max && base.options.expensive.windowMs === expensive.windowMs)
+        ? ownWindow
+        : windowSuffix(ownWindow, expensive.max, expensive.windowMs);
     this.expensiveSpec = windowSpec(
       'expensive',
-      expensiveSuffix(expensive.algorithm),
+      this.expensiveSuffix,
       expensive.algorithm,
       expensive.max,
       expensive.windowMs,
@@ -398,7 +406,20 @@ export function bucketSuffix(suffix: string, capacity: number, refillRate: numbe
   return `@${capacity}/${refillRate}:${suffix}`;
 }
 
-/** Every suffix an expensive window may have (for a reset). */
+/**
+ * The key suffix of a plan's expensive window whose limit or length differs from the
+ * module's: `@<max>/<windowMs>:<suffix>`, as `bucketSuffix` does for buckets. One window read
+ * under other figures is not what either plan promises: on Redis, a decision under a shorter
+ * window dropped the entries a longer one still counted (a connection back on the module's
+ * 2 per minute after a minute on 2 per second was let through a third within the minute),
+ * and a larger limit met the block cache's refusal of the smaller one. Plans with the same
+ * figures share one window.
+ */
+export function windowSuffix(suffix: string, max: number, windowMs: number): string {
+  return `@${max}/${windowMs}:${suffix}`;
+}
+
+/** Every suffix the module's expensive window may have (for a reset; plans add their own). */
 export const EXPENSIVE_SUFFIXES: readonly string[] = Object.freeze(['x', 'xc']);
 
 function checkFigure(where: string, field: 'capacity' | 'refillRate' | 'cost', value: unknown): void {

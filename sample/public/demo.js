@@ -14,13 +14,15 @@ const MAX_ROWS = 500;
 
 const $ = (id) => document.getElementById(id);
 
-// Every message this page sends is answered once: `chat` with `ack`, `get_limits` with
-// `limits_status` (or either with a rate_limit frame, which names its message by id), so
-// each answer confirms a message of its event and the next chat goes as soon as the last
-// one is through. Messages a closed connection leaves unanswered are reported
-// (`undelivered`) and, by the default policy, given up.
+// Every message this page sends is answered once: `chat` with `ack` (or, for an invalid
+// payload, an `error` naming the chat type), `get_limits` with `limits_status` (or either
+// with a rate_limit frame, which names its message by id), so each answer confirms a
+// message of its event and the next chat goes as soon as the last one is through. Messages
+// a closed connection leaves unanswered are reported (`undelivered`) and, by the default
+// policy, given up.
 const isAck = (message) => {
-  if (message?.event === 'ack') return { event: 'chat' };
+  const answered = message?.event === 'ack' || message?.event === 'error';
+  if (answered && message.data?.messageType === 'chat') return { event: 'chat' };
   return message?.event === 'limits_status' && { event: 'get_limits' };
 };
 
@@ -102,6 +104,8 @@ function format(ms) {
 }
 
 function renderBudgets(status) {
+  // A welcome sent while the store could not be read carries no status: nothing to show yet.
+  if (!status) return;
   const budgets = [['global', status.global], ...Object.entries(status.types), ['expensive', status.expensive]];
   const body = $('budgets').tBodies[0];
   for (const [name, budget] of budgets) {

@@ -191,6 +191,17 @@ describe('resolveOptions: invalid values stop start-up, naming the variable or o
     expect(configError(() => resolveOptions({ store: 'redis' }, envOf({}))).message).toContain('option store');
   });
 
+  it('a key prefix with a brace stops start-up naming the variable or option, with the Redis store only', () => {
+    const redis = { WS_RATE_LIMIT_STORE: 'redis', WS_RATE_LIMIT_REDIS_URL: 'redis://127.0.0.1:7000' };
+    expect(
+      configError(() => resolveOptions({}, envOf({ ...redis, WS_RATE_LIMIT_KEY_PREFIX: 'app{1}:' }))).message,
+    ).toContain('WS_RATE_LIMIT_KEY_PREFIX');
+    expect(configError(() => resolveOptions({ keyPrefix: 'app}' }, envOf(redis))).message).toContain(
+      'option keyPrefix',
+    );
+    expect(resolveOptions({}, envOf({ WS_RATE_LIMIT_KEY_PREFIX: 'app{1}:' })).keyPrefix).toBe('app{1}:');
+  });
+
   it('a Sentinel master name beside a URL (no Sentinels) names both, instead of being dropped', () => {
     const fromEnv = configError(() =>
       resolveOptions(

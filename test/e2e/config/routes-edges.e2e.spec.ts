@@ -205,10 +205,11 @@ describe('route resolution (unit)', () => {
       const decision = limiter.decide(plan === 'free' ? freePlan : premiumPlan) as { allowed: boolean };
       if (decision.allowed) allowed[plan]++;
     }
-    // Each algorithm keeps its own window (suffixes `x` and `xc`): neither starts over when
-    // the other decides. Before, each found the other's state and started over: 20 of 20.
+    // Each algorithm keeps its own window (suffixes `x` and `xc`, the premium one with its own
+    // figures as well): neither starts over when the other decides. Before, each found the
+    // other's state and started over: 20 of 20.
     expect(allowed).toEqual({ free: 2, premium: 3 });
-    expect([freePlan, premiumPlan].map((plan) => plan.tiers.at(-1)!.spec.suffix)).toEqual(['x', 'xc']);
+    expect([freePlan, premiumPlan].map((plan) => plan.tiers.at(-1)!.spec.suffix)).toEqual(['x', '@3/60000:xc']);
   });
 
   it('guard: @SkipThrottle(false) with @Throttle limits one handler of a skipped class; the others stay exempt', () => {
