@@ -103,9 +103,17 @@ export class WsRateLimitModule extends WsRateLimitConfigurableModule {
       // The gateway's own WsRateLimitFilter stays; one this module put there for an earlier
       // application of the process (closed, or still running) is replaced by this one's.
       const own = filters.filter((entry) => !placed.has(entry as object));
-      if (own.some(isOurFilter)) continue;
-      placed.add(filter);
-      Reflect.defineMetadata(EXCEPTION_FILTERS_METADATA, [...own, filter], gateway);
+      const ours = own.filter(isOurFilter);
+      if (ours.length === 0) {
+        placed.add(filter);
+        Reflect.defineMetadata(EXCEPTION_FILTERS_METADATA, [...own, filter], gateway);
+      } else if (!isOurFilter(own.at(-1))) {
+        // Nest tries a class's last filter first: an app's catch-all written above
+        // `@WsRateLimit()` (`@UseFilters(AllErrors) @WsRateLimit()`) came before ours and took
+        // the refusals, which the order of two decorators should not decide. Ours go last.
+        const others = own.filter((entry) => !isOurFilter(entry));
+        Reflect.defineMetadata(EXCEPTION_FILTERS_METADATA, [...others, ...ours], gateway);
+      }
     }
   }
 

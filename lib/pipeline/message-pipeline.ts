@@ -133,6 +133,12 @@ export class MessagePipeline {
    * `WsRateLimitException` for the filter to answer (recorded and let through in shadow mode).
    */
   run(context: ExecutionContext, steps: MessageSteps): boolean | Promise<boolean> {
+    // A second of our guards on one message (APP_GUARD and `@WsRateLimit()`, or `@UseGuards`
+    // on a class and its handler): Nest gives every guard of a call one context, and the
+    // message was decided by the first (a refusal would have ended the call there).
+    const marked = context as { [DECIDED]?: true };
+    if (marked[DECIDED] === true) return true;
+    marked[DECIDED] = true;
     const client = context.getArgByIndex<object>(0);
     const connection = this.registry.of(client);
     const route = steps.getRoute(context, connection, client);
@@ -391,6 +397,9 @@ export class MessagePipeline {
     }
   }
 }
+
+/** Marks an execution context whose message one of our guards has decided. */
+const DECIDED = Symbol('nestjs-ws-rate-limit:decided');
 
 /**
  * Counts a verdict that waits (on the store or an asynchronous tracker) until it settles:
