@@ -63,13 +63,21 @@ export interface Unanswered {
   /** Unattributed acknowledgements among `messages`. */
   acknowledged: number;
   /**
-   * The largest message (the first of the largest, in send order) confirmed only by time
-   * (presumed accepted `confirmMs` after it was sent, with no answer from the server since).
+   * The largest message (the first of the largest to be presumed accepted) confirmed only
+   * by time (presumed accepted its confirmation delay after it was sent, with no answer from
+   * the server since).
    */
   presumed?: Sized;
 }
 
 const NOTHING: Settled = { refused: [] };
+
+/**
+ * Milliseconds after which an unconfirmed message of `event` is presumed accepted (the
+ * client's `confirmMs`, per event). A delay may grow while messages wait; when one may have
+ * shrunk, the owner calls `Ledger.rescan`.
+ */
+export type ConfirmDelay = (event: string) => number;
 
 /**
  * The messages sent on one connection whose fate is unknown, and the rules that match
@@ -85,6 +93,12 @@ const NOTHING: Settled = { refused: [] };
  * refusals and acks together account for all of them, which were refused is unknowable,
  * and the whole group is reported instead of guessed at (a wrong guess would send an
  * accepted message twice).
+ *
+ * A message with no answer is presumed accepted once its event's confirmation delay
+ * (`ConfirmDelay`) has passed since it was sent; delays differ per event (an event an ack
+ * has answered gets a longer safety net than one confirmed by time alone), so messages
+ * expire out of send order. A group in doubt ends as ambiguous when any of its messages
+ * reaches its delay.
  */
 export class Ledger {
   /** Sent messages whose fate is unknown, in send order. */
@@ -105,12 +119,33 @@ export class Ledger {
    * `Unanswered.presumed`): one entry, whatever the traffic.
    */
   private largestPresumed: Sized | undefined;
+  /**
+   * No unconfirmed message expires before this (the `sentAt` clock): the earliest deadline
+   * the last look found, lowered by each message booked since. Delays only grow between
+   * `rescan` calls, so it stays a lower bound, and `expire` looks at the messages only once
+   * it has passed (not at every send).
+   */
+  private nextExpiry = Infinity;
+
+  /** @param delayOf the confirmation delay of each event's messages, read at every look. */
+  constructor(private readonly delayOf: ConfirmDelay) {}
 
   /** Books a message just written to the socket. */
   record(entry: OutboxEntry): void {
     this.unconfirmed.push(entry);
     this.events.add(entry.event);
     if (entry.id !== undefined) this.pendingById.set(entry.id, entry);
+    this.nextExpiry = Math.min(this.nextExpiry, this.deadline(entry));
+  }
+
+  /** A confirmation delay may have shrunk: the next `expire` looks at every message again. */
+  rescan(): void {
+    this.nextExpiry = -Infinity;
+  }
+
+  /** The event of the oldest unconfirmed message, if any. */
+  oldestEvent(): string | undefined {
+    return this.unconfirmed[0]?.event;
   }
 
   /** Whether a message of `event` was sent on this connection. */
@@ -172,27 +207,43 @@ export class Ledger {
   }
 
   /**
-   * Presumes accepted what was sent `confirmMs` ago or earlier; a message in doubt that
-   * reaches that age ends its group's doubt as ambiguous.
+   * Presumes accepted every message sent its event's confirmation delay ago or earlier; a
+   * message in doubt that reaches its delay ends its group's doubt as ambiguous (the first
+   * such message in send order: one group a call, the rest at the next call).
    */
-  expire(t: number, confirmMs: number): Settled {
-    let expired = 0;
-    while (expired < this.unconfirmed.length && this.unconfirmed[expired].sentAt + confirmMs <= t) {
-      const entry = this.unconfirmed[expired];
-      if (this.doubts.has(entry.event) || this.doubts.has('')) {
+  expire(t: number): Settled {
+    if (t < this.nextExpiry) return NOTHING;
+    const expired: OutboxEntry[] = [];
+    let next = Infinity;
+    for (const entry of this.unconfirmed) {
+      const deadline = this.deadline(entry);
+      if (deadline > t) {
+        next = Math.min(next, deadline);
+        continue;
+      }
+      if (this.inDoubt(entry)) {
+        // The messages after it are looked at again next time.
+        this.nextExpiry = -Infinity;
         return this.dropGroup(this.doubts.has(entry.event) ? entry.event : '', expired);
       }
-      expired++;
+      expired.push(entry);
     }
-    this.confirmFirst(expired);
+    this.nextExpiry = next;
+    this.confirmByTime(expired);
     return NOTHING;
   }
 
-  /** When (the `sentAt` clock plus `confirmMs`) a message in doubt expires; Infinity if none is. */
-  doubtExpiry(confirmMs: number): number {
+  /** When (the `sentAt` clock) the first message in doubt reaches its delay; Infinity if none is in doubt. */
+  doubtExpiry(): number {
     if (this.doubts.size === 0) return Infinity;
-    const first = this.unconfirmed.find((entry) => this.doubts.has(entry.event) || this.doubts.has(''));
-    return first === undefined ? Infinity : first.sentAt + confirmMs;
+    let first = Infinity;
+    for (const entry of this.unconfirmed) if (this.inDoubt(entry)) first = Math.min(first, this.deadline(entry));
+    return first;
+  }
+
+  /** When (the `sentAt` clock) `entry`, unconfirmed, is presumed accepted. */
+  deadline(entry: OutboxEntry): number {
+    return entry.sentAt + this.delayOf(entry.event);
   }
 
   /** Unconfirmed messages of `event`: how many, and the oldest. */
@@ -231,6 +282,12 @@ export class Ledger {
     this.events.clear();
     this.doubts.clear();
     this.largestPresumed = undefined;
+    this.nextExpiry = Infinity;
+  }
+
+  /** Whether `entry` belongs to a group answered by frames the client could not attribute. */
+  private inDoubt(entry: OutboxEntry): boolean {
+    return this.doubts.has(entry.event) || this.doubts.has('');
   }
 
   private candidates(key: string): OutboxEntry[] {
@@ -246,15 +303,15 @@ export class Ledger {
       for (const entry of candidates) this.forget(entry);
       return { refused: candidates };
     }
-    if (doubt.acked + doubt.refused >= candidates.length) return this.dropGroup(key, 0);
+    if (doubt.acked + doubt.refused >= candidates.length) return this.dropGroup(key, []);
     return NOTHING;
   }
 
-  /** Ends a group's doubt as ambiguous, with the messages expired before it (`before`). */
-  private dropGroup(key: string, before: number): Settled {
+  /** Ends a group's doubt as ambiguous, and confirms by time the messages out of it that expired (`expired`). */
+  private dropGroup(key: string, expired: OutboxEntry[]): Settled {
     const doubt = this.doubts.get(key) as Doubt;
     this.doubts.delete(key);
-    this.confirmFirst(before);
+    this.confirmByTime(expired);
     const messages = this.candidates(key);
     for (const entry of messages) this.remove(entry);
     const refused = Math.min(doubt.refused, messages.length);
@@ -285,11 +342,17 @@ export class Ledger {
   }
 
   /**
-   * Confirms the `count` oldest unconfirmed messages by time (presumed accepted, see
-   * `remove`), remembering the largest of them.
+   * Confirms unconfirmed messages by time (presumed accepted, see `remove`), remembering the
+   * largest of them. `entries` are in send order, though not necessarily the oldest.
    */
-  private confirmFirst(count: number): void {
-    for (const entry of this.unconfirmed.splice(0, count)) {
+  private confirmByTime(entries: OutboxEntry[]): void {
+    if (entries.length === 0) return;
+    if (entries.length === this.unconfirmed.length) this.unconfirmed = [];
+    else {
+      const gone = new Set(entries);
+      this.unconfirmed = this.unconfirmed.filter((entry) => !gone.has(entry));
+    }
+    for (const entry of entries) {
       this.keepId(entry);
       this.notePresumed(entry);
     }

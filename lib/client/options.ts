@@ -19,7 +19,15 @@ export interface ResolvedOptions {
   maxUnconfirmed: number;
   isAck: RateLimitedClientOptions['isAck'];
   undelivered: UndeliveredPolicy;
+  /** The time-based confirmation delay: the given `confirmMs`, else 250 ms. */
   confirmMs: number;
+  /**
+   * With `isAck` and no `confirmMs` given, the delay of the events an ack has answered (a
+   * safety net for a lost ack, 10 s); undefined otherwise (`confirmMs` applies to every event).
+   */
+  ackedConfirmMs: number | undefined;
+  /** Whether the time-based delay grows when frames come later than it: unless `isAck` is set with a `confirmMs`. */
+  adaptiveConfirmMs: boolean;
   reconnect: boolean;
   backoffBaseMs: number;
   backoffCapMs: number;
@@ -31,7 +39,18 @@ export interface ResolvedOptions {
 }
 
 function fail(name: string, expected: string, value: unknown): never {
-  throw new RangeError(`RateLimitedClient: options.${name} must be ${expected}, got ${String(value)}`);
+  throw new RangeError(`RateLimitedClient: options.${name} must be ${expected}, got ${shown(value)}`);
+}
+
+/** A value as an error shows it: a text in quotes, an object by its JSON where it has one, else its kind. */
+function shown(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value);
+  if (typeof value !== 'object' || value === null) return typeof value === 'function' ? 'a function' : String(value);
+  try {
+    return JSON.stringify(value) ?? typeof value;
+  } catch {
+    return typeof value;
+  }
 }
 
 function numberOption(
@@ -52,6 +71,13 @@ function numberOption(
     const what = { number: 'a number', finite: 'a finite number', integer: 'an integer' }[kind];
     fail(name, `${what} >= ${min}`, value);
   }
+  return value;
+}
+
+/** A boolean option, `true` when not given (a text such as 'false' is refused, not taken as true). */
+function booleanOption(options: RateLimitedClientOptions, name: 'autoConnect' | 'messageIds' | 'reconnect'): boolean {
+  const value = options[name] ?? true;
+  if (typeof value !== 'boolean') fail(name, 'a boolean', value);
   return value;
 }
 
@@ -84,21 +110,22 @@ export function resolveOptions(options: RateLimitedClientOptions): ResolvedOptio
   if (typeof random !== 'function') fail('random', 'a function', random);
   const undelivered = options.undelivered ?? 'drop';
   if (undelivered !== 'requeue' && undelivered !== 'drop') fail('undelivered', "'requeue' or 'drop'", undelivered);
-  const messageIds = options.messageIds ?? true;
-  if (typeof messageIds !== 'boolean') fail('messageIds', 'a boolean', messageIds);
+  const confirmGiven = options.confirmMs !== undefined && options.confirmMs !== null;
   return {
     createSocket: socketFactory(options),
     protocols: options.protocols,
-    autoConnect: options.autoConnect ?? true,
+    autoConnect: booleanOption(options, 'autoConnect'),
     maxQueue: numberOption(options, 'maxQueue', 1000, 0, 'integer'),
     overflow,
-    messageIds,
+    messageIds: booleanOption(options, 'messageIds'),
     minPaceMs: numberOption(options, 'minPaceMs', 125, 1, 'finite'),
     maxUnconfirmed: numberOption(options, 'maxUnconfirmed', 1, 1, 'integer'),
     isAck: options.isAck,
     undelivered,
-    confirmMs: numberOption(options, 'confirmMs', options.isAck ? 10_000 : 250, 0, 'finite'),
-    reconnect: options.reconnect ?? true,
+    confirmMs: numberOption(options, 'confirmMs', 250, 0, 'finite'),
+    ackedConfirmMs: options.isAck && !confirmGiven ? 10_000 : undefined,
+    adaptiveConfirmMs: !options.isAck || !confirmGiven,
+    reconnect: booleanOption(options, 'reconnect'),
     backoffBaseMs: numberOption(options, 'backoffBaseMs', 1000, 0, 'finite'),
     backoffCapMs: numberOption(options, 'backoffCapMs', 30_000, 0, 'finite'),
     maxReconnectAttempts: numberOption(options, 'maxReconnectAttempts', Infinity, 0, 'integer'),
@@ -113,17 +140,26 @@ export function declaredBudgets(
   options: RateLimitedClientOptions,
   at: number,
 ): { global: Budget | undefined; types: Map<string, Budget> } {
-  const build = (name: string, spec: { capacity: number; refillPerSecond: number }): Budget => {
-    if (!(spec.capacity >= 1)) fail(`${name}.capacity`, 'a number >= 1', spec.capacity);
-    if (!(spec.refillPerSecond > 0 && Number.isFinite(spec.refillPerSecond))) {
-      fail(`${name}.refillPerSecond`, 'a finite number > 0', spec.refillPerSecond);
+  const build = (name: string, spec: unknown): Budget => {
+    if (!isObject(spec)) fail(name, 'an object { capacity, refillPerSecond }', spec);
+    const { capacity, refillPerSecond } = spec as { capacity: unknown; refillPerSecond: unknown };
+    if (typeof capacity !== 'number' || !(capacity >= 1) || !Number.isFinite(capacity)) {
+      fail(`${name}.capacity`, 'a finite number >= 1', capacity);
     }
-    return Budget.declared(spec.capacity, spec.refillPerSecond, at);
+    if (typeof refillPerSecond !== 'number' || !(refillPerSecond > 0) || !Number.isFinite(refillPerSecond)) {
+      fail(`${name}.refillPerSecond`, 'a finite number > 0', refillPerSecond);
+    }
+    return Budget.declared(capacity, refillPerSecond, at);
   };
-  const limits = options.limits ?? {};
+  const limits: unknown = options.limits ?? {};
+  if (!isObject(limits)) fail('limits', 'an object { global?, types? }', limits);
+  const { global, types: typeSpecs = {} } = limits as { global?: unknown; types?: unknown };
+  if (!isObject(typeSpecs)) fail('limits.types', 'an object of { capacity, refillPerSecond } by event', typeSpecs);
   const types = new Map<string, Budget>();
-  for (const [event, spec] of Object.entries(limits.types ?? {})) {
-    types.set(event, build(`limits.types.${event}`, spec));
-  }
-  return { global: limits.global && build('limits.global', limits.global), types };
+  for (const [event, spec] of Object.entries(typeSpecs)) types.set(event, build(`limits.types.${event}`, spec));
+  return { global: global === undefined ? undefined : build('limits.global', global), types };
+}
+
+function isObject(value: unknown): value is object {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }

@@ -50,6 +50,11 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 export const MAX_LEARNED_MODELS = 256;
 /** Most event -> server type pairs learned from frames the client keeps (least recently used go first). */
 export const MAX_EVENT_TYPES = 1024;
+/**
+ * Most events the client remembers an acknowledgement of (see `ackedEvents`; the least
+ * recently acknowledged go first, back to time-based confirmation).
+ */
+export const MAX_ACKED_EVENTS = 1024;
 
 type Timer = ReturnType<typeof setTimeout>;
 
@@ -164,9 +169,11 @@ function endAfterGrace(socket: WebSocketLike): void {
  * inbound frame recognised by `isAck` confirms a message (the one whose id or event it
  * names, else the oldest unconfirmed), an `error` frame echoing a message's id confirms
  * that message (the server answered it), and otherwise a message is presumed accepted
- * `confirmMs` after it was sent. For an event whose limit is unknown, at most
- * `maxUnconfirmed` messages are unconfirmed at once, so a burst against an unknown limit
- * is rejected once, not once per message.
+ * `confirmMs` after it was sent. With `isAck` and no `confirmMs` given, that is 10 s (a
+ * safety net for a lost ack) only for the events an ack has answered on this client; the
+ * others (events the server never answers) are confirmed by time as without `isAck`. For
+ * an event whose limit is unknown, at most `maxUnconfirmed` messages are unconfirmed at
+ * once, so a burst against an unknown limit is rejected once, not once per message.
  *
  * **Which message was refused.** Each message carries an `id` (option `messageIds`), which
  * a server using `WsRateLimitAdapter` echoes in its `rate_limit` frame: the frame then
@@ -252,10 +259,19 @@ export class RateLimitedClient {
   private readonly emitter: TypedEmitter<RateLimitedClientEvents>;
   private readonly outbox: Outbox;
   /** Messages sent on the current connection whose fate is unknown. */
-  private readonly ledger = new Ledger();
+  private readonly ledger = new Ledger((event) => this.confirmDelay(event));
   private socket: WebSocketLike | undefined;
   private currentState: ClientState = 'closed';
+  /** The time-based confirmation delay (see `confirmDelay`); it grows when frames come later than it. */
   private confirmMs: number;
+  /**
+   * With `isAck` and no `confirmMs` given: the events an acknowledgement has answered on
+   * this client (whatever the connection), in least recently acknowledged order, at most
+   * `MAX_ACKED_EVENTS`. Their messages get `ackedConfirmMs`; other events' are confirmed by
+   * time, as without `isAck`: an event the server never answers (a typing indicator) is not
+   * held 10 s per message.
+   */
+  private readonly ackedEvents = new Set<string>();
   private droppedCount = 0;
   private nextSeq = 0;
   /** Messages written to sockets so far. */
@@ -654,10 +670,35 @@ export class RateLimitedClient {
   /** Confirms the message an acknowledgement answers (by id: exactly, or none). */
   private acknowledge(ack: AckMatch): Settled | undefined {
     if (ack.id !== undefined) {
-      this.ledger.takeById(ack.id);
+      const entry = this.ledger.takeById(ack.id);
+      if (entry) this.noteAcked(entry.event);
       return undefined;
     }
+    // An ack naming no event answers the oldest unconfirmed message (see `Ledger.ack`).
+    const event = ack.event ?? this.ledger.oldestEvent();
+    if (event !== undefined && this.ledger.hasSent(event)) this.noteAcked(event);
     return this.ledger.ack(ack.event);
+  }
+
+  /**
+   * Milliseconds after which an unconfirmed message of `event` is presumed accepted: the
+   * given `confirmMs` for every event; without one, with `isAck`, the 10 s safety net for
+   * an event an ack has answered, else the time-based delay (250 ms, growing).
+   */
+  private confirmDelay(event: string): number {
+    const net = this.options.ackedConfirmMs;
+    return net !== undefined && this.ackedEvents.has(event) ? net : this.confirmMs;
+  }
+
+  /** Remembers that an ack answered a message of `event` (see `ackedEvents`). */
+  private noteAcked(event: string): void {
+    if (this.options.ackedConfirmMs === undefined) return;
+    this.ackedEvents.delete(event);
+    this.ackedEvents.add(event);
+    if (this.ackedEvents.size <= MAX_ACKED_EVENTS) return;
+    this.ackedEvents.delete(this.ackedEvents.values().next().value as string);
+    // That event's delay shrank back to the time-based one.
+    this.ledger.rescan();
   }
 
   private reportAmbiguous(group: NonNullable<Settled['ambiguous']>): void {
@@ -679,7 +720,7 @@ export class RateLimitedClient {
     const waitMs = Math.max(info.retryAfter, repeatFloorMs(repeats));
     // The newest refused message says whether the model had admitted it (see relearn).
     const rejected = refused.at(-1);
-    if (!this.options.isAck) {
+    if (this.options.adaptiveConfirmMs) {
       // Time-based confirmation is only right if frames come back within confirmMs.
       const cap = Math.max(MAX_ADAPTIVE_CONFIRM_MS, this.options.confirmMs);
       const wanted = refused.length > 0 ? 2 * (t - refused[0].sentAt) : 2 * this.confirmMs;
@@ -758,7 +799,7 @@ export class RateLimitedClient {
   }
 
   private expireUnconfirmed(t: number): void {
-    const settled = this.ledger.expire(t, this.confirmMs);
+    const settled = this.ledger.expire(t);
     if (settled.ambiguous) this.reportAmbiguous(settled.ambiguous);
   }
 
@@ -830,7 +871,7 @@ export class RateLimitedClient {
     if (modelled) return wait;
     const { count, oldest } = this.ledger.pending(entry.event);
     if (oldest && count >= this.options.maxUnconfirmed) {
-      wait = Math.max(wait, oldest.sentAt + this.confirmMs - t);
+      wait = Math.max(wait, this.ledger.deadline(oldest) - t);
     }
     return wait;
   }
@@ -895,7 +936,7 @@ export class RateLimitedClient {
     if (!this.isOpen()) return;
     const blockedFor = this.pruneBlocks(t);
     // A group in doubt is reported when it expires, whether or not anything else wakes the pump.
-    wake = Math.min(wake, blockedFor, Math.max(0, this.ledger.doubtExpiry(this.confirmMs) - t));
+    wake = Math.min(wake, blockedFor, Math.max(0, this.ledger.doubtExpiry() - t));
     if (wake < Infinity) {
       this.pumpTimer = setTimeout(
         () => {

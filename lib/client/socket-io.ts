@@ -306,7 +306,7 @@ class SocketIoConnection implements WebSocketLike {
  * import { RateLimitedClient, isSocketIoAck, socketIoFactory } from 'nestjs-ws-rate-limit/client';
  * const client = new RateLimitedClient('http://localhost:3000', {
  *   createSocket: socketIoFactory(io, { transports: ['websocket'] }),
- *   isAck: isSocketIoAck, // only if every handler returns a value (answers the ack)
+ *   isAck: isSocketIoAck, // events whose handlers return nothing are confirmed by time
  * });
  * client.send('chat', { text: 'hello' });
  * ```
@@ -332,9 +332,9 @@ export function socketIoFactory(
 /**
  * An `isAck` for {@link RateLimitedClient} with {@link socketIoFactory}: recognises the
  * messages made of acknowledgements (a handler's return value) and confirms exactly the
- * message answered. Use it only if every handler of the server answers the ack (returns a
- * value other than `{ event, data }`): a message left unanswered holds back its event until
- * `confirmMs`.
+ * message answered. An event whose handler answers no ack (returns nothing, or an
+ * `{ event, data }` reply) is confirmed by time, unless you give `confirmMs`; an event whose
+ * handler answers only sometimes waits up to 10 s for an ack that does not come.
  */
 export function isSocketIoAck(message: unknown): AckMatch | false {
   if (!isRecord(message) || message.ack !== true || typeof message.event !== 'string') return false;

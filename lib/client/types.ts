@@ -338,7 +338,11 @@ export interface RateLimitedClientOptions {
    * name what they answer, and when handlers of different events answer at different
    * speeds). Set it only if the server answers every message of an event, in order, with
    * such a frame or a rate_limit frame (a rate_limit frame may come before the acks of
-   * earlier messages).
+   * earlier messages). Events it never answers may be sent too: unless `confirmMs` is
+   * given, an event waits for an ack (up to 10 s) only once an ack has answered it on this
+   * client (a result naming the event, or the id of one of its messages, or `true`
+   * confirming one of its messages); until then its messages are confirmed by time, as
+   * without `isAck` (see `confirmMs`).
    * @default undefined (messages are confirmed by time, see `confirmMs`)
    */
   isAck?: (message: unknown) => boolean | AckMatch | null | undefined;
@@ -347,16 +351,22 @@ export interface RateLimitedClientOptions {
    * neither a reply recognised by `isAck` nor a `rate_limit` frame naming them); they are
    * reported by the `undelivered` event either way. `requeue` sends them again after the
    * reconnect (at least once: a message whose reply was lost is delivered twice); `drop`
-   * gives them up (at most once). Without `isAck`, every message sent in the last
-   * `confirmMs` before the close counts as unanswered.
+   * gives them up (at most once). A message confirmed by time (without `isAck`, or of an
+   * event no ack has answered yet) counts as unanswered if it was sent in the last
+   * `confirmMs` before the close.
    * @default 'drop'
    */
   undelivered?: UndeliveredPolicy;
   /**
-   * Milliseconds after which a sent message with no rate_limit frame is presumed accepted;
-   * without `isAck` it grows by itself when frames arrive later than it. Finite (a message
-   * never presumed accepted would hold its event for ever without `isAck`).
-   * @default 250 without isAck, 10000 (a safety net for a missing ack) with it
+   * Milliseconds after which a sent message with no answer (no ack recognised by `isAck`,
+   * no rate_limit frame) is presumed accepted. Given, it applies to every event, and grows
+   * by itself when frames arrive later than it unless `isAck` is set. Not given: 250 ms,
+   * growing by itself the same way (up to 5 s); with `isAck`, the events an ack has
+   * answered on this client (see `isAck`) get 10 s instead, a safety net for a lost ack,
+   * while events the server never answers (a typing indicator) keep the 250 ms, so they
+   * are not held 10 s per message. Finite (a message never presumed accepted would hold its
+   * event for ever).
+   * @default 250, growing; 10000 (fixed) for the events an ack has answered when `isAck` is set
    */
   confirmMs?: number;
   /**
