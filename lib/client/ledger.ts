@@ -1,3 +1,5 @@
+// Over 400 lines: the rules that match a server's answers (acks, frames, time) to sent
+// messages share one state (unconfirmed, presumed, in doubt); split, their invariants would be.
 import type { OutboxEntry } from './outbox.js';
 import type { MessageId } from './types.js';
 
@@ -7,6 +9,8 @@ import type { MessageId } from './types.js';
  * naming one always finds it, however many are in flight.
  */
 const MAX_CONFIRMED_IDS = 1024;
+/** Messages presumed accepted by time whose ack may still come (see `Ledger.presumedUnacked`). */
+const MAX_PRESUMED_UNACKED = 1024;
 
 /** UTF-8 size of a frame, in bytes (what the server's size limit counts), without encoding it. */
 export function utf8Bytes(text: string): number {
@@ -126,9 +130,27 @@ export class Ledger {
    * it has passed (not at every send).
    */
   private nextExpiry = Infinity;
+  /**
+   * Messages presumed accepted by time, in the order they were, whose acknowledgement may
+   * still come (at most `MAX_PRESUMED_UNACKED`, the oldest dropped first): an ack naming
+   * their event answers them before any unconfirmed message of the event. A server slower
+   * than the time-based delay at its first ack (before the client knew the event is acked)
+   * would otherwise have each ack confirm the message after the one it answers, and the
+   * last message, never answered, counted as answered.
+   */
+  private presumedUnacked: OutboxEntry[] = [];
 
-  /** @param delayOf the confirmation delay of each event's messages, read at every look. */
-  constructor(private readonly delayOf: ConfirmDelay) {}
+  /**
+   * @param delayOf the confirmation delay of each event's messages, read at every look.
+   * @param awaitsLateAck whether a message of `event` presumed accepted now may still get
+   *   its ack (see `presumedUnacked`): an event not yet known to be acknowledged, presumed
+   *   after the short time-based delay. A message presumed after the safety net for a lost
+   *   ack is not waited for: its ack is taken as lost.
+   */
+  constructor(
+    private readonly delayOf: ConfirmDelay,
+    private readonly awaitsLateAck: (event: string) => boolean = () => false,
+  ) {}
 
   /** Books a message just written to the socket. */
   record(entry: OutboxEntry): void {
@@ -162,6 +184,7 @@ export class Ledger {
     this.forgetId(entry);
     const index = this.unconfirmed.indexOf(entry);
     if (index >= 0) this.unconfirmed.splice(index, 1);
+    else this.takePresumed(this.presumedUnacked.indexOf(entry));
     return entry;
   }
 
@@ -170,6 +193,14 @@ export class Ledger {
    * event when the ack does not say.
    */
   ack(event: string | undefined): Settled {
+    if (event !== undefined) {
+      // The oldest message of the event presumed accepted before its ack came: this answers it.
+      const presumed = this.presumedUnacked.findIndex((entry) => entry.event === event);
+      if (presumed >= 0) {
+        this.takePresumed(presumed);
+        return NOTHING;
+      }
+    }
     const key = event ?? this.unconfirmed[0]?.event;
     if (key === undefined) return NOTHING;
     const doubt = this.doubts.get(key) ?? this.doubts.get('');
@@ -283,6 +314,11 @@ export class Ledger {
     this.doubts.clear();
     this.largestPresumed = undefined;
     this.nextExpiry = Infinity;
+    this.presumedUnacked = [];
+  }
+
+  private takePresumed(index: number): void {
+    if (index >= 0) this.presumedUnacked.splice(index, 1);
   }
 
   /** Whether `entry` belongs to a group answered by frames the client could not attribute. */
@@ -355,7 +391,10 @@ export class Ledger {
     for (const entry of entries) {
       this.keepId(entry);
       this.notePresumed(entry);
+      if (this.awaitsLateAck(entry.event)) this.presumedUnacked.push(entry);
     }
+    const over = this.presumedUnacked.length - MAX_PRESUMED_UNACKED;
+    if (over > 0) this.presumedUnacked.splice(0, over);
   }
 
   /** Keeps `entry` as the largest message confirmed only by time if it is larger than the one kept. */

@@ -259,7 +259,10 @@ export class RateLimitedClient {
   private readonly emitter: TypedEmitter<RateLimitedClientEvents>;
   private readonly outbox: Outbox;
   /** Messages sent on the current connection whose fate is unknown. */
-  private readonly ledger = new Ledger((event) => this.confirmDelay(event));
+  private readonly ledger = new Ledger(
+    (event) => this.confirmDelay(event),
+    (event) => this.options.ackedConfirmMs !== undefined && !this.ackedEvents.has(event),
+  );
   private socket: WebSocketLike | undefined;
   private currentState: ClientState = 'closed';
   /** The time-based confirmation delay (see `confirmDelay`); it grows when frames come later than it. */

@@ -39,7 +39,7 @@ export class WsThrottleGuard implements CanActivate {
 
   canActivate(context: ExecutionContext): boolean | Promise<boolean> {
     if (context.getType() !== 'ws') return true;
-    return this.limiter.pipeline.run(context, this.steps);
+    return this.limiter.pipeline.run(context, this.steps, this.constructor);
   }
 
   /** The limits of the handler under the connection's plan, or `null` to let it through unlimited. */

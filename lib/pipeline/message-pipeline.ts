@@ -132,13 +132,14 @@ export class MessagePipeline {
    * Decides a routed message: `true` lets it through; a rejection is thrown as
    * `WsRateLimitException` for the filter to answer (recorded and let through in shadow mode).
    */
-  run(context: ExecutionContext, steps: MessageSteps): boolean | Promise<boolean> {
-    // A second of our guards on one message (APP_GUARD and `@WsRateLimit()`, or `@UseGuards`
-    // on a class and its handler): Nest gives every guard of a call one context, and the
-    // message was decided by the first (a refusal would have ended the call there).
-    const marked = context as { [DECIDED]?: true };
-    if (marked[DECIDED] === true) return true;
-    marked[DECIDED] = true;
+  run(context: ExecutionContext, steps: MessageSteps, guard: object = steps): boolean | Promise<boolean> {
+    // A second guard of the same class on one message (APP_GUARD and `@WsRateLimit()`, or
+    // `@UseGuards` on a class and its handler): Nest gives every guard of a call one context,
+    // and the first decided the message (a refusal would have ended the call there). A guard
+    // of another class (a subclass with its own limits) decides as well.
+    const marked = context as { [DECIDED]?: object };
+    if (marked[DECIDED] === guard) return true;
+    marked[DECIDED] = guard;
     const client = context.getArgByIndex<object>(0);
     const connection = this.registry.of(client);
     const route = steps.getRoute(context, connection, client);
