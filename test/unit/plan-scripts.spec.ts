@@ -100,7 +100,7 @@ describe('plan scripts: shapes, arguments and the Lua they get', () => {
 
   it('with field names and mode written in, the script reads no argument but the app time and nonce', () => {
     const named = planScriptLua([bucket, log, counter], false, { fields: [':g', ':x', ':c:chat'], mode: 2 });
-    expect(named).toContain("redis.call('HMGET', KEYS[1], '~e', ':g', ':x', ':c:chat')");
+    expect(named).toContain("redis.pcall('HMGET', KEYS[1], '~e', ':g', ':x', ':c:chat')");
     expect(named).not.toMatch(/ARGV/);
     expect(named).toContain("t[1] .. '.' .. t[2]");
     expect(named).toContain(

@@ -57,7 +57,13 @@ for h = 1, H do
       at[#at + 1] = i
     end
   end
-  local vals = redis.call('HMGET', KEYS[h], unpack(names))
+  -- A key of another type (a key of an earlier layout, a value written by hand) reads as an
+  -- empty hash and is deleted by consume: dropped, never an error.
+  local vals = redis.pcall('HMGET', KEYS[h], unpack(names))
+  if vals.err then
+    if WRITES then redis.call('DEL', KEYS[h]) end
+    vals = {}
+  end
   hexp[h] = double(vals[1])
   for j = 1, #at do raw[at[j]] = vals[j + 1] end
 end
@@ -77,7 +83,7 @@ for i = 1, n do
   elseif k == 2 then
     S[i] = counterState(raw[i])
   else
-    local held, latest, dead, flat = readLeases(key, now)
+    local held, latest, dead, flat = readLeases(key, now, WRITES)
     S[i] = { held, latest, dead }
     fresh[i] = #flat == 0
   end
@@ -292,6 +298,7 @@ return out
 export const FORGET_LUA = `
 local m = #KEYS - 1
 redis.call('DEL', unpack(KEYS, 2, m + 1))
-redis.call('HDEL', KEYS[1], unpack(ARGV, 1, m))
+-- A tracker hash key holding a value of another type is deleted, never an error.
+if type(redis.pcall('HDEL', KEYS[1], unpack(ARGV, 1, m))) == 'table' then redis.call('DEL', KEYS[1]) end
 return 1
 `;

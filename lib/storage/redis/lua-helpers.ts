@@ -1,5 +1,5 @@
-// Over 400 lines: the Lua text shared by the scripts, one constant per helper, each next to the
-// note that says what it does; the lines are Lua, not TypeScript logic.
+// Over 400 lines: the Lua text shared by the scripts, one constant (or function) per helper,
+// each next to the note that says what it does; the lines are Lua, not TypeScript logic.
 /**
  * Lua shared by the Redis store's scripts: the clock, lease-hash reading, and the waits of
  * `lib/algorithms` transcribed (same comparisons, same order, on IEEE doubles). A tracker
@@ -61,6 +61,39 @@ end
 `;
 
 /**
+ * Statements that set `into` (a Lua variable) to the time the tracker hash `key` (a Lua
+ * expression) must live until for what it already holds, read before a write that keeps one
+ * TTL per hash into a hash without `~e`: now for a new hash; the end of its TTL for one with
+ * a TTL but no `~e`; for one without a TTL whose fields carry their own (written with
+ * hash-field TTLs: by a store on Redis 7.4+, while this one has not read the server yet or
+ * runs with `hashFieldTtls: false`), the end of its longest-lived field's. The write's own
+ * TTL never goes below it: a hash's TTL set to this write's need would cut the fields other
+ * plans still need (a sliding log's window), and that write records `~e`, so this runs
+ * once per hash (a tracker's first write, or the first of this mode), never on a decision
+ * of a tracker with `~e`. Must run before the write (HSET makes a missing hash). Fields
+ * with no TTL at all (none of the store's scripts leave one) and a server without HPTTL
+ * (before 7.4: no field can have a TTL of its own) put no floor: the hash gets the
+ * write's need, as a new one would.
+ */
+export function hashTtlFloorLua(key: string, into: string): string {
+  return `
+do
+  local left = redis.call('PTTL', ${key})
+  if left == -1 then
+    left = 0
+    local names = redis.call('HKEYS', ${key})
+    for j = 1, #names, 500 do
+      local ft = redis.pcall('HPTTL', ${key}, 'FIELDS', math.min(500, #names - j + 1), unpack(names, j, math.min(j + 499, #names)))
+      if ft.err then break end
+      for k = 1, #ft do if ft[k] > left then left = ft[k] end end
+    end
+  end
+  ${into} = now + math.min(left, ${MAX_TTL})
+end
+`;
+}
+
+/**
  * Writes a tracker hash's fields: statements that read `key` (the hash), `s` (its flat
  * name/value list), `ttl` (ms: the longest time until a field written here equals a fresh
  * one's; clamped to `MAX_TTL_MS` here), `exp` (its `~e`, nil when unset), `now` and `mode`
@@ -77,8 +110,13 @@ end
  * never shortened, since other plans' fields may need longer. An extension goes a second
  * past the need, so that a tracker deciding often pays a PEXPIRE about once a second, not
  * once per decision.
+ *
+ * `floor`: statements run in mode 0 when the hash has no `~e` (before its write), which
+ * raise `at`, the time the hash's TTL is about to run to, to what the hash already holds
+ * needs (`hashTtlFloorLua`); empty where mode 0 never comes.
  */
-export const WRITE_TRACKER_STATEMENTS = `
+export function writeTrackerStatements(floor: string): string {
+  return `
 if ttl > ${MAX_TTL} then ttl = ${MAX_TTL} end
 if mode == 2 and exp == nil then
   redis.call('HSETEX', key, 'PX', ttl + 1000, 'FIELDS', #s / 2, unpack(s))
@@ -92,6 +130,9 @@ else
   local grow = exp == nil or at > exp
   if grow then
     at = at + 1000
+    if exp == nil then
+${floor}
+    end
     s[#s + 1] = '~e'
     s[#s + 1] = struct.pack('<d', at)
   end
@@ -99,11 +140,14 @@ else
   if grow then redis.call('PEXPIRE', key, math.ceil(at - now)) end
 end
 `;
+}
 
-/** `writeTracker(key, s, ttl, exp, now, mode)`: `WRITE_TRACKER_STATEMENTS` as a function. */
+/** `writeTracker(key, s, ttl, exp, now, mode)`: `writeTrackerStatements` as a function. */
 export const HASH_TTL_LUA = `
 local function writeTracker(key, s, ttl, exp, now, mode)
-${WRITE_TRACKER_STATEMENTS}
+${writeTrackerStatements(`local floor
+${hashTtlFloorLua('key', 'floor')}
+if floor > at then at = floor end`)}
 end
 `;
 
@@ -133,7 +177,7 @@ local function saveClock(clockKey, now, ttl)
 end
 `;
 
-/** `hdelAll`, `instanceOf`, `leaseExpiries`, `readLeases`: the lease hashes of concurrency tiers. */
+/** `hdelAll`, `instanceOf`, `leaseExpiries`, `leaseFlat`, `leaseUnits`, `readLeases`: the lease hashes of concurrency tiers. */
 export const LEASES_HELPERS_LUA = `
 local function hdelAll(key, fields)
   for i = 1, #fields, 500 do
@@ -147,9 +191,6 @@ local function instanceOf(field)
   return string.match(field, '^l:([^|]*)|')
 end
 
--- A lease hash read at now: units held by live instances, the latest live expiry, the
--- fields of dead instances (expiry passed, or lease fields with no expiry field), and the
--- flat HGETALL reply with the expiry of each instance.
 -- The expiry (ms) of each instance in a flat HGETALL reply of a lease hash.
 local function leaseExpiries(flat)
   local expiry = {}
@@ -160,8 +201,31 @@ local function leaseExpiries(flat)
   return expiry
 end
 
-local function readLeases(key, now)
-  local flat = redis.call('HGETALL', key)
+-- A lease hash's fields and values (a flat HGETALL reply); empty when the key holds a value of
+-- another type (a key of layout 1, a tier whose algorithm changed), which is deleted when
+-- writes is true: dropped, never an error.
+local function leaseFlat(key, writes)
+  local flat = redis.pcall('HGETALL', key)
+  if flat.err then
+    if writes then redis.call('DEL', key) end
+    return {}
+  end
+  return flat
+end
+
+-- The units a lease field holds: a whole, finite number (what HINCRBY keeps), else nil (a value
+-- no script wrote, which HINCRBY would refuse: the field is dropped as a dead one's).
+local function leaseUnits(v)
+  local units = tonumber(v)
+  if units ~= nil and units == math.floor(units) and units - units == 0 then return units end
+  return nil
+end
+
+-- A lease hash read at now: units held by live instances, the latest live expiry, the
+-- fields of dead instances (expiry passed, lease fields with no expiry field, or units that
+-- are not a whole number), and the flat HGETALL reply with the expiry of each instance.
+local function readLeases(key, now, writes)
+  local flat = leaseFlat(key, writes)
   local expiry = leaseExpiries(flat)
   local held, latest, dead = 0, NEG, {}
   for i = 1, #flat, 2 do
@@ -169,9 +233,11 @@ local function readLeases(key, now)
     local inst = instanceOf(f)
     local e = nil
     if inst ~= nil then e = expiry[inst] end
-    if e ~= nil and e > now then
+    local units = 0
+    if string.sub(f, 1, 2) == 'l:' then units = leaseUnits(flat[i + 1]) end
+    if e ~= nil and e > now and units ~= nil then
       if string.sub(f, 1, 2) == 'l:' then
-        held = held + tonumber(flat[i + 1])
+        held = held + units
       elseif e > latest then
         latest = e
       end

@@ -27,7 +27,11 @@ export interface CompiledPlan {
   readonly nonceAt: number;
   readonly fieldTtlsAt: number;
   readonly usesNonce: boolean;
-  /** Names the plan (keys and costs) in the block cache. */
+  /**
+   * Names the plan in the block cache: each tier's key and figures (algorithm, limit, cost,
+   * rate or window), so that plans deciding one key under other figures (a plan's larger
+   * window on the module's log) never answer each other's refusals.
+   */
   readonly blockKey: string;
   readonly leaseKeys: readonly string[];
   readonly leaseCosts: readonly number[];
@@ -143,7 +147,7 @@ export class PlanCompiler {
       nonceAt,
       fieldTtlsAt,
       usesNonce,
-      blockKey: tiers.map(({ key, spec }) => `${key}\u0000${spec.cost}`).join('\u0001'),
+      blockKey: tiers.map(({ key, spec }) => `${key}\u0000${figuresOf(spec)}`).join('\u0001'),
       leaseKeys,
       leaseCosts,
       releaseArgs,
@@ -212,6 +216,23 @@ export class PlanCompiler {
     if (this.options.appClock !== undefined) args[compiled.nowAt] = String(this.options.appClock());
     if (compiled.usesNonce) args[compiled.nonceAt] = this.noncePrefix + (this.nonce++).toString(36);
     return args;
+  }
+}
+
+/**
+ * A tier's figures in a block-cache name: what decides its refusal besides the state at its
+ * key (a bucket's rate as its interval, and the slack and span the scripts compare with).
+ */
+function figuresOf(spec: TierSpec): string {
+  const figures = `${spec.kind},${spec.limit},${spec.cost}`;
+  switch (spec.kind) {
+    case AlgorithmKind.TokenBucket:
+      return `${figures},${spec.intervalMs},${spec.slack},${spec.span}`;
+    case AlgorithmKind.SlidingLog:
+    case AlgorithmKind.SlidingCounter:
+      return `${figures},${spec.windowMs}`;
+    default:
+      return figures;
   }
 }
 

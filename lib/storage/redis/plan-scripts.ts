@@ -36,13 +36,14 @@ import {
   COUNTER_LUA,
   COUNTER_WAIT_LUA,
   FMT_LUA,
+  hashTtlFloorLua,
   LOG_FIELD_LAZY_LUA,
   LOG_LIVE_LUA,
   LOG_WAIT_LUA,
   MAX_TTL_MS,
   NEG_LUA,
   PRELUDE_LUA,
-  WRITE_TRACKER_STATEMENTS,
+  writeTrackerStatements,
 } from './lua-helpers.js';
 import type { RedisStoreClient } from './client-factory.js';
 import { clockKeyOf, trackerHashOf } from './redis-keys.js';
@@ -310,7 +311,13 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean, nam
   }
   if (named === undefined) out.push(`local fieldTtls = tonumber(${modeArg})`);
   const fieldList = named === undefined ? `unpack(ARGV, ${firstField})` : tiers.map(({ field }) => field).join(', ');
-  out.push(`local v = redis.call('HMGET', KEYS[1], '~e', ${fieldList})`, doubleOf('hexp', 'v[1]', 'nil'));
+  // A key of another type at the tracker hash reads as an empty hash and is deleted, never an
+  // error (as in the generic script); redis.pcall costs what redis.call does.
+  out.push(
+    `local v = redis.pcall('HMGET', KEYS[1], '~e', ${fieldList})`,
+    "if v.err then redis.call('DEL', KEYS[1]); v = {} end",
+    doubleOf('hexp', 'v[1]', 'nil'),
+  );
   for (const tier of tiers) out.push(stateOf(tier));
 
   out.push(`if not (${tiers.map(allowsOf).join(' and ')}) then`);
@@ -337,13 +344,20 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean, nam
   out.push('local near = 0');
   for (const tier of writers) out.push(writeOf(tier, appClock, nonce));
   if (writers.length > 0) {
+    // One TTL per hash (mode 0) into a hash without `~e`: what it already holds needs, read
+    // once here, before the write (`hashTtlFloorLua`); one copy of it for both writes below.
+    const floorIf =
+      mode === '0' ? 'hexp == nil' : mode === '1' || mode === '2' ? undefined : `hexp == nil and ${mode} == 0`;
+    if (floorIf !== undefined)
+      out.push('local hfloor', `if ${floorIf} then`, hashTtlFloorLua('KEYS[1]', 'hfloor'), 'end');
+    const floor = floorIf === undefined ? '' : 'if hfloor > at then at = hfloor end';
     out.push(
       `if ${writers.map(({ i }) => `ttl${i} > 0`).join(' and ')} then`,
       `local hmax = ttl${writers[0]!.i}`,
       ...writers.slice(1).map(({ i }) => `if ttl${i} > hmax then hmax = ttl${i} end`),
-      writeAll(writers, mode),
+      writeAll(writers, mode, floor),
       'else',
-      setsAndDels(writers, mode),
+      setsAndDels(writers, mode, floor),
       'end',
     );
   }
@@ -355,11 +369,11 @@ export function planScriptLua(specs: readonly TierSpec[], appClock: boolean, nam
 }
 
 /**
- * Writes every tier's field at once (none is deleted): `WRITE_TRACKER_STATEMENTS` for a list
- * of fields known here, with `hmax` their longest TTL (clamped to `MAX_TTL_MS`), in the
+ * Writes every tier's field at once (none is deleted): `writeTrackerStatements(floor)` for a
+ * list of fields known here, with `hmax` their longest TTL (clamped to `MAX_TTL_MS`), in the
  * field-TTL mode `mode` (a digit, or the variable holding it).
  */
-function writeAll(writers: readonly TierCode[], mode: string): string {
+function writeAll(writers: readonly TierCode[], mode: string, floor: string): string {
   const pairs = writers.map(({ field, i }) => `${field}, val${i}`).join(', ');
   const names = writers.map(({ field }) => field).join(', ');
   const hashTtl = [
@@ -368,6 +382,7 @@ function writeAll(writers: readonly TierCode[], mode: string): string {
     `  redis.call('HSET', KEYS[1], ${pairs})`,
     'else',
     '  at = at + 1000',
+    ...(floor === '' ? [] : [`  if hexp == nil then ${floor} end`]),
     `  redis.call('HSET', KEYS[1], ${pairs}, '~e', struct.pack('<d', at))`,
     "  redis.call('PEXPIRE', KEYS[1], math.ceil(at - now))",
     'end',
@@ -377,7 +392,7 @@ function writeAll(writers: readonly TierCode[], mode: string): string {
     `redis.call('HSET', KEYS[1], ${pairs})`,
     `redis.call('HPEXPIRE', KEYS[1], hmax + 1000, 'FIELDS', ${writers.length}, ${names})`,
   ].join('\n');
-  // As in WRITE_TRACKER_STATEMENTS: no TTL past what Redis accepts.
+  // As in writeTrackerStatements: no TTL past what Redis accepts.
   const clamp = `if hmax > ${MAX_TTL_MS} then hmax = ${MAX_TTL_MS} end`;
   if (mode === '0') return [clamp, hashTtl].join('\n');
   if (mode === '1') return [clamp, 'if hexp == nil then', hpexpire, 'else', hashTtl, 'end'].join('\n');
@@ -400,7 +415,7 @@ function writeAll(writers: readonly TierCode[], mode: string): string {
  * filled up to `ns`, its unused slots cleared before the write (a table grown one slot at a
  * time is reallocated as it grows); `dels` made only when a field is deleted.
  */
-function setsAndDels(writers: readonly TierCode[], mode: string): string {
+function setsAndDels(writers: readonly TierCode[], mode: string, floor: string): string {
   const slots = 2 * writers.length + 2;
   const out = [`local sets, ns, dels, hmax = { ${Array(slots).fill('false').join(', ')} }, 0, nil, 0`];
   for (const { field, i } of writers) {
@@ -421,7 +436,7 @@ function setsAndDels(writers: readonly TierCode[], mode: string): string {
     `for j = ns + 1, ${slots} do sets[j] = nil end`,
     // writeTracker's statements inlined: a closure made on every call costs more than they do.
     `local key, s, ttl, exp, mode = KEYS[1], sets, hmax, hexp, ${mode}`,
-    WRITE_TRACKER_STATEMENTS,
+    writeTrackerStatements(floor),
     'end',
     'if dels ~= nil then',
     "  redis.call('HDEL', KEYS[1], unpack(dels))",

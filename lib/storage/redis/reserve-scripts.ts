@@ -74,7 +74,12 @@ for h = 1, H do
       at[#at + 1] = i
     end
   end
-  local vals = redis.call('HMGET', KEYS[h], unpack(names))
+  -- A key of another type reads as an empty hash and is deleted: dropped, never an error.
+  local vals = redis.pcall('HMGET', KEYS[h], unpack(names))
+  if vals.err then
+    redis.call('DEL', KEYS[h])
+    vals = {}
+  end
   hexp[h] = double(vals[1])
   for j = 1, #at do
     raw[at[j]] = vals[2 * j]
@@ -159,19 +164,23 @@ return out
  * passes its slots (a tail given back in some buckets only could be spent in none).
  *
  * KEYS[1..H]  the tracker hashes
- * ARGV[1]     n; ARGV[2] the field-TTL mode ('0': none); ARGV[3] the app time or ''
+ * ARGV[1]     n; ARGV[2] the field-TTL mode (not read: see the script); ARGV[3] the app time or ''
  * ARGV[4+6(i-1)..]  tier i: hash index, field, end and base (as reserve returned them),
  *             k, the slots before the first one given back, and span: the bucket goes back
  *             to base plus k spans, added one by one as reserve did
  * Reply: the number of buckets given back (n, or 0).
  */
 export const UNRESERVE_LUA = `${HELPERS}
-local n, fieldTtls = tonumber(ARGV[1]), tonumber(ARGV[2]) > 0
+-- ARGV[2], the field-TTL mode, is not read: a hash without \`~e\` keeps TTLs per field (it was
+-- written with them), whatever this store's mode.
+local n = tonumber(ARGV[1])
 local now
 if ARGV[3] == '' then now = readClock('', nil) else now = tonumber(ARGV[3]) end
 for i = 1, n do
   local o = 3 + 6 * (i - 1)
-  if double(redis.call('HGET', KEYS[tonumber(ARGV[o + 1])], ARGV[o + 2])) ~= tonumber(ARGV[o + 3]) then return 0 end
+  -- A key of another type (written since the reservation) holds no reservation: nothing back.
+  local v = redis.pcall('HGET', KEYS[tonumber(ARGV[o + 1])], ARGV[o + 2])
+  if type(v) == 'table' or double(v) ~= tonumber(ARGV[o + 3]) then return 0 end
 end
 local back = 0
 for i = 1, n do
@@ -182,9 +191,10 @@ for i = 1, n do
   local ttl = math.ceil(t - now)
   if ttl > 0 then
     redis.call('HSET', key, f, struct.pack('<d', t))
-    -- HSET drops a field's own TTL: set it again where fields carry theirs.
-    if fieldTtls and redis.call('HEXISTS', key, '~e') == 0 then
-      redis.call('HPEXPIRE', key, math.min(ttl, ${MAX_TTL_MS}) + 1000, 'FIELDS', 1, f)
+    -- HSET drops a field's own TTL: set it again where fields carry theirs (a hash without
+    -- \`~e\`; a server without HPEXPIRE has no such hash of the store's).
+    if redis.call('HEXISTS', key, '~e') == 0 then
+      redis.pcall('HPEXPIRE', key, math.min(ttl, ${MAX_TTL_MS}) + 1000, 'FIELDS', 1, f)
     end
     redis.call('HDEL', key, '~o' .. f)
   else

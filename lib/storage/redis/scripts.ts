@@ -65,7 +65,10 @@ local field = 'l:' .. inst .. '|' .. lease
 local prefix = 'l:' .. inst .. '|'
 for j = 1, #KEYS do
   local key = KEYS[j]
-  local units = tonumber(redis.call('HGET', key, field))
+  local held = redis.pcall('HGET', key, field)
+  -- A key of another type holds no lease: deleted, never an error.
+  if type(held) == 'table' then redis.call('DEL', key) end
+  local units = tonumber(held)
   if units ~= nil then
     units = units - tonumber(ARGV[2 + j])
     if units > 0 then redis.call('HSET', key, field, units) else redis.call('HDEL', key, field) end
@@ -111,7 +114,7 @@ if mode == 'sync' then
   for j = 5, #ARGV, 2 do want[prefix .. ARGV[j]] = tonumber(ARGV[j + 1]) end
 end
 
-local flat = redis.call('HGETALL', key)
+local flat = leaseFlat(key, true)
 local expiry = leaseExpiries(flat)
 local drop, latest, mine = {}, NEG, 0
 for i = 1, #flat, 2 do
@@ -123,8 +126,8 @@ for i = 1, #flat, 2 do
     if string.sub(f, 1, 2) == 'l:' then
       if mode == 'sync' then
         if want[f] == nil then drop[#drop + 1] = f end
-      elseif e ~= nil and e > now then
-        mine = mine + tonumber(flat[i + 1])
+      elseif e ~= nil and e > now and leaseUnits(flat[i + 1]) ~= nil then
+        mine = mine + leaseUnits(flat[i + 1])
       else
         drop[#drop + 1] = f
       end
