@@ -16,8 +16,9 @@ export const LOG_CONTEXT = 'WsRateLimit';
 
 /**
  * What the module says once the application has started, so that a configuration mistake
- * is not silent: one `log` line with the limits in force, and a warning for each gateway
- * whose `@Throttle` figures no `WsThrottleGuard` applies.
+ * is not silent: one `log` line with the limits in force, a warning for each gateway
+ * whose `@Throttle` figures no `WsThrottleGuard` applies, and one for plans that no
+ * `planResolver` can pick.
  */
 @Injectable()
 export class WsRateLimitStartupReport implements OnApplicationBootstrap {
@@ -35,6 +36,13 @@ export class WsRateLimitStartupReport implements OnApplicationBootstrap {
     this.logger.log(limitsSummary(this.options));
     for (const warning of this.unguardedThrottles()) this.logger.warn(warning);
     for (const warning of this.skippedThrottles()) this.logger.warn(warning);
+    const plans = Object.keys(this.options.plans);
+    if (plans.length > 0 && this.options.planResolver === undefined) {
+      this.logger.warn(
+        `plans ${plans.join(', ')} are configured but no planResolver picks them: ` +
+          "every connection gets the module's own limits (give option planResolver)",
+      );
+    }
   }
 
   /**

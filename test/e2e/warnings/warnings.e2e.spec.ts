@@ -66,6 +66,14 @@ describe('the start-up line', () => {
         'connections 5 burst, 1/s per address, at most 4 open; violations 10 in 60 s, then close 1008; ' +
         'plans free, premium',
     ]);
+    // Plans without a planResolver never apply: said once.
+    expect(ours('warn')).toEqual([
+      "plans free, premium are configured but no planResolver picks them: every connection gets the module's own limits (give option planResolver)",
+    ]);
+  });
+
+  it('says nothing of plans a planResolver picks', async () => {
+    running = await start({ plans: { premium: {} }, planResolver: () => 'premium', metrics: false }, [GuardedGateway]);
     expect(ours('warn')).toEqual([]);
   });
 
