@@ -2,6 +2,7 @@ import { Logger } from '@nestjs/common';
 import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
 import type { MetricsRegistry } from '../interfaces/options.interface.js';
 import type { RateLimitCode, TierName } from '../interfaces/plan.interface.js';
+import { OTHER_TYPES } from '../plans/route-resolver.js';
 
 /** The counters a child of a labelled prom-client metric offers. */
 interface CounterChild {
@@ -39,10 +40,8 @@ export interface LimiterMetrics {
 }
 
 const noop = (): void => undefined;
-/** Distinct `type` label values a metrics instance gives out; later types share `OTHER_TYPES`. */
+/** Distinct `type` label values a metrics instance gives out; later types share `OTHER_TYPES` (as their buckets do). */
 export const MAX_TYPE_LABELS = 1024;
-/** The `type` label of message types past `MAX_TYPE_LABELS` (parentheses set it apart from usual event names). */
-export const OTHER_TYPES = '(other)';
 
 /** Metrics that record nothing. */
 export const NO_METRICS: LimiterMetrics = Object.freeze({

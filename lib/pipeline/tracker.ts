@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+
 /**
  * Whose budget a message spends, as a typed value: a connection (tiers kept exact in this
  * process), a client address, or a name a `tracker` function returned (both shared through
@@ -32,9 +34,22 @@ export function addressTracker(ip: string): Tracker {
   return tracker('address', ip);
 }
 
-/** The tracker of a name, as a `tracker` function or code (`consume('user-42')`) gives it. */
+/**
+ * Names longer than this are keyed by a digest: a name a `tracker` function returns is often
+ * the client's (an API key, a token's subject), and the store keeps every key it holds.
+ */
+export const MAX_TRACKER_NAME = 256;
+
+/**
+ * The tracker of a name, as a `tracker` function or code (`consume('user-42')`) gives it. A
+ * name over `MAX_TRACKER_NAME` characters is keyed `key#<sha256, base64url>` (its `id` stays
+ * the name): 50 bytes of key however long the name, where a 32 KiB name held 32 KiB per
+ * tracker in the memory store (a shorter name's key starts `key:`, so none is keyed alike).
+ */
 export function namedTracker(name: string): Tracker {
-  return tracker('name', name);
+  if (name.length <= MAX_TRACKER_NAME) return tracker('name', name);
+  const digest = createHash('sha256').update(name, 'utf16le').digest('base64url');
+  return Object.freeze({ kind: 'name', id: name, key: `key#${digest}` });
 }
 
 /** Whether a tracker's tiers live in this process (per connection) rather than in the store. */

@@ -23,6 +23,11 @@ const THROTTLE_FIELDS: readonly string[] = [
 
 /** Most types, and specs per type or cost, a resolver remembers (the rest are built per call). */
 const MAX_REMEMBERED = 1024;
+/**
+ * The type whose bucket types from code share once MAX_REMEMBERED types are known (see
+ * `specsFor`); parentheses set it apart from usual event names.
+ */
+export const OTHER_TYPES = '(other)';
 /** NestJS's metadata key for `@SubscribeMessage`'s event. */
 const MESSAGE_METADATA = 'message';
 
@@ -275,8 +280,15 @@ export class RouteResolver {
     const charge = cost ?? override?.cost ?? configured?.cost ?? 1;
     const where = `type "${type}"`;
     checkFigure(where, 'cost', charge);
-    this.checkCost(where, charge, this.figuresOf(type));
-    const specs: TierSpec[] = [this.globalSpec(charge), ...this.typeSpecs(type, charge)];
+    // Types from code may come from clients: past MAX_REMEMBERED known ones, those the
+    // options do not name share one bucket, so that a connection (in process memory) or a
+    // tracker hash (in Redis) holds a bounded number of states, not one per name sent.
+    const bucket =
+      configured !== undefined || override !== undefined || this.figures.has(type) || this.figures.size < MAX_REMEMBERED
+        ? type
+        : OTHER_TYPES;
+    this.checkCost(where, charge, this.figuresOf(bucket));
+    const specs: TierSpec[] = [this.globalSpec(charge), ...this.typeSpecs(bucket, charge)];
     if (expensive ?? override?.expensive ?? configured?.expensive ?? false) specs.push(this.expensiveSpec);
     return specs;
   }
