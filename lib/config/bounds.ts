@@ -6,6 +6,12 @@
 
 /** Every millisecond option: Node's timers fire after 1 ms for a delay above 2^31-1. */
 export const MAX_TIMER_MS = 2_147_483_647;
+/**
+ * The shortest open-connection lease of the Redis store: a live instance refreshes its
+ * leases every third of their TTL, one round trip each, so a shorter one lapses between
+ * refreshes and the cap leaks.
+ */
+export const MIN_LEASE_TTL_MS = 1000;
 
 /** `ws` reads `maxPayload` as a 32-bit signed integer (`maxPayload | 0`): above 2^31-1 it wraps. */
 export const MAX_PAYLOAD_BYTES = 2_147_483_647;

@@ -240,7 +240,9 @@ function expectation({ kind, min, max }: NumberRule): string {
         ? `a number greater than 0 and at most ${formatBound(max)}`
         : `a number from ${formatBound(min)} to ${formatBound(max)}`;
     case 'positive-integer':
-      return max === undefined ? 'a whole number greater than 0' : `a whole number from 1 to ${formatBound(max)}`;
+      return max === undefined
+        ? 'a whole number greater than 0'
+        : `a whole number from ${formatBound(min ?? 1)} to ${formatBound(max)}`;
     case 'non-negative-integer':
       return max === undefined ? 'a whole number, 0 or more' : `a whole number from 0 to ${formatBound(max)}`;
     case 'close-code':

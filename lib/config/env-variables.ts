@@ -7,6 +7,7 @@ import {
   MAX_SLIDING_COUNTER,
   MAX_TIMER_MS,
   MAX_VIOLATIONS,
+  MIN_LEASE_TTL_MS,
   MIN_REFILL_RATE,
 } from './bounds.js';
 import type { OptionPath } from './option-paths.js';
@@ -119,9 +120,11 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     name: 'WS_RATE_LIMIT_REDIS_LEASE_TTL_MS',
     option: 'redis.leaseTtlMs',
     kind: 'positive-integer',
+    min: MIN_LEASE_TTL_MS,
     max: MAX_TIMER_MS,
     default: '30000',
-    description: 'Open-connection slots of an instance that died come back within this time.',
+    description:
+      'Open-connection slots of an instance that died come back within this time (at least 1000: a live instance refreshes its slots every third of it).',
   },
   {
     name: 'WS_RATE_LIMIT_REDIS_BLOCK_CACHE',

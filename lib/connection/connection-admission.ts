@@ -34,6 +34,16 @@ export interface ConnectionAdmission {
  * open-connection count, together in one decision.
  */
 export class ConnectionAdmitter {
+  /**
+   * Open connections this process holds per address (of a capped limiter), whichever store
+   * took their slots. While Redis is out, the fallback starts empty; after, Redis does not
+   * know the slots the fallback took: either way one process could hold the cap again on top
+   * of what it held. This count keeps one process at most at the cap per address.
+   */
+  private readonly open = new Map<string, number>();
+  /** The open-connection cap per address (`maxConnectionsPerIp`), when capped. */
+  private readonly maxOpen: number;
+
   constructor(
     private readonly limiter: MessageLimiter,
     private readonly registry: ConnectionRegistry,
@@ -45,7 +55,9 @@ export class ConnectionAdmitter {
     /** Names this process's open-connection leases in a shared store. */
     private readonly instanceId: string,
     private readonly releaseFailed: (error: unknown) => void,
-  ) {}
+  ) {
+    this.maxOpen = specs.find((spec) => spec.tier === 'concurrency')?.limit ?? Infinity;
+  }
 
   /** Decides a connection; the slot, if taken, is given back by `release` in whichever store took it. */
   admit(address: string, request?: IncomingMessage): MaybePromise<ConnectionAdmission> {
@@ -62,13 +74,27 @@ export class ConnectionAdmitter {
     const settle = (decision: RateLimitDecision): ConnectionAdmission => {
       const store = taker;
       if (decision.allowed && this.capped && store) {
-        record.release = once(() => {
+        const giveBack = (): void => {
           try {
             const released = store.release(plan);
             if (isPromise(released)) released.catch(this.releaseFailed);
           } catch (error) {
             this.releaseFailed(error);
           }
+        };
+        const open = this.open.get(ip) ?? 0;
+        // The store admitted it, but this process holds the cap already (slots one store
+        // took that the other does not know of, across an outage): refused, slot given back.
+        if (open >= this.maxOpen) {
+          giveBack();
+          return this.admitted(record, 'concurrency', 1000);
+        }
+        this.open.set(ip, open + 1);
+        record.release = once(() => {
+          const left = (this.open.get(ip) ?? 1) - 1;
+          if (left > 0) this.open.set(ip, left);
+          else this.open.delete(ip);
+          giveBack();
         });
       }
       if (decision.allowed) return this.admitted(record, undefined, 0);

@@ -95,7 +95,9 @@ const INVALID_CODE: Record<EnvKind, readonly unknown[]> = {
 /** A valid value from the environment and a different one from code, per kind. */
 const VALID: Record<EnvKind, (v: EnvVariable) => { env: string; code: unknown }> = {
   'positive-number': () => ({ env: '7.5', code: 3 }),
-  'positive-integer': () => ({ env: '7', code: 3 }),
+  // Above a variable's minimum (the Redis lease TTL's is 1000), different from its default.
+  'positive-integer': (v) =>
+    v.min === undefined ? { env: '7', code: 3 } : { env: String(v.min + 7), code: v.min + 3 },
   // 0 from code must still win: "given" means "not undefined", not "truthy".
   'non-negative-integer': () => ({ env: '7', code: 0 }),
   enum: (v) => ({ env: v.values![v.values!.length - 1]!, code: v.values![0]! }),

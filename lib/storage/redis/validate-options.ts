@@ -1,3 +1,4 @@
+import { MIN_LEASE_TTL_MS } from '../../config/bounds.js';
 import { WsRateLimitConfigError } from '../../exceptions/ws-rate-limit-config.error.js';
 import { MAX_PLAN_SCRIPTS } from './plan-scripts.js';
 import type { RedisStoreOptions } from './redis-store.options.js';
@@ -45,6 +46,11 @@ export function validateOptions(options: RedisStoreOptions): void {
   };
   positive('commandTimeoutMs', options.commandTimeoutMs);
   positive('leaseTtlMs', options.leaseTtlMs, true);
+  // Refreshed every third of it, one Redis round trip each: shorter, a live instance's slots
+  // lapse between refreshes and the open-connection cap leaks (1 ms let 12 of 200 through).
+  if (options.leaseTtlMs !== undefined && options.leaseTtlMs < MIN_LEASE_TTL_MS) {
+    fail(`leaseTtlMs: expected at least ${MIN_LEASE_TTL_MS}`);
+  }
   positive('readyTimeoutMs', options.readyTimeoutMs);
   positive('breaker.failureThreshold', options.breaker?.failureThreshold, true);
   positive('breaker.probeIntervalMs', options.breaker?.probeIntervalMs);
