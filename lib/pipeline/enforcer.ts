@@ -324,7 +324,7 @@ export class Enforcer {
       } catch (error) {
         this.logger.warn(`Closing a socket failed: ${(error as Error).message}`);
       }
-      this.logger.debug(`Closed ${tracker}: ${reason}`);
+      this.logger.debug(`Closed ${loggable(tracker)}: ${reason}`);
     };
     // Replies of the messages admitted before this decision go out first, within the grace;
     // a slow consumer would not read them.
@@ -356,7 +356,7 @@ export class Enforcer {
     this.violationLog.note(
       () =>
         `${this.enforced ? 'Violation' : 'Violation (shadow mode, not enforced)'} ${warningCount}/${max} by ` +
-        `${exception.tracker} (${code}, ${exception.messageType})`,
+        `${loggable(exception.tracker)} (${code}, ${loggable(exception.messageType)})`,
     );
     return warningCount;
   }
@@ -375,4 +375,13 @@ function currentViolations(state: ConnectionState, windowMs: number): number {
 function disconnectLabel(reason: string, enforced: boolean): string {
   const label = reason === SLOW_CONSUMER_REASON ? 'slow_consumer' : reason === DENIED_REASON ? 'denied' : 'violations';
   return enforced ? label : `shadow_${label}`;
+}
+
+/**
+ * Text for a log line: as it is when printable ASCII, else quoted as JSON. A tracker or a
+ * type may be a client's text (a `tracker` function's name, a type passed from code): a CR
+ * or LF in it must not start a log line of its own.
+ */
+function loggable(text: string): string {
+  return /^[\x20-\x7e]*$/.test(text) ? text : JSON.stringify(text);
 }

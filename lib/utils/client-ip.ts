@@ -7,8 +7,15 @@ export function plainAddress(address: string | undefined): string | undefined {
   const text = zone >= 0 ? address.slice(0, zone) : address;
   const family = isIP(text);
   if (family === 0) return undefined;
-  if (family === 6 && text.toLowerCase().startsWith('::ffff:') && isIP(text.slice(7)) === 4) return text.slice(7);
+  if (family === 6) return mappedIPv4(expandIPv6(text)) ?? text;
   return text;
+}
+
+/** The IPv4 address an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, in any notation) stands for. */
+function mappedIPv4(groups: number[]): string | undefined {
+  for (let i = 0; i < 5; i++) if (groups[i] !== 0) return undefined;
+  if (groups[5] !== 0xffff) return undefined;
+  return `${groups[6]! >> 8}.${groups[6]! & 0xff}.${groups[7]! >> 8}.${groups[7]! & 0xff}`;
 }
 
 /** Default IPv6 grouping: one /64 is one client (a single host is usually given a /64). */
@@ -30,16 +37,8 @@ export function clientAddressKey(address: string | undefined, ipv6Prefix = DEFAU
   const text = zone >= 0 ? address.slice(0, zone) : address;
   const groups = expandIPv6(text);
   // IPv4-mapped (::ffff:a.b.c.d, in either notation) is the IPv4 client itself.
-  if (
-    groups[0] === 0 &&
-    groups[1] === 0 &&
-    groups[2] === 0 &&
-    groups[3] === 0 &&
-    groups[4] === 0 &&
-    groups[5] === 0xffff
-  ) {
-    return `${groups[6]! >> 8}.${groups[6]! & 0xff}.${groups[7]! >> 8}.${groups[7]! & 0xff}`;
-  }
+  const mapped = mappedIPv4(groups);
+  if (mapped !== undefined) return mapped;
   let bits = ipv6Prefix;
   for (let i = 0; i < 8; i++) {
     if (bits >= 16) bits -= 16;

@@ -1,7 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
 import { isIP } from 'node:net';
-import { DEFAULT_IPV6_PREFIX, clientAddressKey } from '../../lib/utils/client-ip.js';
+import { DEFAULT_IPV6_PREFIX, clientAddressKey, plainAddress } from '../../lib/utils/client-ip.js';
 import { check, fcParams } from './support/exact-model.js';
 
 const hex = (n: number): string => n.toString(16);
@@ -118,5 +118,29 @@ describe('C-18: clientAddressKey', () => {
       }),
       fcParams(3_000),
     );
+  });
+});
+
+describe('plainAddress: the address a tracker function and events see', () => {
+  // An IPv4-mapped address in any notation is the IPv4 client (before, only the dotted
+  // `::ffff:a.b.c.d` was unmapped: a forwarded `::ffff:102:304` reached a tracker function's
+  // `address` as it was, while its `ip` key was 1.2.3.4).
+  it.each([
+    ['::ffff:1.2.3.4', '1.2.3.4'],
+    ['::ffff:102:304', '1.2.3.4'],
+    ['::FFFF:0102:0304', '1.2.3.4'],
+    ['0:0:0:0:0:ffff:1.2.3.4', '1.2.3.4'],
+    ['::0:ffff:0102:0304', '1.2.3.4'],
+    ['fe80::1%eth0', 'fe80::1'],
+    ['2001:db8::1', '2001:db8::1'],
+    ['::1', '::1'],
+    ['1.2.3.4', '1.2.3.4'],
+  ])('%s -> %s', (address, plain) => {
+    expect(plainAddress(address)).toBe(plain);
+  });
+
+  it('is undefined for anything that is not an IP address', () => {
+    for (const text of [undefined, '', 'localhost', '1.2.3', '::ffff:1.2.3'])
+      expect(plainAddress(text)).toBeUndefined();
   });
 });

@@ -78,4 +78,18 @@ describe('Enforcer debug lines about violations', () => {
         : 'Violation 1/3 by conn:0 (TYPE_LIMIT, chat)',
     );
   });
+
+  it('quote a tracker or type that is not printable ASCII, so a CR or LF in it starts no line of its own', () => {
+    const resolved = resolveOptions({ useEnv: false, violations: { max: 3, windowMs: 60_000 } });
+    const debug: string[] = [];
+    const enforcer = new Enforcer(resolved, new Telemetry(true), {
+      warn: () => undefined,
+      debug: (line) => debug.push(line),
+    });
+    const socket = fakeSocket();
+    const forged = 'key:eve\n[Nest] 1 - LOG admin logged in';
+    enforcer.answer(socket, fakeConnection(socket), new WsRateLimitException(rejected, 'chat\r', forged));
+    expect(debug).toEqual([`Violation 1/3 by ${JSON.stringify(forged)} (TYPE_LIMIT, "chat\\r")`]);
+    expect(debug.join('').includes('\n')).toBe(false);
+  });
 });
