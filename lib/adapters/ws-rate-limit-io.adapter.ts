@@ -386,7 +386,8 @@ export class WsRateLimitIoAdapter extends IoAdapter {
       const passOn = (packet: Packet, next: (error?: Error) => void): void => {
         // Once the limiter has decided to disconnect, later events are not processed.
         if (state.closing) return;
-        const event = packet[0];
+        // A number is its digits to socket.io's emitter (`42[5,...]` reaches a handler of '5').
+        const event = typeof packet[0] === 'number' ? String(packet[0]) : packet[0];
         const last = packet[packet.length - 1];
         const slot = order?.open();
         if (typeof event === 'string' && known.events.has(event)) {

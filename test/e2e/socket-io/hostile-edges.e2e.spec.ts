@@ -16,7 +16,9 @@ import { rawHarness, rawSession, type RawSession } from './raw-session.js';
  * and a cap of one connection); a refused event an application middleware let through
  * after a later one lost its answer (with an id: sent as an event, not through its ack;
  * without: held for ever); and events an application middleware dropped were kept, payload
- * and all, for the life of the connection.
+ * and all, for the life of the connection. Later, an event named by a number (`42[5,...]`),
+ * which socket.io's emitter hands to a handler of '5', was charged twice (as an event no
+ * handler takes, then by the handler's guard): 1 of 4 ran against a global burst of 5.
  */
 
 const KiB = 1024;
@@ -77,6 +79,18 @@ class RoomGateway {
   say(@MessageBody() data: unknown) {
     count('say');
     return { event: 'said', data };
+  }
+}
+
+/** A handler of an event named by digits: a client may send that name as a number. */
+@WebSocketGateway()
+@WsRateLimit()
+class DigitsGateway {
+  @Throttle({ type: 'five', capacity: 3, refillRate: 0.001 })
+  @SubscribeMessage('5')
+  five(@MessageBody() data: unknown) {
+    count('5');
+    return { event: 'five', data };
   }
 }
 
@@ -154,6 +168,30 @@ describe('socket.io transport under hostile clients', () => {
     expect(raw.closed).toBeDefined();
     expect(raw.frames.some((frame) => frame.startsWith('42["chat"'))).toBe(false);
   }, 30_000);
+
+  it('charges an event named by a number (42[5,...]) once, as its handler of the same digits', async () => {
+    // socket.io's emitter takes 5 for '5', so the handler runs; the adapter took it for an
+    // event no handler takes, charged it as UNKNOWN_EVENT and passed it on to the handler's
+    // guard, which charged it again (found in a review, fixed).
+    // A global burst of 5: enough for the four events charged once, not charged twice.
+    const { port } = await start([DigitsGateway], { global: { capacity: 5, refillRate: 0.001 } });
+    const raw = await rawSession(port);
+    raws.push(raw);
+    for (let i = 0; i < 4; i++) raw.send(`42[5,${i}]`);
+    await waitFor(
+      () =>
+        raw.frames.filter((frame) => frame.startsWith('42["five"') || frame.startsWith('42["rate_limit"')).length >= 4,
+      10_000,
+      'four answers',
+    );
+    await sleep(100);
+    expect(handled.get('5')).toBe(3);
+    const refusals = raw.frames.filter((frame) => frame.startsWith('42["rate_limit"'));
+    expect(refusals).toHaveLength(1);
+    expect(refusals[0]).toContain('"TYPE_LIMIT"');
+    // Nothing answered it as an event no handler takes.
+    expect(raw.frames.some((frame) => frame.includes('UNKNOWN_EVENT'))).toBe(false);
+  });
 
   // --- 3. Namespaces on one Engine.IO connection ---------------------------------------
 
