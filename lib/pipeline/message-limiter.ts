@@ -259,6 +259,7 @@ export class MessageLimiter {
       // buckets and window of figures other than the module's under their own suffixes.
       types.add(routes.globalSuffix);
       types.add(routes.expensiveSuffix);
+      types.add(routes.otherTypesSuffix());
       for (const type of routes.knownTypes()) types.add(`t:${type}`);
       for (const suffix of routes.knownTypeSuffixes()) types.add(suffix);
     }

@@ -188,7 +188,28 @@ export class RouteResolver {
    * with named limits, the first of them (see `typeSpecs`).
    */
   typeSpec(type: string, cost: number): TokenBucketSpec {
-    return this.typeSpecs(type, cost)[0]!;
+    return this.typeSpecs(this.bucketOf(type), cost)[0]!;
+  }
+
+  /**
+   * The type whose bucket a type spends: its own, or, for types from code past
+   * MAX_REMEMBERED known ones that the options do not name (names that may come from
+   * clients), the one bucket they share, `OTHER_TYPES`.
+   */
+  bucketOf(type: string): string {
+    const overrides = this.options.overrides;
+    return Object.hasOwn(this.options.types, type) ||
+      (overrides !== undefined && Object.hasOwn(overrides, type)) ||
+      this.figures.has(type) ||
+      this.figures.size < MAX_REMEMBERED
+      ? type
+      : OTHER_TYPES;
+  }
+
+  /** The key suffix of the bucket types past MAX_REMEMBERED share (see `bucketOf`), for a reset. */
+  otherTypesSuffix(): string {
+    // Read, not recorded: a reset does not make `(other)` a known type.
+    return this.typeSuffix(OTHER_TYPES, this.figures.get(OTHER_TYPES) ?? this.optionFigures(OTHER_TYPES));
   }
 
   /**
@@ -283,10 +304,7 @@ export class RouteResolver {
     // Types from code may come from clients: past MAX_REMEMBERED known ones, those the
     // options do not name share one bucket, so that a connection (in process memory) or a
     // tracker hash (in Redis) holds a bounded number of states, not one per name sent.
-    const bucket =
-      configured !== undefined || override !== undefined || this.figures.has(type) || this.figures.size < MAX_REMEMBERED
-        ? type
-        : OTHER_TYPES;
+    const bucket = this.bucketOf(type);
     this.checkCost(where, charge, this.figuresOf(bucket));
     const specs: TierSpec[] = [this.globalSpec(charge), ...this.typeSpecs(bucket, charge)];
     if (expensive ?? override?.expensive ?? configured?.expensive ?? false) specs.push(this.expensiveSpec);
