@@ -6,6 +6,13 @@ import { resolveClientAddress } from '../utils/client-address.js';
 
 /** The module's service, for an adapter built with the application; a clear error without the module. */
 export function limiterFrom(app: INestApplicationContext, adapter: string): WsRateLimitService {
+  // NestJS's own adapters also take an HTTP server; ours read the module from the application.
+  if (typeof (app as { get?: unknown } | null)?.get !== 'function') {
+    throw new TypeError(
+      `nestjs-ws-rate-limit: ${adapter} needs the NestJS application (new ${adapter}(app)), ` +
+        'not its HTTP server: it reads WsRateLimitModule from it',
+    );
+  }
   try {
     return app.get(WsRateLimitService, { strict: false });
   } catch {

@@ -97,7 +97,7 @@ export function guardHandshakes(
     // At the timeout, a request that has fully arrived is the server's to answer, however long
     // that takes (a slow handler, a stream): only the client's part of the exchange is timed.
     const expire = (): void => {
-      if (exchangeRequests.get(socket)?.complete === true) settle();
+      if (exchangeRequests.get(socket)?.complete === true || answeredUpgrade(socket)) settle();
       else socket.destroy();
     };
     const timer = handshakeTimeoutMs > 0 ? setTimeout(expire, handshakeTimeoutMs).unref() : undefined;
@@ -139,11 +139,34 @@ export function guardHandshakes(
       if (request.complete && exchangeRequests.get(socket) === request) waiting.get(socket)?.();
     });
   };
+  // An upgrade keeps its slot until its WebSocket opens (`handshakeCompleted`), its socket
+  // ends, or whoever serves it answered (an app's own upgrade handler on another path, as
+  // GraphQL subscriptions have, never tells us: its open sockets were ended at the timeout
+  // and held their slots, so the address was refused plain requests).
+  const onUpgrade = (_request: IncomingMessage, socket: Socket): void => {
+    upgrades.add(socket);
+    // After every listener of the event ran (a handler that answers at once has written by then).
+    setImmediate(() => {
+      if (answeredUpgrade(socket)) waiting.get(socket)?.();
+    });
+  };
   server.on(accepted, onAccepted);
   server.prependListener('request', onRequest);
-  // An upgrade keeps its slot until its WebSocket opens (`handshakeCompleted`) or its socket ends.
+  server.on('upgrade', onUpgrade);
   return [
     [server, accepted, onAccepted],
     [server, 'request', onRequest],
+    [server, 'upgrade', onUpgrade],
   ];
+}
+
+/** Sockets that asked for an upgrade. */
+const upgrades = new WeakSet<Socket>();
+
+/**
+ * Whether an upgrade was answered (a 101, or a refusal): the client's part of the exchange,
+ * its request, is over. Engine.IO tells a foreign upgrade by the same sign.
+ */
+function answeredUpgrade(socket: Socket): boolean {
+  return upgrades.has(socket) && socket.bytesWritten > 0;
 }

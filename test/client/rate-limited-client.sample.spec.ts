@@ -205,8 +205,10 @@ describe('RateLimitedClient against the sample chat server', () => {
     await until(() => seen.welcomes === 2, 'the reconnect', 15_000);
     expect(['open', 'rate_limited']).toContain(seen.client.state);
     expect(seen.socketsAt).toHaveLength(2);
-    // Timers never fire early; the margin only absorbs clock rounding.
-    expect(seen.socketsAt[1] - closedAt).toBeGreaterThanOrEqual(1500 - 2);
+    // Node times a setTimeout from the event loop's time cached at the start of its turn, not
+    // from the call: on a loaded machine a long turn (the frames of the flood) makes it fire
+    // that much earlier than `performance.now()` at the call (4.3 ms seen in a CI run).
+    expect(seen.socketsAt[1] - closedAt).toBeGreaterThanOrEqual(1500 - 50);
 
     // And then it stays: one reconnect, no more.
     await sleep(1000);
