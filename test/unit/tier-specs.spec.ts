@@ -23,7 +23,11 @@ describe('RouteResolver memory', () => {
       expect(specs.map((spec) => spec.tier)).toEqual(['global', 'type']);
     }
     expect(routes.knownTypes().length).toBe(1024);
-    // A type past the bound gets the configured figures all the same.
-    expect(routes.typeSpec('client-chosen-4999', 1)).toMatchObject({ limit: 20, suffix: 't:client-chosen-4999' });
+    // A type past the bound gets the configured figures all the same, in the one bucket such
+    // types share (its own bucket, before: one state per name a client sent).
+    expect(routes.typeSpec('client-chosen-4999', 1)).toMatchObject({ limit: 20, suffix: 't:(other)' });
+    expect(routes.specsFor('client-chosen-4998', false, 1)[1]).toMatchObject({ limit: 20, suffix: 't:(other)' });
+    // The first 1,024 keep their own.
+    expect(routes.typeSpec('client-chosen-0', 1)).toMatchObject({ suffix: 't:client-chosen-0' });
   });
 });
