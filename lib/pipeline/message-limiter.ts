@@ -300,7 +300,7 @@ function connectionKeyed(plan: RateLimitPlan): boolean {
 function typeOfSpecs(plan: RateLimitPlan): string {
   const suffix = plan.tiers.find((tier) => tier.spec.tier === 'type')?.spec.suffix ?? '';
   // `t:<type>`, or a named limit's `n:<name>:<type>` (a name holds no `:`), after a plan's
-  // `@<figures>:` (see `bucketSuffix`).
+  // `@<figures>:` (see `figuresSuffix`).
   const bare = suffix.startsWith('@') ? suffix.slice(suffix.indexOf(':') + 1) : suffix;
   return bare.startsWith('n:') ? bare.slice(bare.indexOf(':', 2) + 1) : bare.slice(2);
 }

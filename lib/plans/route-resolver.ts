@@ -82,15 +82,15 @@ export class RouteResolver {
   private readonly typeSpecCache = new Map<string, readonly TokenBucketSpec[]>();
   private readonly globalSpecs = new Map<number, TokenBucketSpec>();
   private readonly expensiveSpec: TierSpec;
-  /** The global bucket's key suffix: `g`, or with its figures (see `bucketSuffix`). */
+  /** The global bucket's key suffix: `g`, or with its figures (see `figuresSuffix`). */
   readonly globalSuffix: string;
-  /** The expensive window's key suffix: `x` or `xc`, or with its figures (see `windowSuffix`). */
+  /** The expensive window's key suffix: `x` or `xc`, or with its figures (see `figuresSuffix`). */
   readonly expensiveSuffix: string;
 
   /**
    * `base`: the module's own resolver, for a plan's: a bucket of the plan whose figures
    * differ from the module's for the same suffix is kept under a suffix naming its figures
-   * (see `bucketSuffix`).
+   * (see `figuresSuffix`).
    */
   constructor(
     readonly options: RouteLimits,
@@ -101,13 +101,13 @@ export class RouteResolver {
       base === undefined ||
       (base.options.global.capacity === global.capacity && base.options.global.refillRate === global.refillRate)
         ? 'g'
-        : bucketSuffix('g', global.capacity, global.refillRate);
+        : figuresSuffix('g', global.capacity, global.refillRate);
     const ownWindow = expensiveSuffix(expensive.algorithm);
     this.expensiveSuffix =
       base === undefined ||
       (base.options.expensive.max === expensive.max && base.options.expensive.windowMs === expensive.windowMs)
         ? ownWindow
-        : windowSuffix(ownWindow, expensive.max, expensive.windowMs);
+        : figuresSuffix(ownWindow, expensive.max, expensive.windowMs);
     this.expensiveSpec = windowSpec(
       'expensive',
       this.expensiveSuffix,
@@ -259,7 +259,7 @@ export class RouteResolver {
 
   /**
    * The key suffix of a type's one bucket: `t:<type>`, or, in a plan whose figures for the
-   * type differ from the module's one bucket, with its figures (see `bucketSuffix`).
+   * type differ from the module's one bucket, with its figures (see `figuresSuffix`).
    */
   private typeSuffix(type: string, figures: TypeFigures): string {
     const own = `t:${type}`;
@@ -270,7 +270,7 @@ export class RouteResolver {
       module.capacity === figures.capacity &&
       module.refillRate === figures.refillRate
       ? own
-      : bucketSuffix(own, figures.capacity, figures.refillRate);
+      : figuresSuffix(own, figures.capacity, figures.refillRate);
   }
 
   /** Every type a route or a request has used so far. */
@@ -423,30 +423,18 @@ export function expensiveSuffix(algorithm: 'sliding-log' | 'sliding-counter'): s
 }
 
 /**
- * The key suffix of a plan's token bucket whose figures differ from the module's for the same
- * suffix: `@<capacity>/<refillRate>:<suffix>` (no other suffix starts with `@`). A bucket's
- * state (the time it is full again) means what it owes only under the figures that wrote it:
- * read under another plan's refill rate, a free plan's debt of a few slow tokens would refuse
- * a premium connection for seconds after its upgrade, and unknown frames decided under the
- * module's figures would read a premium plan's spending as far beyond the module's burst.
- * Keyed by its figures, each set of figures has its own bucket, as each algorithm has its own
- * expensive window; plans with the same figures share one.
+ * The key suffix of a plan's tier whose two figures differ from the module's for the same
+ * suffix: `@<capacity>/<refillRate>:<suffix>` for a token bucket, `@<max>/<windowMs>:<suffix>`
+ * for the expensive window (no other suffix starts with `@`). A tier's state means what it
+ * owes only under the figures that wrote it: read under another plan's refill rate, a free
+ * plan's debt of a few slow tokens would refuse a premium connection for seconds after its
+ * upgrade; on Redis, a decision under a shorter window dropped the entries a longer one still
+ * counted, and a larger limit met the block cache's refusal of the smaller one. Keyed by its
+ * figures, each set of figures has its own state, as each algorithm has its own expensive
+ * window; plans with the same figures share one.
  */
-export function bucketSuffix(suffix: string, capacity: number, refillRate: number): string {
-  return `@${capacity}/${refillRate}:${suffix}`;
-}
-
-/**
- * The key suffix of a plan's expensive window whose limit or length differs from the
- * module's: `@<max>/<windowMs>:<suffix>`, as `bucketSuffix` does for buckets. One window read
- * under other figures is not what either plan promises: on Redis, a decision under a shorter
- * window dropped the entries a longer one still counted (a connection back on the module's
- * 2 per minute after a minute on 2 per second was let through a third within the minute),
- * and a larger limit met the block cache's refusal of the smaller one. Plans with the same
- * figures share one window.
- */
-export function windowSuffix(suffix: string, max: number, windowMs: number): string {
-  return `@${max}/${windowMs}:${suffix}`;
+export function figuresSuffix(suffix: string, first: number, second: number): string {
+  return `@${first}/${second}:${suffix}`;
 }
 
 /** Every suffix the module's expensive window may have (for a reset; plans add their own). */

@@ -155,7 +155,7 @@ describe('reservations after f20dc2e (RedisRateLimitStore directly)', () => {
 });
 
 // ---------------------------------------------------------------------------------------
-// 2. Plans' own bucket keys (route-resolver bucketSuffix / typeSuffix / globalSuffix)
+// 2. Plans' own bucket keys (route-resolver figuresSuffix / typeSuffix / globalSuffix)
 // ---------------------------------------------------------------------------------------
 @WebSocketGateway()
 @WsRateLimit()
