@@ -238,6 +238,29 @@ export class Ledger {
   }
 
   /**
+   * A refusal given as the acknowledgement of a message of `event` and naming no id (socket.io
+   * without message ids): exact, as an ack is, since the answers of one event come in send
+   * order. It answers the oldest message of the event presumed accepted before its answer
+   * came (as `ack` does), else the oldest unconfirmed one; while the event's answers are in
+   * doubt (refusals without an id came as frames too), it counts as one of them (`refuse`).
+   */
+  refuseAnswer(event: string, messageType: string | undefined): Settled {
+    const presumed = this.presumedUnacked.findIndex((entry) => entry.event === event);
+    if (presumed >= 0) {
+      const entry = this.presumedUnacked[presumed]!;
+      this.takePresumed(presumed);
+      if (this.largestPresumed?.entry === entry) this.largestPresumed = undefined;
+      this.forgetId(entry);
+      return { refused: [entry] };
+    }
+    if (this.doubts.has(event) || this.doubts.has('')) return this.refuse(messageType);
+    const oldest = this.unconfirmed.find((entry) => entry.event === event);
+    if (!oldest) return NOTHING;
+    this.forget(oldest);
+    return { refused: [oldest] };
+  }
+
+  /**
    * Presumes accepted every message sent its event's confirmation delay ago or earlier; a
    * message in doubt that reaches its delay ends its group's doubt as ambiguous (the first
    * such message in send order: one group a call, the rest at the next call).

@@ -33,6 +33,7 @@ export interface ResolvedOptions {
   backoffCapMs: number;
   maxReconnectAttempts: number;
   policyDelayMs: number;
+  policyCloseCode: number;
   stableMs: number;
   openTimeoutMs: number;
   random: () => number;
@@ -70,6 +71,15 @@ function numberOption(
   ) {
     const what = { number: 'a number', finite: 'a finite number', integer: 'an integer' }[kind];
     fail(name, `${what} >= ${min}`, value);
+  }
+  return value;
+}
+
+/** `policyCloseCode`: a close code a server may send (1000-4999), 1008 when not given. */
+function closeCodeOption(value: unknown): number {
+  if (value === undefined) return 1008;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1000 || value > 4999) {
+    fail('policyCloseCode', 'an integer from 1000 to 4999', value);
   }
   return value;
 }
@@ -130,6 +140,7 @@ export function resolveOptions(options: RateLimitedClientOptions): ResolvedOptio
     backoffCapMs: numberOption(options, 'backoffCapMs', 30_000, 0, 'finite'),
     maxReconnectAttempts: numberOption(options, 'maxReconnectAttempts', Infinity, 0, 'integer'),
     policyDelayMs: numberOption(options, 'policyDelayMs', 30_000, 0, 'finite'),
+    policyCloseCode: closeCodeOption(options.policyCloseCode),
     stableMs: numberOption(options, 'stableMs', 10_000, 0),
     openTimeoutMs: numberOption(options, 'openTimeoutMs', 20_000, 1),
     random,

@@ -534,7 +534,8 @@ export class RateLimitedClient {
     const unanswered = this.ledger.drain();
     this.stop();
     const code = typeof event.code === 'number' ? event.code : ABNORMAL_CLOSURE;
-    const policy = code === POLICY_VIOLATION || !opened;
+    const policy =
+      code === POLICY_VIOLATION || code === this.options.policyCloseCode || event.policy === true || !opened;
     const reconnecting = this.options.reconnect && this.attempt < this.options.maxReconnectAttempts;
     // A close 1009 refuses a message as too big: sent again, it would end every connection the same way.
     const tooBig = code === MESSAGE_TOO_BIG ? takeTooBig(unanswered) : undefined;
@@ -637,7 +638,7 @@ export class RateLimitedClient {
     if (message === undefined) return;
     const info = parseRateLimitFrame(message);
     if (info) {
-      this.handleRateLimit(info);
+      this.handleRateLimit(info, event.answers);
       return;
     }
     // An error frame naming one of this client's messages answers exactly that message.
@@ -708,13 +709,14 @@ export class RateLimitedClient {
     this.reportUndelivered('ambiguous', group, []);
   }
 
-  private handleRateLimit(info: RateLimitInfo): void {
+  /** A refusal; `answers`: the event of the message it answers as an acknowledgement (socket.io). */
+  private handleRateLimit(info: RateLimitInfo, answers?: string): void {
     const t = now();
     const socket = this.socket;
     this.expireUnconfirmed(t);
     // A listener of that report may have closed the client (or it reconnected).
     if (this.socket !== socket) return;
-    const settled = this.takeRejected(info);
+    const settled = this.takeRejected(info, answers);
     const refused = settled.refused;
     let repeats = 0;
     for (const entry of refused) repeats = Math.max(repeats, ++entry.refusals);
@@ -772,12 +774,14 @@ export class RateLimitedClient {
   }
 
   /** Removes and returns the sent messages a frame shows to be refused (see {@link Ledger}). */
-  private takeRejected(info: RateLimitInfo): Settled {
+  private takeRejected(info: RateLimitInfo, answers: string | undefined): Settled {
     // An echoed id is exact: a message that is not (or no longer) ours is no one's to blame.
     if (this.options.messageIds && info.id !== undefined) {
       const entry = this.ledger.takeById(info.id);
       return { refused: entry ? [entry] : [] };
     }
+    // An acknowledgement answers the oldest message of its event not answered yet.
+    if (answers !== undefined) return this.ledger.refuseAnswer(answers, info.messageType);
     return this.ledger.refuse(info.messageType);
   }
 

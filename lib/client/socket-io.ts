@@ -234,6 +234,7 @@ class SocketIoConnection implements WebSocketLike {
       this.announced = {
         code: typeof info.code === 'number' ? info.code : POLICY_VIOLATION,
         reason: typeof info.reason === 'string' ? info.reason : '',
+        policy: true,
       };
       return;
     }
@@ -246,18 +247,31 @@ class SocketIoConnection implements WebSocketLike {
     if (error !== null && error !== undefined) return;
     if (this.readyState === CLOSED) return;
     const reply = payloadOf(response);
-    if (isRecord(reply) && reply.event === RATE_LIMIT_EVENT && isRecord(reply.data)) {
+    // A refusal in either form a frame builder gives it: `{ event: 'rate_limit', data }` or
+    // flat, `{ type: 'rate_limit', ... }`.
+    const refusal = !isRecord(reply)
+      ? undefined
+      : reply.event === RATE_LIMIT_EVENT && isRecord(reply.data)
+        ? reply.data
+        : reply.type === RATE_LIMIT_EVENT
+          ? reply
+          : undefined;
+    if (refusal !== undefined) {
       // The acknowledgement names the message exactly, whatever its payload held.
-      const { id: echoed, ...info } = reply.data;
+      const { id: echoed, ...info } = refusal;
       const named = id ?? toMessageId(echoed);
-      this.deliver({ event: RATE_LIMIT_EVENT, data: named === undefined ? info : { ...info, id: named } });
+      const data = named === undefined ? info : { ...info, id: named };
+      this.deliver({ event: RATE_LIMIT_EVENT, data }, event);
       return;
     }
     this.deliver(id === undefined ? { event, data: reply, ack: true } : { event, data: reply, ack: true, id });
   }
 
-  private deliver(message: Record<string, unknown>): void {
-    this.onmessage?.({ data: undefined, decoded: message });
+  /** Hands a message to the client; `answers`: the event of the message it acknowledges. */
+  private deliver(message: Record<string, unknown>, answers?: string): void {
+    this.onmessage?.(
+      answers === undefined ? { data: undefined, decoded: message } : { data: undefined, decoded: message, answers },
+    );
   }
 
   /**

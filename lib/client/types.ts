@@ -28,6 +28,12 @@ export interface SocketMessageEvent {
    * carry values, not text): when set, the client takes it as the message and ignores `data`.
    */
   readonly decoded?: unknown;
+  /**
+   * For a socket that answers each message by an acknowledgement (socket.io): the event of
+   * the message this one answers, when it is such an answer. Answers of one event come in
+   * the order the messages were sent, so a refusal given this way is exact, as an ack is.
+   */
+  readonly answers?: string;
 }
 
 /** The part of a close event the client reads. */
@@ -36,6 +42,11 @@ export interface SocketCloseEvent {
   readonly code: number;
   /** Close reason sent by the peer, if any. */
   readonly reason?: string;
+  /**
+   * The server announced the close as a rate-limit disconnect (socket.io's
+   * `rate_limit_disconnect` event), whatever its code: the client waits its `policyDelayMs`.
+   */
+  readonly policy?: boolean;
 }
 
 /**
@@ -390,11 +401,20 @@ export interface RateLimitedClientOptions {
    */
   maxReconnectAttempts?: number;
   /**
-   * Least delay before reconnecting after a close 1008 (rate-limit violations) or a
-   * handshake that never opened (for example HTTP 429); the back-off applies if larger.
+   * Least delay before reconnecting after a close 1008 (rate-limit violations), a close
+   * with `policyCloseCode`, a socket.io `rate_limit_disconnect`, or a handshake that never
+   * opened (for example HTTP 429); the back-off applies if larger.
    * @default 30000
    */
   policyDelayMs?: number;
+  /**
+   * The close code the server ends repeat offenders with, when its `violations.closeCode`
+   * is not 1008 (a close 1008 is always one): a close with it waits `policyDelayMs` too.
+   * Over socket.io the server announces such a close, so this is only needed on `ws`.
+   * An integer from 1000 to 4999.
+   * @default 1008
+   */
+  policyCloseCode?: number;
   /**
    * A connection whose handshake has not completed this many ms after it began is given up
    * (its socket ended) and counts as a handshake that never opened: the client reconnects

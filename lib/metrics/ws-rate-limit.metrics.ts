@@ -70,7 +70,7 @@ export const METRICS = [
     'connections_total',
     'counter',
     'result, reason',
-    'Connection attempts at the upgrade, accepted or refused, and why.',
+    'Connection attempts at the upgrade by result (accepted, refused, shadow_refused), and why.',
   ],
   ['disconnects_total', 'counter', 'reason', 'Connections the limiter closed, and why.'],
   ['violations_total', 'counter', 'code, type', 'Rejected messages counted against their connection.'],

@@ -138,9 +138,11 @@ export class Enforcer {
    * measured, and nothing is sent or closed. At the threshold, what enforcement would do is
    * reported: with `degradeCooldownMs`, a degradation (a `degraded` event with `enforced:
    * false`; the connection is not restricted, so its messages keep being decided) and,
-   * reaching the threshold again within the cooldown, a close; without, a close.
+   * reaching the threshold again within the cooldown, a close; without, a close. A refusal
+   * because the store is unreachable is no violation here either (see `reject`).
    */
   record(state: ConnectionState, exception: WsRateLimitException): void {
+    if (exception.decision.storeUnavailable) return;
     const { max, closeCode, closeReason } = this.options.violations;
     const warningCount = this.countViolation(state, exception, false);
     if (warningCount < max) return;

@@ -86,8 +86,9 @@ export class WsRateLimitStartupReport implements OnApplicationBootstrap {
 
   /**
    * The WebSocket adapter the gateways run on (NestJS has made it by now): one the limiter
-   * cannot answer through is a start-up error; NestJS's own socket.io adapter works for
-   * messages but leaves the handshake unprotected, which is worth a warning.
+   * cannot answer through is a start-up error; NestJS's own adapters (platform-ws's `WsAdapter`,
+   * platform-socket.io's `IoAdapter`) work for messages but leave the handshake unprotected and
+   * answers unordered at a close, which is worth a warning.
    */
   private checkAdapter(): void {
     const config = (this.contexts as { container?: { applicationConfig?: { getIoAdapter?: unknown } } } | undefined)
@@ -102,6 +103,14 @@ export class WsRateLimitStartupReport implements OnApplicationBootstrap {
         `the WebSocket adapter ${name} is not supported: use WsRateLimitAdapter (ws, from 'nestjs-ws-rate-limit') ` +
           `or WsRateLimitIoAdapter (socket.io, from 'nestjs-ws-rate-limit/socket.io'), or an adapter extending ` +
           `@nestjs/platform-ws's WsAdapter or @nestjs/platform-socket.io's IoAdapter`,
+      );
+    }
+    if (family === 'ws' && !chainNames(adapter).includes('WsRateLimitAdapter')) {
+      this.logger.warn(
+        `Gateways run on ws through ${name}: messages are limited, but connections are not (no per-address ` +
+          `rate or cap at the upgrade), frames NestJS drops are not charged, and answers are not ordered at a ` +
+          `1008 close (replies of admitted messages may be lost). Use WsRateLimitAdapter from ` +
+          `'nestjs-ws-rate-limit': app.useWebSocketAdapter(new WsRateLimitAdapter(app)).`,
       );
     }
     if (family === 'socket.io' && !chainNames(adapter).includes('WsRateLimitIoAdapter')) {

@@ -125,6 +125,11 @@ describe('RateLimitedClient: sending', () => {
     expect(() => new RateLimitedClient('ws://x', { createSocket, backoffCapMs: Infinity })).toThrow(
       /options\.backoffCapMs/,
     );
+    for (const policyCloseCode of [999, 5000, 4008.5, NaN, '4008' as unknown as number]) {
+      expect(() => new RateLimitedClient('ws://x', { createSocket, policyCloseCode })).toThrow(
+        /options\.policyCloseCode must be an integer from 1000 to 4999/,
+      );
+    }
     expect(
       () =>
         new RateLimitedClient('ws://x', {
@@ -840,6 +845,24 @@ describe('RateLimitedClient: reconnecting', () => {
       expect(event.policy).toBe(true);
       expect(event.delayMs).toBeGreaterThanOrEqual(30_000);
     }
+    h.client.close();
+    expect(jest.getTimerCount()).toBe(0);
+  });
+
+  it("waits policyDelayMs after a close with the server's own violations.closeCode, given as policyCloseCode", () => {
+    const scheduled: ReconnectEvent[] = [];
+    const h = harness({ random: () => 0, policyCloseCode: 4008 });
+    h.client.on('reconnect', (event) => scheduled.push(event));
+    h.socket().open();
+    h.socket().serverClose(4008, 'Slow down');
+    // Another code is an ordinary close: the back-off alone (0 with this random source).
+    advance(30_000);
+    h.socket().open();
+    h.socket().serverClose(4000, 'bye');
+    expect(scheduled).toEqual([
+      { attempt: 0, delayMs: 30_000, code: 4008, policy: true },
+      { attempt: 1, delayMs: 0, code: 4000, policy: false },
+    ]);
     h.client.close();
     expect(jest.getTimerCount()).toBe(0);
   });

@@ -296,7 +296,7 @@ describe('socketIoFactory: closing', () => {
     expect(log.messages).toEqual([]);
     expect(log.closes).toEqual([]);
     io.serverDisconnect('io server disconnect');
-    expect(log.closes).toEqual([{ code: 1008, reason: 'Too many rate limit violations' }]);
+    expect(log.closes).toEqual([{ code: 1008, reason: 'Too many rate limit violations', policy: true }]);
     expect(socket.readyState).toBe(3);
     expect(io.disconnectCalls).toBe(1);
   });

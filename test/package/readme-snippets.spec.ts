@@ -311,6 +311,7 @@ export const everyClientOption: Required<Omit<RateLimitedClientOptions, 'WebSock
   backoffCapMs: 30_000,
   maxReconnectAttempts: 5,
   policyDelayMs: 30_000,
+  policyCloseCode: 1008,
   openTimeoutMs: 20_000,
   stableMs: 10_000,
   random: Math.random,

@@ -42,10 +42,11 @@ afterAll(() => {
   for (const spy of spies) spy.mockRestore();
 });
 
-function start(options: WsRateLimitModuleOptions, providers: ModuleMetadata['providers'], adapter = false) {
+/** On `WsRateLimitAdapter` unless `stock` (platform-ws's own `WsAdapter`, itself warned about). */
+function start(options: WsRateLimitModuleOptions, providers: ModuleMetadata['providers'], stock = false) {
   return startApp(
     { imports: [WsRateLimitModule.forRoot({ useEnv: false, ...options })], providers },
-    adapter ? (app) => new WsRateLimitAdapter(app) : undefined,
+    stock ? undefined : (app) => new WsRateLimitAdapter(app),
   );
 }
 
@@ -85,15 +86,48 @@ describe('the start-up line', () => {
   });
 });
 
+describe("platform-ws's own WsAdapter", () => {
+  it('is warned about at start-up: connections are not limited there, and answers not ordered at a close', async () => {
+    running = await start({ metrics: false }, [GuardedGateway], true);
+    expect(ours('warn')).toEqual([
+      expect.stringMatching(
+        /^Gateways run on ws through WsAdapter: messages are limited, but connections are not .*Use WsRateLimitAdapter/,
+      ),
+    ]);
+    // Messages are limited on it all the same.
+    const client = await TestClient.connect(running.url);
+    client.send('search', 1);
+    client.send('search', 2);
+    await client.waitForEvent('rate_limit');
+    expect(client.events('ack')).toHaveLength(1);
+    await client.close();
+  });
+
+  it('is not warned about on WsRateLimitAdapter, nor on a subclass of it', async () => {
+    running = await start({ metrics: false }, [GuardedGateway]);
+    expect(ours('warn')).toEqual([]);
+    await running.close();
+    class OwnAdapter extends WsRateLimitAdapter {}
+    running = await startApp(
+      { imports: [WsRateLimitModule.forRoot({ useEnv: false, metrics: false })], providers: [GuardedGateway] },
+      (app) => new OwnAdapter(app),
+    );
+    expect(ours('warn')).toEqual([]);
+  });
+});
+
 describe('an unknown WS_RATE_LIMIT_* variable', () => {
   const misspelled = { ...NO_ENV, WS_RATE_LIMIT_GLOBAL_CAPACTIY: '5', WS_RATE_LIMIT_METRICS: 'false' };
 
   it('is named at start-up, with the variable it most likely means', async () => {
     await withEnv(misspelled, async () => {
-      running = await startApp({
-        imports: [ConfigModule.forRoot({ ignoreEnvFile: true }), WsRateLimitModule.forRoot()],
-        providers: [GuardedGateway],
-      });
+      running = await startApp(
+        {
+          imports: [ConfigModule.forRoot({ ignoreEnvFile: true }), WsRateLimitModule.forRoot()],
+          providers: [GuardedGateway],
+        },
+        (app) => new WsRateLimitAdapter(app),
+      );
     });
     expect(ours('warn')).toEqual([
       'WS_RATE_LIMIT_GLOBAL_CAPACTIY is not a variable of nestjs-ws-rate-limit and is ignored: ' +
@@ -121,7 +155,7 @@ describe('forwarding headers from a peer that is not a trusted proxy', () => {
   }
 
   it('are warned about once, when no proxy is trusted', async () => {
-    running = await start({ metrics: false, connection }, [GuardedGateway], true);
+    running = await start({ metrics: false, connection }, [GuardedGateway]);
     await connectThrice({});
     expect(ours('warn')).toEqual([]);
     await connectThrice({ 'X-Forwarded-For': '203.0.113.7' });
@@ -134,7 +168,7 @@ describe('forwarding headers from a peer that is not a trusted proxy', () => {
   });
 
   it('are warned about when the peer is not on the list of proxies', async () => {
-    running = await start({ metrics: false, connection, trustProxy: '10.0.0.0/8' }, [GuardedGateway], true);
+    running = await start({ metrics: false, connection, trustProxy: '10.0.0.0/8' }, [GuardedGateway]);
     await connectThrice({ 'X-Forwarded-For': '203.0.113.7' });
     expect(ours('warn')).toEqual([
       expect.stringContaining('127.0.0.1 is not among the trusted proxies (WS_RATE_LIMIT_TRUST_PROXY=10.0.0.0/8)'),
@@ -142,10 +176,10 @@ describe('forwarding headers from a peer that is not a trusted proxy', () => {
   });
 
   it('are not warned about from a trusted proxy, nor when it is another header than the one read', async () => {
-    running = await start({ metrics: false, connection, trustProxy: '127.0.0.1' }, [GuardedGateway], true);
+    running = await start({ metrics: false, connection, trustProxy: '127.0.0.1' }, [GuardedGateway]);
     await connectThrice({ 'X-Forwarded-For': '203.0.113.7' });
     await running.close();
-    running = await start({ metrics: false, connection, forwardedHeader: 'forwarded' }, [GuardedGateway], true);
+    running = await start({ metrics: false, connection, forwardedHeader: 'forwarded' }, [GuardedGateway]);
     await connectThrice({ 'X-Forwarded-For': '203.0.113.7' });
     expect(ours('warn')).toEqual([]);
     await connectThrice({ Forwarded: 'for=203.0.113.7' });
