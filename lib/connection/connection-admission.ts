@@ -1,6 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import type { ConnectionRefusalReason } from '../interfaces/event.interface.js';
-import type { RateLimitDecision, TierSpec } from '../interfaces/plan.interface.js';
+import type { RateLimitDecision, TierSpec, TierStatus } from '../interfaces/plan.interface.js';
 import type { Telemetry } from '../metrics/telemetry.js';
 import type { MessageLimiter } from '../pipeline/message-limiter.js';
 import { addressTracker } from '../pipeline/tracker.js';
@@ -103,6 +103,18 @@ export class ConnectionAdmitter {
     };
     const decision = this.limiter.shared.consume(plan, (store) => (taker = store));
     return isPromise(decision) ? decision.then(settle) : settle(decision);
+  }
+
+  /**
+   * What this process holds of `status`, the concurrency tier of an address as a store
+   * reports it: never more slots left than the cap less the connections this process holds
+   * (while Redis is out, the fallback that answers knows none of them).
+   */
+  ownOpen(ip: string, status: TierStatus): TierStatus {
+    const open = this.open.get(ip) ?? 0;
+    if (status.tier !== 'concurrency' || open === 0) return status;
+    const left = Math.max(0, this.maxOpen - open);
+    return left >= status.remaining ? status : { ...status, remaining: left };
   }
 
   /** A connection ended before it could be decided (see `WsRateLimitService.handshakeDropped`). */

@@ -242,7 +242,10 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    */
   async connectionStatus(ip: string): Promise<readonly TierStatus[]> {
     const key = isIP(ip) !== 0 ? (clientAddressKey(ip, this.options.ipv6Prefix) ?? ip) : ip;
-    return this.limiter.peek(this.limiter.buildPlan(addressTracker(key), this.connectionSpecs, '', this.instanceId));
+    const statuses = await this.limiter.peek(
+      this.limiter.buildPlan(addressTracker(key), this.connectionSpecs, '', this.instanceId),
+    );
+    return statuses.map((status) => this.admitter.ownOpen(key, status));
   }
 
   /**

@@ -364,8 +364,17 @@ export class RedisRateLimitStore extends RateLimitStore {
     return this.gate.within(
       this.scripts.consume(...args),
       (reply, delivered) => this.decision(compiled, reply, delivered),
-      (reply, delivered) =>
-        this.leases.settled(compiled.leaseKeys, compiled.leaseCosts, plan.lease ?? '', allowedReply(reply), delivered),
+      (reply, delivered) => {
+        const allowed = allowedReply(reply);
+        this.leases.settled(compiled.leaseKeys, compiled.leaseCosts, plan.lease ?? '', allowed, delivered);
+        // Redis took the leases after the caller had its answer (the deadline passed, and the
+        // fail mode decided): no connection holds them, so they go back now, not at the next
+        // refresh (a third of the lease TTL, during which the address lacked those slots on
+        // every instance).
+        if (allowed && !delivered && compiled.releaseArgs !== undefined) {
+          this.gate.within(this.scripts.release(...compiled.releaseArgs), noop).catch(noop);
+        }
+      },
     );
   }
 

@@ -548,7 +548,18 @@ export class ReservationBook {
     } else if (entry.queued === undefined && batch.next === 0 && batch.bases[0]! >= entry.batch!.bases[0]!) {
       entry.queued = batch;
     } else {
-      this.giveBack(entry.plan, batch).catch(() => undefined);
+      // One that cannot go back is kept, as at a sweep (dropped, its slots would be lost to
+      // every instance): a batch starting before the current one's (the buckets were reset
+      // or their data lost, so their ends moved back) is then spent first.
+      const epoch = this.epoch;
+      this.giveBack(entry.plan, batch)
+        .catch(() => false)
+        .then((back) => {
+          if (!back && !this.closed && epoch === this.epoch && this.entries.get(entry.plan.key) === entry) {
+            this.readopt(entry, batch);
+          }
+        })
+        .catch(() => undefined);
       return;
     }
     this.startSweep();
@@ -633,7 +644,10 @@ export class ReservationBook {
     this.startSweep();
   }
 
-  /** Sends a batch's unspent tail back; resolves whether it went back (or there was none). */
+  /**
+   * Sends a batch's unspent tail back; resolves whether it went back, or there was none, or
+   * it is of buckets reset since (a bucket's field gone: nothing counts it any more).
+   */
   private async giveBack(plan: ReservablePlan, batch: Batch): Promise<boolean> {
     if (Math.min(...batch.cursors) >= batch.granted) return true;
     const args = [String(plan.hashes.length), ...plan.hashes, String(plan.specs.length)];
@@ -645,7 +659,7 @@ export class ReservationBook {
       args.push(hashIndex, field, batch.endTexts[i]!, batch.baseTexts[i]!, from, String(spec.span));
     });
     if (!this.options.canCall()) return false;
-    return this.options.gate.within(this.options.unreserve(...args), (reply) => toNumber(reply) > 0);
+    return this.options.gate.within(this.options.unreserve(...args), (reply) => toNumber(reply) !== 0);
   }
 }
 

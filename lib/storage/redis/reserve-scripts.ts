@@ -161,14 +161,16 @@ return out
  * `unreserve`: gives back the unspent tail of a reservation when every bucket of the plan is
  * still at the end the reservation left it at (no one reserved or consumed after it), else
  * nothing: the tail stays taken, its instance may still spend it, and it lapses as time
- * passes its slots (a tail given back in some buckets only could be spent in none).
+ * passes its slots (a tail given back in some buckets only could be spent in none). A
+ * bucket whose field is gone was reset (or its data lost, or it expired full, when every
+ * slot has lapsed): the tail is of a bucket that no longer counts it, and is not spent.
  *
  * KEYS[1..H]  the tracker hashes
  * ARGV[1]     n; ARGV[2] the field-TTL mode (not read: see the script); ARGV[3] the app time or ''
  * ARGV[4+6(i-1)..]  tier i: hash index, field, end and base (as reserve returned them),
  *             k, the slots before the first one given back, and span: the bucket goes back
  *             to base plus k spans, added one by one as reserve did
- * Reply: the number of buckets given back (n, or 0).
+ * Reply: the number of buckets given back (n, or 0), or -1 when a bucket's field is gone.
  */
 export const UNRESERVE_LUA = `${HELPERS}
 -- ARGV[2], the field-TTL mode, is not read: a hash without \`~e\` keeps TTLs per field (it was
@@ -176,12 +178,16 @@ export const UNRESERVE_LUA = `${HELPERS}
 local n = tonumber(ARGV[1])
 local now
 if ARGV[3] == '' then now = readClock('', nil) else now = tonumber(ARGV[3]) end
+local moved, gone = false, false
 for i = 1, n do
   local o = 3 + 6 * (i - 1)
   -- A key of another type (written since the reservation) holds no reservation: nothing back.
   local v = redis.pcall('HGET', KEYS[tonumber(ARGV[o + 1])], ARGV[o + 2])
-  if type(v) == 'table' or double(v) ~= tonumber(ARGV[o + 3]) then return 0 end
+  if type(v) == 'table' then return 0 end
+  if not v then gone = true elseif double(v) ~= tonumber(ARGV[o + 3]) then moved = true end
 end
+if gone then return -1 end
+if moved then return 0 end
 local back = 0
 for i = 1, n do
   local o = 3 + 6 * (i - 1)
