@@ -238,26 +238,24 @@ export class Ledger {
   }
 
   /**
-   * A refusal given as the acknowledgement of a message of `event` and naming no id (socket.io
-   * without message ids): exact, as an ack is, since the answers of one event come in send
-   * order. It answers the oldest message of the event presumed accepted before its answer
-   * came (as `ack` does), else the oldest unconfirmed one; while the event's answers are in
-   * doubt (refusals without an id came as frames too), it counts as one of them (`refuse`).
+   * A refusal that answers exactly the message written as `sendNo` (socket.io's
+   * acknowledgements: each message's callback, whatever order the answers come in), naming
+   * no id: that message, unconfirmed or presumed accepted before its answer came.
    */
-  refuseAnswer(event: string, messageType: string | undefined): Settled {
-    const presumed = this.presumedUnacked.findIndex((entry) => entry.event === event);
-    if (presumed >= 0) {
-      const entry = this.presumedUnacked[presumed]!;
-      this.takePresumed(presumed);
-      if (this.largestPresumed?.entry === entry) this.largestPresumed = undefined;
-      this.forgetId(entry);
+  refuseSent(sendNo: number): Settled {
+    const index = this.unconfirmed.findIndex((entry) => entry.sendNo === sendNo);
+    if (index >= 0) {
+      const entry = this.unconfirmed[index]!;
+      this.forget(entry);
       return { refused: [entry] };
     }
-    if (this.doubts.has(event) || this.doubts.has('')) return this.refuse(messageType);
-    const oldest = this.unconfirmed.find((entry) => entry.event === event);
-    if (!oldest) return NOTHING;
-    this.forget(oldest);
-    return { refused: [oldest] };
+    const presumed = this.presumedUnacked.findIndex((entry) => entry.sendNo === sendNo);
+    if (presumed < 0) return NOTHING;
+    const entry = this.presumedUnacked[presumed]!;
+    this.takePresumed(presumed);
+    if (this.largestPresumed?.entry === entry) this.largestPresumed = undefined;
+    this.forgetId(entry);
+    return { refused: [entry] };
   }
 
   /**

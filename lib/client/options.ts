@@ -75,11 +75,18 @@ function numberOption(
   return value;
 }
 
-/** `policyCloseCode`: a close code a server may send (1000-4999), 1008 when not given. */
+/**
+ * `policyCloseCode`: a close code a server may send in a close frame (1000-1003, 1007-1014,
+ * 3000-4999; 1006 would put every dropped connection on the policy delay), 1008 when not given.
+ */
 function closeCodeOption(value: unknown): number {
   if (value === undefined) return 1008;
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1000 || value > 4999) {
-    fail('policyCloseCode', 'an integer from 1000 to 4999', value);
+  if (
+    typeof value !== 'number' ||
+    !Number.isInteger(value) ||
+    !((value >= 1000 && value <= 1003) || (value >= 1007 && value <= 1014) || (value >= 3000 && value <= 4999))
+  ) {
+    fail('policyCloseCode', 'a close code a server sends (1000-1003, 1007-1014 or 3000-4999)', value);
   }
   return value;
 }

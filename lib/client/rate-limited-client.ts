@@ -279,6 +279,8 @@ export class RateLimitedClient {
   private nextSeq = 0;
   /** Messages written to sockets so far. */
   private sends = 0;
+  /** `sends` when the current socket was made: a socket's n-th message is `sendNo` this + n. */
+  private sendsBeforeSocket = 0;
   private globalBudget: Budget | undefined;
   /**
    * Pacing models of server buckets (a `@Throttle` type, which is the event unless several
@@ -478,6 +480,7 @@ export class RateLimitedClient {
       throw error;
     }
     this.socket = socket;
+    this.sendsBeforeSocket = this.sends;
     // Handlers stay attached for the socket's whole life (a `ws` socket without an error
     // listener crashes the process); each ignores a socket that is no longer current.
     socket.onopen = () => {
@@ -709,8 +712,8 @@ export class RateLimitedClient {
     this.reportUndelivered('ambiguous', group, []);
   }
 
-  /** A refusal; `answers`: the event of the message it answers as an acknowledgement (socket.io). */
-  private handleRateLimit(info: RateLimitInfo, answers?: string): void {
+  /** A refusal; `answers`: the place on this socket of the message it answers as an acknowledgement (socket.io). */
+  private handleRateLimit(info: RateLimitInfo, answers?: number): void {
     const t = now();
     const socket = this.socket;
     this.expireUnconfirmed(t);
@@ -774,14 +777,14 @@ export class RateLimitedClient {
   }
 
   /** Removes and returns the sent messages a frame shows to be refused (see {@link Ledger}). */
-  private takeRejected(info: RateLimitInfo, answers: string | undefined): Settled {
+  private takeRejected(info: RateLimitInfo, answers: number | undefined): Settled {
     // An echoed id is exact: a message that is not (or no longer) ours is no one's to blame.
     if (this.options.messageIds && info.id !== undefined) {
       const entry = this.ledger.takeById(info.id);
       return { refused: entry ? [entry] : [] };
     }
-    // An acknowledgement answers the oldest message of its event not answered yet.
-    if (answers !== undefined) return this.ledger.refuseAnswer(answers, info.messageType);
+    // An acknowledgement answers exactly the message whose callback it came to.
+    if (answers !== undefined) return this.ledger.refuseSent(this.sendsBeforeSocket + answers);
     return this.ledger.refuse(info.messageType);
   }
 

@@ -133,6 +133,8 @@ class SocketIoConnection implements WebSocketLike {
   /** Ids payloads carried of their own: a frame echoing one names no message of the client. */
   private readonly foreignIds = new Set<MessageId>();
   private released = false;
+  /** Messages `send` was called with (see `SocketMessageEvent.answers`). */
+  private sent = 0;
 
   constructor(
     private readonly socket: SocketIoSocketLike,
@@ -151,11 +153,15 @@ class SocketIoConnection implements WebSocketLike {
   send(text: string): void {
     if (this.readyState !== OPEN) throw new Error('socket.io socket is not connected');
     const { event, data, id } = JSON.parse(text) as { event: string; data?: unknown; id?: MessageId };
+    // Counted before it may fail: the client counts every send that did not throw.
+    const place = ++this.sent;
     try {
       if (this.acks) {
         this.socket
           .timeout(this.ackTimeoutMs)
-          .emit(event, data, (error: unknown, ...response: unknown[]) => this.handleAck(event, id, error, response));
+          .emit(event, data, (error: unknown, ...response: unknown[]) =>
+            this.handleAck(event, id, place, error, response),
+          );
       } else {
         this.socket.emit(event, this.withId(data, id));
       }
@@ -242,7 +248,13 @@ class SocketIoConnection implements WebSocketLike {
   }
 
   /** An acknowledgement: the refusal of the message, or its handler's return value. */
-  private handleAck(event: string, id: MessageId | undefined, error: unknown, response: unknown[]): void {
+  private handleAck(
+    event: string,
+    id: MessageId | undefined,
+    place: number,
+    error: unknown,
+    response: unknown[],
+  ): void {
     // Timed out, or disconnected: the message is unanswered, which the client handles.
     if (error !== null && error !== undefined) return;
     if (this.readyState === CLOSED) return;
@@ -261,14 +273,14 @@ class SocketIoConnection implements WebSocketLike {
       const { id: echoed, ...info } = refusal;
       const named = id ?? toMessageId(echoed);
       const data = named === undefined ? info : { ...info, id: named };
-      this.deliver({ event: RATE_LIMIT_EVENT, data }, event);
+      this.deliver({ event: RATE_LIMIT_EVENT, data }, place);
       return;
     }
     this.deliver(id === undefined ? { event, data: reply, ack: true } : { event, data: reply, ack: true, id });
   }
 
-  /** Hands a message to the client; `answers`: the event of the message it acknowledges. */
-  private deliver(message: Record<string, unknown>, answers?: string): void {
+  /** Hands a message to the client; `answers`: the place of the message it acknowledges (see `SocketMessageEvent`). */
+  private deliver(message: Record<string, unknown>, answers?: number): void {
     this.onmessage?.(
       answers === undefined ? { data: undefined, decoded: message } : { data: undefined, decoded: message, answers },
     );

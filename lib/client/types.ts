@@ -29,11 +29,12 @@ export interface SocketMessageEvent {
    */
   readonly decoded?: unknown;
   /**
-   * For a socket that answers each message by an acknowledgement (socket.io): the event of
-   * the message this one answers, when it is such an answer. Answers of one event come in
-   * the order the messages were sent, so a refusal given this way is exact, as an ack is.
+   * For a socket that answers each message by an acknowledgement (socket.io): which message
+   * this one answers, when it is such an answer, as its place among the messages `send` was
+   * called with on this socket (1 for the first). A refusal given this way names its message
+   * exactly, whatever order the answers come in.
    */
-  readonly answers?: string;
+  readonly answers?: number;
 }
 
 /** The part of a close event the client reads. */
@@ -411,7 +412,7 @@ export interface RateLimitedClientOptions {
    * The close code the server ends repeat offenders with, when its `violations.closeCode`
    * is not 1008 (a close 1008 is always one): a close with it waits `policyDelayMs` too.
    * Over socket.io the server announces such a close, so this is only needed on `ws`.
-   * An integer from 1000 to 4999.
+   * A code a server sends: 1000-1003, 1007-1014 or 3000-4999.
    * @default 1008
    */
   policyCloseCode?: number;

@@ -125,9 +125,9 @@ describe('RateLimitedClient: sending', () => {
     expect(() => new RateLimitedClient('ws://x', { createSocket, backoffCapMs: Infinity })).toThrow(
       /options\.backoffCapMs/,
     );
-    for (const policyCloseCode of [999, 5000, 4008.5, NaN, '4008' as unknown as number]) {
+    for (const policyCloseCode of [999, 1006, 1015, 2000, 5000, 4008.5, NaN, '4008' as unknown as number]) {
       expect(() => new RateLimitedClient('ws://x', { createSocket, policyCloseCode })).toThrow(
-        /options\.policyCloseCode must be an integer from 1000 to 4999/,
+        /options\.policyCloseCode must be a close code a server sends \(1000-1003, 1007-1014 or 3000-4999\)/,
       );
     }
     expect(

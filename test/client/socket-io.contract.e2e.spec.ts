@@ -181,7 +181,7 @@ describe.each(TRANSPORTS)(
           socket.send(JSON.stringify({ event: 'chat', data: { seq }, id: seq }));
         await waitFor(() => closes.length === 1);
 
-        expect(closes).toEqual([{ code: 1008, reason: 'Too many rate limit violations' }]);
+        expect(closes).toEqual([{ code: 1008, reason: 'Too many rate limit violations', policy: true }]);
         expect(socket.readyState).toBe(3);
         // The replies written before the disconnect all arrived, the refusal naming message 5.
         expect(messages).toEqual([

@@ -125,7 +125,7 @@ describe.each(TRANSPORTS)('RateLimitedClient over socket.io-client (%s) against 
     for (let seq = 0; seq < 6; seq++) socket.send(JSON.stringify({ event: 'chat', data: { seq }, id: seq }));
     await waitFor(() => closes.length === 1, 'close');
 
-    expect(closes).toEqual([{ code: 1008, reason: 'Rate limit violations' }]);
+    expect(closes).toEqual([{ code: 1008, reason: 'Rate limit violations', policy: true }]);
     expect(messages).toEqual([
       ...[0, 1, 2, 3, 4].map((seq) => ({ event: 'chat', data: { seq }, ack: true, id: seq })),
       { event: 'rate_limit', data: expect.objectContaining({ code: 'TYPE_LIMIT', messageType: 'chat', id: 5 }) },

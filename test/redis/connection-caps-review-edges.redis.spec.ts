@@ -190,9 +190,9 @@ describe('open-connection cap shared by apps on one Redis (review)', () => {
     // frames and upgrades 503" and "Open-connection slots are given back when the TCP socket
     // closes". The refused upgrade never opened, so it may hold no slot. The store's consume
     // was written to Redis before the freeze ended; Redis runs it on SIGCONT and the lease
-    // is taken for a connection that does not exist. The lease book only marks the key
-    // dirty; nothing brings Redis back in line before the next refresh (a third of the lease
-    // TTL: 10 s by default), and meanwhile the address gets 429 with nothing open.
+    // is taken for a connection that does not exist. The lease book only marked the key
+    // dirty; nothing brought Redis back in line before the next refresh (a third of the lease
+    // TTL: 10 s by default), and meanwhile the address got 429 with nothing open.
     const ip = '127.0.0.22';
     const options: WsRateLimitModuleOptions = { maxConnectionsPerIp: 1, failMode: 'closed' };
     const a = await startWs(options);
@@ -206,19 +206,20 @@ describe('open-connection cap shared by apps on one Redis (review)', () => {
     // Nothing is open from the address anywhere.
     expect(a.limiter.stats().connections + b.limiter.stats().connections).toBe(0);
 
-    // At once B refuses the address (the phantom slot), and keeps refusing it.
-    const statusAtOnce = (await upgrade(b.running.port, {}, ip)).status;
     // How long until the slot is free (looked at for up to 15 s): within 3 s is the promise
-    // (C-10: "the Redis count is 0 within 1 s of the last close"); observed: about 10 s.
+    // (C-10: "the Redis count is 0 within 1 s of the last close"); it was about 10 s (the
+    // next lease refresh). The late lease goes back one round trip after Redis answers.
     const freedAfterMs = await msUntil(async () => (await slotsLeft(b.limiter, ip)) === 1, 15_000);
     const freed = freedAfterMs >= 0 && freedAfterMs <= 3000 ? 'within 3 s' : `after ${freedAfterMs} ms`;
-    expect({ statusAtOnce, freed }).toEqual({ statusAtOnce: 101, freed: 'within 3 s' });
+    // Then B admits the address.
+    const statusAfter = (await upgrade(b.running.port, {}, ip)).status;
+    expect({ statusAfter, freed }).toEqual({ statusAfter: 101, freed: 'within 3 s' });
   }, 30_000);
 
   it('a connection the fallback admitted during a short Redis freeze keeps no Redis slot after it closes: another instance admits the address', async () => {
     // Fail mode open: the upgrade's consume misses the 50 ms deadline, the fallback admits
-    // it; Redis, resumed, runs the consume too and takes a lease. When the connection closes
-    // its slot goes back to the fallback only, so Redis keeps counting a connection that is
+    // it; Redis, resumed, runs the consume too and takes a lease. When the connection closed
+    // its slot went back to the fallback only, so Redis kept counting a connection that was
     // gone until A's next lease refresh (10 s with the default TTL of 30 s).
     const ip = '127.0.0.23';
     const options: WsRateLimitModuleOptions = { maxConnectionsPerIp: 1 };
@@ -234,10 +235,10 @@ describe('open-connection cap shared by apps on one Redis (review)', () => {
     // A has let go of it: nothing is open from the address.
     expect(await reached(() => a.limiter.stats().connections === 0, 3000)).toBe(true);
 
-    const statusAtOnce = (await upgrade(b.running.port, {}, ip)).status;
     const freedAfterMs = await msUntil(async () => (await slotsLeft(b.limiter, ip)) === 1, 15_000);
     const freed = freedAfterMs >= 0 && freedAfterMs <= 3000 ? 'within 3 s' : `after ${freedAfterMs} ms`;
-    expect({ statusAtOnce, freed }).toEqual({ statusAtOnce: 101, freed: 'within 3 s' });
+    const statusAfter = (await upgrade(b.running.port, {}, ip)).status;
+    expect({ statusAfter, freed }).toEqual({ statusAfter: 101, freed: 'within 3 s' });
   }, 30_000);
 
   it('Redis frozen long enough to open the breaker during a flood of upgrades: once it is back and the connections closed, the cap admits as many again on the other instance', async () => {

@@ -553,7 +553,8 @@ export class ReservationBook {
       // or their data lost, so their ends moved back) is then spent first.
       const epoch = this.epoch;
       this.giveBack(entry.plan, batch)
-        .catch(() => false)
+        // One that failed or missed its deadline may still run in Redis: dropped, as at a sweep.
+        .catch(() => true)
         .then((back) => {
           if (!back && !this.closed && epoch === this.epoch && this.entries.get(entry.plan.key) === entry) {
             this.readopt(entry, batch);
@@ -606,16 +607,19 @@ export class ReservationBook {
    * back (a decision moved the buckets after it) stays with the entry, marked kept: this
    * instance spends it first, and it lapses as time passes its slots. Dropped, it would be
    * lost to every instance for as long as the bucket's `fullAt` runs ahead of now, which
-   * for a bucket spending its burst is far longer than `ttlMs`.
+   * for a bucket spending its burst is far longer than `ttlMs`. A give-back whose answer
+   * never came (an error, or past the deadline: the script may still run) drops its batch:
+   * lost slots are under-admission, bounded; slots both given back and spent would not be.
    */
   private async giveBackAll(entry: Entry): Promise<void> {
     const { batch, queued } = entry;
     entry.batch = undefined;
     entry.queued = undefined;
     const epoch = this.epoch;
-    const queuedBack = queued === undefined || (await this.giveBack(entry.plan, queued).catch(() => false));
-    const batchBack =
-      batch === undefined || (queuedBack && (await this.giveBack(entry.plan, batch).catch(() => false)));
+    // A give-back that failed or missed its deadline may still run in Redis: its batch is
+    // dropped (spent too, its slots would count twice), never kept.
+    const queuedBack = queued === undefined || (await this.giveBack(entry.plan, queued).catch(() => true));
+    const batchBack = batch === undefined || (queuedBack && (await this.giveBack(entry.plan, batch).catch(() => true)));
     // Not while closing, nor once the plan's keys were reset (its slots are of the old buckets).
     if (this.closed || epoch !== this.epoch || this.entries.get(entry.plan.key) !== entry) return;
     if (!batchBack) this.readopt(entry, batch!);
