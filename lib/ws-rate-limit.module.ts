@@ -12,7 +12,7 @@ import {
   WsRateLimitStartupReport,
 } from './services/startup-report.js';
 import { WsRateLimitService } from './services/ws-rate-limit.service.js';
-import { createStore } from './storage/create-store.js';
+import { closesWithApp, createStore } from './storage/create-store.js';
 import { RateLimitStore } from './storage/rate-limit-store.js';
 import { WS_RATE_LIMIT_OPTIONS } from './ws-rate-limit.constants.js';
 import {
@@ -91,6 +91,9 @@ export class WsRateLimitModule extends WsRateLimitConfigurableModule {
     // filter), and which one a gateway gets would depend on the order of imports.
     const limiters = providers.filter((wrapper) => wrapper.token === WsRateLimitService).length;
     if (limiters > 1) {
+      // No application will exist to close the stores made so far (their Redis connections
+      // would keep the process alive): closed here.
+      closeMadeStores(providers);
       throw new Error(
         `WsRateLimitModule is imported ${limiters} times in this application (forRoot or forRootAsync); ` +
           'it is global: import it once, in the root module',
@@ -146,4 +149,18 @@ const placed = new WeakSet<object>();
 function isOurFilter(entry: unknown): boolean {
   if (entry instanceof WsRateLimitFilter) return true;
   return typeof entry === 'function' && (entry === WsRateLimitFilter || entry.prototype instanceof WsRateLimitFilter);
+}
+
+/**
+ * Closes the stores the modules of a failed start-up made (see `closesWithApp`), in the
+ * background: each module's store beside its resolved options.
+ */
+function closeMadeStores(providers: ReturnType<DiscoveryService['getProviders']>): void {
+  for (const wrapper of providers) {
+    if (wrapper.token !== RateLimitStore || !(wrapper.instance instanceof RateLimitStore)) continue;
+    const options = providers.find((other) => other.token === WS_RATE_LIMIT_OPTIONS && other.host === wrapper.host)
+      ?.instance as ResolvedWsRateLimitOptions | undefined;
+    if (options !== undefined && closesWithApp(wrapper.instance, options))
+      wrapper.instance.close().catch(() => undefined);
+  }
 }

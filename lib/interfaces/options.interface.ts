@@ -203,7 +203,9 @@ export interface ViolationOptions {
  */
 export interface WsRateLimitModuleOptions {
   /**
-   * Where shared limits live: `memory` (embedded), `redis`, or a store instance.
+   * Where shared limits live: `memory` (embedded), `redis`, or a store instance. An instance
+   * is closed with the application when it made its own Redis connection
+   * (`createRedisStore({ url })`); any other (one on a client of yours) is yours to close.
    * @default 'memory'
    */
   store?: 'memory' | 'redis' | RateLimitStore;

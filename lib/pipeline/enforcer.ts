@@ -24,6 +24,9 @@ export const VIOLATION_LOG_INTERVAL_MS = 10_000;
 /** Close reason for a tracker on the deny list. */
 export const DENIED_REASON = 'Denied';
 
+/** Why the limiter closes a socket: its `disconnects_total` label (and how it is closed). */
+export type DisconnectKind = 'violations' | 'slow_consumer' | 'denied';
+
 /** What the enforcer reads from the module's options. */
 export type EnforcerOptions = Pick<
   ResolvedWsRateLimitOptions,
@@ -129,7 +132,7 @@ export class Enforcer {
         this.telemetry.emit({ kind: 'degraded', tracker: exception.tracker, cooldownMs: cooldown, enforced: true });
       }
     } else if (warningCount >= max) {
-      this.disconnect(client, state, closeCode, closeReason, exception.tracker);
+      this.disconnect(client, state, closeCode, closeReason, exception.tracker, 'violations');
     }
   }
 
@@ -246,6 +249,19 @@ export class Enforcer {
   }
 
   /**
+   * The cooldown a connection not degraded yet will be degraded for once `more` violations
+   * (refusals of this read on their way to the filter) are counted on top of its counted
+   * ones, or 0 if they will not degrade it: the messages after them in the read are refused
+   * as degraded already, as the frame of the threshold tells the client.
+   */
+  degradesWith(state: ConnectionState, more: number): number {
+    const cooldown = this.options.degradeCooldownMs;
+    if (!this.enforced || cooldown <= 0 || state.degradedUntil > performance.now()) return 0;
+    const { max, windowMs } = this.options.violations;
+    return currentViolations(state, windowMs) + more >= max ? cooldown : 0;
+  }
+
+  /**
    * Whether `more` violations on top of the connection's counted ones would close it. With a
    * cooldown, the threshold degrades a connection that is not degraded (its violations start
    * over) and closes one that is: one not degraded yet closes at twice the threshold.
@@ -271,7 +287,14 @@ export class Enforcer {
       transport.terminate(client, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON);
       return true;
     }
-    this.disconnect(client, state, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON, state.connectionTracker);
+    this.disconnect(
+      client,
+      state,
+      CLOSE_POLICY_VIOLATION,
+      SLOW_CONSUMER_REASON,
+      state.connectionTracker,
+      'slow_consumer',
+    );
     // In shadow mode the close is only reported: the reader stays, and is written to.
     return this.enforced;
   }
@@ -302,14 +325,22 @@ export class Enforcer {
   }
 
   /**
-   * Closes a socket for a policy reason. A slow consumer is terminated at once, since a
-   * close frame would wait behind the data it does not read. Nothing is closed in shadow
-   * mode (the event still says what would have happened, once).
+   * Closes a socket for a policy reason (`kind`, never read from the reason's text, which the
+   * options may set to anything). A slow consumer is terminated at once, since a close frame
+   * would wait behind the data it does not read. Nothing is closed in shadow mode (the event
+   * still says what would have happened, once).
    */
-  disconnect(client: object, state: ConnectionState, code: number, reason: string, tracker: string): void {
+  disconnect(
+    client: object,
+    state: ConnectionState,
+    code: number,
+    reason: string,
+    tracker: string,
+    kind: DisconnectKind,
+  ): void {
     if (state.closing || state.shadowClosed) return;
     const enforced = this.enforced;
-    this.telemetry.metrics.disconnect(disconnectLabel(reason, enforced));
+    this.telemetry.metrics.disconnect(enforced ? kind : `shadow_${kind}`);
     if (this.telemetry.observed)
       this.telemetry.emit({ kind: 'disconnect', tracker, closeCode: code, reason, enforced });
     if (!enforced) {
@@ -321,7 +352,7 @@ export class Enforcer {
     const transport = transportOf(state);
     const close = (): void => {
       try {
-        if (reason === SLOW_CONSUMER_REASON) transport.terminate(client, code, reason);
+        if (kind === 'slow_consumer') transport.terminate(client, code, reason);
         else transport.close(client, code, reason);
       } catch (error) {
         this.logger.warn(`Closing a socket failed: ${(error as Error).message}`);
@@ -331,7 +362,7 @@ export class Enforcer {
     // Replies of the messages admitted before this decision go out first, within the grace;
     // a slow consumer would not read them.
     const order = state.order;
-    if (order === undefined || order.idle || reason === SLOW_CONSUMER_REASON) close();
+    if (order === undefined || order.idle || kind === 'slow_consumer') close();
     else order.closeAfter(close);
   }
 
@@ -372,11 +403,6 @@ function transportOf(state: ConnectionState): RateLimitTransport {
 /** Violations of a connection in the current window, without counting a new one. */
 function currentViolations(state: ConnectionState, windowMs: number): number {
   return state.violations === undefined ? 0 : logCount(state.violations, performance.now(), windowMs);
-}
-
-function disconnectLabel(reason: string, enforced: boolean): string {
-  const label = reason === SLOW_CONSUMER_REASON ? 'slow_consumer' : reason === DENIED_REASON ? 'denied' : 'violations';
-  return enforced ? label : `shadow_${label}`;
 }
 
 /**

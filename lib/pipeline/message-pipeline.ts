@@ -261,9 +261,9 @@ export class MessagePipeline {
       if (typeof tracker !== 'string' && isPromise(tracker)) {
         verdict = tracker
           .then(undefined, (error: unknown) => this.trackerFailed(error, connection))
-          .then((key) => this.proceed(context, bound.steps, client, connection, route, key));
+          .then((key) => this.proceed(context, bound.steps, client, connection, route, key, false));
       } else {
-        verdict = this.proceed(context, bound.steps, client, connection, route, tracker);
+        verdict = this.proceed(context, bound.steps, client, connection, route, tracker, false);
       }
       if (isPromise(verdict)) waitedOn(connection, verdict);
     } catch (error) {
@@ -278,13 +278,16 @@ export class MessagePipeline {
   /**
    * Checks that come before a message's decision: allow and deny lists, operator blocks,
    * degradation. Returns `true` to let the message through undecided, an exception to
-   * reject it with, or `undefined` to decide it.
+   * reject it with, or `undefined` to decide it. `routed`: a message a handler takes (one
+   * no handler takes is refused and counted at once, ahead of the routed refusals before it
+   * in its read, so it does not look ahead at them).
    */
   screen(
     client: object,
     state: ConnectionState,
     route: Route,
     tracker: string,
+    routed = true,
   ): true | WsRateLimitException | undefined {
     // Checked again here: an asynchronous tracker settles after earlier messages were refused.
     if (state.closing || this.closeDecided(state))
@@ -298,14 +301,21 @@ export class MessagePipeline {
     if (this.access.hasTrackerRules) {
       if (this.access.allowsTracker(tracker)) return true;
       if (this.access.deniesTracker(tracker)) {
-        this.enforcer.disconnect(client, state, CLOSE_POLICY_VIOLATION, DENIED_REASON, tracker);
+        this.enforcer.disconnect(client, state, CLOSE_POLICY_VIOLATION, DENIED_REASON, tracker, 'denied');
         return new WsRateLimitException(CLOSING, route.type, tracker, undefined);
       }
     }
-    if (state.degradedUntil !== 0 && !route.essential) {
+    if (route.essential) return undefined;
+    if (state.degradedUntil !== 0) {
       const left = Math.ceil(state.degradedUntil - performance.now());
       if (left > 0) return new WsRateLimitException(restriction('degraded', left), route.type, tracker, undefined);
       state.degradedUntil = 0;
+    }
+    // Refusals of this read before this message, not counted yet, degrade the connection.
+    if (routed && state.pendingRejections !== 0) {
+      const cooldown = this.enforcer.degradesWith(state, state.pendingRejections);
+      if (cooldown > 0)
+        return new WsRateLimitException(restriction('degraded', cooldown), route.type, tracker, undefined);
     }
     return undefined;
   }
@@ -332,8 +342,9 @@ export class MessagePipeline {
     connection: ConnectionState,
     route: Route,
     tracker: string,
+    routed = true,
   ): boolean | Promise<boolean> {
-    const screened = this.screen(client, connection, route, tracker);
+    const screened = this.screen(client, connection, route, tracker, routed);
     if (screened === true) return true;
     if (screened !== undefined) {
       // A block or a degradation refuses the message as a tier would: a decision like any

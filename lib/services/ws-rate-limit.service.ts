@@ -22,7 +22,7 @@ import type { RateLimitEvent } from '../interfaces/event.interface.js';
 import type { RateLimitDecision, RateLimitPlan, TierSpec, TierStatus } from '../interfaces/plan.interface.js';
 import { createMetrics } from '../metrics/ws-rate-limit.metrics.js';
 import { Telemetry } from '../metrics/telemetry.js';
-import { Enforcer } from '../pipeline/enforcer.js';
+import { Enforcer, type DisconnectKind } from '../pipeline/enforcer.js';
 import { DEFAULT_PLAN, MessageLimiter } from '../pipeline/message-limiter.js';
 import { MessagePipeline } from '../pipeline/message-pipeline.js';
 import { addressTracker, namedTracker, type Tracker } from '../pipeline/tracker.js';
@@ -32,6 +32,7 @@ import type { UnroutedCode } from '../protocol/rate-limit-protocol.js';
 import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
 import type { RateLimitTransport } from '../transports/transport.js';
 import { RateLimitStore, type MaybePromise } from '../storage/rate-limit-store.js';
+import { closesWithApp } from '../storage/create-store.js';
 import { clientAddressKey } from '../utils/client-ip.js';
 import type { MessageId } from '../utils/message-id.js';
 import { WS_RATE_LIMIT_OPTIONS } from '../ws-rate-limit.constants.js';
@@ -190,7 +191,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     this.telemetry.metrics.close();
     this.telemetry.complete();
     await this.limiter.close();
-    if (!(this.options.store instanceof RateLimitStore)) await this.store.close();
+    if (closesWithApp(this.store, this.options)) await this.store.close();
   }
 
   // --- Public API ---------------------------------------------------------------------
@@ -446,12 +447,20 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   }
 
   /**
-   * Closes a socket for a policy reason. A slow consumer is terminated at once, since a
-   * close frame would wait behind the data it does not read. Nothing is closed in shadow
-   * mode (the event still says what would have happened).
+   * Closes a socket for a policy reason (`kind`: its `disconnects_total` label; violations
+   * unless said). A slow consumer is terminated at once, since a close frame would wait
+   * behind the data it does not read. Nothing is closed in shadow mode (the event still says
+   * what would have happened).
    */
-  disconnect(client: WsClientLike, state: ConnectionState, code: number, reason: string, tracker: string): void {
-    this.enforcer.disconnect(client, state, code, reason, tracker);
+  disconnect(
+    client: WsClientLike,
+    state: ConnectionState,
+    code: number,
+    reason: string,
+    tracker: string,
+    kind: DisconnectKind = 'violations',
+  ): void {
+    this.enforcer.disconnect(client, state, code, reason, tracker, kind);
   }
 
   // --- Internals ---------------------------------------------------------------------

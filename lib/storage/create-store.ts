@@ -4,8 +4,18 @@ import { RateLimitStore } from './rate-limit-store.js';
 import { createRedisStore } from './redis/redis-store.js';
 
 /**
- * The store the options ask for: an instance given in code (its creator's to close), or
- * one this module creates and closes. The Redis store loads ioredis only when chosen.
+ * Whether the application closes `store` when it shuts down: a store this module made from
+ * its options, or one given in code that made its own Redis connection (from a URL, Sentinel
+ * or Cluster options, as `createRedisStore({ url })` does: nothing else holds it to close
+ * it). A store given with a client of yours (or any other instance) is yours to close.
+ */
+export function closesWithApp(store: RateLimitStore, options: ResolvedWsRateLimitOptions): boolean {
+  return options.store !== store || (store as { readonly ownsClient?: unknown }).ownsClient === true;
+}
+
+/**
+ * The store the options ask for: an instance given in code, or one this module creates. The
+ * Redis store loads ioredis only when chosen.
  */
 export async function createStore(options: ResolvedWsRateLimitOptions): Promise<RateLimitStore> {
   if (options.store instanceof RateLimitStore) return options.store;
