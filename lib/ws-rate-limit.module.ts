@@ -3,6 +3,7 @@ import { EXCEPTION_FILTERS_METADATA } from '@nestjs/common/constants.js';
 import { ConfigModule, ConfigService } from '@nestjs/config';
 import { DiscoveryModule, DiscoveryService } from '@nestjs/core';
 import { resolveOptions, type ResolvedWsRateLimitOptions } from './config/resolve-options.js';
+import { isRateLimitFilter } from './filters/filter-order.js';
 import { WsRateLimitFilter } from './filters/ws-rate-limit.filter.js';
 import { WsThrottleGuard } from './guards/ws-throttle.guard.js';
 import type { WsRateLimitModuleOptions } from './interfaces/options.interface.js';
@@ -106,15 +107,15 @@ export class WsRateLimitModule extends WsRateLimitConfigurableModule {
       // The gateway's own WsRateLimitFilter stays; one this module put there for an earlier
       // application of the process (closed, or still running) is replaced by this one's.
       const own = filters.filter((entry) => !placed.has(entry as object));
-      const ours = own.filter(isOurFilter);
+      const ours = own.filter(isRateLimitFilter);
       if (ours.length === 0) {
         placed.add(filter);
         Reflect.defineMetadata(EXCEPTION_FILTERS_METADATA, [...own, filter], gateway);
-      } else if (!isOurFilter(own.at(-1))) {
+      } else if (!isRateLimitFilter(own.at(-1))) {
         // Nest tries a class's last filter first: an app's catch-all written above
         // `@WsRateLimit()` (`@UseFilters(AllErrors) @WsRateLimit()`) came before ours and took
         // the refusals, which the order of two decorators should not decide. Ours go last.
-        const others = own.filter((entry) => !isOurFilter(entry));
+        const others = own.filter((entry) => !isRateLimitFilter(entry));
         Reflect.defineMetadata(EXCEPTION_FILTERS_METADATA, [...others, ...ours], gateway);
       }
     }
@@ -144,12 +145,6 @@ export class WsRateLimitModule extends WsRateLimitConfigurableModule {
 
 /** The filter instances the module put on gateway classes (one per application that started). */
 const placed = new WeakSet<object>();
-
-/** Whether a `@UseFilters` entry is `WsRateLimitFilter` (or a subclass, or an instance of either). */
-function isOurFilter(entry: unknown): boolean {
-  if (entry instanceof WsRateLimitFilter) return true;
-  return typeof entry === 'function' && (entry === WsRateLimitFilter || entry.prototype instanceof WsRateLimitFilter);
-}
 
 /**
  * Closes the stores the modules of a failed start-up made (see `closesWithApp`), in the

@@ -243,19 +243,46 @@ export class Ledger {
    * no id: that message, unconfirmed or presumed accepted before its answer came.
    */
   refuseSent(sendNo: number): Settled {
-    const index = this.unconfirmed.findIndex((entry) => entry.sendNo === sendNo);
-    if (index >= 0) {
-      const entry = this.unconfirmed[index]!;
-      this.forget(entry);
-      return { refused: [entry] };
-    }
-    const presumed = this.presumedUnacked.findIndex((entry) => entry.sendNo === sendNo);
-    if (presumed < 0) return NOTHING;
-    const entry = this.presumedUnacked[presumed]!;
-    this.takePresumed(presumed);
-    if (this.largestPresumed?.entry === entry) this.largestPresumed = undefined;
+    const entry = this.takeSent(sendNo);
+    if (entry === undefined) return NOTHING;
     this.forgetId(entry);
-    return { refused: [entry] };
+    const rest = this.resettle(entry.event);
+    return { ...rest, refused: [entry, ...rest.refused] };
+  }
+
+  /**
+   * An acknowledgement of exactly the message written as `sendNo` (socket.io's), naming no
+   * id: that message is confirmed, whatever order the answers come in. Returns it, and what
+   * its group's doubt settles to once it is out of the group.
+   */
+  confirmSent(sendNo: number): { entry: OutboxEntry | undefined; settled: Settled } {
+    const entry = this.takeSent(sendNo);
+    return { entry, settled: entry === undefined ? NOTHING : this.resettle(entry.event) };
+  }
+
+  /**
+   * Takes the message written as `sendNo` out of the unconfirmed ones (its id kept for late
+   * frames) or the presumed ones awaiting their ack; undefined if it is in neither.
+   */
+  private takeSent(sendNo: number): OutboxEntry | undefined {
+    const entry = this.unconfirmed.find((candidate) => candidate.sendNo === sendNo);
+    if (entry !== undefined) {
+      this.remove(entry);
+      return entry;
+    }
+    const presumed = this.presumedUnacked.findIndex((candidate) => candidate.sendNo === sendNo);
+    if (presumed < 0) return undefined;
+    const found = this.presumedUnacked[presumed]!;
+    this.takePresumed(presumed);
+    // Answered by the server after all: not a message the server never read.
+    if (this.largestPresumed?.entry === found) this.largestPresumed = undefined;
+    return found;
+  }
+
+  /** A group in doubt that lost a message to an exact answer may be settled now. */
+  private resettle(event: string): Settled {
+    if (this.doubts.has(event)) return this.settle(event);
+    return this.doubts.has('') ? this.settle('') : NOTHING;
   }
 
   /**

@@ -653,7 +653,7 @@ export class RateLimitedClient {
     } catch (error) {
       this.emitter.emit('error', error);
     }
-    const settled = ack && !answered ? this.acknowledge(ack) : undefined;
+    const settled = ack && !answered ? this.acknowledge(ack, event.answers) : undefined;
     this.emitter.emit('message', message);
     if (settled?.ambiguous) this.reportAmbiguous(settled.ambiguous);
     if (ack || answered) this.pump();
@@ -674,12 +674,20 @@ export class RateLimitedClient {
     }
   }
 
-  /** Confirms the message an acknowledgement answers (by id: exactly, or none). */
-  private acknowledge(ack: AckMatch): Settled | undefined {
+  /**
+   * Confirms the message an acknowledgement answers: by id or, on socket.io, by its place
+   * among this socket's sends (`answers`), exactly; else by the ledger's rules.
+   */
+  private acknowledge(ack: AckMatch, answers: number | undefined): Settled | undefined {
     if (ack.id !== undefined) {
       const entry = this.ledger.takeById(ack.id);
       if (entry) this.noteAcked(entry.event);
       return undefined;
+    }
+    if (answers !== undefined) {
+      const { entry, settled } = this.ledger.confirmSent(this.sendsBeforeSocket + answers);
+      if (entry) this.noteAcked(entry.event);
+      return settled;
     }
     // An ack naming no event answers the oldest unconfirmed message (see `Ledger.ack`).
     const event = ack.event ?? this.ledger.oldestEvent();

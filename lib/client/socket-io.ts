@@ -276,10 +276,10 @@ class SocketIoConnection implements WebSocketLike {
       this.deliver({ event: RATE_LIMIT_EVENT, data }, place);
       return;
     }
-    this.deliver(id === undefined ? { event, data: reply, ack: true } : { event, data: reply, ack: true, id });
+    this.deliver(id === undefined ? { event, data: reply, ack: true } : { event, data: reply, ack: true, id }, place);
   }
 
-  /** Hands a message to the client; `answers`: the place of the message it acknowledges (see `SocketMessageEvent`). */
+  /** Hands a message to the client; `answers`: the place of the message it answers (see `SocketMessageEvent`). */
   private deliver(message: Record<string, unknown>, answers?: number): void {
     this.onmessage?.(
       answers === undefined ? { data: undefined, decoded: message } : { data: undefined, decoded: message, answers },

@@ -3,6 +3,7 @@ import { WsRateLimitException } from '../exceptions/ws-rate-limit.exception.js';
 import { WsRateLimitService } from '../services/ws-rate-limit.service.js';
 import { answerSlotFromArgs } from '../utils/message-id.js';
 import { refusalOwner } from '../pipeline/refusal-owner.js';
+import { RATE_LIMIT_FILTER } from './filter-order.js';
 
 /**
  * Answers `WsRateLimitException`: sends the `rate_limit` frame on the same socket (with
@@ -13,6 +14,9 @@ import { refusalOwner } from '../pipeline/refusal-owner.js';
 @Catch(WsRateLimitException)
 @Injectable()
 export class WsRateLimitFilter implements ExceptionFilter<WsRateLimitException> {
+  /** How the limiter knows this filter among a handler's own (see `refusalsReachOurFilter`). */
+  static readonly [RATE_LIMIT_FILTER] = true;
+
   constructor(private readonly limiter: WsRateLimitService) {}
 
   catch(exception: WsRateLimitException, host: ArgumentsHost): void {

@@ -20,6 +20,7 @@ import type { MessageLimiter } from './message-limiter.js';
 import { ownRefusal, type RefusalOwner } from './refusal-owner.js';
 import { addressTracker, type Tracker } from './tracker.js';
 import { UnroutedContext } from './unrouted-context.js';
+import { refusalsReachOurFilter } from '../filters/filter-order.js';
 
 /**
  * The steps of the pipeline a guard may change (`WsThrottleGuard`'s protected methods):
@@ -97,6 +98,7 @@ export class MessagePipeline {
         this.refuse(
           context.getArgByIndex<object>(0),
           new WsRateLimitException(decision, route.type, plan.tracker, messageIdFromArgs(context.getArgs())),
+          context.getHandler(),
         ),
     };
   }
@@ -320,12 +322,22 @@ export class MessagePipeline {
     return undefined;
   }
 
-  /** A rejection: thrown for the filter to answer, or in shadow mode recorded and let through. */
-  refuse(client: object, exception: WsRateLimitException): true {
+  /**
+   * A rejection: thrown for the filter to answer, or in shadow mode recorded and let through.
+   * `handler`: the routed message's handler, whose own filters may take the refusal before
+   * ours (then it is never counted, so it is not pending).
+   */
+  refuse(client: object, exception: WsRateLimitException, handler?: object): true {
     const { decision } = exception;
     if (this.enforcer.enforced) {
       // Counted by the filter later; noted now for the messages decided before it runs.
-      if (decision !== CLOSING && decision.storeUnavailable !== true) notePending(this.registry.of(client));
+      if (
+        decision !== CLOSING &&
+        decision.storeUnavailable !== true &&
+        (handler === undefined || refusalsReachOurFilter(handler))
+      ) {
+        notePending(this.registry.of(client));
+      }
       ownRefusal(exception, this.owner);
       throw exception;
     }
@@ -350,7 +362,7 @@ export class MessagePipeline {
       // A block or a degradation refuses the message as a tier would: a decision like any
       // other in the metrics and the stream (a closing socket's messages are none).
       if (screened.decision !== CLOSING) this.limiter.report(tracker, route.type, screened.decision);
-      return this.refuse(client, withMessageId(screened, context));
+      return this.refuse(client, withMessageId(screened, context), handlerOf(context));
     }
     const plan = steps.getPlan(connection, route, tracker);
     const decision = this.limiter.decide(plan, route, connection);
@@ -408,6 +420,11 @@ export class MessagePipeline {
       this.logger.error(message);
     }
   }
+}
+
+/** A routed message's handler (an unrouted frame's context has none). */
+function handlerOf(context: ExecutionContext): object | undefined {
+  return context instanceof UnroutedContext ? undefined : context.getHandler();
 }
 
 /** Marks an execution context whose message one of our guards has decided. */

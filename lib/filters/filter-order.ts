@@ -1,0 +1,52 @@
+import { EXCEPTION_FILTERS_METADATA, FILTER_CATCH_EXCEPTIONS } from '@nestjs/common/constants.js';
+import { WsRateLimitException } from '../exceptions/ws-rate-limit.exception.js';
+
+/** Marks `WsRateLimitFilter` (and its subclasses, as a static): no import of the filter here. */
+export const RATE_LIMIT_FILTER = Symbol.for('nestjs-ws-rate-limit:filter');
+
+/** Whether a filter entry (a class or an instance, as `@UseFilters` holds it) is `WsRateLimitFilter` or a subclass. */
+export function isRateLimitFilter(entry: unknown): boolean {
+  const type = typeof entry === 'function' ? entry : (entry as { constructor?: unknown } | null)?.constructor;
+  return typeof type === 'function' && (type as { [RATE_LIMIT_FILTER]?: unknown })[RATE_LIMIT_FILTER] === true;
+}
+
+/** Whether a filter entry catches `WsRateLimitException` (`@Catch()` with no types, or none, catches all). */
+function catchesRefusals(entry: unknown): boolean {
+  const type = typeof entry === 'function' ? entry : (entry as { constructor?: unknown } | null)?.constructor;
+  if (typeof type !== 'function') return false;
+  const types = (Reflect.getMetadata(FILTER_CATCH_EXCEPTIONS, type) as unknown[] | undefined) ?? [];
+  return (
+    types.length === 0 ||
+    types.some(
+      (caught) =>
+        typeof caught === 'function' &&
+        (caught === WsRateLimitException || WsRateLimitException.prototype instanceof (caught as new () => unknown)),
+    )
+  );
+}
+
+const answeredByUs = new WeakMap<object, boolean>();
+
+/**
+ * Whether the refusals of a handler reach `WsRateLimitFilter` (which counts them as
+ * violations): NestJS tries a handler's own filters, the last first, before its gateway's
+ * (where the module has ours tried first), and the first that catches the exception takes
+ * it. A handler's catch-all before ours takes them, and nothing counts them (README, "Your
+ * own filters").
+ */
+export function refusalsReachOurFilter(handler: object): boolean {
+  let known = answeredByUs.get(handler);
+  if (known === undefined) {
+    known = true;
+    const filters = (Reflect.getMetadata(EXCEPTION_FILTERS_METADATA, handler) as unknown[] | undefined) ?? [];
+    for (let i = filters.length - 1; i >= 0; i--) {
+      if (isRateLimitFilter(filters[i])) break;
+      if (catchesRefusals(filters[i])) {
+        known = false;
+        break;
+      }
+    }
+    answeredByUs.set(handler, known);
+  }
+  return known;
+}
