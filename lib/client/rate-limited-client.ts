@@ -560,7 +560,9 @@ export class RateLimitedClient {
       this.options.backoffCapMs,
       this.options.random,
     );
-    const delayMs = Math.min(MAX_TIMER_MS, policy ? Math.max(backoff, this.options.policyDelayMs) : backoff);
+    // A refused connection whose server said when to come back (socket.io) waits that long too.
+    const least = policy ? Math.max(this.options.policyDelayMs, event.retryAfterMs ?? 0) : 0;
+    const delayMs = Math.min(MAX_TIMER_MS, Math.max(backoff, least));
     const attempt = this.attempt++;
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = undefined;

@@ -213,7 +213,15 @@ class SocketIoConnection implements WebSocketLike {
     this.readyState = CLOSED;
     this.release();
     this.onerror?.(error);
-    this.onclose?.({ code: ABNORMAL_CLOSURE, reason: message });
+    // A refusal of the server's says when a retry could succeed.
+    const data = (error as { data?: unknown } | null)?.data;
+    const retryAfter = isRecord(data) ? data.retryAfter : undefined;
+    const wait = typeof retryAfter === 'number' && Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter : 0;
+    this.onclose?.(
+      wait > 0
+        ? { code: ABNORMAL_CLOSURE, reason: message, retryAfterMs: wait }
+        : { code: ABNORMAL_CLOSURE, reason: message },
+    );
   }
 
   /** Ends the socket for good: socket.io must not reconnect it behind the client's back. */

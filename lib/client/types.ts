@@ -48,6 +48,12 @@ export interface SocketCloseEvent {
    * `rate_limit_disconnect` event), whatever its code: the client waits its `policyDelayMs`.
    */
   readonly policy?: boolean;
+  /**
+   * A refused connection's retry time in ms, as the server gave it (socket.io's
+   * `connect_error` data, with `connectionRefusal: 'close'`): the client waits at least
+   * this long before connecting again (a block of an hour is not retried every 30 s).
+   */
+  readonly retryAfterMs?: number;
 }
 
 /**

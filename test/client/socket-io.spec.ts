@@ -328,7 +328,8 @@ describe('socketIoFactory: closing', () => {
     const refusal = Object.assign(new Error('Too many connections'), { data: { code: 'rate', retryAfter: 1000 } });
     io.connectError(refusal);
     expect(log.errors).toEqual([refusal]);
-    expect(log.closes).toEqual([{ code: 1006, reason: 'Too many connections' }]);
+    // The refusal's retry time goes with the close: the client waits at least that long.
+    expect(log.closes).toEqual([{ code: 1006, reason: 'Too many connections', retryAfterMs: 1000 }]);
     expect(socket.readyState).toBe(3);
     expect(io.disconnectCalls).toBe(1);
     io.serverEmit('late', 1);
@@ -346,6 +347,20 @@ describe('socketIoFactory: closing', () => {
     expect(fake.sockets).toHaveLength(1);
     jest.advanceTimersByTime(1);
     expect(fake.sockets).toHaveLength(2);
+    client.close();
+  });
+
+  it("waits a refused connection's retryAfter (connectionRefusal 'close') when it is longer than the policy delay", () => {
+    const { client, fake, reconnects } = setup({ policyDelayMs: 5000, backoffBaseMs: 100 });
+    const blocked = Object.assign(new Error('Blocked'), { data: { code: 'blocked', retryAfter: 3_600_000 } });
+    fake.socket().connectError(blocked);
+    const limited = Object.assign(new Error('Too many connections'), { data: { code: 'rate', retryAfter: 1000 } });
+    jest.advanceTimersByTime(3_600_000);
+    fake.socket().connectError(limited);
+    expect(reconnects.map(({ delayMs, code, policy }) => [delayMs, code, policy])).toEqual([
+      [3_600_000, 1006, true],
+      [5000, 1006, true],
+    ]);
     client.close();
   });
 
