@@ -6,7 +6,7 @@ import type { MessageMappingProperties } from '@nestjs/websockets';
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import { EMPTY, type Observable, type Subscription } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
-import type { Namespace, Server, ServerOptions, Socket } from 'socket.io';
+import type { Namespace } from 'socket.io';
 import { AnswerOrder } from '../connection/answer-order.js';
 import type { ConnectionState } from '../connection/connection-state.js';
 import { FrameHold } from '../connection/frame-hold.js';
@@ -37,7 +37,16 @@ interface SocketRouting {
  */
 const REFUSED_SESSION_MS = 2000;
 
-type SocketIoServerOptions = ServerOptions & { namespace?: string; server?: Server };
+/**
+ * socket.io's types as NestJS's `IoAdapter` declares them. An application may hold two copies
+ * of socket.io (the driver pins one, and keeps it nested when the application installs
+ * another version): the overrides take the driver's, or their declarations would not
+ * type-check against `IoAdapter`'s (TS2416, with `skipLibCheck: false`).
+ */
+type Server = ReturnType<IoAdapter['createIOServer']>;
+type ServerOptions = NonNullable<Parameters<IoAdapter['createIOServer']>[1]>;
+type Socket = Parameters<IoAdapter['bindMessageHandlers']>[0];
+type SocketIoServerOptions = NonNullable<Parameters<IoAdapter['create']>[1]>;
 
 const noop = (): void => undefined;
 

@@ -289,7 +289,8 @@ describe('a new user adopting the packed package on NestJS 11', () => {
       `reflect-metadata@${DEV['reflect-metadata']}`,
       `rxjs@${DEV['rxjs']}`,
     ]);
-    const command = 'npm install nestjs-ws-rate-limit @nestjs/platform-socket.io@11 @nestjs/platform-ws@11 socket.io';
+    const command =
+      'npm install nestjs-ws-rate-limit @nestjs/platform-socket.io@11 @nestjs/platform-ws@11 @nestjs/config@4 socket.io';
     expect(readFileSync(join(ROOT, 'README.md'), 'utf8')).toContain(command);
     const args = command.split(' ').slice(1);
     const result = await npm(
