@@ -139,6 +139,12 @@ export class Ledger {
    * last message, never answered, counted as answered.
    */
   private presumedUnacked: OutboxEntry[] = [];
+  /**
+   * Messages presumed accepted by time, by their `sendNo` (the most recent
+   * `MAX_CONFIRMED_IDS`): an answer naming its exact send (socket.io's acks) still finds one
+   * whatever the confirmation rules, as a frame naming an id finds it in `confirmedById`.
+   */
+  private readonly presumedBySend = new Map<number, OutboxEntry>();
 
   /**
    * @param delayOf the confirmation delay of each event's messages, read at every look.
@@ -270,10 +276,10 @@ export class Ledger {
       this.remove(entry);
       return entry;
     }
-    const presumed = this.presumedUnacked.findIndex((candidate) => candidate.sendNo === sendNo);
-    if (presumed < 0) return undefined;
-    const found = this.presumedUnacked[presumed]!;
-    this.takePresumed(presumed);
+    const found = this.presumedBySend.get(sendNo);
+    if (found === undefined || found.sendNo !== sendNo) return undefined;
+    this.presumedBySend.delete(sendNo);
+    this.takePresumed(this.presumedUnacked.indexOf(found));
     // Answered by the server after all: not a message the server never read.
     if (this.largestPresumed?.entry === found) this.largestPresumed = undefined;
     return found;
@@ -363,6 +369,7 @@ export class Ledger {
     this.largestPresumed = undefined;
     this.nextExpiry = Infinity;
     this.presumedUnacked = [];
+    this.presumedBySend.clear();
   }
 
   private takePresumed(index: number): void {
@@ -440,6 +447,10 @@ export class Ledger {
       this.keepId(entry);
       this.notePresumed(entry);
       if (this.awaitsLateAck(entry.event)) this.presumedUnacked.push(entry);
+      this.presumedBySend.set(entry.sendNo, entry);
+      if (this.presumedBySend.size > MAX_CONFIRMED_IDS) {
+        this.presumedBySend.delete(this.presumedBySend.keys().next().value as number);
+      }
     }
     const over = this.presumedUnacked.length - MAX_PRESUMED_UNACKED;
     if (over > 0) this.presumedUnacked.splice(0, over);

@@ -10,6 +10,18 @@ export function isRateLimitFilter(entry: unknown): boolean {
   return typeof type === 'function' && (type as { [RATE_LIMIT_FILTER]?: unknown })[RATE_LIMIT_FILTER] === true;
 }
 
+/**
+ * Whether a filter entry hands refusals on to `WsRateLimitFilter`: one injected with it (the
+ * README's catch-all that calls `rateLimit.catch(exception, host)` for a refusal), as its
+ * constructor's parameter types say (`design:paramtypes`, which NestJS's injection needs).
+ */
+function handsOn(entry: unknown): boolean {
+  const type = typeof entry === 'function' ? entry : (entry as { constructor?: unknown } | null)?.constructor;
+  if (typeof type !== 'function') return false;
+  const params = (Reflect.getMetadata('design:paramtypes', type) as unknown[] | undefined) ?? [];
+  return params.some(isRateLimitFilter);
+}
+
 /** Whether a filter entry catches `WsRateLimitException` (`@Catch()` with no types, or none, catches all). */
 function catchesRefusals(entry: unknown): boolean {
   const type = typeof entry === 'function' ? entry : (entry as { constructor?: unknown } | null)?.constructor;
@@ -32,7 +44,7 @@ const answeredByUs = new WeakMap<object, boolean>();
  * violations): NestJS tries a handler's own filters, the last first, before its gateway's
  * (where the module has ours tried first), and the first that catches the exception takes
  * it. A handler's catch-all before ours takes them, and nothing counts them (README, "Your
- * own filters").
+ * own filters"), unless it hands them on to ours (see `handsOn`).
  */
 export function refusalsReachOurFilter(handler: object): boolean {
   let known = answeredByUs.get(handler);
@@ -42,7 +54,7 @@ export function refusalsReachOurFilter(handler: object): boolean {
     for (let i = filters.length - 1; i >= 0; i--) {
       if (isRateLimitFilter(filters[i])) break;
       if (catchesRefusals(filters[i])) {
-        known = false;
+        known = handsOn(filters[i]);
         break;
       }
     }

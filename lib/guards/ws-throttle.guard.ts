@@ -74,7 +74,6 @@ export class WsThrottleGuard implements CanActivate {
     return this.limiter.pipeline.refuse(
       client,
       new WsRateLimitException(decision, route.type, plan.tracker, messageIdFromArgs(context.getArgs())),
-      context.getHandler(),
     );
   }
 }

@@ -98,7 +98,6 @@ export class MessagePipeline {
         this.refuse(
           context.getArgByIndex<object>(0),
           new WsRateLimitException(decision, route.type, plan.tracker, messageIdFromArgs(context.getArgs())),
-          context.getHandler(),
         ),
     };
   }
@@ -322,22 +321,10 @@ export class MessagePipeline {
     return undefined;
   }
 
-  /**
-   * A rejection: thrown for the filter to answer, or in shadow mode recorded and let through.
-   * `handler`: the routed message's handler, whose own filters may take the refusal before
-   * ours (then it is never counted, so it is not pending).
-   */
-  refuse(client: object, exception: WsRateLimitException, handler?: object): true {
+  /** A rejection: thrown for the filter to answer, or in shadow mode recorded and let through. */
+  refuse(client: object, exception: WsRateLimitException): true {
     const { decision } = exception;
     if (this.enforcer.enforced) {
-      // Counted by the filter later; noted now for the messages decided before it runs.
-      if (
-        decision !== CLOSING &&
-        decision.storeUnavailable !== true &&
-        (handler === undefined || refusalsReachOurFilter(handler))
-      ) {
-        notePending(this.registry.of(client));
-      }
       ownRefusal(exception, this.owner);
       throw exception;
     }
@@ -362,7 +349,9 @@ export class MessagePipeline {
       // A block or a degradation refuses the message as a tier would: a decision like any
       // other in the metrics and the stream (a closing socket's messages are none).
       if (screened.decision !== CLOSING) this.limiter.report(tracker, route.type, screened.decision);
-      return this.refuse(client, withMessageId(screened, context), handlerOf(context));
+      const refusal = withMessageId(screened, context);
+      this.notePending(client, refusal, context);
+      return this.refuse(client, refusal);
     }
     const plan = steps.getPlan(connection, route, tracker);
     const decision = this.limiter.decide(plan, route, connection);
@@ -372,10 +361,46 @@ export class MessagePipeline {
         // past the frame hold): the close is decided, so this one is not answered or processed.
         this.limiter.closeDecided(connection)
           ? this.refuse(client, new WsRateLimitException(CLOSING, route.type, tracker, undefined))
-          : settle(settled, steps, route, plan, context),
+          : this.settle(client, settled, steps, route, plan, context),
       );
     }
-    return settle(decision, steps, route, plan, context);
+    return this.settle(client, decision, steps, route, plan, context);
+  }
+
+  /**
+   * A decision's outcome: allowed, or the guard's `onRejected` step (which throws the
+   * refusal, or records it in shadow mode). A refusal thrown, by `refuse` or by an
+   * `onRejected` of the application's own, is noted pending on its way to the filter.
+   */
+  private settle(
+    client: object,
+    decision: RateLimitDecision,
+    steps: MessageSteps,
+    route: Route,
+    plan: RateLimitPlan,
+    context: ExecutionContext,
+  ): true {
+    if (decision.allowed) return true;
+    try {
+      return steps.onRejected(decision, route, plan, context);
+    } catch (error) {
+      if (error instanceof WsRateLimitException) this.notePending(client, error, context);
+      throw error;
+    }
+  }
+
+  /**
+   * Notes an enforced refusal that the filter will count later, for the messages of the read
+   * decided before it runs (the look-ahead of the degradation and of the close): not one
+   * that is never counted (closing, store unavailable, or taken by a filter of the handler's
+   * own before ours).
+   */
+  private notePending(client: object, exception: WsRateLimitException, context: ExecutionContext): void {
+    const { decision } = exception;
+    if (!this.enforcer.enforced || decision === CLOSING || decision.storeUnavailable === true) return;
+    const handler = handlerOf(context);
+    if (handler !== undefined && !refusalsReachOurFilter(handler)) return;
+    notePending(this.registry.of(client));
   }
 
   /**
@@ -455,17 +480,6 @@ function withMessageId(exception: WsRateLimitException, context: ExecutionContex
   const id = messageIdFromArgs(context.getArgs());
   if (id === undefined) return exception;
   return new WsRateLimitException(exception.decision, exception.messageType, exception.tracker, id);
-}
-
-function settle(
-  decision: RateLimitDecision,
-  steps: MessageSteps,
-  route: Route,
-  plan: RateLimitPlan,
-  context: ExecutionContext,
-): true {
-  if (decision.allowed) return true;
-  return steps.onRejected(decision, route, plan, context);
 }
 
 /** The tracker of a connection's address key, made once per connection. */

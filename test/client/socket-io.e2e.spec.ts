@@ -147,7 +147,7 @@ describe.each(TRANSPORTS)('RateLimitedClient over socket.io-client (%s) against 
   }, 30_000);
 
   it.each(['http', 'close'] as const)(
-    'reports a refused connection (connectionRefusal %s) and waits the policy delay',
+    "reports a refused connection (connectionRefusal %s) and waits the policy delay (with 'close', the refusal's retryAfter when longer)",
     async (connectionRefusal) => {
       const url = await start({ connection: { capacity: 1, refillRate: 0.001 }, connectionRefusal });
       const first = client(url);
@@ -159,11 +159,16 @@ describe.each(TRANSPORTS)('RateLimitedClient over socket.io-client (%s) against 
       second.on('error', (error) => errors.push(error));
       await waitFor(() => reconnects.length === 1, 'reconnect');
 
-      expect(reconnects).toEqual([{ attempt: 0, delayMs: 60_000, code: 1006, policy: true }]);
       expect(errors).toHaveLength(1);
       expect(errors[0]).toBeInstanceOf(Error);
       if (connectionRefusal === 'close') {
-        expect((errors[0] as { data?: unknown }).data).toEqual({ code: 'rate', retryAfter: expect.any(Number) });
+        const data = (errors[0] as { data?: { retryAfter?: number } }).data;
+        expect(data).toEqual({ code: 'rate', retryAfter: expect.any(Number) });
+        // One token per 1,000 s: the refusal's retry time (about 1,000 s) is longer than the policy delay.
+        expect(data!.retryAfter).toBeGreaterThan(60_000);
+        expect(reconnects).toEqual([{ attempt: 0, delayMs: data!.retryAfter, code: 1006, policy: true }]);
+      } else {
+        expect(reconnects).toEqual([{ attempt: 0, delayMs: 60_000, code: 1006, policy: true }]);
       }
     },
     30_000,
