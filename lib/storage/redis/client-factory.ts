@@ -91,12 +91,18 @@ export function buildClient(loaded: unknown, options: RedisStoreOptions): RedisS
     // run: counted twice), and retry CLUSTERDOWN for up to 1.6 s, long past the deadline.
     retryDelayOnFailover: 0,
     retryDelayOnClusterDown: 0,
+    // TRYAGAIN (a multi-key call on a slot being migrated) is always retried: within the
+    // deadline, not 100 ms later, when the fail mode has answered and a resent decision
+    // would count twice.
+    retryDelayOnTryAgain: 5,
     redisOptions: {
       connectTimeout: 2000,
+      // The store's `redisOptions` (an ACL user, TLS, a connection name) reach every node.
+      ...options.redisOptions,
       ...extra.redisOptions,
-      username: cluster.username ?? extra.redisOptions?.username,
-      password: cluster.password ?? extra.redisOptions?.password,
-      tls: cluster.tls === true ? {} : cluster.tls || extra.redisOptions?.tls,
+      username: cluster.username ?? extra.redisOptions?.username ?? options.redisOptions?.username,
+      password: cluster.password ?? extra.redisOptions?.password ?? options.redisOptions?.password,
+      tls: cluster.tls === true ? {} : cluster.tls || extra.redisOptions?.tls || options.redisOptions?.tls,
       maxRetriesPerRequest: 0,
       autoResendUnfulfilledCommands: false,
       reconnectOnError,

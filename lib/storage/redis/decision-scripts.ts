@@ -25,14 +25,12 @@ export const MAX_GENERIC_TIERS = 3000;
  * `WRITES` is set before it: false in the read-only peek.
  */
 const PRELUDE = `${HELPERS}
--- ARGV[7] H, the number of tracker hashes (KEYS[1..H]); the tiers' own keys follow them.
+-- ARGV[7] H, the number of tracker hashes (KEYS[1..H]); the own keys of the tiers that have
+-- one (sliding logs, concurrency) follow them, in tier order, then the clock key (app clock).
 -- Tier i's figures at ARGV[9i..9i+8] = kind, limit, cost, a, b, c, d, hash index, field.
 local n, H = tonumber(ARGV[2]), tonumber(ARGV[7])
 if n > ${MAX_GENERIC_TIERS} then return redis.error_reply('wsrl: a plan of more than ${MAX_GENERIC_TIERS} tiers') end
 local fieldTtls = tonumber(ARGV[8])
-local clockKey = nil
-if ARGV[1] ~= '' then clockKey = KEYS[H + n + 1] end
-local now = readClock(ARGV[1], clockKey)
 local kind, limit, cost, pa, pb, pc, pd, hx, field = {}, {}, {}, {}, {}, {}, {}, {}, {}
 for i = 1, n do
   local o = 9 * i - 1
@@ -46,6 +44,19 @@ for i = 1, n do
   hx[i] = tonumber(ARGV[o + 8])
   field[i] = ARGV[o + 9]
 end
+-- A bucket's or a counter's state is a field of its tracker hash only: its key is not named
+-- (on a Cluster slot being migrated, a call naming a key that does not exist is refused
+-- with TRYAGAIN).
+local tierKey, kx = {}, H
+for i = 1, n do
+  if kind[i] == 1 or kind[i] == 3 then
+    kx = kx + 1
+    tierKey[i] = KEYS[kx]
+  end
+end
+local clockKey = nil
+if ARGV[1] ~= '' then clockKey = KEYS[kx + 1] end
+local now = readClock(ARGV[1], clockKey)
 
 -- Each tracker hash read once: its expiry field and the plan's fields in it.
 local raw, hexp = {}, {}
@@ -75,7 +86,7 @@ end
 -- expiry, dead fields}, fresh[i] when its hash is empty.
 local S, fresh, full, logs = {}, {}, {}, {}
 for i = 1, n do
-  local key, k = KEYS[H + i], kind[i]
+  local key, k = tierKey[i], kind[i]
   if k == 0 then
     S[i] = double(raw[i]) or NEG
   elseif k == 1 then
@@ -99,7 +110,7 @@ local function remaining(i)
     if tokens > 0 then return math.floor(tokens) end
     return 0
   elseif k == 1 then
-    local live = logLive(logs[i], KEYS[H + i], now, pa[i])
+    local live = logLive(logs[i], tierKey[i], now, pa[i])
     return math.max(0, math.floor(limit[i]) - live)
   elseif k == 2 then
     local st = S[i]
@@ -114,7 +125,8 @@ end
  * `consume`: decides a plan atomically; commits every tier only if every tier allows.
  *
  * KEYS[1..H]  the tracker hashes of the plan's buckets, counters and logs (one per tracker)
- * KEYS[H+1..H+n]  the tiers' keys, in plan order; KEYS[H+n+1] the clock key (app clock only)
+ * KEYS[H+1..]  the own keys of the tiers that have one (sliding logs, concurrency), in plan
+ *             order; then the clock key (app clock only)
  * ARGV[1]     the app time in ms, or '' to read Redis `TIME`
  * ARGV[2]     n, the number of tiers
  * ARGV[3]     nonce, unique per call (sliding-log members)
@@ -204,7 +216,7 @@ local function put(i, value, ttl)
 end
 
 for i = 1, n do
-  local key, k = KEYS[H + i], kind[i]
+  local key, k = tierKey[i], kind[i]
   local ttl = 0
   if k == 0 then
     local fullAt = S[i]
@@ -275,7 +287,7 @@ for i = 1, n do
   if k == 0 then
     freshAt = S[i]
   elseif k == 1 then
-    local _, newest = logLive(logs[i], KEYS[H + i], now, pa[i])
+    local _, newest = logLive(logs[i], tierKey[i], now, pa[i])
     if newest > NEG then freshAt = newest + pa[i] end
   elseif k == 2 then
     local st = S[i]

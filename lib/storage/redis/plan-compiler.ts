@@ -103,7 +103,12 @@ export class PlanCompiler {
       if (index < 0) index = hashes.push(hash) - 1;
       return [String(index + 1), field];
     });
-    const args = [String(hashes.length + tiers.length + (app ? 1 : 0)), ...hashes, ...keys];
+    // A bucket's or a counter's key is not named: its state is a field of the tracker hash
+    // (and on a Cluster slot being migrated, a call naming a missing key gets TRYAGAIN).
+    const ownKeys = tiers
+      .filter(({ spec }) => spec.kind === AlgorithmKind.SlidingLog || spec.kind === AlgorithmKind.Concurrency)
+      .map((tier) => tier.key);
+    const args = [String(hashes.length + ownKeys.length + (app ? 1 : 0)), ...hashes, ...ownKeys];
     if (app) args.push(clockKeyOf(keys[0]!));
     const nowAt = args.length;
     args.push('', String(tiers.length));

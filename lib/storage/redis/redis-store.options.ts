@@ -36,7 +36,11 @@ export interface RedisClusterOptions {
    * `retryDelayOnFailover: 0` and `retryDelayOnClusterDown: 0`, so that a command whose node
    * connection closed is never resent (it may have run, and would be counted twice) and a
    * Cluster that is down fails at once rather than retrying past the deadline. MOVED and ASK
-   * redirections are still followed, and TRYAGAIN (a slot being migrated) still retried.
+   * redirections are still followed, and TRYAGAIN (a slot being migrated) still retried,
+   * every 5 ms (`retryDelayOnTryAgain`), within the deadline rather than after it. The
+   * store's scripts name only keys that may exist, so TRYAGAIN meets only a plan with a
+   * sliding log or an open-connection tier on a migrating slot; such a call retried past
+   * its deadline may still run once its answer no longer counts (as a late reply).
    */
   options?: ClusterOptions;
 }
@@ -64,8 +68,9 @@ export interface RedisStoreOptions {
   /** A Cluster; the store creates and closes the client. */
   cluster?: RedisClusterOptions;
   /**
-   * Further ioredis options for the standalone or Sentinel client the store creates (TLS,
-   * ACL, timeouts), applied under its safety settings, which cannot be overridden:
+   * Further ioredis options for the client the store creates (TLS, ACL, timeouts; on a
+   * Cluster, every node's connection, under `cluster.options.redisOptions`), applied under
+   * its safety settings, which cannot be overridden:
    * `enableOfflineQueue: false`, `maxRetriesPerRequest: 0`,
    * `autoResendUnfulfilledCommands: false` (a decision is never retried, so never counted
    * twice), reconnect delay capped at 1 s, reconnect on `READONLY`.

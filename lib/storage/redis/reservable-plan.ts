@@ -55,7 +55,7 @@ export function compileReservable(
     if (index < 0) index = hashes.push(hash) - 1;
     return [String(index + 1), field] as const;
   });
-  const reserveArgs = [String(hashes.length + tiers.length), ...hashes, ...tiers.map((tier) => tier.key)];
+  const reserveArgs = [String(hashes.length), ...hashes];
   reserveArgs.push('', String(tiers.length), String(hashes.length), '0', '1', String(options.ttlMs));
   reserveArgs.push(options.owner, String(2 * options.maxBatch));
   specs.forEach((spec, i) => {

@@ -333,7 +333,8 @@ export class ReservationBook {
     refused: ((reply: unknown, delivered: boolean) => RateLimitDecision) | undefined,
   ): Promise<RateLimitDecision> {
     const args = plan.reserveArgs.slice();
-    const head = 1 + plan.hashes.length + plan.specs.length;
+    // After numkeys and KEYS (the tracker hashes): ARGV, whose 4th and 5th are the field-TTL mode and the ask.
+    const head = 1 + plan.hashes.length;
     args[head + 3] = String(this.options.fieldTtls());
     args[head + 4] = String(ask);
     const sentAt = performance.now();

@@ -19,8 +19,9 @@ import { HELPERS, MAX_TTL_MS } from './lua-helpers.js';
  * `reserve`: takes up to `ask` slots of every bucket of a plan (the same number of each),
  * or refuses as `consume` would when not even one fits.
  *
- * KEYS[1..H]  the tracker hashes of the plan's buckets; KEYS[H+1..H+n] the tier keys (for
- *             Cluster routing only); KEYS[H+n+1] the clock key (app clock only)
+ * KEYS[1..H]  the tracker hashes of the plan's buckets; KEYS[H+1] the clock key (app clock
+ *             only). The tiers' own keys are not named: a bucket is a field of its hash (and
+ *             on a Cluster slot being migrated, a call naming a missing key gets TRYAGAIN).
  * ARGV[1]     the app time in ms, or '' to read Redis `TIME`
  * ARGV[2]     n, the number of tiers (all token buckets)
  * ARGV[3]     H, the number of tracker hashes
@@ -50,7 +51,7 @@ local n, H = tonumber(ARGV[2]), tonumber(ARGV[3])
 local fieldTtls = tonumber(ARGV[4])
 local ask, ttl, owner, moreCap = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 local clockKey = nil
-if ARGV[1] ~= '' then clockKey = KEYS[H + n + 1] end
+if ARGV[1] ~= '' then clockKey = KEYS[H + 1] end
 local now = readClock(ARGV[1], clockKey)
 local limit, cost, slack, span, interval, hx, field = {}, {}, {}, {}, {}, {}, {}
 for i = 1, n do
