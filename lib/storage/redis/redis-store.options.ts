@@ -39,8 +39,9 @@ export interface RedisClusterOptions {
    * redirections are still followed, and TRYAGAIN (a slot being migrated) still retried,
    * every 5 ms (`retryDelayOnTryAgain`), within the deadline rather than after it. The
    * store's scripts name only keys that may exist, so TRYAGAIN meets only a plan with a
-   * sliding log or an open-connection tier on a migrating slot; such a call retried past
-   * its deadline may still run once its answer no longer counts (as a late reply).
+   * sliding log or an open-connection tier on a migrating slot (every plan with the app
+   * clock, whose clock is a key of its own); such a call retried past its deadline may
+   * still run once its answer no longer counts (as a late reply).
    */
   options?: ClusterOptions;
 }
