@@ -139,7 +139,7 @@ export class ConnectionAdmitter {
     if (this.telemetry.observed) {
       this.telemetry.emit(
         reason === undefined
-          ? { kind: 'connection', accepted: true, ip, enforced }
+          ? { kind: 'connection', accepted: true, ip, enforced: true }
           : { kind: 'connection', accepted, ip, reason, enforced },
       );
     }

@@ -58,7 +58,7 @@ export interface RateLimitConnectionEvent {
   readonly ip: string;
   /** Why it was refused (or, in shadow mode, would have been). */
   readonly reason?: ConnectionRefusalReason;
-  /** False in shadow mode. */
+  /** False in shadow mode for a refusal that was let through (an accepted connection's is true, as an allowed decision's). */
   readonly enforced: boolean;
 }
 

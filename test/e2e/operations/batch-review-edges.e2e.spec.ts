@@ -323,7 +323,8 @@ describe('batch review (ws, WsRateLimitAdapter, memory store)', () => {
       try {
         expect(await attempt()).toBe('accepted');
         expect(events.filter((event) => event.kind === 'connection')).toEqual([
-          expect.objectContaining({ accepted: true, enforced: false }),
+          // An accepted connection is no refusal let through: enforced, as an allowed decision.
+          expect.objectContaining({ accepted: true, enforced: true }),
         ]);
         expect(events.some((event) => 'reason' in event)).toBe(false);
       } finally {

@@ -253,7 +253,7 @@ describe.each<Transport>(['ws', 'socket.io'])('shadow mode on %s', (transport) =
     expect([first, second, blocked].map((client) => client.open())).toEqual([true, true, true]);
     const connections = events.filter((event) => event.kind === 'connection');
     expect(connections).toEqual([
-      { kind: 'connection', accepted: true, ip: '127.0.0.1', enforced: false },
+      { kind: 'connection', accepted: true, ip: '127.0.0.1', enforced: true },
       { kind: 'connection', accepted: true, ip: '127.0.0.1', reason: 'rate', enforced: false },
       { kind: 'connection', accepted: true, ip: '127.0.0.1', reason: 'blocked', enforced: false },
     ]);
