@@ -1,3 +1,6 @@
+// Over 400 lines: one class, the enforcer, whose answers (the refusal's frame, the violation
+// count, the degradation and the close, and shadow mode's reports of each) read one
+// connection's state together; split, the threshold's rules would be in two places.
 import { performance } from 'node:perf_hooks';
 import { createSlidingLog, logCount, logRecord } from '../algorithms/sliding-log.js';
 import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';

@@ -464,10 +464,6 @@ export class RedisRateLimitStore extends RateLimitStore {
   }
 
   /**
-   * Stops the lease refresh and the breaker's probe, gives back this instance's leases and
-   * the unspent slots of its token reservations (best effort, within the deadline), and closes the client if the store created it.
-   */
-  /**
    * Whether the store made its client (from `url`, `sentinel` or `cluster`): closing the
    * store quits it, and an application the store is given to closes it at shutdown.
    */
@@ -475,6 +471,10 @@ export class RedisRateLimitStore extends RateLimitStore {
     return this.owned;
   }
 
+  /**
+   * Stops the lease refresh and the breaker's probe, gives back this instance's leases and
+   * the unspent slots of its token reservations (best effort, within the deadline), and closes the client if the store created it.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
