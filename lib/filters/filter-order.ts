@@ -4,9 +4,14 @@ import { WsRateLimitException } from '../exceptions/ws-rate-limit.exception.js';
 /** Marks `WsRateLimitFilter` (and its subclasses, as a static): no import of the filter here. */
 export const RATE_LIMIT_FILTER = Symbol.for('nestjs-ws-rate-limit:filter');
 
-/** Whether a filter entry (a class or an instance, as `@UseFilters` holds it) is `WsRateLimitFilter` or a subclass. */
+/** The class of a filter entry (a class or an instance, as `@UseFilters` holds it). */
+function filterClass(entry: unknown): unknown {
+  return typeof entry === 'function' ? entry : (entry as { constructor?: unknown } | null)?.constructor;
+}
+
+/** Whether a filter entry is `WsRateLimitFilter` or a subclass. */
 export function isRateLimitFilter(entry: unknown): boolean {
-  const type = typeof entry === 'function' ? entry : (entry as { constructor?: unknown } | null)?.constructor;
+  const type = filterClass(entry);
   return typeof type === 'function' && (type as { [RATE_LIMIT_FILTER]?: unknown })[RATE_LIMIT_FILTER] === true;
 }
 
@@ -16,7 +21,7 @@ export function isRateLimitFilter(entry: unknown): boolean {
  * constructor's parameter types say (`design:paramtypes`, which NestJS's injection needs).
  */
 function handsOn(entry: unknown): boolean {
-  const type = typeof entry === 'function' ? entry : (entry as { constructor?: unknown } | null)?.constructor;
+  const type = filterClass(entry);
   if (typeof type !== 'function') return false;
   const params = (Reflect.getMetadata('design:paramtypes', type) as unknown[] | undefined) ?? [];
   return params.some(isRateLimitFilter);
@@ -24,7 +29,7 @@ function handsOn(entry: unknown): boolean {
 
 /** Whether a filter entry catches `WsRateLimitException` (`@Catch()` with no types, or none, catches all). */
 function catchesRefusals(entry: unknown): boolean {
-  const type = typeof entry === 'function' ? entry : (entry as { constructor?: unknown } | null)?.constructor;
+  const type = filterClass(entry);
   if (typeof type !== 'function') return false;
   const types = (Reflect.getMetadata(FILTER_CATCH_EXCEPTIONS, type) as unknown[] | undefined) ?? [];
   return (
