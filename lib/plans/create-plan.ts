@@ -1,6 +1,7 @@
 import type { PlanTier, RateLimitPlan, TierSpec } from '../interfaces/plan.interface.js';
 import type { RateLimitStore } from '../storage/rate-limit-store.js';
 import { checkSpecs } from './check-spec.js';
+import { figuresOf, type TierFigures } from './tier-figures.js';
 
 /**
  * Where a store may remember things about a plan it has decided (the memory store keeps
@@ -50,6 +51,8 @@ export interface PlanShape {
   readonly lease: string | undefined;
   readonly type: string | undefined;
   readonly connectionKeyed: boolean | undefined;
+  /** The specs' figures in one object shape (the memory store's short path reads them). */
+  readonly figures: readonly TierFigures[];
 }
 
 /** Where a plan made by `createPlan` keeps its shape (the memory store reads it). */
@@ -126,12 +129,14 @@ function shapeOf(store: RateLimitStore, specs: readonly TierSpec[], facts: PlanF
   checkSpecs(specs);
   // An array the caller may still change: the shape keeps a frozen copy, and is shared only
   // while the array holds the same specs.
+  const kept = Object.isFrozen(specs) ? specs : Object.freeze([...specs]);
   const shape: PlanShape = Object.freeze({
     store,
-    specs: Object.isFrozen(specs) ? specs : Object.freeze([...specs]),
+    specs: kept,
     lease,
     type,
     connectionKeyed,
+    figures: figuresOf(kept),
   });
   // A few shapes per array at most (placements, leases): an array changed on every
   // call does not pile them up.
@@ -162,6 +167,11 @@ type ShapedPlan = RateLimitPlan & { readonly [PLAN_SHAPE]?: PlanShape };
 /** The specs of a plan from `createPlan` (read without building its tiers), else undefined. */
 export function specsOf(plan: RateLimitPlan): readonly TierSpec[] | undefined {
   return (plan as ShapedPlan)[PLAN_SHAPE]?.specs;
+}
+
+/** The figures of a `createPlan` plan's tiers (see `TierFigures`), or `undefined` for a plan made by hand. */
+export function figuresOfPlan(plan: RateLimitPlan): readonly TierFigures[] | undefined {
+  return (plan as ShapedPlan)[PLAN_SHAPE]?.figures;
 }
 
 /** The number of tiers of a plan. */

@@ -21,6 +21,7 @@ import {
   packedLogWait,
   packedLogWiden,
   packedLogWindow,
+  type LogWindow,
   type SlidingLogState,
 } from '../../algorithms/sliding-log.js';
 import {
@@ -39,13 +40,13 @@ import {
   type RateLimitDecision,
   type RateLimitPlan,
   type RateLimitRejected,
-  type SlidingLogSpec,
   type TierSpec,
   type TokenBucketSpec,
   type TierStatus,
 } from '../../interfaces/plan.interface.js';
 import { checkSpec } from '../../plans/check-spec.js';
-import { PLAN_CACHE, specAt, specsOf, tierCount } from '../../plans/create-plan.js';
+import { figuresOfPlan, PLAN_CACHE, specAt, specsOf, tierCount } from '../../plans/create-plan.js';
+import type { TierFigures } from '../../plans/tier-figures.js';
 import { RateLimitStore } from '../rate-limit-store.js';
 import { LOG_PAGE_MASK } from './log-slab.js';
 import { HAS_STATE, isKeyOf, TrackerTable } from './tracker-table.js';
@@ -137,7 +138,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
     const cache = (plan as BoundPlan)[PLAN_CACHE];
     if (this.slots.length < count) this.slots = new Int32Array(count * 2);
     if (typeof cache === 'number' && specs !== undefined) {
-      const decided = this.consumeHeld(plan, specs, cache, now);
+      const decided = this.consumeHeld(plan, figuresOfPlan(plan)!, cache, now);
       if (decided !== undefined) return decided;
     }
     const slots = this.slots;
@@ -306,16 +307,16 @@ export class MemoryRateLimitStore extends RateLimitStore {
    */
   private consumeHeld(
     plan: RateLimitPlan,
-    specs: readonly TierSpec[],
+    tiers: readonly TierFigures[],
     first: number,
     now: number,
   ): RateLimitDecision | undefined {
     const table = this.table;
     const tracker = plan.tracker;
-    const count = specs.length;
+    const count = tiers.length;
     const freshAt = table.freshAt;
     for (let i = 0; i < count; i++) {
-      const spec = specs[i]!;
+      const spec = tiers[i]!;
       const slot = first + i;
       if (!table.holds(slot, tracker, spec.suffix)) return undefined;
       const flags = table.touch(slot);
@@ -324,13 +325,13 @@ export class MemoryRateLimitStore extends RateLimitStore {
         if ((flags & HAS_STATE) !== 0) return undefined;
         const fullAt = freshAt[slot]!;
         allowed = fullAt - now <= spec.slack && spec.slack >= 0;
-        if (!allowed && i === count - 1) return refuseBucket(spec, i, fullAt, now);
+        if (!allowed && i === count - 1) return refuseBucket(spec.spec as TokenBucketSpec, i, fullAt, now);
       } else if (spec.kind === AlgorithmKind.SlidingLog) {
         const state = table.stateOf(slot);
         if (typeof state === 'number') {
           const page = table.logs.pageOf(state);
           const at = state & LOG_PAGE_MASK;
-          if (!packable(spec) || spec.windowMs > packedLogWindow(page, at)) return undefined;
+          if (!spec.packable || spec.windowMs > packedLogWindow(page, at)) return undefined;
           allowed = packedLogAllows(page, at, now, spec);
         } else {
           const log = objectLog(state);
@@ -347,19 +348,18 @@ export class MemoryRateLimitStore extends RateLimitStore {
     }
     let decision: RateLimitDecision = ALLOWED;
     for (let i = 0; i < count; i++) {
-      const spec = specs[i]!;
+      const spec = tiers[i]!;
       const slot = first + i;
       let fresh: number;
       if (spec.kind === AlgorithmKind.TokenBucket) {
         fresh = bucketAfter(freshAt[slot]!, now, spec.span);
         if ((fresh - now) * 5 > spec.nearBound && decision === ALLOWED) decision = ALLOWED_NEAR_LIMIT[spec.tier];
       } else {
-        const log = spec as SlidingLogSpec;
         const state = table.stateOf(slot);
         fresh =
           typeof state === 'number'
-            ? this.recordPacked(slot, state, log, now)
-            : this.recordObject(state as SlidingLogState, log, now);
+            ? this.recordPacked(slot, state, spec, now)
+            : this.recordObject(state as SlidingLogState, spec, now);
       }
       freshAt[slot] = fresh;
       table.noteFresh(fresh);
@@ -372,7 +372,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
    * noted), moving it to a larger ring first when its events do not fit; returns when the
    * log is fresh again.
    */
-  private recordPacked(slot: number, at: number, spec: SlidingLogSpec, now: number): number {
+  private recordPacked(slot: number, at: number, spec: LogWindow, now: number): number {
     const table = this.table;
     let page = table.logs.pageOf(at);
     // Room is made only when the events do not fit (a call V8 does not inline here: made
@@ -390,7 +390,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
   }
 
   /** Records a decision of `spec` in a log object; returns when it is fresh again. */
-  private recordObject(log: SlidingLogState, spec: SlidingLogSpec, now: number): number {
+  private recordObject(log: SlidingLogState, spec: LogWindow, now: number): number {
     logRecord(log, now, spec.cost, spec.windowMs, Math.floor(spec.limit));
     return logFreshAt(log, log.windowMs);
   }
