@@ -51,8 +51,8 @@ export interface PlanShape {
   readonly lease: string | undefined;
   readonly type: string | undefined;
   readonly connectionKeyed: boolean | undefined;
-  /** The specs' figures in one object shape (the memory store's short path reads them). */
-  readonly figures: readonly TierFigures[];
+  /** The specs' figures in one object shape (the memory store's short path reads them), if every spec is frozen. */
+  readonly figures: readonly TierFigures[] | undefined;
 }
 
 /** Where a plan made by `createPlan` keeps its shape (the memory store reads it). */
@@ -169,7 +169,10 @@ export function specsOf(plan: RateLimitPlan): readonly TierSpec[] | undefined {
   return (plan as ShapedPlan)[PLAN_SHAPE]?.specs;
 }
 
-/** The figures of a `createPlan` plan's tiers (see `TierFigures`), or `undefined` for a plan made by hand. */
+/**
+ * The figures of a `createPlan` plan's tiers (see `TierFigures`), or `undefined` for a plan
+ * made by hand or one of specs made by hand (not frozen).
+ */
 export function figuresOfPlan(plan: RateLimitPlan): readonly TierFigures[] | undefined {
   return (plan as ShapedPlan)[PLAN_SHAPE]?.figures;
 }

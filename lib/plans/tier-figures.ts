@@ -41,7 +41,12 @@ export class TierFigures {
   }
 }
 
-/** The figures of each spec, in order, frozen. */
-export function figuresOf(specs: readonly TierSpec[]): readonly TierFigures[] {
+/**
+ * The figures of each spec, in order, frozen; `undefined` unless every spec is frozen (as
+ * `tokenBucketSpec` and `windowSpec` make them): a spec made by hand may still change, and
+ * is read as it is at each decision.
+ */
+export function figuresOf(specs: readonly TierSpec[]): readonly TierFigures[] | undefined {
+  if (!specs.every((spec) => Object.isFrozen(spec))) return undefined;
   return Object.freeze(specs.map((spec) => new TierFigures(spec)));
 }

@@ -190,4 +190,15 @@ describe('MemoryRateLimitStore: the short path for remembered plans decides as t
     expect((answers[5] as { retryAfter: number }).retryAfter).toBe(Math.ceil(60_007.5 - 45));
     expect(typeof (a as { [PLAN_CACHE]?: unknown })[PLAN_CACHE]).toBe('number');
   });
+
+  it('specs made by hand (not frozen) are read as they are at each decision, not as they were', () => {
+    const store = new MemoryRateLimitStore({ clock: () => 0 });
+    const log = { ...windowSpec('expensive', 'y', 'sliding-log', 20, 1000) } as { limit: number } & TierSpec;
+    const plan = createPlan(store, 'conn:1', [log]);
+    for (let i = 0; i < 3; i++) expect(store.consume(plan).allowed).toBe(true);
+    expect(typeof (plan as { [PLAN_CACHE]?: unknown })[PLAN_CACHE]).toBe('number');
+    // The caller lowers the limit of its own spec object: the next decision sees it.
+    log.limit = 3;
+    expect(store.consume(plan)).toMatchObject({ allowed: false, tier: 'expensive', limit: 3 });
+  });
 });

@@ -137,9 +137,12 @@ export class MemoryRateLimitStore extends RateLimitStore {
     const tracker = plan.tracker;
     const cache = (plan as BoundPlan)[PLAN_CACHE];
     if (this.slots.length < count) this.slots = new Int32Array(count * 2);
-    if (typeof cache === 'number' && specs !== undefined) {
-      const decided = this.consumeHeld(plan, figuresOfPlan(plan)!, cache, now);
-      if (decided !== undefined) return decided;
+    if (typeof cache === 'number') {
+      const figures = figuresOfPlan(plan);
+      if (figures !== undefined) {
+        const decided = this.consumeHeld(plan, figures, cache, now);
+        if (decided !== undefined) return decided;
+      }
     }
     const slots = this.slots;
     // -2: the tracker's head not looked up yet; -1: the tracker is new.
@@ -299,7 +302,8 @@ export class MemoryRateLimitStore extends RateLimitStore {
 
   /**
    * The common decision, in fewer steps (about a fifth less time on a 3-tier plan): a
-   * `createPlan` plan whose tiers' states sit in the consecutive slots from `first` its cache
+   * `createPlan` plan of frozen specs (`figuresOfPlan`) whose tiers' states sit in the
+   * consecutive slots from `first` its cache
    * remembers, each a token bucket or a sliding log held as that algorithm's state, no log
    * needing a longer window or another limit than it keeps. It decides as the general path
    * does (the same checks, the same refusal); on anything else it answers `undefined`
