@@ -32,7 +32,7 @@ import type { UnroutedCode } from '../protocol/rate-limit-protocol.js';
 import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
 import type { RateLimitTransport } from '../transports/transport.js';
 import { RateLimitStore, type MaybePromise } from '../storage/rate-limit-store.js';
-import { closesWithApp } from '../storage/create-store.js';
+import { closesWithApp, releaseStore, useStore } from '../storage/create-store.js';
 import { clientAddressKey } from '../utils/client-ip.js';
 import type { MessageId } from '../utils/message-id.js';
 import { WS_RATE_LIMIT_OPTIONS } from '../ws-rate-limit.constants.js';
@@ -88,6 +88,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     /** Reads the guards given to `app.useGlobalGuards` (see `globalThrottleGuard`). */
     @Optional() private readonly contexts?: ExternalContextCreator,
   ) {
+    useStore(store);
     const telemetry = (this.telemetry = new Telemetry(!options.shadow));
     this.events$ = telemetry.events$;
     const shared = new SharedStore(
@@ -184,14 +185,15 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
 
   /**
    * Runs after NestJS has closed the servers: releases the local state, and the store if
-   * this module created it (a store instance given in options belongs to its creator).
+   * it closes with the application (`closesWithApp`) and no other application of this
+   * process still uses it.
    */
   async onApplicationShutdown(): Promise<void> {
     this.blocks.stop();
     this.telemetry.metrics.close();
     this.telemetry.complete();
     await this.limiter.close();
-    if (closesWithApp(this.store, this.options)) await this.store.close();
+    if (releaseStore(this.store) && closesWithApp(this.store, this.options)) await this.store.close();
   }
 
   // --- Public API ---------------------------------------------------------------------

@@ -14,6 +14,34 @@ export function closesWithApp(store: RateLimitStore, options: ResolvedWsRateLimi
 }
 
 /**
+ * The applications of this process using each store (their `WsRateLimitService`): a store
+ * given in code that closes with its application (`closesWithApp`) may be given to several,
+ * and closes with the last of them.
+ */
+const users = new WeakMap<RateLimitStore, number>();
+
+/** Notes that one more application uses `store` (see `releaseStore`). */
+export function useStore(store: RateLimitStore): void {
+  users.set(store, (users.get(store) ?? 0) + 1);
+}
+
+/** Whether an application of this process uses `store` (see `useStore`). */
+export function inUse(store: RateLimitStore): boolean {
+  return users.has(store);
+}
+
+/** Notes that an application stopped using `store`; true when no other one still uses it. */
+export function releaseStore(store: RateLimitStore): boolean {
+  const count = users.get(store) ?? 0;
+  if (count <= 1) {
+    users.delete(store);
+    return true;
+  }
+  users.set(store, count - 1);
+  return false;
+}
+
+/**
  * The store the options ask for: an instance given in code, or one this module creates. The
  * Redis store loads ioredis only when chosen.
  */

@@ -431,6 +431,36 @@ describe('shutdown and lifecycle (review)', () => {
     expect({ status: store.client.status, left: await leftOver(baseline, 3000) }).toEqual({ status: 'end', left: {} });
   });
 
+  it('one createRedisStore({ url }) store given to two apps: closing the first leaves the second deciding in Redis, the last closes it', async () => {
+    const baseline = await steadyResources();
+    const store = await createRedisStore({ url: redis.url, keyPrefix: 'shared-store:' });
+    later(() => store.close());
+    const start = () =>
+      startApp(
+        {
+          imports: [WsRateLimitModule.forRoot({ useEnv: false, tracker: 'ip', store })],
+          providers: [ConnectionsGateway],
+        },
+        (app) => new WsRateLimitAdapter(app),
+      );
+    const first = await start();
+    const second = await start();
+    await first.close();
+    // The store the first app was given is still open: the second decides in Redis.
+    expect(store.client.status).toBe('ready');
+    const keys = async () => ((await redis.command('KEYS', 'shared-store:*')) as string[]).length;
+    const before = await keys();
+    const client = await TestClient.connect(second.url);
+    later(() => client.close());
+    client.send('echo', 1);
+    await client.waitForEvent('echo');
+    expect(await keys()).toBeGreaterThan(before);
+    await client.close();
+    await second.close();
+    // The last app closes it: no Redis connection of the library is left.
+    expect({ status: store.client.status, left: await leftOver(baseline, 3000) }).toEqual({ status: 'end', left: {} });
+  });
+
   /**
    * Runs `run` while recording every ioredis client constructed (its constructor calls
    * `connect`), so that a test can end clients the code under test leaked and left it no
