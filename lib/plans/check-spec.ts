@@ -36,9 +36,22 @@ export function checkSpec(spec: TierSpec): void {
   sound.add(spec);
 }
 
-/** `checkSpec` of every spec. */
+/**
+ * `checkSpec` of every spec of a plan, whose tiers must name distinct states: two tiers on
+ * one suffix would be one state to a store that looks them up, two to one that remembers
+ * where they are.
+ */
 export function checkSpecs(specs: readonly TierSpec[]): void {
   for (const spec of specs) checkSpec(spec);
+  for (let i = 1; i < specs.length; i++) {
+    for (let j = 0; j < i; j++) {
+      if (specs[j]!.suffix === specs[i]!.suffix) {
+        throw new RangeError(
+          `nestjs-ws-rate-limit: tier specs ${j} and ${i} of one plan share the suffix '${specs[i]!.suffix}': each tier names its own state`,
+        );
+      }
+    }
+  }
 }
 
 function positive(value: unknown): boolean {

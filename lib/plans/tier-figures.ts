@@ -42,11 +42,33 @@ export class TierFigures {
 }
 
 /**
- * The figures of each spec, in order, frozen; `undefined` unless every spec is frozen (as
- * `tokenBucketSpec` and `windowSpec` make them): a spec made by hand may still change, and
- * is read as it is at each decision.
+ * The figures of each spec, in order, frozen; `undefined` unless every spec's figures are
+ * fixed (`fixed`: as `tokenBucketSpec` and `windowSpec` make them): a spec made by hand
+ * may still change, and is read as it is at each decision.
  */
 export function figuresOf(specs: readonly TierSpec[]): readonly TierFigures[] | undefined {
-  if (!specs.every((spec) => Object.isFrozen(spec))) return undefined;
+  if (!specs.every(fixed)) return undefined;
   return Object.freeze(specs.map((spec) => new TierFigures(spec)));
+}
+
+/** The fields `TierFigures` reads of every spec, and of a bucket's and a window's. */
+const COMMON = ['kind', 'tier', 'suffix', 'limit', 'cost'] as const;
+const BUCKET = ['slack', 'span', 'nearBound'] as const;
+const WINDOW = ['windowMs'] as const;
+
+/**
+ * Whether a spec's figures can never change: frozen, every field read an own data property
+ * (a getter, or a field inherited from a prototype that may change, is read at each decision).
+ */
+function fixed(spec: TierSpec): boolean {
+  if (!Object.isFrozen(spec)) return false;
+  const own = (key: string): boolean => {
+    const field = Object.getOwnPropertyDescriptor(spec, key);
+    return field !== undefined && 'value' in field;
+  };
+  if (!COMMON.every(own)) return false;
+  if (spec.kind === AlgorithmKind.TokenBucket) return BUCKET.every(own);
+  return spec.kind === AlgorithmKind.SlidingLog || spec.kind === AlgorithmKind.SlidingCounter
+    ? WINDOW.every(own)
+    : true;
 }

@@ -328,7 +328,8 @@ export class MemoryRateLimitStore extends RateLimitStore {
       if (spec.kind === AlgorithmKind.TokenBucket) {
         if ((flags & HAS_STATE) !== 0) return undefined;
         const fullAt = freshAt[slot]!;
-        allowed = fullAt - now <= spec.slack && spec.slack >= 0;
+        // Written as the general path's test, so that they agree on any clock reading.
+        allowed = !(fullAt - now > spec.slack || spec.slack < 0);
         if (!allowed && i === count - 1) return refuseBucket(spec.spec as TokenBucketSpec, i, fullAt, now);
       } else if (spec.kind === AlgorithmKind.SlidingLog) {
         const state = table.stateOf(slot);
