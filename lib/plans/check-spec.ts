@@ -1,5 +1,5 @@
 import { bucketSlack, intervalMs } from '../algorithms/token-bucket.js';
-import { AlgorithmKind, type TierName, type TierSpec } from '../interfaces/plan.interface.js';
+import { AlgorithmKind, type PlanTier, type TierName, type TierSpec } from '../interfaces/plan.interface.js';
 
 /** The `algorithm` name each kind goes with. */
 const ALGORITHMS: Record<number, string> = {
@@ -43,11 +43,23 @@ export function checkSpec(spec: TierSpec): void {
  */
 export function checkSpecs(specs: readonly TierSpec[]): void {
   for (const spec of specs) checkSpec(spec);
-  for (let i = 1; i < specs.length; i++) {
+  checkDistinct(specs, (spec) => spec.suffix, 'tier specs', 'suffix');
+}
+
+/**
+ * The tiers of a plan made by hand (`{ tracker, tiers }`) must have distinct keys, as a
+ * `createPlan` plan's have distinct suffixes (see `checkSpecs`).
+ */
+export function checkTierKeys(tiers: readonly PlanTier[]): void {
+  checkDistinct(tiers, (tier) => tier.key, 'tiers', 'key');
+}
+
+function checkDistinct<T>(items: readonly T[], name: (item: T) => string, what: string, field: string): void {
+  for (let i = 1; i < items.length; i++) {
     for (let j = 0; j < i; j++) {
-      if (specs[j]!.suffix === specs[i]!.suffix) {
+      if (name(items[j]!) === name(items[i]!)) {
         throw new RangeError(
-          `nestjs-ws-rate-limit: tier specs ${j} and ${i} of one plan share the suffix '${specs[i]!.suffix}': each tier names its own state`,
+          `nestjs-ws-rate-limit: ${what} ${j} and ${i} of one plan share the ${field} '${name(items[i]!)}': each tier names its own state`,
         );
       }
     }

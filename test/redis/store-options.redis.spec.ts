@@ -53,6 +53,24 @@ describe('Redis store: keys, prefixes, clients and options', () => {
     await closeClient(client);
   });
 
+  it('a plan made by hand whose tiers share a key is refused, as by the memory store, before anything is sent', async () => {
+    const client = track(storeClient(server.port));
+    const store = track(new RedisRateLimitStore({ client }));
+    const key = store.key('ip:twice', 'g');
+    const plan: RateLimitPlan = {
+      tracker: 'ip:twice',
+      tiers: [
+        { key, spec: bucket },
+        { key, spec: tokenBucketSpec('type', 'g', 2, 1) },
+      ],
+    };
+    expect(() => store.consume(plan)).toThrow(/tiers 0 and 1 of one plan share the key/);
+    await expect(store.peek(plan)).rejects.toThrow(/share the key/);
+    expect(await admin.keys('*twice*')).toEqual([]);
+    await store.close();
+    await closeClient(client);
+  });
+
   it("a client's own keyPrefix wins and is applied once; the client is never closed by the store", async () => {
     const client = track(
       new Redis({ port: server.port, host: '127.0.0.1', keyPrefix: 'app:', enableOfflineQueue: false }),

@@ -394,5 +394,11 @@ describe('MemoryRateLimitStore short path: review', () => {
     const store = new MemoryRateLimitStore({ clock: () => 0 });
     const specs = [tokenBucketSpec('global', 'g', 3, 1), tokenBucketSpec('type', 'g', 2, 1)];
     expect(() => createPlan(store, 'u', specs)).toThrow(/tier specs 0 and 1 of one plan share the suffix 'g'/);
+    // A plan made by hand with two tiers on one key: refused by consume and peek alike.
+    const key = store.key('u', 'g');
+    const byHand: RateLimitPlan = { tracker: 'u', tiers: specs.map((spec) => ({ key, spec })) };
+    expect(() => store.consume(byHand)).toThrow(/tiers 0 and 1 of one plan share the key/);
+    expect(() => store.peek(byHand)).toThrow(/share the key/);
+    expect(store.size).toBe(0);
   });
 });

@@ -44,7 +44,7 @@ import {
   type TokenBucketSpec,
   type TierStatus,
 } from '../../interfaces/plan.interface.js';
-import { checkSpec } from '../../plans/check-spec.js';
+import { checkSpec, checkTierKeys } from '../../plans/check-spec.js';
 import { figuresOfPlan, PLAN_CACHE, specAt, specsOf, tierCount } from '../../plans/create-plan.js';
 import type { TierFigures } from '../../plans/tier-figures.js';
 import { RateLimitStore } from '../rate-limit-store.js';
@@ -130,8 +130,12 @@ export class MemoryRateLimitStore extends RateLimitStore {
     // built); any other plan from its tiers.
     const specs = specsOf(plan);
     const tiers = specs === undefined ? plan.tiers : undefined;
-    // A plan made by hand: its specs are checked (once per spec object; createPlan checked its own).
-    if (tiers !== undefined) for (const tier of tiers) checkSpec(tier.spec);
+    // A plan made by hand: its specs are checked (once per spec object; createPlan checked its
+    // own), and its tiers' keys are distinct (a few comparisons).
+    if (tiers !== undefined) {
+      for (const tier of tiers) checkSpec(tier.spec);
+      checkTierKeys(tiers);
+    }
     const count = specs !== undefined ? specs.length : tiers!.length;
     const table = this.table;
     const tracker = plan.tracker;
@@ -604,6 +608,7 @@ export class MemoryRateLimitStore extends RateLimitStore {
 
   peek(plan: RateLimitPlan): TierStatus[] {
     const now = this.clock();
+    if (specsOf(plan) === undefined) checkTierKeys(plan.tiers);
     return Array.from({ length: tierCount(plan) }, (_, i) => {
       const spec = specAt(plan, i);
       // A plan made by hand: its specs are checked (createPlan checked its own).

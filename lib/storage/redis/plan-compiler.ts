@@ -9,7 +9,7 @@ import {
   type TierSpec,
   type TierStatus,
 } from '../../interfaces/plan.interface.js';
-import { checkSpec } from '../../plans/check-spec.js';
+import { checkSpec, checkTierKeys } from '../../plans/check-spec.js';
 import { planScriptArgs, planSignature, type PlanScriptArgs, type PlanScriptBook } from './plan-scripts.js';
 import { clockKeyOf, trackerHashOf } from './redis-keys.js';
 import type { ScriptCall } from './script-commands.js';
@@ -92,6 +92,7 @@ export class PlanCompiler {
     const tiers = plan.tiers;
     // Once per plan object: a spec made by hand that no script could decide soundly is refused.
     for (const tier of tiers) checkSpec(tier.spec);
+    checkTierKeys(tiers);
     const keys = tiers.map((tier) => tier.key);
     const app = this.options.appClock !== undefined;
     // The tracker hashes of the plan's buckets, counters and logs (one, for a plan of one tracker).
