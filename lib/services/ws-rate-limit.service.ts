@@ -32,7 +32,7 @@ import type { UnroutedCode } from '../protocol/rate-limit-protocol.js';
 import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
 import type { RateLimitTransport } from '../transports/transport.js';
 import { RateLimitStore, type MaybePromise } from '../storage/rate-limit-store.js';
-import { closesWithApp, releaseStore, useStore } from '../storage/create-store.js';
+import { closesWithApp, inUse, releaseStore, useStore } from '../storage/create-store.js';
 import { clientAddressKey } from '../utils/client-ip.js';
 import type { MessageId } from '../utils/message-id.js';
 import { WS_RATE_LIMIT_OPTIONS } from '../ws-rate-limit.constants.js';
@@ -65,6 +65,8 @@ const noop = (): void => undefined;
 export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   private readonly logger = new Logger('WsRateLimit');
   private readonly telemetry: Telemetry;
+  /** This application started and counts among the store's users (`useStore`). */
+  private usesStore = false;
   private readonly limiter: MessageLimiter;
   private readonly registry: ConnectionRegistry;
   private readonly admitter: ConnectionAdmitter;
@@ -88,7 +90,6 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     /** Reads the guards given to `app.useGlobalGuards` (see `globalThrottleGuard`). */
     @Optional() private readonly contexts?: ExternalContextCreator,
   ) {
-    useStore(store);
     const telemetry = (this.telemetry = new Telemetry(!options.shadow));
     this.events$ = telemetry.events$;
     const shared = new SharedStore(
@@ -181,6 +182,9 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     );
     this.limiter.shared.watch();
     await this.blocks.sync(true);
+    // Started: the store now serves this application too (see `onApplicationShutdown`).
+    useStore(this.store);
+    this.usesStore = true;
   }
 
   /**
@@ -193,7 +197,11 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     this.telemetry.metrics.close();
     this.telemetry.complete();
     await this.limiter.close();
-    if (releaseStore(this.store) && closesWithApp(this.store, this.options)) await this.store.close();
+    // An application whose start-up failed never counted itself: it closes the store only
+    // if no started application uses it.
+    const last = this.usesStore ? releaseStore(this.store) : !inUse(this.store);
+    this.usesStore = false;
+    if (last && closesWithApp(this.store, this.options)) await this.store.close();
   }
 
   // --- Public API ---------------------------------------------------------------------

@@ -461,6 +461,52 @@ describe('shutdown and lifecycle (review)', () => {
     expect({ status: store.client.status, left: await leftOver(baseline, 3000) }).toEqual({ status: 'end', left: {} });
   });
 
+  it('one such store, an app running on it and another whose start-up fails: neither closing the failed one nor leaving it open keeps the store from the running one, which closes it', async () => {
+    @WebSocketGateway()
+    @WsRateLimit()
+    class BadFiguresGateway {
+      @Throttle({ capacity: -1, refillRate: 1 })
+      @SubscribeMessage('bad')
+      bad() {
+        return undefined;
+      }
+    }
+    const baseline = await steadyResources();
+    const store = await createRedisStore({ url: redis.url, keyPrefix: 'shared-failed:' });
+    later(() => store.close());
+    const running = await startApp(
+      {
+        imports: [WsRateLimitModule.forRoot({ useEnv: false, tracker: 'ip', store })],
+        providers: [ConnectionsGateway],
+      },
+      (app) => new WsRateLimitAdapter(app),
+    );
+    const moduleRef = await Test.createTestingModule({
+      imports: [WsRateLimitModule.forRoot({ useEnv: false, tracker: 'ip', store })],
+      providers: [BadFiguresGateway],
+    }).compile();
+    const failing = moduleRef.createNestApplication({ logger: false });
+    failing.useWebSocketAdapter(new WsRateLimitAdapter(failing));
+    await expect(failing.init()).rejects.toThrow(/capacity/);
+    // A second failed start-up, left open (no app.close()): it must not hold the store either.
+    const abandonedRef = await Test.createTestingModule({
+      imports: [WsRateLimitModule.forRoot({ useEnv: false, tracker: 'ip', store })],
+      providers: [BadFiguresGateway],
+    }).compile();
+    const abandoned = abandonedRef.createNestApplication({ logger: false });
+    await expect(abandoned.init()).rejects.toThrow(/capacity/);
+    later(() => abandoned.close());
+    await failing.close();
+    expect(store.client.status).toBe('ready');
+    const client = await TestClient.connect(running.url);
+    later(() => client.close());
+    client.send('echo', 1);
+    await client.waitForEvent('echo');
+    await client.close();
+    await running.close();
+    expect({ status: store.client.status, left: await leftOver(baseline, 3000) }).toEqual({ status: 'end', left: {} });
+  });
+
   /**
    * Runs `run` while recording every ioredis client constructed (its constructor calls
    * `connect`), so that a test can end clients the code under test leaked and left it no
