@@ -437,6 +437,11 @@ export class RateLimitedClient {
     if (typeof event !== 'string' || event === '') {
       throw new TypeError('RateLimitedClient: the event must be a non-empty string');
     }
+    if (this.options.createSocket.reservedEvents?.includes(event)) {
+      throw new TypeError(
+        `RateLimitedClient: "${event}" is a reserved event name of this transport; it cannot be sent`,
+      );
+    }
     const seq = this.nextSeq++;
     // The sequence number is a safe integer, unique for this client: what the server echoes.
     const id = this.options.messageIds ? seq : undefined;

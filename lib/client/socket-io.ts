@@ -166,8 +166,9 @@ class SocketIoConnection implements WebSocketLike {
         this.socket.emit(event, this.withId(data, id));
       }
     } catch (error) {
-      // A reserved event name ('disconnect', ...): report it, and let the message go rather
-      // than have it block the queue.
+      // A reserved event name ('disconnect', ...; `RateLimitedClient.send` refuses those of
+      // `reservedEvents`, but another caller may not): report it, and let the message go
+      // rather than have it block the queue.
       this.onerror?.(error);
     }
   }
@@ -360,8 +361,20 @@ export function socketIoFactory(
     );
   }
   const connectOptions: SocketIoConnectOptions = { reconnection: false, forceNew: true, ...ioOptions };
-  return (url) => new SocketIoConnection(io(url, { ...connectOptions }), acks, ackTimeoutMs);
+  const factory = (url: string): WebSocketLike =>
+    new SocketIoConnection(io(url, { ...connectOptions }), acks, ackTimeoutMs);
+  return Object.assign(factory, { reservedEvents: SOCKET_IO_RESERVED_EVENTS });
 }
+
+/** The event names socket.io-client keeps for itself: its `emit` throws on them. */
+const SOCKET_IO_RESERVED_EVENTS: readonly string[] = Object.freeze([
+  'connect',
+  'connect_error',
+  'disconnect',
+  'disconnecting',
+  'newListener',
+  'removeListener',
+]);
 
 /**
  * An `isAck` for {@link RateLimitedClient} with {@link socketIoFactory}: recognises the

@@ -87,7 +87,13 @@ export interface WebSocketLike {
 export type WebSocketConstructorLike = new (url: string, protocols?: string | string[]) => WebSocketLike;
 
 /** A function that opens a socket, for set-ups a plain constructor cannot express. */
-export type WebSocketFactory = (url: string, protocols?: string | string[]) => WebSocketLike;
+export type WebSocketFactory = ((url: string, protocols?: string | string[]) => WebSocketLike) & {
+  /**
+   * Event names the sockets it makes cannot send (socket.io's own: `connect`, `disconnect`,
+   * ...): `RateLimitedClient.send` refuses them with a `TypeError` before queueing anything.
+   */
+  readonly reservedEvents?: readonly string[];
+};
 
 /** Lifecycle state of a {@link RateLimitedClient}. */
 export type ClientState = 'connecting' | 'open' | 'rate_limited' | 'closed' | 'reconnecting';

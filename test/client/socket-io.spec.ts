@@ -152,12 +152,17 @@ describe('socketIoFactory: sending', () => {
     client.close();
   });
 
-  it('reports a reserved event name as an error, without blocking the queue', () => {
+  it('refuses a reserved event name with a TypeError, before sending or queueing it', () => {
     const { client, fake, errors } = setup({ maxUnconfirmed: 10 });
+    // Before the connection opens (it would be queued) as after.
+    expect(() => client.send('connect', 0)).toThrow(/"connect" is a reserved event name/);
     fake.socket().connect();
-    expect(client.send('disconnect', 1)).toBe(true);
+    expect(() => client.send('disconnect', 1)).toThrow(
+      new TypeError('RateLimitedClient: "disconnect" is a reserved event name of this transport; it cannot be sent'),
+    );
+    expect(() => client.sendPriority('removeListener', 1)).toThrow(TypeError);
     expect(client.send('chat', 2)).toBe(true);
-    expect(errors).toEqual([new Error('"disconnect" is a reserved event name')]);
+    expect(errors).toEqual([]);
     expect(fake.socket().emits.map((emit) => emit.event)).toEqual(['chat']);
     expect(client.queued).toBe(0);
     client.close();
