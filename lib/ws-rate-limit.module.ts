@@ -13,7 +13,7 @@ import {
   WsRateLimitStartupReport,
 } from './services/startup-report.js';
 import { WsRateLimitService } from './services/ws-rate-limit.service.js';
-import { closesWithApp, createStore, inUse } from './storage/create-store.js';
+import { closesWithApp, createStore, inUse, releaseStore } from './storage/create-store.js';
 import { RateLimitStore } from './storage/rate-limit-store.js';
 import { WS_RATE_LIMIT_OPTIONS } from './ws-rate-limit.constants.js';
 import {
@@ -149,16 +149,21 @@ const placed = new WeakSet<object>();
 /**
  * Closes the stores the modules of a failed start-up made (see `closesWithApp`), in the
  * background: each module's store beside its resolved options; a store given in code that
- * an application of this process uses is left to it.
+ * another application of this process holds is left to it.
  */
 function closeMadeStores(providers: ReturnType<DiscoveryService['getProviders']>): void {
+  // The limiter services built so far belong to this failed application: they let go.
+  for (const wrapper of providers) {
+    const service = wrapper.instance as { readonly store?: unknown } | undefined;
+    if (wrapper.token === WsRateLimitService && service?.store instanceof RateLimitStore)
+      releaseStore(service.store, service);
+  }
   for (const wrapper of providers) {
     if (wrapper.token !== RateLimitStore || !(wrapper.instance instanceof RateLimitStore)) continue;
     const options = providers.find((other) => other.token === WS_RATE_LIMIT_OPTIONS && other.host === wrapper.host)
       ?.instance as ResolvedWsRateLimitOptions | undefined;
-    // A store given in code may serve an application that started: it closes with that one.
-    const given = options?.store === wrapper.instance;
-    if (options !== undefined && closesWithApp(wrapper.instance, options) && !(given && inUse(wrapper.instance)))
+    // A store given in code may serve another application of the process: it closes with that one.
+    if (options !== undefined && closesWithApp(wrapper.instance, options) && !inUse(wrapper.instance))
       wrapper.instance.close().catch(() => undefined);
   }
 }

@@ -32,7 +32,7 @@ import type { UnroutedCode } from '../protocol/rate-limit-protocol.js';
 import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
 import type { RateLimitTransport } from '../transports/transport.js';
 import { RateLimitStore, type MaybePromise } from '../storage/rate-limit-store.js';
-import { closesWithApp, inUse, releaseStore, useStore } from '../storage/create-store.js';
+import { closesWithApp, releaseStore, useStore } from '../storage/create-store.js';
 import { clientAddressKey } from '../utils/client-ip.js';
 import type { MessageId } from '../utils/message-id.js';
 import { WS_RATE_LIMIT_OPTIONS } from '../ws-rate-limit.constants.js';
@@ -65,8 +65,6 @@ const noop = (): void => undefined;
 export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   private readonly logger = new Logger('WsRateLimit');
   private readonly telemetry: Telemetry;
-  /** This application started and counts among the store's users (`useStore`). */
-  private usesStore = false;
   private readonly limiter: MessageLimiter;
   private readonly registry: ConnectionRegistry;
   private readonly admitter: ConnectionAdmitter;
@@ -90,6 +88,8 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     /** Reads the guards given to `app.useGlobalGuards` (see `globalThrottleGuard`). */
     @Optional() private readonly contexts?: ExternalContextCreator,
   ) {
+    // The store serves this application from now until it shuts down (see `onApplicationShutdown`).
+    useStore(store, this);
     const telemetry = (this.telemetry = new Telemetry(!options.shadow));
     this.events$ = telemetry.events$;
     const shared = new SharedStore(
@@ -182,26 +182,19 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     );
     this.limiter.shared.watch();
     await this.blocks.sync(true);
-    // Started: the store now serves this application too (see `onApplicationShutdown`).
-    useStore(this.store);
-    this.usesStore = true;
   }
 
   /**
-   * Runs after NestJS has closed the servers: releases the local state, and the store if
-   * it closes with the application (`closesWithApp`) and no other application of this
-   * process still uses it.
+   * Runs after NestJS has closed the servers (also on `app.close()` after a failed start-up):
+   * releases the local state, and the store if it closes with the application
+   * (`closesWithApp`) and no other application of this process holds it (`useStore`).
    */
   async onApplicationShutdown(): Promise<void> {
     this.blocks.stop();
     this.telemetry.metrics.close();
     this.telemetry.complete();
     await this.limiter.close();
-    // An application whose start-up failed never counted itself: it closes the store only
-    // if no started application uses it.
-    const last = this.usesStore ? releaseStore(this.store) : !inUse(this.store);
-    this.usesStore = false;
-    if (last && closesWithApp(this.store, this.options)) await this.store.close();
+    if (releaseStore(this.store, this) && closesWithApp(this.store, this.options)) await this.store.close();
   }
 
   // --- Public API ---------------------------------------------------------------------
@@ -233,7 +226,15 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     const routes = this.limiter.plans.get(plan)!;
     const names = [...new Set([...routes.knownTypes(), ...Object.keys(this.options.types), ...types])];
     const specs: TierSpec[] = [routes.globalSpec(1), routes.expensive];
-    for (const name of names) specs.push(routes.typeSpec(name, 1));
+    // Types that share a bucket (past the cap on known types, every new one counts in one)
+    // are read from one tier: a plan names each state once.
+    const tierOf = new Map<string, number>();
+    const places = names.map((name) => {
+      const spec = routes.typeSpec(name, 1);
+      let place = tierOf.get(spec.suffix);
+      if (place === undefined) tierOf.set(spec.suffix, (place = specs.push(spec) - 1));
+      return place;
+    });
     const statuses = await this.limiter.peek(this.limiter.buildPlan(tracker, specs, ''));
     const budget = (status: TierStatus): BudgetStatus => ({
       remaining: status.remaining,
@@ -241,7 +242,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
       resetIn: status.resetIn,
     });
     const byType: Record<string, BudgetStatus> = {};
-    names.forEach((name, i) => (byType[name] = budget(statuses[i + 2]!)));
+    names.forEach((name, i) => (byType[name] = budget(statuses[places[i]!]!)));
     return { tracker: tracker.key, plan, global: budget(statuses[0]!), types: byType, expensive: budget(statuses[1]!) };
   }
 

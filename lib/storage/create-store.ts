@@ -14,31 +14,29 @@ export function closesWithApp(store: RateLimitStore, options: ResolvedWsRateLimi
 }
 
 /**
- * The applications of this process using each store (their `WsRateLimitService`): a store
- * given in code that closes with its application (`closesWithApp`) may be given to several,
- * and closes with the last of them.
+ * What holds each store in this process: the limiter service of every application built on
+ * it (from when the service is made until its application shuts down). A store given in
+ * code that closes with its application (`closesWithApp`) may be given to several, and
+ * closes when the last lets go.
  */
-const users = new WeakMap<RateLimitStore, number>();
+const holders = new WeakMap<RateLimitStore, Set<object>>();
 
-/** Notes that one more application uses `store` (see `releaseStore`). */
-export function useStore(store: RateLimitStore): void {
-  users.set(store, (users.get(store) ?? 0) + 1);
+/** Notes that `holder` (a limiter service) holds `store` (see `releaseStore`). */
+export function useStore(store: RateLimitStore, holder: object): void {
+  let set = holders.get(store);
+  if (set === undefined) holders.set(store, (set = new Set()));
+  set.add(holder);
 }
 
-/** Whether an application of this process uses `store` (see `useStore`). */
+/** Whether anything holds `store` (see `useStore`). */
 export function inUse(store: RateLimitStore): boolean {
-  return users.has(store);
+  return (holders.get(store)?.size ?? 0) > 0;
 }
 
-/** Notes that an application stopped using `store`; true when no other one still uses it. */
-export function releaseStore(store: RateLimitStore): boolean {
-  const count = users.get(store) ?? 0;
-  if (count <= 1) {
-    users.delete(store);
-    return true;
-  }
-  users.set(store, count - 1);
-  return false;
+/** Notes that `holder` lets go of `store` (once, however often called); true when nothing holds it any more. */
+export function releaseStore(store: RateLimitStore, holder: object): boolean {
+  holders.get(store)?.delete(holder);
+  return !inUse(store);
 }
 
 /**
