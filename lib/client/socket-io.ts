@@ -361,13 +361,12 @@ export function socketIoFactory(
     );
   }
   const connectOptions: SocketIoConnectOptions = { reconnection: false, forceNew: true, ...ioOptions };
-  const factory = (url: string): WebSocketLike =>
-    new SocketIoConnection(io(url, { ...connectOptions }), acks, ackTimeoutMs);
-  return Object.assign(factory, { reservedEvents: SOCKET_IO_RESERVED_EVENTS });
+  const factory = (url: string) => new SocketIoConnection(io(url, { ...connectOptions }), acks, ackTimeoutMs);
+  return Object.assign(factory, { reservedEvents: RESERVED_EVENTS });
 }
 
 /** The event names socket.io-client keeps for itself: its `emit` throws on them. */
-const SOCKET_IO_RESERVED_EVENTS: readonly string[] = Object.freeze([
+const RESERVED_EVENTS: readonly string[] = Object.freeze([
   'connect',
   'connect_error',
   'disconnect',
