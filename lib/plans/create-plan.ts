@@ -51,7 +51,7 @@ export interface PlanShape {
   readonly lease: string | undefined;
   readonly type: string | undefined;
   readonly connectionKeyed: boolean | undefined;
-  /** The specs' figures in one object shape (the memory store's short path reads them), if every spec is frozen. */
+  /** The specs' figures in one object shape (the memory store's short path reads them), if none can change (`figuresOf`). */
   readonly figures: readonly TierFigures[] | undefined;
 }
 
@@ -171,7 +171,7 @@ export function specsOf(plan: RateLimitPlan): readonly TierSpec[] | undefined {
 
 /**
  * The figures of a `createPlan` plan's tiers (see `TierFigures`), or `undefined` for a plan
- * made by hand or one of specs made by hand (not frozen).
+ * made by hand or one of specs whose figures may change (see `figuresOf`).
  */
 export function figuresOfPlan(plan: RateLimitPlan): readonly TierFigures[] | undefined {
   return (plan as ShapedPlan)[PLAN_SHAPE]?.figures;
