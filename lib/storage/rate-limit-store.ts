@@ -14,7 +14,7 @@ export abstract class RateLimitStore {
    * Decides a plan atomically: every tier consumes its cost, or none does and the decision
    * says which tier refused and when the plan would pass. The decision is read-only (its
    * type says so): a store may return one frozen object to many calls, as the memory store
-   * does for every allowed decision and for refusals with the same figures.
+   * does for every allowed decision and for a run of refusals with the same figures.
    */
   abstract consume(plan: RateLimitPlan): MaybePromise<RateLimitDecision>;
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
-import type { RateLimitPlan, TierSpec } from '../../lib/interfaces/plan.interface.js';
+import type { RateLimitPlan, RateLimitRejected, TierSpec } from '../../lib/interfaces/plan.interface.js';
 import { createPlan, PLAN_CACHE } from '../../lib/plans/create-plan.js';
 import { concurrencySpec, tokenBucketSpec, windowSpec } from '../../lib/plans/tier-specs.js';
 import { MemoryRateLimitStore } from '../../lib/storage/memory/memory-store.js';
@@ -321,12 +321,19 @@ describe('one record per tracker: layout', () => {
     expect(store.consume(createPlan(store, 'ip:1', [seat], 'instance-b')).allowed).toBe(true);
   });
 
-  it('a flood refused with the same figures gets one frozen answer; new figures a new one, the old left as it was', () => {
+  it("a flood refused with the same figures gets one frozen answer from the second refusal on; the first is its caller's own; new figures a new one, the old left as it was", () => {
     let now = 0;
     const store = new MemoryRateLimitStore({ clock: () => now });
     const plan = createPlan(store, 'ip:1', [global, expensive]);
     for (let i = 0; i < 2; i++) expect(store.consume(plan).allowed).toBe(true);
+    const own = store.consume(plan) as { -readonly [K in keyof RateLimitRejected]: RateLimitRejected[K] };
+    expect(own).toEqual({ allowed: false, tier: 'expensive', index: 1, retryAfter: 1000, limit: 2, remaining: 0 });
+    expect(Object.isFrozen(own)).toBe(false);
+    // Its caller changes it: the next refusal with the same figures is made from the figures.
+    own.retryAfter = 5;
+    own.limit = 99;
     const first = store.consume(plan);
+    expect(first).not.toBe(own);
     expect(first).toEqual({ allowed: false, tier: 'expensive', index: 1, retryAfter: 1000, limit: 2, remaining: 0 });
     expect(Object.isFrozen(first)).toBe(true);
     expect(store.consume(plan)).toBe(first);
@@ -338,13 +345,26 @@ describe('one record per tracker: layout', () => {
     now = 1.5;
     const later = store.consume(plan);
     expect(later).not.toBe(first);
+    expect(Object.isFrozen(later)).toBe(false);
     expect(later).toMatchObject({ retryAfter: 999, remaining: 0 });
     expect(first).toMatchObject({ retryAfter: 1000 });
+    const shared = store.consume(plan);
+    expect(shared).toEqual(later);
+    expect(Object.isFrozen(shared)).toBe(true);
+    expect(store.consume(plan)).toBe(shared);
     // The last tier a token bucket: the same sharing.
     const bucketOnly = createPlan(store, 'ip:3', [tokenBucketSpec('global', 'g', 1, 1)]);
     expect(store.consume(bucketOnly).allowed).toBe(true);
+    expect(store.consume(bucketOnly)).toMatchObject({
+      allowed: false,
+      tier: 'global',
+      retryAfter: 1000,
+      limit: 1,
+      remaining: 0,
+    });
     const refused = store.consume(bucketOnly);
     expect(refused).toMatchObject({ allowed: false, tier: 'global', retryAfter: 1000, limit: 1, remaining: 0 });
+    expect(Object.isFrozen(refused)).toBe(true);
     expect(store.consume(bucketOnly)).toBe(refused);
   });
 });

@@ -40,6 +40,7 @@ import {
   type RateLimitDecision,
   type RateLimitPlan,
   type RateLimitRejected,
+  type TierName,
   type TierSpec,
   type TokenBucketSpec,
   type TierStatus,
@@ -751,32 +752,38 @@ function refuseBucket(spec: TokenBucketSpec, index: number, fullAt: number, now:
 }
 
 /**
- * The last refusal made, frozen: a flood refused by one tier gets the same answer for a
- * whole millisecond (`retryAfter` is whole), so the refused path allocates once per change
- * of answer, not once per decision. Shared by every store of the process: the object
- * holds no tracker.
+ * The last refusal made, its figures, and whether it is shared. A refusal is its caller's
+ * own the first time its figures are asked for (a plain object: over many trackers each
+ * refusal's wait is its own, and freezing one costs more than making it); the second time
+ * in a row, a frozen one is made and shared from then on, so a flood refused by one tier
+ * gets the same answer for a whole millisecond (`retryAfter` is whole) and the refused path
+ * allocates twice per change of answer, not once per decision. The figures are kept apart
+ * from the object, which its caller may change while it is its own. Shared by every store
+ * of the process: the object holds no tracker.
  */
 let lastRefusal: RateLimitRejected | undefined;
+let lastShared = false;
+let lastRetryAfter = Number.NaN;
+let lastIndex = -1;
+let lastRemaining = Number.NaN;
+let lastTier: TierName | undefined;
+let lastLimit = Number.NaN;
 
-/** A frozen refusal with these figures: the last one made when it has them all. */
+/** A refusal with these figures: the shared one when it has them all (see `lastRefusal`). */
 function refusal(spec: TierSpec, index: number, retryAfter: number, remaining: number): RateLimitRejected {
-  const last = lastRefusal;
-  if (
-    last !== undefined &&
-    last.retryAfter === retryAfter &&
-    last.index === index &&
-    last.remaining === remaining &&
-    last.tier === spec.tier &&
-    last.limit === spec.limit
-  ) {
-    return last;
-  }
-  return (lastRefusal = Object.freeze({
-    allowed: false,
-    tier: spec.tier,
-    index,
-    retryAfter,
-    limit: spec.limit,
-    remaining,
-  }));
+  const again =
+    lastRetryAfter === retryAfter &&
+    lastIndex === index &&
+    lastRemaining === remaining &&
+    lastTier === spec.tier &&
+    lastLimit === spec.limit;
+  if (again && lastShared) return lastRefusal!;
+  lastShared = again;
+  lastRetryAfter = retryAfter;
+  lastIndex = index;
+  lastRemaining = remaining;
+  lastTier = spec.tier;
+  lastLimit = spec.limit;
+  const made: RateLimitRejected = { allowed: false, tier: spec.tier, index, retryAfter, limit: spec.limit, remaining };
+  return (lastRefusal = again ? Object.freeze(made) : made);
 }
