@@ -88,6 +88,15 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     /** Reads the guards given to `app.useGlobalGuards` (see `globalThrottleGuard`). */
     @Optional() private readonly contexts?: ExternalContextCreator,
   ) {
+    if (store.isClosed) {
+      // A store given in code whose last application closed it (or whose owner did) would
+      // answer nothing: every decision would fall to the fail mode without a word.
+      throw new Error(
+        `WsRateLimitModule: option store is a ${store.constructor.name} that is already closed ` +
+          '(the last application it was given to shut down and closed it, or its close() was called); ' +
+          'give this application a store that is open',
+      );
+    }
     // The store serves this application from now until it shuts down (see `onApplicationShutdown`).
     useStore(store, this);
     const telemetry = (this.telemetry = new Telemetry(!options.shadow));

@@ -31,6 +31,15 @@ export abstract class RateLimitStore {
   abstract close(): Promise<void>;
 
   /**
+   * Whether `close()` ended the store for good: it answers nothing any more, and an
+   * application given it refuses to start. False by default, and for the memory store,
+   * which closing empties and which serves on.
+   */
+  get isClosed(): boolean {
+    return false;
+  }
+
+  /**
    * Whether the store can answer now, as far as it knows. A store that answers some calls
    * from memory (the Redis store's block cache) reports false while its backend is down, so
    * such answers do not end an outage. Stores without a backend are always available.

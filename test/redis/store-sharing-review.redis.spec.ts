@@ -29,7 +29,9 @@ import { storeClient } from './helpers.js';
  * Now every limiter service holds its store from when it is built until its application
  * shuts down (`app.close()`, which an application whose start-up failed needs too, as the
  * README says), a failed compile lets go of its own services first, and `status()` reads
- * types that share a bucket from one tier.
+ * types that share a bucket from one tier. Added since: a Redis store already closed (noted
+ * and left by this review: a new app took it and fell back on every decision without a
+ * word) stops the start-up of an application it is given to.
  */
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -285,6 +287,32 @@ describe('store sharing between applications, and duplicate tiers (review)', () 
     expect(await client.ping()).toBe('PONG');
     const plan = createPlan(memory, 'm', [tokenBucketSpec('global', 'g', 2, 1)]);
     expect(memory.consume(plan).allowed).toBe(true);
+  });
+
+  it('a closed Redis store given to a new application stops its start-up with an error naming the option; a closed memory store serves on', async () => {
+    // Closed by the last application it was given to.
+    const store = await createRedisStore({ url: redis.url, keyPrefix: 'closed:' });
+    later(() => store.close());
+    expect(store.isClosed).toBe(false);
+    const first = await startOn(store);
+    await echoOnce(first.url);
+    await first.close();
+    expect(store.isClosed).toBe(true);
+    await expect(startOn(store)).rejects.toThrow(/option store is a RedisRateLimitStore that is already closed/);
+    // Closed by its owner, on the owner's client (which stays open).
+    const client = storeClient(redis.port);
+    later(() => client.disconnect());
+    const userStore = await createRedisStore({ client, keyPrefix: 'closed-user:' });
+    await userStore.close();
+    expect(client.status).not.toBe('end');
+    await expect(startOn(userStore)).rejects.toThrow(/already closed/);
+    // Closing a memory store empties it; it is not closed for good, and serves a new app.
+    const memory = new MemoryRateLimitStore();
+    await memory.close();
+    expect(memory.isClosed).toBe(false);
+    const running = await startOn(memory);
+    later(() => running.close());
+    await echoOnce(running.url);
   });
 
   it('the connection plan (rate and concurrency tiers) decides on Redis under a module with plans (no duplicate-suffix refusal)', async () => {

@@ -463,6 +463,11 @@ export class RedisRateLimitStore extends RateLimitStore {
     });
   }
 
+  /** Whether `close()` was called: the store answers nothing any more (see `RateLimitStore.isClosed`). */
+  override get isClosed(): boolean {
+    return this.closed;
+  }
+
   /**
    * Whether the store made its client (from `url`, `sentinel` or `cluster`): closing the
    * store quits it, and an application the store is given to closes it at shutdown.
