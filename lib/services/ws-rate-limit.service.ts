@@ -88,9 +88,10 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     /** Reads the guards given to `app.useGlobalGuards` (see `globalThrottleGuard`). */
     @Optional() private readonly contexts?: ExternalContextCreator,
   ) {
-    if (store.isClosed) {
+    if (store.isClosed === true) {
       // A store given in code whose last application closed it (or whose owner did) would
-      // answer nothing: every decision would fall to the fail mode without a word.
+      // answer nothing: every decision would fall to the fail mode without a word. (`=== true`:
+      // a store written before `isClosed` may have a method of that name.)
       throw new Error(
         `WsRateLimitModule: option store is a ${store.constructor.name} that is already closed ` +
           '(the last application it was given to shut down and closed it, or its close() was called); ' +
