@@ -41,6 +41,11 @@ export class ConnectionState {
   /** Set once the limiter has started closing the socket. */
   closing = false;
   /**
+   * Set once the connection ended and what it held was forgotten: a decision that settles
+   * after that (an asynchronous tracker's) has what it made forgotten again at once.
+   */
+  ended = false;
+  /**
    * Rejections thrown for NestJS to hand to the filter, not yet counted as violations there:
    * the messages of one read are all decided before any filter runs, so this tells the
    * pipeline that the violation threshold is already reached. Reset when those filters run.

@@ -10,7 +10,10 @@ export interface RateLimitDecisionEvent {
   readonly tracker: string;
   /** The message type. */
   readonly type: string;
-  /** The tier that refused (rejections only). */
+  /**
+   * The tier that refused (rejections only; none for a refusal no tier made: `BLOCKED`,
+   * `DEGRADED`, `STORE_UNAVAILABLE`, as `code` says).
+   */
   readonly tier?: TierName;
   readonly code?: RateLimitCode;
   readonly retryAfter?: number;

@@ -21,6 +21,15 @@ export function frameCode(decision: RateLimitRejected): RateLimitCode {
 }
 
 /**
+ * The tier that refused, or undefined for a refusal no tier made (an operator's block, a
+ * restriction, a store that could not decide): their `tier` is a placeholder, and `code`
+ * says why.
+ */
+function refusingTier(decision: RateLimitRejected): TierName | undefined {
+  return decision.storeUnavailable || decision.blocked || decision.degraded ? undefined : decision.tier;
+}
+
+/**
  * Where the limiter reports: Prometheus metrics (when enabled) and the `events$` stream
  * (events are built only while someone subscribes). Knows whether rejections are enforced
  * (shadow mode), as every report says so.
@@ -79,7 +88,8 @@ export class Telemetry {
       this.metrics.allowed(type);
       if (decision.nearLimit !== undefined) this.metrics.nearLimit(decision.nearLimit, type);
     } else {
-      this.metrics.rejected(type, this.enforced ? 'rejected' : 'shadow_rejected', decision.tier, frameCode(decision));
+      const tier = refusingTier(decision);
+      this.metrics.rejected(type, this.enforced ? 'rejected' : 'shadow_rejected', tier ?? 'none', frameCode(decision));
     }
     if (!this.subject.observed) return;
     this.subject.next(
@@ -98,7 +108,7 @@ export class Telemetry {
             enforced: this.enforced,
             tracker,
             type,
-            tier: decision.tier,
+            ...(refusingTier(decision) === undefined ? {} : { tier: decision.tier }),
             code: frameCode(decision),
             retryAfter: decision.retryAfter,
           },

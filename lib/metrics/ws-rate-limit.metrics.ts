@@ -74,7 +74,12 @@ export const METRICS = [
   ],
   ['disconnects_total', 'counter', 'reason', 'Connections the limiter closed, and why.'],
   ['violations_total', 'counter', 'code, type', 'Rejected messages counted against their connection.'],
-  ['store_errors_total', 'counter', '', 'Store calls that failed or timed out (the fail mode decided).'],
+  [
+    'store_errors_total',
+    'counter',
+    '',
+    'Store calls that failed, timed out, or were refused at once while the store was down (each decided by the fail mode).',
+  ],
   ['store_outages_total', 'counter', '', "Times the store became unreachable (the Redis store's breaker opened)."],
   ['store_decision_seconds', 'histogram', '', 'Time a shared-store decision took.'],
   ['open_connections', 'gauge', '', 'Connections the limiter tracks now.'],
@@ -112,12 +117,32 @@ export async function createMetrics(
     getSingleMetric(name: string): unknown;
   };
   const prefix = options.metricsPrefix;
-  /** One metric per name per registry: a second app in the process shares the first's. */
-  const metric = <T>(Kind: new (config: object) => T, name: string, help: string, config: object = {}): T => {
+  /**
+   * One metric per name per registry: a second app in the process shares the first's, and
+   * one your code registered first is used when it is of the same kind with the same labels
+   * in the same order (the limiter passes label values by position); any other stops
+   * start-up, where counting into it would fail every decision.
+   */
+  const metric = <T>(
+    Kind: new (config: object) => T,
+    name: string,
+    help: string,
+    config: Record<string, unknown> & { labelNames?: string[] } = {},
+  ): T => {
     const fullName = `${prefix}${name}`;
-    const existing = registry.getSingleMetric(fullName) as T | undefined;
-    if (existing) return existing;
-    return new Kind({ name: fullName, help, registers: [registry], ...config });
+    const existing = registry.getSingleMetric(fullName) as (T & { labelNames?: unknown }) | undefined;
+    if (existing === undefined) return new Kind({ name: fullName, help, registers: [registry], ...config });
+    const kind = (existing as object).constructor.name;
+    const found = Array.isArray(existing.labelNames) ? (existing.labelNames as unknown[]).map(String) : [];
+    const wanted = config.labelNames ?? [];
+    if (kind !== Kind.name || found.join(',') !== wanted.join(',')) {
+      throw new Error(
+        `WsRateLimitModule: the metrics registry already holds ${fullName} as a ${kind} labelled ` +
+          `[${found.join(', ')}]; the limiter publishes it as a ${Kind.name} labelled [${wanted.join(', ')}]. ` +
+          'Remove yours, or set WS_RATE_LIMIT_METRICS_PREFIX (option metricsPrefix) to publish under other names',
+      );
+    }
+    return existing;
   };
   const help = Object.fromEntries(METRICS.map(([name, , , text]) => [name, text])) as Record<string, string>;
   const labels = (name: string): string[] =>

@@ -268,11 +268,27 @@ export class MessageLimiter {
     else await this.shared.deleteTiers(tracker.key, suffixes);
   }
 
-  /** Drops what a closed connection held: its connection-keyed keys and its plans. */
+  /**
+   * Drops what a closed connection held: its connection-keyed keys and its plans. Called at
+   * its close, and again after each decision made for it once it ended (`decideFor`).
+   */
   forget(state: ConnectionState): void {
+    state.ended = true;
     for (const tracker of state.localTrackers) this.local.deleteTracker(tracker);
     state.localTrackers.clear();
     state.plans.clear();
+  }
+
+  /**
+   * `decide` for a plan made for a connection (a message's, or one code asked for naming its
+   * socket). A connection that ended before its plan was made (its tracker answered after
+   * the close) would otherwise keep the states the decision made, in the connection store
+   * that nothing evicts, for as long as the process runs.
+   */
+  decideFor(state: ConnectionState, plan: RateLimitPlan, route?: Route): MaybePromise<RateLimitDecision> {
+    const decision = this.decide(plan, route, state);
+    if (state.ended) this.forget(state);
+    return decision;
   }
 
   async close(): Promise<void> {

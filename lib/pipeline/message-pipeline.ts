@@ -354,7 +354,7 @@ export class MessagePipeline {
       return this.refuse(client, refusal);
     }
     const plan = steps.getPlan(connection, route, tracker);
-    const decision = this.limiter.decide(plan, route, connection);
+    const decision = this.limiter.decideFor(connection, plan, route);
     if (decision instanceof Promise) {
       return decision.then((settled) =>
         // Decided side by side with messages refused meanwhile up to the threshold (a flood

@@ -215,7 +215,16 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    */
   async consume(target: string | object, request: ConsumeRequest): Promise<RateLimitDecision> {
     const plan = this.codePlan(target, request);
-    return isPromise(plan) ? plan.then((built) => this.limiter.decide(built)) : this.limiter.decide(plan);
+    const decide = (built: RateLimitPlan): MaybePromise<RateLimitDecision> => {
+      const decision = this.limiter.decide(built);
+      // A socket that closed before (or while its tracker answered): what this made goes too.
+      if (typeof target !== 'string') {
+        const state = this.connectionOf(target);
+        if (state.ended) this.limiter.forget(state);
+      }
+      return decision;
+    };
+    return isPromise(plan) ? plan.then(decide) : decide(plan);
   }
 
   /** The budgets a message would spend, consuming nothing. */

@@ -368,6 +368,17 @@ describe('metrics review (second pass)', () => {
         expect(await sum(registry, 'ws_rate_limit_store_fallback')).toBe(1);
         expect(count(events, (event) => event.kind === 'store' && event.state === 'down')).toBe(1);
         expect(count(events, (event) => event.kind === 'decision' && event.code === 'STORE_UNAVAILABLE')).toBe(12);
+        // No tier refused them: counted under tier "none", streamed without a tier.
+        expect(
+          await sum(registry, 'ws_rate_limit_decisions_total', {
+            result: 'rejected',
+            code: 'STORE_UNAVAILABLE',
+            tier: 'none',
+          }),
+        ).toBe(12);
+        expect(
+          count(events, (event) => event.kind === 'decision' && event.code === 'STORE_UNAVAILABLE' && 'tier' in event),
+        ).toBe(0);
       } finally {
         redis.resume();
       }
