@@ -37,7 +37,9 @@ export class ConnectionRegistry {
    */
   create(address: string | undefined, request?: IncomingMessage): ConnectionState {
     const ip = clientAddressKey(address, this.ipv6Prefix);
-    return new ConnectionState(this.nextId++, address, ip, request, this.access.allowsAddress(address));
+    const state = new ConnectionState(this.nextId++, address, ip, request, this.access.allowsAddress(address));
+    state.registry = this;
+    return state;
   }
 
   /**
@@ -66,8 +68,7 @@ export class ConnectionRegistry {
       return state;
     }
     const members = this.members(group);
-    members.add(state);
-    this.open++;
+    // Told first, counted after: a socket whose close cannot be followed is never counted.
     transport.onClose(client, () => {
       this.open--;
       members.delete(state);
@@ -76,6 +77,8 @@ export class ConnectionRegistry {
       state.release();
       this.forget(state);
     });
+    members.add(state);
+    this.open++;
     return state;
   }
 
@@ -84,7 +87,15 @@ export class ConnectionRegistry {
    * socket.io socket, told apart by shape; anything else is an error naming both).
    */
   of(client: object): ConnectionState {
-    return (client as TrackedClient)[CONNECTION_STATE] ?? this.attach(client, transportFor(client));
+    const state = (client as TrackedClient)[CONNECTION_STATE];
+    if (state === undefined) return this.attach(client, transportFor(client));
+    // Another application's limiter tracks it: its budgets and its close are that one's.
+    if (state.registry !== this) {
+      throw new TypeError(
+        "nestjs-ws-rate-limit: this socket is another application's (its limiter tracks it); ask that application's WsRateLimitService",
+      );
+    }
+    return state;
   }
 
   /** The open connections a server accepted (a live view). */
@@ -107,8 +118,8 @@ export class ConnectionRegistry {
 /** The transport of a socket no adapter attached, by its shape. */
 export function transportFor(client: object): RateLimitTransport {
   if (isSocketIoSocket(client)) return socketIoTransport as RateLimitTransport;
-  const socket = client as { readyState?: unknown; send?: unknown };
-  if (typeof socket.readyState === 'number' && typeof socket.send === 'function') {
+  const socket = client as { readyState?: unknown; send?: unknown; once?: unknown };
+  if (typeof socket.readyState === 'number' && typeof socket.send === 'function' && typeof socket.once === 'function') {
     return wsTransport as RateLimitTransport;
   }
   const name = (client.constructor as { name?: string } | undefined)?.name ?? typeof client;

@@ -38,6 +38,8 @@ export class ConnectionState {
   addressTracker: Tracker | undefined;
   /** Timestamps of recent violations (created on the first). */
   violations: SlidingLogState | undefined;
+  /** The registry that made it (one per application): a socket is served by its own application only. */
+  registry: object | undefined;
   /** Set once the limiter has started closing the socket. */
   closing = false;
   /**

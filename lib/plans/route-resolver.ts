@@ -79,6 +79,8 @@ export class RouteResolver {
   private readonly routes = new Map<object, { readonly gateway: object | undefined; readonly route: Route | null }>();
   private readonly inherited = new Map<object, Map<object, Route | null>>();
   private readonly figures = new Map<string, TypeFigures>();
+  /** The types of the handlers declared (see `declare`): what `status()` lists besides the options' and the asked. */
+  private readonly declaredTypes = new Set<string>();
   private readonly typeSpecCache = new Map<string, readonly TokenBucketSpec[]>();
   private readonly globalSpecs = new Map<number, TokenBucketSpec>();
   private readonly expensiveSpec: TierSpec;
@@ -158,6 +160,7 @@ export class RouteResolver {
   declare(handler: object, gateway: object): void {
     const { type, throttle, where } = this.describe(handler, gateway);
     if (throttle === null) return;
+    this.declaredTypes.add(type);
     if (throttle.capacity === undefined && throttle.refillRate === undefined && throttle.limits === undefined) return;
     checkFigure(where, 'capacity', throttle.capacity);
     checkFigure(where, 'refillRate', throttle.refillRate);
@@ -276,6 +279,15 @@ export class RouteResolver {
   /** Every type a route or a request has used so far. */
   knownTypes(): string[] {
     return [...this.figures.keys()];
+  }
+
+  /**
+   * The types of the handlers (those a `@SkipThrottle` exempts left out), not those named
+   * from code: a type passed to `consume()` may be a client's text, which `status()` of
+   * another client must not show.
+   */
+  handlerTypes(): string[] {
+    return [...this.declaredTypes];
   }
 
   /** The key suffixes of every type tier known so far (named limits included). */

@@ -8,6 +8,7 @@ import { isIP } from 'node:net';
 import type { Observable } from 'rxjs';
 import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
 import { looksLikeAddress } from '../config/check-values.js';
+import { checkTarget, checkType, describeValue, networkKey } from './code-arguments.js';
 import { AnswerOrder, type AnswerSlot } from '../connection/answer-order.js';
 import { ConnectionAdmitter, type ConnectionAdmission } from '../connection/connection-admission.js';
 import { ConnectionRegistry, transportFor } from '../connection/connection-registry.js';
@@ -214,6 +215,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    * a `tracker` function returning the same name) or for a connected socket.
    */
   async consume(target: string | object, request: ConsumeRequest): Promise<RateLimitDecision> {
+    checkTarget('consume', target);
     const plan = this.codePlan(target, request);
     const decide = (built: RateLimitPlan): MaybePromise<RateLimitDecision> => {
       const decision = this.limiter.decide(built);
@@ -229,6 +231,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
 
   /** The budgets a message would spend, consuming nothing. */
   async peek(target: string | object, request: ConsumeRequest): Promise<readonly TierStatus[]> {
+    checkTarget('peek', target);
     return this.limiter.peek(await this.codePlan(target, request));
   }
 
@@ -240,10 +243,15 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    * meanwhile); in `closed`, it rejects with the store's error.
    */
   async status(target: string | object, types: readonly string[] = []): Promise<ClientLimitsStatus> {
+    checkTarget('status', target);
+    if (!Array.isArray(types)) throw new TypeError('nestjs-ws-rate-limit: status types must be an array of type names');
+    for (const type of types) checkType('status', type);
     const tracker = await this.trackerOfTarget(target);
     const plan = typeof target === 'string' ? DEFAULT_PLAN : this.limiter.planNameOf(target, this.connectionOf(target));
     const routes = this.limiter.plans.get(plan)!;
-    const names = [...new Set([...routes.knownTypes(), ...Object.keys(this.options.types), ...types])];
+    // Handlers' types, the options', and those asked for: not types named from code, which
+    // may be another client's text.
+    const names = [...new Set([...routes.handlerTypes(), ...Object.keys(this.options.types), ...types])];
     const specs: TierSpec[] = [routes.globalSpec(1), routes.expensive];
     // Types that share a bucket (past the cap on known types, every new one counts in one)
     // are read from one tier: a plan names each state once.
@@ -272,7 +280,8 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    * key as the adapter makes it (`2001:db8::/64`).
    */
   async connectionStatus(ip: string): Promise<readonly TierStatus[]> {
-    const key = isIP(ip) !== 0 ? (clientAddressKey(ip, this.options.ipv6Prefix) ?? ip) : ip;
+    const key =
+      isIP(ip) !== 0 ? (clientAddressKey(ip, this.options.ipv6Prefix) ?? ip) : networkKey(ip, this.options.ipv6Prefix);
     const statuses = await this.limiter.peek(
       this.limiter.buildPlan(addressTracker(key), this.connectionSpecs, '', this.instanceId),
     );
@@ -291,6 +300,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
 
   /** Gives a tracker (or a socket's tracker) its full budget back in every message tier. */
   async reset(target: string | object): Promise<void> {
+    checkTarget('reset', target);
     await this.limiter.reset(await this.trackerOfTarget(target));
   }
 
@@ -507,6 +517,13 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     if (looksLikeAddress(target)) {
       throw new TypeError(`nestjs-ws-rate-limit: block takes one address (not a CIDR): got ${JSON.stringify(target)}`);
     }
+    // So would an address with a port, or in brackets.
+    const written = /^\[([^\]]*)\](?::\d*)?$/.exec(target) ?? /^([\d.]+):\d*$/.exec(target);
+    if (written !== null && (isIP(written[1]!) !== 0 || looksLikeAddress(written[1]!))) {
+      throw new TypeError(
+        `nestjs-ws-rate-limit: block takes an address without brackets or a port (${written[1]}): got ${JSON.stringify(target)}`,
+      );
+    }
     return namedTracker(target).key;
   }
 
@@ -515,8 +532,14 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   }
 
   private codePlan(target: string | object, request: ConsumeRequest): MaybePromise<RateLimitPlan> {
-    if (request === null || typeof request !== 'object' || typeof request.type !== 'string' || request.type === '') {
+    if (request === null || typeof request !== 'object') {
       throw new TypeError('nestjs-ws-rate-limit: a request needs a non-empty string type');
+    }
+    checkType('a request', request.type);
+    if (request.expensive !== undefined && typeof request.expensive !== 'boolean') {
+      throw new TypeError(
+        `nestjs-ws-rate-limit: a request's expensive is true, false or left out: got ${describeValue(request.expensive)}`,
+      );
     }
     if (typeof target === 'string') {
       const specs = this.limiter.routes.specsFor(request.type, request.expensive, request.cost);
