@@ -103,7 +103,11 @@ export class WsRateLimitIoAdapter extends IoAdapter {
   }
 
   override createIOServer(port: number, options?: ServerOptions): Server {
-    const limited = { maxHttpBufferSize: this.limiter.options.maxPayload, ...options } as ServerOptions;
+    const { maxPayload, pingIntervalMs, pongTimeoutMs, perMessageDeflate } = this.limiter.options;
+    // The module's figures, a gateway's own winning. Engine.IO's heartbeat is the connection's
+    // (it cannot be turned off: with pingIntervalMs 0, socket.io's own figures stay).
+    const heartbeat = pingIntervalMs > 0 ? { pingInterval: pingIntervalMs, pingTimeout: pongTimeoutMs } : {};
+    const limited = { maxHttpBufferSize: maxPayload, perMessageDeflate, ...heartbeat, ...options } as ServerOptions;
     // A recovered session (connectionStateRecovery) skips namespace middlewares by default,
     // the limiter's among them: a connection refused in `close` mode would recover into its
     // session. Its middlewares run (the application's too, as for any connection).
@@ -364,6 +368,10 @@ export class WsRateLimitIoAdapter extends IoAdapter {
       state = this.limiter.track(socket, address, socket.request, io, transport);
     }
     this.limiter.orderAnswers(state);
+    // Engine.IO's heartbeat ended a silent peer: counted and streamed as on ws.
+    socket.once('disconnect', (reason: string) => {
+      if (reason === 'ping timeout') this.limiter.pingTimedOut(socket, state);
+    });
   }
 
   /**
