@@ -189,6 +189,45 @@ describe('forwarding headers from a peer that is not a trusted proxy', () => {
   });
 });
 
+describe('a trusted proxy sending the other forwarding header', () => {
+  const connection = { capacity: 100, refillRate: 100 };
+
+  async function connectTwice(headers: Record<string, string>): Promise<void> {
+    for (let i = 0; i < 2; i++) await (await TestClient.connect(running!.url, { headers })).close();
+  }
+
+  it.each([
+    ['a list', '127.0.0.1'],
+    ['a hop count', 1],
+  ] as const)(
+    'is warned about once (proxies trusted by %s), naming the variable and its other value',
+    async (_, trustProxy) => {
+      running = await start({ metrics: false, connection, trustProxy }, [GuardedGateway]);
+      await connectTwice({ 'X-Forwarded-For': '203.0.113.7' });
+      expect(ours('warn')).toEqual([]);
+      await connectTwice({ Forwarded: 'for=203.0.113.7' });
+      await connectTwice({ Forwarded: 'for=203.0.113.8' });
+      expect(ours('warn')).toEqual([
+        'An upgrade from the trusted proxy 127.0.0.1 carries Forwarded but not X-Forwarded-For, the header read ' +
+          "(WS_RATE_LIMIT_FORWARDED_HEADER=x-forwarded-for), so the proxy's address is taken for the client's: every " +
+          'client behind it shares one budget. Set WS_RATE_LIMIT_FORWARDED_HEADER=forwarded, or have the proxy send ' +
+          'X-Forwarded-For. (Said once.)',
+      ]);
+    },
+  );
+
+  it('is not warned about when the peer is no trusted proxy, or sends both headers', async () => {
+    running = await start({ metrics: false, connection, trustProxy: '10.0.0.0/8' }, [GuardedGateway]);
+    await connectTwice({ Forwarded: 'for=203.0.113.7' });
+    await running.close();
+    running = await start({ metrics: false, connection, trustProxy: '127.0.0.1', forwardedHeader: 'forwarded' }, [
+      GuardedGateway,
+    ]);
+    await connectTwice({ Forwarded: 'for=203.0.113.7', 'X-Forwarded-For': '203.0.113.9' });
+    expect(ours('warn')).toEqual([]);
+  });
+});
+
 describe('@Throttle where no WsThrottleGuard runs', () => {
   it('is warned about at start-up, naming the handlers (and the figures indeed do nothing)', async () => {
     running = await start({ metrics: false }, [UnguardedGateway, UnlimitedGateway]);
