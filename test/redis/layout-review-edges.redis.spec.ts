@@ -448,10 +448,11 @@ describe("plans' own keys through the module", () => {
         premium: { global: { capacity: 8, refillRate: 0.001 }, types: { chat: { capacity: 10, refillRate: 0.001 } } },
       },
     });
-    const premium = fakeSocket('u-two', 'premium');
+    // One user connected to each instance (a socket is its own application's: each has its own).
+    const onA = fakeSocket('u-two', 'premium');
+    const onB = fakeSocket('u-two', 'premium');
     let chat = 0;
-    for (let i = 0; i < 10; i++)
-      chat += (await admitted(a, premium, 'chat', 1)) + (await admitted(b, premium, 'chat', 1));
+    for (let i = 0; i < 10; i++) chat += (await admitted(a, onA, 'chat', 1)) + (await admitted(b, onB, 'chat', 1));
     // One chat bucket of 10 (same figures, same key `@10/0.001:t:chat`) across both instances;
     // B's global (8) is its own key, so it refused at most B's ninth message, never A's.
     expect(chat).toBe(10);
