@@ -1,5 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import type { RateLimitDecision, RateLimitPlan, TierStatus } from '../interfaces/plan.interface.js';
+import { warnEvicting } from '../storage/create-store.js';
 import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
 import type { MaybePromise, RateLimitStore } from '../storage/rate-limit-store.js';
 
@@ -183,7 +184,9 @@ export class SharedStore {
   }
 
   private localFallback(): MemoryRateLimitStore {
-    return (this.fallbackStore ??= new MemoryRateLimitStore({ maxKeys: this.maxKeys }));
+    return (this.fallbackStore ??= new MemoryRateLimitStore({ maxKeys: this.maxKeys }).onFirstEviction(() =>
+      warnEvicting(this.maxKeys, 'The fail-open fallback store'),
+    ));
   }
 }
 

@@ -1,3 +1,4 @@
+import { Logger } from '@nestjs/common';
 import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
 import { MemoryRateLimitStore } from './memory/memory-store.js';
 import { RateLimitStore } from './rate-limit-store.js';
@@ -45,7 +46,9 @@ export function releaseStore(store: RateLimitStore, holder: object): boolean {
  */
 export async function createStore(options: ResolvedWsRateLimitOptions): Promise<RateLimitStore> {
   if (options.store instanceof RateLimitStore) return options.store;
-  if (options.store === 'memory') return new MemoryRateLimitStore({ maxKeys: options.maxKeys });
+  if (options.store === 'memory') {
+    return new MemoryRateLimitStore({ maxKeys: options.maxKeys }).onFirstEviction(() => warnEvicting(options.maxKeys));
+  }
   const { redis } = options;
   const common = {
     keyPrefix: options.keyPrefix,
@@ -78,6 +81,18 @@ export async function createStore(options: ResolvedWsRateLimitOptions): Promise<
       ...(redis.password === undefined ? {} : { password: redis.password }),
     },
   });
+}
+
+/**
+ * The first eviction of a memory store the module made (the store, or the fail-open
+ * fallback): said once, as the limits of the trackers dropped start over.
+ */
+export function warnEvicting(maxKeys: number, which = 'The memory store'): void {
+  new Logger('WsRateLimit').warn(
+    `${which} dropped a tracker whose limits had not recovered, to stay within ` +
+      `WS_RATE_LIMIT_MAX_KEYS=${maxKeys} (option maxKeys): its limits start over. Raise it if this happens ` +
+      'under normal traffic; stats().evictions counts the states dropped. (Said once per store.)',
+  );
 }
 
 /**

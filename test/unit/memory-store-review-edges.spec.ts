@@ -529,8 +529,10 @@ describe('memory store review: edges found by the review (each failed before its
       trackers: 2,
       free: false,
     });
-    // When 'ip' must go to make room (the least recently used, nothing idle), its state still
-    // mattered: the drop is an eviction.
+    // When 'ip' must go to make room (the least recently used, nothing idle: 'b' used again,
+    // as a new tracker earns its second chance by a second use), its state still mattered:
+    // the drop is an eviction.
+    store.consume(createPlan(store, 'b', other));
     store.consume(createPlan(store, 'c', other));
     expect({ evictions: store.evictions, ip: store.peek(free)[0]!.remaining }).toEqual({ evictions: 1, ip: 2 });
   });

@@ -125,6 +125,16 @@ export class MemoryRateLimitStore extends RateLimitStore {
     return this.table.evictions;
   }
 
+  /**
+   * Tells `listener` once, the first time the store drops tier states that still mattered
+   * to stay within `maxKeys` (their limits start over). The module logs a warning with it.
+   */
+  onFirstEviction(listener: () => void): this {
+    this.table.firstEviction = this.table.evictions === 0 ? listener : undefined;
+    if (this.table.evictions > 0) listener();
+    return this;
+  }
+
   consume(plan: RateLimitPlan): RateLimitDecision {
     const now = this.clock();
     // A plan from `createPlan` is decided from its shape's specs (its tiers' keys are never

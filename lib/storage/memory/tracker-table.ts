@@ -20,7 +20,8 @@ import { LOG_PAGE_MASK, LogSlab } from './log-slab.js';
  * whole trackers: idle trackers first (every state fresh again; `minFreshAt`, a lower bound
  * of every slot's `freshAt`, tells when one may be, and a sweep then drops every idle
  * tracker at once; sweeps are spaced at least `maxKeys / 64` insertions apart), otherwise
- * the least recently used tracker, by the CLOCK approximation. A tracker holding a lease
+ * the least recently used tracker, by the CLOCK approximation (a new tracker unmarked: only a
+ * use after the decision that made it earns its second chance). A tracker holding a lease
  * (`freshAt` Infinity) is never evicted, nor the tracker of the decision at hand. No timer.
  */
 export class TrackerTable {
@@ -64,6 +65,8 @@ export class TrackerTable {
   minFreshAt = Infinity;
   /** Tier states dropped to stay within `maxKeys` while they still mattered. */
   evictions = 0;
+  /** Told once, the first time states that still mattered are dropped (see `MemoryRateLimitStore.onFirstEviction`). */
+  firstEviction: (() => void) | undefined;
 
   constructor(
     readonly maxKeys: number,
@@ -214,12 +217,16 @@ export class TrackerTable {
       tracker.charCodeAt(0);
       this.index.set(tracker, slot);
       this.next[slot] = -1;
-      this.flags[slot] = HEAD | USED;
+      this.flags[slot] = HEAD;
     } else {
       this.next[slot] = this.next[head]!;
       this.next[head] = slot;
-      this.flags[slot] = USED;
+      this.flags[slot] = 0;
     }
+    // Not marked used: a tracker earns its second chance by a use after the decision that
+    // made its states (`touch`), so a flood of one-off trackers goes before the trackers in
+    // use, whatever the order they came in (a tracker in use adding a state is marked by the
+    // states of its that the same decision touches).
     this.held++;
     this.insertsSinceSweep++;
     return slot;
@@ -419,6 +426,11 @@ export class TrackerTable {
       }
       if (this.usedSince(slot)) continue;
       this.evictions += this.dropChain(slot, now);
+      if (this.firstEviction !== undefined && this.evictions > 0) {
+        const told = this.firstEviction;
+        this.firstEviction = undefined;
+        told();
+      }
       return true;
     }
     return false;
