@@ -48,6 +48,8 @@ export class AnswerOrder {
   constructor(
     /** Longest time an answer or the close waits for earlier messages (ms). */
     private readonly holdMs: number,
+    /** Told how many messages were still unanswered when a close stopped waiting for them. */
+    private readonly gaveUp?: (unanswered: number) => void,
   ) {}
 
   /** Nothing is waiting for an answer. */
@@ -103,7 +105,7 @@ export class AnswerOrder {
     if (this.closer !== undefined) return;
     this.closer = close;
     if (this.head === undefined || this.holdMs <= 0) return this.release();
-    this.closeTimer = setTimeout(() => this.release(), this.holdMs);
+    this.closeTimer = setTimeout(() => this.release(true), this.holdMs);
     this.closeTimer.unref();
   }
 
@@ -142,13 +144,19 @@ export class AnswerOrder {
     this.finish();
   };
 
-  /** Gives up waiting: every held answer goes out in order, then the close if one waits. */
-  private release(): void {
+  /**
+   * Gives up waiting: every held answer goes out in order, then the close if one waits.
+   * `late`: the close's wait ran out (the messages still unanswered are told to `gaveUp`).
+   */
+  private release(late = false): void {
+    let unanswered = 0;
     for (let slot = this.head; slot !== undefined; slot = slot.next) {
+      if (!slot.done) unanswered++;
       slot.done = true;
       flush(slot);
     }
     this.head = this.tail = undefined;
+    if (late && unanswered > 0) this.gaveUp?.(unanswered);
     this.finish();
   }
 

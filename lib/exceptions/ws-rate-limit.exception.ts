@@ -19,4 +19,13 @@ export class WsRateLimitException extends WsException {
     super('Rate limit exceeded');
     this.name = 'WsRateLimitException';
   }
+
+  /**
+   * The message arrived while the limiter closes its connection: no decision was made and
+   * nothing is to be sent for it. A catch-all filter of yours that sees this exception
+   * before `WsRateLimitFilter` should send nothing.
+   */
+  get closing(): boolean {
+    return this.decision.closing === true;
+  }
 }

@@ -117,6 +117,11 @@ export interface RateLimitRejected {
   readonly blocked?: true;
   /** Set when the connection is restricted to essential types. */
   readonly degraded?: true;
+  /**
+   * Set on the refusal of a message that arrived while the limiter closes its connection
+   * (after the close decision): it is no decision, and nothing is to be sent for it.
+   */
+  readonly closing?: true;
 }
 
 /** The outcome of one decision. */

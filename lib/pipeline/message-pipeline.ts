@@ -48,6 +48,7 @@ const CLOSING: RateLimitRejected = Object.freeze({
   retryAfter: 1,
   limit: 0,
   remaining: 0,
+  closing: true,
 });
 
 /** The message type a closing socket's refusal names for a handler the limiter skips (never sent). */

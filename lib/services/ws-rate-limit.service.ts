@@ -292,10 +292,20 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    * Counts for health checks and tests: sockets tracked and not yet closed, keys held for
    * per-connection tiers, and, with the memory store, its keys and evictions.
    */
-  stats(): { connections: number; localKeys: number; storeKeys?: number; evictions?: number } {
+  stats(): {
+    connections: number;
+    localKeys: number;
+    storeKeys?: number;
+    evictions?: number;
+    fallbackKeys?: number;
+    fallbackEvictions?: number;
+  } {
     const shared =
       this.store instanceof MemoryRateLimitStore ? { storeKeys: this.store.size, evictions: this.store.evictions } : {};
-    return { connections: this.registry.count, localKeys: this.limiter.local.size, ...shared };
+    // The fail-open fallback, once a store outage made it (it decides every shared tier then).
+    const fallback = this.limiter.shared.fallback;
+    const local = fallback === undefined ? {} : { fallbackKeys: fallback.size, fallbackEvictions: fallback.evictions };
+    return { connections: this.registry.count, localKeys: this.limiter.local.size, ...shared, ...local };
   }
 
   /** Gives a tracker (or a socket's tracker) its full budget back in every message tier. */
@@ -375,8 +385,20 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
 
   /** Orders a connection's answers (see `AnswerOrder`); its adapter calls this when the connection opens. */
   orderAnswers(state: ConnectionState): void {
-    state.order = new AnswerOrder(this.enforcer.closeGraceMs);
+    state.order = new AnswerOrder(this.enforcer.closeGraceMs, this.answersLost);
   }
+
+  /** A policy close that stopped waiting for replies: a warning the first time, then at debug (a flood would repeat it). */
+  private readonly answersLost = (unanswered: number): void => {
+    const message =
+      `A policy close stopped waiting after closeGraceMs (${this.enforcer.closeGraceMs} ms, ` +
+      `WS_RATE_LIMIT_CLOSE_GRACE_MS) with ${unanswered} admitted message(s) of the connection unanswered: ` +
+      'their replies, if they come, are not sent';
+    if (this.answersLostSaid) return this.logger.debug(message);
+    this.answersLostSaid = true;
+    this.logger.warn(`${message} (said once; later ones at debug level)`);
+  };
+  private answersLostSaid = false;
 
   /** The open connections a server accepted (for its heartbeat and shutdown). */
   connectionsOf(server: object): ReadonlySet<ConnectionState> {
