@@ -271,7 +271,8 @@ export interface WsRateLimitModuleOptions {
   maxPendingHandshakesPerIp?: number;
   /**
    * How often `WsRateLimitAdapter` pings each connection; 0 turns the heartbeat off. At most
-   * 2147483647.
+   * 2147483647. On socket.io (`WsRateLimitIoAdapter`) it is Engine.IO's `pingInterval`, and
+   * `pongTimeoutMs` its `pingTimeout` (0 leaves socket.io's own; a gateway's own win).
    * @default 30000
    */
   pingIntervalMs?: number;
@@ -284,7 +285,8 @@ export interface WsRateLimitModuleOptions {
    */
   pongTimeoutMs?: number;
   /**
-   * Accept permessage-deflate. Frames are still limited by `maxPayload` after inflation.
+   * Accept permessage-deflate (on socket.io, Engine.IO's `perMessageDeflate`). Frames are
+   * still limited by `maxPayload` after inflation.
    * @default false
    */
   perMessageDeflate?: boolean;
