@@ -12,6 +12,8 @@ export interface AnswerSlot {
   next: AnswerSlot | undefined;
   /** When the message arrived (`performance.now()`): it is given up `holdMs` after. */
   readonly at?: number;
+  /** Given up (past its hold time) before it was answered, and not answered since. */
+  givenUp?: boolean;
   /**
    * The acknowledgement callback the client asked for with the message (socket.io): the
    * limiter's answer to it goes there instead of an event, once.
@@ -44,11 +46,13 @@ export class AnswerOrder {
   private closeTimer: NodeJS.Timeout | undefined;
   /** The socket has closed (see `dispose`). */
   private disposed = false;
+  /** Messages given up before they were answered, and not answered since (see `gaveUp`). */
+  private unansweredGivenUp = 0;
 
   constructor(
     /** Longest time an answer or the close waits for earlier messages (ms). */
     private readonly holdMs: number,
-    /** Told how many messages were still unanswered when a close stopped waiting for them. */
+    /** Told how many messages were still unanswered (waited for, or given up before) when a close went ahead. */
     private readonly gaveUp?: (unanswered: number) => void,
   ) {}
 
@@ -82,7 +86,13 @@ export class AnswerOrder {
 
   /** The message is answered: releases the answers of later messages that were waiting. */
   done(slot: AnswerSlot): void {
-    if (slot.done) return;
+    if (slot.done) {
+      if (slot.givenUp === true) {
+        slot.givenUp = false;
+        this.unansweredGivenUp--;
+      }
+      return;
+    }
     slot.done = true;
     if (slot !== this.head) return;
     let next: AnswerSlot | undefined = slot;
@@ -105,7 +115,7 @@ export class AnswerOrder {
     if (this.closer !== undefined) return;
     this.closer = close;
     if (this.head === undefined || this.holdMs <= 0) return this.release();
-    this.closeTimer = setTimeout(() => this.release(true), this.holdMs);
+    this.closeTimer = setTimeout(() => this.release(), this.holdMs);
     this.closeTimer.unref();
   }
 
@@ -134,6 +144,10 @@ export class AnswerOrder {
     const now = performance.now();
     let head = this.head;
     while (head !== undefined && (head.done || head.at === undefined || now - head.at >= this.holdMs)) {
+      if (!head.done) {
+        head.givenUp = true;
+        this.unansweredGivenUp++;
+      }
       head.done = true;
       head = head.next;
       if (head !== undefined) flush(head);
@@ -144,11 +158,8 @@ export class AnswerOrder {
     this.finish();
   };
 
-  /**
-   * Gives up waiting: every held answer goes out in order, then the close if one waits.
-   * `late`: the close's wait ran out (the messages still unanswered are told to `gaveUp`).
-   */
-  private release(late = false): void {
+  /** Gives up waiting: every held answer goes out in order, then the close if one waits. */
+  private release(): void {
     let unanswered = 0;
     for (let slot = this.head; slot !== undefined; slot = slot.next) {
       if (!slot.done) unanswered++;
@@ -156,18 +167,24 @@ export class AnswerOrder {
       flush(slot);
     }
     this.head = this.tail = undefined;
-    if (late && unanswered > 0) this.gaveUp?.(unanswered);
-    this.finish();
+    this.finish(unanswered);
   }
 
-  /** Nothing is pending any more: stops the timer and runs the close that waited. */
-  private finish(): void {
+  /**
+   * Nothing is pending any more: stops the timer and runs the close that waited, telling
+   * `gaveUp` of the messages it leaves unanswered (`unanswered` still waited for, and those
+   * given up before).
+   */
+  private finish(unanswered = 0): void {
     clearTimeout(this.timer);
     clearTimeout(this.closeTimer);
     this.timer = this.closeTimer = undefined;
     const close = this.closer;
     this.closer = undefined;
-    close?.();
+    if (close === undefined) return;
+    const lost = unanswered + this.unansweredGivenUp;
+    if (lost > 0) this.gaveUp?.(lost);
+    close();
   }
 }
 

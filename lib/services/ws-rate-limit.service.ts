@@ -388,11 +388,11 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     state.order = new AnswerOrder(this.enforcer.closeGraceMs, this.answersLost);
   }
 
-  /** A policy close that stopped waiting for replies: a warning the first time, then at debug (a flood would repeat it). */
+  /** A policy close that left replies unsent: a warning the first time, then at debug (a flood would repeat it). */
   private readonly answersLost = (unanswered: number): void => {
     const message =
-      `A policy close stopped waiting after closeGraceMs (${this.enforcer.closeGraceMs} ms, ` +
-      `WS_RATE_LIMIT_CLOSE_GRACE_MS) with ${unanswered} admitted message(s) of the connection unanswered: ` +
+      `A policy close went ahead with ${unanswered} admitted message(s) of the connection unanswered ` +
+      `after closeGraceMs (${this.enforcer.closeGraceMs} ms, WS_RATE_LIMIT_CLOSE_GRACE_MS): ` +
       'their replies, if they come, are not sent';
     if (this.answersLostSaid) return this.logger.debug(message);
     this.answersLostSaid = true;

@@ -55,6 +55,45 @@ describe('AnswerOrder', () => {
     }
   });
 
+  it('tells gaveUp how many messages a close leaves unanswered: waited for until holdMs, or given up before it', async () => {
+    // Real timers: a message is given up by its arrival time (performance.now()), which fake
+    // timers do not move. Each wait is at least three hold times; none has an upper bound.
+    const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+    const told: string[] = [];
+    // Given up before the close (past its hold time while a later one waited), never answered.
+    const first = new AnswerOrder(20, (n) => told.push(`lost ${n}`));
+    first.open();
+    first.done(first.open());
+    await sleep(60);
+    expect(first.idle).toBe(true);
+    first.closeAfter(() => told.push('close'));
+    expect(told).toEqual(['lost 1', 'close']);
+    // Given up, then answered before the close: nothing lost.
+    told.length = 0;
+    const second = new AnswerOrder(20, (n) => told.push(`lost ${n}`));
+    const slow = second.open();
+    second.done(second.open());
+    await sleep(60);
+    second.done(slow);
+    second.closeAfter(() => told.push('close'));
+    expect(told).toEqual(['close']);
+    // Waited for by the close until holdMs: lost when it goes ahead.
+    told.length = 0;
+    const third = new AnswerOrder(20, (n) => told.push(`lost ${n}`));
+    third.open();
+    third.open();
+    third.closeAfter(() => told.push('close'));
+    await sleep(60);
+    expect(told).toEqual(['lost 2', 'close']);
+    // A close with everything answered tells nothing.
+    told.length = 0;
+    const fourth = new AnswerOrder(20, (n) => told.push(`lost ${n}`));
+    const only = fourth.open();
+    fourth.closeAfter(() => told.push('close'));
+    fourth.done(only);
+    expect(told).toEqual(['close']);
+  });
+
   it('closes once the pending messages are answered, at once when none is, and stops its timer', () => {
     jest.useFakeTimers();
     try {
