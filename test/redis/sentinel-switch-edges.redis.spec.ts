@@ -189,6 +189,10 @@ describe('Sentinel watch: one sentinel', () => {
       await forceFailover(s, setup.name);
       await waitUntil('switched', async () => (await masterPortOf(s, setup.name)) === setup.replica.port, 15_000);
       await waitUntil('store on the new master', () => connectedPort(store!) === setup.replica.port, 10_000);
+      // Connected is not yet available: the breaker, tripped when the old connection closed,
+      // closes when the probe sent at `ready` answers (one round trip later; CI once consumed
+      // in between and was refused, as it should be).
+      await waitUntil('store available again', () => store!.available, 10_000);
       expect((await store.consume(planOf(store))).allowed).toBe(true);
       // None: the sentinel answered all along.
       expect(errors.filter((e) => /All sentinels are unreachable/.test(e))).toEqual([]);
