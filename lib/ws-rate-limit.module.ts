@@ -1,3 +1,4 @@
+import { checkOptionFields } from './config/option-fields.js';
 import { Global, Module, type DynamicModule } from '@nestjs/common';
 import { EXCEPTION_FILTERS_METADATA } from '@nestjs/common/constants.js';
 import { ConfigModule, ConfigService } from '@nestjs/config';
@@ -40,6 +41,13 @@ function configText(value: unknown): string | undefined {
   return String(value);
 }
 
+/** Marks a module made by forRoot/forRootAsync, whose options are checked to be an object. */
+const CONFIGURED = Symbol('WS_RATE_LIMIT_CONFIGURED');
+
+function configured(module: DynamicModule): DynamicModule {
+  return { ...module, providers: [...(module.providers ?? []), { provide: CONFIGURED, useValue: true }] };
+}
+
 /**
  * Rate limiting for WebSocket gateways. Global: import it once, in the root module.
  * @example
@@ -53,17 +61,27 @@ function configText(value: unknown): string | undefined {
     {
       provide: WS_RATE_LIMIT_OPTIONS,
       useFactory: (
-        options: WsRateLimitModuleOptions | undefined,
+        given: WsRateLimitModuleOptions | undefined,
         config: ConfigService,
+        configured: true | undefined,
       ): ResolvedWsRateLimitOptions => {
+        // The class imported bare (`imports: [WsRateLimitModule]`) has no options: it runs as
+        // `forRoot()` does. From forRoot/forRootAsync, options that are not an object (a
+        // factory that returned nothing) are refused.
+        if (configured) checkOptionFields(given);
+        const options = given ?? {};
         // A misspelled variable would otherwise be ignored without a word.
         if (options?.useEnv !== false) warnUnknownVariables(Object.keys(process.env));
         const read = (name: string): string | undefined => configText(config.get<unknown>(name));
-        const resolved = resolveOptions(options ?? {}, read);
+        const resolved = resolveOptions(options, read);
         if (options?.useEnv !== false) warnIgnoredRedisVariables(resolved.store, read);
         return resolved;
       },
-      inject: [WS_RATE_LIMIT_MODULE_OPTIONS, ConfigService],
+      inject: [
+        { token: WS_RATE_LIMIT_MODULE_OPTIONS, optional: true },
+        ConfigService,
+        { token: CONFIGURED, optional: true },
+      ],
     },
     {
       provide: RateLimitStore,
@@ -96,8 +114,9 @@ export class WsRateLimitModule extends WsRateLimitConfigurableModule {
       // would keep the process alive): closed here.
       closeMadeStores(providers);
       throw new Error(
-        `WsRateLimitModule is imported ${limiters} times in this application (forRoot or forRootAsync); ` +
-          'it is global: import it once, in the root module',
+        `WsRateLimitModule is imported ${limiters} times in this application (forRoot, forRootAsync or the bare class); ` +
+          'it is global: import WsRateLimitModule.forRoot() or forRootAsync() once, in the root module, ' +
+          'and inject WsRateLimitService in other modules without importing it',
       );
     }
     for (const wrapper of providers) {
@@ -126,7 +145,7 @@ export class WsRateLimitModule extends WsRateLimitConfigurableModule {
    * (read through @nestjs/config), then defaults. No argument: environment only.
    */
   static override forRoot(options: WsRateLimitModuleOptions = {}): DynamicModule {
-    return super.forRoot(options);
+    return configured(super.forRoot(options));
   }
 
   /**
@@ -139,7 +158,7 @@ export class WsRateLimitModule extends WsRateLimitConfigurableModule {
    * })
    */
   static override forRootAsync(options: typeof WS_RATE_LIMIT_ASYNC_OPTIONS_TYPE): DynamicModule {
-    return super.forRootAsync(options);
+    return configured(super.forRootAsync(options));
   }
 }
 

@@ -139,6 +139,13 @@ export class WsRateLimitAdapter extends WsAdapter {
       wsServer = this.bindErrorHandler(new WsServer({ port, path: path as string, ...wsOptions }));
       const own = (wsServer as unknown as { _server?: HttpServer })._server;
       if (own) this.guardHttpServer(own);
+      // On a port of its own, ws binds its `connection` emit as it builds the server, before
+      // `instrument` hooks `emit`: without this its sockets were never attached (no answer
+      // order, no heartbeat, no `close` refusal). Its upgrade listener is the only caller.
+      const handleUpgrade = wsServer.handleUpgrade.bind(wsServer);
+      const server = wsServer;
+      wsServer.handleUpgrade = (request, socket, head) =>
+        handleUpgrade(request, socket, head, (client, upgraded) => server.emit('connection', client, upgraded));
     }
     this.instrument(wsServer);
     return wsServer;

@@ -1,3 +1,4 @@
+import { checkOptionFields } from './option-fields.js';
 import type { PlanLimitsOptions, TypeLimitOptions, WsRateLimitModuleOptions } from '../interfaces/options.interface.js';
 import { WsRateLimitConfigError } from '../exceptions/ws-rate-limit-config.error.js';
 import { truncateCloseReason } from '../utils/close-reason.js';
@@ -42,6 +43,7 @@ export function resolveOptions(
   options: WsRateLimitModuleOptions = {},
   readEnv: EnvReader = (name) => process.env[name],
 ): ResolvedWsRateLimitOptions {
+  checkOptionFields(options);
   if (options.useEnv !== undefined && typeof options.useEnv !== 'boolean') {
     fail('option useEnv', 'true or false', options.useEnv);
   }

@@ -70,7 +70,7 @@ function closestKnown(name: string): string | undefined {
 }
 
 /** Levenshtein distance with adjacent transpositions; stops early at `bound`. */
-function editDistance(a: string, b: string, bound: number): number {
+export function editDistance(a: string, b: string, bound: number): number {
   if (Math.abs(a.length - b.length) >= bound) return bound;
   let previous2: number[] = [];
   let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
