@@ -4,6 +4,10 @@ interface Blocked {
   /** Local time (ms) until which the plan is known to be refused. */
   readonly until: number;
   readonly decision: RateLimitRejected;
+  /** Tokens the deciding tier gains per ms (a token bucket's refill), else 0. */
+  readonly perMs: number;
+  /** What the message costs on the deciding tier (a token bucket's, with `perMs`). */
+  readonly cost: number;
 }
 
 /**
@@ -13,6 +17,12 @@ interface Blocked {
  * closing connection frees its slot at any moment. The exception is a reset: `delete` clears
  * this instance's entries for the keys, but another instance's cache keeps refusing them
  * until the retry time it last reported (a reset is not published through Redis).
+ *
+ * An answer from the cache names the time still left and, where a token bucket decided,
+ * what it holds now as this instance can know it: the message's cost less the refill still
+ * to come (the bucket is full at `until` for the cost, so it holds `cost - left * rate`);
+ * where a sliding window decided, the `remaining` Redis answered (entries leaving the
+ * window meanwhile are not known here).
  *
  * Bounded by `maxEntries` without timers: a full cache first drops expired entries, then
  * the oldest ones, down to seven eighths of the bound, so the sweep is paid once per
@@ -42,14 +52,24 @@ export class BlockCache {
     }
     const retryAfter = Math.ceil(left);
     const decision = blocked.decision;
-    return retryAfter >= decision.retryAfter ? decision : { ...decision, retryAfter };
+    if (retryAfter >= decision.retryAfter) return decision;
+    // `until` was rounded up to whole ms from the exact wait, so this never says more than
+    // the bucket holds.
+    const remaining =
+      blocked.perMs === 0
+        ? decision.remaining
+        : Math.min(decision.limit, Math.max(decision.remaining, Math.floor(blocked.cost - left * blocked.perMs)));
+    return { ...decision, retryAfter, remaining };
   }
 
-  /** Remembers a refusal received at `now`. */
-  set(key: string, decision: RateLimitRejected, now: number): void {
+  /**
+   * Remembers a refusal received at `now`; `perMs` and `cost` are the deciding tier's refill
+   * per ms and the message's cost there when it is a token bucket (0 and 0 otherwise).
+   */
+  set(key: string, decision: RateLimitRejected, now: number, perMs = 0, cost = 0): void {
     if (this.entries.size >= this.maxEntries && !this.entries.has(key)) this.prune(now);
     this.entries.delete(key);
-    this.entries.set(key, { until: now + decision.retryAfter, decision });
+    this.entries.set(key, { until: now + decision.retryAfter, decision, perMs, cost });
   }
 
   /** Forgets every refusal (after keys were deleted). */

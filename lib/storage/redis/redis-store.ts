@@ -184,7 +184,13 @@ export class RedisRateLimitStore extends RateLimitStore {
       failureThreshold: options.breaker?.failureThreshold ?? 3,
       probeIntervalMs: options.breaker?.probeIntervalMs ?? 250,
       onChange: (available, cause) => this.notify(available, cause),
-      onRecover: () => this.leases.resyncAll(),
+      // Refusals cached before an outage may describe state Redis no longer holds (a restart
+      // that lost its data, a failover to a replica behind): forgotten, each cached tracker
+      // costs one call that caches it again if Redis still refuses it.
+      onRecover: () => {
+        this.cache?.clear();
+        this.leases.resyncAll();
+      },
     });
     this.useFieldTtls = options.hashFieldTtls ?? true;
     this.serverRead = !this.useFieldTtls;
@@ -510,7 +516,12 @@ export class RedisRateLimitStore extends RateLimitStore {
       this.cache !== undefined &&
       compiled.plan.tiers[decision.index]!.spec.kind !== AlgorithmKind.Concurrency
     ) {
-      this.cache.set(compiled.blockKey, decision, this.localNow());
+      const spec = compiled.plan.tiers[decision.index]!.spec;
+      if (spec.kind === AlgorithmKind.TokenBucket) {
+        this.cache.set(compiled.blockKey, decision, this.localNow(), spec.refillRate / 1000, spec.cost);
+      } else {
+        this.cache.set(compiled.blockKey, decision, this.localNow());
+      }
     }
     return decision;
   }
