@@ -83,6 +83,8 @@ export class WsRateLimitAdapter extends WsAdapter {
   private readonly routing = new WeakMap<WebSocket, Map<string, MessageMappingProperties[]>>();
   /** platform-ws's own parser, to tell whether `setMessageParser` replaced it. */
   private readonly defaultMessageParser: MessageParser;
+  /** Whether a custom message parser has thrown yet (logged as an error once, then debug). */
+  private parserHasThrown = false;
   /** Warns once when forwarding headers come from peers that are not trusted proxies. */
   private readonly forwarding: ForwardingWarning;
 
@@ -202,9 +204,10 @@ export class WsRateLimitAdapter extends WsAdapter {
       try {
         message = (this.messageParser as MessageParser)(isBinary ? data : data.toString()) as typeof message;
       } catch (error) {
-        // As platform-ws: a custom parser that throws is an application bug worth a log; the
-        // default one throws on client input, and logging that would be a log-flood target.
-        if (this.messageParser !== this.defaultMessageParser) this.logger.error(error);
+        // A custom parser that throws is worth a log, once: it may throw on client input (a
+        // schema check), and a line per frame would be a log-flood target. The default one
+        // throws on client input only: not logged.
+        if (this.messageParser !== this.defaultMessageParser) this.parserThrew(error);
         return unrouted('INVALID_MESSAGE', undefined, slot);
       }
       if (message === null || typeof message !== 'object') return unrouted('INVALID_MESSAGE', undefined, slot);
@@ -371,6 +374,19 @@ export class WsRateLimitAdapter extends WsAdapter {
     const headers: Record<string, string> =
       admission.retryAfter > 0 ? { 'Retry-After': String(Math.max(1, Math.ceil(admission.retryAfter / 1000))) } : {};
     done(false, status, STATUS_CODES[status], headers);
+  }
+
+  /** Logs a custom message parser's throw: an error the first time, debug after. */
+  private parserThrew(error: unknown): void {
+    if (this.parserHasThrown) {
+      this.logger.debug(`the message parser threw: ${(error as Error)?.message ?? String(error)}`);
+      return;
+    }
+    this.parserHasThrown = true;
+    this.logger.error(
+      `the message parser threw (${(error as Error)?.message ?? String(error)}): the frame is answered INVALID_MESSAGE; later throws are logged at debug level`,
+      (error as Error)?.stack,
+    );
   }
 
   /** Hooks a server's `connection` event ahead of NestJS, and starts its heartbeat. */
