@@ -252,8 +252,9 @@ describe('module lifecycle (review)', () => {
       );
     // Before: the feature module's 2 or the root's 100, by the order of imports, without a word.
     expect(compiled).toBe(
-      'WsRateLimitModule is imported 2 times in this application (forRoot or forRootAsync); it is global: ' +
-        'import it once, in the root module',
+      'WsRateLimitModule is imported 2 times in this application (forRoot, forRootAsync or the bare class); ' +
+        'it is global: import WsRateLimitModule.forRoot() or forRootAsync() once, in the root module, ' +
+        'and inject WsRateLimitService in other modules without importing it',
     );
   });
 
