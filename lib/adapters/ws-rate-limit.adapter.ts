@@ -3,7 +3,7 @@
 import type { INestApplicationContext } from '@nestjs/common';
 import type { MessageMappingProperties } from '@nestjs/websockets';
 import { WsAdapter } from '@nestjs/platform-ws';
-import { STATUS_CODES, type IncomingMessage, type Server as HttpServer } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { EMPTY, type Observable, type Subscription } from 'rxjs';
 import { catchError, filter } from 'rxjs/operators';
 import { WebSocketServer as WsServer } from 'ws';
@@ -78,6 +78,8 @@ export class WsRateLimitAdapter extends WsAdapter {
   /** Listeners this adapter put on HTTP servers, taken off again by `dispose`. */
   private readonly httpListeners: ServerListener[] = [];
   private readonly guardedServers = new WeakSet<object>();
+  /** HTTP servers platform-ws made here for gateways on ports of their own, with a path. */
+  private readonly ownHttpServers = new Set<HttpServer>();
   private readonly heartbeats = new Map<WebSocketServer, NodeJS.Timeout>();
   /** Each socket's handlers by event, from every gateway bound to it. */
   private readonly routing = new WeakMap<WebSocket, Map<string, MessageMappingProperties[]>>();
@@ -130,6 +132,11 @@ export class WsRateLimitAdapter extends WsAdapter {
     } else if (path && port !== APP_SERVER_PORT) {
       const httpServer = this.ensureHttpServerExists(port);
       if (httpServer) {
+        // platform-ws makes it with no request handler: a plain HTTP request would be held
+        // open, unanswered, for ever (and hold the app's close). Answered as ws answers one
+        // on a port of its own.
+        if (httpServer.listenerCount('request') === 0) httpServer.on('request', upgradeRequired);
+        this.ownHttpServers.add(httpServer);
         this.guardHttpServer(httpServer);
         httpServer.listen(port);
       } else {
@@ -279,13 +286,25 @@ export class WsRateLimitAdapter extends WsAdapter {
   }
 
   override async close(server: WebSocketServer): Promise<void> {
+    // Sockets closing meanwhile (a 1008 waiting for the peer's close frame) are terminated
+    // below; the close resolves once their `close` events (and so the gateway's
+    // handleDisconnect) have run, not before: ws's own server may report closed first.
+    const ending = new Set<WebSocket>(server.clients ?? []);
+    for (const state of this.limiter.connectionsOf(server)) ending.add(state.client as WebSocket);
     this.stopHeartbeat(server);
     // platform-ws terminates `server.clients`, which `clientTracking: false` leaves undefined.
     if (!server.clients) {
       for (const state of [...this.limiter.connectionsOf(server)]) (state.client as WebSocket).terminate();
     }
     this.limiter.dropConnections(server);
-    await super.close(server);
+    // On a port of its own, ws closes the HTTP server it made, which waits for every TCP
+    // connection on it: one that has sent nothing yet would hold the app's close until its
+    // handshake timeout (for ever without one). Its clients are terminated by then.
+    const own = (server as unknown as { _server?: HttpServer | null })._server ?? undefined;
+    const closing = super.close(server);
+    own?.closeAllConnections();
+    await closing;
+    await allClosed([...ending]);
   }
 
   /**
@@ -295,7 +314,12 @@ export class WsRateLimitAdapter extends WsAdapter {
    */
   override async dispose(): Promise<void> {
     unguardHandshakes(this.httpListeners);
-    await super.dispose();
+    // platform-ws closes the servers it made for own ports (ours after `close`): connections
+    // still on them, not WebSockets (those are ended), would hold that close open.
+    const disposing = super.dispose();
+    for (const httpServer of this.ownHttpServers) httpServer.closeAllConnections();
+    this.ownHttpServers.clear();
+    await disposing;
   }
 
   /** Decides an upgrade before the WebSocket exists. */
@@ -446,4 +470,31 @@ export class WsRateLimitAdapter extends WsAdapter {
       ...guardHandshakes(server, this.limiter.options, (address) => this.limiter.handshakeDropped(address)),
     );
   }
+}
+
+/** Answers a plain HTTP request on a port that serves only WebSocket upgrades, as ws does. */
+function upgradeRequired(_request: IncomingMessage, response: ServerResponse): void {
+  const body = STATUS_CODES[426]!;
+  response.writeHead(426, { 'Content-Length': Buffer.byteLength(body), 'Content-Type': 'text/plain' });
+  response.end(body);
+}
+
+/** The longest `close` waits for terminated sockets to report closed. */
+const CLOSE_EVENTS_WAIT_MS = 1000;
+
+/** Resolves when every client has emitted `close` (terminated: at once), or after a bound. */
+function allClosed(clients: readonly WebSocket[]): Promise<void> {
+  const open = clients.filter((client) => client.readyState !== CLOSED);
+  if (open.length === 0) return Promise.resolve();
+  return new Promise((resolve) => {
+    let left = open.length;
+    const done = (): void => {
+      if (--left === 0) {
+        clearTimeout(bound);
+        resolve();
+      }
+    };
+    const bound = setTimeout(resolve, CLOSE_EVENTS_WAIT_MS).unref();
+    for (const client of open) client.once('close', done);
+  });
 }
