@@ -1,3 +1,4 @@
+import type { Cluster } from 'ioredis';
 import { performance } from 'node:perf_hooks';
 import type { RedisStoreClient } from './client-factory.js';
 import { RedisStoreUnavailableError } from './redis-store.error.js';
@@ -5,6 +6,8 @@ import { RedisStoreUnavailableError } from './redis-store.error.js';
 const noop = (): void => undefined;
 /** How long the probe's key lives: it only has to be written. */
 const PROBE_KEY_TTL_MS = 100;
+/** The least time between two slot-map refreshes asked for by missed deadlines. */
+const SLOTS_REFRESH_INTERVAL_MS = 1000;
 
 /** A call in flight, waiting for its reply or its deadline. */
 interface PendingCall {
@@ -73,6 +76,8 @@ export class CallGate {
   private readonly closeTurn = (): void => {
     this.turnOpen = false;
   };
+  /** When a missed deadline last asked a Cluster for its slot map (see `refreshSlots`). */
+  private slotsRefreshedAt = -Infinity;
   /** The turn of the last miss counted as a failure. */
   private failedTurn = -1;
   /**
@@ -264,6 +269,7 @@ export class CallGate {
       return;
     }
     call.answered = true;
+    if (this.client.isCluster) this.refreshSlots();
     const error = new RedisStoreUnavailableError(`Redis did not answer within ${this.deadlineMs} ms`);
     if (this.answeredSince(call)) this.busyMisses++;
     else if (call.turn !== this.failedTurn) {
@@ -272,6 +278,19 @@ export class CallGate {
       this.failed(error);
     }
     call.reject(error);
+  }
+
+  /**
+   * On a Cluster, a missed deadline asks for the slot map again (at most once a second): a
+   * master that froze or was cut off keeps its TCP connections, so ioredis, which refreshes
+   * the map on a MOVED reply or a closed connection only, would go on sending its slots'
+   * calls to it after its replica was promoted, until it woke.
+   */
+  private refreshSlots(): void {
+    const now = performance.now();
+    if (now - this.slotsRefreshedAt < SLOTS_REFRESH_INTERVAL_MS) return;
+    this.slotsRefreshedAt = now;
+    (this.client as Cluster).refreshSlotsCache(noop);
   }
 
   /**

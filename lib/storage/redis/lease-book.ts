@@ -25,16 +25,24 @@ export interface LeaseBookOptions {
 }
 
 const noop = (): void => undefined;
+/** The first wait before dirty keys are synced again, doubled after each try up to the most. */
+const DIRTY_RETRY_FIRST_MS = 250;
+const DIRTY_RETRY_MOST_MS = 2000;
 
 /**
  * The open-connection leases this instance holds in Redis, per concurrency key: kept alive
  * by a refresh every third of the lease TTL (an unref'd timer that runs only while leases
- * are held), brought back in line with Redis after a failed call or an outage, and given
- * back when the store closes.
+ * are held), brought back in line with Redis after a failed call or an outage (a key Redis
+ * may not know right is synced again within 250 ms, then at doubling waits up to 2 s, until
+ * it is: a Cluster slot whose master died often never opens the breaker whose recovery
+ * would resync it), and given back when the store closes.
  */
 export class LeaseBook {
   private readonly leases = new Map<string, LeaseEntry>();
   private timer: NodeJS.Timeout | undefined;
+  /** Set while dirty keys wait to be synced again (see `retryDirty`). */
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryDelayMs = DIRTY_RETRY_FIRST_MS;
   private closed = false;
 
   constructor(private readonly options: LeaseBookOptions) {}
@@ -61,7 +69,7 @@ export class LeaseBook {
       if (entry.pending > 0) entry.pending--;
       if (delivered && allowed) entry.held.set(lease, (entry.held.get(lease) ?? 0) + costs[i]!);
       // A call that failed or answered too late may have taken a slot nobody will give back.
-      else if (!delivered) entry.dirty = true;
+      else if (!delivered) this.markEntryDirty(entry);
       this.dropIfIdle(key);
     });
   }
@@ -79,7 +87,7 @@ export class LeaseBook {
 
   /** Redis may not know what this instance holds on these keys: sync them at the next chance. */
   markDirty(keys: readonly string[]): void {
-    for (const key of keys) this.entry(key).dirty = true;
+    for (const key of keys) this.markEntryDirty(this.entry(key));
   }
 
   /** The keys were reset: this instance holds nothing on them any more. */
@@ -92,7 +100,7 @@ export class LeaseBook {
       } else {
         // A consume still in flight settles on this entry: keep it, holding nothing, to be synced.
         entry.held.clear();
-        entry.dirty = true;
+        this.markEntryDirty(entry);
       }
     }
   }
@@ -121,6 +129,8 @@ export class LeaseBook {
     this.closed = true;
     clearInterval(this.timer);
     this.timer = undefined;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
     const { gate, client } = this.options;
     if (!gate.isOpen && client.status === 'ready' && this.leases.size > 0) {
       await Promise.allSettled([...this.leases.keys()].map((key) => this.sync(key, new Map(), 'sync')));
@@ -163,8 +173,42 @@ export class LeaseBook {
       await this.options.gate.within(this.options.leases(...args), noop);
       if (mode === 'sync' && entry !== undefined) entry.dirty = false;
     } catch (error) {
-      if (entry !== undefined) entry.dirty = true;
+      if (entry !== undefined) this.markEntryDirty(entry);
       throw error;
     }
+  }
+
+  private markEntryDirty(entry: LeaseEntry): void {
+    entry.dirty = true;
+    if (this.retryTimer !== undefined || this.closed) return;
+    this.retryTimer = setTimeout(() => this.retryDirty(), this.retryDelayMs);
+    this.retryTimer.unref();
+  }
+
+  /**
+   * Syncs the dirty keys with no consume in flight (one in flight settles its key itself);
+   * tries again later while any stays dirty (the breaker open, the client not ready, or a
+   * sync that failed), at doubling waits.
+   */
+  private retryDirty(): void {
+    this.retryTimer = undefined;
+    let waiting: LeaseEntry | undefined;
+    const { gate, client } = this.options;
+    const canCall = !gate.isOpen && !gate.isClosed && client.status === 'ready';
+    for (const [key, entry] of this.leases) {
+      if (!entry.dirty) continue;
+      if (!canCall || entry.pending > 0) {
+        waiting = entry;
+        continue;
+      }
+      // A failure marks the entry dirty again, which schedules the next try; a success
+      // brings the wait back to its first length.
+      this.sync(key, entry.held, 'sync').then(() => {
+        this.retryDelayMs = DIRTY_RETRY_FIRST_MS;
+        this.dropIfIdle(key);
+      }, noop);
+    }
+    this.retryDelayMs = Math.min(DIRTY_RETRY_MOST_MS, this.retryDelayMs * 2);
+    if (waiting !== undefined) this.markEntryDirty(waiting);
   }
 }
