@@ -9,6 +9,9 @@ import { catchError, filter } from 'rxjs/operators';
 import { WebSocketServer as WsServer } from 'ws';
 import type { AnswerSlot } from '../connection/answer-order.js';
 import { FrameHold } from '../connection/frame-hold.js';
+import { IntervalLog } from '../metrics/interval-log.js';
+import { VIOLATION_LOG_INTERVAL_MS } from '../pipeline/enforcer.js';
+import { errorText } from '../utils/error-text.js';
 import type { ConnectionState } from '../connection/connection-state.js';
 import { startHeartbeat, watchPongs } from '../connection/heartbeat.js';
 import { clientAddressOf, limiterFrom } from './adapter-support.js';
@@ -85,8 +88,8 @@ export class WsRateLimitAdapter extends WsAdapter {
   private readonly routing = new WeakMap<WebSocket, Map<string, MessageMappingProperties[]>>();
   /** platform-ws's own parser, to tell whether `setMessageParser` replaced it. */
   private readonly defaultMessageParser: MessageParser;
-  /** Whether a custom message parser has thrown yet (logged as an error once, then debug). */
-  private parserHasThrown = false;
+  /** Set once a custom message parser has thrown (logged as an error once, then bounded debug). */
+  private parserLog: IntervalLog | undefined;
   /** Warns once when forwarding headers come from peers that are not trusted proxies. */
   private readonly forwarding: ForwardingWarning;
 
@@ -400,17 +403,20 @@ export class WsRateLimitAdapter extends WsAdapter {
     done(false, status, STATUS_CODES[status], headers);
   }
 
-  /** Logs a custom message parser's throw: an error the first time, debug after. */
+  /**
+   * Logs a custom message parser's throw: an error the first time, then at debug level at
+   * most one line per 10 s (client input can make it throw on every frame).
+   */
   private parserThrew(error: unknown): void {
-    if (this.parserHasThrown) {
-      this.logger.debug(`the message parser threw: ${(error as Error)?.message ?? String(error)}`);
+    if (this.parserLog === undefined) {
+      this.parserLog = new IntervalLog(VIOLATION_LOG_INTERVAL_MS, (line) => this.logger.debug(line));
+      this.logger.error(
+        `the message parser threw (${errorText(error)}): the frame is answered INVALID_MESSAGE; later throws are logged at debug level, at most one line per 10 s`,
+        error instanceof Error ? error.stack : undefined,
+      );
       return;
     }
-    this.parserHasThrown = true;
-    this.logger.error(
-      `the message parser threw (${(error as Error)?.message ?? String(error)}): the frame is answered INVALID_MESSAGE; later throws are logged at debug level`,
-      (error as Error)?.stack,
-    );
+    this.parserLog.note(() => `the message parser threw: ${errorText(error)}`);
   }
 
   /** Hooks a server's `connection` event ahead of NestJS, and starts its heartbeat. */

@@ -3,6 +3,7 @@ import type { RateLimitEvent } from '../interfaces/event.interface.js';
 import type { RateLimitDecision, RateLimitRejected, TierName } from '../interfaces/plan.interface.js';
 import type { RateLimitCode } from '../protocol/rate-limit-protocol.js';
 import { NO_METRICS, type LimiterMetrics } from './ws-rate-limit.metrics.js';
+import { errorText } from '../utils/error-text.js';
 
 const FRAME_CODES: Record<TierName, RateLimitCode> = {
   global: 'GLOBAL_LIMIT',
@@ -65,7 +66,7 @@ export class Telemetry {
 
   /** The store stopped answering (once per outage): logged, counted, streamed. */
   storeDown(error: unknown, failMode: 'open' | 'closed', logger: { warn(message: string): void }): void {
-    const message = (error as Error)?.message ?? String(error);
+    const message = errorText(error);
     this.metrics.storeOutage();
     logger.warn(
       `The rate-limit store cannot decide (${message}); ` +

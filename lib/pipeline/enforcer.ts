@@ -16,6 +16,7 @@ import { isPromise } from '../services/shared-store.js';
 import type { RateLimitTransport } from '../transports/transport.js';
 import { wsTransport } from '../transports/ws-transport.js';
 import { CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON } from '../ws-rate-limit.constants.js';
+import { errorText } from '../utils/error-text.js';
 
 /**
  * At most one debug line about violations per this many milliseconds (with the count of
@@ -247,7 +248,7 @@ export class Enforcer {
   private frameFailed(what: string, error: unknown): void {
     if (this.frameFailureReported) return;
     this.frameFailureReported = true;
-    const detail = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+    const detail = error instanceof Error ? `${error.name}: ${error.message}` : errorText(error);
     this.logger.warn(`${what} (${detail}); the default rate_limit frame is sent instead (said once)`);
   }
 

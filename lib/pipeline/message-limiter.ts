@@ -10,6 +10,7 @@ import type { MaybePromise, RateLimitStore } from '../storage/rate-limit-store.j
 import type { SharedStore } from '../services/shared-store.js';
 import { isPromise } from '../services/shared-store.js';
 import { addressTracker, isLocal, namedTracker, trackerOfKey, type Tracker } from './tracker.js';
+import { errorText } from '../utils/error-text.js';
 
 /** The name of the module's own limits among plans. */
 export const DEFAULT_PLAN = DEFAULT_PLAN_NAME;
@@ -90,7 +91,7 @@ export class MessageLimiter {
       });
     } catch (error) {
       // Not a reason to stop limiting (or answering): the module's own limits, as for no plan.
-      this.planResolverFailed('threw', `(${(error as Error)?.message ?? String(error)})`);
+      this.planResolverFailed('threw', `(${errorText(error)})`);
       return DEFAULT_PLAN;
     }
     // `null` from JavaScript code means no plan, as `undefined` does.

@@ -21,6 +21,7 @@ import { ownRefusal, type RefusalOwner } from './refusal-owner.js';
 import { addressTracker, type Tracker } from './tracker.js';
 import { UnroutedContext } from './unrouted-context.js';
 import { refusalsReachOurFilter } from '../filters/filter-order.js';
+import { errorText } from '../utils/error-text.js';
 
 /**
  * The steps of the pipeline a guard may change (`WsThrottleGuard`'s protected methods):
@@ -431,10 +432,7 @@ export class MessagePipeline {
 
   /** A step threw outside Nest's handling: logged once per step, then at debug. */
   private callbackFailed(what: string, error: unknown, outcome: string): void {
-    this.reportOnce(
-      what,
-      `${what} threw on an unrouted frame (${(error as Error)?.message ?? String(error)}); ${outcome}`,
-    );
+    this.reportOnce(what, `${what} threw on an unrouted frame (${errorText(error)}); ${outcome}`);
   }
 
   /** Logs a problem as an error the first time it is met (by `key`), at debug level after. */

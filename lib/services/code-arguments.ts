@@ -3,13 +3,14 @@
  * anything is spent or kept: what is wrong is named in the error, never decided silently.
  */
 import { isIP } from 'node:net';
+import { valueText } from '../utils/error-text.js';
 
 /** The longest type accepted from code: types name budgets, store keys and metric labels. */
 export const MAX_TYPE_LENGTH = 256;
 
 /** A value in an error message, cut short. */
 export function describeValue(value: unknown): string {
-  const text = typeof value === 'string' ? JSON.stringify(value) : String(value);
+  const text = typeof value === 'string' ? JSON.stringify(value) : valueText(value);
   return text.length > 80 ? `${text.slice(0, 77)}...` : text;
 }
 

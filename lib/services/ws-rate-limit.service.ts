@@ -42,6 +42,7 @@ import { OperatorBlocks } from './operator-blocks.js';
 import type { BudgetStatus, ClientLimitsStatus, ConsumeRequest } from './limits-status.js';
 import { isPromise, SharedStore } from './shared-store.js';
 import { globalThrottleGuard, throttleGuardOf } from './startup-report.js';
+import { errorText } from '../utils/error-text.js';
 
 export type { ConnectionAdmission } from '../connection/connection-admission.js';
 export { frameCode } from '../metrics/telemetry.js';
@@ -550,7 +551,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   }
 
   private releaseFailed(error: unknown): void {
-    this.logger.warn(`Giving back an open-connection slot failed: ${(error as Error)?.message ?? String(error)}`);
+    this.logger.warn(`Giving back an open-connection slot failed: ${errorText(error)}`);
   }
 
   private codePlan(target: string | object, request: ConsumeRequest): MaybePromise<RateLimitPlan> {

@@ -1,13 +1,11 @@
 import type { RateLimitRejected } from '../../interfaces/plan.interface.js';
 
 interface Blocked {
-  /** Local time (ms) until which the plan is known to be refused. */
+  /** Local time (ms) until which the entry answers (the retry time, or a bucket's next unit). */
   readonly until: number;
+  /** Local time (ms) at which the same message would be allowed: what `retryAfter` counts down to. */
+  readonly retryAt: number;
   readonly decision: RateLimitRejected;
-  /** Tokens the deciding tier gains per ms (a token bucket's refill), else 0. */
-  readonly perMs: number;
-  /** What the message costs on the deciding tier (a token bucket's, with `perMs`). */
-  readonly cost: number;
 }
 
 /**
@@ -18,11 +16,14 @@ interface Blocked {
  * this instance's entries for the keys, but another instance's cache keeps refusing them
  * until the retry time it last reported (a reset is not published through Redis).
  *
- * An answer from the cache names the time still left and, where a token bucket decided,
- * what it holds now as this instance can know it: the message's cost less the refill still
- * to come (the bucket is full at `until` for the cost, so it holds `cost - left * rate`);
- * where a sliding window decided, the `remaining` Redis answered (entries leaving the
- * window meanwhile are not known here).
+ * An answer from the cache names the time still left and the `remaining` Redis answered.
+ * Where a token bucket decided, the entry is kept only until the bucket would hold one more
+ * whole unit than that (its next unit, as far as this instance knows): a message after it
+ * asks Redis again, which answers what the bucket holds then (other plans and instances may
+ * have spent it) and is cached in turn. A bucket of cost 1 gains its next unit at the retry
+ * time, so this costs Redis nothing more there; a message of cost c at most c - 1 more calls
+ * per wait. Where a sliding window decided, entries leaving the window before the retry time
+ * are not known here: its `remaining` stays Redis's answer until then.
  *
  * Bounded by `maxEntries` without timers: a full cache first drops expired entries, then
  * the oldest ones, down to seven eighths of the bound, so the sweep is paid once per
@@ -45,31 +46,32 @@ export class BlockCache {
   get(key: string, now: number): RateLimitRejected | undefined {
     const blocked = this.entries.get(key);
     if (blocked === undefined) return undefined;
-    const left = blocked.until - now;
-    if (left <= 0) {
+    if (blocked.until <= now) {
       this.entries.delete(key);
       return undefined;
     }
-    const retryAfter = Math.ceil(left);
+    const retryAfter = Math.ceil(blocked.retryAt - now);
     const decision = blocked.decision;
-    if (retryAfter >= decision.retryAfter) return decision;
-    // `until` was rounded up to whole ms from the exact wait, so this never says more than
-    // the bucket holds.
-    const remaining =
-      blocked.perMs === 0
-        ? decision.remaining
-        : Math.min(decision.limit, Math.max(decision.remaining, Math.floor(blocked.cost - left * blocked.perMs)));
-    return { ...decision, retryAfter, remaining };
+    return retryAfter >= decision.retryAfter ? decision : { ...decision, retryAfter };
   }
 
   /**
-   * Remembers a refusal received at `now`; `perMs` and `cost` are the deciding tier's refill
-   * per ms and the message's cost there when it is a token bucket (0 and 0 otherwise).
+   * Remembers a refusal received at `now`; `perMs` is the deciding tier's refill per ms and
+   * `cost` the message's cost there when it is a token bucket (0 and 0 otherwise).
    */
   set(key: string, decision: RateLimitRejected, now: number, perMs = 0, cost = 0): void {
+    const retryAt = now + decision.retryAfter;
+    let until = retryAt;
+    if (perMs > 0) {
+      // The bucket holds about `cost - retryAfter * perMs` now (the wait was rounded up to
+      // whole ms, and the reply took its time to arrive: a little more, in truth), so its
+      // next whole unit above `remaining` comes at about this time, if nothing else spends it.
+      const holds = cost - decision.retryAfter * perMs;
+      until = Math.min(retryAt, now + (decision.remaining + 1 - holds) / perMs);
+    }
     if (this.entries.size >= this.maxEntries && !this.entries.has(key)) this.prune(now);
     this.entries.delete(key);
-    this.entries.set(key, { until: now + decision.retryAfter, decision, perMs, cost });
+    this.entries.set(key, { until, retryAt, decision });
   }
 
   /** Forgets every refusal (after keys were deleted). */
