@@ -2,6 +2,7 @@ import type { Cluster } from 'ioredis';
 import { performance } from 'node:perf_hooks';
 import type { RedisStoreClient } from './client-factory.js';
 import { RedisStoreUnavailableError } from './redis-store.error.js';
+import { errorText } from '../../utils/error-text.js';
 
 const noop = (): void => undefined;
 /** How long the probe's key lives: it only has to be written. */
@@ -389,7 +390,7 @@ export class CallGate {
 }
 
 export function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+  return errorText(error);
 }
 
 export { noop };
