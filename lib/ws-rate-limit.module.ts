@@ -1,9 +1,9 @@
-import { checkOptionFields } from './config/option-fields.js';
 import { Global, Module, type DynamicModule } from '@nestjs/common';
 import { EXCEPTION_FILTERS_METADATA } from '@nestjs/common/constants.js';
 import { ConfigModule, ConfigService } from '@nestjs/config';
 import { DiscoveryModule, DiscoveryService } from '@nestjs/core';
 import { resolveOptions, type ResolvedWsRateLimitOptions } from './config/resolve-options.js';
+import { checkOptionFields } from './config/option-fields.js';
 import { isRateLimitFilter } from './filters/filter-order.js';
 import { WsRateLimitFilter } from './filters/ws-rate-limit.filter.js';
 import { WsThrottleGuard } from './guards/ws-throttle.guard.js';
@@ -63,12 +63,12 @@ function configured(module: DynamicModule): DynamicModule {
       useFactory: (
         given: WsRateLimitModuleOptions | undefined,
         config: ConfigService,
-        configured: true | undefined,
+        fromForRoot: true | undefined,
       ): ResolvedWsRateLimitOptions => {
         // The class imported bare (`imports: [WsRateLimitModule]`) has no options: it runs as
         // `forRoot()` does. From forRoot/forRootAsync, options that are not an object (a
         // factory that returned nothing) are refused.
-        if (configured) checkOptionFields(given);
+        if (fromForRoot) checkOptionFields(given);
         const options = given ?? {};
         // A misspelled variable would otherwise be ignored without a word.
         if (options?.useEnv !== false) warnUnknownVariables(Object.keys(process.env));
