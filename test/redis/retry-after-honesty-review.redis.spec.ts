@@ -163,6 +163,7 @@ interface Probe {
   earlySentLate: boolean;
   onTime: string;
   earlyFrame: Frame;
+  onTimeFrame: Frame;
 }
 
 /**
@@ -194,6 +195,7 @@ async function probe(
     earlySentLate: sentAt > receivedAt + retryAfter - margin / 2,
     onTime: String(onTime.frame.event),
     earlyFrame: early.frame,
+    onTimeFrame: onTime.frame,
   };
 }
 
@@ -566,7 +568,18 @@ describe("tracker 'ip': two app instances sharing one real Redis", () => {
       );
       // With reservations, B may give its unspent batch back meanwhile: an early admission is then no lie.
       if (!reservations && !result.earlySentLate) expect(result.early).toBe('rate_limit');
-      expect(result.onTime).toBe('ack');
+      if (reservations && result.onTime !== 'ack') {
+        // With reservations, a slot's time is mapped from when its reserving call was sent,
+        // so that no slot is spent early: a retry at retryAfter can come up to that call's
+        // round trip too soon, and is refused with the few ms left (CI once: 997 ms, retried
+        // 998.2 ms after, refused with 3 ms). A retry after those is admitted.
+        const left = refusal(result.onTimeFrame).retryAfter;
+        expect(left).toBeLessThanOrEqual(50);
+        await sleep(left + 1);
+        expect((await ask(onA, 'echo', 'after the few ms left')).frame.event).toBe('ack');
+      } else {
+        expect(result.onTime).toBe('ack');
+      }
     }, 30_000);
   }
 
