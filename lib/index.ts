@@ -14,7 +14,7 @@ export * from './exceptions/index.js';
 export * from './interfaces/index.js';
 export * from './storage/index.js';
 export * from './algorithms/index.js';
-export { tokenBucketSpec, windowSpec, concurrencySpec } from './plans/tier-specs.js';
+export { tokenBucketSpec, windowSpec, concurrencySpec, figuresSuffix } from './plans/tier-specs.js';
 export { createPlan } from './plans/create-plan.js';
 export type { Route } from './plans/route-resolver.js';
 export { ConnectionState, CONNECTION_STATE } from './connection/connection-state.js';

@@ -7,5 +7,5 @@
 export * from './storage/index.js';
 export * from './algorithms/index.js';
 export * from './interfaces/plan.interface.js';
-export { tokenBucketSpec, windowSpec, concurrencySpec } from './plans/tier-specs.js';
+export { tokenBucketSpec, windowSpec, concurrencySpec, figuresSuffix } from './plans/tier-specs.js';
 export { createPlan } from './plans/create-plan.js';

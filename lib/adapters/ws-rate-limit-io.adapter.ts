@@ -439,10 +439,34 @@ export class WsRateLimitIoAdapter extends IoAdapter {
         if (routedInTransit > 0) process.nextTick(decide);
         else decide();
       };
-      socket.use((packet, next) => {
+      /** Passes a packet on now, or once the frame hold opens. */
+      const screen = (packet: Packet, next: (error?: Error) => void): void => {
         if (hold.open) passOn(packet, next);
         else hold.add(() => passOn(packet, next));
-      });
+      };
+      socket.use(screen);
+      // Acknowledgement packets skip socket.io's middlewares: one answering an emit of the
+      // server's goes through, late too (after its timeout dropped it: the last 64 ids
+      // dropped are remembered); one naming an id the server never used (socket.io drops
+      // it, as NestJS drops an event no handler takes) is charged as such an event.
+      const acking = socket as unknown as AckingSocket;
+      const onack = acking.onack;
+      const acks = acking.acks;
+      if (typeof onack === 'function' && acks instanceof Map) {
+        let dropped: Set<unknown> | undefined;
+        acks.delete = function (this: Map<unknown, unknown>, id: unknown): boolean {
+          if (this.has(id)) {
+            dropped ??= new Set();
+            dropped.add(id);
+            if (dropped.size > LATE_ACKS) dropped.delete(dropped.values().next().value);
+          }
+          return Map.prototype.delete.call(this, id);
+        };
+        acking.onack = function (this: AckingSocket, packet: { id?: unknown }): void {
+          if (acks.has(packet.id) || dropped?.delete(packet.id) === true) return onack.call(this, packet);
+          screen([undefined as unknown as string], () => onack.call(acking, packet));
+        };
+      }
     }
     for (const handler of handlers) routing.events.add(handler.message as string);
     return routing;
@@ -481,6 +505,21 @@ export class WsRateLimitIoAdapter extends IoAdapter {
     );
   }
 }
+
+/**
+ * A socket.io socket's acknowledgement handling (socket.io 4: its `acks` by id, and `onack`,
+ * which calls the one a packet names and drops any other).
+ */
+interface AckingSocket {
+  acks?: Map<unknown, unknown>;
+  onack?: (packet: { id?: unknown }) => void;
+}
+
+/**
+ * Ids of a socket's acknowledgements socket.io dropped (answered, or timed out) that a late
+ * answer may still name without being charged.
+ */
+const LATE_ACKS = 64;
 
 /** A packet as socket.io's middleware gets it: the event, its arguments, maybe an ack. */
 type Packet = Parameters<Parameters<Socket['use']>[0]>[0];

@@ -7,6 +7,7 @@ import { Ledger, utf8Bytes, type Settled, type Unanswered } from './ledger.js';
 import { declaredBudgets, resolveOptions, type ResolvedOptions } from './options.js';
 import { Outbox, type OutboxEntry } from './outbox.js';
 import { errorFrameId, parseRateLimitFrame } from './rate-limit-frame.js';
+import { watchRefusal } from './refused-upgrade.js';
 import { TypedEmitter, type Listener } from './typed-emitter.js';
 import type {
   AckMatch,
@@ -233,7 +234,9 @@ function endAfterGrace(socket: WebSocketLike): void {
  * after a full-jitter exponential back-off, random in [0, min(backoffCapMs,
  * backoffBaseMs * 2^attempt)). After a close 1008 (rate-limit violations) or a handshake
  * that never opened (HTTP 429, but also a server that is down), it waits at least
- * `policyDelayMs`. The attempt counter resets once a connection stays open `stableMs`.
+ * `policyDelayMs`, and at least the refusal's `Retry-After` where the socket shows it (`ws`
+ * in Node; a browser's WebSocket does not). The attempt counter resets once a connection
+ * stays open `stableMs`.
  * Every timer is clamped to 2^31-1 ms (about 24.8 days), the longest `setTimeout` honours
  * (longer ones fire at once): a longer retry window is waited out in steps, a longer
  * reconnect delay is cut to it.
@@ -304,6 +307,8 @@ export class RateLimitedClient {
   private openTimer: Timer | undefined;
   private attempt = 0;
   private openedAt: number | undefined;
+  /** A socket whose upgrade the server refused, and the `Retry-After` it gave (see `watchRefusal`). */
+  private refusal: { readonly socket: WebSocketLike; readonly retryAfterMs: number | undefined } | undefined;
   private pumping = false;
   private pumpRequested = false;
 
@@ -495,11 +500,25 @@ export class RateLimitedClient {
       if (this.socket === socket) this.handleFrame(event);
     };
     socket.onclose = (event) => {
-      if (this.socket === socket) this.handleClose(event);
+      if (this.socket !== socket) return;
+      const refusal = this.refusal?.socket === socket ? this.refusal : undefined;
+      this.refusal = undefined;
+      // A refused upgrade's Retry-After, where the socket showed it: waited like socket.io's.
+      this.handleClose(refusal?.retryAfterMs === undefined ? event : { ...event, retryAfterMs: refusal.retryAfterMs });
     };
     socket.onerror = (event) => {
-      if (this.socket === socket) this.emitter.emit('error', event);
+      // A refused upgrade was reported as such (the socket's own error would say it was closed early).
+      if (this.socket === socket && this.refusal?.socket !== socket) this.emitter.emit('error', event);
     };
+    watchRefusal(socket, (status, retryAfterMs) => {
+      if (this.socket !== socket) return;
+      this.refusal = { socket, retryAfterMs };
+      const after = retryAfterMs === undefined ? '' : ` (Retry-After: ${Math.ceil(retryAfterMs / 1000)} s)`;
+      this.emitter.emit(
+        'error',
+        new Error(`RateLimitedClient: the server refused the connection: HTTP ${status}${after}`),
+      );
+    });
     const timeoutMs = this.options.openTimeoutMs;
     if (Number.isFinite(timeoutMs)) {
       this.openTimer = setTimeout(
@@ -591,6 +610,7 @@ export class RateLimitedClient {
     this.openTimer = undefined;
     this.socket = undefined;
     this.openedAt = undefined;
+    this.refusal = undefined;
     this.ledger.clear();
   }
 

@@ -416,7 +416,8 @@ export interface RateLimitedClientOptions {
   /**
    * Least delay before reconnecting after a close 1008 (rate-limit violations), a close
    * with `policyCloseCode`, a socket.io `rate_limit_disconnect`, or a handshake that never
-   * opened (for example HTTP 429); the back-off applies if larger.
+   * opened (for example HTTP 429); the back-off applies if larger, and so does a refusal's
+   * `Retry-After` where the socket shows it (`ws` in Node; socket.io's `connect_error` data).
    * @default 30000
    */
   policyDelayMs?: number;

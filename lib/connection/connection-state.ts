@@ -5,6 +5,7 @@ import { connectionTracker, type Tracker } from '../pipeline/tracker.js';
 import type { Route } from '../plans/route-resolver.js';
 import type { AnswerOrder } from './answer-order.js';
 import type { FrameHold } from './frame-hold.js';
+import type { SettleOrder } from './settle-order.js';
 import type { RateLimitTransport } from '../transports/transport.js';
 import type { WsClientLike } from '../transports/ws-transport.js';
 
@@ -48,11 +49,26 @@ export class ConnectionState {
    */
   ended = false;
   /**
-   * Rejections thrown for NestJS to hand to the filter, not yet counted as violations there:
-   * the messages of one read are all decided before any filter runs, so this tells the
-   * pipeline that the violation threshold is already reached. Reset when those filters run.
+   * Rejections thrown for NestJS to hand to the filter, not yet counted as violations there
+   * (see `in-transit.ts`): the messages of one read are all decided before any filter runs,
+   * and decisions that waited on the store may settle before the filter has counted the
+   * refusals settled before them, so this tells the pipeline that the violation threshold is
+   * already reached. Each refusal's answer takes its own back.
    */
   pendingRejections = 0;
+  /** The period `pendingRejections` counts in: a sweep that clears a count left standing starts the next. */
+  transitEpoch = 0;
+  /** A sweep of `pendingRejections` is scheduled. */
+  transitSweep = false;
+  /** When a refusal was last put in transit or answered (monotonic ms; see `in-transit.ts`). */
+  transitAt = 0;
+  /**
+   * Its decisions that waited on the store, settling in the order they were asked for
+   * (`MessageLimiter.decideFor`); made at the first.
+   */
+  decisionOrder: SettleOrder | undefined;
+  /** Its asynchronous trackers, settling in arrival order (`MessagePipeline`); made at the first. */
+  trackerOrder: SettleOrder | undefined;
   /** Set once shadow mode has reported the close it did not make. */
   shadowClosed = false;
   /** Until when (monotonic ms) only essential types are allowed; 0 when not degraded. */

@@ -1,6 +1,14 @@
 import { performance } from 'node:perf_hooks';
 
 /**
+ * At most one debug line about what clients cause (violations, frames a custom parser
+ * throws on) per this many milliseconds, with the count of those left out: a flood, or
+ * shadow mode, where nothing closes the offender, would otherwise write one line per
+ * rejected message.
+ */
+export const VIOLATION_LOG_INTERVAL_MS = 10_000;
+
+/**
  * A log line a client can cause, bounded: at most one line per `intervalMs`, and the next
  * line written says how many were left out since the one before. Nothing is kept but a
  * time and a count; no timer runs (a count left at the end of a burst is only reported

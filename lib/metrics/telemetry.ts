@@ -85,11 +85,11 @@ export class Telemetry {
 
   /** Counts a message decision and, when observed, streams it. */
   decision(tracker: string, type: string, decision: RateLimitDecision): void {
+    const tier = decision.allowed ? undefined : refusingTier(decision);
     if (decision.allowed) {
       this.metrics.allowed(type);
       if (decision.nearLimit !== undefined) this.metrics.nearLimit(decision.nearLimit, type);
     } else {
-      const tier = refusingTier(decision);
       this.metrics.rejected(type, this.enforced ? 'rejected' : 'shadow_rejected', tier ?? 'none', frameCode(decision));
     }
     if (!this.subject.observed) return;
@@ -109,7 +109,7 @@ export class Telemetry {
             enforced: this.enforced,
             tracker,
             type,
-            ...(refusingTier(decision) === undefined ? {} : { tier: decision.tier }),
+            ...(tier === undefined ? {} : { tier }),
             code: frameCode(decision),
             retryAfter: decision.retryAfter,
           },

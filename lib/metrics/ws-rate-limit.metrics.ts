@@ -89,7 +89,31 @@ export const METRICS = [
     '',
     '1 while the store cannot decide and the fail mode does (local limits, or refusals), else 0.',
   ],
+  [
+    'memory_store_keys',
+    'gauge',
+    'store',
+    'Tier states an embedded memory store holds (what maxKeys bounds): store="memory" or "fallback" (fail-open).',
+  ],
+  [
+    'memory_store_evictions_total',
+    'counter',
+    'store',
+    'Tier states a memory store dropped, while they still mattered, to stay within maxKeys (their limits started over).',
+  ],
 ] as const;
+
+/** What the memory-store metrics read of a store (`MemoryRateLimitStore`). */
+export interface MemoryStoreFigures {
+  readonly size: number;
+  readonly evictions: number;
+}
+
+/**
+ * The embedded memory stores an app decides with, by `store` label: `memory` (the store, when
+ * it is the memory store) and `fallback` (the fail-open fallback, once an outage made it).
+ */
+export type MemoryStoresOf = () => Iterable<readonly [label: 'memory' | 'fallback', store: MemoryStoreFigures]>;
 
 /**
  * Creates the metrics through prom-client when it is installed and metrics are on;
@@ -100,6 +124,7 @@ export async function createMetrics(
   openConnections: () => number,
   logger: Logger,
   storeFallback: () => boolean = () => false,
+  memoryStores: MemoryStoresOf = () => [],
 ): Promise<LimiterMetrics> {
   if (!options.metrics) return NO_METRICS;
   let prom: PromClient;
@@ -175,15 +200,59 @@ export async function createMetrics(
   // an app created again in a test): the sum of their open connections, and 1 while any of
   // them is in fall-back. Each app's source leaves when the app shuts down.
   const gauge = (name: string, read: () => number, combine: (values: number[]) => number): (() => void) => {
+    const existed = registry.getSingleMetric(`${prefix}${name}`) !== undefined;
     const made = metric(prom.Gauge, name, help[name]!, {
       collect(this: { set(value: number): void }) {
         this.set(combine([...(GAUGE_SOURCES.get(this) ?? [])].map((source) => source())));
       },
     }) as object;
-    let sources = GAUGE_SOURCES.get(made);
-    if (!sources) GAUGE_SOURCES.set(made, (sources = new Set()));
-    sources.add(read);
-    return () => void sources.delete(read);
+    return addSource(GAUGE_SOURCES, made, existed, name, read);
+  };
+  /**
+   * A metric the limiter fills when it is collected (the gauges, the memory-store evictions),
+   * found in the registry but not made by this module: its collection is your code's, so
+   * nothing would ever fill it. Refused at start-up, as one of another kind is.
+   */
+  const refuseForeign = (name: string): never => {
+    throw new Error(
+      `WsRateLimitModule: the metrics registry already holds ${prefix}${name}, registered by your code; ` +
+        'the limiter sets it when it is collected, and cannot fill one it did not create. ' +
+        'Remove yours, or set WS_RATE_LIMIT_METRICS_PREFIX (option metricsPrefix) to publish under other names',
+    );
+  };
+  /**
+   * Adds this app's source to a metric read at collection (`made`: this module's, unless it
+   * `existed` before without sources, then refused); returns what takes it out again.
+   */
+  const addSource = <S>(
+    sourcesOf: WeakMap<object, Set<S>>,
+    made: object,
+    existed: boolean,
+    name: string,
+    source: S,
+  ): (() => void) => {
+    let sources = sourcesOf.get(made);
+    if (!sources) {
+      if (existed) refuseForeign(name);
+      sourcesOf.set(made, (sources = new Set()));
+    }
+    sources.add(source);
+    return () => void sources.delete(source);
+  };
+  // Memory stores, read at each collection: apps sharing one store count it once.
+  const storeFigures = (name: string, collect: (this: LabelledMetric, stores: StoresByLabel) => void): (() => void) => {
+    const existed = registry.getSingleMetric(`${prefix}${name}`) !== undefined;
+    const made = metric(name.endsWith('_total') ? prom.Counter : prom.Gauge, name, help[name]!, {
+      labelNames: labels(name),
+      collect(this: LabelledMetric) {
+        const stores: StoresByLabel = new Map();
+        for (const source of STORE_SOURCES.get(this) ?? []) {
+          for (const [label, store] of source()) stores.set(store, label);
+        }
+        collect.call(this, stores);
+      },
+    }) as object;
+    return addSource(STORE_SOURCES, made, existed, name, memoryStores);
   };
   const unpublish = [
     gauge('open_connections', openConnections, (values) => values.reduce((sum, value) => sum + value, 0)),
@@ -192,6 +261,25 @@ export async function createMetrics(
       () => (storeFallback() ? 1 : 0),
       (values) => Math.max(0, ...values),
     ),
+    storeFigures('memory_store_keys', function (stores) {
+      const held = new Map<string, number>([
+        ['memory', 0],
+        ['fallback', 0],
+      ]);
+      for (const [store, label] of stores) held.set(label, held.get(label)! + store.size);
+      for (const [label, size] of held) this.labels(label).set!(size);
+    }),
+    storeFigures('memory_store_evictions_total', function (stores) {
+      // A counter only grows: each store adds what it dropped since the last collection; a
+      // store whose app has closed keeps what it added.
+      let seen = EVICTIONS_SEEN.get(this);
+      if (!seen) EVICTIONS_SEEN.set(this, (seen = new WeakMap()));
+      for (const [store, label] of stores) {
+        // Adding 0 shows the series from the first collection on.
+        this.labels(label).inc(store.evictions - (seen.get(store) ?? 0));
+        seen.set(store, store.evictions);
+      }
+    }),
   ];
   // On the hot path a decision costs a Map lookup and an add to a plain number: prom-client's
   // own inc() hashes and validates the labels on every call.
@@ -275,6 +363,17 @@ class Tally {
 
 /** The apps' sources of each gauge this module created, read and combined at each collection. */
 const GAUGE_SOURCES = new WeakMap<object, Set<() => number>>();
+
+/** A labelled gauge or counter, as the memory-store metrics use it. */
+interface LabelledMetric {
+  labels(...values: string[]): { set?(value: number): void; inc(value?: number): void };
+}
+/** The memory stores read at one collection, each with its `store` label. */
+type StoresByLabel = Map<MemoryStoreFigures, 'memory' | 'fallback'>;
+/** The apps' memory-store sources of each memory-store metric this module created. */
+const STORE_SOURCES = new WeakMap<object, Set<MemoryStoresOf>>();
+/** Per evictions counter, each store's evictions it has counted. */
+const EVICTIONS_SEEN = new WeakMap<object, WeakMap<MemoryStoreFigures, number>>();
 
 /** The tallies of each counter this module created, shared by every app in the process that uses it. */
 const TALLIES = new WeakMap<object, Map<string, Tally>>();

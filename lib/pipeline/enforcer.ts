@@ -4,12 +4,12 @@
 import { performance } from 'node:perf_hooks';
 import { createSlidingLog, logCount, logRecord } from '../algorithms/sliding-log.js';
 import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
-import type { AnswerSlot } from '../connection/answer-order.js';
-import type { ConnectionState } from '../connection/connection-state.js';
+import type { AnswerOrder, AnswerSlot } from '../connection/answer-order.js';
+import { CONNECTION_STATE, type ConnectionState, type TrackedClient } from '../connection/connection-state.js';
 import { GOING_AWAY, PING_TIMEOUT_REASON } from '../connection/heartbeat.js';
 import type { WsRateLimitException } from '../exceptions/ws-rate-limit.exception.js';
 import type { RateLimitFrameBuilder } from '../interfaces/frame.interface.js';
-import { IntervalLog } from '../metrics/interval-log.js';
+import { IntervalLog, VIOLATION_LOG_INTERVAL_MS } from '../metrics/interval-log.js';
 import { frameCode, type Telemetry } from '../metrics/telemetry.js';
 import { RATE_LIMIT_EVENT, type RateLimitFrameInfo } from '../protocol/rate-limit-protocol.js';
 import { isPromise } from '../services/shared-store.js';
@@ -17,13 +17,7 @@ import type { RateLimitTransport } from '../transports/transport.js';
 import { wsTransport } from '../transports/ws-transport.js';
 import { CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON } from '../ws-rate-limit.constants.js';
 import { errorText } from '../utils/error-text.js';
-
-/**
- * At most one debug line about violations per this many milliseconds (with the count of
- * those left out): a flood, or shadow mode, where nothing closes the offender, would
- * otherwise write one line per rejected message.
- */
-export const VIOLATION_LOG_INTERVAL_MS = 10_000;
+import { answeredInTransit } from './in-transit.js';
 
 /** Close reason for a tracker on the deny list. */
 export const DENIED_REASON = 'Denied';
@@ -96,6 +90,7 @@ export class Enforcer {
    * in the connection's order of answers, when its adapter keeps one.
    */
   reject(client: object, state: ConnectionState, exception: WsRateLimitException, slot?: AnswerSlot): void {
+    answeredInTransit(state, exception);
     const transport = transportOf(state);
     if (state.closing || !transport.isOpen(client)) return;
     const { max, closeCode, closeReason, windowMs } = this.options.violations;
@@ -363,11 +358,40 @@ export class Enforcer {
       }
       this.logger.debug(`Closed ${loggable(tracker)}: ${reason}`);
     };
-    // Replies of the messages admitted before this decision go out first, within the grace;
-    // a slow consumer would not read them.
+    // A slow consumer is ended at once: it would not read the replies.
+    if (kind === 'slow_consumer') return close();
+    // Replies of the messages admitted before this decision go out first, within the grace:
+    // this socket's, and those of the sockets its connection carries (socket.io namespaces),
+    // which the close ends too and which take no message from now on.
+    const carried: [object, ConnectionState][] = [];
+    for (const other of transport.carried?.(client) ?? []) {
+      const otherState = (other as TrackedClient)[CONNECTION_STATE];
+      if (otherState === undefined || otherState.registry !== state.registry || otherState.closing) continue;
+      otherState.closing = true;
+      if (otherState.order !== undefined && !otherState.order.idle) carried.push([other, otherState]);
+    }
     const order = state.order;
-    if (order === undefined || order.idle || kind === 'slow_consumer') close();
-    else order.closeAfter(close);
+    if (carried.length === 0) {
+      if (order === undefined || order.idle) close();
+      else order.closeAfter(close);
+      return;
+    }
+    let waiting = carried.length + 1;
+    // Each socket once, either way: its replies are out (or the grace is over), or it closed
+    // meanwhile (a closed socket's order drops its closer; the close still ends the others).
+    const whenAnswered = (socket: object, socketOrder: AnswerOrder | undefined): void => {
+      let done = false;
+      const answered = (): void => {
+        if (done) return;
+        done = true;
+        if (--waiting === 0) close();
+      };
+      if (socketOrder === undefined || socketOrder.idle) return answered();
+      socketOrder.closeAfter(answered);
+      transport.onClose(socket, answered);
+    };
+    for (const [other, otherState] of carried) whenAnswered(other, otherState.order);
+    whenAnswered(client, order);
   }
 
   /** Records a violation in the connection's window; returns the count in the window. */

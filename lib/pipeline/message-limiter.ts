@@ -9,6 +9,7 @@ import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
 import type { MaybePromise, RateLimitStore } from '../storage/rate-limit-store.js';
 import type { SharedStore } from '../services/shared-store.js';
 import { isPromise } from '../services/shared-store.js';
+import { SettleOrder } from '../connection/settle-order.js';
 import { addressTracker, isLocal, namedTracker, trackerOfKey, type Tracker } from './tracker.js';
 import { errorText } from '../utils/error-text.js';
 
@@ -222,25 +223,18 @@ export class MessageLimiter {
    * Decides a plan: connection-keyed plans in process memory, the rest in the store (the
    * fail mode deciding when it cannot). Counted in metrics and, when observed, streamed.
    */
-  decide(plan: RateLimitPlan, route?: Route, state?: ConnectionState): MaybePromise<RateLimitDecision> {
+  decide(plan: RateLimitPlan, route?: Route): MaybePromise<RateLimitDecision> {
     const decision = connectionKeyed(plan) ? this.local.consume(plan) : this.shared.consume(plan);
     if (this.telemetry.reporting) {
       const type = route?.type ?? plan.type ?? typeOfSpecs(plan);
       if (isPromise(decision)) {
-        decision.then((settled) => {
-          // A message of a connection whose close was decided while this waited is neither
-          // answered nor processed: nor is it counted.
-          if (state === undefined || !this.closeDecided(state)) this.telemetry.decision(plan.tracker, type, settled);
-        }, noop);
+        decision.then((settled) => this.telemetry.decision(plan.tracker, type, settled), noop);
       } else {
         this.telemetry.decision(plan.tracker, type, decision);
       }
     }
     return decision;
   }
-
-  /** Whether a connection's close is decided (set by the message pipeline, which knows). */
-  closeDecided: (state: ConnectionState) => boolean = () => false;
 
   /** Counts and streams a refusal made before any tier decided (an operator block, a degradation). */
   report(tracker: string, type: string, decision: RateLimitDecision): void {
@@ -256,13 +250,17 @@ export class MessageLimiter {
   async reset(tracker: Tracker): Promise<void> {
     const types = new Set<string>();
     for (const routes of this.plans.values()) {
-      // A type's one bucket, and its named limits' (a plan may give a type either); a plan's
-      // buckets and window of figures other than the module's under their own suffixes.
+      // A type's one bucket, and its named limits' (a plan may give a type either), under
+      // suffixes naming their figures; a plan's window of figures other than the module's
+      // under its own. The suffixes of the layout before buckets were keyed by their figures
+      // (`g`, `t:<type>`) too, whose states may outlive an upgrade by their TTL.
+      types.add('g');
       types.add(routes.globalSuffix);
       types.add(routes.expensiveSuffix);
       types.add(routes.otherTypesSuffix());
       for (const type of routes.knownTypes()) types.add(`t:${type}`);
       for (const suffix of routes.knownTypeSuffixes()) types.add(suffix);
+      for (const suffix of routes.optionTypeSuffixes()) types.add(suffix);
     }
     const suffixes = [...EXPENSIVE_SUFFIXES, ...types];
     if (isLocal(tracker)) this.local.delete(suffixes.map((suffix) => this.local.key(tracker.key, suffix)));
@@ -284,10 +282,20 @@ export class MessageLimiter {
    * `decide` for a plan made for a connection (a message's, or one code asked for naming its
    * socket). A connection that ended before its plan was made (its tracker answered after
    * the close) would otherwise keep the states the decision made, in the connection store
-   * that nothing evicts, for as long as the process runs.
+   * that nothing evicts, for as long as the process runs. The connection's decisions settle
+   * in the order they were asked for (`SettleOrder`), the fail mode's included.
    */
-  decideFor(state: ConnectionState, plan: RateLimitPlan, route?: Route): MaybePromise<RateLimitDecision> {
-    const decision = this.decide(plan, route, state);
+  decideFor(state: ConnectionState, plan: RateLimitPlan, route: Route): MaybePromise<RateLimitDecision> {
+    let decision: MaybePromise<RateLimitDecision>;
+    if (connectionKeyed(plan)) {
+      decision = this.local.consume(plan);
+      // Made at once, it still settles after the connection's decisions waiting before it.
+      if (state.decisionOrder?.waiting === true) decision = state.decisionOrder.after(Promise.resolve(decision));
+    } else {
+      decision = this.shared.consume(plan, undefined, (state.decisionOrder ??= new SettleOrder()));
+    }
+    // One that waits is counted by the pipeline when it settles (`count`), if it is told then.
+    if (this.telemetry.reporting && !isPromise(decision)) this.telemetry.decision(plan.tracker, route.type, decision);
     if (state.ended) this.forget(state);
     return decision;
   }

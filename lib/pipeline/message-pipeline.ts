@@ -11,6 +11,7 @@ import type { Route } from '../plans/route-resolver.js';
 import type { UnroutedCode } from '../protocol/rate-limit-protocol.js';
 import type { AccessRules } from '../services/access-rules.js';
 import type { OperatorBlocks } from '../services/operator-blocks.js';
+import { SettleOrder, TRACKER_STALL_MS } from '../connection/settle-order.js';
 import { isPromise } from '../services/shared-store.js';
 import type { MessageId } from '../utils/message-id.js';
 import { messageIdFromArgs } from '../utils/message-id.js';
@@ -19,6 +20,7 @@ import { DENIED_REASON, type Enforcer } from './enforcer.js';
 import type { MessageLimiter } from './message-limiter.js';
 import { ownRefusal, type RefusalOwner } from './refusal-owner.js';
 import { addressTracker, type Tracker } from './tracker.js';
+import { noteInTransit } from './in-transit.js';
 import { UnroutedContext } from './unrouted-context.js';
 import { refusalsReachOurFilter } from '../filters/filter-order.js';
 import { errorText } from '../utils/error-text.js';
@@ -90,7 +92,6 @@ export class MessagePipeline {
     private readonly blocks: OperatorBlocks,
     private readonly logger: { error(message: string): void; debug(message: string): void },
   ) {
-    limiter.closeDecided = (state) => state.closing || this.closeDecided(state);
     this.defaultSteps = {
       getRoute: (context, connection, client) =>
         limiter.routeOf(context.getHandler(), context.getClass(), connection, client),
@@ -149,7 +150,7 @@ export class MessagePipeline {
     // The violation threshold was reached by earlier messages of this read: the close is
     // decided, so this message is not decided (nor processed) any more, even one the limiter
     // skips (`@SkipThrottle`, `skipIf`).
-    if (connection.closing || this.closeDecided(connection)) {
+    if (this.closeDecided(connection)) {
       return this.refuse(
         client,
         new WsRateLimitException(CLOSING, route?.type ?? SKIPPED_TYPE, connection.connectionTracker, undefined),
@@ -157,10 +158,10 @@ export class MessagePipeline {
     }
     if (route === null) return true;
     if ((this.limiter.skipIf !== undefined || route.skipIf !== undefined) && this.skips(context, route)) return true;
-    const tracker = steps.getTracker(client, connection);
+    const tracker = inTrackerOrder(connection, steps.getTracker(client, connection));
     // An async tracker: a rejection reaches Nest as a throwing tracker's error does.
     const verdict =
-      typeof tracker !== 'string' && isPromise(tracker)
+      typeof tracker !== 'string'
         ? tracker.then((key) => this.proceed(context, steps, client, connection, route, key))
         : this.proceed(context, steps, client, connection, route, tracker);
     // The common answer, a synchronous `true`, is returned without a promise check.
@@ -246,8 +247,7 @@ export class MessagePipeline {
     if (connection.pendingRejections !== 0 && this.enforcer.closesWith(connection, connection.pendingRejections)) {
       return finished();
     }
-    // A refusal decided now is counted now (`failed`), not by a filter later: not pending.
-    const pending = connection.pendingRejections;
+    // A refusal decided here is counted at once (`failed`, whose answer takes it out of transit).
     let verdict: boolean | Promise<boolean>;
     try {
       const route = bound.steps.getRoute(context, connection, client);
@@ -261,7 +261,8 @@ export class MessagePipeline {
       } catch (error) {
         tracker = this.trackerFailed(error, connection);
       }
-      if (typeof tracker !== 'string' && isPromise(tracker)) {
+      tracker = inTrackerOrder(connection, tracker);
+      if (typeof tracker !== 'string') {
         verdict = tracker
           .then(undefined, (error: unknown) => this.trackerFailed(error, connection))
           .then((key) => this.proceed(context, bound.steps, client, connection, route, key, false));
@@ -270,7 +271,6 @@ export class MessagePipeline {
       }
       if (isPromise(verdict)) waitedOn(connection, verdict);
     } catch (error) {
-      connection.pendingRejections = pending;
       return failed(error);
     }
     if (verdict === true) answer();
@@ -293,8 +293,7 @@ export class MessagePipeline {
     routed = true,
   ): true | WsRateLimitException | undefined {
     // Checked again here: an asynchronous tracker settles after earlier messages were refused.
-    if (state.closing || this.closeDecided(state))
-      return new WsRateLimitException(CLOSING, route.type, tracker, undefined);
+    if (this.closeDecided(state)) return new WsRateLimitException(CLOSING, route.type, tracker, undefined);
     // An operator's block wins over the allow list, as at the upgrade (see ConnectionAdmission).
     if (this.blocks.active) {
       const blocked = this.blocks.remainingFor(tracker, state.ip === undefined ? undefined : addressOf(state).key);
@@ -309,12 +308,25 @@ export class MessagePipeline {
       }
     }
     if (route.essential) return undefined;
+    return this.degradation(state, route, tracker, routed);
+  }
+
+  /**
+   * The refusal of a degraded connection's non-essential message: degraded now, or about to
+   * be by the refusals on their way to the filter before it (a routed message's look-ahead).
+   */
+  private degradation(
+    state: ConnectionState,
+    route: Route,
+    tracker: string,
+    routed: boolean,
+  ): WsRateLimitException | undefined {
     if (state.degradedUntil !== 0) {
       const left = Math.ceil(state.degradedUntil - performance.now());
       if (left > 0) return new WsRateLimitException(restriction('degraded', left), route.type, tracker, undefined);
       state.degradedUntil = 0;
     }
-    // Refusals of this read before this message, not counted yet, degrade the connection.
+    // Refusals before this message, not counted yet, degrade the connection.
     if (routed && state.pendingRejections !== 0) {
       const cooldown = this.enforcer.degradesWith(state, state.pendingRejections);
       if (cooldown > 0)
@@ -357,16 +369,43 @@ export class MessagePipeline {
     }
     const plan = steps.getPlan(connection, route, tracker);
     const decision = this.limiter.decideFor(connection, plan, route);
-    if (decision instanceof Promise) {
+    if (isPromise(decision)) {
       return decision.then((settled) =>
-        // Decided side by side with messages refused meanwhile up to the threshold (a flood
-        // past the frame hold): the close is decided, so this one is not answered or processed.
-        this.limiter.closeDecided(connection)
-          ? this.refuse(client, new WsRateLimitException(CLOSING, route.type, tracker, undefined))
-          : this.settle(client, settled, steps, route, plan, context),
+        this.settleLate(client, connection, settled, steps, route, plan, context, routed),
       );
     }
     return this.settle(client, decision, steps, route, plan, context);
+  }
+
+  /**
+   * A decision that waited on the store, settling in its connection's order: decided side by
+   * side with messages refused meanwhile (a flood past the frame hold), it meets what their
+   * refusals decided, as it would have at its screening had it come after them: a close
+   * decided (not answered, processed or counted) or a degradation (refused as degraded,
+   * counted as such, whatever the store said). Counted in metrics and the stream here.
+   */
+  private settleLate(
+    client: object,
+    connection: ConnectionState,
+    settled: RateLimitDecision,
+    steps: MessageSteps,
+    route: Route,
+    plan: RateLimitPlan,
+    context: ExecutionContext,
+    routed: boolean,
+  ): true {
+    if (this.closeDecided(connection)) {
+      return this.refuse(client, new WsRateLimitException(CLOSING, route.type, plan.tracker, undefined));
+    }
+    const degraded = route.essential ? undefined : this.degradation(connection, route, plan.tracker, routed);
+    if (degraded !== undefined) {
+      this.limiter.report(plan.tracker, route.type, degraded.decision);
+      const refusal = withMessageId(degraded, context);
+      this.notePending(client, refusal, context);
+      return this.refuse(client, refusal);
+    }
+    this.limiter.report(plan.tracker, route.type, settled);
+    return this.settle(client, settled, steps, route, plan, context);
   }
 
   /**
@@ -392,8 +431,9 @@ export class MessagePipeline {
   }
 
   /**
-   * Notes an enforced refusal that the filter will count later, for the messages of the read
-   * decided before it runs (the look-ahead of the degradation and of the close): not one
+   * Notes an enforced refusal that the filter will count later, for the messages decided
+   * before it runs (the rest of the read, decisions that settle meanwhile: the look-ahead of
+   * the degradation and of the close), until its answer takes it back: not one
    * that is never counted (closing, store unavailable, or taken by a filter of the handler's
    * own before ours).
    */
@@ -402,16 +442,19 @@ export class MessagePipeline {
     if (!this.enforcer.enforced || decision === CLOSING || decision.storeUnavailable === true) return;
     const handler = handlerOf(context);
     if (handler !== undefined && !refusalsReachOurFilter(handler)) return;
-    notePending(this.registry.of(client));
+    noteInTransit(this.registry.of(client), exception);
   }
 
   /**
-   * Whether the refusals of this read (not yet counted by the filter) reach the violation
-   * threshold: the connection's close is decided. Read by the limiter too, so that a decision
-   * settling after it is not counted (the client is never told of it).
+   * Whether the connection's close is decided: the limiter is closing it, or the refusals on
+   * their way to the filter reach the violation threshold. A message met then is neither
+   * decided, answered, processed nor counted (the client is never told of it).
    */
-  closeDecided(connection: ConnectionState): boolean {
-    return connection.pendingRejections !== 0 && this.enforcer.closesWith(connection, connection.pendingRejections);
+  private closeDecided(connection: ConnectionState): boolean {
+    return (
+      connection.closing ||
+      (connection.pendingRejections !== 0 && this.enforcer.closesWith(connection, connection.pendingRejections))
+    );
   }
 
   /** `skips` for a frame that reached no handler: a throwing `skipIf` is logged and the frame limited. */
@@ -455,6 +498,21 @@ function handlerOf(context: ExecutionContext): object | undefined {
 const DECIDED = Symbol('nestjs-ws-rate-limit:decided');
 
 /**
+ * A tracker key, settling in the connection's arrival order: a promise (or a key given at
+ * once while an earlier message's promise waits) after the ones before it, so that its
+ * decision is asked for after theirs, whatever order the tracker function answers in (one
+ * that never answers holds the later ones until none has answered for `TRACKER_STALL_MS`).
+ */
+function inTrackerOrder(connection: ConnectionState, tracker: string | Promise<string>): string | Promise<string> {
+  if (typeof tracker === 'string' || !isPromise(tracker)) {
+    if (connection.trackerOrder?.waiting !== true) return tracker as string;
+    return connection.trackerOrder.after(Promise.resolve(tracker));
+  }
+  // A thenable of the application's own becomes a promise here.
+  return (connection.trackerOrder ??= new SettleOrder(TRACKER_STALL_MS)).after(Promise.resolve(tracker));
+}
+
+/**
  * Counts a verdict that waits (on the store or an asynchronous tracker) until it settles:
  * meanwhile the adapter holds the connection's later frames (see `FrameHold`).
  */
@@ -467,11 +525,6 @@ function waitedOn<T>(connection: ConnectionState, verdict: Promise<T>): Promise<
   // A thenable from a custom tracker or store may throw from `then`: this never throws.
   Promise.resolve(verdict).then(settled, settled);
   return verdict;
-}
-
-/** Counts a rejection on its way to the filter, until the promise jobs (where filters run) start. */
-function notePending(state: ConnectionState): void {
-  if (state.pendingRejections++ === 0) queueMicrotask(() => (state.pendingRejections = 0));
 }
 
 /** A screening's rejection with the message's id, so that the frame names the message. */

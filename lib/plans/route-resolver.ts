@@ -7,7 +7,7 @@ import type { SkipIf, ThrottleOptions } from '../decorators/throttle.decorator.j
 import { WsRateLimitConfigError } from '../exceptions/ws-rate-limit-config.error.js';
 import type { TierSpec, TokenBucketSpec } from '../interfaces/plan.interface.js';
 import { SKIP_THROTTLE_METADATA, THROTTLE_METADATA } from '../ws-rate-limit.constants.js';
-import { tokenBucketSpec, windowSpec } from './tier-specs.js';
+import { figuresSuffix, tokenBucketSpec, windowSpec } from './tier-specs.js';
 
 /** The fields `@Throttle` takes (`ThrottleOptions`). */
 const THROTTLE_FIELDS: readonly string[] = [
@@ -84,26 +84,22 @@ export class RouteResolver {
   private readonly typeSpecCache = new Map<string, readonly TokenBucketSpec[]>();
   private readonly globalSpecs = new Map<number, TokenBucketSpec>();
   private readonly expensiveSpec: TierSpec;
-  /** The global bucket's key suffix: `g`, or with its figures (see `figuresSuffix`). */
+  /** The global bucket's key suffix: `g` with its figures (`@<capacity>/<refillRate>:g`, see `figuresSuffix`). */
   readonly globalSuffix: string;
   /** The expensive window's key suffix: `x` or `xc`, or with its figures (see `figuresSuffix`). */
   readonly expensiveSuffix: string;
 
   /**
-   * `base`: the module's own resolver, for a plan's: a bucket of the plan whose figures
-   * differ from the module's for the same suffix is kept under a suffix naming its figures
-   * (see `figuresSuffix`).
+   * `base`: the module's own resolver, for a plan's: the plan's expensive window, when its
+   * figures differ from the module's, is kept under a suffix naming its figures (see
+   * `figuresSuffix`; buckets always are).
    */
   constructor(
     readonly options: RouteLimits,
     private readonly base?: RouteResolver,
   ) {
     const { expensive, global } = options;
-    this.globalSuffix =
-      base === undefined ||
-      (base.options.global.capacity === global.capacity && base.options.global.refillRate === global.refillRate)
-        ? 'g'
-        : figuresSuffix('g', global.capacity, global.refillRate);
+    this.globalSuffix = figuresSuffix('g', global.capacity, global.refillRate);
     const ownWindow = expensiveSuffix(expensive.algorithm);
     this.expensiveSuffix =
       base === undefined ||
@@ -218,7 +214,8 @@ export class RouteResolver {
   /**
    * The type tiers of a type, for a message of the given cost: its one bucket (suffix
    * `t:<type>`), or one per named limit (suffix `n:<name>:<type>`; a name holds no `:`, so
-   * no two limits, and no limit and a type, share a key).
+   * no two limits, and no limit and a type, share a key), each with its figures (see
+   * `figuresSuffix`).
    */
   typeSpecs(type: string, cost: number): readonly TokenBucketSpec[] {
     const figures = this.figuresOf(type);
@@ -229,7 +226,7 @@ export class RouteResolver {
         figures.limits === undefined
           ? [tokenBucketSpec('type', this.typeSuffix(type, figures), figures.capacity, figures.refillRate, cost)]
           : figures.limits.map((limit) =>
-              tokenBucketSpec('type', `n:${limit.name}:${type}`, limit.capacity, limit.refillRate, cost),
+              tokenBucketSpec('type', namedLimitSuffix(type, limit), limit.capacity, limit.refillRate, cost),
             ),
       );
       if (this.typeSpecCache.size < MAX_REMEMBERED) this.typeSpecCache.set(cacheKey, specs);
@@ -260,20 +257,9 @@ export class RouteResolver {
     };
   }
 
-  /**
-   * The key suffix of a type's one bucket: `t:<type>`, or, in a plan whose figures for the
-   * type differ from the module's one bucket, with its figures (see `figuresSuffix`).
-   */
+  /** The key suffix of a type's one bucket: `t:<type>` with its figures (see `figuresSuffix`). */
   private typeSuffix(type: string, figures: TypeFigures): string {
-    const own = `t:${type}`;
-    if (this.base === undefined) return own;
-    // The module's figures as known now, recording nothing (a `@Throttle` may declare them later).
-    const module = this.base.figures.get(type) ?? this.base.optionFigures(type);
-    return module.limits === undefined &&
-      module.capacity === figures.capacity &&
-      module.refillRate === figures.refillRate
-      ? own
-      : figuresSuffix(own, figures.capacity, figures.refillRate);
+    return figuresSuffix(`t:${type}`, figures.capacity, figures.refillRate);
   }
 
   /** Every type a route or a request has used so far. */
@@ -290,12 +276,22 @@ export class RouteResolver {
     return [...this.declaredTypes];
   }
 
+  /**
+   * The key suffixes of the types the options name that are not known yet, for a reset: past
+   * MAX_REMEMBERED types, one first used is never recorded, but has its own bucket still.
+   */
+  optionTypeSuffixes(): string[] {
+    return Object.keys(this.options.types)
+      .filter((type) => !this.figures.has(type))
+      .flatMap((type) => [this.typeSuffix(type, this.optionFigures(type)), `t:${type}`]);
+  }
+
   /** The key suffixes of every type tier known so far (named limits included). */
   knownTypeSuffixes(): string[] {
     const suffixes: string[] = [];
     for (const [type, figures] of this.figures) {
       if (figures.limits === undefined) suffixes.push(this.typeSuffix(type, figures));
-      else for (const limit of figures.limits) suffixes.push(`n:${limit.name}:${type}`);
+      else for (const limit of figures.limits) suffixes.push(namedLimitSuffix(type, limit));
     }
     return suffixes;
   }
@@ -434,19 +430,9 @@ export function expensiveSuffix(algorithm: 'sliding-log' | 'sliding-counter'): s
   return algorithm === 'sliding-log' ? 'x' : 'xc';
 }
 
-/**
- * The key suffix of a plan's tier whose two figures differ from the module's for the same
- * suffix: `@<capacity>/<refillRate>:<suffix>` for a token bucket, `@<max>/<windowMs>:<suffix>`
- * for the expensive window (no other suffix starts with `@`). A tier's state means what it
- * owes only under the figures that wrote it: read under another plan's refill rate, a free
- * plan's debt of a few slow tokens would refuse a premium connection for seconds after its
- * upgrade; on Redis, a decision under a shorter window dropped the entries a longer one still
- * counted, and a larger limit met the block cache's refusal of the smaller one. Keyed by its
- * figures, each set of figures has its own state, as each algorithm has its own expensive
- * window; plans with the same figures share one.
- */
-export function figuresSuffix(suffix: string, first: number, second: number): string {
-  return `@${first}/${second}:${suffix}`;
+/** The key suffix of a type's named limit: `n:<name>:<type>` with its figures (see `figuresSuffix`). */
+function namedLimitSuffix(type: string, limit: NamedFigures): string {
+  return figuresSuffix(`n:${limit.name}:${type}`, limit.capacity, limit.refillRate);
 }
 
 /** Every suffix the module's expensive window may have (for a reset; plans add their own). */

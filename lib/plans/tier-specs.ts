@@ -28,6 +28,15 @@ export function tokenBucketSpec(
 ): TokenBucketSpec {
   check(tier, capacity, cost, refillRate);
   const interval = intervalMs(refillRate);
+  const slack = bucketSlack(capacity, cost, interval);
+  const nearBound = 4 * capacity * interval;
+  // A rate so small (or a capacity so large) that the bucket's times overflow to Infinity
+  // would make its comparisons NaN: such a bucket never refused.
+  if (![interval, slack, cost * interval, nearBound].every(Number.isFinite)) {
+    throw new RangeError(
+      `${tier} tier: capacity ${capacity} at a refill rate of ${refillRate} per second is out of range: the time to refill it must be a finite number of milliseconds`,
+    );
+  }
   return Object.freeze({
     tier,
     suffix,
@@ -37,9 +46,9 @@ export function tokenBucketSpec(
     cost,
     refillRate,
     intervalMs: interval,
-    slack: bucketSlack(capacity, cost, interval),
+    slack,
     span: cost * interval,
-    nearBound: 4 * capacity * interval,
+    nearBound,
   });
 }
 
@@ -67,4 +76,23 @@ export function windowSpec(
 export function concurrencySpec(tier: TierName, suffix: string, limit: number): ConcurrencySpec {
   check(tier, limit, 1, 1);
   return Object.freeze({ tier, suffix, algorithm: 'concurrency', kind: AlgorithmKind.Concurrency, limit, cost: 1 });
+}
+
+/**
+ * The key suffix of a tier with its two figures: `@<capacity>/<refillRate>:<suffix>` for
+ * every token bucket, `@<max>/<windowMs>:<suffix>` for a plan's expensive window whose
+ * figures differ from the module's (no other suffix starts with `@`). A bucket's state (the
+ * time it is full again) means what it owes only under the figures that wrote it: read under
+ * another plan's refill rate, a free plan's debt of a few slow tokens would refuse a premium
+ * connection for seconds after its upgrade, and after a deploy that lowered a capacity or
+ * raised a rate, the old debt read at the new rate refused a client for the old debt's whole
+ * length (100 -> 10 at 1/s: 40 s for a client that had spent 50). On Redis, a decision under
+ * a shorter window dropped the entries a longer one still counted, and a larger limit met the
+ * block cache's refusal of the smaller one. Keyed by its figures, each set of figures has its
+ * own state (new figures start full; two versions of an app side by side in a rolling deploy
+ * each keep their own), as each algorithm has its own expensive window; plans with the same
+ * figures share one.
+ */
+export function figuresSuffix(suffix: string, first: number, second: number): string {
+  return `@${first}/${second}:${suffix}`;
 }

@@ -3,6 +3,7 @@ import type { RateLimitDecision, RateLimitPlan, TierStatus } from '../interfaces
 import { warnEvicting } from '../storage/create-store.js';
 import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
 import type { MaybePromise, RateLimitStore } from '../storage/rate-limit-store.js';
+import type { SettleOrder } from '../connection/settle-order.js';
 
 /** What the shared store reports to the limiter about its health. */
 export interface SharedStoreEvents {
@@ -67,20 +68,38 @@ export class SharedStore {
     return this.fallbackStore;
   }
 
-  /** Decides a plan; `decided` is told which store did (to give a lease back to it). */
-  consume(plan: RateLimitPlan, decided?: (store: RateLimitStore | undefined) => void): MaybePromise<RateLimitDecision> {
+  /**
+   * Decides a plan; `decided` is told which store did (to give a lease back to it). With
+   * `order` (a connection's), the decision settles after the ones put in it before, and the
+   * fail mode decides a failed call in that order too; one the store answered or refused at
+   * once is made into a promise then, only while an earlier one waits.
+   */
+  consume(
+    plan: RateLimitPlan,
+    decided?: (store: RateLimitStore | undefined) => void,
+    order?: SettleOrder,
+  ): MaybePromise<RateLimitDecision> {
     let decision: MaybePromise<RateLimitDecision>;
     const started = performance.now();
     try {
       decision = this.store.consume(plan);
     } catch (error) {
-      return this.failed(plan, error, decided);
+      if (order?.waiting !== true) return this.failed(plan, error, decided);
+      decision = Promise.reject(error);
     }
-    if (!isPromise(decision)) return this.answered(decision, undefined, decided);
-    return decision.then(
-      (settled) => this.answered(settled, started, decided),
-      (error: unknown) => this.failed(plan, error, decided),
-    );
+    if (!isPromise(decision)) {
+      if (order?.waiting !== true) return this.answered(decision, undefined, decided);
+      decision = Promise.resolve(this.answered(decision, undefined, decided));
+    } else if (order === undefined) {
+      return decision.then(
+        (settled) => this.answered(settled, started, decided),
+        (error: unknown) => this.failed(plan, error, decided),
+      );
+    } else {
+      // Timed as the store answered; decided by the fail mode in the connection's order.
+      decision = decision.then((settled) => this.answered(settled, started, decided));
+    }
+    return order.after(decision).then(undefined, (error: unknown) => this.failed(plan, error, decided));
   }
 
   /**

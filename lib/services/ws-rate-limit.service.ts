@@ -28,7 +28,7 @@ import { DEFAULT_PLAN, MessageLimiter } from '../pipeline/message-limiter.js';
 import { MessagePipeline } from '../pipeline/message-pipeline.js';
 import { addressTracker, namedTracker, type Tracker } from '../pipeline/tracker.js';
 import type { Route } from '../plans/route-resolver.js';
-import { concurrencySpec, tokenBucketSpec } from '../plans/tier-specs.js';
+import { concurrencySpec, figuresSuffix, tokenBucketSpec } from '../plans/tier-specs.js';
 import type { UnroutedCode } from '../protocol/rate-limit-protocol.js';
 import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
 import type { RateLimitTransport } from '../transports/transport.js';
@@ -125,7 +125,13 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     this.enforcer = new Enforcer(options, telemetry, this.logger);
     this.pipeline = new MessagePipeline(this.registry, this.limiter, this.enforcer, access, this.blocks, this.logger);
     const { connection, maxConnectionsPerIp } = options;
-    const rate = tokenBucketSpec('connection', 'cr', connection.capacity, connection.refillRate);
+    // Keyed by its figures, as the message buckets are (see `figuresSuffix`).
+    const rate = tokenBucketSpec(
+      'connection',
+      figuresSuffix('cr', connection.capacity, connection.refillRate),
+      connection.capacity,
+      connection.refillRate,
+    );
     this.connectionSpecs = Object.freeze(
       maxConnectionsPerIp > 0 ? [rate, concurrencySpec('concurrency', 'cc', maxConnectionsPerIp)] : [rate],
     );
@@ -191,6 +197,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
       () => this.registry.count,
       this.logger,
       () => this.limiter.shared.inFallback,
+      () => this.memoryStores(),
     );
     this.limiter.shared.watch();
     await this.blocks.sync(true);
@@ -307,6 +314,13 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
     const fallback = this.limiter.shared.fallback;
     const local = fallback === undefined ? {} : { fallbackKeys: fallback.size, fallbackEvictions: fallback.evictions };
     return { connections: this.registry.count, localKeys: this.limiter.local.size, ...shared, ...local };
+  }
+
+  /** The embedded memory stores deciding shared tiers, for the memory-store metrics. */
+  private *memoryStores(): Generator<readonly ['memory' | 'fallback', MemoryRateLimitStore]> {
+    if (this.store instanceof MemoryRateLimitStore) yield ['memory', this.store];
+    const fallback = this.limiter.shared.fallback;
+    if (fallback !== undefined) yield ['fallback', fallback];
   }
 
   /** Gives a tracker (or a socket's tracker) its full budget back in every message tier. */

@@ -91,7 +91,8 @@ export function warnEvicting(maxKeys: number, which = 'The memory store'): void 
   new Logger('WsRateLimit').warn(
     `${which} dropped a tracker whose limits had not recovered, to stay within ` +
       `WS_RATE_LIMIT_MAX_KEYS=${maxKeys} (option maxKeys): its limits start over. Raise it if this happens ` +
-      'under normal traffic; stats().evictions counts the states dropped. (Said once per store.)',
+      'under normal traffic; stats().evictions and the memory_store_evictions_total metric count the ' +
+      'states dropped. (Said once per store.)',
   );
 }
 

@@ -25,6 +25,8 @@ export interface SocketIoSocketLike {
   readonly conn: EngineSocketLike;
   readonly nsp: object;
   readonly handshake?: { readonly address?: string };
+  /** The Engine.IO connection's socket.io client: its `sockets`, one per namespace joined. */
+  readonly client?: { readonly sockets?: ReadonlyMap<unknown, SocketIoSocketLike> };
   emit(event: string, ...args: unknown[]): boolean;
   disconnect(close?: boolean): unknown;
   once(event: 'disconnect', listener: (reason: string) => void): unknown;
@@ -63,6 +65,13 @@ function isEventFrame(frame: unknown): frame is { event: string; data: unknown }
   return typeof frame === 'object' && frame !== null && typeof (frame as { event?: unknown }).event === 'string';
 }
 
+/** The sockets of the other namespaces the socket's Engine.IO connection carries. */
+function carriedSockets(client: SocketIoSocketLike): SocketIoSocketLike[] {
+  const sockets = client.client?.sockets;
+  if (sockets === undefined) return [];
+  return [...sockets.values()].filter((socket) => socket !== client);
+}
+
 /** Bytes of a packet's payload, as near as can be told without encoding it. */
 function packetBytes(packet: EnginePacketLike): number {
   const { data } = packet;
@@ -74,8 +83,11 @@ function packetBytes(packet: EnginePacketLike): number {
  * The socket.io transport: a frame is an event (`rate_limit` with the frame's data, or the
  * frame's own `event` when the frame builder made one), or the message's acknowledgement
  * when the client asked for one; a policy close is a `rate_limit_disconnect` event with the
- * close code and reason, then a disconnect of the whole Engine.IO connection (after what was
- * queued); a socket ends on `disconnect`. Engine.IO keeps connections alive itself.
+ * close code and reason, to the socket and to the sockets of the other namespaces on its
+ * Engine.IO connection (`carried`), then a disconnect of that whole connection (after what
+ * was queued): disconnecting the namespace alone would let the client join it again on the
+ * same connection at once, with no upgrade to count. A socket ends on `disconnect`.
+ * Engine.IO keeps connections alive itself.
  */
 export const socketIoTransport: RateLimitTransport<SocketIoSocketLike> = Object.freeze({
   name: 'socket.io',
@@ -100,10 +112,15 @@ export const socketIoTransport: RateLimitTransport<SocketIoSocketLike> = Object.
     else client.emit(RATE_LIMIT_EVENT, frame);
   },
   close(client: SocketIoSocketLike, code: number, reason: string): void {
-    // socket.io has no close codes: the client learns them from this event, sent first.
-    if (client.connected) client.emit(RATE_LIMIT_DISCONNECT_EVENT, { code, reason });
-    client.disconnect(true);
+    // socket.io has no close codes: each socket the disconnect ends learns them from this
+    // event, sent first.
+    const sockets = [client, ...carriedSockets(client)].filter((socket) => socket.connected);
+    for (const socket of sockets) socket.emit(RATE_LIMIT_DISCONNECT_EVENT, { code, reason });
+    // Through a socket still connected (a disconnected one's disconnect does nothing): the
+    // offender may have left its namespace while its close waited.
+    (sockets[0] ?? client).disconnect(true);
   },
+  carried: carriedSockets,
   terminate(client: SocketIoSocketLike): void {
     // Discards what is queued: a slow consumer would not read it.
     client.conn.close(true);

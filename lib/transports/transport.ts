@@ -31,8 +31,17 @@ export interface RateLimitTransport<Client extends object = object> {
    * `ack` (socket.io) takes the answer instead of an event. Never throws.
    */
   sendFrame(client: Client, frame: unknown, info?: RateLimitFrameInfo, slot?: AnswerSlot): void;
-  /** Closes the socket with a close code and reason (after what was sent before). */
+  /**
+   * Closes the socket with a close code and reason (after what was sent before). Where one
+   * connection carries several sockets (`carried`), it ends them all, and tells each why.
+   */
   close(client: Client, code: number, reason: string): void;
+  /**
+   * The other sockets the socket's connection carries, which `close` ends with it (socket.io:
+   * the sockets of the other namespaces multiplexed on its Engine.IO connection). Absent
+   * where a connection carries one socket.
+   */
+  carried?(client: Client): Iterable<Client>;
   /**
    * Ends the socket at once (a slow consumer: a close frame would queue behind its
    * backlog); a library that cannot closes it with `code` and `reason`.

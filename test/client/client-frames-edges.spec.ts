@@ -4,6 +4,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Server, type Socket as IoServerSocket } from 'socket.io';
 import { io } from 'socket.io-client';
+import '../support/io-settle.js';
 import { WebSocket } from 'ws';
 import {
   RateLimitedClient,

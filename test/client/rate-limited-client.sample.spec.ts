@@ -217,8 +217,8 @@ describe('RateLimitedClient against the sample chat server', () => {
     expect(['open', 'rate_limited']).toContain(seen.client.state);
   }, 30_000);
 
-  it('waits the policy delay between attempts while its handshakes are refused (HTTP 429)', async () => {
-    // One new connection per IP, then one per 10 s.
+  it("waits the refusal's Retry-After, beyond its policy delay, while its handshakes are refused (HTTP 429)", async () => {
+    // One new connection per IP, then one per 10 s: a refusal says Retry-After 10 (s).
     sample = await startSample({
       WS_RATE_LIMIT_CONNECTION_CAPACITY: '1',
       WS_RATE_LIMIT_CONNECTION_REFILL_RATE: '0.1',
@@ -228,18 +228,15 @@ describe('RateLimitedClient against the sample chat server', () => {
     const seen = observe(sample.url, { policyDelayMs: 1000, backoffBaseMs: 50, random: () => 0 });
     closers.push(() => seen.client.close());
 
-    await until(() => seen.reconnects.length === 2, 'two refusals', 10_000);
-    await sleep(300);
+    await until(() => seen.reconnects.length === 1, 'the refusal', 10_000);
+    // Before the client read the Retry-After (ws in Node shows it), it came back after its
+    // policy delay of 1 s, to be refused again until the bucket had a token.
+    await sleep(1500);
     expect(seen.client.state).toBe('reconnecting');
     expect(seen.welcomes).toBe(0);
-    for (const { event } of seen.reconnects) {
-      expect(event).toMatchObject({ code: 1006, policy: true });
-      expect(event.delayMs).toBeGreaterThanOrEqual(1000);
-    }
-    expect(seen.socketsAt.length).toBeLessThanOrEqual(3);
-    for (let i = 1; i < seen.socketsAt.length; i++) {
-      expect(seen.socketsAt[i] - seen.reconnects[i - 1].at).toBeGreaterThanOrEqual(1000 - 2);
-    }
+    expect(seen.socketsAt).toHaveLength(1);
+    expect(seen.reconnects[0]!.event).toMatchObject({ code: 1006, policy: true });
+    expect(seen.reconnects[0]!.event.delayMs).toBeGreaterThanOrEqual(9000);
   }, 30_000);
 });
 

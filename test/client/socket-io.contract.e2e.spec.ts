@@ -3,6 +3,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Server, type Socket as ServerSocket } from 'socket.io';
 import { io } from 'socket.io-client';
+import '../support/io-settle.js';
 import {
   RateLimitedClient,
   isSocketIoAck,

@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { io } from 'socket.io-client';
+import '../support/io-settle.js';
 import {
   RateLimitedClient,
   isSocketIoAck,

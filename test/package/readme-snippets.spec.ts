@@ -27,6 +27,7 @@ import { createServer, type Server as NetServer, type Socket as NetSocket } from
 import type { AddressInfo } from 'node:net';
 import { Registry } from 'prom-client';
 import { io } from 'socket.io-client';
+import '../support/io-settle.js';
 import { WebSocket } from 'ws';
 import {
   ConnectionState,

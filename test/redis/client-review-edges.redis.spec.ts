@@ -19,6 +19,7 @@ import { Test } from '@nestjs/testing';
 import { MessageBody, SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
 import type { AddressInfo } from 'node:net';
 import { io } from 'socket.io-client';
+import '../support/io-settle.js';
 import { WebSocket } from 'ws';
 import {
   RateLimitedClient,

@@ -95,7 +95,7 @@ async function scriptCalls(): Promise<number> {
 // 1. Reservations: per-bucket cursors, spendSlots, futureLeft, over()
 // ---------------------------------------------------------------------------------------
 describe('reservations after f20dc2e (RedisRateLimitStore directly)', () => {
-  it('one message type on a single-rate plan: fast traffic stays at a few Redis calls per hundred decisions', async () => {
+  it('one message type on a single-rate plan: fast traffic stays at a call per batch of 64 or per 16 ms its slots cover (at most 0.1 a decision on a quiet machine)', async () => {
     const store = await makeStore();
     const plan = planOf(store, 'ip:one-type-one-rate', [
       tokenBucketSpec('global', 'g', 4000, 2000),
@@ -103,12 +103,23 @@ describe('reservations after f20dc2e (RedisRateLimitStore directly)', () => {
     ]);
     await admin.config('RESETSTAT');
     let allowed = 0;
+    const started = performance.now();
     for (let i = 0; i < 1000; i++) {
       if ((await store.consume(plan)).allowed) allowed++;
       if (i % 10 === 9) await sleep(10);
     }
+    const elapsedMs = performance.now() - started;
     expect(allowed).toBe(1000);
-    expect((await scriptCalls()) / 1000).toBeLessThan(0.1);
+    // A batch of 64 slots at 4000/s covers 16 ms of the buckets: its slots lapse after that
+    // however few were spent, so a lone instance needs a call per 64 decisions or per 16 ms,
+    // whichever comes first. On a quiet machine (a 10 ms sleep lasting ~11 ms) that measured
+    // 0.044-0.06 calls a decision. Bounding it at 0.1 failed in a clean-clone CI under load
+    // (0.103: each sleep outlasted a batch, one call per burst of 10), so the bound is what
+    // the batches can cover in the time the loop really took, plus a few for the ramp-up
+    // (1, 2, 4, ... 64), and never below 0.1 a decision; batches falling to 1 or to a few
+    // slots still exceed it.
+    const bound = Math.max(1000 / 64, elapsedMs / 16) + 8;
+    expect(await scriptCalls()).toBeLessThan(Math.max(100, bound));
   }, 30_000);
 
   it('a lone instance, fast global and slow type bucket, sent one at a time: admits the full burst, then the refill', async () => {
@@ -272,7 +283,13 @@ describe('plans with their own bucket keys (7a463e2)', () => {
     expect((await service.consume(gold, { type: 'search' })).allowed).toBe(true);
     expect((await service.consume(premium, { type: 'search' })).allowed).toBe(true);
     expect((await service.consume(free, { type: 'search' })).allowed).toBe(true);
-    expect(await fields('u-named')).toEqual([':@500/200:g', ':g', ':n:burst:search', ':n:slow:search']);
+    // Every bucket's field names its figures (since buckets were keyed by figures).
+    expect(await fields('u-named')).toEqual([
+      ':@100/0.001:g',
+      ':@4/0.001:n:burst:search',
+      ':@500/200:g',
+      ':@6/0.0005:n:slow:search',
+    ]);
     const status = await service.status(free, ['search']);
     expect(status.types['search']).toMatchObject({ capacity: 4, remaining: 0 });
     await service.reset('u-named');
@@ -285,8 +302,8 @@ describe('plans with their own bucket keys (7a463e2)', () => {
     const handler = LateGateway.prototype.late as object;
     const premiumRoute = service.routeOf(handler, LateGateway, service.connectionOf(premium), premium)!;
     const freeRoute = service.routeOf(handler, LateGateway, service.connectionOf(free), free)!;
-    expect(premiumRoute.specs.map((spec) => spec.suffix)).toEqual(['@500/200:g', 't:late']);
-    expect(freeRoute.specs.map((spec) => spec.suffix)).toEqual(['g', 't:late']);
+    expect(premiumRoute.specs.map((spec) => spec.suffix)).toEqual(['@500/200:g', '@7/0.002:t:late']);
+    expect(freeRoute.specs.map((spec) => spec.suffix)).toEqual(['@100/0.001:g', '@7/0.002:t:late']);
     expect(freeRoute.specs[1]).toMatchObject({ limit: 7 });
   });
 

@@ -18,7 +18,7 @@ import {
   type WsRateLimitModuleOptions,
 } from '../../lib/index.js';
 import { WsRateLimitIoAdapter } from '../../lib/socket-io.js';
-import { createPlan, tokenBucketSpec } from '../../lib/store.js';
+import { createPlan, figuresSuffix, tokenBucketSpec } from '../../lib/store.js';
 import { ConnectionsGateway } from '../e2e/connections/connections.gateway.js';
 import { startApp, type RunningApp } from '../support/app.js';
 import { connectIo, IoTestClient, waitFor } from '../support/io-client.js';
@@ -285,9 +285,11 @@ describe('shutdown and lifecycle (review)', () => {
     later(() => probeClient.quit());
     await waitFor(() => probeClient.status === 'ready', 5000, 'the probe client');
     const other = new RedisRateLimitStore({ client: probeClient });
-    const plan = createPlan(other, 'ip:127.0.0.1', [tokenBucketSpec('global', 'g', 100, 10)]);
-    const key = service.store.key('ip:127.0.0.1', 'g');
-    expect(key).toBe(other.key('ip:127.0.0.1', 'g'));
+    // The module's global bucket, under its suffix naming its figures.
+    const global = figuresSuffix('g', 100, 10);
+    const plan = createPlan(other, 'ip:127.0.0.1', [tokenBucketSpec('global', global, 100, 10)]);
+    const key = service.store.key('ip:127.0.0.1', global);
+    expect(key).toBe(other.key('ip:127.0.0.1', global));
     const [held] = await other.peek(plan);
     await client.close();
     await running.close();

@@ -13,6 +13,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { io } from 'socket.io-client';
+import '../support/io-settle.js';
 import { WebSocket } from 'ws';
 import { startSample, type RunningSample } from '../client/support/sample-app.js';
 import { ensureBuilt, ROOT } from '../support/build.js';

@@ -1,4 +1,5 @@
 import { io, type Socket } from 'socket.io-client';
+import './io-settle.js';
 import { sleep } from './ws-client.js';
 
 /** An Engine.IO transport a test runs on. */

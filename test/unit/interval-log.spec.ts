@@ -2,9 +2,9 @@ import { describe, expect, it } from '@jest/globals';
 import { resolveOptions } from '../../lib/config/resolve-options.js';
 import { WsRateLimitException } from '../../lib/exceptions/ws-rate-limit.exception.js';
 import type { RateLimitRejected } from '../../lib/interfaces/plan.interface.js';
-import { IntervalLog } from '../../lib/metrics/interval-log.js';
+import { IntervalLog, VIOLATION_LOG_INTERVAL_MS } from '../../lib/metrics/interval-log.js';
 import { Telemetry } from '../../lib/metrics/telemetry.js';
-import { Enforcer, VIOLATION_LOG_INTERVAL_MS } from '../../lib/pipeline/enforcer.js';
+import { Enforcer } from '../../lib/pipeline/enforcer.js';
 import { fakeConnection, fakeSocket } from './support/fake-transport.js';
 
 describe('IntervalLog', () => {

@@ -35,28 +35,37 @@ const routeOf = (routes: RouteResolver, options: ThrottleOptions, event?: string
 };
 
 describe('@Throttle limits (named limits on one handler)', () => {
+  // Every bucket's suffix names its figures (`@<capacity>/<refillRate>:`, see `figuresSuffix`).
   it('gives each named limit its own tier and key suffix, distinct from every type', () => {
     const routes = resolver();
     const route = routeOf(routes, { limits: SECOND_AND_MINUTE, expensive: true });
     expect(route.specs.map((spec) => [spec.tier, spec.suffix, spec.limit])).toEqual([
-      ['global', 'g', 100],
-      ['type', 'n:short:chat', 10],
-      ['type', 'n:long:chat', 100],
+      ['global', '@100/50:g', 100],
+      ['type', '@10/10:n:short:chat', 10],
+      ['type', '@100/1.6666666666666667:n:long:chat', 100],
       ['expensive', 'x', 5],
     ]);
     // A type whose name looks like a limit's suffix still has its own key.
     const tricky = routeOf(routes, { capacity: 3, refillRate: 1 }, 'short:chat');
-    expect(tricky.specs[1]!.suffix).toBe('t:short:chat');
-    expect(routes.knownTypeSuffixes().sort()).toEqual(['n:long:chat', 'n:short:chat', 't:short:chat']);
+    expect(tricky.specs[1]!.suffix).toBe('@3/1:t:short:chat');
+    expect(routes.knownTypeSuffixes().sort()).toEqual([
+      '@10/10:n:short:chat',
+      '@100/1.6666666666666667:n:long:chat',
+      '@3/1:t:short:chat',
+    ]);
     // Requests from code spend the same tiers.
-    expect(routes.specsFor('chat', false, 1).map((spec) => spec.suffix)).toEqual(['g', 'n:short:chat', 'n:long:chat']);
+    expect(routes.specsFor('chat', false, 1).map((spec) => spec.suffix)).toEqual([
+      '@100/50:g',
+      '@10/10:n:short:chat',
+      '@100/1.6666666666666667:n:long:chat',
+    ]);
   });
 
   it('keeps the one-bucket @Throttle unchanged', () => {
     const route = routeOf(resolver(), { type: 'chat', capacity: 30, refillRate: 15, cost: 2 });
     expect(route.specs.map((spec) => [spec.suffix, spec.limit, spec.cost])).toEqual([
-      ['g', 100, 2],
-      ['t:chat', 30, 2],
+      ['@100/50:g', 100, 2],
+      ['@30/15:t:chat', 30, 2],
     ]);
   });
 
@@ -103,15 +112,15 @@ describe('@Throttle limits (named limits on one handler)', () => {
     Throttle({ type: 'b', refillRate: 2 })(Gateway.prototype, 'single', single);
     const routes = resolver();
     expect(routes.resolve(Gateway.prototype.named, Gateway)!.specs.map((spec) => spec.suffix)).toEqual([
-      'g',
-      'n:short:a',
-      'n:long:a',
+      '@100/50:g',
+      '@10/10:n:short:a',
+      '@100/1.6666666666666667:n:long:a',
     ]);
     const other = new RouteResolver(resolveOptions({ useEnv: false }));
     Throttle({ limits: SECOND_AND_MINUTE })(Gateway);
     expect(other.resolve(Gateway.prototype.single, Gateway)!.specs.map((spec) => [spec.suffix, spec.limit])).toEqual([
-      ['g', 100],
-      ['t:b', 20],
+      ['@100/50:g', 100],
+      ['@20/2:t:b', 20],
     ]);
   });
 
@@ -129,8 +138,8 @@ describe('@Throttle limits (named limits on one handler)', () => {
     const routes = resolver({}, { chat: { capacity: 50, refillRate: 5 } });
     const route = routeOf(routes, { limits: SECOND_AND_MINUTE });
     expect(route.specs.map((spec) => [spec.suffix, spec.limit])).toEqual([
-      ['g', 100],
-      ['t:chat', 50],
+      ['@100/50:g', 100],
+      ['@50/5:t:chat', 50],
     ]);
   });
 

@@ -25,9 +25,9 @@ describe('RouteResolver memory', () => {
     expect(routes.knownTypes().length).toBe(1024);
     // A type past the bound gets the configured figures all the same, in the one bucket such
     // types share (its own bucket, before: one state per name a client sent).
-    expect(routes.typeSpec('client-chosen-4999', 1)).toMatchObject({ limit: 20, suffix: 't:(other)' });
-    expect(routes.specsFor('client-chosen-4998', false, 1)[1]).toMatchObject({ limit: 20, suffix: 't:(other)' });
+    expect(routes.typeSpec('client-chosen-4999', 1)).toMatchObject({ limit: 20, suffix: '@20/10:t:(other)' });
+    expect(routes.specsFor('client-chosen-4998', false, 1)[1]).toMatchObject({ limit: 20, suffix: '@20/10:t:(other)' });
     // The first 1,024 keep their own.
-    expect(routes.typeSpec('client-chosen-0', 1)).toMatchObject({ suffix: 't:client-chosen-0' });
+    expect(routes.typeSpec('client-chosen-0', 1)).toMatchObject({ suffix: '@20/10:t:client-chosen-0' });
   });
 });

@@ -106,7 +106,17 @@ export class MemoryRateLimitStore extends RateLimitStore {
 
   constructor(options: MemoryStoreOptions = {}) {
     super();
-    this.table = new TrackerTable(options.maxKeys ?? DEFAULT_MAX_KEYS);
+    const maxKeys = options.maxKeys ?? DEFAULT_MAX_KEYS;
+    // NaN never evicted (the store grew without bound); 0, -1 and 2.5 ran as something else.
+    if (!Number.isInteger(maxKeys) || maxKeys < 1) {
+      throw new RangeError(
+        `nestjs-ws-rate-limit: memory store: maxKeys must be a whole number of at least 1, got ${String(maxKeys)}`,
+      );
+    }
+    if (options.clock !== undefined && typeof options.clock !== 'function') {
+      throw new TypeError('nestjs-ws-rate-limit: memory store: clock must be a function returning milliseconds');
+    }
+    this.table = new TrackerTable(maxKeys);
     this.clock = options.clock ?? (() => performance.now());
   }
 

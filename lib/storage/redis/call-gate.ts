@@ -1,3 +1,5 @@
+// Over 400 lines: one class, the gate every Redis call of the store passes (deadline queue,
+// failure counting, circuit breaker, half-open probe), whose parts share its call state.
 import type { Cluster } from 'ioredis';
 import { performance } from 'node:perf_hooks';
 import type { RedisStoreClient } from './client-factory.js';
@@ -60,6 +62,12 @@ export class CallGate {
   private openError: RedisStoreUnavailableError | undefined;
   private probeTimer: NodeJS.Timeout | undefined;
   private probing = false;
+  /**
+   * A probe's command not answered yet (past its deadline too): on one connection Redis
+   * answers in order, so a new probe would only queue behind it. The next one is sent once
+   * it is answered, or fails (see `probe`).
+   */
+  private probeUnanswered = false;
   private closed = false;
   /** The client's latest connection error since it was last ready (see `noteConnectionError`). */
   private connectionError: string | undefined;
@@ -307,7 +315,8 @@ export class CallGate {
 
   private succeeded(): void {
     this.failures = 0;
-    if (this.openError !== undefined) this.recover();
+    // A closed gate's breaker stays as it was: no listener hears of a closed store's recovery.
+    if (this.openError !== undefined && !this.closed) this.recover();
   }
 
   private failed(cause: unknown): void {
@@ -356,22 +365,39 @@ export class CallGate {
       this.scheduleProbe();
       return;
     }
+    // The last probe is still unanswered (Redis frozen with its TCP connection up): its answer
+    // or failure sends the next one. Probes sent meanwhile would pile up in the connection,
+    // one per interval for as long as the freeze lasts. Not on a Cluster, whose probe goes to
+    // a random node: another node may answer.
+    if (this.probeUnanswered) return;
     this.probing = true;
-    const probe = this.client.isCluster
-      ? this.within(this.client.call('CLUSTER', 'INFO'), (reply) => {
+    const cluster = this.client.isCluster;
+    const command = cluster
+      ? this.client.call('CLUSTER', 'INFO')
+      : this.client.call('SET', this.options.probeKey, '1', 'PX', String(PROBE_KEY_TTL_MS));
+    if (!cluster) {
+      this.probeUnanswered = true;
+      const answered = (): void => {
+        this.probeUnanswered = false;
+        // Answered (or failed) after its deadline, the breaker still open: probe again now.
+        // Redis has just answered, so a probe within the deadline may close the breaker at
+        // once (a failure reschedules it, and a client that is not ready waits an interval).
+        if (!this.probing) this.probe();
+      };
+      command.then(answered, answered);
+    }
+    const probe = cluster
+      ? this.within(command, (reply) => {
           if (!String(reply).includes('cluster_state:ok')) throw new Error('the Cluster state is not ok');
         })
-      : this.within(
-          this.client.call('SET', this.options.probeKey, '1', 'PX', String(PROBE_KEY_TTL_MS)),
-          () => undefined,
-        );
+      : this.within(command, () => undefined);
     probe.then(
       () => {
         this.probing = false;
       },
       () => {
         this.probing = false;
-        this.scheduleProbe();
+        if (!this.probeUnanswered) this.scheduleProbe();
       },
     );
   }

@@ -1,5 +1,9 @@
 import type { Cluster, ClusterOptions, Redis, RedisOptions } from './ioredis-types.js';
-import type { RedisSentinelOptions, RedisStoreOptions } from './redis-store.options.js';
+import {
+  DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
+  type RedisSentinelOptions,
+  type RedisStoreOptions,
+} from './redis-store.options.js';
 
 /** An ioredis client: standalone, Sentinel or Cluster. */
 export type RedisStoreClient = Redis | Cluster;
@@ -62,6 +66,9 @@ interface IoRedisModule {
   Cluster: typeof import('ioredis').Cluster;
 }
 
+/** How soon ioredis sends a call that met TRYAGAIN again. */
+const TRY_AGAIN_DELAY_MS = 5;
+
 /**
  * The client the options name (`url`, `sentinel` or `cluster`), with the store's safety
  * settings over the caller's: no offline queue, no retries, no auto-pipelining, reconnect
@@ -94,7 +101,15 @@ export function buildClient(loaded: unknown, options: RedisStoreOptions): RedisS
     // TRYAGAIN (a multi-key call on a slot being migrated) is always retried: within the
     // deadline, not 100 ms later, when the fail mode has answered and a resent decision
     // would count twice.
-    retryDelayOnTryAgain: 5,
+    retryDelayOnTryAgain: TRY_AGAIN_DELAY_MS,
+    // Each TRYAGAIN (and the ASK before it) spends one of ioredis's redirections (16 by
+    // default: about 40-80 ms of retries, while moving a slot's keys takes longer), and the
+    // call then fails with "Too many Cluster redirections" long before its deadline (a
+    // decision or a connection refused as if Redis were down): enough for the whole deadline.
+    maxRedirections: Math.max(
+      extra.maxRedirections ?? 16,
+      16 + 2 * Math.ceil((options.commandTimeoutMs ?? DEFAULT_REDIS_COMMAND_TIMEOUT_MS) / TRY_AGAIN_DELAY_MS),
+    ),
     redisOptions: {
       connectTimeout: 2000,
       // The store's `redisOptions` (an ACL user, TLS, a connection name) reach every node.

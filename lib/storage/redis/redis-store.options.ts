@@ -37,7 +37,9 @@ export interface RedisClusterOptions {
    * connection closed is never resent (it may have run, and would be counted twice) and a
    * Cluster that is down fails at once rather than retrying past the deadline. MOVED and ASK
    * redirections are still followed, and TRYAGAIN (a slot being migrated) still retried,
-   * every 5 ms (`retryDelayOnTryAgain`), within the deadline rather than after it. The
+   * every 5 ms (`retryDelayOnTryAgain`), within the deadline rather than after it, and
+   * `maxRedirections` is raised to cover the deadline's retries (16 would end them after
+   * 40-80 ms, while a slot's keys move: the call would fail long before its deadline). The
    * store's scripts name only keys that may exist, so TRYAGAIN meets only a plan with a
    * sliding log or an open-connection tier on a migrating slot (every plan with the app
    * clock, whose clock is a key of its own); such a call retried past its deadline may

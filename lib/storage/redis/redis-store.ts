@@ -510,18 +510,12 @@ export class RedisRateLimitStore extends RateLimitStore {
 
   private decision(compiled: CompiledPlan, reply: unknown, delivered: boolean): RateLimitDecision {
     const decision = decisionOf(compiled, reply);
-    if (
-      !decision.allowed &&
-      delivered &&
-      this.cache !== undefined &&
-      compiled.plan.tiers[decision.index]!.spec.kind !== AlgorithmKind.Concurrency
-    ) {
-      const spec = compiled.plan.tiers[decision.index]!.spec;
-      if (spec.kind === AlgorithmKind.TokenBucket) {
-        this.cache.set(compiled.blockKey, decision, this.localNow(), spec.refillRate / 1000, spec.cost);
-      } else {
-        this.cache.set(compiled.blockKey, decision, this.localNow());
-      }
+    if (decision.allowed || !delivered || this.cache === undefined) return decision;
+    const spec = compiled.plan.tiers[decision.index]!.spec;
+    if (spec.kind === AlgorithmKind.TokenBucket) {
+      this.cache.set(compiled.blockKey, decision, this.localNow(), spec.refillRate / 1000, spec.cost);
+    } else if (spec.kind !== AlgorithmKind.Concurrency) {
+      this.cache.set(compiled.blockKey, decision, this.localNow());
     }
     return decision;
   }

@@ -136,6 +136,13 @@ export class ReservationBook {
   private epoch = 0;
   /** Batches that arrived while the book closed, on their way back. */
   private readonly closingTails: Promise<unknown>[] = [];
+  /**
+   * Give-backs started outside `close()` (a sweep's, a batch ended early, a batch that came
+   * when both places were taken), still in flight: `close()` waits for them, so that none is
+   * sent after the store's connection is gone (a tail detached from its entry is in no other
+   * list that `close()` gives back).
+   */
+  private readonly returning = new Set<Promise<unknown>>();
   /** Set while a decision released from a wait is retried: it goes per call (see `wants`). */
   private perCall = false;
 
@@ -198,7 +205,7 @@ export class ReservationBook {
       entry.pending === undefined &&
       futureLeft(entry.plan, batch, now)
     ) {
-      this.giveBack(entry.plan, batch).catch(() => undefined);
+      this.inFlight(this.giveBack(entry.plan, batch));
     }
     exhaust(batch);
   }
@@ -449,6 +456,8 @@ export class ReservationBook {
     await Promise.allSettled(entries.map((entry) => entry.pending?.sent));
     await Promise.allSettled(entries.map((entry) => this.giveBackAll(entry)));
     this.entries.clear();
+    // Give-backs the sweep (or a decision) started before: their tails left their entries.
+    while (this.returning.size > 0) await Promise.allSettled([...this.returning]);
     // Batches whose replies came while closing (each give-back handles its own failure).
     while (this.closingTails.length > 0) await Promise.all(this.closingTails.splice(0));
   }
@@ -553,15 +562,16 @@ export class ReservationBook {
       // every instance): a batch starting before the current one's (the buckets were reset
       // or their data lost, so their ends moved back) is then spent first.
       const epoch = this.epoch;
-      this.giveBack(entry.plan, batch)
-        // One that failed or missed its deadline may still run in Redis: dropped, as at a sweep.
-        .catch(() => true)
-        .then((back) => {
-          if (!back && !this.closed && epoch === this.epoch && this.entries.get(entry.plan.key) === entry) {
-            this.readopt(entry, batch);
-          }
-        })
-        .catch(() => undefined);
+      this.inFlight(
+        this.giveBack(entry.plan, batch)
+          // One that failed or missed its deadline may still run in Redis: dropped, as at a sweep.
+          .catch(() => true)
+          .then((back) => {
+            if (!back && !this.closed && epoch === this.epoch && this.entries.get(entry.plan.key) === entry) {
+              this.readopt(entry, batch);
+            }
+          }),
+      );
       return;
     }
     this.startSweep();
@@ -572,6 +582,12 @@ export class ReservationBook {
    * back (one kept after a failed give-back is only dropped, once its slots have lapsed);
    * entries idle since the last sweep go. Runs only while entries exist.
    */
+  /** Tracks a give-back started outside `close()` until it settles (its failure is handled where it started). */
+  private inFlight(giveBack: Promise<unknown>): void {
+    const settled: Promise<unknown> = giveBack.catch(() => undefined).finally(() => this.returning.delete(settled));
+    this.returning.add(settled);
+  }
+
   private startSweep(): void {
     if (this.timer !== undefined) return;
     this.timer = setInterval(() => this.sweep(), Math.max(10, this.options.ttlMs / 4));
@@ -586,7 +602,7 @@ export class ReservationBook {
         if (batch.used) {
           batch.used = false;
         } else if (!batch.kept || (entry.queued !== undefined && !entry.queued.kept)) {
-          this.giveBackAll(entry).catch(() => undefined);
+          this.inFlight(this.giveBackAll(entry, true));
         } else if (now > (entry.queued ?? batch).lastDeadline) {
           // Kept batches (their give-back failed) whose slots have all lapsed.
           entry.batch = entry.queued = undefined;
@@ -612,15 +628,16 @@ export class ReservationBook {
    * never came (an error, or past the deadline: the script may still run) drops its batch:
    * lost slots are under-admission, bounded; slots both given back and spent would not be.
    */
-  private async giveBackAll(entry: Entry): Promise<void> {
+  private async giveBackAll(entry: Entry, idle = false): Promise<void> {
     const { batch, queued } = entry;
     entry.batch = undefined;
     entry.queued = undefined;
     const epoch = this.epoch;
     // A give-back that failed or missed its deadline may still run in Redis: its batch is
     // dropped (spent too, its slots would count twice), never kept.
-    const queuedBack = queued === undefined || (await this.giveBack(entry.plan, queued).catch(() => true));
-    const batchBack = batch === undefined || (queuedBack && (await this.giveBack(entry.plan, batch).catch(() => true)));
+    const queuedBack = queued === undefined || (await this.giveBack(entry.plan, queued, idle).catch(() => true));
+    const batchBack =
+      batch === undefined || (queuedBack && (await this.giveBack(entry.plan, batch, idle).catch(() => true)));
     // Not while closing, nor once the plan's keys were reset (its slots are of the old buckets).
     if (this.closed || epoch !== this.epoch || this.entries.get(entry.plan.key) !== entry) return;
     if (!batchBack) this.readopt(entry, batch!);
@@ -653,10 +670,11 @@ export class ReservationBook {
    * Sends a batch's unspent tail back; resolves whether it went back, or there was none, or
    * it is of buckets reset since (a bucket's field gone: nothing counts it any more).
    */
-  private async giveBack(plan: ReservablePlan, batch: Batch): Promise<boolean> {
+  private async giveBack(plan: ReservablePlan, batch: Batch, idle = false): Promise<boolean> {
     if (Math.min(...batch.cursors) >= batch.granted) return true;
     const args = [String(plan.hashes.length), ...plan.hashes, String(plan.specs.length)];
-    args.push(String(this.options.fieldTtls()), '');
+    // An idle batch's give-back keeps the bucket this instance's alone (see UNRESERVE_LUA).
+    args.push(String(this.options.fieldTtls()), '', idle ? '1' : '0');
     // Each bucket from its own cursor: its slots before it are spent or have lapsed.
     plan.specs.forEach((spec, i) => {
       const [hashIndex, field] = plan.places[i]!;

@@ -36,8 +36,8 @@ import { HELPERS, MAX_TTL_MS } from './lua-helpers.js';
  * ARGV[9+7(i-1)..]  tier i: limit, cost, slack, span, intervalMs, hash index, field
  *
  * Each bucket's field `~o<field>` holds `<owner>|` and the bucket's field as its last
- * reserver wrote it (`fullAt`, 8 bytes): the bucket was left to one instance when it still
- * holds that instance's `fullAt`.
+ * reserver wrote it (`fullAt`, 8 bytes), or as that reserver's give-back (`unreserve`) left
+ * it: the bucket was left to one instance when it still holds that instance's `fullAt`.
  *
  * Reply: {2, g, now, alone (1|0), more, base_1..base_n, end_1..end_n} when g >= 1 slots were
  * taken, where base_i is the first slot's start in bucket i and end_i its new `fullAt`
@@ -168,7 +168,13 @@ return out
  *
  * KEYS[1..H]  the tracker hashes
  * ARGV[1]     n; ARGV[2] the field-TTL mode (not read: see the script); ARGV[3] the app time or ''
- * ARGV[4+6(i-1)..]  tier i: hash index, field, end and base (as reserve returned them),
+ * ARGV[4]     '1' for an idle batch's give-back (the sweep's): the owner's mark follows it, so
+ *             the instance's next batch still counts as alone; '0' (a batch that ended with
+ *             a slower bucket's slots ahead, or one that came when both places were taken,
+ *             or at close): the mark goes, and the next batch starts at 1 (a plan whose fast
+ *             bucket's slots lapse within milliseconds would otherwise keep reserving the
+ *             slow bucket's slots ahead of what it spends)
+ * ARGV[5+6(i-1)..]  tier i: hash index, field, end and base (as reserve returned them),
  *             k, the slots before the first one given back, and span: the bucket goes back
  *             to base plus k spans, added one by one as reserve did
  * Reply: the number of buckets given back (n, or 0), or -1 when a bucket's field is gone.
@@ -179,31 +185,50 @@ export const UNRESERVE_LUA = `${HELPERS}
 local n = tonumber(ARGV[1])
 local now
 if ARGV[3] == '' then now = readClock('', nil) else now = tonumber(ARGV[3]) end
-local moved, gone = false, false
+local moved, gone, vals = false, false, {}
+local keepMark = ARGV[4] == '1'
 for i = 1, n do
-  local o = 3 + 6 * (i - 1)
+  local o = 4 + 6 * (i - 1)
   -- A key of another type (written since the reservation) holds no reservation: nothing back.
   local v = redis.pcall('HGET', KEYS[tonumber(ARGV[o + 1])], ARGV[o + 2])
   if type(v) == 'table' then return 0 end
+  vals[i] = v
   if not v then gone = true elseif double(v) ~= tonumber(ARGV[o + 3]) then moved = true end
 end
 if gone then return -1 end
 if moved then return 0 end
 local back = 0
 for i = 1, n do
-  local o = 3 + 6 * (i - 1)
+  local o = 4 + 6 * (i - 1)
   local key, f = KEYS[tonumber(ARGV[o + 1])], ARGV[o + 2]
   local t, k, span = tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6])
   for _ = 1, k do t = t + span end
   local ttl = math.ceil(t - now)
   if ttl > 0 then
-    redis.call('HSET', key, f, struct.pack('<d', t))
+    local packed = struct.pack('<d', t)
+    -- An idle batch's give-back (ARGV[4]): the owner's mark (\`<owner>|\` and the field as it
+    -- left it) follows it: the bucket is still this instance's alone, and its next
+    -- reservation sees so (else it would read its own give-back as another instance's move,
+    -- and fall to batches of 1).
+    local mark = nil
+    if keepMark then mark = redis.call('HGET', key, '~o' .. f) end
+    if mark and #mark > 8 and string.sub(mark, -8) == vals[i] then
+      redis.call('HSET', key, f, packed, '~o' .. f, string.sub(mark, 1, #mark - 8) .. packed)
+    else
+      redis.call('HSET', key, f, packed)
+      redis.call('HDEL', key, '~o' .. f)
+      mark = nil
+    end
     -- HSET drops a field's own TTL: set it again where fields carry theirs (a hash without
     -- \`~e\`; a server without HPEXPIRE has no such hash of the store's).
     if redis.call('HEXISTS', key, '~e') == 0 then
-      redis.pcall('HPEXPIRE', key, math.min(ttl, ${MAX_TTL_MS}) + 1000, 'FIELDS', 1, f)
+      local pttl = math.min(ttl, ${MAX_TTL_MS}) + 1000
+      if mark then
+        redis.pcall('HPEXPIRE', key, pttl, 'FIELDS', 2, f, '~o' .. f)
+      else
+        redis.pcall('HPEXPIRE', key, pttl, 'FIELDS', 1, f)
+      end
     end
-    redis.call('HDEL', key, '~o' .. f)
   else
     redis.call('HDEL', key, f, '~o' .. f)
     if redis.call('HLEN', key) == 1 and redis.call('HEXISTS', key, '~e') == 1 then redis.call('DEL', key) end

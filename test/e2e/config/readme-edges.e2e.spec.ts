@@ -398,6 +398,8 @@ describe('README claims: degradation and metrics', () => {
         'connections_total',
         'decisions_total',
         'disconnects_total',
+        'memory_store_evictions_total',
+        'memory_store_keys',
         'near_limit_total',
         'open_connections',
         'store_decision_seconds',

@@ -160,8 +160,8 @@ describe('route resolution (unit)', () => {
     // The public gateway's class-level @Throttle is ignored: its route is the internal one's (null).
     expect(route).not.toBeNull();
     expect(route!.specs.map((spec) => [spec.suffix, spec.limit])).toEqual([
-      ['g', 100],
-      ['t:job', 2],
+      ['@100/50:g', 100],
+      ['@2/0.01:t:job', 2],
     ]);
   });
 
@@ -216,8 +216,8 @@ describe('route resolution (unit)', () => {
     const limiter = limiterOf();
     const limited = limiter.routes.resolve(SkippedClassGateway.prototype.limited, SkippedClassGateway)!;
     expect(limited.specs.map((spec) => [spec.suffix, spec.limit])).toEqual([
-      ['g', 100],
-      ['t:limited', 3],
+      ['@100/50:g', 100],
+      ['@3/0.5:t:limited', 3],
     ]);
     expect(limiter.routes.resolve(SkippedClassGateway.prototype.free, SkippedClassGateway)).toBeNull();
   });

@@ -35,6 +35,7 @@ import {
 import { APP_FILTER } from '@nestjs/core';
 import { ConnectedSocket, MessageBody, SubscribeMessage, WebSocketGateway, WsException } from '@nestjs/websockets';
 import { io } from 'socket.io-client';
+import '../../support/io-settle.js';
 import {
   RateLimitedClient,
   isSocketIoAck,

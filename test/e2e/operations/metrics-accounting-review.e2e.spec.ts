@@ -378,7 +378,7 @@ describe('metrics and decision-stream accounting (review)', () => {
     expect([...helps.values()].every((n) => n === 1)).toBe(true);
     expect([...types.values()].every((n) => n === 1)).toBe(true);
     expect([...helps.keys()].sort()).toEqual([...types.keys()].sort());
-    expect(helps.size).toBe(10);
+    expect(helps.size).toBe(12);
     expect(text).toContain('type="we\\"ird\\\\type\\nwith newline"');
   });
 
