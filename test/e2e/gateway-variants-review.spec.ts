@@ -629,7 +629,9 @@ describe.each(IO_CASES)('WsRateLimitIoAdapter, $name, over $transport', (variant
   });
 
   it('the heartbeat (pingIntervalMs, pongTimeoutMs) ends a peer that stops answering pings', async () => {
-    await run({ pingIntervalMs: 200, pongTimeoutMs: 200 });
+    // A pong timeout of a second: an event-loop stall longer than the timeout lets Engine.IO's
+    // timer fire ahead of the live peer's pong (a slow machine's pause, not the heartbeat).
+    await run({ pingIntervalMs: 200, pongTimeoutMs: 1000 });
     const live = await connected();
     const silent = await connected();
     await waitFor(() => seen.connections === 2, 5000, 'both connections');
@@ -637,7 +639,7 @@ describe.each(IO_CASES)('WsRateLimitIoAdapter, $name, over $transport', (variant
     const engine = silent.socket.io.engine as unknown as { _sendPacket?: unknown; sendPacket?: unknown };
     engine._sendPacket = () => undefined;
     engine.sendPacket = () => undefined;
-    await waitFor(() => seen.disconnections === 1, 5000, 'the silent peer to be ended');
+    await waitFor(() => seen.disconnections === 1, 10_000, 'the silent peer to be ended');
     expect(live.socket.connected).toBe(true);
     live.socket.emit('slow', 'alive');
     await live.until(() => live.of('ack').length === 1);

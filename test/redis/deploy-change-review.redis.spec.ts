@@ -308,13 +308,15 @@ describe('Redis store: figures changed across deploys on one Redis', () => {
     // The client's messages alternate between the instances (a load balancer); neither errors.
     let fastAdmitted = 0;
     let slowAdmitted = 0;
+    const began = performance.now();
     for (let i = 0; i < 150; i++) {
       const [a, b] = await Promise.all([fast.consume(fastPlan), slow.consume(slowPlan)]);
       if (a.allowed) fastAdmitted++;
       if (b.allowed) slowAdmitted++;
     }
     // Each version within its own figures (README: a client served by both may get both budgets).
-    expect(slowAdmitted).toBeLessThanOrEqual(101);
+    // (100 and the 1/s refill over the time the loop took: one on a quiet machine.)
+    expect(slowAdmitted).toBeLessThanOrEqual(100 + Math.ceil((performance.now() - began) / 1000));
     expect(fastAdmitted + slowAdmitted).toBeLessThanOrEqual(200 + 100 * 10);
     // (A refusal the fast instance cached early, with a wait of a few ms, lapses first.)
     await new Promise((resolve) => setTimeout(resolve, 100));

@@ -160,12 +160,15 @@ describe('Redis store: block cache and lease book fixes', () => {
     const a = await open({ commandTimeoutMs: 150, leaseTtlMs: 60_000, instanceId: 'A' });
     const b = await open({ blockCache: false, leaseTtlMs: 60_000, instanceId: 'B' });
     expect((await a.consume(planOf(a, 'ip:l', specs, 'held'))).allowed).toBe(true);
-    // Redis stalls 600 ms: A's next call misses its deadline but Redis runs it later (a slot
-    // A does not know it holds).
-    const stall = admin.call('DEBUG', 'SLEEP', '0.6');
-    await sleep(20);
-    await expect(a.consume(planOf(a, 'ip:l', specs, 'late'))).rejects.toThrow();
-    await stall;
+    // Redis stalls: A's next call misses its deadline but Redis runs it later (a slot A does
+    // not know it holds). Paused rather than DEBUG SLEEP, so that a deadline timer firing
+    // late on a loaded machine cannot outlast the stall and see the reply in time.
+    server.pause();
+    try {
+      await expect(a.consume(planOf(a, 'ip:l', specs, 'late'))).rejects.toThrow();
+    } finally {
+      server.resume();
+    }
     // Within the retry's doubling waits (well under the 20 s refresh), B gets the slot back.
     const began = performance.now();
     await waitUntil(async () => (await b.consume(planOf(b, 'ip:l', specs, 'b1'))).allowed, 8000, 'the late slot back');
@@ -186,11 +189,14 @@ describe('Redis store: block cache and lease book fixes', () => {
     const specs = [concurrencySpec('concurrency', 'cc', 5)];
     const a = await open({ commandTimeoutMs: 150, leaseTtlMs: 60_000, instanceId: 'A2' });
     expect((await a.consume(planOf(a, 'ip:q', specs, 'h'))).allowed).toBe(true);
-    const stall = admin.call('DEBUG', 'SLEEP', '0.5');
-    await sleep(20);
-    await expect(a.consume(planOf(a, 'ip:q', specs, 'late'))).rejects.toThrow();
+    // Paused, not DEBUG SLEEP: the late reply comes after the deadline however late its timer fires.
+    server.pause();
+    try {
+      await expect(a.consume(planOf(a, 'ip:q', specs, 'late'))).rejects.toThrow();
+    } finally {
+      server.resume();
+    }
     const book = (a as unknown as { leases: { retryTimer?: NodeJS.Timeout } }).leases;
-    await stall;
     // The late reply settles the call as not delivered: its key is dirty, a retry is set.
     await waitUntil(() => book.retryTimer !== undefined, 3000, 'a retry timer');
     expect(book.retryTimer!.hasRef()).toBe(false);
@@ -201,10 +207,12 @@ describe('Redis store: block cache and lease book fixes', () => {
     await sleep(2500);
     expect((await scriptCalls(admin)) - before).toBe(0);
     // Dirty again, then closed: the timer is gone and nothing but the give-back is sent.
-    const stall2 = admin.call('DEBUG', 'SLEEP', '0.4');
-    await sleep(20);
-    await expect(a.consume(planOf(a, 'ip:q', specs, 'late2'))).rejects.toThrow();
-    await stall2;
+    server.pause();
+    try {
+      await expect(a.consume(planOf(a, 'ip:q', specs, 'late2'))).rejects.toThrow();
+    } finally {
+      server.resume();
+    }
     await a.close();
     expect(book.retryTimer).toBeUndefined();
     await admin.config('RESETSTAT');

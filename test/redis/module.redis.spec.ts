@@ -1,5 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
 import { ConfigModule } from '@nestjs/config';
+import { performance } from 'node:perf_hooks';
 import { Registry } from 'prom-client';
 import {
   RedisRateLimitStore,
@@ -106,10 +107,12 @@ describe('WsRateLimitModule on Redis', () => {
       clients.push(client);
       await redis.command('CONFIG', 'RESETSTAT');
       // 150 messages, one at a time: well inside both buckets, so every one is answered.
+      const began = performance.now();
       for (let i = 0; i < 150; i++) {
         client.send('echo', i);
         await client.waitForEvent('echo', i + 1);
       }
+      elapsedMs = performance.now() - began;
       const calls = await scripts();
       await clients.pop()!.close();
       await running!.close();
@@ -117,10 +120,15 @@ describe('WsRateLimitModule on Redis', () => {
       await redis.command('FLUSHALL');
       return calls;
     };
+    let elapsedMs = 0;
     const off = await run('0');
     const on = await run('32');
     expect(off).toBeGreaterThanOrEqual(150);
-    expect(on).toBeLessThan(off / 2);
+    // A batch of 32 slots at 400/s covers 80 ms and lapses after that however few were
+    // spent: on a machine slow enough that 32 round trips outlast it, more calls are needed
+    // (two per 80 ms at most: a lapsed batch and the one prefetched after it, plus a few for
+    // the ramp-up), so the bound is what the batches can cover in the time the run took.
+    expect(on).toBeLessThan(Math.max(off / 2, (2 * elapsedMs) / 80 + 8));
   });
 
   it('reports budgets from the local fallback while Redis is down (fail mode open)', async () => {

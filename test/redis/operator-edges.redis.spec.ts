@@ -12,6 +12,7 @@ import { startApp, type RunningApp } from '../support/app.js';
 import { upgrade } from '../support/http.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
 import { sleep } from './helpers.js';
+import { watchStalls } from './stalls.js';
 
 /**
  * The operator and service API across instances on the Redis store: blocks spreading within
@@ -21,6 +22,7 @@ import { sleep } from './helpers.js';
  * enforced, so the instances disagreed until Redis came back.
  */
 describe('operator API across instances on Redis', () => {
+  const stalls = watchStalls();
   let redis: RedisServer;
   const apps: RunningApp[] = [];
 
@@ -78,7 +80,9 @@ describe('operator API across instances on Redis', () => {
     }
     console.log('block/unblock propagation delays (ms)', delays.map(Math.round));
     // README: "With the Redis store a block is stored in Redis and every instance enforces it within a second."
-    for (const delay of delays) expect(delay).toBeLessThan(1_300);
+    // Blocks sync every second; a sync whose read began before the write takes one more
+    // round, so 1 s plus its round trip, plus the longest stall of this process in the test.
+    for (const delay of delays) expect(delay).toBeLessThan(1_300 + Math.min(stalls.longestMs(), 2000));
   }, 60_000);
 
   it('a block with the largest finite duration reaches B with the same until, and keeps the hash alive', async () => {

@@ -7,6 +7,7 @@ import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
 import type { RedisStoreOptions } from '../../lib/storage/redis/redis-store.options.js';
 import { fieldTtlRedisServer, startRedis, type RedisServer } from '../support/redis-server.js';
 import { RefillClock } from '../support/refill.js';
+import { stallAllowance, watchStalls } from './stalls.js';
 import type { TcpProxy } from '../support/tcp-proxy.js';
 import {
   adminClient,
@@ -31,6 +32,7 @@ import {
  * after its deadline (its deciding slot not spent again).
  */
 describe('token reservations: edge cases', () => {
+  const stalls = watchStalls();
   let server: RedisServer;
   let admin: Redis;
   const opened: OpenedStores = { clients: [], stores: [] };
@@ -128,8 +130,10 @@ describe('token reservations: edge cases', () => {
     expect(perCall.ok).toBe(n);
     expect(reserving.ok).toBe(n);
     // Per call: one round trip (two on a slow machine). Serialised: n round trips (2,000 ms).
-    expect(perCall.took).toBeLessThan(5 * latencyMs);
-    expect(reserving.took).toBeLessThan(5 * latencyMs);
+    // Plus the longest stall of this process in the test (a loaded machine's pause).
+    const allowance = Math.min(stalls.longestMs(), 2000);
+    expect(perCall.took).toBeLessThan(5 * latencyMs + allowance);
+    expect(reserving.took).toBeLessThan(5 * latencyMs + allowance);
   }, 30_000);
 
   it('Redis frozen: concurrent decisions on a reservable plan settle within one deadline (no chained reserving calls)', async () => {
@@ -169,8 +173,11 @@ describe('token reservations: edge cases', () => {
     console.log(
       `Redis frozen, ${n} concurrent decisions, deadline ${deadline} ms: slowest ${worst(perCall).toFixed(0)} ms per call, ${worst(reserving).toFixed(0)} ms with reservations (${reserving.map((t) => t.toFixed(0)).join(',')})`,
     );
-    expect(worst(perCall)).toBeLessThan(2 * deadline);
-    expect(worst(reserving)).toBeLessThan(2 * deadline);
+    // Plus what a stall of this process adds (its timers ran late, and the store then gives
+    // a call one more deadline): a chain of deadlines still exceeds it.
+    const allowance = stallAllowance(stalls, deadline);
+    expect(worst(perCall)).toBeLessThan(2 * deadline + allowance);
+    expect(worst(reserving)).toBeLessThan(2 * deadline + allowance);
   }, 30_000);
 
   it('rounds of concurrent decisions above what ttlMs grants (a burst running fullAt seconds ahead) are not sent one call at a time', async () => {

@@ -7,6 +7,7 @@ import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
 import type { RedisStoreOptions } from '../../lib/storage/redis/redis-store.options.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
 import { RefillClock } from '../support/refill.js';
+import { stallAllowance, watchStalls } from './stalls.js';
 import type { TcpProxy } from '../support/tcp-proxy.js';
 import { adminClient, closeClient, openProxiedStore, openStore, ready, sleep, type OpenedStores } from './helpers.js';
 
@@ -20,6 +21,7 @@ import { adminClient, closeClient, openProxiedStore, openStore, ready, sleep, ty
  * froze meanwhile); the others held.
  */
 describe('token reservations: late replies, waiters and resets', () => {
+  const stalls = watchStalls();
   let server: RedisServer;
   let admin: Redis;
   const opened: OpenedStores = { clients: [], stores: [] };
@@ -164,10 +166,13 @@ describe('token reservations: late replies, waiters and resets', () => {
     console.log(
       `${latency} ms round trips then Redis frozen, deadline ${deadline} ms: slowest ${worst(perCall).toFixed(0)} ms per call, ${worst(reserving).toFixed(0)} ms with reservations (${reserving.map((t) => t.toFixed(0)).join(',')})`,
     );
-    expect(worst(perCall)).toBeLessThan(1.25 * deadline);
+    // Each plus what a stall of this process adds (its timers ran late, and the store then
+    // gives a call one more deadline).
+    const allowance = stallAllowance(stalls, deadline);
+    expect(worst(perCall)).toBeLessThan(1.25 * deadline + allowance);
     // Documented: a waiter whose call was answered in time without a slot for it makes one
     // more step; Redis froze meanwhile, so one round trip and one deadline (not a chain).
-    expect(worst(reserving)).toBeLessThan(latency + 1.25 * deadline);
+    expect(worst(reserving)).toBeLessThan(latency + 1.25 * deadline + allowance);
   }, 30_000);
 
   it('a reply to a reserving call sent before a reset is not kept by the entry opened after it (clear(keys), no epoch bump)', async () => {

@@ -154,13 +154,18 @@ describe('token reservations (C-34)', () => {
     // 100 burst at 50 a second (slots 20 ms apart); 10 decisions a second for 2 s.
     const plan = planOf(store, 'ip:fifth', [tokenBucketSpec('global', 'g', 100, 50)]);
     const before = await scriptCalls();
+    const began = performance.now();
     for (let i = 0; i < 20; i++) {
       expect((await store.consume(plan)).allowed).toBe(true);
       await sleep(100);
     }
+    const elapsedMs = performance.now() - began;
     const calls = (await scriptCalls()) - before;
-    console.log(`10/s against a 50/s bucket: ${calls} scripts for 20 decisions`);
-    expect(calls).toBeLessThanOrEqual(12);
+    console.log(`10/s against a 50/s bucket: ${calls} scripts for 20 decisions in ${elapsedMs.toFixed(0)} ms`);
+    // Slots lapse within ttlMs (1 s): a handful of calls for the ramp-up, then about two per
+    // second of the loop (a lapsed batch and the next), so a loop stretched by a loaded
+    // machine may take more; per call (20) still exceeds the bound for a loop within 7 s.
+    expect(calls).toBeLessThanOrEqual(Math.max(12, 6 + (2 * elapsedMs) / 1000));
   });
 
   it("after contention ends, its own per-call decisions do not keep an instance's batches at 1", async () => {
@@ -199,20 +204,31 @@ describe('token reservations (C-34)', () => {
     // pace below, so batches end by lapsing as well as by being spent.
     const plan = planOf(store, 'ip:steady', [tokenBucketSpec('global', 'g', 1_000_000, 1000)]);
     let waited = 0;
+    let stretched = 0;
     let allowed = 0;
     let before = 0;
+    let last = performance.now();
     for (let i = 0; i < 400; i++) {
       if (i === 50) before = await scriptCalls();
+      const now = performance.now();
+      // The lead is two of the recent gaps between decisions: a sleep stretched to many times
+      // its length (a loaded machine) can outlast it, which is not what this test is about;
+      // such waits are counted apart.
+      const paced = now - last < 12;
+      last = now;
       const decision = store.consume(plan);
       // A decision that comes as a promise waited on a reserving call (or went per call).
       if (decision instanceof Promise) {
-        if (i >= 50) waited++;
+        if (i >= 50 && paced) waited++;
+        else if (i >= 50) stretched++;
         if ((await decision).allowed) allowed++;
       } else if (decision.allowed) allowed++;
       if (i % 4 === 3) await sleep(2);
     }
     const calls = (await scriptCalls()) - before;
-    console.log(`steady lone instance: ${waited} of 350 decisions waited, ${calls} scripts`);
+    console.log(
+      `steady lone instance: ${waited} of 350 decisions waited (${stretched} more after a stretched pause), ${calls} scripts`,
+    );
     expect(allowed).toBe(400);
     // Batches keep coming (every batch lapses within 64 ms)...
     expect(calls).toBeGreaterThanOrEqual(3);
@@ -605,8 +621,8 @@ describe('token reservations (C-34)', () => {
         console.log(`20 concurrent refused decisions at 100 ms a round trip: ${took.toFixed(0)} ms`);
         expect(allowed(decisions)).toBe(0);
         // Per call (as before b61a01a, or at a batch size of 1) they go out together: one round
-        // trip, or two (not twenty: 2,000 ms).
-        expect(took).toBeLessThan(500);
+        // trip, or two (not twenty: 2,000 ms), plus the longest stall of this process.
+        expect(took).toBeLessThan(500 + Math.min(stalls.longestMs(), 1000));
       } finally {
         proxy.pass();
         await store.close();

@@ -191,8 +191,10 @@ async function probe(
   }
   return {
     early: String(early.frame.event),
-    // A timer that fired more than half the margin late no longer tests the early side.
-    earlySentLate: sentAt > receivedAt + retryAfter - margin / 2,
+    // A timer that fired more than half the margin late, or an answer that came that late (a
+    // stall while it was in flight: it may have been decided later), no longer tests the
+    // early side.
+    earlySentLate: sentAt > receivedAt + retryAfter - margin / 2 || early.at > receivedAt + retryAfter - margin / 2,
     onTime: String(onTime.frame.event),
     earlyFrame: early.frame,
     onTimeFrame: onTime.frame,

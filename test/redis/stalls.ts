@@ -41,3 +41,14 @@ export function expectSettledWithin(
   const allowance = Math.min(stalls.longestMs(), 2000);
   expect(Math.max(...outcomes.map((outcome) => outcome.latency))).toBeLessThanOrEqual(boundMs + allowance);
 }
+
+/**
+ * What a stall of this process adds to a decision that misses its deadline: the stall itself
+ * (the deadline's timer ran that much late), and when the timer fired more than half a
+ * deadline late, one more deadline (the store gives such a call another, as its reply may be
+ * waiting in the socket). At most 2 s of stall: a decision held longer fails whatever the cause.
+ */
+export function stallAllowance(stalls: { longestMs(): number }, deadlineMs: number): number {
+  const stall = Math.min(stalls.longestMs(), 2000);
+  return stall + (stall > deadlineMs / 2 ? deadlineMs : 0);
+}
