@@ -4,6 +4,7 @@ import { BlockList, isIP } from 'node:net';
 import { WsRateLimitConfigError } from '../exceptions/ws-rate-limit-config.error.js';
 import type { PlanLimitsOptions, TypeLimitOptions } from '../interfaces/options.interface.js';
 import { RateLimitStore } from '../storage/rate-limit-store.js';
+import { missingStoreMethods } from '../storage/store-answers.js';
 import { isSendableCloseCode } from '../utils/close-reason.js';
 import { addressRange, familyCoveredBy, type AddressRange } from './address-ranges.js';
 import { formatBound, MAX_CAPACITY } from './bounds.js';
@@ -111,7 +112,18 @@ export function checkCodeValue(variable: EnvVariable, value: unknown): unknown {
       if (typeof value !== 'boolean') fail(where, 'true or false', value);
       return value;
     case 'enum':
-      if (variable.option === 'store' && value instanceof RateLimitStore) return value;
+      if (variable.option === 'store' && value instanceof RateLimitStore) {
+        const missing = missingStoreMethods(value);
+        if (missing.length > 0) {
+          const name = value.constructor.name || 'a store';
+          fail(
+            where,
+            'a RateLimitStore with consume, peek, release, delete and close',
+            `${name} without ${missing.join(', ')}`,
+          );
+        }
+        return value;
+      }
       if (variable.option === 'tracker' && typeof value === 'function') return value;
       if (typeof value !== 'string' || !variable.values!.includes(value)) {
         const extra =

@@ -4,6 +4,7 @@ import { warnEvicting } from '../storage/create-store.js';
 import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
 import type { MaybePromise, RateLimitStore } from '../storage/rate-limit-store.js';
 import type { SettleOrder } from '../connection/settle-order.js';
+import { checkedDecision, checkedStatuses } from '../storage/store-answers.js';
 
 /** What the shared store reports to the limiter about its health. */
 export interface SharedStoreEvents {
@@ -88,16 +89,16 @@ export class SharedStore {
       decision = Promise.reject(error);
     }
     if (!isPromise(decision)) {
-      if (order?.waiting !== true) return this.answered(decision, undefined, decided);
-      decision = Promise.resolve(this.answered(decision, undefined, decided));
+      if (order?.waiting !== true) return this.answered(plan, decision, undefined, decided);
+      decision = Promise.resolve(this.answered(plan, decision, undefined, decided));
     } else if (order === undefined) {
       return decision.then(
-        (settled) => this.answered(settled, started, decided),
+        (settled) => this.answered(plan, settled, started, decided),
         (error: unknown) => this.failed(plan, error, decided),
       );
     } else {
       // Timed as the store answered; decided by the fail mode in the connection's order.
-      decision = decision.then((settled) => this.answered(settled, started, decided));
+      decision = decision.then((settled) => this.answered(plan, settled, started, decided));
     }
     return order.after(decision).then(undefined, (error: unknown) => this.failed(plan, error, decided));
   }
@@ -107,11 +108,12 @@ export class SharedStore {
    * fallback, whose figures are the ones deciding meanwhile.
    */
   async peek(plan: RateLimitPlan): Promise<readonly TierStatus[]> {
-    // Fail mode `closed` has no figures of its own: the store answers, or the caller hears why not.
-    if (this.failMode === 'closed') return this.store.peek(plan);
+    // Fail mode `closed` has no figures of its own: the store answers, or the caller hears why
+    // not (an answer that is no list of statuses included).
+    if (this.failMode === 'closed') return checkedStatuses(await this.store.peek(plan), plan);
     if (!this.down) {
       try {
-        return await this.store.peek(plan);
+        return checkedStatuses(await this.store.peek(plan), plan);
       } catch {
         // The fallback's figures, below.
       }
@@ -154,13 +156,21 @@ export class SharedStore {
   /**
    * `started` is undefined for a synchronous answer, which made no round trip (the Redis
    * store's block cache): it is not timed, and while the store reports itself unavailable
-   * it does not end the outage.
+   * it does not end the outage. An answer that is no decision (a store of the application's
+   * own: `null`, `{ allowed: 'yes' }`, a refusal without figures) failed: the fail mode decides.
    */
   private answered(
-    decision: RateLimitDecision,
+    plan: RateLimitPlan,
+    answer: RateLimitDecision,
     started: number | undefined,
     decided: ((store: RateLimitStore | undefined) => void) | undefined,
   ): RateLimitDecision {
+    let decision: RateLimitDecision;
+    try {
+      decision = checkedDecision(answer);
+    } catch (error) {
+      return this.failed(plan, error, decided);
+    }
     if (started !== undefined) this.events.answered(performance.now() - started);
     // A store that follows its availability says when the outage ends (and the answer of an
     // available one ends it too); for another, an answer that made a round trip, or any

@@ -1,5 +1,6 @@
 export * from './rate-limit-store.js';
 export * from './memory/memory-store.js';
+export { MalformedStoreAnswerError } from './store-answers.js';
 export {
   RedisRateLimitStore,
   createRedisStore,
