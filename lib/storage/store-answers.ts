@@ -37,7 +37,7 @@ function shown(value: unknown): string {
 /**
  * The decision a store answered, as the limiter may act on it: `{ allowed: true }` (with
  * anything else beside it) as it is; a refusal whose `tier` is a tier name and whose
- * `retryAfter`, `limit` and `remaining` are finite and not negative, with the wait made whole
+ * `retryAfter` (or Infinity: never), `limit` and `remaining` are finite and not negative, with the wait made whole
  * milliseconds, at least 1, and `remaining` whole units (the frame's promise). Anything else
  * throws `MalformedStoreAnswerError`, naming what was wrong.
  */
@@ -55,7 +55,7 @@ export function checkedDecision(answer: unknown): RateLimitDecision {
   const wrong =
     typeof tier !== 'string' || !TIER_NAMES.has(tier)
       ? 'tier'
-      : !isFigure(retryAfter)
+      : !isFigure(retryAfter) && retryAfter !== Infinity
         ? 'retryAfter'
         : !isFigure(limit)
           ? 'limit'
@@ -65,12 +65,15 @@ export function checkedDecision(answer: unknown): RateLimitDecision {
   if (wrong !== undefined) {
     throw new MalformedStoreAnswerError(
       `the store's consume() answered a refusal whose ${wrong} is ${shown(decision[wrong])} (${shown(answer)}): ` +
-        `tier is one of ${[...TIER_NAMES].join(', ')}; retryAfter, limit and remaining are finite numbers, not negative`,
+        `tier is one of ${[...TIER_NAMES].join(', ')}; retryAfter (or Infinity), limit and remaining are finite numbers, not negative`,
     );
   }
   const wait = retryAfter as number;
   const left = remaining as number;
-  if (Number.isInteger(wait) && wait >= 1 && Number.isInteger(left)) return answer as RateLimitDecision;
+  // (Infinity: never, as the built-in stores answer a cost above a tier's limit.)
+  if ((Number.isInteger(wait) || wait === Infinity) && wait >= 1 && Number.isInteger(left)) {
+    return answer as RateLimitDecision;
+  }
   return {
     ...(answer as RateLimitDecision & { allowed: false }),
     retryAfter: Math.max(1, Math.ceil(wait)),
