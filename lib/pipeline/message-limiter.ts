@@ -228,7 +228,15 @@ export class MessageLimiter {
     if (this.telemetry.reporting) {
       const type = route?.type ?? plan.type ?? typeOfSpecs(plan);
       if (isPromise(decision)) {
-        decision.then((settled) => this.telemetry.decision(plan.tracker, type, settled), noop);
+        // A throw here would be an unhandled rejection, which ends a Node process: the decision
+        // itself reaches its caller through `decision`, whatever its counting does.
+        decision.then((settled) => {
+          try {
+            this.telemetry.decision(plan.tracker, type, settled);
+          } catch {
+            // Not counted; nothing else to do from a callback nobody awaits.
+          }
+        }, noop);
       } else {
         this.telemetry.decision(plan.tracker, type, decision);
       }
