@@ -47,6 +47,8 @@ export class NamespaceGuard {
   private readonly watched = new WeakMap<Socket, () => void>();
   /** First joins on their way through the namespace's middlewares, by connection and name. */
   private readonly pendingJoins = new WeakMap<object, Map<string, Set<Socket>>>();
+  /** Namespaces whose first join on a connection ended without connecting (refused), by connection. */
+  private readonly refusedJoins = new WeakMap<object, Set<string>>();
 
   constructor(
     private readonly limiter: WsRateLimitService,
@@ -94,13 +96,21 @@ export class NamespaceGuard {
       this.screened.add(socket);
       const refusal = this.refusals.get(socket.request);
       if (refusal !== undefined) return this.refuse(socket, refusal, next, true);
-      if (!this.joined.get(socket.conn)?.has(socket.nsp.name) && !this.joining(socket) && this.free(socket)) {
-        let byName = this.pendingJoins.get(socket.conn);
-        if (byName === undefined) this.pendingJoins.set(socket.conn, (byName = new Map()));
-        let sockets = byName.get(socket.nsp.name);
-        if (sockets === undefined) byName.set(socket.nsp.name, (sockets = new Set()));
-        sockets.add(socket);
-        return next();
+      const first = this.joined.get(socket.conn)?.has(socket.nsp.name) ? 'waiting' : this.joining(socket);
+      if (first !== 'waiting' && this.free(socket)) {
+        const pass = (): void => {
+          let byName = this.pendingJoins.get(socket.conn);
+          if (byName === undefined) this.pendingJoins.set(socket.conn, (byName = new Map()));
+          let sockets = byName.get(socket.nsp.name);
+          if (sockets === undefined) byName.set(socket.nsp.name, (sockets = new Set()));
+          sockets.add(socket);
+          next();
+        };
+        if (first === 'first') return pass();
+        // A retry of a first join the application's middleware refused (a bad token): still
+        // no join again (it takes no second slot), but each retry costs what a new connection
+        // would, a connection-rate token, so that one handshake cannot buy unlimited attempts.
+        return this.chargeRetry(socket, next, pass);
       }
       // A join again admitted before on this connection that never connected and no longer
       // waits (the application refused it) gives its slot back: one slot per join that holds.
@@ -144,6 +154,28 @@ export class NamespaceGuard {
     });
   }
 
+  /**
+   * Charges a retried first join as a new connection's attempt (blocks, the connection-rate
+   * bucket; no open-connection slot: the handshake's covers the connection), then passes it
+   * on, or fails it with why.
+   */
+  private chargeRetry(socket: Socket, next: (error?: Error) => void, pass: () => void): void {
+    const address = this.records.get(socket.conn)?.address ?? clientAddressOf(socket.request, this.limiter.options);
+    if (address === undefined) return next(new Error('Client address unknown'));
+    const settle = (admission: ConnectionAdmission): void => {
+      if (admission.accepted) return pass();
+      const { reason } = REFUSALS[admission.reason!];
+      this.refuse(socket, { reason, code: admission.reason!, retryAfter: admission.retryAfter }, next, false);
+    };
+    try {
+      const admission = this.limiter.admitConnection(address, socket.request, false);
+      if (admission instanceof Promise) admission.then(settle, (error: unknown) => next(error as Error));
+      else settle(admission);
+    } catch (error) {
+      next(error as Error);
+    }
+  }
+
   /** Takes off the `close` listener a join again put on its connection (see `watched`). */
   private unwatch(socket: Socket): void {
     const release = this.watched.get(socket);
@@ -176,17 +208,24 @@ export class NamespaceGuard {
 
   /**
    * Whether another first join of this socket's namespace on its connection is still on its
-   * way (two joins sent before either connects: the second is a join again); first joins
-   * that ended without connecting (refused) are forgotten here.
+   * way (`waiting`: two joins sent before either connects, the second is a join again), or
+   * ended without connecting (`retry`: the application refused it, or it was refused for a
+   * retry, and this is a retry), or neither (`first`). Ended ones are forgotten here, and
+   * remembered as refused until the connection closes.
    */
-  private joining(socket: Socket): boolean {
-    const sockets = this.pendingJoins.get(socket.conn)?.get(socket.nsp.name);
-    if (sockets === undefined) return false;
-    for (const other of sockets) {
-      if (other.connected || waiting(other)) return true;
-      sockets.delete(other);
+  private joining(socket: Socket): 'waiting' | 'retry' | 'first' {
+    const name = socket.nsp.name;
+    const sockets = this.pendingJoins.get(socket.conn)?.get(name);
+    if (sockets !== undefined) {
+      for (const other of sockets) {
+        if (other.connected || waiting(other)) return 'waiting';
+        sockets.delete(other);
+        let refused = this.refusedJoins.get(socket.conn);
+        if (refused === undefined) this.refusedJoins.set(socket.conn, (refused = new Set()));
+        refused.add(name);
+      }
     }
-    return false;
+    return this.refusedJoins.get(socket.conn)?.has(name) === true ? 'retry' : 'first';
   }
 
   /**

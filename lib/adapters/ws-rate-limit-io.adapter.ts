@@ -14,7 +14,7 @@ import { startHeartbeat } from '../connection/heartbeat.js';
 import { WsRateLimitService, type ConnectionAdmission } from '../services/ws-rate-limit.service.js';
 import { noteClosedSocket, socketIoTransport } from '../transports/socket-io-transport.js';
 import type { RateLimitTransport } from '../transports/transport.js';
-import { messageIdOfData as idOf, messageMeta } from '../utils/message-id.js';
+import { answerSlotFromArgs, messageIdOfData as idOf, messageMeta } from '../utils/message-id.js';
 import { clientAddressOf, limiterFrom } from './adapter-support.js';
 import { ForwardingWarning } from './forwarding-warning.js';
 import { guardHandshakes, handshakeCompleted, unguardHandshakes, type ServerListener } from './handshake-hygiene.js';
@@ -182,7 +182,9 @@ export class WsRateLimitIoAdapter extends IoAdapter {
         const { data, ack } = this.mapPayload(payload) as { data: unknown; ack?: (...args: unknown[]) => void };
         // The limiter's answer to this event goes to its own acknowledgement, if it asked for one.
         if (slot !== undefined) slot.ack = ack as ((answer: unknown) => void) | undefined;
-        const id = idOf(data);
+        // The first argument's id, as for an event no handler takes (with several arguments,
+        // `data` is all of them).
+        const id = idOf(args.length === 1 ? data : typeof args[0] === 'function' ? undefined : args[0]);
         let response$: Observable<unknown>;
         try {
           const result: unknown =
@@ -393,6 +395,48 @@ export class WsRateLimitIoAdapter extends IoAdapter {
       const order = state.order;
       // While one of this socket's decisions waits on the store, later events wait as received.
       const hold = (state.hold ??= new FrameHold(state, (error) => this.log.error(error)));
+      // socket.io runs a socket's catch-all listeners (`onAny`) for every event before its
+      // middlewares, ours among them, and so before any decision: they would hear refused
+      // events, and events after the disconnect decision, which are not processed. They are
+      // kept from socket.io's own call, and heard when the limiter lets the event through.
+      const eventing = socket as unknown as EventingSocket;
+      const onevent = eventing.onevent;
+      /** The catch-all listeners, kept aside while socket.io handles an event. */
+      let kept: AnyListener[] | undefined;
+      const listening = (): AnyListener[] | undefined => kept ?? eventing._anyListeners;
+      const hear = (packet: readonly unknown[]): void => {
+        const listeners = listening();
+        if (listeners === undefined || listeners.length === 0) return;
+        for (const listener of listeners.slice()) listener.apply(socket, packet as unknown[]);
+      };
+      if (typeof onevent === 'function') {
+        eventing.onevent = function (this: EventingSocket, packet: unknown): void {
+          // Once the limiter has decided to disconnect, later events are not processed.
+          if (state.closing) return;
+          const listeners = this._anyListeners;
+          if (listeners === undefined || listeners.length === 0) return onevent.call(this, packet);
+          kept = listeners;
+          this._anyListeners = undefined;
+          try {
+            onevent.call(this, packet);
+          } finally {
+            // A listener added meanwhile (a middleware's `onAny`) went to a new array.
+            const added = this._anyListeners as AnyListener[] | undefined;
+            this._anyListeners = listeners;
+            if (added !== undefined) listeners.push(...added);
+            kept = undefined;
+          }
+        };
+        // The adapter's guard calls this with a routed event's handler arguments as it lets
+        // the event through: its slot knows the packet.
+        state.onAdmitted = (args) => {
+          const slot = answerSlotFromArgs(args);
+          const heard = slot?.heard;
+          if (heard === undefined) return;
+          slot!.heard = undefined;
+          heard();
+        };
+      }
       /** Routed events passed on whose handler (and guard) has not run yet. */
       let routedInTransit = 0;
       const inTransit = (): void => {
@@ -409,6 +453,12 @@ export class WsRateLimitIoAdapter extends IoAdapter {
         const slot = order?.open();
         if (typeof event === 'string' && known.events.has(event)) {
           if (slot !== undefined) known.slots.add(event, packet[1], slot);
+          // Heard when a guard of ours lets it through; an event no guard of ours decides
+          // (as far as the module knows) is heard now, before its handler, as socket.io would.
+          if (listening()?.length) {
+            if (slot !== undefined && bound.guarded?.has(event) === true) slot.heard = () => hear(packet);
+            else hear(packet);
+          }
           // socket.io emits it to its handler (whose guard decides) on the next tick: until
           // then it counts as waiting, ended on a tick queued after socket.io's, so an app
           // middleware that holds it back or drops it holds no later event for ever.
@@ -426,6 +476,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
         // tick queued by `next`; the slot ends on a tick after it.
         const admitted = (done: () => void): void => {
           try {
+            hear(packet);
             next();
           } finally {
             process.nextTick(done);
@@ -513,6 +564,18 @@ export class WsRateLimitIoAdapter extends IoAdapter {
 interface AckingSocket {
   acks?: Map<unknown, unknown>;
   onack?: (packet: { id?: unknown }) => void;
+}
+
+/** A socket.io catch-all listener (`onAny`): the event's name, then its arguments. */
+type AnyListener = (...args: unknown[]) => void;
+
+/**
+ * A socket.io socket's event handling (socket.io 4: `onevent` runs its catch-all listeners,
+ * `_anyListeners`, then its middlewares and listeners).
+ */
+interface EventingSocket {
+  onevent?: (packet: unknown) => void;
+  _anyListeners?: AnyListener[];
 }
 
 /**

@@ -19,6 +19,11 @@ export interface AnswerSlot {
    * limiter's answer to it goes there instead of an event, once.
    */
   ack?: ((answer: unknown) => void) | undefined;
+  /**
+   * Runs the application's catch-all listeners for the message once it is let through
+   * (socket.io's `onAny`, which socket.io itself would run before any middleware or guard).
+   */
+  heard?: (() => void) | undefined;
 }
 
 /**

@@ -43,6 +43,8 @@ export class ConnectionAdmitter {
   private readonly open = new Map<string, number>();
   /** The open-connection cap per address (`maxConnectionsPerIp`), when capped. */
   private readonly maxOpen: number;
+  /** The tiers of an attempt that opens no connection: all but the open-connection cap. */
+  private readonly attemptSpecs: readonly TierSpec[];
 
   constructor(
     private readonly limiter: MessageLimiter,
@@ -57,10 +59,14 @@ export class ConnectionAdmitter {
     private readonly releaseFailed: (error: unknown) => void,
   ) {
     this.maxOpen = specs.find((spec) => spec.tier === 'concurrency')?.limit ?? Infinity;
+    this.attemptSpecs = specs.filter((spec) => spec.tier !== 'concurrency');
   }
 
-  /** Decides a connection; the slot, if taken, is given back by `release` in whichever store took it. */
-  admit(address: string, request?: IncomingMessage): MaybePromise<ConnectionAdmission> {
+  /**
+   * Decides a connection; the slot, if taken, is given back by `release` in whichever store
+   * took it. Without `slot`, an attempt that opens no connection: no open-connection slot.
+   */
+  admit(address: string, request?: IncomingMessage, slot = true): MaybePromise<ConnectionAdmission> {
     const record = this.registry.create(address, request);
     const ip = record.ip!;
     if (this.access.deniesAddress(address)) return this.admitted(record, 'denied', 0);
@@ -68,12 +74,15 @@ export class ConnectionAdmitter {
     const blocked = this.blocks.remainingFor(undefined, byAddress.key);
     if (blocked > 0) return this.admitted(record, 'blocked', blocked);
     if (record.allowed) return this.admitted(record, undefined, 0);
-    const plan = this.limiter.buildPlan(byAddress, this.specs, '', this.instanceId);
+    const specs = slot ? this.specs : this.attemptSpecs;
+    if (specs.length === 0) return this.admitted(record, undefined, 0);
+    const capped = slot && this.capped;
+    const plan = this.limiter.buildPlan(byAddress, specs, '', this.instanceId);
     // The slot is given back to whichever store took it: the store, or the fallback.
     let taker: RateLimitStore | undefined;
     const settle = (decision: RateLimitDecision): ConnectionAdmission => {
       const store = taker;
-      if (decision.allowed && this.capped && store) {
+      if (decision.allowed && capped && store) {
         const giveBack = (): void => {
           try {
             const released = store.release(plan);

@@ -89,6 +89,12 @@ export class ConnectionState {
   waiting = 0;
   /** Holds the connection's frames while a decision waits, when its adapter does (`FrameHold`). */
   hold: FrameHold | undefined;
+  /**
+   * Told of each routed message the limiter let through, with its handler's arguments, when
+   * the adapter needs to know (socket.io: the application's catch-all listeners hear an event
+   * once it is admitted); undefined otherwise, which costs a routed message one check.
+   */
+  onAdmitted: ((args: readonly unknown[]) => void) | undefined;
   /** Gives back the open-connection lease taken at admission (idempotent; no-op when none). */
   release: () => void = noop;
 

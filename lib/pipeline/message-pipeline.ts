@@ -41,6 +41,11 @@ export interface MessageSteps {
 export interface UnroutedSteps {
   readonly steps: MessageSteps;
   readonly gateway: object | undefined;
+  /**
+   * The gateway's events whose handler the module knows a guard of ours decides (its own,
+   * its class's, or a global one seen at start-up); undefined when not known.
+   */
+  readonly guarded?: ReadonlySet<unknown>;
 }
 
 /** The rejection for messages that arrive while the limiter closes the socket. */
@@ -70,7 +75,10 @@ export class MessagePipeline {
   /** Guard steps by guard class, registered when a guard is built. */
   private readonly stepsByGuard = new Map<object, MessageSteps>();
   /** Guard class and gateway by the signature of a gateway's handlers (see `bindGateway`). */
-  private readonly gateways = new Map<string, { guard: object | undefined; gateway: object | undefined }>();
+  private readonly gateways = new Map<
+    string,
+    { guard: object | undefined; gateway: object | undefined; guarded?: ReadonlySet<unknown> }
+  >();
   /** User callbacks that threw on an unrouted frame, logged once each. */
   private readonly callbackErrors = new Set<string>();
   /** The steps of the module's own guard, for frames of gateways with no guard of ours. */
@@ -115,13 +123,13 @@ export class MessagePipeline {
    * the adapter learns of a gateway when NestJS binds a socket to it. Two gateways with the
    * same events and different guards cannot be told apart: their frames take the default steps.
    */
-  bindGateway(gateway: object, events: readonly unknown[], guard?: object): void {
+  bindGateway(gateway: object, events: readonly unknown[], guard?: object, guarded?: ReadonlySet<unknown>): void {
     const key = signature(events);
     const known = this.gateways.get(key);
     if (known !== undefined && (known.guard !== guard || known.gateway !== gateway)) {
       this.gateways.set(key, { guard: undefined, gateway: undefined });
     } else {
-      this.gateways.set(key, { guard, gateway });
+      this.gateways.set(key, { guard, gateway, guarded });
     }
   }
 
@@ -129,7 +137,7 @@ export class MessagePipeline {
   stepsFor(handlers: ReadonlyArray<{ message: unknown }>): UnroutedSteps {
     const bound = this.gateways.get(signature(handlers.map((handler) => handler.message)));
     const steps = bound?.guard === undefined ? undefined : this.stepsByGuard.get(bound.guard);
-    return { steps: steps ?? this.defaultSteps, gateway: bound?.gateway };
+    return { steps: steps ?? this.defaultSteps, gateway: bound?.gateway, guarded: bound?.guarded };
   }
 
   /**
@@ -156,8 +164,10 @@ export class MessagePipeline {
         new WsRateLimitException(CLOSING, route?.type ?? SKIPPED_TYPE, connection.connectionTracker, undefined),
       );
     }
-    if (route === null) return true;
-    if ((this.limiter.skipIf !== undefined || route.skipIf !== undefined) && this.skips(context, route)) return true;
+    if (route === null) return admitted(context, connection);
+    if ((this.limiter.skipIf !== undefined || route.skipIf !== undefined) && this.skips(context, route)) {
+      return admitted(context, connection);
+    }
     const tracker = inTrackerOrder(connection, steps.getTracker(client, connection));
     // An async tracker: a rejection reaches Nest as a throwing tracker's error does.
     const verdict =
@@ -165,8 +175,11 @@ export class MessagePipeline {
         ? tracker.then((key) => this.proceed(context, steps, client, connection, route, key))
         : this.proceed(context, steps, client, connection, route, tracker);
     // The common answer, a synchronous `true`, is returned without a promise check.
-    if (typeof verdict === 'boolean' || !isPromise(verdict)) return verdict;
-    return waitedOn(connection, verdict);
+    if (typeof verdict === 'boolean' || !isPromise(verdict)) return verdict && admitted(context, connection);
+    const waited = waitedOn(connection, verdict);
+    return connection.onAdmitted === undefined
+      ? waited
+      : waited.then((through) => through && admitted(context, connection));
   }
 
   /** Whether the module's `skipIf`, then the route's (`@Throttle`'s), lets the message through unlimited. */
@@ -555,4 +568,10 @@ function restriction(kind: 'blocked' | 'degraded', ms: number): RateLimitRejecte
 /** Names a gateway by the events of its handlers, in a stable order. */
 function signature(events: readonly unknown[]): string {
   return events.map(String).sort().join('\u0000');
+}
+
+/** `true`, after telling the connection's adapter, when it asked, of a routed message let through. */
+function admitted(context: ExecutionContext, connection: ConnectionState): true {
+  connection.onAdmitted?.(context.getArgs());
+  return true;
 }

@@ -170,6 +170,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
       const classGuard = throttleGuardOf(gateway);
       let guard = classGuard;
       const events: unknown[] = [];
+      const guarded = new Set<unknown>();
       for (const name of this.metadataScanner.getAllMethodNames(prototype)) {
         const handler = prototype[name] as object;
         const message: unknown = Reflect.getMetadata('message', handler);
@@ -178,9 +179,12 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
         declared.push([handler, gateway]);
         const handlerGuard = throttleGuardOf(handler);
         guard ??= handlerGuard;
-        if (everyHandler || classGuard !== undefined || handlerGuard !== undefined) handlers.push([handler, gateway]);
+        if (everyHandler || classGuard !== undefined || handlerGuard !== undefined) {
+          handlers.push([handler, gateway]);
+          guarded.add(message);
+        }
       }
-      this.pipeline.bindGateway(gateway, events, guard);
+      this.pipeline.bindGateway(gateway, events, guard, guarded);
     }
     for (const [name, routes] of this.limiter.plans) {
       try {
@@ -429,10 +433,12 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    * Decides a new connection from a client address: deny list, blocks, allow list, then
    * the connection-rate bucket and, when capped, the open-connection count, together. The
    * slot, if taken, is given back by `release` in whichever store took it; `connection` is
-   * the record to attach when the socket opens.
+   * the record to attach when the socket opens. With `slot: false`, an attempt that opens
+   * no connection of its own (a retried socket.io namespace join): the same checks and the
+   * connection-rate bucket, but no open-connection slot.
    */
-  admitConnection(address: string, request?: IncomingMessage): MaybePromise<ConnectionAdmission> {
-    return this.admitter.admit(address, request);
+  admitConnection(address: string, request?: IncomingMessage, slot = true): MaybePromise<ConnectionAdmission> {
+    return this.admitter.admit(address, request, slot);
   }
 
   /**
