@@ -397,35 +397,27 @@ export class WsRateLimitIoAdapter extends IoAdapter {
       const hold = (state.hold ??= new FrameHold(state, (error) => this.log.error(error)));
       // socket.io runs a socket's catch-all listeners (`onAny`) for every event before its
       // middlewares, ours among them, and so before any decision: they would hear refused
-      // events, and events after the disconnect decision, which are not processed. They are
-      // kept from socket.io's own call, and heard when the limiter lets the event through.
+      // events, and events after the disconnect decision, which are not processed. The
+      // adapter handles events as socket.io's `onevent` does (socket.io 4: the event's
+      // arguments, an acknowledgement for an id, then `dispatch` through the middlewares)
+      // without that call, and hears them when the limiter lets them through. socket.io's own
+      // methods (`onAny`, `prependAny`, `offAny`, `listenersAny`) keep working on its array.
+      // (A socket.io without those methods keeps calling them itself: nothing is heard here.)
       const eventing = socket as unknown as EventingSocket;
-      const onevent = eventing.onevent;
-      /** The catch-all listeners, kept aside while socket.io handles an event. */
-      let kept: AnyListener[] | undefined;
-      const listening = (): AnyListener[] | undefined => kept ?? eventing._anyListeners;
+      const { onevent, ack, dispatch } = eventing;
+      const deferred = typeof onevent === 'function' && typeof ack === 'function' && typeof dispatch === 'function';
+      const listening = (): boolean => deferred && (eventing._anyListeners?.length ?? 0) > 0;
       const hear = (packet: readonly unknown[]): void => {
-        const listeners = listening();
-        if (listeners === undefined || listeners.length === 0) return;
-        for (const listener of listeners.slice()) listener.apply(socket, packet as unknown[]);
+        if (!listening()) return;
+        for (const listener of eventing._anyListeners!.slice()) listener.apply(socket, packet as unknown[]);
       };
-      if (typeof onevent === 'function') {
-        eventing.onevent = function (this: EventingSocket, packet: unknown): void {
+      if (deferred) {
+        eventing.onevent = function (this: EventingSocket, packet: { data?: unknown[]; id?: unknown }): void {
           // Once the limiter has decided to disconnect, later events are not processed.
           if (state.closing) return;
-          const listeners = this._anyListeners;
-          if (listeners === undefined || listeners.length === 0) return onevent.call(this, packet);
-          kept = listeners;
-          this._anyListeners = undefined;
-          try {
-            onevent.call(this, packet);
-          } finally {
-            // A listener added meanwhile (a middleware's `onAny`) went to a new array.
-            const added = this._anyListeners as AnyListener[] | undefined;
-            this._anyListeners = listeners;
-            if (added !== undefined) listeners.push(...added);
-            kept = undefined;
-          }
+          const args = packet.data ?? [];
+          if (packet.id !== null && packet.id !== undefined) args.push(ack.call(this, packet.id));
+          dispatch.call(this, args);
         };
         // The adapter's guard calls this with a routed event's handler arguments as it lets
         // the event through: its slot knows the packet.
@@ -455,7 +447,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
           if (slot !== undefined) known.slots.add(event, packet[1], slot);
           // Heard when a guard of ours lets it through; an event no guard of ours decides
           // (as far as the module knows) is heard now, before its handler, as socket.io would.
-          if (listening()?.length) {
+          if (listening()) {
             if (slot !== undefined && bound.guarded?.has(event) === true) slot.heard = () => hear(packet);
             else hear(packet);
           }
@@ -570,11 +562,14 @@ interface AckingSocket {
 type AnyListener = (...args: unknown[]) => void;
 
 /**
- * A socket.io socket's event handling (socket.io 4: `onevent` runs its catch-all listeners,
- * `_anyListeners`, then its middlewares and listeners).
+ * A socket.io socket's event handling (socket.io 4: `onevent` makes the event's arguments,
+ * with `ack` for an id, runs its catch-all listeners, `_anyListeners`, then `dispatch`es
+ * through its middlewares to its listeners).
  */
 interface EventingSocket {
-  onevent?: (packet: unknown) => void;
+  onevent?: (packet: { data?: unknown[]; id?: unknown }) => void;
+  ack?: (id: unknown) => (...args: unknown[]) => void;
+  dispatch?: (args: unknown[]) => void;
   _anyListeners?: AnyListener[];
 }
 

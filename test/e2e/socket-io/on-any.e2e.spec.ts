@@ -4,7 +4,8 @@
  * that call and runs them once the limiter lets the event through (README "Catch-all
  * listeners"). A gateway no guard of ours decides still has them heard, before its handlers;
  * decisions that wait (an asynchronous tracker) have them heard in arrival order when they
- * settle; a listener added from a middleware while an event is handled is kept.
+ * settle; a listener a middleware adds while an event is on its way hears that event too (it is
+ * heard with the listeners there are when it is let through).
  */
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { MessageBody, SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
@@ -118,13 +119,14 @@ describe.each(ENGINE_TRANSPORTS)('socket.onAny behind WsRateLimitIoAdapter (%s)'
     expect(handled()).toEqual(['handler:/guarded:chat:0', 'handler:/guarded:chat:1']);
   });
 
-  it('a gateway no guard of ours decides: every event heard, before its handler; a listener a middleware adds is kept', async () => {
+  it('a gateway no guard of ours decides: every event heard, before its handler; a listener a middleware adds hears from that event on', async () => {
     const url = await harness.start([OpenGateway]);
     const client = await harness.connect(`${url}/open`, transport);
     for (let id = 0; id < 3; id++) client.socket.emit('note', { id });
     await waitFor(() => client.of('note_ok').length === 3, 10_000, 'three replies');
     expect(heard()).toEqual([
       'any:/open:note:0',
+      'late:/open:note:0',
       'any:/open:note:1',
       'late:/open:note:1',
       'any:/open:note:2',
