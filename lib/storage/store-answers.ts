@@ -1,4 +1,10 @@
-import type { RateLimitDecision, RateLimitPlan, TierName, TierStatus } from '../interfaces/plan.interface.js';
+import type {
+  RateLimitDecision,
+  RateLimitPlan,
+  RateLimitRejected,
+  TierName,
+  TierStatus,
+} from '../interfaces/plan.interface.js';
 import type { RateLimitStore } from './rate-limit-store.js';
 
 /**
@@ -70,13 +76,27 @@ export function checkedDecision(answer: unknown): RateLimitDecision {
   }
   const wait = retryAfter as number;
   const left = remaining as number;
+  const refusal = answer as RateLimitRejected;
   // (Infinity: never, as the built-in stores answer a cost above a tier's limit.)
-  if ((Number.isInteger(wait) || wait === Infinity) && wait >= 1 && Number.isInteger(left)) {
-    return answer as RateLimitDecision;
+  if (
+    (Number.isInteger(wait) || wait === Infinity) &&
+    wait >= 1 &&
+    Number.isInteger(left) &&
+    refusal.storeUnavailable === undefined &&
+    refusal.blocked === undefined &&
+    refusal.degraded === undefined &&
+    refusal.closing === undefined
+  ) {
+    return refusal;
   }
+  // The limiter's own marks (an operator's block, a degradation, its fail mode, a closing
+  // connection) are not a store's to give: a refusal is its tier's.
   return {
-    ...(answer as RateLimitDecision & { allowed: false }),
+    allowed: false,
+    tier: tier as TierName,
+    index: refusal.index,
     retryAfter: Math.max(1, Math.ceil(wait)),
+    limit: limit as number,
     remaining: Math.floor(left),
   };
 }
@@ -88,7 +108,7 @@ export function checkedDecision(answer: unknown): RateLimitDecision {
  */
 export function checkedStatuses(answer: unknown, plan: RateLimitPlan): readonly TierStatus[] {
   const count = plan.tiers.length;
-  if (!Array.isArray(answer) || answer.length < count) {
+  if (!Array.isArray(answer) || answer.length !== count) {
     throw new MalformedStoreAnswerError(
       `the store's peek() answered ${shown(answer)} for a plan of ${count} tier${count === 1 ? '' : 's'}: it answers one status per tier`,
     );
@@ -98,16 +118,18 @@ export function checkedStatuses(answer: unknown, plan: RateLimitPlan): readonly 
     const wrong =
       status === null || typeof status !== 'object'
         ? 'status'
-        : !isFigure(status.limit)
-          ? 'limit'
-          : !isFigure(status.remaining)
-            ? 'remaining'
-            : !isFigure(status.resetIn)
-              ? 'resetIn'
-              : undefined;
+        : status.tier !== plan.tiers[i]!.spec.tier
+          ? 'tier'
+          : !isFigure(status.limit)
+            ? 'limit'
+            : !isFigure(status.remaining)
+              ? 'remaining'
+              : !isFigure(status.resetIn)
+                ? 'resetIn'
+                : undefined;
     if (wrong !== undefined) {
       throw new MalformedStoreAnswerError(
-        `the store's peek() answered ${shown(status)} for tier ${i}: its limit, remaining and resetIn are finite numbers, not negative`,
+        `the store's peek() answered ${shown(status)} for tier ${i}: its tier is the plan's (${plan.tiers[i]!.spec.tier}); its limit, remaining and resetIn are finite numbers, not negative`,
       );
     }
   }

@@ -50,6 +50,16 @@ describe('checkedDecision', () => {
     expect(checkedDecision({ ...refusal, retryAfter: 12.01 })).toMatchObject({ retryAfter: 13 });
   });
 
+  it.each([['blocked'], ['degraded'], ['storeUnavailable'], ['closing']])(
+    "a refusal carrying the limiter's own mark %s is its tier's: the mark is dropped, in a copy",
+    (mark) => {
+      const marked = { ...refusal, [mark]: true };
+      const checked = checkedDecision(marked);
+      expect(checked).not.toBe(marked);
+      expect(checked).toEqual(refusal);
+    },
+  );
+
   it.each([
     ['null', null, /answered null/],
     ['undefined', undefined, /answered undefined/],
@@ -92,6 +102,19 @@ describe('checkedStatuses', () => {
     ['a null status', [null], /answered null for tier 0/],
     ['a NaN remaining', [{ tier: 'global', limit: 2, remaining: Number.NaN, resetIn: 0 }], /for tier 0/],
     ['no resetIn', [{ tier: 'global', limit: 2, remaining: 1 }], /for tier 0/],
+    [
+      'a status of another tier',
+      [{ tier: 'type', limit: 2, remaining: 1, resetIn: 0 }],
+      /its tier is the plan's \(global\)/,
+    ],
+    [
+      'one status too many',
+      [
+        { tier: 'global', limit: 2, remaining: 1, resetIn: 0 },
+        { tier: 'expensive', limit: 1, remaining: 1, resetIn: 0 },
+      ],
+      /for a plan of 1 tier/,
+    ],
   ])('%s throws a MalformedStoreAnswerError', async (_name, answer, message) => {
     const store = new MemoryRateLimitStore();
     const plan = planOf(store, 'ip:c');
