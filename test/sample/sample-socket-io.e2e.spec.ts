@@ -51,9 +51,12 @@ describe.each(ENGINE_TRANSPORTS)('the sample chat server on socket.io over %s (i
     await client.until(() => answered() === sent, 20_000, 'an answer to every chat');
     const acks = client.of('ack').length;
     // 30 burst, plus what the 15-a-second refill gave while the burst was being handled.
+    const refilled = clock.gained(15);
     expect(acks).toBeGreaterThanOrEqual(30);
-    expect(acks).toBeLessThanOrEqual(30 + clock.gained(15));
-    expect(acks).toBeLessThan(sent);
+    expect(acks).toBeLessThanOrEqual(30 + refilled);
+    // Some refused, unless the flood took so long (a loaded machine: a third of a second for
+    // 35 events, as a clean-clone CI once took) that the refill covered them all.
+    if (refilled < sent - 30) expect(acks).toBeLessThan(sent);
     expect(client.of('ack')[0]).toEqual({ messageType: 'chat' });
     // The refusals name the messages they refuse, in the order sent, all after the burst. A
     // token refilled mid-flood (a slow machine) lets a later message through, so the refused
@@ -64,8 +67,10 @@ describe.each(ENGINE_TRANSPORTS)('the sample chat server on socket.io over %s (i
     for (let i = 1; i < refusedIds.length; i++) expect(refusedIds[i]).toBeGreaterThan(refusedIds[i - 1]!);
     const admitted = Array.from({ length: sent }, (_, i) => i).filter((id) => !refusedIds.includes(id));
     expect(admitted).toHaveLength(acks);
-    expect(refusals[0]).toMatchObject({ code: 'TYPE_LIMIT', messageType: 'chat', limit: 30, warningCount: 1 });
-    expect(refusals[0]!.retryAfter).toBeGreaterThan(0);
+    if (acks < sent) {
+      expect(refusals[0]).toMatchObject({ code: 'TYPE_LIMIT', messageType: 'chat', limit: 30, warningCount: 1 });
+      expect(refusals[0]!.retryAfter).toBeGreaterThan(0);
+    }
     // Peers got exactly the admitted messages, in order.
     await listener.until(() => listener.of('chat').length === acks, 10_000, 'the broadcast chats');
     expect((listener.of('chat') as Info[]).map((chat) => chat.content)).toEqual(admitted.map((id) => `hi ${id}`));
