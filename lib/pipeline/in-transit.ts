@@ -11,6 +11,13 @@
  * answered meanwhile is of refusals no filter of ours will answer (a filter of the
  * application's own kept them): it is cleared then, and the late answer of one of them, if
  * any, takes nothing back.
+ *
+ * The grace is measured on the clock, and a stalled event loop (a long GC pause, a loaded
+ * machine) moves the clock past it without running the turn that answers: so a sweep that
+ * finds a count overdue does not clear it at once but looks again a full grace later, from a
+ * timer of its own, and clears it only if it is still untouched then. At least one whole turn
+ * of the loop runs between the two looks, and a lost count is cleared within two grace
+ * periods.
  */
 import { performance } from 'node:perf_hooks';
 import type { ConnectionState } from '../connection/connection-state.js';
@@ -28,6 +35,7 @@ export function noteInTransit(state: ConnectionState, exception: WsRateLimitExce
   counted.set(exception, state.transitEpoch);
   state.pendingRejections++;
   state.transitAt = performance.now();
+  state.transitOverdue = -1;
   if (!state.transitSweep) {
     state.transitSweep = true;
     setImmediate(sweep, state);
@@ -42,9 +50,13 @@ export function answeredInTransit(state: ConnectionState, exception: WsRateLimit
   if (epoch !== state.transitEpoch || state.pendingRejections === 0) return;
   state.pendingRejections--;
   state.transitAt = performance.now();
+  state.transitOverdue = -1;
 }
 
-/** Clears a count that stood `TRANSIT_GRACE_MS` untouched; runs until the count is 0. */
+/**
+ * Clears a count that stood `TRANSIT_GRACE_MS` untouched and was still untouched when looked
+ * at again a grace period after it was first found overdue; runs until the count is 0.
+ */
 function sweep(state: ConnectionState): void {
   if (state.pendingRejections === 0) {
     state.transitSweep = false;
@@ -55,7 +67,14 @@ function sweep(state: ConnectionState): void {
     setTimeout(sweep, TRANSIT_GRACE_MS - stood, state).unref();
     return;
   }
+  if (state.transitOverdue !== state.transitAt) {
+    // First seen overdue: the loop may only have stalled. Look again a grace period later.
+    state.transitOverdue = state.transitAt;
+    setTimeout(sweep, TRANSIT_GRACE_MS, state).unref();
+    return;
+  }
   state.transitSweep = false;
+  state.transitOverdue = -1;
   state.pendingRejections = 0;
   state.transitEpoch++;
 }
