@@ -114,8 +114,10 @@ export class SharedStore {
     if (!this.down) {
       try {
         return checkedStatuses(await this.store.peek(plan), plan);
-      } catch {
-        // The fallback's figures, below.
+      } catch (error) {
+        // The fallback's figures, below: a store call the fail mode answered, counted as one
+        // (no outage: a peek decides nothing).
+        if (!this.closed) this.events.failed(error);
       }
     }
     return this.localFallback().peek(plan);

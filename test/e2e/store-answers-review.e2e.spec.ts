@@ -9,6 +9,8 @@
  * back) was left alone, as for a store that throws after taking a lease (a blind release could
  * free another connection's slot); its case was taken out. The cases of "WsRateLimitService
  * from code" were rewritten after the review (their first version was lost in an edit).
+ * A malformed peek that the fallback answered (fail mode open) was not counted in
+ * `ws_rate_limit_store_errors_total` on 8eda3a4; it is now (the peek case checks the count).
  *
  * Review: answers of a store of the application's own that are malformed some of the time
  * (lib/storage/store-answers.ts, checked in lib/services/shared-store.ts; README "When Redis
@@ -453,6 +455,8 @@ describe('WsRateLimitService from code with a store answering malformed values',
           ['connection', 1000],
           ['concurrency', 3],
         ]);
+        // Each malformed peek the fallback answered is a store error (3 calls above, 2 here).
+        expect(await metricSum(running.registry, 'ws_rate_limit_store_errors_total')).toBe(calls.length + 2);
       }
     }, 20_000);
   }
