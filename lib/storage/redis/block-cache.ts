@@ -56,18 +56,25 @@ export class BlockCache {
   }
 
   /**
-   * Remembers a refusal received at `now`; `perMs` is the deciding tier's refill per ms and
-   * `cost` the message's cost there when it is a token bucket (0 and 0 otherwise).
+   * Remembers a refusal decided at `at` or later (the call's send time); `perMs` is the
+   * deciding tier's refill per ms and `cost` the message's cost there when it is a token
+   * bucket (0 and 0 otherwise); `now` is the time it is remembered at (default `at`). A
+   * refusal whose wait ended by `now` is not remembered.
    */
-  set(key: string, decision: RateLimitRejected, now: number, perMs = 0, cost = 0): void {
-    const retryAt = now + decision.retryAfter;
+  set(key: string, decision: RateLimitRejected, at: number, perMs = 0, cost = 0, now = at): void {
+    const retryAt = at + decision.retryAfter;
     let until = retryAt;
     if (perMs > 0) {
-      // The bucket holds about `cost - retryAfter * perMs` now (the wait was rounded up to
-      // whole ms, and the reply took its time to arrive: a little more, in truth), so its
-      // next whole unit above `remaining` comes at about this time, if nothing else spends it.
+      // The bucket held about `cost - retryAfter * perMs` when Redis decided (the wait was
+      // rounded up to whole ms, and Redis decided a little after `at`: a little more, in
+      // truth), so its next whole unit above `remaining` comes at about this time, if nothing
+      // else spends it.
       const holds = cost - decision.retryAfter * perMs;
-      until = Math.min(retryAt, now + (decision.remaining + 1 - holds) / perMs);
+      until = Math.min(retryAt, at + (decision.remaining + 1 - holds) / perMs);
+    }
+    if (until <= now) {
+      this.entries.delete(key);
+      return;
     }
     if (this.entries.size >= this.maxEntries && !this.entries.has(key)) this.prune(now);
     this.entries.delete(key);

@@ -113,7 +113,8 @@ export interface RedisStoreOptions {
    * How long an open-connection lease outlives its instance, in ms: each store instance
    * refreshes its leases every third of this, so the slots of an instance that died without
    * closing come back within `leaseTtlMs` (plus at most one refresh period after the last
-   * successful refresh).
+   * successful refresh). A live instance whose event loop stalls for more than two thirds
+   * of it has its leases expire meanwhile: keep it well above the longest stall.
    * @default 30000
    */
   leaseTtlMs?: number;

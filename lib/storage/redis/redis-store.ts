@@ -348,28 +348,30 @@ export class RedisRateLimitStore extends RateLimitStore {
       if (blocked !== undefined) return blocked;
     }
     this.gate.check();
+    // When the call is sent: a refusal is cached from then (see `decision`).
+    const sentAt = this.cache === undefined ? 0 : this.localNow();
     if (reservable !== undefined && this.reservations!.wants(reservable)) {
       return this.reservations!.consume(
         reservable,
         () => this.consume(plan),
-        (reply, delivered) => this.decision(compiled, reply, delivered),
+        (reply, delivered) => this.decision(compiled, reply, delivered, sentAt),
       );
     }
     const own =
       compiled.own === undefined ? undefined : this.compiler.callOwn(compiled, this.fieldTtls, this.serverRead);
     if (own !== undefined) {
-      return this.gate.within(own, (reply, delivered) => this.decision(compiled, reply, delivered));
+      return this.gate.within(own, (reply, delivered) => this.decision(compiled, reply, delivered, sentAt));
     }
     const args = this.compiler.argsOf(compiled, this.fieldTtls);
     if (compiled.leaseKeys.length === 0) {
       return this.gate.within(this.scripts.consume.withArgs(args), (reply, delivered) =>
-        this.decision(compiled, reply, delivered),
+        this.decision(compiled, reply, delivered, sentAt),
       );
     }
     this.leases.begin(compiled.leaseKeys);
     return this.gate.within(
       this.scripts.consume(...args),
-      (reply, delivered) => this.decision(compiled, reply, delivered),
+      (reply, delivered) => this.decision(compiled, reply, delivered, sentAt),
       (reply, delivered) => {
         const allowed = allowedReply(reply);
         this.leases.settled(compiled.leaseKeys, compiled.leaseCosts, plan.lease ?? '', allowed, delivered);
@@ -508,14 +510,22 @@ export class RedisRateLimitStore extends RateLimitStore {
     return whenReady(this.client, timeoutMs);
   }
 
-  private decision(compiled: CompiledPlan, reply: unknown, delivered: boolean): RateLimitDecision {
+  /**
+   * The decision of a reply to a call sent at `sentAt` (the local clock). A refusal is cached
+   * as from `sentAt`: Redis decided it between then and now, so its wait ends no later than
+   * `sentAt + retryAfter` (a little earlier than in truth, by up to the round trip: the next
+   * decision then asks Redis). Timed from the reply's arrival, a reply read late (the event
+   * loop stalled meanwhile) kept refusing for as long as it waited to be read, past the time
+   * Redis would admit again. The decision itself keeps Redis's `retryAfter`, never too short.
+   */
+  private decision(compiled: CompiledPlan, reply: unknown, delivered: boolean, sentAt: number): RateLimitDecision {
     const decision = decisionOf(compiled, reply);
     if (decision.allowed || !delivered || this.cache === undefined) return decision;
     const spec = compiled.plan.tiers[decision.index]!.spec;
     if (spec.kind === AlgorithmKind.TokenBucket) {
-      this.cache.set(compiled.blockKey, decision, this.localNow(), spec.refillRate / 1000, spec.cost);
+      this.cache.set(compiled.blockKey, decision, sentAt, spec.refillRate / 1000, spec.cost, this.localNow());
     } else if (spec.kind !== AlgorithmKind.Concurrency) {
-      this.cache.set(compiled.blockKey, decision, this.localNow());
+      this.cache.set(compiled.blockKey, decision, sentAt, 0, 0, this.localNow());
     }
     return decision;
   }
