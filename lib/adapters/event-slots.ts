@@ -1,6 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import type { AnswerOrder, AnswerSlot } from '../connection/answer-order.js';
 import { HOLD_LIMIT } from '../connection/frame-hold.js';
+import { loopTimeout, type LoopTimeout } from '../utils/loop-timeout.js';
 
 /** A slot opened for an event, with the event's first argument to know it again by. */
 interface Opened {
@@ -43,7 +44,7 @@ const MAX_KEYED = 16;
 export class EventSlots {
   private readonly byEvent = new Map<string, Opened[]>();
   /** Runs while slots wait (armed at most once per `holdMs`): gives up the ones past it. */
-  private timer: NodeJS.Timeout | undefined;
+  private timer: LoopTimeout | undefined;
   private readonly sweep = (): void => {
     this.timer = undefined;
     const now = performance.now();
@@ -82,7 +83,7 @@ export class EventSlots {
 
   /** The socket has closed: nothing waits any more. */
   dispose(): void {
-    clearTimeout(this.timer);
+    this.timer?.clear();
     this.timer = undefined;
     this.byEvent.clear();
   }
@@ -103,8 +104,8 @@ export class EventSlots {
   private arm(): void {
     // With no hold time, `add` gives up every earlier slot itself.
     if (this.holdMs <= 0) return;
-    this.timer = setTimeout(this.sweep, this.holdMs);
-    this.timer.unref();
+    // Counted while the loop runs (see loop-timeout.ts).
+    this.timer = loopTimeout(this.sweep, this.holdMs);
   }
 
   /** Gives up the slots that waited `holdMs` (their events were dropped, or are very late). */

@@ -3,6 +3,7 @@ import type { Socket } from 'node:net';
 import type { ResolvedWsRateLimitOptions } from '../config/resolve-options.js';
 import { isTrustedProxy } from '../utils/client-address.js';
 import { clientAddressKey } from '../utils/client-ip.js';
+import { loopTimeout } from '../utils/loop-timeout.js';
 
 /** A listener put on an HTTP server, to take off again at shutdown. */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- listeners of several events
@@ -100,13 +101,15 @@ export function guardHandshakes(
       if (exchangeRequests.get(socket)?.complete === true || answeredUpgrade(socket)) settle();
       else socket.destroy();
     };
-    const timer = handshakeTimeoutMs > 0 ? setTimeout(expire, handshakeTimeoutMs).unref() : undefined;
+    // Counted while the loop runs (see loop-timeout.ts): a request that arrived during a stall
+    // is read before the timeout judges it.
+    const timer = handshakeTimeoutMs > 0 ? loopTimeout(expire, handshakeTimeoutMs) : undefined;
     const settle = (): void => {
       if (waiting.get(socket) !== settle) return;
       waiting.delete(socket);
       held.delete(socket);
       socket.off('close', settle);
-      clearTimeout(timer);
+      timer?.clear();
       if (ip === undefined) return;
       const left = (pending.get(ip) ?? 1) - 1;
       if (left > 0) pending.set(ip, left);

@@ -18,7 +18,12 @@ import { answerSlotFromArgs, messageIdOfData as idOf, messageMeta } from '../uti
 import { clientAddressOf, limiterFrom } from './adapter-support.js';
 import { ForwardingWarning } from './forwarding-warning.js';
 import { guardHandshakes, handshakeCompleted, unguardHandshakes, type ServerListener } from './handshake-hygiene.js';
-import type { EngineConnectionLike, EngineMiddleware, EngineServerLike } from './engine-io.js';
+import {
+  tolerateStalledPings,
+  type EngineConnectionLike,
+  type EngineMiddleware,
+  type EngineServerLike,
+} from './engine-io.js';
 import { EventSlots } from './event-slots.js';
 import { NamespaceGuard, type Refusal } from './namespace-guard.js';
 import { REFUSALS, refuseHttp } from './refusals.js';
@@ -309,6 +314,7 @@ export class WsRateLimitIoAdapter extends IoAdapter {
     // A WebSocket handshake's exchange is over (a polling one ended with its answer).
     handshakeCompleted(request.socket);
     this.capEvents(socket, maxEventBytes);
+    tolerateStalledPings(socket);
     const record = this.admitted.get(request);
     if (this.refusals.has(request)) {
       // Refused in `close` mode: it may only learn why, then it goes.

@@ -1,4 +1,5 @@
 import { performance } from 'node:perf_hooks';
+import { loopTimeout, type LoopTimeout } from '../utils/loop-timeout.js';
 
 /**
  * One inbound message's place in its connection's order of answers: the limiter's answers
@@ -46,9 +47,9 @@ export class AnswerOrder {
   private tail: AnswerSlot | undefined;
   private closer: (() => void) | undefined;
   /** Runs while messages wait behind the oldest: gives up the ones past `holdMs`. */
-  private timer: NodeJS.Timeout | undefined;
+  private timer: LoopTimeout | undefined;
   /** Runs while a close waits: releases every answer and closes when it fires. */
-  private closeTimer: NodeJS.Timeout | undefined;
+  private closeTimer: LoopTimeout | undefined;
   /** The socket has closed (see `dispose`). */
   private disposed = false;
   /** Messages given up before they were answered, and not answered since (see `gaveUp`). */
@@ -120,15 +121,16 @@ export class AnswerOrder {
     if (this.closer !== undefined) return;
     this.closer = close;
     if (this.head === undefined || this.holdMs <= 0) return this.release();
-    this.closeTimer = setTimeout(() => this.release(), this.holdMs);
-    this.closeTimer.unref();
+    // Counted while the loop runs (a stall longer than half of it adds a second wait): a
+    // reply whose work finished during a stall is delivered before the close goes ahead.
+    this.closeTimer = loopTimeout(() => this.release(), this.holdMs);
   }
 
   /** The socket has closed: nothing will be written any more. */
   dispose(): void {
     this.disposed = true;
-    clearTimeout(this.timer);
-    clearTimeout(this.closeTimer);
+    this.timer?.clear();
+    this.closeTimer?.clear();
     this.timer = this.closeTimer = undefined;
     this.closer = undefined;
     this.head = this.tail = undefined;
@@ -139,8 +141,7 @@ export class AnswerOrder {
     const head = this.head;
     if (this.timer !== undefined || head === undefined || this.disposed) return;
     const left = head.at === undefined ? this.holdMs : head.at + this.holdMs - performance.now();
-    this.timer = setTimeout(this.expire, Math.max(0, left));
-    this.timer.unref();
+    this.timer = loopTimeout(this.expire, Math.max(0, left), this.holdMs);
   }
 
   /** Gives up the oldest messages past their hold time (their held answers go out in order). */
@@ -181,8 +182,8 @@ export class AnswerOrder {
    * given up before).
    */
   private finish(unanswered = 0): void {
-    clearTimeout(this.timer);
-    clearTimeout(this.closeTimer);
+    this.timer?.clear();
+    this.closeTimer?.clear();
     this.timer = this.closeTimer = undefined;
     const close = this.closer;
     this.closer = undefined;

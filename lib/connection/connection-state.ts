@@ -62,8 +62,6 @@ export class ConnectionState {
   transitSweep = false;
   /** When a refusal was last put in transit or answered (monotonic ms; see `in-transit.ts`). */
   transitAt = 0;
-  /** The `transitAt` of a count a sweep found overdue and looks at again (-1: none). */
-  transitOverdue = -1;
   /**
    * Its decisions that waited on the store, settling in the order they were asked for
    * (`MessageLimiter.decideFor`); made at the first.

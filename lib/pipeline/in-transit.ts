@@ -12,12 +12,14 @@
  * application's own kept them): it is cleared then, and the late answer of one of them, if
  * any, takes nothing back.
  *
- * The grace is measured on the clock, and a stalled event loop (a long GC pause, a loaded
- * machine) moves the clock past it without running the turn that answers: so a sweep that
- * finds a count overdue does not clear it at once but looks again a full grace later, from a
- * timer of its own, and clears it only if it is still untouched then. At least one whole turn
- * of the loop runs between the two looks, and a lost count is cleared within two grace
- * periods.
+ * The grace counts time the event loop ran: a stalled loop (a long synchronous job, a GC
+ * pause, a loaded machine) moves the clock past it without running the turns that answer. So
+ * the first look (the turn after the throw) never clears a count; a later look, from a timer,
+ * clears it only when the timer fired on time (less than half a grace late: the loop ran
+ * through the grace); a look from a timer the loop held up longer waits a full grace again
+ * (as utils/loop-timeout.ts does). A lost count is cleared within about a grace period, one
+ * more per stall meanwhile (a count standing longer only brings its connection's close a
+ * little nearer).
  */
 import { performance } from 'node:perf_hooks';
 import type { ConnectionState } from '../connection/connection-state.js';
@@ -35,7 +37,6 @@ export function noteInTransit(state: ConnectionState, exception: WsRateLimitExce
   counted.set(exception, state.transitEpoch);
   state.pendingRejections++;
   state.transitAt = performance.now();
-  state.transitOverdue = -1;
   if (!state.transitSweep) {
     state.transitSweep = true;
     setImmediate(sweep, state);
@@ -50,31 +51,28 @@ export function answeredInTransit(state: ConnectionState, exception: WsRateLimit
   if (epoch !== state.transitEpoch || state.pendingRejections === 0) return;
   state.pendingRejections--;
   state.transitAt = performance.now();
-  state.transitOverdue = -1;
 }
 
 /**
- * Clears a count that stood `TRANSIT_GRACE_MS` untouched and was still untouched when looked
- * at again a grace period after it was first found overdue; runs until the count is 0.
+ * Looks at a connection's count: clears it when it stood `TRANSIT_GRACE_MS` untouched and
+ * this look's timer (due at `dueAt`) fired on time; else looks again. The first look, in the
+ * turn after the throw, has no timer (`dueAt` undefined). Runs until the count is 0.
  */
-function sweep(state: ConnectionState): void {
+function sweep(state: ConnectionState, dueAt?: number): void {
   if (state.pendingRejections === 0) {
     state.transitSweep = false;
     return;
   }
-  const stood = performance.now() - state.transitAt;
-  if (stood < TRANSIT_GRACE_MS) {
-    setTimeout(sweep, TRANSIT_GRACE_MS - stood, state).unref();
-    return;
-  }
-  if (state.transitOverdue !== state.transitAt) {
-    // First seen overdue: the loop may only have stalled. Look again a grace period later.
-    state.transitOverdue = state.transitAt;
-    setTimeout(sweep, TRANSIT_GRACE_MS, state).unref();
+  const now = performance.now();
+  const stood = now - state.transitAt;
+  const onTime = dueAt !== undefined && now - dueAt <= TRANSIT_GRACE_MS / 2;
+  if (stood < TRANSIT_GRACE_MS || !onTime) {
+    // Not yet, or the loop was held up: a full grace of running loop from now at most.
+    const wait = stood < TRANSIT_GRACE_MS && onTime ? TRANSIT_GRACE_MS - stood : TRANSIT_GRACE_MS;
+    setTimeout(sweep, wait, state, now + wait).unref();
     return;
   }
   state.transitSweep = false;
-  state.transitOverdue = -1;
   state.pendingRejections = 0;
   state.transitEpoch++;
 }

@@ -1,10 +1,26 @@
+import { performance } from 'node:perf_hooks';
+
+/** A block as held here: its wall-clock end, and that end on this process's monotonic clock. */
+interface Held {
+  /** Ms since the epoch (what instances share, and `listBlocks` shows). */
+  readonly until: number;
+  /** `performance.now()` at which it ends, fixed when this process learned `until`. */
+  readonly endsAt: number;
+}
+
 /**
  * Trackers and addresses blocked by an operator, by name (`ip:<key>` or `key:<name>`), each
  * until a wall-clock time (ms since the epoch, so that instances agree on it). Expired
  * entries are dropped when read; no timer is used.
+ *
+ * Enforced on the monotonic clock (RELIABILITY.md C-29): the wall-clock end is turned into a
+ * `performance.now()` deadline once, when this process learns it (set here, or a new end read
+ * from the shared store), and kept while the end stays the same. A wall-clock step afterwards
+ * (NTP, a VM resumed) neither stretches a 2 s block into an hour's lockout nor lifts a 10 min
+ * block early; a block set by another instance whose clock is off is off by that much (C-28).
  */
 export class Blocks {
-  private entries = new Map<string, number>();
+  private entries = new Map<string, Held>();
 
   /** Names blocked now (an upper bound: some may have expired). */
   get size(): number {
@@ -12,38 +28,49 @@ export class Blocks {
   }
 
   set(name: string, until: number): void {
-    this.entries.set(name, until);
+    this.entries.set(name, this.held(name, until));
   }
 
   delete(name: string): void {
     this.entries.delete(name);
   }
 
-  /** A name's entry as it is held (expired or not), or undefined. */
+  /** A name's wall-clock end as it is held (expired or not), or undefined. */
   until(name: string): number | undefined {
-    return this.entries.get(name);
+    return this.entries.get(name)?.until;
   }
 
-  /** Milliseconds left on a name's block, 0 when it is not blocked. */
-  remaining(name: string, now = Date.now()): number {
-    const until = this.entries.get(name);
-    if (until === undefined) return 0;
-    if (until <= now) {
+  /** Milliseconds left on a name's block (whole, at least 1), 0 when it is not blocked. */
+  remaining(name: string): number {
+    const held = this.entries.get(name);
+    if (held === undefined) return 0;
+    const left = held.endsAt - performance.now();
+    if (left <= 0) {
       this.entries.delete(name);
       return 0;
     }
-    return until - now;
+    return Math.ceil(left);
   }
 
-  /** Replaces every entry (from a shared store). */
+  /** Replaces every entry (from a shared store); an end already held keeps its deadline. */
   replace(entries: Readonly<Record<string, number>>): void {
-    this.entries = new Map(Object.entries(entries));
+    const next = new Map<string, Held>();
+    for (const [name, until] of Object.entries(entries)) next.set(name, this.held(name, until));
+    this.entries = next;
   }
 
-  /** The live blocks. */
-  list(now = Date.now()): Record<string, number> {
+  /** The live blocks, as name -> wall-clock end. */
+  list(): Record<string, number> {
+    const now = performance.now();
     const live: Record<string, number> = {};
-    for (const [name, until] of this.entries) if (until > now) live[name] = until;
+    for (const [name, held] of this.entries) if (held.endsAt > now) live[name] = held.until;
     return live;
+  }
+
+  /** The entry of `name` ending at `until`: the one held when the end is the same. */
+  private held(name: string, until: number): Held {
+    const held = this.entries.get(name);
+    if (held !== undefined && held.until === until) return held;
+    return { until, endsAt: performance.now() + (until - Date.now()) };
   }
 }

@@ -1,0 +1,43 @@
+/**
+ * Timeouts that count time the event loop ran, not time it stood still.
+ *
+ * A timer measures the clock; the work it waits for (a handler's reply, a request's bytes, a
+ * filter's answer) runs on the event loop. When the loop stalls (a long synchronous job, a
+ * GC pause, a loaded machine), the clock runs on and every timer due meanwhile fires as soon
+ * as the loop runs again, in the timers phase, before the poll phase that would deliver what
+ * finished during the stall: a grace period measured on the clock alone would run out having
+ * given the work no turn at all. So a timeout that fires more than half its period late (the
+ * loop was held up that long) waits its period once more from then, and runs on the next
+ * firing whatever its lateness: at most one extra period, so a loop late on every tick still
+ * gets its timeouts, one period later. The same rule as the heartbeat's stalled tick, and as
+ * the sweep of refusals in transit.
+ */
+import { performance } from 'node:perf_hooks';
+
+/** A running loop timeout; `clear` stops it. Never keeps the process alive. */
+export interface LoopTimeout {
+  clear(): void;
+}
+
+/**
+ * Runs `fire` after `ms` (the loop running meanwhile); `period` is the grace the timeout
+ * stands for when `ms` is what is left of it (an answer's hold time, of which part has
+ * passed): lateness is judged against half of it, and the second wait is that long.
+ */
+export function loopTimeout(fire: () => void, ms: number, period = ms): LoopTimeout {
+  let due = performance.now() + ms;
+  let waitedAgain = false;
+  let timer: NodeJS.Timeout;
+  const tick = (): void => {
+    const now = performance.now();
+    if (!waitedAgain && period > 0 && now - due > period / 2) {
+      waitedAgain = true;
+      due = now + period;
+      timer = setTimeout(tick, period).unref();
+      return;
+    }
+    fire();
+  };
+  timer = setTimeout(tick, ms).unref();
+  return { clear: () => clearTimeout(timer) };
+}
