@@ -55,13 +55,25 @@ export function tolerateStalledPings(socket: EngineConnectionLike): void {
   if (typeof onClose !== 'function' || typeof pongTimeoutMs !== 'number' || !(pongTimeoutMs > 0)) return;
   let pingAt = 0;
   let pongAt = 0;
+  /** When Engine.IO's timeout for the pong last started: at the ping, or once after it. */
+  let timedFrom = 0;
+  let restarted = false;
   let putOff: NodeJS.Timeout | undefined;
   let putOffPing = 0;
   socket.on('packetCreate', (packet) => {
-    if (packet.type === 'ping') pingAt = performance.now();
+    if (packet.type !== 'ping') return;
+    pingAt = timedFrom = performance.now();
+    restarted = false;
   });
   socket.on('packet', (packet) => {
-    if (packet.type !== 'pong') return;
+    if (packet.type !== 'pong') {
+      // Engine.IO starts the pong's timeout again at the first other packet while it waits.
+      if (pingAt > pongAt && !restarted) {
+        restarted = true;
+        timedFrom = performance.now();
+      }
+      return;
+    }
     pongAt = performance.now();
     clearTimeout(putOff);
     putOff = undefined;
@@ -69,7 +81,7 @@ export function tolerateStalledPings(socket: EngineConnectionLike): void {
   socket.once('close', () => clearTimeout(putOff));
   internals.onClose = function (this: EngineSocketInternals, reason: string, ...rest: unknown[]): void {
     const ping = pingAt;
-    const late = performance.now() - (ping + pongTimeoutMs);
+    const late = performance.now() - (timedFrom + pongTimeoutMs);
     if (
       reason === 'ping timeout' &&
       internals.protocol !== 3 &&

@@ -62,6 +62,8 @@ export class ConnectionState {
   transitSweep = false;
   /** When a refusal was last put in transit or answered (monotonic ms; see `in-transit.ts`). */
   transitAt = 0;
+  /** Looks at the count since it was last touched that waited for a held-up loop (`in-transit.ts`). */
+  transitWaits = 0;
   /**
    * Its decisions that waited on the store, settling in the order they were asked for
    * (`MessageLimiter.decideFor`); made at the first.

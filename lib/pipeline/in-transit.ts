@@ -15,11 +15,11 @@
  * The grace counts time the event loop ran: a stalled loop (a long synchronous job, a GC
  * pause, a loaded machine) moves the clock past it without running the turns that answer. So
  * the first look (the turn after the throw) never clears a count; a later look, from a timer,
- * clears it only when the timer fired on time (less than half a grace late: the loop ran
- * through the grace); a look from a timer the loop held up longer waits a full grace again
- * (as utils/loop-timeout.ts does). A lost count is cleared within about a grace period, one
- * more per stall meanwhile (a count standing longer only brings its connection's close a
- * little nearer).
+ * clears it when the timer fired on time (less than half a grace late: the loop ran through
+ * the grace); a look from a timer the loop held up longer waits a full grace again (as
+ * utils/loop-timeout.ts does), once per count: after that, a count that stood the grace is
+ * cleared whatever the lateness, so a loop late on every tick does not keep it for ever. A
+ * lost count is cleared about a grace period after it was last touched, two after a stall.
  */
 import { performance } from 'node:perf_hooks';
 import type { ConnectionState } from '../connection/connection-state.js';
@@ -37,6 +37,7 @@ export function noteInTransit(state: ConnectionState, exception: WsRateLimitExce
   counted.set(exception, state.transitEpoch);
   state.pendingRejections++;
   state.transitAt = performance.now();
+  state.transitWaits = 0;
   if (!state.transitSweep) {
     state.transitSweep = true;
     setImmediate(sweep, state);
@@ -51,12 +52,20 @@ export function answeredInTransit(state: ConnectionState, exception: WsRateLimit
   if (epoch !== state.transitEpoch || state.pendingRejections === 0) return;
   state.pendingRejections--;
   state.transitAt = performance.now();
+  state.transitWaits = 0;
 }
 
 /**
+ * A count's looks that may wait a full grace because the loop was held up (or, the first
+ * look, because no timer has measured the loop yet): the first look and one late timer.
+ */
+const HELD_UP_WAITS = 2;
+
+/**
  * Looks at a connection's count: clears it when it stood `TRANSIT_GRACE_MS` untouched and
- * this look's timer (due at `dueAt`) fired on time; else looks again. The first look, in the
- * turn after the throw, has no timer (`dueAt` undefined). Runs until the count is 0.
+ * this look's timer (due at `dueAt`) fired on time, or its waits for a held-up loop are spent;
+ * else looks again. The first look, in the turn after the throw, has no timer (`dueAt`
+ * undefined). Runs until the count is 0.
  */
 function sweep(state: ConnectionState, dueAt?: number): void {
   if (state.pendingRejections === 0) {
@@ -66,10 +75,14 @@ function sweep(state: ConnectionState, dueAt?: number): void {
   const now = performance.now();
   const stood = now - state.transitAt;
   const onTime = dueAt !== undefined && now - dueAt <= TRANSIT_GRACE_MS / 2;
-  if (stood < TRANSIT_GRACE_MS || !onTime) {
-    // Not yet, or the loop was held up: a full grace of running loop from now at most.
-    const wait = stood < TRANSIT_GRACE_MS && onTime ? TRANSIT_GRACE_MS - stood : TRANSIT_GRACE_MS;
-    setTimeout(sweep, wait, state, now + wait).unref();
+  if (!onTime && state.transitWaits < HELD_UP_WAITS) {
+    // The loop was held up (or not yet measured): a full grace of running loop from now.
+    state.transitWaits++;
+    setTimeout(sweep, TRANSIT_GRACE_MS, state, now + TRANSIT_GRACE_MS).unref();
+    return;
+  }
+  if (stood < TRANSIT_GRACE_MS) {
+    setTimeout(sweep, TRANSIT_GRACE_MS - stood, state, now + TRANSIT_GRACE_MS - stood).unref();
     return;
   }
   state.transitSweep = false;

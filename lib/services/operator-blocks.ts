@@ -1,6 +1,6 @@
 import { MemoryRateLimitStore } from '../storage/memory/memory-store.js';
 import type { MaybePromise, RateLimitStore } from '../storage/rate-limit-store.js';
-import { Blocks } from './blocks.js';
+import { Blocks, type Held } from './blocks.js';
 
 /** How often blocks set on other instances are fetched from a shared store. */
 const BLOCK_SYNC_MS = 1000;
@@ -38,13 +38,13 @@ export class OperatorBlocks {
   }
 
   async set(name: string, until: number): Promise<void> {
-    const before = this.blocks.until(name);
+    const before = this.blocks.snapshot(name);
     this.blocks.set(name, until);
     await this.write(() => this.store.setBlock(name, until), name, before);
   }
 
   async delete(name: string): Promise<void> {
-    const before = this.blocks.until(name);
+    const before = this.blocks.snapshot(name);
     this.blocks.delete(name);
     await this.write(() => this.store.deleteBlock(name), name, before);
   }
@@ -82,14 +82,14 @@ export class OperatorBlocks {
    * One the store refused is undone here too (`before`: the name's entry before it), so that
    * a call that rejects leaves this instance enforcing what the others do.
    */
-  private async write(write: () => MaybePromise<void>, name: string, before: number | undefined): Promise<void> {
+  private async write(write: () => MaybePromise<void>, name: string, before: Held | undefined): Promise<void> {
     this.edits++;
     this.writes++;
     try {
       await write();
     } catch (error) {
-      if (before === undefined) this.blocks.delete(name);
-      else this.blocks.set(name, before);
+      // Its deadline too: a wall-clock step since must not move it.
+      this.blocks.restore(name, before);
       throw error;
     } finally {
       this.writes--;

@@ -6,6 +6,9 @@ import type { MaybePromise, RateLimitStore } from '../storage/rate-limit-store.j
 import type { SettleOrder } from '../connection/settle-order.js';
 import { checkedDecision, checkedStatuses } from '../storage/store-answers.js';
 
+/** The cause given for a peek the fallback answered because the store was down. */
+const STORE_DOWN = new Error('the store is unavailable');
+
 /** What the shared store reports to the limiter about its health. */
 export interface SharedStoreEvents {
   /** A decision the store answered, and how long it took (ms). */
@@ -116,9 +119,12 @@ export class SharedStore {
         return checkedStatuses(await this.store.peek(plan), plan);
       } catch (error) {
         // The fallback's figures, below: a store call the fail mode answered, counted as one
-        // (no outage: a peek decides nothing).
+        // (this layer reports no outage for it: a peek decides nothing).
         if (!this.closed) this.events.failed(error);
       }
+    } else if (!this.closed) {
+      // Refused at once while the store is down, as a decision then is: counted the same way.
+      this.events.failed(STORE_DOWN);
     }
     return this.localFallback().peek(plan);
   }

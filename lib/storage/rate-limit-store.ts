@@ -76,7 +76,9 @@ export abstract class RateLimitStore {
 
   /**
    * Every block any instance set, as name -> until (ms since the epoch), or `undefined` for
-   * a store that does not share blocks.
+   * a store that does not share blocks. Blocks that have ended may be listed (the limiter
+   * judges by its monotonic clock from when it first read a block); one no longer listed is
+   * lifted.
    */
   listBlocks(): MaybePromise<Readonly<Record<string, number>> | undefined> {
     return undefined;

@@ -56,21 +56,28 @@ export class BlockCache {
   }
 
   /**
-   * Remembers a refusal decided at `at` or later (the call's send time); `perMs` is the
-   * deciding tier's refill per ms and `cost` the message's cost there when it is a token
-   * bucket (0 and 0 otherwise); `now` is the time it is remembered at (default `at`). A
-   * refusal whose wait ended by `now` is not remembered.
+   * Remembers a refusal received at `now`, decided at `at` or later (the call's send time;
+   * default `now`); `perMs` is the deciding tier's refill per ms and `cost` the message's cost
+   * there when it is a token bucket (0 and 0 otherwise).
+   *
+   * The entry refuses until `at + retryAfter` at the latest: Redis decided after `at`, so its
+   * wait ends no later, and a refusal read late (the event loop stalled while the reply
+   * waited, and Redis's wait has run meanwhile) is not held past the time Redis admits again;
+   * one whose wait ended by `now` is not remembered. The retryAfter it answers counts down
+   * from `now + retryAfter`, never shorter than Redis's own wait (which may have started up to
+   * the call's round trip after `at`): a client waiting it finds the entry gone and Redis's
+   * wait over.
    */
-  set(key: string, decision: RateLimitRejected, at: number, perMs = 0, cost = 0, now = at): void {
-    const retryAt = at + decision.retryAfter;
-    let until = retryAt;
+  set(key: string, decision: RateLimitRejected, now: number, perMs = 0, cost = 0, at = now): void {
+    const retryAt = now + decision.retryAfter;
+    let until = at + decision.retryAfter;
     if (perMs > 0) {
       // The bucket held about `cost - retryAfter * perMs` when Redis decided (the wait was
       // rounded up to whole ms, and Redis decided a little after `at`: a little more, in
       // truth), so its next whole unit above `remaining` comes at about this time, if nothing
       // else spends it.
       const holds = cost - decision.retryAfter * perMs;
-      until = Math.min(retryAt, at + (decision.remaining + 1 - holds) / perMs);
+      until = Math.min(until, at + (decision.remaining + 1 - holds) / perMs);
     }
     if (until <= now) {
       this.entries.delete(key);

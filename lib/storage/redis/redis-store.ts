@@ -100,6 +100,8 @@ export class RedisRateLimitStore extends RateLimitStore {
   /** The hash of operator blocks, shared by every instance using the same prefix. */
   private readonly blocksKey: string;
   private readonly localNow: () => number;
+  /** `clock: 'app'`: the blocks script is given this process's time. */
+  private readonly appClockBlocks: boolean;
   private readonly cache: BlockCache | undefined;
   private readonly onAvailabilityChange: RedisStoreOptions['onAvailabilityChange'];
   /** Listeners of `watchAvailability` (the module's fail mode). */
@@ -166,6 +168,7 @@ export class RedisRateLimitStore extends RateLimitStore {
     this.prefix = clientPrefix ? '' : (options.keyPrefix ?? DEFAULT_REDIS_KEY_PREFIX);
     this.blocksKey = `${this.prefix}blocks`;
     const appClock = options.clock === 'app' ? (options.now ?? Date.now) : undefined;
+    this.appClockBlocks = appClock !== undefined;
     this.localNow = options.now ?? (() => performance.now());
     const leaseTtlMs = options.leaseTtlMs ?? DEFAULT_REDIS_LEASE_TTL_MS;
     const cache = options.blockCache ?? true;
@@ -446,7 +449,7 @@ export class RedisRateLimitStore extends RateLimitStore {
   override async setBlock(name: string, until: number): Promise<void> {
     this.gate.check();
     await this.gate.within(
-      this.scripts.blocks('1', this.blocksKey, 'set', name, String(until), String(Date.now())),
+      this.scripts.blocks('1', this.blocksKey, 'set', name, String(until), this.blocksNow()),
       noop,
     );
   }
@@ -454,21 +457,35 @@ export class RedisRateLimitStore extends RateLimitStore {
   /** Lifts a block on every instance. */
   override async deleteBlock(name: string): Promise<void> {
     this.gate.check();
-    await this.gate.within(this.scripts.blocks('1', this.blocksKey, 'delete', name, '', String(Date.now())), noop);
+    await this.gate.within(this.scripts.blocks('1', this.blocksKey, 'delete', name, '', this.blocksNow()), noop);
   }
 
-  /** Every block in force on any instance: name -> until (ms since the epoch). */
+  /**
+   * Every block any instance set and Redis still holds: name -> until (ms since the epoch).
+   * Some may have ended: each instance judges by its own clock, on which a wall-clock step
+   * of this one must not lift a block early (filtered here by `Date.now()`, a block dropped
+   * from the list was dropped there too).
+   */
   override async listBlocks(): Promise<Readonly<Record<string, number>>> {
     this.gate.check();
-    const now = Date.now();
     return this.gate.within(this.client.hgetall(this.blocksKey), (reply) => {
       if (reply === null || typeof reply !== 'object') throw unexpected('HGETALL', reply);
-      const live: Record<string, number> = Object.create(null) as Record<string, number>;
+      const held: Record<string, number> = Object.create(null) as Record<string, number>;
       for (const [name, until] of Object.entries(reply as Record<string, string>)) {
-        if (Number(until) > now) live[name] = Number(until);
+        const end = Number(until);
+        if (Number.isFinite(end)) held[name] = end;
       }
-      return live;
+      return held;
     });
+  }
+
+  /**
+   * The time the blocks script cleans up ended blocks by: '' (Redis's own), or, with
+   * `clock: 'app'` (a Redis refusing `TIME` in scripts), this process's wall clock, which
+   * blocks' ends are counted on.
+   */
+  private blocksNow(): string {
+    return this.appClockBlocks ? String(Date.now()) : '';
   }
 
   /** Whether `close()` was called: the store answers nothing any more (see `RateLimitStore.isClosed`). */
@@ -512,20 +529,21 @@ export class RedisRateLimitStore extends RateLimitStore {
 
   /**
    * The decision of a reply to a call sent at `sentAt` (the local clock). A refusal is cached
-   * as from `sentAt`: Redis decided it between then and now, so its wait ends no later than
-   * `sentAt + retryAfter` (a little earlier than in truth, by up to the round trip: the next
-   * decision then asks Redis). Timed from the reply's arrival, a reply read late (the event
+   * until `sentAt + retryAfter` at the latest: Redis decided it between then and now, so its
+   * wait ends no later (a little earlier than in truth, by up to the round trip: the next
+   * decision then asks Redis). Held from the reply's arrival, a reply read late (the event
    * loop stalled meanwhile) kept refusing for as long as it waited to be read, past the time
-   * Redis would admit again. The decision itself keeps Redis's `retryAfter`, never too short.
+   * Redis would admit again. The retryAfter told (this decision's and the cache's) counts down
+   * from the reply's arrival: never shorter than Redis's wait.
    */
   private decision(compiled: CompiledPlan, reply: unknown, delivered: boolean, sentAt: number): RateLimitDecision {
     const decision = decisionOf(compiled, reply);
     if (decision.allowed || !delivered || this.cache === undefined) return decision;
     const spec = compiled.plan.tiers[decision.index]!.spec;
     if (spec.kind === AlgorithmKind.TokenBucket) {
-      this.cache.set(compiled.blockKey, decision, sentAt, spec.refillRate / 1000, spec.cost, this.localNow());
+      this.cache.set(compiled.blockKey, decision, this.localNow(), spec.refillRate / 1000, spec.cost, sentAt);
     } else if (spec.kind !== AlgorithmKind.Concurrency) {
-      this.cache.set(compiled.blockKey, decision, sentAt, 0, 0, this.localNow());
+      this.cache.set(compiled.blockKey, decision, this.localNow(), 0, 0, sentAt);
     }
     return decision;
   }

@@ -174,7 +174,13 @@ return mine
  * Reply: 1
  */
 export const BLOCKS_LUA = `
+-- ARGV[4]: the app's time in ms, or '' for Redis's own (one instance's clock running ahead
+-- must not clean up blocks another still enforces).
 local key, now = KEYS[1], tonumber(ARGV[4])
+if now == nil then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 if ARGV[1] == 'set' then
   redis.call('HSET', key, ARGV[2], ARGV[3])
 else
