@@ -462,9 +462,9 @@ export class RedisRateLimitStore extends RateLimitStore {
 
   /**
    * Every block any instance set and Redis still holds: name -> until (ms since the epoch).
-   * Some may have ended: each instance judges by its own clock, on which a wall-clock step
-   * of this one must not lift a block early (filtered here by `Date.now()`, a block dropped
-   * from the list was dropped there too).
+   * Some may have ended: each instance judges them on its monotonic clock (filtered here by
+   * this process's wall clock, a forward step of it would drop live blocks from the list,
+   * and the instance would lift them).
    */
   override async listBlocks(): Promise<Readonly<Record<string, number>>> {
     this.gate.check();

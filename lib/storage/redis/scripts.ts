@@ -169,13 +169,12 @@ return mine
  * ARGV[1]  'set' or 'delete'
  * ARGV[2]  the blocked name
  * ARGV[3]  until, ms since the epoch ('set')
- * ARGV[4]  the caller's wall-clock time, ms since the epoch (blocks are wall-clock times, so
- *          that instances agree on them)
+ * ARGV[4]  '' to clean up by Redis's clock (`TIME`), or, with `clock: 'app'`, the caller's
+ *          wall-clock time, ms since the epoch (one instance's clock running ahead must not
+ *          clean up blocks the others still enforce)
  * Reply: 1
  */
 export const BLOCKS_LUA = `
--- ARGV[4]: the app's time in ms, or '' for Redis's own (one instance's clock running ahead
--- must not clean up blocks another still enforces).
 local key, now = KEYS[1], tonumber(ARGV[4])
 if now == nil then
   local t = redis.call('TIME')
