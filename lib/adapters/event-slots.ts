@@ -1,4 +1,3 @@
-import { performance } from 'node:perf_hooks';
 import type { AnswerOrder, AnswerSlot } from '../connection/answer-order.js';
 import { HOLD_LIMIT } from '../connection/frame-hold.js';
 import { loopTimeout, type LoopTimeout } from '../utils/loop-timeout.js';
@@ -7,7 +6,7 @@ import { loopTimeout, type LoopTimeout } from '../utils/loop-timeout.js';
 interface Opened {
   readonly slot: AnswerSlot;
   readonly key: unknown;
-  /** When it was opened (`performance.now()`). */
+  /** When it was opened (on the order's clock: the time the event loop ran). */
   readonly at: number;
 }
 
@@ -47,7 +46,7 @@ export class EventSlots {
   private timer: LoopTimeout | undefined;
   private readonly sweep = (): void => {
     this.timer = undefined;
-    const now = performance.now();
+    const now = this.order.clock();
     let waiting = false;
     for (const opened of this.byEvent.values()) {
       this.expire(opened, now);
@@ -73,8 +72,11 @@ export class EventSlots {
   add(event: string, key: unknown, slot: AnswerSlot): void {
     const opened = this.byEvent.get(event);
     if (opened === undefined) return;
-    const now = performance.now();
-    this.expire(opened, now);
+    const now = this.order.clock();
+    // With a hold time, slots are given up by the sweep, whose timer counts time the loop ran
+    // (an event read just after a stall must not give up an earlier one's slot by the clock);
+    // with none, here.
+    if (this.holdMs <= 0) this.expire(opened, now);
     if (opened.length >= MAX_WAITING_EVENTS) this.order.done(opened.shift()!.slot);
     opened.push({ slot, key: opened.length < MAX_KEYED ? key : undefined, at: now });
     // A dropped event's slot is given up even when no event of its name comes after it.

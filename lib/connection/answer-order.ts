@@ -11,7 +11,7 @@ export interface AnswerSlot {
   /** The limiter's answers held until the earlier messages are answered. */
   writes: Array<() => void> | undefined;
   next: AnswerSlot | undefined;
-  /** When the message arrived (`performance.now()`): it is given up `holdMs` after. */
+  /** When the message arrived (on the order's clock): it is given up `holdMs` after. */
   readonly at?: number;
   /** Given up (past its hold time) before it was answered, and not answered since. */
   givenUp?: boolean;
@@ -60,6 +60,11 @@ export class AnswerOrder {
     private readonly holdMs: number,
     /** Told how many messages were still unanswered (waited for, or given up before) when a close went ahead. */
     private readonly gaveUp?: (unanswered: number) => void,
+    /**
+     * The clock holds are measured on: the time the event loop ran (`LoopClock`), so that a
+     * message read just after a stall does not find an earlier one's hold run out by it.
+     */
+    readonly clock: () => number = () => performance.now(),
   ) {}
 
   /** Nothing is waiting for an answer. */
@@ -72,7 +77,7 @@ export class AnswerOrder {
     // No hold time: nothing is held, so nothing is linked (an answer is written at once);
     // nor once the socket has closed.
     if (this.holdMs <= 0 || this.disposed) return { done: true, writes: undefined, next: undefined };
-    const slot: AnswerSlot = { done: false, writes: undefined, next: undefined, at: performance.now() };
+    const slot: AnswerSlot = { done: false, writes: undefined, next: undefined, at: this.clock() };
     if (this.tail === undefined) this.head = slot;
     else {
       this.tail.next = slot;
@@ -140,14 +145,14 @@ export class AnswerOrder {
   private arm(): void {
     const head = this.head;
     if (this.timer !== undefined || head === undefined || this.disposed) return;
-    const left = head.at === undefined ? this.holdMs : head.at + this.holdMs - performance.now();
+    const left = head.at === undefined ? this.holdMs : head.at + this.holdMs - this.clock();
     this.timer = loopTimeout(this.expire, Math.max(0, left), this.holdMs);
   }
 
   /** Gives up the oldest messages past their hold time (their held answers go out in order). */
   private readonly expire = (): void => {
     this.timer = undefined;
-    const now = performance.now();
+    const now = this.clock();
     let head = this.head;
     while (head !== undefined && (head.done || head.at === undefined || now - head.at >= this.holdMs)) {
       if (!head.done) {

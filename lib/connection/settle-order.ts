@@ -1,3 +1,5 @@
+import { performance } from 'node:perf_hooks';
+
 /**
  * One connection's promises settling in the order they were put in: its asynchronous
  * trackers (so that its decisions are asked for in arrival order) and its decisions that
@@ -21,6 +23,11 @@ export class SettleOrder {
   private stall: Promise<void> | undefined;
   private stalled: (() => void) | undefined;
   private timer: ReturnType<typeof setTimeout> | undefined;
+  /** When the stall timer is due (monotonic ms), and whether it already waited once more. */
+  private dueAt = 0;
+  private waitedAgain = false;
+  /** Promises settled so far: a release put off to the next turn checks the line did not move. */
+  private settled = 0;
 
   /** `stallMs`: how long the line waits with none settling (undefined: for as long as it takes). */
   constructor(private readonly stallMs?: number) {}
@@ -44,7 +51,8 @@ export class SettleOrder {
     this.last = ordered;
     const done = (): void => {
       // One settled: the others are moving.
-      this.timer?.refresh();
+      this.settled++;
+      if (this.timer !== undefined) this.restartStall();
       if (this.last !== ordered) return;
       this.last = undefined;
       this.endStall();
@@ -57,16 +65,44 @@ export class SettleOrder {
     // Called only with a stall time.
     if (this.stall === undefined) {
       this.stall = new Promise<void>((resolve) => (this.stalled = resolve));
-      this.timer = setTimeout(() => {
-        this.stalled?.();
-        this.endStall();
-        // The one that stalled may never settle: the next ones do not wait for it.
-        this.last = undefined;
-      }, this.stallMs);
+      this.timer = setTimeout(this.stallTimedOut, this.stallMs!);
       this.timer.unref();
+      this.dueAt = performance.now() + this.stallMs!;
+      this.waitedAgain = false;
     }
     return this.stall;
   }
+
+  private restartStall(): void {
+    this.timer!.refresh();
+    this.dueAt = performance.now() + this.stallMs!;
+    this.waitedAgain = false;
+  }
+
+  /**
+   * None settled for `stallMs`: the waiting ones go on. Counted while the loop runs (as
+   * utils/loop-timeout.ts does: a timer more than half its time late waits it once more),
+   * and decided after this turn's poll phase, so that a promise whose I/O finished during a
+   * stall of the loop settles first, in its place.
+   */
+  private readonly stallTimedOut = (): void => {
+    const now = performance.now();
+    if (!this.waitedAgain && now - this.dueAt > this.stallMs! / 2) {
+      this.restartStall();
+      this.waitedAgain = true;
+      return;
+    }
+    const stall = this.stall;
+    const settled = this.settled;
+    setImmediate(() => {
+      // One settled meanwhile (the line moves: the timer runs again), or none waits any more.
+      if (this.stall !== stall || this.settled !== settled) return;
+      this.stalled?.();
+      this.endStall();
+      // The one that stalled may never settle: the next ones do not wait for it.
+      this.last = undefined;
+    });
+  };
 
   private endStall(): void {
     if (this.timer !== undefined) clearTimeout(this.timer);

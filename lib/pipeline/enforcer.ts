@@ -17,7 +17,7 @@ import type { RateLimitTransport } from '../transports/transport.js';
 import { wsTransport } from '../transports/ws-transport.js';
 import { CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON } from '../ws-rate-limit.constants.js';
 import { errorText } from '../utils/error-text.js';
-import { answeredInTransit } from './in-transit.js';
+import { answeredInTransit, decidedWhileDegraded } from './in-transit.js';
 
 /** Close reason for a tracker on the deny list. */
 export const DENIED_REASON = 'Denied';
@@ -100,7 +100,9 @@ export class Enforcer {
       ? currentViolations(state, windowMs)
       : this.countViolation(state, exception, true);
     const cooldown = this.options.degradeCooldownMs;
-    const degrade = warningCount >= max && cooldown > 0 && state.degradedUntil <= performance.now();
+    // Degraded now, or when it was decided (see `decidedWhileDegraded`): the threshold closes.
+    const degraded = state.degradedUntil > performance.now() || decidedWhileDegraded(exception);
+    const degrade = warningCount >= max && cooldown > 0 && !degraded;
     const id = exception.messageId === undefined ? {} : { id: exception.messageId };
     const info: RateLimitFrameInfo = degrade
       ? {

@@ -30,11 +30,25 @@ export const TRANSIT_GRACE_MS = 250;
 
 /** The count period (`transitEpoch`) each refusal in transit was counted in. */
 const counted = new WeakMap<WsRateLimitException, number>();
+/** Refusals decided while their connection was degraded. */
+const whileDegraded = new WeakSet<WsRateLimitException>();
+
+/**
+ * Whether a refusal was decided while its connection was degraded. Its answer closes at the
+ * threshold then, as the look-ahead of the read it came in (`closesWith`) counted on, even
+ * when the cooldown ran out while it was on its way (a filter of the application's own that
+ * hands it on after an `await`): else the messages after it, dropped as after a close, would
+ * go unanswered on a connection left open.
+ */
+export function decidedWhileDegraded(exception: WsRateLimitException): boolean {
+  return whileDegraded.has(exception);
+}
 
 /** Counts a refusal thrown for the filter on its connection. */
 export function noteInTransit(state: ConnectionState, exception: WsRateLimitException): void {
   if (counted.has(exception)) return;
   counted.set(exception, state.transitEpoch);
+  if (state.degradedUntil > performance.now()) whileDegraded.add(exception);
   state.pendingRejections++;
   state.transitAt = performance.now();
   state.transitWaits = 0;

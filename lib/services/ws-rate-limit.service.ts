@@ -43,6 +43,7 @@ import type { BudgetStatus, ClientLimitsStatus, ConsumeRequest } from './limits-
 import { isPromise, SharedStore } from './shared-store.js';
 import { globalThrottleGuard, throttleGuardOf } from './startup-report.js';
 import { errorText } from '../utils/error-text.js';
+import { LoopClock } from '../utils/loop-timeout.js';
 
 export type { ConnectionAdmission } from '../connection/connection-admission.js';
 export { frameCode } from '../metrics/telemetry.js';
@@ -71,6 +72,8 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
   private readonly registry: ConnectionRegistry;
   private readonly admitter: ConnectionAdmitter;
   private readonly blocks: OperatorBlocks;
+  /** The time the event loop ran, which answers' holds are measured on (started by the first connection ordered). */
+  private readonly loopClock = new LoopClock();
   private readonly enforcer: Enforcer;
   /** The steps every inbound message takes (used by the guard and the adapter). */
   readonly pipeline: MessagePipeline;
@@ -214,6 +217,7 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
    */
   async onApplicationShutdown(): Promise<void> {
     this.blocks.stop();
+    this.loopClock.stop();
     this.telemetry.metrics.close();
     this.telemetry.complete();
     await this.limiter.close();
@@ -404,7 +408,9 @@ export class WsRateLimitService implements OnModuleInit, OnApplicationShutdown {
 
   /** Orders a connection's answers (see `AnswerOrder`); its adapter calls this when the connection opens. */
   orderAnswers(state: ConnectionState): void {
-    state.order = new AnswerOrder(this.enforcer.closeGraceMs, this.answersLost);
+    const holdMs = this.enforcer.closeGraceMs;
+    if (holdMs > 0) this.loopClock.watch();
+    state.order = new AnswerOrder(holdMs, this.answersLost, this.loopClock.now);
   }
 
   /** A policy close that left replies unsent: a warning the first time, then at debug (a flood would repeat it). */

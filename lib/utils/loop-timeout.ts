@@ -41,3 +41,42 @@ export function loopTimeout(fire: () => void, ms: number, period = ms): LoopTime
   timer = setTimeout(tick, ms).unref();
   return { clear: () => clearTimeout(timer) };
 }
+
+/** How often a `LoopClock` looks at the loop while it runs. */
+const LOOP_BEAT_MS = 50;
+
+/**
+ * A clock of the time the event loop ran: `performance.now()` less the stalls it has seen.
+ * While watching, a timer beats every `LOOP_BEAT_MS`; a beat more than two beats late means
+ * the loop stood still, and what it stood past one beat is taken off the clock. Beats run in
+ * the timers phase, before the poll phase reads what arrived during a stall, so a message read
+ * just after a stall finds the stall already off the clock: the hold of an earlier message's
+ * answer, measured on it, has not run out during the stall. Unref'd; `stop` ends it.
+ */
+export class LoopClock {
+  private timer: NodeJS.Timeout | undefined;
+  private lastBeat = 0;
+  private stalled = 0;
+
+  /** The loop's time (ms, monotonic, runs no faster than `performance.now()`). */
+  readonly now = (): number => performance.now() - this.stalled;
+
+  /** Starts beating, if it is not (idempotent). */
+  watch(): void {
+    if (this.timer !== undefined) return;
+    this.lastBeat = performance.now();
+    this.timer = setInterval(this.beat, LOOP_BEAT_MS).unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  private readonly beat = (): void => {
+    const now = performance.now();
+    const gap = now - this.lastBeat;
+    this.lastBeat = now;
+    if (gap > 2 * LOOP_BEAT_MS) this.stalled += gap - LOOP_BEAT_MS;
+  };
+}
