@@ -49,19 +49,26 @@ const LOOP_BEAT_MS = 50;
 
 /**
  * A clock of the time the event loop ran: `performance.now()` less the stalls it has seen.
- * While watching, a timer beats every `LOOP_BEAT_MS`; a beat more than two beats late means
- * the loop stood still, and what it stood past one beat is taken off the clock. Beats run in
- * the timers phase, before the poll phase reads what arrived during a stall, so a message read
- * just after a stall finds the stall already off the clock: the hold of an earlier message's
- * answer, measured on it, has not run out during the stall. Unref'd; `stop` ends it.
+ * While watching, a timer beats every `LOOP_BEAT_MS`; time since the last beat beyond two
+ * beats is a stall (the loop stood still), and does not count. A reading taken before the
+ * beat that ends a stall has come (a timer of the same turn) already leaves it out, so the
+ * clock never runs backwards: it stands still through a stall. Beats run in the timers
+ * phase, before the poll phase reads what arrived during a stall, so a message read just
+ * after a stall finds it off the clock: the hold of an earlier message's answer, measured on
+ * it, has not run out during the stall. Unref'd; `stop` ends it (it then runs as
+ * `performance.now()`, less the stalls it saw).
  */
 export class LoopClock {
   private timer: NodeJS.Timeout | undefined;
   private lastBeat = 0;
   private stalled = 0;
 
-  /** The loop's time (ms, monotonic, runs no faster than `performance.now()`). */
-  readonly now = (): number => performance.now() - this.stalled;
+  /** The loop's time (ms; never runs backwards, nor faster than `performance.now()`). */
+  readonly now = (): number => {
+    const now = performance.now();
+    const pending = this.timer === undefined ? 0 : now - this.lastBeat - 2 * LOOP_BEAT_MS;
+    return now - this.stalled - (pending > 0 ? pending : 0);
+  };
 
   /** Starts beating, if it is not (idempotent). */
   watch(): void {
@@ -77,8 +84,8 @@ export class LoopClock {
 
   private readonly beat = (): void => {
     const now = performance.now();
-    const gap = now - this.lastBeat;
+    const stood = now - this.lastBeat - 2 * LOOP_BEAT_MS;
     this.lastBeat = now;
-    if (gap > 2 * LOOP_BEAT_MS) this.stalled += gap - LOOP_BEAT_MS;
+    if (stood > 0) this.stalled += stood;
   };
 }
