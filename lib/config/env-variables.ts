@@ -124,7 +124,7 @@ export const ENV_VARIABLES: readonly EnvVariable[] = [
     max: MAX_TIMER_MS,
     default: '30000',
     description:
-      'Open-connection slots of an instance that died come back within this time (at least 1000: a live instance refreshes its slots every third of it).',
+      'Open-connection slots of an instance that died come back within this time (at least 1000: a live instance refreshes its slots every third of it, so it keeps them through an event-loop stall of up to two thirds of it).',
   },
   {
     name: 'WS_RATE_LIMIT_REDIS_BLOCK_CACHE',

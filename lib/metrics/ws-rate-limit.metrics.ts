@@ -78,7 +78,7 @@ export const METRICS = [
     'store_errors_total',
     'counter',
     '',
-    'Store calls that failed, timed out, or were refused at once while the store was down (each decided by the fail mode).',
+    'Store calls that failed, timed out, or were refused at once while the store was down (each decided by the fail mode; a `peek` the fallback answered in fail mode `open` too).',
   ],
   ['store_outages_total', 'counter', '', "Times the store became unreachable (the Redis store's breaker opened)."],
   ['store_decision_seconds', 'histogram', '', 'Time a shared-store decision took.'],
