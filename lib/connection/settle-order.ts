@@ -1,4 +1,4 @@
-import { performance } from 'node:perf_hooks';
+import { loopTimeout, type LoopTimeout } from '../utils/loop-timeout.js';
 
 /**
  * One connection's promises settling in the order they were put in: its asynchronous
@@ -22,10 +22,7 @@ export class SettleOrder {
   /** Resolved when the promises put in stall; made when one first waits for another. */
   private stall: Promise<void> | undefined;
   private stalled: (() => void) | undefined;
-  private timer: ReturnType<typeof setTimeout> | undefined;
-  /** When the stall timer is due (monotonic ms), and whether it already waited once more. */
-  private dueAt = 0;
-  private waitedAgain = false;
+  private timer: LoopTimeout | undefined;
   /** Promises settled so far: a release put off to the next turn checks the line did not move. */
   private settled = 0;
 
@@ -52,7 +49,7 @@ export class SettleOrder {
     const done = (): void => {
       // One settled: the others are moving.
       this.settled++;
-      if (this.timer !== undefined) this.restartStall();
+      this.timer?.restart();
       if (this.last !== ordered) return;
       this.last = undefined;
       this.endStall();
@@ -65,33 +62,17 @@ export class SettleOrder {
     // Called only with a stall time.
     if (this.stall === undefined) {
       this.stall = new Promise<void>((resolve) => (this.stalled = resolve));
-      this.timer = setTimeout(this.stallTimedOut, this.stallMs!);
-      this.timer.unref();
-      this.dueAt = performance.now() + this.stallMs!;
-      this.waitedAgain = false;
+      // Counted while the loop runs (utils/loop-timeout.ts).
+      this.timer = loopTimeout(this.stallTimedOut, this.stallMs!);
     }
     return this.stall;
   }
 
-  private restartStall(): void {
-    this.timer!.refresh();
-    this.dueAt = performance.now() + this.stallMs!;
-    this.waitedAgain = false;
-  }
-
   /**
-   * None settled for `stallMs`: the waiting ones go on. Counted while the loop runs (as
-   * utils/loop-timeout.ts does: a timer more than half its time late waits it once more),
-   * and decided after this turn's poll phase, so that a promise whose I/O finished during a
-   * stall of the loop settles first, in its place.
+   * None settled for `stallMs`: the waiting ones go on, decided after this turn's poll phase,
+   * so that a promise whose I/O finished during a stall of the loop settles first, in its place.
    */
   private readonly stallTimedOut = (): void => {
-    const now = performance.now();
-    if (!this.waitedAgain && now - this.dueAt > this.stallMs! / 2) {
-      this.restartStall();
-      this.waitedAgain = true;
-      return;
-    }
     const stall = this.stall;
     const settled = this.settled;
     setImmediate(() => {
@@ -105,7 +86,7 @@ export class SettleOrder {
   };
 
   private endStall(): void {
-    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer?.clear();
     this.timer = undefined;
     this.stall = undefined;
     this.stalled = undefined;

@@ -17,6 +17,8 @@ import { performance } from 'node:perf_hooks';
 /** A running loop timeout; `clear` stops it. Never keeps the process alive. */
 export interface LoopTimeout {
   clear(): void;
+  /** Starts it again: `fire` runs `period` from now (the loop running), even after it fired. */
+  restart(): void;
   /** Whether its timer keeps the process alive (never: for tests that check it). */
   hasRef(): boolean;
 }
@@ -41,7 +43,16 @@ export function loopTimeout(fire: () => void, ms: number, period = ms): LoopTime
     fire();
   };
   timer = setTimeout(tick, ms).unref();
-  return { clear: () => clearTimeout(timer), hasRef: () => timer.hasRef() };
+  return {
+    clear: () => clearTimeout(timer),
+    restart: () => {
+      clearTimeout(timer);
+      due = performance.now() + period;
+      waitedAgain = false;
+      timer = setTimeout(tick, period).unref();
+    },
+    hasRef: () => timer.hasRef(),
+  };
 }
 
 /** How often a `LoopClock` looks at the loop while it runs. */

@@ -104,6 +104,20 @@ describe('loopTimeout', () => {
     expect(fired).toBe(1);
   });
 
+  it('restarted, fires its period from the restart; restarted after it fired, fires again', async () => {
+    const fired: number[] = [];
+    const timeout = loopTimeout(() => fired.push(performance.now()), 80);
+    await sleep(40);
+    const restartedAt = performance.now();
+    timeout.restart();
+    for (let i = 0; i < 500 && fired.length === 0; i++) await sleep(10);
+    expect(fired[0]! - restartedAt).toBeGreaterThanOrEqual(79);
+    timeout.restart();
+    for (let i = 0; i < 500 && fired.length === 1; i++) await sleep(10);
+    expect(fired).toHaveLength(2);
+    timeout.clear();
+  });
+
   it('cleared, never fires (also while waiting once more)', async () => {
     let fired = 0;
     const timeout = loopTimeout(() => fired++, 40);
