@@ -41,9 +41,13 @@ const bucketPlan = (store: RedisRateLimitStore, tracker: string): RateLimitPlan 
   return { tracker, tiers: [{ key: store.key(tracker, spec.suffix), spec }] };
 };
 
-/** A plan Redis takes far longer on than this process takes to send: 50 log entries a decision. */
+/**
+ * A plan Redis takes far longer on than this process takes to send or read: 2,000 log entries
+ * a decision (a sorted set of 2,000 members written), a millisecond or more of Redis's time
+ * against some microseconds of this process's, so Redis, not this process, is the queue.
+ */
 const slowPlan = (store: RedisRateLimitStore, tracker: string): RateLimitPlan => {
-  const spec = windowSpec('expensive', 'x', 'sliding-log', 1e9, 500, 50);
+  const spec = windowSpec('expensive', 'x', 'sliding-log', 1e9, 500, 2000);
   return { tracker, tiers: [{ key: store.key(tracker, spec.suffix), spec }] };
 };
 
@@ -92,6 +96,7 @@ describe('call gate edges: load, busy scripts, outages, shutdown', () => {
       commandTimeoutMs: 20,
       onAvailabilityChange: (available) => availability.push(available),
     });
+    const storeConnection = clients[clients.length - 1]!;
     const registry = new Registry();
     running = await startApp({
       imports: [
@@ -111,21 +116,26 @@ describe('call gate edges: load, busy scripts, outages, shutdown', () => {
       // Warm: the scripts are loaded, Redis answers.
       await limiter.consume('warm', { type: 'echo' });
       expect(await value('store_errors_total')).toBe(0);
-      const slow = Array.from({ length: 4000 }, (_, i) => slowPlan(store, `load-${i}`));
+      const slow = Array.from({ length: 100 }, (_, i) => slowPlan(store, `load-${i}`));
       let rounds = 0;
       const started = performance.now();
-      // Redis is healthy and busy: 1,000 slow decisions queued on the connection (more each
-      // round, up to 4,000), then the limiter's own decisions behind them. The first slow ones
-      // are answered in time; the limiter's wait behind the queue and miss the 20 ms deadline
-      // (load, not an outage). On a loaded machine a round may produce none (the deadline
-      // timers fire late and are taken for a stall of this process: CI of cafe514 had 6
-      // rounds without one), so rounds go on until one does, bounded in count and time.
-      while (rounds < 20 && performance.now() - started < 40_000 && (await value('store_errors_total')) === 0) {
+      // Redis is healthy and busy: 100 slow decisions queued on the connection (each a
+      // millisecond or more of Redis's time, next to nothing of this process's), then the
+      // limiter's own decisions behind them. The first slow ones are answered in time; the
+      // limiter's wait behind the queue, in Redis, while this process is idle, and miss the
+      // 20 ms deadline: load, not an outage. (An earlier version queued 4,000 cheap slow
+      // decisions; on a loaded machine this process, reading their replies, was the
+      // bottleneck, the deadline timers fired late and the calls were rightly given another
+      // deadline: CI of 9504649 had 20 rounds without a miss.) Rounds go on until one
+      // produces a miss, bounded in count and time.
+      while (rounds < 10 && performance.now() - started < 40_000 && (await value('store_errors_total')) === 0) {
         rounds++;
-        const loads = slow.slice(0, 1000 * Math.min(rounds, 4)).map((plan) => decide(store, plan));
+        const loads = slow.map((plan) => decide(store, plan));
         const mine = Array.from({ length: 20 }, (_, i) => limiter.consume(`user-${rounds}-${i}`, { type: 'echo' }));
         await Promise.all([...loads, ...mine]);
-        await admin.ping();
+        // The decisions were answered by the fail mode at their deadlines; Redis may still be
+        // working through the queue. A PING on the store's own connection is answered behind it.
+        await storeConnection.ping();
         await sleep(100);
       }
       // One more decision, answered by Redis.
@@ -138,11 +148,9 @@ describe('call gate edges: load, busy scripts, outages, shutdown', () => {
           `outages_total ${await value('store_outages_total')}`,
       );
       // Preconditions: the fail mode decided some of the limiter's decisions, and the breaker
-      // never took it for an outage. (Most runs count about a thousand misses under load, the
-      // slow plans' and the limiter's; some count none, when the slow plans' own answers came
-      // late too and the misses were taken for one turn's stall: 0, with 21 decided by the
-      // fail mode, in a CI run and once here. So the count is logged, not asserted.)
+      // never took it for an outage.
       expect(errors).toBeGreaterThan(0);
+      expect(misses).toBeGreaterThan(0);
       expect(availability).toEqual([]);
       expect(store.available).toBe(true);
       // README: "a call that misses its deadline while Redis answers other calls in time ...
