@@ -132,6 +132,21 @@ async function waitUntil(check: () => boolean | Promise<boolean>, what: string, 
 }
 
 /** An app under test, its limiter, metrics and the store events it streamed. */
+/**
+ * Batches of token reservations an app's Redis store holds, and give-backs in flight (test
+ * access to the store's private reservation book; 0 with reservations off).
+ */
+function reservationsHeld(limiter: WsRateLimitService): number {
+  let store = limiter.store as unknown as { store?: unknown; reservations?: unknown };
+  if (store.reservations === undefined && store.store !== undefined) store = store.store as typeof store;
+  const book = store.reservations as
+    { entries: Map<unknown, { batch?: unknown }>; returning: Set<unknown> } | undefined;
+  if (book === undefined) return 0;
+  let held = book.returning.size;
+  for (const entry of book.entries.values()) if (entry.batch !== undefined) held++;
+  return held;
+}
+
 interface Started {
   running: RunningApp;
   limiter: WsRateLimitService;
@@ -197,6 +212,7 @@ describe('Redis faults with messages in flight (review)', () => {
     options: WsRateLimitModuleOptions,
     transport: 'ws' | 'socket.io' = 'ws',
     reservationBatch = 0,
+    commandTimeoutMs?: number,
   ): Promise<Started> => {
     const registry = new Registry();
     const running = await startApp(
@@ -205,7 +221,11 @@ describe('Redis faults with messages in flight (review)', () => {
           WsRateLimitModule.forRoot({
             useEnv: false,
             store: 'redis',
-            redis: { url: redis.url, ...(reservationBatch > 0 ? { reservationBatch } : {}) },
+            redis: {
+              url: redis.url,
+              ...(reservationBatch > 0 ? { reservationBatch } : {}),
+              ...(commandTimeoutMs !== undefined ? { commandTimeoutMs } : {}),
+            },
             tracker: 'ip',
             global: { capacity: 1000, refillRate: 1000 },
             type: { capacity: 1000, refillRate: 1000 },
@@ -397,8 +417,11 @@ describe('Redis faults with messages in flight (review)', () => {
       for (let id = 0; id < 10; id++) send(clientA, 'pooled', id);
       await clientA.waitFor((frame) => frame.event === 'pooled' || frame.event === 'rate_limit', 10);
       expect(answersOf(clientA, 'pooled')).toEqual({ replied: Array.from({ length: 10 }, (_, i) => i), refused: [] });
-      // Reservations A took and did not spend go back when idle (a quarter of the TTL).
+      // Reservations A took and did not spend go back when idle (two sweeps a quarter of the
+      // TTL apart, then a Redis call): until A holds no batch and has no give-back in flight
+      // (at least 800 ms; longer when this machine stalls and the sweeps come late).
       await sleep(800);
+      await waitUntil(() => reservationsHeld(a.limiter) === 0, 'A to give its reservations back', 10_000);
       clientB.inOneWrite(() => {
         for (let id = 100; id < 140; id++) send(clientB, 'pooled', id);
       });
@@ -444,7 +467,10 @@ describe('Redis faults with messages in flight (review)', () => {
     }, 60_000);
 
     it('a 200 ms busy-wait of the app with a healthy Redis and decisions in flight is no outage: no refusal, no fallback, no store error', async () => {
-      const app = await start({ failMode: 'closed' }, 'ws', batch);
+      // A 100 ms deadline (half the stall): the stall, not the deadline, is under test, and
+      // after a stall a call has one more deadline for Redis to answer in, which a loaded
+      // machine may not meet in the default 50 ms.
+      const app = await start({ failMode: 'closed' }, 'ws', batch, 100);
       const spinner = await connectWs(app.running.url);
       const other = await connectWs(app.running.url);
       other.socket.send(JSON.stringify({ event: 'echo', data: { id: -1 } }));

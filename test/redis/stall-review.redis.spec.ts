@@ -150,7 +150,10 @@ describe('Redis store across event-loop stalls (store level)', () => {
     'decisions in flight across %i ms stalls are answered by Redis: none fails, no availability change, no miss counted',
     async (stall, rounds) => {
       const changes: boolean[] = [];
-      const store = await open({ onAvailabilityChange: (available) => changes.push(available) });
+      // A 150 ms deadline (below every stall): the stall, not the deadline, is under test, and
+      // after a stall a call has one more deadline for Redis to answer in, which a loaded
+      // machine may not meet in the default 50 ms.
+      const store = await open({ commandTimeoutMs: 150, onAvailabilityChange: (available) => changes.push(available) });
       const bucket = tokenBucketSpec('global', 'g', 1e9, 1e6);
       const log = windowSpec('expensive', 'x', 'sliding-log', 1e9, 500);
       expect(await decide(store, planOf(store, 'warm', [bucket]))).toBe('allowed');
@@ -396,7 +399,8 @@ describe('Redis store across event-loop stalls (NestJS app, ws clients)', () => 
     await redis.stop();
   });
 
-  const start = async (options: WsRateLimitModuleOptions, reservationBatch = 0) => {
+  /** `commandTimeoutMs`: the store's deadline (the library's default, 50 ms, when not given). */
+  const start = async (options: WsRateLimitModuleOptions, reservationBatch = 0, commandTimeoutMs?: number) => {
     const registry = new Registry();
     const running: RunningApp = await startApp(
       {
@@ -404,7 +408,11 @@ describe('Redis store across event-loop stalls (NestJS app, ws clients)', () => 
           WsRateLimitModule.forRoot({
             useEnv: false,
             store: 'redis',
-            redis: { url: redis.url, ...(reservationBatch > 0 ? { reservationBatch } : {}) },
+            redis: {
+              url: redis.url,
+              ...(reservationBatch > 0 ? { reservationBatch } : {}),
+              ...(commandTimeoutMs !== undefined ? { commandTimeoutMs } : {}),
+            },
             tracker: 'ip',
             global: { capacity: 1000, refillRate: 1000 },
             type: { capacity: 1000, refillRate: 1000 },
@@ -443,7 +451,10 @@ describe('Redis store across event-loop stalls (NestJS app, ws clients)', () => 
       async (ms) => {
         const warn = jest.spyOn(Logger.prototype, 'warn');
         later(() => warn.mockRestore());
-        const app = await start({ failMode: 'open' }, batch);
+        // A 200 ms deadline: the stall, not the deadline, is under test, and after a stall a
+        // call has one more deadline for Redis to answer in, which a loaded machine may not
+        // meet in 50 ms (Redis must first be scheduled).
+        const app = await start({ failMode: 'open' }, batch, 200);
         const spinner = await connect(app.running.url);
         const other = await connect(app.running.url);
         other.send('echo', { id: -1 });

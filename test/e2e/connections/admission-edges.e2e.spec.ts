@@ -339,35 +339,45 @@ describe('admission edges: handshakes, shutdown and heartbeat (WsRateLimitAdapte
       // timeout 500 ms), then the process is busy for 220 ms (less than one tick), across
       // the deadline. Long figures: a loaded machine's delays stay well inside them.
       const { port } = await start({ pingIntervalMs: 1000, pongTimeoutMs: 500 });
-      const live = await TestClient.connect(`ws://127.0.0.1:${port}`, { autoPong: false });
-      clients.push(live);
-      let pings = 0;
-      const answeredAfter: number[] = [];
-      live.socket.on('ping', () => {
-        pings++;
-        const pinged = performance.now();
-        // Answer from the check phase (after a poll), then keep the process busy so the
-        // server's next timers phase comes before the poll that would read the pong.
-        setTimeout(
-          () =>
-            setImmediate(() => {
-              if (live.socket.readyState !== WebSocket.OPEN) return;
-              live.socket.pong();
-              answeredAfter.push(Math.round(performance.now() - pinged));
-              const until = performance.now() + 220;
-              while (performance.now() < until);
-            }),
-          300,
-        );
-      });
-      for (let i = 0; i < 600 && pings < 3 && live.socket.readyState === WebSocket.OPEN; i++) await sleep(10);
-      // Every pong went out well inside the 500 ms pong timeout.
-      expect(answeredAfter.every((ms) => ms < 450)).toBe(true);
-      expect({ open: live.socket.readyState === WebSocket.OPEN, pings, answeredAfter }).toEqual({
-        open: true,
-        pings: 3,
-        answeredAfter,
-      });
-    }, 15_000);
+      // A round where a pong went out late (this machine stalled: the peer's 300 ms timer
+      // fired 150 ms or more late) proves nothing: the server may rightly end that peer. Such
+      // a run is tried again with a new peer, at most three times.
+      for (let attempt = 1; ; attempt++) {
+        const live = await TestClient.connect(`ws://127.0.0.1:${port}`, { autoPong: false });
+        clients.push(live);
+        let pings = 0;
+        const answeredAfter: number[] = [];
+        live.socket.on('ping', () => {
+          pings++;
+          const pinged = performance.now();
+          // Answer from the check phase (after a poll), then keep the process busy so the
+          // server's next timers phase comes before the poll that would read the pong.
+          setTimeout(
+            () =>
+              setImmediate(() => {
+                if (live.socket.readyState !== WebSocket.OPEN) return;
+                live.socket.pong();
+                answeredAfter.push(Math.round(performance.now() - pinged));
+                const until = performance.now() + 220;
+                while (performance.now() < until);
+              }),
+            300,
+          );
+        });
+        for (let i = 0; i < 600 && pings < 3 && live.socket.readyState === WebSocket.OPEN; i++) await sleep(10);
+        // Every pong went out well inside the 500 ms pong timeout, or the run is tried again.
+        if (!answeredAfter.every((ms) => ms < 450) && attempt < 3) {
+          live.socket.terminate();
+          continue;
+        }
+        expect(answeredAfter.every((ms) => ms < 450)).toBe(true);
+        expect({ open: live.socket.readyState === WebSocket.OPEN, pings, answeredAfter }).toEqual({
+          open: true,
+          pings: 3,
+          answeredAfter,
+        });
+        return;
+      }
+    }, 40_000);
   });
 });

@@ -7,6 +7,7 @@ import {
   WsRateLimitService,
   type WsRateLimitModuleOptions,
 } from '../../../lib/index.js';
+import { watchStalls } from '../../redis/stalls.js';
 import { startApp, type RunningApp } from '../../support/app.js';
 import { upgrade } from '../../support/http.js';
 import { sleep, TestClient } from '../../support/ws-client.js';
@@ -102,6 +103,9 @@ describe('handshakes (RELIABILITY cases)', () => {
   });
 
   describe('C-12 slowloris and silent sockets', () => {
+    // Bounds below allow for the longest stall of this process (a timer fires that much
+    // late, and a timeout that fires more than half late waits its period once more).
+    const stalls = watchStalls();
     it('drops drippers at the handshake timeout and caps pending sockets per IP, sparing others', async () => {
       const { port, url } = await start({
         handshakeTimeoutMs: 1000,
@@ -130,11 +134,12 @@ describe('handshakes (RELIABILITY cases)', () => {
           await client.close();
         }
         latencies.sort((a, b) => a - b);
-        expect(latencies[latencies.length - 1]).toBeLessThan(1000); // target p99 < 100 ms; slack for CI
+        // Target p99 < 100 ms; slack for CI.
+        expect(latencies[latencies.length - 1]).toBeLessThan(1000 + Math.min(stalls.longestMs(), 2000));
         const started = performance.now();
         await Promise.all(attackers.map(closedSocket));
-        // All gone by the timeout (a second) plus slack.
-        expect(performance.now() - started).toBeLessThan(3000);
+        // All gone by the timeout (a second, two when it fired late) plus slack.
+        expect(performance.now() - started).toBeLessThan(3000 + Math.min(2 * stalls.longestMs(), 4000));
       } finally {
         clearInterval(drip);
       }
@@ -142,6 +147,7 @@ describe('handshakes (RELIABILITY cases)', () => {
   });
 
   describe('C-13 dead peers', () => {
+    const stalls = watchStalls();
     it('terminates a peer that stops answering pings and frees its slot', async () => {
       const { url } = await start({ pingIntervalMs: 200, pongTimeoutMs: 100, maxConnectionsPerIp: 10 });
       const live = await TestClient.connect(url);
@@ -150,7 +156,8 @@ describe('handshakes (RELIABILITY cases)', () => {
       const closed = await dead.waitClose(5000);
       const elapsed = performance.now() - started;
       expect(closed.code).toBe(1006);
-      expect(elapsed).toBeLessThan(200 + 100 + 50 + 1000); // interval + timeout + tick, plus CI slack
+      // Interval + timeout + tick, plus CI slack and the longest stall (twice: a tick and a timer).
+      expect(elapsed).toBeLessThan(200 + 100 + 50 + 1000 + Math.min(2 * stalls.longestMs(), 3000));
       for (let i = 0; i < 50 && limiter.stats().connections !== 1; i++) await sleep(20);
       expect(limiter.stats().connections).toBe(1);
       expect(await openSlots()).toBe(9);
