@@ -6,6 +6,7 @@ import { concurrencySpec, tokenBucketSpec } from '../../lib/plans/tier-specs.js'
 import { RedisRateLimitStore } from '../../lib/storage/redis/index.js';
 import { startRedis, type RedisServer } from '../support/redis-server.js';
 import { adminClient, closeClient, expectBoundedTtls, ready, sleep, storeClient } from './helpers.js';
+import { watchStalls } from './stalls.js';
 
 /**
  * Refreshed every 500 ms (a third of it): a live store's leases survive this process
@@ -21,6 +22,9 @@ const specs = [tokenBucketSpec('connection', 'cr', 1000, 1000), concurrencySpec(
  * instance keeps its own past many TTLs.
  */
 describe('open-connection leases across instances', () => {
+  // Leases are refreshed by timers of this process: a stall of it delays a refresh, which
+  // the bounds below allow for (a stall past 2/3 of the TTL may let a live lease lapse).
+  const stalls = watchStalls();
   let server: RedisServer;
   let admin: Redis;
   const clients: Redis[] = [];
@@ -94,8 +98,8 @@ describe('open-connection leases across instances', () => {
     expect((await a.consume(planOf(a, tracker, 'a3'))).allowed).toBe(false);
     const { back, lastRefused } = await untilAllowed(() => a.consume(planOf(a, tracker, 'a3')), killedAt);
     console.log(`a dead instance's slots came back after ${back.toFixed(0)} ms (lease TTL ${LEASE_TTL_MS} ms)`);
-    // b refreshed at most a third of the TTL before it died.
-    expect(back).toBeGreaterThanOrEqual(LEASE_TTL_MS / 3 - 50);
+    // b refreshed at most a third of the TTL before it died (more when a stall held its refresh back).
+    expect(back).toBeGreaterThanOrEqual(LEASE_TTL_MS / 3 - 50 - stalls.longestMs());
     // Within the TTL: the last refusal was asked for while b's lease still held.
     expect(lastRefused).toBeLessThanOrEqual(LEASE_TTL_MS + 50);
 
@@ -104,7 +108,11 @@ describe('open-connection leases across instances', () => {
     const c = instance('app-c');
     await ready(clients[2]!);
     expect((await c.consume(planOf(c, tracker, 'c1'))).allowed).toBe(true);
-    expect((await c.consume(planOf(c, tracker, 'c2'))).allowed).toBe(false);
+    // (Unless this process stalled past the documented tolerance, 2/3 of the TTL: then a's
+    // leases may rightly have lapsed, and the check proves nothing.)
+    if (stalls.longestMs() < (2 * LEASE_TTL_MS) / 3) {
+      expect((await c.consume(planOf(c, tracker, 'c2'))).allowed).toBe(false);
+    }
 
     // Released slots come back at once.
     await a.release(planOf(a, tracker, 'a1'));

@@ -553,14 +553,15 @@ describe('operator blocks on the monotonic clock (01e9c2d), two app instances sh
     console.log(`block reached B after ${Math.round(reached)} ms`);
     expect(await handshake(b, '127.0.0.31')).toBe(403);
     expect(b.limiter.listBlocks()).toEqual(a.limiter.listBlocks());
-    // Re-blocked for 2 s: the 10 min end is replaced on both.
+    // Re-blocked for 4 s: the 10 min end is replaced on both. (4 s, not less: B's sync, once
+    // a second, may come a second or more late on a loaded machine, and must find it in force.)
     const reblockedAt = performance.now();
-    await a.limiter.block('127.0.0.31', 2000);
+    await a.limiter.block('127.0.0.31', 4000);
     const newUntil = a.limiter.listBlocks()['ip:127.0.0.31']!;
     await waitUntil(() => b.limiter.listBlocks()['ip:127.0.0.31'] === newUntil, 'B learns the new end', 5000);
     expect(b.limiter.listBlocks()).toEqual(a.limiter.listBlocks());
-    if (performance.now() - reblockedAt < 1500) expect(await handshake(b, '127.0.0.31')).toBe(403);
-    await sleep(Math.max(0, reblockedAt + 2000 + 100 - performance.now()));
+    if (performance.now() - reblockedAt < 3500) expect(await handshake(b, '127.0.0.31')).toBe(403);
+    await sleep(Math.max(0, reblockedAt + 4000 + 100 - performance.now()));
     expect(a.limiter.listBlocks()).toEqual({});
     expect(b.limiter.listBlocks()).toEqual({});
     expect(await handshake(a, '127.0.0.31')).toBe(101);
@@ -597,7 +598,8 @@ describe('operator blocks on the monotonic clock (01e9c2d), two app instances sh
     const [a, b] = await two();
     await a.limiter.block('127.0.0.51', 1500);
     await a.limiter.block('127.0.0.52', 60_000);
-    await waitUntil(() => Object.keys(b.limiter.listBlocks()).length === 2, 'B learns both', 5000);
+    // B learns the long one (and the short one too, unless its sync came later than 1.5 s).
+    await waitUntil(() => 'ip:127.0.0.52' in b.limiter.listBlocks(), 'B learns the 60 s block', 5000);
     // The short one ends, and a sync on each instance has seen it gone.
     await waitUntil(() => !('ip:127.0.0.51' in b.limiter.listBlocks()), 'the 1.5 s block ended', 5000);
     await twoSyncs();
