@@ -122,14 +122,14 @@ describe.each(TRANSPORTS)('RateLimitedClient over socket.io-client (%s) against 
     await new Promise<void>((resolve) => {
       socket.onopen = () => resolve();
     });
-    // A client ignoring the limit: six at once against five.
-    for (let seq = 0; seq < 6; seq++) socket.send(JSON.stringify({ event: 'chat', data: { seq }, id: seq }));
+    // A client ignoring the limit: six at once against five (no refill to speak of).
+    for (let seq = 0; seq < 6; seq++) socket.send(JSON.stringify({ event: 'burst', data: { seq }, id: seq }));
     await waitFor(() => closes.length === 1, 'close');
 
     expect(closes).toEqual([{ code: 1008, reason: 'Rate limit violations', policy: true }]);
     expect(messages).toEqual([
-      ...[0, 1, 2, 3, 4].map((seq) => ({ event: 'chat', data: { seq }, ack: true, id: seq })),
-      { event: 'rate_limit', data: expect.objectContaining({ code: 'TYPE_LIMIT', messageType: 'chat', id: 5 }) },
+      ...[0, 1, 2, 3, 4].map((seq) => ({ event: 'burst', data: { seq }, ack: true, id: seq })),
+      { event: 'rate_limit', data: expect.objectContaining({ code: 'TYPE_LIMIT', messageType: 'burst', id: 5 }) },
     ]);
     expect(processed.chat.size).toBe(5);
   }, 30_000);
@@ -140,7 +140,7 @@ describe.each(TRANSPORTS)('RateLimitedClient over socket.io-client (%s) against 
     const reconnects: ReconnectEvent[] = [];
     c.on('reconnect', (event) => reconnects.push(event));
     await waitFor(() => c.state === 'open', 'open');
-    for (let seq = 0; seq < 6; seq++) expect(c.sendPriority('chat', { seq })).toBe(true);
+    for (let seq = 0; seq < 6; seq++) expect(c.sendPriority('burst', { seq })).toBe(true);
     await waitFor(() => reconnects.length === 1, 'reconnect');
 
     expect(reconnects).toEqual([{ attempt: 0, delayMs: 60_000, code: 1008, policy: true }]);

@@ -634,7 +634,17 @@ describe('README: module start-up (57-97, 458-463)', () => {
   });
 
   it('the quick start: a 31st chat at once gets TYPE_LIMIT, a sixth rapid connection HTTP 429 with Retry-After', async () => {
-    const running = await start({ imports: [WsRateLimitModule.forRoot()], providers: [QuickStartGateway] });
+    // The defaults, but for the connection bucket's refill (1/s): the six connections must
+    // come within a second of the first, which a stall of a loaded machine can exceed.
+    const saved = process.env['WS_RATE_LIMIT_CONNECTION_REFILL_RATE'];
+    process.env['WS_RATE_LIMIT_CONNECTION_REFILL_RATE'] = '0.01';
+    let running: Awaited<ReturnType<typeof start>>;
+    try {
+      running = await start({ imports: [WsRateLimitModule.forRoot()], providers: [QuickStartGateway] });
+    } finally {
+      if (saved === undefined) delete process.env['WS_RATE_LIMIT_CONNECTION_REFILL_RATE'];
+      else process.env['WS_RATE_LIMIT_CONNECTION_REFILL_RATE'] = saved;
+    }
     const url = running.url;
     const client = await connect(url);
     client.inOneWrite(() => {

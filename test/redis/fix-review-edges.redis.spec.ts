@@ -124,19 +124,30 @@ describe('reservations after f20dc2e (RedisRateLimitStore directly)', () => {
 
   it('a lone instance, fast global and slow type bucket, sent one at a time: admits the full burst, then the refill', async () => {
     const store = await makeStore();
-    const plan = planOf(store, 'ip:lone-burst', [
-      tokenBucketSpec('global', 'g', 1000, 1000),
-      tokenBucketSpec('type', 't:chat', 5, 10),
-    ]);
-    let first = 0;
-    for (let i = 0; i < 5; i++) if ((await store.consume(plan)).allowed) first++;
-    expect(first).toBe(5);
-    expect((await store.consume(plan)).allowed).toBe(false);
+    // The type bucket refills a token per 100 ms: the six decisions must fit in less, or the
+    // sixth is rightly admitted. A try where they did not (a stall of this machine or of
+    // Redis) is done again on a new tracker, at most five times.
+    let plan: RateLimitPlan | undefined;
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const tried = planOf(store, `ip:lone-burst-${attempt}`, [
+        tokenBucketSpec('global', 'g', 1000, 1000),
+        tokenBucketSpec('type', 't:chat', 5, 10),
+      ]);
+      const started = performance.now();
+      let first = 0;
+      for (let i = 0; i < 5; i++) if ((await store.consume(tried)).allowed) first++;
+      expect(first).toBe(5);
+      const sixth = (await store.consume(tried)).allowed;
+      if (performance.now() - started >= 90 && attempt < 4) continue;
+      expect(sixth).toBe(false);
+      plan = tried;
+      break;
+    }
     await sleep(550); // 5.5 tokens back
     let second = 0;
-    for (let i = 0; i < 5; i++) if ((await store.consume(plan)).allowed) second++;
+    for (let i = 0; i < 5; i++) if ((await store.consume(plan!)).allowed) second++;
     expect(second).toBe(5);
-  }, 15_000);
+  }, 30_000);
 
   it('three reserving instances, fast and slow buckets, bursts and paced traffic: never above C + r*T in any window', async () => {
     const stores = await Promise.all([0, 1, 2].map(() => makeStore({ keyPrefix: 'fr-shared:' })));

@@ -558,10 +558,12 @@ describe('more variables and options on live apps', () => {
   });
 
   it('VIOLATION_WINDOW_MS: violations older than the window no longer count toward MAX_VIOLATIONS', async () => {
-    const running = await startWs({ WS_RATE_LIMIT_MAX_VIOLATIONS: '2', WS_RATE_LIMIT_VIOLATION_WINDOW_MS: '400' });
+    // A window of 1.5 s: the two refusals after the wait must fall in one window, and a
+    // stall of a loaded machine between them must not split them.
+    const running = await startWs({ WS_RATE_LIMIT_MAX_VIOLATIONS: '2', WS_RATE_LIMIT_VIOLATION_WINDOW_MS: '1500' });
     const client = await connect(running.url);
     expect(await burst(client, ['own', 'own'])).toEqual(['ack', 'rate_limit']);
-    await sleep(700);
+    await sleep(1800);
     expect(await burst(client, ['own'])).toEqual(['rate_limit']);
     expect(client.events('rate_limit').map((frame) => frame.data.warningCount)).toEqual([1, 1]);
     expect(await burst(client, ['own'])).toEqual(['rate_limit']);
