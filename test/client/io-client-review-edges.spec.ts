@@ -13,7 +13,7 @@ import {
 } from '../../lib/client/index.js';
 import { Throttle, WsRateLimit } from '../../lib/index.js';
 import { ioHarness } from '../support/io-harness.js';
-import { sleep } from '../support/ws-client.js';
+import { settle, sleep } from '../support/ws-client.js';
 
 // Review of the client (`nestjs-ws-rate-limit/client`) over socket.io-client against a real
 // NestJS socket.io gateway on WsRateLimitIoAdapter. Three cases failed on the code reviewed
@@ -156,9 +156,11 @@ describe('RateLimitedClient over socket.io: review edges', () => {
     expect(c.client.send('chat', { seq: 1 })).toBe(true);
     await waitFor(() => c.notices.length >= 1, 'the refusal');
     expect(c.notices[0]).toMatchObject({ code: 'TYPE_LIMIT', messageType: 'chat' });
-    // Its retry window (1 s) and more.
-    await sleep(2_500);
-    const processed = seen.filter((entry) => entry.event === 'chat').map((entry) => entry.seq);
+    // Its retry window (1 s) and more: until the chat is processed again, then 1.5 s for
+    // anything that must not happen (a second retry, a duplicate).
+    const chats = () => seen.filter((entry) => entry.event === 'chat');
+    await settle(() => chats().length > 0, 1_500);
+    const processed = chats().map((entry) => entry.seq);
     c.client.close();
 
     // Answers of one event come in order: the refusal names the chat, which goes again.
@@ -181,7 +183,8 @@ describe('RateLimitedClient over socket.io: review edges', () => {
     expect(c.client.send('chat', { seq: 0 })).toBe(true);
     expect(c.client.send('chat', { seq: 1 })).toBe(true);
     await waitFor(() => c.notices.length >= 1, 'the refusal');
-    await sleep(2_500);
+    // Until the chat sent again is processed, then 1.5 s for anything that must not happen.
+    await settle(() => seen.filter((entry) => entry.event === 'chat' && entry.seq === 1).length > 0, 1_500);
     // No refusal among the handler's answers.
     expect(acked).not.toContainEqual(
       expect.objectContaining({ data: expect.objectContaining({ type: 'rate_limit' }) }),

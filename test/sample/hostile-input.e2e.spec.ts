@@ -68,7 +68,10 @@ describe('the sample against hostile and abusive input', () => {
   it('refuses a get_limits flood: status queries spend a budget like any other message', async () => {
     const client = await TestClient.connect(url);
     await client.waitForEvent('welcome');
-    for (let i = 0; i < 15; i++) client.send('get_limits');
+    // In one write (so in one read): 10 burst and 5 per second, no token back mid-flood.
+    client.inOneWrite(() => {
+      for (let i = 0; i < 15; i++) client.send('get_limits');
+    });
     const answers = await client.waitFor(
       (frame) => frame.event === 'limits_status' || frame.event === 'rate_limit',
       15,
