@@ -46,11 +46,16 @@ describe('handshake hygiene with socket.io', () => {
     // the pending-handshake cap, for longer than the handshake timeout.
     for (let i = 0; i < 3; i++) clients.push(await connectIo(url, 'polling'));
     await sleep(1200);
+    for (const client of clients) expect(client.disconnectReason).toBeUndefined();
+    // One at a time: each emit is a POST, possibly on a new TCP connection, which counts as
+    // pending until its request is read. Three at once, accepted together after a stall of
+    // this process, are over the cap of 2 before any request is read (the third is dropped,
+    // as the cap says): that is not what this case is about (a clean-clone run under load
+    // lost an ack so).
     for (const [i, client] of clients.entries()) {
-      expect(client.disconnectReason).toBeUndefined();
       client.socket.emit('chat', { id: i });
+      await client.until(() => client.of('ack').length === 1);
     }
-    for (const client of clients) await client.until(() => client.of('ack').length === 1);
   });
 
   it('still drops a TCP connection that never completes its handshake request', async () => {
