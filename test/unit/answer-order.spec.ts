@@ -1,5 +1,6 @@
 import { describe, expect, it, jest } from '@jest/globals';
 import { AnswerOrder } from '../../lib/connection/answer-order.js';
+import { settle, sleep } from '../support/ws-client.js';
 
 describe('AnswerOrder', () => {
   it('writes at once when nothing earlier is pending', () => {
@@ -60,18 +61,12 @@ describe('AnswerOrder', () => {
     // timers do not move. Each wait is at least three hold times; none has an upper bound. A
     // hold timer that fires late (a stall of this machine) waits its period once more, so the
     // waits that expect the hold to have run go on until it has (at most 10 s).
-    const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-    const until = async (done: () => boolean) => {
-      const started = Date.now();
-      await sleep(60);
-      while (!done() && Date.now() - started < 10_000) await sleep(20);
-    };
     const told: string[] = [];
     // Given up before the close (past its hold time while a later one waited), never answered.
     const first = new AnswerOrder(20, (n) => told.push(`lost ${n}`));
     first.open();
     first.done(first.open());
-    await until(() => first.idle);
+    await settle(() => first.idle, 0);
     expect(first.idle).toBe(true);
     first.closeAfter(() => told.push('close'));
     expect(told).toEqual(['lost 1', 'close']);
@@ -90,7 +85,7 @@ describe('AnswerOrder', () => {
     third.open();
     third.open();
     third.closeAfter(() => told.push('close'));
-    await until(() => told.length > 0);
+    await settle(() => told.length > 0, 0);
     expect(told).toEqual(['lost 2', 'close']);
     // A close with everything answered tells nothing.
     told.length = 0;
