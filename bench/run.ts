@@ -1,7 +1,8 @@
 /**
  * `npm run bench`: every benchmark, each measurement in its own child process, baselines
  * measured in the same run. Prints tables with ratios and pass/fail against the targets of
- * issues 2, 3, 4, 6 and 11, writes `bench/results/<date>.json` and `bench/results/latest.md`.
+ * issues 2, 3, 4, 6 and 11, writes `bench/results/<date>.json` and `bench/results/latest.md` (a run
+ * of some parts, or `--quick`: `latest-<parts>.md`).
  *
  *   node dist/bench/run.js [store] [memory] [gateway] [gateway-io] [redis] [redis-cost] [connections] [figure] [--quick] [--cpu-prof]
  *
@@ -135,8 +136,12 @@ const header = [
     .join(', ')} |`,
   '',
 ];
-writeFileSync(`${resultsDir}latest.md`, `${[...header, ...sections].join('\n')}\n`);
-console.log(`Wrote bench/results/${jsonName} and bench/results/latest.md`);
+// A run of every part (not --quick) is the latest run: latest.md. Anything less writes its
+// own file, so that trying one part does not overwrite the full run's tables beside it.
+const full = parts.length === PARTS.length && !quick;
+const markdownName = full ? 'latest.md' : `latest-${parts.join('-')}${quick ? '-quick' : ''}.md`;
+writeFileSync(`${resultsDir}${markdownName}`, `${[...header, ...sections].join('\n')}\n`);
+console.log(`Wrote bench/results/${jsonName} and bench/results/${markdownName}`);
 if (profileDir) console.log(`CPU profiles in ${profileDir}`);
 
 /** The JSON keeps figures only; the markdown is in latest.md. */
