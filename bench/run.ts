@@ -144,7 +144,7 @@ writeFileSync(`${resultsDir}${markdownName}`, `${[...header, ...sections].join('
 console.log(`Wrote bench/results/${jsonName} and bench/results/${markdownName}`);
 if (profileDir) console.log(`CPU profiles in ${profileDir}`);
 
-/** The JSON keeps figures only; the markdown is in latest.md. */
+/** The JSON keeps figures only; the markdown is in latest.md (or latest-<parts>.md). */
 function strip(value: typeof results): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [key, report] of Object.entries(value)) {
